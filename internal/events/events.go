@@ -1,0 +1,206 @@
+// Package events is groundmesh's event contract: topic names, the metadata
+// every message carries, and the typed payloads of commands, progress, and
+// facts. Services, the Temporal bridge and the HTTP gateway all speak these
+// types; nothing else crosses a service boundary.
+//
+// Naming: "<svc>.requested" is a command; "<svc>.progress", "<svc>.completed"
+// and "<svc>.failed" answer it and carry the command's correlation id;
+// "dataset.ingested", "checkpoint.saved", "evaluation.completed" and
+// "model.promoted" are facts, published through the transactional outbox in
+// the same Postgres transaction as the state change.
+package events
+
+import (
+	"encoding/json"
+	"time"
+)
+
+// SchemaVersion is the payload schema version written into every message's
+// metadata. A consumer rejects (poison queue) a major version it does not know.
+const SchemaVersion = "1"
+
+// Metadata keys.
+const (
+	MetaSchemaVersion = "schema_version"
+	MetaCorrelationID = "correlation_id"
+	MetaEventType     = "event_type"
+	MetaTraceParent   = "traceparent"
+	MetaTraceState    = "tracestate"
+)
+
+// Topics.
+const (
+	TopicIngestRequested = "ingest.requested"
+	TopicIngestProgress  = "ingest.progress"
+	TopicIngestCompleted = "ingest.completed"
+	TopicIngestFailed    = "ingest.failed"
+	TopicDatasetIngested = "dataset.ingested" // fact
+
+	TopicSynthRequested = "synth.requested"
+	TopicSynthProgress  = "synth.progress"
+	TopicSynthCompleted = "synth.completed"
+	TopicSynthFailed    = "synth.failed"
+
+	TopicTrainRequested  = "train.requested"
+	TopicTrainProgress   = "train.progress"
+	TopicTrainCompleted  = "train.completed"
+	TopicTrainFailed     = "train.failed"
+	TopicCheckpointSaved = "checkpoint.saved" // fact
+
+	TopicEvalRequested      = "eval.requested"
+	TopicEvalProgress       = "eval.progress"
+	TopicEvalCompleted      = "eval.completed"
+	TopicEvalFailed         = "eval.failed"
+	TopicEvaluationComplete = "evaluation.completed" // fact
+
+	TopicGroundRequested = "ground.requested"
+	TopicGroundCompleted = "ground.completed"
+	TopicGroundFailed    = "ground.failed"
+
+	TopicModelPromoted = "model.promoted" // fact
+
+	// TopicPoison receives messages a consumer could not process, with the
+	// reason in metadata ("poison_reason") and the original topic.
+	TopicPoison = "groundmesh.poison"
+)
+
+// Progress reports long work; the bridge turns it into an activity heartbeat.
+type Progress struct {
+	CorrelationID string          `json:"correlation_id"`
+	Service       string          `json:"service"`
+	Phase         string          `json:"phase,omitempty"` // e.g. "read", "stage2"
+	Done          int64           `json:"done"`
+	Total         int64           `json:"total"`
+	Message       string          `json:"message,omitempty"`
+	Details       json.RawMessage `json:"details,omitempty"` // service-specific (e.g. step, loss)
+	At            time.Time       `json:"at"`
+}
+
+// Failed answers a command that could not be done.
+type Failed struct {
+	CorrelationID string `json:"correlation_id"`
+	Service       string `json:"service"`
+	Reason        string `json:"reason"`
+	// Retryable is false for bad input: the workflow must not retry.
+	Retryable bool `json:"retryable"`
+}
+
+// IngestRequested asks services/ingest to ingest a dataset.
+type IngestRequested struct {
+	CorrelationID string `json:"correlation_id"`
+	// Format: coco, refcoco, vg, flickr30k, odvg, or scenes (built-in world).
+	Format string `json:"format"`
+	// Path is the dataset root (or annotation file) on a filesystem the
+	// service can read. For format "scenes" with Path empty, the service
+	// generates the built-in world under its data dir first.
+	Path string `json:"path"`
+	Name string `json:"name"`
+	// Scenes configures the generated world (format "scenes" only).
+	Scenes *ScenesSpec `json:"scenes,omitempty"`
+	// MaxBadFraction fails the ingest when more than this fraction of records
+	// are rejected (0 means the default, 0.05).
+	MaxBadFraction float64 `json:"max_bad_fraction,omitempty"`
+}
+
+// ScenesSpec configures the built-in procedurally generated scene world.
+type ScenesSpec struct {
+	Seed   int64 `json:"seed"`
+	Images int   `json:"images"` // total over all splits
+	Size   int   `json:"size"`   // image side in pixels
+}
+
+// DatasetIngested is the fact (and the completion) of an ingest.
+type DatasetIngested struct {
+	CorrelationID string           `json:"correlation_id"`
+	DatasetID     string           `json:"dataset_id"` // uuid of the dataset version row
+	Name          string           `json:"name"`
+	Version       string           `json:"version"` // sha256 of the manifest
+	Format        string           `json:"format"`
+	Root          string           `json:"root"`
+	Reused        bool             `json:"reused"` // same files were already ingested
+	Counts        map[string]int64 `json:"counts"` // images, objects, refs, relations, regions, rejected
+	Splits        map[string]int64 `json:"splits"` // images per split
+}
+
+// SynthRequested asks services/synth to build alignment data from a dataset.
+type SynthRequested struct {
+	CorrelationID string   `json:"correlation_id"`
+	DatasetID     string   `json:"dataset_id"`
+	Seed          int64    `json:"seed"`
+	Samples       int      `json:"samples"`          // target total samples
+	Stages        []string `json:"stages,omitempty"` // default all: stage1, stage2, stage3
+	RewriteURL    string   `json:"rewrite_url,omitempty"`
+}
+
+// SynthCompleted answers SynthRequested.
+type SynthCompleted struct {
+	CorrelationID string           `json:"correlation_id"`
+	SynthSetID    string           `json:"synth_set_id"`
+	DatasetID     string           `json:"dataset_id"`
+	ManifestKey   string           `json:"manifest_key"` // blob key of the manifest
+	ContentHash   string           `json:"content_hash"`
+	Counts        map[string]int64 `json:"counts"` // per task/direction/scale
+	Reused        bool             `json:"reused"`
+}
+
+// TrainRequested asks services/train to run the three stages.
+type TrainRequested struct {
+	CorrelationID string          `json:"correlation_id"`
+	RunID         string          `json:"run_id"` // uuid; the same id resumes a run
+	SynthSetID    string          `json:"synth_set_id"`
+	Backend       string          `json:"backend"`        // gomlx (default), libtorch, onnx, ggml
+	Spec          json.RawMessage `json:"spec,omitempty"` // services/train run spec; defaults when empty
+}
+
+// TrainCompleted answers TrainRequested.
+type TrainCompleted struct {
+	CorrelationID string             `json:"correlation_id"`
+	RunID         string             `json:"run_id"`
+	Checkpoints   map[string]string  `json:"checkpoints"` // stage -> final checkpoint id
+	FinalLoss     map[string]float64 `json:"final_loss"`  // stage -> last loss
+}
+
+// CheckpointSaved is the fact of a checkpoint written and recorded.
+type CheckpointSaved struct {
+	CheckpointID string  `json:"checkpoint_id"`
+	RunID        string  `json:"run_id"`
+	Stage        string  `json:"stage"`
+	Step         int     `json:"step"`
+	Loss         float64 `json:"loss"`
+	BlobKey      string  `json:"blob_key"`
+	SHA256       string  `json:"sha256"`
+}
+
+// EvalRequested asks services/eval to score a run's checkpoints.
+type EvalRequested struct {
+	CorrelationID string   `json:"correlation_id"`
+	RunID         string   `json:"run_id"`
+	CheckpointIDs []string `json:"checkpoint_ids,omitempty"` // default: final of each stage
+	Splits        []string `json:"splits,omitempty"`         // default: val, test, heldout
+	MaxSamples    int      `json:"max_samples,omitempty"`    // per benchmark and split
+	Report        bool     `json:"report"`
+}
+
+// EvaluationCompleted is the fact (and completion) of an evaluation.
+type EvaluationCompleted struct {
+	CorrelationID string             `json:"correlation_id"`
+	RunID         string             `json:"run_id"`
+	EvaluationIDs []string           `json:"evaluation_ids"`
+	Metrics       map[string]float64 `json:"metrics"` // "<stage>/<bench>/<split>/<metric>"
+	ReportKey     string             `json:"report_key,omitempty"`
+}
+
+// GroundRequested asks services/ground for a grounding answer.
+type GroundRequested struct {
+	CorrelationID string `json:"correlation_id"`
+	CheckpointID  string `json:"checkpoint_id,omitempty"` // default: promoted model
+	ImageKey      string `json:"image_key"`
+	Prompt        string `json:"prompt"`
+}
+
+// GroundCompleted answers GroundRequested.
+type GroundCompleted struct {
+	CorrelationID string    `json:"correlation_id"`
+	Text          string    `json:"text"`
+	Box           []float64 `json:"box,omitempty"` // pixel xyxy in the original image
+}

@@ -1,0 +1,159 @@
+// Package compute is the whole compute plugin contract: the Go interface
+// every backend implements (pure-Go GoMLX, libtorch, ONNX Runtime, ggml),
+// the go-plugin handshake and plugin set, the gRPC client and server
+// (proto/computev1), Serve, the host-side supervisor, and the conformance
+// suite every backend must pass.
+//
+// Backends do tensor compute only. Tokenization, prompt templates, image
+// preprocessing, decoding and box parsing live once, on the host, in
+// internal/model. The contract therefore speaks in token ids, preprocessed
+// image tensors and logits, which a C++ libtorch process, an ONNX Runtime
+// session and a quantized ggml graph can all serve.
+package compute
+
+import "context"
+
+// ProtocolVersion is the major version of the contract; it is also the
+// version of the proto package (computev1).
+const ProtocolVersion = 1
+
+// Backend is the compute contract. Every method takes ctx first; a crashed
+// plugin surfaces as an error wrapping ErrPluginCrashed.
+type Backend interface {
+	// Describe reports the backend, its version, devices and capabilities.
+	Describe(ctx context.Context) (Description, error)
+	// Train runs one training stage over tokenized shards, calling progress
+	// for every logged step and every saved checkpoint. It returns when the
+	// stage's steps are done, ctx is cancelled, or progress returns an error.
+	Train(ctx context.Context, req TrainRequest, progress func(TrainProgress) error) (TrainResult, error)
+	// Load loads a checkpoint for inference and returns a session id.
+	Load(ctx context.Context, req LoadRequest) (LoadResult, error)
+	// Prefill runs a batch of prompts (tokens plus images) through the model,
+	// fills a KV cache and returns the logits of each sequence's last position.
+	Prefill(ctx context.Context, req PrefillRequest) (ForwardResult, error)
+	// Decode appends one token per sequence to an existing KV cache and
+	// returns the next-token logits.
+	Decode(ctx context.Context, req DecodeRequest) (ForwardResult, error)
+	// ReleaseCache frees a KV cache.
+	ReleaseCache(ctx context.Context, session, cacheID string) error
+	// Unload frees a session.
+	Unload(ctx context.Context, session string) error
+}
+
+// Description says what a backend is and can do.
+type Description struct {
+	Backend      string   // "gomlx", "libtorch", "onnx", "ggml"
+	Version      string   // backend build version
+	Devices      []string // e.g. "cpu", "cuda:0"
+	CanTrain     bool
+	CanAttention bool     // Prefill can return attention maps
+	Dtypes       []string // e.g. "float32", "q8_0"
+}
+
+// TrainRequest describes one training stage. Paths are local file paths
+// that the host and the plugin both see (the blob store's local directory).
+type TrainRequest struct {
+	RunID       string
+	Stage       string // "stage1", "stage2", "stage3"
+	ModelConfig []byte // JSON of internal/model.Config
+	// InitCheckpoint is the checkpoint to start from (the previous stage's
+	// last one); empty means initialize from Seed.
+	InitCheckpoint string
+	// ResumeCheckpoint, when set, is a checkpoint of this same stage to resume
+	// from: weights, optimizer state and step count all continue.
+	ResumeCheckpoint string
+	Shards           []string // tokenized safetensors shards (see internal/model)
+	// Trainable selects parameters by canonical-name prefix; empty means all.
+	Trainable []string
+	// Frozen excludes parameters by prefix, applied after Trainable.
+	Frozen          []string
+	Steps           int     // total steps of the stage (a resumed run continues to this count)
+	BatchSize       int
+	LearningRate    float64 // peak learning rate
+	WarmupSteps     int
+	WeightDecay     float64
+	Seed            int64
+	LogEvery        int    // report progress every N steps
+	CheckpointEvery int    // save a checkpoint every N steps (and at the end)
+	CheckpointDir   string // where the plugin writes checkpoint files
+}
+
+// TrainProgress is one progress report. Checkpoint is set when a
+// checkpoint was just written.
+type TrainProgress struct {
+	Step         int
+	Loss         float64
+	LearningRate float64
+	TokensPerSec float64
+	Checkpoint   *Checkpoint
+}
+
+// Checkpoint is a checkpoint file written by a backend.
+type Checkpoint struct {
+	Path   string
+	Step   int
+	Loss   float64
+	SHA256 string // hex sha256 of the file
+	Bytes  int64
+}
+
+// TrainResult summarizes a finished stage.
+type TrainResult struct {
+	Final     Checkpoint
+	Steps     int
+	FirstLoss float64
+	LastLoss  float64
+	FLOPsStep float64 // model FLOPs per training step (forward + backward)
+}
+
+// LoadRequest loads a checkpoint for inference.
+type LoadRequest struct {
+	ModelConfig []byte
+	Checkpoint  string
+	Device      string // "" = backend default
+}
+
+// LoadResult identifies a loaded model.
+type LoadResult struct {
+	Session string
+}
+
+// Image is a preprocessed image: float32, HWC, Size x Size x 3, already
+// padded to square, resized and normalized by internal/model.
+type Image struct {
+	Size   int
+	Pixels []float32
+}
+
+// Sequence is one prompt: token ids in which image patch positions are
+// marked by the model's patch token, and the images those positions read,
+// in order.
+type Sequence struct {
+	Tokens []int32
+	Images []Image
+}
+
+// PrefillRequest runs prompts and opens a KV cache.
+type PrefillRequest struct {
+	Session       string
+	Batch         []Sequence
+	WantAttention bool // return attention of the last position over image patches
+}
+
+// DecodeRequest advances a KV cache by one token per sequence.
+type DecodeRequest struct {
+	Session string
+	CacheID string
+	Tokens  []int32 // one per sequence of the cache's batch
+	// WantAttention returns the attention of this position over image patches.
+	WantAttention bool
+}
+
+// ForwardResult holds next-token logits per sequence.
+type ForwardResult struct {
+	CacheID string
+	Logits  [][]float32 // [batch][vocab]
+	// Attention, when requested and supported: [batch][patches], averaged over
+	// heads and layers, for the first image of each sequence.
+	Attention [][]float32
+}
