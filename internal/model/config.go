@@ -1,0 +1,102 @@
+// Package model is the host side of the tinygrounder v1 model: architecture
+// config, tokenizer with the box grammar, prompt templates, image
+// preprocessing, tokenized training shards, decoding (greedy and
+// box-constrained) and the box codec. Backends (plugins/*) do tensor compute
+// only; everything that defines what the model reads and writes lives here,
+// once.
+package model
+
+import (
+	"encoding/json"
+	"fmt"
+)
+
+// Config is the tinygrounder v1 architecture. It travels as JSON to the
+// compute backends (compute.TrainRequest.ModelConfig).
+//
+// Architecture: the image (Size x Size x 3, float32 HWC, normalized) is cut
+// into (Size/Patch)^2 patches; a vision encoder (linear patch embedding +
+// learned position embedding + VisionDepth pre-LN transformer blocks of width
+// Width) encodes them; an MLP projector (Linear-GELU-Linear) maps them into
+// the language model width. The language model is a causal pre-LN
+// transformer (Depth blocks, Heads heads, MLP ratio MLPRatio) over token
+// embeddings plus learned positions; at every position whose token id is
+// PatchToken the embedding is replaced by the next projected patch feature
+// of the sequence's images, in order (image 0 patches first, then image 1).
+// Output head is tied to nothing: a separate "lm_head" matrix.
+//
+// Canonical parameter names (prefixes select what trains per stage):
+//
+//	vision.patch_embed.{w,b}   vision.pos
+//	vision.blocks.<i>.{ln1,attn,ln2,mlp}.*   vision.ln_f.*
+//	projector.{fc1,fc2}.{w,b}
+//	embed.tokens   embed.pos
+//	lm.blocks.<i>.{ln1,attn,ln2,mlp}.*   lm.ln_f.*   lm_head.w
+type Config struct {
+	Version     string  `json:"version"` // "tinygrounder/v1"
+	ImageSize   int     `json:"image_size"`
+	PatchSize   int     `json:"patch_size"`
+	VisionWidth int     `json:"vision_width"`
+	VisionDepth int     `json:"vision_depth"`
+	Width       int     `json:"width"`
+	Depth       int     `json:"depth"`
+	Heads       int     `json:"heads"`
+	MLPRatio    float64 `json:"mlp_ratio"`
+	VocabSize   int     `json:"vocab_size"`
+	MaxSeq      int     `json:"max_seq"`
+	MaxImages   int     `json:"max_images"` // image slots per sequence (full image + crop)
+	PatchToken  int32   `json:"patch_token"`
+	PadToken    int32   `json:"pad_token"`
+}
+
+// Patches returns the number of patches per image.
+func (c Config) Patches() int { return (c.ImageSize / c.PatchSize) * (c.ImageSize / c.PatchSize) }
+
+// Validate checks the config, naming the first bad field.
+func (c Config) Validate() error {
+	switch {
+	case c.Version != "tinygrounder/v1":
+		return fmt.Errorf("model config: version %q: want tinygrounder/v1", c.Version)
+	case c.ImageSize <= 0 || c.PatchSize <= 0 || c.ImageSize%c.PatchSize != 0:
+		return fmt.Errorf("model config: image_size %d must be a positive multiple of patch_size %d", c.ImageSize, c.PatchSize)
+	case c.Width <= 0 || c.Heads <= 0 || c.Width%c.Heads != 0:
+		return fmt.Errorf("model config: width %d must be a positive multiple of heads %d", c.Width, c.Heads)
+	case c.VisionWidth <= 0 || c.VisionWidth%c.Heads != 0:
+		return fmt.Errorf("model config: vision_width %d must be a positive multiple of heads %d", c.VisionWidth, c.Heads)
+	case c.Depth <= 0 || c.VisionDepth < 0:
+		return fmt.Errorf("model config: depth %d / vision_depth %d", c.Depth, c.VisionDepth)
+	case c.MLPRatio <= 0:
+		return fmt.Errorf("model config: mlp_ratio %v must be positive", c.MLPRatio)
+	case c.VocabSize <= 0 || int(c.PatchToken) >= c.VocabSize || int(c.PadToken) >= c.VocabSize:
+		return fmt.Errorf("model config: vocab_size %d too small for special tokens", c.VocabSize)
+	case c.MaxSeq < c.Patches()*c.MaxImages+8:
+		return fmt.Errorf("model config: max_seq %d shorter than %d image patches plus text", c.MaxSeq, c.Patches()*c.MaxImages)
+	}
+	return nil
+}
+
+// ParseConfig decodes and validates a config, rejecting unknown fields.
+func ParseConfig(b []byte) (Config, error) {
+	var c Config
+	dec := json.NewDecoder(bytesReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&c); err != nil {
+		return Config{}, fmt.Errorf("decode model config: %w", err)
+	}
+	return c, c.Validate()
+}
+
+// Tokenized training shard format (safetensors, one file per shard):
+//
+//	tokens       int32 [N, MaxSeq]   token ids, PadToken after the end
+//	targets      int32 [N, MaxSeq]   next-token target per position, -1 = no loss
+//	                                 (prompt, image patches and padding carry -1;
+//	                                 only answer tokens are learned)
+//	images       uint8 [M, ImageSize, ImageSize, 3]  preprocessed (padded to
+//	                                 square with the mean colour, resized) RGB
+//	image_index  int32 [N, MaxImages]  row of images per slot, -1 = empty slot
+//
+// Backends normalize images as (pixel/255 - 0.5) / 0.25 per channel, the
+// same function as NormalizePixels, so that training and inference agree.
+// The safetensors header's __metadata__ carries "config_sha256" and
+// "synth_set" for lineage.
