@@ -1,0 +1,209 @@
+package workflows
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	"go.temporal.io/api/serviceerror"
+	"go.temporal.io/sdk/activity"
+	"go.temporal.io/sdk/temporal"
+
+	"github.com/groundmesh/groundmesh/internal/events"
+)
+
+// The bridge lets workflows drive services that only speak events. The
+// Command activity stores its task token under a fresh correlation id,
+// publishes "<service>.requested" and returns activity.ErrResultPending.
+// The Bridge listener consumes the answers: "<service>.progress" becomes an
+// activity heartbeat (and, throttled, a progress signal to the workflow),
+// "<service>.completed" completes the activity with the payload and
+// "<service>.failed" fails it (non-retryable when the service said bad
+// input). Temporal keeps its timeouts, retries and history; services stay
+// plain message handlers.
+
+// Publisher publishes one event (internal/bus implements it).
+type Publisher interface {
+	Publish(ctx context.Context, topic string, payload any, meta map[string]string) error
+}
+
+// Pending is an activity waiting for a service's answer.
+type Pending struct {
+	CorrelationID string
+	TaskToken     []byte
+	WorkflowID    string
+	RunID         string
+	ActivityID    string
+	Topic         string
+}
+
+// TokenStore keeps pending activities' task tokens (Postgres in production:
+// table activity_bridge).
+type TokenStore interface {
+	Save(ctx context.Context, p Pending) error
+	Lookup(ctx context.Context, correlationID string) (Pending, bool, error)
+	MarkDone(ctx context.Context, correlationID string) error
+}
+
+// Activities are the workflows' activities; the worker builds one value
+// with its dependencies and registers its methods.
+type Activities struct {
+	Pub    Publisher
+	Tokens TokenStore
+}
+
+// Command publishes a service command and completes asynchronously.
+func (a *Activities) Command(ctx context.Context, in CommandInput) (json.RawMessage, error) {
+	ctx, span := otel.Tracer("groundmesh/workflows").Start(ctx, "bridge.command "+in.Service)
+	defer span.End()
+	switch in.Service {
+	case "ingest", "synth", "train", "eval":
+	default:
+		return nil, temporal.NewNonRetryableApplicationError(fmt.Sprintf("command: unknown service %q", in.Service), ErrTypeBadInput, nil)
+	}
+	info := activity.GetInfo(ctx)
+	// One correlation id per attempt: a late answer to an earlier attempt
+	// cannot complete this one.
+	corr := fmt.Sprintf("%s/%s/%d", info.WorkflowExecution.ID, info.ActivityID, info.Attempt)
+	span.SetAttributes(attribute.String("groundmesh.correlation_id", corr))
+	var payload map[string]any
+	if err := json.Unmarshal(in.Payload, &payload); err != nil || payload == nil {
+		return nil, temporal.NewNonRetryableApplicationError(fmt.Sprintf("command %s: payload is not a JSON object", in.Service), ErrTypeBadInput, err)
+	}
+	payload["correlation_id"] = corr
+	topic := in.Service + ".requested"
+	if err := a.Tokens.Save(ctx, Pending{
+		CorrelationID: corr, TaskToken: info.TaskToken, WorkflowID: info.WorkflowExecution.ID,
+		RunID: info.WorkflowExecution.RunID, ActivityID: info.ActivityID, Topic: topic,
+	}); err != nil {
+		return nil, fmt.Errorf("save task token: %w", err)
+	}
+	if err := a.Pub.Publish(ctx, topic, payload, map[string]string{events.MetaCorrelationID: corr}); err != nil {
+		return nil, fmt.Errorf("publish %s: %w", topic, err)
+	}
+	activity.GetLogger(ctx).Info("command published", "topic", topic, "correlation_id", corr)
+	return nil, activity.ErrResultPending
+}
+
+// ActivityCompleter is the part of the Temporal client the bridge uses.
+type ActivityCompleter interface {
+	CompleteActivity(ctx context.Context, taskToken []byte, result any, err error) error
+	RecordActivityHeartbeat(ctx context.Context, taskToken []byte, details ...any) error
+	SignalWorkflow(ctx context.Context, workflowID, runID, signalName string, arg any) error
+}
+
+// Bridge turns service answers into activity heartbeats and completions.
+type Bridge struct {
+	client ActivityCompleter
+	tokens TokenStore
+	logger *slog.Logger
+	// SignalEvery throttles progress signals to a workflow (default 5 s).
+	signalEvery time.Duration
+	now         func() time.Time
+
+	mu         sync.Mutex
+	lastSignal map[string]time.Time
+}
+
+// NewBridge builds a Bridge.
+func NewBridge(c ActivityCompleter, tokens TokenStore, logger *slog.Logger) *Bridge {
+	if logger == nil {
+		logger = slog.Default()
+	}
+	return &Bridge{client: c, tokens: tokens, logger: logger, signalEvery: 5 * time.Second, now: time.Now, lastSignal: map[string]time.Time{}}
+}
+
+// HandleProgress heartbeats the activity waiting on p.CorrelationID.
+func (b *Bridge) HandleProgress(ctx context.Context, p events.Progress) error {
+	ctx, span := otel.Tracer("groundmesh/workflows").Start(ctx, "bridge.progress")
+	defer span.End()
+	pend, ok, err := b.tokens.Lookup(ctx, p.CorrelationID)
+	if err != nil {
+		return fmt.Errorf("look up %s: %w", p.CorrelationID, err)
+	}
+	if !ok {
+		return nil // not ours (or already completed)
+	}
+	if err := b.client.RecordActivityHeartbeat(ctx, pend.TaskToken, p); err != nil && !gone(err) {
+		return fmt.Errorf("heartbeat %s: %w", p.CorrelationID, err)
+	}
+	b.mu.Lock()
+	last := b.lastSignal[p.CorrelationID]
+	due := b.now().Sub(last) >= b.signalEvery || p.Done == p.Total
+	if due {
+		b.lastSignal[p.CorrelationID] = b.now()
+	}
+	b.mu.Unlock()
+	if due {
+		if err := b.client.SignalWorkflow(ctx, pend.WorkflowID, pend.RunID, ProgressSignal, p); err != nil && !gone(err) {
+			b.logger.WarnContext(ctx, "progress signal failed", "workflow_id", pend.WorkflowID, "err", err)
+		}
+	}
+	return nil
+}
+
+// HandleCompleted completes the activity with the raw answer payload.
+func (b *Bridge) HandleCompleted(ctx context.Context, raw json.RawMessage) error {
+	ctx, span := otel.Tracer("groundmesh/workflows").Start(ctx, "bridge.completed")
+	defer span.End()
+	var head struct {
+		CorrelationID string `json:"correlation_id"`
+	}
+	if err := json.Unmarshal(raw, &head); err != nil || head.CorrelationID == "" {
+		return fmt.Errorf("completed event without correlation_id: %w", errors.Join(err, errMissingCorrelation))
+	}
+	return b.finish(ctx, head.CorrelationID, raw, nil)
+}
+
+// HandleFailed fails the activity; bad input is non-retryable.
+func (b *Bridge) HandleFailed(ctx context.Context, f events.Failed) error {
+	ctx, span := otel.Tracer("groundmesh/workflows").Start(ctx, "bridge.failed")
+	defer span.End()
+	typ := ErrTypeServiceFailed
+	if !f.Retryable {
+		typ = ErrTypeBadInput
+	}
+	appErr := temporal.NewApplicationErrorWithOptions(fmt.Sprintf("%s: %s", f.Service, f.Reason), typ,
+		temporal.ApplicationErrorOptions{NonRetryable: !f.Retryable})
+	return b.finish(ctx, f.CorrelationID, nil, appErr)
+}
+
+var errMissingCorrelation = errors.New("missing correlation id")
+
+func (b *Bridge) finish(ctx context.Context, corr string, result json.RawMessage, failure error) error {
+	pend, ok, err := b.tokens.Lookup(ctx, corr)
+	if err != nil {
+		return fmt.Errorf("look up %s: %w", corr, err)
+	}
+	if !ok {
+		b.logger.DebugContext(ctx, "answer for unknown or finished command", "correlation_id", corr)
+		return nil
+	}
+	var res any
+	if failure == nil {
+		res = result
+	}
+	if err := b.client.CompleteActivity(ctx, pend.TaskToken, res, failure); err != nil && !gone(err) {
+		return fmt.Errorf("complete activity %s: %w", corr, err)
+	}
+	b.mu.Lock()
+	delete(b.lastSignal, corr)
+	b.mu.Unlock()
+	if err := b.tokens.MarkDone(ctx, corr); err != nil {
+		return fmt.Errorf("mark %s done: %w", corr, err)
+	}
+	return nil
+}
+
+// gone reports errors meaning the activity no longer waits (timed out,
+// cancelled, completed already): the answer is dropped, not retried.
+func gone(err error) bool {
+	var nf *serviceerror.NotFound
+	return errors.As(err, &nf)
+}

@@ -1,0 +1,209 @@
+package workflows
+
+import (
+	"encoding/json"
+	"fmt"
+	"maps"
+	"time"
+
+	"go.temporal.io/sdk/temporal"
+	"go.temporal.io/sdk/workflow"
+
+	"github.com/groundmesh/groundmesh/internal/events"
+)
+
+// ErrTypeBadInput is the application error type of invalid workflow input
+// and of commands a service rejected as bad input; it is never retried.
+const ErrTypeBadInput = "BadInput"
+
+// ErrTypeServiceFailed is the application error type of a command a service
+// could not do.
+const ErrTypeServiceFailed = "ServiceFailed"
+
+func badInput(err error) error {
+	return temporal.NewNonRetryableApplicationError(err.Error(), ErrTypeBadInput, nil)
+}
+
+// Pipeline runs ingest -> synth -> train -> eval as child workflows, each
+// only when listed in the input's stages. A stage that is listed but whose
+// service is not deployed fails the run with the service's error (the
+// command times out on its schedule-to-start deadline), never silently.
+func Pipeline(ctx workflow.Context, in PipelineInput) (PipelineResult, error) {
+	in = in.WithDefaults()
+	if err := in.Validate(); err != nil {
+		return PipelineResult{}, badInput(err)
+	}
+	logger := workflow.GetLogger(ctx)
+	info := workflow.GetInfo(ctx)
+	res := PipelineResult{DatasetID: in.DatasetID, SynthSetID: in.SynthSetID, RunID: in.RunID}
+	if res.RunID == "" {
+		// Deterministic: derived from the workflow's own id, so a retried
+		// pipeline resumes the same training run.
+		res.RunID = uuidFromString(info.WorkflowExecution.ID)
+	}
+	want := map[string]bool{}
+	for _, s := range in.Stages {
+		want[s] = true
+	}
+	child := func(name, id string) workflow.Context {
+		return workflow.WithChildOptions(ctx, workflow.ChildWorkflowOptions{
+			WorkflowID: info.WorkflowExecution.ID + "/" + id,
+			TaskQueue:  info.TaskQueueName,
+		})
+	}
+
+	if want[StageIngest] {
+		var out events.DatasetIngested
+		req := events.IngestRequested{
+			Format: in.Dataset.Format, Path: in.Dataset.Path, Name: in.Dataset.Name,
+			MaxBadFraction: in.Dataset.MaxBadFraction,
+		}
+		if in.Dataset.Format == "scenes" {
+			req.Scenes = &events.ScenesSpec{Seed: in.Dataset.Seed, Images: in.Dataset.Images, Size: in.Dataset.Size}
+		}
+		if err := workflow.ExecuteChildWorkflow(child(IngestWorkflowName, "ingest"), Ingest, req).Get(ctx, &out); err != nil {
+			return res, fmt.Errorf("ingest: %w", err)
+		}
+		res.DatasetID = out.DatasetID
+		res.StagesRan = append(res.StagesRan, StageIngest)
+		logger.Info("ingest done", "dataset_id", out.DatasetID, "reused", out.Reused)
+	}
+	if want[StageSynth] {
+		var out events.SynthCompleted
+		req := events.SynthRequested{DatasetID: res.DatasetID, Seed: in.Synth.Seed, Samples: in.Synth.Samples, RewriteURL: in.Synth.RewriteURL}
+		if err := workflow.ExecuteChildWorkflow(child(SynthesizeWorkflowName, "synth"), Synthesize, req).Get(ctx, &out); err != nil {
+			return res, fmt.Errorf("synth: %w", err)
+		}
+		res.SynthSetID = out.SynthSetID
+		res.StagesRan = append(res.StagesRan, StageSynth)
+	}
+	if want[StageTrain] {
+		var out events.TrainCompleted
+		req := events.TrainRequested{RunID: res.RunID, SynthSetID: res.SynthSetID, Backend: in.Train.Backend, Spec: in.Train.Spec}
+		if err := workflow.ExecuteChildWorkflow(child(TrainWorkflowName, "train"), Train, req).Get(ctx, &out); err != nil {
+			return res, fmt.Errorf("train: %w", err)
+		}
+		res.Checkpoints = out.Checkpoints
+		res.StagesRan = append(res.StagesRan, StageTrain)
+	}
+	if want[StageEval] {
+		var out events.EvaluationCompleted
+		req := events.EvalRequested{RunID: res.RunID, Splits: in.Eval.Splits, MaxSamples: in.Eval.MaxSamples, Report: *in.Eval.Report}
+		if err := workflow.ExecuteChildWorkflow(child(EvaluateWorkflowName, "eval"), Evaluate, req).Get(ctx, &out); err != nil {
+			return res, fmt.Errorf("eval: %w", err)
+		}
+		res.Metrics = maps.Clone(out.Metrics)
+		res.ReportKey = out.ReportKey
+		res.StagesRan = append(res.StagesRan, StageEval)
+	}
+	return res, nil
+}
+
+// commandOptions are the bridge activity's options per service. The
+// heartbeat timeout bounds how long a service may stay silent: services
+// publish progress more often than that.
+func commandOptions(service string) workflow.ActivityOptions {
+	o := workflow.ActivityOptions{
+		ScheduleToStartTimeout: time.Minute,
+		StartToCloseTimeout:    time.Hour,
+		HeartbeatTimeout:       3 * time.Minute,
+		RetryPolicy: &temporal.RetryPolicy{
+			InitialInterval:        2 * time.Second,
+			BackoffCoefficient:     2,
+			MaximumInterval:        time.Minute,
+			MaximumAttempts:        4,
+			NonRetryableErrorTypes: []string{ErrTypeBadInput},
+		},
+	}
+	if service == "train" {
+		o.StartToCloseTimeout = 4 * time.Hour
+	}
+	return o
+}
+
+func runCommand(ctx workflow.Context, service string, payload any, out any) error {
+	raw, err := json.Marshal(payload)
+	if err != nil {
+		return badInput(fmt.Errorf("encode %s command: %w", service, err))
+	}
+	actx := workflow.WithActivityOptions(ctx, commandOptions(service))
+	var a *Activities
+	var result json.RawMessage
+	if err := workflow.ExecuteActivity(actx, a.Command, CommandInput{Service: service, Payload: raw}).Get(ctx, &result); err != nil {
+		return err
+	}
+	if err := json.Unmarshal(result, out); err != nil {
+		return fmt.Errorf("decode %s result: %w", service, err)
+	}
+	return nil
+}
+
+// Ingest ingests one dataset through services/ingest.
+func Ingest(ctx workflow.Context, req events.IngestRequested) (events.DatasetIngested, error) {
+	var out events.DatasetIngested
+	err := runCommand(ctx, "ingest", req, &out)
+	return out, err
+}
+
+// Synthesize builds a synth set through services/synth.
+func Synthesize(ctx workflow.Context, req events.SynthRequested) (events.SynthCompleted, error) {
+	var out events.SynthCompleted
+	if req.DatasetID == "" {
+		return out, badInput(fmt.Errorf("synthesize input: dataset_id is required"))
+	}
+	err := runCommand(ctx, "synth", req, &out)
+	return out, err
+}
+
+// Train runs the three training stages through services/train. Its status
+// query answers the current stage, step and loss, fed by the bridge's
+// throttled progress signals.
+func Train(ctx workflow.Context, req events.TrainRequested) (events.TrainCompleted, error) {
+	var out events.TrainCompleted
+	if req.SynthSetID == "" {
+		return out, badInput(fmt.Errorf("train input: synth_set_id is required"))
+	}
+	if req.RunID == "" {
+		req.RunID = uuidFromString(workflow.GetInfo(ctx).WorkflowExecution.ID)
+	}
+	if req.Backend == "" {
+		req.Backend = "gomlx"
+	}
+	status := TrainStatus{RunID: req.RunID, State: "running"}
+	if err := workflow.SetQueryHandler(ctx, StatusQuery, func() (TrainStatus, error) { return status, nil }); err != nil {
+		return out, err
+	}
+	sigs := workflow.GetSignalChannel(ctx, ProgressSignal)
+	workflow.Go(ctx, func(gctx workflow.Context) {
+		for {
+			var p events.Progress
+			if !sigs.Receive(gctx, &p) {
+				return
+			}
+			status.Stage, status.Step, status.Total = p.Phase, p.Done, p.Total
+			var d struct {
+				Loss float64 `json:"loss"`
+			}
+			if len(p.Details) > 0 && json.Unmarshal(p.Details, &d) == nil {
+				status.Loss = d.Loss
+			}
+		}
+	})
+	err := runCommand(ctx, "train", req, &out)
+	if err != nil {
+		status.State = "failed"
+		return out, err
+	}
+	status.State = "completed"
+	return out, nil
+}
+
+// Evaluate scores a run's checkpoints through services/eval.
+func Evaluate(ctx workflow.Context, req events.EvalRequested) (events.EvaluationCompleted, error) {
+	var out events.EvaluationCompleted
+	if req.RunID == "" {
+		return out, badInput(fmt.Errorf("evaluate input: run_id is required"))
+	}
+	err := runCommand(ctx, "eval", req, &out)
+	return out, err
+}

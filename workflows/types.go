@@ -1,0 +1,262 @@
+// Package workflows holds groundmesh's Temporal workflows (Pipeline and its
+// children Ingest, Synthesize, Train, Evaluate) and the bridge activity they
+// call. Workflows never talk to services directly: the bridge activity
+// publishes a command event and completes asynchronously when the service
+// answers (see bridge.go).
+package workflows
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"strings"
+)
+
+// TaskQueue is the task queue the groundmesh worker polls.
+const TaskQueue = "groundmesh"
+
+// Workflow type names, as they appear in the Temporal UI.
+const (
+	PipelineWorkflowName   = "Pipeline"
+	IngestWorkflowName     = "Ingest"
+	SynthesizeWorkflowName = "Synthesize"
+	TrainWorkflowName      = "Train"
+	EvaluateWorkflowName   = "Evaluate"
+
+	// CommandActivityName is the bridge activity.
+	CommandActivityName = "Command"
+	// StatusQuery is the query the Train workflow answers (stage, step, loss).
+	StatusQuery = "status"
+	// ProgressSignal carries throttled progress from the bridge into a workflow.
+	ProgressSignal = "progress"
+)
+
+// Stage names of the pipeline.
+const (
+	StageIngest = "ingest"
+	StageSynth  = "synth"
+	StageTrain  = "train"
+	StageEval   = "eval"
+)
+
+// KnownStages lists the stages the pipeline can run, in order.
+var KnownStages = []string{StageIngest, StageSynth, StageTrain, StageEval}
+
+// PipelineInput is the Pipeline workflow's input. Every field has a default,
+// so that `{}` from the Temporal UI runs the whole pipeline on the built-in
+// scene world.
+type PipelineInput struct {
+	// Stages to run, in pipeline order (default: all known stages).
+	Stages []string `json:"stages,omitempty"`
+	// Dataset to ingest (default: the built-in scene world).
+	Dataset DatasetInput `json:"dataset"`
+	// Synth configures alignment data synthesis.
+	Synth SynthInput `json:"synth"`
+	// Train configures three-stage training.
+	Train TrainInput `json:"train"`
+	// Eval configures evaluation.
+	Eval EvalInput `json:"eval"`
+	// DatasetID skips ingest and uses an ingested dataset version.
+	DatasetID string `json:"dataset_id,omitempty"`
+	// SynthSetID skips synthesis and uses an existing synth set.
+	SynthSetID string `json:"synth_set_id,omitempty"`
+	// RunID names (or resumes) the training run; default derived from the workflow id.
+	RunID string `json:"run_id,omitempty"`
+
+	decodeErr error
+}
+
+// DatasetInput selects what to ingest.
+type DatasetInput struct {
+	Format string `json:"format,omitempty"` // default "scenes"
+	Path   string `json:"path,omitempty"`
+	Name   string `json:"name,omitempty"`
+	Seed   int64  `json:"seed,omitempty"`
+	Images int    `json:"images,omitempty"` // scenes only
+	Size   int    `json:"size,omitempty"`   // scenes only
+	// MaxBadFraction of rejected records before the ingest fails (default 0.05).
+	MaxBadFraction float64 `json:"max_bad_fraction,omitempty"`
+}
+
+// SynthInput configures synthesis.
+type SynthInput struct {
+	Seed       int64  `json:"seed,omitempty"`
+	Samples    int    `json:"samples,omitempty"`
+	RewriteURL string `json:"rewrite_url,omitempty"`
+}
+
+// TrainInput configures training.
+type TrainInput struct {
+	Backend string          `json:"backend,omitempty"` // default "gomlx"
+	Spec    json.RawMessage `json:"spec,omitempty"`    // services/train run spec
+}
+
+// EvalInput configures evaluation.
+type EvalInput struct {
+	Splits     []string `json:"splits,omitempty"`
+	MaxSamples int      `json:"max_samples,omitempty"`
+	Report     *bool    `json:"report,omitempty"` // default true
+}
+
+// UnmarshalJSON decodes strictly: an unknown field is remembered (not
+// returned, which would make Temporal retry the workflow task forever) and
+// reported by Validate, naming the field.
+func (in *PipelineInput) UnmarshalJSON(b []byte) error {
+	type plain PipelineInput
+	var p plain
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&p); err != nil {
+		// Fall back to a lenient decode so defaults still apply, and keep the
+		// error for Validate.
+		var q plain
+		_ = json.Unmarshal(b, &q)
+		*in = PipelineInput(q)
+		in.decodeErr = fmt.Errorf("pipeline input: %s", strings.TrimPrefix(err.Error(), "json: "))
+		return nil
+	}
+	*in = PipelineInput(p)
+	return nil
+}
+
+// WithDefaults returns the input with every unset field defaulted.
+func (in PipelineInput) WithDefaults() PipelineInput {
+	if len(in.Stages) == 0 {
+		in.Stages = append([]string(nil), KnownStages...)
+	}
+	if in.Dataset.Format == "" {
+		in.Dataset.Format = "scenes"
+	}
+	if in.Dataset.Format == "scenes" {
+		if in.Dataset.Name == "" {
+			in.Dataset.Name = "scenes"
+		}
+		if in.Dataset.Seed == 0 {
+			in.Dataset.Seed = 1
+		}
+		if in.Dataset.Images == 0 {
+			in.Dataset.Images = 1200
+		}
+		if in.Dataset.Size == 0 {
+			in.Dataset.Size = 64
+		}
+	}
+	if in.Dataset.MaxBadFraction == 0 {
+		in.Dataset.MaxBadFraction = 0.05
+	}
+	if in.Synth.Seed == 0 {
+		in.Synth.Seed = 1
+	}
+	if in.Synth.Samples == 0 {
+		in.Synth.Samples = 24000
+	}
+	if in.Train.Backend == "" {
+		in.Train.Backend = "gomlx"
+	}
+	if len(in.Eval.Splits) == 0 {
+		in.Eval.Splits = []string{"val", "test", "heldout"}
+	}
+	if in.Eval.MaxSamples == 0 {
+		in.Eval.MaxSamples = 300
+	}
+	if in.Eval.Report == nil {
+		t := true
+		in.Eval.Report = &t
+	}
+	return in
+}
+
+// Validate checks a defaulted input and names the first bad field.
+func (in PipelineInput) Validate() error {
+	if in.decodeErr != nil {
+		return in.decodeErr
+	}
+	seen := map[string]bool{}
+	for i, s := range in.Stages {
+		known := false
+		for _, k := range KnownStages {
+			known = known || s == k
+		}
+		if !known {
+			return fmt.Errorf("pipeline input: stages[%d] = %q: want one of %s", i, s, strings.Join(KnownStages, ", "))
+		}
+		if seen[s] {
+			return fmt.Errorf("pipeline input: stages[%d] = %q: listed twice", i, s)
+		}
+		seen[s] = true
+	}
+	switch in.Dataset.Format {
+	case "scenes", "coco", "refcoco", "vg", "flickr30k", "odvg":
+	default:
+		return fmt.Errorf("pipeline input: dataset.format = %q: want scenes, coco, refcoco, vg, flickr30k or odvg", in.Dataset.Format)
+	}
+	if in.Dataset.Format != "scenes" && in.Dataset.Path == "" && seen[StageIngest] {
+		return fmt.Errorf("pipeline input: dataset.path is required for format %q", in.Dataset.Format)
+	}
+	if in.Dataset.Images < 0 || in.Dataset.Images > 1_000_000 {
+		return fmt.Errorf("pipeline input: dataset.images = %d: want 1..1000000", in.Dataset.Images)
+	}
+	if in.Dataset.Size < 0 || (in.Dataset.Size != 0 && (in.Dataset.Size < 16 || in.Dataset.Size > 1024)) {
+		return fmt.Errorf("pipeline input: dataset.size = %d: want 16..1024", in.Dataset.Size)
+	}
+	if in.Dataset.MaxBadFraction < 0 || in.Dataset.MaxBadFraction > 1 {
+		return fmt.Errorf("pipeline input: dataset.max_bad_fraction = %v: want 0..1", in.Dataset.MaxBadFraction)
+	}
+	if in.Synth.Samples < 0 || in.Synth.Samples > 10_000_000 {
+		return fmt.Errorf("pipeline input: synth.samples = %d: want 1..10000000", in.Synth.Samples)
+	}
+	switch in.Train.Backend {
+	case "gomlx", "libtorch", "onnx", "ggml":
+	default:
+		return fmt.Errorf("pipeline input: train.backend = %q: want gomlx, libtorch, onnx or ggml", in.Train.Backend)
+	}
+	if len(in.Train.Spec) > 0 && !json.Valid(in.Train.Spec) {
+		return fmt.Errorf("pipeline input: train.spec is not valid JSON")
+	}
+	if in.Eval.MaxSamples < 0 {
+		return fmt.Errorf("pipeline input: eval.max_samples = %d: want >= 0", in.Eval.MaxSamples)
+	}
+	// Later stages need what earlier ones produce, unless given.
+	if seen[StageSynth] && !seen[StageIngest] && in.DatasetID == "" {
+		return fmt.Errorf("pipeline input: dataset_id is required when stages omit %q", StageIngest)
+	}
+	if seen[StageTrain] && !seen[StageSynth] && in.SynthSetID == "" {
+		return fmt.Errorf("pipeline input: synth_set_id is required when stages omit %q", StageSynth)
+	}
+	if seen[StageEval] && !seen[StageTrain] && in.RunID == "" {
+		return fmt.Errorf("pipeline input: run_id is required when stages omit %q", StageTrain)
+	}
+	return nil
+}
+
+// PipelineResult is what a Pipeline run produced.
+type PipelineResult struct {
+	DatasetID   string             `json:"dataset_id,omitempty"`
+	SynthSetID  string             `json:"synth_set_id,omitempty"`
+	RunID       string             `json:"run_id,omitempty"`
+	Checkpoints map[string]string  `json:"checkpoints,omitempty"`
+	Metrics     map[string]float64 `json:"metrics,omitempty"`
+	ReportKey   string             `json:"report_key,omitempty"`
+	StagesRan   []string           `json:"stages_ran"`
+}
+
+// CommandInput is the bridge activity's input: which command to publish.
+type CommandInput struct {
+	// Service is the short service name ("ingest", "synth", "train", "eval");
+	// the command goes to "<service>.requested" and the answer comes on
+	// "<service>.completed" / "<service>.failed".
+	Service string `json:"service"`
+	// Payload is the command payload (an events.*Requested) without its
+	// correlation id, which the bridge sets.
+	Payload json.RawMessage `json:"payload"`
+}
+
+// TrainStatus answers the Train workflow's status query.
+type TrainStatus struct {
+	RunID string  `json:"run_id"`
+	Stage string  `json:"stage"`
+	Step  int64   `json:"step"`
+	Total int64   `json:"total"`
+	Loss  float64 `json:"loss"`
+	State string  `json:"state"` // running, completed, failed
+}
