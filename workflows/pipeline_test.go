@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/mock"
 	tlog "go.temporal.io/sdk/log"
@@ -158,11 +159,13 @@ func TestTrainStatusQueryFollowsProgressSignals(t *testing.T) {
 	env.OnActivity((&Activities{}).Command, mock.Anything, mock.Anything).Return(
 		func(ctx context.Context, in CommandInput) (json.RawMessage, error) {
 			return json.RawMessage(`{"run_id":"r1","checkpoints":{"stage1":"c1"}}`), nil
-		})
+		}).After(time.Minute)
 	env.RegisterDelayedCallback(func() {
 		env.SignalWorkflow(ProgressSignal, events.Progress{Phase: "stage2", Done: 40, Total: 100, Details: json.RawMessage(`{"loss":1.25}`)})
-	}, 0)
+	}, time.Second)
+	queried := false
 	env.RegisterDelayedCallback(func() {
+		queried = true
 		v, err := env.QueryWorkflow(StatusQuery)
 		if err != nil {
 			t.Errorf("query: %v", err)
@@ -173,9 +176,12 @@ func TestTrainStatusQueryFollowsProgressSignals(t *testing.T) {
 		if st.Stage != "stage2" || st.Step != 40 || st.Loss != 1.25 {
 			t.Errorf("status %+v", st)
 		}
-	}, 1)
+	}, 2*time.Second)
 	env.ExecuteWorkflow(Train, events.TrainRequested{RunID: "r1", SynthSetID: "ss"})
 	if err := env.GetWorkflowError(); err != nil {
 		t.Fatal(err)
+	}
+	if !queried {
+		t.Fatal("status query never ran")
 	}
 }
