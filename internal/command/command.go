@@ -1,0 +1,147 @@
+// Package command turns a service use case into a bus consumer of its
+// command topic: it decodes "<svc>.requested", runs the use case with a
+// progress callback that publishes "<svc>.progress", and answers with
+// "<svc>.completed" or "<svc>.failed". Services stay plain functions; this
+// is the only place that knows the request/answer topic convention.
+package command
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill/message"
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/codes"
+
+	"github.com/groundmesh/groundmesh/internal/bus"
+	"github.com/groundmesh/groundmesh/internal/events"
+)
+
+// UseCase is a service operation: the request, a progress sink, the answer.
+type UseCase[Req, Res any] func(ctx context.Context, req Req, progress func(events.Progress)) (Res, error)
+
+// Registrar is the part of internal/bus this package needs.
+type Registrar interface {
+	Handle(name, topic string, fn func(ctx context.Context, msg *message.Message) error) error
+	Publish(ctx context.Context, topic string, payload any, meta map[string]string) error
+}
+
+// Config configures one command consumer.
+type Config struct {
+	// Service is the short service name: the consumer reads
+	// "<Service>.requested" and answers on "<Service>.progress|completed|failed".
+	Service string
+	// Handler names the consumer group. Renaming it changes the group (a new
+	// group starts from the topic's beginning): name it deliberately.
+	Handler string
+	// BadInput reports errors that are the request's fault; they are
+	// answered as non-retryable failures.
+	BadInput func(error) bool
+	// ProgressEvery throttles progress events (default 1s); the first and
+	// the final (Done == Total) report always go out.
+	ProgressEvery time.Duration
+	Logger        *slog.Logger
+}
+
+// Serve registers the consumer of cfg.Service's command topic on r.
+func Serve[Req, Res any](r Registrar, cfg Config, uc UseCase[Req, Res]) error {
+	if cfg.Service == "" {
+		return errors.New("command: Service is required")
+	}
+	if cfg.Handler == "" {
+		cfg.Handler = cfg.Service + "-service"
+	}
+	if cfg.ProgressEvery == 0 {
+		cfg.ProgressEvery = time.Second
+	}
+	if cfg.BadInput == nil {
+		cfg.BadInput = func(error) bool { return false }
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	tracer := otel.Tracer("groundmesh/command")
+	topic := cfg.Service + ".requested"
+	return r.Handle(cfg.Handler, topic, bus.Typed(func(ctx context.Context, req Req, msg *message.Message) error {
+		corr := msg.Metadata.Get(events.MetaCorrelationID)
+		if corr == "" {
+			corr = bus.CorrelationID(ctx)
+		}
+		if corr == "" {
+			return bus.Permanent(fmt.Errorf("%s: command without correlation id", topic))
+		}
+		ctx, span := tracer.Start(ctx, cfg.Service+".handle")
+		defer span.End()
+		meta := map[string]string{events.MetaCorrelationID: corr}
+
+		var mu sync.Mutex
+		var last time.Time
+		progress := func(p events.Progress) {
+			mu.Lock()
+			now := time.Now()
+			due := last.IsZero() || now.Sub(last) >= cfg.ProgressEvery || (p.Total > 0 && p.Done >= p.Total)
+			if due {
+				last = now
+			}
+			mu.Unlock()
+			if !due {
+				return
+			}
+			p.CorrelationID, p.Service, p.At = corr, cfg.Service, now.UTC()
+			if err := r.Publish(ctx, cfg.Service+".progress", p, meta); err != nil {
+				cfg.Logger.WarnContext(ctx, "publish progress", "service", cfg.Service, "err", err)
+			}
+		}
+
+		res, err := uc(ctx, req, progress)
+		if err != nil {
+			if ctx.Err() != nil {
+				// Shutting down: leave the command unacked for redelivery.
+				return fmt.Errorf("%s interrupted: %w", cfg.Service, err)
+			}
+			span.RecordError(err)
+			span.SetStatus(codes.Error, err.Error())
+			f := events.Failed{CorrelationID: corr, Service: cfg.Service, Reason: err.Error(), Retryable: !cfg.BadInput(err)}
+			cfg.Logger.ErrorContext(ctx, "command failed", "service", cfg.Service, "correlation_id", corr, "retryable", f.Retryable, "err", err)
+			if perr := r.Publish(ctx, cfg.Service+".failed", f, meta); perr != nil {
+				return fmt.Errorf("publish %s.failed: %w", cfg.Service, perr)
+			}
+			return nil
+		}
+		answer, err := withCorrelation(res, corr)
+		if err != nil {
+			return bus.Permanent(err)
+		}
+		if err := r.Publish(ctx, cfg.Service+".completed", answer, meta); err != nil {
+			return fmt.Errorf("publish %s.completed: %w", cfg.Service, err)
+		}
+		return nil
+	}))
+}
+
+// withCorrelation returns res as a JSON object with correlation_id set.
+func withCorrelation(res any, corr string) (map[string]any, error) {
+	b, err := json.Marshal(res)
+	if err != nil {
+		return nil, fmt.Errorf("encode answer: %w", err)
+	}
+	var m map[string]any
+	if err := json.Unmarshal(b, &m); err != nil || m == nil {
+		return nil, fmt.Errorf("answer %T is not a JSON object", res)
+	}
+	m["correlation_id"] = corr
+	return m, nil
+}
+
+// SimpleProgress adapts a use case whose progress is (done, total, message)
+// to events.Progress with a phase.
+func SimpleProgress(phase string, sink func(events.Progress)) func(done, total int64, msg string) {
+	return func(done, total int64, msg string) {
+		sink(events.Progress{Phase: phase, Done: done, Total: total, Message: msg})
+	}
+}
