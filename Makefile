@@ -1,0 +1,51 @@
+# groundmesh: the two commands are `make demo` and `make test`.
+SHELL := /bin/bash
+GO ?= go
+BIN := $(CURDIR)/bin
+DATA_DIR ?= $(CURDIR)/.data
+WORKFLOWCHECK_VERSION := v0.6.0
+# The pure-Go GoMLX backend: sequential op execution (its default worker pool
+# deadlocks on 2 cores) unless the user says otherwise.
+export GOMLX_BACKEND ?= go:ops_sequential
+
+.PHONY: all build plugins demo test vet workflowcheck services clean bench fuzz
+
+all: build
+
+build: plugins
+	$(GO) build -o $(BIN)/groundmesh ./cmd/groundmesh
+
+plugins:
+	CGO_ENABLED=0 $(GO) build -o $(BIN)/groundmesh-gomlx ./plugins/gomlx/cmd/groundmesh-gomlx
+
+# Runs the whole pipeline once on the built-in scene world on the embedded
+# stack (in-process Temporal + UI, private Postgres unless DATABASE_URL is set,
+# the bus on Postgres, services, the GoMLX plugin), then prints where to look.
+demo: build
+	$(BIN)/groundmesh demo --data-dir $(DATA_DIR)
+
+$(BIN)/workflowcheck:
+	GOBIN=$(BIN) $(GO) install go.temporal.io/sdk/contrib/tools/workflowcheck@$(WORKFLOWCHECK_VERSION)
+
+workflowcheck: $(BIN)/workflowcheck
+	$(BIN)/workflowcheck ./workflows/...
+
+vet:
+	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { echo "gofmt needed:"; gofmt -l $$(git ls-files '*.go'); exit 1; }
+	$(GO) vet ./...
+
+services:
+	./scripts/ensure-services.sh
+
+# Tests run against the real Postgres and NATS of this machine (started when
+# missing) and build the real plugin binary.
+test: services vet workflowcheck plugins
+	GROUNDMESH_PLUGIN_DIR=$(BIN) $(GO) test -p 2 -timeout 30m ./...
+
+bench:
+	$(GO) run ./bench/ingest
+	$(GO) run ./bench/synth
+	$(GO) test -run '^$$' -bench . -benchtime 3x ./plugins/gomlx/
+
+clean:
+	rm -rf $(BIN) $(DATA_DIR)
