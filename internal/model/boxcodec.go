@@ -56,7 +56,11 @@ func FormatBox(n NormBox) string {
 		if i > 0 {
 			sb.WriteString(", ")
 		}
-		sb.WriteString(strconv.FormatFloat(math.Round(v*1000)/1000, 'f', 3, 64))
+		r := math.Round(v*1000) / 1000
+		if r == 0 {
+			r = 0 // never "-0.000"
+		}
+		sb.WriteString(strconv.FormatFloat(r, 'f', 3, 64))
 	}
 	sb.WriteByte(']')
 	return sb.String()
@@ -88,7 +92,7 @@ func ParseBox(s string) (NormBox, error) {
 		if v < 0 || v > 1 || math.IsNaN(v) {
 			return NormBox{}, fmt.Errorf("parse box: number %d = %v outside [0, 1]", k+1, v)
 		}
-		n[k] = v
+		n[k] = v + 0 // -0 reads as 0
 	}
 	if n[0] > n[2] || n[1] > n[3] {
 		return NormBox{}, fmt.Errorf("parse box: corners out of order in %q", truncate(s))

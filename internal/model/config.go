@@ -32,6 +32,8 @@ import (
 //	projector.{fc1,fc2}.{w,b}
 //	embed.tokens   embed.pos
 //	lm.blocks.<i>.{ln1,attn,ln2,mlp}.*   lm.ln_f.*   lm_head.w
+//
+// Config.Params lists every parameter by its full name with its shape.
 type Config struct {
 	Version     string  `json:"version"` // "tinygrounder/v1"
 	ImageSize   int     `json:"image_size"`

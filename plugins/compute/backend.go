@@ -67,7 +67,7 @@ type TrainRequest struct {
 	Trainable []string
 	// Frozen excludes parameters by prefix, applied after Trainable.
 	Frozen          []string
-	Steps           int     // total steps of the stage (a resumed run continues to this count)
+	Steps           int // total steps of the stage (a resumed run continues to this count)
 	BatchSize       int
 	LearningRate    float64 // peak learning rate
 	WarmupSteps     int

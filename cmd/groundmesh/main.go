@@ -1,0 +1,123 @@
+// Command groundmesh is the one binary of groundmesh: the embedded stack
+// (up, demo), the production roles (worker, serve) and the CLI verbs
+// (scenes, ingest, synth, report, compare, pipeline).
+//
+// The environment is read here, once: DATABASE_URL, TEMPORAL_ADDRESS,
+// GROUNDMESH_DATA_DIR, GROUNDMESH_BUS, NATS_URL, GROUNDMESH_PLUGIN_DIR,
+// OTEL_EXPORTER_OTLP_ENDPOINT, GROUNDMESH_LOG_LEVEL.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+const usage = `groundmesh: multi-scale fine-grained grounding, from data to served model
+
+usage: groundmesh <command> [flags]
+
+embedded stack:
+  up                      start the embedded stack (Temporal + UI, Postgres, bus, services) until interrupted
+  demo                    start the stack, run the whole pipeline on the built-in scene world, print where to look
+
+production roles:
+  worker                  Temporal worker, event bridge and service consumers (TEMPORAL_ADDRESS, DATABASE_URL)
+  serve                   HTTP gateway only
+
+data and models:
+  scenes generate         write the built-in scene world (COCO, RefCOCO, VG files + PNGs)
+  ingest PATH --format F  ingest a dataset (coco, refcoco, vg, flickr30k, odvg, scenes)
+  synth DATASET_ID        synthesize multi-scale alignment data
+  report RUN_ID           write the HTML report of a training run
+  compare RUN_A RUN_B     print two runs' metrics side by side
+  pipeline start [JSON]   start a Pipeline workflow on a running stack
+
+Run "groundmesh <command> -h" for a command's flags.
+`
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if len(os.Args) < 2 {
+		fmt.Fprint(os.Stderr, usage)
+		os.Exit(2)
+	}
+	env := readEnv()
+	var err error
+	args := os.Args[2:]
+	switch os.Args[1] {
+	case "up":
+		err = cmdUp(ctx, env, args, false)
+	case "worker":
+		err = cmdUp(ctx, env, args, true)
+	case "serve":
+		err = cmdServe(ctx, env, args)
+	case "demo":
+		err = cmdDemo(ctx, env, args)
+	case "scenes":
+		err = cmdScenes(ctx, env, args)
+	case "ingest":
+		err = cmdIngest(ctx, env, args)
+	case "synth":
+		err = cmdSynth(ctx, env, args)
+	case "report":
+		err = cmdReport(ctx, env, args)
+	case "compare":
+		err = cmdCompare(ctx, env, args)
+	case "pipeline":
+		err = cmdPipeline(ctx, env, args)
+	case "-h", "--help", "help":
+		fmt.Print(usage)
+		return
+	default:
+		fmt.Fprintf(os.Stderr, "groundmesh: unknown command %q\n\n%s", os.Args[1], usage)
+		os.Exit(2)
+	}
+	if err != nil {
+		if errors.Is(err, errUsage) {
+			os.Exit(2)
+		}
+		fmt.Fprintln(os.Stderr, "groundmesh:", err)
+		os.Exit(1)
+	}
+}
+
+var errUsage = errors.New("usage")
+
+// env is the process environment, parsed once.
+type env struct {
+	DatabaseURL     string
+	TemporalAddress string
+	DataDir         string
+	Bus             string
+	NATSURL         string
+	PluginDir       string
+	OTLPEndpoint    string
+	LogLevel        string
+}
+
+func readEnv() env {
+	e := env{
+		DatabaseURL:     os.Getenv("DATABASE_URL"),
+		TemporalAddress: os.Getenv("TEMPORAL_ADDRESS"),
+		DataDir:         os.Getenv("GROUNDMESH_DATA_DIR"),
+		Bus:             os.Getenv("GROUNDMESH_BUS"),
+		NATSURL:         os.Getenv("NATS_URL"),
+		PluginDir:       os.Getenv("GROUNDMESH_PLUGIN_DIR"),
+		OTLPEndpoint:    os.Getenv("OTEL_EXPORTER_OTLP_ENDPOINT"),
+		LogLevel:        os.Getenv("GROUNDMESH_LOG_LEVEL"),
+	}
+	if e.DataDir == "" {
+		e.DataDir = ".data"
+	}
+	if e.PluginDir == "" {
+		if exe, err := os.Executable(); err == nil {
+			e.PluginDir = dirOf(exe)
+		}
+	}
+	return e
+}

@@ -1,0 +1,316 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/google/uuid"
+	"go.temporal.io/sdk/client"
+
+	"github.com/groundmesh/groundmesh/internal/stack"
+	"github.com/groundmesh/groundmesh/internal/telemetry"
+	"github.com/groundmesh/groundmesh/workflows"
+)
+
+func dirOf(p string) string { return filepath.Dir(p) }
+
+type commonFlags struct {
+	dataDir  string
+	bus      string
+	httpAddr string
+	tport    int
+	uiport   int
+	verbose  bool
+}
+
+func (c *commonFlags) register(fs *flag.FlagSet, e env) {
+	fs.StringVar(&c.dataDir, "data-dir", e.DataDir, "data directory (private Postgres, Temporal SQLite, blobs, traces)")
+	fs.StringVar(&c.bus, "bus", e.Bus, "event bus: postgres (default) or nats")
+	fs.StringVar(&c.httpAddr, "http", "127.0.0.1:8080", `HTTP gateway address ("off" to disable)`)
+	fs.IntVar(&c.tport, "temporal-port", 7233, "in-process Temporal frontend port (0 = any free)")
+	fs.IntVar(&c.uiport, "ui-port", 8233, "Temporal Web UI port (-1 = no UI)")
+	fs.BoolVar(&c.verbose, "v", false, "debug logging")
+}
+
+// setup starts telemetry and the logger of a command.
+func setup(ctx context.Context, e env, dataDir string, verbose bool, logTo io.Writer) (*slog.Logger, func(), error) {
+	if err := os.MkdirAll(dataDir, 0o755); err != nil {
+		return nil, nil, fmt.Errorf("create data dir: %w", err)
+	}
+	level := slog.LevelInfo
+	if verbose || e.LogLevel == "debug" {
+		level = slog.LevelDebug
+	}
+	logger := telemetry.NewLogger(logTo, level, "groundmesh")
+	tel, err := telemetry.Setup(ctx, telemetry.Config{
+		Service: "groundmesh", TraceFile: filepath.Join(dataDir, "traces.jsonl"),
+		OTLPEndpoint: e.OTLPEndpoint, Logger: logger,
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	return logger, func() { _ = tel.Shutdown(context.Background()) }, nil
+}
+
+func startStack(ctx context.Context, e env, c commonFlags, worker bool, logger *slog.Logger) (*stack.Stack, error) {
+	return stack.Start(ctx, stack.Config{
+		DataDir: c.dataDir, DatabaseURL: e.DatabaseURL, TemporalAddress: e.TemporalAddress,
+		TemporalPort: c.tport, UIPort: c.uiport, Bus: c.bus, NATSURL: e.NATSURL,
+		HTTPAddr: c.httpAddr, PluginDir: e.PluginDir, Worker: worker, Logger: logger,
+	})
+}
+
+func closeStack(s *stack.Stack) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	if err := s.Close(ctx); err != nil {
+		fmt.Fprintln(os.Stderr, "groundmesh: shutdown:", err)
+	}
+}
+
+func printWhere(s *stack.Stack) {
+	fmt.Println("groundmesh is up")
+	if u := s.UIURL(); u != "" {
+		fmt.Printf("  Temporal UI:    %s/namespaces/default/workflows\n", u)
+	}
+	fmt.Printf("  Temporal:       %s (namespace default, task queue %s)\n", s.TemporalAddr(), workflows.TaskQueue)
+	if u := s.GatewayURL(); u != "" {
+		fmt.Printf("  HTTP gateway:   %s  (POST /api/pipelines with {} starts a pipeline)\n", u)
+	}
+	fmt.Printf("  data dir:       %s\n", s.DataDir())
+	fmt.Printf("  traces:         %s\n", filepath.Join(s.DataDir(), "traces.jsonl"))
+}
+
+func cmdUp(ctx context.Context, e env, args []string, workerOnly bool) error {
+	name := "up"
+	if workerOnly {
+		name = "worker"
+	}
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	var c commonFlags
+	c.register(fs, e)
+	if err := fs.Parse(args); err != nil {
+		return errUsage
+	}
+	if workerOnly {
+		c.httpAddr = "off"
+	}
+	logger, done, err := setup(ctx, e, c.dataDir, c.verbose, os.Stderr)
+	if err != nil {
+		return err
+	}
+	defer done()
+	s, err := startStack(ctx, e, c, true, logger)
+	if err != nil {
+		return err
+	}
+	defer closeStack(s)
+	printWhere(s)
+	fmt.Println("press Ctrl-C to stop")
+	<-ctx.Done()
+	return nil
+}
+
+func cmdServe(ctx context.Context, e env, args []string) error {
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	var c commonFlags
+	c.register(fs, e)
+	fs.StringVar(&c.httpAddr, "addr", "127.0.0.1:8080", "listen address")
+	if err := fs.Parse(args); err != nil {
+		return errUsage
+	}
+	logger, done, err := setup(ctx, e, c.dataDir, c.verbose, os.Stderr)
+	if err != nil {
+		return err
+	}
+	defer done()
+	s, err := startStack(ctx, e, c, false, logger)
+	if err != nil {
+		return err
+	}
+	defer closeStack(s)
+	printWhere(s)
+	<-ctx.Done()
+	return nil
+}
+
+func cmdDemo(ctx context.Context, e env, args []string) error {
+	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
+	var c commonFlags
+	c.register(fs, e)
+	input := fs.String("input", "{}", "Pipeline input JSON (defaults fill every field)")
+	stay := fs.Bool("stay", false, "keep the stack running after the pipeline finishes")
+	if err := fs.Parse(args); err != nil {
+		return errUsage
+	}
+	logPath := filepath.Join(c.dataDir, "demo.log")
+	if err := os.MkdirAll(c.dataDir, 0o755); err != nil {
+		return err
+	}
+	logFile, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return err
+	}
+	defer logFile.Close()
+	logger, done, err := setup(ctx, e, c.dataDir, c.verbose, logFile)
+	if err != nil {
+		return err
+	}
+	defer done()
+	start := time.Now()
+	s, err := startStack(ctx, e, c, true, logger)
+	if err != nil {
+		return err
+	}
+	defer closeStack(s)
+	printWhere(s)
+	fmt.Printf("  log:            %s\n\n", logPath)
+
+	id := "demo-" + time.Now().UTC().Format("20060102-150405") + "-" + uuid.NewString()[:6]
+	run, err := s.Temporal.ExecuteWorkflow(ctx, client.StartWorkflowOptions{ID: id, TaskQueue: workflows.TaskQueue},
+		workflows.PipelineWorkflowName, json.RawMessage(*input))
+	if err != nil {
+		return fmt.Errorf("start pipeline: %w", err)
+	}
+	fmt.Printf("pipeline %s started (open it in the Temporal UI)\n", id)
+	res, err := waitPipeline(ctx, s, run)
+	if err != nil {
+		return fmt.Errorf("pipeline %s: %w", id, err)
+	}
+	fmt.Printf("\npipeline finished in %s: stages %s\n", time.Since(start).Round(time.Second), strings.Join(res.StagesRan, ", "))
+	fmt.Printf("  dataset:    %s\n  synth set:  %s\n  run:        %s\n", res.DatasetID, res.SynthSetID, res.RunID)
+	printMetrics(res.Metrics)
+	if res.ReportKey != "" {
+		p, _ := s.Blob.Path(res.ReportKey)
+		fmt.Printf("\nreport:  %s\n", p)
+		if u := s.GatewayURL(); u != "" && strings.HasPrefix(res.ReportKey, "reports/") {
+			fmt.Printf("         %s/%s (while the stack runs)\n", u, res.ReportKey)
+		}
+	}
+	if err := printFacts(ctx, s); err != nil {
+		fmt.Println("facts:", err)
+	}
+	if *stay {
+		fmt.Println("\nstack stays up; Ctrl-C to stop")
+		<-ctx.Done()
+	}
+	return nil
+}
+
+// waitPipeline waits for the run, printing the training status now and then.
+func waitPipeline(ctx context.Context, s *stack.Stack, run client.WorkflowRun) (workflows.PipelineResult, error) {
+	var res workflows.PipelineResult
+	errc := make(chan error, 1)
+	go func() { errc <- run.Get(ctx, &res) }()
+	tick := time.NewTicker(10 * time.Second)
+	defer tick.Stop()
+	last := ""
+	for {
+		select {
+		case err := <-errc:
+			return res, err
+		case <-tick.C:
+			line := describeProgress(ctx, s, run.GetID())
+			if line != "" && line != last {
+				fmt.Println("  " + line)
+				last = line
+			}
+		}
+	}
+}
+
+func describeProgress(ctx context.Context, s *stack.Stack, pipelineID string) string {
+	qctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	v, err := s.Temporal.QueryWorkflow(qctx, pipelineID+"/train", "", workflows.StatusQuery)
+	if err == nil {
+		var st workflows.TrainStatus
+		if v.Get(&st) == nil && st.Stage != "" {
+			return fmt.Sprintf("train %s: step %d/%d loss %.4f", st.Stage, st.Step, st.Total, st.Loss)
+		}
+	}
+	for _, child := range []string{"eval", "train", "synth", "ingest"} {
+		d, err := s.Temporal.DescribeWorkflowExecution(qctx, pipelineID+"/"+child, "")
+		if err == nil {
+			return fmt.Sprintf("%s: %s", child, strings.ToLower(strings.TrimPrefix(d.GetWorkflowExecutionInfo().GetStatus().String(), "WORKFLOW_EXECUTION_STATUS_")))
+		}
+	}
+	return ""
+}
+
+func printMetrics(m map[string]float64) {
+	if len(m) == 0 {
+		return
+	}
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	fmt.Println("\nmetrics (stage/benchmark/split/metric):")
+	for _, k := range keys {
+		fmt.Printf("  %-48s %8.4f\n", k, m[k])
+	}
+}
+
+// printFacts shows that the facts reached Postgres and the bus.
+func printFacts(ctx context.Context, s *stack.Stack) error {
+	rows, err := s.Pool.Query(ctx, `SELECT topic, count(*), count(published_at) FROM outbox GROUP BY topic ORDER BY topic`)
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	fmt.Println("\nfacts (outbox topic: written / relayed to the bus):")
+	for rows.Next() {
+		var topic string
+		var n, pub int64
+		if err := rows.Scan(&topic, &n, &pub); err != nil {
+			return err
+		}
+		fmt.Printf("  %-24s %d / %d\n", topic, n, pub)
+	}
+	return rows.Err()
+}
+
+func cmdPipeline(ctx context.Context, e env, args []string) error {
+	if len(args) == 0 || args[0] != "start" {
+		fmt.Fprintln(os.Stderr, "usage: groundmesh pipeline start [JSON]")
+		return errUsage
+	}
+	input := "{}"
+	if len(args) > 1 {
+		input = args[1]
+	}
+	var in workflows.PipelineInput
+	if err := json.Unmarshal([]byte(input), &in); err != nil {
+		return fmt.Errorf("pipeline input: %w", err)
+	}
+	if err := in.WithDefaults().Validate(); err != nil {
+		return err
+	}
+	addr := e.TemporalAddress
+	if addr == "" {
+		addr = "127.0.0.1:7233"
+	}
+	c, err := client.DialContext(ctx, client.Options{HostPort: addr})
+	if err != nil {
+		return fmt.Errorf("dial temporal %s (is `groundmesh up` running?): %w", addr, err)
+	}
+	defer c.Close()
+	id := "pipeline-" + time.Now().UTC().Format("20060102-150405") + "-" + uuid.NewString()[:6]
+	run, err := c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{ID: id, TaskQueue: workflows.TaskQueue}, workflows.PipelineWorkflowName, json.RawMessage(input))
+	if err != nil {
+		return err
+	}
+	fmt.Printf("started %s (run %s)\n", run.GetID(), run.GetRunID())
+	return nil
+}

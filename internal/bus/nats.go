@@ -1,0 +1,160 @@
+package bus
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill"
+	wmjs "github.com/ThreeDotsLabs/watermill-nats/v2/pkg/jetstream"
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// natsBackend maps each topic to a JetStream stream (limits retention, so
+// every consumer group sees every message) and each consumer group to a
+// durable pull consumer on it. Stream names cannot hold dots, so topic
+// "ingest.requested" lives in stream and subject "gm_ingest_requested".
+type natsBackend struct {
+	cfg    Config
+	logger watermill.LoggerAdapter
+	nc     *nats.Conn
+	js     jetstream.JetStream
+	pub    *ensuringPublisher
+}
+
+func newNATSBackend(ctx context.Context, cfg Config, logger watermill.LoggerAdapter) (*natsBackend, error) {
+	nc, err := connectNATS(cfg.NATSURL, "groundmesh-bus")
+	if err != nil {
+		return nil, err
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		nc.Close()
+		return nil, fmt.Errorf("open jetstream: %w", err)
+	}
+	if _, err := js.AccountInfo(ctx); err != nil {
+		nc.Close()
+		return nil, fmt.Errorf("jetstream on %s: %w", cfg.NATSURL, err)
+	}
+	b := &natsBackend{cfg: cfg, logger: logger, nc: nc, js: js}
+	pub, err := wmjs.NewPublisher(wmjs.PublisherConfig{
+		Conn:            nc,
+		Logger:          logger,
+		ConfigureStream: b.streamConfig,
+	})
+	if err != nil {
+		nc.Close()
+		return nil, fmt.Errorf("create jetstream publisher: %w", err)
+	}
+	b.pub = &ensuringPublisher{Publisher: pub, ensure: b.ensureStream, js: js}
+	return b, nil
+}
+
+func connectNATS(url, name string) (*nats.Conn, error) {
+	nc, err := nats.Connect(url, nats.Name(name), nats.Timeout(5*time.Second))
+	if err != nil {
+		return nil, fmt.Errorf("connect to NATS at %s: %w", url, err)
+	}
+	return nc, nil
+}
+
+// streamName turns a topic into a valid stream name and subject.
+func streamName(topic string) string {
+	r := strings.NewReplacer(".", "_", "*", "_", ">", "_", " ", "_", "/", "_", "\\", "_")
+	return "gm_" + r.Replace(topic)
+}
+
+func (n *natsBackend) streamConfig(topic string) jetstream.StreamConfig {
+	name := streamName(topic)
+	return jetstream.StreamConfig{
+		Name:        name,
+		Description: "groundmesh topic " + topic,
+		Subjects:    []string{name},
+		Retention:   jetstream.LimitsPolicy,
+		MaxAge:      n.cfg.NATSStreamMaxAge,
+		Storage:     jetstream.FileStorage,
+	}
+}
+
+func (n *natsBackend) ensureStream(ctx context.Context, js jetstream.JetStream, topic string) (jetstream.Stream, error) {
+	s, err := js.CreateOrUpdateStream(ctx, n.streamConfig(topic))
+	if err != nil {
+		return nil, fmt.Errorf("create stream for %s: %w", topic, err)
+	}
+	return s, nil
+}
+
+func (n *natsBackend) publisher() message.Publisher { return n.pub }
+
+func (n *natsBackend) subscriber(group string) (message.Subscriber, error) {
+	// One connection per subscriber: the subscriber drains its connection
+	// on Close.
+	nc, err := connectNATS(n.cfg.NATSURL, "groundmesh-"+group)
+	if err != nil {
+		return nil, err
+	}
+	durable := strings.NewReplacer(".", "_", "*", "_", ">", "_", " ", "_", "/", "_", "\\", "_").Replace(group)
+	sub, err := wmjs.NewSubscriber(wmjs.SubscriberConfig{
+		Conn:            nc,
+		Logger:          n.logger,
+		AckWaitTimeout:  n.cfg.AckDeadline,
+		ConfigureStream: n.streamConfig,
+		ResourceInitializer: func(ctx context.Context, js jetstream.JetStream, topic string) (jetstream.Consumer, func(context.Context, watermill.LoggerAdapter), error) {
+			s, err := n.ensureStream(ctx, js, topic)
+			if err != nil {
+				return nil, nil, err
+			}
+			c, err := s.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{
+				Name:          durable,
+				Durable:       durable,
+				Description:   "groundmesh handler " + group,
+				DeliverPolicy: jetstream.DeliverAllPolicy,
+				AckPolicy:     jetstream.AckExplicitPolicy,
+				AckWait:       n.cfg.AckDeadline,
+				MaxAckPending: 256,
+			})
+			if err != nil {
+				return nil, nil, fmt.Errorf("create consumer %s on %s: %w", durable, topic, err)
+			}
+			return c, nil, nil
+		},
+		// Few messages in flight: a message's ack wait runs from delivery
+		// to the client, not from the handler's start.
+		ConsumeOptions: []jetstream.PullConsumeOpt{jetstream.PullMaxMessages(16)},
+	})
+	if err != nil {
+		nc.Close()
+		return nil, fmt.Errorf("create jetstream subscriber: %w", err)
+	}
+	return sub, nil
+}
+
+func (n *natsBackend) close() error {
+	err := n.pub.Close() // closes n.nc
+	return err
+}
+
+// ensuringPublisher creates a topic's stream before its first publish:
+// JetStream drops (no responders) a publish to a subject no stream holds.
+type ensuringPublisher struct {
+	*wmjs.Publisher
+	ensure func(ctx context.Context, js jetstream.JetStream, topic string) (jetstream.Stream, error)
+	js     jetstream.JetStream
+	done   sync.Map
+}
+
+func (p *ensuringPublisher) Publish(topic string, msgs ...*message.Message) error {
+	if _, ok := p.done.Load(topic); !ok {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if _, err := p.ensure(ctx, p.js, topic); err != nil {
+			return err
+		}
+		p.done.Store(topic, true)
+	}
+	return p.Publisher.Publish(topic, msgs...)
+}

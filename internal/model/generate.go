@@ -1,0 +1,413 @@
+package model
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"image"
+	"math"
+
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+
+	"github.com/groundmesh/groundmesh/plugins/compute"
+)
+
+// Prompt is one generation request.
+type Prompt struct {
+	// Text is the human turn, with one "<image>" placeholder per image.
+	Text string
+	// Images are the images the placeholders read, in order (placeholders
+	// in History come first).
+	Images []image.Image
+	// History holds earlier completed turns (human/gpt pairs) of a
+	// multi-turn conversation; usually empty.
+	History []Turn
+}
+
+// GenerateOptions control decoding.
+type GenerateOptions struct {
+	// MaxNew bounds the tokens generated per prompt, <eos> included; 0
+	// means 128. Constrained decoding always runs its grammar to the end.
+	MaxNew int
+	// Constraint restricts the output; the zero value is free text.
+	Constraint Constraint
+	// WantAttention asks the backend for each generated token's attention
+	// over the first image's patches.
+	WantAttention bool
+	// BatchSize splits prompts into backend batches of at most this many;
+	// 0 sends them all at once.
+	BatchSize int
+}
+
+// Finish reasons of a Generation.
+const (
+	FinishEOS    = "eos"    // the model (or the grammar) ended the answer
+	FinishLength = "length" // MaxNew or MaxSeq ran out
+)
+
+// Generation is the answer to one Prompt.
+type Generation struct {
+	// Text is the decoded answer, without <eos>.
+	Text string
+	// Tokens are the generated ids, without <eos>.
+	Tokens []int32
+	// Box is the first box of Text when one parses (always, under
+	// ConstraintBox).
+	Box *NormBox
+	// Attention[k], when requested and supported, is the attention over
+	// the first image's patches of the position that predicted Tokens[k].
+	Attention [][]float32
+	// Finish is FinishEOS or FinishLength.
+	Finish string
+}
+
+type constraintKind uint8
+
+const (
+	kindNone constraintKind = iota
+	kindBox
+	kindYesNo
+	kindDigits
+)
+
+// Constraint restricts decoding to a small grammar, by masking the logits
+// of every token the grammar does not allow next.
+type Constraint struct {
+	kind   constraintKind
+	lo, hi int // digits
+}
+
+// The constraints.
+var (
+	// ConstraintNone is free text: any token but those only templates
+	// write (<pad>, <bos>, <unk>, <image>, <patch>, role markers).
+	ConstraintNone = Constraint{}
+	// ConstraintBox forces exactly one box, "[" c f ", " c f ", " c f ", "
+	// c f "]" then <eos>, with x1 <= x2 and y1 <= y2 and no number above
+	// 1.000, so that the text always parses with ParseBox and equals
+	// FormatBox of the parsed box.
+	ConstraintBox = Constraint{kind: kindBox}
+	// ConstraintYesNo forces "yes" or "no" (optionally capitalized) then <eos>.
+	ConstraintYesNo = Constraint{kind: kindYesNo}
+)
+
+// ConstraintChoice forces one digit 0 .. n-1 then <eos>: the 0-based index
+// of a candidate, as Answer.Index counts (n in 1..10). Use ConstraintDigits
+// for another numbering.
+func ConstraintChoice(n int) Constraint { return Constraint{kind: kindDigits, lo: 0, hi: n - 1} }
+
+// ConstraintDigits forces one digit in lo .. hi then <eos>.
+func ConstraintDigits(lo, hi int) Constraint { return Constraint{kind: kindDigits, lo: lo, hi: hi} }
+
+func (c Constraint) String() string {
+	switch c.kind {
+	case kindBox:
+		return "box"
+	case kindYesNo:
+		return "yes/no"
+	case kindDigits:
+		return fmt.Sprintf("digits %d..%d", c.lo, c.hi)
+	}
+	return "none"
+}
+
+func (c Constraint) validate() error {
+	if c.kind == kindDigits && (c.lo < 0 || c.hi > 9 || c.lo > c.hi) {
+		return fmt.Errorf("constraint %s: want 0 <= lo <= hi <= 9", c)
+	}
+	return nil
+}
+
+// boxTokens is how many tokens a box takes: [ (c f ,)x3 c f ].
+const boxTokens = 13
+
+// picks is the most tokens the grammar picks (its <eos> is implied).
+func (c Constraint) picks() int {
+	switch c.kind {
+	case kindBox:
+		return boxTokens
+	case kindYesNo:
+		return 2
+	case kindDigits:
+		return 1
+	}
+	return 0
+}
+
+// grammar is one sequence's decoding state under a constraint.
+type grammar struct {
+	c     Constraint
+	k     int    // tokens picked so far
+	vals  [4]int // box numbers so far, thousandths
+	cur   int    // coarse part of the number being written
+	capd  bool   // yes/no: <cap> picked
+	ended bool   // nothing but <eos> may follow
+}
+
+// banned are the tokens free text never picks.
+var banned = [...]int32{tokPad, tokBOS, tokUnk, tokImage, tokPatch, tokUser, tokAssistant}
+
+// pick chooses the allowed token with the highest logit (NaN counts as
+// -Inf; ties go to the lower id) and advances the grammar.
+func (g *grammar) pick(logits []float32) int32 {
+	switch g.c.kind {
+	case kindNone:
+		return argmaxRange(logits, 0, int32(len(logits)), banned[:]...)
+	case kindYesNo:
+		var id int32
+		if g.capd {
+			id = argmaxOf(logits, tokYes, tokNo)
+		} else {
+			id = argmaxOf(logits, tokYes, tokNo, tokCap)
+		}
+		g.k++
+		if id == tokCap {
+			g.capd = true
+		} else {
+			g.ended = true
+		}
+		return id
+	case kindDigits:
+		g.k++
+		g.ended = true
+		return argmaxRange(logits, tokFine0+int32(g.c.lo), tokFine0+int32(g.c.hi)+1)
+	}
+	// Box: position k in "[ c f , c f , c f , c f ]".
+	k := g.k
+	g.k++
+	switch {
+	case k == 0:
+		return tokBoxOpen
+	case k == boxTokens-1:
+		g.ended = true
+		return tokBoxClose
+	case k%3 == 0:
+		return tokBoxSep
+	}
+	v := (k - 1) / 3
+	lower := -1 // x2 >= x1, y2 >= y1
+	if v >= 2 {
+		lower = g.vals[v-2]
+	}
+	if k%3 == 1 { // coarse
+		lo := int32(0)
+		if lower >= 0 {
+			lo = int32(lower / 10)
+		}
+		id := argmaxRange(logits, tokCoarse0+lo, tokCoarse0+numCoarse)
+		g.cur = int(id - tokCoarse0)
+		return id
+	}
+	lo, hi := 0, 9 // fine
+	if g.cur == 100 {
+		hi = 0
+	}
+	if lower >= 0 && g.cur == lower/10 {
+		lo = lower % 10
+	}
+	id := argmaxRange(logits, tokFine0+int32(lo), tokFine0+int32(hi)+1)
+	g.vals[v] = g.cur*10 + int(id-tokFine0)
+	return id
+}
+
+func better(x, best float32) bool { return !math.IsNaN(float64(x)) && x > best }
+
+// argmaxRange returns the id in [from, to) with the highest logit, skipping
+// except; NaN and -Inf logits lose to everything, and then the first
+// allowed id wins.
+func argmaxRange(logits []float32, from, to int32, except ...int32) int32 {
+	best, bestV := int32(-1), float32(math.Inf(-1))
+outer:
+	for id := from; id < to; id++ {
+		for _, e := range except {
+			if id == e {
+				continue outer
+			}
+		}
+		if best < 0 || better(logits[id], bestV) {
+			best = id
+			if !math.IsNaN(float64(logits[id])) {
+				bestV = logits[id]
+			}
+		}
+	}
+	return best
+}
+
+func argmaxOf(logits []float32, ids ...int32) int32 {
+	best, bestV := ids[0], logits[ids[0]]
+	if math.IsNaN(float64(bestV)) {
+		bestV = float32(math.Inf(-1))
+	}
+	for _, id := range ids[1:] {
+		if better(logits[id], bestV) {
+			best, bestV = id, logits[id]
+		}
+	}
+	return best
+}
+
+// Generator decodes with a loaded model on a compute backend: it builds the
+// prompts (template, images), runs Prefill once and Decode step by step on
+// the KV cache, and picks tokens greedily under an optional constraint.
+type Generator struct {
+	backend compute.Backend
+	session string
+	tok     *Tokenizer
+	cfg     Config
+}
+
+// NewGenerator checks that tok and cfg agree and returns a Generator for a
+// loaded session.
+func NewGenerator(backend compute.Backend, session string, tok *Tokenizer, cfg Config) (*Generator, error) {
+	switch {
+	case backend == nil:
+		return nil, errors.New("new generator: no backend")
+	case session == "":
+		return nil, errors.New("new generator: no session")
+	case tok == nil:
+		return nil, errors.New("new generator: no tokenizer")
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("new generator: %w", err)
+	}
+	if tok.VocabSize() != cfg.VocabSize || cfg.PatchToken != tokPatch || cfg.PadToken != tokPad {
+		return nil, fmt.Errorf("new generator: tokenizer (vocab %d, patch %d, pad %d) does not match config (vocab %d, patch %d, pad %d)",
+			tok.VocabSize(), tokPatch, tokPad, cfg.VocabSize, cfg.PatchToken, cfg.PadToken)
+	}
+	return &Generator{backend: backend, session: session, tok: tok, cfg: cfg}, nil
+}
+
+// Generate answers prompts greedily, in batches. Within a batch every
+// sequence advances one position per step (finished ones are fed <pad>),
+// so the free-text budget is bounded by the longest prompt of the batch:
+// no position ever reaches MaxSeq.
+func (g *Generator) Generate(ctx context.Context, prompts []Prompt, opts GenerateOptions) (gens []Generation, err error) {
+	ctx, span := otel.Tracer("groundmesh/model").Start(ctx, "model.Generate")
+	defer func() {
+		if err != nil {
+			span.RecordError(err)
+			span.SetStatus(codes.Error, err.Error())
+		}
+		span.End()
+	}()
+	span.SetAttributes(attribute.Int("prompts", len(prompts)), attribute.String("constraint", opts.Constraint.String()))
+	if err := opts.Constraint.validate(); err != nil {
+		return nil, fmt.Errorf("generate: %w", err)
+	}
+	if opts.MaxNew <= 0 {
+		opts.MaxNew = 128
+	}
+	bs := opts.BatchSize
+	if bs <= 0 {
+		bs = len(prompts)
+	}
+	gens = make([]Generation, 0, len(prompts))
+	for start := 0; start < len(prompts); start += bs {
+		out, err := g.generateBatch(ctx, prompts[start:min(len(prompts), start+bs)], start, opts)
+		if err != nil {
+			return nil, err
+		}
+		gens = append(gens, out...)
+	}
+	return gens, nil
+}
+
+func (g *Generator) generateBatch(ctx context.Context, prompts []Prompt, offset int, opts GenerateOptions) ([]Generation, error) {
+	batch := make([]compute.Sequence, len(prompts))
+	longest := 0
+	for i, p := range prompts {
+		tokens, n, err := EncodePrompt(g.tok, g.cfg, p.History, p.Text)
+		if err != nil {
+			return nil, fmt.Errorf("generate: prompt %d: %w", offset+i, err)
+		}
+		if n != len(p.Images) {
+			return nil, fmt.Errorf("generate: prompt %d: %d %s placeholders for %d images", offset+i, n, imagePlaceholder, len(p.Images))
+		}
+		seq := compute.Sequence{Tokens: tokens, Images: make([]compute.Image, len(p.Images))}
+		for k, img := range p.Images {
+			if seq.Images[k], err = ComputeImage(img, g.cfg.ImageSize); err != nil {
+				return nil, fmt.Errorf("generate: prompt %d image %d: %w", offset+i, k, err)
+			}
+		}
+		batch[i] = seq
+		longest = max(longest, len(tokens))
+	}
+	// Pick j (0-based) needs j tokens fed after the prompt, the last at
+	// position len+j-1 < MaxSeq.
+	budget := min(opts.MaxNew, g.cfg.MaxSeq-longest+1)
+	if need := opts.Constraint.picks(); need > budget {
+		if need > g.cfg.MaxSeq-longest+1 {
+			return nil, fmt.Errorf("generate: a %d-token prompt leaves no room for a %s answer (max_seq %d)", longest, opts.Constraint, g.cfg.MaxSeq)
+		}
+		budget = need
+	}
+	res, err := g.backend.Prefill(ctx, compute.PrefillRequest{Session: g.session, Batch: batch, WantAttention: opts.WantAttention})
+	if err != nil {
+		return nil, fmt.Errorf("generate: prefill: %w", err)
+	}
+	cacheID := res.CacheID
+	defer func() {
+		// Free the cache even when ctx is cancelled; its error is moot then.
+		_ = g.backend.ReleaseCache(context.WithoutCancel(ctx), g.session, cacheID)
+	}()
+	gens := make([]Generation, len(prompts))
+	gram := make([]grammar, len(prompts))
+	done := make([]bool, len(prompts))
+	for i := range gram {
+		gram[i].c = opts.Constraint
+	}
+	feed := make([]int32, len(prompts))
+	for step := 0; ; step++ {
+		if len(res.Logits) != len(prompts) {
+			return nil, fmt.Errorf("generate: backend returned %d logit rows for %d sequences", len(res.Logits), len(prompts))
+		}
+		active := 0
+		for i := range prompts {
+			feed[i] = tokPad
+			if done[i] {
+				continue
+			}
+			if len(res.Logits[i]) != g.cfg.VocabSize {
+				return nil, fmt.Errorf("generate: backend returned %d logits, vocab is %d", len(res.Logits[i]), g.cfg.VocabSize)
+			}
+			id := gram[i].pick(res.Logits[i])
+			if id == tokEOS {
+				done[i], gens[i].Finish = true, FinishEOS
+				continue
+			}
+			gens[i].Tokens = append(gens[i].Tokens, id)
+			if opts.WantAttention && i < len(res.Attention) && res.Attention[i] != nil {
+				gens[i].Attention = append(gens[i].Attention, append([]float32(nil), res.Attention[i]...))
+			}
+			switch {
+			case gram[i].ended: // only <eos> may follow: no need to ask the model
+				done[i], gens[i].Finish = true, FinishEOS
+			case len(gens[i].Tokens) >= budget:
+				done[i], gens[i].Finish = true, FinishLength
+			default:
+				feed[i] = id
+				active++
+			}
+		}
+		if active == 0 {
+			break
+		}
+		if err := ctx.Err(); err != nil {
+			return nil, fmt.Errorf("generate: %w", err)
+		}
+		res, err = g.backend.Decode(ctx, compute.DecodeRequest{Session: g.session, CacheID: cacheID, Tokens: feed, WantAttention: opts.WantAttention})
+		if err != nil {
+			return nil, fmt.Errorf("generate: decode step %d: %w", step+1, err)
+		}
+	}
+	for i := range gens {
+		gens[i].Text = g.tok.Decode(gens[i].Tokens)
+		if b, err := ParseBox(gens[i].Text); err == nil {
+			gens[i].Box = &b
+		}
+	}
+	return gens, nil
+}

@@ -1,0 +1,466 @@
+package model
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"image"
+	"math"
+	"math/rand/v2"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/groundmesh/groundmesh/plugins/compute"
+)
+
+// fakeBackend is an in-memory compute.Backend whose "model" is a function
+// of the prompt and the tokens fed since. It checks what a real backend
+// would reject (unknown session or cache, batch size, positions past
+// MaxSeq, patch tokens without images) and records its KV cache
+// bookkeeping.
+type fakeBackend struct {
+	cfg       Config
+	logits    func(prompt, fed []int32) []float32
+	attention func(prompt, fed []int32) []float32 // nil: no attention support
+	failAt    int                                 // fail the Decode call with this 1-based number
+
+	mu                          sync.Mutex
+	caches                      map[string]*fakeCache
+	nextID                      int
+	prefills, decodes, releases int
+	fedLog                      [][]int32
+}
+
+type fakeCache struct {
+	prompts [][]int32
+	fed     [][]int32
+}
+
+var _ compute.Backend = (*fakeBackend)(nil)
+
+func newFake(cfg Config, logits func(prompt, fed []int32) []float32) *fakeBackend {
+	return &fakeBackend{cfg: cfg, logits: logits, caches: map[string]*fakeCache{}}
+}
+
+func (f *fakeBackend) Describe(context.Context) (compute.Description, error) {
+	return compute.Description{Backend: "fake", CanAttention: f.attention != nil}, nil
+}
+
+func (f *fakeBackend) Train(context.Context, compute.TrainRequest, func(compute.TrainProgress) error) (compute.TrainResult, error) {
+	return compute.TrainResult{}, errors.New("fake: no training")
+}
+
+func (f *fakeBackend) Load(context.Context, compute.LoadRequest) (compute.LoadResult, error) {
+	return compute.LoadResult{Session: "s1"}, nil
+}
+
+func (f *fakeBackend) Unload(context.Context, string) error { return nil }
+
+func (f *fakeBackend) forward(c *fakeCache, want bool) compute.ForwardResult {
+	var res compute.ForwardResult
+	for i := range c.prompts {
+		res.Logits = append(res.Logits, f.logits(c.prompts[i], c.fed[i]))
+		if want && f.attention != nil {
+			res.Attention = append(res.Attention, f.attention(c.prompts[i], c.fed[i]))
+		}
+	}
+	return res
+}
+
+func (f *fakeBackend) Prefill(_ context.Context, req compute.PrefillRequest) (compute.ForwardResult, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if req.Session != "s1" {
+		return compute.ForwardResult{}, fmt.Errorf("fake: unknown session %q", req.Session)
+	}
+	c := &fakeCache{}
+	for i, s := range req.Batch {
+		patches := 0
+		for _, id := range s.Tokens {
+			if id == f.cfg.PatchToken {
+				patches++
+			}
+		}
+		if patches != len(s.Images)*f.cfg.Patches() || len(s.Tokens) > f.cfg.MaxSeq {
+			return compute.ForwardResult{}, fmt.Errorf("fake: sequence %d: %d patch tokens for %d images, %d tokens", i, patches, len(s.Images), len(s.Tokens))
+		}
+		for _, img := range s.Images {
+			if img.Size != f.cfg.ImageSize || len(img.Pixels) != 3*img.Size*img.Size {
+				return compute.ForwardResult{}, fmt.Errorf("fake: image of size %d with %d values", img.Size, len(img.Pixels))
+			}
+		}
+		c.prompts = append(c.prompts, slices.Clone(s.Tokens))
+		c.fed = append(c.fed, nil)
+	}
+	f.nextID++
+	f.prefills++
+	id := fmt.Sprintf("cache-%d", f.nextID)
+	f.caches[id] = c
+	res := f.forward(c, req.WantAttention)
+	res.CacheID = id
+	return res, nil
+}
+
+func (f *fakeBackend) Decode(_ context.Context, req compute.DecodeRequest) (compute.ForwardResult, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.decodes++
+	if f.failAt == f.decodes {
+		return compute.ForwardResult{}, errors.New("fake: plugin crashed")
+	}
+	c, ok := f.caches[req.CacheID]
+	if !ok || req.Session != "s1" {
+		return compute.ForwardResult{}, fmt.Errorf("fake: unknown cache %q", req.CacheID)
+	}
+	if len(req.Tokens) != len(c.prompts) {
+		return compute.ForwardResult{}, fmt.Errorf("fake: %d tokens for a batch of %d", len(req.Tokens), len(c.prompts))
+	}
+	f.fedLog = append(f.fedLog, slices.Clone(req.Tokens))
+	for i, id := range req.Tokens {
+		c.fed[i] = append(c.fed[i], id)
+		if pos := len(c.prompts[i]) + len(c.fed[i]) - 1; pos >= f.cfg.MaxSeq {
+			return compute.ForwardResult{}, fmt.Errorf("fake: sequence %d: position %d past max_seq %d", i, pos, f.cfg.MaxSeq)
+		}
+	}
+	res := f.forward(c, req.WantAttention)
+	res.CacheID = req.CacheID
+	return res, nil
+}
+
+func (f *fakeBackend) ReleaseCache(_ context.Context, session, id string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if _, ok := f.caches[id]; !ok {
+		return fmt.Errorf("fake: release of unknown cache %q", id)
+	}
+	delete(f.caches, id)
+	f.releases++
+	return nil
+}
+
+// scripted returns logits that spell out, for a prompt whose human text
+// contains key, the tokens of answer then <eos> (one-hot at +5, the rest
+// small noise); other prompts get noise.
+func scripted(tok *Tokenizer, answers map[string]string) func(prompt, fed []int32) []float32 {
+	return func(prompt, fed []int32) []float32 {
+		logits := noise(tok.VocabSize(), prompt, fed)
+		text := tok.Decode(prompt)
+		for key, ans := range answers {
+			if strings.Contains(text, key) {
+				want := append(tok.Encode(ans), tok.EOSID())
+				if len(fed) < len(want) {
+					logits[want[len(fed)]] = 5
+				}
+			}
+		}
+		return logits
+	}
+}
+
+// noise is deterministic pseudo-random logits in [-1, 1).
+func noise(vocab int, prompt, fed []int32) []float32 {
+	h := fnv.New64a()
+	for _, id := range append(slices.Clone(prompt), fed...) {
+		fmt.Fprint(h, id, ",")
+	}
+	r := rand.New(rand.NewPCG(h.Sum64(), 1))
+	out := make([]float32, vocab)
+	for i := range out {
+		out[i] = r.Float32()*2 - 1
+	}
+	return out
+}
+
+func testImage(w, h int) image.Image { return image.NewRGBA(image.Rect(0, 0, w, h)) }
+
+func newTestGenerator(t *testing.T, f *fakeBackend, tok *Tokenizer) *Generator {
+	t.Helper()
+	g, err := NewGenerator(f, "s1", tok, f.cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return g
+}
+
+func TestGenerateScripted(t *testing.T) {
+	tok := testTokenizer(t)
+	cfg := tinyConfig(tok)
+	answers := map[string]string{
+		"red circle":  "[0.051, 0.102, 0.350, 0.400]",
+		"green":       "Yes",
+		"every":       "a red circle [0.100, 0.200, 0.300, 0.400] and a blue square.",
+		"second":      "2",
+		"description": "Red and blue.",
+	}
+	f := newFake(cfg, scripted(tok, answers))
+	g := newTestGenerator(t, f, tok)
+	prompts := []Prompt{
+		{Text: "<image>\nWhere is the red circle?", Images: []image.Image{testImage(30, 20)}},
+		{Text: "<image>\nIs there a green triangle?", Images: []image.Image{testImage(20, 30)}},
+		{Text: "<image>\nList every object with its box.", Images: []image.Image{testImage(8, 8)}},
+		{Text: "<image>\n<image>\nWhich is the second?", Images: []image.Image{testImage(8, 8), testImage(4, 9)}},
+		{Text: "Give a description.", History: []Turn{{From: "human", Value: "<image>\nhi"}, {From: "gpt", Value: "hello"}}, Images: []image.Image{testImage(8, 8)}},
+	}
+	gens, err := g.Generate(context.Background(), prompts, GenerateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantText := []string{answers["red circle"], answers["green"], answers["every"], answers["second"], answers["description"]}
+	longest := 0
+	for i, gen := range gens {
+		if gen.Text != wantText[i] || gen.Finish != FinishEOS || tok.Decode(gen.Tokens) != gen.Text {
+			t.Errorf("prompt %d: %q (%s), want %q", i, gen.Text, gen.Finish, wantText[i])
+		}
+		longest = max(longest, len(gen.Tokens)+1)
+	}
+	if gens[0].Box == nil || *gens[0].Box != (NormBox{0.051, 0.102, 0.35, 0.4}) || gens[1].Box != nil || gens[2].Box == nil {
+		t.Errorf("boxes %v %v %v", gens[0].Box, gens[1].Box, gens[2].Box)
+	}
+	// One prefill; one decode per pick after the first, until the longest
+	// answer's <eos>; every cache released; finished sequences fed <pad>.
+	if f.prefills != 1 || f.decodes != longest-1 || f.releases != 1 || len(f.caches) != 0 {
+		t.Fatalf("prefills %d decodes %d (want %d) releases %d open %d", f.prefills, f.decodes, longest-1, f.releases, len(f.caches))
+	}
+	for step, fed := range f.fedLog {
+		for i, id := range fed {
+			want := tok.PadID()
+			if step < len(gens[i].Tokens) {
+				want = gens[i].Tokens[step]
+			}
+			if id != want {
+				t.Fatalf("decode %d sequence %d fed %d, want %d", step, i, id, want)
+			}
+		}
+	}
+}
+
+// TestGenerateBoxAlwaysParses is the property test: whatever the logits
+// (random, NaN, infinite, biased towards invalid boxes), box-constrained
+// decoding yields text that parses and is exactly FormatBox of its box.
+func TestGenerateBoxAlwaysParses(t *testing.T) {
+	tok := testTokenizer(t)
+	cfg := tinyConfig(tok)
+	styles := []func(r *rand.Rand, out []float32){
+		func(r *rand.Rand, out []float32) {}, // uniform noise
+		func(r *rand.Rand, out []float32) { // strong random preferences, NaN and Inf
+			for i := range out {
+				switch r.IntN(10) {
+				case 0:
+					out[i] = float32(math.NaN())
+				case 1:
+					out[i] = float32(math.Inf(1 - 2*r.IntN(2)))
+				default:
+					out[i] = float32(r.NormFloat64() * 30)
+				}
+			}
+		},
+		func(r *rand.Rand, out []float32) { // wants x2 < x1: small coarse numbers, <eos>, text
+			for c := range numCoarse {
+				out[tokCoarse0+int32(c)] = float32(-c)
+			}
+			out[tokEOS], out[tok.ids["the"]] = 100, 100
+		},
+		func(r *rand.Rand, out []float32) { // wants 1.009: "1.00" then "9"
+			out[tok.CoarseID(100)], out[tok.FineID(9)] = 50, 50
+		},
+		func(r *rand.Rand, out []float32) { // all equal
+			for i := range out {
+				out[i] = 0
+			}
+		},
+		func(r *rand.Rand, out []float32) { // all NaN
+			for i := range out {
+				out[i] = float32(math.NaN())
+			}
+		},
+	}
+	for seed := range 300 {
+		style := styles[seed%len(styles)]
+		f := newFake(cfg, func(prompt, fed []int32) []float32 {
+			out := noise(cfg.VocabSize, prompt, fed)
+			h := fnv.New64a()
+			fmt.Fprint(h, seed, prompt, fed)
+			style(rand.New(rand.NewPCG(h.Sum64(), 9)), out)
+			return out
+		})
+		g := newTestGenerator(t, f, tok)
+		prompts := make([]Prompt, 3)
+		for i := range prompts {
+			prompts[i] = Prompt{Text: fmt.Sprintf("<image>\nWhere is object %d?", seed*3+i), Images: []image.Image{testImage(9+i, 7)}}
+		}
+		gens, err := g.Generate(context.Background(), prompts, GenerateOptions{Constraint: ConstraintBox, MaxNew: 2})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, gen := range gens {
+			b, err := ParseBox(gen.Text)
+			if err != nil || gen.Box == nil || *gen.Box != b || FormatBox(b) != gen.Text || len(gen.Tokens) != boxTokens || gen.Finish != FinishEOS {
+				t.Fatalf("seed %d prompt %d: %q (%v, %d tokens, %s)", seed, i, gen.Text, err, len(gen.Tokens), gen.Finish)
+			}
+			if !slices.Equal(tok.Encode(gen.Text), gen.Tokens) {
+				t.Fatalf("seed %d: tokens are not the canonical encoding of %q", seed, gen.Text)
+			}
+		}
+		if len(f.caches) != 0 || f.decodes != boxTokens-1 {
+			t.Fatalf("seed %d: %d caches open, %d decodes", seed, len(f.caches), f.decodes)
+		}
+	}
+}
+
+func TestGenerateYesNoAndChoice(t *testing.T) {
+	tok := testTokenizer(t)
+	cfg := tinyConfig(tok)
+	seen := map[string]bool{}
+	for seed := range 60 {
+		f := newFake(cfg, func(prompt, fed []int32) []float32 {
+			out := noise(cfg.VocabSize, append(slices.Clone(prompt), int32(seed)), fed)
+			out[tokEOS] = 10 // an eager model: the grammar must still answer
+			return out
+		})
+		g := newTestGenerator(t, f, tok)
+		p := []Prompt{{Text: "<image>\nIs there a cat?", Images: []image.Image{testImage(5, 5)}}}
+		gens, err := g.Generate(context.Background(), p, GenerateOptions{Constraint: ConstraintYesNo})
+		if err != nil {
+			t.Fatal(err)
+		}
+		txt := gens[0].Text
+		if !slices.Contains([]string{"yes", "no", "Yes", "No"}, txt) || gens[0].Finish != FinishEOS {
+			t.Fatalf("yes/no answer %q", txt)
+		}
+		seen[txt] = true
+		gens, err = g.Generate(context.Background(), p, GenerateOptions{Constraint: ConstraintChoice(3)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if txt := gens[0].Text; len(txt) != 1 || txt[0] < '0' || txt[0] > '2' {
+			t.Fatalf("choice answer %q", txt)
+		}
+		seen["choice "+gens[0].Text] = true
+		gens, err = g.Generate(context.Background(), p, GenerateOptions{Constraint: ConstraintDigits(4, 4)})
+		if err != nil || gens[0].Text != "4" {
+			t.Fatalf("digits 4..4: %q %v", gens[0].Text, err)
+		}
+	}
+	for _, want := range []string{"yes", "no", "Yes", "No", "choice 0", "choice 1", "choice 2"} {
+		if !seen[want] {
+			t.Errorf("never produced %q over 60 random models: masking too strict?", want)
+		}
+	}
+	g := newTestGenerator(t, newFake(cfg, scripted(tok, nil)), tok)
+	for _, c := range []Constraint{ConstraintChoice(0), ConstraintChoice(11), ConstraintDigits(5, 3)} {
+		if _, err := g.Generate(context.Background(), nil, GenerateOptions{Constraint: c}); err == nil {
+			t.Errorf("constraint %s accepted", c)
+		}
+	}
+}
+
+func TestGenerateFreeTextLimits(t *testing.T) {
+	tok := testTokenizer(t)
+	cfg := tinyConfig(tok)
+	// A model that never stops and loves the tokens free text must not pick.
+	f := newFake(cfg, func(prompt, fed []int32) []float32 {
+		out := noise(cfg.VocabSize, prompt, fed)
+		out[tokEOS] = -50
+		for _, id := range banned {
+			out[id] = 100
+		}
+		return out
+	})
+	g := newTestGenerator(t, f, tok)
+	short := Prompt{Text: "<image>hi", Images: []image.Image{testImage(3, 3)}}
+	gens, err := g.Generate(context.Background(), []Prompt{short}, GenerateOptions{MaxNew: 7})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(gens[0].Tokens) != 7 || gens[0].Finish != FinishLength {
+		t.Fatalf("MaxNew 7: %d tokens, %s", len(gens[0].Tokens), gens[0].Finish)
+	}
+	for _, id := range gens[0].Tokens {
+		if slices.Contains(banned[:], id) || id == tokEOS {
+			t.Fatalf("free text picked %s", tok.TokenString(id))
+		}
+	}
+	// With a long prompt in the batch, nobody runs past MaxSeq (the fake fails if so).
+	prompt, _, _ := EncodePrompt(tok, cfg, nil, "<image>"+strings.Repeat(" the", 20))
+	long := Prompt{Text: "<image>" + strings.Repeat(" the", 20), Images: []image.Image{testImage(3, 3)}}
+	gens, err = g.Generate(context.Background(), []Prompt{short, long}, GenerateOptions{MaxNew: 1000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := cfg.MaxSeq - len(prompt) + 1; len(gens[0].Tokens) != want || len(gens[1].Tokens) != want {
+		t.Fatalf("budget: %d and %d tokens, want %d", len(gens[0].Tokens), len(gens[1].Tokens), want)
+	}
+	// A prompt that leaves no room for a box is refused before any backend call.
+	tooLong := Prompt{Text: "<image>" + strings.Repeat(" the", cfg.MaxSeq-cfg.Patches()-12), Images: []image.Image{testImage(3, 3)}}
+	before := f.prefills
+	if _, err := g.Generate(context.Background(), []Prompt{tooLong}, GenerateOptions{Constraint: ConstraintBox}); err == nil || f.prefills != before {
+		t.Fatalf("box after a full prompt: %v", err)
+	}
+	if len(f.caches) != 0 {
+		t.Fatalf("%d caches left open", len(f.caches))
+	}
+}
+
+func TestGenerateAttentionBatchingAndErrors(t *testing.T) {
+	tok := testTokenizer(t)
+	cfg := tinyConfig(tok)
+	f := newFake(cfg, scripted(tok, map[string]string{"a": "Red and blue.", "b": "no"}))
+	f.attention = func(prompt, fed []int32) []float32 {
+		row := make([]float32, cfg.Patches())
+		row[len(fed)%len(row)] = float32(len(prompt))
+		return row
+	}
+	g := newTestGenerator(t, f, tok)
+	var prompts []Prompt
+	for i := range 5 {
+		prompts = append(prompts, Prompt{Text: fmt.Sprintf("<image> %c", "ababa"[i]), Images: []image.Image{testImage(4, 4)}})
+	}
+	gens, err := g.Generate(context.Background(), prompts, GenerateOptions{WantAttention: true, BatchSize: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f.prefills != 3 || f.releases != 3 {
+		t.Fatalf("%d prefills, %d releases for 5 prompts in batches of 2", f.prefills, f.releases)
+	}
+	for i, gen := range gens {
+		want := map[byte]string{'a': "Red and blue.", 'b': "no"}["ababa"[i]]
+		if gen.Text != want || len(gen.Attention) != len(gen.Tokens) {
+			t.Fatalf("prompt %d: %q, %d attention rows for %d tokens", i, gen.Text, len(gen.Attention), len(gen.Tokens))
+		}
+		for k, row := range gen.Attention {
+			if row[k%len(row)] == 0 {
+				t.Fatalf("prompt %d token %d: attention row %v is not the one of its step", i, k, row)
+			}
+		}
+	}
+	// A crash mid-decode returns the error and still releases the cache.
+	f.failAt = f.decodes + 2
+	if _, err := g.Generate(context.Background(), prompts[:1], GenerateOptions{}); err == nil || !strings.Contains(err.Error(), "crashed") {
+		t.Fatalf("crash: %v", err)
+	}
+	if len(f.caches) != 0 {
+		t.Fatalf("cache left open after a failed decode")
+	}
+	// Placeholder and image counts must agree.
+	if _, err := g.Generate(context.Background(), []Prompt{{Text: "<image><image>", Images: []image.Image{testImage(2, 2)}}}, GenerateOptions{}); err == nil {
+		t.Fatal("2 placeholders, 1 image accepted")
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, err := g.Generate(ctx, prompts[:1], GenerateOptions{}); err == nil || len(f.caches) != 0 {
+		t.Fatalf("cancelled: %v, %d caches open", err, len(f.caches))
+	}
+	for name, fn := range map[string]func() (*Generator, error){
+		"nil backend": func() (*Generator, error) { return NewGenerator(nil, "s1", tok, cfg) },
+		"no session":  func() (*Generator, error) { return NewGenerator(f, "", tok, cfg) },
+		"vocab":       func() (*Generator, error) { c := cfg; c.VocabSize++; return NewGenerator(f, "s1", tok, c) },
+		"invalid":     func() (*Generator, error) { c := cfg; c.Heads = 5; return NewGenerator(f, "s1", tok, c) },
+	} {
+		if _, err := fn(); err == nil {
+			t.Errorf("NewGenerator %s: accepted", name)
+		}
+	}
+}

@@ -1,0 +1,177 @@
+package model
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"math"
+)
+
+// DefaultConfig is the tinygrounder v1 configuration that trains all three
+// stages on a 2-core CPU in minutes with the pure-Go backend.
+//
+// Images are 48 x 48 in 8 x 8 patches (36 patches, a 6 x 6 grid, enough to
+// place a box within a cell). MaxImages is 4: the full image plus up to 3
+// candidate crops for the stage-2 pick tasks (T->I, C->I), so synth must cap
+// the candidates K at 3 (a record reads at most 1+K = 4 images); tiling
+// candidates into one image would shrink each crop to 24 px or less and
+// lose the very detail the crop tasks are about. MaxSeq 224 holds four
+// images (144 patch positions) plus an 80-token prompt and answer, or one
+// image plus a 188-token dense description; longer records are dropped by
+// the shard builder and counted.
+func DefaultConfig(vocabSize int) Config {
+	return Config{
+		Version:     "tinygrounder/v1",
+		ImageSize:   48,
+		PatchSize:   8,
+		VisionWidth: 64,
+		VisionDepth: 1,
+		Width:       96,
+		Depth:       3,
+		Heads:       4,
+		MLPRatio:    4,
+		VocabSize:   vocabSize,
+		MaxSeq:      224,
+		MaxImages:   4,
+		PatchToken:  tokPatch,
+		PadToken:    tokPad,
+	}
+}
+
+// SHA256 is the hex sha256 of the config's JSON (encoding/json, field order
+// as declared), the "config_sha256" of shards and checkpoints.
+func (c Config) SHA256() string {
+	b, _ := json.Marshal(c) // a struct of numbers and strings always marshals
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:])
+}
+
+// ParamSpec is one canonical parameter: its name and shape. Linear weights
+// are [in, out] (y = x W + b); layer norms have a scale "w" and a shift "b".
+type ParamSpec struct {
+	Name  string
+	Shape []int
+}
+
+// Size is the number of elements.
+func (p ParamSpec) Size() int64 {
+	n := int64(1)
+	for _, d := range p.Shape {
+		n *= int64(d)
+	}
+	return n
+}
+
+// MLPHidden is the hidden width of an MLP block over width w:
+// round(w * MLPRatio).
+func (c Config) MLPHidden(w int) int { return int(math.Round(float64(w) * c.MLPRatio)) }
+
+// Params lists every parameter of the model with its canonical name and
+// shape, in a fixed order. Every backend names its tensors (weights and
+// optimizer state) this way, so that checkpoints move between backends and
+// stage prefixes select the same parameters everywhere.
+//
+// The projector maps vision_width -> width -> width (fc1, GELU, fc2). The
+// attention of each block is a fused qkv projection [w, 3w] (q, k, v
+// concatenated in that order along the output axis, heads contiguous within
+// each) and an output projection "attn.out".
+func (c Config) Params() []ParamSpec {
+	var ps []ParamSpec
+	add := func(name string, shape ...int) { ps = append(ps, ParamSpec{Name: name, Shape: shape}) }
+	block := func(prefix string, w int) {
+		h := c.MLPHidden(w)
+		add(prefix+".ln1.w", w)
+		add(prefix+".ln1.b", w)
+		add(prefix+".attn.qkv.w", w, 3*w)
+		add(prefix+".attn.qkv.b", 3*w)
+		add(prefix+".attn.out.w", w, w)
+		add(prefix+".attn.out.b", w)
+		add(prefix+".ln2.w", w)
+		add(prefix+".ln2.b", w)
+		add(prefix+".mlp.fc1.w", w, h)
+		add(prefix+".mlp.fc1.b", h)
+		add(prefix+".mlp.fc2.w", h, w)
+		add(prefix+".mlp.fc2.b", w)
+	}
+	vw, w := c.VisionWidth, c.Width
+	add("vision.patch_embed.w", c.PatchSize*c.PatchSize*3, vw)
+	add("vision.patch_embed.b", vw)
+	add("vision.pos", c.Patches(), vw)
+	for i := range c.VisionDepth {
+		block(fmt.Sprintf("vision.blocks.%d", i), vw)
+	}
+	add("vision.ln_f.w", vw)
+	add("vision.ln_f.b", vw)
+	add("projector.fc1.w", vw, w)
+	add("projector.fc1.b", w)
+	add("projector.fc2.w", w, w)
+	add("projector.fc2.b", w)
+	add("embed.tokens", c.VocabSize, w)
+	add("embed.pos", c.MaxSeq, w)
+	for i := range c.Depth {
+		block(fmt.Sprintf("lm.blocks.%d", i), w)
+	}
+	add("lm.ln_f.w", w)
+	add("lm.ln_f.b", w)
+	add("lm_head.w", w, c.VocabSize)
+	return ps
+}
+
+// ParamCount is the number of parameters, in closed form (it equals the sum
+// of Params' sizes; a test holds the two together).
+func (c Config) ParamCount() int64 {
+	block := func(w int) int64 {
+		w64, h := int64(w), int64(c.MLPHidden(w))
+		return 4*w64 + // ln1, ln2
+			3*w64*w64 + 3*w64 + // qkv
+			w64*w64 + w64 + // out
+			w64*h + h + h*w64 + w64 // mlp
+	}
+	vw, w, v := int64(c.VisionWidth), int64(c.Width), int64(c.VocabSize)
+	p := int64(c.PatchSize*c.PatchSize*3)*vw + vw + int64(c.Patches())*vw
+	p += int64(c.VisionDepth)*block(c.VisionWidth) + 2*vw
+	p += vw*w + w + w*w + w
+	p += v*w + int64(c.MaxSeq)*w
+	p += int64(c.Depth)*block(c.Width) + 2*w
+	p += w * v
+	return p
+}
+
+// FLOPs are counted as 2 per multiply-add of the matrix products; layer
+// norms, softmax, GELU, biases and embedding lookups are left out (the usual
+// convention; they are a few percent here). Attention is counted over the
+// full MaxSeq context without a causal discount, which is what a backend
+// that masks a dense [MaxSeq, MaxSeq] score matrix computes (as PaLM's
+// model-FLOPs formula does).
+
+// FLOPsPerToken is the forward FLOPs of the language model for one sequence
+// position: per block the qkv, output and MLP products (2 * (4w^2 + 2wh))
+// and attention scores and weighted values (2 * 2 * MaxSeq * w), plus the
+// output head (2 * w * vocab).
+func (c Config) FLOPsPerToken() float64 {
+	w, h := float64(c.Width), float64(c.MLPHidden(c.Width))
+	block := 2*(4*w*w+2*w*h) + 4*float64(c.MaxSeq)*w
+	return float64(c.Depth)*block + 2*w*float64(c.VocabSize)
+}
+
+// FLOPsPerImage is the forward FLOPs of the vision encoder and projector
+// for one image: patch embedding, VisionDepth blocks over Patches()
+// positions (attention over Patches() keys) and the projector.
+func (c Config) FLOPsPerImage() float64 {
+	vw, w := float64(c.VisionWidth), float64(c.Width)
+	hv := float64(c.MLPHidden(c.VisionWidth))
+	n := float64(c.Patches())
+	perPatch := 2 * float64(c.PatchSize*c.PatchSize*3) * vw
+	perPatch += float64(c.VisionDepth) * (2*(4*vw*vw+2*vw*hv) + 4*n*vw)
+	perPatch += 2 * (vw*w + w*w)
+	return n * perPatch
+}
+
+// FLOPsPerStep is the model FLOPs of one training step over a batch of
+// sequences padded to MaxSeq with every image slot filled: forward plus
+// backward, taken as 3x the forward.
+func (c Config) FLOPsPerStep(batch int) float64 {
+	fwd := float64(c.MaxSeq)*c.FLOPsPerToken() + float64(c.MaxImages)*c.FLOPsPerImage()
+	return 3 * float64(batch) * fwd
+}

@@ -1,0 +1,100 @@
+package model
+
+import (
+	"encoding/json"
+	"strings"
+	"testing"
+)
+
+// handConfig is small enough to count by hand.
+var handConfig = Config{
+	Version: "tinygrounder/v1", ImageSize: 8, PatchSize: 4, VisionWidth: 4, VisionDepth: 1,
+	Width: 8, Depth: 1, Heads: 2, MLPRatio: 2, VocabSize: 10, MaxSeq: 12, MaxImages: 1,
+	PatchToken: 5, PadToken: 0,
+}
+
+func TestParamCountByHand(t *testing.T) {
+	c := handConfig
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	// vision: patch_embed 48*4 + 4, pos 4 patches * 4            = 212
+	// vision block (w 4, mlp 8): ln 4*4, qkv 4*12+12, out 16+4,
+	//   mlp 4*8+8 + 8*4+4                                         = 172
+	// vision.ln_f 8; projector 4*8+8 + 8*8+8 = 112
+	// embed: tokens 10*8 = 80, pos 12*8 = 96
+	// lm block (w 8, mlp 16): ln 32, qkv 8*24+24, out 64+8,
+	//   mlp 8*16+16 + 16*8+8                                      = 600
+	// lm.ln_f 16; lm_head 8*10 = 80
+	const want = 212 + 172 + 8 + 112 + 80 + 96 + 600 + 16 + 80 // 1376
+	if got := c.ParamCount(); got != want {
+		t.Fatalf("ParamCount = %d, want %d", got, want)
+	}
+	// Forward FLOPs per token: 2*(4*8*8 + 2*8*16) + 4*12*8 = 1408 per
+	// block, plus the head 2*8*10 = 160.
+	if got := c.FLOPsPerToken(); got != 1568 {
+		t.Fatalf("FLOPsPerToken = %v, want 1568", got)
+	}
+	// Per image, per patch: embed 2*48*4 = 384; block 2*(4*16 + 2*4*8) +
+	// 4*4*4 = 320; projector 2*(4*8 + 8*8) = 192; times 4 patches.
+	if got := c.FLOPsPerImage(); got != 4*(384+320+192) {
+		t.Fatalf("FLOPsPerImage = %v, want %d", got, 4*(384+320+192))
+	}
+	if got := c.FLOPsPerStep(2); got != 3*2*(12*1568+3584) {
+		t.Fatalf("FLOPsPerStep(2) = %v", got)
+	}
+}
+
+func TestParamsMatchParamCount(t *testing.T) {
+	tok := testTokenizer(t)
+	for _, c := range []Config{handConfig, DefaultConfig(tok.VocabSize()), tinyConfig(tok),
+		{Version: "tinygrounder/v1", ImageSize: 64, PatchSize: 16, VisionWidth: 48, VisionDepth: 0, Width: 72,
+			Depth: 2, Heads: 3, MLPRatio: 2.5, VocabSize: 999, MaxSeq: 100, MaxImages: 2}} {
+		var sum int64
+		names := map[string]bool{}
+		for _, p := range c.Params() {
+			if names[p.Name] {
+				t.Fatalf("parameter %s listed twice", p.Name)
+			}
+			names[p.Name] = true
+			sum += p.Size()
+			ok := false
+			for _, prefix := range []string{"vision.", "projector.", "embed.", "lm.", "lm_head."} {
+				ok = ok || strings.HasPrefix(p.Name, prefix)
+			}
+			if !ok {
+				t.Fatalf("parameter %s has no canonical prefix", p.Name)
+			}
+		}
+		if sum != c.ParamCount() {
+			t.Fatalf("%+v: Params sum %d, ParamCount %d", c, sum, c.ParamCount())
+		}
+	}
+}
+
+func TestDefaultConfig(t *testing.T) {
+	tok := testTokenizer(t)
+	c := DefaultConfig(tok.VocabSize())
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	b, _ := json.Marshal(c)
+	back, err := ParseConfig(b)
+	if err != nil || back != c || back.SHA256() != c.SHA256() {
+		t.Fatalf("config JSON round trip: %v", err)
+	}
+	other := c
+	other.Depth++
+	if other.SHA256() == c.SHA256() {
+		t.Fatal("SHA256 ignores depth")
+	}
+	if c.PatchToken != tok.PatchID() || c.PadToken != tok.PadID() {
+		t.Fatal("default config's special tokens differ from the tokenizer's")
+	}
+	// A 4-image crop task and a dense description both fit.
+	if need := c.MaxImages*c.Patches() + 80; need > c.MaxSeq {
+		t.Fatalf("4 images + 80 text tokens = %d > max_seq %d", need, c.MaxSeq)
+	}
+	t.Logf("default config (vocab %d): %d params, %.3g FLOPs/token, %.3g FLOPs/image, %.3g FLOPs/step at batch 16",
+		c.VocabSize, c.ParamCount(), c.FLOPsPerToken(), c.FLOPsPerImage(), c.FLOPsPerStep(16))
+}

@@ -1,0 +1,590 @@
+package model
+
+import (
+	"bufio"
+	"cmp"
+	"compress/gzip"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"image"
+	_ "image/jpeg" // decoders for FileImageResolver
+	_ "image/png"
+	"io"
+	"iter"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+)
+
+// ShardFormat is the "format" metadata of the shards BuildShards writes.
+const ShardFormat = "tinygrounder/v1 shard"
+
+// ImageResolver turns a record's image reference into an image.
+type ImageResolver interface {
+	ResolveImage(ctx context.Context, ref ImageRef) (image.Image, error)
+}
+
+// ImageResolverFunc adapts a function to ImageResolver.
+type ImageResolverFunc func(ctx context.Context, ref ImageRef) (image.Image, error)
+
+// ResolveImage calls f.
+func (f ImageResolverFunc) ResolveImage(ctx context.Context, ref ImageRef) (image.Image, error) {
+	return f(ctx, ref)
+}
+
+// BlobOpener opens blob keys; *blob.Local is one.
+type BlobOpener interface {
+	Open(key string) (*os.File, error)
+}
+
+// FileImageResolver reads "image" references from files under DatasetRoot
+// and "crop" references from blobs, decoding PNG or JPEG. It refuses an
+// image whose size differs from the reference's Width and Height (when
+// set), since boxes are in that frame.
+type FileImageResolver struct {
+	DatasetRoot string     // directory "image" paths are relative to
+	Blobs       BlobOpener // where "crop" keys live; nil refuses crops
+}
+
+// ResolveImage opens and decodes ref.
+func (r FileImageResolver) ResolveImage(_ context.Context, ref ImageRef) (image.Image, error) {
+	var f *os.File
+	var err error
+	switch ref.Kind {
+	case "image":
+		if !filepath.IsLocal(filepath.FromSlash(ref.Path)) {
+			return nil, fmt.Errorf("resolve image %q: path escapes the dataset root", ref.Path)
+		}
+		f, err = os.Open(filepath.Join(r.DatasetRoot, filepath.FromSlash(ref.Path)))
+	case "crop":
+		if r.Blobs == nil {
+			return nil, fmt.Errorf("resolve crop %q: no blob store", ref.Path)
+		}
+		f, err = r.Blobs.Open(ref.Path)
+	default:
+		return nil, fmt.Errorf("resolve image %q: unknown kind %q", ref.Path, ref.Kind)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("resolve %s %q: %w", ref.Kind, ref.Path, err)
+	}
+	defer f.Close()
+	img, _, err := image.Decode(bufio.NewReader(f))
+	if err != nil {
+		return nil, fmt.Errorf("decode %s %q: %w", ref.Kind, ref.Path, err)
+	}
+	if b := img.Bounds(); ref.Width > 0 && ref.Height > 0 && (b.Dx() != ref.Width || b.Dy() != ref.Height) {
+		return nil, fmt.Errorf("decode %s %q: %dx%d, record says %dx%d", ref.Kind, ref.Path, b.Dx(), b.Dy(), ref.Width, ref.Height)
+	}
+	return img, nil
+}
+
+// ReadRecords streams records from JSONL, gzip-compressed or not (as synth
+// writes its shards). Iteration stops after the first error it yields.
+func ReadRecords(r io.Reader) iter.Seq2[Record, error] {
+	return func(yield func(Record, error) bool) {
+		br := bufio.NewReader(r)
+		var src io.Reader = br
+		if magic, err := br.Peek(2); err == nil && magic[0] == 0x1f && magic[1] == 0x8b {
+			zr, err := gzip.NewReader(br)
+			if err != nil {
+				yield(Record{}, fmt.Errorf("read records: %w", err))
+				return
+			}
+			defer zr.Close()
+			src = zr
+		}
+		dec := json.NewDecoder(src)
+		for n := 1; ; n++ {
+			var rec Record
+			err := dec.Decode(&rec)
+			if errors.Is(err, io.EOF) {
+				return
+			}
+			if err != nil {
+				yield(Record{}, fmt.Errorf("read records: record %d: %w", n, err))
+				return
+			}
+			if !yield(rec, nil) {
+				return
+			}
+		}
+	}
+}
+
+// ShardConfig configures BuildShards.
+type ShardConfig struct {
+	// Model is the architecture; ImageSize, MaxSeq, MaxImages and PadToken
+	// shape the shards. Required, validated.
+	Model Config
+	// Tokenizer encodes the conversations. Required; its vocabulary size
+	// must equal Model.VocabSize.
+	Tokenizer *Tokenizer
+	// Dir is the output directory, created if missing. Required.
+	Dir string
+	// Name prefixes the file names: "<Name>-00000.safetensors". Default "shard".
+	Name string
+	// Stages keeps records of these stages only; empty keeps all.
+	Stages []string
+	// Splits keeps records of these splits only. Default {"train"}.
+	Splits []string
+	// SamplesPerShard is N, the samples of every shard but the last. Default 1024.
+	SamplesPerShard int
+	// Seed orders the samples: a record's place is a hash of the seed and
+	// its ID, so the shards do not depend on the order records arrive in.
+	Seed int64
+	// SynthSet is the synth set id written to the metadata ("synth_set").
+	SynthSet string
+	// Workers decode and preprocess images in parallel. Default GOMAXPROCS.
+	Workers int
+	// CacheBytes bounds the cache of preprocessed images kept across
+	// shards. Default 256 MiB; negative disables the cache.
+	CacheBytes int64
+	// Logger receives progress. Default discards.
+	Logger *slog.Logger
+}
+
+func (c *ShardConfig) defaults() error {
+	if err := c.Model.Validate(); err != nil {
+		return fmt.Errorf("shard config: %w", err)
+	}
+	if c.Tokenizer == nil {
+		return errors.New("shard config: no tokenizer")
+	}
+	if c.Tokenizer.VocabSize() != c.Model.VocabSize {
+		return fmt.Errorf("shard config: tokenizer has %d tokens, model config %d", c.Tokenizer.VocabSize(), c.Model.VocabSize)
+	}
+	if c.Model.PatchToken != tokPatch || c.Model.PadToken != tokPad {
+		return fmt.Errorf("shard config: model patch/pad tokens %d/%d, tokenizer %d/%d", c.Model.PatchToken, c.Model.PadToken, tokPatch, tokPad)
+	}
+	if c.Dir == "" {
+		return errors.New("shard config: no output directory")
+	}
+	if c.Name == "" {
+		c.Name = "shard"
+	}
+	if strings.ContainsAny(c.Name, `/\`) {
+		return fmt.Errorf("shard config: name %q contains a path separator", c.Name)
+	}
+	if len(c.Splits) == 0 {
+		c.Splits = []string{"train"}
+	}
+	if c.SamplesPerShard == 0 {
+		c.SamplesPerShard = 1024
+	}
+	if c.SamplesPerShard < 0 {
+		return fmt.Errorf("shard config: samples per shard %d", c.SamplesPerShard)
+	}
+	if c.Workers <= 0 {
+		c.Workers = runtime.GOMAXPROCS(0)
+	}
+	if c.CacheBytes == 0 {
+		c.CacheBytes = 256 << 20
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	return nil
+}
+
+// ShardInfo describes one written shard.
+type ShardInfo struct {
+	Path    string // file path
+	SHA256  string // hex sha256 of the file
+	Bytes   int64
+	Samples int
+	Images  int   // distinct images stored
+	Tokens  int64 // non-padding tokens
+	Targets int64 // positions that carry a loss
+}
+
+// BuildStats counts what a build did with its records.
+type BuildStats struct {
+	Read     int            // records read
+	Filtered int            // skipped by the stage or split filter
+	Kept     int            // written to shards
+	Dropped  map[string]int // by reason: "too_long", "too_many_images", "invalid"
+	Shards   int
+}
+
+// ShardBuilder turns synth records into tokenized training shards.
+type ShardBuilder struct {
+	cfg    ShardConfig
+	images ImageResolver
+	stats  BuildStats
+	cache  map[string][]uint8
+	cached int64
+}
+
+// NewShardBuilder validates and defaults cfg.
+func NewShardBuilder(cfg ShardConfig, images ImageResolver) (*ShardBuilder, error) {
+	if err := cfg.defaults(); err != nil {
+		return nil, err
+	}
+	if images == nil {
+		return nil, errors.New("shard builder: no image resolver")
+	}
+	return &ShardBuilder{cfg: cfg, images: images}, nil
+}
+
+// Stats reports the last Build.
+func (b *ShardBuilder) Stats() BuildStats { return b.stats }
+
+// BuildShards builds shards with a new ShardBuilder; see ShardBuilder.Build.
+func BuildShards(ctx context.Context, cfg ShardConfig, records iter.Seq2[Record, error], images ImageResolver) ([]ShardInfo, error) {
+	b, err := NewShardBuilder(cfg, images)
+	if err != nil {
+		return nil, err
+	}
+	return b.Build(ctx, records)
+}
+
+type entry struct {
+	key    uint64
+	id     string
+	seq    int
+	sample Sample
+	images []ImageRef
+}
+
+// sortKey places a record in the shuffled order: FNV-1a of the seed and the
+// record ID.
+func sortKey(seed int64, id string) uint64 {
+	h := fnv.New64a()
+	var b [8]byte
+	for i := range b {
+		b[i] = byte(uint64(seed) >> (8 * i))
+	}
+	h.Write(b[:])
+	h.Write([]byte(id))
+	return h.Sum64()
+}
+
+// Build reads every record, keeps those of the configured stages and
+// splits, tokenizes them (dropping, and counting, those that do not fit),
+// orders them by a seeded hash of their IDs and writes shards of
+// SamplesPerShard samples, each with its distinct images stored once. Equal
+// inputs give byte-identical files.
+func (b *ShardBuilder) Build(ctx context.Context, records iter.Seq2[Record, error]) (infos []ShardInfo, err error) {
+	ctx, span := otel.Tracer("groundmesh/model").Start(ctx, "model.BuildShards")
+	defer func() {
+		if err != nil {
+			span.RecordError(err)
+			span.SetStatus(codes.Error, err.Error())
+		}
+		span.End()
+	}()
+	cfg := b.cfg
+	b.stats = BuildStats{Dropped: map[string]int{}}
+	b.cache = map[string][]uint8{}
+	b.cached = 0
+	var entries []entry
+	for rec, err := range records {
+		if err != nil {
+			return nil, fmt.Errorf("build shards: %w", err)
+		}
+		if b.stats.Read%4096 == 0 {
+			if err := ctx.Err(); err != nil {
+				return nil, fmt.Errorf("build shards: %w", err)
+			}
+		}
+		b.stats.Read++
+		if (len(cfg.Stages) > 0 && !slices.Contains(cfg.Stages, rec.Stage)) || !slices.Contains(cfg.Splits, rec.Split) {
+			b.stats.Filtered++
+			continue
+		}
+		s, err := EncodeRecord(cfg.Tokenizer, cfg.Model, rec)
+		switch {
+		case errors.Is(err, ErrTooManyImages):
+			b.stats.Dropped["too_many_images"]++
+			continue
+		case errors.Is(err, ErrTooLong):
+			b.stats.Dropped["too_long"]++
+			continue
+		case err != nil:
+			b.stats.Dropped["invalid"]++
+			if b.stats.Dropped["invalid"] <= 10 {
+				cfg.Logger.Warn("shard builder drops an invalid record", "record", rec.ID, "err", err)
+			}
+			continue
+		}
+		entries = append(entries, entry{key: sortKey(cfg.Seed, rec.ID), id: rec.ID, seq: len(entries), sample: s, images: rec.Images})
+	}
+	slices.SortFunc(entries, func(x, y entry) int {
+		return cmp.Or(cmp.Compare(x.key, y.key), strings.Compare(x.id, y.id), cmp.Compare(x.seq, y.seq))
+	})
+	b.stats.Kept = len(entries)
+	if err := os.MkdirAll(cfg.Dir, 0o755); err != nil {
+		return nil, fmt.Errorf("build shards: %w", err)
+	}
+	n := cfg.SamplesPerShard
+	total := (len(entries) + n - 1) / n
+	for i := range total {
+		chunk := entries[i*n : min(len(entries), (i+1)*n)]
+		info, err := b.writeShard(ctx, i, total, chunk)
+		if err != nil {
+			return nil, fmt.Errorf("build shards: shard %d: %w", i, err)
+		}
+		infos = append(infos, info)
+		cfg.Logger.Info("shard written", "path", info.Path, "samples", info.Samples, "images", info.Images, "bytes", info.Bytes)
+	}
+	b.stats.Shards = len(infos)
+	span.SetAttributes(attribute.Int("records.read", b.stats.Read), attribute.Int("records.kept", b.stats.Kept),
+		attribute.Int("shards", len(infos)))
+	cfg.Logger.Info("shards built", "read", b.stats.Read, "filtered", b.stats.Filtered, "kept", b.stats.Kept,
+		"dropped", b.stats.Dropped, "shards", len(infos))
+	return infos, nil
+}
+
+func imageKey(ref ImageRef) string { return ref.Kind + "\x00" + ref.Path }
+
+func (b *ShardBuilder) writeShard(ctx context.Context, index, total int, chunk []entry) (ShardInfo, error) {
+	cfg := b.cfg
+	L, K, S := cfg.Model.MaxSeq, cfg.Model.MaxImages, cfg.Model.ImageSize
+	tokens := make([]int32, len(chunk)*L)
+	targets := make([]int32, len(chunk)*L)
+	imageIndex := make([]int32, len(chunk)*K)
+	rows := map[string]int32{}
+	var refs []ImageRef
+	info := ShardInfo{Samples: len(chunk)}
+	for i, e := range chunk {
+		row := tokens[i*L : (i+1)*L]
+		trow := targets[i*L : (i+1)*L]
+		copy(row, e.sample.Tokens)
+		copy(trow, e.sample.Targets)
+		for p := len(e.sample.Tokens); p < L; p++ {
+			row[p], trow[p] = cfg.Model.PadToken, -1
+		}
+		info.Tokens += int64(len(e.sample.Tokens))
+		for _, t := range e.sample.Targets {
+			if t >= 0 {
+				info.Targets++
+			}
+		}
+		for k := range K {
+			imageIndex[i*K+k] = -1
+		}
+		for k, ref := range e.images {
+			r, ok := rows[imageKey(ref)]
+			if !ok {
+				r = int32(len(refs))
+				rows[imageKey(ref)] = r
+				refs = append(refs, ref)
+			}
+			imageIndex[i*K+k] = r
+		}
+	}
+	pix, err := b.loadImages(ctx, refs)
+	if err != nil {
+		return ShardInfo{}, err
+	}
+	images := make([]byte, 0, len(refs)*S*S*3)
+	for _, p := range pix {
+		images = append(images, p...)
+	}
+	info.Images = len(refs)
+	tensors := []Tensor{
+		{Name: "tokens", DType: "I32", Shape: []int{len(chunk), L}, Data: Int32Bytes(tokens)},
+		{Name: "targets", DType: "I32", Shape: []int{len(chunk), L}, Data: Int32Bytes(targets)},
+		{Name: "image_index", DType: "I32", Shape: []int{len(chunk), K}, Data: Int32Bytes(imageIndex)},
+		{Name: "images", DType: "U8", Shape: []int{len(refs), S, S, 3}, Data: images},
+	}
+	meta := map[string]string{
+		"format":        ShardFormat,
+		"config_sha256": cfg.Model.SHA256(),
+		"synth_set":     cfg.SynthSet,
+		"tokenizer":     cfg.Tokenizer.ID(),
+		"seed":          strconv.FormatInt(cfg.Seed, 10),
+		"stages":        strings.Join(cfg.Stages, ","),
+		"splits":        strings.Join(cfg.Splits, ","),
+		"shard":         strconv.Itoa(index),
+		"shards":        strconv.Itoa(total),
+		"samples":       strconv.Itoa(len(chunk)),
+	}
+	path := filepath.Join(cfg.Dir, fmt.Sprintf("%s-%05d.safetensors", cfg.Name, index))
+	tmp, err := os.CreateTemp(cfg.Dir, ".tmp-shard-*")
+	if err != nil {
+		return ShardInfo{}, fmt.Errorf("create shard: %w", err)
+	}
+	defer os.Remove(tmp.Name())
+	h := sha256.New()
+	bw := bufio.NewWriterSize(io.MultiWriter(tmp, h), 1<<20)
+	n, err := WriteSafetensors(bw, tensors, meta)
+	if err == nil {
+		err = bw.Flush()
+	}
+	if err == nil {
+		err = tmp.Sync()
+	}
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return ShardInfo{}, fmt.Errorf("write shard: %w", err)
+	}
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		return ShardInfo{}, fmt.Errorf("write shard: %w", err)
+	}
+	info.Path, info.Bytes, info.SHA256 = path, n, hex.EncodeToString(h.Sum(nil))
+	return info, nil
+}
+
+// loadImages resolves and preprocesses refs in parallel, through the cache.
+func (b *ShardBuilder) loadImages(ctx context.Context, refs []ImageRef) ([][]uint8, error) {
+	out := make([][]uint8, len(refs))
+	var todo []int
+	for i, ref := range refs {
+		if p, ok := b.cache[imageKey(ref)]; ok {
+			out[i] = p
+		} else {
+			todo = append(todo, i)
+		}
+	}
+	errs := make([]error, len(refs))
+	var wg sync.WaitGroup
+	next := make(chan int)
+	for range min(b.cfg.Workers, len(todo)) {
+		wg.Go(func() {
+			for i := range next {
+				if err := ctx.Err(); err != nil {
+					errs[i] = err
+					continue
+				}
+				img, err := b.images.ResolveImage(ctx, refs[i])
+				if err != nil {
+					errs[i] = fmt.Errorf("resolve %s %q: %w", refs[i].Kind, refs[i].Path, err)
+					continue
+				}
+				p, err := Preprocess(img, b.cfg.Model.ImageSize)
+				if err != nil {
+					errs[i] = fmt.Errorf("preprocess %s %q: %w", refs[i].Kind, refs[i].Path, err)
+					continue
+				}
+				out[i] = p
+			}
+		})
+	}
+	for _, i := range todo {
+		next <- i
+	}
+	close(next)
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	for _, i := range todo {
+		if b.cfg.CacheBytes > 0 && b.cached+int64(len(out[i])) <= b.cfg.CacheBytes {
+			b.cache[imageKey(refs[i])] = out[i]
+			b.cached += int64(len(out[i]))
+		}
+	}
+	return out, nil
+}
+
+// Shard is a tokenized training shard read back from disk.
+type Shard struct {
+	N          int // samples
+	SeqLen     int // MaxSeq
+	ImageSlots int // MaxImages
+	ImageSize  int
+	NumImages  int // distinct images stored
+	Tokens     []int32
+	Targets    []int32
+	ImageIndex []int32
+	Images     []uint8
+	Metadata   map[string]string
+}
+
+// Sample returns row i: tokens, targets and image slots.
+func (s *Shard) Sample(i int) (tokens, targets, imageIndex []int32) {
+	L, K := s.SeqLen, s.ImageSlots
+	return s.Tokens[i*L : (i+1)*L], s.Targets[i*L : (i+1)*L], s.ImageIndex[i*K : (i+1)*K]
+}
+
+// Image returns the preprocessed RGB pixels of stored image j.
+func (s *Shard) Image(j int) []uint8 {
+	n := s.ImageSize * s.ImageSize * 3
+	return s.Images[j*n : (j+1)*n]
+}
+
+// ReadShard reads and checks a shard written by BuildShards.
+func ReadShard(path string) (*Shard, error) {
+	tensors, meta, err := ReadSafetensorsFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read shard %s: %w", path, err)
+	}
+	s, err := shardFromTensors(tensors, meta)
+	if err != nil {
+		return nil, fmt.Errorf("read shard %s: %w", path, err)
+	}
+	return s, nil
+}
+
+func shardFromTensors(tensors []Tensor, meta map[string]string) (*Shard, error) {
+	byName := map[string]Tensor{}
+	for _, t := range tensors {
+		byName[t.Name] = t
+	}
+	get := func(name, dtype string, rank int) (Tensor, error) {
+		t, ok := byName[name]
+		if !ok {
+			return Tensor{}, fmt.Errorf("no tensor %q", name)
+		}
+		if t.DType != dtype || len(t.Shape) != rank {
+			return Tensor{}, fmt.Errorf("tensor %q is %s%v, want %s of rank %d", name, t.DType, t.Shape, dtype, rank)
+		}
+		return t, nil
+	}
+	tok, err := get("tokens", "I32", 2)
+	if err != nil {
+		return nil, err
+	}
+	tgt, err := get("targets", "I32", 2)
+	if err != nil {
+		return nil, err
+	}
+	idx, err := get("image_index", "I32", 2)
+	if err != nil {
+		return nil, err
+	}
+	img, err := get("images", "U8", 4)
+	if err != nil {
+		return nil, err
+	}
+	n, l := tok.Shape[0], tok.Shape[1]
+	if !slices.Equal(tgt.Shape, tok.Shape) || idx.Shape[0] != n {
+		return nil, fmt.Errorf("shapes disagree: tokens %v, targets %v, image_index %v", tok.Shape, tgt.Shape, idx.Shape)
+	}
+	if img.Shape[1] != img.Shape[2] || img.Shape[3] != 3 {
+		return nil, fmt.Errorf("images shape %v: want [M, S, S, 3]", img.Shape)
+	}
+	s := &Shard{
+		N: n, SeqLen: l, ImageSlots: idx.Shape[1], ImageSize: img.Shape[1], NumImages: img.Shape[0],
+		Tokens: BytesInt32(tok.Data), Targets: BytesInt32(tgt.Data), ImageIndex: BytesInt32(idx.Data),
+		Images: img.Data, Metadata: meta,
+	}
+	for i, r := range s.ImageIndex {
+		if r < -1 || int(r) >= s.NumImages {
+			return nil, fmt.Errorf("image_index[%d][%d] = %d outside [-1, %d)", i/s.ImageSlots, i%s.ImageSlots, r, s.NumImages)
+		}
+	}
+	for i, t := range s.Targets {
+		if t < -1 {
+			return nil, fmt.Errorf("targets[%d][%d] = %d", i/l, i%l, t)
+		}
+	}
+	return s, nil
+}

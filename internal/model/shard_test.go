@@ -1,0 +1,398 @@
+package model
+
+import (
+	"bytes"
+	"compress/gzip"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"image"
+	"image/color"
+	"image/png"
+	"iter"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"testing"
+
+	"github.com/groundmesh/groundmesh/internal/blob"
+)
+
+// memImages makes a deterministic image per reference (size and colours
+// from a hash of its path) and counts resolutions.
+type memImages struct{ calls atomic.Int64 }
+
+func (m *memImages) ResolveImage(_ context.Context, ref ImageRef) (image.Image, error) {
+	m.calls.Add(1)
+	if strings.Contains(ref.Path, "missing") {
+		return nil, errors.New("no such image")
+	}
+	h := fnv.New32a()
+	h.Write([]byte(ref.Kind + ref.Path))
+	v := h.Sum32()
+	w, hh := 10+int(v%23), 10+int(v/23%17)
+	img := image.NewRGBA(image.Rect(0, 0, w, hh))
+	for y := range hh {
+		for x := range w {
+			img.SetRGBA(x, y, color.RGBA{uint8(v >> 3 * uint32(x)), uint8(v >> 11 * uint32(y)), uint8(v), 255})
+		}
+	}
+	return img, nil
+}
+
+// testRecords: 40 records over three stages and two splits, crops and
+// multi-image records, plus one too long, one with too many images and one
+// invalid.
+func testRecords() []Record {
+	var rs []Record
+	stages := []string{"stage1", "stage2", "stage3"}
+	for i := range 40 {
+		r := Record{
+			ID:     fmt.Sprintf("rec-%03d", i),
+			Stage:  stages[i%3],
+			Split:  "train",
+			Images: []ImageRef{{Kind: "image", Path: fmt.Sprintf("img/%d.png", i%7)}},
+			Conversations: []Turn{
+				{From: "human", Value: "<image>\nWhere is the red circle?"},
+				{From: "gpt", Value: fmt.Sprintf("[0.%03d, 0.100, 0.900, 0.950]", i)},
+			},
+		}
+		if i%5 == 0 {
+			r.Split = "val"
+		}
+		if i%4 == 1 {
+			r.Images = append(r.Images, ImageRef{Kind: "crop", Path: fmt.Sprintf("crops/%d.png", i%3)})
+			r.Conversations[0].Value = "<image>\n<image>\nWhere is the second image in the first one?"
+		}
+		rs = append(rs, r)
+	}
+	rs = append(rs,
+		Record{ID: "too-long", Stage: "stage1", Split: "train", Images: []ImageRef{{Kind: "image", Path: "img/1.png"}},
+			Conversations: []Turn{{From: "human", Value: "<image>" + strings.Repeat(" zebra", 40)}, {From: "gpt", Value: "no"}}},
+		Record{ID: "too-many", Stage: "stage2", Split: "train",
+			Images:        []ImageRef{{Kind: "image", Path: "a"}, {Kind: "crop", Path: "b"}, {Kind: "crop", Path: "c"}},
+			Conversations: []Turn{{From: "human", Value: "<image><image><image>"}, {From: "gpt", Value: "0"}}},
+		Record{ID: "invalid", Stage: "stage3", Split: "train", Images: []ImageRef{{Kind: "image", Path: "img/1.png"}},
+			Conversations: []Turn{{From: "human", Value: "no placeholder"}, {From: "gpt", Value: "no"}}},
+	)
+	return rs
+}
+
+func seqOf(rs []Record) iter.Seq2[Record, error] {
+	return func(yield func(Record, error) bool) {
+		for _, r := range rs {
+			if !yield(r, nil) {
+				return
+			}
+		}
+	}
+}
+
+func shardConfig(t *testing.T, tok *Tokenizer, dir string) ShardConfig {
+	cfg := tinyConfig(tok)
+	cfg.MaxSeq = 64
+	return ShardConfig{Model: cfg, Tokenizer: tok, Dir: dir, SamplesPerShard: 7, Seed: 42, SynthSet: "synth-1", Workers: 2}
+}
+
+func TestBuildShards(t *testing.T) {
+	tok := testTokenizer(t)
+	sc := shardConfig(t, tok, t.TempDir())
+	imgs := &memImages{}
+	b, err := NewShardBuilder(sc, imgs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	records := testRecords()
+	infos, err := b.Build(context.Background(), seqOf(records))
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := b.Stats()
+	// 40 generated: 8 are val; 3 extra records are dropped for their reasons.
+	if st.Read != 43 || st.Filtered != 8 || st.Kept != 32 ||
+		st.Dropped["too_long"] != 1 || st.Dropped["too_many_images"] != 1 || st.Dropped["invalid"] != 1 || st.Shards != 5 {
+		t.Fatalf("stats %+v", st)
+	}
+	byID := map[string]Record{}
+	for _, r := range records {
+		byID[r.ID] = r
+	}
+	// Map encoded token rows back to records (answers differ per record).
+	byTokens := map[string]Record{}
+	for _, r := range records {
+		if s, err := EncodeRecord(tok, sc.Model, r); err == nil {
+			byTokens[fmt.Sprint(s.Tokens)] = r
+		}
+	}
+	seen := map[string]bool{}
+	var order []string
+	for i, info := range infos {
+		if want := min(7, 32-7*i); info.Samples != want {
+			t.Fatalf("shard %d: %d samples, want %d", i, info.Samples, want)
+		}
+		if filepath.Base(info.Path) != fmt.Sprintf("shard-%05d.safetensors", i) {
+			t.Fatalf("shard path %s", info.Path)
+		}
+		sum, n, err := blob.FileSHA256(info.Path)
+		if err != nil || sum != info.SHA256 || n != info.Bytes {
+			t.Fatalf("shard %d: sha256/bytes %s/%d, file %s/%d (%v)", i, info.SHA256, info.Bytes, sum, n, err)
+		}
+		sh, err := ReadShard(info.Path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if sh.N != info.Samples || sh.SeqLen != sc.Model.MaxSeq || sh.ImageSlots != sc.Model.MaxImages || sh.ImageSize != sc.Model.ImageSize || sh.NumImages != info.Images {
+			t.Fatalf("shard %d: shape %+v", i, sh)
+		}
+		for k, want := range map[string]string{
+			"format": ShardFormat, "config_sha256": sc.Model.SHA256(), "synth_set": "synth-1", "tokenizer": tok.ID(),
+			"seed": "42", "shard": strconv.Itoa(i), "shards": "5", "samples": strconv.Itoa(info.Samples), "splits": "train",
+		} {
+			if sh.Metadata[k] != want {
+				t.Fatalf("shard %d metadata %s = %q, want %q", i, k, sh.Metadata[k], want)
+			}
+		}
+		used := map[int32]bool{}
+		var nonPad, learned int64
+		for j := range sh.N {
+			tokens, targets, slots := sh.Sample(j)
+			end := slices.Index(tokens, tokPad)
+			if end < 0 {
+				end = len(tokens)
+			}
+			rec, ok := byTokens[fmt.Sprint(tokens[:end])]
+			if !ok {
+				t.Fatalf("shard %d row %d: tokens match no record", i, j)
+			}
+			if seen[rec.ID] || rec.Split != "train" {
+				t.Fatalf("record %s written twice or from split %s", rec.ID, rec.Split)
+			}
+			seen[rec.ID] = true
+			order = append(order, rec.ID)
+			s, _ := EncodeRecord(tok, sc.Model, rec)
+			if !slices.Equal(targets[:end], s.Targets) || slices.ContainsFunc(targets[end:], func(x int32) bool { return x != -1 }) {
+				t.Fatalf("record %s: targets differ", rec.ID)
+			}
+			nonPad += int64(end)
+			for _, x := range targets {
+				if x >= 0 {
+					learned++
+				}
+			}
+			for k, slot := range slots {
+				if k >= len(rec.Images) {
+					if slot != -1 {
+						t.Fatalf("record %s: slot %d = %d, want -1", rec.ID, k, slot)
+					}
+					continue
+				}
+				used[slot] = true
+				img, _ := (&memImages{}).ResolveImage(context.Background(), rec.Images[k])
+				want, _ := Preprocess(img, sc.Model.ImageSize)
+				if !bytes.Equal(sh.Image(int(slot)), want) {
+					t.Fatalf("record %s image %d: pixels differ", rec.ID, k)
+				}
+			}
+		}
+		if len(used) != sh.NumImages {
+			t.Fatalf("shard %d stores %d images, uses %d (dedup)", i, sh.NumImages, len(used))
+		}
+		if nonPad != info.Tokens || learned != info.Targets {
+			t.Fatalf("shard %d: tokens %d/%d, targets %d/%d", i, nonPad, info.Tokens, learned, info.Targets)
+		}
+	}
+	if len(seen) != 32 {
+		t.Fatalf("%d records written", len(seen))
+	}
+	if slices.IsSorted(order) {
+		t.Fatalf("records were not shuffled: %v", order)
+	}
+	// 7 distinct full images and 3 crops: each resolved once across shards (cache).
+	if c := imgs.calls.Load(); c != 10 {
+		t.Fatalf("%d resolutions, want 10", c)
+	}
+}
+
+func shardSums(t *testing.T, sc ShardConfig, records []Record) []string {
+	t.Helper()
+	infos, err := BuildShards(context.Background(), sc, seqOf(records), &memImages{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sums []string
+	for _, in := range infos {
+		sums = append(sums, in.SHA256)
+	}
+	return sums
+}
+
+func TestBuildShardsDeterministic(t *testing.T) {
+	tok := testTokenizer(t)
+	records := testRecords()
+	a := shardSums(t, shardConfig(t, tok, t.TempDir()), records)
+	reversed := slices.Clone(records)
+	slices.Reverse(reversed)
+	noCache := shardConfig(t, tok, t.TempDir())
+	noCache.CacheBytes, noCache.Workers = -1, 1
+	b := shardSums(t, noCache, reversed)
+	if !slices.Equal(a, b) {
+		t.Fatalf("same records in another order gave other shards:\n%v\n%v", a, b)
+	}
+	other := shardConfig(t, tok, t.TempDir())
+	other.Seed = 43
+	if c := shardSums(t, other, records); slices.Equal(a, c) {
+		t.Fatal("another seed gave the same shards")
+	}
+}
+
+func TestBuildShardsStageFilter(t *testing.T) {
+	tok := testTokenizer(t)
+	sc := shardConfig(t, tok, t.TempDir())
+	sc.Stages, sc.Splits, sc.SamplesPerShard, sc.Name = []string{"stage2"}, []string{"train", "val"}, 100, "s2"
+	b, err := NewShardBuilder(sc, &memImages{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	infos, err := b.Build(context.Background(), seqOf(testRecords()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := 0
+	for _, r := range testRecords()[:40] {
+		if r.Stage == "stage2" {
+			want++
+		}
+	}
+	if len(infos) != 1 || infos[0].Samples != want || b.Stats().Dropped["too_many_images"] != 1 || filepath.Base(infos[0].Path) != "s2-00000.safetensors" {
+		t.Fatalf("infos %+v stats %+v, want %d samples", infos, b.Stats(), want)
+	}
+	sh, err := ReadShard(infos[0].Path)
+	if err != nil || sh.Metadata["stages"] != "stage2" {
+		t.Fatalf("read: %v, meta %v", err, sh.Metadata)
+	}
+}
+
+func TestBuildShardsErrors(t *testing.T) {
+	tok := testTokenizer(t)
+	dir := t.TempDir()
+	sc := shardConfig(t, tok, dir)
+	if _, err := BuildShards(context.Background(), sc, seqOf(testRecords()), nil); err == nil {
+		t.Error("nil resolver accepted")
+	}
+	bad := sc
+	bad.Model.VocabSize++
+	if _, err := NewShardBuilder(bad, &memImages{}); err == nil {
+		t.Error("vocab mismatch accepted")
+	}
+	bad = sc
+	bad.Dir = ""
+	if _, err := NewShardBuilder(bad, &memImages{}); err == nil {
+		t.Error("empty dir accepted")
+	}
+	recs := testRecords()
+	recs[2].Images[0].Path = "img/missing.png"
+	if _, err := BuildShards(context.Background(), sc, seqOf(recs), &memImages{}); err == nil || !strings.Contains(err.Error(), "missing") {
+		t.Errorf("missing image: %v", err)
+	}
+	failing := func(yield func(Record, error) bool) { yield(Record{}, errors.New("disk on fire")) }
+	if _, err := BuildShards(context.Background(), sc, failing, &memImages{}); err == nil || !strings.Contains(err.Error(), "disk on fire") {
+		t.Errorf("iterator error: %v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, err := BuildShards(ctx, sc, seqOf(testRecords()), &memImages{}); !errors.Is(err, context.Canceled) {
+		t.Errorf("cancelled: %v", err)
+	}
+	if _, err := ReadShard(filepath.Join(dir, "nope")); err == nil {
+		t.Error("ReadShard of a missing file succeeded")
+	}
+	// A safetensors file that is not a shard.
+	var buf bytes.Buffer
+	if _, err := WriteSafetensors(&buf, []Tensor{{Name: "tokens", DType: "F32", Shape: []int{1, 1}, Data: make([]byte, 4)}}, nil); err != nil {
+		t.Fatal(err)
+	}
+	p := filepath.Join(dir, "x.safetensors")
+	if err := os.WriteFile(p, buf.Bytes(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ReadShard(p); err == nil {
+		t.Error("non-shard accepted")
+	}
+}
+
+func TestReadRecordsAndFileResolver(t *testing.T) {
+	recs := testRecords()[:3]
+	var plain bytes.Buffer
+	enc := json.NewEncoder(&plain)
+	for _, r := range recs {
+		if err := enc.Encode(r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var gz bytes.Buffer
+	zw := gzip.NewWriter(&gz)
+	zw.Write(plain.Bytes())
+	zw.Close()
+	for name, b := range map[string][]byte{"plain": plain.Bytes(), "gzip": gz.Bytes()} {
+		var ids []string
+		for r, err := range ReadRecords(bytes.NewReader(b)) {
+			if err != nil {
+				t.Fatalf("%s: %v", name, err)
+			}
+			ids = append(ids, r.ID)
+		}
+		if !slices.Equal(ids, []string{"rec-000", "rec-001", "rec-002"}) {
+			t.Fatalf("%s: ids %v", name, ids)
+		}
+	}
+	n := 0
+	for _, err := range ReadRecords(strings.NewReader(`{"id":"a"}` + "\n{broken")) {
+		n++
+		if n == 2 && err == nil {
+			t.Fatal("broken record read without error")
+		}
+	}
+	if n != 2 {
+		t.Fatalf("%d yields", n)
+	}
+
+	root := t.TempDir()
+	store, err := blob.NewLocal(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	img := image.NewRGBA(image.Rect(0, 0, 5, 3))
+	var pb bytes.Buffer
+	if err := png.Encode(&pb, img); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(filepath.Join(root, "imgs"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(root, "imgs", "a.png"), pb.Bytes(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := store.Put("crops/c.png", bytes.NewReader(pb.Bytes())); err != nil {
+		t.Fatal(err)
+	}
+	res := FileImageResolver{DatasetRoot: root, Blobs: store}
+	ctx := context.Background()
+	for _, ref := range []ImageRef{{Kind: "image", Path: "imgs/a.png", Width: 5, Height: 3}, {Kind: "crop", Path: "crops/c.png"}} {
+		if m, err := res.ResolveImage(ctx, ref); err != nil || m.Bounds().Dx() != 5 {
+			t.Fatalf("%+v: %v", ref, err)
+		}
+	}
+	for _, ref := range []ImageRef{
+		{Kind: "image", Path: "../x.png"}, {Kind: "image", Path: "imgs/a.png", Width: 6, Height: 3},
+		{Kind: "video", Path: "imgs/a.png"}, {Kind: "crop", Path: "crops/none.png"}, {Kind: "image", Path: "imgs/none.png"},
+	} {
+		if _, err := res.ResolveImage(ctx, ref); err == nil {
+			t.Errorf("%+v resolved", ref)
+		}
+	}
+}

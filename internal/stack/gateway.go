@@ -1,0 +1,104 @@
+package stack
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/google/uuid"
+	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
+	"go.temporal.io/sdk/client"
+
+	"github.com/groundmesh/groundmesh/workflows"
+)
+
+// newGateway is the HTTP gateway: start and inspect pipelines, read
+// reports. Every request carries a server span (otelhttp) that the
+// Temporal interceptor continues into the workflow.
+func newGateway(s *Stack) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		if err := s.Pool.Ping(r.Context()); err != nil {
+			http.Error(w, "postgres: "+err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ok")
+	})
+	mux.HandleFunc("POST /api/pipelines", func(w http.ResponseWriter, r *http.Request) {
+		body, err := io.ReadAll(io.LimitReader(r.Body, 1<<20))
+		if err != nil {
+			http.Error(w, "read body: "+err.Error(), http.StatusBadRequest)
+			return
+		}
+		if len(strings.TrimSpace(string(body))) == 0 {
+			body = []byte("{}")
+		}
+		var in workflows.PipelineInput
+		if err := json.Unmarshal(body, &in); err != nil {
+			http.Error(w, "pipeline input: "+err.Error(), http.StatusBadRequest)
+			return
+		}
+		// Validate here too so a bad request is a 400 with the field named,
+		// not a failed workflow.
+		if err := in.WithDefaults().Validate(); err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		id := "pipeline-" + time.Now().UTC().Format("20060102-150405") + "-" + uuid.NewString()[:8]
+		run, err := s.Temporal.ExecuteWorkflow(r.Context(), client.StartWorkflowOptions{ID: id, TaskQueue: workflows.TaskQueue}, workflows.PipelineWorkflowName, json.RawMessage(body))
+		if err != nil {
+			http.Error(w, "start pipeline: "+err.Error(), http.StatusBadGateway)
+			return
+		}
+		writeJSON(w, http.StatusAccepted, map[string]string{"workflow_id": run.GetID(), "run_id": run.GetRunID()})
+	})
+	mux.HandleFunc("GET /api/pipelines/{id}", func(w http.ResponseWriter, r *http.Request) {
+		id := r.PathValue("id")
+		desc, err := s.Temporal.DescribeWorkflowExecution(r.Context(), id, "")
+		if err != nil {
+			http.Error(w, "describe: "+err.Error(), http.StatusNotFound)
+			return
+		}
+		out := map[string]any{"workflow_id": id, "status": desc.GetWorkflowExecutionInfo().GetStatus().String()}
+		if desc.GetWorkflowExecutionInfo().GetCloseTime() != nil {
+			var res workflows.PipelineResult
+			if err := s.Temporal.GetWorkflow(r.Context(), id, "").Get(r.Context(), &res); err != nil {
+				out["error"] = err.Error()
+			} else {
+				out["result"] = res
+			}
+		}
+		writeJSON(w, http.StatusOK, out)
+	})
+	mux.HandleFunc("GET /reports/{file}", func(w http.ResponseWriter, r *http.Request) {
+		name := r.PathValue("file")
+		if strings.ContainsAny(name, `/\`) || strings.Contains(name, "..") {
+			http.Error(w, "bad report name", http.StatusBadRequest)
+			return
+		}
+		p, err := s.Blob.Path("reports/" + name)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		http.ServeFile(w, r, filepath.Clean(p))
+	})
+	return otelhttp.NewHandler(mux, "gateway", otelhttp.WithSpanNameFormatter(func(_ string, r *http.Request) string {
+		return r.Method + " " + r.Pattern
+	}))
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	if err := enc.Encode(v); err != nil && !errors.Is(err, http.ErrHandlerTimeout) {
+		return
+	}
+}

@@ -1,0 +1,161 @@
+package stack
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+
+	"github.com/groundmesh/groundmesh/internal/bus"
+	"github.com/groundmesh/groundmesh/internal/command"
+	"github.com/groundmesh/groundmesh/internal/events"
+	"github.com/groundmesh/groundmesh/internal/model"
+	"github.com/groundmesh/groundmesh/plugins/compute"
+	"github.com/groundmesh/groundmesh/services/eval"
+	"github.com/groundmesh/groundmesh/services/ingest"
+	"github.com/groundmesh/groundmesh/services/synth"
+	"github.com/groundmesh/groundmesh/services/train"
+)
+
+// Services holds the service use cases and the compute plugin hosts they
+// share. The services do not know each other; this is where the one
+// dependency between them (synth reads what ingest validated) is wired.
+type Services struct {
+	Ingest *ingest.Service
+	Synth  *synth.Service
+	Train  *train.Service
+	Eval   *eval.Service
+
+	pluginDir string
+	logger    *slog.Logger
+	mu        sync.Mutex
+	hosts     map[string]*compute.Host
+}
+
+// pluginBinaries maps backend names to plugin executables.
+var pluginBinaries = map[string]string{
+	"gomlx": "groundmesh-gomlx",
+}
+
+// Backend returns the plugin host of a backend, starting it on first use.
+// The host restarts a crashed plugin; callers get ErrPluginCrashed.
+func (sv *Services) Backend(name string) (compute.Backend, error) {
+	sv.mu.Lock()
+	defer sv.mu.Unlock()
+	if h, ok := sv.hosts[name]; ok {
+		return h, nil
+	}
+	bin, ok := pluginBinaries[name]
+	if !ok {
+		return nil, fmt.Errorf("backend %q: not available in this build (have: gomlx): %w", name, train.ErrInvalidRequest)
+	}
+	path := filepath.Join(sv.pluginDir, bin)
+	if _, err := os.Stat(path); err != nil {
+		return nil, fmt.Errorf("backend %q: plugin binary %s: %w (run `make build` or set GROUNDMESH_PLUGIN_DIR)", name, path, err)
+	}
+	env := []string{}
+	if v := os.Getenv("GOMLX_BACKEND"); v != "" {
+		env = append(env, "GOMLX_BACKEND="+v)
+	}
+	h, err := compute.NewHost(compute.HostConfig{Path: path, Env: env, Logger: sv.logger.With("plugin", name)})
+	if err != nil {
+		return nil, fmt.Errorf("start %s plugin: %w", name, err)
+	}
+	sv.hosts[name] = h
+	return h, nil
+}
+
+func newServices(ctx context.Context, s *Stack) (*Services, error) {
+	sv := &Services{pluginDir: s.cfg.PluginDir, logger: s.Logger, hosts: map[string]*compute.Host{}}
+	var err error
+	sv.Ingest, err = ingest.New(ingest.Config{DataDir: s.cfg.DataDir, Logger: s.Logger.With("service", "ingest")}, s.Pool)
+	if err != nil {
+		return nil, err
+	}
+	sv.Synth, err = synth.New(synth.Config{DataDir: s.cfg.DataDir, Blob: s.Blob, Logger: s.Logger.With("service", "synth")}, s.Pool, sv.Ingest)
+	if err != nil {
+		return nil, err
+	}
+	sv.Train, err = train.New(train.Config{
+		DataDir: filepath.Join(s.cfg.DataDir, "train"), Blob: s.Blob, Backends: sv.Backend,
+		Logger: s.Logger.With("service", "train"),
+	}, s.Pool)
+	if err != nil {
+		return nil, err
+	}
+	predictors := func(ctx context.Context, ck eval.Checkpoint, run eval.RunInfo) (eval.Predictor, error) {
+		b, err := sv.Backend(backendOf(ctx, s, run.RunID))
+		if err != nil {
+			return nil, err
+		}
+		f, err := eval.NewGeneratorFactory(eval.GeneratorConfig{Backend: b, Blob: s.Blob, Attention: true})
+		if err != nil {
+			return nil, err
+		}
+		return f(ctx, ck, run)
+	}
+	records := func(ctx context.Context, run eval.RunInfo, fn func(model.Record) error) error {
+		m, err := synth.OpenManifest(s.Blob, run.ManifestKey)
+		if err != nil {
+			return err
+		}
+		return synth.ReadRecords(ctx, s.Blob, m, nil, func(r *model.Record) error { return fn(*r) })
+	}
+	sv.Eval, err = eval.New(eval.Config{
+		DataDir: s.cfg.DataDir, Blob: s.Blob, Logger: s.Logger.With("service", "eval"),
+		Predictors: predictors, Records: records,
+	}, s.Pool)
+	if err != nil {
+		return nil, err
+	}
+	return sv, nil
+}
+
+// backendOf reads the backend a run was trained with (default gomlx).
+func backendOf(ctx context.Context, s *Stack, runID string) string {
+	var b string
+	if err := s.Pool.QueryRow(ctx, `SELECT backend FROM runs WHERE id = $1`, runID).Scan(&b); err != nil || b == "" {
+		return train.DefaultBackend
+	}
+	return b
+}
+
+// serveCommands makes each service the consumer of its command topic.
+func (sv *Services) serveCommands(b *bus.Bus, logger *slog.Logger) error {
+	errs := []error{
+		command.Serve(b, command.Config{Service: "ingest", Handler: "ingest-service", Logger: logger,
+			BadInput: func(err error) bool { return errors.Is(err, ingest.ErrBadInput) }},
+			func(ctx context.Context, req events.IngestRequested, p func(events.Progress)) (events.DatasetIngested, error) {
+				return sv.Ingest.Ingest(ctx, req, command.SimpleProgress("ingest", p))
+			}),
+		command.Serve(b, command.Config{Service: "synth", Handler: "synth-service", Logger: logger,
+			BadInput: func(err error) bool { return errors.Is(err, synth.ErrBadInput) }},
+			func(ctx context.Context, req events.SynthRequested, p func(events.Progress)) (events.SynthCompleted, error) {
+				return sv.Synth.Synthesize(ctx, req, command.SimpleProgress("synth", p))
+			}),
+		command.Serve(b, command.Config{Service: "train", Handler: "train-service", Logger: logger,
+			BadInput: func(err error) bool { return errors.Is(err, train.ErrInvalidRequest) }},
+			func(ctx context.Context, req events.TrainRequested, p func(events.Progress)) (events.TrainCompleted, error) {
+				return sv.Train.Train(ctx, req, p)
+			}),
+		command.Serve(b, command.Config{Service: "eval", Handler: "eval-service", Logger: logger,
+			BadInput: func(err error) bool { return errors.Is(err, eval.ErrBadInput) }},
+			func(ctx context.Context, req events.EvalRequested, p func(events.Progress)) (events.EvaluationCompleted, error) {
+				return sv.Eval.Evaluate(ctx, req, command.SimpleProgress("eval", p))
+			}),
+	}
+	return errors.Join(errs...)
+}
+
+func (sv *Services) close() error {
+	sv.mu.Lock()
+	defer sv.mu.Unlock()
+	var errs []error
+	for _, h := range sv.hosts {
+		errs = append(errs, h.Close())
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,297 @@
+// Package stack is groundmesh's composition root: it builds the whole
+// system from one validated Config — telemetry, Postgres (given or a private
+// cluster), migrations, the blob store, the Watermill bus and outbox relay,
+// Temporal (given or an in-process dev server with the UI), the workflow
+// worker and event bridge, the services as bus consumers, and the HTTP
+// gateway — and tears it down in reverse order.
+package stack
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"go.temporal.io/sdk/client"
+	totel "go.temporal.io/sdk/contrib/opentelemetry"
+	"go.temporal.io/sdk/interceptor"
+	tlog "go.temporal.io/sdk/log"
+	"go.temporal.io/sdk/worker"
+
+	"github.com/groundmesh/groundmesh/internal/blob"
+	"github.com/groundmesh/groundmesh/internal/bus"
+	"github.com/groundmesh/groundmesh/internal/devserver"
+	"github.com/groundmesh/groundmesh/internal/outbox"
+	"github.com/groundmesh/groundmesh/internal/pgembed"
+	"github.com/groundmesh/groundmesh/internal/store"
+	"github.com/groundmesh/groundmesh/migrations"
+	"github.com/groundmesh/groundmesh/workflows"
+)
+
+// Config configures a stack. main parses the environment once and fills it.
+type Config struct {
+	// DataDir holds everything the embedded stack writes: pg/ (private
+	// cluster), temporal.db, blobs/, traces.jsonl, scenes/. Required.
+	DataDir string
+	// DatabaseURL is an existing Postgres; empty starts a private cluster
+	// under DataDir/pg from the machine's PostgreSQL binaries.
+	DatabaseURL string
+	// TemporalAddress is an existing Temporal frontend (host:port); empty
+	// starts the in-process dev server persisted to DataDir/temporal.db.
+	TemporalAddress string
+	// TemporalNamespace defaults to "default".
+	TemporalNamespace string
+	// TemporalPort and UIPort for the dev server (0 = 7233 / 8233; -1 UI off).
+	TemporalPort, UIPort int
+	// Bus is "postgres" (default) or "nats"; NATSURL for the latter.
+	Bus, NATSURL string
+	// HTTPAddr is the gateway's listen address (default 127.0.0.1:8080;
+	// "off" disables it).
+	HTTPAddr string
+	// PluginDir holds the compute plugin binaries (groundmesh-gomlx, ...).
+	PluginDir string
+	// Worker runs the Temporal worker, the bridge and the service consumers
+	// (true for `up` and `worker`, false for CLI verbs that only need the
+	// database and the client).
+	Worker bool
+	Logger *slog.Logger
+}
+
+func (c *Config) defaults() error {
+	if c.DataDir == "" {
+		return errors.New("stack config: DataDir is required")
+	}
+	abs, err := filepath.Abs(c.DataDir)
+	if err != nil {
+		return fmt.Errorf("stack config: data dir: %w", err)
+	}
+	c.DataDir = abs
+	if c.TemporalNamespace == "" {
+		c.TemporalNamespace = "default"
+	}
+	if c.TemporalPort == 0 {
+		c.TemporalPort = 7233
+	}
+	if c.UIPort == 0 {
+		c.UIPort = 8233
+	}
+	if c.Bus == "" {
+		c.Bus = bus.KindPostgres
+	}
+	if c.HTTPAddr == "" {
+		c.HTTPAddr = "127.0.0.1:8080"
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	return nil
+}
+
+// Stack is a running groundmesh.
+type Stack struct {
+	cfg      Config
+	Logger   *slog.Logger
+	Pool     *pgxpool.Pool
+	Blob     *blob.Local
+	Bus      *bus.Bus
+	Temporal client.Client
+	Services *Services
+
+	pg        *pgembed.Cluster
+	dev       *devserver.Server
+	worker    worker.Worker
+	relay     *outbox.Relay
+	http      *http.Server
+	httpURL   string
+	cancel    context.CancelFunc
+	done      []chan error
+	closers   []func(context.Context) error
+}
+
+// Start builds and starts the stack. On error everything already started
+// is stopped again.
+func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
+	if err := cfg.defaults(); err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(cfg.DataDir, 0o755); err != nil {
+		return nil, fmt.Errorf("create data dir: %w", err)
+	}
+	s := &Stack{cfg: cfg, Logger: cfg.Logger}
+	defer func() {
+		if err != nil {
+			sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			_ = s.Close(sctx)
+		}
+	}()
+	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	s.cancel = cancel
+
+	// Postgres.
+	dbURL := cfg.DatabaseURL
+	if dbURL == "" {
+		s.pg, err = pgembed.Start(ctx, pgembed.Config{Dir: filepath.Join(cfg.DataDir, "pg"), Logger: cfg.Logger})
+		if err != nil {
+			return nil, fmt.Errorf("start private postgres (or set DATABASE_URL): %w", err)
+		}
+		dbURL = s.pg.URL()
+	}
+	s.Pool, err = store.Open(ctx, dbURL, cfg.Logger)
+	if err != nil {
+		return nil, err
+	}
+	if err := migrations.ApplyPool(ctx, s.Pool, cfg.Logger); err != nil {
+		return nil, fmt.Errorf("apply migrations: %w", err)
+	}
+	s.Blob, err = blob.NewLocal(filepath.Join(cfg.DataDir, "blobs"))
+	if err != nil {
+		return nil, err
+	}
+
+	// Bus and outbox relay.
+	s.Bus, err = bus.New(ctx, bus.Config{Kind: cfg.Bus, NATSURL: cfg.NATSURL, Logger: cfg.Logger.With("component", "bus")}, s.Pool)
+	if err != nil {
+		return nil, fmt.Errorf("bus: %w", err)
+	}
+	s.relay, err = outbox.NewRelay(outbox.RelayConfig{Logger: cfg.Logger.With("component", "outbox")}, s.Pool, s.Bus.Publisher())
+	if err != nil {
+		return nil, fmt.Errorf("outbox relay: %w", err)
+	}
+	s.goRun(func() error { return s.relay.Run(runCtx) })
+
+	// Temporal.
+	addr := cfg.TemporalAddress
+	if addr == "" {
+		s.dev, err = devserver.Start(ctx, devserver.Config{
+			DataDir: cfg.DataDir, Namespace: cfg.TemporalNamespace,
+			FrontendPort: cfg.TemporalPort, UIPort: cfg.UIPort, Logger: cfg.Logger.With("component", "temporal"),
+		})
+		if err != nil {
+			return nil, fmt.Errorf("start temporal dev server: %w", err)
+		}
+		addr = s.dev.FrontendAddr()
+	}
+	ti, err := totel.NewTracingInterceptor(totel.TracerOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("temporal tracing: %w", err)
+	}
+	s.Temporal, err = client.DialContext(ctx, client.Options{
+		HostPort: addr, Namespace: cfg.TemporalNamespace,
+		Logger:       tlog.NewStructuredLogger(cfg.Logger.With("component", "temporal-client")),
+		Interceptors: []interceptor.ClientInterceptor{ti},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("dial temporal %s: %w", addr, err)
+	}
+
+	// Services and their consumers.
+	s.Services, err = newServices(ctx, s)
+	if err != nil {
+		return nil, err
+	}
+	if cfg.Worker {
+		if err := s.Services.serveCommands(s.Bus, cfg.Logger); err != nil {
+			return nil, err
+		}
+		bridge := workflows.NewBridge(s.Temporal, &workflows.PGTokens{Pool: s.Pool}, cfg.Logger.With("component", "bridge"))
+		if err := registerBridge(s.Bus, bridge); err != nil {
+			return nil, err
+		}
+		s.worker = worker.New(s.Temporal, workflows.TaskQueue, worker.Options{})
+		workflows.Register(s.worker, &workflows.Activities{Pub: s.Bus, Tokens: &workflows.PGTokens{Pool: s.Pool}})
+		if err := s.worker.Start(); err != nil {
+			return nil, fmt.Errorf("start temporal worker: %w", err)
+		}
+	}
+	s.goRun(func() error { return s.Bus.Run(runCtx) })
+	select {
+	case <-s.Bus.Running():
+	case <-time.After(30 * time.Second):
+		return nil, errors.New("bus router did not start within 30s")
+	}
+
+	if cfg.HTTPAddr != "off" {
+		ln, err := net.Listen("tcp", cfg.HTTPAddr)
+		if err != nil {
+			return nil, fmt.Errorf("gateway listen %s: %w", cfg.HTTPAddr, err)
+		}
+		s.httpURL = "http://" + ln.Addr().String()
+		s.http = &http.Server{Handler: newGateway(s), ReadHeaderTimeout: 10 * time.Second}
+		go func() { _ = s.http.Serve(ln) }()
+	}
+	return s, nil
+}
+
+func (s *Stack) goRun(fn func() error) {
+	ch := make(chan error, 1)
+	s.done = append(s.done, ch)
+	go func() { ch <- fn() }()
+}
+
+// UIURL is the Temporal Web UI ("" when not embedded or disabled).
+func (s *Stack) UIURL() string {
+	if s.dev == nil {
+		return ""
+	}
+	return s.dev.UIURL()
+}
+
+// TemporalAddr is the Temporal frontend address.
+func (s *Stack) TemporalAddr() string {
+	if s.dev != nil {
+		return s.dev.FrontendAddr()
+	}
+	return s.cfg.TemporalAddress
+}
+
+// GatewayURL is the HTTP gateway's base URL ("" when off).
+func (s *Stack) GatewayURL() string { return s.httpURL }
+
+// DataDir is the stack's data directory.
+func (s *Stack) DataDir() string { return s.cfg.DataDir }
+
+// Close stops everything in reverse order of start.
+func (s *Stack) Close(ctx context.Context) error {
+	var errs []error
+	if s.http != nil {
+		errs = append(errs, s.http.Shutdown(ctx))
+	}
+	if s.worker != nil {
+		s.worker.Stop()
+	}
+	if s.cancel != nil {
+		s.cancel()
+	}
+	if s.Bus != nil {
+		errs = append(errs, s.Bus.Close())
+	}
+	for _, ch := range s.done {
+		select {
+		case <-ch:
+		case <-ctx.Done():
+		}
+	}
+	if s.Services != nil {
+		errs = append(errs, s.Services.close())
+	}
+	if s.Temporal != nil {
+		s.Temporal.Close()
+	}
+	if s.dev != nil {
+		errs = append(errs, s.dev.Stop())
+	}
+	if s.Pool != nil {
+		s.Pool.Close()
+	}
+	if s.pg != nil {
+		errs = append(errs, s.pg.Stop(ctx))
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,117 @@
+// Package gomlx is groundmesh's pure-Go compute backend: it trains and runs
+// the tinygrounder v1 model (internal/model.Config) on GoMLX's Go backend,
+// with no cgo, so that it builds with CGO_ENABLED=0 and is the embedded
+// default everywhere.
+//
+// Training builds one GoMLX graph per batch shape that runs forward,
+// backward and the AdamW update (with gradient clipping) in one call;
+// parameters and optimizer state stay in backend buffers between steps and
+// are donated to the next step. Inference runs a plain-Go float32 forward
+// over the same weights with a KV cache (a small batch decodes far faster
+// that way than through per-call graph execution); a parity test holds it to
+// the GoMLX forward.
+//
+// Checkpoints are safetensors files under the canonical parameter names
+// (see params.go for the layout every backend shares), plus AdamW moments
+// and the step, written atomically.
+package gomlx
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"runtime"
+	"runtime/debug"
+	"strings"
+	"sync"
+	"sync/atomic"
+
+	gomlxcompute "github.com/gomlx/compute"
+	"github.com/gomlx/compute/gobackend"
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/groundmesh/groundmesh/plugins/compute"
+)
+
+// DefaultOptions is the GoMLX Go-backend configuration used when
+// Config.Options is empty. The default worker pool deadlocked on a 2-core
+// machine; sequential op execution (matmuls still split across cores) is
+// both safe and the fastest setting measured there.
+const DefaultOptions = "ops_sequential"
+
+// Config configures the backend.
+type Config struct {
+	// Options is the GoMLX Go-backend configuration string, a comma-separated
+	// list such as "ops_sequential" or "parallelism=-1" (the part after "go:"
+	// in GOMLX_BACKEND). Empty means DefaultOptions.
+	Options string
+	// Logger receives training and session logs. Nil discards them.
+	Logger *slog.Logger
+}
+
+// Backend is the GoMLX compute backend. It is safe for concurrent use.
+type Backend struct {
+	cfg    Config
+	log    *slog.Logger
+	tracer trace.Tracer
+	ml     gomlxcompute.Backend
+
+	mu       sync.Mutex
+	sessions map[string]*session
+	nextID   atomic.Uint64
+}
+
+var _ compute.Backend = (*Backend)(nil)
+
+// New builds a backend: it starts GoMLX's Go backend with cfg.Options.
+func New(cfg Config) (*Backend, error) {
+	if strings.TrimSpace(cfg.Options) == "" {
+		cfg.Options = DefaultOptions
+	}
+	cfg.Options = strings.TrimPrefix(cfg.Options, "go:")
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	ml, err := gobackend.New(cfg.Options)
+	if err != nil {
+		return nil, fmt.Errorf("start gomlx go backend with %q: %w", cfg.Options, err)
+	}
+	return &Backend{
+		cfg:      cfg,
+		log:      cfg.Logger,
+		tracer:   otel.Tracer("groundmesh/plugins/gomlx"),
+		ml:       ml,
+		sessions: map[string]*session{},
+	}, nil
+}
+
+// gomlxVersion is the GoMLX module version this binary was built with.
+func gomlxVersion() string {
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		for _, d := range bi.Deps {
+			if d.Path == "github.com/gomlx/gomlx" {
+				return d.Version
+			}
+		}
+	}
+	return "unknown"
+}
+
+// Describe reports the backend and what it can do.
+func (b *Backend) Describe(ctx context.Context) (compute.Description, error) {
+	_, span := b.tracer.Start(ctx, "gomlx.Describe")
+	defer span.End()
+	return compute.Description{
+		Backend:      "gomlx",
+		Version:      fmt.Sprintf("gomlx %s, go backend (%s), %s %s/%s", gomlxVersion(), b.cfg.Options, runtime.Version(), runtime.GOOS, runtime.GOARCH),
+		Devices:      []string{"cpu"},
+		CanTrain:     true,
+		CanAttention: true,
+		Dtypes:       []string{"float32"},
+	}, nil
+}
+
+func (b *Backend) newID(prefix string) string {
+	return fmt.Sprintf("%s-%d", prefix, b.nextID.Add(1))
+}

@@ -1,0 +1,105 @@
+package gomlx
+
+import (
+	"github.com/groundmesh/groundmesh/internal/model"
+)
+
+// Bucket sizes. A batch is trimmed to its longest sequence (rounded up to
+// seqBucket positions), runs the vision encoder only on the images present
+// (rounded up to a multiple of imageBucket(B)), and computes logits only at
+// target positions (rounded up to a power of two, at least minLossBucket).
+// Padding costs little and the compiled-graph cache stays small.
+const (
+	seqBucket     = 16
+	minLossBucket = 16
+)
+
+func imageBucket(batch int) int { return max(1, batch/2) }
+
+// trainBatch is one step's inputs, flattened row-major.
+type trainBatch struct {
+	B, L, K  int
+	tokens   []int32   // [B*L]
+	patchIdx []int32   // [B*L] row of the patch feature (K*P rows)
+	isPatch  []float32 // [B*L]
+	images   []float32 // [K*S*S*3] normalized
+	lossIdx  []int32   // [Nt] flat position into B*L
+	lossTgt  []int32   // [Nt]
+	lossW    []float32 // [Nt]
+	// realTokens counts non-padding positions, for tokens/s.
+	realTokens int
+}
+
+// batchRow is one sequence with its images in slot order.
+type batchRow struct {
+	tokens, targets []int32
+	images          [][]byte
+}
+
+func roundUp(x, m int) int { return (x + m - 1) / m * m }
+
+func nextPow2(x int) int {
+	p := 1
+	for p < x {
+		p <<= 1
+	}
+	return p
+}
+
+// makeBatch builds the step inputs for rows of MaxSeq positions.
+func makeBatch(c model.Config, rows []batchRow) trainBatch {
+	b := len(rows)
+	P := c.Patches()
+	length, nimg, real := 1, 0, 0
+	for _, r := range rows {
+		n := 0
+		for t, tok := range r.tokens {
+			if tok != c.PadToken || r.targets[t] != -1 {
+				n = t + 1
+			}
+		}
+		real += n
+		length = max(length, n)
+		nimg += len(r.images)
+	}
+	L := min(roundUp(length, seqBucket), c.MaxSeq)
+	k := roundUp(max(nimg, 1), imageBucket(b))
+	imgLen := c.ImageSize * c.ImageSize * 3
+	bt := trainBatch{
+		B: b, L: L, K: k,
+		tokens:     make([]int32, b*L),
+		patchIdx:   make([]int32, b*L),
+		isPatch:    make([]float32, b*L),
+		images:     make([]float32, k*imgLen),
+		realTokens: real,
+	}
+	img0 := 0 // index of the row's first image among the batch's images
+	for i, r := range rows {
+		for j, img := range r.images {
+			copy(bt.images[(img0+j)*imgLen:], model.NormalizePixels(img))
+		}
+		np := 0
+		for t := range L {
+			tok := r.tokens[t]
+			bt.tokens[i*L+t] = tok
+			if tok == c.PatchToken && np < len(r.images)*P {
+				bt.patchIdx[i*L+t] = int32(img0*P + np)
+				bt.isPatch[i*L+t] = 1
+				np++
+			}
+			if tg := r.targets[t]; tg >= 0 {
+				bt.lossIdx = append(bt.lossIdx, int32(i*L+t))
+				bt.lossTgt = append(bt.lossTgt, tg)
+				bt.lossW = append(bt.lossW, 1)
+			}
+		}
+		img0 += len(r.images)
+	}
+	nt := max(min(nextPow2(max(len(bt.lossIdx), minLossBucket)), b*L), len(bt.lossIdx))
+	for len(bt.lossIdx) < nt {
+		bt.lossIdx = append(bt.lossIdx, 0)
+		bt.lossTgt = append(bt.lossTgt, 0)
+		bt.lossW = append(bt.lossW, 0)
+	}
+	return bt
+}

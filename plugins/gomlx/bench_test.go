@@ -1,0 +1,207 @@
+package gomlx
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/groundmesh/groundmesh/internal/model"
+	"github.com/groundmesh/groundmesh/plugins/compute"
+)
+
+// Benchmarks measure the candidate demo configs on this machine. The GoMLX
+// backend options come from GROUNDMESH_GOMLX_OPTIONS (default
+// DefaultOptions); build with GOEXPERIMENT=simd to compare the SIMD kernels:
+//
+//	go test ./plugins/gomlx -run '^$' -bench TrainStep -benchtime 10x
+//	GROUNDMESH_GOMLX_OPTIONS=parallelism=-1 go test ./plugins/gomlx -run '^$' -bench TrainStep -benchtime 10x
+//	GOEXPERIMENT=simd go test ./plugins/gomlx -run '^$' -bench TrainStep -benchtime 10x
+
+const benchVocab = 1024
+
+type benchConfig struct {
+	name string
+	cfg  model.Config
+}
+
+func benchConfigs() []benchConfig {
+	d := model.DefaultConfig(benchVocab)
+	small := d
+	small.Width, small.Depth = 64, 2
+	p16 := d
+	p16.ImageSize, p16.PatchSize = 64, 16
+	p16small := p16
+	p16small.Width, p16small.Depth = 64, 2
+	return []benchConfig{
+		{"img48p8-w96d3", d},
+		{"img48p8-w64d2", small},
+		{"img64p16-w96d3", p16},
+		{"img64p16-w64d2", p16small},
+	}
+}
+
+// benchRows are stage-1-like samples: one image, a 16-token prompt and a
+// 14-token answer (a box in the box grammar and <eos>) that carries the
+// loss.
+func benchRows(c model.Config, n int, rng *rand.Rand) []batchRow {
+	rows := make([]batchRow, n)
+	for i := range rows {
+		toks := []int32{1}
+		for range c.Patches() {
+			toks = append(toks, c.PatchToken)
+		}
+		for range 16 {
+			toks = append(toks, int32(382+rng.IntN(c.VocabSize-382)))
+		}
+		ans := len(toks)
+		for range 14 {
+			toks = append(toks, int32(9+rng.IntN(117)))
+		}
+		tokens := make([]int32, c.MaxSeq)
+		targets := make([]int32, c.MaxSeq)
+		for t := range tokens {
+			targets[t] = -1
+			if t < len(toks) {
+				tokens[t] = toks[t]
+			}
+		}
+		for t := ans - 1; t < len(toks)-1; t++ {
+			targets[t] = toks[t+1]
+		}
+		targets[len(toks)-1] = 2
+		img := make([]byte, c.ImageSize*c.ImageSize*3)
+		for j := range img {
+			img[j] = byte(rng.IntN(256))
+		}
+		rows[i] = batchRow{tokens: tokens, targets: targets, images: [][]byte{img}}
+	}
+	return rows
+}
+
+// cpuSeconds is the user+system CPU time of this process: on a shared
+// machine it says more about a step's cost than the wall clock.
+func cpuSeconds() float64 {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	tv := func(t syscall.Timeval) float64 { return float64(t.Sec) + float64(t.Usec)/1e6 }
+	return tv(ru.Utime) + tv(ru.Stime)
+}
+
+func benchOptions() string {
+	if o := os.Getenv("GROUNDMESH_GOMLX_OPTIONS"); o != "" {
+		return o
+	}
+	return DefaultOptions
+}
+
+// BenchmarkTrainStep times full optimizer steps (forward, backward, AdamW)
+// of every parameter, after one warm-up step that compiles the graph.
+func BenchmarkTrainStep(b *testing.B) {
+	for _, bc := range benchConfigs() {
+		for _, batch := range []int{16, 32} {
+			b.Run(fmt.Sprintf("%s/b%d", bc.name, batch), func(b *testing.B) {
+				be, err := New(Config{Options: benchOptions()})
+				if err != nil {
+					b.Fatal(err)
+				}
+				c := bc.cfg
+				specs := paramSpecs(c)
+				sel := selectTrainable(specs, nil, nil)
+				tr, err := newTrainer(be, c, specs, sel, &modelState{weights: initParams(specs, 1)})
+				if err != nil {
+					b.Fatal(err)
+				}
+				defer tr.close()
+				rng := rand.New(rand.NewPCG(1, 1))
+				bt := makeBatch(c, benchRows(c, batch, rng))
+				t0 := time.Now()
+				if _, _, err := tr.step(1e-3, 10, 10, 0.01, bt); err != nil {
+					b.Fatal(err)
+				}
+				compile := time.Since(t0)
+				cpu0 := cpuSeconds()
+				b.ResetTimer()
+				for i := range b.N {
+					if _, _, err := tr.step(1e-3, float32(i+2), float32(i+2), 0.01, bt); err != nil {
+						b.Fatal(err)
+					}
+				}
+				el := b.Elapsed().Seconds()
+				cpuStep := (cpuSeconds() - cpu0) / float64(b.N)
+				steps := float64(b.N) / el
+				flops := c.FLOPsPerStep(batch)
+				exec := c
+				exec.MaxSeq, exec.MaxImages = bt.L, (bt.K+batch-1)/batch
+				b.ReportMetric(steps, "steps/s")
+				b.ReportMetric(steps*float64(bt.realTokens), "tokens/s")
+				b.ReportMetric(flops, "FLOPs/step")
+				b.ReportMetric(exec.FLOPsPerStep(batch)*steps/1e9, "GFLOP/s")
+				b.ReportMetric(cpuStep, "CPU-s/step")
+				b.Logf("%s batch %d (options %q): %d params, L=%d K=%d, first step (compile+run) %v, %.2f steps/s, %.0f tokens/s, %.2f CPU-s/step, %.3g config FLOPs/step",
+					bc.name, batch, benchOptions(), c.ParamCount(), bt.L, bt.K, compile.Round(time.Millisecond), steps, steps*float64(bt.realTokens), cpuStep, flops)
+			})
+		}
+	}
+}
+
+// BenchmarkPrefillDecode times the plain-Go inference path on the default
+// config: a prefill of an image prompt and 14 decode steps (one box).
+func BenchmarkPrefillDecode(b *testing.B) {
+	for _, batch := range []int{1, 8} {
+		b.Run(fmt.Sprintf("b%d", batch), func(b *testing.B) {
+			ctx := context.Background()
+			c := model.DefaultConfig(benchVocab)
+			be, err := New(Config{})
+			if err != nil {
+				b.Fatal(err)
+			}
+			ck := writeWeights(b, b.TempDir(), c, roughWeights(c, 1))
+			sess, err := be.Load(ctx, compute.LoadRequest{ModelConfig: configJSON(b, c), Checkpoint: ck})
+			if err != nil {
+				b.Fatal(err)
+			}
+			rng := rand.New(rand.NewPCG(2, 2))
+			rows := benchRows(c, batch, rng)
+			var seqs []compute.Sequence
+			for _, r := range rows {
+				prompt := r.tokens[:1+c.Patches()+16]
+				seqs = append(seqs, compute.Sequence{Tokens: prompt, Images: []compute.Image{{Size: c.ImageSize, Pixels: model.NormalizePixels(r.images[0])}}})
+			}
+			var prefill, decode time.Duration
+			b.ResetTimer()
+			for range b.N {
+				t0 := time.Now()
+				out, err := be.Prefill(ctx, compute.PrefillRequest{Session: sess.Session, Batch: seqs})
+				if err != nil {
+					b.Fatal(err)
+				}
+				prefill += time.Since(t0)
+				t0 = time.Now()
+				for range 14 {
+					toks := make([]int32, batch)
+					for i, l := range out.Logits {
+						toks[i] = int32(argmax(l))
+					}
+					if out, err = be.Decode(ctx, compute.DecodeRequest{Session: sess.Session, CacheID: out.CacheID, Tokens: toks}); err != nil {
+						b.Fatal(err)
+					}
+				}
+				decode += time.Since(t0)
+				if err := be.ReleaseCache(ctx, sess.Session, out.CacheID); err != nil {
+					b.Fatal(err)
+				}
+			}
+			n := float64(b.N)
+			b.ReportMetric(prefill.Seconds()*1e3/n, "ms/prefill")
+			b.ReportMetric(decode.Seconds()*1e3/(14*n), "ms/decode-step")
+			b.ReportMetric(float64(14*batch)*n/decode.Seconds(), "decode-tokens/s")
+		})
+	}
+}
+

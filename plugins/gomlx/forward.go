@@ -1,0 +1,306 @@
+package gomlx
+
+import (
+	"fmt"
+	"math"
+
+	"github.com/groundmesh/groundmesh/internal/model"
+)
+
+// This file is the plain-Go float32 forward pass used for inference: the
+// same function as the GoMLX graph in graph.go (a parity test holds them
+// together), with a KV cache so that decoding one token costs one position.
+
+// blockWeights are one pre-LN transformer block's parameters.
+type blockWeights struct {
+	ln1w, ln1b, qkvw, qkvb, projw, projb []float32
+	ln2w, ln2b, fc1w, fc1b, fc2w, fc2b   []float32
+	hidden                               int
+}
+
+// netWeights holds every parameter, sliced for the forward pass.
+type netWeights struct {
+	cfg                        model.Config
+	patchW, patchB, vpos       []float32
+	vblocks                    []blockWeights
+	vlnW, vlnB                 []float32
+	pfc1W, pfc1B, pfc2W, pfc2B []float32
+	tok, pos                   []float32
+	blocks                     []blockWeights
+	lnW, lnB, head             []float32
+}
+
+func newNetWeights(c model.Config, w map[string][]float32) *netWeights {
+	blk := func(prefix string, width int) blockWeights {
+		return blockWeights{
+			ln1w: w[prefix+".ln1.w"], ln1b: w[prefix+".ln1.b"],
+			qkvw: w[prefix+".attn.qkv.w"], qkvb: w[prefix+".attn.qkv.b"],
+			projw: w[prefix+".attn.out.w"], projb: w[prefix+".attn.out.b"],
+			ln2w: w[prefix+".ln2.w"], ln2b: w[prefix+".ln2.b"],
+			fc1w: w[prefix+".mlp.fc1.w"], fc1b: w[prefix+".mlp.fc1.b"],
+			fc2w: w[prefix+".mlp.fc2.w"], fc2b: w[prefix+".mlp.fc2.b"],
+			hidden: c.MLPHidden(width),
+		}
+	}
+	n := &netWeights{
+		cfg:    c,
+		patchW: w["vision.patch_embed.w"], patchB: w["vision.patch_embed.b"], vpos: w["vision.pos"],
+		vlnW: w["vision.ln_f.w"], vlnB: w["vision.ln_f.b"],
+		pfc1W: w["projector.fc1.w"], pfc1B: w["projector.fc1.b"],
+		pfc2W: w["projector.fc2.w"], pfc2B: w["projector.fc2.b"],
+		tok: w["embed.tokens"], pos: w["embed.pos"],
+		lnW: w["lm.ln_f.w"], lnB: w["lm.ln_f.b"], head: w["lm_head.w"],
+	}
+	for i := range c.VisionDepth {
+		n.vblocks = append(n.vblocks, blk(fmt.Sprintf("vision.blocks.%d", i), c.VisionWidth))
+	}
+	for i := range c.Depth {
+		n.blocks = append(n.blocks, blk(fmt.Sprintf("lm.blocks.%d", i), c.Width))
+	}
+	return n
+}
+
+// linear computes out[t] = x[t]·w + b for rows t of x [rows, in]; w is
+// [in, out]. out must hold rows*outDim values.
+func linear(out, x []float32, rows, in int, w, b []float32, outDim int) {
+	for t := range rows {
+		o := out[t*outDim : (t+1)*outDim]
+		if b != nil {
+			copy(o, b)
+		} else {
+			clear(o)
+		}
+		xr := x[t*in : (t+1)*in]
+		for k, xv := range xr {
+			if xv == 0 {
+				continue
+			}
+			wr := w[k*outDim : (k+1)*outDim]
+			for j, wv := range wr {
+				o[j] += xv * wv
+			}
+		}
+	}
+}
+
+// layerNorm normalizes each row of x [rows, width] into out.
+func layerNorm(out, x []float32, rows, width int, g, b []float32) {
+	for t := range rows {
+		xr := x[t*width : (t+1)*width]
+		var mu float32
+		for _, v := range xr {
+			mu += v
+		}
+		mu /= float32(width)
+		var va float32
+		for _, v := range xr {
+			d := v - mu
+			va += d * d
+		}
+		va /= float32(width)
+		inv := float32(1 / math.Sqrt(float64(va)+layerNormEps))
+		o := out[t*width : (t+1)*width]
+		for i, v := range xr {
+			o[i] = (v-mu)*inv*g[i] + b[i]
+		}
+	}
+}
+
+func gelu(x []float32) {
+	for i, v := range x {
+		x[i] = float32(0.5 * float64(v) * (1 + math.Erf(float64(v)/math.Sqrt2)))
+	}
+}
+
+// blockForward runs rows new positions x [rows, width] (positions
+// pos0..pos0+rows-1) through one block, in place. kc and vc hold the keys
+// and values of all positions [≥pos0+rows, width]; this call fills rows
+// pos0.. of them. With causal, position p attends to keys 0..p; otherwise
+// every position attends to all pos0+rows keys. attnSink, when not nil, is
+// called with the head-averaged attention of the last new position over all
+// its keys.
+func blockForward(bw *blockWeights, heads int, x []float32, rows, width int, kc, vc []float32, pos0 int, causal bool, attnSink func([]float32)) {
+	hd := width / heads
+	h := make([]float32, rows*width)
+	layerNorm(h, x, rows, width, bw.ln1w, bw.ln1b)
+	qkv := make([]float32, rows*3*width)
+	linear(qkv, h, rows, width, bw.qkvw, bw.qkvb, 3*width)
+	for t := range rows {
+		r := qkv[t*3*width:]
+		copy(kc[(pos0+t)*width:(pos0+t+1)*width], r[width:2*width])
+		copy(vc[(pos0+t)*width:(pos0+t+1)*width], r[2*width:3*width])
+	}
+	scale := float32(1 / math.Sqrt(float64(hd)))
+	att := make([]float32, rows*width)
+	total := pos0 + rows
+	scores := make([]float32, total)
+	var avg []float32
+	for t := range rows {
+		nk := total
+		if causal {
+			nk = pos0 + t + 1
+		}
+		last := t == rows-1 && attnSink != nil
+		if last {
+			avg = make([]float32, nk)
+		}
+		q := qkv[t*3*width : t*3*width+width]
+		for hh := range heads {
+			qh := q[hh*hd : (hh+1)*hd]
+			mx := float32(math.Inf(-1))
+			for k := range nk {
+				kr := kc[k*width+hh*hd : k*width+(hh+1)*hd]
+				var s float32
+				for d, qv := range qh {
+					s += qv * kr[d]
+				}
+				s *= scale
+				scores[k] = s
+				mx = max(mx, s)
+			}
+			var sum float32
+			for k := range nk {
+				e := float32(math.Exp(float64(scores[k] - mx)))
+				scores[k] = e
+				sum += e
+			}
+			o := att[t*width+hh*hd : t*width+(hh+1)*hd]
+			for k := range nk {
+				p := scores[k] / sum
+				if last {
+					avg[k] += p / float32(heads)
+				}
+				vr := vc[k*width+hh*hd : k*width+(hh+1)*hd]
+				for d := range o {
+					o[d] += p * vr[d]
+				}
+			}
+		}
+	}
+	if avg != nil {
+		attnSink(avg)
+	}
+	proj := make([]float32, rows*width)
+	linear(proj, att, rows, width, bw.projw, bw.projb, width)
+	for i := range x {
+		x[i] += proj[i]
+	}
+	layerNorm(h, x, rows, width, bw.ln2w, bw.ln2b)
+	mid := make([]float32, rows*bw.hidden)
+	linear(mid, h, rows, width, bw.fc1w, bw.fc1b, bw.hidden)
+	gelu(mid)
+	linear(proj, mid, rows, bw.hidden, bw.fc2w, bw.fc2b, width)
+	for i := range x {
+		x[i] += proj[i]
+	}
+}
+
+// imageFeatures encodes one normalized HWC image into projected patch
+// features [P, Width].
+func (n *netWeights) imageFeatures(pixels []float32) []float32 {
+	c := n.cfg
+	g, p := c.ImageSize/c.PatchSize, c.PatchSize
+	np, pd, vw := g*g, p*p*3, c.VisionWidth
+	patches := make([]float32, np*pd)
+	for gy := range g {
+		for gx := range g {
+			dst := patches[(gy*g+gx)*pd:]
+			i := 0
+			for py := range p {
+				row := ((gy*p+py)*c.ImageSize + gx*p) * 3
+				copy(dst[i:i+p*3], pixels[row:row+p*3])
+				i += p * 3
+			}
+		}
+	}
+	x := make([]float32, np*vw)
+	linear(x, patches, np, pd, n.patchW, n.patchB, vw)
+	for i := range x {
+		x[i] += n.vpos[i]
+	}
+	kc, vc := make([]float32, np*vw), make([]float32, np*vw)
+	for i := range n.vblocks {
+		blockForward(&n.vblocks[i], c.Heads, x, np, vw, kc, vc, 0, false, nil)
+	}
+	h := make([]float32, np*vw)
+	layerNorm(h, x, np, vw, n.vlnW, n.vlnB)
+	mid := make([]float32, np*c.Width)
+	linear(mid, h, np, vw, n.pfc1W, n.pfc1B, c.Width)
+	gelu(mid)
+	out := make([]float32, np*c.Width)
+	linear(out, mid, np, c.Width, n.pfc2W, n.pfc2B, c.Width)
+	return out
+}
+
+// seqCache is one sequence's KV cache.
+type seqCache struct {
+	k, v [][]float32 // per layer [MaxSeq, Width]
+	n    int         // positions filled
+	// patchPos are the positions holding the first image's patches.
+	patchPos []int
+}
+
+func (n *netWeights) newSeqCache() *seqCache {
+	c := n.cfg
+	sc := &seqCache{}
+	for range c.Depth {
+		sc.k = append(sc.k, make([]float32, c.MaxSeq*c.Width))
+		sc.v = append(sc.v, make([]float32, c.MaxSeq*c.Width))
+	}
+	return sc
+}
+
+// embed builds the input rows of tokens at positions pos0.., reading image
+// patch features in order at patch-token positions.
+func (n *netWeights) embed(tokens []int32, pos0 int, feats []float32, featRows int, sc *seqCache) []float32 {
+	c := n.cfg
+	w := c.Width
+	x := make([]float32, len(tokens)*w)
+	next := 0
+	for t, tok := range tokens {
+		row := x[t*w : (t+1)*w]
+		if tok == c.PatchToken && next < featRows {
+			copy(row, feats[next*w:(next+1)*w])
+			if next < c.Patches() {
+				sc.patchPos = append(sc.patchPos, pos0+t)
+			}
+			next++
+		} else {
+			copy(row, n.tok[int(tok)*w:(int(tok)+1)*w])
+		}
+		p := n.pos[(pos0+t)*w : (pos0+t+1)*w]
+		for i := range row {
+			row[i] += p[i]
+		}
+	}
+	return x
+}
+
+// step runs new positions through the language model using and extending
+// sc, and returns the logits of the last new position and, with wantAttn,
+// its attention over the first image's patches averaged over heads and
+// layers.
+func (n *netWeights) step(sc *seqCache, x []float32, rows int, wantAttn bool) ([]float32, []float32) {
+	c := n.cfg
+	w := c.Width
+	var attn []float32
+	var sink func([]float32)
+	if wantAttn {
+		attn = make([]float32, c.Patches())
+		sink = func(a []float32) {
+			for i, p := range sc.patchPos {
+				attn[i] += a[p] / float32(c.Depth)
+			}
+		}
+	}
+	for i := range n.blocks {
+		blockForward(&n.blocks[i], c.Heads, x, rows, w, sc.k[i], sc.v[i], sc.n, true, sink)
+	}
+	sc.n += rows
+	last := x[(rows-1)*w : rows*w]
+	h := make([]float32, w)
+	layerNorm(h, last, 1, w, n.lnW, n.lnB)
+	logits := make([]float32, c.VocabSize)
+	linear(logits, h, 1, w, n.head, nil, c.VocabSize)
+	return logits, attn
+}

@@ -1,0 +1,211 @@
+package gomlx
+
+import (
+	"fmt"
+	"math"
+
+	gomlxcompute "github.com/gomlx/compute"
+	"github.com/gomlx/compute/dtypes"
+	"github.com/gomlx/gomlx/core/graph"
+	"github.com/gomlx/gomlx/ml/layers/activation"
+	"github.com/gomlx/gomlx/ml/nn"
+
+	"github.com/groundmesh/groundmesh/internal/model"
+)
+
+// AdamW hyperparameters (besides the learning rate and weight decay, which
+// come with each TrainRequest).
+const (
+	adamBeta1   = 0.9
+	adamBeta2   = 0.95
+	adamEps     = 1e-8
+	gradClipMax = 1.0
+	maskedScore = -1e9
+)
+
+// netGraph builds the tinygrounder v1 forward pass as a GoMLX graph.
+type netGraph struct {
+	cfg model.Config
+	p   map[string]*graph.Node
+}
+
+func (n *netGraph) dense(x *graph.Node, prefix string) *graph.Node {
+	b := n.p[prefix+".b"]
+	return nn.Dense(x, n.p[prefix+".w"], b, gomlxcompute.DenseLayoutInputOutputs)
+}
+
+func (n *netGraph) layerNorm(x *graph.Node, prefix string) *graph.Node {
+	return nn.LayerNorm(x, []int{-1}, layerNormEps, n.p[prefix+".w"], n.p[prefix+".b"], nil)
+}
+
+// attention is multi-head self-attention over x [N, T, W]; bias, when not
+// nil, is an additive [T, T] mask (0 or maskedScore).
+func (n *netGraph) attention(x *graph.Node, prefix string, bias *graph.Node) *graph.Node {
+	dims := x.Shape().Dimensions
+	nb, t, w := dims[0], dims[1], dims[2]
+	h := n.cfg.Heads
+	hd := w / h
+	qkv := n.dense(x, prefix+".qkv")
+	qkv = graph.Reshape(qkv, nb, t, 3, h, hd)
+	q := graph.Squeeze(graph.SliceAxis(qkv, 2, graph.AxisElem(0)), 2)
+	k := graph.Squeeze(graph.SliceAxis(qkv, 2, graph.AxisElem(1)), 2)
+	v := graph.Squeeze(graph.SliceAxis(qkv, 2, graph.AxisElem(2)), 2)
+	scores := graph.MulScalar(graph.Einsum("nqhd,nkhd->nhqk", q, k), 1/math.Sqrt(float64(hd)))
+	if bias != nil {
+		scores = graph.Add(scores, graph.Reshape(bias, 1, 1, t, t))
+	}
+	probs := graph.Softmax(scores, -1)
+	out := graph.Einsum("nhqk,nkhd->nqhd", probs, v)
+	out = graph.Reshape(out, nb, t, w)
+	return n.dense(out, prefix+".out")
+}
+
+func (n *netGraph) block(x *graph.Node, prefix string, bias *graph.Node) *graph.Node {
+	x = graph.Add(x, n.attention(n.layerNorm(x, prefix+".ln1"), prefix+".attn", bias))
+	hid := activation.Gelu(n.dense(n.layerNorm(x, prefix+".ln2"), prefix+".mlp.fc1"))
+	return graph.Add(x, n.dense(hid, prefix+".mlp.fc2"))
+}
+
+// vision encodes normalized images [K, S, S, 3] into projected patch
+// features [K*P, Width].
+func (n *netGraph) vision(images *graph.Node) *graph.Node {
+	c := n.cfg
+	k := images.Shape().Dimensions[0]
+	g := c.ImageSize / c.PatchSize
+	p := c.PatchSize
+	x := graph.Reshape(images, k, g, p, g, p, 3)
+	x = graph.Transpose(x, 2, 3) // [K, gy, gx, py, px, c]
+	x = graph.Reshape(x, k, g*g, p*p*3)
+	x = n.dense(x, "vision.patch_embed")
+	x = graph.Add(x, graph.InsertAxes(n.p["vision.pos"], 0))
+	for i := range c.VisionDepth {
+		x = n.block(x, fmt.Sprintf("vision.blocks.%d", i), nil)
+	}
+	x = n.layerNorm(x, "vision.ln_f")
+	x = activation.Gelu(n.dense(x, "projector.fc1"))
+	x = n.dense(x, "projector.fc2")
+	return graph.Reshape(x, k*g*g, c.Width)
+}
+
+// hidden runs the model up to the last block (before lm.ln_f):
+// tokens [B, L] int32, patchIdx [B, L] int32 (row of the patch feature
+// each position reads), isPatch [B, L] float32 (1 at patch positions),
+// images [K, S, S, 3] float32 normalized. It returns [B, L, Width].
+func (n *netGraph) hidden(tokens, patchIdx, isPatch, images *graph.Node) *graph.Node {
+	c := n.cfg
+	g := tokens.Graph()
+	l := tokens.Shape().Dimensions[1]
+	feats := n.vision(images)
+	patch := graph.Gather(feats, graph.InsertAxes(patchIdx, -1))         // [B, L, W]
+	tok := graph.Gather(n.p["embed.tokens"], graph.InsertAxes(tokens, -1)) // [B, L, W]
+	m := graph.InsertAxes(isPatch, -1)
+	x := graph.Add(graph.Mul(tok, graph.OneMinus(m)), graph.Mul(patch, m))
+	pos := graph.SliceAxis(n.p["embed.pos"], 0, graph.AxisRange(0, l))
+	x = graph.Add(x, graph.InsertAxes(pos, 0))
+	bias := graph.Where(graph.LowerTriangular(g, l), graph.Scalar(g, dtypes.Float32, 0), graph.Scalar(g, dtypes.Float32, maskedScore))
+	for i := range c.Depth {
+		x = n.block(x, fmt.Sprintf("lm.blocks.%d", i), bias)
+	}
+	return x
+}
+
+// logits applies lm.ln_f and lm_head to hidden states [..., Width].
+func (n *netGraph) logits(h *graph.Node) *graph.Node {
+	h = n.layerNorm(h, "lm.ln_f")
+	return nn.Dense(h, n.p["lm_head.w"], nil, gomlxcompute.DenseLayoutInputOutputs)
+}
+
+// maskedLoss is the mean cross-entropy over the loss positions: h [B, L, W],
+// lossIdx [Nt] flat positions into B*L, lossTgt [Nt], lossW [Nt] (1 for a
+// real target, 0 for padding of the bucket).
+func (n *netGraph) maskedLoss(h, lossIdx, lossTgt, lossW *graph.Node) *graph.Node {
+	dims := h.Shape().Dimensions
+	flat := graph.Reshape(h, dims[0]*dims[1], dims[2])
+	sel := graph.Gather(flat, graph.InsertAxes(lossIdx, -1)) // [Nt, W]
+	logits := n.logits(sel)                      // [Nt, V]
+	logp := graph.LogSoftmax(logits, -1)
+	nll := graph.Neg(graph.ReduceSum(graph.Mul(logp, graph.OneHot(lossTgt, n.cfg.VocabSize, dtypes.Float32)), -1))
+	den := graph.Max(graph.ReduceAllSum(lossW), graph.Scalar(h.Graph(), dtypes.Float32, 1))
+	return graph.Div(graph.ReduceAllSum(graph.Mul(nll, lossW)), den)
+}
+
+// trainStepLayout fixes the order of the train step's inputs and outputs.
+//
+// Inputs: trainable params (T), their first moments (T), second moments (T),
+// frozen params (F), then lr, bc1, bc2 (float32 scalars: learning rate and
+// the Adam bias corrections 1/(1-beta^t)), weightDecay, then the batch:
+// tokens, patchIdx, isPatch, images (float32, normalized on the host with
+// model.NormalizePixels), lossIdx, lossTgt, lossW.
+// Outputs: new params (T), new m (T), new v (T), loss, grad norm.
+type trainStepLayout struct {
+	cfg       model.Config
+	trainable []paramSpec
+	frozen    []paramSpec
+}
+
+const numBatchInputs = 7
+
+func (s *trainStepLayout) graphFn(inputs []*graph.Node) []*graph.Node {
+	nt, nf := len(s.trainable), len(s.frozen)
+	g := inputs[0].Graph()
+	params := make(map[string]*graph.Node, nt+nf)
+	for i, p := range s.trainable {
+		params[p.Name] = inputs[i]
+	}
+	for i, p := range s.frozen {
+		params[p.Name] = inputs[3*nt+i]
+	}
+	at := 3*nt + nf
+	lr, bc1, bc2, wd := inputs[at], inputs[at+1], inputs[at+2], inputs[at+3]
+	batch := inputs[at+4:]
+	tokens, patchIdx, isPatch, images := batch[0], batch[1], batch[2], batch[3]
+	lossIdx, lossTgt, lossW := batch[4], batch[5], batch[6]
+
+	net := &netGraph{cfg: s.cfg, p: params}
+	h := net.hidden(tokens, patchIdx, isPatch, images)
+	loss := net.maskedLoss(h, lossIdx, lossTgt, lossW)
+
+	tp := inputs[:nt]
+	grads := graph.Gradient(loss, tp...)
+	sq := graph.Scalar(g, dtypes.Float32, 0)
+	for _, gr := range grads {
+		sq = graph.Add(sq, graph.ReduceAllSum(graph.Square(gr)))
+	}
+	gnorm := graph.Sqrt(sq)
+	scale := graph.Min(graph.Scalar(g, dtypes.Float32, 1), graph.Div(graph.Scalar(g, dtypes.Float32, gradClipMax), graph.AddScalar(gnorm, 1e-6)))
+
+	outs := make([]*graph.Node, 0, 3*nt+2)
+	newM := make([]*graph.Node, nt)
+	newV := make([]*graph.Node, nt)
+	newP := make([]*graph.Node, nt)
+	for i, p := range s.trainable {
+		gr := graph.Mul(grads[i], scale)
+		m := graph.Add(graph.MulScalar(inputs[nt+i], adamBeta1), graph.MulScalar(gr, 1-adamBeta1))
+		v := graph.Add(graph.MulScalar(inputs[2*nt+i], adamBeta2), graph.MulScalar(graph.Square(gr), 1-adamBeta2))
+		upd := graph.Div(graph.Mul(m, bc1), graph.AddScalar(graph.Sqrt(graph.Mul(v, bc2)), adamEps))
+		if p.decays() {
+			upd = graph.Add(upd, graph.Mul(wd, tp[i]))
+		}
+		newP[i] = graph.Sub(tp[i], graph.Mul(lr, upd))
+		newM[i], newV[i] = m, v
+	}
+	outs = append(outs, newP...)
+	outs = append(outs, newM...)
+	outs = append(outs, newV...)
+	return append(outs, loss, gnorm)
+}
+
+// forwardLogitsFn builds the full-sequence forward used by the parity tests:
+// inputs are all params in spec order, then tokens, patchIdx, isPatch and
+// float32 normalized images; the output is logits [B, L, V].
+func forwardLogitsFn(cfg model.Config, specs []paramSpec) func(inputs []*graph.Node) *graph.Node {
+	return func(inputs []*graph.Node) *graph.Node {
+		params := make(map[string]*graph.Node, len(specs))
+		for i, p := range specs {
+			params[p.Name] = inputs[i]
+		}
+		b := inputs[len(specs):]
+		net := &netGraph{cfg: cfg, p: params}
+		return net.logits(net.hidden(b[0], b[1], b[2], b[3]))
+	}
+}

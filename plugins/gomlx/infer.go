@@ -1,0 +1,249 @@
+package gomlx
+
+import (
+	"context"
+	"fmt"
+	"runtime"
+	"sync"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/groundmesh/groundmesh/internal/model"
+	"github.com/groundmesh/groundmesh/plugins/compute"
+)
+
+// session is a loaded model and its open KV caches.
+type session struct {
+	net *netWeights
+
+	mu     sync.Mutex
+	caches map[string]*kvCache
+}
+
+// kvCache is the cache of one Prefill batch; calls on it are serialized.
+type kvCache struct {
+	mu   sync.Mutex
+	seqs []*seqCache
+}
+
+func endSpan(span trace.Span, err error) {
+	if err != nil {
+		span.RecordError(err)
+		span.SetStatus(codes.Error, err.Error())
+	}
+	span.End()
+}
+
+// Load reads a checkpoint's weights for inference.
+func (b *Backend) Load(ctx context.Context, req compute.LoadRequest) (res compute.LoadResult, err error) {
+	_, span := b.tracer.Start(ctx, "gomlx.Load", trace.WithAttributes(attribute.String("checkpoint", req.Checkpoint)))
+	defer func() { endSpan(span, err) }()
+	if req.Device != "" && req.Device != "cpu" {
+		return res, invalidf("load: device %q not available (the gomlx go backend has only cpu)", req.Device)
+	}
+	cfg, err := model.ParseConfig(req.ModelConfig)
+	if err != nil {
+		return res, fmt.Errorf("load: %w: %w", compute.ErrInvalidArgument, err)
+	}
+	specs := paramSpecs(cfg)
+	st, err := readCheckpoint(req.Checkpoint, specs, nil, false)
+	if err != nil {
+		return res, fmt.Errorf("load: %w", fileError(err))
+	}
+	id := b.newID("session")
+	b.mu.Lock()
+	b.sessions[id] = &session{net: newNetWeights(cfg, st.weights), caches: map[string]*kvCache{}}
+	b.mu.Unlock()
+	b.log.Info("model loaded", "session", id, "checkpoint", req.Checkpoint)
+	return compute.LoadResult{Session: id}, nil
+}
+
+func (b *Backend) session(id string) (*session, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	s, ok := b.sessions[id]
+	if !ok {
+		return nil, fmt.Errorf("session %q: %w", id, compute.ErrNotFound)
+	}
+	return s, nil
+}
+
+// parallel runs fn(i) for i in [0, n) on up to GOMAXPROCS goroutines.
+func parallel(n int, fn func(i int)) {
+	workers := min(n, runtime.GOMAXPROCS(0))
+	if workers <= 1 {
+		for i := range n {
+			fn(i)
+		}
+		return
+	}
+	var wg sync.WaitGroup
+	next := make(chan int)
+	for range workers {
+		wg.Go(func() {
+			for i := range next {
+				fn(i)
+			}
+		})
+	}
+	for i := range n {
+		next <- i
+	}
+	close(next)
+	wg.Wait()
+}
+
+func validateSequence(c model.Config, i int, s compute.Sequence) error {
+	switch {
+	case len(s.Tokens) == 0:
+		return fmt.Errorf("sequence %d: no tokens", i)
+	case len(s.Tokens) > c.MaxSeq:
+		return fmt.Errorf("sequence %d: %d tokens exceed max_seq %d", i, len(s.Tokens), c.MaxSeq)
+	case len(s.Images) > c.MaxImages:
+		return fmt.Errorf("sequence %d: %d images exceed max_images %d", i, len(s.Images), c.MaxImages)
+	}
+	patches := 0
+	for t, tok := range s.Tokens {
+		if tok < 0 || int(tok) >= c.VocabSize {
+			return fmt.Errorf("sequence %d: token %d at %d outside vocab %d", i, tok, t, c.VocabSize)
+		}
+		if tok == c.PatchToken {
+			patches++
+		}
+	}
+	for j, img := range s.Images {
+		if img.Size != c.ImageSize || len(img.Pixels) != c.ImageSize*c.ImageSize*3 {
+			return fmt.Errorf("sequence %d: image %d is %d px with %d values, want %d px (%d values)",
+				i, j, img.Size, len(img.Pixels), c.ImageSize, c.ImageSize*c.ImageSize*3)
+		}
+	}
+	if patches > len(s.Images)*c.Patches() {
+		return fmt.Errorf("sequence %d: %d patch tokens but %d images of %d patches", i, patches, len(s.Images), c.Patches())
+	}
+	return nil
+}
+
+// Prefill runs prompts, opens a KV cache and returns the last position's
+// logits of each sequence.
+func (b *Backend) Prefill(ctx context.Context, req compute.PrefillRequest) (res compute.ForwardResult, err error) {
+	_, span := b.tracer.Start(ctx, "gomlx.Prefill", trace.WithAttributes(attribute.Int("batch", len(req.Batch))))
+	defer func() { endSpan(span, err) }()
+	s, err := b.session(req.Session)
+	if err != nil {
+		return res, fmt.Errorf("prefill: %w", err)
+	}
+	if len(req.Batch) == 0 {
+		return res, invalidf("prefill: empty batch")
+	}
+	c := s.net.cfg
+	for i, seq := range req.Batch {
+		if err := validateSequence(c, i, seq); err != nil {
+			return res, fmt.Errorf("prefill: %w: %w", compute.ErrInvalidArgument, err)
+		}
+	}
+	cache := &kvCache{seqs: make([]*seqCache, len(req.Batch))}
+	res.Logits = make([][]float32, len(req.Batch))
+	if req.WantAttention {
+		res.Attention = make([][]float32, len(req.Batch))
+	}
+	parallel(len(req.Batch), func(i int) {
+		seq := req.Batch[i]
+		var feats []float32
+		for _, img := range seq.Images {
+			feats = append(feats, s.net.imageFeatures(img.Pixels)...)
+		}
+		sc := s.net.newSeqCache()
+		x := s.net.embed(seq.Tokens, 0, feats, len(feats)/c.Width, sc)
+		logits, attn := s.net.step(sc, x, len(seq.Tokens), req.WantAttention)
+		cache.seqs[i] = sc
+		res.Logits[i] = logits
+		if req.WantAttention {
+			res.Attention[i] = attn
+		}
+	})
+	id := b.newID("cache")
+	s.mu.Lock()
+	s.caches[id] = cache
+	s.mu.Unlock()
+	res.CacheID = id
+	return res, nil
+}
+
+// Decode appends one token per sequence to a cache and returns the
+// next-token logits.
+func (b *Backend) Decode(ctx context.Context, req compute.DecodeRequest) (res compute.ForwardResult, err error) {
+	_, span := b.tracer.Start(ctx, "gomlx.Decode", trace.WithAttributes(attribute.Int("batch", len(req.Tokens))))
+	defer func() { endSpan(span, err) }()
+	s, err := b.session(req.Session)
+	if err != nil {
+		return res, fmt.Errorf("decode: %w", err)
+	}
+	s.mu.Lock()
+	cache, ok := s.caches[req.CacheID]
+	s.mu.Unlock()
+	if !ok {
+		return res, fmt.Errorf("decode: cache %q of session %q: %w", req.CacheID, req.Session, compute.ErrNotFound)
+	}
+	cache.mu.Lock()
+	defer cache.mu.Unlock()
+	c := s.net.cfg
+	if len(req.Tokens) != len(cache.seqs) {
+		return res, fmt.Errorf("decode: %d tokens for a cache of %d sequences: %w", len(req.Tokens), len(cache.seqs), compute.ErrFailedPrecondition)
+	}
+	for i, tok := range req.Tokens {
+		if tok < 0 || int(tok) >= c.VocabSize {
+			return res, invalidf("decode: token %d of sequence %d outside vocab %d", tok, i, c.VocabSize)
+		}
+		if cache.seqs[i].n >= c.MaxSeq {
+			return res, fmt.Errorf("decode: sequence %d is full (max_seq %d): %w", i, c.MaxSeq, compute.ErrFailedPrecondition)
+		}
+	}
+	res.CacheID = req.CacheID
+	res.Logits = make([][]float32, len(req.Tokens))
+	if req.WantAttention {
+		res.Attention = make([][]float32, len(req.Tokens))
+	}
+	parallel(len(req.Tokens), func(i int) {
+		sc := cache.seqs[i]
+		// No image features: a decoded patch token reads its token embedding.
+		x := s.net.embed(req.Tokens[i:i+1], sc.n, nil, 0, sc)
+		logits, attn := s.net.step(sc, x, 1, req.WantAttention)
+		res.Logits[i] = logits
+		if req.WantAttention {
+			res.Attention[i] = attn
+		}
+	})
+	return res, nil
+}
+
+// ReleaseCache frees a KV cache.
+func (b *Backend) ReleaseCache(ctx context.Context, sessionID, cacheID string) (err error) {
+	_, span := b.tracer.Start(ctx, "gomlx.ReleaseCache")
+	defer func() { endSpan(span, err) }()
+	s, err := b.session(sessionID)
+	if err != nil {
+		return fmt.Errorf("release cache: %w", err)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := s.caches[cacheID]; !ok {
+		return fmt.Errorf("release cache: cache %q of session %q: %w", cacheID, sessionID, compute.ErrNotFound)
+	}
+	delete(s.caches, cacheID)
+	return nil
+}
+
+// Unload frees a session and its caches.
+func (b *Backend) Unload(ctx context.Context, sessionID string) (err error) {
+	_, span := b.tracer.Start(ctx, "gomlx.Unload")
+	defer func() { endSpan(span, err) }()
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if _, ok := b.sessions[sessionID]; !ok {
+		return fmt.Errorf("unload: session %q: %w", sessionID, compute.ErrNotFound)
+	}
+	delete(b.sessions, sessionID)
+	return nil
+}

@@ -1,0 +1,133 @@
+package gomlx
+
+import (
+	"hash/fnv"
+	"math"
+	"math/rand/v2"
+	"strings"
+
+	"github.com/groundmesh/groundmesh/internal/model"
+)
+
+// Parameter names, shapes and layouts are internal/model's (Config.Params):
+// linear weights [in, out] (y = x·w + b); layer norms "w" (scale) and "b"
+// (shift) with epsilon 1e-5; attn.qkv.w [w, 3w] with columns q | k | v,
+// heads contiguous within each; attn.out the output projection; MLPs and
+// the projector with exact (erf) GELU; vision.patch_embed.w
+// [patch*patch*3, vision_width] over a patch flattened in (row, column,
+// channel) order of the HWC image; lm_head.w [width, vocab] without bias.
+//
+// A PatchToken position's input is projector(patch feature) + embed.pos[t]
+// (the token embedding is replaced, the position embedding is still added).
+// Vision blocks attend over all patches of one image; language-model blocks
+// are causal. Every block is pre-LN: x += attn(ln1(x)); x += mlp(ln2(x)).
+
+const layerNormEps = 1e-5
+
+// paramInit says how a parameter is initialized from the seed.
+type paramInit int
+
+const (
+	initNormal paramInit = iota // N(0, std)
+	initZeros
+	initOnes
+)
+
+// paramSpec is one canonical parameter with its initialization.
+type paramSpec struct {
+	Name  string
+	Shape []int
+	Init  paramInit
+	Std   float64
+}
+
+// Size returns the number of elements.
+func (p paramSpec) Size() int {
+	n := 1
+	for _, d := range p.Shape {
+		n *= d
+	}
+	return n
+}
+
+// decays reports whether AdamW weight decay applies: matrices only, never
+// biases, layer norms or position tables.
+func (p paramSpec) decays() bool {
+	return len(p.Shape) == 2 && !strings.HasSuffix(p.Name, ".pos")
+}
+
+// paramSpecs lists every parameter of the model in model.Config.Params
+// order, with GPT-2 style initialization: N(0, 0.02) for matrices and
+// tables, scaled by 1/sqrt(2*depth) for the projections that write into the
+// residual stream, zero biases, unit layer-norm scales.
+func paramSpecs(c model.Config) []paramSpec {
+	const std = 0.02
+	var ps []paramSpec
+	for _, p := range c.Params() {
+		s := paramSpec{Name: p.Name, Shape: p.Shape, Init: initNormal, Std: std}
+		isLN := strings.Contains(p.Name, ".ln")
+		switch {
+		case isLN && strings.HasSuffix(p.Name, ".w"):
+			s.Init = initOnes
+		case strings.HasSuffix(p.Name, ".b"):
+			s.Init = initZeros
+		case strings.HasSuffix(p.Name, ".attn.out.w") || strings.HasSuffix(p.Name, ".mlp.fc2.w"):
+			depth := c.Depth
+			if strings.HasPrefix(p.Name, "vision.") {
+				depth = c.VisionDepth
+			}
+			s.Std = std / math.Sqrt(2*float64(max(depth, 1)))
+		}
+		ps = append(ps, s)
+	}
+	return ps
+}
+
+// initParams initializes every parameter from seed. Each parameter draws
+// from its own stream keyed by its name, so adding a parameter never changes
+// the others.
+func initParams(specs []paramSpec, seed int64) map[string][]float32 {
+	out := make(map[string][]float32, len(specs))
+	for _, p := range specs {
+		v := make([]float32, p.Size())
+		switch p.Init {
+		case initOnes:
+			for i := range v {
+				v[i] = 1
+			}
+		case initNormal:
+			h := fnv.New64a()
+			h.Write([]byte(p.Name))
+			rng := rand.New(rand.NewPCG(uint64(seed), h.Sum64()))
+			for i := range v {
+				v[i] = float32(rng.NormFloat64() * p.Std)
+			}
+		}
+		out[p.Name] = v
+	}
+	return out
+}
+
+// selectTrainable reports which parameters train: those matching any
+// trainable prefix (all when empty) and no frozen prefix.
+func selectTrainable(specs []paramSpec, trainable, frozen []string) []bool {
+	sel := make([]bool, len(specs))
+	for i, p := range specs {
+		ok := len(trainable) == 0
+		for _, t := range trainable {
+			if strings.HasPrefix(p.Name, t) {
+				ok = true
+				break
+			}
+		}
+		for _, f := range frozen {
+			if strings.HasPrefix(p.Name, f) {
+				ok = false
+				break
+			}
+		}
+		sel[i] = ok
+	}
+	return sel
+}
+

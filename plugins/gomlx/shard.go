@@ -1,0 +1,123 @@
+package gomlx
+
+import (
+	"fmt"
+	"math/rand/v2"
+
+	"github.com/groundmesh/groundmesh/internal/model"
+)
+
+// sampleRef addresses one row of one shard.
+type sampleRef struct {
+	shard, row int
+}
+
+// dataset is the concatenation of a stage's shards with a deterministic,
+// seeded order: epoch e visits the samples in the permutation drawn from
+// PCG(seed, e), so a run's data position is a function of its step alone
+// and a resumed run sees exactly the batches the uninterrupted one would.
+type dataset struct {
+	cfg     model.Config
+	shards  []*model.Shard
+	samples []sampleRef
+	seed    int64
+
+	permEpoch int
+	perm      []int
+}
+
+// checkShard validates a shard against the model config.
+func checkShard(s *model.Shard, c model.Config) error {
+	switch {
+	case s.SeqLen != c.MaxSeq:
+		return fmt.Errorf("sequence length %d, config max_seq %d", s.SeqLen, c.MaxSeq)
+	case s.ImageSlots != c.MaxImages:
+		return fmt.Errorf("%d image slots, config max_images %d", s.ImageSlots, c.MaxImages)
+	case s.NumImages > 0 && s.ImageSize != c.ImageSize:
+		return fmt.Errorf("images of %d px, config image_size %d", s.ImageSize, c.ImageSize)
+	}
+	for r := range s.N {
+		tokens, targets, slots := s.Sample(r)
+		patches, imgs := 0, 0
+		for t, tok := range tokens {
+			if tok < 0 || int(tok) >= c.VocabSize {
+				return fmt.Errorf("row %d: token %d at %d outside vocab %d", r, tok, t, c.VocabSize)
+			}
+			if tg := targets[t]; tg < -1 || int(tg) >= c.VocabSize {
+				return fmt.Errorf("row %d: target %d at %d outside vocab %d", r, tg, t, c.VocabSize)
+			}
+			if tok == c.PatchToken {
+				patches++
+			}
+		}
+		for _, ix := range slots {
+			if ix >= 0 {
+				imgs++
+			}
+		}
+		if patches > imgs*c.Patches() {
+			return fmt.Errorf("row %d: %d patch tokens but %d images of %d patches", r, patches, imgs, c.Patches())
+		}
+	}
+	return nil
+}
+
+// rowImages returns a row's present images in slot order.
+func rowImages(s *model.Shard, r int) [][]byte {
+	_, _, slots := s.Sample(r)
+	var out [][]byte
+	for _, ix := range slots {
+		if ix >= 0 {
+			out = append(out, s.Image(int(ix)))
+		}
+	}
+	return out
+}
+
+func newDataset(paths []string, c model.Config, seed int64) (*dataset, error) {
+	if len(paths) == 0 {
+		return nil, fmt.Errorf("load dataset: no shards")
+	}
+	d := &dataset{cfg: c, seed: seed, permEpoch: -1}
+	for i, p := range paths {
+		s, err := model.ReadShard(p)
+		if err != nil {
+			return nil, fmt.Errorf("load dataset: %w", err)
+		}
+		if err := checkShard(s, c); err != nil {
+			return nil, fmt.Errorf("load dataset: shard %s: %w", p, err)
+		}
+		d.shards = append(d.shards, s)
+		for r := range s.N {
+			d.samples = append(d.samples, sampleRef{shard: i, row: r})
+		}
+	}
+	if len(d.samples) == 0 {
+		return nil, fmt.Errorf("load dataset: shards hold no samples")
+	}
+	return d, nil
+}
+
+// at returns the sample at global data position pos (epochs concatenated).
+func (d *dataset) at(pos int64) sampleRef {
+	n := int64(len(d.samples))
+	epoch := int(pos / n)
+	if epoch != d.permEpoch {
+		rng := rand.New(rand.NewPCG(uint64(d.seed), uint64(epoch)))
+		d.perm = rng.Perm(int(n))
+		d.permEpoch = epoch
+	}
+	return d.samples[d.perm[pos%n]]
+}
+
+// batchAt builds the batch of the given 1-based step.
+func (d *dataset) batchAt(step int, batchSize int) trainBatch {
+	rows := make([]batchRow, batchSize)
+	for i := range batchSize {
+		ref := d.at(int64(step-1)*int64(batchSize) + int64(i))
+		s := d.shards[ref.shard]
+		tokens, targets, _ := s.Sample(ref.row)
+		rows[i] = batchRow{tokens: tokens, targets: targets, images: rowImages(s, ref.row)}
+	}
+	return makeBatch(d.cfg, rows)
+}

@@ -1,0 +1,352 @@
+package gomlx
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/gomlx/gomlx/core/graph"
+	"github.com/gomlx/gomlx/core/tensors"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/groundmesh/groundmesh/internal/model"
+	"github.com/groundmesh/groundmesh/plugins/compute"
+)
+
+// trainer owns one stage's compiled step and its parameter buffers.
+type trainer struct {
+	b      *Backend
+	cfg    model.Config
+	specs  []paramSpec
+	sel    []bool
+	layout *trainStepLayout
+	exec   *graph.Exec
+
+	trainIdx, frozenIdx []int
+	tp, tm, tv, fp      []*tensors.Tensor
+}
+
+func newTrainer(b *Backend, cfg model.Config, specs []paramSpec, sel []bool, st *modelState) (*trainer, error) {
+	t := &trainer{b: b, cfg: cfg, specs: specs, sel: sel}
+	t.layout = &trainStepLayout{cfg: cfg}
+	for i, p := range specs {
+		w := tensors.FromFlatDataAndDimensions(append([]float32(nil), st.weights[p.Name]...), p.Shape...)
+		if sel[i] {
+			t.trainIdx = append(t.trainIdx, i)
+			t.layout.trainable = append(t.layout.trainable, p)
+			t.tp = append(t.tp, w)
+			m, v := st.m[p.Name], st.v[p.Name]
+			if m == nil {
+				m, v = make([]float32, p.Size()), make([]float32, p.Size())
+			}
+			t.tm = append(t.tm, tensors.FromFlatDataAndDimensions(append([]float32(nil), m...), p.Shape...))
+			t.tv = append(t.tv, tensors.FromFlatDataAndDimensions(append([]float32(nil), v...), p.Shape...))
+		} else {
+			t.frozenIdx = append(t.frozenIdx, i)
+			t.layout.frozen = append(t.layout.frozen, p)
+			t.fp = append(t.fp, w)
+		}
+	}
+	if len(t.trainIdx) == 0 {
+		return nil, invalidf("build trainer: no parameter is trainable (check Trainable and Frozen prefixes)")
+	}
+	exec, err := graph.NewExec(b.ml, t.layout.graphFn)
+	if err != nil {
+		return nil, fmt.Errorf("build train step: %w", err)
+	}
+	t.exec = exec.SetMaxCache(-1).WithName("tinygrounder_train_step")
+	return t, nil
+}
+
+func (t *trainer) close() {
+	t.exec.Finalize()
+	for _, ts := range [][]*tensors.Tensor{t.tp, t.tm, t.tv, t.fp} {
+		for _, x := range ts {
+			if x != nil && x.Ok() {
+				_ = x.FinalizeAll()
+			}
+		}
+	}
+}
+
+// step runs one optimizer step and returns the loss and gradient norm.
+func (t *trainer) step(lr, bc1, bc2, wd float32, bt trainBatch) (float32, float32, error) {
+	nt := len(t.tp)
+	args := make([]any, 0, 3*nt+len(t.fp)+4+numBatchInputs)
+	for _, group := range [][]*tensors.Tensor{t.tp, t.tm, t.tv} {
+		for _, x := range group {
+			d, err := graph.DonateTensorBuffer(x, t.b.ml, 0)
+			if err != nil {
+				return 0, 0, fmt.Errorf("donate parameter buffer: %w", err)
+			}
+			args = append(args, d)
+		}
+	}
+	for _, x := range t.fp {
+		args = append(args, x)
+	}
+	c := t.cfg
+	args = append(args, lr, bc1, bc2, wd,
+		tensors.FromFlatDataAndDimensions(bt.tokens, bt.B, bt.L),
+		tensors.FromFlatDataAndDimensions(bt.patchIdx, bt.B, bt.L),
+		tensors.FromFlatDataAndDimensions(bt.isPatch, bt.B, bt.L),
+		tensors.FromFlatDataAndDimensions(bt.images, bt.K, c.ImageSize, c.ImageSize, 3),
+		tensors.FromFlatDataAndDimensions(bt.lossIdx, len(bt.lossIdx)),
+		tensors.FromFlatDataAndDimensions(bt.lossTgt, len(bt.lossTgt)),
+		tensors.FromFlatDataAndDimensions(bt.lossW, len(bt.lossW)),
+	)
+	outs, err := t.exec.Call(args...)
+	if err != nil {
+		// The donated buffers are gone: the trainer cannot continue.
+		t.tp, t.tm, t.tv = nil, nil, nil
+		return 0, 0, fmt.Errorf("run train step: %w", err)
+	}
+	copy(t.tp, outs[:nt])
+	t.tm = append(t.tm[:0], outs[nt:2*nt]...)
+	t.tv = append(t.tv[:0], outs[2*nt:3*nt]...)
+	loss := tensors.ToScalar[float32](outs[3*nt])
+	gnorm := tensors.ToScalar[float32](outs[3*nt+1])
+	return loss, gnorm, nil
+}
+
+// state copies the parameters and optimizer moments to host memory.
+func (t *trainer) state(step int) (*modelState, error) {
+	st := &modelState{weights: map[string][]float32{}, m: map[string][]float32{}, v: map[string][]float32{}, step: step}
+	for j, i := range t.trainIdx {
+		name := t.specs[i].Name
+		var err error
+		if st.weights[name], err = tensors.CopyFlatData[float32](t.tp[j]); err != nil {
+			return nil, fmt.Errorf("copy parameter %s: %w", name, err)
+		}
+		if st.m[name], err = tensors.CopyFlatData[float32](t.tm[j]); err != nil {
+			return nil, fmt.Errorf("copy moment %s: %w", name, err)
+		}
+		if st.v[name], err = tensors.CopyFlatData[float32](t.tv[j]); err != nil {
+			return nil, fmt.Errorf("copy moment %s: %w", name, err)
+		}
+	}
+	for j, i := range t.frozenIdx {
+		name := t.specs[i].Name
+		var err error
+		if st.weights[name], err = tensors.CopyFlatData[float32](t.fp[j]); err != nil {
+			return nil, fmt.Errorf("copy parameter %s: %w", name, err)
+		}
+	}
+	return st, nil
+}
+
+// learningRate is linear warmup to peak over warmup steps, then cosine decay
+// to a tenth of peak at the last step. step is 1-based.
+func learningRate(step, total, warmup int, peak float64) float64 {
+	if warmup > 0 && step <= warmup {
+		return peak * float64(step) / float64(warmup)
+	}
+	if total <= warmup {
+		return peak
+	}
+	frac := math.Min(1, float64(step-warmup)/float64(total-warmup))
+	floor := 0.1 * peak
+	return floor + (peak-floor)*0.5*(1+math.Cos(math.Pi*frac))
+}
+
+func validateTrainRequest(req *compute.TrainRequest) error {
+	switch {
+	case req.Steps <= 0:
+		return invalidf("train request: steps %d must be positive", req.Steps)
+	case req.BatchSize <= 0:
+		return invalidf("train request: batch size %d must be positive", req.BatchSize)
+	case !(req.LearningRate > 0):
+		return invalidf("train request: learning rate %v must be positive", req.LearningRate)
+	case req.WarmupSteps < 0 || req.WeightDecay < 0:
+		return invalidf("train request: warmup %d and weight decay %v must not be negative", req.WarmupSteps, req.WeightDecay)
+	case req.CheckpointDir == "":
+		return invalidf("train request: checkpoint dir is empty")
+	case req.Stage == "" || strings.ContainsAny(req.Stage, `/\`) || req.Stage == "." || req.Stage == "..":
+		return invalidf("train request: stage %q must be a plain name", req.Stage)
+	case len(req.Shards) == 0:
+		return invalidf("train request: no shards")
+	}
+	if req.LogEvery <= 0 {
+		req.LogEvery = 10
+	}
+	if req.CheckpointEvery < 0 {
+		req.CheckpointEvery = 0
+	}
+	return nil
+}
+
+// Train runs one stage. See compute.Backend.
+func (b *Backend) Train(ctx context.Context, req compute.TrainRequest, progress func(compute.TrainProgress) error) (res compute.TrainResult, err error) {
+	ctx, span := b.tracer.Start(ctx, "gomlx.Train", trace.WithAttributes(
+		attribute.String("run_id", req.RunID), attribute.String("stage", req.Stage), attribute.Int("steps", req.Steps)))
+	defer func() {
+		if err != nil {
+			span.RecordError(err)
+			span.SetStatus(codes.Error, err.Error())
+		}
+		span.End()
+	}()
+	if err := validateTrainRequest(&req); err != nil {
+		return res, err
+	}
+	if progress == nil {
+		progress = func(compute.TrainProgress) error { return nil }
+	}
+	cfg, err := model.ParseConfig(req.ModelConfig)
+	if err != nil {
+		return res, fmt.Errorf("train: %w: %w", compute.ErrInvalidArgument, err)
+	}
+	cfgSHA := cfg.SHA256()
+	specs := paramSpecs(cfg)
+	sel := selectTrainable(specs, req.Trainable, req.Frozen)
+
+	var st *modelState
+	switch {
+	case req.ResumeCheckpoint != "":
+		if st, err = readCheckpoint(req.ResumeCheckpoint, specs, sel, true); err != nil {
+			return res, fmt.Errorf("train: resume: %w", fileError(err))
+		}
+	case req.InitCheckpoint != "":
+		if st, err = readCheckpoint(req.InitCheckpoint, specs, sel, false); err != nil {
+			return res, fmt.Errorf("train: init: %w", fileError(err))
+		}
+	default:
+		st = &modelState{weights: initParams(specs, req.Seed)}
+	}
+	if sha := st.meta["config_sha256"]; sha != "" && sha != cfgSHA {
+		b.log.Warn("checkpoint config hash differs from the request's", "checkpoint", sha, "request", cfgSHA)
+	}
+	res.FLOPsStep = cfg.FLOPsPerStep(req.BatchSize)
+	start := st.step
+	if start >= req.Steps && req.ResumeCheckpoint != "" {
+		sha, n, err := fileSHA256(req.ResumeCheckpoint)
+		if err != nil {
+			return res, fmt.Errorf("train: %w", err)
+		}
+		loss, _ := strconv.ParseFloat(st.meta["loss"], 64)
+		res.Final = compute.Checkpoint{Path: req.ResumeCheckpoint, Step: start, Loss: loss, SHA256: sha, Bytes: n}
+		res.Steps, res.FirstLoss, res.LastLoss = start, loss, loss
+		return res, nil
+	}
+
+	ds, err := newDataset(req.Shards, cfg, req.Seed)
+	if err != nil {
+		return res, fmt.Errorf("train: %w", fileError(err))
+	}
+	tr, err := newTrainer(b, cfg, specs, sel, st)
+	if err != nil {
+		return res, fmt.Errorf("train: %w", err)
+	}
+	defer tr.close()
+	nTrain := 0
+	for j := range tr.trainIdx {
+		nTrain += tr.specs[tr.trainIdx[j]].Size()
+	}
+	b.log.Info("train stage starting", "run_id", req.RunID, "stage", req.Stage, "from_step", start, "steps", req.Steps,
+		"batch", req.BatchSize, "params", cfg.ParamCount(), "trainable_params", nTrain, "samples", len(ds.samples))
+
+	meta := map[string]string{
+		"backend":       "gomlx",
+		"config_sha256": cfgSHA,
+		"stage":         req.Stage,
+		"run_id":        req.RunID,
+		"seed":          strconv.FormatInt(req.Seed, 10),
+		"batch_size":    strconv.Itoa(req.BatchSize),
+	}
+	save := func(step int, loss float64) (*compute.Checkpoint, error) {
+		s, err := tr.state(step)
+		if err != nil {
+			return nil, err
+		}
+		s.meta = meta
+		meta["data_pos"] = strconv.FormatInt(int64(step)*int64(req.BatchSize), 10)
+		meta["loss"] = strconv.FormatFloat(loss, 'g', -1, 64)
+		f, err := checkpointFile(specs, s)
+		if err != nil {
+			return nil, err
+		}
+		path := filepath.Join(req.CheckpointDir, fmt.Sprintf("%s-step%06d.safetensors", req.Stage, step))
+		sha, n, err := writeSafetensorsAtomic(path, f)
+		if err != nil {
+			return nil, fmt.Errorf("save checkpoint: %w", err)
+		}
+		b.log.Info("checkpoint saved", "path", path, "step", step, "bytes", n, "sha256", sha)
+		return &compute.Checkpoint{Path: path, Step: step, Loss: loss, SHA256: sha, Bytes: n}, nil
+	}
+
+	window := make([]float64, 0, req.LogEvery)
+	windowTokens := 0
+	windowStart := time.Now()
+	first := true
+	res.Steps = start
+	for step := start + 1; step <= req.Steps; step++ {
+		if err := ctx.Err(); err != nil {
+			return res, fmt.Errorf("train: stopped before step %d: %w", step, err)
+		}
+		bt := ds.batchAt(step, req.BatchSize)
+		lr := learningRate(step, req.Steps, req.WarmupSteps, req.LearningRate)
+		bc1 := 1 / (1 - math.Pow(adamBeta1, float64(step)))
+		bc2 := 1 / (1 - math.Pow(adamBeta2, float64(step)))
+		loss32, gnorm, err := tr.step(float32(lr), float32(bc1), float32(bc2), float32(req.WeightDecay), bt)
+		if err != nil {
+			return res, fmt.Errorf("train: step %d: %w", step, err)
+		}
+		loss := float64(loss32)
+		if math.IsNaN(loss) || math.IsInf(loss, 0) {
+			return res, fmt.Errorf("train: step %d: loss is %v (grad norm %v)", step, loss, gnorm)
+		}
+		if first {
+			res.FirstLoss, first = loss, false
+		}
+		if len(window) == req.LogEvery {
+			window = window[1:]
+		}
+		window = append(window, loss)
+		windowTokens += bt.realTokens
+		res.Steps = step
+		res.LastLoss = mean(window)
+
+		logNow := step%req.LogEvery == 0 || step == req.Steps
+		saveNow := (req.CheckpointEvery > 0 && step%req.CheckpointEvery == 0) || step == req.Steps
+		if !logNow && !saveNow {
+			continue
+		}
+		p := compute.TrainProgress{Step: step, Loss: res.LastLoss, LearningRate: lr,
+			TokensPerSec: float64(windowTokens) / math.Max(time.Since(windowStart).Seconds(), 1e-9)}
+		if logNow {
+			b.log.Debug("train step", "stage", req.Stage, "step", step, "loss", res.LastLoss, "lr", lr, "grad_norm", gnorm, "tokens_per_s", p.TokensPerSec)
+		}
+		if saveNow {
+			// The rate covers compute only: the window restarts after the save.
+			ck, err := save(step, res.LastLoss)
+			if err != nil {
+				return res, fmt.Errorf("train: step %d: %w", step, err)
+			}
+			res.Final = *ck
+			p.Checkpoint = ck
+		}
+		windowTokens, windowStart = 0, time.Now()
+		if err := progress(p); err != nil {
+			return res, fmt.Errorf("train: progress at step %d: %w", step, err)
+		}
+	}
+	b.log.Info("train stage done", "stage", req.Stage, "steps", res.Steps, "first_loss", res.FirstLoss, "last_loss", res.LastLoss)
+	return res, nil
+}
+
+func mean(xs []float64) float64 {
+	if len(xs) == 0 {
+		return 0
+	}
+	s := 0.0
+	for _, x := range xs {
+		s += x
+	}
+	return s / float64(len(xs))
+}

@@ -1,0 +1,401 @@
+// Package eval scores checkpoints the way the field scores grounding
+// models and shows the result: REC (Acc@0.5 and friends), POPE, the crop
+// tasks of the multi-scale alignment data and grounded descriptions, on a
+// synth set's val, test and held-out splits, with a fixed-box baseline
+// beside the model.
+//
+// Every evaluation (one checkpoint, benchmark and split) is a row in
+// Postgres linked to its run, checkpoint, stage, synth set and dataset
+// version, with its metric values and the blob key of its per-sample
+// predictions (JSONL), so that any number can be audited. Rows, lineage
+// edges and the evaluation.completed fact commit in one transaction.
+// WriteReport renders a self-contained HTML report of a run; Compare puts
+// two runs side by side.
+//
+// The service speaks to the model through Predictor and to the other
+// services' data through Catalog and RecordReader, small ports that the
+// composition root fills with model.Generator over a compute backend, the
+// Postgres tables of train, synth and ingest, and the synth shard reader.
+package eval
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+
+	"github.com/groundmesh/groundmesh/internal/blob"
+	"github.com/groundmesh/groundmesh/internal/events"
+	"github.com/groundmesh/groundmesh/internal/model"
+	"github.com/groundmesh/groundmesh/internal/store"
+)
+
+var tracer = otel.Tracer("groundmesh/services/eval")
+
+// DefaultSplits are the splits evaluated when a request names none.
+var DefaultSplits = []string{"val", "test", "heldout"}
+
+// Defaults of Config.
+const (
+	DefaultBatchSize = 16
+)
+
+// Config configures the evaluation service.
+type Config struct {
+	// DataDir is where reports (and their screenshots) are written, under
+	// DataDir/reports. Required.
+	DataDir string
+	// Blob stores per-sample predictions (evals/<id>/predictions.jsonl),
+	// reports (reports/<run>/report.html) and holds crops. Required.
+	Blob *blob.Local
+	// Logger receives progress and warnings; default discards.
+	Logger *slog.Logger
+	// Predictors opens a Predictor for a checkpoint. Required.
+	Predictors PredictorFactory
+	// Records streams a run's synth set. Required.
+	Records RecordReader
+	// Catalog answers questions about runs, checkpoints, synth sets and
+	// datasets; default NewPGCatalog over the service's pool.
+	Catalog Catalog
+	// BatchSize is the number of records per Predict call; default
+	// DefaultBatchSize.
+	BatchSize int
+	// Benchmarks limits the benchmarks run (names as BenchREC, ...); empty
+	// runs every benchmark the synth set has records for.
+	Benchmarks []string
+	// Baseline turns off the fixed-box baseline when set to false; nil
+	// means on.
+	Baseline *bool
+	// Now stamps reports; default time.Now.
+	Now func() time.Time
+}
+
+func (c *Config) defaults(pool *pgxpool.Pool) error {
+	if c.DataDir == "" {
+		return errors.New("eval config: DataDir is required")
+	}
+	if c.Blob == nil {
+		return errors.New("eval config: Blob is required")
+	}
+	if c.Predictors == nil {
+		return errors.New("eval config: Predictors is required")
+	}
+	if c.Records == nil {
+		return errors.New("eval config: Records is required")
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.Catalog == nil {
+		c.Catalog = NewPGCatalog(pool)
+	}
+	if c.BatchSize == 0 {
+		c.BatchSize = DefaultBatchSize
+	}
+	if c.BatchSize < 0 {
+		return fmt.Errorf("eval config: BatchSize %d must be positive", c.BatchSize)
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	return nil
+}
+
+// Service evaluates checkpoints, records the results and writes reports.
+type Service struct {
+	cfg  Config
+	pool *pgxpool.Pool
+	log  *slog.Logger
+}
+
+// New validates cfg and builds the service over pool.
+func New(cfg Config, pool *pgxpool.Pool) (*Service, error) {
+	if pool == nil {
+		return nil, errors.New("new eval service: pool is nil")
+	}
+	if err := cfg.defaults(pool); err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(filepath.Join(cfg.DataDir, "reports"), 0o755); err != nil {
+		return nil, fmt.Errorf("new eval service: create reports dir: %w", err)
+	}
+	return &Service{cfg: cfg, pool: pool, log: cfg.Logger}, nil
+}
+
+// ErrBadInput wraps errors that retrying cannot fix (missing run id, a run
+// without checkpoints): the bridge fails the workflow without retries.
+var ErrBadInput = errors.New("eval: bad input")
+
+// evaluation is one row of evaluations with its metrics, before it is stored.
+type evaluation struct {
+	ID             string
+	CheckpointID   string // "" for baselines
+	Stage          string
+	Split          string
+	Bench          string
+	PredictionsKey string
+	SHA256         string
+	Samples        int
+	Metrics        map[string]float64
+}
+
+// evalSet is the records to evaluate, grouped by split and benchmark, plus
+// the mean training box for the baseline.
+type evalSet struct {
+	bySplit map[string]map[string][]model.Record
+	mean    MeanBox
+	skipped int
+}
+
+func (s *Service) loadRecords(ctx context.Context, run RunInfo, splits []string, maxSamples int) (*evalSet, error) {
+	ctx, span := tracer.Start(ctx, "eval.loadRecords")
+	defer span.End()
+	want := map[string]bool{}
+	for _, sp := range splits {
+		want[sp] = true
+	}
+	benchOK := func(b string) bool { return len(s.cfg.Benchmarks) == 0 || slices.Contains(s.cfg.Benchmarks, b) }
+	set := &evalSet{bySplit: map[string]map[string][]model.Record{}}
+	err := s.cfg.Records(ctx, run, func(r model.Record) error {
+		bench := BenchmarkOf(r)
+		if r.Split == "train" && bench == BenchREC && len(r.Answer.Boxes) > 0 {
+			w, h := imageSize(r)
+			set.mean.Add(arrBox(r.Answer.Boxes[0]), w, h)
+			return nil
+		}
+		if !want[r.Split] || bench == "" || !benchOK(bench) {
+			return nil
+		}
+		if why := validFor(r, bench); why != "" {
+			set.skipped++
+			s.log.WarnContext(ctx, "record skipped", slog.String("record", r.ID), slog.String("benchmark", bench), slog.String("why", why))
+			return nil
+		}
+		m := set.bySplit[r.Split]
+		if m == nil {
+			m = map[string][]model.Record{}
+			set.bySplit[r.Split] = m
+		}
+		m[bench] = append(m[bench], r)
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("read synth set %s: %w", run.SynthSetID, err)
+	}
+	for _, m := range set.bySplit {
+		for b, recs := range m {
+			// Sorted so that MaxSamples picks the same records every time,
+			// whatever order the shards were read in.
+			slices.SortFunc(recs, func(x, y model.Record) int { return cmp.Compare(x.ID, y.ID) })
+			if maxSamples > 0 && len(recs) > maxSamples {
+				recs = recs[:maxSamples]
+			}
+			m[b] = recs
+		}
+	}
+	span.SetAttributes(attribute.Int("records.skipped", set.skipped), attribute.Int("train.rec_boxes", set.mean.N()))
+	return set, nil
+}
+
+func (set *evalSet) benches(split string) []string {
+	var bs []string
+	for b := range set.bySplit[split] {
+		bs = append(bs, b)
+	}
+	sortBenches(bs)
+	return bs
+}
+
+// Evaluate scores the run's checkpoints (req.CheckpointIDs, default the
+// final checkpoint of each stage) on the synth set's records of req.Splits
+// (default val, test, heldout), plus the fixed-box baseline on the REC
+// records; stores predictions and metrics; and, in one transaction, records
+// the evaluations, their lineage and the evaluation.completed fact. With
+// req.Report it also writes the run's report. progress, when not nil, is
+// called after every batch with samples done and total.
+func (s *Service) Evaluate(ctx context.Context, req events.EvalRequested, progress func(done, total int64, msg string)) (events.EvaluationCompleted, error) {
+	ctx, span := tracer.Start(ctx, "eval.Evaluate")
+	defer span.End()
+	span.SetAttributes(attribute.String("run_id", req.RunID), attribute.String("correlation_id", req.CorrelationID))
+	out, err := s.evaluate(ctx, req, progress)
+	if err != nil {
+		span.RecordError(err)
+		span.SetStatus(codes.Error, err.Error())
+	}
+	return out, err
+}
+
+func (s *Service) evaluate(ctx context.Context, req events.EvalRequested, progress func(done, total int64, msg string)) (events.EvaluationCompleted, error) {
+	var none events.EvaluationCompleted
+	if req.RunID == "" {
+		return none, fmt.Errorf("evaluate: run_id is required: %w", ErrBadInput)
+	}
+	if req.MaxSamples < 0 {
+		return none, fmt.Errorf("evaluate: max_samples %d is negative: %w", req.MaxSamples, ErrBadInput)
+	}
+	if progress == nil {
+		progress = func(int64, int64, string) {}
+	}
+	splits := req.Splits
+	if len(splits) == 0 {
+		splits = DefaultSplits
+	}
+	run, err := s.cfg.Catalog.Run(ctx, req.RunID)
+	if err != nil {
+		return none, fmt.Errorf("evaluate run %s: %w", req.RunID, err)
+	}
+	cks, err := s.cfg.Catalog.Checkpoints(ctx, req.RunID, req.CheckpointIDs)
+	if err != nil {
+		return none, fmt.Errorf("evaluate run %s: %w", req.RunID, err)
+	}
+	if len(cks) == 0 {
+		return none, fmt.Errorf("evaluate run %s: no checkpoints: %w", req.RunID, ErrBadInput)
+	}
+	set, err := s.loadRecords(ctx, run, splits, req.MaxSamples)
+	if err != nil {
+		return none, fmt.Errorf("evaluate run %s: %w", req.RunID, err)
+	}
+	baseline := s.cfg.Baseline == nil || *s.cfg.Baseline
+	var perCk, recTotal int64
+	for _, sp := range splits {
+		for b, recs := range set.bySplit[sp] {
+			perCk += int64(len(recs))
+			if b == BenchREC {
+				recTotal += int64(len(recs))
+			}
+		}
+	}
+	if perCk == 0 {
+		return none, fmt.Errorf("evaluate run %s: synth set %s has no evaluation records in splits %v", req.RunID, run.SynthSetID, splits)
+	}
+	total := perCk * int64(len(cks))
+	if baseline {
+		total += recTotal
+	}
+	var done int64
+	s.log.InfoContext(ctx, "evaluation started", slog.String("run", req.RunID), slog.Int("checkpoints", len(cks)),
+		slog.Int64("samples", total), slog.Int("skipped", set.skipped))
+	progress(0, total, fmt.Sprintf("%d checkpoints, %d samples", len(cks), total))
+
+	var evals []evaluation
+	for _, ck := range cks {
+		p, err := s.cfg.Predictors(ctx, ck, run)
+		if err != nil {
+			return none, fmt.Errorf("open predictor for checkpoint %s: %w", ck.ID, err)
+		}
+		es, err := s.evalPredictor(ctx, p, ck.ID, ck.Stage, splits, set, false, &done, total, progress)
+		if c, ok := p.(io.Closer); ok {
+			if cerr := c.Close(); cerr != nil && err == nil {
+				err = fmt.Errorf("close predictor for checkpoint %s: %w", ck.ID, cerr)
+			}
+		}
+		if err != nil {
+			return none, err
+		}
+		evals = append(evals, es...)
+	}
+	if baseline && recTotal > 0 {
+		box := set.mean.Box()
+		s.log.InfoContext(ctx, "baseline box", slog.String("box", model.FormatBox(box)), slog.Int("train_boxes", set.mean.N()))
+		es, err := s.evalPredictor(ctx, FixedBoxPredictor{Box: box}, "", StageBaseline, splits, set, true, &done, total, progress)
+		if err != nil {
+			return none, err
+		}
+		evals = append(evals, es...)
+	}
+
+	out := events.EvaluationCompleted{CorrelationID: req.CorrelationID, RunID: req.RunID, Metrics: map[string]float64{}}
+	for _, e := range evals {
+		out.EvaluationIDs = append(out.EvaluationIDs, e.ID)
+		for name, v := range e.Metrics {
+			out.Metrics[e.Stage+"/"+e.Bench+"/"+e.Split+"/"+name] = v
+		}
+	}
+	err = store.WithTx(ctx, s.pool, func(tx pgx.Tx) error {
+		if err := insertEvaluations(ctx, tx, req, run, evals); err != nil {
+			return err
+		}
+		if req.Report {
+			key, err := s.writeReport(ctx, tx, req.RunID)
+			if err != nil {
+				return err
+			}
+			out.ReportKey = key
+		}
+		if err := addOutbox(ctx, tx, events.TopicEvaluationComplete, out, map[string]string{
+			events.MetaCorrelationID: req.CorrelationID,
+			events.MetaSchemaVersion: events.SchemaVersion,
+		}); err != nil {
+			return fmt.Errorf("publish %s: %w", events.TopicEvaluationComplete, err)
+		}
+		return nil
+	})
+	if err != nil {
+		return none, fmt.Errorf("record evaluation of run %s: %w", req.RunID, err)
+	}
+	progress(total, total, "recorded")
+	s.log.InfoContext(ctx, "evaluation recorded", slog.String("run", req.RunID), slog.Int("evaluations", len(evals)))
+	return out, nil
+}
+
+// evalPredictor runs one predictor over every (split, benchmark) of set and
+// stores each one's predictions. With baseline it runs only the REC records
+// and records them as BenchRECBaseline.
+func (s *Service) evalPredictor(ctx context.Context, p Predictor, ckID, stage string, splits []string, set *evalSet,
+	baseline bool, done *int64, total int64, progress func(done, total int64, msg string)) ([]evaluation, error) {
+	ctx, span := tracer.Start(ctx, "eval.predictor")
+	defer span.End()
+	span.SetAttributes(attribute.String("checkpoint_id", ckID), attribute.String("stage", stage))
+	var out []evaluation
+	for _, split := range splits {
+		for _, bench := range set.benches(split) {
+			recs := set.bySplit[split][bench]
+			name := bench
+			if baseline {
+				if bench != BenchREC {
+					continue
+				}
+				name = BenchRECBaseline
+			}
+			started := time.Now()
+			res, err := runBenchmark(ctx, p, name, split, recs, s.cfg.BatchSize, func(n int) {
+				*done += int64(n)
+				progress(*done, total, fmt.Sprintf("%s %s/%s", stage, name, split))
+			})
+			if err != nil {
+				return nil, fmt.Errorf("evaluate %s: %w", stage, err)
+			}
+			e := evaluation{ID: uuid.NewString(), CheckpointID: ckID, Stage: stage, Split: split, Bench: name,
+				Samples: len(res.Samples), Metrics: res.Metrics}
+			e.PredictionsKey = "evals/" + e.ID + "/predictions.jsonl"
+			body, err := encodeJSONL(res.Samples)
+			if err != nil {
+				return nil, err
+			}
+			sum, _, err := s.cfg.Blob.Put(e.PredictionsKey, bytesReader(body))
+			if err != nil {
+				return nil, fmt.Errorf("store predictions of %s %s/%s: %w", stage, name, split, err)
+			}
+			e.SHA256 = sum
+			out = append(out, e)
+			el := time.Since(started)
+			s.log.InfoContext(ctx, "benchmark scored", slog.String("stage", stage), slog.String("benchmark", name),
+				slog.String("split", split), slog.Int("samples", e.Samples), slog.Duration("took", el),
+				slog.Float64("samples_per_s", float64(e.Samples)/max(el.Seconds(), 1e-9)))
+		}
+	}
+	return out, nil
+}

@@ -1,0 +1,270 @@
+package eval
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"image"
+	"strings"
+	"sync"
+
+	"go.opentelemetry.io/otel/attribute"
+
+	"github.com/groundmesh/groundmesh/internal/blob"
+	"github.com/groundmesh/groundmesh/internal/model"
+	"github.com/groundmesh/groundmesh/plugins/compute"
+)
+
+// GeneratorConfig configures the production predictor: model.Generator
+// over a compute backend.
+type GeneratorConfig struct {
+	// Backend runs the forward passes (a plugin client or an in-process
+	// backend). Required.
+	Backend compute.Backend
+	// Blob holds checkpoints, the run's tokenizer and crops. Required.
+	Blob *blob.Local
+	// Device is passed to Load; "" is the backend's default.
+	Device string
+	// Attention asks for attention maps of box answers when the backend
+	// can return them.
+	Attention bool
+	// MaxNewText bounds free-text answers (crop names); default 48.
+	MaxNewText int
+	// MaxNewDense bounds grounded descriptions; default 320.
+	MaxNewDense int
+	// BatchSize is the backend batch; 0 sends each Predict call as one batch.
+	BatchSize int
+	// ImageCache is how many decoded images a predictor keeps (records
+	// share images); default 256.
+	ImageCache int
+}
+
+// NewGeneratorFactory returns a PredictorFactory that loads each checkpoint
+// into cfg.Backend and answers records with model.Generator: greedy
+// decoding, constrained by the task's grammar where it has one (a box for
+// REC and crop localisation, yes/no for POPE, a candidate digit for picks),
+// free text for names and grounded descriptions.
+func NewGeneratorFactory(cfg GeneratorConfig) (PredictorFactory, error) {
+	if cfg.Backend == nil {
+		return nil, errors.New("generator factory: Backend is required")
+	}
+	if cfg.Blob == nil {
+		return nil, errors.New("generator factory: Blob is required")
+	}
+	if cfg.MaxNewText == 0 {
+		cfg.MaxNewText = 48
+	}
+	if cfg.MaxNewDense == 0 {
+		cfg.MaxNewDense = 320
+	}
+	if cfg.ImageCache == 0 {
+		cfg.ImageCache = 256
+	}
+	if cfg.MaxNewText < 0 || cfg.MaxNewDense < 0 || cfg.BatchSize < 0 || cfg.ImageCache < 0 {
+		return nil, errors.New("generator factory: negative limit")
+	}
+	return func(ctx context.Context, ck Checkpoint, run RunInfo) (Predictor, error) {
+		ctx, span := tracer.Start(ctx, "eval.openGenerator")
+		defer span.End()
+		span.SetAttributes(attribute.String("checkpoint_id", ck.ID), attribute.String("stage", ck.Stage))
+		mc, err := model.ParseConfig(run.ModelConfig)
+		if err != nil {
+			return nil, fmt.Errorf("run %s model config: %w", run.RunID, err)
+		}
+		if run.TokenizerKey == "" {
+			return nil, fmt.Errorf("run %s: no tokenizer recorded", run.RunID)
+		}
+		tp, err := cfg.Blob.Path(run.TokenizerKey)
+		if err != nil {
+			return nil, fmt.Errorf("run %s tokenizer: %w", run.RunID, err)
+		}
+		tok, err := model.LoadTokenizerFile(tp)
+		if err != nil {
+			return nil, fmt.Errorf("run %s tokenizer: %w", run.RunID, err)
+		}
+		cp, err := cfg.Blob.Path(ck.BlobKey)
+		if err != nil {
+			return nil, fmt.Errorf("checkpoint %s: %w", ck.ID, err)
+		}
+		desc, err := cfg.Backend.Describe(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("describe backend: %w", err)
+		}
+		loaded, err := cfg.Backend.Load(ctx, compute.LoadRequest{ModelConfig: run.ModelConfig, Checkpoint: cp, Device: cfg.Device})
+		if err != nil {
+			return nil, fmt.Errorf("load checkpoint %s: %w", ck.ID, err)
+		}
+		gen, err := model.NewGenerator(cfg.Backend, loaded.Session, tok, mc)
+		if err != nil {
+			_ = cfg.Backend.Unload(context.WithoutCancel(ctx), loaded.Session)
+			return nil, fmt.Errorf("checkpoint %s: %w", ck.ID, err)
+		}
+		return &generatorPredictor{
+			gen: gen, backend: cfg.Backend, session: loaded.Session, cfg: cfg,
+			attention: cfg.Attention && desc.CanAttention,
+			images:    newImageCache(run.DatasetRoot, cfg.Blob, cfg.ImageCache),
+		}, nil
+	}, nil
+}
+
+// Generator is what generatorPredictor needs of model.Generator.
+type Generator interface {
+	Generate(ctx context.Context, prompts []model.Prompt, opts model.GenerateOptions) ([]model.Generation, error)
+}
+
+var _ Generator = (*model.Generator)(nil)
+
+// NewGeneratorPredictor wraps a ready Generator (for instance one a test or
+// a benchmark built over an in-process backend) as a Predictor. root and bs
+// locate the records' images.
+func NewGeneratorPredictor(gen Generator, root string, bs *blob.Local, cfg GeneratorConfig) Predictor {
+	if cfg.MaxNewText == 0 {
+		cfg.MaxNewText = 48
+	}
+	if cfg.MaxNewDense == 0 {
+		cfg.MaxNewDense = 320
+	}
+	if cfg.ImageCache == 0 {
+		cfg.ImageCache = 256
+	}
+	return &generatorPredictor{gen: gen, cfg: cfg, attention: cfg.Attention, images: newImageCache(root, bs, cfg.ImageCache)}
+}
+
+type generatorPredictor struct {
+	gen       Generator
+	backend   compute.Backend // nil when not owned
+	session   string
+	cfg       GeneratorConfig
+	attention bool
+	images    *imageCache
+}
+
+// options picks the decoding of a record's task.
+func (p *generatorPredictor) options(r model.Record) model.GenerateOptions {
+	o := model.GenerateOptions{MaxNew: p.cfg.MaxNewText, BatchSize: p.cfg.BatchSize}
+	switch bench := BenchmarkOf(r); {
+	case bench == BenchREC || bench == BenchCropLocate:
+		o.Constraint = model.ConstraintBox
+		o.WantAttention = p.attention && bench == BenchREC
+	case strings.HasPrefix(bench, BenchPOPEPrefix):
+		o.Constraint = model.ConstraintYesNo
+	case bench == BenchCropPick || bench == BenchBoxPick:
+		// Candidates are numbered from 1 in the prompt; C->I's first
+		// image is the full image, not a candidate.
+		k := len(r.Images)
+		if bench == BenchBoxPick {
+			k--
+		}
+		if k >= 1 && k <= 9 {
+			o.Constraint = model.ConstraintDigits(1, k)
+		}
+	case bench == BenchDense:
+		o.MaxNew = p.cfg.MaxNewDense
+	}
+	return o
+}
+
+func optionsKey(o model.GenerateOptions) string {
+	return fmt.Sprintf("%s|%d|%v", o.Constraint, o.MaxNew, o.WantAttention)
+}
+
+// Predict implements Predictor: records are grouped by decoding options
+// and each group is one Generate call.
+func (p *generatorPredictor) Predict(ctx context.Context, recs []model.Record) ([]Prediction, error) {
+	type group struct {
+		opts model.GenerateOptions
+		idx  []int
+	}
+	groups := map[string]*group{}
+	var order []string
+	for i, r := range recs {
+		o := p.options(r)
+		k := optionsKey(o)
+		g, ok := groups[k]
+		if !ok {
+			g = &group{opts: o}
+			groups[k] = g
+			order = append(order, k)
+		}
+		g.idx = append(g.idx, i)
+	}
+	out := make([]Prediction, len(recs))
+	for _, k := range order {
+		g := groups[k]
+		prompts := make([]model.Prompt, len(g.idx))
+		for j, i := range g.idx {
+			text, _ := promptOf(recs[i])
+			imgs := make([]image.Image, len(recs[i].Images))
+			for n, ref := range recs[i].Images {
+				img, err := p.images.get(ref)
+				if err != nil {
+					return nil, fmt.Errorf("record %s: %w", recs[i].ID, err)
+				}
+				imgs[n] = img
+			}
+			prompts[j] = model.Prompt{Text: text, Images: imgs}
+		}
+		gens, err := p.gen.Generate(ctx, prompts, g.opts)
+		if err != nil {
+			return nil, fmt.Errorf("generate (%s): %w", g.opts.Constraint, err)
+		}
+		if len(gens) != len(prompts) {
+			return nil, fmt.Errorf("generate: %d answers for %d prompts", len(gens), len(prompts))
+		}
+		for j, i := range g.idx {
+			out[i] = Prediction{Text: gens[j].Text, Box: gens[j].Box}
+			if g.opts.WantAttention {
+				// Under the box grammar every answer token is a box token.
+				out[i].Attention = gens[j].Attention
+			}
+		}
+	}
+	return out, nil
+}
+
+// Close unloads the checkpoint when the predictor loaded it.
+func (p *generatorPredictor) Close() error {
+	if p.backend == nil {
+		return nil
+	}
+	if err := p.backend.Unload(context.Background(), p.session); err != nil {
+		return fmt.Errorf("unload session %s: %w", p.session, err)
+	}
+	return nil
+}
+
+// imageCache keeps decoded images: a synth set asks many questions about
+// the same image. It is dropped whole when full (records come grouped by
+// image, so recency matters little).
+type imageCache struct {
+	root string
+	bs   *blob.Local
+	max  int
+	mu   sync.Mutex
+	m    map[string]image.Image
+}
+
+func newImageCache(root string, bs *blob.Local, n int) *imageCache {
+	return &imageCache{root: root, bs: bs, max: n, m: map[string]image.Image{}}
+}
+
+func (c *imageCache) get(ref model.ImageRef) (image.Image, error) {
+	key := ref.Kind + "\x00" + ref.Path
+	c.mu.Lock()
+	img, ok := c.m[key]
+	c.mu.Unlock()
+	if ok {
+		return img, nil
+	}
+	img, err := loadImage(c.root, c.bs, ref)
+	if err != nil {
+		return nil, err
+	}
+	c.mu.Lock()
+	if len(c.m) >= c.max {
+		clear(c.m)
+	}
+	c.m[key] = img
+	c.mu.Unlock()
+	return img, nil
+}

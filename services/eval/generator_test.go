@@ -1,0 +1,149 @@
+package eval
+
+import (
+	"context"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/groundmesh/groundmesh/internal/blob"
+	"github.com/groundmesh/groundmesh/internal/model"
+)
+
+type genCall struct {
+	opts    model.GenerateOptions
+	prompts []model.Prompt
+}
+
+type fakeGenerator struct{ calls []genCall }
+
+func (g *fakeGenerator) Generate(ctx context.Context, prompts []model.Prompt, opts model.GenerateOptions) ([]model.Generation, error) {
+	g.calls = append(g.calls, genCall{opts, prompts})
+	out := make([]model.Generation, len(prompts))
+	for i := range out {
+		switch opts.Constraint {
+		case model.ConstraintBox:
+			b := model.NormBox{0.1, 0.2, 0.3, 0.4}
+			out[i] = model.Generation{Text: model.FormatBox(b), Box: &b, Attention: [][]float32{{1, 2}, {3, 4}}}
+		case model.ConstraintYesNo:
+			out[i].Text = "no"
+		case model.ConstraintNone:
+			out[i].Text = "a red square"
+		default:
+			out[i].Text = "2"
+		}
+	}
+	return out, nil
+}
+
+func TestGeneratorPredictorPicksDecodingPerTask(t *testing.T) {
+	dir := t.TempDir()
+	recs := buildWorld(t, filepath.Join(dir, "dataset"), 3)
+	bs, err := blob.NewLocal(filepath.Join(dir, "blobs"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The crops the records name, as synth would have written them.
+	for _, r := range recs {
+		for _, im := range r.Images {
+			if im.Kind == "crop" {
+				src, err := loadImage(filepath.Join(dir, "dataset"), nil, model.ImageRef{Kind: "image", Path: r.Lineage.ImageID})
+				if err != nil {
+					t.Fatal(err)
+				}
+				body, err := encodePNG(src)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if _, _, err := bs.Put(im.Path, strings.NewReader(string(body))); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+	}
+	var batch []model.Record
+	seen := map[string]bool{}
+	for _, r := range recs {
+		b := BenchmarkOf(r)
+		if b != "" && r.Split == "test" && !seen[b] {
+			seen[b] = true
+			batch = append(batch, r)
+		}
+	}
+	if len(batch) != 8 {
+		t.Fatalf("%d benchmarks in the world", len(batch))
+	}
+	g := &fakeGenerator{}
+	p := NewGeneratorPredictor(g, filepath.Join(dir, "dataset"), bs, GeneratorConfig{Attention: true})
+	preds, err := p.Predict(context.Background(), batch)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(preds) != len(batch) {
+		t.Fatalf("%d predictions", len(preds))
+	}
+	// One Generate call per distinct decoding: box with attention (rec),
+	// box without (crop_locate), yes/no (3 POPE splits in one call), digits
+	// 1..3 (pick), free text (name), free text with the dense budget.
+	if len(g.calls) != 6 {
+		for _, c := range g.calls {
+			t.Logf("%s %d %v %d", c.opts.Constraint, c.opts.MaxNew, c.opts.WantAttention, len(c.prompts))
+		}
+		t.Fatalf("%d Generate calls", len(g.calls))
+	}
+	for i, r := range batch {
+		bench := BenchmarkOf(r)
+		var call *genCall
+		for k := range g.calls {
+			for _, pr := range g.calls[k].prompts {
+				if want, _ := promptOf(r); pr.Text == want && len(pr.Images) == len(r.Images) {
+					call = &g.calls[k]
+				}
+			}
+		}
+		if call == nil {
+			t.Fatalf("%s: prompt not sent with its images", bench)
+		}
+		for _, im := range call.prompts[0].Images {
+			if im == nil || im.Bounds().Dx() == 0 {
+				t.Fatalf("%s: empty image", bench)
+			}
+		}
+		c := call.opts
+		switch bench {
+		case BenchREC:
+			if c.Constraint != model.ConstraintBox || !c.WantAttention || preds[i].Box == nil || len(preds[i].Attention) != 2 {
+				t.Fatalf("rec: %+v %+v", c, preds[i])
+			}
+		case BenchCropLocate:
+			if c.Constraint != model.ConstraintBox || c.WantAttention || preds[i].Attention != nil {
+				t.Fatalf("crop_locate: %+v", c)
+			}
+		case BenchCropPick:
+			if c.Constraint != model.ConstraintDigits(1, 3) || preds[i].Text != "2" {
+				t.Fatalf("crop_pick: %v", c.Constraint)
+			}
+		case BenchDense:
+			if c.Constraint != model.ConstraintNone || c.MaxNew != 320 {
+				t.Fatalf("dense: %+v", c)
+			}
+		case BenchCropName:
+			if c.Constraint != model.ConstraintNone || c.MaxNew != 48 {
+				t.Fatalf("crop_name: %+v", c)
+			}
+		default:
+			if c.Constraint != model.ConstraintYesNo || preds[i].Text != "no" {
+				t.Fatalf("%s: %+v", bench, c)
+			}
+		}
+	}
+	// A missing image is an error naming the record.
+	bad := batch[0]
+	bad.Images = []model.ImageRef{{Kind: "image", Path: "missing.png", Width: 1, Height: 1}}
+	if _, err := p.Predict(context.Background(), []model.Record{bad}); err == nil || !strings.Contains(err.Error(), bad.ID) {
+		t.Fatalf("missing image: %v", err)
+	}
+	if _, err := NewGeneratorFactory(GeneratorConfig{}); err == nil {
+		t.Fatal("factory without backend accepted")
+	}
+}

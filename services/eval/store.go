@@ -1,0 +1,147 @@
+package eval
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/groundmesh/groundmesh/internal/events"
+	"github.com/groundmesh/groundmesh/internal/outbox"
+	"github.com/groundmesh/groundmesh/internal/store"
+)
+
+func bytesReader(b []byte) io.Reader { return bytes.NewReader(b) }
+
+// querier runs queries: a *pgxpool.Pool or a pgx.Tx, so that a report can
+// be rendered inside the transaction that records the evaluation.
+type querier interface {
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+}
+
+func nullable(s string) any {
+	if s == "" {
+		return nil
+	}
+	return s
+}
+
+// insertEvaluations records evaluations, their metrics and lineage edges.
+func insertEvaluations(ctx context.Context, tx pgx.Tx, req events.EvalRequested, run RunInfo, evals []evaluation) error {
+	for _, e := range evals {
+		_, err := tx.Exec(ctx, `
+			INSERT INTO evaluations (id, run_id, checkpoint_id, stage, synth_set_id, dataset_id, split, benchmark,
+			                         predictions_key, predictions_sha256, samples, correlation_id)
+			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)`,
+			e.ID, req.RunID, nullable(e.CheckpointID), e.Stage, nullable(run.SynthSetID), nullable(run.DatasetID),
+			e.Split, e.Bench, e.PredictionsKey, e.SHA256, e.Samples, req.CorrelationID)
+		if err != nil {
+			return fmt.Errorf("insert evaluation %s/%s/%s: %w", e.Stage, e.Bench, e.Split, err)
+		}
+		b := &pgx.Batch{}
+		for name, v := range e.Metrics {
+			b.Queue(`INSERT INTO eval_metrics (evaluation_id, name, value) VALUES ($1, $2, $3)`, e.ID, name, v)
+		}
+		if err := tx.SendBatch(ctx, b).Close(); err != nil {
+			return fmt.Errorf("insert metrics of evaluation %s: %w", e.ID, err)
+		}
+		edges := [][3]string{{"run", req.RunID, "evaluated"}}
+		if e.CheckpointID != "" {
+			edges = append(edges, [3]string{"checkpoint", e.CheckpointID, "evaluated"})
+		}
+		if run.SynthSetID != "" {
+			edges = append(edges, [3]string{"synth_set", run.SynthSetID, "evaluated_on"})
+		}
+		if run.DatasetID != "" {
+			edges = append(edges, [3]string{"dataset", run.DatasetID, "evaluated_on"})
+		}
+		edges = append(edges, [3]string{"blob", e.PredictionsKey, "predictions"})
+		for _, ed := range edges {
+			src, dst, rel := ed[0], "evaluation", ed[2]
+			srcID, dstID := ed[1], e.ID
+			if src == "blob" {
+				// Predictions derive from the evaluation.
+				src, srcID, dst, dstID = "evaluation", e.ID, "blob", ed[1]
+			}
+			if err := store.AddLineage(ctx, tx, src, srcID, dst, dstID, rel); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// EvaluationRow is one stored evaluation with its metrics.
+type EvaluationRow struct {
+	ID             string
+	RunID          string
+	CheckpointID   string
+	Stage          string
+	SynthSetID     string
+	DatasetID      string
+	Split          string
+	Benchmark      string
+	PredictionsKey string
+	Samples        int
+	CreatedAt      time.Time
+	Metrics        map[string]float64
+}
+
+// latestEvaluations returns, for each (stage, benchmark, split) of a run,
+// its most recent evaluation with metrics.
+func latestEvaluations(ctx context.Context, q querier, runID string) ([]EvaluationRow, error) {
+	rows, err := q.Query(ctx, `
+		SELECT DISTINCT ON (stage, benchmark, split)
+		       id::text, run_id::text, coalesce(checkpoint_id::text, ''), stage,
+		       coalesce(synth_set_id::text, ''), coalesce(dataset_id::text, ''),
+		       split, benchmark, predictions_key, samples, created_at
+		FROM evaluations WHERE run_id = $1
+		ORDER BY stage, benchmark, split, created_at DESC, id`, runID)
+	if err != nil {
+		return nil, fmt.Errorf("query evaluations of run %s: %w", runID, err)
+	}
+	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (EvaluationRow, error) {
+		var e EvaluationRow
+		err := r.Scan(&e.ID, &e.RunID, &e.CheckpointID, &e.Stage, &e.SynthSetID, &e.DatasetID,
+			&e.Split, &e.Benchmark, &e.PredictionsKey, &e.Samples, &e.CreatedAt)
+		return e, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("read evaluations of run %s: %w", runID, err)
+	}
+	if len(out) == 0 {
+		return nil, nil
+	}
+	idx := map[string]int{}
+	ids := make([]string, len(out))
+	for i := range out {
+		idx[out[i].ID] = i
+		ids[i] = out[i].ID
+		out[i].Metrics = map[string]float64{}
+	}
+	mrows, err := q.Query(ctx, `SELECT evaluation_id::text, name, value FROM eval_metrics WHERE evaluation_id = ANY($1::uuid[])`, ids)
+	if err != nil {
+		return nil, fmt.Errorf("query metrics of run %s: %w", runID, err)
+	}
+	defer mrows.Close()
+	for mrows.Next() {
+		var id, name string
+		var v float64
+		if err := mrows.Scan(&id, &name, &v); err != nil {
+			return nil, fmt.Errorf("read metrics of run %s: %w", runID, err)
+		}
+		out[idx[id]].Metrics[name] = v
+	}
+	if err := mrows.Err(); err != nil {
+		return nil, fmt.Errorf("read metrics of run %s: %w", runID, err)
+	}
+	return out, nil
+}
+
+// addOutbox publishes a fact through the transactional outbox; a variable
+// so that a test can make it fail and check that nothing commits.
+var addOutbox = outbox.Add

@@ -1,0 +1,258 @@
+package train
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"iter"
+	"os"
+	"path/filepath"
+	"slices"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/groundmesh/groundmesh/internal/blob"
+	"github.com/groundmesh/groundmesh/internal/model"
+)
+
+// SynthSet is what a run trains on: a synth set's records and how to read
+// their images.
+type SynthSet struct {
+	// Records streams every record of the set (all stages and splits) in a
+	// stable order; each call starts a new pass.
+	Records func(ctx context.Context) iter.Seq2[model.Record, error]
+	// Images resolves the records' image references.
+	Images model.ImageResolver
+}
+
+// SynthReader opens a synth set by id.
+type SynthReader func(ctx context.Context, synthSetID string) (SynthSet, error)
+
+// PGSynthReader reads a synth set the way services/synth stores it: the
+// manifest's blob key from synth_sets, the dataset root from datasets, and
+// the gzip JSONL shards the manifest lists (each shard's sha256 checked as
+// it is read). The composition root may pass services/synth's own reader
+// instead.
+func PGSynthReader(pool *pgxpool.Pool, blobs *blob.Local) SynthReader {
+	return func(ctx context.Context, synthSetID string) (SynthSet, error) {
+		var manifestKey, root string
+		err := pool.QueryRow(ctx, `
+			SELECT s.manifest_key, coalesce(d.root, '')
+			FROM synth_sets s LEFT JOIN datasets d ON d.id = s.dataset_id
+			WHERE s.id::text = $1`, synthSetID).Scan(&manifestKey, &root)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return SynthSet{}, fmt.Errorf("synth set %s: not found: %w", synthSetID, ErrInvalidRequest)
+		}
+		if err != nil {
+			return SynthSet{}, fmt.Errorf("look up synth set %s: %w", synthSetID, err)
+		}
+		f, err := blobs.Open(manifestKey)
+		if err != nil {
+			return SynthSet{}, fmt.Errorf("open synth manifest: %w", err)
+		}
+		defer f.Close()
+		// The fields of services/synth's manifest (format groundmesh.synth/v1) this reader needs.
+		var m struct {
+			Format string `json:"format"`
+			Shards []struct {
+				Key    string `json:"key"`
+				SHA256 string `json:"sha256"`
+			} `json:"shards"`
+		}
+		if err := json.NewDecoder(f).Decode(&m); err != nil {
+			return SynthSet{}, fmt.Errorf("decode synth manifest %s: %w", manifestKey, err)
+		}
+		if m.Format != "groundmesh.synth/v1" {
+			return SynthSet{}, fmt.Errorf("synth manifest %s: format %q", manifestKey, m.Format)
+		}
+		records := func(ctx context.Context) iter.Seq2[model.Record, error] {
+			return func(yield func(model.Record, error) bool) {
+				for _, sh := range m.Shards {
+					if err := ctx.Err(); err != nil {
+						yield(model.Record{}, err)
+						return
+					}
+					sf, err := blobs.Open(sh.Key)
+					if err != nil {
+						yield(model.Record{}, err)
+						return
+					}
+					h := sha256.New()
+					ok := true
+					for rec, err := range model.ReadRecords(io.TeeReader(sf, h)) {
+						if !yield(rec, err) || err != nil {
+							ok = false
+							break
+						}
+					}
+					if ok {
+						_, _ = io.Copy(h, sf)
+					}
+					sf.Close()
+					if !ok {
+						return
+					}
+					if sum := hex.EncodeToString(h.Sum(nil)); sum != sh.SHA256 {
+						yield(model.Record{}, fmt.Errorf("synth shard %s: sha256 %s, manifest says %s", sh.Key, sum, sh.SHA256))
+						return
+					}
+				}
+			}
+		}
+		return SynthSet{Records: records, Images: model.FileImageResolver{DatasetRoot: root, Blobs: blobs}}, nil
+	}
+}
+
+// runData is a run's prepared training data.
+type runData struct {
+	Tokenizer   *model.Tokenizer
+	ModelConfig []byte              // JSON of model.Config, vocab from the tokenizer
+	Shards      map[string][]string // stage -> tokenized shard paths
+}
+
+// dataManifest marks a finished preparation in the run's data directory,
+// so that a resumed run in the same data dir reuses its shards.
+type dataManifest struct {
+	TokenizerID string              `json:"tokenizer_id"`
+	ModelConfig json.RawMessage     `json:"model_config"`
+	Shards      map[string][]string `json:"shards"`
+}
+
+// prepareData returns the run's tokenizer, model config and tokenized
+// shards per stage. tok, when set, is the run's recorded tokenizer (a
+// resumed run must keep its vocabulary); otherwise one is built from the
+// synth set's records. Shards already built in dir for the same tokenizer
+// are reused.
+func prepareData(ctx context.Context, dir, synthSetID string, spec RunSpec, set SynthSet, tok *model.Tokenizer, logf func(string, ...any)) (*runData, error) {
+	if b, err := os.ReadFile(filepath.Join(dir, "data.json")); err == nil && tok != nil {
+		var dm dataManifest
+		if json.Unmarshal(b, &dm) == nil && dm.TokenizerID == tok.ID() && allExist(dm.Shards) {
+			return &runData{Tokenizer: tok, ModelConfig: dm.ModelConfig, Shards: dm.Shards}, nil
+		}
+	}
+	if tok == nil {
+		var splits []string
+		for _, st := range Stages {
+			for _, s := range spec.Stage(st).Data.Splits {
+				if !slices.Contains(splits, s) {
+					splits = append(splits, s)
+				}
+			}
+		}
+		vb := model.NewVocabBuilder()
+		for rec, err := range set.Records(ctx) {
+			if err != nil {
+				return nil, fmt.Errorf("read synth set %s: %w", synthSetID, err)
+			}
+			if slices.Contains(splits, rec.Split) {
+				vb.AddRecord(rec)
+			}
+		}
+		var err error
+		if tok, err = vb.Build(spec.MaxWords); err != nil {
+			return nil, fmt.Errorf("build tokenizer: %w", err)
+		}
+	}
+	cfg := spec.Model
+	cfg.VocabSize = tok.VocabSize()
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("run spec: model: %v: %w", err, ErrInvalidRequest)
+	}
+	cfgJSON, err := json.Marshal(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("encode model config: %w", err)
+	}
+	if err := os.RemoveAll(dir); err != nil {
+		return nil, fmt.Errorf("clear data dir: %w", err)
+	}
+	data := &runData{Tokenizer: tok, ModelConfig: cfgJSON, Shards: map[string][]string{}}
+	for _, stage := range Stages {
+		paths, err := buildStageShards(ctx, shardInput{
+			Dir: filepath.Join(dir, stage), Stage: stage, SynthSetID: synthSetID,
+			Model: cfg, Tokenizer: tok, Filter: spec.Stage(stage).Data,
+			SamplesPerShard: spec.SamplesPerShard, Seed: spec.Seed, Set: set,
+		}, logf)
+		if err != nil {
+			return nil, err
+		}
+		data.Shards[stage] = paths
+	}
+	b, err := json.Marshal(dataManifest{TokenizerID: tok.ID(), ModelConfig: cfgJSON, Shards: data.Shards})
+	if err == nil {
+		err = os.WriteFile(filepath.Join(dir, "data.json"), b, 0o644)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("write data manifest: %w", err)
+	}
+	return data, nil
+}
+
+func allExist(shards map[string][]string) bool {
+	for _, st := range Stages {
+		if len(shards[st]) == 0 {
+			return false
+		}
+		for _, p := range shards[st] {
+			if _, err := os.Stat(p); err != nil {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// shardInput is what building one stage's shards needs.
+type shardInput struct {
+	Dir             string
+	Stage           string
+	SynthSetID      string
+	Model           model.Config
+	Tokenizer       *model.Tokenizer
+	Filter          DataFilter
+	SamplesPerShard int
+	Seed            int64
+	Set             SynthSet
+}
+
+// buildStageShards is the one call into internal/model's shard builder:
+// the records of the stage's filter, tokenized into shards in in.Dir.
+func buildStageShards(ctx context.Context, in shardInput, logf func(string, ...any)) ([]string, error) {
+	records := func(yield func(model.Record, error) bool) {
+		for rec, err := range in.Set.Records(ctx) {
+			if err == nil && len(in.Filter.Tasks) > 0 && !slices.Contains(in.Filter.Tasks, rec.Task) {
+				continue
+			}
+			if !yield(rec, err) {
+				return
+			}
+		}
+	}
+	b, err := model.NewShardBuilder(model.ShardConfig{
+		Model: in.Model, Tokenizer: in.Tokenizer, Dir: in.Dir, Name: in.Stage,
+		Stages: in.Filter.Stages, Splits: in.Filter.Splits, SamplesPerShard: in.SamplesPerShard,
+		Seed: in.Seed, SynthSet: in.SynthSetID,
+	}, in.Set.Images)
+	if err != nil {
+		return nil, fmt.Errorf("build %s shards: %w", in.Stage, err)
+	}
+	infos, err := b.Build(ctx, records)
+	if err != nil {
+		return nil, fmt.Errorf("build %s shards: %w", in.Stage, err)
+	}
+	st := b.Stats()
+	logf("built shards", "stage", in.Stage, "shards", len(infos), "kept", st.Kept, "read", st.Read, "dropped", st.Dropped)
+	if st.Kept == 0 || len(infos) == 0 {
+		return nil, fmt.Errorf("build %s shards: no records of synth stages %v, splits %v, tasks %v in synth set %s (%d read, dropped %v): %w",
+			in.Stage, in.Filter.Stages, in.Filter.Splits, in.Filter.Tasks, in.SynthSetID, st.Read, st.Dropped, ErrInvalidRequest)
+	}
+	paths := make([]string, len(infos))
+	for i, info := range infos {
+		paths[i] = info.Path
+	}
+	return paths, nil
+}

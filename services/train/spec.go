@@ -1,0 +1,187 @@
+package train
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+
+	"github.com/groundmesh/groundmesh/internal/model"
+)
+
+// ErrInvalidRequest marks a request that can never succeed (a bad run
+// spec, a missing synth set id): the caller must not retry it.
+var ErrInvalidRequest = errors.New("train: invalid request")
+
+// Stages are the three training stages, in order.
+var Stages = []string{"stage1", "stage2", "stage3"}
+
+// RunSpec is the JSON run specification of events.TrainRequested.Spec.
+// Every field has a default (DefaultSpec); a spec in a request overrides
+// only the fields it names, and an unknown field is rejected by name.
+type RunSpec struct {
+	// Model is the architecture. Its vocab_size is set from the tokenizer
+	// built over the synth set (leave it 0); the rest defaults to
+	// model.DefaultConfig.
+	Model model.Config `json:"model"`
+	// MaxWords is the number of word tokens of the vocabulary built from
+	// the synth set's training records (on top of the 382 reserved tokens).
+	MaxWords int `json:"max_words"`
+	// Seed seeds initialization, data order and shard order.
+	Seed int64 `json:"seed"`
+	// SamplesPerShard is the size of one tokenized training shard.
+	SamplesPerShard int `json:"samples_per_shard"`
+	// LogEvery reports (and records) the loss every N steps.
+	LogEvery int `json:"log_every"`
+	// CrashRetries is how many times a stage resumes from its last
+	// checkpoint after the plugin crashed, within one Train call.
+	CrashRetries int `json:"crash_retries"`
+	// Stage1..Stage3 configure the stages.
+	Stage1 StageSpec `json:"stage1"`
+	Stage2 StageSpec `json:"stage2"`
+	Stage3 StageSpec `json:"stage3"`
+}
+
+// StageSpec configures one stage.
+type StageSpec struct {
+	Steps           int     `json:"steps"`
+	BatchSize       int     `json:"batch_size"`
+	LearningRate    float64 `json:"lr"` // peak
+	WarmupSteps     int     `json:"warmup"`
+	WeightDecay     float64 `json:"weight_decay"`
+	CheckpointEvery int     `json:"checkpoint_every"`
+	// Trainable selects parameters by canonical-name prefix (empty: all);
+	// Frozen then removes some (see compute.TrainRequest).
+	Trainable []string `json:"trainable"`
+	Frozen    []string `json:"frozen"`
+	// Data selects the synth records the stage trains on.
+	Data DataFilter `json:"data"`
+}
+
+// DataFilter selects synth records.
+type DataFilter struct {
+	Stages []string `json:"stages"` // synth record stages
+	Tasks  []string `json:"tasks"`  // empty: every task
+	Splits []string `json:"splits"` // default ["train"]
+}
+
+// DefaultSpec is the spec of a request without one: the three stages of
+// the demo, sized for the pure-Go backend on a 2-core CPU.
+//
+// Stage 1 trains the projector, the token and position embeddings and the
+// output head, the rest frozen (GroundingGPT's adapter stage). Stages 2 and
+// 3 train everything: unlike GroundingGPT's, this vision encoder starts
+// from random weights, so freezing it would leave the model reading noise.
+// A spec that wants it frozen says "frozen": ["vision."].
+func DefaultSpec() RunSpec {
+	return RunSpec{
+		Model:           model.DefaultConfig(0),
+		MaxWords:        1024,
+		Seed:            1,
+		SamplesPerShard: 1024,
+		LogEvery:        5,
+		CrashRetries:    3,
+		Stage1: StageSpec{
+			Steps: 60, BatchSize: 16, LearningRate: 3e-3, WarmupSteps: 6, WeightDecay: 0, CheckpointEvery: 20,
+			Trainable: []string{"projector.", "embed.", "lm_head."},
+			Data:      DataFilter{Stages: []string{"stage1"}, Splits: []string{"train"}},
+		},
+		Stage2: StageSpec{
+			Steps: 120, BatchSize: 16, LearningRate: 1e-3, WarmupSteps: 10, WeightDecay: 0.01, CheckpointEvery: 40,
+			Data: DataFilter{Stages: []string{"stage2"}, Splits: []string{"train"}},
+		},
+		Stage3: StageSpec{
+			Steps: 80, BatchSize: 16, LearningRate: 5e-4, WarmupSteps: 8, WeightDecay: 0.01, CheckpointEvery: 40,
+			Data: DataFilter{Stages: []string{"stage3"}, Splits: []string{"train"}},
+		},
+	}
+}
+
+// Stage returns the spec of a stage by name.
+func (s *RunSpec) Stage(name string) *StageSpec {
+	switch name {
+	case "stage1":
+		return &s.Stage1
+	case "stage2":
+		return &s.Stage2
+	case "stage3":
+		return &s.Stage3
+	}
+	return nil
+}
+
+// ParseSpec decodes a run spec over DefaultSpec and validates it. Empty
+// input gives the defaults. Errors wrap ErrInvalidRequest and name the
+// offending field.
+func ParseSpec(b []byte) (RunSpec, error) {
+	spec := DefaultSpec()
+	if len(bytes.TrimSpace(b)) > 0 && !bytes.Equal(bytes.TrimSpace(b), []byte("null")) {
+		dec := json.NewDecoder(bytes.NewReader(b))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&spec); err != nil {
+			return RunSpec{}, fmt.Errorf("run spec: %v: %w", err, ErrInvalidRequest)
+		}
+		if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+			return RunSpec{}, fmt.Errorf("run spec: trailing data after the object: %w", ErrInvalidRequest)
+		}
+	}
+	if err := spec.Validate(); err != nil {
+		return RunSpec{}, err
+	}
+	return spec, nil
+}
+
+// Validate checks every field, naming the first bad one by its JSON path.
+func (s RunSpec) Validate() error {
+	bad := func(field, format string, args ...any) error {
+		return fmt.Errorf("run spec: %s: %s: %w", field, fmt.Sprintf(format, args...), ErrInvalidRequest)
+	}
+	m := s.Model
+	if m.VocabSize != 0 {
+		return bad("model.vocab_size", "%d: leave it 0, the tokenizer sets it", m.VocabSize)
+	}
+	m.VocabSize = 1 << 16 // any vocabulary that fits the special tokens
+	if err := m.Validate(); err != nil {
+		return bad("model", "%v", err)
+	}
+	switch {
+	case s.MaxWords < 1:
+		return bad("max_words", "%d must be positive", s.MaxWords)
+	case s.SamplesPerShard < 1:
+		return bad("samples_per_shard", "%d must be positive", s.SamplesPerShard)
+	case s.LogEvery < 1:
+		return bad("log_every", "%d must be positive", s.LogEvery)
+	case s.CrashRetries < 0:
+		return bad("crash_retries", "%d must not be negative", s.CrashRetries)
+	}
+	for _, name := range Stages {
+		st := s.Stage(name)
+		f := func(field string) string { return name + "." + field }
+		switch {
+		case st.Steps < 1:
+			return bad(f("steps"), "%d must be positive", st.Steps)
+		case st.BatchSize < 1:
+			return bad(f("batch_size"), "%d must be positive", st.BatchSize)
+		case !(st.LearningRate > 0 && st.LearningRate < 1):
+			return bad(f("lr"), "%v must be in (0, 1)", st.LearningRate)
+		case st.WarmupSteps < 0 || st.WarmupSteps > st.Steps:
+			return bad(f("warmup"), "%d must be in [0, steps]", st.WarmupSteps)
+		case !(st.WeightDecay >= 0 && st.WeightDecay < 1):
+			return bad(f("weight_decay"), "%v must be in [0, 1)", st.WeightDecay)
+		case st.CheckpointEvery < 1:
+			return bad(f("checkpoint_every"), "%d must be positive", st.CheckpointEvery)
+		case len(st.Data.Stages) == 0:
+			return bad(f("data.stages"), "empty: name the synth stages to train on")
+		case len(st.Data.Splits) == 0:
+			return bad(f("data.splits"), "empty: name the splits to train on")
+		}
+		for i, p := range append(append([]string(nil), st.Trainable...), st.Frozen...) {
+			if p == "" || strings.TrimSpace(p) != p {
+				return bad(f("trainable/frozen"), "prefix %d %q is empty or padded", i, p)
+			}
+		}
+	}
+	return nil
+}

@@ -1,0 +1,442 @@
+package train_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/groundmesh/groundmesh/internal/blob"
+	"github.com/groundmesh/groundmesh/internal/events"
+	"github.com/groundmesh/groundmesh/plugins/compute"
+	"github.com/groundmesh/groundmesh/plugins/compute/computetest"
+	"github.com/groundmesh/groundmesh/services/train"
+)
+
+func TestParseSpec(t *testing.T) {
+	def, err := train.ParseSpec(nil)
+	if err != nil {
+		t.Fatalf("defaults: %v", err)
+	}
+	if def.Stage1.Steps == 0 || len(def.Stage1.Trainable) == 0 || def.Stage2.Data.Stages[0] != "stage2" {
+		t.Errorf("defaults %+v", def)
+	}
+	got, err := train.ParseSpec([]byte(`{"stage2": {"steps": 17, "frozen": ["vision."]}, "seed": 9}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Stage2.Steps != 17 || got.Seed != 9 || got.Stage2.BatchSize != def.Stage2.BatchSize ||
+		!slices.Equal(got.Stage2.Frozen, []string{"vision."}) || got.Stage1.Steps != def.Stage1.Steps || got.Model != def.Model {
+		t.Errorf("partial spec did not keep the other defaults: %+v", got)
+	}
+	bad := map[string]string{
+		`{"stage2": {"stepz": 3}}`:             `"stepz"`,
+		`{"learning_rate": 3}`:                 `"learning_rate"`,
+		`{"model": {"widht": 3}}`:              `"widht"`,
+		`{"stage2": {"steps": 0}}`:             "stage2.steps",
+		`{"stage3": {"lr": 2}}`:                "stage3.lr",
+		`{"stage1": {"warmup": 1000}}`:         "stage1.warmup",
+		`{"stage1": {"checkpoint_every": -1}}`: "stage1.checkpoint_every",
+		`{"stage2": {"data": {"stages": []}}}`: "stage2.data.stages",
+		`{"stage1": {"trainable": [""]}}`:      "stage1.trainable/frozen",
+		`{"model": {"vocab_size": 500}}`:       "model.vocab_size",
+		`{"model": {"width": 30}}`:             "model",
+		`{"max_words": 0}`:                     "max_words",
+		`{"log_every": 0}`:                     "log_every",
+		`{"seed": 1} {"seed": 2}`:              "trailing",
+		`[1, 2]`:                               "run spec",
+	}
+	for in, field := range bad {
+		_, err := train.ParseSpec([]byte(in))
+		if !errors.Is(err, train.ErrInvalidRequest) {
+			t.Errorf("%s: error %v; want ErrInvalidRequest", in, err)
+			continue
+		}
+		if !strings.Contains(err.Error(), field) {
+			t.Errorf("%s: error %q does not name %s", in, err, field)
+		}
+	}
+}
+
+// recording wraps a backend and records the requests it saw.
+type recording struct {
+	compute.Backend
+	mu   sync.Mutex
+	reqs []compute.TrainRequest
+	// hook, when set, may replace a call's outcome.
+	hook func(ctx context.Context, req compute.TrainRequest, progress func(compute.TrainProgress) error) (compute.TrainResult, error, bool)
+}
+
+func (r *recording) Train(ctx context.Context, req compute.TrainRequest, progress func(compute.TrainProgress) error) (compute.TrainResult, error) {
+	r.mu.Lock()
+	r.reqs = append(r.reqs, req)
+	r.mu.Unlock()
+	if r.hook != nil {
+		if res, err, ok := r.hook(ctx, req, progress); ok {
+			return res, err
+		}
+	}
+	return r.Backend.Train(ctx, req, progress)
+}
+
+func (r *recording) requests() []compute.TrainRequest {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Clone(r.reqs)
+}
+
+func newRequest(spec json.RawMessage) events.TrainRequested {
+	return events.TrainRequested{CorrelationID: "corr-1", RunID: uuid.NewString(), SynthSetID: uuid.NewString(), Backend: "toy", Spec: spec}
+}
+
+func TestTrainThreeStages(t *testing.T) {
+	e := newEnv(t)
+	rec := &recording{Backend: computetest.NewToy(computetest.ToyOptions{})}
+	svc := e.service(t, rec)
+	req := newRequest(tinySpec([3]int{6, 8, 6}, 3))
+	var progress []events.Progress
+	out, err := svc.Train(ctxT(t, 2*time.Minute), req, func(p events.Progress) { progress = append(progress, p) })
+	if err != nil {
+		t.Fatalf("Train: %v", err)
+	}
+	cks := checkpoints(t, e, req.RunID)
+	want := map[string][]int{"stage1": {3, 6}, "stage2": {3, 6, 8}, "stage3": {3, 6}}
+	for st, steps := range want {
+		if got := stepsByStage(cks)[st]; !slices.Equal(got, steps) {
+			t.Errorf("%s checkpoint steps %v, want %v", st, got, steps)
+		}
+	}
+	byID := map[string]ckptRow{}
+	for _, c := range cks {
+		byID[c.ID] = c
+		if c.Key != fmt.Sprintf("runs/%s/%s/step-%d.safetensors", req.RunID, c.Stage, c.Step) {
+			t.Errorf("blob key %s", c.Key)
+		}
+		p, err := e.blob.Path(c.Key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sum, n, err := blob.FileSHA256(p)
+		if err != nil || sum != c.SHA || n != c.Bytes {
+			t.Errorf("blob %s: sha %s %d bytes (%v); row says %s %d", c.Key, sum, n, err, c.SHA, c.Bytes)
+		}
+	}
+	// The completion names each stage's final checkpoint and loss.
+	for st, steps := range want {
+		c, ok := byID[out.Checkpoints[st]]
+		if !ok || c.Stage != st || c.Step != steps[len(steps)-1] {
+			t.Errorf("completion checkpoint of %s: %+v", st, c)
+		}
+		if out.FinalLoss[st] <= 0 {
+			t.Errorf("final loss of %s: %v", st, out.FinalLoss[st])
+		}
+	}
+	// Each stage starts from the previous stage's final checkpoint, with its own trainable set.
+	reqs := rec.requests()
+	if len(reqs) != 3 {
+		t.Fatalf("%d backend calls, want 3", len(reqs))
+	}
+	if reqs[0].InitCheckpoint != "" || reqs[0].ResumeCheckpoint != "" {
+		t.Errorf("stage1 starts from %q/%q", reqs[0].InitCheckpoint, reqs[0].ResumeCheckpoint)
+	}
+	for i, st := range []string{"stage1", "stage2"} {
+		final, _ := e.blob.Path(byID[out.Checkpoints[st]].Key)
+		if reqs[i+1].InitCheckpoint != final {
+			t.Errorf("%s starts from %q, want %s's final %q", reqs[i+1].Stage, reqs[i+1].InitCheckpoint, st, final)
+		}
+	}
+	if !slices.Equal(reqs[0].Trainable, []string{"projector.", "embed.", "lm_head."}) || len(reqs[1].Trainable) != 0 {
+		t.Errorf("trainable: stage1 %v, stage2 %v", reqs[0].Trainable, reqs[1].Trainable)
+	}
+	// Loss curve, stage rows, lineage and facts are in Postgres.
+	if n := count(t, e, `SELECT count(*) FROM train_metrics WHERE run_id = $1`, req.RunID); n != 20 {
+		t.Errorf("%d loss points, want 20 (log_every 1)", n)
+	}
+	if n := count(t, e, `SELECT count(*) FROM run_stages WHERE run_id = $1 AND status = 'completed'
+		AND first_loss IS NOT NULL AND last_loss < first_loss`, req.RunID); n != 3 {
+		t.Errorf("%d stages completed with a falling loss, want 3", n)
+	}
+	if n := count(t, e, `SELECT count(*) FROM outbox WHERE topic = $1 AND payload->>'run_id' = $2`,
+		events.TopicCheckpointSaved, req.RunID); n != len(cks) {
+		t.Errorf("%d checkpoint.saved facts for %d checkpoints", n, len(cks))
+	}
+	if n := count(t, e, `SELECT count(*) FROM lineage_edges WHERE src_kind = 'synth_set' AND src_id = $1 AND dst_id = $2`,
+		req.SynthSetID, req.RunID); n != 1 {
+		t.Errorf("synth set -> run edges: %d", n)
+	}
+	if n := count(t, e, `SELECT count(*) FROM lineage_edges WHERE src_kind = 'checkpoint' AND relation = 'derived_from'
+		AND dst_id IN (SELECT id::text FROM checkpoints WHERE run_id = $1)`, req.RunID); n != len(cks)-1 {
+		t.Errorf("checkpoint chain has %d edges for %d checkpoints", n, len(cks))
+	}
+	first2 := byID[""]
+	for _, c := range cks {
+		if c.Stage == "stage2" && c.Step == 3 {
+			first2 = c
+		}
+	}
+	if n := count(t, e, `SELECT count(*) FROM lineage_edges WHERE src_id = $1 AND dst_id = $2 AND relation = 'derived_from'`,
+		out.Checkpoints["stage1"], first2.ID); n != 1 {
+		t.Errorf("stage2's first checkpoint does not derive from stage1's final")
+	}
+	var model []byte
+	if err := e.pool.QueryRow(context.Background(), `SELECT model_config FROM runs WHERE id = $1 AND status = 'completed' AND tokenizer_key IS NOT NULL`, req.RunID).Scan(&model); err != nil {
+		t.Errorf("run row: %v", err)
+	}
+	// Progress: every step of every stage, with details.
+	steps := map[string]int{}
+	for _, p := range progress {
+		if p.Phase == "prepare" {
+			continue
+		}
+		var d map[string]float64
+		if err := json.Unmarshal(p.Details, &d); err != nil {
+			t.Fatalf("details %s: %v", p.Details, err)
+		}
+		for _, k := range []string{"step", "loss", "lr", "tokens_per_sec"} {
+			if _, ok := d[k]; !ok {
+				t.Errorf("progress details %s lack %s", p.Details, k)
+			}
+		}
+		if p.CorrelationID != "corr-1" || p.Service != "train" || p.Total != 20 {
+			t.Errorf("progress %+v", p)
+		}
+		steps[p.Phase]++
+	}
+	if steps["stage1"] != 6 || steps["stage2"] != 8 || steps["stage3"] != 6 {
+		t.Errorf("progress per stage %v", steps)
+	}
+	st, err := svc.Status(context.Background(), req.RunID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Status != "completed" || st.Stage != "stage3" || st.Step != 6 || st.Loss <= 0 || len(st.Stages) != 3 || st.Live {
+		t.Errorf("status %+v", st)
+	}
+	// Train again: the completed run answers from Postgres without training.
+	again, err := svc.Train(context.Background(), req, nil)
+	if err != nil || again.Checkpoints["stage3"] != out.Checkpoints["stage3"] || len(rec.requests()) != 3 {
+		t.Errorf("second Train of a completed run: %+v, %v, %d backend calls", again, err, len(rec.requests()))
+	}
+}
+
+var errWorkerDied = errors.New("worker died")
+
+// A worker dies mid-stage 2 (its context ends after a checkpoint); the
+// next Train of the run skips stage 1, resumes stage 2 from its last
+// checkpoint, and adds no duplicate rows or facts.
+func TestTrainResume(t *testing.T) {
+	e := newEnv(t)
+	toy := computetest.NewToy(computetest.ToyOptions{})
+	rec := &recording{Backend: toy}
+	svc := e.service(t, rec)
+	req := newRequest(tinySpec([3]int{4, 9, 4}, 3))
+
+	ctx, cancel := context.WithCancel(context.Background())
+	rec.hook = func(cctx context.Context, r compute.TrainRequest, progress func(compute.TrainProgress) error) (compute.TrainResult, error, bool) {
+		if r.Stage != "stage2" {
+			return compute.TrainResult{}, nil, false
+		}
+		res, err := toy.Train(cctx, r, func(p compute.TrainProgress) error {
+			if err := progress(p); err != nil {
+				return err
+			}
+			if p.Step == 5 {
+				cancel() // the worker goes away after step 5 (checkpoint at 3)
+				return errWorkerDied
+			}
+			return nil
+		})
+		return res, err, true
+	}
+	var lastStatus train.RunStatus
+	_, err := svc.Train(ctx, req, func(p events.Progress) {
+		lastStatus, _ = svc.Status(context.Background(), req.RunID)
+	})
+	if err == nil {
+		t.Fatal("interrupted Train returned no error")
+	}
+	if !lastStatus.Live || lastStatus.Stage != "stage2" || lastStatus.Step != 5 {
+		t.Errorf("live status at the interruption: %+v", lastStatus)
+	}
+	st, err := svc.Status(context.Background(), req.RunID)
+	if err != nil || st.Status != "running" || st.Stage != "stage2" || st.Step != 5 || st.Live {
+		t.Errorf("status after the interruption: %+v, %v", st, err)
+	}
+	before := checkpoints(t, e, req.RunID)
+	if got := stepsByStage(before); !slices.Equal(got["stage1"], []int{3, 4}) || !slices.Equal(got["stage2"], []int{3}) {
+		t.Fatalf("checkpoints before resume %v", got)
+	}
+
+	// On resume the backend first re-reports the checkpoint it resumed
+	// from (as a backend may): that must add no row and no fact.
+	rec.hook = func(cctx context.Context, r compute.TrainRequest, progress func(compute.TrainProgress) error) (compute.TrainResult, error, bool) {
+		if r.ResumeCheckpoint == "" {
+			return compute.TrainResult{}, nil, false
+		}
+		b, err := os.ReadFile(r.ResumeCheckpoint)
+		if err != nil {
+			return compute.TrainResult{}, err, true
+		}
+		again := r.CheckpointDir + "/again.safetensors"
+		os.WriteFile(again, b, 0o644)
+		sum, n, _ := blob.FileSHA256(again)
+		if err := progress(compute.TrainProgress{Step: 3, Loss: 1, Checkpoint: &compute.Checkpoint{Path: again, Step: 3, Loss: 1, SHA256: sum, Bytes: n}}); err != nil {
+			return compute.TrainResult{}, err, true
+		}
+		return compute.TrainResult{}, nil, false
+	}
+	n0 := len(rec.requests())
+	var resumedSteps []int
+	out, err := svc.Train(context.Background(), req, func(p events.Progress) {
+		if p.Phase == "stage2" {
+			var d struct{ Step int }
+			json.Unmarshal(p.Details, &d)
+			resumedSteps = append(resumedSteps, d.Step)
+		}
+	})
+	if err != nil {
+		t.Fatalf("resumed Train: %v", err)
+	}
+	reqs := rec.requests()[n0:]
+	if len(reqs) != 2 || reqs[0].Stage != "stage2" || reqs[1].Stage != "stage3" {
+		t.Fatalf("resumed calls %v", reqs)
+	}
+	mid, _ := e.blob.Path(fmt.Sprintf("runs/%s/stage2/step-3.safetensors", req.RunID))
+	if reqs[0].ResumeCheckpoint != mid || reqs[0].InitCheckpoint != "" {
+		t.Errorf("stage2 resumed from %q (init %q), want %q", reqs[0].ResumeCheckpoint, reqs[0].InitCheckpoint, mid)
+	}
+	if len(resumedSteps) < 2 || resumedSteps[1] != 4 {
+		t.Errorf("resumed stage2 progress steps %v; want the count to continue at 4", resumedSteps)
+	}
+	cks := checkpoints(t, e, req.RunID)
+	got := stepsByStage(cks)
+	if !slices.Equal(got["stage1"], []int{3, 4}) || !slices.Equal(got["stage2"], []int{3, 6, 9}) || !slices.Equal(got["stage3"], []int{3, 4}) {
+		t.Errorf("checkpoints after resume %v", got)
+	}
+	if before[2].ID != cks[2].ID || before[2].SHA != cks[2].SHA {
+		t.Errorf("stage2 step 3 row changed: %+v -> %+v", before[2], cks[2])
+	}
+	if n := count(t, e, `SELECT count(*) FROM outbox WHERE topic = $1 AND payload->>'run_id' = $2`,
+		events.TopicCheckpointSaved, req.RunID); n != len(cks) {
+		t.Errorf("%d checkpoint.saved facts for %d checkpoints", n, len(cks))
+	}
+	if n := count(t, e, `SELECT attempts FROM run_stages WHERE run_id = $1 AND stage = 'stage2'`, req.RunID); n != 2 {
+		t.Errorf("stage2 attempts %d, want 2", n)
+	}
+	if n := count(t, e, `SELECT count(*) FROM train_metrics WHERE run_id = $1 AND stage = 'stage2'`, req.RunID); n != 9 {
+		t.Errorf("stage2 loss points %d, want 9", n)
+	}
+	if out.Checkpoints["stage2"] != cks[len(got["stage1"])+2].ID {
+		t.Errorf("completion: %+v", out)
+	}
+}
+
+// A plugin crash mid-stage is retried in-process from the last checkpoint.
+func TestTrainCrashRetry(t *testing.T) {
+	e := newEnv(t)
+	toy := computetest.NewToy(computetest.ToyOptions{})
+	rec := &recording{Backend: toy}
+	crashes, always := 0, false
+	rec.hook = func(ctx context.Context, r compute.TrainRequest, progress func(compute.TrainProgress) error) (compute.TrainResult, error, bool) {
+		if r.Stage == "stage2" && always {
+			return compute.TrainResult{}, &compute.CrashError{Op: "train", ExitStatus: "exit status 2"}, true
+		}
+		if r.Stage != "stage2" || crashes >= 2 {
+			return compute.TrainResult{}, nil, false
+		}
+		crashes++
+		res, err := toy.Train(ctx, r, func(p compute.TrainProgress) error {
+			if err := progress(p); err != nil {
+				return err
+			}
+			if p.Checkpoint != nil {
+				return &compute.CrashError{Op: "train", ExitStatus: "signal: killed"}
+			}
+			return nil
+		})
+		return res, err, true
+	}
+	svc := e.service(t, rec)
+	req := newRequest(tinySpec([3]int{3, 9, 3}, 3))
+	if _, err := svc.Train(ctxT(t, time.Minute), req, nil); err != nil {
+		t.Fatalf("Train with two crashes: %v", err)
+	}
+	var resumes []string
+	for _, r := range rec.requests() {
+		if r.Stage == "stage2" {
+			resumes = append(resumes, r.ResumeCheckpoint)
+		}
+	}
+	if len(resumes) != 3 || resumes[0] != "" || !strings.HasSuffix(resumes[1], "step-3.safetensors") || !strings.HasSuffix(resumes[2], "step-6.safetensors") {
+		t.Errorf("stage2 calls resumed from %q", resumes)
+	}
+	if got := stepsByStage(checkpoints(t, e, req.RunID))["stage2"]; !slices.Equal(got, []int{3, 6, 9}) {
+		t.Errorf("stage2 checkpoints %v", got)
+	}
+
+	// More crashes than crash_retries fail the call, retryably.
+	always = true
+	n0 := len(rec.requests())
+	req2 := newRequest(tinySpec([3]int{3, 9, 3}, 3))
+	_, err := svc.Train(ctxT(t, time.Minute), req2, nil)
+	if !errors.Is(err, compute.ErrPluginCrashed) || errors.Is(err, train.ErrInvalidRequest) {
+		t.Errorf("Train with endless crashes: %v", err)
+	}
+	if n := len(rec.requests()) - n0; n != 1+4 { // stage1, then stage2 tried 1 + crash_retries (3) times
+		t.Errorf("%d backend calls, want 5", n)
+	}
+}
+
+func TestTrainInvalid(t *testing.T) {
+	e := newEnv(t)
+	svc := e.service(t, computetest.NewToy(computetest.ToyOptions{}))
+	cases := map[string]events.TrainRequested{
+		"bad spec":      newRequest(json.RawMessage(`{"stage1": {"stepz": 1}}`)),
+		"bad run id":    {RunID: "x", SynthSetID: uuid.NewString(), Backend: "toy"},
+		"no synth set":  {RunID: uuid.NewString(), Backend: "toy"},
+		"wrong backend": {RunID: uuid.NewString(), SynthSetID: uuid.NewString(), Backend: "cuda9000"},
+	}
+	for name, req := range cases {
+		_, err := svc.Train(context.Background(), req, nil)
+		if !errors.Is(err, train.ErrInvalidRequest) {
+			t.Errorf("%s: %v; want ErrInvalidRequest", name, err)
+		}
+	}
+	if n := count(t, e, `SELECT count(*) FROM runs`); n != 0 {
+		t.Errorf("%d runs created by invalid requests", n)
+	}
+	if _, err := svc.Status(context.Background(), uuid.NewString()); !errors.Is(err, train.ErrRunNotFound) {
+		t.Errorf("Status of an unknown run: %v", err)
+	}
+}
+
+// Two Train calls of one run never overlap: the second is told the run is busy.
+func TestTrainBusy(t *testing.T) {
+	e := newEnv(t)
+	toy := computetest.NewToy(computetest.ToyOptions{StepDelay: 20 * time.Millisecond})
+	svc := e.service(t, toy)
+	req := newRequest(tinySpec([3]int{20, 3, 3}, 10))
+	started := make(chan struct{})
+	var once sync.Once
+	done := make(chan error, 1)
+	go func() {
+		_, err := svc.Train(context.Background(), req, func(events.Progress) { once.Do(func() { close(started) }) })
+		done <- err
+	}()
+	<-started
+	_, err := svc.Train(context.Background(), req, nil)
+	if !errors.Is(err, train.ErrRunBusy) {
+		t.Errorf("concurrent Train of one run: %v; want ErrRunBusy", err)
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("first Train: %v", err)
+	}
+}
