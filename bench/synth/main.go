@@ -17,6 +17,7 @@ import (
 	"runtime"
 	"runtime/pprof"
 	"strings"
+	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -82,20 +83,27 @@ func run(kind string, samples, images, size int, seed int64, worldDir, out strin
 	if verbose {
 		logger = slog.New(slog.NewTextHandler(os.Stderr, nil))
 	}
+	var ru0 syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru0)
 	start := time.Now()
-	m, err := synth.Build(context.Background(), ds, synth.BuildOptions{Seed: seed, Samples: samples, Workers: workers, Logger: logger}, b, "bench/set", nil)
+	m, err := synth.Build(context.Background(), ds, synth.BuildOptions{DatasetID: "bench-" + kind, Seed: seed, Samples: samples, Workers: workers, Logger: logger}, b, "bench/set", nil)
 	if err != nil {
 		return err
 	}
 	secs := time.Since(start).Seconds()
+	var ru1 syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru1)
+	user := time.Duration(ru1.Utime.Nano() - ru0.Utime.Nano()).Seconds()
+	sys := time.Duration(ru1.Stime.Nano() - ru0.Stime.Nano()).Seconds()
 	var shardBytes int64
 	for _, s := range m.Shards {
 		shardBytes += s.Bytes
 	}
 	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "world\timages\tsamples\tseconds\tsamples/s\tJSONL MB/s\tgzip MB/s\tcrops\tpeak RSS MiB\tcores\t")
-	fmt.Fprintf(tw, "%s\t%d\t%d\t%.2f\t%.0f\t%.1f\t%.1f\t%d\t%.0f\t%d\t\n", gen, len(ds.Images), m.Total, secs,
-		float64(m.Total)/secs, float64(m.RawBytes)/1e6/secs, float64(shardBytes)/1e6/secs, m.Crops.Unique, peakRSSMiB(), runtime.GOMAXPROCS(0))
+	fmt.Fprintln(tw, "world\timages\tsamples\tseconds\tsamples/s\tJSONL MB/s\tgzip MB/s\tcrops\tpeak RSS MiB\tuser s\tsys s\tcores\tload\t")
+	fmt.Fprintf(tw, "%s\t%d\t%d\t%.2f\t%.0f\t%.1f\t%.1f\t%d\t%.0f\t%.1f\t%.1f\t%d\t%s\t\n", gen, len(ds.Images), m.Total, secs,
+		float64(m.Total)/secs, float64(m.RawBytes)/1e6/secs, float64(shardBytes)/1e6/secs, m.Crops.Unique, peakRSSMiB(),
+		user, sys, runtime.GOMAXPROCS(0), loadAvg())
 	tw.Flush()
 	fmt.Printf("content hash %s; quality: duplicates %d, leaks %d, unfilled %d; shards %d (%.1f MB gzip, %.1f MB JSONL)\n",
 		m.ContentHash, m.Quality.Duplicates, m.Quality.Leaks, m.Quality.Unfilled, len(m.Shards), float64(shardBytes)/1e6, float64(m.RawBytes)/1e6)
@@ -148,6 +156,20 @@ func loadWorld(kind, dir string, images, size int) (*dataset.Dataset, string, er
 		return nil, "", err
 	}
 	return ds, kind + " (drawn)", nil
+}
+
+// loadAvg returns the 1-minute load average: on a shared machine, wall time
+// means little without it.
+func loadAvg() string {
+	data, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "?"
+	}
+	f := strings.Fields(string(data))
+	if len(f) == 0 {
+		return "?"
+	}
+	return f[0]
 }
 
 func peakRSSMiB() float64 {

@@ -65,8 +65,8 @@ type Config struct {
 	Namespace string
 	// FrontendPort is the gRPC port clients and workers dial on 127.0.0.1.
 	// 0 picks a free port; main passes DefaultFrontendPort (7233) for the
-	// usual address. The history, matching and worker services always take
-	// free ports.
+	// usual address. The frontend's HTTP API and the history, matching and
+	// worker services always take free ports.
 	FrontendPort int
 	// UIPort is the Web UI's HTTP port on 127.0.0.1: 0 picks a free port,
 	// NoUI (-1) runs no UI; main passes DefaultUIPort (8233) for the usual one.
@@ -112,6 +112,8 @@ func (c *Config) defaults() error {
 // Server is a running embedded Temporal server (and UI).
 type Server struct {
 	temporal     temporal.Server
+	serverLevel  *slog.LevelVar
+	httpAddr     string
 	ui           *uiserver.Server
 	uiDone       chan struct{}
 	frontendAddr string
@@ -133,7 +135,7 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 		return nil, err
 	}
 	begin := time.Now()
-	log := cfg.Logger.With("component", "devserver")
+	log := cfg.Logger
 	if err := os.MkdirAll(cfg.DataDir, 0o755); err != nil {
 		return nil, fmt.Errorf("create temporal data folder: %w", err)
 	}
@@ -150,7 +152,12 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	}
 
 	srvCfg := serverConfig(sqlCfg, ports)
+	// The services bind their ports while the server is built: let go of
+	// ours just before.
+	ports.release()
 	frontendAddr := net.JoinHostPort(host, strconv.Itoa(ports.frontend))
+	serverLevel := new(slog.LevelVar)
+	serverLevel.Set(slog.LevelWarn)
 	srv, err := temporal.NewServer(
 		temporal.WithConfig(srvCfg),
 		temporal.ForServices(temporal.DefaultServices),
@@ -160,7 +167,7 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 			primitives.MatchingService: static.SingleLocalHost(net.JoinHostPort(host, strconv.Itoa(ports.matching))),
 			primitives.WorkerService:   static.SingleLocalHost(net.JoinHostPort(host, strconv.Itoa(ports.worker))),
 		}),
-		temporal.WithLogger(serverLogger{slog: log.With("source", "temporal"), min: slog.LevelWarn}),
+		temporal.WithLogger(serverLogger{slog: log.With("source", "temporal"), min: serverLevel}),
 		temporal.WithAuthorizer(authorization.NewNoopAuthorizer()),
 		temporal.WithClaimMapper(func(*config.Config) authorization.ClaimMapper {
 			return authorization.NewNoopClaimMapper()
@@ -169,19 +176,18 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 		temporal.WithCustomMetricsHandler(metrics.NoopMetricsHandler),
 	)
 	if err != nil {
-		ports.release()
 		return nil, fmt.Errorf("build temporal server: %w", err)
 	}
 
 	s := &Server{
 		temporal:     srv,
+		serverLevel:  serverLevel,
 		frontendAddr: frontendAddr,
+		httpAddr:     net.JoinHostPort(host, strconv.Itoa(ports.http)),
 		namespace:    cfg.Namespace,
 		dbPath:       dbPath,
 		log:          log,
 	}
-	// The services bind their ports themselves: let go of ours just before.
-	ports.release()
 	if err := startTemporal(ctx, srv); err != nil {
 		return nil, err
 	}
@@ -204,6 +210,9 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 // FrontendAddr is the host:port that clients and workers dial ("127.0.0.1:7233").
 func (s *Server) FrontendAddr() string { return s.frontendAddr }
 
+// HTTPAddr is the host:port of the frontend's HTTP API (and Nexus endpoints).
+func (s *Server) HTTPAddr() string { return s.httpAddr }
+
 // UIURL is the Web UI's address ("http://127.0.0.1:8233"), or "" with no UI.
 func (s *Server) UIURL() string { return s.uiURL }
 
@@ -218,6 +227,10 @@ func (s *Server) DatabasePath() string { return s.dbPath }
 func (s *Server) Stop() error {
 	s.stopOnce.Do(func() {
 		begin := time.Now()
+		// While stopping, the server's own pollers and clients report closed
+		// connections and canceled calls as warnings and errors, during and
+		// shortly after Stop: not news. Stop's result says what matters.
+		s.serverLevel.Set(slog.LevelError + 1)
 		if s.ui != nil {
 			s.ui.Stop()
 			<-s.uiDone
@@ -299,6 +312,7 @@ func openDatabase(path, namespace string) (*config.SQL, error) {
 func serverConfig(sqlCfg *config.SQL, ports *portSet) *config.Config {
 	const store = "sqlite-default"
 	frontend := net.JoinHostPort(host, strconv.Itoa(ports.frontend))
+	httpAPI := net.JoinHostPort(host, strconv.Itoa(ports.http))
 	svc := func(port int) config.Service {
 		return config.Service{RPC: config.RPC{GRPCPort: port, BindOnIP: host}}
 	}
@@ -318,12 +332,14 @@ func serverConfig(sqlCfg *config.SQL, ports *portSet) *config.Config {
 		ClusterInformation: map[string]cluster.ClusterInformation{
 			// ClusterID stays empty: the server makes a UUID on first start
 			// and keeps it in the database.
-			clusterName: {Enabled: true, InitialFailoverVersion: 1, RPCAddress: frontend},
+			clusterName: {Enabled: true, InitialFailoverVersion: 1, RPCAddress: frontend, HTTPAddress: httpAPI},
 		},
 	}
 	c.DCRedirectionPolicy.Policy = "noop"
+	fe := svc(ports.frontend)
+	fe.RPC.HTTPPort = ports.http
 	c.Services = map[string]config.Service{
-		string(primitives.FrontendService): svc(ports.frontend),
+		string(primitives.FrontendService): fe,
 		string(primitives.HistoryService):  svc(ports.history),
 		string(primitives.MatchingService): svc(ports.matching),
 		string(primitives.WorkerService):   svc(ports.worker),
@@ -418,8 +434,8 @@ func (s *Server) startUI(ctx context.Context, port int) (err error) {
 // portSet holds the ports Start will use, each held open by a listener until
 // release so that two picks cannot collide and a busy port fails early.
 type portSet struct {
-	frontend, history, matching, worker, ui int
-	held                                    []net.Listener
+	frontend, http, history, matching, worker, ui int
+	held                                          []net.Listener
 }
 
 func reservePorts(frontend, ui int) (*portSet, error) {
@@ -435,14 +451,25 @@ func reservePorts(frontend, ui int) (*portSet, error) {
 		ps.held = append(ps.held, l)
 		return l.Addr().(*net.TCPAddr).Port, nil
 	}
+	wanted := []struct {
+		what string
+		port int
+		dst  *int
+	}{
+		{"frontend", frontend, &ps.frontend},
+		{"http api", 0, &ps.http},
+		{"history", 0, &ps.history},
+		{"matching", 0, &ps.matching},
+		{"worker", 0, &ps.worker},
+		{"ui", ui, &ps.ui},
+	}
 	var err error
-	if ps.frontend, err = take("frontend", frontend); err == nil {
-		if ps.history, err = take("history", 0); err == nil {
-			if ps.matching, err = take("matching", 0); err == nil {
-				if ps.worker, err = take("worker", 0); err == nil && ui != NoUI {
-					ps.ui, err = take("ui", ui)
-				}
-			}
+	for _, w := range wanted {
+		if w.what == "ui" && ui == NoUI {
+			continue
+		}
+		if *w.dst, err = take(w.what, w.port); err != nil {
+			break
 		}
 	}
 	if err != nil {

@@ -13,7 +13,7 @@ import (
 // are what an operator of the embedded stack needs.
 type serverLogger struct {
 	slog *slog.Logger
-	min  slog.Level
+	min  slog.Leveler
 }
 
 var (
@@ -26,8 +26,9 @@ func (l serverLogger) Info(msg string, tags ...tag.Tag)  { l.log(slog.LevelInfo,
 func (l serverLogger) Warn(msg string, tags ...tag.Tag)  { l.log(slog.LevelWarn, msg, tags) }
 func (l serverLogger) Error(msg string, tags ...tag.Tag) { l.log(slog.LevelError, msg, tags) }
 
-// DPanic, Panic and Fatal log at error level and return: an embedded server
-// must not panic or exit the process that hosts it.
+// DPanic, Panic and Fatal log at error level and return: the server must not
+// exit the process that hosts it on its own. (Where the server calls Fatal it
+// is usually about to fail anyway, and the message says why.)
 func (l serverLogger) DPanic(msg string, tags ...tag.Tag) { l.log(slog.LevelError, msg, tags) }
 func (l serverLogger) Panic(msg string, tags ...tag.Tag)  { l.log(slog.LevelError, msg, tags) }
 func (l serverLogger) Fatal(msg string, tags ...tag.Tag)  { l.log(slog.LevelError, msg, tags) }
@@ -39,7 +40,7 @@ func (l serverLogger) With(tags ...tag.Tag) log.Logger {
 
 func (l serverLogger) log(level slog.Level, msg string, tags []tag.Tag) {
 	ctx := context.Background()
-	if level < l.min || !l.slog.Enabled(ctx, level) {
+	if level < l.min.Level() || !l.slog.Enabled(ctx, level) {
 		return
 	}
 	attrs := make([]slog.Attr, len(tags))

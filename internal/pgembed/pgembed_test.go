@@ -6,9 +6,11 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -142,20 +144,28 @@ func TestLifecycle(t *testing.T) {
 	})
 
 	step(t, "stale postmaster.pid", func(t *testing.T) {
-		// As after a crash in a container: the old pid now belongs to another,
-		// live program (this test), which postgres alone would take for a
-		// running postmaster and refuse to start.
+		// As after a crash in a container: the old pid now belongs to another
+		// live program of the server's own user, which postgres alone takes
+		// for a running postmaster ("lock file already exists").
+		run, err := newRunner(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		impostor := exec.Command("sleep", "300")
+		if run.asUser {
+			impostor.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(run.uid), Gid: uint32(run.gid)}}
+		}
+		if err := impostor.Start(); err != nil {
+			t.Fatal(err)
+		}
+		defer func() { _ = impostor.Process.Kill(); _ = impostor.Wait() }()
 		dataDir := filepath.Join(dir, "data")
 		stale := strings.Join([]string{
-			strconv.Itoa(os.Getpid()), dataDir, "1700000000", strconv.Itoa(port),
+			strconv.Itoa(impostor.Process.Pid), dataDir, "1700000000", strconv.Itoa(port),
 			filepath.Join(dir, "run"), "127.0.0.1", "  1234567  7", "ready   ", "",
 		}, "\n")
 		pidFile := filepath.Join(dataDir, "postmaster.pid")
 		if err := os.WriteFile(pidFile, []byte(stale), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		run, err := newRunner(dir)
-		if err != nil {
 			t.Fatal(err)
 		}
 		if err := run.chown(pidFile); err != nil {

@@ -89,7 +89,7 @@ func newGateway(s *Stack) http.Handler {
 		http.ServeFile(w, r, filepath.Clean(p))
 	})
 	return otelhttp.NewHandler(mux, "gateway", otelhttp.WithSpanNameFormatter(func(_ string, r *http.Request) string {
-		return r.Method + " " + r.Pattern
+		return r.Method + " " + r.URL.Path
 	}))
 }
 

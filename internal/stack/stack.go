@@ -47,7 +47,8 @@ type Config struct {
 	TemporalAddress string
 	// TemporalNamespace defaults to "default".
 	TemporalNamespace string
-	// TemporalPort and UIPort for the dev server (0 = 7233 / 8233; -1 UI off).
+	// TemporalPort and UIPort for the dev server (0 = any free port; UIPort
+	// -1 = no UI). The CLI passes 7233 and 8233.
 	TemporalPort, UIPort int
 	// Bus is "postgres" (default) or "nats"; NATSURL for the latter.
 	Bus, NATSURL string
@@ -56,6 +57,10 @@ type Config struct {
 	HTTPAddr string
 	// PluginDir holds the compute plugin binaries (groundmesh-gomlx, ...).
 	PluginDir string
+	// Offline starts only Postgres, migrations, the blob store and the
+	// services, for CLI verbs that call a use case directly; facts they
+	// write to the outbox are relayed by the next stack that runs the bus.
+	Offline bool
 	// Worker runs the Temporal worker, the bridge and the service consumers
 	// (true for `up` and `worker`, false for CLI verbs that only need the
 	// database and the client).
@@ -74,12 +79,6 @@ func (c *Config) defaults() error {
 	c.DataDir = abs
 	if c.TemporalNamespace == "" {
 		c.TemporalNamespace = "default"
-	}
-	if c.TemporalPort == 0 {
-		c.TemporalPort = 7233
-	}
-	if c.UIPort == 0 {
-		c.UIPort = 8233
 	}
 	if c.Bus == "" {
 		c.Bus = bus.KindPostgres
@@ -103,15 +102,15 @@ type Stack struct {
 	Temporal client.Client
 	Services *Services
 
-	pg        *pgembed.Cluster
-	dev       *devserver.Server
-	worker    worker.Worker
-	relay     *outbox.Relay
-	http      *http.Server
-	httpURL   string
-	cancel    context.CancelFunc
-	done      []chan error
-	closers   []func(context.Context) error
+	pg      *pgembed.Cluster
+	dev     *devserver.Server
+	worker  worker.Worker
+	relay   *outbox.Relay
+	http    *http.Server
+	httpURL string
+	cancel  context.CancelFunc
+	done    []chan error
+	closers []func(context.Context) error
 }
 
 // Start builds and starts the stack. On error everything already started
@@ -153,6 +152,11 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 	s.Blob, err = blob.NewLocal(filepath.Join(cfg.DataDir, "blobs"))
 	if err != nil {
 		return nil, err
+	}
+
+	if cfg.Offline {
+		s.Services, err = newServices(ctx, s)
+		return s, err
 	}
 
 	// Bus and outbox relay.

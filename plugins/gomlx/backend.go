@@ -20,6 +20,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"os"
 	"runtime"
 	"runtime/debug"
 	"strings"
@@ -35,9 +36,12 @@ import (
 )
 
 // DefaultOptions is the GoMLX Go-backend configuration used when
-// Config.Options is empty. The default worker pool deadlocked on a 2-core
-// machine; sequential op execution (matmuls still split across cores) is
-// both safe and the fastest setting measured there.
+// Config.Options is empty. GoMLX's default (parallel op execution on a
+// worker pool bounded at 2x cores) deadlocked on a 2-core machine, and so
+// can "ops_parallel", which shares that pool. "ops_sequential" runs one op at
+// a time (matmuls still split across cores) and was the fastest setting
+// measured on the shared 2-core dev box; "parallelism=-1" (unbounded
+// goroutines, so no pool to deadlock on) was ~15% faster on an idle one.
 const DefaultOptions = "ops_sequential"
 
 // Config configures the backend.
@@ -73,7 +77,7 @@ func New(cfg Config) (*Backend, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	ml, err := gobackend.New(cfg.Options)
+	ml, err := newGoBackend(cfg.Options)
 	if err != nil {
 		return nil, fmt.Errorf("start gomlx go backend with %q: %w", cfg.Options, err)
 	}
@@ -84,6 +88,18 @@ func New(cfg Config) (*Backend, error) {
 		ml:       ml,
 		sessions: map[string]*session{},
 	}, nil
+}
+
+// newGoBackend starts GoMLX's Go backend. Its "parallelism=N" option prints
+// a line on stdout, which in a go-plugin process carries the handshake, so
+// stdout points at stderr meanwhile.
+func newGoBackend(opts string) (gomlxcompute.Backend, error) {
+	if strings.Contains(opts, "parallelism") {
+		stdout := os.Stdout
+		os.Stdout = os.Stderr
+		defer func() { os.Stdout = stdout }()
+	}
+	return gobackend.New(opts)
 }
 
 // gomlxVersion is the GoMLX module version this binary was built with.

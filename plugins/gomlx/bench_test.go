@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -20,6 +21,9 @@ import (
 //	go test ./plugins/gomlx -run '^$' -bench TrainStep -benchtime 10x
 //	GROUNDMESH_GOMLX_OPTIONS=parallelism=-1 go test ./plugins/gomlx -run '^$' -bench TrainStep -benchtime 10x
 //	GOEXPERIMENT=simd go test ./plugins/gomlx -run '^$' -bench TrainStep -benchtime 10x
+//
+// GROUNDMESH_GOMLX_OPTIONS="," selects GoMLX's own default worker pool (no
+// options), the setting that deadlocked on 2 cores.
 
 const benchVocab = 1024
 
@@ -38,7 +42,9 @@ func benchConfigs() []benchConfig {
 	p16small.Width, p16small.Depth = 64, 2
 	return []benchConfig{
 		{"img48p8-w96d3", d},
+		{"img48p8-w96d3-long", d},
 		{"img48p8-w64d2", small},
+		{"img48p8-w64d2-long", small},
 		{"img64p16-w96d3", p16},
 		{"img64p16-w64d2", p16small},
 	}
@@ -48,6 +54,12 @@ func benchConfigs() []benchConfig {
 // 14-token answer (a box in the box grammar and <eos>) that carries the
 // loss.
 func benchRows(c model.Config, n int, rng *rand.Rand) []batchRow {
+	return benchRowsAnswer(c, n, 14, rng)
+}
+
+// benchRowsAnswer is benchRows with answers of the given length (stage 3's
+// dense descriptions run to ~150 tokens).
+func benchRowsAnswer(c model.Config, n, answer int, rng *rand.Rand) []batchRow {
 	rows := make([]batchRow, n)
 	for i := range rows {
 		toks := []int32{1}
@@ -58,7 +70,7 @@ func benchRows(c model.Config, n int, rng *rand.Rand) []batchRow {
 			toks = append(toks, int32(382+rng.IntN(c.VocabSize-382)))
 		}
 		ans := len(toks)
-		for range 14 {
+		for range answer {
 			toks = append(toks, int32(9+rng.IntN(117)))
 		}
 		tokens := make([]int32, c.MaxSeq)
@@ -104,7 +116,7 @@ func benchOptions() string {
 // of every parameter, after one warm-up step that compiles the graph.
 func BenchmarkTrainStep(b *testing.B) {
 	for _, bc := range benchConfigs() {
-		for _, batch := range []int{16, 32} {
+		for _, batch := range []int{8, 16, 32} {
 			b.Run(fmt.Sprintf("%s/b%d", bc.name, batch), func(b *testing.B) {
 				be, err := New(Config{Options: benchOptions()})
 				if err != nil {
@@ -119,7 +131,11 @@ func BenchmarkTrainStep(b *testing.B) {
 				}
 				defer tr.close()
 				rng := rand.New(rand.NewPCG(1, 1))
-				bt := makeBatch(c, benchRows(c, batch, rng))
+				answer := 14
+				if strings.HasSuffix(bc.name, "-long") {
+					answer = 150
+				}
+				bt := makeBatch(c, benchRowsAnswer(c, batch, answer, rng))
 				t0 := time.Now()
 				if _, _, err := tr.step(1e-3, 10, 10, 0.01, bt); err != nil {
 					b.Fatal(err)
@@ -204,4 +220,3 @@ func BenchmarkPrefillDecode(b *testing.B) {
 		})
 	}
 }
-

@@ -1,9 +1,11 @@
 package gomlx
 
 import (
+	"context"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/groundmesh/groundmesh/plugins/compute"
@@ -39,4 +41,19 @@ func TestConformancePlugin(t *testing.T) {
 			return h
 		},
 	})
+
+	// GoMLX prints "parallelism set to" on stdout, where go-plugin's
+	// handshake goes: the plugin must still start with that option.
+	h, err := compute.NewHost(compute.HostConfig{Path: bin, Env: []string{"GROUNDMESH_GOMLX_OPTIONS=parallelism=-1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	d, err := h.Describe(context.Background())
+	if err != nil {
+		t.Fatalf("plugin with parallelism=-1: %v", err)
+	}
+	if !strings.Contains(d.Version, "parallelism=-1") {
+		t.Errorf("plugin version %q does not show its options", d.Version)
+	}
 }

@@ -40,23 +40,29 @@ func (n *netGraph) layerNorm(x *graph.Node, prefix string) *graph.Node {
 
 // attention is multi-head self-attention over x [N, T, W]; bias, when not
 // nil, is an additive [T, T] mask (0 or maskedScore).
+//
+// The layout is chosen for the Go backend: one transpose of qkv to
+// [3, N, H, T, hd], then batch matmuls whose right-hand sides are laid out
+// contracting-axis-first (k is transposed explicitly), which its small-matmul
+// kernels run several times faster than the contracting-last layout an
+// Einsum over [N, T, H, hd] produces.
 func (n *netGraph) attention(x *graph.Node, prefix string, bias *graph.Node) *graph.Node {
 	dims := x.Shape().Dimensions
 	nb, t, w := dims[0], dims[1], dims[2]
 	h := n.cfg.Heads
 	hd := w / h
 	qkv := n.dense(x, prefix+".qkv")
-	qkv = graph.Reshape(qkv, nb, t, 3, h, hd)
-	q := graph.Squeeze(graph.SliceAxis(qkv, 2, graph.AxisElem(0)), 2)
-	k := graph.Squeeze(graph.SliceAxis(qkv, 2, graph.AxisElem(1)), 2)
-	v := graph.Squeeze(graph.SliceAxis(qkv, 2, graph.AxisElem(2)), 2)
-	scores := graph.MulScalar(graph.Einsum("nqhd,nkhd->nhqk", q, k), 1/math.Sqrt(float64(hd)))
+	qkv = graph.TransposeAllAxes(graph.Reshape(qkv, nb, t, 3, h, hd), 2, 0, 3, 1, 4)
+	part := func(i int) *graph.Node { return graph.Squeeze(graph.SliceAxis(qkv, 0, graph.AxisElem(i)), 0) }
+	q, kT, v := part(0), graph.TransposeAllAxes(part(1), 0, 1, 3, 2), part(2)
+	scores := graph.DotGeneral(q, []int{3}, []int{0, 1}, kT, []int{2}, []int{0, 1}) // [N, H, T, T]
+	scores = graph.MulScalar(scores, 1/math.Sqrt(float64(hd)))
 	if bias != nil {
 		scores = graph.Add(scores, graph.Reshape(bias, 1, 1, t, t))
 	}
 	probs := graph.Softmax(scores, -1)
-	out := graph.Einsum("nhqk,nkhd->nqhd", probs, v)
-	out = graph.Reshape(out, nb, t, w)
+	out := graph.DotGeneral(probs, []int{3}, []int{0, 1}, v, []int{2}, []int{0, 1}) // [N, H, T, hd]
+	out = graph.Reshape(graph.TransposeAllAxes(out, 0, 2, 1, 3), nb, t, w)
 	return n.dense(out, prefix+".out")
 }
 
@@ -96,7 +102,7 @@ func (n *netGraph) hidden(tokens, patchIdx, isPatch, images *graph.Node) *graph.
 	g := tokens.Graph()
 	l := tokens.Shape().Dimensions[1]
 	feats := n.vision(images)
-	patch := graph.Gather(feats, graph.InsertAxes(patchIdx, -1))         // [B, L, W]
+	patch := graph.Gather(feats, graph.InsertAxes(patchIdx, -1))           // [B, L, W]
 	tok := graph.Gather(n.p["embed.tokens"], graph.InsertAxes(tokens, -1)) // [B, L, W]
 	m := graph.InsertAxes(isPatch, -1)
 	x := graph.Add(graph.Mul(tok, graph.OneMinus(m)), graph.Mul(patch, m))
@@ -122,7 +128,7 @@ func (n *netGraph) maskedLoss(h, lossIdx, lossTgt, lossW *graph.Node) *graph.Nod
 	dims := h.Shape().Dimensions
 	flat := graph.Reshape(h, dims[0]*dims[1], dims[2])
 	sel := graph.Gather(flat, graph.InsertAxes(lossIdx, -1)) // [Nt, W]
-	logits := n.logits(sel)                      // [Nt, V]
+	logits := n.logits(sel)                                  // [Nt, V]
 	logp := graph.LogSoftmax(logits, -1)
 	nll := graph.Neg(graph.ReduceSum(graph.Mul(logp, graph.OneHot(lossTgt, n.cfg.VocabSize, dtypes.Float32)), -1))
 	den := graph.Max(graph.ReduceAllSum(lossW), graph.Scalar(h.Graph(), dtypes.Float32, 1))

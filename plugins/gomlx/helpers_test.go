@@ -3,7 +3,6 @@ package gomlx
 import (
 	"encoding/json"
 	"math/rand/v2"
-	"os"
 	"path/filepath"
 	"testing"
 
@@ -136,13 +135,4 @@ func readWeights(t testing.TB, path string, c model.Config) *modelState {
 		t.Fatal(err)
 	}
 	return st
-}
-
-func fileBytes(t testing.TB, path string) []byte {
-	t.Helper()
-	b, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b
 }

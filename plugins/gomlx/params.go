@@ -130,4 +130,3 @@ func selectTrainable(specs []paramSpec, trainable, frozen []string) []bool {
 	}
 	return sel
 }
-

@@ -54,15 +54,6 @@ func (t stTensor) f32() []float32 {
 	return out
 }
 
-// i32 decodes an I32 tensor.
-func (t stTensor) i32() []int32 {
-	out := make([]int32, len(t.Data)/4)
-	for i := range out {
-		out[i] = int32(binary.LittleEndian.Uint32(t.Data[4*i:]))
-	}
-	return out
-}
-
 func f32Tensor(v []float32, shape ...int) stTensor {
 	b := make([]byte, 4*len(v))
 	for i, x := range v {

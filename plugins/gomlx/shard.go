@@ -110,11 +110,12 @@ func (d *dataset) at(pos int64) sampleRef {
 	return d.samples[d.perm[pos%n]]
 }
 
-// batchAt builds the batch of the given 1-based step.
-func (d *dataset) batchAt(step int, batchSize int) trainBatch {
+// batchAt builds the batch of batchSize samples starting at data position
+// pos.
+func (d *dataset) batchAt(pos int64, batchSize int) trainBatch {
 	rows := make([]batchRow, batchSize)
 	for i := range batchSize {
-		ref := d.at(int64(step-1)*int64(batchSize) + int64(i))
+		ref := d.at(pos + int64(i))
 		s := d.shards[ref.shard]
 		tokens, targets, _ := s.Sample(ref.row)
 		rows[i] = batchRow{tokens: tokens, targets: targets, images: rowImages(s, ref.row)}

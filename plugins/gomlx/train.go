@@ -251,6 +251,14 @@ func (b *Backend) Train(ctx context.Context, req compute.TrainRequest, progress 
 	b.log.Info("train stage starting", "run_id", req.RunID, "stage", req.Stage, "from_step", start, "steps", req.Steps,
 		"batch", req.BatchSize, "params", cfg.ParamCount(), "trainable_params", nTrain, "samples", len(ds.samples))
 
+	// The data position continues from the checkpoint's, so that a resumed
+	// run reads the samples the uninterrupted one would have read next.
+	dataPos := int64(start) * int64(req.BatchSize)
+	if req.ResumeCheckpoint != "" {
+		if p, err := strconv.ParseInt(st.meta["data_pos"], 10, 64); err == nil && p >= 0 {
+			dataPos = p
+		}
+	}
 	meta := map[string]string{
 		"backend":       "gomlx",
 		"config_sha256": cfgSHA,
@@ -265,7 +273,7 @@ func (b *Backend) Train(ctx context.Context, req compute.TrainRequest, progress 
 			return nil, err
 		}
 		s.meta = meta
-		meta["data_pos"] = strconv.FormatInt(int64(step)*int64(req.BatchSize), 10)
+		meta["data_pos"] = strconv.FormatInt(dataPos, 10)
 		meta["loss"] = strconv.FormatFloat(loss, 'g', -1, 64)
 		f, err := checkpointFile(specs, s)
 		if err != nil {
@@ -289,7 +297,8 @@ func (b *Backend) Train(ctx context.Context, req compute.TrainRequest, progress 
 		if err := ctx.Err(); err != nil {
 			return res, fmt.Errorf("train: stopped before step %d: %w", step, err)
 		}
-		bt := ds.batchAt(step, req.BatchSize)
+		bt := ds.batchAt(dataPos, req.BatchSize)
+		dataPos += int64(req.BatchSize)
 		lr := learningRate(step, req.Steps, req.WarmupSteps, req.LearningRate)
 		bc1 := 1 / (1 - math.Pow(adamBeta1, float64(step)))
 		bc2 := 1 / (1 - math.Pow(adamBeta2, float64(step)))

@@ -3,6 +3,8 @@ package synth
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -39,7 +41,9 @@ type builder struct {
 	popeOff []int64            // POPE pairs before each image (balanced strategies)
 	crops   *cropStore
 	pool    map[string][]cropPoolEntry // split -> distractors
-	scaleIx map[string]int
+	// fileSHA holds hashes computed for distractor pool images the dataset
+	// gave none for (lineage of the records that show their crops).
+	fileSHA map[string]string
 }
 
 type cropPoolEntry struct {
@@ -82,17 +86,17 @@ func build(ctx context.Context, ds *dataset.Dataset, opts BuildOptions, out *blo
 	if opts.DatasetID == "" {
 		opts.DatasetID = ds.Name
 	}
+	if opts.DatasetID == "" {
+		return Manifest{}, errors.New("build synth set: no dataset id (set BuildOptions.DatasetID or Dataset.Name)")
+	}
 	if opts.CropPrefix == "" {
 		opts.CropPrefix = prefix + "/crops"
 	}
 	log := opts.Logger
 	start := time.Now()
 
-	b := &builder{opts: opts, ds: ds, crops: newCropStore(out, opts.CropPrefix), scaleIx: map[string]int{}}
+	b := &builder{opts: opts, ds: ds, crops: newCropStore(out, opts.CropPrefix), fileSHA: map[string]string{}}
 	defer b.crops.wait() // stop the writers on every path
-	for i, s := range opts.Scales {
-		b.scaleIx[s] = i
-	}
 	b.ix = buildIndex(ds, opts.BalanceCap)
 	if len(b.ix.images) == 0 {
 		return Manifest{}, errors.New("build synth set: dataset has no usable images")
@@ -135,12 +139,11 @@ func build(ctx context.Context, ds *dataset.Dataset, opts BuildOptions, out *blo
 	m.ContentHash = contentHash(m.Shards)
 	m.SizeBins = SizeBinRule{
 		Rule:        "COCO area thresholds scaled by L/640, L = longer image side: small < (32L/640)^2, medium < (96L/640)^2",
-		SmallMax:    cocoSmallMax / cocoRefSide,
-		MediumMax:   cocoMedMax / cocoRefSide,
+		SmallMax:    cocoSmallMax,
+		MediumMax:   cocoMedMax,
 		ObjectsBins: b.ix.binCount,
 		Weights:     b.ix.binW,
 	}
-	m.SizeBins.SmallMax, m.SizeBins.MediumMax = cocoSmallMax, cocoMedMax
 	uniq, cbytes, written := b.crops.stats()
 	m.Crops = CropStats{Prefix: opts.CropPrefix, Unique: uniq, Bytes: cbytes, Refs: w.cropRefs}
 	m.Quality.ObjectsInvalid = b.ix.invalid
@@ -374,6 +377,12 @@ func (b *builder) buildPool(ctx context.Context) error {
 			}
 			if ok {
 				b.pool[split] = append(b.pool[split], e)
+				if c.ii.src.SHA256 == "" {
+					if raw, err := cr.fileBytes(); err == nil {
+						sum := sha256.Sum256(raw)
+						b.fileSHA[c.ii.src.ID] = hex.EncodeToString(sum[:])
+					}
+				}
 			}
 		}
 	}

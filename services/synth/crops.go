@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"image"
+	"image/color"
 	"image/draw"
 	"image/png"
 	"io/fs"
@@ -28,7 +29,6 @@ type cropRef struct {
 	w, h int
 	box  [4]float64 // pixel xyxy of the crop in its source image
 	src  *imgInfo
-	obj  int // object index in src
 }
 
 // cropRect grows box about its centre by factor, rounds outwards to whole
@@ -99,8 +99,10 @@ func newCropStore(b *blob.Local, prefix string) *cropStore {
 }
 
 func (s *cropStore) key(split string, sum [32]byte) string {
-	h := hex.EncodeToString(sum[:])
-	return s.prefix + "/" + split + "/" + h[:2] + "/" + h + ".png"
+	// One directory per split: on ext4, spreading small files over many
+	// directories made each creation markedly dearer than one large
+	// (hash-indexed) directory.
+	return s.prefix + "/" + split + "/" + hex.EncodeToString(sum[:]) + ".png"
 }
 
 // put schedules data to be stored under its content key (unless this build
@@ -201,6 +203,10 @@ type cropper struct {
 	pixErr  error
 	decoded bool
 	cache   map[[2]int]cropRef // (object, scale index) -> crop
+	// palettize scratch
+	idx    []uint8
+	pal    []uint32
+	colors map[uint32]uint8
 }
 
 type encBufPool struct{ p sync.Pool }
@@ -217,7 +223,7 @@ func newCropper(store *cropStore, root string) *cropper {
 	return &cropper{
 		store: store, root: root,
 		enc:   png.Encoder{CompressionLevel: png.BestSpeed, BufferPool: pngBuffers},
-		cache: map[[2]int]cropRef{},
+		cache: map[[2]int]cropRef{}, colors: map[uint32]uint8{},
 	}
 }
 
@@ -283,7 +289,10 @@ func (c *cropper) crop(k, si int, scale string) (cropRef, error) {
 		return cropRef{}, errUnreadable{fmt.Errorf("crop %s/%s: empty", ii.src.ID, ii.objs[k].src.ID)}
 	}
 	off := img.Bounds().Min
-	sub := subImage(img, rect.Add(off))
+	sub := c.palettize(img, rect.Add(off))
+	if sub == nil {
+		sub = subImage(img, rect.Add(off))
+	}
 	c.buf.Reset()
 	if err := c.enc.Encode(&c.buf, sub); err != nil {
 		return cropRef{}, fmt.Errorf("encode crop %s/%s: %w", ii.src.ID, ii.objs[k].src.ID, err)
@@ -295,10 +304,68 @@ func (c *cropper) crop(k, si int, scale string) (cropRef, error) {
 	r := cropRef{
 		key: key, w: rect.Dx(), h: rect.Dy(),
 		box: [4]float64{float64(rect.Min.X), float64(rect.Min.Y), float64(rect.Max.X), float64(rect.Max.Y)},
-		src: ii, obj: k,
+		src: ii,
 	}
 	c.cache[ck] = r
 	return r, nil
+}
+
+// palettize returns r of img as a paletted image when it has at most 256
+// colours (flat-shaded scenes always do), or nil. The PNG is the same pixels
+// either way; a paletted one skips the per-row filter search and deflates a
+// third of the bytes, which makes crop encoding several times cheaper.
+// Palette order is first occurrence in scan order, so the bytes are
+// deterministic.
+func (c *cropper) palettize(img image.Image, r image.Rectangle) image.Image {
+	var pix []uint8
+	var stride int
+	switch m := img.(type) {
+	case *image.RGBA:
+		pix, stride = m.Pix[m.PixOffset(r.Min.X, r.Min.Y):], m.Stride
+	case *image.NRGBA:
+		pix, stride = m.Pix[m.PixOffset(r.Min.X, r.Min.Y):], m.Stride
+	default:
+		return nil
+	}
+	w, h := r.Dx(), r.Dy()
+	if cap(c.idx) < w*h {
+		c.idx = make([]uint8, w*h)
+	}
+	idx := c.idx[:w*h]
+	clear(c.colors)
+	c.pal = c.pal[:0]
+	last, lastI := uint32(0), -1
+	for y := 0; y < h; y++ {
+		row := pix[y*stride : y*stride+4*w]
+		for x := 0; x < w; x++ {
+			p := row[4*x : 4*x+4 : 4*x+4]
+			v := uint32(p[0])<<24 | uint32(p[1])<<16 | uint32(p[2])<<8 | uint32(p[3])
+			if v != last || lastI < 0 {
+				i, ok := c.colors[v]
+				if !ok {
+					if len(c.pal) == 256 {
+						return nil
+					}
+					i = uint8(len(c.pal))
+					c.colors[v] = i
+					c.pal = append(c.pal, v)
+				}
+				last, lastI = v, int(i)
+			}
+			idx[y*w+x] = uint8(lastI)
+		}
+	}
+	pal := make(color.Palette, len(c.pal))
+	_, premul := img.(*image.RGBA)
+	for i, v := range c.pal {
+		col := color.NRGBA{uint8(v >> 24), uint8(v >> 16), uint8(v >> 8), uint8(v)}
+		if premul {
+			pal[i] = color.RGBA(col) // same bytes, read as premultiplied
+		} else {
+			pal[i] = col
+		}
+	}
+	return &image.Paletted{Pix: idx, Stride: w, Rect: image.Rect(0, 0, w, h), Palette: pal}
 }
 
 // subImage returns the pixels of r in a type the PNG encoder handles on its

@@ -73,9 +73,13 @@ func (w *worker) genConversation(j int, r *rng) {
 	used := make([]bool, len(ii.objs)) // objects already asked about by box or name
 	asked := map[string]bool{}
 	var turns []qa
+	allIDs := make([]string, len(ii.objs))
+	for k := range ii.objs {
+		allIDs[k] = ii.objs[k].src.ID
+	}
 	if r.intn(3) == 0 {
 		text := "I can see " + joinAnd(w.categoryCounts(false)) + "."
-		turns = append(turns, qa{q: w.prompt(tQOpen, r).render(nil), a: text, ans: model.Answer{Text: text}})
+		turns = append(turns, qa{q: w.prompt(tQOpen, r).render(nil), a: text, ans: model.Answer{Text: text}, ids: allIDs})
 	}
 	for tries := 0; len(turns) < want && tries < 16; tries++ {
 		var t qa
@@ -140,9 +144,15 @@ func (w *worker) genConversation(j int, r *rng) {
 			asked["exists:"+name] = true
 			yes := slices.Contains(present, p)
 			t.q = w.prompt(tQExists, r).render(vals{{"a_name", article(name)}})
-			t.a, t.ans = "No.", model.Answer{YesNo: "no", Text: name}
+			// Absence is read from the complete annotation: every object.
+			t.a, t.ans, t.ids = "No.", model.Answer{YesNo: "no", Text: name}, allIDs
 			if yes {
-				t.a, t.ans.YesNo = "Yes.", "yes"
+				t.a, t.ans.YesNo, t.ids = "Yes.", "yes", nil
+				for k := range ii.objs {
+					if ii.objs[k].src.Category == name {
+						t.ids = append(t.ids, ii.objs[k].src.ID)
+					}
+				}
 			}
 			ok = true
 		case 5: // relation
@@ -247,7 +257,10 @@ func (w *worker) genPOPE(j int, r *rng) {
 			absent = append(absent, p)
 		}
 	}
-	yes := present[r.intn(len(present))]
+	// Rotate the present phrase over the image's pairs (from a random
+	// start) so that an image's yes probes differ before they repeat.
+	start := int(newSeedHash(w.b.opts.Seed).str(ii.src.ID).str("pope-yes").sum() % uint64(len(present)))
+	yes := present[(start+j)%len(present)]
 	var no int
 	switch strategy {
 	case PopeRandom:

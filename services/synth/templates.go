@@ -146,6 +146,7 @@ var promptTemplates = map[string][]string{
 		"What is in the region {box}?",
 		"Describe the object at {box}.",
 		"What object is located at {box}? Name it with its attributes.",
+		"Tell me what the region {box} contains.",
 	},
 	tCropName: {
 		"What is the object in the center of this image? Give its name and attributes.",
@@ -162,6 +163,8 @@ var promptTemplates = map[string][]string{
 		"The second image is a crop of the first. Give the bounding box of the cropped region in the first image.",
 		"Where in the full image was this crop taken? Answer with a bounding box.",
 		"Locate the region shown in the second image within the first image.",
+		"Find where this crop comes from in the full image and give its box.",
+		"Give the coordinates of the area of the first image that the second image shows.",
 	},
 	tBoxPick: {
 		"Which candidate crop shows the region {box} of the image? Answer with the candidate number.",

@@ -3,6 +3,7 @@ package synth
 import (
 	"bytes"
 	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -108,7 +109,7 @@ func (w *worker) image(ii *imgInfo) (*batch, error) {
 		// Lineage needs the file hash; hash the bytes we may decode anyway.
 		if raw, err := w.crop.fileBytes(); err == nil {
 			sum := sha256.Sum256(raw)
-			w.fileSHA = hexString(sum[:])
+			w.fileSHA = hex.EncodeToString(sum[:])
 		}
 	}
 	for _, task := range w.b.tasks {
@@ -346,7 +347,11 @@ func (w *worker) addSource(rec *model.Record, ii *imgInfo) {
 	if _, ok := rec.Lineage.SourceFiles[ii.src.File]; ok {
 		return
 	}
-	rec.Lineage.SourceFiles[ii.src.File] = ii.src.SHA256
+	sum := ii.src.SHA256
+	if sum == "" {
+		sum = w.b.fileSHA[ii.src.ID]
+	}
+	rec.Lineage.SourceFiles[ii.src.File] = sum
 }
 
 func (w *worker) boxText(b dataset.Box) string {
@@ -425,14 +430,4 @@ func (w *worker) readingOrder() []int {
 func (w *worker) scale(r *rng) (string, int) {
 	si := r.intn(len(w.b.opts.Scales))
 	return w.b.opts.Scales[si], si
-}
-
-const hexDigits = "0123456789abcdef"
-
-func hexString(b []byte) string {
-	out := make([]byte, len(b)*2)
-	for i, v := range b {
-		out[2*i], out[2*i+1] = hexDigits[v>>4], hexDigits[v&15]
-	}
-	return string(out)
 }
