@@ -24,6 +24,23 @@ import (
 //
 // GROUNDMESH_GOMLX_OPTIONS="," selects GoMLX's own default worker pool (no
 // options), the setting that deadlocked on 2 cores.
+//
+// Measured (BenchmarkTrainStep, ops_sequential, no SIMD; "long" rows carry
+// 150-token answers, L=208, like stage-3 dense descriptions; the others
+// stage-1-like, L=80). Idle Xeon pinned to 2 cores, AVX-512 off:
+//
+//	config              batch  steps/s  CPU-s/step
+//	img48p8-w96d3         16     0.93     1.52
+//	img48p8-w96d3-long    16     0.35     4.03
+//	img48p8-w64d2         16     2.66     0.51
+//	img64p16-w96d3        16     1.85     0.75
+//	img64p16-w64d2        16     4.31     0.31
+//
+// The shared 2-core dev box (AMD EPYC, AVX2, load 6-7 from other jobs) gave
+// CPU-s/step of 1.56 / 5.84 / 0.70 / - / 0.40 for the same rows, and 0.44 for
+// img48p8-w64d2 at batch 8 (1.41 with long rows). GOEXPERIMENT=simd sped the
+// short rows up by 0-30% but made the long rows 5.7x slower (GoMLX's AVX2
+// small-matmul kernel for the attention backward), so it is not used.
 
 const benchVocab = 1024
 

@@ -63,7 +63,33 @@ func newNetWeights(c model.Config, w map[string][]float32) *netWeights {
 // linear computes out[t] = x[t]·w + b for rows t of x [rows, in]; w is
 // [in, out]. out must hold rows*outDim values.
 func linear(out, x []float32, rows, in int, w, b []float32, outDim int) {
-	for t := range rows {
+	// Four rows at a time share each load of a weight row.
+	t := 0
+	for ; t+4 <= rows; t += 4 {
+		o0 := out[t*outDim : (t+1)*outDim]
+		o1 := out[(t+1)*outDim : (t+2)*outDim]
+		o2 := out[(t+2)*outDim : (t+3)*outDim]
+		o3 := out[(t+3)*outDim : (t+4)*outDim]
+		for _, o := range [][]float32{o0, o1, o2, o3} {
+			if b != nil {
+				copy(o, b)
+			} else {
+				clear(o)
+			}
+		}
+		for k := range in {
+			x0, x1, x2, x3 := x[t*in+k], x[(t+1)*in+k], x[(t+2)*in+k], x[(t+3)*in+k]
+			wr := w[k*outDim : (k+1)*outDim]
+			o0, o1, o2, o3 := o0[:len(wr)], o1[:len(wr)], o2[:len(wr)], o3[:len(wr)]
+			for j, wv := range wr {
+				o0[j] += x0 * wv
+				o1[j] += x1 * wv
+				o2[j] += x2 * wv
+				o3[j] += x3 * wv
+			}
+		}
+	}
+	for ; t < rows; t++ {
 		o := out[t*outDim : (t+1)*outDim]
 		if b != nil {
 			copy(o, b)

@@ -54,7 +54,7 @@ func (c *PGCatalog) Run(ctx context.Context, runID string) (RunInfo, error) {
 		}
 	}
 	if haveDatasets && info.DatasetID != "" {
-		err := c.pool.QueryRow(ctx, `SELECT coalesce(root, '') FROM datasets WHERE id = $1`, info.DatasetID).Scan(&info.DatasetRoot)
+		err := c.pool.QueryRow(ctx, `SELECT coalesce(root, '') FROM dataset_versions WHERE id = $1`, info.DatasetID).Scan(&info.DatasetRoot)
 		if err != nil && !errors.Is(err, pgx.ErrNoRows) {
 			return RunInfo{}, fmt.Errorf("look up dataset %s of run %s: %w", info.DatasetID, runID, err)
 		}

@@ -163,49 +163,35 @@ func (w *worker) genCropLocate(j int, r *rng) error {
 	return nil
 }
 
-// genCropPick (T->I): description -> which candidate crop.
-func (w *worker) genCropPick(j int, r *rng) error {
-	k := w.pickObject(TaskCropPick, r)
+// genPick builds the two pick directions: T->I (crop_pick: description ->
+// which candidate crop; the candidates alone) and C->I (box_pick: box ->
+// which candidate crop; the full image first).
+func (w *worker) genPick(task string, j int, r *rng) error {
+	k := w.pickObject(task, r)
 	if k < 0 {
 		return nil
 	}
 	o := &w.ii.objs[k]
 	scale, si := w.scale(r)
-	rec := w.newRec(TaskCropPick, j, "")
+	rec := w.newRec(task, j, "")
 	cands, at, err := w.candidates(&rec, k, si, scale, r)
 	if err != nil || cands == nil {
 		return err
 	}
-	K := len(cands)
-	rec.Scale, rec.SizeBin = scale, sizeBins[o.bin]
-	rec.Images = cands
-	q := w.prompt(tCropPick, r).render(vals{{"expr", "the " + o.desc}, {"k", strconv.Itoa(K)}})
-	n := strconv.Itoa(at + 1)
-	rec.Conversations = []model.Turn{human(candidateTags(K), q), gpt(w.answer(aPick, r).render(vals{{"n", n}}))}
-	rec.Answer = model.Answer{Index: &at, Text: n}
-	w.group = append(w.group, genRec{rec: rec})
-	return nil
-}
-
-// genBoxPick (C->I): box -> which candidate crop.
-func (w *worker) genBoxPick(j int, r *rng) error {
-	k := w.pickObject(TaskBoxPick, r)
-	if k < 0 {
-		return nil
+	kk := strconv.Itoa(len(cands))
+	tags := candidateTags(len(cands))
+	var q string
+	if task == TaskBoxPick {
+		rec.Images = append([]model.ImageRef{w.fullImage()}, cands...)
+		tags = imageTag + tags
+		q = w.prompt(tBoxPick, r).render(vals{{"box", w.boxText(o.box)}, {"k", kk}})
+	} else {
+		rec.Images = cands
+		q = w.prompt(tCropPick, r).render(vals{{"expr", "the " + o.desc}, {"k", kk}})
 	}
-	o := &w.ii.objs[k]
-	scale, si := w.scale(r)
-	rec := w.newRec(TaskBoxPick, j, "")
-	cands, at, err := w.candidates(&rec, k, si, scale, r)
-	if err != nil || cands == nil {
-		return err
-	}
-	K := len(cands)
 	rec.Scale, rec.SizeBin = scale, sizeBins[o.bin]
-	rec.Images = append([]model.ImageRef{w.fullImage()}, cands...)
-	q := w.prompt(tBoxPick, r).render(vals{{"box", w.boxText(o.box)}, {"k", strconv.Itoa(K)}})
 	n := strconv.Itoa(at + 1)
-	rec.Conversations = []model.Turn{human(imageTag+candidateTags(K), q), gpt(w.answer(aPick, r).render(vals{{"n", n}}))}
+	rec.Conversations = []model.Turn{human(tags, q), gpt(w.answer(aPick, r).render(vals{{"n", n}}))}
 	rec.Answer = model.Answer{Index: &at, Text: n}
 	w.group = append(w.group, genRec{rec: rec})
 	return nil

@@ -2,6 +2,7 @@ package synth_test
 
 import (
 	"context"
+	"fmt"
 	"image"
 	"image/png"
 	"math"
@@ -24,7 +25,8 @@ var tmpRoot string
 func TestMain(m *testing.M) {
 	d, err := os.MkdirTemp("", "synth-test-")
 	if err != nil {
-		panic(err)
+		fmt.Fprintln(os.Stderr, "synth tests:", err)
+		os.Exit(1)
 	}
 	tmpRoot = d
 	code := m.Run()

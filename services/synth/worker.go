@@ -166,12 +166,10 @@ func (w *worker) generate(task string, j int, r *rng) error {
 		w.genREG(j, r)
 	case TaskCropName:
 		return w.genCropName(j, r)
-	case TaskCropPick:
-		return w.genCropPick(j, r)
+	case TaskCropPick, TaskBoxPick:
+		return w.genPick(task, j, r)
 	case TaskCropLocate:
 		return w.genCropLocate(j, r)
-	case TaskBoxPick:
-		return w.genBoxPick(j, r)
 	case TaskDense:
 		w.genDense(j, r)
 	case TaskConversation:

@@ -43,7 +43,7 @@ func PGSynthReader(pool *pgxpool.Pool, blobs *blob.Local) SynthReader {
 		var manifestKey, root string
 		err := pool.QueryRow(ctx, `
 			SELECT s.manifest_key, coalesce(d.root, '')
-			FROM synth_sets s LEFT JOIN datasets d ON d.id = s.dataset_id
+			FROM synth_sets s LEFT JOIN dataset_versions d ON d.id = s.dataset_id
 			WHERE s.id::text = $1`, synthSetID).Scan(&manifestKey, &root)
 		if errors.Is(err, pgx.ErrNoRows) {
 			return SynthSet{}, fmt.Errorf("synth set %s: not found: %w", synthSetID, ErrInvalidRequest)
