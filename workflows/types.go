@@ -157,7 +157,7 @@ func (in PipelineInput) WithDefaults() PipelineInput {
 		in.Eval.Splits = []string{"val", "test", "heldout"}
 	}
 	if in.Eval.MaxSamples == 0 {
-		in.Eval.MaxSamples = 200
+		in.Eval.MaxSamples = 100
 	}
 	if in.Eval.Report == nil {
 		t := true

@@ -229,8 +229,8 @@ func checkPick(t *testing.T, f *fixture, r *model.Record, off int, isTarget func
 		t.Fatalf("%s: no answer index", r.ID)
 	}
 	cands := r.Images[off:]
-	if len(cands) != 4 {
-		t.Fatalf("%s: %d candidates, want 4", r.ID, len(cands))
+	if len(cands) != 3 { // the default BuildOptions.Candidates
+		t.Fatalf("%s: %d candidates, want 3", r.ID, len(cands))
 	}
 	at := *r.Answer.Index
 	if lastGPT(r) != strconv.Itoa(at+1) && !strings.Contains(lastGPT(r), " "+strconv.Itoa(at+1)+".") {

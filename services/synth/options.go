@@ -124,7 +124,7 @@ type BuildOptions struct {
 	// Scales are the crop context scales (default tight, 1.5x, 2.5x).
 	Scales []string `json:"scales"`
 	// Candidates is the number of crops offered by pick tasks, T->I and
-	// C->I (default 4, at least 2).
+	// C->I (default 3, at least 2: with the full image that fills model.DefaultConfig's four image slots).
 	Candidates int `json:"candidates"`
 	// MaxObjects caps the objects listed by inventories and dense
 	// descriptions (default 24), to bound sequence length.
@@ -216,7 +216,7 @@ func (o *BuildOptions) normalize() error {
 		}
 	}
 	if o.Candidates == 0 {
-		o.Candidates = 4
+		o.Candidates = 3
 	}
 	if o.Candidates < 2 || o.Candidates > 10 {
 		return fmt.Errorf("candidates %d: want 2..10", o.Candidates)

@@ -89,16 +89,16 @@ func DefaultSpec() RunSpec {
 		LogEvery:        5,
 		CrashRetries:    3,
 		Stage1: StageSpec{
-			Steps: 120, BatchSize: 16, LearningRate: 3e-3, WarmupSteps: 10, WeightDecay: 0, CheckpointEvery: 40,
+			Steps: 100, BatchSize: 16, LearningRate: 3e-3, WarmupSteps: 10, WeightDecay: 0, CheckpointEvery: 50,
 			Trainable: []string{"projector.", "embed.", "lm_head."},
 			Data:      DataFilter{Stages: []string{"stage1"}, Splits: []string{"train"}},
 		},
 		Stage2: StageSpec{
-			Steps: 420, BatchSize: 16, LearningRate: 2e-3, WarmupSteps: 20, WeightDecay: 0.01, CheckpointEvery: 70,
+			Steps: 300, BatchSize: 16, LearningRate: 2e-3, WarmupSteps: 20, WeightDecay: 0.01, CheckpointEvery: 60,
 			Data: DataFilter{Stages: []string{"stage2"}, Splits: []string{"train"}},
 		},
 		Stage3: StageSpec{
-			Steps: 100, BatchSize: 8, LearningRate: 1e-3, WarmupSteps: 8, WeightDecay: 0.01, CheckpointEvery: 50,
+			Steps: 80, BatchSize: 8, LearningRate: 1e-3, WarmupSteps: 8, WeightDecay: 0.01, CheckpointEvery: 40,
 			Data: DataFilter{Stages: []string{"stage3"}, Splits: []string{"train"}},
 		},
 	}
