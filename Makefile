@@ -29,7 +29,7 @@ $(BIN)/workflowcheck:
 	GOBIN=$(BIN) $(GO) install go.temporal.io/sdk/contrib/tools/workflowcheck@$(WORKFLOWCHECK_VERSION)
 
 workflowcheck: $(BIN)/workflowcheck
-	$(BIN)/workflowcheck ./workflows/...
+	$(BIN)/workflowcheck -config workflows/workflowcheck.config.yaml ./workflows/...
 
 vet:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { echo "gofmt needed:"; gofmt -l $$(git ls-files '*.go'); exit 1; }

@@ -18,6 +18,7 @@ import (
 
 	"github.com/groundmesh/groundmesh/internal/stack"
 	"github.com/groundmesh/groundmesh/internal/telemetry"
+	"github.com/groundmesh/groundmesh/services/eval"
 	"github.com/groundmesh/groundmesh/workflows"
 )
 
@@ -192,8 +193,14 @@ func cmdDemo(ctx context.Context, e env, args []string) error {
 	if res.ReportKey != "" {
 		p, _ := s.Blob.Path(res.ReportKey)
 		fmt.Printf("\nreport:  %s\n", p)
-		if u := s.GatewayURL(); u != "" && strings.HasPrefix(res.ReportKey, "reports/") {
-			fmt.Printf("         %s/%s (while the stack runs)\n", u, res.ReportKey)
+		// Render it once in headless Chromium, so the demo leaves a picture
+		// of what a user would see (skipped with a note when Chromium is
+		// not installed).
+		png := filepath.Join(c.dataDir, "report.png")
+		if dom, err := eval.Screenshot(ctx, p, png); err != nil {
+			fmt.Printf("         (no screenshot: %v)\n", err)
+		} else {
+			fmt.Printf("         screenshot %s (%d KB of rendered DOM)\n", png, len(dom)/1024)
 		}
 	}
 	if err := printFacts(ctx, s); err != nil {

@@ -75,13 +75,15 @@ func newGateway(s *Stack) http.Handler {
 		}
 		writeJSON(w, http.StatusOK, out)
 	})
-	mux.HandleFunc("GET /reports/{file}", func(w http.ResponseWriter, r *http.Request) {
-		name := r.PathValue("file")
-		if strings.ContainsAny(name, `/\`) || strings.Contains(name, "..") {
-			http.Error(w, "bad report name", http.StatusBadRequest)
-			return
+	mux.HandleFunc("GET /reports/{run}/{file}", func(w http.ResponseWriter, r *http.Request) {
+		run, name := r.PathValue("run"), r.PathValue("file")
+		for _, part := range []string{run, name} {
+			if strings.ContainsAny(part, `/\`) || strings.Contains(part, "..") {
+				http.Error(w, "bad report name", http.StatusBadRequest)
+				return
+			}
 		}
-		p, err := s.Blob.Path("reports/" + name)
+		p, err := s.Blob.Path("reports/" + run + "/" + name)
 		if err != nil {
 			http.Error(w, err.Error(), http.StatusBadRequest)
 			return
