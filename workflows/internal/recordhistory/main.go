@@ -7,6 +7,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"flag"
 	"fmt"
 	"os"
@@ -36,6 +37,14 @@ func main() {
 	ids := map[string]string{
 		"pipeline": *pipeline, "ingest": *pipeline + "/ingest", "synthesize": *pipeline + "/synth",
 		"train": *pipeline + "/train", "evaluate": *pipeline + "/eval",
+	}
+	idsJSON, err := json.MarshalIndent(ids, "", "  ")
+	if err == nil {
+		err = os.WriteFile(filepath.Join(*out, "ids.json"), idsJSON, 0o644)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "recordhistory:", err)
+		os.Exit(1)
 	}
 	for name, id := range ids {
 		if err := record(context.Background(), c, id, filepath.Join(*out, name+".json")); err != nil {
