@@ -85,7 +85,7 @@ var (
 	// write (<pad>, <bos>, <unk>, <image>, <patch>, role markers).
 	ConstraintNone = Constraint{}
 	// ConstraintBox forces exactly one box, "[" c f ", " c f ", " c f ", "
-	// c f "]" then <eos>, with x1 <= x2 and y1 <= y2 and no number above
+	// c f "]" then <eos>, with x1 < x2 and y1 < y2 and no number above
 	// 1.000, so that the text always parses with ParseBox and equals
 	// FormatBox of the parsed box.
 	ConstraintBox = Constraint{kind: kindBox}
@@ -187,16 +187,22 @@ func (g *grammar) pick(logits []float32) int32 {
 		return tokBoxSep
 	}
 	v := (k - 1) / 3
-	lower := -1 // x2 >= x1, y2 >= y1
+	// Boxes have positive area: x2 > x1 and y2 > y1, so x1 and y1 stop at
+	// 0.999 and x2, y2 start one thousandth past them. (A zero-area box
+	// parses but can never be right; an under-trained model otherwise
+	// collapses to one.)
+	lower := -1
 	if v >= 2 {
-		lower = g.vals[v-2]
+		lower = g.vals[v-2] + 1
 	}
 	if k%3 == 1 { // coarse
-		lo := int32(0)
+		lo, hi := int32(0), int32(numCoarse)
 		if lower >= 0 {
 			lo = int32(lower / 10)
+		} else {
+			hi = numCoarse - 1 // no 1.00 for x1, y1
 		}
-		id := argmaxRange(logits, tokCoarse0+lo, tokCoarse0+numCoarse)
+		id := argmaxRange(logits, tokCoarse0+lo, tokCoarse0+hi)
 		g.cur = int(id - tokCoarse0)
 		return id
 	}

@@ -303,6 +303,9 @@ func TestGenerateBoxAlwaysParses(t *testing.T) {
 			if !slices.Equal(tok.Encode(gen.Text), gen.Tokens) {
 				t.Fatalf("seed %d: tokens are not the canonical encoding of %q", seed, gen.Text)
 			}
+			if b[0] >= b[2] || b[1] >= b[3] {
+				t.Fatalf("seed %d prompt %d: %q has no area", seed, i, gen.Text)
+			}
 		}
 		if len(f.caches) != 0 || f.decodes != boxTokens-1 {
 			t.Fatalf("seed %d: %d caches open, %d decodes", seed, len(f.caches), f.decodes)
