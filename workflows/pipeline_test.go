@@ -3,6 +3,7 @@ package workflows
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"log/slog"
 	"strings"
@@ -123,7 +124,7 @@ func TestPipelineRejectsBadInputNamingField(t *testing.T) {
 			t.Errorf("%s: error %v, want it to contain %q", input, err, want)
 		}
 		var appErr *temporal.ApplicationError
-		if err != nil && (!errorsAs(err, &appErr) || appErr.Type() != ErrTypeBadInput || !appErr.NonRetryable()) {
+		if err != nil && (!errors.As(err, &appErr) || appErr.Type() != ErrTypeBadInput || !appErr.NonRetryable()) {
 			t.Errorf("%s: want non-retryable %s, got %v", input, ErrTypeBadInput, err)
 		}
 	}

@@ -1,8 +1,6 @@
 package workflows
 
 import (
-	"errors"
-
 	"go.temporal.io/sdk/worker"
 	"go.temporal.io/sdk/workflow"
 )
@@ -18,5 +16,3 @@ func Register(w worker.Registry, acts *Activities) {
 	w.RegisterWorkflowWithOptions(Evaluate, workflowOpts(EvaluateWorkflowName))
 	w.RegisterActivity(acts)
 }
-
-func errorsAs(err error, target any) bool { return errors.As(err, target) }

@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"syscall"
 )
 
@@ -116,7 +117,7 @@ func readEnv() env {
 	}
 	if e.PluginDir == "" {
 		if exe, err := os.Executable(); err == nil {
-			e.PluginDir = dirOf(exe)
+			e.PluginDir = filepath.Dir(exe)
 		}
 	}
 	return e

@@ -22,8 +22,6 @@ import (
 	"github.com/groundmesh/groundmesh/workflows"
 )
 
-func dirOf(p string) string { return filepath.Dir(p) }
-
 type commonFlags struct {
 	dataDir  string
 	bus      string

@@ -7,6 +7,7 @@
 package model
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 )
@@ -80,7 +81,7 @@ func (c Config) Validate() error {
 // ParseConfig decodes and validates a config, rejecting unknown fields.
 func ParseConfig(b []byte) (Config, error) {
 	var c Config
-	dec := json.NewDecoder(bytesReader(b))
+	dec := json.NewDecoder(bytes.NewReader(b))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&c); err != nil {
 		return Config{}, fmt.Errorf("decode model config: %w", err)

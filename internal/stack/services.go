@@ -4,10 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"iter"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"sync"
+
+	"github.com/jackc/pgx/v5"
 
 	"github.com/groundmesh/groundmesh/internal/bus"
 	"github.com/groundmesh/groundmesh/internal/command"
@@ -81,7 +84,7 @@ func newServices(ctx context.Context, s *Stack) (*Services, error) {
 	}
 	sv.Train, err = train.New(train.Config{
 		DataDir: filepath.Join(s.cfg.DataDir, "train"), Blob: s.Blob, Backends: sv.Backend,
-		Logger: s.Logger.With("service", "train"),
+		Synth: synthSetReader(s), Logger: s.Logger.With("service", "train"),
 	}, s.Pool)
 	if err != nil {
 		return nil, err
@@ -112,6 +115,48 @@ func newServices(ctx context.Context, s *Stack) (*Services, error) {
 		return nil, err
 	}
 	return sv, nil
+}
+
+// synthSetReader gives services/train the records of a synth set through
+// services/synth's own shard reader (manifest format and per-shard sha256
+// checks live there, once), and their images from the dataset root that
+// services/ingest recorded.
+func synthSetReader(s *Stack) train.SynthReader {
+	return func(ctx context.Context, synthSetID string) (train.SynthSet, error) {
+		var manifestKey, root string
+		err := s.Pool.QueryRow(ctx, `
+			SELECT s.manifest_key, coalesce(d.root, '')
+			FROM synth_sets s LEFT JOIN dataset_versions d ON d.id = s.dataset_id
+			WHERE s.id::text = $1`, synthSetID).Scan(&manifestKey, &root)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return train.SynthSet{}, fmt.Errorf("synth set %s: not found: %w", synthSetID, train.ErrInvalidRequest)
+		}
+		if err != nil {
+			return train.SynthSet{}, fmt.Errorf("look up synth set %s: %w", synthSetID, err)
+		}
+		if _, err := synth.OpenManifest(s.Blob, manifestKey); err != nil {
+			return train.SynthSet{}, err
+		}
+		records := func(ctx context.Context) iter.Seq2[model.Record, error] {
+			return func(yield func(model.Record, error) bool) {
+				_, seq, err := synth.OpenShards(ctx, s.Blob, manifestKey)
+				if err != nil {
+					yield(model.Record{}, err)
+					return
+				}
+				for r, err := range seq {
+					if err != nil {
+						yield(model.Record{}, err)
+						return
+					}
+					if !yield(*r, nil) {
+						return
+					}
+				}
+			}
+		}
+		return train.SynthSet{Records: records, Images: model.FileImageResolver{DatasetRoot: root, Blobs: s.Blob}}, nil
+	}
 }
 
 // backendOf reads the backend a run was trained with (default gomlx).

@@ -2,21 +2,13 @@ package train
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"fmt"
-	"io"
 	"iter"
 	"os"
 	"path/filepath"
 	"slices"
 
-	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgxpool"
-
-	"github.com/groundmesh/groundmesh/internal/blob"
 	"github.com/groundmesh/groundmesh/internal/model"
 )
 
@@ -32,81 +24,6 @@ type SynthSet struct {
 
 // SynthReader opens a synth set by id.
 type SynthReader func(ctx context.Context, synthSetID string) (SynthSet, error)
-
-// PGSynthReader reads a synth set the way services/synth stores it: the
-// manifest's blob key from synth_sets, the dataset root from datasets, and
-// the gzip JSONL shards the manifest lists (each shard's sha256 checked as
-// it is read). The composition root may pass services/synth's own reader
-// instead.
-func PGSynthReader(pool *pgxpool.Pool, blobs *blob.Local) SynthReader {
-	return func(ctx context.Context, synthSetID string) (SynthSet, error) {
-		var manifestKey, root string
-		err := pool.QueryRow(ctx, `
-			SELECT s.manifest_key, coalesce(d.root, '')
-			FROM synth_sets s LEFT JOIN dataset_versions d ON d.id = s.dataset_id
-			WHERE s.id::text = $1`, synthSetID).Scan(&manifestKey, &root)
-		if errors.Is(err, pgx.ErrNoRows) {
-			return SynthSet{}, fmt.Errorf("synth set %s: not found: %w", synthSetID, ErrInvalidRequest)
-		}
-		if err != nil {
-			return SynthSet{}, fmt.Errorf("look up synth set %s: %w", synthSetID, err)
-		}
-		f, err := blobs.Open(manifestKey)
-		if err != nil {
-			return SynthSet{}, fmt.Errorf("open synth manifest: %w", err)
-		}
-		defer f.Close()
-		// The fields of services/synth's manifest (format groundmesh.synth/v1) this reader needs.
-		var m struct {
-			Format string `json:"format"`
-			Shards []struct {
-				Key    string `json:"key"`
-				SHA256 string `json:"sha256"`
-			} `json:"shards"`
-		}
-		if err := json.NewDecoder(f).Decode(&m); err != nil {
-			return SynthSet{}, fmt.Errorf("decode synth manifest %s: %w", manifestKey, err)
-		}
-		if m.Format != "groundmesh.synth/v1" {
-			return SynthSet{}, fmt.Errorf("synth manifest %s: format %q", manifestKey, m.Format)
-		}
-		records := func(ctx context.Context) iter.Seq2[model.Record, error] {
-			return func(yield func(model.Record, error) bool) {
-				for _, sh := range m.Shards {
-					if err := ctx.Err(); err != nil {
-						yield(model.Record{}, err)
-						return
-					}
-					sf, err := blobs.Open(sh.Key)
-					if err != nil {
-						yield(model.Record{}, err)
-						return
-					}
-					h := sha256.New()
-					ok := true
-					for rec, err := range model.ReadRecords(io.TeeReader(sf, h)) {
-						if !yield(rec, err) || err != nil {
-							ok = false
-							break
-						}
-					}
-					if ok {
-						_, _ = io.Copy(h, sf)
-					}
-					sf.Close()
-					if !ok {
-						return
-					}
-					if sum := hex.EncodeToString(h.Sum(nil)); sum != sh.SHA256 {
-						yield(model.Record{}, fmt.Errorf("synth shard %s: sha256 %s, manifest says %s", sh.Key, sum, sh.SHA256))
-						return
-					}
-				}
-			}
-		}
-		return SynthSet{Records: records, Images: model.FileImageResolver{DatasetRoot: root, Blobs: blobs}}, nil
-	}
-}
 
 // runData is a run's prepared training data.
 type runData struct {

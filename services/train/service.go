@@ -46,7 +46,8 @@ type Config struct {
 	// Backends returns the compute backend of a name ("gomlx", ...); the
 	// service does not close what it returns. Required.
 	Backends func(name string) (compute.Backend, error)
-	// Synth opens a synth set. Default PGSynthReader over the pool and Blob.
+	// Synth opens a synth set. Required: the composition root passes
+	// services/synth's own shard reader (services never import each other).
 	Synth SynthReader
 	// MetricsFlush bounds how long logged loss points wait in memory
 	// before they are written (they are always written with a checkpoint).
@@ -95,7 +96,7 @@ func New(cfg Config, pool *pgxpool.Pool) (*Service, error) {
 		return nil, errors.New("new train service: Backends is required")
 	}
 	if cfg.Synth == nil {
-		cfg.Synth = PGSynthReader(pool, cfg.Blob)
+		return nil, errors.New("new train service: Synth is required")
 	}
 	if cfg.MetricsFlush <= 0 {
 		cfg.MetricsFlush = 5 * time.Second
