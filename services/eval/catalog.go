@@ -22,16 +22,21 @@ var _ Catalog = (*PGCatalog)(nil)
 func NewPGCatalog(pool *pgxpool.Pool) *PGCatalog { return &PGCatalog{pool: pool} }
 
 // Run implements Catalog. The synth set's manifest and the dataset's root
-// are filled in when services/synth's and services/ingest's tables exist
-// in this database (their owners migrate independently).
+// come from services/synth's and services/ingest's tables.
 func (c *PGCatalog) Run(ctx context.Context, runID string) (RunInfo, error) {
 	ctx, span := tracer.Start(ctx, "eval.catalog.Run")
 	defer span.End()
 	info := RunInfo{RunID: runID}
 	var mc string
+	// One statement over the three owners' tables (all migrated together);
+	// a missing synth set or dataset version leaves its fields empty.
 	err := c.pool.QueryRow(ctx, `
-		SELECT synth_set_id::text, coalesce(model_config::text, ''), coalesce(tokenizer_key, '')
-		FROM runs WHERE id = $1`, runID).Scan(&info.SynthSetID, &mc, &info.TokenizerKey)
+		SELECT r.synth_set_id::text, coalesce(r.model_config::text, ''), coalesce(r.tokenizer_key, ''),
+		       coalesce(s.manifest_key, ''), coalesce(s.dataset_id::text, ''), coalesce(d.root, '')
+		FROM runs r
+		LEFT JOIN synth_sets s ON s.id = r.synth_set_id
+		LEFT JOIN dataset_versions d ON d.id = s.dataset_id
+		WHERE r.id = $1`, runID).Scan(&info.SynthSetID, &mc, &info.TokenizerKey, &info.ManifestKey, &info.DatasetID, &info.DatasetRoot)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return RunInfo{}, fmt.Errorf("run %s: not found", runID)
 	}
@@ -40,24 +45,6 @@ func (c *PGCatalog) Run(ctx context.Context, runID string) (RunInfo, error) {
 	}
 	if mc != "" {
 		info.ModelConfig = []byte(mc)
-	}
-	var haveSynth, haveDatasets bool
-	if err := c.pool.QueryRow(ctx, `SELECT to_regclass('synth_sets') IS NOT NULL, to_regclass('datasets') IS NOT NULL`).
-		Scan(&haveSynth, &haveDatasets); err != nil {
-		return RunInfo{}, fmt.Errorf("look up run %s: %w", runID, err)
-	}
-	if haveSynth {
-		err := c.pool.QueryRow(ctx, `SELECT coalesce(manifest_key, ''), coalesce(dataset_id::text, '') FROM synth_sets WHERE id = $1`,
-			info.SynthSetID).Scan(&info.ManifestKey, &info.DatasetID)
-		if err != nil && !errors.Is(err, pgx.ErrNoRows) {
-			return RunInfo{}, fmt.Errorf("look up synth set %s of run %s: %w", info.SynthSetID, runID, err)
-		}
-	}
-	if haveDatasets && info.DatasetID != "" {
-		err := c.pool.QueryRow(ctx, `SELECT coalesce(root, '') FROM dataset_versions WHERE id = $1`, info.DatasetID).Scan(&info.DatasetRoot)
-		if err != nil && !errors.Is(err, pgx.ErrNoRows) {
-			return RunInfo{}, fmt.Errorf("look up dataset %s of run %s: %w", info.DatasetID, runID, err)
-		}
 	}
 	return info, nil
 }
