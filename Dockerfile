@@ -5,7 +5,7 @@ COPY go.mod go.sum ./
 RUN go mod download
 COPY . .
 RUN go build -o /out/groundmesh ./cmd/groundmesh && \
-    CGO_ENABLED=0 go build -o /out/groundmesh-gomlx ./plugins/gomlx/cmd/groundmesh-gomlx
+    CGO_ENABLED=0 GOEXPERIMENT=simd go build -o /out/groundmesh-gomlx ./plugins/gomlx/cmd/groundmesh-gomlx
 
 FROM debian:bookworm-slim
 COPY --from=build /out/ /usr/local/bin/

@@ -50,6 +50,22 @@ type Config struct {
 	MaxImages   int     `json:"max_images"` // image slots per sequence (full image + crop)
 	PatchToken  int32   `json:"patch_token"`
 	PadToken    int32   `json:"pad_token"`
+	// BoxToken0 and BoxTokens are the coarse box-number tokens ("0.00" ..
+	// "1.00", in value order) and BoxLabelSigma, when positive, is the
+	// width in coarse steps of the Gaussian a box-number target is trained
+	// against instead of a one-hot (ordinal label smoothing: predicting
+	// "0.41" for "0.42" costs less than "0.90"). Zero values train every
+	// target one-hot, as configs before these fields did.
+	BoxToken0     int32   `json:"box_token0,omitempty"`
+	BoxTokens     int     `json:"box_tokens,omitempty"`
+	BoxLabelSigma float64 `json:"box_label_sigma,omitempty"`
+	// ImagesAfterText lays a human turn's images out after its text (the
+	// instruction first, then the patches): in a causal language model the
+	// patch positions can then attend to what is asked about, which a probe
+	// of this model ("where is the red square", green distractor) learned
+	// markedly faster than with the image first. Placeholders keep their
+	// order; the chat template is otherwise unchanged.
+	ImagesAfterText bool `json:"images_after_text,omitempty"`
 }
 
 // Patches returns the number of patches per image.
@@ -72,6 +88,10 @@ func (c Config) Validate() error {
 		return fmt.Errorf("model config: mlp_ratio %v must be positive", c.MLPRatio)
 	case c.VocabSize <= 0 || int(c.PatchToken) >= c.VocabSize || int(c.PadToken) >= c.VocabSize:
 		return fmt.Errorf("model config: vocab_size %d too small for special tokens", c.VocabSize)
+	case c.BoxTokens < 0 || c.BoxToken0 < 0 || int(c.BoxToken0)+c.BoxTokens > c.VocabSize:
+		return fmt.Errorf("model config: box tokens %d..%d outside the vocabulary of %d", c.BoxToken0, int(c.BoxToken0)+c.BoxTokens-1, c.VocabSize)
+	case c.BoxLabelSigma < 0 || c.BoxLabelSigma > 0 && c.BoxTokens == 0:
+		return fmt.Errorf("model config: box_label_sigma %v needs box_tokens and must not be negative", c.BoxLabelSigma)
 	case c.MaxSeq < c.Patches()*c.MaxImages+8:
 		return fmt.Errorf("model config: max_seq %d shorter than %d image patches plus text", c.MaxSeq, c.Patches()*c.MaxImages)
 	}

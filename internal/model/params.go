@@ -22,20 +22,23 @@ import (
 // the shard builder and counted.
 func DefaultConfig(vocabSize int) Config {
 	return Config{
-		Version:     "tinygrounder/v1",
-		ImageSize:   48,
-		PatchSize:   8,
-		VisionWidth: 64,
-		VisionDepth: 1,
-		Width:       96,
-		Depth:       3,
-		Heads:       4,
-		MLPRatio:    4,
-		VocabSize:   vocabSize,
-		MaxSeq:      224,
-		MaxImages:   4,
-		PatchToken:  tokPatch,
-		PadToken:    tokPad,
+		Version:       "tinygrounder/v1",
+		ImageSize:     48,
+		PatchSize:     8,
+		VisionWidth:   64,
+		VisionDepth:   1,
+		Width:         96,
+		Depth:         3,
+		Heads:         4,
+		MLPRatio:      4,
+		VocabSize:     vocabSize,
+		MaxSeq:        224,
+		MaxImages:     4,
+		PatchToken:    tokPatch,
+		PadToken:      tokPad,
+		BoxToken0:     tokCoarse0,
+		BoxTokens:     numCoarse,
+		BoxLabelSigma: 1.5,
 	}
 }
 

@@ -153,6 +153,13 @@ type ShardConfig struct {
 	// CacheBytes bounds the cache of preprocessed images kept across
 	// shards. Default 256 MiB; negative disables the cache.
 	CacheBytes int64
+	// Pack turns the records that read the same single image into
+	// multi-turn conversations about it, as many as fit MaxSeq, in their
+	// shuffled order (later records' human turns drop their <image>). The
+	// image is encoded once for several answers, so a step learns more
+	// answers for nearly the same compute; BuildStats.Packed counts the
+	// records that joined another's sequence.
+	Pack bool
 	// Logger receives progress. Default discards.
 	Logger *slog.Logger
 }
@@ -217,6 +224,7 @@ type BuildStats struct {
 	Filtered int            // skipped by the stage or split filter
 	Kept     int            // written to shards
 	Dropped  map[string]int // by reason: "too_long", "too_many_images", "invalid"
+	Packed   int            // records written as a later turn of another record's sample (Pack)
 	Shards   int
 }
 
@@ -258,6 +266,51 @@ type entry struct {
 	seq    int
 	sample Sample
 	images []ImageRef
+	rec    *Record // set when the record may be packed with others of its image
+}
+
+// pack merges, in entry order, the packable entries that read the same
+// image into multi-turn samples that fit MaxSeq. A merged sample keeps the
+// place of its first record.
+func (b *ShardBuilder) pack(entries []entry) []entry {
+	open := map[string]int{} // image key -> index in out of the sample still taking turns
+	out := entries[:0:0]
+	for _, e := range entries {
+		if e.rec == nil {
+			out = append(out, e)
+			continue
+		}
+		k := imageKey(e.images[0])
+		if i, ok := open[k]; ok {
+			cur := &out[i]
+			merged := *cur.rec
+			merged.Conversations = append(slices.Clip(cur.rec.Conversations), laterTurns(e.rec.Conversations)...)
+			if s, err := EncodeRecord(b.cfg.Tokenizer, b.cfg.Model, merged); err == nil {
+				cur.rec, cur.sample = &merged, s
+				b.stats.Packed++
+				continue
+			}
+		}
+		open[k] = len(out)
+		out = append(out, e)
+	}
+	for i := range out {
+		out[i].rec = nil
+	}
+	return out
+}
+
+// laterTurns returns a record's turns for a later place in a conversation
+// about the same image: without the <image> placeholder.
+func laterTurns(turns []Turn) []Turn {
+	out := make([]Turn, len(turns))
+	for i, t := range turns {
+		if t.From == "human" && strings.Contains(t.Value, imagePlaceholder) {
+			t.Value = strings.TrimSpace(strings.Replace(strings.Replace(t.Value, imagePlaceholder+"\n", "", 1), imagePlaceholder, "", 1))
+		}
+		out[i] = t
+	}
+	return out
 }
 
 // sortKey places a record in the shuffled order: FNV-1a of the seed and the
@@ -321,12 +374,19 @@ func (b *ShardBuilder) Build(ctx context.Context, records iter.Seq2[Record, erro
 			}
 			continue
 		}
-		entries = append(entries, entry{key: sortKey(cfg.Seed, rec.ID), id: rec.ID, seq: len(entries), sample: s, images: rec.Images})
+		e := entry{key: sortKey(cfg.Seed, rec.ID), id: rec.ID, seq: len(entries), sample: s, images: rec.Images}
+		if cfg.Pack && len(rec.Images) == 1 {
+			e.rec = &rec
+		}
+		entries = append(entries, e)
 	}
 	slices.SortFunc(entries, func(x, y entry) int {
 		return cmp.Or(cmp.Compare(x.key, y.key), strings.Compare(x.id, y.id), cmp.Compare(x.seq, y.seq))
 	})
-	b.stats.Kept = len(entries)
+	if cfg.Pack {
+		entries = b.pack(entries)
+	}
+	b.stats.Kept = len(entries) + b.stats.Packed
 	if err := os.MkdirAll(cfg.Dir, 0o755); err != nil {
 		return nil, fmt.Errorf("build shards: %w", err)
 	}

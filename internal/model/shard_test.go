@@ -396,3 +396,104 @@ func TestReadRecordsAndFileResolver(t *testing.T) {
 		}
 	}
 }
+
+// TestBuildShardsPack: with Pack, records of the same single image share a
+// multi-turn sample; every kept record's answer is learned exactly once,
+// no sample exceeds MaxSeq or reads more than its one image, multi-image
+// records stay alone, and the result is still independent of input order.
+func TestBuildShardsPack(t *testing.T) {
+	tok := testTokenizer(t)
+	sc := shardConfig(t, tok, t.TempDir())
+	sc.Pack, sc.SamplesPerShard = true, 100
+	b, err := NewShardBuilder(sc, &memImages{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	records := testRecords()
+	infos, err := b.Build(context.Background(), seqOf(records))
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := b.Stats()
+	if st.Kept != 32 || st.Packed == 0 || len(infos) != 1 || infos[0].Samples != st.Kept-st.Packed {
+		t.Fatalf("stats %+v, shards %+v", st, infos)
+	}
+	// Each kept record's answer (its tokens and <eos>) must be one learned
+	// segment of exactly one sample.
+	want := map[string]Record{}
+	for _, r := range records {
+		if r.Split != "train" {
+			continue
+		}
+		if _, err := EncodeRecord(tok, sc.Model, r); err != nil {
+			continue
+		}
+		want[fmt.Sprint(append(tok.Encode(r.Conversations[1].Value), tokEOS))] = r
+	}
+	sh, err := ReadShard(infos[0].Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]int{}
+	multi := 0
+	for j := range sh.N {
+		tokens, targets, slots := sh.Sample(j)
+		var segs []string
+		var seg []int32
+		for p, x := range targets {
+			if x >= 0 {
+				if x != tokens[p+1] {
+					t.Fatalf("row %d: target at %d is %d, next token %d", j, p, x, tokens[p+1])
+				}
+				seg = append(seg, x)
+				continue
+			}
+			if len(seg) > 0 {
+				segs = append(segs, fmt.Sprint(seg))
+				seg = nil
+			}
+		}
+		if len(seg) > 0 {
+			segs = append(segs, fmt.Sprint(seg))
+		}
+		patches := 0
+		for _, x := range tokens {
+			if x == tokPatch {
+				patches++
+			}
+		}
+		if len(segs) > 1 {
+			multi++
+			if slots[1] != -1 || patches != sc.Model.Patches() {
+				t.Fatalf("packed row %d reads slots %v with %d patch tokens", j, slots, patches)
+			}
+			first := want[segs[0]].Images[0]
+			for _, s := range segs {
+				if r := want[s]; len(r.Images) != 1 || r.Images[0] != first {
+					t.Fatalf("row %d packs records of different images: %v and %v", j, first, r.Images)
+				}
+			}
+		}
+		for _, s := range segs {
+			if _, ok := want[s]; !ok {
+				t.Fatalf("row %d: learned segment %s is no record's answer", j, s)
+			}
+			got[s]++
+		}
+	}
+	if multi == 0 || len(got) != len(want) {
+		t.Fatalf("%d packed rows; %d of %d answers learned", multi, len(got), len(want))
+	}
+	for s, n := range got {
+		if n != 1 {
+			t.Fatalf("answer of %s learned %d times", want[s].ID, n)
+		}
+	}
+	reversed := slices.Clone(records)
+	slices.Reverse(reversed)
+	sc2 := sc
+	sc2.Dir = t.TempDir()
+	if a, b := shardSums(t, sc, records), shardSums(t, sc2, reversed); !slices.Equal(a, b) {
+		t.Fatal("packing depends on the order records arrive in")
+	}
+}

@@ -35,26 +35,36 @@ type Sample struct {
 }
 
 // appendHuman appends "USER: {text} ASSISTANT: " with images expanded and
-// returns the number of images it read.
-func appendHuman(dst []int32, tok *Tokenizer, patches int, text string) ([]int32, int) {
+// returns the number of images it read. With cfg.ImagesAfterText the
+// turn's images (in their order) follow its text instead of standing where
+// their placeholders are.
+func appendHuman(dst []int32, tok *Tokenizer, cfg Config, text string) ([]int32, int) {
 	dst = append(dst, tokUser)
+	patches := cfg.Patches()
 	n := 0
 	for _, id := range tok.Encode(text) {
 		if id == tokImage {
-			for range patches {
-				dst = append(dst, tokPatch)
+			if !cfg.ImagesAfterText {
+				for range patches {
+					dst = append(dst, tokPatch)
+				}
 			}
 			n++
 			continue
 		}
 		dst = append(dst, id)
 	}
+	if cfg.ImagesAfterText {
+		for range n * patches {
+			dst = append(dst, tokPatch)
+		}
+	}
 	return append(dst, tokAssistant), n
 }
 
 // encodeTurns lays out human/gpt pairs in the chat template after <bos>,
 // marking which positions hold answer tokens (and their <eos>).
-func encodeTurns(tok *Tokenizer, patches int, turns []Turn) (tokens []int32, loss []bool, images int, err error) {
+func encodeTurns(tok *Tokenizer, cfg Config, turns []Turn) (tokens []int32, loss []bool, images int, err error) {
 	if len(turns)%2 != 0 {
 		return nil, nil, 0, fmt.Errorf("%d turns: want human/gpt pairs", len(turns))
 	}
@@ -65,7 +75,7 @@ func encodeTurns(tok *Tokenizer, patches int, turns []Turn) (tokens []int32, los
 			return nil, nil, 0, fmt.Errorf("turns %d, %d are %q, %q: want human, gpt", i, i+1, h.From, g.From)
 		}
 		var n int
-		tokens, n = appendHuman(tokens, tok, patches, h.Value)
+		tokens, n = appendHuman(tokens, tok, cfg, h.Value)
 		images += n
 		answer := tok.Encode(g.Value)
 		for _, id := range answer {
@@ -92,7 +102,7 @@ func EncodeConversation(tok *Tokenizer, cfg Config, turns []Turn) (Sample, error
 	if len(turns) == 0 {
 		return Sample{}, fmt.Errorf("encode conversation: no turns")
 	}
-	tokens, loss, images, err := encodeTurns(tok, cfg.Patches(), turns)
+	tokens, loss, images, err := encodeTurns(tok, cfg, turns)
 	if err != nil {
 		return Sample{}, fmt.Errorf("encode conversation: %w", err)
 	}
@@ -130,11 +140,11 @@ func EncodeRecord(tok *Tokenizer, cfg Config, r Record) (Sample, error) {
 // ASSISTANT: ", ready for the model to continue with the answer. It returns
 // the tokens and the number of images they read.
 func EncodePrompt(tok *Tokenizer, cfg Config, history []Turn, human string) ([]int32, int, error) {
-	tokens, _, images, err := encodeTurns(tok, cfg.Patches(), history)
+	tokens, _, images, err := encodeTurns(tok, cfg, history)
 	if err != nil {
 		return nil, 0, fmt.Errorf("encode prompt history: %w", err)
 	}
-	tokens, n := appendHuman(tokens, tok, cfg.Patches(), human)
+	tokens, n := appendHuman(tokens, tok, cfg, human)
 	images += n
 	if images > cfg.MaxImages {
 		return nil, 0, fmt.Errorf("encode prompt: %d images: %w (%d)", images, ErrTooManyImages, cfg.MaxImages)

@@ -163,3 +163,45 @@ func TestParseBoxNegativeZero(t *testing.T) {
 		t.Fatalf("FormatBox = %q", got)
 	}
 }
+
+// TestImagesAfterText: the flag moves a turn's patches, in placeholder
+// order, after its text, for training sequences and generation prompts
+// alike; targets stay on the answer.
+func TestImagesAfterText(t *testing.T) {
+	tok := testTokenizer(t)
+	cfg := tinyConfig(tok)
+	cfg.ImagesAfterText = true
+	turns := []Turn{
+		{From: "human", Value: "<image>\n<image>\nWhere is the crop?"},
+		{From: "gpt", Value: "[0.051, 0.102, 0.350, 0.400]"},
+	}
+	s, err := EncodeConversation(tok, cfg, turns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var want []int32
+	want = append(want, tok.BOSID(), tok.UserID())
+	want = append(want, tok.Encode("\n\nWhere is the crop?")...)
+	want = append(want, slices.Repeat([]int32{tok.PatchID()}, 2*cfg.Patches())...)
+	want = append(want, tok.AssistantID())
+	prompt := len(want)
+	want = append(want, tok.Encode(turns[1].Value)...)
+	want = append(want, tok.EOSID())
+	if !slices.Equal(s.Tokens, want) || s.Images != 2 {
+		t.Fatalf("tokens\n%v\nwant\n%v (images %d)", s.Tokens, want, s.Images)
+	}
+	for p, tg := range s.Targets {
+		if (p >= prompt-1 && p < len(want)-1) != (tg >= 0) {
+			t.Fatalf("target[%d] = %d", p, tg)
+		}
+	}
+	got, n, err := EncodePrompt(tok, cfg, nil, turns[0].Value)
+	if err != nil || n != 2 || !slices.Equal(got, want[:prompt]) {
+		t.Fatalf("prompt %v (%d images, %v), want %v", got, n, err, want[:prompt])
+	}
+	cfg.ImagesAfterText = false
+	first, _, _ := EncodePrompt(tok, cfg, nil, turns[0].Value)
+	if first[2] != tok.PatchID() || slices.Equal(first, got) {
+		t.Fatalf("image-first layout changed: %v", first)
+	}
+}

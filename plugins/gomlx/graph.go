@@ -6,6 +6,7 @@ import (
 
 	gomlxcompute "github.com/gomlx/compute"
 	"github.com/gomlx/compute/dtypes"
+	"github.com/gomlx/compute/shapes"
 	"github.com/gomlx/gomlx/core/graph"
 	"github.com/gomlx/gomlx/ml/layers/activation"
 	"github.com/gomlx/gomlx/ml/nn"
@@ -130,9 +131,39 @@ func (n *netGraph) maskedLoss(h, lossIdx, lossTgt, lossW *graph.Node) *graph.Nod
 	sel := graph.Gather(flat, graph.InsertAxes(lossIdx, -1)) // [Nt, W]
 	logits := n.logits(sel)                                  // [Nt, V]
 	logp := graph.LogSoftmax(logits, -1)
-	nll := graph.Neg(graph.ReduceSum(graph.Mul(logp, graph.OneHot(lossTgt, n.cfg.VocabSize, dtypes.Float32)), -1))
+	nll := graph.Neg(graph.ReduceSum(graph.Mul(logp, n.targetDist(lossTgt)), -1))
 	den := graph.Max(graph.ReduceAllSum(lossW), graph.Scalar(h.Graph(), dtypes.Float32, 1))
 	return graph.Div(graph.ReduceAllSum(graph.Mul(nll, lossW)), den)
+}
+
+// targetDist is the training target distribution of each loss position
+// [Nt, V]: one-hot, except that with Config.BoxLabelSigma > 0 a box-number
+// target (a coarse token, BoxToken0 .. BoxToken0+BoxTokens-1) spreads its
+// mass over the neighbouring coarse values with a Gaussian of that sigma
+// (in coarse steps), renormalized over the coarse range. A near miss then
+// costs less than a far one, which a one-hot target cannot say.
+func (n *netGraph) targetDist(lossTgt *graph.Node) *graph.Node {
+	c := n.cfg
+	oneHot := graph.OneHot(lossTgt, c.VocabSize, dtypes.Float32)
+	if c.BoxLabelSigma <= 0 || c.BoxTokens <= 0 {
+		return oneHot
+	}
+	g := lossTgt.Graph()
+	nt := lossTgt.Shape().Dimensions[0]
+	lo, hi := float64(c.BoxToken0), float64(c.BoxToken0)+float64(c.BoxTokens-1)
+	j := graph.Iota(g, shapes.Make(dtypes.Float32, 1, c.VocabSize), 1) // [1, V]
+	inRange := func(x *graph.Node) *graph.Node {
+		ge := graph.ConvertDType(graph.GreaterOrEqual(x, graph.Scalar(g, dtypes.Float32, lo)), dtypes.Float32)
+		le := graph.ConvertDType(graph.LessOrEqual(x, graph.Scalar(g, dtypes.Float32, hi)), dtypes.Float32)
+		return graph.Mul(ge, le)
+	}
+	t := graph.ConvertDType(graph.Reshape(lossTgt, nt, 1), dtypes.Float32) // [Nt, 1]
+	d := graph.Sub(j, t)                                                   // [Nt, V]
+	gauss := graph.Exp(graph.MulScalar(graph.Square(d), -1/(2*c.BoxLabelSigma*c.BoxLabelSigma)))
+	gauss = graph.Mul(gauss, inRange(j))
+	gauss = graph.Div(gauss, graph.Max(graph.ReduceAndKeep(gauss, graph.ReduceSum, -1), graph.Scalar(g, dtypes.Float32, 1e-12)))
+	isBox := inRange(t) // [Nt, 1]
+	return graph.Add(graph.Mul(gauss, isBox), graph.Mul(oneHot, graph.OneMinus(isBox)))
 }
 
 // trainStepLayout fixes the order of the train step's inputs and outputs.

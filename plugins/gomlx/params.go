@@ -31,6 +31,7 @@ const (
 	initNormal paramInit = iota // N(0, std)
 	initZeros
 	initOnes
+	initSinCos2D // fixed 2D sine-cosine table of a patch grid (vision.pos)
 )
 
 // paramSpec is one canonical parameter with its initialization.
@@ -71,6 +72,8 @@ func paramSpecs(c model.Config) []paramSpec {
 			s.Init = initOnes
 		case strings.HasSuffix(p.Name, ".b"):
 			s.Init = initZeros
+		case p.Name == "vision.pos":
+			s.Init = initSinCos2D
 		case strings.HasSuffix(p.Name, ".attn.out.w") || strings.HasSuffix(p.Name, ".mlp.fc2.w"):
 			depth := c.Depth
 			if strings.HasPrefix(p.Name, "vision.") {
@@ -95,6 +98,8 @@ func initParams(specs []paramSpec, seed int64) map[string][]float32 {
 			for i := range v {
 				v[i] = 1
 			}
+		case initSinCos2D:
+			sinCos2D(v, p.Shape[0], p.Shape[1])
 		case initNormal:
 			h := fnv.New64a()
 			h.Write([]byte(p.Name))
@@ -129,4 +134,36 @@ func selectTrainable(specs []paramSpec, trainable, frozen []string) []bool {
 		sel[i] = ok
 	}
 	return sel
+}
+
+// sinCos2D fills v, a [patches, width] table of a square patch grid, with a
+// 2D sine-cosine position code: a quarter of the channels each for sin and
+// cos of the row and of the column, at frequencies from half a period over
+// the grid to a quarter period per cell. Patches start out telling their place
+// apart (and nearby places alike) instead of from noise, which is where a
+// box prediction has to come from. The table still trains.
+func sinCos2D(v []float32, patches, width int) {
+	g := int(math.Round(math.Sqrt(float64(patches))))
+	q := width / 4
+	if g*g != patches || q == 0 {
+		return // not a square grid: leave zeros
+	}
+	const amp = 0.5
+	for r := range g {
+		for c := range g {
+			row := v[(r*g+c)*width:]
+			for k := range q {
+				// k = 0: half a period over the grid (so that the two
+				// ends differ most); k = q-1: a quarter period per cell.
+				f := math.Pi / float64(g)
+				if q > 1 && g > 2 {
+					f *= math.Pow(float64(g)/2, float64(k)/float64(q-1))
+				}
+				row[k] = float32(amp * math.Sin(f*float64(r)))
+				row[q+k] = float32(amp * math.Cos(f*float64(r)))
+				row[2*q+k] = float32(amp * math.Sin(f*float64(c)))
+				row[3*q+k] = float32(amp * math.Cos(f*float64(c)))
+			}
+		}
+	}
 }

@@ -93,6 +93,7 @@ func prepareData(ctx context.Context, dir, synthSetID string, spec RunSpec, set 
 			Dir: filepath.Join(dir, stage), Stage: stage, SynthSetID: synthSetID,
 			Model: cfg, Tokenizer: tok, Filter: spec.Stage(stage).Data,
 			SamplesPerShard: spec.SamplesPerShard, Seed: spec.Seed, Set: set,
+			Pack: spec.Pack == nil || *spec.Pack,
 		}, logf)
 		if err != nil {
 			return nil, err
@@ -133,6 +134,7 @@ type shardInput struct {
 	Filter          DataFilter
 	SamplesPerShard int
 	Seed            int64
+	Pack            bool
 	Set             SynthSet
 }
 
@@ -152,7 +154,7 @@ func buildStageShards(ctx context.Context, in shardInput, logf func(string, ...a
 	b, err := model.NewShardBuilder(model.ShardConfig{
 		Model: in.Model, Tokenizer: in.Tokenizer, Dir: in.Dir, Name: in.Stage,
 		Stages: in.Filter.Stages, Splits: in.Filter.Splits, SamplesPerShard: in.SamplesPerShard,
-		Seed: in.Seed, SynthSet: in.SynthSetID,
+		Seed: in.Seed, SynthSet: in.SynthSetID, Pack: in.Pack,
 	}, in.Set.Images)
 	if err != nil {
 		return nil, fmt.Errorf("build %s shards: %w", in.Stage, err)
@@ -162,7 +164,7 @@ func buildStageShards(ctx context.Context, in shardInput, logf func(string, ...a
 		return nil, fmt.Errorf("build %s shards: %w", in.Stage, err)
 	}
 	st := b.Stats()
-	logf("built shards", "stage", in.Stage, "shards", len(infos), "kept", st.Kept, "read", st.Read, "dropped", st.Dropped)
+	logf("built shards", "stage", in.Stage, "shards", len(infos), "kept", st.Kept, "packed", st.Packed, "read", st.Read, "dropped", st.Dropped)
 	if st.Kept == 0 || len(infos) == 0 {
 		return nil, fmt.Errorf("build %s shards: no records of synth stages %v, splits %v, tasks %v in synth set %s (%d read, dropped %v): %w",
 			in.Stage, in.Filter.Stages, in.Filter.Splits, in.Filter.Tasks, in.SynthSetID, st.Read, st.Dropped, ErrInvalidRequest)

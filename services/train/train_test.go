@@ -29,11 +29,11 @@ func TestParseSpec(t *testing.T) {
 	if def.Stage1.Steps == 0 || len(def.Stage1.Trainable) == 0 || def.Stage2.Data.Stages[0] != "stage2" {
 		t.Errorf("defaults %+v", def)
 	}
-	got, err := train.ParseSpec([]byte(`{"stage2": {"steps": 27, "frozen": ["vision."]}, "seed": 9}`))
+	got, err := train.ParseSpec([]byte(`{"stage2": {"steps": 47, "frozen": ["vision."]}, "seed": 9}`))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got.Stage2.Steps != 27 || got.Seed != 9 || got.Stage2.BatchSize != def.Stage2.BatchSize ||
+	if got.Stage2.Steps != 47 || got.Seed != 9 || got.Stage2.BatchSize != def.Stage2.BatchSize ||
 		!slices.Equal(got.Stage2.Frozen, []string{"vision."}) || got.Stage1.Steps != def.Stage1.Steps || got.Model != def.Model {
 		t.Errorf("partial spec did not keep the other defaults: %+v", got)
 	}
@@ -48,7 +48,7 @@ func TestParseSpec(t *testing.T) {
 		`{"stage2": {"data": {"stages": []}}}`: "stage2.data.stages",
 		`{"stage1": {"trainable": [""]}}`:      "stage1.trainable/frozen",
 		`{"model": {"vocab_size": 500}}`:       "model.vocab_size",
-		`{"model": {"width": 30}}`:             "model",
+		`{"model": {"width": 31}}`:             "model",
 		`{"max_words": 0}`:                     "max_words",
 		`{"log_every": 0}`:                     "log_every",
 		`{"seed": 1} {"seed": 2}`:              "trailing",
