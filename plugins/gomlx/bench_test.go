@@ -57,7 +57,12 @@ func benchConfigs() []benchConfig {
 	p16.ImageSize, p16.PatchSize = 64, 16
 	p16small := p16
 	p16small.Width, p16small.Depth = 64, 2
+	// demo is services/train's DefaultSpec model: two heads, no vision block.
+	demo := small
+	demo.Heads, demo.VisionDepth, demo.ImagesAfterText = 2, 0, true
 	return []benchConfig{
+		{"img48p8-demo", demo},
+		{"img48p8-demo-long", demo},
 		{"img48p8-w96d3", d},
 		{"img48p8-w96d3-long", d},
 		{"img48p8-w64d2", small},
