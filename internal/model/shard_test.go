@@ -93,6 +93,20 @@ func seqOf(rs []Record) iter.Seq2[Record, error] {
 	}
 }
 
+// buildTestShards builds records with a new builder and returns its shards and stats.
+func buildTestShards(t *testing.T, sc ShardConfig, imgs ImageResolver, records []Record) ([]ShardInfo, BuildStats) {
+	t.Helper()
+	b, err := NewShardBuilder(sc, imgs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	infos, err := b.Build(context.Background(), seqOf(records))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return infos, b.Stats()
+}
+
 func shardConfig(t *testing.T, tok *Tokenizer, dir string) ShardConfig {
 	cfg := tinyConfig(tok)
 	cfg.MaxSeq = 64
@@ -103,16 +117,8 @@ func TestBuildShards(t *testing.T) {
 	tok := testTokenizer(t)
 	sc := shardConfig(t, tok, t.TempDir())
 	imgs := &memImages{}
-	b, err := NewShardBuilder(sc, imgs)
-	if err != nil {
-		t.Fatal(err)
-	}
 	records := testRecords()
-	infos, err := b.Build(context.Background(), seqOf(records))
-	if err != nil {
-		t.Fatal(err)
-	}
-	st := b.Stats()
+	infos, st := buildTestShards(t, sc, imgs, records)
 	// 40 generated: 8 are val; 3 extra records are dropped for their reasons.
 	if st.Read != 43 || st.Filtered != 8 || st.Kept != 32 ||
 		st.Dropped["too_long"] != 1 || st.Dropped["too_many_images"] != 1 || st.Dropped["invalid"] != 1 || st.Shards != 5 {
@@ -405,16 +411,8 @@ func TestBuildShardsPack(t *testing.T) {
 	tok := testTokenizer(t)
 	sc := shardConfig(t, tok, t.TempDir())
 	sc.Pack, sc.SamplesPerShard = true, 100
-	b, err := NewShardBuilder(sc, &memImages{})
-	if err != nil {
-		t.Fatal(err)
-	}
 	records := testRecords()
-	infos, err := b.Build(context.Background(), seqOf(records))
-	if err != nil {
-		t.Fatal(err)
-	}
-	st := b.Stats()
+	infos, st := buildTestShards(t, sc, &memImages{}, records)
 	if st.Kept != 32 || st.Packed == 0 || len(infos) != 1 || infos[0].Samples != st.Kept-st.Packed {
 		t.Fatalf("stats %+v, shards %+v", st, infos)
 	}
