@@ -305,8 +305,8 @@ func (b *ShardBuilder) pack(entries []entry) []entry {
 func laterTurns(turns []Turn) []Turn {
 	out := make([]Turn, len(turns))
 	for i, t := range turns {
-		if t.From == "human" && strings.Contains(t.Value, imagePlaceholder) {
-			t.Value = strings.TrimSpace(strings.Replace(strings.Replace(t.Value, imagePlaceholder+"\n", "", 1), imagePlaceholder, "", 1))
+		if before, after, ok := strings.Cut(t.Value, imagePlaceholder); t.From == "human" && ok {
+			t.Value = strings.TrimSpace(before + strings.TrimPrefix(after, "\n"))
 		}
 		out[i] = t
 	}

@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"testing"
 
+	gmdataset "github.com/groundmesh/groundmesh/internal/dataset"
 	"github.com/groundmesh/groundmesh/internal/model"
 	"github.com/groundmesh/groundmesh/plugins/compute"
 )
@@ -96,6 +97,11 @@ func probeSeq(c model.Config, o probeOpts, q int, box [4]int) ([]int32, int) {
 	return append(toks, tokEOS), at
 }
 
+// probeBox is a box of coarse values as a dataset.Box, for its IoU.
+func probeBox(b [4]int) gmdataset.Box {
+	return gmdataset.Box{X1: float64(b[0]), Y1: float64(b[1]), X2: float64(b[2]), Y2: float64(b[3])}
+}
+
 func runProbe(t testing.TB, o probeOpts) probeResult {
 	t.Helper()
 	c := o.config()
@@ -170,21 +176,11 @@ func runProbe(t testing.TB, o probeOpts) probeResult {
 			r.MeanErr += math.Abs(float64(pred[k]-bx[k])) / 256
 			r.MeanErrBaseline += math.Abs(mean[k]-float64(bx[k])) / 256
 		}
-		if boxIoU(pred, bx) >= 0.5 {
+		if probeBox(pred).IoU(probeBox(bx)) >= 0.5 {
 			r.Acc05 += 1.0 / 64
 		}
 	}
 	return r
-}
-
-func boxIoU(a, b [4]int) float64 {
-	ix := max(0, min(a[2], b[2])-max(a[0], b[0]))
-	iy := max(0, min(a[3], b[3])-max(a[1], b[1]))
-	union := (a[2]-a[0])*(a[3]-a[1]) + (b[2]-b[0])*(b[3]-b[1]) - ix*iy
-	if union <= 0 {
-		return 0
-	}
-	return float64(ix*iy) / float64(union)
 }
 
 // TestProbeLocalizesOneSquare: a few hundred steps of the demo's model
