@@ -112,6 +112,12 @@ func (c Config) Params() []ParamSpec {
 	add("projector.fc2.b", w)
 	add("embed.tokens", c.VocabSize, w)
 	add("embed.pos", c.MaxSeq, w)
+	if c.TextFusion {
+		add("fusion.ln.w", w)
+		add("fusion.ln.b", w)
+		add("fusion.w", w, 2*vw)
+		add("fusion.b", 2*vw)
+	}
 	for i := range c.Depth {
 		block(fmt.Sprintf("lm.blocks.%d", i), w)
 	}
@@ -136,6 +142,9 @@ func (c Config) ParamCount() int64 {
 	p += int64(c.VisionDepth)*block(c.VisionWidth) + 2*vw
 	p += vw*w + w + w*w + w
 	p += v*w + int64(c.MaxSeq)*w
+	if c.TextFusion {
+		p += 2*w + 2*w*vw + 2*vw
+	}
 	p += int64(c.Depth)*block(c.Width) + 2*w
 	p += w * v
 	return p
@@ -151,11 +160,17 @@ func (c Config) ParamCount() int64 {
 // FLOPsPerToken is the forward FLOPs of the language model for one sequence
 // position: per block the qkv, output and MLP products (2 * (4w^2 + 2wh))
 // and attention scores and weighted values (2 * 2 * MaxSeq * w), plus the
-// output head (2 * w * vocab).
+// output head (2 * w * vocab); with TextFusion also the running text sum
+// (2 * MaxSeq * w, as a masked [MaxSeq, MaxSeq] product computes it) and
+// the fusion layer (4 * w^2).
 func (c Config) FLOPsPerToken() float64 {
 	w, h := float64(c.Width), float64(c.MLPHidden(c.Width))
 	block := 2*(4*w*w+2*w*h) + 4*float64(c.MaxSeq)*w
-	return float64(c.Depth)*block + 2*w*float64(c.VocabSize)
+	f := float64(c.Depth)*block + 2*w*float64(c.VocabSize)
+	if c.TextFusion {
+		f += 2*float64(c.MaxSeq)*w + 4*w*w
+	}
+	return f
 }
 
 // FLOPsPerImage is the forward FLOPs of the vision encoder and projector

@@ -28,6 +28,8 @@ type netWeights struct {
 	tok, pos                   []float32
 	blocks                     []blockWeights
 	lnW, lnB, head             []float32
+	// Config.TextFusion only.
+	fuseLnW, fuseLnB, fuseW, fuseB []float32
 }
 
 func newNetWeights(c model.Config, w map[string][]float32) *netWeights {
@@ -50,6 +52,7 @@ func newNetWeights(c model.Config, w map[string][]float32) *netWeights {
 		pfc2W: w["projector.fc2.w"], pfc2B: w["projector.fc2.b"],
 		tok: w["embed.tokens"], pos: w["embed.pos"],
 		lnW: w["lm.ln_f.w"], lnB: w["lm.ln_f.b"], head: w["lm_head.w"],
+		fuseLnW: w["fusion.ln.w"], fuseLnB: w["fusion.ln.b"], fuseW: w["fusion.w"], fuseB: w["fusion.b"],
 	}
 	for i := range c.VisionDepth {
 		n.vblocks = append(n.vblocks, blk(fmt.Sprintf("vision.blocks.%d", i), c.VisionWidth))
@@ -221,8 +224,9 @@ func blockForward(bw *blockWeights, heads int, x []float32, rows, width int, kc,
 	}
 }
 
-// imageFeatures encodes one normalized HWC image into projected patch
-// features [P, Width].
+// imageFeatures encodes one normalized HWC image into patch features
+// [P, featWidth()]: projected, or with Config.TextFusion not yet (embed
+// modulates and projects them per position).
 func (n *netWeights) imageFeatures(pixels []float32) []float32 {
 	c := n.cfg
 	g, p := c.ImageSize/c.PatchSize, c.PatchSize
@@ -250,11 +254,52 @@ func (n *netWeights) imageFeatures(pixels []float32) []float32 {
 	}
 	h := make([]float32, np*vw)
 	layerNorm(h, x, np, vw, n.vlnW, n.vlnB)
-	mid := make([]float32, np*c.Width)
-	linear(mid, h, np, vw, n.pfc1W, n.pfc1B, c.Width)
+	if c.TextFusion {
+		return h // projected per position, after fusion (embed)
+	}
+	return n.project(h, np)
+}
+
+// featWidth is the width of imageFeatures' rows: the vision width when the
+// text modulates them before the projector (Config.TextFusion), else the
+// language model's.
+func (n *netWeights) featWidth() int {
+	if n.cfg.TextFusion {
+		return n.cfg.VisionWidth
+	}
+	return n.cfg.Width
+}
+
+// project runs the projector over rows of vision features [rows, VisionWidth].
+func (n *netWeights) project(h []float32, rows int) []float32 {
+	c := n.cfg
+	mid := make([]float32, rows*c.Width)
+	linear(mid, h, rows, c.VisionWidth, n.pfc1W, n.pfc1B, c.Width)
 	gelu(mid)
-	out := make([]float32, np*c.Width)
-	linear(out, mid, np, c.Width, n.pfc2W, n.pfc2B, c.Width)
+	out := make([]float32, rows*c.Width)
+	linear(out, mid, rows, c.Width, n.pfc2W, n.pfc2B, c.Width)
+	return out
+}
+
+// fuse modulates one vision feature row by the mean of the text embeddings
+// seen so far (Config.TextFusion; see netGraph.fuse).
+func (n *netWeights) fuse(feat []float32, sc *seqCache) []float32 {
+	c := n.cfg
+	w, vw := c.Width, c.VisionWidth
+	mean := make([]float32, w)
+	if sc.textN > 0 {
+		for i, v := range sc.textSum {
+			mean[i] = v / float32(sc.textN)
+		}
+	}
+	normed := make([]float32, w)
+	layerNorm(normed, mean, 1, w, n.fuseLnW, n.fuseLnB)
+	film := make([]float32, 2*vw)
+	linear(film, normed, 1, w, n.fuseW, n.fuseB, 2*vw)
+	out := make([]float32, vw)
+	for i := range out {
+		out[i] = feat[i]*(1+film[i]) + film[vw+i]
+	}
 	return out
 }
 
@@ -264,11 +309,15 @@ type seqCache struct {
 	n    int         // positions filled
 	// patchPos are the positions holding the first image's patches.
 	patchPos []int
+	// textSum and textN are the sum and count of the token embeddings of
+	// the non-patch positions so far (Config.TextFusion).
+	textSum []float32
+	textN   int
 }
 
 func (n *netWeights) newSeqCache() *seqCache {
 	c := n.cfg
-	sc := &seqCache{}
+	sc := &seqCache{textSum: make([]float32, c.Width)}
 	for range c.Depth {
 		sc.k = append(sc.k, make([]float32, c.MaxSeq*c.Width))
 		sc.v = append(sc.v, make([]float32, c.MaxSeq*c.Width))
@@ -286,13 +335,25 @@ func (n *netWeights) embed(tokens []int32, pos0 int, feats []float32, featRows i
 	for t, tok := range tokens {
 		row := x[t*w : (t+1)*w]
 		if tok == c.PatchToken && next < featRows {
-			copy(row, feats[next*w:(next+1)*w])
+			if c.TextFusion {
+				fw := n.featWidth()
+				copy(row, n.project(n.fuse(feats[next*fw:(next+1)*fw], sc), 1))
+			} else {
+				copy(row, feats[next*w:(next+1)*w])
+			}
 			if next < c.Patches() {
 				sc.patchPos = append(sc.patchPos, pos0+t)
 			}
 			next++
 		} else {
-			copy(row, n.tok[int(tok)*w:(int(tok)+1)*w])
+			e := n.tok[int(tok)*w : (int(tok)+1)*w]
+			copy(row, e)
+			if c.TextFusion {
+				for i, v := range e {
+					sc.textSum[i] += v
+				}
+				sc.textN++
+			}
 		}
 		p := n.pos[(pos0+t)*w : (pos0+t+1)*w]
 		for i := range row {

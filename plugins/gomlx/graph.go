@@ -73,8 +73,8 @@ func (n *netGraph) block(x *graph.Node, prefix string, bias *graph.Node) *graph.
 	return graph.Add(x, n.dense(hid, prefix+".mlp.fc2"))
 }
 
-// vision encodes normalized images [K, S, S, 3] into projected patch
-// features [K*P, Width].
+// vision encodes normalized images [K, S, S, 3] into patch features
+// [K*P, VisionWidth] (after vision.ln_f, before the projector).
 func (n *netGraph) vision(images *graph.Node) *graph.Node {
 	c := n.cfg
 	k := images.Shape().Dimensions[0]
@@ -89,9 +89,13 @@ func (n *netGraph) vision(images *graph.Node) *graph.Node {
 		x = n.block(x, fmt.Sprintf("vision.blocks.%d", i), nil)
 	}
 	x = n.layerNorm(x, "vision.ln_f")
-	x = activation.Gelu(n.dense(x, "projector.fc1"))
-	x = n.dense(x, "projector.fc2")
-	return graph.Reshape(x, k*g*g, c.Width)
+	return graph.Reshape(x, k*g*g, c.VisionWidth)
+}
+
+// project is the projector MLP from vision features [..., VisionWidth] to
+// the language model's width.
+func (n *netGraph) project(x *graph.Node) *graph.Node {
+	return n.dense(activation.Gelu(n.dense(x, "projector.fc1")), "projector.fc2")
 }
 
 // hidden runs the model up to the last block (before lm.ln_f):
@@ -102,9 +106,16 @@ func (n *netGraph) hidden(tokens, patchIdx, isPatch, images *graph.Node) *graph.
 	c := n.cfg
 	g := tokens.Graph()
 	l := tokens.Shape().Dimensions[1]
-	feats := n.vision(images)
-	patch := graph.Gather(feats, graph.InsertAxes(patchIdx, -1))           // [B, L, W]
 	tok := graph.Gather(n.p["embed.tokens"], graph.InsertAxes(tokens, -1)) // [B, L, W]
+	feats := n.vision(images)
+	var patch *graph.Node // [B, L, W]
+	if c.TextFusion {
+		// Modulated per position, so projected per position.
+		patch = graph.Gather(feats, graph.InsertAxes(patchIdx, -1))
+		patch = n.project(n.fuse(patch, tok, isPatch))
+	} else {
+		patch = graph.Gather(n.project(feats), graph.InsertAxes(patchIdx, -1))
+	}
 	m := graph.InsertAxes(isPatch, -1)
 	x := graph.Add(graph.Mul(tok, graph.OneMinus(m)), graph.Mul(patch, m))
 	pos := graph.SliceAxis(n.p["embed.pos"], 0, graph.AxisRange(0, l))
@@ -114,6 +125,28 @@ func (n *netGraph) hidden(tokens, patchIdx, isPatch, images *graph.Node) *graph.
 		x = n.block(x, fmt.Sprintf("lm.blocks.%d", i), bias)
 	}
 	return x
+}
+
+// fuse is Config.TextFusion: feature-wise modulation (FiLM) of the patch
+// features patch [B, L, VisionWidth], before the projector, by the text
+// before them. For every position, the
+// mean embedding of the non-patch positions up to it (tok [B, L, W] token
+// embeddings, isPatch [B, L]; zeros where there are none) goes through the
+// layer norm "fusion.ln" and the linear "fusion" layer to a scale and a
+// shift [VisionWidth] each, and the row
+// becomes patch * (1 + scale) + shift. Only patch rows are used.
+func (n *netGraph) fuse(patch, tok, isPatch *graph.Node) *graph.Node {
+	g := tok.Graph()
+	l, w := tok.Shape().Dimensions[1], n.cfg.VisionWidth
+	isText := graph.OneMinus(isPatch)                                      // [B, L]
+	tri := graph.ConvertDType(graph.LowerTriangular(g, l), dtypes.Float32) // [L, L]: row i sums j <= i
+	sum := graph.Einsum("ij,bjw->biw", tri, graph.Mul(tok, graph.InsertAxes(isText, -1)))
+	count := graph.Einsum("ij,bj->bi", tri, isText)
+	mean := graph.Div(sum, graph.InsertAxes(graph.Max(count, graph.Scalar(g, dtypes.Float32, 1)), -1))
+	film := n.dense(n.layerNorm(mean, "fusion.ln"), "fusion") // [B, L, 2W]
+	scale := graph.SliceAxis(film, -1, graph.AxisRange(0, w))
+	shift := graph.SliceAxis(film, -1, graph.AxisRange(w, 2*w))
+	return graph.Add(graph.Mul(patch, graph.OnePlus(scale)), shift)
 }
 
 // logits applies lm.ln_f and lm_head to hidden states [..., Width].

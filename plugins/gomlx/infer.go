@@ -155,7 +155,7 @@ func (b *Backend) Prefill(ctx context.Context, req compute.PrefillRequest) (res 
 			feats = append(feats, s.net.imageFeatures(img.Pixels)...)
 		}
 		sc := s.net.newSeqCache()
-		x := s.net.embed(seq.Tokens, 0, feats, len(feats)/c.Width, sc)
+		x := s.net.embed(seq.Tokens, 0, feats, len(feats)/s.net.featWidth(), sc)
 		logits, attn := s.net.step(sc, x, len(seq.Tokens), req.WantAttention)
 		cache.seqs[i] = sc
 		res.Logits[i] = logits

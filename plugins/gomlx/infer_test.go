@@ -125,8 +125,9 @@ func maxAbsDiff(a, b []float32) float64 {
 	return d
 }
 
-// paritySequences: one sequence with two images, one with one image, one
-// without images; text tokens random.
+// paritySequences: a sequence with two images and text before, between
+// and after them, two with one image (with and without text before it),
+// one without images; text tokens random.
 func paritySequences(c model.Config, rng *rand.Rand) []compute.Sequence {
 	img := func() compute.Image {
 		px := make([]float32, c.ImageSize*c.ImageSize*3)
@@ -149,16 +150,26 @@ func paritySequences(c model.Config, rng *rand.Rand) []compute.Sequence {
 		}
 		return out
 	}
-	seq := func(images int, tail int) compute.Sequence {
-		toks := append([]int32{tokBOS}, patches(images)...)
-		toks = append(toks, text(tail)...)
-		s := compute.Sequence{Tokens: toks}
+	// seq lays out: <bos>, lead text, then per image its patches followed
+	// by mid text, then tail text. Text before and between images is what
+	// Config.TextFusion reads.
+	seq := func(images, lead, mid, tail int) compute.Sequence {
+		toks := append([]int32{tokBOS}, text(lead)...)
+		s := compute.Sequence{}
 		for range images {
+			toks = append(toks, patches(1)...)
+			toks = append(toks, text(mid)...)
 			s.Images = append(s.Images, img())
 		}
+		s.Tokens = append(toks, text(tail)...)
 		return s
 	}
-	return []compute.Sequence{seq(2, c.MaxSeq-1-2*c.Patches()), seq(1, 6), seq(0, 9)}
+	return []compute.Sequence{
+		seq(2, 2, 1, c.MaxSeq-1-2-2*(c.Patches()+1)),
+		seq(1, 0, 0, 6),
+		seq(1, 3, 0, 3),
+		seq(0, 0, 0, 9),
+	}
 }
 
 // firstDecodable is the first position after the last patch token: a
@@ -174,8 +185,18 @@ func firstDecodable(c model.Config, s compute.Sequence) int {
 }
 
 func TestPrefillDecodeMatchFullForward(t *testing.T) {
+	fusion := tinyConfig()
+	fusion.TextFusion = true
+	for _, v := range []struct {
+		name string
+		c    model.Config
+	}{{"plain", tinyConfig()}, {"text-fusion", fusion}} {
+		t.Run(v.name, func(t *testing.T) { testPrefillDecodeMatch(t, v.c) })
+	}
+}
+
+func testPrefillDecodeMatch(t *testing.T, c model.Config) {
 	ctx := context.Background()
-	c := tinyConfig()
 	b := newTestBackend(t)
 	w := roughWeights(c, 11)
 	ck := writeWeights(t, t.TempDir(), c, w)
@@ -314,5 +335,59 @@ func TestPrefillRejectsBadInput(t *testing.T) {
 	other.Width = 64
 	if _, err := b.Load(ctx, compute.LoadRequest{ModelConfig: configJSON(t, other), Checkpoint: ck}); err == nil {
 		t.Error("load with a config of another width: want error")
+	}
+}
+
+// TestTextFusion: with the fusion layer at zero, a TextFusion model is the
+// plain model (the projector moved after the gather changes nothing); with
+// it trained, the patch positions depend on the text before the image
+// through it, not only through attention.
+func TestTextFusion(t *testing.T) {
+	plain := tinyConfig()
+	fused := plain
+	fused.TextFusion = true
+	w := roughWeights(fused, 5)
+	b := newTestBackend(t)
+	rng := rand.New(rand.NewPCG(8, 8))
+	seqs := paritySequences(fused, rng)[2:3] // <bos>, 3 text tokens, one image, text
+	lead := seqs[0]
+	other := compute.Sequence{Tokens: append([]int32(nil), lead.Tokens...), Images: lead.Images}
+	other.Tokens[2] = other.Tokens[2]%int32(fused.VocabSize-5) + 5 + 1
+	if other.Tokens[2] >= int32(fused.VocabSize) {
+		other.Tokens[2] = 5
+	}
+	batch := []compute.Sequence{lead, other}
+	firstPatch := 4 // after <bos> and the 3 lead tokens
+
+	zero := map[string][]float32{}
+	for k, v := range w {
+		zero[k] = v
+	}
+	for _, name := range []string{"fusion.w", "fusion.b"} {
+		zero[name] = make([]float32, len(w[name]))
+	}
+	ref := gomlxLogits(t, b, plain, w, batch) // the plain model ignores fusion.*
+	got := gomlxLogits(t, b, fused, zero, batch)
+	for i := range batch {
+		for p := range ref[i] {
+			if d := maxAbsDiff(ref[i][p], got[i][p]); d > parityTolerance {
+				t.Fatalf("zero fusion: sequence %d position %d differs from the plain model by %.3g", i, p, d)
+			}
+		}
+	}
+
+	on := gomlxLogits(t, b, fused, w, batch)
+	delta := func(i int) []float32 {
+		d := make([]float32, len(on[i][firstPatch]))
+		for j := range d {
+			d[j] = on[i][firstPatch][j] - ref[i][firstPatch][j]
+		}
+		return d
+	}
+	if d := maxAbsDiff(on[0][firstPatch], ref[0][firstPatch]); d < 1e-3 {
+		t.Fatalf("fusion changes the first patch position's logits by only %.3g", d)
+	}
+	if d := maxAbsDiff(delta(0), delta(1)); d < 1e-3 {
+		t.Fatalf("fusion's effect does not depend on the text before the image (%.3g)", d)
 	}
 }

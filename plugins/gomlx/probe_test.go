@@ -34,6 +34,7 @@ type probeOpts struct {
 	Heads     int
 	VisDepth  int
 	TextFirst bool // question before the image
+	Fusion    bool // Config.TextFusion
 }
 
 type probeResult struct {
@@ -47,6 +48,7 @@ func (o probeOpts) config() model.Config {
 	c := model.DefaultConfig(130)
 	c.Width, c.Depth, c.Heads, c.VisionDepth = 64, 2, o.Heads, o.VisDepth
 	c.MaxSeq, c.MaxImages = 48, 1
+	c.TextFusion = o.Fusion
 	return c
 }
 
@@ -191,7 +193,7 @@ func TestProbeLocalizesOneSquare(t *testing.T) {
 	if testing.Short() {
 		t.Skip("trains for about a minute")
 	}
-	r := runProbe(t, probeOpts{Squares: 1, Steps: 250, LR: 3e-3, Heads: 2, VisDepth: 0, TextFirst: true})
+	r := runProbe(t, probeOpts{Squares: 1, Steps: 250, LR: 3e-3, Heads: 2, VisDepth: 0, TextFirst: true, Fusion: true})
 	t.Logf("one square, 250 steps: loss %.3f -> %.3f, mean |error| %.2f (mean box %.2f), Acc@0.5 %.2f",
 		r.FirstLoss, r.LastLoss, r.MeanErr, r.MeanErrBaseline, r.Acc05)
 	if r.MeanErr > 8 || r.MeanErr > 0.5*r.MeanErrBaseline {
@@ -201,8 +203,8 @@ func TestProbeLocalizesOneSquare(t *testing.T) {
 
 // BenchmarkProbeBinding measures how far the model gets in binding a colour
 // word to one of two squares: GROUNDMESH_PROBE_STEPS steps (default 400),
-// for the demo's layout and for the earlier one (four heads, one vision
-// block, image first). It reports loss and errors, not time.
+// for the demo's layout, for it without text fusion, and for the earlier
+// one (four heads, one vision block, image first, no fusion). It reports loss and errors, not time.
 func BenchmarkProbeBinding(b *testing.B) {
 	steps := 400
 	if s := os.Getenv("GROUNDMESH_PROBE_STEPS"); s != "" {
@@ -212,7 +214,8 @@ func BenchmarkProbeBinding(b *testing.B) {
 		name string
 		o    probeOpts
 	}{
-		{"demo", probeOpts{Squares: 2, Steps: steps, LR: 3e-3, Heads: 2, VisDepth: 0, TextFirst: true}},
+		{"demo", probeOpts{Squares: 2, Steps: steps, LR: 3e-3, Heads: 2, VisDepth: 0, TextFirst: true, Fusion: true}},
+		{"no-fusion", probeOpts{Squares: 2, Steps: steps, LR: 3e-3, Heads: 2, VisDepth: 0, TextFirst: true}},
 		{"image-first-h4-vd1", probeOpts{Squares: 2, Steps: steps, LR: 3e-3, Heads: 4, VisDepth: 1}},
 	} {
 		b.Run(v.name, func(b *testing.B) {

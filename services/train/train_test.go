@@ -153,7 +153,7 @@ func TestTrainThreeStages(t *testing.T) {
 			t.Errorf("%s starts from %q, want %s's final %q", reqs[i+1].Stage, reqs[i+1].InitCheckpoint, st, final)
 		}
 	}
-	if !slices.Equal(reqs[0].Trainable, []string{"projector.", "embed.", "lm_head."}) || len(reqs[1].Trainable) != 0 {
+	if !slices.Equal(reqs[0].Trainable, []string{"projector.", "fusion.", "embed.", "lm_head."}) || len(reqs[1].Trainable) != 0 {
 		t.Errorf("trainable: stage1 %v, stage2 %v", reqs[0].Trainable, reqs[1].Trainable)
 	}
 	// Loss curve, stage rows, lineage and facts are in Postgres.
