@@ -281,9 +281,11 @@ func (n *netWeights) project(h []float32, rows int) []float32 {
 	return out
 }
 
-// fuse modulates one vision feature row by the mean of the text embeddings
-// seen so far (Config.TextFusion; see netGraph.fuse).
-func (n *netWeights) fuse(feat []float32, sc *seqCache) []float32 {
+// film is Config.TextFusion's scale and shift [2 * VisionWidth] for a patch
+// read now: from the mean of the text embeddings seen so far (see
+// netGraph.fuse). It changes only when text arrives, so embed computes it
+// once per run of patches.
+func (n *netWeights) film(sc *seqCache) []float32 {
 	c := n.cfg
 	w, vw := c.Width, c.VisionWidth
 	mean := make([]float32, w)
@@ -294,12 +296,8 @@ func (n *netWeights) fuse(feat []float32, sc *seqCache) []float32 {
 	}
 	normed := make([]float32, w)
 	layerNorm(normed, mean, 1, w, n.fuseLnW, n.fuseLnB)
-	film := make([]float32, 2*vw)
-	linear(film, normed, 1, w, n.fuseW, n.fuseB, 2*vw)
-	out := make([]float32, vw)
-	for i := range out {
-		out[i] = feat[i]*(1+film[i]) + film[vw+i]
-	}
+	out := make([]float32, 2*vw)
+	linear(out, normed, 1, w, n.fuseW, n.fuseB, 2*vw)
 	return out
 }
 
@@ -332,12 +330,20 @@ func (n *netWeights) embed(tokens []int32, pos0 int, feats []float32, featRows i
 	w := c.Width
 	x := make([]float32, len(tokens)*w)
 	next := 0
+	var film []float32 // Config.TextFusion: valid until the next text token
 	for t, tok := range tokens {
 		row := x[t*w : (t+1)*w]
 		if tok == c.PatchToken && next < featRows {
 			if c.TextFusion {
-				fw := n.featWidth()
-				copy(row, n.project(n.fuse(feats[next*fw:(next+1)*fw], sc), 1))
+				if film == nil {
+					film = n.film(sc)
+				}
+				vw := c.VisionWidth
+				feat := make([]float32, vw)
+				for i, v := range feats[next*vw : (next+1)*vw] {
+					feat[i] = v*(1+film[i]) + film[vw+i]
+				}
+				copy(row, n.project(feat, 1))
 			} else {
 				copy(row, feats[next*w:(next+1)*w])
 			}
@@ -353,6 +359,7 @@ func (n *netWeights) embed(tokens []int32, pos0 int, feats []float32, featRows i
 					sc.textSum[i] += v
 				}
 				sc.textN++
+				film = nil
 			}
 		}
 		p := n.pos[(pos0+t)*w : (pos0+t+1)*w]

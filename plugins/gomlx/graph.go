@@ -129,12 +129,11 @@ func (n *netGraph) hidden(tokens, patchIdx, isPatch, images *graph.Node) *graph.
 
 // fuse is Config.TextFusion: feature-wise modulation (FiLM) of the patch
 // features patch [B, L, VisionWidth], before the projector, by the text
-// before them. For every position, the
-// mean embedding of the non-patch positions up to it (tok [B, L, W] token
-// embeddings, isPatch [B, L]; zeros where there are none) goes through the
-// layer norm "fusion.ln" and the linear "fusion" layer to a scale and a
-// shift [VisionWidth] each, and the row
-// becomes patch * (1 + scale) + shift. Only patch rows are used.
+// before them. For every position, the mean embedding of the non-patch
+// positions up to it (tok [B, L, W] token embeddings, isPatch [B, L]; zeros
+// where there are none) goes through the layer norm "fusion.ln" and the
+// linear "fusion" layer to a scale and a shift [VisionWidth] each, and the
+// row becomes patch * (1 + scale) + shift. Only patch rows are used.
 func (n *netGraph) fuse(patch, tok, isPatch *graph.Node) *graph.Node {
 	g := tok.Graph()
 	l, w := tok.Shape().Dimensions[1], n.cfg.VisionWidth

@@ -2,6 +2,7 @@ package gomlx
 
 import (
 	"context"
+	"maps"
 	"math"
 	"math/rand/v2"
 	"path/filepath"
@@ -352,17 +353,11 @@ func TestTextFusion(t *testing.T) {
 	seqs := paritySequences(fused, rng)[2:3] // <bos>, 3 text tokens, one image, text
 	lead := seqs[0]
 	other := compute.Sequence{Tokens: append([]int32(nil), lead.Tokens...), Images: lead.Images}
-	other.Tokens[2] = other.Tokens[2]%int32(fused.VocabSize-5) + 5 + 1
-	if other.Tokens[2] >= int32(fused.VocabSize) {
-		other.Tokens[2] = 5
-	}
+	other.Tokens[2] = 5 + (lead.Tokens[2]-5+1)%int32(fused.VocabSize-5) // another text token
 	batch := []compute.Sequence{lead, other}
 	firstPatch := 4 // after <bos> and the 3 lead tokens
 
-	zero := map[string][]float32{}
-	for k, v := range w {
-		zero[k] = v
-	}
+	zero := maps.Clone(w)
 	for _, name := range []string{"fusion.w", "fusion.b"} {
 		zero[name] = make([]float32, len(w[name]))
 	}
