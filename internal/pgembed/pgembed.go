@@ -97,6 +97,10 @@ type Cluster struct {
 	port    int
 	run     runner
 	log     *slog.Logger
+	// adopted marks a server this Cluster found running rather than
+	// started: another process (a running `groundmesh up` whose data dir a
+	// CLI verb opened) may be using it, so Stop leaves it running.
+	adopted bool
 }
 
 // Start makes the cluster in cfg.Dir ready: it runs initdb on first use,
@@ -134,6 +138,7 @@ func Start(ctx context.Context, cfg Config) (*Cluster, error) {
 	if err != nil {
 		return nil, err
 	}
+	c.adopted = adopted
 	if !adopted {
 		if err := c.startServer(ctx); err != nil {
 			return nil, err
@@ -172,8 +177,16 @@ func (c *Cluster) urlFor(db string) string {
 
 // Stop shuts the server down (pg_ctl stop -m fast: open sessions are
 // disconnected, nothing committed is lost). Stopping a stopped cluster is a
-// no-op.
+// no-op, and so is stopping one that Start adopted: the process serving
+// from it may still be running (a CLI verb opened the data dir of a running
+// stack), and stopping the server would cut that process off. A server
+// adopted after its starter crashed is therefore left running too; the next
+// Start adopts it again.
 func (c *Cluster) Stop(ctx context.Context) error {
+	if c.adopted {
+		c.log.Info("leaving the adopted postgres running", "port", c.port)
+		return nil
+	}
 	if _, err := os.Stat(filepath.Join(c.dataDir, "postmaster.pid")); errors.Is(err, os.ErrNotExist) {
 		return nil
 	}

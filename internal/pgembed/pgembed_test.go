@@ -190,6 +190,16 @@ func TestLifecycle(t *testing.T) {
 			t.Fatal(err)
 		}
 		conn2.Close(ctx)
+		// Stopping the adopter must not stop the server under the process
+		// that started it (a CLI verb run beside `groundmesh up` did).
+		if err := c2.Stop(ctx); err != nil {
+			t.Fatal(err)
+		}
+		conn3 := connect(t, c.URL())
+		if err := conn3.Ping(ctx); err != nil {
+			t.Fatalf("the adopter's Stop stopped the server: %v", err)
+		}
+		conn3.Close(ctx)
 
 		other := c.Port() + 1
 		if other > 65535 {
