@@ -417,3 +417,133 @@ func (g *Generator) generateBatch(ctx context.Context, prompts []Prompt, offset 
 	}
 	return gens, nil
 }
+
+// ScoreItem is a prompt and the answer to score under it (teacher forced).
+type ScoreItem struct {
+	Prompt Prompt
+	Answer string
+}
+
+// Score is the model's negative log-likelihood of an answer: the sum over
+// its tokens and the closing <eos> (Tokens of them), in nats, exactly the
+// positions training puts a loss on.
+type Score struct {
+	NLL    float64
+	Tokens int
+}
+
+// Score computes each item's answer likelihood, teacher forced: one prefill
+// of the prompt, then the answer's tokens fed one per decode step, in
+// batches of batchSize (0: all at once). Scoring an answer under the true
+// image and under another one tells whether the model reads the image at
+// all, which greedy answers alone do not show.
+func (g *Generator) Score(ctx context.Context, items []ScoreItem, batchSize int) (scores []Score, err error) {
+	ctx, span := otel.Tracer("groundmesh/model").Start(ctx, "model.Score")
+	defer func() {
+		if err != nil {
+			span.RecordError(err)
+			span.SetStatus(codes.Error, err.Error())
+		}
+		span.End()
+	}()
+	span.SetAttributes(attribute.Int("items", len(items)))
+	if batchSize <= 0 {
+		batchSize = len(items)
+	}
+	scores = make([]Score, 0, len(items))
+	for start := 0; start < len(items); start += batchSize {
+		out, err := g.scoreBatch(ctx, items[start:min(len(items), start+batchSize)], start)
+		if err != nil {
+			return nil, err
+		}
+		scores = append(scores, out...)
+	}
+	return scores, nil
+}
+
+func (g *Generator) scoreBatch(ctx context.Context, items []ScoreItem, offset int) ([]Score, error) {
+	batch := make([]compute.Sequence, len(items))
+	answers := make([][]int32, len(items))
+	longest := 0
+	for i, it := range items {
+		p := it.Prompt
+		tokens, n, err := EncodePrompt(g.tok, g.cfg, p.History, p.Text)
+		if err != nil {
+			return nil, fmt.Errorf("score: item %d: %w", offset+i, err)
+		}
+		if n != len(p.Images) {
+			return nil, fmt.Errorf("score: item %d: %d %s placeholders for %d images", offset+i, n, imagePlaceholder, len(p.Images))
+		}
+		answers[i] = append(g.tok.Encode(it.Answer), tokEOS)
+		if len(tokens)+len(answers[i])-1 > g.cfg.MaxSeq {
+			return nil, fmt.Errorf("score: item %d: %d prompt and %d answer tokens: %w (%d)", offset+i, len(tokens), len(answers[i]), ErrTooLong, g.cfg.MaxSeq)
+		}
+		seq := compute.Sequence{Tokens: tokens, Images: make([]compute.Image, len(p.Images))}
+		for k, img := range p.Images {
+			if seq.Images[k], err = ComputeImage(img, g.cfg.ImageSize); err != nil {
+				return nil, fmt.Errorf("score: item %d image %d: %w", offset+i, k, err)
+			}
+		}
+		batch[i] = seq
+		longest = max(longest, len(answers[i]))
+	}
+	// Every sequence advances one position per step, finished ones fed
+	// <pad>: the longest answer sets how far each prompt runs.
+	for i, s := range batch {
+		if len(s.Tokens)+longest-1 > g.cfg.MaxSeq {
+			return nil, fmt.Errorf("score: item %d: its %d-token prompt with the batch's longest answer (%d tokens): %w (%d); score it in a smaller batch",
+				offset+i, len(s.Tokens), longest, ErrTooLong, g.cfg.MaxSeq)
+		}
+	}
+	res, err := g.backend.Prefill(ctx, compute.PrefillRequest{Session: g.session, Batch: batch})
+	if err != nil {
+		return nil, fmt.Errorf("score: prefill: %w", err)
+	}
+	cacheID := res.CacheID
+	defer func() { _ = g.backend.ReleaseCache(context.WithoutCancel(ctx), g.session, cacheID) }()
+	scores := make([]Score, len(items))
+	feed := make([]int32, len(items))
+	for step := 0; step < longest; step++ {
+		if len(res.Logits) != len(items) {
+			return nil, fmt.Errorf("score: backend returned %d logit rows for %d sequences", len(res.Logits), len(items))
+		}
+		for i, ans := range answers {
+			feed[i] = tokPad
+			if step >= len(ans) {
+				continue
+			}
+			if len(res.Logits[i]) != g.cfg.VocabSize {
+				return nil, fmt.Errorf("score: backend returned %d logits, vocab is %d", len(res.Logits[i]), g.cfg.VocabSize)
+			}
+			scores[i].NLL -= logSoftmaxAt(res.Logits[i], ans[step])
+			scores[i].Tokens++
+			if step+1 < len(ans) {
+				feed[i] = ans[step]
+			}
+		}
+		if step+1 == longest {
+			break
+		}
+		if err := ctx.Err(); err != nil {
+			return nil, fmt.Errorf("score: %w", err)
+		}
+		res, err = g.backend.Decode(ctx, compute.DecodeRequest{Session: g.session, CacheID: cacheID, Tokens: feed})
+		if err != nil {
+			return nil, fmt.Errorf("score: decode step %d: %w", step+1, err)
+		}
+	}
+	return scores, nil
+}
+
+// logSoftmaxAt is log softmax(logits)[id], computed stably.
+func logSoftmaxAt(logits []float32, id int32) float64 {
+	m := math.Inf(-1)
+	for _, v := range logits {
+		m = math.Max(m, float64(v))
+	}
+	var z float64
+	for _, v := range logits {
+		z += math.Exp(float64(v) - m)
+	}
+	return float64(logits[id]) - m - math.Log(z)
+}

@@ -467,3 +467,54 @@ func TestGenerateAttentionBatchingAndErrors(t *testing.T) {
 		}
 	}
 }
+
+// TestScoreTeacherForced: Score sums -log softmax of the logits the backend
+// gives after the prompt and after each answer token, the answer's <eos>
+// included; answers of different lengths share a batch; the scripted
+// answer scores far better than another one.
+func TestScoreTeacherForced(t *testing.T) {
+	tok := testTokenizer(t)
+	cfg := tinyConfig(tok)
+	f := newFake(cfg, scripted(tok, map[string]string{"red circle": "[0.051, 0.102, 0.350, 0.400]"}))
+	g := newTestGenerator(t, f, tok)
+	p := Prompt{Text: "<image>\nWhere is the red circle?", Images: []image.Image{testImage(30, 20)}}
+	items := []ScoreItem{
+		{Prompt: p, Answer: "[0.051, 0.102, 0.350, 0.400]"},
+		{Prompt: p, Answer: "[0.500, 0.500, 0.900, 0.900]"},
+		{Prompt: Prompt{Text: "<image>\nIs it red?", Images: []image.Image{testImage(8, 8)}}, Answer: "Yes"},
+	}
+	scores, err := g.Score(context.Background(), items, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, it := range items {
+		prompt, _, err := EncodePrompt(tok, cfg, nil, it.Prompt.Text)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ans := append(tok.Encode(it.Answer), tok.EOSID())
+		var want float64
+		for j := range ans {
+			want -= logSoftmaxAt(f.logits(prompt, ans[:j]), ans[j])
+		}
+		if scores[i].Tokens != len(ans) || math.Abs(scores[i].NLL-want) > 1e-9 {
+			t.Errorf("item %d: %+v, want NLL %.6f over %d tokens", i, scores[i], want, len(ans))
+		}
+	}
+	if scores[0].NLL/float64(scores[0].Tokens) > math.Log(float64(tok.VocabSize()))-1 || scores[1].NLL < 2*scores[0].NLL {
+		t.Errorf("scripted answer NLL %.3f, other answer %.3f: the score does not follow the logits", scores[0].NLL, scores[1].NLL)
+	}
+	if f.prefills != 1 || f.releases != 1 || len(f.caches) != 0 {
+		t.Errorf("prefills %d releases %d open %d", f.prefills, f.releases, len(f.caches))
+	}
+	// Batches of one give the same scores.
+	one, err := g.Score(context.Background(), items, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range one {
+		if math.Abs(one[i].NLL-scores[i].NLL) > 1e-9 {
+			t.Errorf("item %d: %.6f alone, %.6f in a batch", i, one[i].NLL, scores[i].NLL)
+		}
+	}
+}

@@ -47,7 +47,9 @@ func TestParamCountByHand(t *testing.T) {
 
 func TestParamsMatchParamCount(t *testing.T) {
 	tok := testTokenizer(t)
-	for _, c := range []Config{handConfig, DefaultConfig(tok.VocabSize()), tinyConfig(tok),
+	fused := DefaultConfig(tok.VocabSize())
+	fused.TextFusion = true
+	for _, c := range []Config{handConfig, DefaultConfig(tok.VocabSize()), tinyConfig(tok), fused,
 		{Version: "tinygrounder/v1", ImageSize: 64, PatchSize: 16, VisionWidth: 48, VisionDepth: 0, Width: 72,
 			Depth: 2, Heads: 3, MLPRatio: 2.5, VocabSize: 999, MaxSeq: 100, MaxImages: 2}} {
 		var sum int64
@@ -59,7 +61,7 @@ func TestParamsMatchParamCount(t *testing.T) {
 			names[p.Name] = true
 			sum += p.Size()
 			ok := false
-			for _, prefix := range []string{"vision.", "projector.", "embed.", "lm.", "lm_head."} {
+			for _, prefix := range []string{"vision.", "projector.", "embed.", "fusion.", "lm.", "lm_head."} {
 				ok = ok || strings.HasPrefix(p.Name, prefix)
 			}
 			if !ok {

@@ -25,6 +25,8 @@ const (
 	probeBox0     = 15  // coarse "0.00" .. "1.00" are 15 .. 115, as in internal/model
 	probeQuestion = 120 // +0 red, +1 green
 	probeAnswer   = 122 // "answer now" when the question precedes the image
+	probeFiller0  = 123 // 123 .. 129: filler words
+	probeFillers  = 7
 )
 
 type probeOpts struct {
@@ -35,6 +37,10 @@ type probeOpts struct {
 	VisDepth  int
 	TextFirst bool // question before the image
 	Fusion    bool // Config.TextFusion
+	// Filler is the number of random filler tokens (a template's words)
+	// before the question when TextFirst: what a real instruction wraps
+	// its two or three telling words in.
+	Filler int
 }
 
 type probeResult struct {
@@ -47,7 +53,7 @@ type probeResult struct {
 func (o probeOpts) config() model.Config {
 	c := model.DefaultConfig(130)
 	c.Width, c.Depth, c.Heads, c.VisionDepth = 64, 2, o.Heads, o.VisDepth
-	c.MaxSeq, c.MaxImages = 48, 1
+	c.MaxSeq, c.MaxImages = 48+o.Filler, 1
 	c.TextFusion = o.Fusion
 	return c
 }
@@ -79,9 +85,12 @@ func probeSample(c model.Config, squares int, rng *rand.Rand) (img []byte, q int
 
 // probeSeq returns the tokens and the position whose logits predict the
 // first box number.
-func probeSeq(c model.Config, o probeOpts, q int, box [4]int) ([]int32, int) {
+func probeSeq(c model.Config, o probeOpts, q int, box [4]int, rng *rand.Rand) ([]int32, int) {
 	toks := []int32{tokBOS}
 	if o.TextFirst {
+		for range o.Filler {
+			toks = append(toks, int32(probeFiller0+rng.IntN(probeFillers)))
+		}
 		toks = append(toks, int32(probeQuestion+q))
 	}
 	for range c.Patches() {
@@ -120,7 +129,7 @@ func runProbe(t testing.TB, o probeOpts) probeResult {
 		img, q, box := probeSample(c, o.Squares, rng)
 		images = append(images, img...)
 		index[i] = int32(i)
-		seq, at := probeSeq(c, o, q, box)
+		seq, at := probeSeq(c, o, q, box, rng)
 		for p := range L {
 			targets[i*L+p] = -1
 			tokens[i*L+p] = c.PadToken
@@ -158,7 +167,7 @@ func runProbe(t testing.TB, o probeOpts) probeResult {
 	var ats []int
 	for range 64 {
 		img, q, box := probeSample(c, o.Squares, trng)
-		seq, at := probeSeq(c, o, q, box)
+		seq, at := probeSeq(c, o, q, box, trng)
 		batch = append(batch, compute.Sequence{Tokens: seq, Images: []compute.Image{{Size: c.ImageSize, Pixels: normalize(img)}}})
 		boxes, ats = append(boxes, box), append(ats, at)
 	}
@@ -203,8 +212,11 @@ func TestProbeLocalizesOneSquare(t *testing.T) {
 
 // BenchmarkProbeBinding measures how far the model gets in binding a colour
 // word to one of two squares: GROUNDMESH_PROBE_STEPS steps (default 400),
-// for the demo's layout, for it without text fusion, and for the earlier
-// one (four heads, one vision block, image first, no fusion). It reports loss and errors, not time.
+// for the demo's layout, for it without text fusion, for both with eight
+// random filler words before the colour word (filler8: a real prompt's
+// template around its telling words), and for the earlier layout (four
+// heads, one vision block, image first, no fusion). It reports loss and
+// errors, not time.
 func BenchmarkProbeBinding(b *testing.B) {
 	steps := 400
 	if s := os.Getenv("GROUNDMESH_PROBE_STEPS"); s != "" {
@@ -216,6 +228,8 @@ func BenchmarkProbeBinding(b *testing.B) {
 	}{
 		{"demo", probeOpts{Squares: 2, Steps: steps, LR: 3e-3, Heads: 2, VisDepth: 0, TextFirst: true, Fusion: true}},
 		{"no-fusion", probeOpts{Squares: 2, Steps: steps, LR: 3e-3, Heads: 2, VisDepth: 0, TextFirst: true}},
+		{"filler8", probeOpts{Squares: 2, Steps: steps, LR: 3e-3, Heads: 2, VisDepth: 0, TextFirst: true, Fusion: true, Filler: 8}},
+		{"filler8-no-fusion", probeOpts{Squares: 2, Steps: steps, LR: 3e-3, Heads: 2, VisDepth: 0, TextFirst: true, Filler: 8}},
 		{"image-first-h4-vd1", probeOpts{Squares: 2, Steps: steps, LR: 3e-3, Heads: 4, VisDepth: 1}},
 	} {
 		b.Run(v.name, func(b *testing.B) {

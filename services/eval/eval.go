@@ -25,6 +25,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -377,6 +378,18 @@ func (s *Service) evalPredictor(ctx context.Context, p Predictor, ckID, stage st
 			})
 			if err != nil {
 				return nil, fmt.Errorf("evaluate %s: %w", stage, err)
+			}
+			if ir, ok := p.(interface {
+				imageReliance(context.Context, []model.Record) (map[string]float64, bool, error)
+			}); ok && !baseline && imageReliant[bench] {
+				m, _, err := ir.imageReliance(ctx, recs)
+				if err != nil {
+					return nil, fmt.Errorf("evaluate %s %s/%s image reliance: %w", stage, name, split, err)
+				}
+				if res.Metrics == nil {
+					res.Metrics = map[string]float64{}
+				}
+				maps.Copy(res.Metrics, m)
 			}
 			e := evaluation{ID: uuid.NewString(), CheckpointID: ckID, Stage: stage, Split: split, Bench: name,
 				Samples: len(res.Samples), Metrics: res.Metrics}

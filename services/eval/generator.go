@@ -268,3 +268,112 @@ func (c *imageCache) get(ref model.ImageRef) (image.Image, error) {
 	c.mu.Unlock()
 	return img, nil
 }
+
+// answerScorer is the optional part of a Generator that scores answers
+// teacher forced (model.Generator has it).
+type answerScorer interface {
+	Score(ctx context.Context, items []model.ScoreItem, batchSize int) ([]model.Score, error)
+}
+
+var _ answerScorer = (*model.Generator)(nil)
+
+// Image reliance metrics (benchmarks in imageReliant).
+const (
+	// MetricAnswerNLL is the mean negative log-likelihood per answer token
+	// of the reference answers under their own images, teacher forced.
+	MetricAnswerNLL = "answer_nll"
+	// MetricImageGain is how much worse (nats per answer token) the
+	// reference answers score under another record's image: about 0 when
+	// the model does not read the image at all, whatever its answers.
+	MetricImageGain = "image_gain"
+)
+
+// imageReliant are the benchmarks whose answer depends on the image alone
+// given the prompt, which image_gain is measured on.
+var imageReliant = map[string]bool{BenchREC: true, BenchCropName: true, BenchCropLocate: true}
+
+// imageReliance scores the records' reference answers under their own
+// images and under the images of the next record of the list that reads
+// other images (a record without one is left out), and returns
+// MetricAnswerNLL and MetricImageGain. ok is false when the generator
+// cannot score.
+func (p *generatorPredictor) imageReliance(ctx context.Context, recs []model.Record) (m map[string]float64, ok bool, err error) {
+	sc, ok := p.gen.(answerScorer)
+	if !ok {
+		return nil, false, nil
+	}
+	ctx, span := tracer.Start(ctx, "eval.imageReliance")
+	defer span.End()
+	load := func(r model.Record) ([]image.Image, error) {
+		imgs := make([]image.Image, len(r.Images))
+		for n, ref := range r.Images {
+			img, err := p.images.get(ref)
+			if err != nil {
+				return nil, fmt.Errorf("record %s: %w", r.ID, err)
+			}
+			imgs[n] = img
+		}
+		return imgs, nil
+	}
+	key := func(r model.Record) string {
+		var sb strings.Builder
+		for _, ref := range r.Images {
+			sb.WriteString(ref.Kind + "\x00" + ref.Path + "\x00")
+		}
+		return sb.String()
+	}
+	var own, other []model.ScoreItem
+	for i, r := range recs {
+		text, ref := promptOf(r)
+		if ref == "" || len(r.Images) == 0 {
+			continue
+		}
+		j := -1
+		for k := 1; k < len(recs); k++ {
+			c := recs[(i+k)%len(recs)]
+			if len(c.Images) == len(r.Images) && key(c) != key(r) {
+				j = (i + k) % len(recs)
+				break
+			}
+		}
+		if j < 0 {
+			continue
+		}
+		mine, err := load(r)
+		if err != nil {
+			return nil, true, err
+		}
+		theirs, err := load(recs[j])
+		if err != nil {
+			return nil, true, err
+		}
+		own = append(own, model.ScoreItem{Prompt: model.Prompt{Text: text, Images: mine}, Answer: ref})
+		other = append(other, model.ScoreItem{Prompt: model.Prompt{Text: text, Images: theirs}, Answer: ref})
+	}
+	span.SetAttributes(attribute.Int("records", len(own)))
+	if len(own) == 0 {
+		return nil, true, nil
+	}
+	perToken := func(items []model.ScoreItem) (float64, error) {
+		scores, err := sc.Score(ctx, items, p.cfg.BatchSize)
+		if err != nil {
+			return 0, err
+		}
+		var nll float64
+		var n int
+		for _, s := range scores {
+			nll += s.NLL
+			n += s.Tokens
+		}
+		return nll / float64(max(n, 1)), nil
+	}
+	a, err := perToken(own)
+	if err != nil {
+		return nil, true, fmt.Errorf("score answers: %w", err)
+	}
+	b, err := perToken(other)
+	if err != nil {
+		return nil, true, fmt.Errorf("score answers under other images: %w", err)
+	}
+	return map[string]float64{MetricAnswerNLL: a, MetricImageGain: b - a}, true, nil
+}

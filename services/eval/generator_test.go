@@ -147,3 +147,66 @@ func TestGeneratorPredictorPicksDecodingPerTask(t *testing.T) {
 		t.Fatal("factory without backend accepted")
 	}
 }
+
+// scoringGenerator is a fakeGenerator that can also score: per answer
+// token, nll[0] on its first Score call and nll[1] on its second.
+type scoringGenerator struct {
+	fakeGenerator
+	nll   [2]float64
+	items [][]model.ScoreItem
+}
+
+func (g *scoringGenerator) Score(ctx context.Context, items []model.ScoreItem, batchSize int) ([]model.Score, error) {
+	v := g.nll[min(len(g.items), 1)]
+	g.items = append(g.items, items)
+	out := make([]model.Score, len(items))
+	for i, it := range items {
+		n := len(it.Answer)
+		out[i] = model.Score{NLL: v * float64(n), Tokens: n}
+	}
+	return out, nil
+}
+
+// TestImageReliance: the answers are scored under their own images, then
+// under another record's, with the same prompts and answers; the metrics
+// are the per-token NLL and the difference.
+func TestImageReliance(t *testing.T) {
+	dir := t.TempDir()
+	recs := buildWorld(t, filepath.Join(dir, "dataset"), 3)
+	var rec []model.Record
+	for _, r := range recs {
+		if BenchmarkOf(r) == BenchREC {
+			rec = append(rec, r)
+		}
+	}
+	if len(rec) < 3 {
+		t.Fatalf("%d REC records", len(rec))
+	}
+	g := &scoringGenerator{nll: [2]float64{0.5, 2}}
+	p := NewGeneratorPredictor(g, filepath.Join(dir, "dataset"), nil, GeneratorConfig{}).(*generatorPredictor)
+	m, ok, err := p.imageReliance(context.Background(), rec)
+	if err != nil || !ok {
+		t.Fatal(ok, err)
+	}
+	if m[MetricAnswerNLL] != 0.5 || m[MetricImageGain] != 1.5 {
+		t.Fatalf("metrics %v, want answer_nll 0.5 and image_gain 1.5", m)
+	}
+	if len(g.items) != 2 || len(g.items[0]) != len(rec) || len(g.items[1]) != len(rec) {
+		t.Fatalf("score calls %d", len(g.items))
+	}
+	for i, r := range rec {
+		own, other := g.items[0][i], g.items[1][i]
+		text, ref := promptOf(r)
+		if own.Prompt.Text != text || other.Prompt.Text != text || own.Answer != ref || other.Answer != ref {
+			t.Fatalf("record %s: prompts or answers differ between the two scorings", r.ID)
+		}
+		if own.Prompt.Images[0] == other.Prompt.Images[0] {
+			t.Fatalf("record %s: scored under its own image twice", r.ID)
+		}
+	}
+	// A generator that cannot score yields no metrics.
+	plain := NewGeneratorPredictor(&fakeGenerator{}, filepath.Join(dir, "dataset"), nil, GeneratorConfig{}).(*generatorPredictor)
+	if _, ok, err := plain.imageReliance(context.Background(), rec); ok || err != nil {
+		t.Fatalf("plain generator: ok %v err %v", ok, err)
+	}
+}

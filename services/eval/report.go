@@ -129,7 +129,7 @@ func headline(bench string) string {
 }
 
 var metricOrder = []string{"acc@0.5", "acc@0.25", "acc@0.75", "miou", "center_acc", "accuracy", "precision",
-	"recall", "f1", "yes_ratio", "parse_fail", "pairs", "bad_boxes", "n"}
+	"recall", "f1", "yes_ratio", "parse_fail", "pairs", "bad_boxes", MetricImageGain, MetricAnswerNLL, "n"}
 
 func sortMetrics(ms []string) {
 	rank := func(m string) int {

@@ -29,13 +29,19 @@ func tinySpec(steps [3]int, every int) json.RawMessage {
 	stage := func(n int) map[string]any {
 		return map[string]any{"steps": n, "batch_size": 4, "lr": 0.01, "warmup": 1, "checkpoint_every": every}
 	}
+	// The fake synth set has "rec" records in every stage and no crop
+	// names, which the default stage 1 reads: stage 1 reads its own.
+	stage1 := stage(steps[0])
+	stage1["data"] = map[string]any{"stages": []string{"stage1"}, "splits": []string{"train"}}
+	// A trainable set of its own, which the runner must pass on.
+	stage1["trainable"] = []string{"projector.", "fusion.", "embed.", "lm_head."}
 	b, _ := json.Marshal(map[string]any{
 		"model": map[string]any{
 			"image_size": 16, "patch_size": 8, "vision_width": 16, "vision_depth": 1, "width": 32,
 			"depth": 1, "heads": 2, "mlp_ratio": 2, "max_seq": 96, "max_images": 2,
 		},
 		"max_words": 64, "samples_per_shard": 16, "log_every": 1,
-		"stage1": stage(steps[0]), "stage2": stage(steps[1]), "stage3": stage(steps[2]),
+		"stage1": stage1, "stage2": stage(steps[1]), "stage3": stage(steps[2]),
 	})
 	return b
 }

@@ -63,30 +63,64 @@ type StageSpec struct {
 	Data DataFilter `json:"data"`
 }
 
-// DataFilter selects synth records.
+// DataFilter selects synth records. A "data" object in a spec replaces the
+// stage's whole default filter (fields it leaves out do not keep the
+// default's values: {"stages": ["stage1"]} means every task of the stage-1
+// records, not the default's tasks of them); splits defaults to ["train"].
 type DataFilter struct {
 	Stages []string `json:"stages"` // synth record stages
 	Tasks  []string `json:"tasks"`  // empty: every task
 	Splits []string `json:"splits"` // default ["train"]
 }
 
+// UnmarshalJSON decodes a filter whole, rejecting unknown fields.
+func (f *DataFilter) UnmarshalJSON(b []byte) error {
+	type plain DataFilter
+	var p plain
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&p); err != nil {
+		return err
+	}
+	if p.Splits == nil {
+		p.Splits = []string{"train"}
+	}
+	*f = DataFilter(p)
+	return nil
+}
+
 // DefaultSpec is the spec of a request without one: the three stages of
 // the demo, sized for the pure-Go backend on a 2-core CPU.
 //
-// Stage 1 trains the projector, the token and position embeddings and the
-// output head, the rest frozen (GroundingGPT's adapter stage). Stages 2 and
-// 3 train everything: unlike GroundingGPT's, this vision encoder starts
-// from random weights, so freezing it would leave the model reading noise.
-// A spec that wants it frozen says "frozen": ["vision."].
+// Stage 1 is object perception: the model names the object in a crop (the
+// synth set's crop_name records), every parameter training. Naming crops
+// is the task a model from random weights learns to read the image on
+// fastest: its answers are the crop's colour, shape and texture and
+// nothing else. Run with the stage-1 records (inventories, relations,
+// captions) or with every task mixed, the demo's model learned the
+// answers' wording and never read the image: an answer scored the same
+// under another image (eval's image_gain about 0), after 600 stage-2 steps
+// as after 200 stage-1 ones. After 300 steps of crop naming it reads the
+// image (image_gain 0.74 nats per answer token on crop names), and keeps
+// doing so through stage 2. A spec that wants the paper's stage-1 data
+// says "stage1": {"data": {"stages": ["stage1"]}}.
 //
-// The step budget goes where the model learns to ground: stage 1, whose
-// frozen random blocks can only learn the output vocabulary and the
-// adapters, is short; stage 2 gets most steps (a probe of this model on
-// "where is the red square" with a green distractor needed several hundred
-// steps before the box loss moved at all); stage 3 replays stage-2 records
-// beside its own (Data.Stages), since a stage that sees only descriptions
-// and yes/no probes forgets how to answer with a box. Records of one image
-// are packed into multi-turn sequences (Pack).
+// GroundingGPT's stage 1 trains only the adapters (projector, embeddings)
+// around a frozen pretrained language model. Here the language model and
+// the vision encoder start from random weights: with only the adapters
+// training ("trainable": ["projector.", "fusion.", "embed.", "lm_head."]),
+// 300 steps of crop naming reached an image_gain of 0.016, against 0.74
+// with everything training. For the same reason stages 2 and 3 train
+// everything; a spec that wants the vision encoder frozen says "frozen":
+// ["vision."].
+//
+// The step budget goes where the model learns to ground: stage 2 gets
+// most steps (a probe of this model on "where is the red square" with a
+// green distractor needed several hundred steps before the box loss moved
+// at all); stage 3 replays stage-2 records beside its own (Data.Stages),
+// since a stage that sees only descriptions and yes/no probes forgets how
+// to answer with a box. Records of one image are packed into multi-turn
+// sequences (Pack).
 func DefaultSpec() RunSpec {
 	// Width 64 and depth 2 (not model.DefaultConfig's 96 x 3): about 0.5 to
 	// 0.7 CPU-s a step at batch 16 on this class of machine, against 1.5,
@@ -114,9 +148,8 @@ func DefaultSpec() RunSpec {
 		LogEvery:        5,
 		CrashRetries:    3,
 		Stage1: StageSpec{
-			Steps: 40, BatchSize: 16, LearningRate: 3e-3, WarmupSteps: 5, WeightDecay: 0, CheckpointEvery: 20,
-			Trainable: []string{"projector.", "fusion.", "embed.", "lm_head."},
-			Data:      DataFilter{Stages: []string{"stage1"}, Splits: []string{"train"}},
+			Steps: 300, BatchSize: 16, LearningRate: 3e-3, WarmupSteps: 20, WeightDecay: 0, CheckpointEvery: 100,
+			Data: DataFilter{Stages: []string{"stage2"}, Tasks: []string{"crop_name"}, Splits: []string{"train"}},
 		},
 		Stage2: StageSpec{
 			Steps: 600, BatchSize: 16, LearningRate: 3e-3, WarmupSteps: 30, WeightDecay: 0.01, CheckpointEvery: 100,

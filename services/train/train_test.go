@@ -26,7 +26,8 @@ func TestParseSpec(t *testing.T) {
 	if err != nil {
 		t.Fatalf("defaults: %v", err)
 	}
-	if def.Stage1.Steps == 0 || len(def.Stage1.Trainable) == 0 || def.Stage2.Data.Stages[0] != "stage2" {
+	if def.Stage1.Steps == 0 || len(def.Stage1.Trainable) != 0 || def.Stage2.Data.Stages[0] != "stage2" ||
+		!slices.Equal(def.Stage1.Data.Tasks, []string{"crop_name"}) {
 		t.Errorf("defaults %+v", def)
 	}
 	got, err := train.ParseSpec([]byte(`{"stage2": {"steps": 47, "frozen": ["vision."]}, "seed": 9}`))
@@ -438,5 +439,20 @@ func TestTrainBusy(t *testing.T) {
 	}
 	if err := <-done; err != nil {
 		t.Fatalf("first Train: %v", err)
+	}
+}
+
+// TestSpecDataFilterReplacesDefault: a stage's data object is the whole
+// filter; what it leaves out is not inherited from the default.
+func TestSpecDataFilterReplacesDefault(t *testing.T) {
+	got, err := train.ParseSpec([]byte(`{"stage1": {"data": {"stages": ["stage1"]}}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := got.Stage1.Data; !slices.Equal(d.Stages, []string{"stage1"}) || len(d.Tasks) != 0 || !slices.Equal(d.Splits, []string{"train"}) {
+		t.Fatalf("stage1 data %+v, want stage1 records of every task, train split", d)
+	}
+	if _, err := train.ParseSpec([]byte(`{"stage1": {"data": {"stagez": ["stage1"]}}}`)); err == nil || !strings.Contains(err.Error(), "stagez") {
+		t.Fatalf("unknown field in data: %v", err)
 	}
 }
