@@ -321,25 +321,35 @@ func (g *Generator) Generate(ctx context.Context, prompts []Prompt, opts Generat
 	return gens, nil
 }
 
+// sequence encodes a prompt in the chat template with its images
+// preprocessed, checking that its placeholders match its images.
+func (g *Generator) sequence(p Prompt) (compute.Sequence, error) {
+	tokens, n, err := EncodePrompt(g.tok, g.cfg, p.History, p.Text)
+	if err != nil {
+		return compute.Sequence{}, err
+	}
+	if n != len(p.Images) {
+		return compute.Sequence{}, fmt.Errorf("%d %s placeholders for %d images", n, imagePlaceholder, len(p.Images))
+	}
+	seq := compute.Sequence{Tokens: tokens, Images: make([]compute.Image, len(p.Images))}
+	for k, img := range p.Images {
+		if seq.Images[k], err = ComputeImage(img, g.cfg.ImageSize); err != nil {
+			return compute.Sequence{}, fmt.Errorf("image %d: %w", k, err)
+		}
+	}
+	return seq, nil
+}
+
 func (g *Generator) generateBatch(ctx context.Context, prompts []Prompt, offset int, opts GenerateOptions) ([]Generation, error) {
 	batch := make([]compute.Sequence, len(prompts))
 	longest := 0
 	for i, p := range prompts {
-		tokens, n, err := EncodePrompt(g.tok, g.cfg, p.History, p.Text)
+		seq, err := g.sequence(p)
 		if err != nil {
 			return nil, fmt.Errorf("generate: prompt %d: %w", offset+i, err)
 		}
-		if n != len(p.Images) {
-			return nil, fmt.Errorf("generate: prompt %d: %d %s placeholders for %d images", offset+i, n, imagePlaceholder, len(p.Images))
-		}
-		seq := compute.Sequence{Tokens: tokens, Images: make([]compute.Image, len(p.Images))}
-		for k, img := range p.Images {
-			if seq.Images[k], err = ComputeImage(img, g.cfg.ImageSize); err != nil {
-				return nil, fmt.Errorf("generate: prompt %d image %d: %w", offset+i, k, err)
-			}
-		}
 		batch[i] = seq
-		longest = max(longest, len(tokens))
+		longest = max(longest, len(seq.Tokens))
 	}
 	// Pick j (0-based) needs j tokens fed after the prompt, the last at
 	// position len+j-1 < MaxSeq.
@@ -466,23 +476,13 @@ func (g *Generator) scoreBatch(ctx context.Context, items []ScoreItem, offset in
 	answers := make([][]int32, len(items))
 	longest := 0
 	for i, it := range items {
-		p := it.Prompt
-		tokens, n, err := EncodePrompt(g.tok, g.cfg, p.History, p.Text)
+		seq, err := g.sequence(it.Prompt)
 		if err != nil {
 			return nil, fmt.Errorf("score: item %d: %w", offset+i, err)
 		}
-		if n != len(p.Images) {
-			return nil, fmt.Errorf("score: item %d: %d %s placeholders for %d images", offset+i, n, imagePlaceholder, len(p.Images))
-		}
 		answers[i] = append(g.tok.Encode(it.Answer), tokEOS)
-		if len(tokens)+len(answers[i])-1 > g.cfg.MaxSeq {
-			return nil, fmt.Errorf("score: item %d: %d prompt and %d answer tokens: %w (%d)", offset+i, len(tokens), len(answers[i]), ErrTooLong, g.cfg.MaxSeq)
-		}
-		seq := compute.Sequence{Tokens: tokens, Images: make([]compute.Image, len(p.Images))}
-		for k, img := range p.Images {
-			if seq.Images[k], err = ComputeImage(img, g.cfg.ImageSize); err != nil {
-				return nil, fmt.Errorf("score: item %d image %d: %w", offset+i, k, err)
-			}
+		if len(seq.Tokens)+len(answers[i])-1 > g.cfg.MaxSeq {
+			return nil, fmt.Errorf("score: item %d: %d prompt and %d answer tokens: %w (%d)", offset+i, len(seq.Tokens), len(answers[i]), ErrTooLong, g.cfg.MaxSeq)
 		}
 		batch[i] = seq
 		longest = max(longest, len(answers[i]))
