@@ -356,6 +356,24 @@ func (p *generatorPredictor) imageReliance(ctx context.Context, recs []model.Rec
 	}
 	perToken := func(items []model.ScoreItem) (float64, error) {
 		scores, err := sc.Score(ctx, items, p.cfg.BatchSize)
+		if errors.Is(err, model.ErrTooLong) {
+			// A prompt and answer that do not fit the model's context
+			// (alone, or beside a batch's longest answer) are left out,
+			// one by one, not the whole metric. They are left out under
+			// both images alike: the token counts do not depend on them.
+			scores = scores[:0]
+			for _, it := range items {
+				s, err := sc.Score(ctx, []model.ScoreItem{it}, 1)
+				if errors.Is(err, model.ErrTooLong) {
+					continue
+				}
+				if err != nil {
+					return 0, err
+				}
+				scores = append(scores, s...)
+			}
+			err = nil
+		}
 		if err != nil {
 			return 0, err
 		}

@@ -2,6 +2,8 @@ package eval
 
 import (
 	"context"
+	"fmt"
+	"image"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -149,18 +151,36 @@ func TestGeneratorPredictorPicksDecodingPerTask(t *testing.T) {
 }
 
 // scoringGenerator is a fakeGenerator that can also score: per answer
-// token, nll[0] on its first Score call and nll[1] on its second.
+// token, nll[0] for a prompt and answer under the first image it saw them
+// with, nll[1] under any other.
 type scoringGenerator struct {
 	fakeGenerator
-	nll   [2]float64
-	items [][]model.ScoreItem
+	nll     [2]float64
+	items   [][]model.ScoreItem
+	first   map[string]image.Image
+	tooLong string // a prompt it reports as too long
 }
 
 func (g *scoringGenerator) Score(ctx context.Context, items []model.ScoreItem, batchSize int) ([]model.Score, error) {
-	v := g.nll[min(len(g.items), 1)]
+	for _, it := range items {
+		if g.tooLong != "" && it.Prompt.Text == g.tooLong {
+			return nil, fmt.Errorf("score: item 0: %w", model.ErrTooLong)
+		}
+	}
+	if g.first == nil {
+		g.first = map[string]image.Image{}
+	}
 	g.items = append(g.items, items)
 	out := make([]model.Score, len(items))
 	for i, it := range items {
+		k := it.Prompt.Text + "\x00" + it.Answer
+		if _, ok := g.first[k]; !ok {
+			g.first[k] = it.Prompt.Images[0]
+		}
+		v := g.nll[0]
+		if g.first[k] != it.Prompt.Images[0] {
+			v = g.nll[1]
+		}
 		n := len(it.Answer)
 		out[i] = model.Score{NLL: v * float64(n), Tokens: n}
 	}
@@ -203,6 +223,14 @@ func TestImageReliance(t *testing.T) {
 		if own.Prompt.Images[0] == other.Prompt.Images[0] {
 			t.Fatalf("record %s: scored under its own image twice", r.ID)
 		}
+	}
+	// A record too long to score is left out, not the metric.
+	long := &scoringGenerator{nll: [2]float64{0.5, 2}}
+	long.tooLong, _ = promptOf(rec[0])
+	pl := NewGeneratorPredictor(long, filepath.Join(dir, "dataset"), nil, GeneratorConfig{}).(*generatorPredictor)
+	m, _, err = pl.imageReliance(context.Background(), rec)
+	if err != nil || m[MetricImageGain] != 1.5 {
+		t.Fatalf("with a record too long: %v, %v", m, err)
 	}
 	// A generator that cannot score yields no metrics.
 	plain := NewGeneratorPredictor(&fakeGenerator{}, filepath.Join(dir, "dataset"), nil, GeneratorConfig{}).(*generatorPredictor)
