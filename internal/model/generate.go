@@ -481,18 +481,16 @@ func (g *Generator) scoreBatch(ctx context.Context, items []ScoreItem, offset in
 			return nil, fmt.Errorf("score: item %d: %w", offset+i, err)
 		}
 		answers[i] = append(g.tok.Encode(it.Answer), tokEOS)
-		if len(seq.Tokens)+len(answers[i])-1 > g.cfg.MaxSeq {
-			return nil, fmt.Errorf("score: item %d: %d prompt and %d answer tokens: %w (%d)", offset+i, len(seq.Tokens), len(answers[i]), ErrTooLong, g.cfg.MaxSeq)
-		}
 		batch[i] = seq
 		longest = max(longest, len(answers[i]))
 	}
 	// Every sequence advances one position per step, finished ones fed
-	// <pad>: the longest answer sets how far each prompt runs.
+	// <pad>: the batch's longest answer (the item's own, alone) sets how
+	// far each prompt runs.
 	for i, s := range batch {
 		if len(s.Tokens)+longest-1 > g.cfg.MaxSeq {
-			return nil, fmt.Errorf("score: item %d: its %d-token prompt with the batch's longest answer (%d tokens): %w (%d); score it in a smaller batch",
-				offset+i, len(s.Tokens), longest, ErrTooLong, g.cfg.MaxSeq)
+			return nil, fmt.Errorf("score: item %d: its %d-token prompt with the batch's longest answer (%d tokens, its own %d): %w (%d)",
+				offset+i, len(s.Tokens), longest, len(answers[i]), ErrTooLong, g.cfg.MaxSeq)
 		}
 	}
 	res, err := g.backend.Prefill(ctx, compute.PrefillRequest{Session: g.session, Batch: batch})

@@ -380,9 +380,9 @@ func (s *Service) evalPredictor(ctx context.Context, p Predictor, ckID, stage st
 				return nil, fmt.Errorf("evaluate %s: %w", stage, err)
 			}
 			if ir, ok := p.(interface {
-				imageReliance(context.Context, []model.Record) (map[string]float64, bool, error)
+				imageReliance(context.Context, []model.Record) (map[string]float64, error)
 			}); ok && !baseline && imageReliant[bench] {
-				m, _, err := ir.imageReliance(ctx, recs)
+				m, err := ir.imageReliance(ctx, recs)
 				if err != nil {
 					return nil, fmt.Errorf("evaluate %s %s/%s image reliance: %w", stage, name, split, err)
 				}

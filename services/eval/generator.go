@@ -194,13 +194,9 @@ func (p *generatorPredictor) Predict(ctx context.Context, recs []model.Record) (
 		prompts := make([]model.Prompt, len(g.idx))
 		for j, i := range g.idx {
 			text, _ := promptOf(recs[i])
-			imgs := make([]image.Image, len(recs[i].Images))
-			for n, ref := range recs[i].Images {
-				img, err := p.images.get(ref)
-				if err != nil {
-					return nil, fmt.Errorf("record %s: %w", recs[i].ID, err)
-				}
-				imgs[n] = img
+			imgs, err := p.recordImages(recs[i])
+			if err != nil {
+				return nil, err
 			}
 			prompts[j] = model.Prompt{Text: text, Images: imgs}
 		}
@@ -220,6 +216,19 @@ func (p *generatorPredictor) Predict(ctx context.Context, recs []model.Record) (
 		}
 	}
 	return out, nil
+}
+
+// recordImages returns the decoded images a record reads, in order.
+func (p *generatorPredictor) recordImages(r model.Record) ([]image.Image, error) {
+	imgs := make([]image.Image, len(r.Images))
+	for n, ref := range r.Images {
+		img, err := p.images.get(ref)
+		if err != nil {
+			return nil, fmt.Errorf("record %s: %w", r.ID, err)
+		}
+		imgs[n] = img
+	}
+	return imgs, nil
 }
 
 // Close unloads the checkpoint when the predictor loaded it.
@@ -295,32 +304,22 @@ var imageReliant = map[string]bool{BenchREC: true, BenchCropName: true, BenchCro
 // imageReliance scores the records' reference answers under their own
 // images and under the images of the next record of the list that reads
 // other images (a record without one is left out), and returns
-// MetricAnswerNLL and MetricImageGain. ok is false when the generator
-// cannot score.
-func (p *generatorPredictor) imageReliance(ctx context.Context, recs []model.Record) (m map[string]float64, ok bool, err error) {
+// MetricAnswerNLL and MetricImageGain; none when the generator cannot
+// score.
+func (p *generatorPredictor) imageReliance(ctx context.Context, recs []model.Record) (map[string]float64, error) {
 	sc, ok := p.gen.(answerScorer)
 	if !ok {
-		return nil, false, nil
+		return nil, nil
 	}
 	ctx, span := tracer.Start(ctx, "eval.imageReliance")
 	defer span.End()
-	load := func(r model.Record) ([]image.Image, error) {
-		imgs := make([]image.Image, len(r.Images))
-		for n, ref := range r.Images {
-			img, err := p.images.get(ref)
-			if err != nil {
-				return nil, fmt.Errorf("record %s: %w", r.ID, err)
-			}
-			imgs[n] = img
-		}
-		return imgs, nil
-	}
-	key := func(r model.Record) string {
+	keys := make([]string, len(recs)) // the images each record reads
+	for i, r := range recs {
 		var sb strings.Builder
 		for _, ref := range r.Images {
 			sb.WriteString(ref.Kind + "\x00" + ref.Path + "\x00")
 		}
-		return sb.String()
+		keys[i] = sb.String()
 	}
 	var own, other []model.ScoreItem
 	for i, r := range recs {
@@ -330,29 +329,28 @@ func (p *generatorPredictor) imageReliance(ctx context.Context, recs []model.Rec
 		}
 		j := -1
 		for k := 1; k < len(recs); k++ {
-			c := recs[(i+k)%len(recs)]
-			if len(c.Images) == len(r.Images) && key(c) != key(r) {
-				j = (i + k) % len(recs)
+			if c := (i + k) % len(recs); len(recs[c].Images) == len(r.Images) && keys[c] != keys[i] {
+				j = c
 				break
 			}
 		}
 		if j < 0 {
 			continue
 		}
-		mine, err := load(r)
+		mine, err := p.recordImages(r)
 		if err != nil {
-			return nil, true, err
+			return nil, err
 		}
-		theirs, err := load(recs[j])
+		theirs, err := p.recordImages(recs[j])
 		if err != nil {
-			return nil, true, err
+			return nil, err
 		}
 		own = append(own, model.ScoreItem{Prompt: model.Prompt{Text: text, Images: mine}, Answer: ref})
 		other = append(other, model.ScoreItem{Prompt: model.Prompt{Text: text, Images: theirs}, Answer: ref})
 	}
 	span.SetAttributes(attribute.Int("records", len(own)))
 	if len(own) == 0 {
-		return nil, true, nil
+		return nil, nil
 	}
 	perToken := func(items []model.ScoreItem) (float64, error) {
 		scores, err := sc.Score(ctx, items, p.cfg.BatchSize)
@@ -387,11 +385,11 @@ func (p *generatorPredictor) imageReliance(ctx context.Context, recs []model.Rec
 	}
 	a, err := perToken(own)
 	if err != nil {
-		return nil, true, fmt.Errorf("score answers: %w", err)
+		return nil, fmt.Errorf("score answers: %w", err)
 	}
 	b, err := perToken(other)
 	if err != nil {
-		return nil, true, fmt.Errorf("score answers under other images: %w", err)
+		return nil, fmt.Errorf("score answers under other images: %w", err)
 	}
-	return map[string]float64{MetricAnswerNLL: a, MetricImageGain: b - a}, true, nil
+	return map[string]float64{MetricAnswerNLL: a, MetricImageGain: b - a}, nil
 }

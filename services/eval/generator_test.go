@@ -204,9 +204,9 @@ func TestImageReliance(t *testing.T) {
 	}
 	g := &scoringGenerator{nll: [2]float64{0.5, 2}}
 	p := NewGeneratorPredictor(g, filepath.Join(dir, "dataset"), nil, GeneratorConfig{}).(*generatorPredictor)
-	m, ok, err := p.imageReliance(context.Background(), rec)
-	if err != nil || !ok {
-		t.Fatal(ok, err)
+	m, err := p.imageReliance(context.Background(), rec)
+	if err != nil {
+		t.Fatal(err)
 	}
 	if m[MetricAnswerNLL] != 0.5 || m[MetricImageGain] != 1.5 {
 		t.Fatalf("metrics %v, want answer_nll 0.5 and image_gain 1.5", m)
@@ -228,13 +228,13 @@ func TestImageReliance(t *testing.T) {
 	long := &scoringGenerator{nll: [2]float64{0.5, 2}}
 	long.tooLong, _ = promptOf(rec[0])
 	pl := NewGeneratorPredictor(long, filepath.Join(dir, "dataset"), nil, GeneratorConfig{}).(*generatorPredictor)
-	m, _, err = pl.imageReliance(context.Background(), rec)
+	m, err = pl.imageReliance(context.Background(), rec)
 	if err != nil || m[MetricImageGain] != 1.5 {
 		t.Fatalf("with a record too long: %v, %v", m, err)
 	}
 	// A generator that cannot score yields no metrics.
 	plain := NewGeneratorPredictor(&fakeGenerator{}, filepath.Join(dir, "dataset"), nil, GeneratorConfig{}).(*generatorPredictor)
-	if _, ok, err := plain.imageReliance(context.Background(), rec); ok || err != nil {
-		t.Fatalf("plain generator: ok %v err %v", ok, err)
+	if m, err := plain.imageReliance(context.Background(), rec); m != nil || err != nil {
+		t.Fatalf("plain generator: metrics %v err %v", m, err)
 	}
 }
