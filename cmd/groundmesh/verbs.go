@@ -68,7 +68,7 @@ func cmdScenes(ctx context.Context, e env, args []string) error {
 	fs := flag.NewFlagSet("scenes generate", flag.ContinueOnError)
 	out := fs.String("out", filepath.Join(e.DataDir, "scenes", "cli"), "output directory")
 	seed := fs.Int64("seed", 1, "generator seed")
-	images := fs.Int("images", 1200, "images over all splits")
+	images := fs.Int("images", 6000, "images over all splits")
 	size := fs.Int("size", 64, "image side in pixels")
 	if err := fs.Parse(args[1:]); err != nil {
 		return errUsage

@@ -10,6 +10,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"math"
 )
 
 // Config is the tinygrounder v1 architecture. It travels as JSON to the
@@ -32,6 +33,8 @@ import (
 //	vision.blocks.<i>.{ln1,attn,ln2,mlp}.*   vision.ln_f.*
 //	projector.{fc1,fc2}.{w,b}
 //	embed.tokens   embed.pos
+//	fusion.ln.*   fusion.{w,b}   (TextFusion)
+//	ground.ln.*   ground.{w,b}   (GroundLossWeight; training only)
 //	lm.blocks.<i>.{ln1,attn,ln2,mlp}.*   lm.ln_f.*   lm_head.w
 //
 // Config.Params lists every parameter by its full name with its shape.
@@ -79,6 +82,17 @@ type Config struct {
 	// Grounding DINO). The colour-binding probe learned with it in 400
 	// steps what it otherwise needed about 1,000 for.
 	TextFusion bool `json:"text_fusion,omitempty"`
+	// GroundLossWeight, when positive, adds a training-only grounding loss
+	// (deep supervision of the referent's patches): at every image patch
+	// position a shard labels (Shard.PatchTargets: the fraction of the
+	// patch the answer's box covers), the hidden state entering the last
+	// language-model block goes through the layer norm "ground.ln" and the
+	// linear layer "ground" [width, 1] to a logit, trained with binary
+	// cross-entropy against that fraction, weighted by GroundLossWeight and
+	// added to the answer loss. The patches can then tell whether they are
+	// what the instruction refers to before the last block, whose attention
+	// reads the box off them. Inference does not use "ground.*".
+	GroundLossWeight float64 `json:"ground_loss_weight,omitempty"`
 }
 
 // Patches returns the number of patches per image.
@@ -105,6 +119,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("model config: box tokens %d..%d outside the vocabulary of %d", c.BoxToken0, int(c.BoxToken0)+c.BoxTokens-1, c.VocabSize)
 	case c.BoxLabelSigma < 0 || c.BoxLabelSigma > 0 && c.BoxTokens == 0:
 		return fmt.Errorf("model config: box_label_sigma %v needs box_tokens and must not be negative", c.BoxLabelSigma)
+	case c.GroundLossWeight < 0 || math.IsNaN(c.GroundLossWeight):
+		return fmt.Errorf("model config: ground_loss_weight %v must not be negative", c.GroundLossWeight)
 	case c.MaxSeq < c.Patches()*c.MaxImages+8:
 		return fmt.Errorf("model config: max_seq %d shorter than %d image patches plus text", c.MaxSeq, c.Patches()*c.MaxImages)
 	}
@@ -131,6 +147,11 @@ func ParseConfig(b []byte) (Config, error) {
 //	images       uint8 [M, ImageSize, ImageSize, 3]  preprocessed (padded to
 //	                                 square with the mean colour, resized) RGB
 //	image_index  int32 [N, MaxImages]  row of images per slot, -1 = empty slot
+//	patch_targets uint8 [N, MaxSeq]  optional (written when GroundLossWeight > 0):
+//	                                 at the first image's patch positions of a
+//	                                 sample whose first answer has boxes on it,
+//	                                 round(covered fraction * PatchTargetScale);
+//	                                 NoPatchTarget (255) everywhere else
 //
 // Backends normalize images as (pixel/255 - 0.5) / 0.25 per channel, the
 // same function as NormalizePixels, so that training and inference agree.

@@ -118,6 +118,12 @@ func (c Config) Params() []ParamSpec {
 		add("fusion.w", w, 2*vw)
 		add("fusion.b", 2*vw)
 	}
+	if c.GroundLossWeight > 0 {
+		add("ground.ln.w", w)
+		add("ground.ln.b", w)
+		add("ground.w", w, 1)
+		add("ground.b", 1)
+	}
 	for i := range c.Depth {
 		block(fmt.Sprintf("lm.blocks.%d", i), w)
 	}
@@ -144,6 +150,9 @@ func (c Config) ParamCount() int64 {
 	p += v*w + int64(c.MaxSeq)*w
 	if c.TextFusion {
 		p += 2*w + 2*w*vw + 2*vw
+	}
+	if c.GroundLossWeight > 0 {
+		p += 3*w + 1
 	}
 	p += int64(c.Depth)*block(c.Width) + 2*w
 	p += w * v

@@ -49,7 +49,9 @@ func TestParamsMatchParamCount(t *testing.T) {
 	tok := testTokenizer(t)
 	fused := DefaultConfig(tok.VocabSize())
 	fused.TextFusion = true
-	for _, c := range []Config{handConfig, DefaultConfig(tok.VocabSize()), tinyConfig(tok), fused,
+	grounded := fused
+	grounded.GroundLossWeight = 0.5
+	for _, c := range []Config{handConfig, DefaultConfig(tok.VocabSize()), tinyConfig(tok), fused, grounded,
 		{Version: "tinygrounder/v1", ImageSize: 64, PatchSize: 16, VisionWidth: 48, VisionDepth: 0, Width: 72,
 			Depth: 2, Heads: 3, MLPRatio: 2.5, VocabSize: 999, MaxSeq: 100, MaxImages: 2}} {
 		var sum int64
@@ -61,7 +63,7 @@ func TestParamsMatchParamCount(t *testing.T) {
 			names[p.Name] = true
 			sum += p.Size()
 			ok := false
-			for _, prefix := range []string{"vision.", "projector.", "embed.", "fusion.", "lm.", "lm_head."} {
+			for _, prefix := range []string{"vision.", "projector.", "embed.", "fusion.", "ground.", "lm.", "lm_head."} {
 				ok = ok || strings.HasPrefix(p.Name, prefix)
 			}
 			if !ok {

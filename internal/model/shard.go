@@ -17,6 +17,7 @@ import (
 	"io"
 	"iter"
 	"log/slog"
+	"math"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -24,6 +25,8 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+
+	"github.com/groundmesh/groundmesh/internal/dataset"
 
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
@@ -267,6 +270,56 @@ type entry struct {
 	sample Sample
 	images []ImageRef
 	rec    *Record // set when the record may be packed with others of its image
+	// ground is the referent of the first image's patches, for
+	// patch_targets (Config.GroundLossWeight); nil for none.
+	ground *groundRef
+}
+
+// groundRef is what a sample's first image's patches are labelled with: the
+// answer's boxes (pixel xyxy) on that image of w x h pixels.
+type groundRef struct {
+	w, h  int
+	boxes [][4]float64
+}
+
+// groundOf returns the patch labels' source for a record: its answer's
+// boxes when its first image is a full image (Answer.Boxes are in that
+// image's pixels), else nil. Only the first record of a packed sequence
+// labels it: the later turns' text comes after the patches, which a causal
+// model's patches cannot read.
+func groundOf(c Config, rec *Record) *groundRef {
+	if c.GroundLossWeight <= 0 || len(rec.Answer.Boxes) == 0 || len(rec.Images) == 0 || rec.Images[0].Kind != "image" {
+		return nil
+	}
+	im := rec.Images[0]
+	if im.Width <= 0 || im.Height <= 0 {
+		return nil
+	}
+	return &groundRef{w: im.Width, h: im.Height, boxes: rec.Answer.Boxes}
+}
+
+// PatchCover returns, for each patch of the model's patch grid (raster
+// order) over the image padded to a square, the largest fraction of it
+// that any of boxes (pixel xyxy of a w x h image) covers.
+func PatchCover(c Config, w, h int, boxes [][4]float64) []float64 {
+	g := c.ImageSize / c.PatchSize
+	out := make([]float64, g*g)
+	for _, b := range boxes {
+		n := Normalize(dataset.Box{X1: b[0], Y1: b[1], X2: b[2], Y2: b[3]}, w, h)
+		for py := range g {
+			y0, y1 := float64(py)/float64(g), float64(py+1)/float64(g)
+			ch := max(0, min(y1, n[3])-max(y0, n[1])) * float64(g)
+			if ch == 0 {
+				continue
+			}
+			for px := range g {
+				x0, x1 := float64(px)/float64(g), float64(px+1)/float64(g)
+				cw := max(0, min(x1, n[2])-max(x0, n[0])) * float64(g)
+				out[py*g+px] = max(out[py*g+px], cw*ch)
+			}
+		}
+	}
+	return out
 }
 
 // pack merges, in entry order, the packable entries that read the same
@@ -374,7 +427,7 @@ func (b *ShardBuilder) Build(ctx context.Context, records iter.Seq2[Record, erro
 			}
 			continue
 		}
-		e := entry{key: sortKey(cfg.Seed, rec.ID), id: rec.ID, seq: len(entries), sample: s, images: rec.Images}
+		e := entry{key: sortKey(cfg.Seed, rec.ID), id: rec.ID, seq: len(entries), sample: s, images: rec.Images, ground: groundOf(cfg.Model, &rec)}
 		if cfg.Pack && len(rec.Images) == 1 {
 			e.rec = &rec
 		}
@@ -417,6 +470,13 @@ func (b *ShardBuilder) writeShard(ctx context.Context, index, total int, chunk [
 	tokens := make([]int32, len(chunk)*L)
 	targets := make([]int32, len(chunk)*L)
 	imageIndex := make([]int32, len(chunk)*K)
+	var patchTargets []uint8
+	if cfg.Model.GroundLossWeight > 0 {
+		patchTargets = make([]uint8, len(chunk)*L)
+		for i := range patchTargets {
+			patchTargets[i] = NoPatchTarget
+		}
+	}
 	rows := map[string]int32{}
 	var refs []ImageRef
 	info := ShardInfo{Samples: len(chunk)}
@@ -427,6 +487,19 @@ func (b *ShardBuilder) writeShard(ctx context.Context, index, total int, chunk [
 		copy(trow, e.sample.Targets)
 		for p := len(e.sample.Tokens); p < L; p++ {
 			row[p], trow[p] = cfg.Model.PadToken, -1
+		}
+		if patchTargets != nil && e.ground != nil {
+			// The first image's patches are the first Patches() patch
+			// tokens: placeholders keep their order.
+			cover := PatchCover(cfg.Model, e.ground.w, e.ground.h, e.ground.boxes)
+			np := 0
+			for p, tok := range e.sample.Tokens {
+				if tok != cfg.Model.PatchToken || np == len(cover) {
+					continue
+				}
+				patchTargets[i*L+p] = uint8(math.Round(cover[np] * PatchTargetScale))
+				np++
+			}
 		}
 		info.Tokens += int64(len(e.sample.Tokens))
 		for _, t := range e.sample.Targets {
@@ -461,6 +534,9 @@ func (b *ShardBuilder) writeShard(ctx context.Context, index, total int, chunk [
 		{Name: "targets", DType: "I32", Shape: []int{len(chunk), L}, Data: Int32Bytes(targets)},
 		{Name: "image_index", DType: "I32", Shape: []int{len(chunk), K}, Data: Int32Bytes(imageIndex)},
 		{Name: "images", DType: "U8", Shape: []int{len(refs), S, S, 3}, Data: images},
+	}
+	if patchTargets != nil {
+		tensors = append(tensors, Tensor{Name: "patch_targets", DType: "U8", Shape: []int{len(chunk), L}, Data: patchTargets})
 	}
 	meta := map[string]string{
 		"format":        ShardFormat,
@@ -565,7 +641,30 @@ type Shard struct {
 	Targets    []int32
 	ImageIndex []int32
 	Images     []uint8
-	Metadata   map[string]string
+	// PatchTargets is the optional "patch_targets" tensor, uint8 [N,
+	// MaxSeq]: at an image patch position, the fraction of the patch that
+	// the answer's referent box covers, times PatchTargetScale; NoPatchTarget
+	// everywhere else and for images without a referent. Nil when the shard
+	// has none (Config.GroundLossWeight then has nothing to train on).
+	PatchTargets []uint8
+	Metadata     map[string]string
+}
+
+// PatchTargets encoding: a covered fraction f in [0, 1] is stored as
+// round(f * PatchTargetScale); NoPatchTarget marks a position without a
+// label.
+const (
+	PatchTargetScale = 250
+	NoPatchTarget    = 255
+)
+
+// PatchTargetRow returns row i of PatchTargets, or nil when the shard has
+// none.
+func (s *Shard) PatchTargetRow(i int) []uint8 {
+	if s.PatchTargets == nil {
+		return nil
+	}
+	return s.PatchTargets[i*s.SeqLen : (i+1)*s.SeqLen]
 }
 
 // Sample returns row i: tokens, targets and image slots.
@@ -635,6 +734,17 @@ func shardFromTensors(tensors []Tensor, meta map[string]string) (*Shard, error) 
 		N: n, SeqLen: l, ImageSlots: idx.Shape[1], ImageSize: img.Shape[1], NumImages: img.Shape[0],
 		Tokens: BytesInt32(tok.Data), Targets: BytesInt32(tgt.Data), ImageIndex: BytesInt32(idx.Data),
 		Images: img.Data, Metadata: meta,
+	}
+	if pt, ok := byName["patch_targets"]; ok {
+		if pt.DType != "U8" || !slices.Equal(pt.Shape, tok.Shape) {
+			return nil, fmt.Errorf("tensor \"patch_targets\" is %s%v, want U8%v", pt.DType, pt.Shape, tok.Shape)
+		}
+		for i, v := range pt.Data {
+			if v > PatchTargetScale && v != NoPatchTarget {
+				return nil, fmt.Errorf("patch_targets[%d][%d] = %d: want 0..%d or %d", i/l, i%l, v, PatchTargetScale, NoPatchTarget)
+			}
+		}
+		s.PatchTargets = pt.Data
 	}
 	for i, r := range s.ImageIndex {
 		if r < -1 || int(r) >= s.NumImages {

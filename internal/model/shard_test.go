@@ -12,6 +12,7 @@ import (
 	"image/color"
 	"image/png"
 	"iter"
+	"math"
 	"os"
 	"path/filepath"
 	"slices"
@@ -493,5 +494,114 @@ func TestBuildShardsPack(t *testing.T) {
 	sc2.Dir = t.TempDir()
 	if a, b := shardSums(t, sc, records), shardSums(t, sc2, reversed); !slices.Equal(a, b) {
 		t.Fatal("packing depends on the order records arrive in")
+	}
+}
+
+func TestPatchCover(t *testing.T) {
+	c := Config{ImageSize: 16, PatchSize: 8} // a 2 x 2 patch grid
+	// A 20 x 10 image pads to 20 x 20 with 5 pixels above and below: the
+	// box x 0..10, y 0..5 is the left half of the top-left patch's lower
+	// half, i.e. x 0..0.5, y 0.25..0.5 of the square.
+	got := PatchCover(c, 20, 10, [][4]float64{{0, 0, 10, 5}})
+	want := []float64{0.5, 0, 0, 0}
+	for i := range want {
+		if math.Abs(got[i]-want[i]) > 1e-9 {
+			t.Fatalf("cover %v, want %v", got, want)
+		}
+	}
+	// Two boxes: each patch takes the larger cover, not the sum.
+	got = PatchCover(c, 16, 16, [][4]float64{{0, 0, 16, 16}, {0, 0, 8, 8}})
+	for i, v := range got {
+		if math.Abs(v-1) > 1e-9 {
+			t.Fatalf("patch %d cover %v, want 1", i, v)
+		}
+	}
+}
+
+// TestBuildShardsPatchTargets: with GroundLossWeight the shards label the
+// first image's patches of a record whose answer has boxes on a full image
+// with the fraction each box covers, and nothing else; without it they
+// carry no patch_targets tensor.
+func TestBuildShardsPatchTargets(t *testing.T) {
+	tok := testTokenizer(t)
+	sc := shardConfig(t, tok, t.TempDir())
+	sc.Model.GroundLossWeight = 1
+	sc.SamplesPerShard = 10
+	img := ImageRef{Kind: "image", Path: "img/a.png", Width: 16, Height: 16}
+	rec := Record{ID: "rec", Stage: "stage2", Split: "train", Task: "rec", Images: []ImageRef{img},
+		Conversations: []Turn{{From: "human", Value: "<image>\nWhere is the red circle?"}, {From: "gpt", Value: "[0.000, 0.000, 0.500, 0.500]"}},
+		Answer:        Answer{Boxes: [][4]float64{{0, 0, 8, 8}}}}
+	crop := Record{ID: "crop", Stage: "stage2", Split: "train", Task: "crop_name",
+		Images:        []ImageRef{{Kind: "crop", Path: "crops/a.png", Width: 16, Height: 16}},
+		Conversations: []Turn{{From: "human", Value: "<image>\nWhat is this?"}, {From: "gpt", Value: "A red circle."}},
+		Answer:        Answer{Text: "red circle"}}
+	infos, _ := buildTestShards(t, sc, &memImages{}, []Record{rec, crop})
+	sh, err := ReadShard(infos[0].Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sh.PatchTargets == nil {
+		t.Fatal("no patch_targets tensor")
+	}
+	labelled := map[int][]uint8{}
+	for r := range sh.N {
+		tokens, _, _ := sh.Sample(r)
+		row := sh.PatchTargetRow(r)
+		for p, v := range row {
+			if v != NoPatchTarget {
+				if tokens[p] != tokPatch {
+					t.Fatalf("row %d: label %d at non-patch position %d (token %d)", r, v, p, tokens[p])
+				}
+				labelled[r] = append(labelled[r], v)
+			}
+		}
+	}
+	if len(labelled) != 1 {
+		t.Fatalf("labelled rows %v: want only the rec record's", labelled)
+	}
+	for _, v := range labelled {
+		if !slices.Equal(v, []uint8{PatchTargetScale, 0, 0, 0}) {
+			t.Fatalf("labels %v: want the top-left patch covered, the others not", v)
+		}
+	}
+
+	sc.Model.GroundLossWeight = 0
+	sc.Dir = t.TempDir()
+	infos, _ = buildTestShards(t, sc, &memImages{}, []Record{rec, crop})
+	if sh, err = ReadShard(infos[0].Path); err != nil || sh.PatchTargets != nil {
+		t.Fatalf("without ground_loss_weight: err %v, patch_targets %v", err, sh.PatchTargets != nil)
+	}
+}
+
+func TestReadShardRejectsBadPatchTargets(t *testing.T) {
+	base := func() []Tensor {
+		return []Tensor{
+			{Name: "tokens", DType: "I32", Shape: []int{1, 2}, Data: Int32Bytes([]int32{1, 2})},
+			{Name: "targets", DType: "I32", Shape: []int{1, 2}, Data: Int32Bytes([]int32{-1, -1})},
+			{Name: "image_index", DType: "I32", Shape: []int{1, 1}, Data: Int32Bytes([]int32{-1})},
+			{Name: "images", DType: "U8", Shape: []int{0, 4, 4, 3}, Data: nil},
+		}
+	}
+	for _, tc := range []struct {
+		name string
+		pt   Tensor
+		want string
+	}{
+		{"value", Tensor{Name: "patch_targets", DType: "U8", Shape: []int{1, 2}, Data: []byte{251, 0}}, "patch_targets[0][0] = 251"},
+		{"shape", Tensor{Name: "patch_targets", DType: "U8", Shape: []int{2, 1}, Data: []byte{0, 0}}, `"patch_targets" is U8[2 1]`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "s.safetensors")
+			var buf bytes.Buffer
+			if _, err := WriteSafetensors(&buf, append(base(), tc.pt), nil); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(path, buf.Bytes(), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := ReadShard(path); err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("err %v, want it to name %q", err, tc.want)
+			}
+		})
 	}
 }

@@ -26,6 +26,10 @@ type trainBatch struct {
 	lossIdx  []int32   // [Nt] flat position into B*L
 	lossTgt  []int32   // [Nt]
 	lossW    []float32 // [Nt]
+	// patchTgt and patchW are Config.GroundLossWeight's labels [B*L]: the
+	// covered fraction of a labelled patch position, and 1 there (0
+	// elsewhere).
+	patchTgt, patchW []float32
 	// realTokens counts non-padding positions, for tokens/s.
 	realTokens int
 }
@@ -34,6 +38,7 @@ type trainBatch struct {
 type batchRow struct {
 	tokens, targets []int32
 	images          [][]byte
+	patchTargets    []uint8 // model.Shard.PatchTargets' row, or nil
 }
 
 func roundUp(x, m int) int { return (x + m - 1) / m * m }
@@ -70,6 +75,8 @@ func makeBatch(c model.Config, rows []batchRow) trainBatch {
 		tokens:     make([]int32, b*L),
 		patchIdx:   make([]int32, b*L),
 		isPatch:    make([]float32, b*L),
+		patchTgt:   make([]float32, b*L),
+		patchW:     make([]float32, b*L),
 		images:     make([]float32, k*imgLen),
 		realTokens: real,
 	}
@@ -86,6 +93,10 @@ func makeBatch(c model.Config, rows []batchRow) trainBatch {
 				bt.patchIdx[i*L+t] = int32(img0*P + np)
 				bt.isPatch[i*L+t] = 1
 				np++
+				if r.patchTargets != nil && r.patchTargets[t] != model.NoPatchTarget {
+					bt.patchTgt[i*L+t] = float32(r.patchTargets[t]) / model.PatchTargetScale
+					bt.patchW[i*L+t] = 1
+				}
 			}
 			if tg := r.targets[t]; tg >= 0 {
 				bt.lossIdx = append(bt.lossIdx, int32(i*L+t))

@@ -103,6 +103,13 @@ func (n *netGraph) project(x *graph.Node) *graph.Node {
 // each position reads), isPatch [B, L] float32 (1 at patch positions),
 // images [K, S, S, 3] float32 normalized. It returns [B, L, Width].
 func (n *netGraph) hidden(tokens, patchIdx, isPatch, images *graph.Node) *graph.Node {
+	h, _ := n.hiddenMid(tokens, patchIdx, isPatch, images)
+	return h
+}
+
+// hiddenMid is hidden that also returns the hidden state entering the last
+// language-model block, where Config.GroundLossWeight's loss reads.
+func (n *netGraph) hiddenMid(tokens, patchIdx, isPatch, images *graph.Node) (h, mid *graph.Node) {
 	c := n.cfg
 	g := tokens.Graph()
 	l := tokens.Shape().Dimensions[1]
@@ -122,9 +129,26 @@ func (n *netGraph) hidden(tokens, patchIdx, isPatch, images *graph.Node) *graph.
 	x = graph.Add(x, graph.InsertAxes(pos, 0))
 	bias := graph.Where(graph.LowerTriangular(g, l), graph.Scalar(g, dtypes.Float32, 0), graph.Scalar(g, dtypes.Float32, maskedScore))
 	for i := range c.Depth {
+		if i == c.Depth-1 {
+			mid = x
+		}
 		x = n.block(x, fmt.Sprintf("lm.blocks.%d", i), bias)
 	}
-	return x
+	return x, mid
+}
+
+// groundLoss is Config.GroundLossWeight's loss: the mean binary
+// cross-entropy, over the labelled patch positions (patchW [B, L] 1 there),
+// of the logit dense(ln(mid)) against the covered fraction patchTgt [B, L].
+// Zero when no position is labelled.
+func (n *netGraph) groundLoss(mid, patchTgt, patchW *graph.Node) *graph.Node {
+	g := mid.Graph()
+	z := graph.Squeeze(n.dense(n.layerNorm(mid, "ground.ln"), "ground"), -1) // [B, L]
+	// BCE with logits, stably: max(z, 0) - z*t + log(1 + exp(-|z|)).
+	bce := graph.Add(graph.Sub(graph.Max(z, graph.ZerosLike(z)), graph.Mul(z, patchTgt)),
+		graph.Log1P(graph.Exp(graph.Neg(graph.Abs(z)))))
+	den := graph.Max(graph.ReduceAllSum(patchW), graph.Scalar(g, dtypes.Float32, 1))
+	return graph.Div(graph.ReduceAllSum(graph.Mul(bce, patchW)), den)
 }
 
 // fuse is Config.TextFusion: feature-wise modulation (FiLM) of the patch
@@ -204,15 +228,17 @@ func (n *netGraph) targetDist(lossTgt *graph.Node) *graph.Node {
 // frozen params (F), then lr, bc1, bc2 (float32 scalars: learning rate and
 // the Adam bias corrections 1/(1-beta^t)), weightDecay, then the batch:
 // tokens, patchIdx, isPatch, images (float32, normalized on the host with
-// model.NormalizePixels), lossIdx, lossTgt, lossW.
-// Outputs: new params (T), new m (T), new v (T), loss, grad norm.
+// model.NormalizePixels), lossIdx, lossTgt, lossW, patchTgt, patchW.
+// Outputs: new params (T), new m (T), new v (T), loss, grad norm, ground
+// loss. The loss is the answer loss; the gradient is of the answer loss
+// plus GroundLossWeight times the ground loss (zero without it).
 type trainStepLayout struct {
 	cfg       model.Config
 	trainable []paramSpec
 	frozen    []paramSpec
 }
 
-const numBatchInputs = 7
+const numBatchInputs = 9
 
 func (s *trainStepLayout) graphFn(inputs []*graph.Node) []*graph.Node {
 	nt, nf := len(s.trainable), len(s.frozen)
@@ -229,13 +255,19 @@ func (s *trainStepLayout) graphFn(inputs []*graph.Node) []*graph.Node {
 	batch := inputs[at+4:]
 	tokens, patchIdx, isPatch, images := batch[0], batch[1], batch[2], batch[3]
 	lossIdx, lossTgt, lossW := batch[4], batch[5], batch[6]
+	patchTgt, patchW := batch[7], batch[8]
 
 	net := &netGraph{cfg: s.cfg, p: params}
-	h := net.hidden(tokens, patchIdx, isPatch, images)
+	h, mid := net.hiddenMid(tokens, patchIdx, isPatch, images)
 	loss := net.maskedLoss(h, lossIdx, lossTgt, lossW)
+	objective, ground := loss, graph.Scalar(g, dtypes.Float32, 0)
+	if s.cfg.GroundLossWeight > 0 {
+		ground = net.groundLoss(mid, patchTgt, patchW)
+		objective = graph.Add(loss, graph.MulScalar(ground, s.cfg.GroundLossWeight))
+	}
 
 	tp := inputs[:nt]
-	grads := graph.Gradient(loss, tp...)
+	grads := graph.Gradient(objective, tp...)
 	sq := graph.Scalar(g, dtypes.Float32, 0)
 	for _, gr := range grads {
 		sq = graph.Add(sq, graph.ReduceAllSum(graph.Square(gr)))
@@ -261,7 +293,7 @@ func (s *trainStepLayout) graphFn(inputs []*graph.Node) []*graph.Node {
 	outs = append(outs, newP...)
 	outs = append(outs, newM...)
 	outs = append(outs, newV...)
-	return append(outs, loss, gnorm)
+	return append(outs, loss, gnorm, ground)
 }
 
 // forwardLogitsFn builds the full-sequence forward used by the parity tests:

@@ -188,10 +188,12 @@ func firstDecodable(c model.Config, s compute.Sequence) int {
 func TestPrefillDecodeMatchFullForward(t *testing.T) {
 	fusion := tinyConfig()
 	fusion.TextFusion = true
+	grounded := fusion
+	grounded.GroundLossWeight = 1 // training only: inference must skip ground.*
 	for _, v := range []struct {
 		name string
 		c    model.Config
-	}{{"plain", tinyConfig()}, {"text-fusion", fusion}} {
+	}{{"plain", tinyConfig()}, {"text-fusion", fusion}, {"ground-loss", grounded}} {
 		t.Run(v.name, func(t *testing.T) { testPrefillDecodeMatch(t, v.c) })
 	}
 }

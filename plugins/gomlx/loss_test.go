@@ -2,6 +2,7 @@ package gomlx
 
 import (
 	"math"
+	"math/rand/v2"
 	"testing"
 
 	"github.com/gomlx/gomlx/core/graph"
@@ -107,5 +108,114 @@ func TestSinCos2DPositions(t *testing.T) {
 	}
 	if near, far := dist(0, g), dist(0, (g-1)*g); near >= far {
 		t.Fatalf("row neighbour distance %v not below far distance %v", near, far)
+	}
+}
+
+// TestGroundLoss: Config.GroundLossWeight's loss is the mean binary
+// cross-entropy of dense(ln(mid)) against the covered fractions over the
+// labelled positions only, computed here by hand.
+func TestGroundLoss(t *testing.T) {
+	b := newTestBackend(t)
+	const w = 4
+	mid := []float32{0.5, -1, 2, 0.25, 3, 1, -2, 0, 9, 9, 9, 1} // [1, 3, 4]
+	lnW := []float32{1, 0.5, 2, 1}
+	lnB := []float32{0, 0.1, 0, -0.2}
+	gw := []float32{0.3, -0.7, 0.2, 1.1}
+	gb := []float32{0.05}
+	tgt := []float32{0.8, 0, 0.5}
+	wt := []float32{1, 1, 0} // the third position carries no label
+	exec, err := graph.NewExec(b.ml, func(in []*graph.Node) *graph.Node {
+		n := &netGraph{cfg: model.Config{GroundLossWeight: 1}, p: map[string]*graph.Node{
+			"ground.ln.w": in[0], "ground.ln.b": in[1], "ground.w": in[2], "ground.b": in[3]}}
+		return n.groundLoss(in[4], in[5], in[6])
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer exec.Finalize()
+	out, err := exec.Call(tensors.FromFlatDataAndDimensions(lnW, w), tensors.FromFlatDataAndDimensions(lnB, w),
+		tensors.FromFlatDataAndDimensions(gw, w, 1), tensors.FromFlatDataAndDimensions(gb, 1),
+		tensors.FromFlatDataAndDimensions(mid, 1, 3, w), tensors.FromFlatDataAndDimensions(tgt, 1, 3), tensors.FromFlatDataAndDimensions(wt, 1, 3))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := float64(tensors.ToScalar[float32](out[0]))
+	var want, n float64
+	for p := range 3 {
+		x := mid[p*w : (p+1)*w]
+		var mean, vr float64
+		for _, v := range x {
+			mean += float64(v) / w
+		}
+		for _, v := range x {
+			vr += (float64(v) - mean) * (float64(v) - mean) / w
+		}
+		z := float64(gb[0])
+		for i, v := range x {
+			z += ((float64(v)-mean)/math.Sqrt(vr+layerNormEps)*float64(lnW[i]) + float64(lnB[i])) * float64(gw[i])
+		}
+		pr := 1 / (1 + math.Exp(-z))
+		bce := -(float64(tgt[p])*math.Log(pr) + (1-float64(tgt[p]))*math.Log(1-pr))
+		want += float64(wt[p]) * bce
+		n += float64(wt[p])
+	}
+	want /= n
+	if math.Abs(got-want) > 1e-5 {
+		t.Fatalf("ground loss %v, want %v", got, want)
+	}
+}
+
+// TestGroundLossTrains: with GroundLossWeight the train step descends the
+// ground loss too (here: label every patch 1 when the image is red, which
+// only the pixels tell), and it reports the answer loss alone.
+func TestGroundLossTrains(t *testing.T) {
+	b := newTestBackend(t)
+	c := tinyConfig()
+	c.GroundLossWeight = 1
+	specs := paramSpecs(c)
+	tr, err := newTrainer(b, c, specs, selectTrainable(specs, nil, nil), &modelState{weights: initParams(specs, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.close()
+	rng := rand.New(rand.NewPCG(5, 6))
+	batch := func() trainBatch {
+		rows := make([]batchRow, 16)
+		for i := range rows {
+			img, q := colourSample(c, rng)
+			toks := append(promptTokens(c), int32(tokAnswer0+q), tokEOS)
+			n := len(toks)
+			for len(toks) < c.MaxSeq { // rows are MaxSeq long, as in a shard
+				toks = append(toks, c.PadToken)
+			}
+			tg := make([]int32, len(toks))
+			pt := make([]uint8, len(toks))
+			for p, x := range toks {
+				tg[p], pt[p] = -1, model.NoPatchTarget
+				if x == c.PatchToken {
+					pt[p] = 0
+					if q == 0 {
+						pt[p] = model.PatchTargetScale
+					}
+				}
+			}
+			tg[n-3], tg[n-2] = int32(tokAnswer0+q), tokEOS
+			rows[i] = batchRow{tokens: toks, targets: tg, images: [][]byte{img}, patchTargets: pt}
+		}
+		return makeBatch(c, rows)
+	}
+	var first float32
+	for step := 1; step <= 60; step++ {
+		bc := float32(1 / (1 - math.Pow(adamBeta1, float64(step))))
+		bc2 := float32(1 / (1 - math.Pow(adamBeta2, float64(step))))
+		if _, _, err := tr.step(3e-3, bc, bc2, 0, batch()); err != nil {
+			t.Fatal(err)
+		}
+		if step == 1 {
+			first = tr.groundLoss
+		}
+	}
+	if first < 0.3 || tr.groundLoss > 0.5*first {
+		t.Fatalf("ground loss %v -> %v: want it at least halved", first, tr.groundLoss)
 	}
 }

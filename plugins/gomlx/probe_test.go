@@ -2,6 +2,7 @@ package gomlx
 
 import (
 	"context"
+	"log/slog"
 	"math"
 	"math/rand/v2"
 	"os"
@@ -41,6 +42,21 @@ type probeOpts struct {
 	// before the question when TextFirst: what a real instruction wraps
 	// its two or three telling words in.
 	Filler int
+	// Width, Depth and Sigma override the demo's 64, 2 and
+	// Config.BoxLabelSigma when not zero.
+	Width, Depth int
+	Sigma        float64
+	// Ground is Config.GroundLossWeight: with it the shard labels every
+	// patch with the fraction the answer box covers.
+	Ground float64
+	// ColourOnly asks the scene probe about objects of a colour no other
+	// object in their image has, by the colour word alone.
+	ColourOnly bool
+	// ShapeOnly asks by the shape word alone, about objects of a shape no
+	// other object in their image has.
+	ShapeOnly bool
+	// ImageSize overrides the 48-pixel input when not zero.
+	ImageSize int
 }
 
 type probeResult struct {
@@ -48,6 +64,7 @@ type probeResult struct {
 	MeanErr             float64 // mean |coarse value error| per coordinate, teacher forced
 	MeanErrBaseline     float64 // the same for always answering the training mean box
 	Acc05               float64 // IoU >= 0.5, teacher forced
+	Acc05Baseline       float64 // the same for the training mean box
 }
 
 func (o probeOpts) config() model.Config {
@@ -55,6 +72,19 @@ func (o probeOpts) config() model.Config {
 	c.Width, c.Depth, c.Heads, c.VisionDepth = 64, 2, o.Heads, o.VisDepth
 	c.MaxSeq, c.MaxImages = 48+o.Filler, 1
 	c.TextFusion = o.Fusion
+	if o.Width > 0 {
+		c.Width = o.Width
+	}
+	if o.Depth > 0 {
+		c.Depth = o.Depth
+	}
+	if o.Sigma > 0 {
+		c.BoxLabelSigma = o.Sigma
+	}
+	c.GroundLossWeight = o.Ground
+	if o.ImageSize > 0 {
+		c.ImageSize = o.ImageSize
+	}
 	return c
 }
 
@@ -113,85 +143,146 @@ func probeBox(b [4]int) gmdataset.Box {
 	return gmdataset.Box{X1: float64(b[0]), Y1: float64(b[1]), X2: float64(b[2]), Y2: float64(b[3])}
 }
 
+// probeItem is one probe sample: the image (ImageSize^2 x 3 uint8), the
+// token sequence, the position whose logits predict the first box number,
+// and the box in coarse values (hundredths of the image).
+type probeItem struct {
+	img  []byte
+	toks []int32
+	at   int
+	box  [4]int
+}
+
 func runProbe(t testing.TB, o probeOpts) probeResult {
 	t.Helper()
 	c := o.config()
+	gen := func(n int, rng *rand.Rand) []probeItem {
+		items := make([]probeItem, n)
+		for i := range items {
+			img, q, box := probeSample(c, o.Squares, rng)
+			seq, at := probeSeq(c, o, q, box, rng)
+			items[i] = probeItem{img: img, toks: seq, at: at, box: box}
+		}
+		return items
+	}
+	return trainProbe(t, c, o, gen(4096, rand.New(rand.NewPCG(1, 2))), gen(64, rand.New(rand.NewPCG(77, 2))))
+}
+
+// trainProbe trains the model c on train for o.Steps steps (batch 16, lr
+// o.LR) and scores the box of every test item teacher forced: the argmax
+// coarse value of each of the four box numbers.
+func trainProbe(t testing.TB, c model.Config, o probeOpts, train, test []probeItem) probeResult {
+	t.Helper()
 	dir := t.TempDir()
-	const n = 4096
-	rng := rand.New(rand.NewPCG(1, 2))
+	n := len(train)
 	L := c.MaxSeq
 	tokens := make([]int32, n*L)
 	targets := make([]int32, n*L)
 	index := make([]int32, n)
-	var images []byte
+	patchTgt := make([]byte, n*L)
+	images := make([]byte, 0, n*len(train[0].img))
 	var mean [4]float64
-	for i := range n {
-		img, q, box := probeSample(c, o.Squares, rng)
-		images = append(images, img...)
+	for i, it := range train {
+		images = append(images, it.img...)
 		index[i] = int32(i)
-		seq, at := probeSeq(c, o, q, box, rng)
 		for p := range L {
 			targets[i*L+p] = -1
 			tokens[i*L+p] = c.PadToken
-			if p < len(seq) {
-				tokens[i*L+p] = seq[p]
+			if p < len(it.toks) {
+				tokens[i*L+p] = it.toks[p]
 			}
 		}
-		for p := at; p < len(seq)-1; p++ {
-			targets[i*L+p] = seq[p+1]
+		for p := it.at; p < len(it.toks)-1; p++ {
+			targets[i*L+p] = it.toks[p+1]
+		}
+		cover := patchCover(c, it.box)
+		np := 0
+		for p := range L {
+			patchTgt[i*L+p] = model.NoPatchTarget
+			if p < len(it.toks) && it.toks[p] == c.PatchToken {
+				patchTgt[i*L+p] = byte(math.Round(cover[np] * model.PatchTargetScale))
+				np++
+			}
 		}
 		for k := range 4 {
-			mean[k] += float64(box[k]) / n
+			mean[k] += float64(it.box[k]) / float64(n)
 		}
 	}
 	shard := filepath.Join(dir, "probe.safetensors")
 	f := &stFile{Metadata: map[string]string{"config_sha256": "probe", "synth_set": "probe"}, Tensors: map[string]stTensor{
 		"tokens": i32Tensor(tokens, n, L), "targets": i32Tensor(targets, n, L), "image_index": i32Tensor(index, n, 1),
 		"images": {DType: "U8", Shape: []int{n, c.ImageSize, c.ImageSize, 3}, Data: images}}}
+	if o.Ground > 0 {
+		f.Tensors["patch_targets"] = stTensor{DType: "U8", Shape: []int{n, L}, Data: patchTgt}
+	}
 	if _, _, err := writeSafetensorsAtomic(shard, f); err != nil {
 		t.Fatal(err)
 	}
 	b := newTestBackend(t)
+	if os.Getenv("GROUNDMESH_PROBE_LOG") != "" {
+		b.log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
 	res, err := b.Train(context.Background(), compute.TrainRequest{
 		RunID: "probe", Stage: "stage2", ModelConfig: configJSON(t, c), Shards: []string{shard},
 		Steps: o.Steps, BatchSize: 16, LearningRate: o.LR, WarmupSteps: 20, WeightDecay: 0.01, Seed: 1,
-		LogEvery: 50, CheckpointEvery: o.Steps, CheckpointDir: dir,
+		LogEvery: 100, CheckpointEvery: o.Steps, CheckpointDir: dir,
 	}, func(compute.TrainProgress) error { return nil })
 	if err != nil {
 		t.Fatal(err)
 	}
 	w := readWeights(t, res.Final.Path, c).weights
-	trng := rand.New(rand.NewPCG(77, 2))
-	var batch []compute.Sequence
-	var boxes [][4]int
-	var ats []int
-	for range 64 {
-		img, q, box := probeSample(c, o.Squares, trng)
-		seq, at := probeSeq(c, o, q, box, trng)
-		batch = append(batch, compute.Sequence{Tokens: seq, Images: []compute.Image{{Size: c.ImageSize, Pixels: normalize(img)}}})
-		boxes, ats = append(boxes, box), append(ats, at)
-	}
-	logits := gomlxLogits(t, b, c, w, batch)
 	r := probeResult{FirstLoss: res.FirstLoss, LastLoss: res.LastLoss}
-	for i, bx := range boxes {
-		var pred [4]int
-		for k := range 4 {
-			l := logits[i][ats[i]+k]
-			best := probeBox0
-			for j := probeBox0; j <= probeBox0+100; j++ {
-				if l[j] > l[best] {
-					best = j
-				}
-			}
-			pred[k] = best - probeBox0
-			r.MeanErr += math.Abs(float64(pred[k]-bx[k])) / 256
-			r.MeanErrBaseline += math.Abs(mean[k]-float64(bx[k])) / 256
+	var meanBox [4]int
+	for k := range 4 {
+		meanBox[k] = int(math.Round(mean[k]))
+	}
+	for lo := 0; lo < len(test); lo += 64 {
+		part := test[lo:min(lo+64, len(test))]
+		batch := make([]compute.Sequence, len(part))
+		for i, it := range part {
+			batch[i] = compute.Sequence{Tokens: it.toks, Images: []compute.Image{{Size: c.ImageSize, Pixels: normalize(it.img)}}}
 		}
-		if probeBox(pred).IoU(probeBox(bx)) >= 0.5 {
-			r.Acc05 += 1.0 / 64
+		logits := gomlxLogits(t, b, c, w, batch)
+		for i, it := range part {
+			var pred [4]int
+			for k := range 4 {
+				l := logits[i][it.at+k]
+				best := probeBox0
+				for j := probeBox0; j <= probeBox0+100; j++ {
+					if l[j] > l[best] {
+						best = j
+					}
+				}
+				pred[k] = best - probeBox0
+				r.MeanErr += math.Abs(float64(pred[k]-it.box[k])) / float64(4*len(test))
+				r.MeanErrBaseline += math.Abs(mean[k]-float64(it.box[k])) / float64(4*len(test))
+			}
+			if probeBox(pred).IoU(probeBox(it.box)) >= 0.5 {
+				r.Acc05 += 1 / float64(len(test))
+			}
+			if probeBox(meanBox).IoU(probeBox(it.box)) >= 0.5 {
+				r.Acc05Baseline += 1 / float64(len(test))
+			}
 		}
 	}
 	return r
+}
+
+// patchCover is the fraction of each patch (raster order) that a box in
+// hundredths of the image covers.
+func patchCover(c model.Config, box [4]int) []float64 {
+	g := c.ImageSize / c.PatchSize
+	out := make([]float64, g*g)
+	for py := range g {
+		for px := range g {
+			x0, y0 := float64(px)/float64(g)*100, float64(py)/float64(g)*100
+			x1, y1 := x0+100/float64(g), y0+100/float64(g)
+			w := math.Max(0, math.Min(x1, float64(box[2]))-math.Max(x0, float64(box[0])))
+			h := math.Max(0, math.Min(y1, float64(box[3]))-math.Max(y0, float64(box[1])))
+			out[py*g+px] = w * h / ((x1 - x0) * (y1 - y0))
+		}
+	}
+	return out
 }
 
 // TestProbeLocalizesOneSquare: a few hundred steps of the demo's model

@@ -118,7 +118,7 @@ func (d *dataset) batchAt(pos int64, batchSize int) trainBatch {
 		ref := d.at(pos + int64(i))
 		s := d.shards[ref.shard]
 		tokens, targets, _ := s.Sample(ref.row)
-		rows[i] = batchRow{tokens: tokens, targets: targets, images: rowImages(s, ref.row)}
+		rows[i] = batchRow{tokens: tokens, targets: targets, images: rowImages(s, ref.row), patchTargets: s.PatchTargetRow(ref.row)}
 	}
 	return makeBatch(d.cfg, rows)
 }

@@ -30,6 +30,10 @@ type trainer struct {
 
 	trainIdx, frozenIdx []int
 	tp, tm, tv, fp      []*tensors.Tensor
+
+	// groundLoss is the last step's Config.GroundLossWeight loss (0
+	// without it).
+	groundLoss float32
 }
 
 func newTrainer(b *Backend, cfg model.Config, specs []paramSpec, sel []bool, st *modelState) (*trainer, error) {
@@ -100,6 +104,8 @@ func (t *trainer) step(lr, bc1, bc2, wd float32, bt trainBatch) (float32, float3
 		tensors.FromFlatDataAndDimensions(bt.lossIdx, len(bt.lossIdx)),
 		tensors.FromFlatDataAndDimensions(bt.lossTgt, len(bt.lossTgt)),
 		tensors.FromFlatDataAndDimensions(bt.lossW, len(bt.lossW)),
+		tensors.FromFlatDataAndDimensions(bt.patchTgt, bt.B, bt.L),
+		tensors.FromFlatDataAndDimensions(bt.patchW, bt.B, bt.L),
 	)
 	outs, err := t.exec.Call(args...)
 	if err != nil {
@@ -112,6 +118,7 @@ func (t *trainer) step(lr, bc1, bc2, wd float32, bt trainBatch) (float32, float3
 	t.tv = append(t.tv[:0], outs[2*nt:3*nt]...)
 	loss := tensors.ToScalar[float32](outs[3*nt])
 	gnorm := tensors.ToScalar[float32](outs[3*nt+1])
+	t.groundLoss = tensors.ToScalar[float32](outs[3*nt+2])
 	return loss, gnorm, nil
 }
 
@@ -289,6 +296,7 @@ func (b *Backend) Train(ctx context.Context, req compute.TrainRequest, progress 
 	}
 
 	window := make([]float64, 0, req.LogEvery)
+	groundWindow := make([]float64, 0, req.LogEvery) // Config.GroundLossWeight's loss
 	windowTokens := 0
 	windowStart := time.Now()
 	first := true
@@ -317,6 +325,10 @@ func (b *Backend) Train(ctx context.Context, req compute.TrainRequest, progress 
 			window = window[1:]
 		}
 		window = append(window, loss)
+		if len(groundWindow) == req.LogEvery {
+			groundWindow = groundWindow[1:]
+		}
+		groundWindow = append(groundWindow, float64(tr.groundLoss))
 		windowTokens += bt.realTokens
 		res.Steps = step
 		res.LastLoss = mean(window)
@@ -329,7 +341,8 @@ func (b *Backend) Train(ctx context.Context, req compute.TrainRequest, progress 
 		p := compute.TrainProgress{Step: step, Loss: res.LastLoss, LearningRate: lr,
 			TokensPerSec: float64(windowTokens) / math.Max(time.Since(windowStart).Seconds(), 1e-9)}
 		if logNow {
-			b.log.Debug("train step", "stage", req.Stage, "step", step, "loss", res.LastLoss, "lr", lr, "grad_norm", gnorm, "tokens_per_s", p.TokensPerSec)
+			b.log.Debug("train step", "stage", req.Stage, "step", step, "loss", res.LastLoss, "lr", lr, "grad_norm", gnorm,
+				"ground_loss", mean(groundWindow), "tokens_per_s", p.TokensPerSec)
 		}
 		if saveNow {
 			// The rate covers compute only: the window restarts after the save.
@@ -339,6 +352,9 @@ func (b *Backend) Train(ctx context.Context, req compute.TrainRequest, progress 
 			}
 			res.Final = *ck
 			p.Checkpoint = ck
+			if cfg.GroundLossWeight > 0 {
+				b.log.Info("grounding loss", "stage", req.Stage, "step", step, "ground_loss", mean(groundWindow))
+			}
 		}
 		windowTokens, windowStart = 0, time.Now()
 		if err := progress(p); err != nil {

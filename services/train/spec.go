@@ -140,6 +140,13 @@ func DefaultSpec() RunSpec {
 	m.Width, m.Depth, m.Heads, m.VisionDepth = 64, 2, 2, 0
 	m.ImagesAfterText = true
 	m.TextFusion = true
+	// The grounding loss (model.Config.GroundLossWeight): the patches of a
+	// box answer's image learn, one layer before the last, which of them
+	// the answer's box covers. On the scene probe (plugins/gomlx,
+	// BenchmarkSceneProbe; 6,000 images, 1,500 steps) it is the difference
+	// between no colour binding at all (Acc@0.5 0.002, at the mean box) and
+	// Acc@0.5 0.14; it costs a layer norm and a dot product per patch.
+	m.GroundLossWeight = 1
 	return RunSpec{
 		Model:           m,
 		MaxWords:        1024,
