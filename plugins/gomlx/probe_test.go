@@ -67,6 +67,23 @@ type probeResult struct {
 	Acc05Baseline       float64 // the same for the training mean box
 }
 
+// probeSteps is GROUNDMESH_PROBE_STEPS, or def.
+func probeSteps(def int) int {
+	if n, err := strconv.Atoi(os.Getenv("GROUNDMESH_PROBE_STEPS")); err == nil && n > 0 {
+		return n
+	}
+	return def
+}
+
+// report reports the result as benchmark metrics.
+func (r probeResult) report(b *testing.B) {
+	b.ReportMetric(r.LastLoss, "loss")
+	b.ReportMetric(r.MeanErr, "err/coord")
+	b.ReportMetric(r.MeanErrBaseline, "meanbox-err/coord")
+	b.ReportMetric(r.Acc05, "acc@0.5")
+	b.ReportMetric(r.Acc05Baseline, "meanbox-acc@0.5")
+}
+
 func (o probeOpts) config() model.Config {
 	c := model.DefaultConfig(130)
 	c.Width, c.Depth, c.Heads, c.VisionDepth = 64, 2, o.Heads, o.VisDepth
@@ -309,10 +326,7 @@ func TestProbeLocalizesOneSquare(t *testing.T) {
 // heads, one vision block, image first, no fusion). It reports loss and
 // errors, not time.
 func BenchmarkProbeBinding(b *testing.B) {
-	steps := 400
-	if s := os.Getenv("GROUNDMESH_PROBE_STEPS"); s != "" {
-		steps, _ = strconv.Atoi(s)
-	}
+	steps := probeSteps(400)
 	for _, v := range []struct {
 		name string
 		o    probeOpts
@@ -328,10 +342,7 @@ func BenchmarkProbeBinding(b *testing.B) {
 			for range b.N {
 				r = runProbe(b, v.o)
 			}
-			b.ReportMetric(r.LastLoss, "loss")
-			b.ReportMetric(r.MeanErr, "err/coord")
-			b.ReportMetric(r.MeanErrBaseline, "meanbox-err/coord")
-			b.ReportMetric(r.Acc05, "acc@0.5")
+			r.report(b)
 		})
 	}
 }

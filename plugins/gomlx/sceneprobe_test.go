@@ -94,55 +94,34 @@ func sceneExpr(objs []gmdataset.Object, k int) (words []int32, ok bool) {
 	return nil, false
 }
 
-// colourExpr is the colour word alone, for an object whose colour no other
-// object in the image has.
-func colourExpr(objs []gmdataset.Object, k int) ([]int32, bool) {
+// wordExpr is one attribute's word alone (attr "shape" for the category),
+// for an object whose value of it no other object in the image has.
+func wordExpr(objs []gmdataset.Object, k int, attr string) ([]int32, bool) {
+	val := func(o gmdataset.Object) string {
+		if attr == "shape" {
+			return o.Category
+		}
+		return o.Attributes[attr]
+	}
 	for j, o := range objs {
-		if j != k && o.Attributes[scenes.AttrColor] == objs[k].Attributes[scenes.AttrColor] {
+		if j != k && val(o) == val(objs[k]) {
 			return nil, false
 		}
 	}
-	return []int32{sceneWordID(scenes.AttrColor, objs[k].Attributes[scenes.AttrColor])}, true
+	return []int32{sceneWordID(attr, val(objs[k]))}, true
 }
 
-// shapeExpr is the shape word alone, for an object whose shape no other
-// object in the image has.
-func shapeExpr(objs []gmdataset.Object, k int) ([]int32, bool) {
-	for j, o := range objs {
-		if j != k && o.Category == objs[k].Category {
-			return nil, false
-		}
-	}
-	return []int32{sceneWordID("shape", objs[k].Category)}, true
-}
-
-var sceneWorld struct {
-	dir string
-	w   *scenes.World
-}
-
-// sceneItems returns the probe items of the world's train split (train) or
-// of its val and test splits.
-func sceneItems(t testing.TB, c model.Config, o probeOpts, train bool) []probeItem {
+// sceneItems returns the probe items of world's train split (train) or of
+// its val and test splits.
+func sceneItems(t testing.TB, world *scenes.World, c model.Config, o probeOpts, train bool) []probeItem {
 	t.Helper()
-	if sceneWorld.w == nil {
-		dir, err := os.MkdirTemp("", "sceneprobe-")
-		if err != nil {
-			t.Fatal(err)
-		}
-		w, err := scenes.Generate(context.Background(), filepath.Join(dir, "world"), scenes.Spec{Seed: 1, Images: sceneImages(), Size: 64}, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		sceneWorld.dir, sceneWorld.w = dir, w
-	}
 	rng := rand.New(rand.NewPCG(3, 4))
 	var items []probeItem
-	for _, sc := range sceneWorld.w.Scenes {
+	for _, sc := range world.Scenes {
 		if (sc.Split == gmdataset.SplitTrain) != train || sc.Split == gmdataset.SplitHeldOut {
 			continue
 		}
-		f, err := os.Open(filepath.Join(sceneWorld.w.Dir, sc.File))
+		f, err := os.Open(filepath.Join(world.Dir, sc.File))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -158,10 +137,10 @@ func sceneItems(t testing.TB, c model.Config, o probeOpts, train bool) []probeIt
 		for k, obj := range sc.Objects {
 			words, ok := sceneExpr(sc.Objects, k)
 			if o.ColourOnly {
-				words, ok = colourExpr(sc.Objects, k)
+				words, ok = wordExpr(sc.Objects, k, scenes.AttrColor)
 			}
 			if o.ShapeOnly {
-				words, ok = shapeExpr(sc.Objects, k)
+				words, ok = wordExpr(sc.Objects, k, "shape")
 			}
 			if !ok {
 				continue
@@ -191,13 +170,14 @@ func sceneItems(t testing.TB, c model.Config, o probeOpts, train bool) []probeIt
 // test objects after GROUNDMESH_PROBE_STEPS steps (default 600) of the
 // demo's model shape on the scene world's train objects: with and without
 // the grounding loss (Config.GroundLossWeight), on the shortest unique
-// descriptions and on colour words alone (objects of a colour no other
-// object in their image has). It measures learning, not time, and asserts
-// nothing.
+// descriptions, on colour words alone (objects of a colour no other
+// object in their image has) and on shape words alone, the last also from
+// 64-pixel images. It measures learning, not time, and asserts nothing.
 func BenchmarkSceneProbe(b *testing.B) {
-	steps := 600
-	if s := os.Getenv("GROUNDMESH_PROBE_STEPS"); s != "" {
-		steps, _ = strconv.Atoi(s)
+	steps := probeSteps(600)
+	world, err := scenes.Generate(context.Background(), filepath.Join(b.TempDir(), "world"), scenes.Spec{Seed: 1, Images: sceneImages(), Size: 64}, nil)
+	if err != nil {
+		b.Fatal(err)
 	}
 	for _, v := range []struct {
 		name string
@@ -213,18 +193,14 @@ func BenchmarkSceneProbe(b *testing.B) {
 		b.Run(v.name, func(b *testing.B) {
 			c := v.o.config()
 			c.VocabSize, c.MaxSeq = sceneVocab, 20+c.Patches()+v.o.Filler
-			train, test := sceneItems(b, c, v.o, true), sceneItems(b, c, v.o, false)
+			train, test := sceneItems(b, world, c, v.o, true), sceneItems(b, world, c, v.o, false)
 			var r probeResult
 			for range b.N {
 				r = trainProbe(b, c, v.o, train, test)
 			}
 			b.Logf("%s: %d train / %d test objects, loss %.3f -> %.3f, Acc@0.5 %.3f (mean box %.3f), |error| %.2f (mean box %.2f)",
 				v.name, len(train), len(test), r.FirstLoss, r.LastLoss, r.Acc05, r.Acc05Baseline, r.MeanErr, r.MeanErrBaseline)
-			b.ReportMetric(r.LastLoss, "loss")
-			b.ReportMetric(r.MeanErr, "err/coord")
-			b.ReportMetric(r.MeanErrBaseline, "meanbox-err/coord")
-			b.ReportMetric(r.Acc05, "acc@0.5")
-			b.ReportMetric(r.Acc05Baseline, "meanbox-acc@0.5")
+			r.report(b)
 		})
 	}
 }
