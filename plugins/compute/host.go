@@ -3,12 +3,14 @@ package compute
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"os"
 	"os/exec"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -117,6 +119,7 @@ func NewHost(cfg HostConfig) (*Host, error) {
 func (h *Host) start() (*hostProcess, error) {
 	h.gen++
 	ring := newLineRing(h.cfg.StderrLines)
+	ring.forward = func(line string) { logPluginLine(h.logger, line) }
 	cmd := exec.Command(h.cfg.Path, h.cfg.Args...)
 	cmd.Env = append(os.Environ(), h.cfg.Env...)
 	dieWithParent(cmd)
@@ -419,11 +422,13 @@ func lastN(lines []string, n int) []string {
 	return lines
 }
 
-// lineRing keeps the last lines written by any of its writers.
+// lineRing keeps the last lines written by any of its writers, and hands
+// each line to forward when it is set.
 type lineRing struct {
-	mu    sync.Mutex
-	lines []string
-	max   int
+	mu      sync.Mutex
+	lines   []string
+	max     int
+	forward func(line string)
 }
 
 func newLineRing(n int) *lineRing { return &lineRing{max: n} }
@@ -433,6 +438,9 @@ func newLineRing(n int) *lineRing { return &lineRing{max: n} }
 func (r *lineRing) writer() io.Writer { return &lineWriter{ring: r} }
 
 func (r *lineRing) add(line string) {
+	if r.forward != nil {
+		r.forward(line)
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if len(r.lines) == r.max {
@@ -475,6 +483,32 @@ func (w *lineWriter) Write(p []byte) (int, error) {
 		w.buf = nil
 	}
 	return len(p), nil
+}
+
+// logPluginLine logs one line of the plugin's stderr on the host's logger:
+// a log/slog JSON record ({"level": "INFO", "msg": ...}, what Go plugins
+// write) at its own level with its message and fields, anything else at
+// Info as it is. Without it the plugin's own logs (checkpoints saved,
+// stage summaries) would only surface in a crash's stderr tail.
+func logPluginLine(logger *slog.Logger, line string) {
+	var rec map[string]any
+	if json.Unmarshal([]byte(line), &rec) != nil || rec["msg"] == nil {
+		logger.Info("plugin stderr", "line", line)
+		return
+	}
+	var level slog.Level
+	if lv, ok := rec["level"].(string); !ok || level.UnmarshalText([]byte(lv)) != nil {
+		level = slog.LevelInfo
+	}
+	msg, _ := rec["msg"].(string)
+	attrs := make([]slog.Attr, 0, len(rec))
+	for k, v := range rec {
+		if k != "time" && k != "level" && k != "msg" {
+			attrs = append(attrs, slog.Any("plugin."+k, v))
+		}
+	}
+	slices.SortFunc(attrs, func(a, b slog.Attr) int { return strings.Compare(a.Key, b.Key) })
+	logger.LogAttrs(context.Background(), level, "plugin: "+msg, attrs...)
 }
 
 // slogWriter forwards go-plugin's hclog output, one line per record.
