@@ -159,14 +159,14 @@ func BenchmarkTrainStep(b *testing.B) {
 				}
 				bt := makeBatch(c, benchRowsAnswer(c, batch, answer, rng))
 				t0 := time.Now()
-				if _, _, err := tr.step(1e-3, 10, 10, 0.01, bt); err != nil {
+				if _, err := tr.step(1e-3, 10, 10, 0.01, bt); err != nil {
 					b.Fatal(err)
 				}
 				compile := time.Since(t0)
 				cpu0 := cpuSeconds()
 				b.ResetTimer()
 				for i := range b.N {
-					if _, _, err := tr.step(1e-3, float32(i+2), float32(i+2), 0.01, bt); err != nil {
+					if _, err := tr.step(1e-3, float32(i+2), float32(i+2), 0.01, bt); err != nil {
 						b.Fatal(err)
 					}
 				}

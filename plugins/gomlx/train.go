@@ -30,10 +30,12 @@ type trainer struct {
 
 	trainIdx, frozenIdx []int
 	tp, tm, tv, fp      []*tensors.Tensor
+}
 
-	// groundLoss is the last step's Config.GroundLossWeight loss (0
-	// without it).
-	groundLoss float32
+// stepOut is what one optimizer step reports: the answer loss, the
+// gradient norm, and Config.GroundLossWeight's loss (0 without it).
+type stepOut struct {
+	loss, gnorm, ground float32
 }
 
 func newTrainer(b *Backend, cfg model.Config, specs []paramSpec, sel []bool, st *modelState) (*trainer, error) {
@@ -79,15 +81,15 @@ func (t *trainer) close() {
 	}
 }
 
-// step runs one optimizer step and returns the loss and gradient norm.
-func (t *trainer) step(lr, bc1, bc2, wd float32, bt trainBatch) (float32, float32, error) {
+// step runs one optimizer step.
+func (t *trainer) step(lr, bc1, bc2, wd float32, bt trainBatch) (stepOut, error) {
 	nt := len(t.tp)
 	args := make([]any, 0, 3*nt+len(t.fp)+4+numBatchInputs)
 	for _, group := range [][]*tensors.Tensor{t.tp, t.tm, t.tv} {
 		for _, x := range group {
 			d, err := graph.DonateTensorBuffer(x, t.b.ml, 0)
 			if err != nil {
-				return 0, 0, fmt.Errorf("donate parameter buffer: %w", err)
+				return stepOut{}, fmt.Errorf("donate parameter buffer: %w", err)
 			}
 			args = append(args, d)
 		}
@@ -111,15 +113,16 @@ func (t *trainer) step(lr, bc1, bc2, wd float32, bt trainBatch) (float32, float3
 	if err != nil {
 		// The donated buffers are gone: the trainer cannot continue.
 		t.tp, t.tm, t.tv = nil, nil, nil
-		return 0, 0, fmt.Errorf("run train step: %w", err)
+		return stepOut{}, fmt.Errorf("run train step: %w", err)
 	}
 	copy(t.tp, outs[:nt])
 	t.tm = append(t.tm[:0], outs[nt:2*nt]...)
 	t.tv = append(t.tv[:0], outs[2*nt:3*nt]...)
-	loss := tensors.ToScalar[float32](outs[3*nt])
-	gnorm := tensors.ToScalar[float32](outs[3*nt+1])
-	t.groundLoss = tensors.ToScalar[float32](outs[3*nt+2])
-	return loss, gnorm, nil
+	return stepOut{
+		loss:   tensors.ToScalar[float32](outs[3*nt]),
+		gnorm:  tensors.ToScalar[float32](outs[3*nt+1]),
+		ground: tensors.ToScalar[float32](outs[3*nt+2]),
+	}, nil
 }
 
 // state copies the parameters and optimizer moments to host memory.
@@ -310,25 +313,19 @@ func (b *Backend) Train(ctx context.Context, req compute.TrainRequest, progress 
 		lr := learningRate(step, req.Steps, req.WarmupSteps, req.LearningRate)
 		bc1 := 1 / (1 - math.Pow(adamBeta1, float64(step)))
 		bc2 := 1 / (1 - math.Pow(adamBeta2, float64(step)))
-		loss32, gnorm, err := tr.step(float32(lr), float32(bc1), float32(bc2), float32(req.WeightDecay), bt)
+		out, err := tr.step(float32(lr), float32(bc1), float32(bc2), float32(req.WeightDecay), bt)
 		if err != nil {
 			return res, fmt.Errorf("train: step %d: %w", step, err)
 		}
-		loss := float64(loss32)
+		loss := float64(out.loss)
 		if math.IsNaN(loss) || math.IsInf(loss, 0) {
-			return res, fmt.Errorf("train: step %d: loss is %v (grad norm %v)", step, loss, gnorm)
+			return res, fmt.Errorf("train: step %d: loss is %v (grad norm %v)", step, loss, out.gnorm)
 		}
 		if first {
 			res.FirstLoss, first = loss, false
 		}
-		if len(window) == req.LogEvery {
-			window = window[1:]
-		}
-		window = append(window, loss)
-		if len(groundWindow) == req.LogEvery {
-			groundWindow = groundWindow[1:]
-		}
-		groundWindow = append(groundWindow, float64(tr.groundLoss))
+		window = slide(window, loss, req.LogEvery)
+		groundWindow = slide(groundWindow, float64(out.ground), req.LogEvery)
 		windowTokens += bt.realTokens
 		res.Steps = step
 		res.LastLoss = mean(window)
@@ -341,7 +338,7 @@ func (b *Backend) Train(ctx context.Context, req compute.TrainRequest, progress 
 		p := compute.TrainProgress{Step: step, Loss: res.LastLoss, LearningRate: lr,
 			TokensPerSec: float64(windowTokens) / math.Max(time.Since(windowStart).Seconds(), 1e-9)}
 		if logNow {
-			b.log.Debug("train step", "stage", req.Stage, "step", step, "loss", res.LastLoss, "lr", lr, "grad_norm", gnorm,
+			b.log.Debug("train step", "stage", req.Stage, "step", step, "loss", res.LastLoss, "lr", lr, "grad_norm", out.gnorm,
 				"ground_loss", mean(groundWindow), "tokens_per_s", p.TokensPerSec)
 		}
 		if saveNow {
@@ -363,6 +360,14 @@ func (b *Backend) Train(ctx context.Context, req compute.TrainRequest, progress 
 	}
 	b.log.Info("train stage done", "stage", req.Stage, "steps", res.Steps, "first_loss", res.FirstLoss, "last_loss", res.LastLoss)
 	return res, nil
+}
+
+// slide appends x to the window w of at most n values, dropping the oldest.
+func slide(w []float64, x float64, n int) []float64 {
+	if len(w) == n {
+		w = w[1:]
+	}
+	return append(w, x)
 }
 
 func mean(xs []float64) float64 {
