@@ -212,7 +212,9 @@ func trainProbe(t testing.TB, c model.Config, o probeOpts, train, test []probeIt
 		for p := it.at; p < len(it.toks)-1; p++ {
 			targets[i*L+p] = it.toks[p+1]
 		}
-		cover := patchCover(c, it.box)
+		// The box is in hundredths of the image: a 100 x 100 image's pixels.
+		b := it.box
+		cover := model.PatchCover(c, 100, 100, [][4]float64{{float64(b[0]), float64(b[1]), float64(b[2]), float64(b[3])}})
 		np := 0
 		for p := range L {
 			patchTgt[i*L+p] = model.NoPatchTarget
@@ -283,23 +285,6 @@ func trainProbe(t testing.TB, c model.Config, o probeOpts, train, test []probeIt
 		}
 	}
 	return r
-}
-
-// patchCover is the fraction of each patch (raster order) that a box in
-// hundredths of the image covers.
-func patchCover(c model.Config, box [4]int) []float64 {
-	g := c.ImageSize / c.PatchSize
-	out := make([]float64, g*g)
-	for py := range g {
-		for px := range g {
-			x0, y0 := float64(px)/float64(g)*100, float64(py)/float64(g)*100
-			x1, y1 := x0+100/float64(g), y0+100/float64(g)
-			w := math.Max(0, math.Min(x1, float64(box[2]))-math.Max(x0, float64(box[0])))
-			h := math.Max(0, math.Min(y1, float64(box[3]))-math.Max(y0, float64(box[1])))
-			out[py*g+px] = w * h / ((x1 - x0) * (y1 - y0))
-		}
-	}
-	return out
 }
 
 // TestProbeLocalizesOneSquare: a few hundred steps of the demo's model
