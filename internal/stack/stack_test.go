@@ -148,27 +148,40 @@ func TestIngestFlowsEndToEnd(t *testing.T) {
 		t.Fatalf("ui page: %d %.200s", resp.StatusCode, page)
 	}
 
-	// One trace: gateway, workflow, bus hop, service handler, SQL.
-	if err := tel.ForceFlush(ctx); err != nil {
-		t.Fatal(err)
-	}
-	spans, err := telemetry.ReadTraceFile(traceFile)
-	if err != nil {
-		t.Fatal(err)
-	}
+	// One trace: gateway, workflow, bus hop, service handler, SQL. The bus
+	// handler that signals the workflow ends its span after the signal, so
+	// the span can land after the run is seen finished: read the trace until
+	// every wanted span is there or 10 s have passed.
+	wantSpans := []string{"RunWorkflow:Pipeline", "RunWorkflow:Ingest", "RunActivity:Command", "ingest.requested publish", "ingest.requested process", "ingest.handle", "ingest.completed process"}
 	var traceID string
-	for _, sp := range spans {
-		if strings.HasPrefix(sp.Name, "POST /api/pipelines") {
-			traceID = sp.TraceID
-		}
-	}
-	if traceID == "" {
-		t.Fatal("no gateway span")
-	}
 	names := map[string]bool{}
-	for _, sp := range spans {
-		if sp.TraceID == traceID {
-			names[sp.Name] = true
+	for spanDeadline := time.Now().Add(10 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		if err := tel.ForceFlush(ctx); err != nil {
+			t.Fatal(err)
+		}
+		spans, err := telemetry.ReadTraceFile(traceFile)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, sp := range spans {
+			if strings.HasPrefix(sp.Name, "POST /api/pipelines") {
+				traceID = sp.TraceID
+			}
+		}
+		if traceID == "" {
+			t.Fatal("no gateway span")
+		}
+		for _, sp := range spans {
+			if sp.TraceID == traceID {
+				names[sp.Name] = true
+			}
+		}
+		all := true
+		for _, want := range wantSpans {
+			all = all && names[want]
+		}
+		if all || time.Now().After(spanDeadline) {
+			break
 		}
 	}
 	has := func(pred func(string) bool) bool {
@@ -179,7 +192,7 @@ func TestIngestFlowsEndToEnd(t *testing.T) {
 		}
 		return false
 	}
-	for _, want := range []string{"RunWorkflow:Pipeline", "RunWorkflow:Ingest", "RunActivity:Command", "ingest.requested publish", "ingest.requested process", "ingest.handle", "ingest.completed process"} {
+	for _, want := range wantSpans {
 		if !names[want] {
 			t.Errorf("trace %s lacks span %q", traceID, want)
 		}
