@@ -33,7 +33,7 @@ import (
 //	vision.blocks.<i>.{ln1,attn,ln2,mlp}.*   vision.ln_f.*
 //	projector.{fc1,fc2}.{w,b}
 //	embed.tokens   embed.pos
-//	fusion.ln.*   fusion.{w,b}   (TextFusion)
+//	fusion.ln.*   fusion.{w,b}   (TextFusion)   fusion.query   (FusionAttention)
 //	ground.ln.*   ground.{w,b}   (GroundLossWeight; training only)
 //	lm.blocks.<i>.{ln1,attn,ln2,mlp}.*   lm.ln_f.*   lm_head.w
 //
@@ -82,6 +82,16 @@ type Config struct {
 	// Grounding DINO). The colour-binding probe learned with it in 400
 	// steps what it otherwise needed about 1,000 for.
 	TextFusion bool `json:"text_fusion,omitempty"`
+	// FusionAttention pools the text that TextFusion reads with learned
+	// attention instead of a plain mean: each non-patch position's token
+	// embedding e weighs exp(clip(q . e, -30, 30)), q the vector
+	// "fusion.query" [width] (zeros at initialization: the mean). A plain
+	// mean gives the two or three words an expression turns on a tenth of
+	// a templated instruction's pooled text, less in a packed multi-turn
+	// sequence: on the scene probe with colour words after eight filler
+	// words, the mean's model put its box centre on the object 31% of the
+	// time after 1,000 steps, against 66% without the filler.
+	FusionAttention bool `json:"fusion_attention,omitempty"`
 	// GroundLossWeight, when positive, adds a training-only grounding loss
 	// (deep supervision of the referent's patches): at every image patch
 	// position a shard labels (Shard.PatchTargets: the fraction of the
@@ -119,6 +129,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("model config: box tokens %d..%d outside the vocabulary of %d", c.BoxToken0, int(c.BoxToken0)+c.BoxTokens-1, c.VocabSize)
 	case c.BoxLabelSigma < 0 || c.BoxLabelSigma > 0 && c.BoxTokens == 0:
 		return fmt.Errorf("model config: box_label_sigma %v needs box_tokens and must not be negative", c.BoxLabelSigma)
+	case c.FusionAttention && !c.TextFusion:
+		return fmt.Errorf("model config: fusion_attention needs text_fusion")
 	case c.GroundLossWeight < 0 || math.IsNaN(c.GroundLossWeight):
 		return fmt.Errorf("model config: ground_loss_weight %v must not be negative", c.GroundLossWeight)
 	case c.MaxSeq < c.Patches()*c.MaxImages+8:

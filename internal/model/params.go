@@ -117,6 +117,9 @@ func (c Config) Params() []ParamSpec {
 		add("fusion.ln.b", w)
 		add("fusion.w", w, 2*vw)
 		add("fusion.b", 2*vw)
+		if c.FusionAttention {
+			add("fusion.query", w)
+		}
 	}
 	if c.GroundLossWeight > 0 {
 		add("ground.ln.w", w)
@@ -150,6 +153,9 @@ func (c Config) ParamCount() int64 {
 	p += v*w + int64(c.MaxSeq)*w
 	if c.TextFusion {
 		p += 2*w + 2*w*vw + 2*vw
+		if c.FusionAttention {
+			p += w
+		}
 	}
 	if c.GroundLossWeight > 0 {
 		p += 3*w + 1
@@ -171,13 +177,17 @@ func (c Config) ParamCount() int64 {
 // and attention scores and weighted values (2 * 2 * MaxSeq * w), plus the
 // output head (2 * w * vocab); with TextFusion also the running text sum
 // (2 * MaxSeq * w, as a masked [MaxSeq, MaxSeq] product computes it) and
-// the fusion layer (4 * w^2).
+// the fusion layer (4 * w^2), and with FusionAttention the query's score
+// (2 * w).
 func (c Config) FLOPsPerToken() float64 {
 	w, h := float64(c.Width), float64(c.MLPHidden(c.Width))
 	block := 2*(4*w*w+2*w*h) + 4*float64(c.MaxSeq)*w
 	f := float64(c.Depth)*block + 2*w*float64(c.VocabSize)
 	if c.TextFusion {
 		f += 2*float64(c.MaxSeq)*w + 4*w*w
+		if c.FusionAttention {
+			f += 2 * w
+		}
 	}
 	return f
 }

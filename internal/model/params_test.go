@@ -51,7 +51,9 @@ func TestParamsMatchParamCount(t *testing.T) {
 	fused.TextFusion = true
 	grounded := fused
 	grounded.GroundLossWeight = 0.5
-	for _, c := range []Config{handConfig, DefaultConfig(tok.VocabSize()), tinyConfig(tok), fused, grounded,
+	attn := grounded
+	attn.FusionAttention = true
+	for _, c := range []Config{handConfig, DefaultConfig(tok.VocabSize()), tinyConfig(tok), fused, grounded, attn,
 		{Version: "tinygrounder/v1", ImageSize: 64, PatchSize: 16, VisionWidth: 48, VisionDepth: 0, Width: 72,
 			Depth: 2, Heads: 3, MLPRatio: 2.5, VocabSize: 999, MaxSeq: 100, MaxImages: 2}} {
 		var sum int64

@@ -58,11 +58,11 @@ func benchConfigs() []benchConfig {
 	p16small := p16
 	p16small.Width, p16small.Depth = 64, 2
 	// demo is services/train's DefaultSpec model: two heads, no vision
-	// block, text fusion and the grounding loss (whose head runs on every
-	// position whether or not a batch carries labels).
+	// block, attention-pooled text fusion and the grounding loss (whose
+	// head runs on every position whether or not a batch carries labels).
 	demo := small
 	demo.Heads, demo.VisionDepth, demo.ImagesAfterText = 2, 0, true
-	demo.TextFusion, demo.GroundLossWeight = true, 1
+	demo.TextFusion, demo.FusionAttention, demo.GroundLossWeight = true, true, 1
 	return []benchConfig{
 		{"img48p8-demo", demo},
 		{"img48p8-demo-long", demo},

@@ -30,6 +30,7 @@ type netWeights struct {
 	lnW, lnB, head             []float32
 	// Config.TextFusion only.
 	fuseLnW, fuseLnB, fuseW, fuseB []float32
+	fuseQuery                      []float32 // Config.FusionAttention only; nil without
 }
 
 func newNetWeights(c model.Config, w map[string][]float32) *netWeights {
@@ -53,6 +54,7 @@ func newNetWeights(c model.Config, w map[string][]float32) *netWeights {
 		tok: w["embed.tokens"], pos: w["embed.pos"],
 		lnW: w["lm.ln_f.w"], lnB: w["lm.ln_f.b"], head: w["lm_head.w"],
 		fuseLnW: w["fusion.ln.w"], fuseLnB: w["fusion.ln.b"], fuseW: w["fusion.w"], fuseB: w["fusion.b"],
+		fuseQuery: w["fusion.query"],
 	}
 	for i := range c.VisionDepth {
 		n.vblocks = append(n.vblocks, blk(fmt.Sprintf("vision.blocks.%d", i), c.VisionWidth))
@@ -291,7 +293,7 @@ func (n *netWeights) film(sc *seqCache) []float32 {
 	mean := make([]float32, w)
 	if sc.textN > 0 {
 		for i, v := range sc.textSum {
-			mean[i] = v / float32(sc.textN)
+			mean[i] = v / sc.textN
 		}
 	}
 	normed := make([]float32, w)
@@ -301,16 +303,31 @@ func (n *netWeights) film(sc *seqCache) []float32 {
 	return out
 }
 
+// fusionWeight is the weight of token embedding e in the text that
+// Config.TextFusion pools: exp(clip(fusion.query . e)) with
+// FusionAttention, else 1 (see netGraph.fuse).
+func (n *netWeights) fusionWeight(e []float32) float32 {
+	if n.fuseQuery == nil {
+		return 1
+	}
+	var s float32
+	for i, v := range e {
+		s += n.fuseQuery[i] * v
+	}
+	return float32(math.Exp(float64(min(max(s, -fusionScoreClip), fusionScoreClip))))
+}
+
 // seqCache is one sequence's KV cache.
 type seqCache struct {
 	k, v [][]float32 // per layer [MaxSeq, Width]
 	n    int         // positions filled
 	// patchPos are the positions holding the first image's patches.
 	patchPos []int
-	// textSum and textN are the sum and count of the token embeddings of
-	// the non-patch positions so far (Config.TextFusion).
+	// textSum and textN are the weighted sum and the sum of the weights of
+	// the token embeddings of the non-patch positions so far
+	// (Config.TextFusion; every weight is 1 without FusionAttention).
 	textSum []float32
-	textN   int
+	textN   float32
 }
 
 func (n *netWeights) newSeqCache() *seqCache {
@@ -355,10 +372,11 @@ func (n *netWeights) embed(tokens []int32, pos0 int, feats []float32, featRows i
 			e := n.tok[int(tok)*w : (int(tok)+1)*w]
 			copy(row, e)
 			if c.TextFusion {
+				wt := n.fusionWeight(e)
 				for i, v := range e {
-					sc.textSum[i] += v
+					sc.textSum[i] += wt * v
 				}
-				sc.textN++
+				sc.textN += wt
 				film = nil
 			}
 		}

@@ -22,6 +22,9 @@ const (
 	adamEps     = 1e-8
 	gradClipMax = 1.0
 	maskedScore = -1e9
+	// fusionScoreClip bounds Config.FusionAttention's scores, so that
+	// exp(score) and its running sums stay finite in float32.
+	fusionScoreClip = 30
 )
 
 // netGraph builds the tinygrounder v1 forward pass as a GoMLX graph.
@@ -155,17 +158,24 @@ func (n *netGraph) groundLoss(mid, patchTgt, patchW *graph.Node) *graph.Node {
 // features patch [B, L, VisionWidth], before the projector, by the text
 // before them. For every position, the mean embedding of the non-patch
 // positions up to it (tok [B, L, W] token embeddings, isPatch [B, L]; zeros
-// where there are none) goes through the layer norm "fusion.ln" and the
+// where there are none; with Config.FusionAttention weighted by
+// exp(clip(fusion.query . embedding))) goes through the layer norm "fusion.ln" and the
 // linear "fusion" layer to a scale and a shift [VisionWidth] each, and the
 // row becomes patch * (1 + scale) + shift. Only patch rows are used.
 func (n *netGraph) fuse(patch, tok, isPatch *graph.Node) *graph.Node {
 	g := tok.Graph()
 	l, w := tok.Shape().Dimensions[1], n.cfg.VisionWidth
-	isText := graph.OneMinus(isPatch)                                      // [B, L]
+	weight := graph.OneMinus(isPatch) // [B, L]: 1 at text positions
+	floor := 1.0                      // of the weight sum: no text yet gives zeros
+	if n.cfg.FusionAttention {
+		score := graph.Einsum("blw,w->bl", tok, n.p["fusion.query"])
+		weight = graph.Mul(weight, graph.Exp(graph.ClipScalar(score, -fusionScoreClip, fusionScoreClip)))
+		floor = 1e-30
+	}
 	tri := graph.ConvertDType(graph.LowerTriangular(g, l), dtypes.Float32) // [L, L]: row i sums j <= i
-	sum := graph.Einsum("ij,bjw->biw", tri, graph.Mul(tok, graph.InsertAxes(isText, -1)))
-	count := graph.Einsum("ij,bj->bi", tri, isText)
-	mean := graph.Div(sum, graph.InsertAxes(graph.Max(count, graph.Scalar(g, dtypes.Float32, 1)), -1))
+	sum := graph.Einsum("ij,bjw->biw", tri, graph.Mul(tok, graph.InsertAxes(weight, -1)))
+	count := graph.Einsum("ij,bj->bi", tri, weight)
+	mean := graph.Div(sum, graph.InsertAxes(graph.Max(count, graph.Scalar(g, dtypes.Float32, floor)), -1))
 	film := n.dense(n.layerNorm(mean, "fusion.ln"), "fusion") // [B, L, 2W]
 	scale := graph.SliceAxis(film, -1, graph.AxisRange(0, w))
 	shift := graph.SliceAxis(film, -1, graph.AxisRange(w, 2*w))

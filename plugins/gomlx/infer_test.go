@@ -190,10 +190,12 @@ func TestPrefillDecodeMatchFullForward(t *testing.T) {
 	fusion.TextFusion = true
 	grounded := fusion
 	grounded.GroundLossWeight = 1 // training only: inference must skip ground.*
+	attn := fusion
+	attn.FusionAttention = true // rough weights give fusion.query scores of several units
 	for _, v := range []struct {
 		name string
 		c    model.Config
-	}{{"plain", tinyConfig()}, {"text-fusion", fusion}, {"ground-loss", grounded}} {
+	}{{"plain", tinyConfig()}, {"text-fusion", fusion}, {"ground-loss", grounded}, {"fusion-attention", attn}} {
 		t.Run(v.name, func(t *testing.T) { testPrefillDecodeMatch(t, v.c) })
 	}
 }
@@ -386,5 +388,33 @@ func TestTextFusion(t *testing.T) {
 	}
 	if d := maxAbsDiff(delta(0), delta(1)); d < 1e-3 {
 		t.Fatalf("fusion's effect does not depend on the text before the image (%.3g)", d)
+	}
+}
+
+// TestFusionAttention: with fusion.query at zero every text position weighs
+// the same, and the model is the mean-pooling TextFusion model; with a
+// query, the first patch position's logits move (the pooled text changed).
+func TestFusionAttention(t *testing.T) {
+	mean := tinyConfig()
+	mean.TextFusion = true
+	attn := mean
+	attn.FusionAttention = true
+	w := roughWeights(attn, 5)
+	b := newTestBackend(t)
+	batch := paritySequences(attn, rand.New(rand.NewPCG(8, 8)))[2:3] // <bos>, 3 text tokens, one image, text
+	firstPatch := 4
+
+	zero := maps.Clone(w)
+	zero["fusion.query"] = make([]float32, len(w["fusion.query"]))
+	ref := gomlxLogits(t, b, mean, w, batch) // mean pooling ignores fusion.query
+	got := gomlxLogits(t, b, attn, zero, batch)
+	for p := range ref[0] {
+		if d := maxAbsDiff(ref[0][p], got[0][p]); d > parityTolerance {
+			t.Fatalf("zero query: position %d differs from mean pooling by %.3g", p, d)
+		}
+	}
+	on := gomlxLogits(t, b, attn, w, batch)
+	if d := maxAbsDiff(on[0][firstPatch], ref[0][firstPatch]); d < 1e-3 {
+		t.Fatalf("the query changes the first patch position's logits by only %.3g", d)
 	}
 }

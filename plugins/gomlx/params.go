@@ -70,7 +70,7 @@ func paramSpecs(c model.Config) []paramSpec {
 		switch {
 		case isLN && strings.HasSuffix(p.Name, ".w"):
 			s.Init = initOnes
-		case strings.HasSuffix(p.Name, ".b"):
+		case strings.HasSuffix(p.Name, ".b") || p.Name == "fusion.query":
 			s.Init = initZeros
 		case p.Name == "vision.pos":
 			s.Init = initSinCos2D

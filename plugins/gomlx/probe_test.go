@@ -31,13 +31,14 @@ const (
 )
 
 type probeOpts struct {
-	Squares   int // 1 or 2
-	Steps     int
-	LR        float64
-	Heads     int
-	VisDepth  int
-	TextFirst bool // question before the image
-	Fusion    bool // Config.TextFusion
+	Squares    int // 1 or 2
+	Steps      int
+	LR         float64
+	Heads      int
+	VisDepth   int
+	TextFirst  bool // question before the image
+	Fusion     bool // Config.TextFusion
+	FusionAttn bool // Config.FusionAttention
 	// Filler is the number of random filler tokens (a template's words)
 	// before the question when TextFirst: what a real instruction wraps
 	// its two or three telling words in.
@@ -65,6 +66,9 @@ type probeResult struct {
 	MeanErrBaseline     float64 // the same for always answering the training mean box
 	Acc05               float64 // IoU >= 0.5, teacher forced
 	Acc05Baseline       float64 // the same for the training mean box
+	// Point is the fraction of predicted boxes whose centre lies in the
+	// true box: whether the model found the object, however loose its box.
+	Point, PointBaseline float64
 }
 
 // probeSteps is GROUNDMESH_PROBE_STEPS, or def.
@@ -82,6 +86,8 @@ func (r probeResult) report(b *testing.B) {
 	b.ReportMetric(r.MeanErrBaseline, "meanbox-err/coord")
 	b.ReportMetric(r.Acc05, "acc@0.5")
 	b.ReportMetric(r.Acc05Baseline, "meanbox-acc@0.5")
+	b.ReportMetric(r.Point, "point")
+	b.ReportMetric(r.PointBaseline, "meanbox-point")
 }
 
 func (o probeOpts) config() model.Config {
@@ -89,6 +95,7 @@ func (o probeOpts) config() model.Config {
 	c.Width, c.Depth, c.Heads, c.VisionDepth = 64, 2, o.Heads, o.VisDepth
 	c.MaxSeq, c.MaxImages = 48+o.Filler, 1
 	c.TextFusion = o.Fusion
+	c.FusionAttention = o.FusionAttn
 	if o.Width > 0 {
 		c.Width = o.Width
 	}
@@ -158,6 +165,12 @@ func probeSeq(c model.Config, o probeOpts, q int, box [4]int, rng *rand.Rand) ([
 // probeBox is a box of coarse values as a dataset.Box, for its IoU.
 func probeBox(b [4]int) gmdataset.Box {
 	return gmdataset.Box{X1: float64(b[0]), Y1: float64(b[1]), X2: float64(b[2]), Y2: float64(b[3])}
+}
+
+// centreIn reports whether the centre of box a lies in box b.
+func centreIn(a, b [4]int) bool {
+	cx, cy := float64(a[0]+a[2])/2, float64(a[1]+a[3])/2
+	return cx >= float64(b[0]) && cx <= float64(b[2]) && cy >= float64(b[1]) && cy <= float64(b[3])
 }
 
 // probeItem is one probe sample: the image (ImageSize^2 x 3 uint8), the
@@ -281,6 +294,12 @@ func trainProbe(t testing.TB, c model.Config, o probeOpts, train, test []probeIt
 			}
 			if probeBox(meanBox).IoU(probeBox(it.box)) >= 0.5 {
 				r.Acc05Baseline += 1 / float64(len(test))
+			}
+			if centreIn(pred, it.box) {
+				r.Point += 1 / float64(len(test))
+			}
+			if centreIn(meanBox, it.box) {
+				r.PointBaseline += 1 / float64(len(test))
 			}
 		}
 	}

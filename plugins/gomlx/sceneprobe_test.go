@@ -188,6 +188,8 @@ func BenchmarkSceneProbe(b *testing.B) {
 		{"colour-ground", probeOpts{Steps: steps, LR: 3e-3, Heads: 2, TextFirst: true, Fusion: true, Filler: 8, ColourOnly: true, Ground: 1}},
 		{"shape-ground", probeOpts{Steps: steps, LR: 3e-3, Heads: 2, TextFirst: true, Fusion: true, Filler: 8, ShapeOnly: true, Ground: 1}},
 		{"shape-ground-64px", probeOpts{Steps: steps, LR: 3e-3, Heads: 2, TextFirst: true, Fusion: true, Filler: 8, ShapeOnly: true, Ground: 1, ImageSize: 64}},
+		{"colour-ground-nofill", probeOpts{Steps: steps, LR: 3e-3, Heads: 2, TextFirst: true, Fusion: true, ColourOnly: true, Ground: 1}},
+		{"colour-ground-attn", probeOpts{Steps: steps, LR: 3e-3, Heads: 2, TextFirst: true, Fusion: true, FusionAttn: true, Filler: 8, ColourOnly: true, Ground: 1}},
 		{"colour-no-ground", probeOpts{Steps: steps, LR: 3e-3, Heads: 2, TextFirst: true, Fusion: true, Filler: 8, ColourOnly: true}},
 	} {
 		b.Run(v.name, func(b *testing.B) {
@@ -198,8 +200,8 @@ func BenchmarkSceneProbe(b *testing.B) {
 			for range b.N {
 				r = trainProbe(b, c, v.o, train, test)
 			}
-			b.Logf("%s: %d train / %d test objects, loss %.3f -> %.3f, Acc@0.5 %.3f (mean box %.3f), |error| %.2f (mean box %.2f)",
-				v.name, len(train), len(test), r.FirstLoss, r.LastLoss, r.Acc05, r.Acc05Baseline, r.MeanErr, r.MeanErrBaseline)
+			b.Logf("%s: %d train / %d test objects, loss %.3f -> %.3f, Acc@0.5 %.3f (mean box %.3f), centre in box %.3f (mean box %.3f), |error| %.2f (mean box %.2f)",
+				v.name, len(train), len(test), r.FirstLoss, r.LastLoss, r.Acc05, r.Acc05Baseline, r.Point, r.PointBaseline, r.MeanErr, r.MeanErrBaseline)
 			r.report(b)
 		})
 	}

@@ -140,6 +140,13 @@ func DefaultSpec() RunSpec {
 	m.Width, m.Depth, m.Heads, m.VisionDepth = 64, 2, 2, 0
 	m.ImagesAfterText = true
 	m.TextFusion = true
+	// Attention-pooled fusion text (model.Config.FusionAttention): the
+	// instruction's few telling words are not averaged away among its
+	// template words. On the scene probe's colour words after eight filler
+	// words (BenchmarkSceneProbe, colour-ground against colour-ground-attn)
+	// it reached Acc@0.5 0.137 in 1,000 steps against 0.050 for the plain
+	// mean, and 0.194 against 0.141 in 1,500.
+	m.FusionAttention = true
 	// The grounding loss (model.Config.GroundLossWeight): the patches of a
 	// box answer's image learn, one layer before the last, which of them
 	// the answer's box covers. On the scene probe (plugins/gomlx,
