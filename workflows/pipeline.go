@@ -70,7 +70,7 @@ func Pipeline(ctx workflow.Context, in PipelineInput) (PipelineResult, error) {
 	}
 	if want[StageSynth] {
 		var out events.SynthCompleted
-		req := events.SynthRequested{DatasetID: res.DatasetID, Seed: in.Synth.Seed, Samples: in.Synth.Samples, RewriteURL: in.Synth.RewriteURL}
+		req := events.SynthRequested{DatasetID: res.DatasetID, Seed: in.Synth.Seed, Samples: in.Synth.Samples, RewriteURL: in.Synth.RewriteURL, TaskWeights: in.Synth.TaskWeights}
 		if err := workflow.ExecuteChildWorkflow(child(SynthesizeWorkflowName, "synth"), Synthesize, req).Get(ctx, &out); err != nil {
 			return res, fmt.Errorf("synth: %w", err)
 		}

@@ -186,3 +186,22 @@ func TestTrainStatusQueryFollowsProgressSignals(t *testing.T) {
 		t.Fatal("status query never ran")
 	}
 }
+
+func TestPipelinePassesSynthTaskWeights(t *testing.T) {
+	env := newEnv(t)
+	var asked []CommandInput
+	env.OnActivity((&Activities{}).Command, mock.Anything, mock.Anything).Return(fakeServices(&asked))
+	var in PipelineInput
+	if err := json.Unmarshal([]byte(`{"stages": ["ingest", "synth"], "synth": {"task_weights": {"rec": 3, "box_pick": 0}}}`), &in); err != nil {
+		t.Fatal(err)
+	}
+	env.ExecuteWorkflow(Pipeline, in)
+	if err := env.GetWorkflowError(); err != nil {
+		t.Fatalf("pipeline: %v", err)
+	}
+	var synth events.SynthRequested
+	_ = json.Unmarshal(asked[1].Payload, &synth)
+	if len(synth.TaskWeights) != 2 || synth.TaskWeights["rec"] != 3 || synth.TaskWeights["box_pick"] != 0 {
+		t.Fatalf("synth command task weights %v", synth.TaskWeights)
+	}
+}

@@ -83,6 +83,10 @@ type SynthInput struct {
 	Seed       int64  `json:"seed,omitempty"`
 	Samples    int    `json:"samples,omitempty"`
 	RewriteURL string `json:"rewrite_url,omitempty"`
+	// TaskWeights splits each stage's samples between its tasks; a task
+	// left out keeps services/synth's default (the six stage-2 directions
+	// 1 each); services/synth rejects an unknown task.
+	TaskWeights map[string]float64 `json:"task_weights,omitempty"`
 }
 
 // TrainInput configures training.

@@ -130,6 +130,9 @@ type SynthRequested struct {
 	Samples       int      `json:"samples"`          // target total samples
 	Stages        []string `json:"stages,omitempty"` // default all: stage1, stage2, stage3
 	RewriteURL    string   `json:"rewrite_url,omitempty"`
+	// TaskWeights splits a stage's samples between its tasks (synth
+	// BuildOptions.TaskWeights; missing tasks keep their default).
+	TaskWeights map[string]float64 `json:"task_weights,omitempty"`
 }
 
 // SynthCompleted answers SynthRequested.

@@ -184,6 +184,7 @@ func BenchmarkSceneProbe(b *testing.B) {
 		o    probeOpts
 	}{
 		{"ground", probeOpts{Steps: steps, LR: 3e-3, Heads: 2, TextFirst: true, Fusion: true, Filler: 8, Ground: 1}},
+		{"ground-attn", probeOpts{Steps: steps, LR: 3e-3, Heads: 2, TextFirst: true, Fusion: true, FusionAttn: true, Filler: 8, Ground: 1}},
 		{"no-ground", probeOpts{Steps: steps, LR: 3e-3, Heads: 2, TextFirst: true, Fusion: true, Filler: 8}},
 		{"colour-ground", probeOpts{Steps: steps, LR: 3e-3, Heads: 2, TextFirst: true, Fusion: true, Filler: 8, ColourOnly: true, Ground: 1}},
 		{"shape-ground", probeOpts{Steps: steps, LR: 3e-3, Heads: 2, TextFirst: true, Fusion: true, Filler: 8, ShapeOnly: true, Ground: 1}},

@@ -203,7 +203,8 @@ func (s *Service) options(req events.SynthRequested, log *slog.Logger) (BuildOpt
 	}
 	opts := BuildOptions{
 		DatasetID: req.DatasetID, Seed: req.Seed, Samples: req.Samples, Stages: req.Stages,
-		Workers: s.cfg.Workers, Logger: log, CropPrefix: s.cfg.CropPrefix,
+		TaskWeights: req.TaskWeights,
+		Workers:     s.cfg.Workers, Logger: log, CropPrefix: s.cfg.CropPrefix,
 	}
 	if req.RewriteURL != "" {
 		rw, err := NewRewriter(RewriterConfig{
