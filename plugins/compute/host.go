@@ -104,7 +104,7 @@ func NewHost(cfg HostConfig) (*Host, error) {
 	if err := cfg.setDefaults(); err != nil {
 		return nil, err
 	}
-	h := &Host{cfg: cfg, logger: cfg.Logger.With("plugin", cfg.Path)}
+	h := &Host{cfg: cfg, logger: cfg.Logger.With("plugin_path", cfg.Path)}
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	p, err := h.start()

@@ -30,6 +30,8 @@ type trainBatch struct {
 	// covered fraction of a labelled patch position, and 1 there (0
 	// elsewhere).
 	patchTgt, patchW []float32
+	// labelled counts the positions with a patchW of 1.
+	labelled int
 	// realTokens counts non-padding positions, for tokens/s.
 	realTokens int
 }
@@ -96,6 +98,7 @@ func makeBatch(c model.Config, rows []batchRow) trainBatch {
 				if r.patchTargets != nil && r.patchTargets[t] != model.NoPatchTarget {
 					bt.patchTgt[i*L+t] = float32(r.patchTargets[t]) / model.PatchTargetScale
 					bt.patchW[i*L+t] = 1
+					bt.labelled++
 				}
 			}
 			if tg := r.targets[t]; tg >= 0 {

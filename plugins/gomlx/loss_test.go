@@ -1,14 +1,18 @@
 package gomlx
 
 import (
+	"context"
+	"log/slog"
 	"math"
 	"math/rand/v2"
+	"strings"
 	"testing"
 
 	"github.com/gomlx/gomlx/core/graph"
 	"github.com/gomlx/gomlx/core/tensors"
 
 	"github.com/groundmesh/groundmesh/internal/model"
+	"github.com/groundmesh/groundmesh/plugins/compute"
 )
 
 // TestTargetDistBoxLabelSmoothing: a box-number target spreads a Gaussian
@@ -244,5 +248,29 @@ func TestGroundLossTrains(t *testing.T) {
 	}
 	if first < 0.3 || last > 0.5*first {
 		t.Fatalf("ground loss %v -> %v: want it at least halved", first, last)
+	}
+}
+
+// TestGroundLossLogNeedsLabels: a stage whose records label no patch (crop
+// naming, say) has no grounding loss to report, and the log must not claim
+// one of 0.
+func TestGroundLossLogNeedsLabels(t *testing.T) {
+	dir := t.TempDir()
+	c := tinyConfig()
+	c.GroundLossWeight = 1
+	shard := writeColourShard(t, dir, c, 64, 1) // no patch_targets
+	b := newTestBackend(t)
+	var logs strings.Builder
+	b.log = slog.New(slog.NewTextHandler(&logs, nil))
+	req := colourRequest(t, dir, shard)
+	req.ModelConfig, req.Steps, req.CheckpointEvery = configJSON(t, c), 10, 5
+	if _, err := b.Train(context.Background(), req, func(compute.TrainProgress) error { return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(logs.String(), "checkpoint saved") {
+		t.Fatalf("no checkpoint logged; the test does not see the log:\n%s", logs.String())
+	}
+	if strings.Contains(logs.String(), "grounding loss") {
+		t.Fatalf("grounding loss logged without labelled patches:\n%s", logs.String())
 	}
 }

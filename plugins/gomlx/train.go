@@ -299,7 +299,9 @@ func (b *Backend) Train(ctx context.Context, req compute.TrainRequest, progress 
 	}
 
 	window := make([]float64, 0, req.LogEvery)
-	groundWindow := make([]float64, 0, req.LogEvery) // Config.GroundLossWeight's loss
+	// Config.GroundLossWeight's loss over the last batches that label any
+	// patch (a batch without labels adds nothing to it).
+	groundWindow := make([]float64, 0, req.LogEvery)
 	windowTokens := 0
 	windowStart := time.Now()
 	first := true
@@ -325,7 +327,9 @@ func (b *Backend) Train(ctx context.Context, req compute.TrainRequest, progress 
 			res.FirstLoss, first = loss, false
 		}
 		window = slide(window, loss, req.LogEvery)
-		groundWindow = slide(groundWindow, float64(out.ground), req.LogEvery)
+		if bt.labelled > 0 {
+			groundWindow = slide(groundWindow, float64(out.ground), req.LogEvery)
+		}
 		windowTokens += bt.realTokens
 		res.Steps = step
 		res.LastLoss = mean(window)
@@ -349,7 +353,7 @@ func (b *Backend) Train(ctx context.Context, req compute.TrainRequest, progress 
 			}
 			res.Final = *ck
 			p.Checkpoint = ck
-			if cfg.GroundLossWeight > 0 {
+			if cfg.GroundLossWeight > 0 && len(groundWindow) > 0 {
 				b.log.Info("grounding loss", "stage", req.Stage, "step", step, "ground_loss", mean(groundWindow))
 			}
 		}
