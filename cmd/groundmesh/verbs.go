@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -130,6 +131,7 @@ func cmdSynth(ctx context.Context, e env, args []string) error {
 	samples := fs.Int("samples", 24000, "target number of samples")
 	seed := fs.Int64("seed", 1, "seed")
 	rewrite := fs.String("rewrite-url", "", "OpenAI-compatible endpoint to paraphrase prompts (optional)")
+	weights := fs.String("task-weights", "", "task=weight,... splitting each stage between its tasks, e.g. rec=3,box_pick=0.5 (others keep their default)")
 	dataDir := fs.String("data-dir", e.DataDir, "data directory")
 	verbose := fs.Bool("v", false, "log to stderr")
 	id, rest := splitPositional(args)
@@ -137,21 +139,46 @@ func cmdSynth(ctx context.Context, e env, args []string) error {
 		return errUsage
 	}
 	if id == "" {
-		fmt.Fprintln(os.Stderr, "usage: groundmesh synth DATASET_ID [--samples N] [--seed N] [--rewrite-url URL]")
+		fmt.Fprintln(os.Stderr, "usage: groundmesh synth DATASET_ID [--samples N] [--seed N] [--rewrite-url URL] [--task-weights task=w,...]")
 		return errUsage
+	}
+	tw, err := parseTaskWeights(*weights)
+	if err != nil {
+		return err
 	}
 	s, done, err := offline(ctx, e, *dataDir, *verbose)
 	if err != nil {
 		return err
 	}
 	defer done()
-	res, err := s.Services.Synth.Synthesize(ctx, events.SynthRequested{DatasetID: id, Seed: *seed, Samples: *samples, RewriteURL: *rewrite}, bar("synth"))
+	res, err := s.Services.Synth.Synthesize(ctx, events.SynthRequested{DatasetID: id, Seed: *seed, Samples: *samples, RewriteURL: *rewrite, TaskWeights: tw}, bar("synth"))
 	fmt.Fprintln(os.Stderr)
 	if err != nil {
 		return err
 	}
 	fmt.Printf("synth set %s (reused %v)\n  content hash %s\n  manifest %s\n", res.SynthSetID, res.Reused, res.ContentHash, res.ManifestKey)
 	return nil
+}
+
+// parseTaskWeights reads "task=weight,..." (empty: nil). Task names and
+// negative weights are checked by services/synth, which knows the tasks.
+func parseTaskWeights(s string) (map[string]float64, error) {
+	if strings.TrimSpace(s) == "" {
+		return nil, nil
+	}
+	out := map[string]float64{}
+	for _, part := range strings.Split(s, ",") {
+		task, w, ok := strings.Cut(strings.TrimSpace(part), "=")
+		v, err := strconv.ParseFloat(strings.TrimSpace(w), 64)
+		if !ok || task == "" || err != nil {
+			return nil, fmt.Errorf("--task-weights: %q: want task=weight", part)
+		}
+		if _, dup := out[task]; dup {
+			return nil, fmt.Errorf("--task-weights: task %q given twice", task)
+		}
+		out[task] = v
+	}
+	return out, nil
 }
 
 func cmdReport(ctx context.Context, e env, args []string) error {
