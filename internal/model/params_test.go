@@ -104,3 +104,26 @@ func TestDefaultConfig(t *testing.T) {
 	t.Logf("default config (vocab %d): %d params, %.3g FLOPs/token, %.3g FLOPs/image, %.3g FLOPs/step at batch 16",
 		c.VocabSize, c.ParamCount(), c.FLOPsPerToken(), c.FLOPsPerImage(), c.FLOPsPerStep(16))
 }
+
+// TestValidateNamesBadField: each rule of Validate rejects a config that
+// breaks it and names the field.
+func TestValidateNamesBadField(t *testing.T) {
+	tok := testTokenizer(t)
+	for want, mod := range map[string]func(*Config){
+		"fusion_attention needs text_fusion": func(c *Config) { c.FusionAttention, c.TextFusion = true, false },
+		"ground_loss_weight -1":              func(c *Config) { c.GroundLossWeight = -1 },
+		"box_label_sigma -1":                 func(c *Config) { c.BoxLabelSigma = -1 },
+		"mlp_ratio 0":                        func(c *Config) { c.MLPRatio = 0 },
+	} {
+		c := DefaultConfig(tok.VocabSize())
+		mod(&c)
+		if err := c.Validate(); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("Validate: %v, want it to say %q", err, want)
+		}
+	}
+	ok := DefaultConfig(tok.VocabSize())
+	ok.TextFusion, ok.FusionAttention = true, true
+	if err := ok.Validate(); err != nil {
+		t.Fatalf("text fusion with attention: %v", err)
+	}
+}
