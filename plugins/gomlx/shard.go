@@ -3,19 +3,27 @@ package gomlx
 import (
 	"fmt"
 	"math/rand/v2"
+	"slices"
 
 	"github.com/groundmesh/groundmesh/internal/model"
 )
 
-// sampleRef addresses one row of one shard.
+// sampleRef addresses one row of one shard; n is its length (positions up
+// to the last that is not padding).
 type sampleRef struct {
-	shard, row int
+	shard, row, n int
 }
+
+// groupBatches is how many consecutive batches share a length-sorted group
+// (see dataset.batchRefs).
+const groupBatches = 16
 
 // dataset is the concatenation of a stage's shards with a deterministic,
 // seeded order: epoch e visits the samples in the permutation drawn from
 // PCG(seed, e), so a run's data position is a function of its step alone
 // and a resumed run sees exactly the batches the uninterrupted one would.
+// Batches are cut from length-sorted groups of consecutive positions
+// (batchRefs), so that a batch pads to a length near its samples'.
 type dataset struct {
 	cfg     model.Config
 	shards  []*model.Shard
@@ -89,7 +97,8 @@ func newDataset(paths []string, c model.Config, seed int64) (*dataset, error) {
 		}
 		d.shards = append(d.shards, s)
 		for r := range s.N {
-			d.samples = append(d.samples, sampleRef{shard: i, row: r})
+			tokens, targets, _ := s.Sample(r)
+			d.samples = append(d.samples, sampleRef{shard: i, row: r, n: seqLen(c, tokens, targets)})
 		}
 	}
 	if len(d.samples) == 0 {
@@ -110,12 +119,52 @@ func (d *dataset) at(pos int64) sampleRef {
 	return d.samples[d.perm[pos%n]]
 }
 
-// batchAt builds the batch of batchSize samples starting at data position
-// pos.
+// seqLen is a row's length: up to its last position that holds a token
+// other than padding or carries a target.
+func seqLen(c model.Config, tokens, targets []int32) int {
+	n := 0
+	for t, tok := range tokens {
+		if tok != c.PadToken || targets[t] != -1 {
+			n = t + 1
+		}
+	}
+	return n
+}
+
+// batchRefs returns the samples of the batch at data position pos. The
+// positions run in groups of groupBatches batches; a group's samples are
+// sorted by length and cut into batches, and the group visits those in an
+// order drawn from the seed and the group's index. Every sample is still
+// visited once per epoch and a batch is still a function of its position,
+// but a batch holds samples of similar length: a stage that mixes
+// one-image records with four-image ones pads far less (a batch costs what
+// its longest row does). A position that is not a multiple of batchSize
+// (a run resumed with another batch size) takes the positions in order.
+func (d *dataset) batchRefs(pos int64, batchSize int) []sampleRef {
+	refs := make([]sampleRef, batchSize)
+	if pos%int64(batchSize) != 0 {
+		for i := range refs {
+			refs[i] = d.at(pos + int64(i))
+		}
+		return refs
+	}
+	m := int64(batchSize * groupBatches)
+	g0 := pos - pos%m
+	group := make([]sampleRef, m)
+	for i := range group {
+		group[i] = d.at(g0 + int64(i))
+	}
+	slices.SortStableFunc(group, func(a, b sampleRef) int { return a.n - b.n })
+	order := rand.New(rand.NewPCG(uint64(d.seed), uint64(g0/m)|1<<63)).Perm(groupBatches)
+	j := int64(order[(pos-g0)/int64(batchSize)]) * int64(batchSize)
+	return append(refs[:0], group[j:j+int64(batchSize)]...)
+}
+
+// batchAt builds the batch of batchSize samples at data position pos (see
+// batchRefs).
 func (d *dataset) batchAt(pos int64, batchSize int) trainBatch {
 	rows := make([]batchRow, batchSize)
-	for i := range batchSize {
-		ref := d.at(pos + int64(i))
+	for i, ref := range d.batchRefs(pos, batchSize) {
 		s := d.shards[ref.shard]
 		tokens, targets, _ := s.Sample(ref.row)
 		rows[i] = batchRow{tokens: tokens, targets: targets, images: rowImages(s, ref.row), patchTargets: s.PatchTargetRow(ref.row)}
