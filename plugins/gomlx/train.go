@@ -298,7 +298,13 @@ func (b *Backend) Train(ctx context.Context, req compute.TrainRequest, progress 
 		return &compute.Checkpoint{Path: path, Step: step, Loss: loss, SHA256: sha, Bytes: n}, nil
 	}
 
-	window := make([]float64, 0, req.LogEvery)
+	// The reported loss is the mean over the last lossWindow batches: at
+	// least two groups' worth of length-grouped batches (dataset.batchRefs),
+	// since one batch's loss says which records it holds (a batch of short
+	// crop names against one of dense descriptions) as much as how far
+	// training is.
+	lossWindow := max(req.LogEvery, 2*groupBatches)
+	window := make([]float64, 0, lossWindow)
 	// Config.GroundLossWeight's loss over the last batches that label any
 	// patch (a batch without labels adds nothing to it).
 	groundWindow := make([]float64, 0, req.LogEvery)
@@ -326,7 +332,7 @@ func (b *Backend) Train(ctx context.Context, req compute.TrainRequest, progress 
 		if first {
 			res.FirstLoss, first = loss, false
 		}
-		window = slide(window, loss, req.LogEvery)
+		window = slide(window, loss, lossWindow)
 		if bt.labelled > 0 {
 			groundWindow = slide(groundWindow, float64(out.ground), req.LogEvery)
 		}
