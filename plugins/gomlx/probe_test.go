@@ -13,6 +13,7 @@ import (
 	gmdataset "github.com/groundmesh/groundmesh/internal/dataset"
 	"github.com/groundmesh/groundmesh/internal/model"
 	"github.com/groundmesh/groundmesh/plugins/compute"
+	"github.com/groundmesh/groundmesh/services/ingest/scenes"
 )
 
 // The localization probe: a noisy grey image with coloured squares, a
@@ -56,6 +57,12 @@ type probeOpts struct {
 	// ShapeOnly asks by the shape word alone, about objects of a shape no
 	// other object in their image has.
 	ShapeOnly bool
+	// CropShape asks the scene probe for the shape of a crop (the object's
+	// box with half its size again of context, as the synth set's 1.5x
+	// crops, resized to the model's input): the answer is one shape word,
+	// scored as the argmax over the eight shape words. It measures shape
+	// perception alone, at the scale stage 1's crop naming trains it.
+	CropShape bool
 	// ImageSize overrides the 48-pixel input when not zero.
 	ImageSize int
 }
@@ -69,6 +76,9 @@ type probeResult struct {
 	// Point is the fraction of predicted boxes whose centre lies in the
 	// true box: whether the model found the object, however loose its box.
 	Point, PointBaseline float64
+	// ShapeAcc and ShapeAccBaseline are CropShape's accuracy and that of
+	// always answering the training split's most frequent shape.
+	ShapeAcc, ShapeAccBaseline float64
 }
 
 // probeSteps is GROUNDMESH_PROBE_STEPS, or def.
@@ -165,6 +175,46 @@ func probeSeq(c model.Config, o probeOpts, q int, box [4]int, rng *rand.Rand) ([
 // probeBox is a box of coarse values as a dataset.Box, for its IoU.
 func probeBox(b [4]int) gmdataset.Box {
 	return gmdataset.Box{X1: float64(b[0]), Y1: float64(b[1]), X2: float64(b[2]), Y2: float64(b[3])}
+}
+
+// scoreShapes fills CropShape's accuracies: the answer token of an item is
+// toks[at+1], one of the shape words.
+func scoreShapes(t testing.TB, b *Backend, c model.Config, w map[string][]float32, train, test []probeItem, r *probeResult) {
+	t.Helper()
+	freq := map[int32]int{}
+	for _, it := range train {
+		freq[it.toks[it.at+1]]++
+	}
+	var major int32
+	for k, v := range freq {
+		if v > freq[major] || v == freq[major] && k < major {
+			major = k
+		}
+	}
+	lo, hi := int32(sceneWordID("shape", scenes.Shapes[0])), int32(sceneWordID("shape", scenes.Shapes[len(scenes.Shapes)-1]))
+	for start := 0; start < len(test); start += 64 {
+		part := test[start:min(start+64, len(test))]
+		batch := make([]compute.Sequence, len(part))
+		for i, it := range part {
+			batch[i] = compute.Sequence{Tokens: it.toks, Images: []compute.Image{{Size: c.ImageSize, Pixels: normalize(it.img)}}}
+		}
+		logits := gomlxLogits(t, b, c, w, batch)
+		for i, it := range part {
+			l, best := logits[i][it.at], lo
+			for j := lo; j <= hi; j++ {
+				if l[j] > l[best] {
+					best = j
+				}
+			}
+			want := it.toks[it.at+1]
+			if best == want {
+				r.ShapeAcc += 1 / float64(len(test))
+			}
+			if major == want {
+				r.ShapeAccBaseline += 1 / float64(len(test))
+			}
+		}
+	}
 }
 
 // centreIn reports whether the centre of box a lies in box b.
@@ -264,6 +314,10 @@ func trainProbe(t testing.TB, c model.Config, o probeOpts, train, test []probeIt
 	}
 	w := readWeights(t, res.Final.Path, c).weights
 	r := probeResult{FirstLoss: res.FirstLoss, LastLoss: res.LastLoss}
+	if o.CropShape {
+		scoreShapes(t, b, c, w, train, test, &r)
+		return r
+	}
 	var meanBox [4]int
 	for k := range 4 {
 		meanBox[k] = int(math.Round(mean[k]))

@@ -2,6 +2,7 @@ package gomlx
 
 import (
 	"context"
+	"image"
 	"image/png"
 	"math"
 	"math/rand/v2"
@@ -135,6 +136,10 @@ func sceneItems(t testing.TB, world *scenes.World, c model.Config, o probeOpts, 
 			t.Fatal(err)
 		}
 		for k, obj := range sc.Objects {
+			if o.CropShape {
+				items = append(items, cropShapeItem(t, im, obj, c, o, rng))
+				continue
+			}
 			words, ok := sceneExpr(sc.Objects, k)
 			if o.ColourOnly {
 				words, ok = wordExpr(sc.Objects, k, scenes.AttrColor)
@@ -166,6 +171,38 @@ func sceneItems(t testing.TB, world *scenes.World, c model.Config, o probeOpts, 
 	return items
 }
 
+// cropShapeItem is CropShape's item for obj: its 1.5x crop of im, the
+// filler words, the patches, the answer marker and the shape word.
+func cropShapeItem(t testing.TB, im image.Image, obj gmdataset.Object, c model.Config, o probeOpts, rng *rand.Rand) probeItem {
+	t.Helper()
+	bx := obj.Box
+	cx, cy := (bx.X1+bx.X2)/2, (bx.Y1+bx.Y2)/2
+	side := 1.5 * max(bx.X2-bx.X1, bx.Y2-bx.Y1)
+	b := im.Bounds()
+	r := image.Rect(int(math.Floor(cx-side/2)), int(math.Floor(cy-side/2)), int(math.Ceil(cx+side/2)), int(math.Ceil(cy+side/2))).Intersect(b)
+	sub, ok := im.(interface {
+		SubImage(image.Rectangle) image.Image
+	})
+	if !ok {
+		t.Fatalf("scene image %T cannot be cropped", im)
+	}
+	img, err := model.Preprocess(sub.SubImage(r), c.ImageSize)
+	if err != nil {
+		t.Fatal(err)
+	}
+	toks := []int32{tokBOS}
+	for range o.Filler {
+		toks = append(toks, int32(probeFiller0+rng.IntN(probeFillers)))
+	}
+	for range c.Patches() {
+		toks = append(toks, c.PatchToken)
+	}
+	toks = append(toks, probeAnswer)
+	at := len(toks) - 1
+	toks = append(toks, sceneWordID("shape", obj.Category), tokEOS)
+	return probeItem{img: img, toks: toks, at: at}
+}
+
 // BenchmarkSceneProbe reports the teacher-forced box Acc@0.5 on val and
 // test objects after GROUNDMESH_PROBE_STEPS steps (default 600) of the
 // demo's model shape on the scene world's train objects: with and without
@@ -175,8 +212,10 @@ func sceneItems(t testing.TB, world *scenes.World, c model.Config, o probeOpts, 
 // 64-pixel images; with the text pooled for fusion by learned attention
 // (Config.FusionAttention, "-attn": the demo's model) and by the plain
 // mean, and on colour words without the filler words ("-nofill"). It
-// reports Acc@0.5 and how often the box's centre lies in the true box. It
-// measures learning, not time, and asserts nothing.
+// reports Acc@0.5 and how often the box's centre lies in the true box.
+// "crop-shape" asks for the shape of an object's 1.5x crop instead, and
+// reports its accuracy. It measures learning, not time, and asserts
+// nothing.
 func BenchmarkSceneProbe(b *testing.B) {
 	steps := probeSteps(600)
 	world, err := scenes.Generate(context.Background(), filepath.Join(b.TempDir(), "world"), scenes.Spec{Seed: 1, Images: sceneImages(), Size: 64}, nil)
@@ -195,6 +234,7 @@ func BenchmarkSceneProbe(b *testing.B) {
 		{"shape-ground-64px", probeOpts{Steps: steps, LR: 3e-3, Heads: 2, TextFirst: true, Fusion: true, Filler: 8, ShapeOnly: true, Ground: 1, ImageSize: 64}},
 		{"colour-ground-nofill", probeOpts{Steps: steps, LR: 3e-3, Heads: 2, TextFirst: true, Fusion: true, ColourOnly: true, Ground: 1}},
 		{"colour-ground-attn", probeOpts{Steps: steps, LR: 3e-3, Heads: 2, TextFirst: true, Fusion: true, FusionAttn: true, Filler: 8, ColourOnly: true, Ground: 1}},
+		{"crop-shape", probeOpts{Steps: steps, LR: 3e-3, Heads: 2, TextFirst: true, Fusion: true, FusionAttn: true, Filler: 8, CropShape: true}},
 		{"colour-no-ground", probeOpts{Steps: steps, LR: 3e-3, Heads: 2, TextFirst: true, Fusion: true, Filler: 8, ColourOnly: true}},
 	} {
 		b.Run(v.name, func(b *testing.B) {
@@ -204,6 +244,14 @@ func BenchmarkSceneProbe(b *testing.B) {
 			var r probeResult
 			for range b.N {
 				r = trainProbe(b, c, v.o, train, test)
+			}
+			if v.o.CropShape {
+				b.Logf("%s: %d train / %d test crops, loss %.3f -> %.3f, shape accuracy %.3f (most frequent shape %.3f)",
+					v.name, len(train), len(test), r.FirstLoss, r.LastLoss, r.ShapeAcc, r.ShapeAccBaseline)
+				b.ReportMetric(r.LastLoss, "loss")
+				b.ReportMetric(r.ShapeAcc, "shape-acc")
+				b.ReportMetric(r.ShapeAccBaseline, "majority-acc")
+				return
 			}
 			b.Logf("%s: %d train / %d test objects, loss %.3f -> %.3f, Acc@0.5 %.3f (mean box %.3f), centre in box %.3f (mean box %.3f), |error| %.2f (mean box %.2f)",
 				v.name, len(train), len(test), r.FirstLoss, r.LastLoss, r.Acc05, r.Acc05Baseline, r.Point, r.PointBaseline, r.MeanErr, r.MeanErrBaseline)
