@@ -194,11 +194,7 @@ func scoreShapes(t testing.TB, b *Backend, c model.Config, w map[string][]float3
 	lo, hi := int32(sceneWordID("shape", scenes.Shapes[0])), int32(sceneWordID("shape", scenes.Shapes[len(scenes.Shapes)-1]))
 	for start := 0; start < len(test); start += 64 {
 		part := test[start:min(start+64, len(test))]
-		batch := make([]compute.Sequence, len(part))
-		for i, it := range part {
-			batch[i] = compute.Sequence{Tokens: it.toks, Images: []compute.Image{{Size: c.ImageSize, Pixels: normalize(it.img)}}}
-		}
-		logits := gomlxLogits(t, b, c, w, batch)
+		logits := itemLogits(t, b, c, w, part)
 		for i, it := range part {
 			l, best := logits[i][it.at], lo
 			for j := lo; j <= hi; j++ {
@@ -215,6 +211,17 @@ func scoreShapes(t testing.TB, b *Backend, c model.Config, w map[string][]float3
 			}
 		}
 	}
+}
+
+// itemLogits is the GoMLX forward's logits [item][position][vocab] of
+// probe items.
+func itemLogits(t testing.TB, b *Backend, c model.Config, w map[string][]float32, items []probeItem) [][][]float32 {
+	t.Helper()
+	batch := make([]compute.Sequence, len(items))
+	for i, it := range items {
+		batch[i] = compute.Sequence{Tokens: it.toks, Images: []compute.Image{{Size: c.ImageSize, Pixels: normalize(it.img)}}}
+	}
+	return gomlxLogits(t, b, c, w, batch)
 }
 
 // centreIn reports whether the centre of box a lies in box b.
@@ -324,11 +331,7 @@ func trainProbe(t testing.TB, c model.Config, o probeOpts, train, test []probeIt
 	}
 	for lo := 0; lo < len(test); lo += 64 {
 		part := test[lo:min(lo+64, len(test))]
-		batch := make([]compute.Sequence, len(part))
-		for i, it := range part {
-			batch[i] = compute.Sequence{Tokens: it.toks, Images: []compute.Image{{Size: c.ImageSize, Pixels: normalize(it.img)}}}
-		}
-		logits := gomlxLogits(t, b, c, w, batch)
+		logits := itemLogits(t, b, c, w, part)
 		for i, it := range part {
 			var pred [4]int
 			for k := range 4 {
