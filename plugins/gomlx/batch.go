@@ -59,12 +59,7 @@ func makeBatch(c model.Config, rows []batchRow) trainBatch {
 	P := c.Patches()
 	length, nimg, real := 1, 0, 0
 	for _, r := range rows {
-		n := 0
-		for t, tok := range r.tokens {
-			if tok != c.PadToken || r.targets[t] != -1 {
-				n = t + 1
-			}
-		}
+		n := seqLen(c, r.tokens, r.targets)
 		real += n
 		length = max(length, n)
 		nimg += len(r.images)

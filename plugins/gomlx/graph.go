@@ -159,9 +159,10 @@ func (n *netGraph) groundLoss(mid, patchTgt, patchW *graph.Node) *graph.Node {
 // before them. For every position, the mean embedding of the non-patch
 // positions up to it (tok [B, L, W] token embeddings, isPatch [B, L]; zeros
 // where there are none; with Config.FusionAttention weighted by
-// exp(clip(fusion.query . embedding))) goes through the layer norm "fusion.ln" and the
-// linear "fusion" layer to a scale and a shift [VisionWidth] each, and the
-// row becomes patch * (1 + scale) + shift. Only patch rows are used.
+// exp(clip(fusion.query . embedding))) goes through the layer norm
+// "fusion.ln" and the linear "fusion" layer to a scale and a shift
+// [VisionWidth] each, and the row becomes patch * (1 + scale) + shift. Only
+// patch rows are used.
 func (n *netGraph) fuse(patch, tok, isPatch *graph.Node) *graph.Node {
 	g := tok.Graph()
 	l, w := tok.Shape().Dimensions[1], n.cfg.VisionWidth

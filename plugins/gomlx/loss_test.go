@@ -169,6 +169,19 @@ func TestGroundLoss(t *testing.T) {
 	}
 }
 
+// freshTrainer is a trainer of c from seed-1 initial weights with every
+// parameter training, closed when the test ends.
+func freshTrainer(t *testing.T, b *Backend, c model.Config) *trainer {
+	t.Helper()
+	specs := paramSpecs(c)
+	tr, err := newTrainer(b, c, specs, selectTrainable(specs, nil, nil), &modelState{weights: initParams(specs, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(tr.close)
+	return tr
+}
+
 // TestGroundLossTrains: with GroundLossWeight the train step descends the
 // ground loss too (here: label every patch 1 when the image is red, which
 // only the pixels tell), and it reports the answer loss alone.
@@ -176,12 +189,7 @@ func TestGroundLossTrains(t *testing.T) {
 	b := newTestBackend(t)
 	c := tinyConfig()
 	c.GroundLossWeight = 1
-	specs := paramSpecs(c)
-	tr, err := newTrainer(b, c, specs, selectTrainable(specs, nil, nil), &modelState{weights: initParams(specs, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tr.close()
+	tr := freshTrainer(t, b, c)
 	rng := rand.New(rand.NewPCG(5, 6))
 	batch := func() trainBatch {
 		rows := make([]batchRow, 16)
@@ -213,12 +221,7 @@ func TestGroundLossTrains(t *testing.T) {
 	// same initial values) reports the same loss on the same batch.
 	plainCfg := c
 	plainCfg.GroundLossWeight = 0
-	plainSpecs := paramSpecs(plainCfg)
-	plain, err := newTrainer(b, plainCfg, plainSpecs, selectTrainable(plainSpecs, nil, nil), &modelState{weights: initParams(plainSpecs, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer plain.close()
+	plain := freshTrainer(t, b, plainCfg)
 	bt := batch()
 	withGround, err := tr.step(3e-3, 10, 10, 0, bt)
 	if err != nil {

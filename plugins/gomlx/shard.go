@@ -141,8 +141,8 @@ func seqLen(c model.Config, tokens, targets []int32) int {
 // its longest row does). A position that is not a multiple of batchSize
 // (a run resumed with another batch size) takes the positions in order.
 func (d *dataset) batchRefs(pos int64, batchSize int) []sampleRef {
-	refs := make([]sampleRef, batchSize)
 	if pos%int64(batchSize) != 0 {
+		refs := make([]sampleRef, batchSize)
 		for i := range refs {
 			refs[i] = d.at(pos + int64(i))
 		}
@@ -156,8 +156,8 @@ func (d *dataset) batchRefs(pos int64, batchSize int) []sampleRef {
 	}
 	slices.SortStableFunc(group, func(a, b sampleRef) int { return a.n - b.n })
 	order := rand.New(rand.NewPCG(uint64(d.seed), uint64(g0/m)|1<<63)).Perm(groupBatches)
-	j := int64(order[(pos-g0)/int64(batchSize)]) * int64(batchSize)
-	return append(refs[:0], group[j:j+int64(batchSize)]...)
+	j := order[(pos-g0)/int64(batchSize)] * batchSize
+	return group[j : j+batchSize]
 }
 
 // batchAt builds the batch of batchSize samples at data position pos (see
