@@ -29,7 +29,7 @@ import (
 //
 // Canonical parameter names (prefixes select what trains per stage):
 //
-//	vision.patch_embed.{w,b}   vision.pos
+//	vision.patch_embed.{w,b}   vision.pos   vision.stem.<i>.{w,b}   (ConvStem)
 //	vision.blocks.<i>.{ln1,attn,ln2,mlp}.*   vision.ln_f.*
 //	projector.{fc1,fc2}.{w,b}
 //	embed.tokens   embed.pos
@@ -103,6 +103,35 @@ type Config struct {
 	// what the instruction refers to before the last block, whose attention
 	// reads the box off them. Inference does not use "ground.*".
 	GroundLossWeight float64 `json:"ground_loss_weight,omitempty"`
+	// ConvStem replaces the linear patch embedding with a convolutional
+	// stem ("early convolutions", Xiao et al. 2021): log2(PatchSize) 3x3
+	// convolutions of stride 2 and zero padding 1, each followed by GELU,
+	// "vision.stem.<i>.w" [3, 3, in, out] (HWIO) and ".b" [out], with
+	// StemChannels' output channels, then "vision.patch_embed" as a 1x1
+	// convolution [VisionWidth, VisionWidth] per patch cell. A patch token
+	// then sees 15 pixels around its cell (for 8-pixel patches) through
+	// layers that share their filters across the image, where the linear
+	// embedding sees its own 64 pixels through one matrix: on the scene
+	// probe's crops, the linear embedding named an object's shape 25% of
+	// the time after 1,000 steps (8 shapes; the most frequent is 13%).
+	ConvStem bool `json:"conv_stem,omitempty"`
+}
+
+// StemChannels returns ConvStem's output channels per convolution: they
+// double up to VisionWidth (16, 32, 64 for 8-pixel patches and width 64);
+// nil without ConvStem.
+func (c Config) StemChannels() []int {
+	if !c.ConvStem {
+		return nil
+	}
+	var out []int
+	for p := c.PatchSize; p > 1; p /= 2 {
+		out = append(out, 0)
+	}
+	for i := range out {
+		out[i] = c.VisionWidth >> (len(out) - 1 - i)
+	}
+	return out
 }
 
 // Patches returns the number of patches per image.
@@ -131,6 +160,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("model config: box_label_sigma %v needs box_tokens and must not be negative", c.BoxLabelSigma)
 	case c.FusionAttention && !c.TextFusion:
 		return fmt.Errorf("model config: fusion_attention needs text_fusion")
+	case c.ConvStem && (c.PatchSize < 2 || c.PatchSize&(c.PatchSize-1) != 0 || c.VisionWidth%(c.PatchSize/2) != 0):
+		return fmt.Errorf("model config: conv_stem needs a patch_size that is a power of two (not %d) and a vision_width divisible by patch_size/2 (not %d)", c.PatchSize, c.VisionWidth)
 	case c.GroundLossWeight < 0 || math.IsNaN(c.GroundLossWeight):
 		return fmt.Errorf("model config: ground_loss_weight %v must not be negative", c.GroundLossWeight)
 	case c.MaxSeq < c.Patches()*c.MaxImages+8:

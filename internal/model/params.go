@@ -98,7 +98,17 @@ func (c Config) Params() []ParamSpec {
 		add(prefix+".mlp.fc2.b", w)
 	}
 	vw, w := c.VisionWidth, c.Width
-	add("vision.patch_embed.w", c.PatchSize*c.PatchSize*3, vw)
+	if chans := c.StemChannels(); chans != nil {
+		in := 3
+		for i, out := range chans {
+			add(fmt.Sprintf("vision.stem.%d.w", i), 3, 3, in, out)
+			add(fmt.Sprintf("vision.stem.%d.b", i), out)
+			in = out
+		}
+		add("vision.patch_embed.w", in, vw)
+	} else {
+		add("vision.patch_embed.w", c.PatchSize*c.PatchSize*3, vw)
+	}
 	add("vision.patch_embed.b", vw)
 	add("vision.pos", c.Patches(), vw)
 	for i := range c.VisionDepth {
@@ -148,6 +158,15 @@ func (c Config) ParamCount() int64 {
 	}
 	vw, w, v := int64(c.VisionWidth), int64(c.Width), int64(c.VocabSize)
 	p := int64(c.PatchSize*c.PatchSize*3)*vw + vw + int64(c.Patches())*vw
+	if chans := c.StemChannels(); chans != nil {
+		p = vw + int64(c.Patches())*vw
+		in := int64(3)
+		for _, out := range chans {
+			p += 9*in*int64(out) + int64(out)
+			in = int64(out)
+		}
+		p += in * vw
+	}
 	p += int64(c.VisionDepth)*block(c.VisionWidth) + 2*vw
 	p += vw*w + w + w*w + w
 	p += v*w + int64(c.MaxSeq)*w
@@ -193,16 +212,27 @@ func (c Config) FLOPsPerToken() float64 {
 }
 
 // FLOPsPerImage is the forward FLOPs of the vision encoder and projector
-// for one image: patch embedding, VisionDepth blocks over Patches()
-// positions (attention over Patches() keys) and the projector.
+// for one image: patch embedding (or ConvStem's convolutions and 1x1
+// embedding), VisionDepth blocks over Patches() positions (attention over
+// Patches() keys) and the projector.
 func (c Config) FLOPsPerImage() float64 {
 	vw, w := float64(c.VisionWidth), float64(c.Width)
 	hv := float64(c.MLPHidden(c.VisionWidth))
 	n := float64(c.Patches())
 	perPatch := 2 * float64(c.PatchSize*c.PatchSize*3) * vw
+	stem := 0.0
+	if chans := c.StemChannels(); chans != nil {
+		in, side := 3.0, float64(c.ImageSize)
+		for _, out := range chans {
+			side /= 2
+			stem += 2 * side * side * 9 * in * float64(out)
+			in = float64(out)
+		}
+		perPatch = 2 * in * vw
+	}
 	perPatch += float64(c.VisionDepth) * (2*(4*vw*vw+2*vw*hv) + 4*n*vw)
 	perPatch += 2 * (vw*w + w*w)
-	return n * perPatch
+	return stem + n*perPatch
 }
 
 // FLOPsPerStep is the model FLOPs of one training step over a batch of

@@ -2,6 +2,8 @@ package model
 
 import (
 	"encoding/json"
+	"math"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -53,7 +55,9 @@ func TestParamsMatchParamCount(t *testing.T) {
 	grounded.GroundLossWeight = 0.5
 	attn := grounded
 	attn.FusionAttention = true
-	for _, c := range []Config{handConfig, DefaultConfig(tok.VocabSize()), tinyConfig(tok), fused, grounded, attn,
+	stem := attn
+	stem.ConvStem = true
+	for _, c := range []Config{handConfig, DefaultConfig(tok.VocabSize()), tinyConfig(tok), fused, grounded, attn, stem,
 		{Version: "tinygrounder/v1", ImageSize: 64, PatchSize: 16, VisionWidth: 48, VisionDepth: 0, Width: 72,
 			Depth: 2, Heads: 3, MLPRatio: 2.5, VocabSize: 999, MaxSeq: 100, MaxImages: 2}} {
 		var sum int64
@@ -114,6 +118,8 @@ func TestValidateNamesBadField(t *testing.T) {
 		"ground_loss_weight -1":              func(c *Config) { c.GroundLossWeight = -1 },
 		"box_label_sigma -1":                 func(c *Config) { c.BoxLabelSigma = -1 },
 		"mlp_ratio 0":                        func(c *Config) { c.MLPRatio = 0 },
+		"power of two (not 6)":               func(c *Config) { c.ConvStem, c.PatchSize = true, 6 },
+		"divisible by patch_size/2 (not 66)": func(c *Config) { c.ConvStem, c.VisionWidth, c.Heads = true, 66, 2 },
 	} {
 		c := DefaultConfig(tok.VocabSize())
 		mod(&c)
@@ -125,5 +131,25 @@ func TestValidateNamesBadField(t *testing.T) {
 	ok.TextFusion, ok.FusionAttention = true, true
 	if err := ok.Validate(); err != nil {
 		t.Fatalf("text fusion with attention: %v", err)
+	}
+}
+
+func TestStemChannels(t *testing.T) {
+	c := DefaultConfig(100)
+	if got := c.StemChannels(); got != nil {
+		t.Fatalf("StemChannels without conv_stem: %v", got)
+	}
+	c.ConvStem, c.VisionWidth = true, 64
+	if got := c.StemChannels(); !slices.Equal(got, []int{16, 32, 64}) {
+		t.Fatalf("StemChannels for 8-pixel patches, width 64: %v, want [16 32 64]", got)
+	}
+	// 48-pixel image: convolutions to 24, 12 and 6 pixels, then the 1x1
+	// embedding and the projector per patch (VisionDepth 1 adds a block).
+	lin := c
+	lin.ConvStem = false
+	stem := 2 * (24*24*9*3*16 + 12*12*9*16*32 + 6*6*9*32*64.0)
+	want := lin.FLOPsPerImage() - 36*2*8*8*3*64 + stem + 36*2*64*64
+	if got := c.FLOPsPerImage(); math.Abs(got-want) > 1 {
+		t.Fatalf("FLOPsPerImage with conv_stem: %v, want %v", got, want)
 	}
 }

@@ -63,9 +63,12 @@ func benchConfigs() []benchConfig {
 	demo := small
 	demo.Heads, demo.VisionDepth, demo.ImagesAfterText = 2, 0, true
 	demo.TextFusion, demo.FusionAttention, demo.GroundLossWeight = true, true, 1
+	linear := demo
+	demo.ConvStem = true
 	return []benchConfig{
 		{"img48p8-demo", demo},
 		{"img48p8-demo-long", demo},
+		{"img48p8-demo-linear", linear},
 		{"img48p8-w96d3", d},
 		{"img48p8-w96d3-long", d},
 		{"img48p8-w64d2", small},

@@ -30,7 +30,8 @@ type netWeights struct {
 	lnW, lnB, head             []float32
 	// Config.TextFusion only.
 	fuseLnW, fuseLnB, fuseW, fuseB []float32
-	fuseQuery                      []float32 // Config.FusionAttention only; nil without
+	fuseQuery                      []float32   // Config.FusionAttention only; nil without
+	stemW, stemB                   [][]float32 // Config.ConvStem only
 }
 
 func newNetWeights(c model.Config, w map[string][]float32) *netWeights {
@@ -55,6 +56,10 @@ func newNetWeights(c model.Config, w map[string][]float32) *netWeights {
 		lnW: w["lm.ln_f.w"], lnB: w["lm.ln_f.b"], head: w["lm_head.w"],
 		fuseLnW: w["fusion.ln.w"], fuseLnB: w["fusion.ln.b"], fuseW: w["fusion.w"], fuseB: w["fusion.b"],
 		fuseQuery: w["fusion.query"],
+	}
+	for i := range c.StemChannels() {
+		n.stemW = append(n.stemW, w[fmt.Sprintf("vision.stem.%d.w", i)])
+		n.stemB = append(n.stemB, w[fmt.Sprintf("vision.stem.%d.b", i)])
 	}
 	for i := range c.VisionDepth {
 		n.vblocks = append(n.vblocks, blk(fmt.Sprintf("vision.blocks.%d", i), c.VisionWidth))
@@ -233,15 +238,26 @@ func (n *netWeights) imageFeatures(pixels []float32) []float32 {
 	c := n.cfg
 	g, p := c.ImageSize/c.PatchSize, c.PatchSize
 	np, pd, vw := g*g, p*p*3, c.VisionWidth
-	patches := make([]float32, np*pd)
-	for gy := range g {
-		for gx := range g {
-			dst := patches[(gy*g+gx)*pd:]
-			i := 0
-			for py := range p {
-				row := ((gy*p+py)*c.ImageSize + gx*p) * 3
-				copy(dst[i:i+p*3], pixels[row:row+p*3])
-				i += p * 3
+	var patches []float32
+	if chans := c.StemChannels(); chans != nil {
+		patches, pd = pixels, 3
+		side := c.ImageSize
+		for i, out := range chans {
+			patches = conv3x3s2(patches, side, pd, n.stemW[i], n.stemB[i], out)
+			gelu(patches)
+			side, pd = side/2, out
+		}
+	} else {
+		patches = make([]float32, np*pd)
+		for gy := range g {
+			for gx := range g {
+				dst := patches[(gy*g+gx)*pd:]
+				i := 0
+				for py := range p {
+					row := ((gy*p+py)*c.ImageSize + gx*p) * 3
+					copy(dst[i:i+p*3], pixels[row:row+p*3])
+					i += p * 3
+				}
 			}
 		}
 	}
@@ -260,6 +276,41 @@ func (n *netWeights) imageFeatures(pixels []float32) []float32 {
 		return h // projected per position, after fusion (embed)
 	}
 	return n.project(h, np)
+}
+
+// conv3x3s2 is one of Config.ConvStem's convolutions: x [side, side, in]
+// (HWC) with kernel w [3, 3, in, out], stride 2, zero padding 1, plus b;
+// it returns [side/2, side/2, out].
+func conv3x3s2(x []float32, side, in int, w, b []float32, out int) []float32 {
+	os := side / 2
+	y := make([]float32, os*os*out)
+	for oy := range os {
+		for ox := range os {
+			dst := y[(oy*os+ox)*out : (oy*os+ox+1)*out]
+			copy(dst, b)
+			for ky := range 3 {
+				iy := 2*oy + ky - 1
+				if iy < 0 || iy >= side {
+					continue
+				}
+				for kx := range 3 {
+					ix := 2*ox + kx - 1
+					if ix < 0 || ix >= side {
+						continue
+					}
+					src := x[(iy*side+ix)*in : (iy*side+ix+1)*in]
+					wk := w[(ky*3+kx)*in*out:]
+					for ci, v := range src {
+						row := wk[ci*out : (ci+1)*out]
+						for co := range dst {
+							dst[co] += v * row[co]
+						}
+					}
+				}
+			}
+		}
+	}
+	return y
 }
 
 // featWidth is the width of imageFeatures' rows: the vision width when the

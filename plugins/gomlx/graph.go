@@ -83,9 +83,19 @@ func (n *netGraph) vision(images *graph.Node) *graph.Node {
 	k := images.Shape().Dimensions[0]
 	g := c.ImageSize / c.PatchSize
 	p := c.PatchSize
-	x := graph.Reshape(images, k, g, p, g, p, 3)
-	x = graph.Transpose(x, 2, 3) // [K, gy, gx, py, px, c]
-	x = graph.Reshape(x, k, g*g, p*p*3)
+	var x *graph.Node
+	if chans := c.StemChannels(); chans != nil {
+		x = images
+		for i := range chans {
+			prefix := fmt.Sprintf("vision.stem.%d", i)
+			x = activation.Gelu(convStride2(x, n.p[prefix+".w"], n.p[prefix+".b"]))
+		}
+		x = graph.Reshape(x, k, g*g, chans[len(chans)-1]) // [K, gy*gx, c]
+	} else {
+		x = graph.Reshape(images, k, g, p, g, p, 3)
+		x = graph.Transpose(x, 2, 3) // [K, gy, gx, py, px, c]
+		x = graph.Reshape(x, k, g*g, p*p*3)
+	}
 	x = n.dense(x, "vision.patch_embed")
 	x = graph.Add(x, graph.InsertAxes(n.p["vision.pos"], 0))
 	for i := range c.VisionDepth {
@@ -93,6 +103,32 @@ func (n *netGraph) vision(images *graph.Node) *graph.Node {
 	}
 	x = n.layerNorm(x, "vision.ln_f")
 	return graph.Reshape(x, k*g*g, c.VisionWidth)
+}
+
+// convStride2 is one of Config.ConvStem's convolutions: x [K, S, S, in] with
+// kernel w [3, 3, in, out] (HWIO), stride 2 and zero padding 1, plus b
+// [out]; it returns [K, S/2, S/2, out]. It is written as nine strided
+// slices of the padded input side by side, times the kernel as an
+// [9*in, out] matrix, which the Go backend runs (with its gradient) several
+// times faster than its generic convolution.
+func convStride2(x, w, b *graph.Node) *graph.Node {
+	dims := x.Shape().Dimensions
+	s, in := dims[1], dims[3]
+	// Zero padding by concatenation: the graph has no gradient for Pad.
+	xp := x
+	for axis := 1; axis <= 2; axis++ {
+		edge := graph.ZerosLike(graph.SliceAxis(xp, axis, graph.AxisElem(0)))
+		xp = graph.Concatenate([]*graph.Node{edge, xp, edge}, axis)
+	}
+	cols := make([]*graph.Node, 0, 9)
+	for ky := range 3 {
+		for kx := range 3 {
+			cols = append(cols, graph.Slice(xp, graph.AxisRange(),
+				graph.AxisRange(ky, ky+s-1).Stride(2), graph.AxisRange(kx, kx+s-1).Stride(2), graph.AxisRange()))
+		}
+	}
+	out := w.Shape().Dimensions[3]
+	return nn.Dense(graph.Concatenate(cols, -1), graph.Reshape(w, 9*in, out), b, gomlxcompute.DenseLayoutInputOutputs)
 }
 
 // project is the projector MLP from vision features [..., VisionWidth] to

@@ -192,10 +192,12 @@ func TestPrefillDecodeMatchFullForward(t *testing.T) {
 	grounded.GroundLossWeight = 1 // training only: inference must skip ground.*
 	attn := fusion
 	attn.FusionAttention = true // rough weights give fusion.query scores of several units
+	stem := attn
+	stem.ConvStem = true // 16-pixel images, 8-pixel patches: three convolutions of 4, 8, 16 channels
 	for _, v := range []struct {
 		name string
 		c    model.Config
-	}{{"plain", tinyConfig()}, {"text-fusion", fusion}, {"ground-loss", grounded}, {"fusion-attention", attn}} {
+	}{{"plain", tinyConfig()}, {"text-fusion", fusion}, {"ground-loss", grounded}, {"fusion-attention", attn}, {"conv-stem", stem}} {
 		t.Run(v.name, func(t *testing.T) { testPrefillDecodeMatch(t, v.c) })
 	}
 }

@@ -15,7 +15,10 @@ import (
 // heads contiguous within each; attn.out the output projection; MLPs and
 // the projector with exact (erf) GELU; vision.patch_embed.w
 // [patch*patch*3, vision_width] over a patch flattened in (row, column,
-// channel) order of the HWC image; lm_head.w [width, vocab] without bias.
+// channel) order of the HWC image, or with Config.ConvStem
+// [vision_width, vision_width] over the last convolution's channels, its
+// kernels vision.stem.<i>.w [3, 3, in, out] (row, column, in, out) with
+// stride 2 and zero padding 1; lm_head.w [width, vocab] without bias.
 //
 // A PatchToken position's input is projector(patch feature) + embed.pos[t]
 // (the token embedding is replaced, the position embedding is still added).
@@ -51,10 +54,10 @@ func (p paramSpec) Size() int {
 	return n
 }
 
-// decays reports whether AdamW weight decay applies: matrices only, never
-// biases, layer norms or position tables.
+// decays reports whether AdamW weight decay applies: matrices and
+// convolution kernels only, never biases, layer norms or position tables.
 func (p paramSpec) decays() bool {
-	return len(p.Shape) == 2 && !strings.HasSuffix(p.Name, ".pos")
+	return len(p.Shape) >= 2 && !strings.HasSuffix(p.Name, ".pos")
 }
 
 // paramSpecs lists every parameter of the model in model.Config.Params
@@ -74,6 +77,10 @@ func paramSpecs(c model.Config) []paramSpec {
 			s.Init = initZeros
 		case p.Name == "vision.pos":
 			s.Init = initSinCos2D
+		case strings.HasPrefix(p.Name, "vision.stem."):
+			// He initialization: each GELU layer keeps its input's scale,
+			// where N(0, 0.02) would shrink it tenfold per convolution.
+			s.Std = math.Sqrt(2 / float64(p.Shape[0]*p.Shape[1]*p.Shape[2]))
 		case strings.HasSuffix(p.Name, ".attn.out.w") || strings.HasSuffix(p.Name, ".mlp.fc2.w"):
 			depth := c.Depth
 			if strings.HasPrefix(p.Name, "vision.") {

@@ -65,6 +65,8 @@ type probeOpts struct {
 	CropShape bool
 	// ImageSize overrides the 48-pixel input when not zero.
 	ImageSize int
+	// Stem is Config.ConvStem.
+	Stem bool
 }
 
 type probeResult struct {
@@ -116,6 +118,7 @@ func (o probeOpts) config() model.Config {
 		c.BoxLabelSigma = o.Sigma
 	}
 	c.GroundLossWeight = o.Ground
+	c.ConvStem = o.Stem
 	if o.ImageSize > 0 {
 		c.ImageSize = o.ImageSize
 	}

@@ -235,6 +235,9 @@ func BenchmarkSceneProbe(b *testing.B) {
 		{"colour-ground-nofill", probeOpts{Steps: steps, LR: 3e-3, Heads: 2, TextFirst: true, Fusion: true, ColourOnly: true, Ground: 1}},
 		{"colour-ground-attn", probeOpts{Steps: steps, LR: 3e-3, Heads: 2, TextFirst: true, Fusion: true, FusionAttn: true, Filler: 8, ColourOnly: true, Ground: 1}},
 		{"crop-shape", probeOpts{Steps: steps, LR: 3e-3, Heads: 2, TextFirst: true, Fusion: true, FusionAttn: true, Filler: 8, CropShape: true}},
+		{"crop-shape-stem", probeOpts{Steps: steps, LR: 3e-3, Heads: 2, TextFirst: true, Fusion: true, FusionAttn: true, Filler: 8, CropShape: true, Stem: true}},
+		{"shape-ground-stem", probeOpts{Steps: steps, LR: 3e-3, Heads: 2, TextFirst: true, Fusion: true, FusionAttn: true, Filler: 8, ShapeOnly: true, Ground: 1, Stem: true}},
+		{"ground-stem", probeOpts{Steps: steps, LR: 3e-3, Heads: 2, TextFirst: true, Fusion: true, FusionAttn: true, Filler: 8, Ground: 1, Stem: true}},
 		{"colour-no-ground", probeOpts{Steps: steps, LR: 3e-3, Heads: 2, TextFirst: true, Fusion: true, Filler: 8, ColourOnly: true}},
 	} {
 		b.Run(v.name, func(b *testing.B) {
