@@ -35,6 +35,7 @@ import (
 //	embed.tokens   embed.pos
 //	fusion.ln.*   fusion.{w,b}   (TextFusion)   fusion.query   (FusionAttention)
 //	ground.ln.*   ground.{w,b}   (GroundLossWeight; training only)
+//	box.ln.*   box.{w,b}   (BoxLossWeight; training only)
 //	lm.blocks.<i>.{ln1,attn,ln2,mlp}.*   lm.ln_f.*   lm_head.w
 //
 // Config.Params lists every parameter by its full name with its shape.
@@ -115,6 +116,17 @@ type Config struct {
 	// probe's crops, the linear embedding named an object's shape 25% of
 	// the time after 1,000 steps (8 shapes; the most frequent is 13%).
 	ConvStem bool `json:"conv_stem,omitempty"`
+	// BoxLossWeight, when positive, adds a training-only box loss beside
+	// the grounding loss (which it needs): at every patch position that the
+	// answer's box covers (Shard.PatchBoxes), the hidden state entering the
+	// last language-model block goes through the layer norm "box.ln" and
+	// the linear layer "box" [width, 4] to the referent's box (x1, y1, x2,
+	// y2 in the padded square image, 0..1), trained with the L1 distance
+	// weighted by the covered fraction, times BoxLossWeight. The patches of
+	// the referent then carry its extent, not only that they are it, for
+	// the last block to read the box's numbers off. Inference does not use
+	// "box.*".
+	BoxLossWeight float64 `json:"box_loss_weight,omitempty"`
 }
 
 // StemChannels returns ConvStem's output channels per convolution: they
@@ -164,6 +176,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("model config: conv_stem needs a patch_size that is a power of two (not %d) and a vision_width divisible by patch_size/2 (not %d)", c.PatchSize, c.VisionWidth)
 	case c.GroundLossWeight < 0 || math.IsNaN(c.GroundLossWeight):
 		return fmt.Errorf("model config: ground_loss_weight %v must not be negative", c.GroundLossWeight)
+	case c.BoxLossWeight < 0 || math.IsNaN(c.BoxLossWeight) || c.BoxLossWeight > 0 && c.GroundLossWeight <= 0:
+		return fmt.Errorf("model config: box_loss_weight %v must not be negative, and needs ground_loss_weight", c.BoxLossWeight)
 	case c.MaxSeq < c.Patches()*c.MaxImages+8:
 		return fmt.Errorf("model config: max_seq %d shorter than %d image patches plus text", c.MaxSeq, c.Patches()*c.MaxImages)
 	}
@@ -195,6 +209,11 @@ func ParseConfig(b []byte) (Config, error) {
 //	                                 sample whose first answer has boxes on it,
 //	                                 round(covered fraction * PatchTargetScale);
 //	                                 NoPatchTarget (255) everywhere else
+//	patch_boxes  uint8 [N, MaxSeq, 4]  optional (written when BoxLossWeight > 0):
+//	                                 where patch_targets is above 0, the box
+//	                                 that covers the patch most (x1, y1, x2, y2
+//	                                 in hundredths of the padded square image);
+//	                                 0 everywhere else
 //
 // Backends normalize images as (pixel/255 - 0.5) / 0.25 per channel, the
 // same function as NormalizePixels, so that training and inference agree.

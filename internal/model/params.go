@@ -137,6 +137,12 @@ func (c Config) Params() []ParamSpec {
 		add("ground.w", w, 1)
 		add("ground.b", 1)
 	}
+	if c.BoxLossWeight > 0 {
+		add("box.ln.w", w)
+		add("box.ln.b", w)
+		add("box.w", w, 4)
+		add("box.b", 4)
+	}
 	for i := range c.Depth {
 		block(fmt.Sprintf("lm.blocks.%d", i), w)
 	}
@@ -178,6 +184,9 @@ func (c Config) ParamCount() int64 {
 	}
 	if c.GroundLossWeight > 0 {
 		p += 3*w + 1
+	}
+	if c.BoxLossWeight > 0 {
+		p += 6*w + 4
 	}
 	p += int64(c.Depth)*block(c.Width) + 2*w
 	p += w * v

@@ -302,9 +302,20 @@ func groundOf(c Config, rec *Record) *groundRef {
 // order) over the image padded to a square, the largest fraction of it
 // that any of boxes (pixel xyxy of a w x h image) covers.
 func PatchCover(c Config, w, h int, boxes [][4]float64) []float64 {
+	out, _ := patchCover(c, w, h, boxes)
+	return out
+}
+
+// patchCover is PatchCover that also returns, per patch, the index of the
+// box that covers it most (-1 for none).
+func patchCover(c Config, w, h int, boxes [][4]float64) (cover []float64, which []int) {
 	g := c.ImageSize / c.PatchSize
 	out := make([]float64, g*g)
-	for _, b := range boxes {
+	which = make([]int, g*g)
+	for i := range which {
+		which[i] = -1
+	}
+	for k, b := range boxes {
 		n := Normalize(dataset.Box{X1: b[0], Y1: b[1], X2: b[2], Y2: b[3]}, w, h)
 		for py := range g {
 			y0, y1 := float64(py)/float64(g), float64(py+1)/float64(g)
@@ -315,11 +326,13 @@ func PatchCover(c Config, w, h int, boxes [][4]float64) []float64 {
 			for px := range g {
 				x0, x1 := float64(px)/float64(g), float64(px+1)/float64(g)
 				cw := max(0, min(x1, n[2])-max(x0, n[0])) * float64(g)
-				out[py*g+px] = max(out[py*g+px], cw*ch)
+				if f := cw * ch; f > out[py*g+px] {
+					out[py*g+px], which[py*g+px] = f, k
+				}
 			}
 		}
 	}
-	return out
+	return out, which
 }
 
 // pack merges, in entry order, the packable entries that read the same
@@ -470,12 +483,15 @@ func (b *ShardBuilder) writeShard(ctx context.Context, index, total int, chunk [
 	tokens := make([]int32, len(chunk)*L)
 	targets := make([]int32, len(chunk)*L)
 	imageIndex := make([]int32, len(chunk)*K)
-	var patchTargets []uint8
+	var patchTargets, patchBoxes []uint8
 	if cfg.Model.GroundLossWeight > 0 {
 		patchTargets = make([]uint8, len(chunk)*L)
 		for i := range patchTargets {
 			patchTargets[i] = NoPatchTarget
 		}
+	}
+	if cfg.Model.BoxLossWeight > 0 {
+		patchBoxes = make([]uint8, len(chunk)*L*4)
 	}
 	rows := map[string]int32{}
 	var refs []ImageRef
@@ -491,13 +507,20 @@ func (b *ShardBuilder) writeShard(ctx context.Context, index, total int, chunk [
 		if patchTargets != nil && e.ground != nil {
 			// The first image's patches are the first Patches() patch
 			// tokens: placeholders keep their order.
-			cover := PatchCover(cfg.Model, e.ground.w, e.ground.h, e.ground.boxes)
+			cover, which := patchCover(cfg.Model, e.ground.w, e.ground.h, e.ground.boxes)
 			np := 0
 			for p, tok := range e.sample.Tokens {
 				if tok != cfg.Model.PatchToken || np == len(cover) {
 					continue
 				}
 				patchTargets[i*L+p] = uint8(math.Round(cover[np] * PatchTargetScale))
+				if patchBoxes != nil && patchTargets[i*L+p] > 0 {
+					b := e.ground.boxes[which[np]]
+					n := Normalize(dataset.Box{X1: b[0], Y1: b[1], X2: b[2], Y2: b[3]}, e.ground.w, e.ground.h)
+					for k, v := range n {
+						patchBoxes[(i*L+p)*4+k] = uint8(math.Round(min(max(v, 0), 1) * 100))
+					}
+				}
 				np++
 			}
 		}
@@ -537,6 +560,9 @@ func (b *ShardBuilder) writeShard(ctx context.Context, index, total int, chunk [
 	}
 	if patchTargets != nil {
 		tensors = append(tensors, Tensor{Name: "patch_targets", DType: "U8", Shape: []int{len(chunk), L}, Data: patchTargets})
+	}
+	if patchBoxes != nil {
+		tensors = append(tensors, Tensor{Name: "patch_boxes", DType: "U8", Shape: []int{len(chunk), L, 4}, Data: patchBoxes})
 	}
 	meta := map[string]string{
 		"format":        ShardFormat,
@@ -647,7 +673,12 @@ type Shard struct {
 	// everywhere else and for images without a referent. Nil when the shard
 	// has none (Config.GroundLossWeight then has nothing to train on).
 	PatchTargets []uint8
-	Metadata     map[string]string
+	// PatchBoxes is the optional "patch_boxes" tensor, uint8 [N, MaxSeq,
+	// 4]: where PatchTargets is above 0, the covering box's x1, y1, x2, y2
+	// in hundredths of the padded square image (Config.BoxLossWeight); nil
+	// when the shard has none.
+	PatchBoxes []uint8
+	Metadata   map[string]string
 }
 
 // PatchTargets encoding: a covered fraction f in [0, 1] is stored as
@@ -665,6 +696,15 @@ func (s *Shard) PatchTargetRow(i int) []uint8 {
 		return nil
 	}
 	return s.PatchTargets[i*s.SeqLen : (i+1)*s.SeqLen]
+}
+
+// PatchBoxRow returns row i of PatchBoxes ([MaxSeq*4]), or nil when the
+// shard has none.
+func (s *Shard) PatchBoxRow(i int) []uint8 {
+	if s.PatchBoxes == nil {
+		return nil
+	}
+	return s.PatchBoxes[i*s.SeqLen*4 : (i+1)*s.SeqLen*4]
 }
 
 // Sample returns row i: tokens, targets and image slots.
@@ -745,6 +785,17 @@ func shardFromTensors(tensors []Tensor, meta map[string]string) (*Shard, error) 
 			}
 		}
 		s.PatchTargets = pt.Data
+	}
+	if pb, ok := byName["patch_boxes"]; ok {
+		if pb.DType != "U8" || !slices.Equal(pb.Shape, []int{n, l, 4}) || s.PatchTargets == nil {
+			return nil, fmt.Errorf("tensor \"patch_boxes\" is %s%v, want U8[%d %d 4] beside patch_targets", pb.DType, pb.Shape, n, l)
+		}
+		for i, v := range pb.Data {
+			if v > 100 {
+				return nil, fmt.Errorf("patch_boxes[%d][%d][%d] = %d: want 0..100", i/(4*l), i/4%l, i%4, v)
+			}
+		}
+		s.PatchBoxes = pb.Data
 	}
 	for i, r := range s.ImageIndex {
 		if r < -1 || int(r) >= s.NumImages {

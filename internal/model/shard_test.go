@@ -525,7 +525,7 @@ func TestPatchCover(t *testing.T) {
 func TestBuildShardsPatchTargets(t *testing.T) {
 	tok := testTokenizer(t)
 	sc := shardConfig(t, tok, t.TempDir())
-	sc.Model.GroundLossWeight = 1
+	sc.Model.GroundLossWeight, sc.Model.BoxLossWeight = 1, 1
 	sc.SamplesPerShard = 10
 	img := ImageRef{Kind: "image", Path: "img/a.png", Width: 16, Height: 16}
 	rec := Record{ID: "rec", Stage: "stage2", Split: "train", Task: "rec", Images: []ImageRef{img},
@@ -544,17 +544,26 @@ func TestBuildShardsPatchTargets(t *testing.T) {
 		t.Fatal("no patch_targets tensor")
 	}
 	labelled := map[int][]uint8{}
+	var boxes [][]uint8 // patch_boxes at the labelled positions
 	for r := range sh.N {
 		tokens, _, _ := sh.Sample(r)
-		row := sh.PatchTargetRow(r)
+		row, brow := sh.PatchTargetRow(r), sh.PatchBoxRow(r)
 		for p, v := range row {
 			if v != NoPatchTarget {
 				if tokens[p] != tokPatch {
 					t.Fatalf("row %d: label %d at non-patch position %d (token %d)", r, v, p, tokens[p])
 				}
 				labelled[r] = append(labelled[r], v)
+				boxes = append(boxes, brow[p*4:p*4+4])
+			} else if !slices.Equal(brow[p*4:p*4+4], []uint8{0, 0, 0, 0}) {
+				t.Fatalf("row %d: patch_boxes %v at an unlabelled position %d", r, brow[p*4:p*4+4], p)
 			}
 		}
+	}
+	// The covered patch carries the box in hundredths of the image; the
+	// uncovered ones nothing.
+	if want := [][]uint8{{0, 0, 50, 50}, {0, 0, 0, 0}, {0, 0, 0, 0}, {0, 0, 0, 0}}; !slices.EqualFunc(boxes, want, slices.Equal) {
+		t.Fatalf("patch_boxes %v, want %v", boxes, want)
 	}
 	if len(labelled) != 1 {
 		t.Fatalf("labelled rows %v: want only the rec record's", labelled)
@@ -565,11 +574,11 @@ func TestBuildShardsPatchTargets(t *testing.T) {
 		}
 	}
 
-	sc.Model.GroundLossWeight = 0
+	sc.Model.GroundLossWeight, sc.Model.BoxLossWeight = 0, 0
 	sc.Dir = t.TempDir()
 	infos, _ = buildTestShards(t, sc, &memImages{}, []Record{rec, crop})
-	if sh, err = ReadShard(infos[0].Path); err != nil || sh.PatchTargets != nil {
-		t.Fatalf("without ground_loss_weight: err %v, patch_targets %v", err, sh.PatchTargets != nil)
+	if sh, err = ReadShard(infos[0].Path); err != nil || sh.PatchTargets != nil || sh.PatchBoxes != nil {
+		t.Fatalf("without ground_loss_weight: err %v, patch_targets %v, patch_boxes %v", err, sh.PatchTargets != nil, sh.PatchBoxes != nil)
 	}
 }
 
@@ -582,18 +591,22 @@ func TestReadShardRejectsBadPatchTargets(t *testing.T) {
 			{Name: "images", DType: "U8", Shape: []int{0, 4, 4, 3}, Data: nil},
 		}
 	}
+	targets := Tensor{Name: "patch_targets", DType: "U8", Shape: []int{1, 2}, Data: []byte{250, 0}}
 	for _, tc := range []struct {
 		name string
-		pt   Tensor
+		pt   []Tensor
 		want string
 	}{
-		{"value", Tensor{Name: "patch_targets", DType: "U8", Shape: []int{1, 2}, Data: []byte{251, 0}}, "patch_targets[0][0] = 251"},
-		{"shape", Tensor{Name: "patch_targets", DType: "U8", Shape: []int{2, 1}, Data: []byte{0, 0}}, `"patch_targets" is U8[2 1]`},
+		{"value", []Tensor{{Name: "patch_targets", DType: "U8", Shape: []int{1, 2}, Data: []byte{251, 0}}}, "patch_targets[0][0] = 251"},
+		{"shape", []Tensor{{Name: "patch_targets", DType: "U8", Shape: []int{2, 1}, Data: []byte{0, 0}}}, `"patch_targets" is U8[2 1]`},
+		{"box value", []Tensor{targets, {Name: "patch_boxes", DType: "U8", Shape: []int{1, 2, 4}, Data: []byte{0, 0, 50, 50, 0, 101, 0, 0}}}, "patch_boxes[0][1][1] = 101"},
+		{"box shape", []Tensor{targets, {Name: "patch_boxes", DType: "U8", Shape: []int{1, 2}, Data: []byte{0, 0}}}, `"patch_boxes" is U8[1 2]`},
+		{"box alone", []Tensor{{Name: "patch_boxes", DType: "U8", Shape: []int{1, 2, 4}, Data: make([]byte, 8)}}, "beside patch_targets"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			path := filepath.Join(t.TempDir(), "s.safetensors")
 			var buf bytes.Buffer
-			if _, err := WriteSafetensors(&buf, append(base(), tc.pt), nil); err != nil {
+			if _, err := WriteSafetensors(&buf, append(base(), tc.pt...), nil); err != nil {
 				t.Fatal(err)
 			}
 			if err := os.WriteFile(path, buf.Bytes(), 0o644); err != nil {

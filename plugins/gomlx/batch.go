@@ -30,6 +30,10 @@ type trainBatch struct {
 	// covered fraction of a labelled patch position, and 1 there (0
 	// elsewhere).
 	patchTgt, patchW []float32
+	// patchBox [B*L*4] and patchBoxW [B*L] are Config.BoxLossWeight's: a
+	// covered patch position's box (0..1) and its covered fraction (0
+	// elsewhere).
+	patchBox, patchBoxW []float32
 	// labelled counts the positions with a patchW of 1.
 	labelled int
 	// realTokens counts non-padding positions, for tokens/s.
@@ -41,6 +45,7 @@ type batchRow struct {
 	tokens, targets []int32
 	images          [][]byte
 	patchTargets    []uint8 // model.Shard.PatchTargets' row, or nil
+	patchBoxes      []uint8 // model.Shard.PatchBoxes' row, or nil
 }
 
 func roundUp(x, m int) int { return (x + m - 1) / m * m }
@@ -74,6 +79,8 @@ func makeBatch(c model.Config, rows []batchRow) trainBatch {
 		isPatch:    make([]float32, b*L),
 		patchTgt:   make([]float32, b*L),
 		patchW:     make([]float32, b*L),
+		patchBox:   make([]float32, b*L*4),
+		patchBoxW:  make([]float32, b*L),
 		images:     make([]float32, k*imgLen),
 		realTokens: real,
 	}
@@ -94,6 +101,12 @@ func makeBatch(c model.Config, rows []batchRow) trainBatch {
 					bt.patchTgt[i*L+t] = float32(r.patchTargets[t]) / model.PatchTargetScale
 					bt.patchW[i*L+t] = 1
 					bt.labelled++
+					if r.patchBoxes != nil && r.patchTargets[t] > 0 {
+						bt.patchBoxW[i*L+t] = bt.patchTgt[i*L+t]
+						for k := range 4 {
+							bt.patchBox[(i*L+t)*4+k] = float32(r.patchBoxes[t*4+k]) / 100
+						}
+					}
 				}
 			}
 			if tg := r.targets[t]; tg >= 0 {

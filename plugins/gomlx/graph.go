@@ -190,6 +190,19 @@ func (n *netGraph) groundLoss(mid, patchTgt, patchW *graph.Node) *graph.Node {
 	return graph.Div(graph.ReduceAllSum(graph.Mul(bce, patchW)), den)
 }
 
+// boxLoss is Config.BoxLossWeight's loss: the mean, weighted by patchBoxW
+// [B, L] (the covered fraction of a patch of the referent, 0 elsewhere),
+// of the L1 distance summed over the four coordinates between
+// dense(ln(mid)) [B, L, 4] and the referent's box patchBox [B, L, 4].
+// Zero when no position is weighted.
+func (n *netGraph) boxLoss(mid, patchBox, patchBoxW *graph.Node) *graph.Node {
+	g := mid.Graph()
+	z := n.dense(n.layerNorm(mid, "box.ln"), "box") // [B, L, 4]
+	l1 := graph.ReduceSum(graph.Abs(graph.Sub(z, patchBox)), -1)
+	den := graph.Max(graph.ReduceAllSum(patchBoxW), graph.Scalar(g, dtypes.Float32, 1e-6))
+	return graph.Div(graph.ReduceAllSum(graph.Mul(l1, patchBoxW)), den)
+}
+
 // fuse is Config.TextFusion: feature-wise modulation (FiLM) of the patch
 // features patch [B, L, VisionWidth], before the projector, by the text
 // before them. For every position, the mean embedding of the non-patch
@@ -275,17 +288,18 @@ func (n *netGraph) targetDist(lossTgt *graph.Node) *graph.Node {
 // frozen params (F), then lr, bc1, bc2 (float32 scalars: learning rate and
 // the Adam bias corrections 1/(1-beta^t)), weightDecay, then the batch:
 // tokens, patchIdx, isPatch, images (float32, normalized on the host with
-// model.NormalizePixels), lossIdx, lossTgt, lossW, patchTgt, patchW.
-// Outputs: new params (T), new m (T), new v (T), loss, grad norm, ground
-// loss. The loss is the answer loss; the gradient is of the answer loss
-// plus GroundLossWeight times the ground loss (zero without it).
+// model.NormalizePixels), lossIdx, lossTgt, lossW, patchTgt, patchW,
+// patchBox, patchBoxW. Outputs: new params (T), new m (T), new v (T),
+// loss, grad norm, ground loss, box loss. The loss is the answer loss; the
+// gradient is of the answer loss plus GroundLossWeight times the ground
+// loss and BoxLossWeight times the box loss (each zero without its weight).
 type trainStepLayout struct {
 	cfg       model.Config
 	trainable []paramSpec
 	frozen    []paramSpec
 }
 
-const numBatchInputs = 9
+const numBatchInputs = 11
 
 func (s *trainStepLayout) graphFn(inputs []*graph.Node) []*graph.Node {
 	nt, nf := len(s.trainable), len(s.frozen)
@@ -303,6 +317,7 @@ func (s *trainStepLayout) graphFn(inputs []*graph.Node) []*graph.Node {
 	tokens, patchIdx, isPatch, images := batch[0], batch[1], batch[2], batch[3]
 	lossIdx, lossTgt, lossW := batch[4], batch[5], batch[6]
 	patchTgt, patchW := batch[7], batch[8]
+	patchBox, patchBoxW := batch[9], batch[10]
 
 	net := &netGraph{cfg: s.cfg, p: params}
 	h, mid := net.hiddenMid(tokens, patchIdx, isPatch, images)
@@ -311,6 +326,11 @@ func (s *trainStepLayout) graphFn(inputs []*graph.Node) []*graph.Node {
 	if s.cfg.GroundLossWeight > 0 {
 		ground = net.groundLoss(mid, patchTgt, patchW)
 		objective = graph.Add(loss, graph.MulScalar(ground, s.cfg.GroundLossWeight))
+	}
+	box := graph.Scalar(g, dtypes.Float32, 0)
+	if s.cfg.BoxLossWeight > 0 {
+		box = net.boxLoss(mid, patchBox, patchBoxW)
+		objective = graph.Add(objective, graph.MulScalar(box, s.cfg.BoxLossWeight))
 	}
 
 	tp := inputs[:nt]
@@ -340,7 +360,7 @@ func (s *trainStepLayout) graphFn(inputs []*graph.Node) []*graph.Node {
 	outs = append(outs, newP...)
 	outs = append(outs, newM...)
 	outs = append(outs, newV...)
-	return append(outs, loss, gnorm, ground)
+	return append(outs, loss, gnorm, ground, box)
 }
 
 // forwardLogitsFn builds the full-sequence forward used by the parity tests:

@@ -277,3 +277,136 @@ func TestGroundLossLogNeedsLabels(t *testing.T) {
 		t.Fatalf("grounding loss logged without labelled patches:\n%s", logs.String())
 	}
 }
+
+func TestBoxLoss(t *testing.T) {
+	b := newTestBackend(t)
+	const w = 4
+	mid := []float32{0.5, -1, 2, 0.25, 3, 1, -2, 0, 9, 9, 9, 1} // [1, 3, 4]
+	lnW := []float32{1, 0.5, 2, 1}
+	lnB := []float32{0, 0.1, 0, -0.2}
+	bw := make([]float32, w*4)
+	for i := range bw {
+		bw[i] = float32(i%5)*0.1 - 0.2
+	}
+	bb := []float32{0.1, 0.2, 0.6, 0.7}
+	box := []float32{0.1, 0.2, 0.5, 0.6, 0.1, 0.2, 0.5, 0.6, 0, 0, 0, 0}
+	wt := []float32{1, 0.25, 0} // the third position is not covered
+	exec, err := graph.NewExec(b.ml, func(in []*graph.Node) *graph.Node {
+		n := &netGraph{cfg: model.Config{GroundLossWeight: 1, BoxLossWeight: 1}, p: map[string]*graph.Node{
+			"box.ln.w": in[0], "box.ln.b": in[1], "box.w": in[2], "box.b": in[3]}}
+		return n.boxLoss(in[4], in[5], in[6])
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer exec.Finalize()
+	out, err := exec.Call(tensors.FromFlatDataAndDimensions(lnW, w), tensors.FromFlatDataAndDimensions(lnB, w),
+		tensors.FromFlatDataAndDimensions(bw, w, 4), tensors.FromFlatDataAndDimensions(bb, 4),
+		tensors.FromFlatDataAndDimensions(mid, 1, 3, w), tensors.FromFlatDataAndDimensions(box, 1, 3, 4), tensors.FromFlatDataAndDimensions(wt, 1, 3))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := float64(tensors.ToScalar[float32](out[0]))
+	var want, n float64
+	for p := range 3 {
+		x := mid[p*w : (p+1)*w]
+		var mean, vr float64
+		for _, v := range x {
+			mean += float64(v) / w
+		}
+		for _, v := range x {
+			vr += (float64(v) - mean) * (float64(v) - mean) / w
+		}
+		var l1 float64
+		for k := range 4 {
+			z := float64(bb[k])
+			for i, v := range x {
+				z += ((float64(v)-mean)/math.Sqrt(vr+layerNormEps)*float64(lnW[i]) + float64(lnB[i])) * float64(bw[i*4+k])
+			}
+			l1 += math.Abs(z - float64(box[p*4+k]))
+		}
+		want += float64(wt[p]) * l1
+		n += float64(wt[p])
+	}
+	want /= n
+	if math.Abs(got-want) > 1e-5 {
+		t.Fatalf("box loss %v, want %v", got, want)
+	}
+}
+
+// TestBoxLossTrains: with BoxLossWeight the train step descends the box
+// loss (the box of a square the pixels show, at the patches it covers),
+// and it reports the answer loss alone.
+func TestBoxLossTrains(t *testing.T) {
+	b := newTestBackend(t)
+	c := tinyConfig()
+	c.GroundLossWeight, c.BoxLossWeight = 1, 1
+	c.ImageSize, c.MaxSeq = 32, 24 // 16 patches: boxes vary
+	tr := freshTrainer(t, b, c)
+	plainCfg := c
+	plainCfg.BoxLossWeight = 0
+	plain := freshTrainer(t, b, plainCfg)
+	rng := rand.New(rand.NewPCG(7, 8))
+	batch := func() trainBatch {
+		rows := make([]batchRow, 16)
+		for i := range rows {
+			img, _, box := probeSample(c, 1, rng)
+			toks := append(promptTokens(c), tokAnswer0, tokEOS)
+			n := len(toks)
+			for len(toks) < c.MaxSeq {
+				toks = append(toks, c.PadToken)
+			}
+			tg := make([]int32, len(toks))
+			pt := make([]uint8, len(toks))
+			pb := make([]uint8, 4*len(toks))
+			// probeSample's box is in hundredths of the image.
+			cover := model.PatchCover(c, 100, 100, [][4]float64{{float64(box[0]), float64(box[1]), float64(box[2]), float64(box[3])}})
+			np := 0
+			for p, x := range toks {
+				tg[p], pt[p] = -1, model.NoPatchTarget
+				if x == c.PatchToken {
+					pt[p] = uint8(math.Round(cover[np] * model.PatchTargetScale))
+					if pt[p] > 0 {
+						for k := range 4 {
+							pb[p*4+k] = uint8(box[k])
+						}
+					}
+					np++
+				}
+			}
+			tg[n-3], tg[n-2] = tokAnswer0, tokEOS
+			rows[i] = batchRow{tokens: toks, targets: tg, images: [][]byte{img}, patchTargets: pt, patchBoxes: pb}
+		}
+		return makeBatch(c, rows)
+	}
+	bt := batch()
+	with, err := tr.step(3e-3, 10, 10, 0, bt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	without, err := plain.step(3e-3, 10, 10, 0, bt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if with.box <= 0 || without.box != 0 || math.Abs(float64(with.loss-without.loss)) > 1e-5 {
+		t.Fatalf("first step: loss %v with the box loss (box %v), %v without (box %v): want the answer loss alone",
+			with.loss, with.box, without.loss, without.box)
+	}
+	var first, last float32
+	for step := 2; step <= 81; step++ {
+		bc := float32(1 / (1 - math.Pow(adamBeta1, float64(step))))
+		bc2 := float32(1 / (1 - math.Pow(adamBeta2, float64(step))))
+		out, err := tr.step(3e-3, bc, bc2, 0, batch())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if step == 2 {
+			first = out.box
+		}
+		last = out.box
+	}
+	t.Logf("box loss %v (first step), %v -> %v", with.box, first, last)
+	if last > 0.6*first {
+		t.Fatalf("box loss %v -> %v: want it down by at least 40%%", first, last)
+	}
+}

@@ -67,6 +67,9 @@ type probeOpts struct {
 	ImageSize int
 	// Stem is Config.ConvStem.
 	Stem bool
+	// Box is Config.BoxLossWeight (with Ground): the shard also carries
+	// the box at every covered patch.
+	Box float64
 }
 
 type probeResult struct {
@@ -119,6 +122,7 @@ func (o probeOpts) config() model.Config {
 	}
 	c.GroundLossWeight = o.Ground
 	c.ConvStem = o.Stem
+	c.BoxLossWeight = o.Box
 	if o.ImageSize > 0 {
 		c.ImageSize = o.ImageSize
 	}
@@ -270,6 +274,7 @@ func trainProbe(t testing.TB, c model.Config, o probeOpts, train, test []probeIt
 	targets := make([]int32, n*L)
 	index := make([]int32, n)
 	patchTgt := make([]byte, n*L)
+	patchBox := make([]byte, n*L*4)
 	images := make([]byte, 0, n*len(train[0].img))
 	var mean [4]float64
 	for i, it := range train {
@@ -293,6 +298,11 @@ func trainProbe(t testing.TB, c model.Config, o probeOpts, train, test []probeIt
 			patchTgt[i*L+p] = model.NoPatchTarget
 			if p < len(it.toks) && it.toks[p] == c.PatchToken {
 				patchTgt[i*L+p] = byte(math.Round(cover[np] * model.PatchTargetScale))
+				if patchTgt[i*L+p] > 0 {
+					for k := range 4 {
+						patchBox[(i*L+p)*4+k] = byte(b[k])
+					}
+				}
 				np++
 			}
 		}
@@ -306,6 +316,9 @@ func trainProbe(t testing.TB, c model.Config, o probeOpts, train, test []probeIt
 		"images": {DType: "U8", Shape: []int{n, c.ImageSize, c.ImageSize, 3}, Data: images}}}
 	if o.Ground > 0 {
 		f.Tensors["patch_targets"] = stTensor{DType: "U8", Shape: []int{n, L}, Data: patchTgt}
+	}
+	if o.Box > 0 {
+		f.Tensors["patch_boxes"] = stTensor{DType: "U8", Shape: []int{n, L, 4}, Data: patchBox}
 	}
 	if _, _, err := writeSafetensorsAtomic(shard, f); err != nil {
 		t.Fatal(err)

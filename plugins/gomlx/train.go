@@ -35,7 +35,7 @@ type trainer struct {
 // stepOut is what one optimizer step reports: the answer loss, the
 // gradient norm, and Config.GroundLossWeight's loss (0 without it).
 type stepOut struct {
-	loss, gnorm, ground float32
+	loss, gnorm, ground, box float32
 }
 
 func newTrainer(b *Backend, cfg model.Config, specs []paramSpec, sel []bool, st *modelState) (*trainer, error) {
@@ -108,6 +108,8 @@ func (t *trainer) step(lr, bc1, bc2, wd float32, bt trainBatch) (stepOut, error)
 		tensors.FromFlatDataAndDimensions(bt.lossW, len(bt.lossW)),
 		tensors.FromFlatDataAndDimensions(bt.patchTgt, bt.B, bt.L),
 		tensors.FromFlatDataAndDimensions(bt.patchW, bt.B, bt.L),
+		tensors.FromFlatDataAndDimensions(bt.patchBox, bt.B, bt.L, 4),
+		tensors.FromFlatDataAndDimensions(bt.patchBoxW, bt.B, bt.L),
 	)
 	outs, err := t.exec.Call(args...)
 	if err != nil {
@@ -122,6 +124,7 @@ func (t *trainer) step(lr, bc1, bc2, wd float32, bt trainBatch) (stepOut, error)
 		loss:   tensors.ToScalar[float32](outs[3*nt]),
 		gnorm:  tensors.ToScalar[float32](outs[3*nt+1]),
 		ground: tensors.ToScalar[float32](outs[3*nt+2]),
+		box:    tensors.ToScalar[float32](outs[3*nt+3]),
 	}, nil
 }
 
@@ -308,6 +311,7 @@ func (b *Backend) Train(ctx context.Context, req compute.TrainRequest, progress 
 	// Config.GroundLossWeight's loss over the last batches that label any
 	// patch (a batch without labels adds nothing to it).
 	groundWindow := make([]float64, 0, req.LogEvery)
+	boxWindow := make([]float64, 0, req.LogEvery) // Config.BoxLossWeight's, likewise
 	windowTokens := 0
 	windowStart := time.Now()
 	first := true
@@ -335,6 +339,9 @@ func (b *Backend) Train(ctx context.Context, req compute.TrainRequest, progress 
 		window = slide(window, loss, lossWindow)
 		if bt.labelled > 0 {
 			groundWindow = slide(groundWindow, float64(out.ground), req.LogEvery)
+			if cfg.BoxLossWeight > 0 {
+				boxWindow = slide(boxWindow, float64(out.box), req.LogEvery)
+			}
 		}
 		windowTokens += bt.realTokens
 		res.Steps = step
@@ -349,7 +356,7 @@ func (b *Backend) Train(ctx context.Context, req compute.TrainRequest, progress 
 			TokensPerSec: float64(windowTokens) / math.Max(time.Since(windowStart).Seconds(), 1e-9)}
 		if logNow {
 			b.log.Debug("train step", "stage", req.Stage, "step", step, "loss", res.LastLoss, "lr", lr, "grad_norm", out.gnorm,
-				"ground_loss", mean(groundWindow), "tokens_per_s", p.TokensPerSec)
+				"ground_loss", mean(groundWindow), "box_loss", mean(boxWindow), "tokens_per_s", p.TokensPerSec)
 		}
 		if saveNow {
 			// The rate covers compute only: the window restarts after the save.
@@ -360,7 +367,7 @@ func (b *Backend) Train(ctx context.Context, req compute.TrainRequest, progress 
 			res.Final = *ck
 			p.Checkpoint = ck
 			if cfg.GroundLossWeight > 0 && len(groundWindow) > 0 {
-				b.log.Info("grounding loss", "stage", req.Stage, "step", step, "ground_loss", mean(groundWindow))
+				b.log.Info("grounding loss", "stage", req.Stage, "step", step, "ground_loss", mean(groundWindow), "box_loss", mean(boxWindow))
 			}
 		}
 		windowTokens, windowStart = 0, time.Now()

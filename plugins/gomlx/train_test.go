@@ -3,6 +3,7 @@ package gomlx
 import (
 	"context"
 	"errors"
+	"fmt"
 	"math"
 	"math/rand/v2"
 	"slices"
@@ -336,6 +337,39 @@ func TestTrainRejectsBadRequests(t *testing.T) {
 		mut(&r)
 		if _, err := b.Train(context.Background(), r, nil); err == nil {
 			t.Errorf("%s: want error", name)
+		}
+	}
+}
+
+// TestConvStemTrains trains the colour task through Config.ConvStem: the
+// gradient must reach every convolution (the graph pads by concatenation
+// and cuts strided slices, each with its own gradient) and the loss fall.
+func TestConvStemTrains(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	c := tinyConfig()
+	c.ConvStem = true
+	shard := writeColourShard(t, dir, c, 256, 1)
+	b := newTestBackend(t)
+	req := colourRequest(t, dir, shard)
+	req.ModelConfig = configJSON(t, c)
+	req.CheckpointEvery = 0
+	res, err := b.Train(ctx, req, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("conv stem: first loss %.4f last loss %.4f", res.FirstLoss, res.LastLoss)
+	if !(res.LastLoss < 0.3*res.FirstLoss) {
+		t.Fatalf("loss did not fall clearly: first %.4f last %.4f", res.FirstLoss, res.LastLoss)
+	}
+	init := initParams(paramSpecs(c), req.Seed)
+	got := readWeights(t, res.Final.Path, c)
+	for i := range c.StemChannels() {
+		for _, s := range []string{".w", ".b"} {
+			name := fmt.Sprintf("vision.stem.%d%s", i, s)
+			if len(got.weights[name]) == 0 || slices.Equal(init[name], got.weights[name]) {
+				t.Errorf("%s did not train", name)
+			}
 		}
 	}
 }
