@@ -58,11 +58,13 @@ func benchConfigs() []benchConfig {
 	p16small := p16
 	p16small.Width, p16small.Depth = 64, 2
 	// demo is services/train's DefaultSpec model: two heads, no vision
-	// block, attention-pooled text fusion and the grounding loss (whose
-	// head runs on every position whether or not a batch carries labels).
+	// block, the convolutional stem, attention-pooled text fusion, and the
+	// grounding and box losses (whose heads run on every position whether
+	// or not a batch carries labels); demo-linear is it with the linear
+	// patch embedding instead of the stem.
 	demo := small
 	demo.Heads, demo.VisionDepth, demo.ImagesAfterText = 2, 0, true
-	demo.TextFusion, demo.FusionAttention, demo.GroundLossWeight = true, true, 1
+	demo.TextFusion, demo.FusionAttention, demo.GroundLossWeight, demo.BoxLossWeight = true, true, 1, 1
 	linear := demo
 	demo.ConvStem = true
 	return []benchConfig{

@@ -161,6 +161,12 @@ func DefaultSpec() RunSpec {
 	// the shape 77.5% of the time after 1,000 steps, against 24.7%, for
 	// about a fifth more time per step.
 	m.ConvStem = true
+	// The box loss (model.Config.BoxLossWeight): the referent's patches
+	// also regress its box, so that the last block can read the numbers
+	// off them. On the scene probe's colour words (colour-ground-attn-box
+	// against colour-ground-attn, 1,000 steps) it lifted Acc@0.5 from 0.137
+	// to 0.203 and the box centre's hits from 45% to 70%.
+	m.BoxLossWeight = 1
 	return RunSpec{
 		Model:           m,
 		MaxWords:        1024,
