@@ -146,17 +146,9 @@ func TestGroundLoss(t *testing.T) {
 	got := float64(tensors.ToScalar[float32](out[0]))
 	var want, n float64
 	for p := range 3 {
-		x := mid[p*w : (p+1)*w]
-		var mean, vr float64
-		for _, v := range x {
-			mean += float64(v) / w
-		}
-		for _, v := range x {
-			vr += (float64(v) - mean) * (float64(v) - mean) / w
-		}
 		z := float64(gb[0])
-		for i, v := range x {
-			z += ((float64(v)-mean)/math.Sqrt(vr+layerNormEps)*float64(lnW[i]) + float64(lnB[i])) * float64(gw[i])
+		for i, v := range refLayerNorm(mid[p*w:(p+1)*w], lnW, lnB) {
+			z += v * float64(gw[i])
 		}
 		pr := 1 / (1 + math.Exp(-z))
 		bce := -(float64(tgt[p])*math.Log(pr) + (1-float64(tgt[p]))*math.Log(1-pr))
@@ -167,6 +159,40 @@ func TestGroundLoss(t *testing.T) {
 	if math.Abs(got-want) > 1e-5 {
 		t.Fatalf("ground loss %v, want %v", got, want)
 	}
+}
+
+// runSteps runs tr's optimizer steps from to to (learning rate 3e-3, the
+// Adam bias corrections of each step, no weight decay) on fresh batches.
+func runSteps(t *testing.T, tr *trainer, from, to int, batch func() trainBatch) []stepOut {
+	t.Helper()
+	var outs []stepOut
+	for step := from; step <= to; step++ {
+		bc := float32(1 / (1 - math.Pow(adamBeta1, float64(step))))
+		bc2 := float32(1 / (1 - math.Pow(adamBeta2, float64(step))))
+		out, err := tr.step(3e-3, bc, bc2, 0, batch())
+		if err != nil {
+			t.Fatal(err)
+		}
+		outs = append(outs, out)
+	}
+	return outs
+}
+
+// refLayerNorm is the layer norm of x with scale g and shift b, in float64.
+func refLayerNorm(x, g, b []float32) []float64 {
+	n := float64(len(x))
+	var mean, vr float64
+	for _, v := range x {
+		mean += float64(v) / n
+	}
+	for _, v := range x {
+		vr += (float64(v) - mean) * (float64(v) - mean) / n
+	}
+	out := make([]float64, len(x))
+	for i, v := range x {
+		out[i] = (float64(v)-mean)/math.Sqrt(vr+layerNormEps)*float64(g[i]) + float64(b[i])
+	}
+	return out
 }
 
 // freshTrainer is a trainer of c from seed-1 initial weights with every
@@ -236,19 +262,8 @@ func TestGroundLossTrains(t *testing.T) {
 			withGround.loss, withGround.ground, without.loss)
 	}
 
-	var first, last float32
-	for step := 2; step <= 61; step++ {
-		bc := float32(1 / (1 - math.Pow(adamBeta1, float64(step))))
-		bc2 := float32(1 / (1 - math.Pow(adamBeta2, float64(step))))
-		out, err := tr.step(3e-3, bc, bc2, 0, batch())
-		if err != nil {
-			t.Fatal(err)
-		}
-		if step == 2 {
-			first = out.ground
-		}
-		last = out.ground
-	}
+	outs := runSteps(t, tr, 2, 61, batch)
+	first, last := outs[0].ground, outs[len(outs)-1].ground
 	if first < 0.3 || last > 0.5*first {
 		t.Fatalf("ground loss %v -> %v: want it at least halved", first, last)
 	}
@@ -309,19 +324,12 @@ func TestBoxLoss(t *testing.T) {
 	got := float64(tensors.ToScalar[float32](out[0]))
 	var want, n float64
 	for p := range 3 {
-		x := mid[p*w : (p+1)*w]
-		var mean, vr float64
-		for _, v := range x {
-			mean += float64(v) / w
-		}
-		for _, v := range x {
-			vr += (float64(v) - mean) * (float64(v) - mean) / w
-		}
+		ln := refLayerNorm(mid[p*w:(p+1)*w], lnW, lnB)
 		var l1 float64
 		for k := range 4 {
 			z := float64(bb[k])
-			for i, v := range x {
-				z += ((float64(v)-mean)/math.Sqrt(vr+layerNormEps)*float64(lnW[i]) + float64(lnB[i])) * float64(bw[i*4+k])
+			for i, v := range ln {
+				z += v * float64(bw[i*4+k])
 			}
 			l1 += math.Abs(z - float64(box[p*4+k]))
 		}
@@ -392,19 +400,8 @@ func TestBoxLossTrains(t *testing.T) {
 		t.Fatalf("first step: loss %v with the box loss (box %v), %v without (box %v): want the answer loss alone",
 			with.loss, with.box, without.loss, without.box)
 	}
-	var first, last float32
-	for step := 2; step <= 81; step++ {
-		bc := float32(1 / (1 - math.Pow(adamBeta1, float64(step))))
-		bc2 := float32(1 / (1 - math.Pow(adamBeta2, float64(step))))
-		out, err := tr.step(3e-3, bc, bc2, 0, batch())
-		if err != nil {
-			t.Fatal(err)
-		}
-		if step == 2 {
-			first = out.box
-		}
-		last = out.box
-	}
+	outs := runSteps(t, tr, 2, 81, batch)
+	first, last := outs[0].box, outs[len(outs)-1].box
 	t.Logf("box loss %v (first step), %v -> %v", with.box, first, last)
 	if last > 0.6*first {
 		t.Fatalf("box loss %v -> %v: want it down by at least 40%%", first, last)
