@@ -508,6 +508,16 @@ func (b *ShardBuilder) writeShard(ctx context.Context, index, total int, chunk [
 			// The first image's patches are the first Patches() patch
 			// tokens: placeholders keep their order.
 			cover, which := patchCover(cfg.Model, e.ground.w, e.ground.h, e.ground.boxes)
+			var hundredths [][4]uint8 // each box in hundredths of the padded square
+			if patchBoxes != nil {
+				hundredths = make([][4]uint8, len(e.ground.boxes))
+				for j, b := range e.ground.boxes {
+					n := Normalize(dataset.Box{X1: b[0], Y1: b[1], X2: b[2], Y2: b[3]}, e.ground.w, e.ground.h)
+					for k, v := range n {
+						hundredths[j][k] = uint8(math.Round(min(max(v, 0), 1) * 100))
+					}
+				}
+			}
 			np := 0
 			for p, tok := range e.sample.Tokens {
 				if tok != cfg.Model.PatchToken || np == len(cover) {
@@ -515,11 +525,7 @@ func (b *ShardBuilder) writeShard(ctx context.Context, index, total int, chunk [
 				}
 				patchTargets[i*L+p] = uint8(math.Round(cover[np] * PatchTargetScale))
 				if patchBoxes != nil && patchTargets[i*L+p] > 0 {
-					b := e.ground.boxes[which[np]]
-					n := Normalize(dataset.Box{X1: b[0], Y1: b[1], X2: b[2], Y2: b[3]}, e.ground.w, e.ground.h)
-					for k, v := range n {
-						patchBoxes[(i*L+p)*4+k] = uint8(math.Round(min(max(v, 0), 1) * 100))
-					}
+					copy(patchBoxes[(i*L+p)*4:], hundredths[which[np]][:])
 				}
 				np++
 			}

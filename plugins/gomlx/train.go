@@ -33,7 +33,8 @@ type trainer struct {
 }
 
 // stepOut is what one optimizer step reports: the answer loss, the
-// gradient norm, and Config.GroundLossWeight's loss (0 without it).
+// gradient norm, and Config.GroundLossWeight's and Config.BoxLossWeight's
+// losses (each 0 without its weight).
 type stepOut struct {
 	loss, gnorm, ground, box float32
 }
@@ -355,8 +356,8 @@ func (b *Backend) Train(ctx context.Context, req compute.TrainRequest, progress 
 		p := compute.TrainProgress{Step: step, Loss: res.LastLoss, LearningRate: lr,
 			TokensPerSec: float64(windowTokens) / math.Max(time.Since(windowStart).Seconds(), 1e-9)}
 		if logNow {
-			b.log.Debug("train step", "stage", req.Stage, "step", step, "loss", res.LastLoss, "lr", lr, "grad_norm", out.gnorm,
-				"ground_loss", mean(groundWindow), "box_loss", mean(boxWindow), "tokens_per_s", p.TokensPerSec)
+			b.log.Debug("train step", append([]any{"stage", req.Stage, "step", step, "loss", res.LastLoss, "lr", lr, "grad_norm", out.gnorm,
+				"tokens_per_s", p.TokensPerSec}, auxLosses(cfg, groundWindow, boxWindow)...)...)
 		}
 		if saveNow {
 			// The rate covers compute only: the window restarts after the save.
@@ -367,7 +368,7 @@ func (b *Backend) Train(ctx context.Context, req compute.TrainRequest, progress 
 			res.Final = *ck
 			p.Checkpoint = ck
 			if cfg.GroundLossWeight > 0 && len(groundWindow) > 0 {
-				b.log.Info("grounding loss", "stage", req.Stage, "step", step, "ground_loss", mean(groundWindow), "box_loss", mean(boxWindow))
+				b.log.Info("grounding loss", append([]any{"stage", req.Stage, "step", step}, auxLosses(cfg, groundWindow, boxWindow)...)...)
 			}
 		}
 		windowTokens, windowStart = 0, time.Now()
@@ -377,6 +378,20 @@ func (b *Backend) Train(ctx context.Context, req compute.TrainRequest, progress 
 	}
 	b.log.Info("train stage done", "stage", req.Stage, "steps", res.Steps, "first_loss", res.FirstLoss, "last_loss", res.LastLoss)
 	return res, nil
+}
+
+// auxLosses are the log attributes of the training-only losses that cfg
+// trains: "ground_loss" and "box_loss", each the mean of its window; a
+// loss the config does not train is left out rather than logged as 0.
+func auxLosses(cfg model.Config, ground, box []float64) []any {
+	var out []any
+	if cfg.GroundLossWeight > 0 {
+		out = append(out, "ground_loss", mean(ground))
+	}
+	if cfg.BoxLossWeight > 0 {
+		out = append(out, "box_loss", mean(box))
+	}
+	return out
 }
 
 // slide appends x to the window w of at most n values, dropping the oldest.
