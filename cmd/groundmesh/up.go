@@ -265,6 +265,12 @@ func printMetrics(m map[string]float64) {
 	for _, k := range keys {
 		fmt.Printf("  %-48s %8.4f\n", k, m[k])
 	}
+	if cmp := eval.CompareRECToBaseline(m); len(cmp) > 0 {
+		fmt.Println("\nREC against the fixed-box baseline (pooled over splits, Wilson 95% intervals):")
+		for _, r := range cmp {
+			fmt.Printf("  %s\n", r)
+		}
+	}
 }
 
 // printFacts shows that the facts reached Postgres and the bus.

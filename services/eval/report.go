@@ -84,6 +84,9 @@ type reportData struct {
 	Hits, Misses                            []galleryItem
 	Attention                               []galleryItem
 	Notes                                   []string
+	// RECVersusBaseline says, per stage, whether REC Acc@0.5 is clearly
+	// above the fixed box's (CompareRECToBaseline).
+	RECVersusBaseline []string
 }
 
 type summaryRow struct {
@@ -195,6 +198,15 @@ func (s *Service) renderReport(ctx context.Context, q querier, runID string) ([]
 		d.SynthSetID, d.DatasetID = evals[0].SynthSetID, evals[0].DatasetID
 	}
 	d.Stages, d.SummaryCols, d.Summary = metricTables(evals)
+	flat := map[string]float64{}
+	for _, e := range evals {
+		for m, v := range e.Metrics {
+			flat[e.Stage+"/"+e.Benchmark+"/"+e.Split+"/"+m] = v
+		}
+	}
+	for _, r := range CompareRECToBaseline(flat) {
+		d.RECVersusBaseline = append(d.RECVersusBaseline, r.String())
+	}
 
 	losses, err := s.cfg.Catalog.Losses(ctx, runID)
 	if err != nil {
@@ -565,6 +577,8 @@ figcaption{font-size:12px;margin-top:4px;word-wrap:break-word}.d{color:#5b6475}
 {{if .Summary}}<table id="summary"><thead><tr><th class="l">benchmark</th><th class="l">metric</th><th class="l">split</th>{{range .SummaryCols}}<th>{{.}}</th>{{end}}</tr></thead><tbody>
 {{range .Summary}}{{$best := .Best}}<tr><td class="l">{{.Bench}}</td><td class="l">{{.Metric}}</td><td class="l">{{.Split}}</td>{{range $i, $v := .Values}}<td{{if eq $i $best}} class="best"{{end}}>{{$v}}</td>{{end}}</tr>
 {{end}}</tbody></table>{{else}}<p>No metrics.</p>{{end}}
+{{if .RECVersusBaseline}}<p>REC against the fixed-box baseline, pooled over splits, with Wilson 95% intervals:</p>
+<ul id="rec-vs-baseline">{{range .RECVersusBaseline}}<li>{{.}}</li>{{end}}</ul>{{end}}
 
 <h2>Gallery</h2>
 <div class="meta">{{if .GallerySource}}From {{.GallerySource}}.{{end}} <span class="legend"><span style="background:#00c800"></span>true box<span style="background:#e60000"></span>predicted box</span></div>

@@ -344,7 +344,7 @@ func checkReportRenders(t *testing.T, htmlPath string) {
 		t.Fatalf("render report in chromium: %v", err)
 	}
 	for _, want := range []string{`id="summary"`, `class="metrics"`, `data-stage="stage1"`, `data-stage="stage3"`, `data-stage="baseline"`,
-		`id="hits"`, `id="misses"`, `id="attention"`, "rec_baseline", "pope_adversarial"} {
+		`id="hits"`, `id="misses"`, `id="attention"`, "rec_baseline", "pope_adversarial", `id="rec-vs-baseline"`} {
 		if !strings.Contains(dom, want) {
 			t.Errorf("rendered DOM lacks %s", want)
 		}
