@@ -34,7 +34,8 @@ import (
 //	projector.{fc1,fc2}.{w,b}
 //	embed.tokens   embed.pos
 //	fusion.ln.*   fusion.{w,b}   (TextFusion)   fusion.query   (FusionAttention)
-//	ground.ln.*   ground.{w,b}   (GroundLossWeight; training only)
+//	ground.ln.*   ground.{w,b}   (GroundLossWeight; training only
+//	                             unless GroundReadout)   readout.w   (GroundReadout)
 //	box.ln.*   box.{w,b}   (BoxLossWeight; training only)
 //	lm.blocks.<i>.{ln1,attn,ln2,mlp}.*   lm.ln_f.*   lm_head.w
 //
@@ -102,7 +103,8 @@ type Config struct {
 	// cross-entropy against that fraction, weighted by GroundLossWeight and
 	// added to the answer loss. The patches can then tell whether they are
 	// what the instruction refers to before the last block, whose attention
-	// reads the box off them. Inference does not use "ground.*".
+	// reads the box off them. Inference does not use "ground.*" unless
+	// GroundReadout does.
 	GroundLossWeight float64 `json:"ground_loss_weight,omitempty"`
 	// ConvStem replaces the linear patch embedding with a convolutional
 	// stem ("early convolutions", Xiao et al. 2021): log2(PatchSize) 3x3
@@ -127,6 +129,23 @@ type Config struct {
 	// the last block to read the box's numbers off. Inference does not use
 	// "box.*".
 	BoxLossWeight float64 `json:"box_loss_weight,omitempty"`
+	// GroundReadout makes the grounding head part of the model (it needs
+	// GroundLossWeight): every text position after an image reads, before
+	// the last language-model block, the hidden states of that image's
+	// patches pooled by the softmax of their grounding logits. Position t
+	// takes the patches of the image whose last patch comes latest before
+	// t (none before any image, and patch positions take none); each
+	// patch's grounding logit is "ground" of "ground.ln" of its hidden
+	// state entering the last block, as the grounding loss trains it, and
+	// the pooled "ground.ln" states go through the linear layer "readout"
+	// [width, width] (no bias) and are added to position t's hidden state.
+	// The patches the loss teaches to say "I am the referent" then hand
+	// their state, box and all (BoxLossWeight), straight to the answer,
+	// instead of the last block's attention having to learn to find them.
+	// The pooling weights take no gradient from the answer (the grounding
+	// loss alone trains them): with it, the scene probe's boxes came out
+	// worse than the mean box. "ground.*" is then used by inference too.
+	GroundReadout bool `json:"ground_readout,omitempty"`
 }
 
 // StemChannels returns ConvStem's output channels per convolution: they
@@ -178,6 +197,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("model config: ground_loss_weight %v must not be negative", c.GroundLossWeight)
 	case c.BoxLossWeight < 0 || math.IsNaN(c.BoxLossWeight) || c.BoxLossWeight > 0 && c.GroundLossWeight <= 0:
 		return fmt.Errorf("model config: box_loss_weight %v must not be negative, and needs ground_loss_weight", c.BoxLossWeight)
+	case c.GroundReadout && c.GroundLossWeight <= 0:
+		return fmt.Errorf("model config: ground_readout needs ground_loss_weight")
 	case c.MaxSeq < c.Patches()*c.MaxImages+8:
 		return fmt.Errorf("model config: max_seq %d shorter than %d image patches plus text", c.MaxSeq, c.Patches()*c.MaxImages)
 	}

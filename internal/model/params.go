@@ -136,6 +136,9 @@ func (c Config) Params() []ParamSpec {
 		add("ground.ln.b", w)
 		add("ground.w", w, 1)
 		add("ground.b", 1)
+		if c.GroundReadout {
+			add("readout.w", w, w)
+		}
 	}
 	if c.BoxLossWeight > 0 {
 		add("box.ln.w", w)
@@ -184,6 +187,9 @@ func (c Config) ParamCount() int64 {
 	}
 	if c.GroundLossWeight > 0 {
 		p += 3*w + 1
+		if c.GroundReadout {
+			p += w * w
+		}
 	}
 	if c.BoxLossWeight > 0 {
 		p += 6*w + 4
@@ -206,7 +212,9 @@ func (c Config) ParamCount() int64 {
 // output head (2 * w * vocab); with TextFusion also the running text sum
 // (2 * MaxSeq * w, as a masked [MaxSeq, MaxSeq] product computes it) and
 // the fusion layer (4 * w^2), and with FusionAttention the query's score
-// (2 * w).
+// (2 * w), and with GroundReadout the grounding logit (2 * w), the pooling
+// (2 * MaxSeq * w, as a masked [MaxSeq, MaxSeq] product computes it) and
+// the readout layer (2 * w^2).
 func (c Config) FLOPsPerToken() float64 {
 	w, h := float64(c.Width), float64(c.MLPHidden(c.Width))
 	block := 2*(4*w*w+2*w*h) + 4*float64(c.MaxSeq)*w
@@ -217,6 +225,10 @@ func (c Config) FLOPsPerToken() float64 {
 			f += 2 * w
 		}
 	}
+	if c.GroundReadout {
+		f += 2*w + 2*float64(c.MaxSeq)*w + 2*w*w
+	}
+
 	return f
 }
 

@@ -59,7 +59,9 @@ func TestParamsMatchParamCount(t *testing.T) {
 	stem.ConvStem = true
 	boxed := stem
 	boxed.BoxLossWeight = 1
-	for _, c := range []Config{handConfig, DefaultConfig(tok.VocabSize()), tinyConfig(tok), fused, grounded, attn, stem, boxed,
+	readout := boxed
+	readout.GroundReadout = true
+	for _, c := range []Config{handConfig, DefaultConfig(tok.VocabSize()), tinyConfig(tok), fused, grounded, attn, stem, boxed, readout,
 		{Version: "tinygrounder/v1", ImageSize: 64, PatchSize: 16, VisionWidth: 48, VisionDepth: 0, Width: 72,
 			Depth: 2, Heads: 3, MLPRatio: 2.5, VocabSize: 999, MaxSeq: 100, MaxImages: 2}} {
 		var sum int64
@@ -71,7 +73,7 @@ func TestParamsMatchParamCount(t *testing.T) {
 			names[p.Name] = true
 			sum += p.Size()
 			ok := false
-			for _, prefix := range []string{"vision.", "projector.", "embed.", "fusion.", "ground.", "box.", "lm.", "lm_head."} {
+			for _, prefix := range []string{"vision.", "projector.", "embed.", "fusion.", "ground.", "box.", "readout.", "lm.", "lm_head."} {
 				ok = ok || strings.HasPrefix(p.Name, prefix)
 			}
 			if !ok {
@@ -121,9 +123,10 @@ func TestValidateNamesBadField(t *testing.T) {
 		"box_label_sigma -1":                 func(c *Config) { c.BoxLabelSigma = -1 },
 		"mlp_ratio 0":                        func(c *Config) { c.MLPRatio = 0 },
 		"box_loss_weight 1 must not be negative, and needs ground_loss_weight": func(c *Config) { c.BoxLossWeight = 1 },
-		"box_loss_weight -1":                 func(c *Config) { c.BoxLossWeight, c.GroundLossWeight = -1, 1 },
-		"power of two (not 6)":               func(c *Config) { c.ConvStem, c.PatchSize = true, 6 },
-		"divisible by patch_size/2 (not 66)": func(c *Config) { c.ConvStem, c.VisionWidth, c.Heads = true, 66, 2 },
+		"box_loss_weight -1":                      func(c *Config) { c.BoxLossWeight, c.GroundLossWeight = -1, 1 },
+		"ground_readout needs ground_loss_weight": func(c *Config) { c.GroundReadout = true },
+		"power of two (not 6)":                    func(c *Config) { c.ConvStem, c.PatchSize = true, 6 },
+		"divisible by patch_size/2 (not 66)":      func(c *Config) { c.ConvStem, c.VisionWidth, c.Heads = true, 66, 2 },
 	} {
 		c := DefaultConfig(tok.VocabSize())
 		mod(&c)

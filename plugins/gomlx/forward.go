@@ -32,6 +32,8 @@ type netWeights struct {
 	fuseLnW, fuseLnB, fuseW, fuseB []float32
 	fuseQuery                      []float32   // Config.FusionAttention only; nil without
 	stemW, stemB                   [][]float32 // Config.ConvStem only
+	// Config.GroundReadout only.
+	groundLnW, groundLnB, groundW, groundB, readoutW []float32
 }
 
 func newNetWeights(c model.Config, w map[string][]float32) *netWeights {
@@ -56,6 +58,10 @@ func newNetWeights(c model.Config, w map[string][]float32) *netWeights {
 		lnW: w["lm.ln_f.w"], lnB: w["lm.ln_f.b"], head: w["lm_head.w"],
 		fuseLnW: w["fusion.ln.w"], fuseLnB: w["fusion.ln.b"], fuseW: w["fusion.w"], fuseB: w["fusion.b"],
 		fuseQuery: w["fusion.query"],
+	}
+	if c.GroundReadout {
+		n.groundLnW, n.groundLnB, n.groundW, n.groundB = w["ground.ln.w"], w["ground.ln.b"], w["ground.w"], w["ground.b"]
+		n.readoutW = w["readout.w"]
 	}
 	for i := range c.StemChannels() {
 		n.stemW = append(n.stemW, w[fmt.Sprintf("vision.stem.%d.w", i)])
@@ -379,11 +385,21 @@ type seqCache struct {
 	// (Config.TextFusion; every weight is 1 without FusionAttention).
 	textSum []float32
 	textN   float32
+	// Config.GroundReadout: rowImg is, for the rows of the call in
+	// progress, the image a patch row reads (-1 for text rows); gz, gv and
+	// gImg are every patch so far's grounding logit, "ground.ln" state
+	// [Width] and image; lastImg is the image of the latest patch (-1 for
+	// none yet).
+	rowImg  []int
+	gz      []float32
+	gv      [][]float32
+	gImg    []int
+	lastImg int
 }
 
 func (n *netWeights) newSeqCache() *seqCache {
 	c := n.cfg
-	sc := &seqCache{textSum: make([]float32, c.Width)}
+	sc := &seqCache{textSum: make([]float32, c.Width), lastImg: -1}
 	for range c.Depth {
 		sc.k = append(sc.k, make([]float32, c.MaxSeq*c.Width))
 		sc.v = append(sc.v, make([]float32, c.MaxSeq*c.Width))
@@ -399,9 +415,11 @@ func (n *netWeights) embed(tokens []int32, pos0 int, feats []float32, featRows i
 	x := make([]float32, len(tokens)*w)
 	next := 0
 	var film []float32 // Config.TextFusion: valid until the next text token
+	sc.rowImg = sc.rowImg[:0]
 	for t, tok := range tokens {
 		row := x[t*w : (t+1)*w]
 		if tok == c.PatchToken && next < featRows {
+			sc.rowImg = append(sc.rowImg, next/c.Patches())
 			if c.TextFusion {
 				if film == nil {
 					film = n.film(sc)
@@ -420,6 +438,7 @@ func (n *netWeights) embed(tokens []int32, pos0 int, feats []float32, featRows i
 			}
 			next++
 		} else {
+			sc.rowImg = append(sc.rowImg, -1)
 			e := n.tok[int(tok)*w : (int(tok)+1)*w]
 			copy(row, e)
 			if c.TextFusion {
@@ -457,6 +476,9 @@ func (n *netWeights) step(sc *seqCache, x []float32, rows int, wantAttn bool) ([
 		}
 	}
 	for i := range n.blocks {
+		if i == c.Depth-1 && c.GroundReadout {
+			n.readout(sc, x, rows)
+		}
 		blockForward(&n.blocks[i], c.Heads, x, rows, w, sc.k[i], sc.v[i], sc.n, true, sink)
 	}
 	sc.n += rows
@@ -466,4 +488,56 @@ func (n *netWeights) step(sc *seqCache, x []float32, rows int, wantAttn bool) ([
 	logits := make([]float32, c.VocabSize)
 	linear(logits, h, 1, w, n.head, nil, c.VocabSize)
 	return logits, attn
+}
+
+// readout adds Config.GroundReadout's term to rows x [rows, Width] (the
+// hidden states entering the last block) in order, as netGraph.readout
+// does: a patch row's grounding logit and "ground.ln" state join the
+// cache; a text row after a patch adds the "readout" layer of the states
+// of the latest patch's image, pooled by the softmax of their logits.
+func (n *netWeights) readout(sc *seqCache, x []float32, rows int) {
+	w := n.cfg.Width
+	pooled := make([]float32, w)
+	add := make([]float32, w)
+	for r := range rows {
+		row := x[r*w : (r+1)*w]
+		if img := sc.rowImg[r]; img >= 0 {
+			normed := make([]float32, w)
+			layerNorm(normed, row, 1, w, n.groundLnW, n.groundLnB)
+			z := n.groundB[0]
+			for i, v := range normed {
+				z += v * n.groundW[i]
+			}
+			sc.gz, sc.gv, sc.gImg, sc.lastImg = append(sc.gz, z), append(sc.gv, normed), append(sc.gImg, img), img
+			continue
+		}
+		if sc.lastImg < 0 {
+			continue
+		}
+		zmax := float32(math.Inf(-1))
+		for j, z := range sc.gz {
+			if sc.gImg[j] == sc.lastImg {
+				zmax = max(zmax, z)
+			}
+		}
+		clear(pooled)
+		var sum float32
+		for j, z := range sc.gz {
+			if sc.gImg[j] != sc.lastImg {
+				continue
+			}
+			e := float32(math.Exp(float64(z - zmax)))
+			sum += e
+			for i, v := range sc.gv[j] {
+				pooled[i] += e * v
+			}
+		}
+		for i := range pooled {
+			pooled[i] /= sum
+		}
+		linear(add, pooled, 1, w, n.readoutW, nil, w)
+		for i, v := range add {
+			row[i] += v
+		}
+	}
 }

@@ -170,10 +170,55 @@ func (n *netGraph) hiddenMid(tokens, patchIdx, isPatch, images *graph.Node) (h, 
 	for i := range c.Depth {
 		if i == c.Depth-1 {
 			mid = x
+			if c.GroundReadout {
+				x = graph.Add(x, n.readout(mid, patchIdx, isPatch))
+			}
 		}
 		x = n.block(x, fmt.Sprintf("lm.blocks.%d", i), bias)
 	}
 	return x, mid
+}
+
+// groundLogits is the grounding head: dense(ground.ln(mid)) [B, L], and
+// the normalized states it reads [B, L, W].
+func (n *netGraph) groundLogits(mid *graph.Node) (z, normed *graph.Node) {
+	normed = n.layerNorm(mid, "ground.ln")
+	return graph.Squeeze(n.dense(normed, "ground"), -1), normed
+}
+
+// readout is Config.GroundReadout's term for the hidden state entering the
+// last block, mid [B, L, W]: at every text position t, the "ground.ln"
+// states of the patches of the image whose last patch comes latest before
+// t, weighted by the softmax of their grounding logits, through "readout"
+// (zeros where no image comes before t and at patch positions). A patch's
+// image is its feature row (patchIdx [B, L]) divided by Patches().
+func (n *netGraph) readout(mid, patchIdx, isPatch *graph.Node) *graph.Node {
+	g := mid.Graph()
+	l := mid.Shape().Dimensions[1]
+	f32 := func(x *graph.Node) *graph.Node { return graph.ConvertDType(x, dtypes.Float32) }
+	z, normed := n.groundLogits(mid)
+	// before[t, p] = 1 where p < t.
+	before := f32(graph.GreaterThan(graph.Iota(g, shapes.Make(dtypes.Int32, l, l), 0), graph.Iota(g, shapes.Make(dtypes.Int32, l, l), 1)))
+	patchAt := graph.InsertAxes(isPatch, 1) // [B, 1, L]: over p
+	cand := graph.Mul(graph.InsertAxes(before, 0), patchAt)
+	// The latest patch position before t (-1 for none), then its image.
+	posP := f32(graph.Iota(g, shapes.Make(dtypes.Int32, 1, 1, l), 2))
+	last := graph.ReduceMax(graph.Sub(graph.Mul(cand, graph.AddScalar(posP, 1)), graph.ScalarOne(g, dtypes.Float32)), -1) // [B, L]
+	img := graph.Floor(graph.DivScalar(f32(patchIdx), float64(n.cfg.Patches())))                                          // [B, L] (over p)
+	isLast := f32(graph.Equal(posP, graph.InsertAxes(last, -1)))                                                          // [B, L, L]
+	lastImg := graph.ReduceSum(graph.Mul(isLast, graph.InsertAxes(img, 1)), -1)                                           // [B, L]
+	sameImg := f32(graph.Equal(graph.InsertAxes(img, 1), graph.InsertAxes(lastImg, -1)))                                  // [B, L, L]
+	textAt := graph.InsertAxes(graph.OneMinus(isPatch), -1)                                                               // [B, L, 1]: over t
+	valid := graph.Mul(graph.Mul(cand, sameImg), textAt)
+	scores := graph.Add(graph.InsertAxes(graph.StopGradient(z), 1), graph.MulScalar(graph.OneMinus(valid), maskedScore))
+	scores = graph.Sub(scores, graph.StopGradient(graph.ReduceAndKeep(scores, graph.ReduceMax, -1)))
+	e := graph.Mul(graph.Exp(scores), valid)
+	// A row with a valid patch sums to at least 1 (its largest term is
+	// exp(0)); rows without one sum to 0, and the floor of 1 keeps their
+	// gradient finite (a tiny floor squares to zero in float32).
+	den := graph.Max(graph.ReduceAndKeep(e, graph.ReduceSum, -1), graph.ScalarOne(g, dtypes.Float32))
+	pooled := graph.Einsum("btp,bpw->btw", graph.Div(e, den), normed)
+	return nn.Dense(pooled, n.p["readout.w"], nil, gomlxcompute.DenseLayoutInputOutputs)
 }
 
 // groundLoss is Config.GroundLossWeight's loss: the mean binary
@@ -182,7 +227,7 @@ func (n *netGraph) hiddenMid(tokens, patchIdx, isPatch, images *graph.Node) (h, 
 // Zero when no position is labelled.
 func (n *netGraph) groundLoss(mid, patchTgt, patchW *graph.Node) *graph.Node {
 	g := mid.Graph()
-	z := graph.Squeeze(n.dense(n.layerNorm(mid, "ground.ln"), "ground"), -1) // [B, L]
+	z, _ := n.groundLogits(mid) // [B, L]
 	// BCE with logits, stably: max(z, 0) - z*t + log(1 + exp(-|z|)).
 	bce := graph.Add(graph.Sub(graph.Max(z, graph.ZerosLike(z)), graph.Mul(z, patchTgt)),
 		graph.Log1P(graph.Exp(graph.Neg(graph.Abs(z)))))

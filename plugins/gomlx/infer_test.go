@@ -6,6 +6,7 @@ import (
 	"math"
 	"math/rand/v2"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -194,10 +195,12 @@ func TestPrefillDecodeMatchFullForward(t *testing.T) {
 	attn.FusionAttention = true // rough weights give fusion.query scores of several units
 	stem := attn
 	stem.ConvStem = true // 16-pixel images, 8-pixel patches: three convolutions of 4, 8, 16 channels
+	readout := grounded
+	readout.GroundReadout = true // inference must use ground.* and readout.w, image by image
 	for _, v := range []struct {
 		name string
 		c    model.Config
-	}{{"plain", tinyConfig()}, {"text-fusion", fusion}, {"ground-loss", grounded}, {"fusion-attention", attn}, {"conv-stem", stem}} {
+	}{{"plain", tinyConfig()}, {"text-fusion", fusion}, {"ground-loss", grounded}, {"fusion-attention", attn}, {"conv-stem", stem}, {"ground-readout", readout}} {
 		t.Run(v.name, func(t *testing.T) { testPrefillDecodeMatch(t, v.c) })
 	}
 }
@@ -418,5 +421,85 @@ func TestFusionAttention(t *testing.T) {
 	on := gomlxLogits(t, b, attn, w, batch)
 	if d := maxAbsDiff(on[0][firstPatch], ref[0][firstPatch]); d < 1e-3 {
 		t.Fatalf("the query changes the first patch position's logits by only %.3g", d)
+	}
+}
+
+// TestGroundReadout: Config.GroundReadout changes nothing up to the first
+// image's last patch and changes what follows, and each text row reads the
+// patches of the latest image only, pooled by the softmax of their
+// grounding logits.
+func TestGroundReadout(t *testing.T) {
+	c := tinyConfig()
+	c.GroundLossWeight, c.GroundReadout = 1, true
+	w := roughWeights(c, 5)
+	off := maps.Clone(w)
+	off["readout.w"] = make([]float32, len(w["readout.w"]))
+	rng := rand.New(rand.NewPCG(8, 1))
+	img := func() compute.Image {
+		px := make([]float32, c.ImageSize*c.ImageSize*3)
+		for i := range px {
+			px[i] = float32(rng.NormFloat64())
+		}
+		return compute.Image{Size: c.ImageSize, Pixels: px}
+	}
+	p := c.PatchToken
+	seq := compute.Sequence{Tokens: []int32{tokBOS, 7, 8, p, p, p, p, 9, 10, p, p, p, p, 11, 12, 13}, Images: []compute.Image{img(), img()}}
+	b := newTestBackend(t)
+	on, without := gomlxLogits(t, b, c, w, []compute.Sequence{seq})[0], gomlxLogits(t, b, c, off, []compute.Sequence{seq})[0]
+	for i := range 7 {
+		if d := maxAbsDiff(on[i], without[i]); d != 0 {
+			t.Fatalf("position %d (up to the first image's last patch) changed by %.3g", i, d)
+		}
+	}
+	for i := 7; i < len(seq.Tokens); i++ {
+		if d := maxAbsDiff(on[i], without[i]); d < 1e-3 {
+			t.Fatalf("position %d (after an image) changed by only %.3g", i, d)
+		}
+	}
+
+	// The pooling itself, on hand-made rows: identity layer norm scale,
+	// logit = 2 * the row's first value, identity readout.
+	n := newNetWeights(c, w)
+	W := c.Width
+	n.groundLnW, n.groundLnB = make([]float32, W), make([]float32, W)
+	for i := range W {
+		n.groundLnW[i] = 1
+	}
+	n.groundW, n.groundB = make([]float32, W), []float32{0}
+	n.groundW[0] = 2
+	n.readoutW = make([]float32, W*W)
+	for i := range W {
+		n.readoutW[i*W+i] = 1
+	}
+	rows := [][]float32{}
+	for range 7 {
+		r := make([]float32, W)
+		for i := range r {
+			r[i] = float32(rng.NormFloat64())
+		}
+		rows = append(rows, r)
+	}
+	x := slices.Concat(rows...)
+	sc := n.newSeqCache()
+	sc.rowImg = []int{-1, 0, 0, -1, 1, 1, -1}
+	n.readout(sc, x, len(rows))
+	normed := func(r []float32) []float32 {
+		out := make([]float32, W)
+		layerNorm(out, r, 1, W, n.groundLnW, n.groundLnB)
+		return out
+	}
+	want := func(r []float32, a, bb []float32) []float32 {
+		na, nb := normed(a), normed(bb)
+		ea, eb := math.Exp(2*float64(na[0])), math.Exp(2*float64(nb[0]))
+		out := slices.Clone(r)
+		for i := range out {
+			out[i] += float32((ea*float64(na[i]) + eb*float64(nb[i])) / (ea + eb))
+		}
+		return out
+	}
+	for i, exp := range [][]float32{rows[0], rows[1], rows[2], want(rows[3], rows[1], rows[2]), rows[4], rows[5], want(rows[6], rows[4], rows[5])} {
+		if d := maxAbsDiff(x[i*W:(i+1)*W], exp); d > 1e-5 {
+			t.Fatalf("row %d: off by %.3g from the pooled readout of its latest image", i, d)
+		}
 	}
 }

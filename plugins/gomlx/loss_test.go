@@ -407,3 +407,74 @@ func TestBoxLossTrains(t *testing.T) {
 		t.Fatalf("box loss %v -> %v: want it down by at least 40%%", first, last)
 	}
 }
+
+// TestGroundReadoutTrains: with Config.GroundReadout the grounding head's
+// pooled patches feed the answer, and training stays finite, moves
+// readout.w and learns an answer that only the referent's place tells
+// (which half of the image the square's centre is in).
+func TestGroundReadoutTrains(t *testing.T) {
+	b := newTestBackend(t)
+	c := tinyConfig()
+	c.GroundLossWeight, c.BoxLossWeight, c.GroundReadout = 1, 1, true
+	c.ImageSize, c.MaxSeq = 32, 24 // 16 patches
+	tr := freshTrainer(t, b, c)
+	init := initParams(paramSpecs(c), 1)["readout.w"]
+	rng := rand.New(rand.NewPCG(7, 9))
+	batch := func() trainBatch {
+		rows := make([]batchRow, 16)
+		for i := range rows {
+			img, _, box := probeSample(c, 1, rng)
+			half := int32(0)
+			if box[0]+box[2] >= 100 {
+				half = 1
+			}
+			toks := append(promptTokens(c), tokAnswer0+half, tokEOS)
+			n := len(toks)
+			for len(toks) < c.MaxSeq {
+				toks = append(toks, c.PadToken)
+			}
+			tg := make([]int32, len(toks))
+			pt := make([]uint8, len(toks))
+			pb := make([]uint8, 4*len(toks))
+			cover := model.PatchCover(c, 100, 100, [][4]float64{{float64(box[0]), float64(box[1]), float64(box[2]), float64(box[3])}})
+			np := 0
+			for p, x := range toks {
+				tg[p], pt[p] = -1, model.NoPatchTarget
+				if x == c.PatchToken {
+					pt[p] = uint8(math.Round(cover[np] * model.PatchTargetScale))
+					if pt[p] > 0 {
+						for k := range 4 {
+							pb[p*4+k] = uint8(box[k])
+						}
+					}
+					np++
+				}
+			}
+			tg[n-3], tg[n-2] = tokAnswer0+half, tokEOS
+			rows[i] = batchRow{tokens: toks, targets: tg, images: [][]byte{img}, patchTargets: pt, patchBoxes: pb}
+		}
+		return makeBatch(c, rows)
+	}
+	outs := runSteps(t, tr, 1, 150, batch)
+	var first, last float64
+	for _, o := range outs[:10] {
+		first += float64(o.loss) / 10
+	}
+	for _, o := range outs[len(outs)-10:] {
+		last += float64(o.loss) / 10
+	}
+	st, err := tr.state(150)
+	if err != nil {
+		t.Fatal(err)
+	}
+	moved := maxAbsDiff(st.weights["readout.w"], init)
+	t.Logf("answer loss %.3f -> %.3f (mean of 10 steps); readout.w moved by up to %.3g", first, last, moved)
+	if moved < 1e-3 {
+		t.Fatalf("readout.w moved by %.3g: no gradient reaches it", moved)
+	}
+	// Guessing the half costs ln 2 on one of the two targets (answer and
+	// <eos>): a mean of 0.35 per target.
+	if last > math.Ln2/4 {
+		t.Fatalf("answer loss %.3f -> %.3f: want below %.3f, half of what guessing the half costs", first, last, math.Ln2/4)
+	}
+}

@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"testing"
 
@@ -70,6 +71,8 @@ type probeOpts struct {
 	// Box is Config.BoxLossWeight (with Ground): the shard also carries
 	// the box at every covered patch.
 	Box float64
+	// Readout is Config.GroundReadout (with Ground).
+	Readout bool
 }
 
 type probeResult struct {
@@ -81,6 +84,10 @@ type probeResult struct {
 	// Point is the fraction of predicted boxes whose centre lies in the
 	// true box: whether the model found the object, however loose its box.
 	Point, PointBaseline float64
+	// FreeAcc05 and FreePoint are Acc05 and Point with the box decoded
+	// greedily, each number read after the model's own earlier ones (as
+	// eval decodes), not the true ones.
+	FreeAcc05, FreePoint float64
 	// ShapeAcc and ShapeAccBaseline are CropShape's accuracy and that of
 	// always answering the training split's most frequent shape.
 	ShapeAcc, ShapeAccBaseline float64
@@ -103,6 +110,8 @@ func (r probeResult) report(b *testing.B) {
 	b.ReportMetric(r.Acc05Baseline, "meanbox-acc@0.5")
 	b.ReportMetric(r.Point, "point")
 	b.ReportMetric(r.PointBaseline, "meanbox-point")
+	b.ReportMetric(r.FreeAcc05, "free-acc@0.5")
+	b.ReportMetric(r.FreePoint, "free-point")
 }
 
 func (o probeOpts) config() model.Config {
@@ -123,6 +132,7 @@ func (o probeOpts) config() model.Config {
 	c.GroundLossWeight = o.Ground
 	c.ConvStem = o.Stem
 	c.BoxLossWeight = o.Box
+	c.GroundReadout = o.Readout
 	if o.ImageSize > 0 {
 		c.ImageSize = o.ImageSize
 	}
@@ -345,8 +355,39 @@ func trainProbe(t testing.TB, c model.Config, o probeOpts, train, test []probeIt
 	for k := range 4 {
 		meanBox[k] = int(math.Round(mean[k]))
 	}
+	argmaxBox := func(l []float32) int {
+		best := probeBox0
+		for j := probeBox0; j <= probeBox0+100; j++ {
+			if l[j] > l[best] {
+				best = j
+			}
+		}
+		return best - probeBox0
+	}
 	for lo := 0; lo < len(test); lo += 64 {
 		part := test[lo:min(lo+64, len(test))]
+		// Free running: four passes, each writing the model's own number.
+		free := make([]probeItem, len(part))
+		for i, it := range part {
+			free[i] = it
+			free[i].toks = slices.Clone(it.toks)
+		}
+		freePred := make([][4]int, len(part))
+		for k := range 4 {
+			fl := itemLogits(t, b, c, w, free)
+			for i, it := range free {
+				freePred[i][k] = argmaxBox(fl[i][it.at+k])
+				it.toks[it.at+k+1] = int32(probeBox0 + freePred[i][k])
+			}
+		}
+		for i, it := range part {
+			if probeBox(freePred[i]).IoU(probeBox(it.box)) >= 0.5 {
+				r.FreeAcc05 += 1 / float64(len(test))
+			}
+			if centreIn(freePred[i], it.box) {
+				r.FreePoint += 1 / float64(len(test))
+			}
+		}
 		logits := itemLogits(t, b, c, w, part)
 		for i, it := range part {
 			var pred [4]int

@@ -52,6 +52,7 @@ func TestParseSpec(t *testing.T) {
 		`{"model": {"width": 31}}`:             "model",
 		`{"max_words": 0}`:                     "max_words",
 		`{"log_every": 0}`:                     "log_every",
+		`{"model": {"ground_readout": true}}`:  "pack", // packed by default
 		`{"seed": 1} {"seed": 2}`:              "trailing",
 		`[1, 2]`:                               "run spec",
 	}
