@@ -355,38 +355,7 @@ func TestBoxLossTrains(t *testing.T) {
 	plainCfg.BoxLossWeight = 0
 	plain := freshTrainer(t, b, plainCfg)
 	rng := rand.New(rand.NewPCG(7, 8))
-	batch := func() trainBatch {
-		rows := make([]batchRow, 16)
-		for i := range rows {
-			img, _, box := probeSample(c, 1, rng)
-			toks := append(promptTokens(c), tokAnswer0, tokEOS)
-			n := len(toks)
-			for len(toks) < c.MaxSeq {
-				toks = append(toks, c.PadToken)
-			}
-			tg := make([]int32, len(toks))
-			pt := make([]uint8, len(toks))
-			pb := make([]uint8, 4*len(toks))
-			// probeSample's box is in hundredths of the image.
-			cover := model.PatchCover(c, 100, 100, [][4]float64{{float64(box[0]), float64(box[1]), float64(box[2]), float64(box[3])}})
-			np := 0
-			for p, x := range toks {
-				tg[p], pt[p] = -1, model.NoPatchTarget
-				if x == c.PatchToken {
-					pt[p] = uint8(math.Round(cover[np] * model.PatchTargetScale))
-					if pt[p] > 0 {
-						for k := range 4 {
-							pb[p*4+k] = uint8(box[k])
-						}
-					}
-					np++
-				}
-			}
-			tg[n-3], tg[n-2] = tokAnswer0, tokEOS
-			rows[i] = batchRow{tokens: toks, targets: tg, images: [][]byte{img}, patchTargets: pt, patchBoxes: pb}
-		}
-		return makeBatch(c, rows)
-	}
+	batch := func() trainBatch { return squareBoxBatch(c, rng, func([4]int) int32 { return tokAnswer0 }) }
 	bt := batch()
 	with, err := tr.step(3e-3, 10, 10, 0, bt)
 	if err != nil {
@@ -421,39 +390,12 @@ func TestGroundReadoutTrains(t *testing.T) {
 	init := initParams(paramSpecs(c), 1)["readout.w"]
 	rng := rand.New(rand.NewPCG(7, 9))
 	batch := func() trainBatch {
-		rows := make([]batchRow, 16)
-		for i := range rows {
-			img, _, box := probeSample(c, 1, rng)
-			half := int32(0)
+		return squareBoxBatch(c, rng, func(box [4]int) int32 {
 			if box[0]+box[2] >= 100 {
-				half = 1
+				return tokAnswer0 + 1
 			}
-			toks := append(promptTokens(c), tokAnswer0+half, tokEOS)
-			n := len(toks)
-			for len(toks) < c.MaxSeq {
-				toks = append(toks, c.PadToken)
-			}
-			tg := make([]int32, len(toks))
-			pt := make([]uint8, len(toks))
-			pb := make([]uint8, 4*len(toks))
-			cover := model.PatchCover(c, 100, 100, [][4]float64{{float64(box[0]), float64(box[1]), float64(box[2]), float64(box[3])}})
-			np := 0
-			for p, x := range toks {
-				tg[p], pt[p] = -1, model.NoPatchTarget
-				if x == c.PatchToken {
-					pt[p] = uint8(math.Round(cover[np] * model.PatchTargetScale))
-					if pt[p] > 0 {
-						for k := range 4 {
-							pb[p*4+k] = uint8(box[k])
-						}
-					}
-					np++
-				}
-			}
-			tg[n-3], tg[n-2] = tokAnswer0+half, tokEOS
-			rows[i] = batchRow{tokens: toks, targets: tg, images: [][]byte{img}, patchTargets: pt, patchBoxes: pb}
-		}
-		return makeBatch(c, rows)
+			return tokAnswer0
+		})
 	}
 	outs := runSteps(t, tr, 1, 150, batch)
 	var first, last float64
@@ -477,4 +419,40 @@ func TestGroundReadoutTrains(t *testing.T) {
 	if last > math.Ln2/4 {
 		t.Fatalf("answer loss %.3f -> %.3f: want below %.3f, half of what guessing the half costs", first, last, math.Ln2/4)
 	}
+}
+
+// squareBoxBatch is a batch of 16 one-square probe samples whose answer is
+// answer(box) then <eos>, with the grounding and box targets of the
+// square's patches (probeSample's box is in hundredths of the image).
+func squareBoxBatch(c model.Config, rng *rand.Rand, answer func(box [4]int) int32) trainBatch {
+	rows := make([]batchRow, 16)
+	for i := range rows {
+		img, _, box := probeSample(c, 1, rng)
+		a := answer(box)
+		toks := append(promptTokens(c), a, tokEOS)
+		n := len(toks)
+		for len(toks) < c.MaxSeq {
+			toks = append(toks, c.PadToken)
+		}
+		tg := make([]int32, len(toks))
+		pt := make([]uint8, len(toks))
+		pb := make([]uint8, 4*len(toks))
+		cover := model.PatchCover(c, 100, 100, [][4]float64{{float64(box[0]), float64(box[1]), float64(box[2]), float64(box[3])}})
+		np := 0
+		for p, x := range toks {
+			tg[p], pt[p] = -1, model.NoPatchTarget
+			if x == c.PatchToken {
+				pt[p] = uint8(math.Round(cover[np] * model.PatchTargetScale))
+				if pt[p] > 0 {
+					for k := range 4 {
+						pb[p*4+k] = uint8(box[k])
+					}
+				}
+				np++
+			}
+		}
+		tg[n-3], tg[n-2] = a, tokEOS
+		rows[i] = batchRow{tokens: toks, targets: tg, images: [][]byte{img}, patchTargets: pt, patchBoxes: pb}
+	}
+	return makeBatch(c, rows)
 }
