@@ -128,22 +128,7 @@ func TestGroundLoss(t *testing.T) {
 	gb := []float32{0.05}
 	tgt := []float32{0.8, 0, 0.5}
 	wt := []float32{1, 1, 0} // the third position carries no label
-	exec, err := graph.NewExec(b.ml, func(in []*graph.Node) *graph.Node {
-		n := &netGraph{cfg: model.Config{GroundLossWeight: 1}, p: map[string]*graph.Node{
-			"ground.ln.w": in[0], "ground.ln.b": in[1], "ground.w": in[2], "ground.b": in[3]}}
-		return n.groundLoss(in[4], in[5], in[6])
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer exec.Finalize()
-	out, err := exec.Call(tensors.FromFlatDataAndDimensions(lnW, w), tensors.FromFlatDataAndDimensions(lnB, w),
-		tensors.FromFlatDataAndDimensions(gw, w, 1), tensors.FromFlatDataAndDimensions(gb, 1),
-		tensors.FromFlatDataAndDimensions(mid, 1, 3, w), tensors.FromFlatDataAndDimensions(tgt, 1, 3), tensors.FromFlatDataAndDimensions(wt, 1, 3))
-	if err != nil {
-		t.Fatal(err)
-	}
-	got := float64(tensors.ToScalar[float32](out[0]))
+	got := headLoss(t, b, "ground", lnW, lnB, gw, gb, mid, tgt, wt, (*netGraph).groundLoss)
 	var want, n float64
 	for p := range 3 {
 		z := float64(gb[0])
@@ -159,6 +144,36 @@ func TestGroundLoss(t *testing.T) {
 	if math.Abs(got-want) > 1e-5 {
 		t.Fatalf("ground loss %v, want %v", got, want)
 	}
+}
+
+// headLoss runs a training-only head's loss in the graph: the head's layer
+// norm (lnW, lnB) and linear layer (hw [w, out], hb [out]) under prefix,
+// over mid [1, 3, w], against the targets tgt [1, 3] (out 1) or [1, 3,
+// out], weighted by wt [1, 3].
+func headLoss(t *testing.T, b *Backend, prefix string, lnW, lnB, hw, hb, mid, tgt, wt []float32,
+	loss func(n *netGraph, mid, tgt, wt *graph.Node) *graph.Node) float64 {
+	t.Helper()
+	w, out := len(lnW), len(hb)
+	exec, err := graph.NewExec(b.ml, func(in []*graph.Node) *graph.Node {
+		n := &netGraph{p: map[string]*graph.Node{
+			prefix + ".ln.w": in[0], prefix + ".ln.b": in[1], prefix + ".w": in[2], prefix + ".b": in[3]}}
+		return loss(n, in[4], in[5], in[6])
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer exec.Finalize()
+	tgtDims := []int{1, 3}
+	if out > 1 {
+		tgtDims = append(tgtDims, out)
+	}
+	res, err := exec.Call(tensors.FromFlatDataAndDimensions(lnW, w), tensors.FromFlatDataAndDimensions(lnB, w),
+		tensors.FromFlatDataAndDimensions(hw, w, out), tensors.FromFlatDataAndDimensions(hb, out),
+		tensors.FromFlatDataAndDimensions(mid, 1, 3, w), tensors.FromFlatDataAndDimensions(tgt, tgtDims...), tensors.FromFlatDataAndDimensions(wt, 1, 3))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return float64(tensors.ToScalar[float32](res[0]))
 }
 
 // runSteps runs tr's optimizer steps from to to (learning rate 3e-3, the
@@ -306,22 +321,7 @@ func TestBoxLoss(t *testing.T) {
 	bb := []float32{0.1, 0.2, 0.6, 0.7}
 	box := []float32{0.1, 0.2, 0.5, 0.6, 0.1, 0.2, 0.5, 0.6, 0, 0, 0, 0}
 	wt := []float32{1, 0.25, 0} // the third position is not covered
-	exec, err := graph.NewExec(b.ml, func(in []*graph.Node) *graph.Node {
-		n := &netGraph{cfg: model.Config{GroundLossWeight: 1, BoxLossWeight: 1}, p: map[string]*graph.Node{
-			"box.ln.w": in[0], "box.ln.b": in[1], "box.w": in[2], "box.b": in[3]}}
-		return n.boxLoss(in[4], in[5], in[6])
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer exec.Finalize()
-	out, err := exec.Call(tensors.FromFlatDataAndDimensions(lnW, w), tensors.FromFlatDataAndDimensions(lnB, w),
-		tensors.FromFlatDataAndDimensions(bw, w, 4), tensors.FromFlatDataAndDimensions(bb, 4),
-		tensors.FromFlatDataAndDimensions(mid, 1, 3, w), tensors.FromFlatDataAndDimensions(box, 1, 3, 4), tensors.FromFlatDataAndDimensions(wt, 1, 3))
-	if err != nil {
-		t.Fatal(err)
-	}
-	got := float64(tensors.ToScalar[float32](out[0]))
+	got := headLoss(t, b, "box", lnW, lnB, bw, bb, mid, box, wt, (*netGraph).boxLoss)
 	var want, n float64
 	for p := range 3 {
 		ln := refLayerNorm(mid[p*w:(p+1)*w], lnW, lnB)
