@@ -213,12 +213,7 @@ func scoreShapes(t testing.TB, b *Backend, c model.Config, w map[string][]float3
 		part := test[start:min(start+64, len(test))]
 		logits := itemLogits(t, b, c, w, part)
 		for i, it := range part {
-			l, best := logits[i][it.at], lo
-			for j := lo; j <= hi; j++ {
-				if l[j] > l[best] {
-					best = j
-				}
-			}
+			best := lo + int32(argmax(logits[i][it.at][lo:hi+1]))
 			want := it.toks[it.at+1]
 			if best == want {
 				r.ShapeAcc += 1 / float64(len(test))
@@ -355,26 +350,24 @@ func trainProbe(t testing.TB, c model.Config, o probeOpts, train, test []probeIt
 	for k := range 4 {
 		meanBox[k] = int(math.Round(mean[k]))
 	}
-	argmaxBox := func(l []float32) int {
-		best := probeBox0
-		for j := probeBox0; j <= probeBox0+100; j++ {
-			if l[j] > l[best] {
-				best = j
-			}
-		}
-		return best - probeBox0
-	}
+	argmaxBox := func(l []float32) int { return argmax(l[probeBox0 : probeBox0+101]) }
 	for lo := 0; lo < len(test); lo += 64 {
 		part := test[lo:min(lo+64, len(test))]
 		// Free running: four passes, each writing the model's own number.
+		// The first pass reads the true tokens only, so its logits are
+		// also the teacher-forced ones.
 		free := make([]probeItem, len(part))
 		for i, it := range part {
 			free[i] = it
 			free[i].toks = slices.Clone(it.toks)
 		}
 		freePred := make([][4]int, len(part))
+		var logits [][][]float32
 		for k := range 4 {
 			fl := itemLogits(t, b, c, w, free)
+			if k == 0 {
+				logits = fl
+			}
 			for i, it := range free {
 				freePred[i][k] = argmaxBox(fl[i][it.at+k])
 				it.toks[it.at+k+1] = int32(probeBox0 + freePred[i][k])
@@ -388,18 +381,10 @@ func trainProbe(t testing.TB, c model.Config, o probeOpts, train, test []probeIt
 				r.FreePoint += 1 / float64(len(test))
 			}
 		}
-		logits := itemLogits(t, b, c, w, part)
 		for i, it := range part {
 			var pred [4]int
 			for k := range 4 {
-				l := logits[i][it.at+k]
-				best := probeBox0
-				for j := probeBox0; j <= probeBox0+100; j++ {
-					if l[j] > l[best] {
-						best = j
-					}
-				}
-				pred[k] = best - probeBox0
+				pred[k] = argmaxBox(logits[i][it.at+k])
 				r.MeanErr += math.Abs(float64(pred[k]-it.box[k])) / float64(4*len(test))
 				r.MeanErrBaseline += math.Abs(mean[k]-float64(it.box[k])) / float64(4*len(test))
 			}
