@@ -53,21 +53,29 @@ func (s *Service) Compare(ctx context.Context, runA, runB string) (Table, error)
 	return compareTable(runA, runB, a, b), nil
 }
 
-func flatMetrics(es []EvaluationRow) map[string]float64 {
+// metricKey is a metric's flat name, "<stage>/<benchmark>/<split>/<metric>",
+// as events.EvaluationCompleted.Metrics carries it.
+func metricKey(stage, bench, split, metric string) string {
+	return stage + "/" + bench + "/" + split + "/" + metric
+}
+
+// flatMetrics flattens evaluations to metricKey names; the sample counts
+// ("n", "pairs") only with counts.
+func flatMetrics(es []EvaluationRow, counts bool) map[string]float64 {
 	out := map[string]float64{}
 	for _, e := range es {
 		for m, v := range e.Metrics {
-			if m == "n" || m == "pairs" {
+			if !counts && (m == "n" || m == "pairs") {
 				continue
 			}
-			out[e.Stage+"/"+e.Benchmark+"/"+e.Split+"/"+m] = v
+			out[metricKey(e.Stage, e.Benchmark, e.Split, m)] = v
 		}
 	}
 	return out
 }
 
 func compareTable(runA, runB string, a, b []EvaluationRow) Table {
-	ma, mb := flatMetrics(a), flatMetrics(b)
+	ma, mb := flatMetrics(a, false), flatMetrics(b, false)
 	var keys []string
 	for k := range ma {
 		keys = append(keys, k)

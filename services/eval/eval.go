@@ -322,7 +322,7 @@ func (s *Service) evaluate(ctx context.Context, req events.EvalRequested, progre
 	for _, e := range evals {
 		out.EvaluationIDs = append(out.EvaluationIDs, e.ID)
 		for name, v := range e.Metrics {
-			out.Metrics[e.Stage+"/"+e.Bench+"/"+e.Split+"/"+name] = v
+			out.Metrics[metricKey(e.Stage, e.Bench, e.Split, name)] = v
 		}
 	}
 	err = store.WithTx(ctx, s.pool, func(tx pgx.Tx) error {

@@ -198,13 +198,7 @@ func (s *Service) renderReport(ctx context.Context, q querier, runID string) ([]
 		d.SynthSetID, d.DatasetID = evals[0].SynthSetID, evals[0].DatasetID
 	}
 	d.Stages, d.SummaryCols, d.Summary = metricTables(evals)
-	flat := map[string]float64{}
-	for _, e := range evals {
-		for m, v := range e.Metrics {
-			flat[e.Stage+"/"+e.Benchmark+"/"+e.Split+"/"+m] = v
-		}
-	}
-	for _, r := range CompareRECToBaseline(flat) {
+	for _, r := range CompareRECToBaseline(flatMetrics(evals, true)) {
 		d.RECVersusBaseline = append(d.RECVersusBaseline, r.String())
 	}
 

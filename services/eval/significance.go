@@ -65,9 +65,8 @@ func (r RECVersusBaseline) String() string {
 func CompareRECToBaseline(metrics map[string]float64) []RECVersusBaseline {
 	type cell struct{ acc, n float64 }
 	get := func(stage, bench, split string) (cell, bool) {
-		p := stage + "/" + bench + "/" + split + "/"
-		a, ok1 := metrics[p+"acc@0.5"]
-		n, ok2 := metrics[p+"n"]
+		a, ok1 := metrics[metricKey(stage, bench, split, "acc@0.5")]
+		n, ok2 := metrics[metricKey(stage, bench, split, "n")]
 		return cell{a, n}, ok1 && ok2 && n > 0
 	}
 	stageSet := map[string]bool{}
