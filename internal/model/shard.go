@@ -183,6 +183,11 @@ func (c *ShardConfig) defaults() error {
 	if c.Dir == "" {
 		return errors.New("shard config: no output directory")
 	}
+	if c.Pack && c.Model.GroundReadout {
+		// A packed image comes once, after its first turn's question: its
+		// patches ground that question, and later turns would read it.
+		return errors.New("shard config: pack with ground_readout: later turns would read the first turn's referent")
+	}
 	if c.Name == "" {
 		c.Name = "shard"
 	}

@@ -301,6 +301,11 @@ func TestBuildShardsErrors(t *testing.T) {
 	if _, err := NewShardBuilder(bad, &memImages{}); err == nil {
 		t.Error("empty dir accepted")
 	}
+	bad = sc
+	bad.Pack, bad.Model.GroundLossWeight, bad.Model.GroundReadout = true, 1, true
+	if _, err := NewShardBuilder(bad, &memImages{}); err == nil || !strings.Contains(err.Error(), "pack with ground_readout") {
+		t.Errorf("pack with ground_readout: error %v", err)
+	}
 	recs := testRecords()
 	recs[2].Images[0].Path = "img/missing.png"
 	if _, err := BuildShards(context.Background(), sc, seqOf(recs), &memImages{}); err == nil || !strings.Contains(err.Error(), "missing") {
