@@ -176,6 +176,17 @@ func headLoss(t *testing.T, b *Backend, prefix string, lnW, lnB, hw, hb, mid, tg
 	return float64(tensors.ToScalar[float32](res[0]))
 }
 
+// firstStep runs tr's first optimizer step on bt (learning rate 3e-3,
+// Adam bias corrections 10, no weight decay).
+func firstStep(t *testing.T, tr *trainer, bt trainBatch) stepOut {
+	t.Helper()
+	out, err := tr.step(3e-3, 10, 10, 0, bt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
 // runSteps runs tr's optimizer steps from to to (learning rate 3e-3, the
 // Adam bias corrections of each step, no weight decay) on fresh batches.
 func runSteps(t *testing.T, tr *trainer, from, to int, batch func() trainBatch) []stepOut {
@@ -264,14 +275,7 @@ func TestGroundLossTrains(t *testing.T) {
 	plainCfg.GroundLossWeight = 0
 	plain := freshTrainer(t, b, plainCfg)
 	bt := batch()
-	withGround, err := tr.step(3e-3, 10, 10, 0, bt)
-	if err != nil {
-		t.Fatal(err)
-	}
-	without, err := plain.step(3e-3, 10, 10, 0, bt)
-	if err != nil {
-		t.Fatal(err)
-	}
+	withGround, without := firstStep(t, tr, bt), firstStep(t, plain, bt)
 	if withGround.ground <= 0 || math.Abs(float64(withGround.loss-without.loss)) > 1e-5 {
 		t.Fatalf("first step: loss %v with the grounding loss (ground %v), %v without: want the answer loss alone",
 			withGround.loss, withGround.ground, without.loss)
@@ -357,14 +361,7 @@ func TestBoxLossTrains(t *testing.T) {
 	rng := rand.New(rand.NewPCG(7, 8))
 	batch := func() trainBatch { return squareBoxBatch(c, rng, func([4]int) int32 { return tokAnswer0 }) }
 	bt := batch()
-	with, err := tr.step(3e-3, 10, 10, 0, bt)
-	if err != nil {
-		t.Fatal(err)
-	}
-	without, err := plain.step(3e-3, 10, 10, 0, bt)
-	if err != nil {
-		t.Fatal(err)
-	}
+	with, without := firstStep(t, tr, bt), firstStep(t, plain, bt)
 	if with.box <= 0 || without.box != 0 || math.Abs(float64(with.loss-without.loss)) > 1e-5 {
 		t.Fatalf("first step: loss %v with the box loss (box %v), %v without (box %v): want the answer loss alone",
 			with.loss, with.box, without.loss, without.box)
