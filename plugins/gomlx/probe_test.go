@@ -91,6 +91,10 @@ type probeResult struct {
 	// ShapeAcc and ShapeAccBaseline are CropShape's accuracy and that of
 	// always answering the training split's most frequent shape.
 	ShapeAcc, ShapeAccBaseline float64
+	// BySize are the freely decoded Acc@0.5 and centre hits per size class
+	// (probeItem.size), and SizeN the test objects of each.
+	BySize [3][2]float64
+	SizeN  [3]int
 }
 
 // probeSteps is GROUNDMESH_PROBE_STEPS, or def.
@@ -250,6 +254,9 @@ type probeItem struct {
 	toks []int32
 	at   int
 	box  [4]int
+	// size is the object's size class in the scene probe (0 small, 1
+	// medium, 2 large; 0 elsewhere).
+	size int
 }
 
 func runProbe(t testing.TB, o probeOpts) probeResult {
@@ -376,10 +383,13 @@ func trainProbe(t testing.TB, c model.Config, o probeOpts, train, test []probeIt
 		for i, it := range part {
 			if probeBox(freePred[i]).IoU(probeBox(it.box)) >= 0.5 {
 				r.FreeAcc05 += 1 / float64(len(test))
+				r.BySize[it.size][0]++
 			}
 			if centreIn(freePred[i], it.box) {
 				r.FreePoint += 1 / float64(len(test))
+				r.BySize[it.size][1]++
 			}
+			r.SizeN[it.size]++
 		}
 		for i, it := range part {
 			var pred [4]int

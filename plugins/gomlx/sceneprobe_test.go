@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"testing"
 
@@ -165,7 +166,7 @@ func sceneItems(t testing.TB, world *scenes.World, c model.Config, o probeOpts, 
 				box[i] = int(math.Round(v / float64(sc.Size) * 100))
 				toks = append(toks, int32(probeBox0+box[i]))
 			}
-			items = append(items, probeItem{img: img, toks: append(toks, tokEOS), at: at, box: box})
+			items = append(items, probeItem{img: img, toks: append(toks, tokEOS), at: at, box: box, size: slices.Index(scenes.Sizes, obj.Attributes[scenes.AttrSize])})
 		}
 	}
 	return items
@@ -215,7 +216,9 @@ func cropShapeItem(t testing.TB, im image.Image, obj gmdataset.Object, c model.C
 // the convolutional stem ("-stem"), the box loss ("-box") and the
 // grounding readout ("-readout"). It reports Acc@0.5 and how often the
 // box's centre lies in the true box, teacher forced and with the box
-// decoded greedily after the model's own numbers ("free-"), as eval does.
+// decoded greedily after the model's own numbers ("free-"), as eval does,
+// and logs the freely decoded figures per size class (small, medium,
+// large).
 // "crop-shape" asks for the shape of an object's 1.5x crop instead, and
 // reports its accuracy. It measures learning, not time, and asserts
 // nothing.
@@ -266,6 +269,11 @@ func BenchmarkSceneProbe(b *testing.B) {
 			}
 			b.Logf("%s: %d train / %d test objects, loss %.3f -> %.3f, Acc@0.5 %.3f (mean box %.3f), centre in box %.3f (mean box %.3f), |error| %.2f (mean box %.2f); decoded free: Acc@0.5 %.3f, centre in box %.3f",
 				v.name, len(train), len(test), r.FirstLoss, r.LastLoss, r.Acc05, r.Acc05Baseline, r.Point, r.PointBaseline, r.MeanErr, r.MeanErrBaseline, r.FreeAcc05, r.FreePoint)
+			for k, name := range scenes.Sizes {
+				if n := float64(r.SizeN[k]); n > 0 {
+					b.Logf("%s objects (%d): decoded free Acc@0.5 %.3f, centre in box %.3f", name, r.SizeN[k], r.BySize[k][0]/n, r.BySize[k][1]/n)
+				}
+			}
 			r.report(b)
 		})
 	}

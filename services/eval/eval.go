@@ -21,6 +21,8 @@ package eval
 import (
 	"cmp"
 	"context"
+	"crypto/sha256"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -198,9 +200,7 @@ func (s *Service) loadRecords(ctx context.Context, run RunInfo, splits []string,
 	}
 	for _, m := range set.bySplit {
 		for b, recs := range m {
-			// Sorted so that MaxSamples picks the same records every time,
-			// whatever order the shards were read in.
-			slices.SortFunc(recs, func(x, y model.Record) int { return cmp.Compare(x.ID, y.ID) })
+			sampleOrder(recs)
 			if maxSamples > 0 && len(recs) > maxSamples {
 				recs = recs[:maxSamples]
 			}
@@ -209,6 +209,25 @@ func (s *Service) loadRecords(ctx context.Context, run RunInfo, splits []string,
 	}
 	span.SetAttributes(attribute.Int("records.skipped", set.skipped), attribute.Int("train.rec_boxes", set.mean.N()))
 	return set, nil
+}
+
+// sampleOrder sorts a split's records of one benchmark for MaxSamples, so
+// that it picks the same records every time, whatever order the shards
+// were read in, and spreads them over the split's images: by the sha256 of
+// the record ID (then the ID). Record IDs start with their image's ID
+// ("<image>/rec/3"), so the first records by ID would be a few images'
+// records each, and the evaluation's intervals (Wilson,
+// CompareRECToBaseline) assume independent samples, which records drawn
+// across the split's images are much nearer to.
+func sampleOrder(recs []model.Record) {
+	slices.SortFunc(recs, func(x, y model.Record) int {
+		return cmp.Or(cmp.Compare(sampleKey(x.ID), sampleKey(y.ID)), cmp.Compare(x.ID, y.ID))
+	})
+}
+
+func sampleKey(id string) uint64 {
+	h := sha256.Sum256([]byte(id))
+	return binary.BigEndian.Uint64(h[:8])
 }
 
 func (set *evalSet) benches(split string) []string {

@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"math"
+	"slices"
 	"strings"
 	"testing"
 
@@ -267,5 +269,33 @@ func TestMetricTablesSummary(t *testing.T) {
 	// Rows: rec/val then rec/test; the test row has the baseline in its last column.
 	if len(rows) != 2 || rows[0].Split != "val" || rows[1].Values[2] != "0.100" || rows[1].Best != 1 {
 		t.Fatalf("summary %+v", rows)
+	}
+}
+
+// TestSampleOrderSpreadsOverImages: MaxSamples' first records come from
+// many images, not the first few images' records (as ordering by ID gave),
+// and the order does not depend on the order records arrive in.
+func TestSampleOrderSpreadsOverImages(t *testing.T) {
+	var recs []model.Record
+	for img := range 40 {
+		for j := range 8 {
+			recs = append(recs, model.Record{ID: fmt.Sprintf("%06d/rec/%d", img, j)})
+		}
+	}
+	rev := slices.Clone(recs)
+	slices.Reverse(rev)
+	sampleOrder(recs)
+	sampleOrder(rev)
+	images := map[string]bool{}
+	for i, r := range recs[:40] {
+		if rev[i].ID != r.ID {
+			t.Fatalf("order depends on input order: %s vs %s at %d", r.ID, rev[i].ID, i)
+		}
+		images[strings.SplitN(r.ID, "/", 2)[0]] = true
+	}
+	// By ID the first 40 records are 5 images' records; drawn at random,
+	// 40 of 320 records cover about 26 of the 40 images.
+	if len(images) < 18 {
+		t.Fatalf("the first 40 records come from %d images", len(images))
 	}
 }
