@@ -73,6 +73,12 @@ type probeOpts struct {
 	Box float64
 	// Readout is Config.GroundReadout (with Ground).
 	Readout bool
+	// Templated asks the scene probe's questions the way the pipeline
+	// does: synth's REC templates around the description, the chat
+	// template, the tokenizer built from the questions and the answer as
+	// text ("[0.123, 0.456, 0.789, 0.900]"), instead of the description's
+	// words after filler tokens and four coarse numbers.
+	Templated bool
 }
 
 type probeResult struct {
@@ -257,6 +263,19 @@ type probeItem struct {
 	// size is the object's size class in the scene probe (0 small, 1
 	// medium, 2 large; 0 elsewhere).
 	size int
+	// coarse are the positions whose logits predict the box's four coarse
+	// numbers when the answer is not four consecutive coarse tokens after
+	// at (the templated scene probe's "[0.123, ...]"); zero: at+k.
+	coarse *[4]int
+}
+
+// coarseAt is the position whose logits predict the item's k-th coarse
+// box number.
+func (it probeItem) coarseAt(k int) int {
+	if it.coarse != nil {
+		return it.coarse[k]
+	}
+	return it.at + k
 }
 
 func runProbe(t testing.TB, o probeOpts) probeResult {
@@ -376,8 +395,8 @@ func trainProbe(t testing.TB, c model.Config, o probeOpts, train, test []probeIt
 				logits = fl
 			}
 			for i, it := range free {
-				freePred[i][k] = argmaxBox(fl[i][it.at+k])
-				it.toks[it.at+k+1] = int32(probeBox0 + freePred[i][k])
+				freePred[i][k] = argmaxBox(fl[i][it.coarseAt(k)])
+				it.toks[it.coarseAt(k)+1] = int32(probeBox0 + freePred[i][k])
 			}
 		}
 		for i, it := range part {
@@ -394,7 +413,7 @@ func trainProbe(t testing.TB, c model.Config, o probeOpts, train, test []probeIt
 		for i, it := range part {
 			var pred [4]int
 			for k := range 4 {
-				pred[k] = argmaxBox(logits[i][it.at+k])
+				pred[k] = argmaxBox(logits[i][it.coarseAt(k)])
 				r.MeanErr += math.Abs(float64(pred[k]-it.box[k])) / float64(4*len(test))
 				r.MeanErrBaseline += math.Abs(mean[k]-float64(it.box[k])) / float64(4*len(test))
 			}

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"testing"
 
 	gmdataset "github.com/groundmesh/groundmesh/internal/dataset"
@@ -123,19 +124,7 @@ func sceneItems(t testing.TB, world *scenes.World, c model.Config, o probeOpts, 
 		if (sc.Split == gmdataset.SplitTrain) != train || sc.Split == gmdataset.SplitHeldOut {
 			continue
 		}
-		f, err := os.Open(filepath.Join(world.Dir, sc.File))
-		if err != nil {
-			t.Fatal(err)
-		}
-		im, err := png.Decode(f)
-		f.Close()
-		if err != nil {
-			t.Fatal(err)
-		}
-		img, err := model.Preprocess(im, c.ImageSize)
-		if err != nil {
-			t.Fatal(err)
-		}
+		im, img := sceneImage(t, world, sc, c)
 		for k, obj := range sc.Objects {
 			if o.CropShape {
 				items = append(items, cropShapeItem(t, im, obj, c, o, rng))
@@ -170,6 +159,123 @@ func sceneItems(t testing.TB, world *scenes.World, c model.Config, o probeOpts, 
 		}
 	}
 	return items
+}
+
+// sceneImage reads a scene's image and preprocesses it for c.
+func sceneImage(t testing.TB, world *scenes.World, sc *scenes.Scene, c model.Config) (image.Image, []byte) {
+	t.Helper()
+	f, err := os.Open(filepath.Join(world.Dir, sc.File))
+	if err != nil {
+		t.Fatal(err)
+	}
+	im, err := png.Decode(f)
+	f.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := model.Preprocess(im, c.ImageSize)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return im, img
+}
+
+// sceneRECTemplates are services/synth's REC instructions.
+var sceneRECTemplates = []string{
+	"Please provide the bounding box coordinate of the region this sentence describes: {expr}.",
+	"Where is {expr}? Answer with a bounding box.",
+	"Give the box of {expr}.",
+	"Locate {expr} in the image and output its coordinates.",
+	"Find {expr} and reply with its bounding box.",
+}
+
+// templatedSceneItems is Templated's items (train, then val and test) and
+// the config c with the vocabulary and sequence length they need: each
+// object's shortest unique description ("the small red circle") in one of
+// sceneRECTemplates, encoded by model.EncodeRecord with a tokenizer built
+// from the records, with the image after the text
+// (Config.ImagesAfterText) and the box as model.FormatBox writes it.
+func templatedSceneItems(t testing.TB, world *scenes.World, c model.Config) (model.Config, []probeItem, []probeItem) {
+	t.Helper()
+	c.ImagesAfterText = true
+	rng := rand.New(rand.NewPCG(3, 4))
+	type pending struct {
+		rec   model.Record
+		img   []byte
+		size  int
+		train bool
+	}
+	var all []pending
+	vb := model.NewVocabBuilder()
+	for _, sc := range world.Scenes {
+		if sc.Split == gmdataset.SplitHeldOut {
+			continue
+		}
+		_, img := sceneImage(t, world, sc, c)
+		for k, obj := range sc.Objects {
+			ids, ok := sceneExpr(sc.Objects, k)
+			if !ok {
+				continue
+			}
+			words := []string{"the"}
+			for _, id := range ids {
+				words = append(words, sceneWordName(id))
+			}
+			q := strings.Replace(sceneRECTemplates[rng.IntN(len(sceneRECTemplates))], "{expr}", strings.Join(words, " "), 1)
+			box := model.Normalize(obj.Box, sc.Size, sc.Size)
+			rec := model.Record{
+				ID: sc.File + "/" + obj.ID, Stage: "stage2", Task: "rec", Split: sc.Split,
+				Images:        []model.ImageRef{{Kind: "image", Path: sc.File, Width: sc.Size, Height: sc.Size}},
+				Conversations: []model.Turn{{From: "human", Value: "<image>\n" + q}, {From: "gpt", Value: model.FormatBox(box)}},
+			}
+			vb.AddRecord(rec)
+			all = append(all, pending{rec: rec, img: img, size: slices.Index(scenes.Sizes, obj.Attributes[scenes.AttrSize]), train: sc.Split == gmdataset.SplitTrain})
+		}
+	}
+	tok, err := vb.Build(1024)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.VocabSize, c.MaxSeq = tok.VocabSize(), c.Patches()+64
+	var train, test []probeItem
+	for _, p := range all {
+		s, err := model.EncodeRecord(tok, c, p.rec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		at := slices.Index(s.Tokens, tok.AssistantID())
+		var coarse [4]int
+		var box [4]int
+		n := 0
+		for i := at + 1; i < len(s.Tokens) && n < 4; i++ {
+			if v := s.Tokens[i] - probeBox0; v >= 0 && v <= 100 {
+				coarse[n], box[n] = i-1, int(v)
+				n++
+			}
+		}
+		if at < 0 || n != 4 {
+			t.Fatalf("templated probe: record %s encodes without an answer box: %v", p.rec.ID, tok.Decode(s.Tokens))
+		}
+		it := probeItem{img: p.img, toks: s.Tokens, at: at, box: box, coarse: &coarse, size: p.size}
+		if p.train {
+			train = append(train, it)
+		} else {
+			test = append(test, it)
+		}
+	}
+	return c, train, test
+}
+
+// sceneWordName is the word of a sceneWordID.
+func sceneWordName(id int32) string {
+	i := int(id) - sceneWord0
+	for _, l := range [][]string{scenes.Colors, scenes.Shapes, scenes.Sizes, scenes.Textures} {
+		if i < len(l) {
+			return l[i]
+		}
+		i -= len(l)
+	}
+	panic("scene probe: unknown word id")
 }
 
 // cropShapeItem is CropShape's item for obj: its 1.5x crop of im, the
@@ -219,6 +325,8 @@ func cropShapeItem(t testing.TB, im image.Image, obj gmdataset.Object, c model.C
 // decoded greedily after the model's own numbers ("free-"), as eval does,
 // and logs the freely decoded figures per size class (small, medium,
 // large).
+// "-templated" asks the way the pipeline does (probeOpts.Templated: synth's
+// REC templates, the chat template, the answer as "[0.123, ...]" text).
 // "crop-shape" asks for the shape of an object's 1.5x crop instead, and
 // reports its accuracy. It measures learning, not time, and asserts
 // nothing.
@@ -248,13 +356,19 @@ func BenchmarkSceneProbe(b *testing.B) {
 		{"ground-stem-box", probeOpts{Steps: steps, LR: 3e-3, Heads: 2, TextFirst: true, Fusion: true, FusionAttn: true, Filler: 8, Ground: 1, Stem: true, Box: 1}},
 		{"ground-stem-box-readout", probeOpts{Steps: steps, LR: 3e-3, Heads: 2, TextFirst: true, Fusion: true, FusionAttn: true, Filler: 8, Ground: 1, Stem: true, Box: 1, Readout: true}},
 		{"ground-stem-box-readout-64", probeOpts{Steps: steps, LR: 3e-3, Heads: 2, TextFirst: true, Fusion: true, FusionAttn: true, Filler: 8, Ground: 1, Stem: true, Box: 1, Readout: true, ImageSize: 64}},
+		{"ground-stem-box-templated", probeOpts{Steps: steps, LR: 3e-3, Heads: 2, TextFirst: true, Fusion: true, FusionAttn: true, Ground: 1, Stem: true, Box: 1, Templated: true}},
 		{"ground-stem", probeOpts{Steps: steps, LR: 3e-3, Heads: 2, TextFirst: true, Fusion: true, FusionAttn: true, Filler: 8, Ground: 1, Stem: true}},
 		{"colour-no-ground", probeOpts{Steps: steps, LR: 3e-3, Heads: 2, TextFirst: true, Fusion: true, Filler: 8, ColourOnly: true}},
 	} {
 		b.Run(v.name, func(b *testing.B) {
 			c := v.o.config()
 			c.VocabSize, c.MaxSeq = sceneVocab, 20+c.Patches()+v.o.Filler
-			train, test := sceneItems(b, world, c, v.o, true), sceneItems(b, world, c, v.o, false)
+			var train, test []probeItem
+			if v.o.Templated {
+				c, train, test = templatedSceneItems(b, world, c)
+			} else {
+				train, test = sceneItems(b, world, c, v.o, true), sceneItems(b, world, c, v.o, false)
+			}
 			var r probeResult
 			for range b.N {
 				r = trainProbe(b, c, v.o, train, test)
