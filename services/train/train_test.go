@@ -27,15 +27,17 @@ func TestParseSpec(t *testing.T) {
 		t.Fatalf("defaults: %v", err)
 	}
 	if def.Stage1.Steps == 0 || len(def.Stage1.Trainable) != 0 || def.Stage2.Data.Stages[0] != "stage2" ||
-		!slices.Equal(def.Stage1.Data.Tasks, []string{"crop_name"}) {
+		!slices.Equal(def.Stage1.Data.Tasks, []string{"crop_name"}) || !slices.Equal(def.Stage2.Frozen, []string{"vision."}) ||
+		len(def.Stage1.Frozen)+len(def.Stage3.Frozen) != 0 {
 		t.Errorf("defaults %+v", def)
 	}
-	got, err := train.ParseSpec([]byte(`{"stage2": {"steps": 47, "frozen": ["vision."]}, "seed": 9}`))
+	got, err := train.ParseSpec([]byte(`{"stage2": {"steps": 47, "frozen": []}, "stage3": {"frozen": ["vision.", "projector."]}, "seed": 9}`))
 	if err != nil {
 		t.Fatal(err)
 	}
 	if got.Stage2.Steps != 47 || got.Seed != 9 || got.Stage2.BatchSize != def.Stage2.BatchSize ||
-		!slices.Equal(got.Stage2.Frozen, []string{"vision."}) || got.Stage1.Steps != def.Stage1.Steps || got.Model != def.Model {
+		len(got.Stage2.Frozen) != 0 || !slices.Equal(got.Stage3.Frozen, []string{"vision.", "projector."}) ||
+		got.Stage1.Steps != def.Stage1.Steps || got.Model != def.Model {
 		t.Errorf("partial spec did not keep the other defaults: %+v", got)
 	}
 	bad := map[string]string{
