@@ -219,15 +219,21 @@ func (s *Service) loadRecords(ctx context.Context, run RunInfo, splits []string,
 // records each, and the evaluation's intervals (Wilson,
 // CompareRECToBaseline) assume independent samples, which records drawn
 // across the split's images are much nearer to.
+// Each record's key is hashed once, not at every comparison.
 func sampleOrder(recs []model.Record) {
-	slices.SortFunc(recs, func(x, y model.Record) int {
-		return cmp.Or(cmp.Compare(sampleKey(x.ID), sampleKey(y.ID)), cmp.Compare(x.ID, y.ID))
-	})
-}
-
-func sampleKey(id string) uint64 {
-	h := sha256.Sum256([]byte(id))
-	return binary.BigEndian.Uint64(h[:8])
+	type keyed struct {
+		key uint64
+		rec model.Record
+	}
+	ks := make([]keyed, len(recs))
+	for i, r := range recs {
+		h := sha256.Sum256([]byte(r.ID))
+		ks[i] = keyed{binary.BigEndian.Uint64(h[:8]), r}
+	}
+	slices.SortFunc(ks, func(x, y keyed) int { return cmp.Or(cmp.Compare(x.key, y.key), cmp.Compare(x.rec.ID, y.rec.ID)) })
+	for i, k := range ks {
+		recs[i] = k.rec
+	}
 }
 
 func (set *evalSet) benches(split string) []string {
