@@ -16,6 +16,7 @@ import (
 	gmdataset "github.com/groundmesh/groundmesh/internal/dataset"
 	"github.com/groundmesh/groundmesh/internal/model"
 	"github.com/groundmesh/groundmesh/services/ingest/scenes"
+	"github.com/groundmesh/groundmesh/services/synth"
 )
 
 // The scene probe: the localization probe on the built-in scene world (the
@@ -46,13 +47,16 @@ var sceneAttrSubsets = [][]string{
 	{scenes.AttrSize, scenes.AttrColor, scenes.AttrTexture},
 }
 
+// sceneWords are the probe's words from sceneWord0 on: each attribute's
+// values in order ("shape" for the category).
+var sceneWords = []struct {
+	attr string
+	vals []string
+}{{scenes.AttrColor, scenes.Colors}, {"shape", scenes.Shapes}, {scenes.AttrSize, scenes.Sizes}, {scenes.AttrTexture, scenes.Textures}}
+
 func sceneWordID(attr, v string) int32 {
-	lists := []struct {
-		attr string
-		vals []string
-	}{{scenes.AttrColor, scenes.Colors}, {"shape", scenes.Shapes}, {scenes.AttrSize, scenes.Sizes}, {scenes.AttrTexture, scenes.Textures}}
 	base := sceneWord0
-	for _, l := range lists {
+	for _, l := range sceneWords {
 		if l.attr == attr {
 			for i, x := range l.vals {
 				if x == v {
@@ -180,25 +184,17 @@ func sceneImage(t testing.TB, world *scenes.World, sc *scenes.Scene, c model.Con
 	return im, img
 }
 
-// sceneRECTemplates are services/synth's REC instructions.
-var sceneRECTemplates = []string{
-	"Please provide the bounding box coordinate of the region this sentence describes: {expr}.",
-	"Where is {expr}? Answer with a bounding box.",
-	"Give the box of {expr}.",
-	"Locate {expr} in the image and output its coordinates.",
-	"Find {expr} and reply with its bounding box.",
-}
-
 // templatedSceneItems is Templated's items (train, then val and test) and
 // the config c with the vocabulary and sequence length they need: each
 // object's shortest unique description ("the small red circle") in one of
-// sceneRECTemplates, encoded by model.EncodeRecord with a tokenizer built
+// services/synth's REC instructions (synth.RECPromptTemplates), encoded by model.EncodeRecord with a tokenizer built
 // from the records, with the image after the text
 // (Config.ImagesAfterText) and the box as model.FormatBox writes it.
 func templatedSceneItems(t testing.TB, world *scenes.World, c model.Config) (model.Config, []probeItem, []probeItem) {
 	t.Helper()
 	c.ImagesAfterText = true
 	rng := rand.New(rand.NewPCG(3, 4))
+	templates := synth.RECPromptTemplates()
 	type pending struct {
 		rec   model.Record
 		img   []byte
@@ -221,7 +217,7 @@ func templatedSceneItems(t testing.TB, world *scenes.World, c model.Config) (mod
 			for _, id := range ids {
 				words = append(words, sceneWordName(id))
 			}
-			q := strings.Replace(sceneRECTemplates[rng.IntN(len(sceneRECTemplates))], "{expr}", strings.Join(words, " "), 1)
+			q := strings.Replace(templates[rng.IntN(len(templates))], "{expr}", strings.Join(words, " "), 1)
 			box := model.Normalize(obj.Box, sc.Size, sc.Size)
 			rec := model.Record{
 				ID: sc.File + "/" + obj.ID, Stage: "stage2", Task: "rec", Split: sc.Split,
@@ -269,11 +265,11 @@ func templatedSceneItems(t testing.TB, world *scenes.World, c model.Config) (mod
 // sceneWordName is the word of a sceneWordID.
 func sceneWordName(id int32) string {
 	i := int(id) - sceneWord0
-	for _, l := range [][]string{scenes.Colors, scenes.Shapes, scenes.Sizes, scenes.Textures} {
-		if i < len(l) {
-			return l[i]
+	for _, l := range sceneWords {
+		if i < len(l.vals) {
+			return l.vals[i]
 		}
-		i -= len(l)
+		i -= len(l.vals)
 	}
 	panic("scene probe: unknown word id")
 }

@@ -2,6 +2,7 @@ package synth
 
 import (
 	"fmt"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -106,6 +107,11 @@ const (
 	aDenseRel = "a_dense_rel"
 	aQRel     = "a_q_relation"
 )
+
+// RECPromptTemplates returns a copy of the REC instructions, each with an
+// "{expr}" placeholder for the referring expression, for tools that ask
+// the way synthesized records do (plugins/gomlx's scene probe).
+func RECPromptTemplates() []string { return slices.Clone(promptTemplates[tRec]) }
 
 // promptTemplates are the human-side phrasings, several per task.
 var promptTemplates = map[string][]string{
