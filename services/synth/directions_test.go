@@ -28,6 +28,7 @@ func TestTextToCoordinates(t *testing.T) {
 	f := sharedSet(t)
 	recs := f.of(synth.TaskREC)
 	needRecords(t, recs, 100)
+	fromRefs := map[bool]int{}
 	for _, r := range recs {
 		if r.Direction != synth.DirTC || r.Stage != synth.Stage2 {
 			t.Fatalf("%s: direction %q stage %q", r.ID, r.Direction, r.Stage)
@@ -54,6 +55,28 @@ func TestTextToCoordinates(t *testing.T) {
 		if sel := f.resolve(im.ID, expr); len(sel) != 1 || sel[0] != o {
 			t.Fatalf("%s: expression %q selects %d objects, want exactly the referent %s", r.ID, expr, len(sel), o.ID)
 		}
+		// A dataset sentence is credited to its ref; each referent's
+		// distinct expressions (its refs' sentences and the synthesized
+		// minimal one) are drawn alike.
+		var refID string
+		withRefs := false
+		for _, rf := range f.ds.Refs {
+			if rf.ObjectID == o.ID {
+				withRefs = true
+				if refID == "" && slices.Contains(rf.Sentences, expr) {
+					refID = rf.ID
+				}
+			}
+		}
+		if refID != "" && (len(r.Lineage.AnnotationIDs) != 2 || r.Lineage.AnnotationIDs[1] != refID) {
+			t.Fatalf("%s: expression %q is ref %s's, lineage %v", r.ID, expr, refID, r.Lineage.AnnotationIDs)
+		}
+		if withRefs {
+			fromRefs[refID != ""]++
+		}
+	}
+	if n := fromRefs[true] + fromRefs[false]; n < 20 || 2*fromRefs[true] <= n {
+		t.Fatalf("of %d records on referents with refs, %d ask a ref's sentence: want more than half", n, fromRefs[true])
 	}
 }
 

@@ -43,6 +43,13 @@ func (w *worker) pickReferent(t string, r *rng) (k, reg int) {
 	return k, reg
 }
 
+// exprChoice is one distinct referring expression of a REC referent and
+// the dataset ref that wrote it (nil: synthesized).
+type exprChoice struct {
+	text string
+	ref  *dataset.Ref
+}
+
 // genREC (T->C): referring expression -> box.
 func (w *worker) genREC(j int, r *rng) {
 	ii := w.ii
@@ -57,22 +64,40 @@ func (w *worker) genREC(j int, r *rng) {
 		o := &ii.objs[k]
 		box, bin = o.box, o.bin
 		rec.Lineage.AnnotationIDs = []string{o.src.ID}
-		nRefs := 0
-		for _, rf := range o.refs {
-			nRefs += len(rf.Sentences)
+		// Every distinct expression of the referent is equally likely: the
+		// dataset's own (RefCOCO's sentences, the scene world's) and the
+		// minimal one synthesized from its attributes, which is often one
+		// of them already. (The minimal one took half the records before,
+		// whatever the dataset wrote: the scene world's "the circle" far
+		// more often than its "the red circle" or "the circle left of the
+		// blue star".)
+		var ref *dataset.Ref
+		ex := w.exprs[:0]
+		if o.expr != "" {
+			ex = append(ex, exprChoice{text: "the " + o.expr})
 		}
-		if o.expr != "" && (nRefs == 0 || r.intn(2) == 0) {
-			expr = "the " + o.expr
-		} else {
-			x := r.intn(nRefs)
-			for _, rf := range o.refs {
-				if x < len(rf.Sentences) {
-					expr = rf.Sentences[x]
-					rec.Lineage.AnnotationIDs = append(rec.Lineage.AnnotationIDs, rf.ID)
-					break
+		for _, rf := range o.refs {
+		sentences:
+			for _, s := range rf.Sentences {
+				for i := range ex {
+					if ex[i].text == s {
+						if ex[i].ref == nil {
+							ex[i].ref = rf
+						}
+						continue sentences
+					}
 				}
-				x -= len(rf.Sentences)
+				ex = append(ex, exprChoice{text: s, ref: rf})
 			}
+		}
+		w.exprs = ex
+		if len(ex) == 0 {
+			return // a ref without sentences: nothing to ask
+		}
+		c := ex[r.intn(len(ex))]
+		expr, ref = c.text, c.ref
+		if ref != nil {
+			rec.Lineage.AnnotationIDs = append(rec.Lineage.AnnotationIDs, ref.ID)
 		}
 	case reg >= 0:
 		rg := &ii.regions[reg]

@@ -81,6 +81,7 @@ type worker struct {
 	fileSHA string
 	// generation scratch
 	group []genRec
+	exprs []exprChoice
 	out   *batch
 	// encoding
 	buf bytes.Buffer

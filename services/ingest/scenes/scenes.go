@@ -21,6 +21,7 @@ package scenes
 import (
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"strconv"
 
 	"github.com/groundmesh/groundmesh/internal/dataset"
@@ -28,7 +29,7 @@ import (
 
 // Generator identifies the generator version written into scenes.json;
 // bump it when output for the same spec changes.
-const Generator = "groundmesh-scenes/1"
+const Generator = "groundmesh-scenes/2"
 
 // MinVisible is the smallest visible fraction of any object's pixels.
 const MinVisible = 0.6
@@ -342,7 +343,32 @@ func descOf(o dataset.Object, attrs []string) Desc {
 
 // minimal returns the shortest attribute description that selects only o.
 func minimal(o dataset.Object, objs []dataset.Object) (Desc, bool) {
+	return shortest(o, objs, attrSubsets)
+}
+
+// colourSubsets are the attribute subsets that name the colour, shortest
+// first.
+var colourSubsets = func() [][]string {
+	var out [][]string
 	for _, s := range attrSubsets {
+		if slices.Contains(s, AttrColor) {
+			out = append(out, s)
+		}
+	}
+	return out
+}()
+
+// spoken returns the shortest description that names o's colour and
+// selects only o: "the red circle" where "the circle" would do, as
+// RefCOCO's annotators name the colour of what they point at more often
+// than not. Whenever any attribute description selects only o, one with
+// the colour does too (adding an attribute never selects more).
+func spoken(o dataset.Object, objs []dataset.Object) (Desc, bool) {
+	return shortest(o, objs, colourSubsets)
+}
+
+func shortest(o dataset.Object, objs []dataset.Object, subsets [][]string) (Desc, bool) {
+	for _, s := range subsets {
 		d := descOf(o, s)
 		if len(Resolve(Expr{Head: d}, objs, 0, 0)) == 1 {
 			return d, true
@@ -351,10 +377,11 @@ func minimal(o dataset.Object, objs []dataset.Object) (Desc, bool) {
 	return Desc{}, false
 }
 
-// describe writes up to three expressions per object: the shortest
-// attribute description, one with a relation to a uniquely described
-// landmark, and the full attribute description; each verified to select
-// exactly its object.
+// describe writes up to four expressions per object: the shortest
+// attribute description, the shortest that names the colour, one with a
+// relation to a uniquely described landmark, and the full attribute
+// description; each verified to select exactly its object. Duplicates
+// are written once.
 func (sc *Scene) describe(rng *rand.Rand) error {
 	objs := sc.Objects
 	mins := make([]*Desc, len(objs))
@@ -384,6 +411,11 @@ func (sc *Scene) describe(rng *rand.Rand) error {
 		}
 		if mins[ti] != nil {
 			if err := add(Expr{Head: *mins[ti]}); err != nil {
+				return err
+			}
+		}
+		if d, ok := spoken(t, objs); ok {
+			if err := add(Expr{Head: d}); err != nil {
 				return err
 			}
 		}

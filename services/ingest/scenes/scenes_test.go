@@ -227,6 +227,21 @@ func TestWorldProperties(t *testing.T) {
 			if r.Exprs[0].Pred != "" {
 				relNeeded++ // no attribute description was unique: a relation was needed
 			}
+			// An object that some attribute description singles out is
+			// also named by its colour ("the red circle"), and the
+			// shortest such description is there.
+			if d, ok := minimal(target, sc.Objects); ok {
+				colour := target.Attributes[AttrColor]
+				var spokenOK bool
+				for _, e := range r.Exprs {
+					if e.Pred == "" && e.Head.Color == colour && len(strings.Fields(e.String())) <= len(strings.Fields(d.String()))+1 {
+						spokenOK = true
+					}
+				}
+				if !spokenOK {
+					t.Fatalf("scene %d ref %s: no short expression names its colour %q: %v", sc.ID, r.ObjectID, colour, r.Sentences)
+				}
+			}
 		}
 		checkPixels(t, w.Dir, sc)
 	}
