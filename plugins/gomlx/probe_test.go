@@ -30,6 +30,7 @@ const (
 	probeAnswer   = 122 // "answer now" when the question precedes the image
 	probeFiller0  = 123 // 123 .. 129: filler words
 	probeFillers  = 7
+	fineTok0      = probeBox0 + 101 // fine digits "0" .. "9", after the coarse numbers
 )
 
 type probeOpts struct {
@@ -55,6 +56,9 @@ type probeOpts struct {
 	// ColourOnly asks the scene probe about objects of a colour no other
 	// object in their image has, by the colour word alone.
 	ColourOnly bool
+	// NoFine leaves the box numbers' third decimals (the fine digit
+	// tokens of model.FormatBox's answers) out of the answer loss.
+	NoFine bool
 	// ShapeOnly asks by the shape word alone, about objects of a shape no
 	// other object in their image has.
 	ShapeOnly bool
@@ -319,6 +323,9 @@ func trainProbe(t testing.TB, c model.Config, o probeOpts, train, test []probeIt
 			}
 		}
 		for p := it.at; p < len(it.toks)-1; p++ {
+			if o.NoFine && it.toks[p+1] >= fineTok0 && it.toks[p+1] < fineTok0+10 {
+				continue
+			}
 			targets[i*L+p] = it.toks[p+1]
 		}
 		// The box is in hundredths of the image: a 100 x 100 image's pixels.

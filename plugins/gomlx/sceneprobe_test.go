@@ -190,7 +190,7 @@ func sceneImage(t testing.TB, world *scenes.World, sc *scenes.Scene, c model.Con
 // services/synth's REC instructions (synth.RECPromptTemplates), encoded by model.EncodeRecord with a tokenizer built
 // from the records, with the image after the text
 // (Config.ImagesAfterText) and the box as model.FormatBox writes it.
-func templatedSceneItems(t testing.TB, world *scenes.World, c model.Config) (model.Config, []probeItem, []probeItem) {
+func templatedSceneItems(t testing.TB, world *scenes.World, c model.Config, o probeOpts) (model.Config, []probeItem, []probeItem) {
 	t.Helper()
 	c.ImagesAfterText = true
 	rng := rand.New(rand.NewPCG(3, 4))
@@ -210,6 +210,11 @@ func templatedSceneItems(t testing.TB, world *scenes.World, c model.Config) (mod
 		_, img := sceneImage(t, world, sc, c)
 		for k, obj := range sc.Objects {
 			ids, ok := sceneExpr(sc.Objects, k)
+			if o.ColourOnly {
+				// "the red circle" for an object whose colour is its own.
+				ids, ok = wordExpr(sc.Objects, k, scenes.AttrColor)
+				ids = append(ids, sceneWordID("shape", obj.Category))
+			}
 			if !ok {
 				continue
 			}
@@ -353,6 +358,10 @@ func BenchmarkSceneProbe(b *testing.B) {
 		{"ground-stem-box-readout", probeOpts{Steps: steps, LR: 3e-3, Heads: 2, TextFirst: true, Fusion: true, FusionAttn: true, Filler: 8, Ground: 1, Stem: true, Box: 1, Readout: true}},
 		{"ground-stem-box-readout-64", probeOpts{Steps: steps, LR: 3e-3, Heads: 2, TextFirst: true, Fusion: true, FusionAttn: true, Filler: 8, Ground: 1, Stem: true, Box: 1, Readout: true, ImageSize: 64}},
 		{"ground-stem-box-templated", probeOpts{Steps: steps, LR: 3e-3, Heads: 2, TextFirst: true, Fusion: true, FusionAttn: true, Ground: 1, Stem: true, Box: 1, Templated: true}},
+		{"colour-stem-box-templated", probeOpts{Steps: steps, LR: 3e-3, Heads: 2, TextFirst: true, Fusion: true, FusionAttn: true, Ground: 1, Stem: true, Box: 1, Templated: true, ColourOnly: true}},
+		{"colour-stem-box-templated-nofine", probeOpts{Steps: steps, LR: 3e-3, Heads: 2, TextFirst: true, Fusion: true, FusionAttn: true, Ground: 1, Stem: true, Box: 1, Templated: true, ColourOnly: true, NoFine: true}},
+		{"colour-stem-box", probeOpts{Steps: steps, LR: 3e-3, Heads: 2, TextFirst: true, Fusion: true, FusionAttn: true, Filler: 8, ColourOnly: true, Ground: 1, Stem: true, Box: 1}},
+		{"colour-box-templated", probeOpts{Steps: steps, LR: 3e-3, Heads: 2, TextFirst: true, Fusion: true, FusionAttn: true, Ground: 1, Box: 1, Templated: true, ColourOnly: true}},
 		{"ground-stem", probeOpts{Steps: steps, LR: 3e-3, Heads: 2, TextFirst: true, Fusion: true, FusionAttn: true, Filler: 8, Ground: 1, Stem: true}},
 		{"colour-no-ground", probeOpts{Steps: steps, LR: 3e-3, Heads: 2, TextFirst: true, Fusion: true, Filler: 8, ColourOnly: true}},
 	} {
@@ -361,7 +370,7 @@ func BenchmarkSceneProbe(b *testing.B) {
 			c.VocabSize, c.MaxSeq = sceneVocab, 20+c.Patches()+v.o.Filler
 			var train, test []probeItem
 			if v.o.Templated {
-				c, train, test = templatedSceneItems(b, world, c)
+				c, train, test = templatedSceneItems(b, world, c, v.o)
 			} else {
 				train, test = sceneItems(b, world, c, v.o, true), sceneItems(b, world, c, v.o, false)
 			}
