@@ -122,6 +122,9 @@ func (c Config) Params() []ParamSpec {
 	add("projector.fc2.b", w)
 	add("embed.tokens", c.VocabSize, w)
 	add("embed.pos", c.MaxSeq, w)
+	if c.PatchPositions {
+		add("embed.patch_pos", c.Patches(), w)
+	}
 	if c.TextFusion {
 		add("fusion.ln.w", w)
 		add("fusion.ln.b", w)

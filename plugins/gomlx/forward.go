@@ -25,7 +25,7 @@ type netWeights struct {
 	vblocks                    []blockWeights
 	vlnW, vlnB                 []float32
 	pfc1W, pfc1B, pfc2W, pfc2B []float32
-	tok, pos                   []float32
+	tok, pos, patchPos         []float32
 	blocks                     []blockWeights
 	lnW, lnB, head             []float32
 	// Config.TextFusion only.
@@ -54,7 +54,7 @@ func newNetWeights(c model.Config, w map[string][]float32) *netWeights {
 		vlnW: w["vision.ln_f.w"], vlnB: w["vision.ln_f.b"],
 		pfc1W: w["projector.fc1.w"], pfc1B: w["projector.fc1.b"],
 		pfc2W: w["projector.fc2.w"], pfc2B: w["projector.fc2.b"],
-		tok: w["embed.tokens"], pos: w["embed.pos"],
+		tok: w["embed.tokens"], pos: w["embed.pos"], patchPos: w["embed.patch_pos"],
 		lnW: w["lm.ln_f.w"], lnB: w["lm.ln_f.b"], head: w["lm_head.w"],
 		fuseLnW: w["fusion.ln.w"], fuseLnB: w["fusion.ln.b"], fuseW: w["fusion.w"], fuseB: w["fusion.b"],
 		fuseQuery: w["fusion.query"],
@@ -451,6 +451,10 @@ func (n *netWeights) embed(tokens []int32, pos0 int, feats []float32, featRows i
 			}
 		}
 		p := n.pos[(pos0+t)*w : (pos0+t+1)*w]
+		if c.PatchPositions && sc.rowImg[len(sc.rowImg)-1] >= 0 {
+			k := (next - 1) % c.Patches() // next has moved past this patch's row
+			p = n.patchPos[k*w : (k+1)*w]
+		}
 		for i := range row {
 			row[i] += p[i]
 		}

@@ -164,8 +164,17 @@ func (n *netGraph) hiddenMid(tokens, patchIdx, isPatch, images *graph.Node) (h, 
 	}
 	m := graph.InsertAxes(isPatch, -1)
 	x := graph.Add(graph.Mul(tok, graph.OneMinus(m)), graph.Mul(patch, m))
-	pos := graph.SliceAxis(n.p["embed.pos"], 0, graph.AxisRange(0, l))
-	x = graph.Add(x, graph.InsertAxes(pos, 0))
+	pos := graph.InsertAxes(graph.SliceAxis(n.p["embed.pos"], 0, graph.AxisRange(0, l)), 0) // [1, L, W]
+	if c.PatchPositions {
+		// The k-th patch of its image (its feature row mod Patches())
+		// takes embed.patch_pos[k] instead of its sequence position's.
+		np := int32(c.Patches())
+		k := graph.Sub(patchIdx, graph.MulScalar(graph.DivScalar(patchIdx, float64(np)), float64(np)))
+		pp := graph.Gather(n.p["embed.patch_pos"], graph.InsertAxes(k, -1)) // [B, L, W]
+		x = graph.Add(x, graph.Add(graph.Mul(pos, graph.OneMinus(m)), graph.Mul(pp, m)))
+	} else {
+		x = graph.Add(x, pos)
+	}
 	bias := graph.Where(graph.LowerTriangular(g, l), graph.Scalar(g, dtypes.Float32, 0), graph.Scalar(g, dtypes.Float32, maskedScore))
 	for i := range c.Depth {
 		if i == c.Depth-1 {

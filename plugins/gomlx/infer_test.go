@@ -197,10 +197,12 @@ func TestPrefillDecodeMatchFullForward(t *testing.T) {
 	stem.ConvStem = true // 16-pixel images, 8-pixel patches: three convolutions of 4, 8, 16 channels
 	readout := grounded
 	readout.GroundReadout = true // inference must use ground.* and readout.w, image by image
+	patchPos := attn
+	patchPos.PatchPositions = true // patches take embed.patch_pos by their index in the image
 	for _, v := range []struct {
 		name string
 		c    model.Config
-	}{{"plain", tinyConfig()}, {"text-fusion", fusion}, {"ground-loss", grounded}, {"fusion-attention", attn}, {"conv-stem", stem}, {"ground-readout", readout}} {
+	}{{"plain", tinyConfig()}, {"text-fusion", fusion}, {"ground-loss", grounded}, {"fusion-attention", attn}, {"conv-stem", stem}, {"ground-readout", readout}, {"patch-positions", patchPos}} {
 		t.Run(v.name, func(t *testing.T) { testPrefillDecodeMatch(t, v.c) })
 	}
 }

@@ -21,7 +21,9 @@ import (
 // stride 2 and zero padding 1; lm_head.w [width, vocab] without bias.
 //
 // A PatchToken position's input is projector(patch feature) + embed.pos[t]
-// (the token embedding is replaced, the position embedding is still added).
+// (the token embedding is replaced, the position embedding is still added),
+// or with Config.PatchPositions + embed.patch_pos[k] for the image's k-th
+// patch.
 // Vision blocks attend over all patches of one image; language-model blocks
 // are causal. Every block is pre-LN: x += attn(ln1(x)); x += mlp(ln2(x)).
 
@@ -57,7 +59,7 @@ func (p paramSpec) Size() int {
 // decays reports whether AdamW weight decay applies: matrices and
 // convolution kernels only, never biases, layer norms or position tables.
 func (p paramSpec) decays() bool {
-	return len(p.Shape) >= 2 && !strings.HasSuffix(p.Name, ".pos")
+	return len(p.Shape) >= 2 && !strings.HasSuffix(p.Name, ".pos") && p.Name != "embed.patch_pos"
 }
 
 // paramSpecs lists every parameter of the model in model.Config.Params

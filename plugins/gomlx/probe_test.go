@@ -46,6 +46,12 @@ type probeOpts struct {
 	// before the question when TextFirst: what a real instruction wraps
 	// its two or three telling words in.
 	Filler int
+	// FillerJitter adds 0 to FillerJitter more filler tokens per item
+	// (scene probe), so that the image's patches sit at a sequence
+	// position that varies as a templated instruction's length does.
+	FillerJitter int
+	// PatchPos is Config.PatchPositions.
+	PatchPos bool
 	// Width, Depth and Sigma override the demo's 64, 2 and
 	// Config.BoxLabelSigma when not zero.
 	Width, Depth int
@@ -131,7 +137,7 @@ func (r probeResult) report(b *testing.B) {
 func (o probeOpts) config() model.Config {
 	c := model.DefaultConfig(130)
 	c.Width, c.Depth, c.Heads, c.VisionDepth = 64, 2, o.Heads, o.VisDepth
-	c.MaxSeq, c.MaxImages = 48+o.Filler, 1
+	c.MaxSeq, c.MaxImages = 48+o.Filler+o.FillerJitter, 1
 	c.TextFusion = o.Fusion
 	c.FusionAttention = o.FusionAttn
 	if o.Width > 0 {
@@ -147,6 +153,7 @@ func (o probeOpts) config() model.Config {
 	c.ConvStem = o.Stem
 	c.BoxLossWeight = o.Box
 	c.GroundReadout = o.Readout
+	c.PatchPositions = o.PatchPos
 	if o.ImageSize > 0 {
 		c.ImageSize = o.ImageSize
 	}

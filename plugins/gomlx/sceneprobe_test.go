@@ -145,7 +145,11 @@ func sceneItems(t testing.TB, world *scenes.World, c model.Config, o probeOpts, 
 				continue
 			}
 			toks := []int32{tokBOS}
-			for range o.Filler {
+			filler := o.Filler
+			if o.FillerJitter > 0 {
+				filler += rng.IntN(o.FillerJitter + 1)
+			}
+			for range filler {
 				toks = append(toks, int32(probeFiller0+rng.IntN(probeFillers)))
 			}
 			toks = append(toks, words...)
@@ -362,12 +366,16 @@ func BenchmarkSceneProbe(b *testing.B) {
 		{"colour-stem-box-templated-nofine", probeOpts{Steps: steps, LR: 3e-3, Heads: 2, TextFirst: true, Fusion: true, FusionAttn: true, Ground: 1, Stem: true, Box: 1, Templated: true, ColourOnly: true, NoFine: true}},
 		{"colour-stem-box", probeOpts{Steps: steps, LR: 3e-3, Heads: 2, TextFirst: true, Fusion: true, FusionAttn: true, Filler: 8, ColourOnly: true, Ground: 1, Stem: true, Box: 1}},
 		{"colour-box-templated", probeOpts{Steps: steps, LR: 3e-3, Heads: 2, TextFirst: true, Fusion: true, FusionAttn: true, Ground: 1, Box: 1, Templated: true, ColourOnly: true}},
+		{"colour-box-jitter", probeOpts{Steps: steps, LR: 3e-3, Heads: 2, TextFirst: true, Fusion: true, FusionAttn: true, Filler: 4, FillerJitter: 8, ColourOnly: true, Ground: 1, Box: 1}},
+		{"colour-box-jitter-patchpos", probeOpts{Steps: steps, LR: 3e-3, Heads: 2, TextFirst: true, Fusion: true, FusionAttn: true, Filler: 4, FillerJitter: 8, ColourOnly: true, Ground: 1, Box: 1, PatchPos: true}},
+		{"colour-box-templated-patchpos", probeOpts{Steps: steps, LR: 3e-3, Heads: 2, TextFirst: true, Fusion: true, FusionAttn: true, Ground: 1, Box: 1, Templated: true, ColourOnly: true, PatchPos: true}},
+		{"ground-box-templated-patchpos", probeOpts{Steps: steps, LR: 3e-3, Heads: 2, TextFirst: true, Fusion: true, FusionAttn: true, Ground: 1, Box: 1, Templated: true, PatchPos: true}},
 		{"ground-stem", probeOpts{Steps: steps, LR: 3e-3, Heads: 2, TextFirst: true, Fusion: true, FusionAttn: true, Filler: 8, Ground: 1, Stem: true}},
 		{"colour-no-ground", probeOpts{Steps: steps, LR: 3e-3, Heads: 2, TextFirst: true, Fusion: true, Filler: 8, ColourOnly: true}},
 	} {
 		b.Run(v.name, func(b *testing.B) {
 			c := v.o.config()
-			c.VocabSize, c.MaxSeq = sceneVocab, 20+c.Patches()+v.o.Filler
+			c.VocabSize, c.MaxSeq = sceneVocab, 20+c.Patches()+v.o.Filler+v.o.FillerJitter
 			var train, test []probeItem
 			if v.o.Templated {
 				c, train, test = templatedSceneItems(b, world, c, v.o)

@@ -169,13 +169,22 @@ func DefaultSpec() RunSpec {
 	// between no colour binding at all (Acc@0.5 0.002, at the mean box) and
 	// Acc@0.5 0.14; it costs a layer norm and a dot product per patch.
 	m.GroundLossWeight = 1
-	// The convolutional stem (model.Config.ConvStem): the scene world's
-	// expressions nearly all name a shape, and the linear patch embedding
-	// did not learn shapes within the demo's budget. On the scene probe's
-	// crops (plugins/gomlx, BenchmarkSceneProbe/crop-shape-stem) it names
-	// the shape 77.5% of the time after 1,000 steps, against 24.7%, for
-	// about a fifth more time per step.
-	m.ConvStem = true
+	// Not the convolutional stem (model.Config.ConvStem), the default
+	// from the second session of 2026-11-30 until the fifth. On the scene probe's
+	// crops it named the shape 77.5% of the time after 1,000 steps against
+	// the linear patch embedding's 24.7%, but it all but stops the model
+	// from finding an object by its colour: colour word alone, 1,000
+	// steps, freely decoded box centre in the object 12.5% of the time
+	// (Acc@0.5 0.022) with the stem against 68.5% (0.198) without
+	// (BenchmarkSceneProbe, colour-stem-box against colour-ground-attn-box;
+	// in synth's REC wording, colour-stem-box-templated against
+	// colour-box-templated, 14.6% against 34.3%). In the pipeline the
+	// linear embedding also names crops better: crop naming's answer NLL
+	// 0.63 / 0.62 / 0.62 against 0.72 / 0.70 / 0.72 after stage 1 (val /
+	// test / heldout: /tmp/demoU against /tmp/demoR, 2026-11-30), its
+	// image_gain 0.54 to 0.66 against 0.31 to 0.35; and a step runs about
+	// a tenth faster (BenchmarkTrainStep: 11.96 against 10.70 steps/s).
+	m.ConvStem = false
 	// The box loss (model.Config.BoxLossWeight): the referent's patches
 	// also regress its box, so that the last block can read the numbers
 	// off them. On the scene probe's colour words (colour-ground-attn-box

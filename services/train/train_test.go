@@ -28,8 +28,13 @@ func TestParseSpec(t *testing.T) {
 	}
 	if def.Stage1.Steps == 0 || len(def.Stage1.Trainable) != 0 || def.Stage2.Data.Stages[0] != "stage2" ||
 		!slices.Equal(def.Stage1.Data.Tasks, []string{"crop_name"}) || !slices.Equal(def.Stage2.Frozen, []string{"vision."}) ||
-		len(def.Stage1.Frozen)+len(def.Stage3.Frozen) != 0 {
+		len(def.Stage1.Frozen)+len(def.Stage3.Frozen) != 0 || def.Model.ConvStem || !def.Model.FusionAttention {
 		t.Errorf("defaults %+v", def)
+	}
+	// A spec can still ask for the convolutional stem.
+	stem, err := train.ParseSpec([]byte(`{"model": {"conv_stem": true}}`))
+	if err != nil || !stem.Model.ConvStem || stem.Model.Width != def.Model.Width {
+		t.Errorf("conv_stem: %+v, %v", stem.Model, err)
 	}
 	got, err := train.ParseSpec([]byte(`{"stage2": {"steps": 47, "frozen": []}, "stage3": {"frozen": ["vision.", "projector."]}, "seed": 9}`))
 	if err != nil {
