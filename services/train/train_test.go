@@ -28,7 +28,7 @@ func TestParseSpec(t *testing.T) {
 	}
 	if def.Stage1.Steps == 0 || len(def.Stage1.Trainable) != 0 || def.Stage2.Data.Stages[0] != "stage2" ||
 		!slices.Equal(def.Stage1.Data.Tasks, []string{"crop_name"}) || !slices.Equal(def.Stage2.Frozen, []string{"vision."}) ||
-		len(def.Stage1.Frozen)+len(def.Stage3.Frozen) != 0 || def.Model.ConvStem || !def.Model.FusionAttention {
+		len(def.Stage1.Frozen)+len(def.Stage3.Frozen) != 0 || def.Model.ConvStem || !def.Model.FusionAttention || !def.Model.PatchPositions {
 		t.Errorf("defaults %+v", def)
 	}
 	// A spec can still ask for the convolutional stem.
