@@ -373,3 +373,42 @@ func TestConvStemTrains(t *testing.T) {
 		}
 	}
 }
+
+// TestPatchPositionsTrain trains the colour task with
+// Config.PatchPositions: the patches' position embeddings come from
+// embed.patch_pos, which must train, and no longer from embed.pos, whose
+// rows at the patches' sequence positions (1..4 in this task, where no
+// text ever sits) must then keep their initial values exactly (position
+// tables take no weight decay).
+func TestPatchPositionsTrain(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	c := tinyConfig()
+	c.PatchPositions = true
+	shard := writeColourShard(t, dir, c, 256, 1)
+	b := newTestBackend(t)
+	req := colourRequest(t, dir, shard)
+	req.ModelConfig = configJSON(t, c)
+	req.CheckpointEvery = 0
+	res, err := b.Train(ctx, req, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !(res.LastLoss < 0.3*res.FirstLoss) {
+		t.Fatalf("loss did not fall clearly: first %.4f last %.4f", res.FirstLoss, res.LastLoss)
+	}
+	init := initParams(paramSpecs(c), req.Seed)
+	got := readWeights(t, res.Final.Path, c)
+	if pp := got.weights["embed.patch_pos"]; len(pp) != c.Patches()*c.Width || slices.Equal(init["embed.patch_pos"], pp) {
+		t.Fatalf("embed.patch_pos did not train (%d values)", len(pp))
+	}
+	w := c.Width
+	for p := 1; p <= c.Patches(); p++ {
+		if !slices.Equal(init["embed.pos"][p*w:(p+1)*w], got.weights["embed.pos"][p*w:(p+1)*w]) {
+			t.Errorf("embed.pos row %d (a patch position) changed: the patches still read it", p)
+		}
+	}
+	if slices.Equal(init["embed.pos"][0:w], got.weights["embed.pos"][0:w]) {
+		t.Errorf("embed.pos row 0 (BOS) did not train")
+	}
+}
