@@ -342,7 +342,8 @@ func patchCover(c Config, w, h int, boxes [][4]float64) (cover []float64, which 
 
 // pack merges, in entry order, the packable entries that read the same
 // image into multi-turn samples that fit MaxSeq. A merged sample keeps the
-// place of its first record.
+// place of its first record; a record with patch labels (entry.ground)
+// starts a new sample.
 func (b *ShardBuilder) pack(entries []entry) []entry {
 	open := map[string]int{} // image key -> index in out of the sample still taking turns
 	out := entries[:0:0]
@@ -352,7 +353,12 @@ func (b *ShardBuilder) pack(entries []entry) []entry {
 			continue
 		}
 		k := imageKey(e.images[0])
-		if i, ok := open[k]; ok {
+		// A record whose answer grounds the image (it labels the patches:
+		// entry.ground) only leads a sequence: as a later turn its question
+		// would come after the patches, which could neither be modulated by
+		// it (Config.TextFusion) nor labelled for it, and REC would learn
+		// from the text alone. Records after it can still join it.
+		if i, ok := open[k]; ok && e.ground == nil {
 			cur := &out[i]
 			merged := *cur.rec
 			merged.Conversations = append(slices.Clip(cur.rec.Conversations), laterTurns(e.rec.Conversations)...)

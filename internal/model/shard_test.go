@@ -623,3 +623,44 @@ func TestReadShardRejectsBadPatchTargets(t *testing.T) {
 		})
 	}
 }
+
+// TestBuildShardsPackGroundingLeads: with Pack and GroundLossWeight, a
+// record whose answer grounds its image (REC) never joins another's
+// sample as a later turn, where its question would come after the patches:
+// each starts a sample of its own, whose patches it labels, and text-answer
+// records of the image may still follow it.
+func TestBuildShardsPackGroundingLeads(t *testing.T) {
+	tok := testTokenizer(t)
+	sc := shardConfig(t, tok, t.TempDir())
+	sc.Pack, sc.SamplesPerShard = true, 100
+	sc.Model.GroundLossWeight = 1
+	img := ImageRef{Kind: "image", Path: "img/a.png", Width: 16, Height: 16}
+	var records []Record
+	for i := range 4 {
+		records = append(records, Record{ID: fmt.Sprintf("rec%d", i), Stage: "stage2", Split: "train", Task: "rec", Images: []ImageRef{img},
+			Conversations: []Turn{{From: "human", Value: "<image>\nWhere is the red circle?"}, {From: "gpt", Value: "[0.000, 0.000, 0.500, 0.500]"}},
+			Answer:        Answer{Boxes: [][4]float64{{0, 0, 8, 8}}}})
+		records = append(records, Record{ID: fmt.Sprintf("cap%d", i), Stage: "stage1", Split: "train", Task: "caption", Images: []ImageRef{img},
+			Conversations: []Turn{{From: "human", Value: "<image>\nDescribe the image."}, {From: "gpt", Value: "A red circle."}}})
+	}
+	infos, st := buildTestShards(t, sc, &memImages{}, records)
+	if st.Kept != 8 {
+		t.Fatalf("stats %+v", st)
+	}
+	sh, err := ReadShard(infos[0].Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	labelled := 0
+	for r := range sh.N {
+		for _, v := range sh.PatchTargetRow(r) {
+			if v != NoPatchTarget {
+				labelled++
+				break
+			}
+		}
+	}
+	if labelled != 4 || sh.N < 4 || st.Packed == 0 {
+		t.Fatalf("%d samples, %d labelled, %d packed: want each of the 4 REC records to lead a labelled sample, captions packed behind them", sh.N, labelled, st.Packed)
+	}
+}

@@ -27,7 +27,7 @@ func TestParseSpec(t *testing.T) {
 		t.Fatalf("defaults: %v", err)
 	}
 	if def.Stage1.Steps == 0 || len(def.Stage1.Trainable) != 0 || def.Stage2.Data.Stages[0] != "stage2" ||
-		!slices.Equal(def.Stage1.Data.Tasks, []string{"crop_name"}) || !slices.Equal(def.Stage2.Frozen, []string{"vision."}) ||
+		!slices.Equal(def.Stage1.Data.Tasks, []string{"crop_name", "rec"}) || !slices.Equal(def.Stage2.Frozen, []string{"vision."}) ||
 		len(def.Stage1.Frozen)+len(def.Stage3.Frozen) != 0 || def.Model.ConvStem || !def.Model.FusionAttention || !def.Model.PatchPositions {
 		t.Errorf("defaults %+v", def)
 	}
@@ -51,7 +51,7 @@ func TestParseSpec(t *testing.T) {
 		`{"model": {"widht": 3}}`:              `"widht"`,
 		`{"stage2": {"steps": 0}}`:             "stage2.steps",
 		`{"stage3": {"lr": 2}}`:                "stage3.lr",
-		`{"stage1": {"warmup": 1000}}`:         "stage1.warmup",
+		`{"stage1": {"warmup": 5000}}`:         "stage1.warmup",
 		`{"stage1": {"checkpoint_every": -1}}`: "stage1.checkpoint_every",
 		`{"stage2": {"data": {"stages": []}}}`: "stage2.data.stages",
 		`{"stage1": {"trainable": [""]}}`:      "stage1.trainable/frozen",
