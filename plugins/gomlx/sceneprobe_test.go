@@ -331,7 +331,12 @@ func cropShapeItem(t testing.TB, im image.Image, obj gmdataset.Object, c model.C
 // and logs the freely decoded figures per size class (small, medium,
 // large).
 // "-templated" asks the way the pipeline does (probeOpts.Templated: synth's
-// REC templates, the chat template, the answer as "[0.123, ...]" text).
+// REC templates, the chat template, the answer as "[0.123, ...]" text;
+// with ColourOnly, "the red circle" for an object whose colour is its
+// own; "-nofine" leaves the third decimals out of the loss). "-jitter"
+// puts 4 to 12 filler words before the colour word, so that the patches'
+// sequence positions move as a template's length does, and "-patchpos"
+// gives the patches Config.PatchPositions.
 // "crop-shape" asks for the shape of an object's 1.5x crop instead, and
 // reports its accuracy. It measures learning, not time, and asserts
 // nothing.
