@@ -10,6 +10,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/groundmesh/groundmesh/internal/model"
 	"github.com/groundmesh/groundmesh/plugins/compute"
 )
 
@@ -341,29 +342,35 @@ func TestTrainRejectsBadRequests(t *testing.T) {
 	}
 }
 
-// TestConvStemTrains trains the colour task through Config.ConvStem: the
-// gradient must reach every convolution (the graph pads by concatenation
-// and cuts strided slices, each with its own gradient) and the loss fall.
-func TestConvStemTrains(t *testing.T) {
-	ctx := context.Background()
+// trainColourClearly trains the colour task with model config c, fails
+// unless the loss falls to under 0.3 of its first value, and returns the
+// initial and the trained weights.
+func trainColourClearly(t *testing.T, c model.Config) (init map[string][]float32, got *modelState) {
+	t.Helper()
 	dir := t.TempDir()
-	c := tinyConfig()
-	c.ConvStem = true
 	shard := writeColourShard(t, dir, c, 256, 1)
 	b := newTestBackend(t)
 	req := colourRequest(t, dir, shard)
 	req.ModelConfig = configJSON(t, c)
 	req.CheckpointEvery = 0
-	res, err := b.Train(ctx, req, nil)
+	res, err := b.Train(context.Background(), req, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("conv stem: first loss %.4f last loss %.4f", res.FirstLoss, res.LastLoss)
+	t.Logf("first loss %.4f last loss %.4f", res.FirstLoss, res.LastLoss)
 	if !(res.LastLoss < 0.3*res.FirstLoss) {
 		t.Fatalf("loss did not fall clearly: first %.4f last %.4f", res.FirstLoss, res.LastLoss)
 	}
-	init := initParams(paramSpecs(c), req.Seed)
-	got := readWeights(t, res.Final.Path, c)
+	return initParams(paramSpecs(c), req.Seed), readWeights(t, res.Final.Path, c)
+}
+
+// TestConvStemTrains trains the colour task through Config.ConvStem: the
+// gradient must reach every convolution (the graph pads by concatenation
+// and cuts strided slices, each with its own gradient) and the loss fall.
+func TestConvStemTrains(t *testing.T) {
+	c := tinyConfig()
+	c.ConvStem = true
+	init, got := trainColourClearly(t, c)
 	for i := range c.StemChannels() {
 		for _, s := range []string{".w", ".b"} {
 			name := fmt.Sprintf("vision.stem.%d%s", i, s)
@@ -381,24 +388,9 @@ func TestConvStemTrains(t *testing.T) {
 // text ever sits) must then keep their initial values exactly (position
 // tables take no weight decay).
 func TestPatchPositionsTrain(t *testing.T) {
-	ctx := context.Background()
-	dir := t.TempDir()
 	c := tinyConfig()
 	c.PatchPositions = true
-	shard := writeColourShard(t, dir, c, 256, 1)
-	b := newTestBackend(t)
-	req := colourRequest(t, dir, shard)
-	req.ModelConfig = configJSON(t, c)
-	req.CheckpointEvery = 0
-	res, err := b.Train(ctx, req, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !(res.LastLoss < 0.3*res.FirstLoss) {
-		t.Fatalf("loss did not fall clearly: first %.4f last %.4f", res.FirstLoss, res.LastLoss)
-	}
-	init := initParams(paramSpecs(c), req.Seed)
-	got := readWeights(t, res.Final.Path, c)
+	init, got := trainColourClearly(t, c)
 	if pp := got.weights["embed.patch_pos"]; len(pp) != c.Patches()*c.Width || slices.Equal(init["embed.patch_pos"], pp) {
 		t.Fatalf("embed.patch_pos did not train (%d values)", len(pp))
 	}
