@@ -418,8 +418,13 @@ func (n *netWeights) embed(tokens []int32, pos0 int, feats []float32, featRows i
 	sc.rowImg = sc.rowImg[:0]
 	for t, tok := range tokens {
 		row := x[t*w : (t+1)*w]
+		p := n.pos[(pos0+t)*w : (pos0+t+1)*w]
 		if tok == c.PatchToken && next < featRows {
 			sc.rowImg = append(sc.rowImg, next/c.Patches())
+			if c.PatchPositions {
+				k := next % c.Patches() // this patch's index in its image
+				p = n.patchPos[k*w : (k+1)*w]
+			}
 			if c.TextFusion {
 				if film == nil {
 					film = n.film(sc)
@@ -449,11 +454,6 @@ func (n *netWeights) embed(tokens []int32, pos0 int, feats []float32, featRows i
 				sc.textN += wt
 				film = nil
 			}
-		}
-		p := n.pos[(pos0+t)*w : (pos0+t+1)*w]
-		if c.PatchPositions && sc.rowImg[len(sc.rowImg)-1] >= 0 {
-			k := (next - 1) % c.Patches() // next has moved past this patch's row
-			p = n.patchPos[k*w : (k+1)*w]
 		}
 		for i := range row {
 			row[i] += p[i]

@@ -1,6 +1,7 @@
 package synth
 
 import (
+	"slices"
 	"strconv"
 
 	"github.com/groundmesh/groundmesh/internal/dataset"
@@ -71,23 +72,19 @@ func (w *worker) genREC(j int, r *rng) {
 		// whatever the dataset wrote: the scene world's "the circle" far
 		// more often than its "the red circle" or "the circle left of the
 		// blue star".)
-		var ref *dataset.Ref
 		ex := w.exprs[:0]
 		if o.expr != "" {
 			ex = append(ex, exprChoice{text: "the " + o.expr})
 		}
 		for _, rf := range o.refs {
-		sentences:
 			for _, s := range rf.Sentences {
-				for i := range ex {
-					if ex[i].text == s {
-						if ex[i].ref == nil {
-							ex[i].ref = rf
-						}
-						continue sentences
-					}
+				i := slices.IndexFunc(ex, func(c exprChoice) bool { return c.text == s })
+				switch {
+				case i < 0:
+					ex = append(ex, exprChoice{text: s, ref: rf})
+				case ex[i].ref == nil:
+					ex[i].ref = rf // the synthesized expression is also this ref's
 				}
-				ex = append(ex, exprChoice{text: s, ref: rf})
 			}
 		}
 		w.exprs = ex
@@ -95,9 +92,9 @@ func (w *worker) genREC(j int, r *rng) {
 			return // a ref without sentences: nothing to ask
 		}
 		c := ex[r.intn(len(ex))]
-		expr, ref = c.text, c.ref
-		if ref != nil {
-			rec.Lineage.AnnotationIDs = append(rec.Lineage.AnnotationIDs, ref.ID)
+		expr = c.text
+		if c.ref != nil {
+			rec.Lineage.AnnotationIDs = append(rec.Lineage.AnnotationIDs, c.ref.ID)
 		}
 	case reg >= 0:
 		rg := &ii.regions[reg]
