@@ -48,7 +48,7 @@ type cocoCategory struct {
 // in images/<split>, <split>, then images (default <split>).
 func (r *run) readCOCODir(files []string) error {
 	if files == nil {
-		match := func(n string) bool { return strings.HasPrefix(n, "instances") && strings.HasSuffix(n, ".json") }
+		match := func(n string) bool { return strings.HasPrefix(n, "instances") && hasExt(n, ".json") }
 		files = append(r.glob("annotations", match), r.glob("", match)...)
 	}
 	if len(files) == 0 {
@@ -65,7 +65,7 @@ func (r *run) readCOCODir(files []string) error {
 // readCOCOFile reads one instances file. splitOverride, when set, names the
 // split instead of the file name.
 func (r *run) readCOCOFile(rel, splitOverride string) error {
-	base := strings.TrimSuffix(path.Base(rel), ".json")
+	base := trimExt(path.Base(rel), ".json")
 	raw := strings.TrimPrefix(strings.TrimPrefix(base, "instances"), "_")
 	if i := strings.IndexByte(raw, '_'); i >= 0 {
 		raw = raw[:i]
@@ -93,6 +93,10 @@ func (r *run) readCOCOFile(rel, splitOverride string) error {
 // bytes of a real file, and only a few fields of each element are read.
 func decodeCOCO(ctx context.Context, f io.Reader, split, imgDir string, b *builder) error {
 	sc := newJSONScanner(f)
+	sc.maxValue = b.maxValue
+	if c, err := sc.peek(); err == nil && c == '[' {
+		return notInstances(sc)
+	}
 	cats := map[string]string{}
 	firstObj := len(b.ds.Objects)
 	var nums []float64
@@ -202,6 +206,28 @@ func decodeCOCO(ctx context.Context, f io.Reader, split, imgDir string, b *build
 	clear(b.ds.Objects[len(out):])
 	b.ds.Objects = out
 	return nil
+}
+
+// errResults marks a COCO results file given where an instances file belongs.
+var errResults = errors.New("a COCO results file")
+
+// notInstances explains a COCO file that is a JSON list: most often a
+// results file (detections with scores), which has no images or categories.
+func notInstances(sc *jsonScanner) error {
+	sc.pos++ // '['
+	if c, err := sc.peek(); err == nil && c == '{' {
+		raw, err := sc.value(false)
+		if err == nil {
+			var det struct {
+				ImageID *flexID  `json:"image_id"`
+				Score   *float64 `json:"score"`
+			}
+			if json.Unmarshal(raw, &det) == nil && det.ImageID != nil && det.Score != nil {
+				return fmt.Errorf("%w (a JSON list of detections with image_id and score), not an instances file: it has no images or categories to ingest; give the ground-truth instances_*.json instead", errResults)
+			}
+		}
+	}
+	return fmt.Errorf("%w: the file is a JSON list, not a COCO instances object {\"images\", \"annotations\", \"categories\"}", errNotJSONShape)
 }
 
 // Annotation members decodeCOCOAnn reads; everything else is skipped.

@@ -197,12 +197,14 @@ func TestFixtureMiniGPTRefCOCOg(t *testing.T) {
 		t.Fatalf("sentences %d rejected %d", sents, len(res.Rejected))
 	}
 	r0 := ds.Refs[0]
-	if r0.ImageID != "533220" || r0.ObjectID != "1954731" || len(r0.Sentences) != 2 || r0.Sentences[0] != "a bush of plant behind middle woman" {
+	// The object id is the whole img_id: unique by construction whether
+	// its suffix is an annotation id (refcocog) or an index (refcoco).
+	if r0.ImageID != "533220" || r0.ObjectID != "COCO_train2014_000000533220_1954731" || len(r0.Sentences) != 2 || r0.Sentences[0] != "a bush of plant behind middle woman" {
 		t.Fatalf("first ref = %+v", r0)
 	}
 	var obj dataset.Object
 	for _, o := range ds.Objects {
-		if o.ID == "1954731" {
+		if o.ID == "COCO_train2014_000000533220_1954731" {
 			obj = o
 		}
 	}

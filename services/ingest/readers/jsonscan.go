@@ -29,6 +29,9 @@ type jsonScanner struct {
 // errJSON marks malformed JSON found by the scanner.
 var errJSON = errors.New("malformed JSON")
 
+// errTooLarge marks a kept value over the scanner's limit.
+var errTooLarge = errors.New("a value too large to keep")
+
 func newJSONScanner(r io.Reader) *jsonScanner {
 	return &jsonScanner{r: r, buf: make([]byte, 1<<20), maxValue: 256 << 20}
 }
@@ -134,7 +137,7 @@ func (s *jsonScanner) value(discard bool) ([]byte, error) {
 	keep := func() error {
 		if !discard {
 			if len(s.val)+s.pos-start > s.maxValue {
-				return s.syntax("value larger than %d bytes", s.maxValue)
+				return fmt.Errorf("%w: the value at byte %d is larger than %d bytes (the limit for one field that is read, not skipped; readers.Options.MaxValue)", errTooLarge, s.off+int64(start)-int64(len(s.val)), s.maxValue)
 			}
 			s.val = append(s.val, s.buf[start:s.pos]...)
 		}

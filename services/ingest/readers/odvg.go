@@ -23,7 +23,9 @@ import (
 // *label_map*.json beside the jsonl) for instances without "category".
 // Boxes are xyxy pixels. Image ids are the file names; objects are
 // "<filename>#<k>", regions "<filename>#r<k>[.<m>]" (a region with several
-// boxes becomes one region per box). The split comes from the file name
+// boxes becomes one region per box); the grounding caption goes to
+// Result.Extra.Captions. A file cut in the middle of its last line fails
+// (errTruncated). The split comes from the file name
 // (e.g. coco2017_train_odvg.jsonl -> train), default train.
 
 // maxODVGLine bounds one jsonl line (a GRIT image with many regions stays far below).
@@ -50,7 +52,7 @@ type odvgLine struct {
 }
 
 func (r *run) readODVGDir(files []string) error {
-	isJSONL := func(n string) bool { return strings.HasSuffix(n, ".jsonl") }
+	isJSONL := func(n string) bool { return hasExt(n, ".jsonl") }
 	if files == nil {
 		files = append(r.glob("", isJSONL), r.glob("annotations", isJSONL)...)
 	}
@@ -58,7 +60,7 @@ func (r *run) readODVGDir(files []string) error {
 		return fmt.Errorf("%w: no *.jsonl (ODVG) under %s", ErrFormat, r.root)
 	}
 	labels := map[string]string{}
-	isMap := func(n string) bool { return strings.Contains(n, "label_map") && strings.HasSuffix(n, ".json") }
+	isMap := func(n string) bool { return strings.Contains(n, "label_map") && hasExt(n, ".json") }
 	for _, rel := range append(r.glob("", isMap), r.glob("annotations", isMap)...) {
 		err := r.withFile(rel, func(f io.Reader) error {
 			var m map[string]string
@@ -89,35 +91,68 @@ func (r *run) readODVGDir(files []string) error {
 
 // decodeODVG reads one jsonl file; a bad line rejects that line's image.
 func decodeODVG(ctx context.Context, f io.Reader, split, imgDir string, labels map[string]string, b *builder) error {
+	return scanJSONL(ctx, f, maxODVGLine, b, func(line []byte) {
+		addODVGLine(b, line, b.line, split, imgDir, labels)
+	})
+}
+
+// errTruncated marks a JSON Lines file whose last line was cut.
+var errTruncated = errors.New("truncated")
+
+// scanJSONL calls fn with each non-blank line of a JSON Lines file, with
+// b.line set to its number; records fn appends are marked with it. A last
+// line without a newline that is an incomplete JSON value means the file
+// was cut: that fails the whole file, since whatever followed is lost.
+func scanJSONL(ctx context.Context, f io.Reader, limit int, b *builder, fn func(line []byte)) error {
 	br := bufio.NewReaderSize(f, 256<<10)
+	var off int64
 	for n := 1; ; n++ {
 		if n&1023 == 0 {
 			if err := ctx.Err(); err != nil {
 				return err
 			}
 		}
-		line, tooLong, err := readLine(br, maxODVGLine)
+		line, tooLong, size, err := readLine(br, limit)
 		if err != nil && !errors.Is(err, io.EOF) {
-			return fmt.Errorf("read jsonl: %w", err)
+			return fmt.Errorf("read %s line %d: %w", b.file, n, err)
 		}
-		if tooLong {
-			b.reject(KindImage, "line "+strconv.Itoa(n), "line longer than "+strconv.Itoa(maxODVGLine)+" bytes")
-		} else if len(bytes.TrimSpace(line)) > 0 {
-			addODVGLine(b, line, n, split, imgDir, labels)
+		b.line = n
+		switch {
+		case tooLong:
+			b.reject(KindImage, "line "+strconv.Itoa(n), "line longer than "+strconv.Itoa(limit)+" bytes")
+		case len(bytes.TrimSpace(line)) == 0:
+		case errors.Is(err, io.EOF) && incompleteJSON(line):
+			return fmt.Errorf("%w: %s is %w: its last line %d (from byte %d, %d bytes) ends in the middle of a JSON value, without a newline",
+				ErrFormat, b.file, errTruncated, n, off, size)
+		default:
+			fn(line)
+			b.markLines()
 		}
+		off += size
 		if errors.Is(err, io.EOF) {
+			b.line = 0
 			return nil
 		}
 	}
 }
 
+// incompleteJSON reports whether line is the beginning of a JSON value
+// that the end of input cut short.
+func incompleteJSON(line []byte) bool {
+	var v json.RawMessage
+	err := json.NewDecoder(bytes.NewReader(line)).Decode(&v)
+	return errors.Is(err, io.ErrUnexpectedEOF)
+}
+
 // readLine reads one line without its newline; a line over max is drained
-// and reported as too long.
-func readLine(br *bufio.Reader, limit int) ([]byte, bool, error) {
+// and reported as too long. size counts the bytes consumed, newline included.
+func readLine(br *bufio.Reader, limit int) ([]byte, bool, int64, error) {
 	var out []byte
+	var size int64
 	tooLong := false
 	for {
 		frag, err := br.ReadSlice('\n')
+		size += int64(len(frag))
 		if !tooLong {
 			if len(out)+len(frag) > limit {
 				tooLong, out = true, nil
@@ -131,7 +166,7 @@ func readLine(br *bufio.Reader, limit int) ([]byte, bool, error) {
 		if err == nil {
 			out = out[:max(0, len(out)-1)]
 		}
-		return out, tooLong, err
+		return out, tooLong, size, err
 	}
 }
 
@@ -173,6 +208,12 @@ func addODVGLine(b *builder, line []byte, n int, split, imgDir string, labels ma
 		}
 	}
 	if rec.Grounding != nil {
+		if c := strings.TrimSpace(rec.Grounding.Caption); c != "" {
+			if b.extra.Captions == nil {
+				b.extra.Captions = map[string]string{}
+			}
+			b.extra.Captions[id] = rec.Grounding.Caption
+		}
 		for k, rg := range rec.Grounding.Regions {
 			rid := id + "#r" + strconv.Itoa(k)
 			boxes, err := odvgBoxes(rg.BBox)

@@ -24,11 +24,14 @@
 package readers
 
 import (
+	"bufio"
+	"compress/gzip"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"math"
 	"os"
 	"path"
@@ -39,6 +42,7 @@ import (
 	"strings"
 
 	"github.com/groundmesh/groundmesh/internal/dataset"
+	"github.com/groundmesh/groundmesh/internal/model"
 )
 
 // Formats accepted by Read.
@@ -49,10 +53,12 @@ const (
 	FormatFlickr30k = "flickr30k"
 	FormatODVG      = "odvg"
 	FormatScenes    = "scenes"
+	FormatPOPE      = "pope"
+	FormatLLaVA     = "llava"
 )
 
 // Formats lists every format Read accepts.
-var Formats = []string{FormatCOCO, FormatRefCOCO, FormatVG, FormatFlickr30k, FormatODVG, FormatScenes}
+var Formats = []string{FormatCOCO, FormatRefCOCO, FormatVG, FormatFlickr30k, FormatODVG, FormatScenes, FormatPOPE, FormatLLaVA}
 
 // ErrFormat is wrapped by errors about the input itself (an unknown format,
 // no annotation files, a file that is not the format it claims to be).
@@ -68,12 +74,23 @@ const (
 	KindRegion   = "region"
 )
 
-// Reject is one record a reader could not convert.
+// Reject is one record that was not kept: a reader could not convert it,
+// or the validator refused it. File and Line say where it came from (Line
+// is set for line-oriented files: JSON Lines, Flickr30k sentences).
 type Reject struct {
 	Kind   string `json:"kind"`
 	ID     string `json:"id"`
 	File   string `json:"file,omitempty"`
+	Line   int    `json:"line,omitempty"`
 	Reason string `json:"reason"`
+}
+
+// Where is "file:line", "file" or "" as far as known.
+func (r Reject) Where() string {
+	if r.File == "" || r.Line <= 0 {
+		return r.File
+	}
+	return r.File + ":" + strconv.Itoa(r.Line)
 }
 
 // Result is what a read produced.
@@ -84,6 +101,68 @@ type Result struct {
 	Files []string
 	// Rejected lists records that could not be converted.
 	Rejected []Reject
+	// Questions are the evaluation questions of a POPE file.
+	Questions []Question
+	// Instructions are the conversations of a LLaVA-style file, in the
+	// record form that synth writes and training reads.
+	Instructions []model.Record
+	// Extra holds annotations that dataset.Dataset has no field for yet.
+	Extra Extra
+
+	srcs []source
+}
+
+// Extra holds source annotations that dataset.Dataset cannot carry.
+type Extra struct {
+	// RelationSynsets are the WordNet synsets of VG relationships by
+	// relation id (the predicate's synsets, as the file lists them).
+	RelationSynsets map[string][]string
+	// Captions are ODVG grounding captions by image id; the regions'
+	// phrases are spans of them.
+	Captions map[string]string
+}
+
+// Where returns the annotation file (and line, for line-oriented files)
+// that the i-th record of kind in the dataset as read came from, so that
+// the validator's rejects name the place in the file. i indexes the
+// slices as Read returned them, before validation removes anything.
+func (res *Result) Where(kind string, i int) (file string, line int) {
+	k := kindIndex(kind)
+	if k < 0 {
+		return "", 0
+	}
+	// The last segment that started at or before i.
+	j := sort.Search(len(res.srcs), func(j int) bool { return res.srcs[j].start[k] > i }) - 1
+	for ; j >= 0; j-- {
+		sg := &res.srcs[j]
+		if sg.start[k] > i {
+			continue
+		}
+		if off := i - sg.start[k]; off < len(sg.lines[k]) {
+			line = int(sg.lines[k][off])
+		}
+		return sg.file, line
+	}
+	return "", 0
+}
+
+// source is a run of records read from one file: the records of each kind
+// from start[kind] on, until the next source, came from file.
+type source struct {
+	file  string
+	start [5]int
+	lines [5][]int32 // per record, for line-oriented files
+}
+
+var kinds = [5]string{KindImage, KindObject, KindRef, KindRelation, KindRegion}
+
+func kindIndex(kind string) int {
+	for i, k := range kinds {
+		if k == kind {
+			return i
+		}
+	}
+	return -1
 }
 
 // Options configure a read. The zero value reads from the filesystem.
@@ -95,7 +174,22 @@ type Options struct {
 	// ImageDir overrides where image files are looked for, relative to the
 	// root ("" = per-format defaults, see each reader).
 	ImageDir string
+	// MaxDecompressed bounds the bytes one gzip-compressed annotation file
+	// may expand to (default DefaultMaxDecompressed), against
+	// decompression bombs.
+	MaxDecompressed int64
+	// MaxValue bounds one JSON value that a reader keeps in memory (a
+	// file name, an attributes object, one VG image entry; default
+	// DefaultMaxValue). Skipped values (COCO segmentation) are streamed
+	// whatever their size.
+	MaxValue int
 }
+
+// Defaults of Options.
+const (
+	DefaultMaxDecompressed = 16 << 30
+	DefaultMaxValue        = 64 << 20
+)
 
 // Read reads the dataset at path (a directory, or for coco, refcoco and odvg
 // also a single annotation file) in the given format.
@@ -107,6 +201,12 @@ func Read(ctx context.Context, format, p string, opts Options) (*Result, error) 
 	st, err := os.Stat(abs)
 	if err != nil {
 		return nil, fmt.Errorf("%w: stat %s: %v", ErrFormat, p, err)
+	}
+	if opts.MaxDecompressed <= 0 {
+		opts.MaxDecompressed = DefaultMaxDecompressed
+	}
+	if opts.MaxValue <= 0 {
+		opts.MaxValue = DefaultMaxValue
 	}
 	r := &run{ctx: ctx, opts: opts}
 	var files []string // relative to root when p is a file
@@ -130,6 +230,7 @@ func Read(ctx context.Context, format, p string, opts Options) (*Result, error) 
 		}
 	}
 	r.b = newBuilder(format, r.root)
+	r.b.maxValue = opts.MaxValue
 	switch format {
 	case FormatCOCO:
 		err = r.readCOCODir(files)
@@ -147,6 +248,10 @@ func Read(ctx context.Context, format, p string, opts Options) (*Result, error) 
 		err = r.readFlickrDir()
 	case FormatODVG:
 		err = r.readODVGDir(files)
+	case FormatPOPE:
+		err = r.readPOPEDir(files)
+	case FormatLLaVA:
+		err = r.readLLaVADir(files)
 	case FormatScenes:
 		if files != nil {
 			return nil, fmt.Errorf("%w: scenes needs a directory, got file %s", ErrFormat, p)
@@ -158,7 +263,10 @@ func Read(ctx context.Context, format, p string, opts Options) (*Result, error) 
 	if err != nil {
 		return nil, err
 	}
-	return &Result{Dataset: r.b.ds, Files: r.files, Rejected: r.b.rejected}, nil
+	return &Result{
+		Dataset: r.b.ds, Files: r.files, Rejected: r.b.rejected, srcs: r.b.srcs,
+		Questions: r.b.questions, Instructions: r.b.instructions, Extra: r.b.extra,
+	}, nil
 }
 
 // run carries one Read.
@@ -170,7 +278,9 @@ type run struct {
 	files []string
 }
 
-// open opens an annotation file and remembers it for Result.Files.
+// open opens an annotation file and remembers it for Result.Files; a
+// gzip-compressed file (by its magic bytes, whatever its name) is
+// decompressed as it is read, up to Options.MaxDecompressed.
 func (r *run) open(rel string) (io.ReadCloser, error) {
 	if err := r.ctx.Err(); err != nil {
 		return nil, err
@@ -180,11 +290,62 @@ func (r *run) open(rel string) (io.ReadCloser, error) {
 		return nil, fmt.Errorf("open %s: %w", rel, err)
 	}
 	r.files = append(r.files, rel)
-	r.b.file = rel
-	return f, nil
+	r.b.setFile(rel)
+	br := bufio.NewReaderSize(f, 64<<10)
+	magic, _ := br.Peek(2)
+	if len(magic) == 2 && magic[0] == 0x1f && magic[1] == 0x8b {
+		zr, err := gzip.NewReader(br)
+		if err != nil {
+			f.Close()
+			return nil, fmt.Errorf("%w: %s: gzip header: %v", ErrFormat, rel, err)
+		}
+		return &gzipFile{zr: zr, f: f, rel: rel, left: r.opts.MaxDecompressed}, nil
+	}
+	return struct {
+		io.Reader
+		io.Closer
+	}{br, f}, nil
 }
 
-// withFile opens rel, calls fn, and closes it.
+// gzipFile decompresses an annotation file, failing once it expands past
+// its limit.
+type gzipFile struct {
+	zr   *gzip.Reader
+	f    io.Closer
+	rel  string
+	left int64
+	max  int64
+}
+
+func (g *gzipFile) Read(p []byte) (int, error) {
+	if g.max == 0 {
+		g.max = g.left
+	}
+	if g.left <= 0 {
+		// One byte more tells a file of exactly the limit from a larger one.
+		var one [1]byte
+		if n, _ := g.zr.Read(one[:]); n == 0 {
+			return 0, io.EOF
+		}
+		return 0, fmt.Errorf("%w: %s decompresses to more than %d bytes (the limit against decompression bombs)", ErrFormat, g.rel, g.max)
+	}
+	if int64(len(p)) > g.left {
+		p = p[:g.left]
+	}
+	n, err := g.zr.Read(p)
+	g.left -= int64(n)
+	if err != nil && !errors.Is(err, io.EOF) {
+		err = fmt.Errorf("%w: %s: gzip: %v", ErrFormat, g.rel, err)
+	}
+	return n, err
+}
+
+func (g *gzipFile) Close() error {
+	g.zr.Close()
+	return g.f.Close()
+}
+
+// withFile opens rel, calls fn, and closes it. Errors name the file.
 func (r *run) withFile(rel string, fn func(io.Reader) error) error {
 	f, err := r.open(rel)
 	if err != nil {
@@ -193,6 +354,9 @@ func (r *run) withFile(rel string, fn func(io.Reader) error) error {
 	err = fn(f)
 	if cerr := f.Close(); err == nil && cerr != nil {
 		err = fmt.Errorf("close %s: %w", rel, cerr)
+	}
+	if err != nil && !strings.Contains(err.Error(), rel) {
+		err = fmt.Errorf("read %s: %w", rel, err)
 	}
 	return err
 }
@@ -210,20 +374,41 @@ func (r *run) exists(rel string) bool {
 }
 
 // glob lists regular files directly in dir (slash, relative to root) whose
-// names satisfy match, sorted.
+// names satisfy match, sorted. Symbolic links to regular files count (trees
+// of links are common on shared storage); match sees the link's name.
 func (r *run) glob(dir string, match func(name string) bool) []string {
-	entries, err := os.ReadDir(filepath.Join(r.root, filepath.FromSlash(dir)))
+	full := filepath.Join(r.root, filepath.FromSlash(dir))
+	entries, err := os.ReadDir(full)
 	if err != nil {
 		return nil
 	}
 	var out []string
 	for _, e := range entries {
-		if e.Type().IsRegular() && match(e.Name()) {
+		if !match(e.Name()) {
+			continue
+		}
+		regular := e.Type().IsRegular()
+		if e.Type()&fs.ModeSymlink != 0 {
+			st, err := os.Stat(filepath.Join(full, e.Name()))
+			regular = err == nil && st.Mode().IsRegular()
+		}
+		if regular {
 			out = append(out, path.Join(dir, e.Name()))
 		}
 	}
 	sort.Strings(out)
 	return out
+}
+
+// hasExt reports whether name ends in ext, or in ext plus ".gz" (read
+// transparently).
+func hasExt(name, ext string) bool {
+	return strings.HasSuffix(name, ext) || strings.HasSuffix(name, ext+".gz")
+}
+
+// trimExt removes ext (and a ".gz" after it) from name.
+func trimExt(name, ext string) string {
+	return strings.TrimSuffix(strings.TrimSuffix(name, ".gz"), ext)
 }
 
 // imageDir picks the first candidate directory that exists under the root,
@@ -252,17 +437,45 @@ func joinFile(dir, name string) string {
 
 // builder accumulates one dataset and its rejects.
 type builder struct {
-	ds       *dataset.Dataset
-	rejected []Reject
-	file     string
+	ds           *dataset.Dataset
+	rejected     []Reject
+	file         string
+	line         int // current line of a line-oriented file, else 0
+	srcs         []source
+	questions    []Question
+	instructions []model.Record
+	extra        Extra
+	maxValue     int
 }
 
 func newBuilder(format, root string) *builder {
-	return &builder{ds: &dataset.Dataset{Format: format, Root: root}}
+	return &builder{ds: &dataset.Dataset{Format: format, Root: root}, maxValue: DefaultMaxValue}
+}
+
+// setFile starts a run of records read from file.
+func (b *builder) setFile(file string) {
+	b.file, b.line = file, 0
+	b.srcs = append(b.srcs, source{file: file, start: [5]int{
+		len(b.ds.Images), len(b.ds.Objects), len(b.ds.Refs), len(b.ds.Relations), len(b.ds.Regions),
+	}})
+}
+
+// markLines records b.line for the records appended since the last call,
+// for line-oriented readers.
+func (b *builder) markLines() {
+	if len(b.srcs) == 0 {
+		return
+	}
+	sg := &b.srcs[len(b.srcs)-1]
+	for k, n := range [5]int{len(b.ds.Images), len(b.ds.Objects), len(b.ds.Refs), len(b.ds.Relations), len(b.ds.Regions)} {
+		for len(sg.lines[k]) < n-sg.start[k] {
+			sg.lines[k] = append(sg.lines[k], int32(b.line))
+		}
+	}
 }
 
 func (b *builder) reject(kind, id, reason string) {
-	b.rejected = append(b.rejected, Reject{Kind: kind, ID: id, File: b.file, Reason: reason})
+	b.rejected = append(b.rejected, Reject{Kind: kind, ID: id, File: b.file, Line: b.line, Reason: reason})
 }
 
 // flexID is an id written as a JSON number or string, kept as text.
@@ -307,6 +520,15 @@ func isRecordError(err error) bool {
 // truncation) or passes I/O and context errors through.
 func formatErr(file string, err error) error {
 	var se *json.SyntaxError
+	if errors.Is(err, ErrFormat) {
+		return err // already says which file and what
+	}
+	if errors.Is(err, errResults) {
+		return fmt.Errorf("%w: %s is %v", ErrFormat, file, err)
+	}
+	if errors.Is(err, errTooLarge) {
+		return fmt.Errorf("%w: decode %s: %v", ErrFormat, file, err)
+	}
 	if errors.As(err, &se) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) || errors.Is(err, errNotJSONShape) || errors.Is(err, errJSON) {
 		return fmt.Errorf("%w: decode %s: %v", ErrFormat, file, err)
 	}

@@ -64,7 +64,7 @@ func (r *run) readRefCOCODir(files []string) error {
 		refsFiles = files
 	} else {
 		isRefs := func(n string) bool {
-			return strings.HasPrefix(n, "refs(") && (strings.HasSuffix(n, ").p") || strings.HasSuffix(n, ").json"))
+			return strings.HasPrefix(n, "refs(") && (hasExt(n, ").p") || hasExt(n, ").json"))
 		}
 		cands := append(r.glob("", isRefs), r.glob("annotations", isRefs)...)
 		sort.SliceStable(cands, func(i, j int) bool { return refRank(cands[i]) < refRank(cands[j]) })
@@ -73,7 +73,7 @@ func (r *run) readRefCOCODir(files []string) error {
 		} else {
 			// No REFER file: take JSON lists in the MiniGPT-v2 form.
 			refsFiles = r.glob("", func(n string) bool {
-				return strings.HasSuffix(n, ".json") && !strings.HasPrefix(n, "instances")
+				return hasExt(n, ".json") && !strings.HasPrefix(n, "instances")
 			})
 		}
 	}
@@ -86,7 +86,7 @@ func (r *run) readRefCOCODir(files []string) error {
 		fileSplit := splitOf(rel, dataset.SplitVal)
 		err := r.withFile(rel, func(f io.Reader) error {
 			var err error
-			if strings.HasSuffix(rel, ".p") || strings.HasSuffix(rel, ".pkl") || strings.HasSuffix(rel, ".pickle") {
+			if hasExt(rel, ".p") || hasExt(rel, ".pkl") || hasExt(rel, ".pickle") {
 				pending, err = decodeRefsPickle(f, pending, r.b)
 			} else {
 				pending, err = decodeRefsJSON(r.ctx, f, pending, r.b, fileSplit, mgDir)
@@ -117,7 +117,7 @@ func (r *run) readRefCOCODir(files []string) error {
 			return err
 		}
 	} else {
-		match := func(n string) bool { return strings.HasPrefix(n, "instances_") && strings.HasSuffix(n, ".json") }
+		match := func(n string) bool { return strings.HasPrefix(n, "instances_") && hasExt(n, ".json") }
 		insts := append(r.glob("annotations", match), r.glob("", match)...)
 		if len(insts) == 0 {
 			return fmt.Errorf("%w: refs need instances.json (COCO) beside them under %s", ErrFormat, r.root)
@@ -128,6 +128,7 @@ func (r *run) readRefCOCODir(files []string) error {
 			}
 		}
 	}
+	r.b.setFile(refsFiles[0]) // the refs themselves came from the refs file
 	addREFERRefs(pending, r.b, firstImage, inst != "")
 	return nil
 }
@@ -250,10 +251,22 @@ func pyID(d *pickle.Dict, key string) string {
 // their refs (instances.json itself has no split).
 func addREFERRefs(pending []refRecord, b *builder, firstImage int, setSplits bool) {
 	imageSplit := map[string]string{}
+	// A crowd box (iscrowd=1) marks a group: no expression refers to it as
+	// one object.
+	crowd := map[string]bool{}
+	for _, o := range b.ds.Objects {
+		if o.Attributes["iscrowd"] == "1" {
+			crowd[o.ID] = true
+		}
+	}
 	for i, rec := range pending {
 		id := idOr(string(rec.RefID), i)
 		if rec.AnnID == "" {
 			b.reject(KindRef, id, "ref without ann_id")
+			continue
+		}
+		if crowd[string(rec.AnnID)] {
+			b.reject(KindRef, id, fmt.Sprintf("ref points at crowd annotation %s (iscrowd 1), not a single object", rec.AnnID))
 			continue
 		}
 		var sents []string
@@ -296,12 +309,13 @@ type miniGPT struct {
 	b      *builder
 	split  string
 	imgDir string
-	images map[string]bool
-	refs   map[string]int // img_id -> index in b.ds.Refs
+	images  map[string]bool
+	refs    map[string]int // img_id -> index in b.ds.Refs
+	objects map[string]int // img_id -> index in b.ds.Objects
 }
 
 func newMiniGPT(b *builder, split, imgDir string) *miniGPT {
-	return &miniGPT{b: b, split: split, imgDir: imgDir, images: map[string]bool{}, refs: map[string]int{}}
+	return &miniGPT{b: b, split: split, imgDir: imgDir, images: map[string]bool{}, refs: map[string]int{}, objects: map[string]int{}}
 }
 
 func (m *miniGPT) add(rec refRecord, i int) {
@@ -310,18 +324,28 @@ func (m *miniGPT) add(rec refRecord, i int) {
 		m.b.reject(KindRef, rec.ImgID, err.Error())
 		return
 	}
-	if ri, ok := m.refs[rec.ImgID]; ok {
-		m.b.ds.Refs[ri].Sentences = append(m.b.ds.Refs[ri].Sentences, sents...)
-		return
-	}
 	box, err := xywh(rec.BBox)
 	if err != nil {
-		m.b.reject(KindRef, rec.ImgID, err.Error())
+		m.b.reject(KindRef, rec.ImgID, fmt.Sprintf("bbox %v: %v", rec.BBox, err))
 		return
 	}
-	stem, annID := rec.ImgID, rec.ImgID
+	if ri, ok := m.refs[rec.ImgID]; ok {
+		// The same object again, with another sentence.
+		ref := &m.b.ds.Refs[ri]
+		if o := m.b.ds.Objects[m.objects[rec.ImgID]]; o.Box != box {
+			m.b.reject(KindRef, rec.ImgID, fmt.Sprintf("entry #%d: bbox %v differs from the bbox of the earlier entries with this img_id", i, rec.BBox))
+			return
+		}
+		ref.Sentences = append(ref.Sentences, sents...)
+		return
+	}
+	// img_id is "<image file stem>_<n>"; n is the COCO annotation id in
+	// refcocog files but an index within the image in refcoco and refcoco+
+	// files, so the object's id is the whole img_id: unique by
+	// construction, whatever n means.
+	stem := rec.ImgID
 	if k := strings.LastIndexByte(rec.ImgID, '_'); k > 0 {
-		stem, annID = rec.ImgID[:k], rec.ImgID[k+1:]
+		stem = rec.ImgID[:k]
 	}
 	imageID := stem
 	if k := strings.LastIndexByte(stem, '_'); k >= 0 {
@@ -335,9 +359,11 @@ func (m *miniGPT) add(rec refRecord, i int) {
 			ID: imageID, File: joinFile(m.imgDir, stem+".jpg"), Width: dim(rec.Width), Height: dim(rec.Height), Split: m.split,
 		})
 	}
-	m.b.ds.Objects = append(m.b.ds.Objects, dataset.Object{ID: annID, ImageID: imageID, Category: "object", Box: box})
+	objectID := rec.ImgID
+	m.objects[rec.ImgID] = len(m.b.ds.Objects)
+	m.b.ds.Objects = append(m.b.ds.Objects, dataset.Object{ID: objectID, ImageID: imageID, Category: "object", Box: box})
 	m.refs[rec.ImgID] = len(m.b.ds.Refs)
-	m.b.ds.Refs = append(m.b.ds.Refs, dataset.Ref{ID: rec.ImgID, ImageID: imageID, ObjectID: annID, Sentences: sents, Split: m.split})
+	m.b.ds.Refs = append(m.b.ds.Refs, dataset.Ref{ID: rec.ImgID, ImageID: imageID, ObjectID: objectID, Sentences: sents, Split: m.split})
 }
 
 // sentsOf accepts "sents" as one string or a list of strings.

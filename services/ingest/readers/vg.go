@@ -24,8 +24,11 @@ import (
 //   region_descriptions.json: [{"id" (the image id), "regions": [{"region_id", "image_id", "phrase",
 //                               "x", "y", "width", "height"}]}]
 // Files may carry a prefix ("..._objects.json"). Boxes are xywh in pixels.
-// Category = the first name; Attributes: "names" (all names, "|"-joined, when
-// more than one), "synset" (the first synset), "attributes" ("|"-joined).
+// Category = the first name (v1.0 attributes.json: "object_names");
+// Attributes: "names" (all names, "|"-joined, when more than one), "synset"
+// (the first synset), "synsets" (all, "|"-joined, when more than one),
+// "attributes" ("|"-joined). Relationship synsets go to
+// Result.Extra.RelationSynsets.
 // Images are <dir>/<id>.jpg from the url (VG_100K or VG_100K_2); VG has no
 // official split: every image is "train".
 
@@ -36,6 +39,7 @@ type vgObject struct {
 	ID         flexID   `json:"id"`
 	Names      []string `json:"names"`
 	Name       string   `json:"name"`
+	ObjNames   []string `json:"object_names"` // v1.0 attributes.json
 	Synsets    []string `json:"synsets"`
 	Attributes []string `json:"attributes"`
 	X          float64  `json:"x"`
@@ -57,6 +61,7 @@ type vgRelationship struct {
 	RelationshipID flexID   `json:"relationship_id"`
 	ID             flexID   `json:"id"`
 	Predicate      string   `json:"predicate"`
+	Synsets        []string `json:"synsets"`
 	Subject        vgObject `json:"subject"`
 	Object         vgObject `json:"object"`
 }
@@ -101,7 +106,10 @@ func (r *run) readVGDir() error {
 			if _, ok := found[kind]; ok {
 				continue
 			}
-			m := r.glob(dir, func(n string) bool { return n == kind+".json" || strings.HasSuffix(n, "_"+kind+".json") })
+			m := r.glob(dir, func(n string) bool {
+				n = strings.TrimSuffix(n, ".gz")
+				return n == kind+".json" || strings.HasSuffix(n, "_"+kind+".json")
+			})
 			if len(m) > 0 {
 				found[kind] = m[0]
 			}
@@ -208,6 +216,12 @@ func decodeVG(ctx context.Context, f io.Reader, kind string, st *vgState) error 
 				b.ds.Relations = append(b.ds.Relations, dataset.Relation{
 					ID: id, ImageID: imageID, SubjectID: sid, Predicate: strings.TrimSpace(rel.Predicate), ObjectID: oid,
 				})
+				if len(rel.Synsets) > 0 {
+					if b.extra.RelationSynsets == nil {
+						b.extra.RelationSynsets = map[string][]string{}
+					}
+					b.extra.RelationSynsets[id] = rel.Synsets
+				}
 			}
 		case "region_descriptions":
 			for k, raw := range e.Regions {
@@ -293,6 +307,9 @@ func (st *vgState) object(o vgObject, imageID string, primary bool) (string, boo
 		return id, true
 	}
 	names := o.Names
+	if len(names) == 0 {
+		names = o.ObjNames
+	}
 	if len(names) == 0 && strings.TrimSpace(o.Name) != "" {
 		names = []string{o.Name}
 	}
@@ -310,7 +327,10 @@ func (st *vgState) object(o vgObject, imageID string, primary bool) (string, boo
 		attrs["names"] = joinTrim(names)
 	}
 	if len(o.Synsets) > 0 {
-		attrs["synset"] = o.Synsets[0]
+		attrs["synset"] = strings.TrimSpace(o.Synsets[0])
+	}
+	if len(o.Synsets) > 1 {
+		attrs["synsets"] = joinTrim(o.Synsets)
 	}
 	if len(o.Attributes) > 0 {
 		attrs["attributes"] = joinTrim(o.Attributes)
