@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -16,6 +17,7 @@ import (
 	"github.com/groundmesh/groundmesh/internal/events"
 	"github.com/groundmesh/groundmesh/internal/stack"
 	"github.com/groundmesh/groundmesh/services/ingest"
+	"github.com/groundmesh/groundmesh/services/ingest/readers"
 )
 
 // offline opens the data side of the stack (Postgres, blobs, services)
@@ -85,9 +87,10 @@ func cmdScenes(ctx context.Context, e env, args []string) error {
 
 func cmdIngest(ctx context.Context, e env, args []string) error {
 	fs := flag.NewFlagSet("ingest", flag.ContinueOnError)
-	format := fs.String("format", "", "coco, refcoco, vg, flickr30k, odvg or scenes")
-	name := fs.String("name", "", "dataset name (default: the folder name)")
+	format := fs.String("format", "", strings.Join(readers.Formats, ", "))
+	name := fs.String("name", "", "dataset name (default: the folder name; for a file, its folder's)")
 	maxBad := fs.Float64("max-bad", 0.05, "fail when more than this fraction of records is rejected")
+	listRejects := fs.Bool("rejects", false, "list every rejected record (file:line, kind, id, reason) after the summary")
 	dataDir := fs.String("data-dir", e.DataDir, "data directory")
 	verbose := fs.Bool("v", false, "log to stderr")
 	path, rest := splitPositional(args)
@@ -98,7 +101,7 @@ func cmdIngest(ctx context.Context, e env, args []string) error {
 		path = fs.Arg(0)
 	}
 	if path == "" || *format == "" {
-		fmt.Fprintln(os.Stderr, "usage: groundmesh ingest PATH --format coco|refcoco|vg|flickr30k|odvg|scenes")
+		fmt.Fprintf(os.Stderr, "usage: groundmesh ingest PATH --format %s [--name NAME] [--max-bad F] [--rejects]\n", strings.Join(readers.Formats, "|"))
 		return errUsage
 	}
 	abs, err := filepath.Abs(path)
@@ -106,7 +109,7 @@ func cmdIngest(ctx context.Context, e env, args []string) error {
 		return err
 	}
 	if *name == "" {
-		*name = filepath.Base(abs)
+		*name = ingest.DefaultName(abs)
 	}
 	s, done, err := offline(ctx, e, *dataDir, *verbose)
 	if err != nil {
@@ -123,6 +126,32 @@ func cmdIngest(ctx context.Context, e env, args []string) error {
 		state = "already ingested (no-op)"
 	}
 	fmt.Printf("dataset %s %s: %s\n  version %s\n  counts %v\n  splits %v\n", res.Name, res.DatasetID, state, res.Version, res.Counts, res.Splits)
+	if res.Counts["rejected"] == 0 {
+		return nil
+	}
+	sum, rejects, err := s.Services.Ingest.Rejects(ctx, res.DatasetID)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("  rejected %d of %d records (%.2f%%):\n", sum.Rejected, sum.Records, 100*sum.BadFraction)
+	reasons := make([]string, 0, len(sum.ByReason))
+	for r := range sum.ByReason {
+		reasons = append(reasons, r)
+	}
+	sort.Slice(reasons, func(i, j int) bool {
+		a, b := sum.ByReason[reasons[i]], sum.ByReason[reasons[j]]
+		return a > b || a == b && reasons[i] < reasons[j]
+	})
+	for _, r := range reasons {
+		fmt.Printf("    %7d  %s\n", sum.ByReason[r], r)
+	}
+	if !*listRejects {
+		fmt.Printf("  list them with: groundmesh ingest %s --format %s --rejects\n", path, *format)
+		return nil
+	}
+	for _, rj := range rejects {
+		fmt.Printf("  %s\t%s %s\t%s\n", rj.Where(), rj.Kind, rj.ID, rj.Reason)
+	}
 	return nil
 }
 

@@ -1,6 +1,7 @@
 // Package ingest turns annotated image collections into datasets the rest of
 // groundmesh trusts: it reads COCO, RefCOCO/+/g, Visual Genome, Flickr30k
-// Entities, ODVG and the built-in scene world (package scenes) through
+// Entities, ODVG, POPE question files, LLaVA-style conversations and the
+// built-in scene world (package scenes) through
 // package readers, validates every record (bad ones are listed with the
 // reason; too many fail the ingest), content-hashes every file, and records
 // a dataset version whose id is the hash of its manifest, with the
@@ -43,6 +44,16 @@ var (
 	// ErrChanged: Load found files that no longer hash as recorded.
 	ErrChanged = app.ErrChanged
 )
+
+// Loaded is a recorded version read back with what dataset.Dataset has no
+// field for: POPE questions, LLaVA-style instruction records (model.Record,
+// ready to mix with synthesized ones), VG relationship synsets and ODVG
+// captions.
+type Loaded = app.Loaded
+
+// ReportSummary is a version's validation outcome: records, rejects,
+// rejects per reason.
+type ReportSummary = app.ReportSummary
 
 // RejectedError is the ErrBadInput returned when too many records are bad;
 // errors.As gives the per-record report.
@@ -145,7 +156,7 @@ func newApp(cfg Config, repo app.Repository) (*app.Service, error) {
 }
 
 // Ingest reads the dataset req names (format coco, refcoco, vg, flickr30k,
-// odvg or scenes; scenes with an empty Path generates the world of
+// odvg, pope, llava or scenes; scenes with an empty Path generates the world of
 // req.Scenes under DataDir first), validates and hashes it, and records a
 // dataset version with the dataset.ingested fact in one transaction. The
 // same files ingested again return the existing version with Reused set and
@@ -161,6 +172,28 @@ func (s *Service) Ingest(ctx context.Context, req events.IngestRequested, progre
 // id). Rejected records are not in it.
 func (s *Service) Load(ctx context.Context, datasetID string) (*dataset.Dataset, error) {
 	return s.app.Load(ctx, datasetID)
+}
+
+// LoadAll is Load with the questions, instruction records and extra
+// annotations of the version's files.
+func (s *Service) LoadAll(ctx context.Context, datasetID string) (*Loaded, error) {
+	return s.app.LoadAll(ctx, datasetID)
+}
+
+// Rejects returns a recorded version's validation summary and every record
+// it rejected, with file, line and reason (`groundmesh ingest --rejects`).
+func (s *Service) Rejects(ctx context.Context, datasetID string) (ReportSummary, []readers.Reject, error) {
+	return s.app.Rejects(ctx, datasetID)
+}
+
+// DefaultName is the dataset name used when a request names none: the
+// folder's name (for a file, its folder's).
+func DefaultName(path string) string {
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return filepath.Base(path)
+	}
+	return app.DefaultName(abs)
 }
 
 // GenerateScenes writes the built-in scene world of spec into dir (which

@@ -124,6 +124,7 @@ func (l *llavaState) add(raw []byte, pos, stem, split string) {
 	}
 	b.markLines()
 	b.instructions = append(b.instructions, rec)
+	b.instructionSrc = append(b.instructionSrc, recordPos{file: b.file, line: b.line})
 }
 
 // complete checks rec and fills what the LLaVA form leaves implicit; it

@@ -109,7 +109,8 @@ type Result struct {
 	// Extra holds annotations that dataset.Dataset has no field for yet.
 	Extra Extra
 
-	srcs []source
+	srcs           []source
+	instructionSrc []recordPos
 }
 
 // Extra holds source annotations that dataset.Dataset cannot carry.
@@ -144,6 +145,21 @@ func (res *Result) Where(kind string, i int) (file string, line int) {
 		return sg.file, line
 	}
 	return "", 0
+}
+
+// InstructionWhere returns the file and line of the i-th instruction record
+// as read.
+func (res *Result) InstructionWhere(i int) (file string, line int) {
+	if i < len(res.instructionSrc) {
+		s := res.instructionSrc[i]
+		return s.file, s.line
+	}
+	return "", 0
+}
+
+type recordPos struct {
+	file string
+	line int
 }
 
 // source is a run of records read from one file: the records of each kind
@@ -265,7 +281,7 @@ func Read(ctx context.Context, format, p string, opts Options) (*Result, error) 
 	}
 	return &Result{
 		Dataset: r.b.ds, Files: r.files, Rejected: r.b.rejected, srcs: r.b.srcs,
-		Questions: r.b.questions, Instructions: r.b.instructions, Extra: r.b.extra,
+		Questions: r.b.questions, Instructions: r.b.instructions, Extra: r.b.extra, instructionSrc: r.b.instructionSrc,
 	}, nil
 }
 
@@ -444,8 +460,10 @@ type builder struct {
 	srcs         []source
 	questions    []Question
 	instructions []model.Record
-	extra        Extra
-	maxValue     int
+	// instructionSrc is where each instruction record came from.
+	instructionSrc []recordPos
+	extra          Extra
+	maxValue       int
 }
 
 func newBuilder(format, root string) *builder {
@@ -667,4 +685,32 @@ func splitOf(name, fallback string) string {
 		}
 	}
 	return fallback
+}
+
+// SourceBox returns how format writes a box, for messages that must show
+// the file's own values rather than the converted pixel xyxy box: COCO,
+// RefCOCO, VG and the scene world "bbox [x, y, w, h]", Flickr30k
+// "xmin/ymin/xmax/ymax" (1-based, inclusive), the others pixel xyxy.
+// Values are printed to 10 significant digits, which gives back what the
+// file held for the decimals annotation files use.
+func SourceBox(format string) func(dataset.Box) string {
+	g := func(v float64) string { return strconv.FormatFloat(v, 'g', 10, 64) }
+	switch format {
+	case FormatCOCO, FormatRefCOCO, FormatScenes:
+		return func(b dataset.Box) string {
+			return "bbox [" + g(b.X1) + ", " + g(b.Y1) + ", " + g(b.X2-b.X1) + ", " + g(b.Y2-b.Y1) + "]"
+		}
+	case FormatVG:
+		return func(b dataset.Box) string {
+			return "x " + g(b.X1) + ", y " + g(b.Y1) + ", w " + g(b.X2-b.X1) + ", h " + g(b.Y2-b.Y1)
+		}
+	case FormatFlickr30k:
+		return func(b dataset.Box) string {
+			return "xmin " + g(b.X1+1) + ", ymin " + g(b.Y1+1) + ", xmax " + g(b.X2) + ", ymax " + g(b.Y2)
+		}
+	default:
+		return func(b dataset.Box) string {
+			return "bbox [" + g(b.X1) + ", " + g(b.Y1) + ", " + g(b.X2) + ", " + g(b.Y2) + "]"
+		}
+	}
 }

@@ -306,9 +306,9 @@ func addREFERRefs(pending []refRecord, b *builder, firstImage int, setSplits boo
 // miniGPT collects the MiniGPT-v2 flat list: one entry per sentence,
 // grouped by img_id ("COCO_train2014_<12-digit image id>_<ann id>").
 type miniGPT struct {
-	b      *builder
-	split  string
-	imgDir string
+	b       *builder
+	split   string
+	imgDir  string
 	images  map[string]bool
 	refs    map[string]int // img_id -> index in b.ds.Refs
 	objects map[string]int // img_id -> index in b.ds.Objects

@@ -27,6 +27,7 @@ import (
 
 	"github.com/groundmesh/groundmesh/internal/dataset"
 	"github.com/groundmesh/groundmesh/internal/events"
+	"github.com/groundmesh/groundmesh/internal/model"
 	"github.com/groundmesh/groundmesh/services/ingest/internal/validate"
 	"github.com/groundmesh/groundmesh/services/ingest/readers"
 	"github.com/groundmesh/groundmesh/services/ingest/scenes"
@@ -84,6 +85,8 @@ type Repository interface {
 	// transaction. When the version already exists it records nothing and
 	// returns the existing one with created false.
 	Create(ctx context.Context, v *Version, files []FileEntry, rejects []readers.Reject, fact events.DatasetIngested) (_ *Version, created bool, err error)
+	// Rejects lists a version's rejected records in the order recorded.
+	Rejects(ctx context.Context, id string) ([]readers.Reject, error)
 }
 
 // Config configures the use cases.
@@ -184,6 +187,9 @@ func (e *RejectedError) Error() string {
 	if len(e.Report.Rejected) > 0 {
 		r := e.Report.Rejected[0]
 		first = fmt.Sprintf("; first: %s %s: %s", r.Kind, r.ID, r.Reason)
+		if w := r.Where(); w != "" {
+			first = fmt.Sprintf("; first: %s: %s %s: %s", w, r.Kind, r.ID, r.Reason)
+		}
 	}
 	return fmt.Sprintf("%v: %d of %d records rejected (%.2f%% > %.2f%% allowed): %s%s",
 		ErrBadInput, len(e.Report.Rejected), e.Report.Records, 100*e.Report.BadFraction(), 100*e.Max, strings.Join(parts, ", "), first)
@@ -194,9 +200,20 @@ func (e *RejectedError) Unwrap() error { return ErrBadInput }
 // prepared is a dataset read, validated and hashed, not yet recorded.
 type prepared struct {
 	ds     *dataset.Dataset
+	res    *readers.Result // questions, instructions and extras, filtered like ds
 	report *validate.Report
 	header ManifestHeader
 	files  []FileEntry
+}
+
+// Loaded is a recorded version read back: the dataset and what
+// dataset.Dataset has no field for (evaluation questions, instruction
+// records, annotations kept aside).
+type Loaded struct {
+	Dataset      *dataset.Dataset
+	Questions    []readers.Question
+	Instructions []model.Record
+	Extra        readers.Extra
 }
 
 // Ingest reads, validates, hashes and records the dataset req names. Bad
@@ -233,7 +250,7 @@ func (s *Service) Ingest(ctx context.Context, req events.IngestRequested, progre
 
 	version := ManifestVersion(p.header, p.files)
 	span.SetAttributes(attribute.String("ingest.version", version))
-	counts, splits := countsOf(p.ds, p.report)
+	counts, splits := countsOf(p.ds, p.res, p.report)
 	fact := events.DatasetIngested{
 		CorrelationID: req.CorrelationID, Name: name, Version: version, Format: req.Format,
 		Root: p.ds.Root, Counts: counts, Splits: splits,
@@ -285,7 +302,7 @@ func (s *Service) DryRun(ctx context.Context, req events.IngestRequested, progre
 	if err != nil {
 		return events.DatasetIngested{}, nil, err
 	}
-	counts, splits := countsOf(p.ds, p.report)
+	counts, splits := countsOf(p.ds, p.res, p.report)
 	return events.DatasetIngested{
 		CorrelationID: req.CorrelationID, Name: name, Version: ManifestVersion(p.header, p.files), Format: req.Format,
 		Root: p.ds.Root, Counts: counts, Splits: splits,
@@ -342,9 +359,22 @@ func (s *Service) resolve(ctx context.Context, req events.IngestRequested, progr
 		return "", "", badInput("path %q is not valid UTF-8", abs)
 	}
 	if name == "" {
-		name = req.Format + "-" + strings.TrimSuffix(filepath.Base(abs), filepath.Ext(abs))
+		name = DefaultName(abs)
 	}
 	return abs, name, nil
+}
+
+// DefaultName is the dataset name of a path given without one: the folder
+// name, for a file the name of the folder holding it (above an
+// "annotations" folder).
+func DefaultName(abs string) string {
+	if st, err := os.Stat(abs); err == nil && !st.IsDir() {
+		abs = filepath.Dir(abs)
+		if filepath.Base(abs) == "annotations" {
+			abs = filepath.Dir(abs)
+		}
+	}
+	return filepath.Base(abs)
 }
 
 // ScenesDir is where the service keeps the world of spec:
@@ -429,6 +459,8 @@ func (s *Service) prepare(ctx context.Context, format, src, name string, progres
 	vopts := s.cfg.Validate
 	vopts.Root = ds.Root
 	vopts.Progress = func(done, total int64) { progress(done, total, "check images") }
+	vopts.Where = res.Where
+	vopts.BoxText = readers.SourceBox(format)
 	rep, err := validate.Dataset(vctx, ds, res.Rejected, vopts)
 	if err == nil {
 		vspan.SetAttributes(attribute.Int64("ingest.records", rep.Records), attribute.Int("ingest.rejected", len(rep.Rejected)))
@@ -437,6 +469,7 @@ func (s *Service) prepare(ctx context.Context, format, src, name string, progres
 	if err != nil {
 		return nil, fmt.Errorf("validate %s: %w", src, err)
 	}
+	keepAnswerable(res, rep)
 	files := opener.Files()
 	seen := map[string]bool{}
 	for _, im := range ds.Images {
@@ -451,14 +484,62 @@ func (s *Service) prepare(ctx context.Context, format, src, name string, progres
 		h.Files++
 		h.Bytes += f.Bytes
 	}
-	return &prepared{ds: ds, report: rep, header: h, files: sortedFiles(files)}, nil
+	return &prepared{ds: ds, res: res, report: rep, header: h, files: sortedFiles(files)}, nil
 }
 
-func countsOf(ds *dataset.Dataset, rep *validate.Report) (map[string]int64, map[string]int64) {
+// keepAnswerable drops the questions and instruction records whose images
+// validation rejected (they could not be shown to a model), reporting each
+// where its file holds it, and counts the kept ones as records.
+func keepAnswerable(res *readers.Result, rep *validate.Report) {
+	kept := make(map[string]bool, len(res.Dataset.Images))
+	for _, im := range res.Dataset.Images {
+		kept[im.ID] = true
+	}
+	qs := res.Questions[:0]
+	for _, q := range res.Questions {
+		rep.Records++
+		if !kept[q.ImageID] {
+			rep.Rejected = append(rep.Rejected, readers.Reject{Kind: readers.KindQuestion, ID: q.ID, File: q.File, Line: q.Line,
+				Reason: validate.ReasonImageRejected + ": " + q.ImageID})
+			continue
+		}
+		qs = append(qs, q)
+	}
+	res.Questions = qs
+	ins := res.Instructions[:0]
+	for i, r := range res.Instructions {
+		rep.Records++
+		bad := ""
+		for _, im := range r.Images {
+			if im.Kind == "image" && !kept[im.Path] {
+				bad = im.Path
+				break
+			}
+		}
+		if bad != "" {
+			file, line := res.InstructionWhere(i)
+			rep.Rejected = append(rep.Rejected, readers.Reject{Kind: readers.KindInstruction, ID: r.ID, File: file, Line: line,
+				Reason: validate.ReasonImageRejected + ": " + bad})
+			continue
+		}
+		ins = append(ins, r)
+	}
+	res.Instructions = ins
+}
+
+func countsOf(ds *dataset.Dataset, res *readers.Result, rep *validate.Report) (map[string]int64, map[string]int64) {
 	counts := map[string]int64{
 		"images": int64(len(ds.Images)), "objects": int64(len(ds.Objects)), "refs": int64(len(ds.Refs)),
 		"relations": int64(len(ds.Relations)), "regions": int64(len(ds.Regions)),
 		"rejected": int64(len(rep.Rejected)), "clipped": rep.Clipped,
+	}
+	if res != nil {
+		if n := len(res.Questions); n > 0 {
+			counts["questions"] = int64(n)
+		}
+		if n := len(res.Instructions); n > 0 {
+			counts["instructions"] = int64(n)
+		}
 	}
 	splits := map[string]int64{}
 	for _, im := range ds.Images {
@@ -477,7 +558,17 @@ func summary(rep *validate.Report, maxBad float64) ReportSummary {
 // Load reads a recorded version back from its files, validates it with the
 // policy it was ingested with, and checks every file against its recorded
 // hash: a changed file fails with ErrChanged.
-func (s *Service) Load(ctx context.Context, id string) (_ *dataset.Dataset, err error) {
+func (s *Service) Load(ctx context.Context, id string) (*dataset.Dataset, error) {
+	l, err := s.LoadAll(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	return l.Dataset, nil
+}
+
+// LoadAll is Load with the questions, instruction records and extra
+// annotations the version's files hold.
+func (s *Service) LoadAll(ctx context.Context, id string) (_ *Loaded, err error) {
 	ctx, span := s.tracer.Start(ctx, "ingest.Load", trace.WithAttributes(attribute.String("ingest.dataset_id", id)))
 	defer func() { endSpan(span, err) }()
 	start := time.Now()
@@ -494,7 +585,21 @@ func (s *Service) Load(ctx context.Context, id string) (_ *dataset.Dataset, err 
 	}
 	s.log.InfoContext(ctx, "dataset loaded", slog.String("dataset_id", id), slog.String("name", v.Name),
 		slog.Int("images", len(p.ds.Images)), slog.Int("objects", len(p.ds.Objects)), slog.Duration("took", time.Since(start)))
-	return p.ds, nil
+	return &Loaded{Dataset: p.ds, Questions: p.res.Questions, Instructions: p.res.Instructions, Extra: p.res.Extra}, nil
+}
+
+// Rejects returns the validation summary of a recorded version and its
+// rejected records with their files and lines, in the order found.
+func (s *Service) Rejects(ctx context.Context, id string) (ReportSummary, []readers.Reject, error) {
+	v, _, err := s.repo.Get(ctx, id)
+	if err != nil {
+		return ReportSummary{}, nil, err
+	}
+	rj, err := s.repo.Rejects(ctx, id)
+	if err != nil {
+		return ReportSummary{}, nil, fmt.Errorf("list rejects of %s: %w", id, err)
+	}
+	return v.Report, rj, nil
 }
 
 // prepareAs re-runs prepare with the validation policy a version recorded.
@@ -531,6 +636,9 @@ var errNoRepository = errors.New("ingest: no repository configured (dry-run serv
 func (noRepository) Find(context.Context, string) (*Version, error) { return nil, errNoRepository }
 func (noRepository) Get(context.Context, string) (*Version, []FileEntry, error) {
 	return nil, nil, errNoRepository
+}
+func (noRepository) Rejects(context.Context, string) ([]readers.Reject, error) {
+	return nil, errNoRepository
 }
 func (noRepository) Create(context.Context, *Version, []FileEntry, []readers.Reject, events.DatasetIngested) (*Version, bool, error) {
 	return nil, false, errNoRepository

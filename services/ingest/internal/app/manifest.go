@@ -137,12 +137,14 @@ func (o *hashingOpener) Open(rel string) (io.ReadCloser, error) {
 	if err != nil {
 		return nil, err
 	}
+	var size int64
 	if st, err := f.Stat(); err == nil {
+		size = st.Size()
 		o.mu.Lock()
-		o.opened += st.Size()
+		o.opened += size
 		o.mu.Unlock()
 	}
-	return &hashingFile{f: f, h: sha256.New(), rel: rel, owner: o}, nil
+	return &hashingFile{f: f, h: sha256.New(), rel: rel, owner: o, size: size}, nil
 }
 
 // Files returns the files read, sorted by path.
@@ -161,6 +163,7 @@ type hashingFile struct {
 	h     hash.Hash
 	n     int64
 	rel   string
+	size  int64 // at open
 	owner *hashingOpener
 	// unreported bytes, flushed to progress every 8 MiB
 	pending int64
@@ -177,15 +180,17 @@ func (x *hashingFile) Read(p []byte) (int, error) {
 	return n, err
 }
 
+// flush reports this file's progress: each file is its own phase ("read
+// <file>"), so done and total are this file's bytes, not sums that grow as
+// files open.
 func (x *hashingFile) flush() {
 	o := x.owner
 	o.mu.Lock()
 	o.read += x.pending
-	done, total := o.read, o.opened
 	o.mu.Unlock()
 	x.pending = 0
 	if o.progress != nil {
-		o.progress(done, total, "read "+x.rel)
+		o.progress(x.n, max(x.size, x.n), "read "+x.rel)
 	}
 }
 

@@ -90,6 +90,13 @@ type Options struct {
 	Workers int
 	// Progress, when set, is called as image files are checked.
 	Progress func(done, total int64)
+	// Where names the annotation file (and line) the i-th record of kind
+	// came from, i counting the records as the reader produced them
+	// (readers.Result.Where). nil: rejects carry no place.
+	Where func(kind string, i int) (file string, line int)
+	// BoxText writes a box as the source file wrote it (readers.SourceBox),
+	// so that a reject shows the file's own values. nil: pixel xyxy.
+	BoxText func(dataset.Box) string
 }
 
 // WithDefaults fills zero fields; it is idempotent.
@@ -173,8 +180,21 @@ type validator struct {
 	sizes      []int64 // file bytes per input image index
 }
 
-func (v *validator) reject(kind, id, reason string) {
-	v.rep.Rejected = append(v.rep.Rejected, readers.Reject{Kind: kind, ID: id, Reason: reason})
+// reject records that the i-th record of kind (as read) was refused.
+func (v *validator) reject(kind string, i int, id, reason string) {
+	rj := readers.Reject{Kind: kind, ID: id, Reason: reason}
+	if v.opts.Where != nil {
+		rj.File, rj.Line = v.opts.Where(kind, i)
+	}
+	v.rep.Rejected = append(v.rep.Rejected, rj)
+}
+
+// boxText writes b as the source file did, or as pixel xyxy.
+func (v *validator) boxText(b dataset.Box) string {
+	if v.opts.BoxText != nil {
+		return v.opts.BoxText(b)
+	}
+	return fmt.Sprintf("[%g, %g, %g, %g]", b.X1, b.Y1, b.X2, b.Y2)
 }
 
 // ValidText reports whether s is acceptable text.
@@ -203,15 +223,15 @@ func (v *validator) checkImages(ctx context.Context) error {
 	for i := range ds.Images {
 		im := &ds.Images[i]
 		if seenIDs[im.ID] {
-			v.reject(readers.KindImage, im.ID, ReasonDuplicateID)
+			v.reject(readers.KindImage, i, im.ID, ReasonDuplicateID)
 			continue // the first record of this id stands
 		}
 		seenIDs[im.ID] = true
 		switch {
 		case !ValidText(im.ID) || !ValidText(im.File) || !ValidText(im.Split):
-			v.reject(readers.KindImage, im.ID, ReasonNonUTF8)
+			v.reject(readers.KindImage, i, im.ID, ReasonNonUTF8)
 		case !SafePath(im.File):
-			v.reject(readers.KindImage, im.ID, ReasonPathTraversal+": "+im.File)
+			v.reject(readers.KindImage, i, im.ID, ReasonPathTraversal+": "+im.File)
 		default:
 			keep[i] = true
 			v.images[im.ID] = im
@@ -237,7 +257,7 @@ func (v *validator) checkImages(ctx context.Context) error {
 			reasons[i] = ReasonSizeUnknown
 		}
 		if reasons[i] != "" {
-			v.reject(readers.KindImage, im.ID, reasons[i])
+			v.reject(readers.KindImage, i, im.ID, reasons[i])
 			delete(v.images, im.ID)
 			v.badImages[im.ID] = true
 			continue
@@ -340,15 +360,15 @@ func (v *validator) box(b *dataset.Box, im *dataset.Image) (string, bool) {
 		}
 	}
 	if b.X2 <= b.X1 || b.Y2 <= b.Y1 {
-		return fmt.Sprintf("%s: [%g, %g, %g, %g]", ReasonBoxArea, b.X1, b.Y1, b.X2, b.Y2), false
+		return fmt.Sprintf("%s: %s", ReasonBoxArea, v.boxText(*b)), false
 	}
 	w, h, tol := float64(im.Width), float64(im.Height), max(0, v.opts.BoxTolerance)
 	if b.X1 < -tol || b.Y1 < -tol || b.X2 > w+tol || b.Y2 > h+tol {
-		return fmt.Sprintf("%s: [%g, %g, %g, %g] in %dx%d", ReasonBoxOutside, b.X1, b.Y1, b.X2, b.Y2, im.Width, im.Height), false
+		return fmt.Sprintf("%s: %s in %dx%d", ReasonBoxOutside, v.boxText(*b), im.Width, im.Height), false
 	}
 	c := dataset.Box{X1: max(b.X1, 0), Y1: max(b.Y1, 0), X2: min(b.X2, w), Y2: min(b.Y2, h)}
 	if c.X2 <= c.X1 || c.Y2 <= c.Y1 {
-		return fmt.Sprintf("%s: after clipping to %dx%d", ReasonBoxArea, im.Width, im.Height), false
+		return fmt.Sprintf("%s: %s after clipping to %dx%d", ReasonBoxArea, v.boxText(*b), im.Width, im.Height), false
 	}
 	clipped := c != *b
 	*b = c
@@ -393,12 +413,12 @@ func (v *validator) checkObjects() {
 	out := ds.Objects[:0]
 	for i, o := range ds.Objects {
 		if seenIDs[o.ID] {
-			v.reject(readers.KindObject, o.ID, ReasonDuplicateID)
+			v.reject(readers.KindObject, i, o.ID, ReasonDuplicateID)
 			continue // the first record of this id stands
 		}
 		seenIDs[o.ID] = true
 		if reasons[i] != "" {
-			v.reject(readers.KindObject, o.ID, reasons[i])
+			v.reject(readers.KindObject, i, o.ID, reasons[i])
 			v.badObjects[o.ID] = true
 			continue
 		}
@@ -465,9 +485,9 @@ func (v *validator) checkRefs() {
 	ds := v.ds
 	seenIDs := make(map[string]bool, len(ds.Refs))
 	out := ds.Refs[:0]
-	for _, r := range ds.Refs {
+	for i, r := range ds.Refs {
 		if seenIDs[r.ID] {
-			v.reject(readers.KindRef, r.ID, ReasonDuplicateID)
+			v.reject(readers.KindRef, i, r.ID, ReasonDuplicateID)
 			continue
 		}
 		seenIDs[r.ID] = true
@@ -485,7 +505,7 @@ func (v *validator) checkRefs() {
 			}
 		}
 		if reason != "" {
-			v.reject(readers.KindRef, r.ID, reason)
+			v.reject(readers.KindRef, i, r.ID, reason)
 			continue
 		}
 		out = append(out, r)
@@ -507,9 +527,9 @@ func (v *validator) checkRelations() {
 	ds := v.ds
 	seenIDs := make(map[string]bool, len(ds.Relations))
 	out := ds.Relations[:0]
-	for _, r := range ds.Relations {
+	for i, r := range ds.Relations {
 		if seenIDs[r.ID] {
-			v.reject(readers.KindRelation, r.ID, ReasonDuplicateID)
+			v.reject(readers.KindRelation, i, r.ID, ReasonDuplicateID)
 			continue
 		}
 		seenIDs[r.ID] = true
@@ -527,7 +547,7 @@ func (v *validator) checkRelations() {
 			}
 		}
 		if reason != "" {
-			v.reject(readers.KindRelation, r.ID, reason)
+			v.reject(readers.KindRelation, i, r.ID, reason)
 			continue
 		}
 		out = append(out, r)
@@ -540,9 +560,9 @@ func (v *validator) checkRegions() {
 	ds := v.ds
 	seenIDs := make(map[string]bool, len(ds.Regions))
 	out := ds.Regions[:0]
-	for _, g := range ds.Regions {
+	for i, g := range ds.Regions {
 		if seenIDs[g.ID] {
-			v.reject(readers.KindRegion, g.ID, ReasonDuplicateID)
+			v.reject(readers.KindRegion, i, g.ID, ReasonDuplicateID)
 			continue
 		}
 		seenIDs[g.ID] = true
@@ -563,7 +583,7 @@ func (v *validator) checkRegions() {
 			}
 		}
 		if reason != "" {
-			v.reject(readers.KindRegion, g.ID, reason)
+			v.reject(readers.KindRegion, i, g.ID, reason)
 			continue
 		}
 		out = append(out, g)

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"unicode/utf8"
 
@@ -103,6 +104,32 @@ func (r *Repo) Get(ctx context.Context, id string) (*app.Version, []app.FileEntr
 	return v, files, nil
 }
 
+// Rejects lists a version's rejected records in the order recorded. The
+// file column holds "file:line" where a line is known.
+func (r *Repo) Rejects(ctx context.Context, id string) ([]readers.Reject, error) {
+	if _, err := uuid.Parse(id); err != nil {
+		return nil, fmt.Errorf("%w: dataset id %q is not a uuid", app.ErrBadInput, id)
+	}
+	rows, err := r.pool.Query(ctx, `SELECT kind, record_id, file, reason FROM dataset_rejects WHERE version_id = $1 ORDER BY seq`, id)
+	if err != nil {
+		return nil, fmt.Errorf("get rejects of dataset version %s: %w", id, err)
+	}
+	out, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (readers.Reject, error) {
+		var rj readers.Reject
+		err := row.Scan(&rj.Kind, &rj.ID, &rj.File, &rj.Reason)
+		if i := strings.LastIndexByte(rj.File, ':'); i > 0 {
+			if n, perr := strconv.Atoi(rj.File[i+1:]); perr == nil && n > 0 {
+				rj.File, rj.Line = rj.File[:i], n
+			}
+		}
+		return rj, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("get rejects of dataset version %s: %w", id, err)
+	}
+	return out, nil
+}
+
 // Create records a version, its files, rejects, lineage and fact in one
 // transaction; an existing version (same manifest hash) wins.
 func (r *Repo) Create(ctx context.Context, v *app.Version, files []app.FileEntry, rejects []readers.Reject, fact events.DatasetIngested) (*app.Version, bool, error) {
@@ -156,7 +183,7 @@ func (r *Repo) Create(ctx context.Context, v *app.Version, files []app.FileEntry
 			[]string{"version_id", "seq", "kind", "record_id", "file", "reason"},
 			pgx.CopyFromSlice(len(rejects), func(i int) ([]any, error) {
 				rj := rejects[i]
-				return []any{id, int32(i), clean(rj.Kind), clean(rj.ID), clean(rj.File), clean(rj.Reason)}, nil
+				return []any{id, int32(i), clean(rj.Kind), clean(rj.ID), clean(rj.Where()), clean(rj.Reason)}, nil
 			})); err != nil {
 			return fmt.Errorf("insert dataset rejects: %w", err)
 		}
