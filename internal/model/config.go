@@ -158,6 +158,67 @@ type Config struct {
 	// loss alone trains them): with it, the scene probe's boxes came out
 	// worse than the mean box. "ground.*" is then used by inference too.
 	GroundReadout bool `json:"ground_readout,omitempty"`
+	// Grounder replaces the patch embedding with a spatial grounding
+	// encoder and gives box answers a head of their own:
+	//
+	//   - a sentence vector per sequence from the text before its first
+	//     image: token embeddings plus "grounder.text.pos", one
+	//     bidirectional transformer block "grounder.text.block" over those
+	//     positions, GrounderQueries learned attention pools
+	//     ("grounder.text.query", zeros at initialization: plain means),
+	//     concatenated through "grounder.text.proj" and "grounder.text.ln";
+	//   - a CoordConv tower over each image (two coordinate channels in -1..1
+	//     beside the input of every 3x3 convolution "grounder.conv.<i>"):
+	//     log2(PatchSize) stride-2 convolutions, each but the first followed
+	//     by a residual stride-1 one, every convolution followed by a
+	//     channel layer norm, a FiLM scale and shift from the sentence
+	//     vector ("grounder.film.<i>", zeros at initialization) and GELU;
+	//     its grid of (ImageSize/PatchSize)^2 cells of VisionWidth channels
+	//     is what the language model's patch positions read (vision.ln_f,
+	//     projector), so the patches arrive already conditioned on the
+	//     question;
+	//   - a head over the cells of the first image ("grounder.head.fc1",
+	//     "grounder.head.out": a pointer logit and the distances from the
+	//     cell's centre to the box's four sides), trained, where a shard
+	//     labels the referent (Shard.RefBoxes: single-box REC records), by
+	//     cross-entropy to a Gaussian around the cell holding the box's
+	//     centre plus L1 and GIoU of the boxes near it, times
+	//     GrounderLossWeight.
+	//
+	// At inference a box answer's four numbers are the box of the cell the
+	// pointer picks (compute.ForwardResult.HeadBoxes; the host's box
+	// grammar writes them), while the language model writes the rest of
+	// the answer. The reasoning is the reference grounders' (FiLM and
+	// MDETR on CLEVR, CoordConv, CenterNet/FCOS): read positions off a
+	// spatial map conditioned on the expression rather than generate them
+	// digit by digit from a tiny decoder.
+	Grounder           bool    `json:"grounder,omitempty"`
+	GrounderQueries    int     `json:"grounder_queries,omitempty"`
+	GrounderLossWeight float64 `json:"grounder_loss_weight,omitempty"`
+}
+
+// GrounderConvs lists Config.Grounder's convolutions in order: their
+// stride (2 or 1) and output channels. Stride-2 convolutions take the
+// image from ImageSize to the patch grid; every one after the first is
+// followed by a residual stride-1 convolution at its resolution. The
+// channels double up to VisionWidth, as StemChannels does. Nil without
+// Grounder.
+func (c Config) GrounderConvs() (strides, channels []int) {
+	if !c.Grounder {
+		return nil, nil
+	}
+	n := 0
+	for p := c.PatchSize; p > 1; p /= 2 {
+		n++
+	}
+	for i := range n {
+		ch := c.VisionWidth >> max(0, n-2-i)
+		strides, channels = append(strides, 2), append(channels, ch)
+		if i > 0 {
+			strides, channels = append(strides, 1), append(channels, ch)
+		}
+	}
+	return strides, channels
 }
 
 // StemChannels returns ConvStem's output channels per convolution: they
@@ -211,6 +272,16 @@ func (c Config) Validate() error {
 		return fmt.Errorf("model config: box_loss_weight %v must not be negative, and needs ground_loss_weight", c.BoxLossWeight)
 	case c.GroundReadout && c.GroundLossWeight <= 0:
 		return fmt.Errorf("model config: ground_readout needs ground_loss_weight")
+	case c.Grounder && (c.PatchSize < 2 || c.PatchSize&(c.PatchSize-1) != 0 || c.VisionWidth%4 != 0):
+		return fmt.Errorf("model config: grounder needs a patch_size that is a power of two (not %d) and a vision_width divisible by 4 (not %d)", c.PatchSize, c.VisionWidth)
+	case c.Grounder && (c.ConvStem || c.TextFusion || c.GroundReadout || c.VisionDepth != 0):
+		return fmt.Errorf("model config: grounder replaces conv_stem, text_fusion, ground_readout and the vision blocks (vision_depth %d): turn them off", c.VisionDepth)
+	case c.Grounder && !c.ImagesAfterText:
+		return fmt.Errorf("model config: grounder needs images_after_text (its sentence vector reads the text before the first image)")
+	case c.Grounder && (c.GrounderQueries <= 0 || c.GrounderLossWeight <= 0 || math.IsNaN(c.GrounderLossWeight)):
+		return fmt.Errorf("model config: grounder needs grounder_queries (%d) and grounder_loss_weight (%v) above 0", c.GrounderQueries, c.GrounderLossWeight)
+	case !c.Grounder && (c.GrounderQueries != 0 || c.GrounderLossWeight != 0):
+		return fmt.Errorf("model config: grounder_queries and grounder_loss_weight need grounder")
 	case c.MaxSeq < c.Patches()*c.MaxImages+8:
 		return fmt.Errorf("model config: max_seq %d shorter than %d image patches plus text", c.MaxSeq, c.Patches()*c.MaxImages)
 	}

@@ -39,6 +39,13 @@ type GenerateOptions struct {
 	// BatchSize splits prompts into backend batches of at most this many;
 	// 0 sends them all at once.
 	BatchSize int
+	// BoxFromHead, under ConstraintBox, writes the box the backend's
+	// grounding head returns with Prefill (compute.ForwardResult.HeadBoxes,
+	// Config.Grounder) instead of the language model's own numbers; the
+	// grammar still writes the box's text. Prompts without a head box
+	// decode as usual. Use it where the text before the image names the
+	// referent (REC), which is what the head is trained on.
+	BoxFromHead bool
 }
 
 // Finish reasons of a Generation.
@@ -144,6 +151,23 @@ type grammar struct {
 	cur   int    // coarse part of the number being written
 	capd  bool   // yes/no: <cap> picked
 	ended bool   // nothing but <eos> may follow
+	// force, when set, are the box's numbers in thousandths
+	// (GenerateOptions.BoxFromHead).
+	force *[4]int
+}
+
+// forcedBox turns a head box into the thousandths the box grammar can
+// write: x1, y1 at most 0.999 and x2, y2 at least one thousandth past them.
+func forcedBox(b [4]float32) *[4]int {
+	var v [4]int
+	for k, x := range b {
+		v[k] = int(math.Round(float64(min(max(x, 0), 1)) * 1000))
+	}
+	for a := range 2 {
+		v[a] = min(v[a], 999)
+		v[a+2] = max(v[a+2], v[a]+1)
+	}
+	return &v
 }
 
 // banned are the tokens free text never picks.
@@ -194,6 +218,14 @@ func (g *grammar) pick(logits []float32) int32 {
 	lower := -1
 	if v >= 2 {
 		lower = g.vals[v-2] + 1
+	}
+	if g.force != nil {
+		if k%3 == 1 {
+			g.cur = g.force[v] / 10
+			return tokCoarse0 + int32(g.cur)
+		}
+		g.vals[v] = g.force[v]
+		return tokFine0 + int32(g.force[v]%10)
 	}
 	if k%3 == 1 { // coarse
 		lo, hi := int32(0), int32(numCoarse)
@@ -374,6 +406,9 @@ func (g *Generator) generateBatch(ctx context.Context, prompts []Prompt, offset 
 	done := make([]bool, len(prompts))
 	for i := range gram {
 		gram[i].c = opts.Constraint
+		if opts.BoxFromHead && opts.Constraint.kind == kindBox && i < len(res.HeadBoxes) && res.HeadBoxes[i].OK {
+			gram[i].force = forcedBox(res.HeadBoxes[i].Box)
+		}
 	}
 	feed := make([]int32, len(prompts))
 	for step := 0; ; step++ {

@@ -98,7 +98,28 @@ func (c Config) Params() []ParamSpec {
 		add(prefix+".mlp.fc2.b", w)
 	}
 	vw, w := c.VisionWidth, c.Width
-	if chans := c.StemChannels(); chans != nil {
+	if c.Grounder {
+		add("grounder.text.pos", c.MaxSeq, w)
+		block("grounder.text.block", w)
+		add("grounder.text.query", c.GrounderQueries, w)
+		add("grounder.text.proj.w", c.GrounderQueries*w, w)
+		add("grounder.text.proj.b", w)
+		add("grounder.text.ln.w", w)
+		add("grounder.text.ln.b", w)
+		strides, chans := c.GrounderConvs()
+		in := 3
+		for i := range strides {
+			add(fmt.Sprintf("grounder.conv.%d.w", i), 3, 3, in+2, chans[i])
+			add(fmt.Sprintf("grounder.conv.%d.b", i), chans[i])
+			add(fmt.Sprintf("grounder.film.%d.w", i), w, 2*chans[i])
+			add(fmt.Sprintf("grounder.film.%d.b", i), 2*chans[i])
+			in = chans[i]
+		}
+		add("grounder.head.fc1.w", vw+2, vw)
+		add("grounder.head.fc1.b", vw)
+		add("grounder.head.out.w", vw, 5)
+		add("grounder.head.out.b", 5)
+	} else if chans := c.StemChannels(); chans != nil {
 		in := 3
 		for i, out := range chans {
 			add(fmt.Sprintf("vision.stem.%d.w", i), 3, 3, in, out)
@@ -109,8 +130,10 @@ func (c Config) Params() []ParamSpec {
 	} else {
 		add("vision.patch_embed.w", c.PatchSize*c.PatchSize*3, vw)
 	}
-	add("vision.patch_embed.b", vw)
-	add("vision.pos", c.Patches(), vw)
+	if !c.Grounder {
+		add("vision.patch_embed.b", vw)
+		add("vision.pos", c.Patches(), vw)
+	}
 	for i := range c.VisionDepth {
 		block(fmt.Sprintf("vision.blocks.%d", i), vw)
 	}
@@ -167,6 +190,15 @@ func (c Config) ParamCount() int64 {
 			3*w64*w64 + 3*w64 + // qkv
 			w64*w64 + w64 + // out
 			w64*h + h + h*w64 + w64 // mlp
+	}
+	if c.Grounder {
+		// The grounder's tower has no closed form worth keeping beside
+		// Params; its count is the list's.
+		var n int64
+		for _, p := range c.Params() {
+			n += p.Size()
+		}
+		return n
 	}
 	vw, w, v := int64(c.VisionWidth), int64(c.Width), int64(c.VocabSize)
 	p := int64(c.PatchSize*c.PatchSize*3)*vw + vw + int64(c.Patches())*vw

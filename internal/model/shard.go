@@ -278,6 +278,27 @@ type entry struct {
 	// ground is the referent of the first image's patches, for
 	// patch_targets (Config.GroundLossWeight); nil for none.
 	ground *groundRef
+	// ref is the referent's box on the first image for Config.Grounder's
+	// head, normalized to the padded square; nil for none.
+	ref *NormBox
+}
+
+// refOf returns Config.Grounder's label for a record: the one box of a
+// REC answer (an expression in the text, its referent on the first, full
+// image), normalized. Other tasks' boxes are not what the text before the
+// image names (a crop's place, every object of a dense description), so
+// they label nothing.
+func refOf(c Config, rec *Record) *NormBox {
+	if !c.Grounder || rec.Task != "rec" || len(rec.Answer.Boxes) != 1 || len(rec.Images) == 0 || rec.Images[0].Kind != "image" {
+		return nil
+	}
+	im := rec.Images[0]
+	if im.Width <= 0 || im.Height <= 0 {
+		return nil
+	}
+	b := rec.Answer.Boxes[0]
+	n := Normalize(dataset.Box{X1: b[0], Y1: b[1], X2: b[2], Y2: b[3]}, im.Width, im.Height)
+	return &n
 }
 
 // groundRef is what a sample's first image's patches are labelled with: the
@@ -358,7 +379,7 @@ func (b *ShardBuilder) pack(entries []entry) []entry {
 		// would come after the patches, which could neither be modulated by
 		// it (Config.TextFusion) nor labelled for it, and REC would learn
 		// from the text alone. Records after it can still join it.
-		if i, ok := open[k]; ok && e.ground == nil {
+		if i, ok := open[k]; ok && e.ground == nil && e.ref == nil {
 			cur := &out[i]
 			merged := *cur.rec
 			merged.Conversations = append(slices.Clip(cur.rec.Conversations), laterTurns(e.rec.Conversations)...)
@@ -451,7 +472,7 @@ func (b *ShardBuilder) Build(ctx context.Context, records iter.Seq2[Record, erro
 			}
 			continue
 		}
-		e := entry{key: sortKey(cfg.Seed, rec.ID), id: rec.ID, seq: len(entries), sample: s, images: rec.Images, ground: groundOf(cfg.Model, &rec)}
+		e := entry{key: sortKey(cfg.Seed, rec.ID), id: rec.ID, seq: len(entries), sample: s, images: rec.Images, ground: groundOf(cfg.Model, &rec), ref: refOf(cfg.Model, &rec)}
 		if cfg.Pack && len(rec.Images) == 1 {
 			e.rec = &rec
 		}
@@ -504,6 +525,13 @@ func (b *ShardBuilder) writeShard(ctx context.Context, index, total int, chunk [
 	if cfg.Model.BoxLossWeight > 0 {
 		patchBoxes = make([]uint8, len(chunk)*L*4)
 	}
+	var refBoxes []int32
+	if cfg.Model.Grounder {
+		refBoxes = make([]int32, len(chunk)*4)
+		for i := range refBoxes {
+			refBoxes[i] = NoRefBox
+		}
+	}
 	rows := map[string]int32{}
 	var refs []ImageRef
 	info := ShardInfo{Samples: len(chunk)}
@@ -539,6 +567,18 @@ func (b *ShardBuilder) writeShard(ctx context.Context, index, total int, chunk [
 					copy(patchBoxes[(i*L+p)*4:], hundredths[which[np]][:])
 				}
 				np++
+			}
+		}
+		if refBoxes != nil && e.ref != nil {
+			r := refBoxes[i*4 : i*4+4]
+			for k, v := range e.ref {
+				r[k] = int32(math.Round(min(max(v, 0), 1) * 1000))
+			}
+			for k := range 2 { // keep a positive extent after rounding
+				if r[k+2] <= r[k] {
+					r[k+2] = min(r[k]+1, 1000)
+					r[k] = r[k+2] - 1
+				}
 			}
 		}
 		info.Tokens += int64(len(e.sample.Tokens))
@@ -580,6 +620,9 @@ func (b *ShardBuilder) writeShard(ctx context.Context, index, total int, chunk [
 	}
 	if patchBoxes != nil {
 		tensors = append(tensors, Tensor{Name: "patch_boxes", DType: "U8", Shape: []int{len(chunk), L, 4}, Data: patchBoxes})
+	}
+	if refBoxes != nil {
+		tensors = append(tensors, Tensor{Name: "ref_boxes", DType: "I32", Shape: []int{len(chunk), 4}, Data: Int32Bytes(refBoxes)})
 	}
 	meta := map[string]string{
 		"format":        ShardFormat,
@@ -695,7 +738,25 @@ type Shard struct {
 	// in hundredths of the padded square image (Config.BoxLossWeight); nil
 	// when the shard has none.
 	PatchBoxes []uint8
-	Metadata   map[string]string
+	// RefBoxes is the optional "ref_boxes" tensor, int32 [N, 4]: the
+	// referent's box on the first image of a single-box REC sample, x1,
+	// y1, x2, y2 in thousandths of the padded square image (Config.Grounder's
+	// head trains on it); NoRefBox in all four for other samples. Nil when
+	// the shard has none.
+	RefBoxes []int32
+	Metadata map[string]string
+}
+
+// NoRefBox marks a sample without a referent in Shard.RefBoxes.
+const NoRefBox = -1
+
+// RefBoxRow returns sample i's referent box in thousandths, or nil when
+// the shard has no ref_boxes or the sample no referent.
+func (s *Shard) RefBoxRow(i int) []int32 {
+	if s.RefBoxes == nil || s.RefBoxes[i*4] == NoRefBox {
+		return nil
+	}
+	return s.RefBoxes[i*4 : i*4+4]
 }
 
 // PatchTargets encoding: a covered fraction f in [0, 1] is stored as
@@ -813,6 +874,19 @@ func shardFromTensors(tensors []Tensor, meta map[string]string) (*Shard, error) 
 			}
 		}
 		s.PatchBoxes = pb.Data
+	}
+	if rb, ok := byName["ref_boxes"]; ok {
+		if rb.DType != "I32" || !slices.Equal(rb.Shape, []int{n, 4}) {
+			return nil, fmt.Errorf("tensor \"ref_boxes\" is %s%v, want I32[%d 4]", rb.DType, rb.Shape, n)
+		}
+		s.RefBoxes = BytesInt32(rb.Data)
+		for i := 0; i < len(s.RefBoxes); i += 4 {
+			b := s.RefBoxes[i : i+4]
+			none := b[0] == NoRefBox && b[1] == NoRefBox && b[2] == NoRefBox && b[3] == NoRefBox
+			if !none && (b[0] < 0 || b[1] < 0 || b[2] > 1000 || b[3] > 1000 || b[0] >= b[2] || b[1] >= b[3]) {
+				return nil, fmt.Errorf("ref_boxes[%d] = %v: want 0 <= x1 < x2 <= 1000 and 0 <= y1 < y2 <= 1000 (thousandths), or all %d", i/4, b, NoRefBox)
+			}
+		}
 	}
 	for i, r := range s.ImageIndex {
 		if r < -1 || int(r) >= s.NumImages {

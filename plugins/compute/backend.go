@@ -156,4 +156,19 @@ type ForwardResult struct {
 	// Attention, when requested and supported: [batch][patches], averaged over
 	// heads and layers, for the first image of each sequence.
 	Attention [][]float32
+	// HeadBoxes, from Prefill of a model with a grounding head
+	// (model.Config.Grounder), is per sequence the box the head finds on
+	// the sequence's first image for the text before it; nil otherwise.
+	HeadBoxes []HeadBox
+}
+
+// HeadBox is a grounding head's answer for one sequence.
+type HeadBox struct {
+	// Box is x1, y1, x2, y2 normalized to the first image padded to a
+	// square (model.NormBox's frame).
+	Box [4]float32
+	// Score is the head's probability for the cell it picked.
+	Score float32
+	// OK is false where the sequence has no image.
+	OK bool
 }

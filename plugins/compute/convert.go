@@ -185,7 +185,11 @@ func forwardToPB(r ForwardResult) (*computev1.ForwardResponse, error) {
 	if err != nil {
 		return nil, fmt.Errorf("attention: %w", err)
 	}
-	return &computev1.ForwardResponse{CacheId: r.CacheID, Logits: logits, Attention: att}, nil
+	var heads []*computev1.HeadBox
+	for _, h := range r.HeadBoxes {
+		heads = append(heads, &computev1.HeadBox{Box: h.Box[:], Score: h.Score, Ok: h.OK})
+	}
+	return &computev1.ForwardResponse{CacheId: r.CacheID, Logits: logits, Attention: att, HeadBoxes: heads}, nil
 }
 
 func forwardFromPB(r *computev1.ForwardResponse) (ForwardResult, error) {
@@ -197,5 +201,14 @@ func forwardFromPB(r *computev1.ForwardResponse) (ForwardResult, error) {
 	if err != nil {
 		return ForwardResult{}, fmt.Errorf("attention: %w", err)
 	}
-	return ForwardResult{CacheID: r.GetCacheId(), Logits: logits, Attention: att}, nil
+	var heads []HeadBox
+	for i, h := range r.GetHeadBoxes() {
+		if h.GetOk() && len(h.GetBox()) != 4 {
+			return ForwardResult{}, fmt.Errorf("head box %d: %d numbers, want 4", i, len(h.GetBox()))
+		}
+		hb := HeadBox{Score: h.GetScore(), OK: h.GetOk()}
+		copy(hb.Box[:], h.GetBox())
+		heads = append(heads, hb)
+	}
+	return ForwardResult{CacheID: r.GetCacheId(), Logits: logits, Attention: att, HeadBoxes: heads}, nil
 }

@@ -34,6 +34,15 @@ type trainBatch struct {
 	// covered patch position's box (0..1) and its covered fraction (0
 	// elsewhere).
 	patchBox, patchBoxW []float32
+	// Config.Grounder's inputs: textMask [B*L] is 1 at the text positions
+	// before a row's first patch (what its sentence vector reads); imgRow
+	// [K] is the batch row each image belongs to (0 for bucket padding);
+	// imgFirst [B] is the row's first image (0 for none); refBox [B*4] and
+	// refW [B] are the referent's normalized box and 1 where the row has
+	// one (Shard.RefBoxes).
+	textMask         []float32
+	imgRow, imgFirst []int32
+	refBox, refW     []float32
 	// labelled counts the positions with a patchW of 1.
 	labelled int
 	// realTokens counts non-padding positions, for tokens/s.
@@ -46,6 +55,7 @@ type batchRow struct {
 	images          [][]byte
 	patchTargets    []uint8 // model.Shard.PatchTargets' row, or nil
 	patchBoxes      []uint8 // model.Shard.PatchBoxes' row, or nil
+	refBox          []int32 // model.Shard.RefBoxRow, or nil
 }
 
 func roundUp(x, m int) int { return (x + m - 1) / m * m }
@@ -82,17 +92,38 @@ func makeBatch(c model.Config, rows []batchRow) trainBatch {
 		patchBox:   make([]float32, b*L*4),
 		patchBoxW:  make([]float32, b*L),
 		images:     make([]float32, k*imgLen),
+		textMask:   make([]float32, b*L),
+		imgRow:     make([]int32, k),
+		imgFirst:   make([]int32, b),
+		refBox:     make([]float32, b*4),
+		refW:       make([]float32, b),
 		realTokens: real,
 	}
 	img0 := 0 // index of the row's first image among the batch's images
 	for i, r := range rows {
 		for j, img := range r.images {
 			copy(bt.images[(img0+j)*imgLen:], model.NormalizePixels(img))
+			bt.imgRow[img0+j] = int32(i)
 		}
+		if len(r.images) > 0 {
+			bt.imgFirst[i] = int32(img0)
+			if r.refBox != nil {
+				bt.refW[i] = 1
+				for k := range 4 {
+					bt.refBox[i*4+k] = float32(r.refBox[k]) / 1000
+				}
+			}
+		}
+		beforeImage := true
 		np := 0
 		for t := range L {
 			tok := r.tokens[t]
 			bt.tokens[i*L+t] = tok
+			if tok == c.PatchToken {
+				beforeImage = false
+			} else if beforeImage && t < len(r.tokens) && tok != c.PadToken {
+				bt.textMask[i*L+t] = 1
+			}
 			if tok == c.PatchToken && np < len(r.images)*P {
 				bt.patchIdx[i*L+t] = int32(img0*P + np)
 				bt.isPatch[i*L+t] = 1
@@ -124,4 +155,15 @@ func makeBatch(c model.Config, rows []batchRow) trainBatch {
 		bt.lossW = append(bt.lossW, 0)
 	}
 	return bt
+}
+
+// countRefs counts the rows of bt with a referent for Config.Grounder.
+func countRefs(bt trainBatch) int {
+	n := 0
+	for _, w := range bt.refW {
+		if w > 0 {
+			n++
+		}
+	}
+	return n
 }

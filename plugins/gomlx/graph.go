@@ -31,6 +31,10 @@ const (
 type netGraph struct {
 	cfg model.Config
 	p   map[string]*graph.Node
+	// Config.Grounder: its inputs, and the image grids [K, G, G, C] that
+	// hiddenMid leaves for the head.
+	gin  grounderIn
+	grid *graph.Node
 }
 
 func (n *netGraph) dense(x *graph.Node, prefix string) *graph.Node {
@@ -61,8 +65,10 @@ func (n *netGraph) attention(x *graph.Node, prefix string, bias *graph.Node) *gr
 	q, kT, v := part(0), graph.TransposeAllAxes(part(1), 0, 1, 3, 2), part(2)
 	scores := graph.DotGeneral(q, []int{3}, []int{0, 1}, kT, []int{2}, []int{0, 1}) // [N, H, T, T]
 	scores = graph.MulScalar(scores, 1/math.Sqrt(float64(hd)))
-	if bias != nil {
+	if bias != nil && bias.Rank() == 2 {
 		scores = graph.Add(scores, graph.Reshape(bias, 1, 1, t, t))
+	} else if bias != nil { // [N, 1, 1, T]: keys masked per sequence
+		scores = graph.Add(scores, bias)
 	}
 	probs := graph.Softmax(scores, -1)
 	out := graph.DotGeneral(probs, []int{3}, []int{0, 1}, v, []int{2}, []int{0, 1}) // [N, H, T, hd]
@@ -153,7 +159,12 @@ func (n *netGraph) hiddenMid(tokens, patchIdx, isPatch, images *graph.Node) (h, 
 	g := tokens.Graph()
 	l := tokens.Shape().Dimensions[1]
 	tok := graph.Gather(n.p["embed.tokens"], graph.InsertAxes(tokens, -1)) // [B, L, W]
-	feats := n.vision(images)
+	var feats *graph.Node
+	if c.Grounder {
+		feats = n.grounderFeatures(tokens, images)
+	} else {
+		feats = n.vision(images)
+	}
 	var patch *graph.Node // [B, L, W]
 	if c.TextFusion {
 		// Modulated per position, so projected per position.
@@ -353,7 +364,7 @@ type trainStepLayout struct {
 	frozen    []paramSpec
 }
 
-const numBatchInputs = 11
+const numBatchInputs = 16
 
 func (s *trainStepLayout) graphFn(inputs []*graph.Node) []*graph.Node {
 	nt, nf := len(s.trainable), len(s.frozen)
@@ -372,8 +383,9 @@ func (s *trainStepLayout) graphFn(inputs []*graph.Node) []*graph.Node {
 	lossIdx, lossTgt, lossW := batch[4], batch[5], batch[6]
 	patchTgt, patchW := batch[7], batch[8]
 	patchBox, patchBoxW := batch[9], batch[10]
+	imgFirst, refBox, refW := batch[13], batch[14], batch[15]
 
-	net := &netGraph{cfg: s.cfg, p: params}
+	net := &netGraph{cfg: s.cfg, p: params, gin: grounderIn{textMask: batch[11], imgRow: batch[12]}}
 	h, mid := net.hiddenMid(tokens, patchIdx, isPatch, images)
 	loss := net.maskedLoss(h, lossIdx, lossTgt, lossW)
 	objective, ground := loss, graph.Scalar(g, dtypes.Float32, 0)
@@ -385,6 +397,12 @@ func (s *trainStepLayout) graphFn(inputs []*graph.Node) []*graph.Node {
 	if s.cfg.BoxLossWeight > 0 {
 		box = net.boxLoss(mid, patchBox, patchBoxW)
 		objective = graph.Add(objective, graph.MulScalar(box, s.cfg.BoxLossWeight))
+	}
+	grounder := graph.Scalar(g, dtypes.Float32, 0)
+	if s.cfg.Grounder {
+		logits, boxes := net.head(net.grid)
+		grounder = net.grounderLoss(logits, boxes, imgFirst, refBox, refW)
+		objective = graph.Add(objective, graph.MulScalar(grounder, s.cfg.GrounderLossWeight))
 	}
 
 	tp := inputs[:nt]
@@ -414,7 +432,7 @@ func (s *trainStepLayout) graphFn(inputs []*graph.Node) []*graph.Node {
 	outs = append(outs, newP...)
 	outs = append(outs, newM...)
 	outs = append(outs, newV...)
-	return append(outs, loss, gnorm, ground, box)
+	return append(outs, loss, gnorm, ground, box, grounder)
 }
 
 // forwardLogitsFn builds the full-sequence forward used by the parity tests:

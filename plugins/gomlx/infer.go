@@ -17,6 +17,8 @@ import (
 // session is a loaded model and its open KV caches.
 type session struct {
 	net *netWeights
+	// grounder runs Config.Grounder's encoder and head; nil without it.
+	grounder *grounderRunner
 
 	mu     sync.Mutex
 	caches map[string]*kvCache
@@ -52,9 +54,15 @@ func (b *Backend) Load(ctx context.Context, req compute.LoadRequest) (res comput
 	if err != nil {
 		return res, fmt.Errorf("load: %w", fileError(err))
 	}
+	sess := &session{net: newNetWeights(cfg, st.weights), caches: map[string]*kvCache{}}
+	if cfg.Grounder {
+		if sess.grounder, err = newGrounderRunner(b.ml, cfg, specs, st.weights); err != nil {
+			return res, fmt.Errorf("load: %w", err)
+		}
+	}
 	id := b.newID("session")
 	b.mu.Lock()
-	b.sessions[id] = &session{net: newNetWeights(cfg, st.weights), caches: map[string]*kvCache{}}
+	b.sessions[id] = sess
 	b.mu.Unlock()
 	b.log.Info("model loaded", "session", id, "checkpoint", req.Checkpoint)
 	return compute.LoadResult{Session: id}, nil
@@ -148,11 +156,27 @@ func (b *Backend) Prefill(ctx context.Context, req compute.PrefillRequest) (res 
 	if req.WantAttention {
 		res.Attention = make([][]float32, len(req.Batch))
 	}
+	var ground []grounded
+	if s.grounder != nil {
+		if ground, err = s.grounder.run(req.Batch); err != nil {
+			return res, fmt.Errorf("prefill: %w", err)
+		}
+		res.HeadBoxes = make([]compute.HeadBox, len(req.Batch))
+		for i, g := range ground {
+			if g.box != nil {
+				res.HeadBoxes[i] = compute.HeadBox{Box: [4]float32(g.box), Score: g.score, OK: true}
+			}
+		}
+	}
 	parallel(len(req.Batch), func(i int) {
 		seq := req.Batch[i]
 		var feats []float32
-		for _, img := range seq.Images {
-			feats = append(feats, s.net.imageFeatures(img.Pixels)...)
+		if ground != nil {
+			feats = ground[i].feats
+		} else {
+			for _, img := range seq.Images {
+				feats = append(feats, s.net.imageFeatures(img.Pixels)...)
+			}
 		}
 		sc := s.net.newSeqCache()
 		x := s.net.embed(seq.Tokens, 0, feats, len(feats)/s.net.featWidth(), sc)

@@ -75,8 +75,12 @@ func paramSpecs(c model.Config) []paramSpec {
 		switch {
 		case isLN && strings.HasSuffix(p.Name, ".w"):
 			s.Init = initOnes
-		case strings.HasSuffix(p.Name, ".b") || p.Name == "fusion.query":
+		case strings.HasSuffix(p.Name, ".b") || p.Name == "fusion.query" || p.Name == "grounder.text.query" ||
+			strings.HasPrefix(p.Name, "grounder.film."):
+			// Zero queries pool plain means; zero FiLM starts as identity.
 			s.Init = initZeros
+		case strings.HasPrefix(p.Name, "grounder.conv."):
+			s.Std = math.Sqrt(2 / float64(p.Shape[0]*p.Shape[1]*p.Shape[2]))
 		case p.Name == "vision.pos":
 			s.Init = initSinCos2D
 		case strings.HasPrefix(p.Name, "vision.stem."):

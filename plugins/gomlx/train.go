@@ -36,7 +36,7 @@ type trainer struct {
 // gradient norm, and Config.GroundLossWeight's and Config.BoxLossWeight's
 // losses (each 0 without its weight).
 type stepOut struct {
-	loss, gnorm, ground, box float32
+	loss, gnorm, ground, box, grounder float32
 }
 
 func newTrainer(b *Backend, cfg model.Config, specs []paramSpec, sel []bool, st *modelState) (*trainer, error) {
@@ -111,6 +111,11 @@ func (t *trainer) step(lr, bc1, bc2, wd float32, bt trainBatch) (stepOut, error)
 		tensors.FromFlatDataAndDimensions(bt.patchW, bt.B, bt.L),
 		tensors.FromFlatDataAndDimensions(bt.patchBox, bt.B, bt.L, 4),
 		tensors.FromFlatDataAndDimensions(bt.patchBoxW, bt.B, bt.L),
+		tensors.FromFlatDataAndDimensions(bt.textMask, bt.B, bt.L),
+		tensors.FromFlatDataAndDimensions(bt.imgRow, bt.K),
+		tensors.FromFlatDataAndDimensions(bt.imgFirst, bt.B),
+		tensors.FromFlatDataAndDimensions(bt.refBox, bt.B, 4),
+		tensors.FromFlatDataAndDimensions(bt.refW, bt.B),
 	)
 	outs, err := t.exec.Call(args...)
 	if err != nil {
@@ -126,6 +131,8 @@ func (t *trainer) step(lr, bc1, bc2, wd float32, bt trainBatch) (stepOut, error)
 		gnorm:  tensors.ToScalar[float32](outs[3*nt+1]),
 		ground: tensors.ToScalar[float32](outs[3*nt+2]),
 		box:    tensors.ToScalar[float32](outs[3*nt+3]),
+		// grounder is Config.Grounder's loss (0 without it).
+		grounder: tensors.ToScalar[float32](outs[3*nt+4]),
 	}, nil
 }
 
@@ -312,6 +319,7 @@ func (b *Backend) Train(ctx context.Context, req compute.TrainRequest, progress 
 	// Config.GroundLossWeight's loss over the last batches that label any
 	// patch (a batch without labels adds nothing to it).
 	groundWindow := make([]float64, 0, req.LogEvery)
+	grounderWindow := make([]float64, 0, req.LogEvery)
 	boxWindow := make([]float64, 0, req.LogEvery) // Config.BoxLossWeight's, likewise
 	windowTokens := 0
 	windowStart := time.Now()
@@ -338,6 +346,9 @@ func (b *Backend) Train(ctx context.Context, req compute.TrainRequest, progress 
 			res.FirstLoss, first = loss, false
 		}
 		window = slide(window, loss, lossWindow)
+		if refs := countRefs(bt); refs > 0 && cfg.Grounder {
+			grounderWindow = slide(grounderWindow, float64(out.grounder), req.LogEvery)
+		}
 		if bt.labelled > 0 {
 			groundWindow = slide(groundWindow, float64(out.ground), req.LogEvery)
 			if cfg.BoxLossWeight > 0 {
@@ -357,7 +368,7 @@ func (b *Backend) Train(ctx context.Context, req compute.TrainRequest, progress 
 			TokensPerSec: float64(windowTokens) / math.Max(time.Since(windowStart).Seconds(), 1e-9)}
 		if logNow {
 			b.log.Debug("train step", append([]any{"stage", req.Stage, "step", step, "loss", res.LastLoss, "lr", lr, "grad_norm", out.gnorm,
-				"tokens_per_s", p.TokensPerSec}, auxLosses(cfg, groundWindow, boxWindow)...)...)
+				"tokens_per_s", p.TokensPerSec}, auxLosses(cfg, groundWindow, boxWindow, grounderWindow)...)...)
 		}
 		if saveNow {
 			// The rate covers compute only: the window restarts after the save.
@@ -367,8 +378,8 @@ func (b *Backend) Train(ctx context.Context, req compute.TrainRequest, progress 
 			}
 			res.Final = *ck
 			p.Checkpoint = ck
-			if cfg.GroundLossWeight > 0 && len(groundWindow) > 0 {
-				b.log.Info("grounding loss", append([]any{"stage", req.Stage, "step", step}, auxLosses(cfg, groundWindow, boxWindow)...)...)
+			if cfg.GroundLossWeight > 0 && len(groundWindow) > 0 || cfg.Grounder && len(grounderWindow) > 0 {
+				b.log.Info("grounding loss", append([]any{"stage", req.Stage, "step", step}, auxLosses(cfg, groundWindow, boxWindow, grounderWindow)...)...)
 			}
 		}
 		windowTokens, windowStart = 0, time.Now()
@@ -383,8 +394,11 @@ func (b *Backend) Train(ctx context.Context, req compute.TrainRequest, progress 
 // auxLosses are the log attributes of the training-only losses that cfg
 // trains: "ground_loss" and "box_loss", each the mean of its window; a
 // loss the config does not train is left out rather than logged as 0.
-func auxLosses(cfg model.Config, ground, box []float64) []any {
+func auxLosses(cfg model.Config, ground, box, grounder []float64) []any {
 	var out []any
+	if cfg.Grounder {
+		out = append(out, "grounder_loss", mean(grounder))
+	}
 	if cfg.GroundLossWeight > 0 {
 		out = append(out, "ground_loss", mean(ground))
 	}

@@ -106,16 +106,6 @@ func TestTrainLearnsImageColour(t *testing.T) {
 	}
 }
 
-func argmax(v []float32) int {
-	best := 0
-	for i, x := range v {
-		if x > v[best] {
-			best = i
-		}
-	}
-	return best
-}
-
 func TestFrozenParametersDoNotChange(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()

@@ -146,6 +146,10 @@ func (p *generatorPredictor) options(r model.Record) model.GenerateOptions {
 	case bench == BenchREC || bench == BenchCropLocate:
 		o.Constraint = model.ConstraintBox
 		o.WantAttention = p.attention && bench == BenchREC
+		// A model with a grounding head answers REC with the head's box;
+		// crop localization asks about an image, not a phrase, so its
+		// numbers stay the language model's.
+		o.BoxFromHead = bench == BenchREC
 	case strings.HasPrefix(bench, BenchPOPEPrefix):
 		o.Constraint = model.ConstraintYesNo
 	case bench == BenchCropPick || bench == BenchBoxPick:
@@ -165,7 +169,7 @@ func (p *generatorPredictor) options(r model.Record) model.GenerateOptions {
 }
 
 func optionsKey(o model.GenerateOptions) string {
-	return fmt.Sprintf("%s|%d|%v", o.Constraint, o.MaxNew, o.WantAttention)
+	return fmt.Sprintf("%s|%d|%v|%v", o.Constraint, o.MaxNew, o.WantAttention, o.BoxFromHead)
 }
 
 // Predict implements Predictor: records are grouped by decoding options

@@ -1040,7 +1040,10 @@ type ForwardResponse struct {
 	Logits *Matrix `protobuf:"bytes,2,opt,name=logits,proto3" json:"logits,omitempty"`
 	// [batch][patches] attention over the first image's patches; absent when
 	// not requested or not supported.
-	Attention     *Matrix `protobuf:"bytes,3,opt,name=attention,proto3" json:"attention,omitempty"`
+	Attention *Matrix `protobuf:"bytes,3,opt,name=attention,proto3" json:"attention,omitempty"`
+	// Per sequence, the grounding head's box on its first image (models with
+	// a grounding head; absent otherwise).
+	HeadBoxes     []*HeadBox `protobuf:"bytes,4,rep,name=head_boxes,json=headBoxes,proto3" json:"head_boxes,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1096,6 +1099,75 @@ func (x *ForwardResponse) GetAttention() *Matrix {
 	return nil
 }
 
+func (x *ForwardResponse) GetHeadBoxes() []*HeadBox {
+	if x != nil {
+		return x.HeadBoxes
+	}
+	return nil
+}
+
+type HeadBox struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// x1, y1, x2, y2 normalized to the image padded to a square.
+	Box   []float32 `protobuf:"fixed32,1,rep,packed,name=box,proto3" json:"box,omitempty"`
+	Score float32   `protobuf:"fixed32,2,opt,name=score,proto3" json:"score,omitempty"`
+	// false where the sequence has no image.
+	Ok            bool `protobuf:"varint,3,opt,name=ok,proto3" json:"ok,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HeadBox) Reset() {
+	*x = HeadBox{}
+	mi := &file_compute_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HeadBox) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HeadBox) ProtoMessage() {}
+
+func (x *HeadBox) ProtoReflect() protoreflect.Message {
+	mi := &file_compute_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HeadBox.ProtoReflect.Descriptor instead.
+func (*HeadBox) Descriptor() ([]byte, []int) {
+	return file_compute_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *HeadBox) GetBox() []float32 {
+	if x != nil {
+		return x.Box
+	}
+	return nil
+}
+
+func (x *HeadBox) GetScore() float32 {
+	if x != nil {
+		return x.Score
+	}
+	return 0
+}
+
+func (x *HeadBox) GetOk() bool {
+	if x != nil {
+		return x.Ok
+	}
+	return false
+}
+
 type ReleaseCacheRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Session       string                 `protobuf:"bytes,1,opt,name=session,proto3" json:"session,omitempty"`
@@ -1106,7 +1178,7 @@ type ReleaseCacheRequest struct {
 
 func (x *ReleaseCacheRequest) Reset() {
 	*x = ReleaseCacheRequest{}
-	mi := &file_compute_proto_msgTypes[15]
+	mi := &file_compute_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1118,7 +1190,7 @@ func (x *ReleaseCacheRequest) String() string {
 func (*ReleaseCacheRequest) ProtoMessage() {}
 
 func (x *ReleaseCacheRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_compute_proto_msgTypes[15]
+	mi := &file_compute_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1131,7 +1203,7 @@ func (x *ReleaseCacheRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseCacheRequest.ProtoReflect.Descriptor instead.
 func (*ReleaseCacheRequest) Descriptor() ([]byte, []int) {
-	return file_compute_proto_rawDescGZIP(), []int{15}
+	return file_compute_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ReleaseCacheRequest) GetSession() string {
@@ -1156,7 +1228,7 @@ type ReleaseCacheResponse struct {
 
 func (x *ReleaseCacheResponse) Reset() {
 	*x = ReleaseCacheResponse{}
-	mi := &file_compute_proto_msgTypes[16]
+	mi := &file_compute_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1168,7 +1240,7 @@ func (x *ReleaseCacheResponse) String() string {
 func (*ReleaseCacheResponse) ProtoMessage() {}
 
 func (x *ReleaseCacheResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_compute_proto_msgTypes[16]
+	mi := &file_compute_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1181,7 +1253,7 @@ func (x *ReleaseCacheResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseCacheResponse.ProtoReflect.Descriptor instead.
 func (*ReleaseCacheResponse) Descriptor() ([]byte, []int) {
-	return file_compute_proto_rawDescGZIP(), []int{16}
+	return file_compute_proto_rawDescGZIP(), []int{17}
 }
 
 type UnloadRequest struct {
@@ -1193,7 +1265,7 @@ type UnloadRequest struct {
 
 func (x *UnloadRequest) Reset() {
 	*x = UnloadRequest{}
-	mi := &file_compute_proto_msgTypes[17]
+	mi := &file_compute_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1205,7 +1277,7 @@ func (x *UnloadRequest) String() string {
 func (*UnloadRequest) ProtoMessage() {}
 
 func (x *UnloadRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_compute_proto_msgTypes[17]
+	mi := &file_compute_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1218,7 +1290,7 @@ func (x *UnloadRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnloadRequest.ProtoReflect.Descriptor instead.
 func (*UnloadRequest) Descriptor() ([]byte, []int) {
-	return file_compute_proto_rawDescGZIP(), []int{17}
+	return file_compute_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *UnloadRequest) GetSession() string {
@@ -1236,7 +1308,7 @@ type UnloadResponse struct {
 
 func (x *UnloadResponse) Reset() {
 	*x = UnloadResponse{}
-	mi := &file_compute_proto_msgTypes[18]
+	mi := &file_compute_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1248,7 +1320,7 @@ func (x *UnloadResponse) String() string {
 func (*UnloadResponse) ProtoMessage() {}
 
 func (x *UnloadResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_compute_proto_msgTypes[18]
+	mi := &file_compute_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1261,7 +1333,7 @@ func (x *UnloadResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnloadResponse.ProtoReflect.Descriptor instead.
 func (*UnloadResponse) Descriptor() ([]byte, []int) {
-	return file_compute_proto_rawDescGZIP(), []int{18}
+	return file_compute_proto_rawDescGZIP(), []int{19}
 }
 
 var File_compute_proto protoreflect.FileDescriptor
@@ -1351,11 +1423,17 @@ const file_compute_proto_rawDesc = "" +
 	"\x06Matrix\x12\x12\n" +
 	"\x04rows\x18\x01 \x01(\x05R\x04rows\x12\x12\n" +
 	"\x04cols\x18\x02 \x01(\x05R\x04cols\x12\x12\n" +
-	"\x04data\x18\x03 \x01(\fR\x04data\"\xa0\x01\n" +
+	"\x04data\x18\x03 \x01(\fR\x04data\"\xdf\x01\n" +
 	"\x0fForwardResponse\x12\x19\n" +
 	"\bcache_id\x18\x01 \x01(\tR\acacheId\x125\n" +
 	"\x06logits\x18\x02 \x01(\v2\x1d.groundmesh.compute.v1.MatrixR\x06logits\x12;\n" +
-	"\tattention\x18\x03 \x01(\v2\x1d.groundmesh.compute.v1.MatrixR\tattention\"J\n" +
+	"\tattention\x18\x03 \x01(\v2\x1d.groundmesh.compute.v1.MatrixR\tattention\x12=\n" +
+	"\n" +
+	"head_boxes\x18\x04 \x03(\v2\x1e.groundmesh.compute.v1.HeadBoxR\theadBoxes\"A\n" +
+	"\aHeadBox\x12\x10\n" +
+	"\x03box\x18\x01 \x03(\x02R\x03box\x12\x14\n" +
+	"\x05score\x18\x02 \x01(\x02R\x05score\x12\x0e\n" +
+	"\x02ok\x18\x03 \x01(\bR\x02ok\"J\n" +
 	"\x13ReleaseCacheRequest\x12\x18\n" +
 	"\asession\x18\x01 \x01(\tR\asession\x12\x19\n" +
 	"\bcache_id\x18\x02 \x01(\tR\acacheId\"\x16\n" +
@@ -1384,7 +1462,7 @@ func file_compute_proto_rawDescGZIP() []byte {
 	return file_compute_proto_rawDescData
 }
 
-var file_compute_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
+var file_compute_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
 var file_compute_proto_goTypes = []any{
 	(*DescribeRequest)(nil),      // 0: groundmesh.compute.v1.DescribeRequest
 	(*DescribeResponse)(nil),     // 1: groundmesh.compute.v1.DescribeResponse
@@ -1401,10 +1479,11 @@ var file_compute_proto_goTypes = []any{
 	(*DecodeRequest)(nil),        // 12: groundmesh.compute.v1.DecodeRequest
 	(*Matrix)(nil),               // 13: groundmesh.compute.v1.Matrix
 	(*ForwardResponse)(nil),      // 14: groundmesh.compute.v1.ForwardResponse
-	(*ReleaseCacheRequest)(nil),  // 15: groundmesh.compute.v1.ReleaseCacheRequest
-	(*ReleaseCacheResponse)(nil), // 16: groundmesh.compute.v1.ReleaseCacheResponse
-	(*UnloadRequest)(nil),        // 17: groundmesh.compute.v1.UnloadRequest
-	(*UnloadResponse)(nil),       // 18: groundmesh.compute.v1.UnloadResponse
+	(*HeadBox)(nil),              // 15: groundmesh.compute.v1.HeadBox
+	(*ReleaseCacheRequest)(nil),  // 16: groundmesh.compute.v1.ReleaseCacheRequest
+	(*ReleaseCacheResponse)(nil), // 17: groundmesh.compute.v1.ReleaseCacheResponse
+	(*UnloadRequest)(nil),        // 18: groundmesh.compute.v1.UnloadRequest
+	(*UnloadResponse)(nil),       // 19: groundmesh.compute.v1.UnloadResponse
 }
 var file_compute_proto_depIdxs = []int32{
 	3,  // 0: groundmesh.compute.v1.TrainProgress.checkpoint:type_name -> groundmesh.compute.v1.Checkpoint
@@ -1415,25 +1494,26 @@ var file_compute_proto_depIdxs = []int32{
 	10, // 5: groundmesh.compute.v1.PrefillRequest.batch:type_name -> groundmesh.compute.v1.Sequence
 	13, // 6: groundmesh.compute.v1.ForwardResponse.logits:type_name -> groundmesh.compute.v1.Matrix
 	13, // 7: groundmesh.compute.v1.ForwardResponse.attention:type_name -> groundmesh.compute.v1.Matrix
-	0,  // 8: groundmesh.compute.v1.Compute.Describe:input_type -> groundmesh.compute.v1.DescribeRequest
-	2,  // 9: groundmesh.compute.v1.Compute.Train:input_type -> groundmesh.compute.v1.TrainRequest
-	7,  // 10: groundmesh.compute.v1.Compute.Load:input_type -> groundmesh.compute.v1.LoadRequest
-	11, // 11: groundmesh.compute.v1.Compute.Prefill:input_type -> groundmesh.compute.v1.PrefillRequest
-	12, // 12: groundmesh.compute.v1.Compute.Decode:input_type -> groundmesh.compute.v1.DecodeRequest
-	15, // 13: groundmesh.compute.v1.Compute.ReleaseCache:input_type -> groundmesh.compute.v1.ReleaseCacheRequest
-	17, // 14: groundmesh.compute.v1.Compute.Unload:input_type -> groundmesh.compute.v1.UnloadRequest
-	1,  // 15: groundmesh.compute.v1.Compute.Describe:output_type -> groundmesh.compute.v1.DescribeResponse
-	6,  // 16: groundmesh.compute.v1.Compute.Train:output_type -> groundmesh.compute.v1.TrainEvent
-	8,  // 17: groundmesh.compute.v1.Compute.Load:output_type -> groundmesh.compute.v1.LoadResponse
-	14, // 18: groundmesh.compute.v1.Compute.Prefill:output_type -> groundmesh.compute.v1.ForwardResponse
-	14, // 19: groundmesh.compute.v1.Compute.Decode:output_type -> groundmesh.compute.v1.ForwardResponse
-	16, // 20: groundmesh.compute.v1.Compute.ReleaseCache:output_type -> groundmesh.compute.v1.ReleaseCacheResponse
-	18, // 21: groundmesh.compute.v1.Compute.Unload:output_type -> groundmesh.compute.v1.UnloadResponse
-	15, // [15:22] is the sub-list for method output_type
-	8,  // [8:15] is the sub-list for method input_type
-	8,  // [8:8] is the sub-list for extension type_name
-	8,  // [8:8] is the sub-list for extension extendee
-	0,  // [0:8] is the sub-list for field type_name
+	15, // 8: groundmesh.compute.v1.ForwardResponse.head_boxes:type_name -> groundmesh.compute.v1.HeadBox
+	0,  // 9: groundmesh.compute.v1.Compute.Describe:input_type -> groundmesh.compute.v1.DescribeRequest
+	2,  // 10: groundmesh.compute.v1.Compute.Train:input_type -> groundmesh.compute.v1.TrainRequest
+	7,  // 11: groundmesh.compute.v1.Compute.Load:input_type -> groundmesh.compute.v1.LoadRequest
+	11, // 12: groundmesh.compute.v1.Compute.Prefill:input_type -> groundmesh.compute.v1.PrefillRequest
+	12, // 13: groundmesh.compute.v1.Compute.Decode:input_type -> groundmesh.compute.v1.DecodeRequest
+	16, // 14: groundmesh.compute.v1.Compute.ReleaseCache:input_type -> groundmesh.compute.v1.ReleaseCacheRequest
+	18, // 15: groundmesh.compute.v1.Compute.Unload:input_type -> groundmesh.compute.v1.UnloadRequest
+	1,  // 16: groundmesh.compute.v1.Compute.Describe:output_type -> groundmesh.compute.v1.DescribeResponse
+	6,  // 17: groundmesh.compute.v1.Compute.Train:output_type -> groundmesh.compute.v1.TrainEvent
+	8,  // 18: groundmesh.compute.v1.Compute.Load:output_type -> groundmesh.compute.v1.LoadResponse
+	14, // 19: groundmesh.compute.v1.Compute.Prefill:output_type -> groundmesh.compute.v1.ForwardResponse
+	14, // 20: groundmesh.compute.v1.Compute.Decode:output_type -> groundmesh.compute.v1.ForwardResponse
+	17, // 21: groundmesh.compute.v1.Compute.ReleaseCache:output_type -> groundmesh.compute.v1.ReleaseCacheResponse
+	19, // 22: groundmesh.compute.v1.Compute.Unload:output_type -> groundmesh.compute.v1.UnloadResponse
+	16, // [16:23] is the sub-list for method output_type
+	9,  // [9:16] is the sub-list for method input_type
+	9,  // [9:9] is the sub-list for extension type_name
+	9,  // [9:9] is the sub-list for extension extendee
+	0,  // [0:9] is the sub-list for field type_name
 }
 
 func init() { file_compute_proto_init() }
@@ -1451,7 +1531,7 @@ func file_compute_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_compute_proto_rawDesc), len(file_compute_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   19,
+			NumMessages:   20,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -1,0 +1,195 @@
+package gomlx
+
+import (
+	"fmt"
+	"math"
+	"sync"
+
+	gomlxcompute "github.com/gomlx/compute"
+	"github.com/gomlx/gomlx/core/graph"
+	"github.com/gomlx/gomlx/core/tensors"
+
+	"github.com/groundmesh/groundmesh/internal/model"
+	"github.com/groundmesh/groundmesh/plugins/compute"
+)
+
+// grounderRunner runs Config.Grounder's encoder and head for inference
+// from the same graph functions that training differentiates (grounder.go),
+// so the two cannot drift apart: per batch of prompts it returns the
+// projected patch features the plain-Go language model reads and, for
+// each prompt's first image, the box of the cell the pointer picks.
+type grounderRunner struct {
+	cfg    model.Config
+	specs  []paramSpec
+	params []*tensors.Tensor
+	mu     sync.Mutex // an Exec runs one call at a time here
+	exec   *graph.Exec
+}
+
+func newGrounderRunner(ml gomlxcompute.Backend, cfg model.Config, specs []paramSpec, weights map[string][]float32) (*grounderRunner, error) {
+	r := &grounderRunner{cfg: cfg, specs: specs}
+	for _, p := range specs {
+		r.params = append(r.params, tensors.FromFlatDataAndDimensions(append([]float32(nil), weights[p.Name]...), p.Shape...))
+	}
+	exec, err := graph.NewExec(ml, r.graphFn)
+	if err != nil {
+		return nil, fmt.Errorf("build grounder: %w", err)
+	}
+	r.exec = exec.SetMaxCache(-1).WithName("tinygrounder_grounder")
+	return r, nil
+}
+
+// graphFn: params in spec order, then tokens [B, L], textMask [B, L],
+// imgRow [K], images [K, S, S, 3]; outputs projected features [K*P,
+// Width], pointer logits [K, P] and boxes [K, P, 4].
+func (r *grounderRunner) graphFn(inputs []*graph.Node) []*graph.Node {
+	params := make(map[string]*graph.Node, len(r.specs))
+	for i, p := range r.specs {
+		params[p.Name] = inputs[i]
+	}
+	in := inputs[len(r.specs):]
+	n := &netGraph{cfg: r.cfg, p: params, gin: grounderIn{textMask: in[1], imgRow: in[2]}}
+	feats := n.project(n.grounderFeatures(in[0], in[3]))
+	logits, boxes := n.head(n.grid)
+	return []*graph.Node{feats, logits, boxes}
+}
+
+// grounded is one prompt's share of a grounderRunner call.
+type grounded struct {
+	feats []float32 // [images*P, Width]
+	box   []float32 // the first image's head box (x1, y1, x2, y2), nil without an image
+	score float32   // the pointer's probability of its cell
+}
+
+// run encodes a batch of validated sequences.
+func (r *grounderRunner) run(seqs []compute.Sequence) ([]grounded, error) {
+	c := r.cfg
+	b := nextPow2(len(seqs))
+	l := 1
+	k := 0
+	for _, s := range seqs {
+		l = max(l, len(s.Tokens))
+		k += len(s.Images)
+	}
+	l = min(roundUp(l, seqBucket), c.MaxSeq)
+	k = nextPow2(max(k, 1))
+	imgLen := c.ImageSize * c.ImageSize * 3
+	tokens := make([]int32, b*l)
+	mask := make([]float32, b*l)
+	imgRow := make([]int32, k)
+	images := make([]float32, k*imgLen)
+	first := make([]int, len(seqs))
+	img := 0
+	for i, s := range seqs {
+		for t := range l {
+			tokens[i*l+t] = c.PadToken
+		}
+		before := true
+		for t, tok := range s.Tokens {
+			if t >= l {
+				break
+			}
+			tokens[i*l+t] = tok
+			if tok == c.PatchToken {
+				before = false
+			} else if before && tok != c.PadToken {
+				mask[i*l+t] = 1
+			}
+		}
+		first[i] = img
+		for _, im := range s.Images {
+			copy(images[img*imgLen:], im.Pixels)
+			imgRow[img] = int32(i)
+			img++
+		}
+	}
+	for i := len(seqs); i < b; i++ {
+		for t := range l {
+			tokens[i*l+t] = c.PadToken
+		}
+	}
+	args := make([]any, 0, len(r.params)+4)
+	for _, p := range r.params {
+		args = append(args, p)
+	}
+	args = append(args,
+		tensors.FromFlatDataAndDimensions(tokens, b, l),
+		tensors.FromFlatDataAndDimensions(mask, b, l),
+		tensors.FromFlatDataAndDimensions(imgRow, k),
+		tensors.FromFlatDataAndDimensions(images, k, c.ImageSize, c.ImageSize, 3))
+	r.mu.Lock()
+	outs, err := r.exec.Call(args...)
+	r.mu.Unlock()
+	if err != nil {
+		return nil, fmt.Errorf("run grounder: %w", err)
+	}
+	defer func() {
+		for _, o := range outs {
+			_ = o.FinalizeAll()
+		}
+	}()
+	feats, err := tensors.CopyFlatData[float32](outs[0])
+	if err != nil {
+		return nil, fmt.Errorf("grounder features: %w", err)
+	}
+	logits, err := tensors.CopyFlatData[float32](outs[1])
+	if err != nil {
+		return nil, fmt.Errorf("grounder logits: %w", err)
+	}
+	boxes, err := tensors.CopyFlatData[float32](outs[2])
+	if err != nil {
+		return nil, fmt.Errorf("grounder boxes: %w", err)
+	}
+	p, w := c.Patches(), c.Width
+	out := make([]grounded, len(seqs))
+	for i, s := range seqs {
+		f := first[i]
+		out[i].feats = feats[f*p*w : (f+len(s.Images))*p*w]
+		if len(s.Images) == 0 {
+			continue
+		}
+		lg := logits[f*p : (f+1)*p]
+		best := argmax(lg)
+		out[i].score = softmaxAt(lg, best)
+		bx := boxes[(f*p+best)*4 : (f*p+best+1)*4]
+		out[i].box = clampBox(bx)
+	}
+	return out, nil
+}
+
+// argmax returns the index of the largest value (the first of ties).
+func argmax(v []float32) int {
+	best := 0
+	for i, x := range v {
+		if x > v[best] {
+			best = i
+		}
+	}
+	return best
+}
+
+// softmaxAt is the softmax probability of v[i].
+func softmaxAt(v []float32, i int) float32 {
+	m := v[argmax(v)]
+	var sum float64
+	for _, x := range v {
+		sum += math.Exp(float64(x - m))
+	}
+	return float32(math.Exp(float64(v[i]-m)) / sum)
+}
+
+// clampBox returns b within the unit square, with a positive extent.
+func clampBox(b []float32) []float32 {
+	out := make([]float32, 4)
+	for i, v := range b {
+		out[i] = min(max(v, 0), 1)
+	}
+	const minSide = 0.002
+	for a := range 2 {
+		if out[a+2]-out[a] < minSide {
+			mid := (out[a] + out[a+2]) / 2
+			out[a], out[a+2] = max(mid-minSide/2, 0), min(mid+minSide/2, 1)
+		}
+	}
+	return out
+}
