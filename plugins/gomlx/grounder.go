@@ -55,7 +55,9 @@ func (n *netGraph) sentence(tokens, textMask *graph.Node) *graph.Node {
 func coordChannels(g *graph.Graph, k, s int) *graph.Node {
 	iy := graph.Iota(g, shapes.Make(dtypes.Float32, k, s, s, 1), 1)
 	ix := graph.Iota(g, shapes.Make(dtypes.Float32, k, s, s, 1), 2)
-	norm := func(v *graph.Node) *graph.Node { return graph.AddScalar(graph.MulScalar(v, 2/float64(s)), 1/float64(s)-1) }
+	norm := func(v *graph.Node) *graph.Node {
+		return graph.AddScalar(graph.MulScalar(v, 2/float64(s)), 1/float64(s)-1)
+	}
 	return graph.Concatenate([]*graph.Node{norm(ix), norm(iy)}, -1)
 }
 
@@ -166,9 +168,9 @@ func (n *netGraph) grounderLoss(logits, boxes, imgFirst, refBox, refW *graph.Nod
 	d2 := graph.Add(graph.Square(graph.Sub(cellX, gcx)), graph.Square(graph.Sub(cellY, gcy))) // [B, P]
 	tgt := graph.Softmax(graph.MulScalar(d2, -1/(2*grounderSigma*grounderSigma)), -1)
 	ce := graph.Neg(graph.ReduceSum(graph.Mul(tgt, graph.LogSoftmax(lg, -1)), -1)) // [B]
-	gt := graph.InsertAxes(refBox, 1)                                            // [B, 1, 4]
-	l1 := graph.ReduceSum(graph.Abs(graph.Sub(bx, gt)), -1)                       // [B, P]
-	giou := boxGIoU(bx, gt)                                                       // [B, P]
+	gt := graph.InsertAxes(refBox, 1)                                              // [B, 1, 4]
+	l1 := graph.ReduceSum(graph.Abs(graph.Sub(bx, gt)), -1)                        // [B, P]
+	giou := boxGIoU(bx, gt)                                                        // [B, P]
 	reg := graph.ReduceSum(graph.Mul(tgt, graph.Add(graph.MulScalar(l1, grounderL1Weight), graph.MulScalar(graph.OneMinus(giou), grounderGIoUWeight))), -1)
 	per := graph.Add(ce, reg)
 	den := graph.Max(graph.ReduceAllSum(refW), graph.Scalar(g, dtypes.Float32, 1))
@@ -178,7 +180,9 @@ func (n *netGraph) grounderLoss(logits, boxes, imgFirst, refBox, refW *graph.Nod
 // boxGIoU is the generalized IoU of boxes a and b [..., 4] (x1, y1, x2,
 // y2; broadcast), over the leading axes.
 func boxGIoU(a, b *graph.Node) *graph.Node {
-	part := func(x *graph.Node, i int) *graph.Node { return graph.Squeeze(graph.SliceAxis(x, -1, graph.AxisElem(i)), -1) }
+	part := func(x *graph.Node, i int) *graph.Node {
+		return graph.Squeeze(graph.SliceAxis(x, -1, graph.AxisElem(i)), -1)
+	}
 	g := a.Graph()
 	zero := graph.Scalar(g, dtypes.Float32, 0)
 	ax1, ay1, ax2, ay2 := part(a, 0), part(a, 1), part(a, 2), part(a, 3)

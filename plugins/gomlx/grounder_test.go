@@ -3,8 +3,8 @@ package gomlx
 import (
 	"context"
 	"log/slog"
-	"os"
 	"math/rand/v2"
+	"os"
 	"path/filepath"
 	"testing"
 
