@@ -220,3 +220,31 @@ func boxNear(a, b dataset.Box) bool {
 	const eps = 1e-9
 	return math.Abs(a.X1-b.X1) < eps && math.Abs(a.Y1-b.Y1) < eps && math.Abs(a.X2-b.X2) < eps && math.Abs(a.Y2-b.Y2) < eps
 }
+
+// POPE's published question file: JSON Lines despite .json, 3000
+// questions about 500 COCO val2014 images, 1500 "yes".
+func TestFixturePOPE(t *testing.T) {
+	src := sharedFixtures(t, "pope")
+	res, err := Read(context.Background(), FormatPOPE, filepath.Join(src, "coco_pope_random.json"), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	yes := 0
+	for _, q := range res.Questions {
+		if q.Label == "yes" {
+			yes++
+		}
+		if q.Split != "random" || q.Object == "" {
+			t.Fatalf("question %+v", q)
+		}
+	}
+	if len(res.Questions) != 3000 || len(res.Dataset.Images) != 500 || yes != 1500 || len(res.Rejected) != 0 {
+		t.Fatalf("questions %d images %d yes %d rejected %d", len(res.Questions), len(res.Dataset.Images), yes, len(res.Rejected))
+	}
+	if q := res.Questions[0]; q.ImageID != "310196" || q.Object != "snowboard" || q.Line != 1 {
+		t.Fatalf("first question %+v", q)
+	}
+	if im := res.Dataset.Images[0]; im.ID != "310196" || im.File != "COCO_val2014_000000310196.jpg" {
+		t.Fatalf("first image %+v", im)
+	}
+}

@@ -35,8 +35,11 @@ import (
 // hashed like any other; crops (synth's "crop" images) are blob keys and
 // are kept as they are.
 
-// llavaExtra holds the fields of the LLaVA form that model.Record lacks.
+// llavaExtra holds the fields of the LLaVA form that model.Record lacks;
+// its id may be a number.
 type llavaExtra struct {
+	model.Record
+	ID     flexID          `json:"id"`
 	Image  json.RawMessage `json:"image"`
 	Width  float64         `json:"width"`
 	Height float64         `json:"height"`
@@ -83,25 +86,13 @@ type llavaState struct {
 
 func (l *llavaState) add(raw []byte, pos, stem, split string) {
 	b := l.b
-	var rec model.Record
 	var ex llavaExtra
-	if err := json.Unmarshal(raw, &rec); err != nil {
-		b.reject(KindInstruction, pos, "malformed conversation record: "+err.Error())
-		return
-	}
 	if err := json.Unmarshal(raw, &ex); err != nil {
 		b.reject(KindInstruction, pos, "malformed conversation record: "+err.Error())
 		return
 	}
-	id := rec.ID
-	if id == "" {
-		// LLaVA ids may be numbers.
-		var n struct {
-			ID flexID `json:"id"`
-		}
-		_ = json.Unmarshal(raw, &n)
-		id = string(n.ID)
-	}
+	rec := ex.Record
+	id := string(ex.ID)
 	if id == "" {
 		id = stem + "#" + pos
 	}
