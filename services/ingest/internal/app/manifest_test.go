@@ -92,3 +92,37 @@ func sha256hex(t *testing.T, p string) string {
 	sum := sha256.Sum256(b)
 	return hex.EncodeToString(sum[:])
 }
+
+// Each file is its own progress phase: done and total are that file's
+// bytes, not running sums across the files of a folder.
+func TestHashingOpenerReportsEachFileOnItsOwn(t *testing.T) {
+	dir := t.TempDir()
+	sizes := map[string]int{"a.json": 100, "b.json": 30}
+	for name, n := range sizes {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(strings.Repeat(" ", n)), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	type call struct {
+		done, total int64
+		msg         string
+	}
+	var calls []call
+	o := newHashingOpener(dir, func(done, total int64, msg string) { calls = append(calls, call{done, total, msg}) })
+	for _, name := range []string{"a.json", "b.json"} {
+		f, err := o.Open(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.Copy(io.Discard, f); err != nil {
+			t.Fatal(err)
+		}
+		if err := f.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want := []call{{100, 100, "read a.json"}, {30, 30, "read b.json"}}
+	if len(calls) != 2 || calls[0] != want[0] || calls[1] != want[1] {
+		t.Fatalf("progress calls %+v, want %+v", calls, want)
+	}
+}
