@@ -139,6 +139,13 @@ func (s *jsonScanner) value(discard bool) ([]byte, error) {
 			if len(s.val)+s.pos-start > s.maxValue {
 				return fmt.Errorf("%w: the value at byte %d is larger than %d bytes (the limit for one field that is read, not skipped; readers.Options.MaxValue)", errTooLarge, s.off+int64(start)-int64(len(s.val)), s.maxValue)
 			}
+			if need := len(s.val) + s.pos - start; need > cap(s.val) {
+				// Double (append grows large slices by a quarter, leaving
+				// several dead copies of a big value for the collector).
+				grown := make([]byte, len(s.val), min(max(2*cap(s.val), need, 4096), s.maxValue))
+				copy(grown, s.val)
+				s.val = grown
+			}
 			s.val = append(s.val, s.buf[start:s.pos]...)
 		}
 		return nil

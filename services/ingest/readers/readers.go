@@ -194,17 +194,19 @@ type Options struct {
 	// may expand to (default DefaultMaxDecompressed), against
 	// decompression bombs.
 	MaxDecompressed int64
-	// MaxValue bounds one JSON value that a reader keeps in memory (a
-	// file name, an attributes object, one VG image entry; default
-	// DefaultMaxValue). Skipped values (COCO segmentation) are streamed
-	// whatever their size.
+	// MaxValue bounds one JSON value of a COCO file that the reader keeps
+	// in memory (a file name, an attributes object, a category; default
+	// DefaultMaxValue): a larger one fails the read with an error naming
+	// the file and the byte, so that peak memory stays a few times this
+	// limit. Skipped values (segmentation, info) are streamed whatever
+	// their size.
 	MaxValue int
 }
 
 // Defaults of Options.
 const (
 	DefaultMaxDecompressed = 16 << 30
-	DefaultMaxValue        = 64 << 20
+	DefaultMaxValue        = 16 << 20
 )
 
 // Read reads the dataset at path (a directory, or for coco, refcoco and odvg
