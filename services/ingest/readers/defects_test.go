@@ -181,6 +181,15 @@ func TestCOCOResultsFileIsNamed(t *testing.T) {
 	}
 }
 
+// A ZIP archive given as an annotation file is named as one.
+func TestZIPArchiveIsNamed(t *testing.T) {
+	p := write(t, filepath.Join(t.TempDir(), "instances_val2017.json"), "PK\x03\x04 rest of a zip")
+	_, err := readers.Read(context.Background(), readers.FormatCOCO, p, readers.Options{})
+	if err == nil || !strings.Contains(err.Error(), "is a ZIP archive") {
+		t.Fatalf("err = %v", err)
+	}
+}
+
 // Compressed annotation files are read as they are.
 func TestGzipAnnotationFileIsRead(t *testing.T) {
 	dir := t.TempDir()

@@ -3,7 +3,15 @@
 // COCO instances JSON, RefCOCO / RefCOCO+ / RefCOCOg refs (Python pickle or
 // JSON), Visual Genome JSON, Flickr30k Entities, ODVG jsonl, and the built-in
 // scene world (which writes COCO + RefCOCO + VG files and is read back
-// through the same code).
+// through the same code). POPE question files (evaluation questions) and
+// LLaVA-style conversations (instruction records in internal/model's form)
+// come with the images they use; what dataset.Dataset has no field for is
+// in Result.Questions, Result.Instructions and Result.Extra.
+//
+// Any annotation file may be gzip-compressed (read transparently, with a
+// limit against decompression bombs); symbolic links to files count as
+// files; every record remembers its file (and line, in line-oriented files)
+// so that rejects say where (Result.Where).
 //
 // Readers convert conventions exactly once (COCO and VG xywh, Flickr30k
 // inclusive corners, ODVG xyxy) and stream large files, so that memory grows
@@ -310,8 +318,12 @@ func (r *run) open(rel string) (io.ReadCloser, error) {
 	r.files = append(r.files, rel)
 	r.b.setFile(rel)
 	br := bufio.NewReaderSize(f, 64<<10)
-	magic, _ := br.Peek(2)
-	if len(magic) == 2 && magic[0] == 0x1f && magic[1] == 0x8b {
+	magic, _ := br.Peek(4)
+	if string(magic) == "PK\x03\x04" {
+		f.Close()
+		return nil, fmt.Errorf("%w: %s is a ZIP archive: unpack it and ingest what it holds", ErrFormat, rel)
+	}
+	if len(magic) >= 2 && magic[0] == 0x1f && magic[1] == 0x8b {
 		zr, err := gzip.NewReader(br)
 		if err != nil {
 			f.Close()
