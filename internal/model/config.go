@@ -169,8 +169,10 @@ type Config struct {
 	//     concatenated through "grounder.text.proj" and "grounder.text.ln";
 	//   - a CoordConv tower over each image (two coordinate channels in -1..1
 	//     beside the input of every 3x3 convolution "grounder.conv.<i>"):
-	//     log2(PatchSize) stride-2 convolutions, each but the first followed
-	//     by a residual stride-1 one, every convolution followed by a
+	//     the pixels folded 2x2 into 12 channels (space to depth: full
+	//     resolution at a quarter of the positions), then log2(PatchSize)-1
+	//     stride-2 convolutions, each followed by a residual stride-1 one,
+	//     every convolution followed by a
 	//     channel layer norm, a FiLM scale and shift from the sentence
 	//     vector ("grounder.film.<i>", zeros at initialization) and GELU;
 	//     its grid of (ImageSize/PatchSize)^2 cells of VisionWidth channels
@@ -198,25 +200,20 @@ type Config struct {
 }
 
 // GrounderConvs lists Config.Grounder's convolutions in order: their
-// stride (2 or 1) and output channels. Stride-2 convolutions take the
-// image from ImageSize to the patch grid; every one after the first is
-// followed by a residual stride-1 convolution at its resolution. The
-// channels double up to VisionWidth, as StemChannels does. Nil without
-// Grounder.
+// stride (2 or 1) and output channels. After the 2x2 space-to-depth fold,
+// stride-2 convolutions take the image to the patch grid, each followed by
+// a residual stride-1 convolution at its resolution; the first pair has
+// VisionWidth/2 channels, the rest VisionWidth. Nil without Grounder.
 func (c Config) GrounderConvs() (strides, channels []int) {
 	if !c.Grounder {
 		return nil, nil
 	}
-	n := 0
-	for p := c.PatchSize; p > 1; p /= 2 {
-		n++
-	}
-	for i := range n {
-		ch := c.VisionWidth >> max(0, n-2-i)
-		strides, channels = append(strides, 2), append(channels, ch)
-		if i > 0 {
-			strides, channels = append(strides, 1), append(channels, ch)
+	for p, i := c.PatchSize/2, 0; p > 1; p, i = p/2, i+1 {
+		ch := c.VisionWidth
+		if i == 0 && c.PatchSize > 4 {
+			ch /= 2
 		}
+		strides, channels = append(strides, 2, 1), append(channels, ch, ch)
 	}
 	return strides, channels
 }
@@ -272,8 +269,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("model config: box_loss_weight %v must not be negative, and needs ground_loss_weight", c.BoxLossWeight)
 	case c.GroundReadout && c.GroundLossWeight <= 0:
 		return fmt.Errorf("model config: ground_readout needs ground_loss_weight")
-	case c.Grounder && (c.PatchSize < 2 || c.PatchSize&(c.PatchSize-1) != 0 || c.VisionWidth%4 != 0):
-		return fmt.Errorf("model config: grounder needs a patch_size that is a power of two (not %d) and a vision_width divisible by 4 (not %d)", c.PatchSize, c.VisionWidth)
+	case c.Grounder && (c.PatchSize < 4 || c.PatchSize&(c.PatchSize-1) != 0 || c.VisionWidth%4 != 0):
+		return fmt.Errorf("model config: grounder needs a patch_size that is a power of two of at least 4 (not %d) and a vision_width divisible by 4 (not %d)", c.PatchSize, c.VisionWidth)
 	case c.Grounder && (c.ConvStem || c.TextFusion || c.GroundReadout || c.VisionDepth != 0):
 		return fmt.Errorf("model config: grounder replaces conv_stem, text_fusion, ground_readout and the vision blocks (vision_depth %d): turn them off", c.VisionDepth)
 	case c.Grounder && !c.ImagesAfterText:

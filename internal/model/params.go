@@ -107,7 +107,7 @@ func (c Config) Params() []ParamSpec {
 		add("grounder.text.ln.w", w)
 		add("grounder.text.ln.b", w)
 		strides, chans := c.GrounderConvs()
-		in := 3
+		in := 12 // the 2x2 space-to-depth fold of RGB
 		for i := range strides {
 			add(fmt.Sprintf("grounder.conv.%d.w", i), 3, 3, in+2, chans[i])
 			add(fmt.Sprintf("grounder.conv.%d.b", i), chans[i])

@@ -54,6 +54,10 @@ type Answer struct {
 	PopeSplit string `json:"pope_split,omitempty"`
 	// Text is the canonical short answer (category name, attributes) for text answers.
 	Text string `json:"text,omitempty"`
+	// Others, for REC, are the boxes of every other object of the first
+	// image (pixel xyxy): evaluation tells a wrong choice of object
+	// (selection) from an imprecise box around the right one (precision).
+	Others [][4]float64 `json:"others,omitempty"`
 }
 
 // Lineage ties a sample to its sources.

@@ -67,7 +67,20 @@ func benchConfigs() []benchConfig {
 	demo.TextFusion, demo.FusionAttention, demo.GroundLossWeight, demo.BoxLossWeight = true, true, 1, 1
 	linear := demo
 	demo.ConvStem = true
+	// grounder is the spatial grounding encoder and head
+	// (model.Config.Grounder) at the scene world's 64 pixels, 8x8 cells.
+	grounder := linear
+	grounder.TextFusion, grounder.FusionAttention, grounder.GroundLossWeight, grounder.BoxLossWeight = false, false, 0, 0
+	grounder.ImageSize, grounder.MaxSeq, grounder.PatchPositions = 64, 320, true
+	grounder.Grounder, grounder.GrounderQueries, grounder.GrounderLossWeight = true, 4, 1
+	grounder32 := grounder
+	grounder32.VisionWidth = 32
+	grounder48 := grounder32
+	grounder48.ImageSize = 48
 	return []benchConfig{
+		{"img64p8-grounder", grounder},
+		{"img64p8-grounder-c32", grounder32},
+		{"img48p8-grounder-c32", grounder48},
 		{"img48p8-demo", demo},
 		{"img48p8-demo-long", demo},
 		{"img48p8-demo-linear", linear},

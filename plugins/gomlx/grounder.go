@@ -105,7 +105,9 @@ func (n *netGraph) tower(images, sImg *graph.Node) *graph.Node {
 	g := images.Graph()
 	k := images.Shape().Dimensions[0]
 	strides, chans := n.cfg.GrounderConvs()
-	x := images
+	half := images.Shape().Dimensions[1] / 2
+	x := graph.Reshape(images, k, half, 2, half, 2, 3)
+	x = graph.Reshape(graph.Transpose(x, 2, 3), k, half, half, 12) // 2x2 space to depth
 	for i, stride := range strides {
 		s := x.Shape().Dimensions[1]
 		in := graph.Concatenate([]*graph.Node{x, coordChannels(g, k, s)}, -1)

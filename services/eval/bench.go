@@ -147,7 +147,7 @@ type scorer interface {
 func newScorer(bench string) (scorer, error) {
 	switch {
 	case boxTask(bench):
-		return &boxScorer{}, nil
+		return &boxScorer{isREC: bench == BenchREC}, nil
 	case strings.HasPrefix(bench, BenchPOPEPrefix):
 		return &popeScorer{}, nil
 	case bench == BenchCropName:
@@ -201,7 +201,13 @@ func imageSize(r model.Record) (w, h int) {
 	return r.Images[0].Width, r.Images[0].Height
 }
 
-type boxScorer struct{ acc metrics.RECAccumulator }
+type boxScorer struct {
+	acc metrics.RECAccumulator
+	// rec splits REC's results (selection, precision, expression kind,
+	// size); crop localization has no expression and leaves it empty.
+	rec   metrics.RECBreakdown
+	isREC bool
+}
 
 func (s *boxScorer) add(r model.Record, p Prediction) SampleResult {
 	res := baseResult(r, p)
@@ -217,12 +223,32 @@ func (s *boxScorer) add(r model.Record, p Prediction) SampleResult {
 		res.PredBox = &a
 	}
 	iou := s.acc.Add(pred, truth)
+	if s.isREC {
+		var others []dataset.Box
+		for _, o := range r.Answer.Others {
+			others = append(others, arrBox(o))
+		}
+		if r.Answer.Others != nil && others == nil {
+			others = []dataset.Box{}
+		}
+		expr := ""
+		if len(r.Answer.Phrases) > 0 {
+			expr = r.Answer.Phrases[0]
+		}
+		s.rec.Add(pred, truth, others, expr, r.SizeBin)
+	}
 	res.IoU = &iou
 	res.Correct = iou >= 0.5
 	return res
 }
 
-func (s *boxScorer) metrics() map[string]float64 { return s.acc.Result().Map() }
+func (s *boxScorer) metrics() map[string]float64 {
+	m := s.acc.Result().Map()
+	for k, v := range s.rec.Map() {
+		m[k] = v
+	}
+	return m
+}
 
 type popeScorer struct{ c metrics.POPECounts }
 

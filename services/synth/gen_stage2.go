@@ -107,6 +107,13 @@ func (w *worker) genREC(j int, r *rng) {
 	rec.SizeBin = sizeBins[bin]
 	rec.Conversations = []model.Turn{human(imageTag, w.prompt(tRec, r).render(vals{{"expr", expr}})), gpt(bt)}
 	rec.Answer = model.Answer{Boxes: [][4]float64{boxArr(box)}, Phrases: []string{expr}}
+	if k >= 0 {
+		for i := range ii.objs {
+			if i != k {
+				rec.Answer.Others = append(rec.Answer.Others, boxArr(ii.objs[i].box))
+			}
+		}
+	}
 	w.group = append(w.group, genRec{rec: rec, leaks: []string{bt}})
 }
 

@@ -2,6 +2,8 @@ package metrics
 
 import (
 	"fmt"
+	"slices"
+	"strings"
 
 	"github.com/groundmesh/groundmesh/internal/dataset"
 	"github.com/groundmesh/groundmesh/internal/model"
@@ -124,4 +126,115 @@ func REC(samples []RECSample) RECResult {
 		a.Add(s.Pred, s.Truth)
 	}
 	return a.Result()
+}
+
+// Expression kinds of RECBreakdown, exclusive, in this order of precedence.
+const (
+	ExprRelation  = "relation"  // names another object ("the circle left of the red square")
+	ExprSize      = "size"      // a size word, no relation ("the small circle")
+	ExprAttribute = "attribute" // colour, texture, shape only
+)
+
+var (
+	relationWords = []string{" left of ", " right of ", " above ", " below ", " next to ", " inside ",
+		" bigger than ", " smaller than ", " behind ", " in front of ", " under ", " on top of ", " beside "}
+	sizeWords = []string{"small", "medium", "large", "big", "tiny", "little", "huge"}
+)
+
+// ExprKind classifies a referring expression by what it needs the model to
+// do: relate two objects, compare sizes, or match attributes.
+func ExprKind(expr string) string {
+	e := " " + strings.ToLower(strings.Join(strings.Fields(expr), " ")) + " "
+	for _, w := range relationWords {
+		if strings.Contains(e, w) {
+			return ExprRelation
+		}
+	}
+	for _, w := range strings.Fields(e) {
+		if slices.Contains(sizeWords, w) {
+			return ExprSize
+		}
+	}
+	return ExprAttribute
+}
+
+// RECBreakdown splits REC into the choice of the object and the box around
+// it, and by expression kind and object size. The zero value is ready.
+//
+// Selection: the predicted box overlaps the referred object more (IoU) than
+// any other object of the image, counted over the expressions whose record
+// lists the others (model.Answer.Others). Precision: Acc@0.5 and mean IoU
+// over the expressions selected right.
+type RECBreakdown struct {
+	selN, selHit int
+	precHit      int
+	precIoU      float64
+	kinds, sizes map[string]*[2]int // n, Acc@0.5 hits
+}
+
+// Add scores one expression: pred is nil for no usable box; others are the
+// other objects' boxes (nil when unknown); expr the expression, sizeBin its
+// referent's size class ("" when unknown).
+func (b *RECBreakdown) Add(pred *dataset.Box, truth dataset.Box, others []dataset.Box, expr, sizeBin string) {
+	if b.kinds == nil {
+		b.kinds, b.sizes = map[string]*[2]int{}, map[string]*[2]int{}
+	}
+	iou := 0.0
+	if pred != nil {
+		iou = IoU(*pred, truth)
+	}
+	hit := 0
+	if iou >= 0.5 {
+		hit = 1
+	}
+	count := func(m map[string]*[2]int, k string) {
+		if k == "" {
+			return
+		}
+		if m[k] == nil {
+			m[k] = &[2]int{}
+		}
+		m[k][0]++
+		m[k][1] += hit
+	}
+	count(b.kinds, ExprKind(expr))
+	count(b.sizes, sizeBin)
+	if others == nil {
+		return
+	}
+	b.selN++
+	if pred == nil || iou == 0 {
+		return
+	}
+	for _, o := range others {
+		if IoU(*pred, o) >= iou {
+			return
+		}
+	}
+	b.selHit++
+	b.precHit += hit
+	b.precIoU += iou
+}
+
+// Map returns the breakdown as metric rows: "selection" and its "selection_n";
+// "precision_acc@0.5" and "precision_miou" over the right selections;
+// "acc@0.5_<kind>" with "n_<kind>" per expression kind and per size class.
+// Rows without data are left out.
+func (b *RECBreakdown) Map() map[string]float64 {
+	m := map[string]float64{}
+	if b.selN > 0 {
+		m["selection"] = float64(b.selHit) / float64(b.selN)
+		m["selection_n"] = float64(b.selN)
+		if b.selHit > 0 {
+			m["precision_acc@0.5"] = float64(b.precHit) / float64(b.selHit)
+			m["precision_miou"] = b.precIoU / float64(b.selHit)
+		}
+	}
+	for _, group := range []map[string]*[2]int{b.kinds, b.sizes} {
+		for k, v := range group {
+			m["acc@0.5_"+k] = float64(v[1]) / float64(v[0])
+			m["n_"+k] = float64(v[0])
+		}
+	}
+	return m
 }
