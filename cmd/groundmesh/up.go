@@ -265,6 +265,17 @@ func printMetrics(m map[string]float64) {
 	for _, k := range keys {
 		fmt.Printf("  %-48s %8.4f\n", k, m[k])
 	}
+	if ts := eval.DemoTargets(m); len(ts) > 0 {
+		met := 0
+		fmt.Println("\ntargets of the demo's model:")
+		for _, t := range ts {
+			fmt.Printf("  %s\n", t)
+			if t.Met() {
+				met++
+			}
+		}
+		fmt.Printf("  %d of %d targets met\n", met, len(ts))
+	}
 	if cmp := eval.CompareRECToBaseline(m); len(cmp) > 0 {
 		fmt.Println("\nREC against the fixed-box baseline (pooled over splits, Wilson 95% intervals):")
 		for _, r := range cmp {

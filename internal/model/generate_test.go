@@ -24,8 +24,9 @@ import (
 type fakeBackend struct {
 	cfg       Config
 	logits    func(prompt, fed []int32) []float32
-	attention func(prompt, fed []int32) []float32 // nil: no attention support
-	failAt    int                                 // fail the Decode call with this 1-based number
+	attention func(prompt, fed []int32) []float32  // nil: no attention support
+	failAt    int                                  // fail the Decode call with this 1-based number
+	head      func(prompt []int32) compute.HeadBox // nil: no grounding head
 
 	mu                          sync.Mutex
 	caches                      map[string]*fakeCache
@@ -77,7 +78,11 @@ func (f *fakeBackend) Prefill(_ context.Context, req compute.PrefillRequest) (co
 		return compute.ForwardResult{}, fmt.Errorf("fake: unknown session %q", req.Session)
 	}
 	c := &fakeCache{}
+	var heads []compute.HeadBox
 	for i, s := range req.Batch {
+		if f.head != nil {
+			heads = append(heads, f.head(s.Tokens))
+		}
 		patches := 0
 		for _, id := range s.Tokens {
 			if id == f.cfg.PatchToken {
@@ -101,6 +106,7 @@ func (f *fakeBackend) Prefill(_ context.Context, req compute.PrefillRequest) (co
 	f.caches[id] = c
 	res := f.forward(c, req.WantAttention)
 	res.CacheID = id
+	res.HeadBoxes = heads
 	return res, nil
 }
 
@@ -516,5 +522,54 @@ func TestScoreTeacherForced(t *testing.T) {
 		if math.Abs(one[i].NLL-scores[i].NLL) > 1e-9 {
 			t.Errorf("item %d: %.6f alone, %.6f in a batch", i, one[i].NLL, scores[i].NLL)
 		}
+	}
+}
+
+// TestGenerateBoxFromHead: with BoxFromHead, a box answer's numbers are the
+// head's box, rounded to thousandths and kept a valid box, whatever the
+// language model's logits prefer; without it, or where the head has no box,
+// the logits decide as before.
+func TestGenerateBoxFromHead(t *testing.T) {
+	tok := testTokenizer(t)
+	cfg := tinyConfig(tok)
+	heads := [][4]float32{{0.1234, 0.5, 0.75, 0.9}, {0.3, 0.3, 0.3, 0.3}, {1, 1, 1, 1}, {-0.2, 0.0004, 1.7, 0.0001}}
+	want := []string{"[0.123, 0.500, 0.750, 0.900]", "[0.300, 0.300, 0.301, 0.301]", "[0.999, 0.999, 1.000, 1.000]", "[0.000, 0.000, 1.000, 0.001]"}
+	f := newFake(cfg, func(prompt, fed []int32) []float32 {
+		out := noise(cfg.VocabSize, prompt, fed)
+		out[tok.CoarseID(42)], out[tok.FineID(7)] = 100, 100 // the language model wants 0.427 everywhere
+		return out
+	})
+	n := 0
+	f.head = func(prompt []int32) compute.HeadBox {
+		n++
+		if n > len(heads) {
+			return compute.HeadBox{}
+		}
+		return compute.HeadBox{Box: heads[n-1], Score: 0.9, OK: true}
+	}
+	g := newTestGenerator(t, f, tok)
+	prompts := make([]Prompt, len(heads)+1)
+	for i := range prompts {
+		prompts[i] = Prompt{Text: fmt.Sprintf("<image>\nWhere is object %d?", i), Images: []image.Image{testImage(8, 8)}}
+	}
+	gens, err := g.Generate(context.Background(), prompts, GenerateOptions{Constraint: ConstraintBox, BoxFromHead: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, w := range want {
+		if gens[i].Text != w || gens[i].Box == nil {
+			t.Errorf("prompt %d: %q, want the head's box %q", i, gens[i].Text, w)
+		}
+	}
+	if got := gens[len(heads)].Text; !strings.HasPrefix(got, "[0.427, 0.427, 0.42") {
+		t.Errorf("prompt without a head box: %q, want the language model's numbers", got)
+	}
+	n = 0
+	gens, err = g.Generate(context.Background(), prompts[:1], GenerateOptions{Constraint: ConstraintBox})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := gens[0].Text; !strings.HasPrefix(got, "[0.427, 0.427, 0.42") {
+		t.Errorf("without BoxFromHead: %q, want the language model's numbers", got)
 	}
 }

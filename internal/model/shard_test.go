@@ -664,3 +664,48 @@ func TestBuildShardsPackGroundingLeads(t *testing.T) {
 		t.Fatalf("%d samples, %d labelled, %d packed: want each of the 4 REC records to lead a labelled sample, captions packed behind them", sh.N, labelled, st.Packed)
 	}
 }
+
+// TestBuildShardsRefBoxes: with Config.Grounder, every single-box REC
+// record leads its own sample and carries its referent (normalized to the
+// padded square, in thousandths) in ref_boxes; other box answers (a crop's
+// place) carry none, and the shard reads back what was written.
+func TestBuildShardsRefBoxes(t *testing.T) {
+	tok := testTokenizer(t)
+	sc := shardConfig(t, tok, t.TempDir())
+	sc.Pack, sc.SamplesPerShard = true, 100
+	sc.Model.Grounder, sc.Model.GrounderQueries, sc.Model.GrounderLossWeight = true, 2, 1
+	sc.Model.ImagesAfterText, sc.Model.VisionDepth = true, 0
+	if err := sc.Model.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	img := ImageRef{Kind: "image", Path: "img/a.png", Width: 16, Height: 8} // padded to 16 x 16
+	var records []Record
+	for i := range 3 {
+		records = append(records, Record{ID: fmt.Sprintf("rec%d", i), Stage: "stage2", Split: "train", Task: "rec", Images: []ImageRef{img},
+			Conversations: []Turn{{From: "human", Value: "<image>\nWhere is the red circle?"}, {From: "gpt", Value: "[0.000, 0.250, 0.500, 0.500]"}},
+			Answer:        Answer{Boxes: [][4]float64{{0, 0, 8, 4}}}})
+		records = append(records, Record{ID: fmt.Sprintf("loc%d", i), Stage: "stage2", Split: "train", Task: "crop_locate", Images: []ImageRef{img},
+			Conversations: []Turn{{From: "human", Value: "<image>\nWhere is the red circle?"}, {From: "gpt", Value: "[0.000, 0.250, 0.500, 0.500]"}},
+			Answer:        Answer{Boxes: [][4]float64{{0, 0, 8, 4}}}})
+	}
+	infos, st := buildTestShards(t, sc, &memImages{}, records)
+	sh, err := ReadShard(infos[0].Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sh.RefBoxes == nil {
+		t.Fatal("no ref_boxes")
+	}
+	refs := 0
+	for r := range sh.N {
+		if b := sh.RefBoxRow(r); b != nil {
+			refs++
+			if want := []int32{0, 250, 500, 500}; !slices.Equal(b, want) {
+				t.Errorf("sample %d: ref box %v, want %v", r, b, want)
+			}
+		}
+	}
+	if refs != 3 || st.Kept != 6 {
+		t.Fatalf("%d samples with a referent (stats %+v), want the 3 REC records", refs, st)
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"reflect"
 	"strings"
 	"testing"
 
@@ -133,6 +134,9 @@ func TestGRPCRoundTripValues(t *testing.T) {
 	if len(r.Attention) != 1 || r.Attention[0][0] != 3 {
 		t.Errorf("attention %v", r.Attention)
 	}
+	if want := []compute.HeadBox{{Box: [4]float32{0.125, 0.25, 0.5, 0.75}, Score: 0.5, OK: true}}; !reflect.DeepEqual(r.HeadBoxes, want) {
+		t.Errorf("head boxes %+v, want %+v", r.HeadBoxes, want)
+	}
 	r, err = b.Decode(context.Background(), compute.DecodeRequest{Session: "s", CacheID: "c", Tokens: []int32{4}})
 	if err != nil {
 		t.Fatal(err)
@@ -147,7 +151,8 @@ type echo struct{ failing }
 
 func (echo) Prefill(_ context.Context, req compute.PrefillRequest) (compute.ForwardResult, error) {
 	s := req.Batch[0]
-	out := compute.ForwardResult{CacheID: fmt.Sprintf("%s/%d", req.Session, len(s.Tokens)), Logits: [][]float32{s.Images[0].Pixels}}
+	out := compute.ForwardResult{CacheID: fmt.Sprintf("%s/%d", req.Session, len(s.Tokens)), Logits: [][]float32{s.Images[0].Pixels},
+		HeadBoxes: []compute.HeadBox{{Box: [4]float32{0.125, 0.25, 0.5, 0.75}, Score: 0.5, OK: true}}}
 	if req.WantAttention {
 		out.Attention = [][]float32{{float32(len(s.Tokens))}}
 	}
