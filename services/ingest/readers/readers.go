@@ -84,7 +84,7 @@ const (
 
 // Reject is one record that was not kept: a reader could not convert it,
 // or the validator refused it. File and Line say where it came from (Line
-// is set for line-oriented files: JSON Lines, Flickr30k sentences).
+// is set for JSON Lines files).
 type Reject struct {
 	Kind   string `json:"kind"`
 	ID     string `json:"id"`
@@ -140,19 +140,16 @@ func (res *Result) Where(kind string, i int) (file string, line int) {
 	if k < 0 {
 		return "", 0
 	}
-	// The last segment that started at or before i.
+	// The last run that started at or before i (starts never decrease).
 	j := sort.Search(len(res.srcs), func(j int) bool { return res.srcs[j].start[k] > i }) - 1
-	for ; j >= 0; j-- {
-		sg := &res.srcs[j]
-		if sg.start[k] > i {
-			continue
-		}
-		if off := i - sg.start[k]; off < len(sg.lines[k]) {
-			line = int(sg.lines[k][off])
-		}
-		return sg.file, line
+	if j < 0 {
+		return "", 0
 	}
-	return "", 0
+	sg := &res.srcs[j]
+	if off := i - sg.start[k]; off < len(sg.lines[k]) {
+		line = int(sg.lines[k][off])
+	}
+	return sg.file, line
 }
 
 // InstructionWhere returns the file and line of the i-th instruction record
@@ -217,8 +214,8 @@ const (
 	DefaultMaxValue        = 16 << 20
 )
 
-// Read reads the dataset at path (a directory, or for coco, refcoco and odvg
-// also a single annotation file) in the given format.
+// Read reads the dataset at path (a directory, or for coco, refcoco, odvg,
+// pope and llava also a single annotation file) in the given format.
 func Read(ctx context.Context, format, p string, opts Options) (*Result, error) {
 	abs, err := filepath.Abs(p)
 	if err != nil {
