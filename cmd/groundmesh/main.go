@@ -31,7 +31,7 @@ production roles:
 
 data and models:
   scenes generate         write the built-in scene world (COCO, RefCOCO, VG files + PNGs)
-  ingest PATH --format F  ingest a dataset (coco, refcoco, vg, flickr30k, odvg, scenes)
+  ingest PATH --format F  ingest a dataset (coco, refcoco, vg, flickr30k, odvg, pope, llava, scenes)
   synth DATASET_ID        synthesize multi-scale alignment data
   report RUN_ID           write the HTML report of a training run
   compare RUN_A RUN_B     print two runs' metrics side by side
