@@ -148,8 +148,16 @@ func cmdDemo(ctx context.Context, e env, args []string) error {
 	c.register(fs, e)
 	input := fs.String("input", "{}", "Pipeline input JSON (defaults fill every field)")
 	stay := fs.Bool("stay", false, "keep the stack running after the pipeline finishes")
+	recipe := fs.String("recipe", "", `training recipe ("demo" when empty; see services/train/recipes), set as the input's train.spec.recipe`)
 	if err := fs.Parse(args); err != nil {
 		return errUsage
+	}
+	if *recipe != "" {
+		in, err := withRecipe([]byte(*input), *recipe)
+		if err != nil {
+			return err
+		}
+		*input = string(in)
 	}
 	logPath := filepath.Join(c.dataDir, "demo.log")
 	if err := os.MkdirAll(c.dataDir, 0o755); err != nil {
@@ -335,4 +343,24 @@ func cmdPipeline(ctx context.Context, e env, args []string) error {
 	}
 	fmt.Printf("started %s (run %s)\n", run.GetID(), run.GetRunID())
 	return nil
+}
+
+// withRecipe sets train.spec.recipe in a pipeline input.
+func withRecipe(input []byte, recipe string) ([]byte, error) {
+	var in map[string]any
+	if err := json.Unmarshal(input, &in); err != nil || in == nil {
+		return nil, fmt.Errorf("--input: want a JSON object: %v", err)
+	}
+	tr, _ := in["train"].(map[string]any)
+	if tr == nil {
+		tr = map[string]any{}
+	}
+	spec, _ := tr["spec"].(map[string]any)
+	if spec == nil {
+		spec = map[string]any{}
+	}
+	spec["recipe"] = recipe
+	tr["spec"] = spec
+	in["train"] = tr
+	return json.Marshal(in)
 }

@@ -281,6 +281,26 @@ type entry struct {
 	// ref is the referent's box on the first image for Config.Grounder's
 	// head, normalized to the padded square; nil for none.
 	ref *NormBox
+	// exists is Config.Grounder's existence label: 1 when the text before
+	// the first image names something on it (a REC referent, a POPE "yes"),
+	// 0 when it names something absent (a POPE "no"), -1 for no label.
+	exists int32
+}
+
+// existsOf returns a record's existence label (see entry.exists).
+func existsOf(c Config, rec *Record) int32 {
+	if !c.Grounder || len(rec.Images) == 0 || rec.Images[0].Kind != "image" {
+		return NoRefBox
+	}
+	switch {
+	case rec.Task == "rec" && len(rec.Answer.Boxes) == 1:
+		return 1
+	case rec.Task == "pope" && rec.Answer.YesNo == "yes":
+		return 1
+	case rec.Task == "pope" && rec.Answer.YesNo == "no":
+		return 0
+	}
+	return NoRefBox
 }
 
 // refOf returns Config.Grounder's label for a record: the one box of a
@@ -379,7 +399,7 @@ func (b *ShardBuilder) pack(entries []entry) []entry {
 		// would come after the patches, which could neither be modulated by
 		// it (Config.TextFusion) nor labelled for it, and REC would learn
 		// from the text alone. Records after it can still join it.
-		if i, ok := open[k]; ok && e.ground == nil && e.ref == nil {
+		if i, ok := open[k]; ok && e.ground == nil && e.ref == nil && e.exists == NoRefBox {
 			cur := &out[i]
 			merged := *cur.rec
 			merged.Conversations = append(slices.Clip(cur.rec.Conversations), laterTurns(e.rec.Conversations)...)
@@ -472,7 +492,7 @@ func (b *ShardBuilder) Build(ctx context.Context, records iter.Seq2[Record, erro
 			}
 			continue
 		}
-		e := entry{key: sortKey(cfg.Seed, rec.ID), id: rec.ID, seq: len(entries), sample: s, images: rec.Images, ground: groundOf(cfg.Model, &rec), ref: refOf(cfg.Model, &rec)}
+		e := entry{key: sortKey(cfg.Seed, rec.ID), id: rec.ID, seq: len(entries), sample: s, images: rec.Images, ground: groundOf(cfg.Model, &rec), ref: refOf(cfg.Model, &rec), exists: existsOf(cfg.Model, &rec)}
 		if cfg.Pack && len(rec.Images) == 1 {
 			e.rec = &rec
 		}
@@ -525,12 +545,13 @@ func (b *ShardBuilder) writeShard(ctx context.Context, index, total int, chunk [
 	if cfg.Model.BoxLossWeight > 0 {
 		patchBoxes = make([]uint8, len(chunk)*L*4)
 	}
-	var refBoxes []int32
+	var refBoxes, refExists []int32
 	if cfg.Model.Grounder {
 		refBoxes = make([]int32, len(chunk)*4)
 		for i := range refBoxes {
 			refBoxes[i] = NoRefBox
 		}
+		refExists = make([]int32, len(chunk))
 	}
 	rows := map[string]int32{}
 	var refs []ImageRef
@@ -568,6 +589,9 @@ func (b *ShardBuilder) writeShard(ctx context.Context, index, total int, chunk [
 				}
 				np++
 			}
+		}
+		if refExists != nil {
+			refExists[i] = e.exists
 		}
 		if refBoxes != nil && e.ref != nil {
 			r := refBoxes[i*4 : i*4+4]
@@ -622,7 +646,8 @@ func (b *ShardBuilder) writeShard(ctx context.Context, index, total int, chunk [
 		tensors = append(tensors, Tensor{Name: "patch_boxes", DType: "U8", Shape: []int{len(chunk), L, 4}, Data: patchBoxes})
 	}
 	if refBoxes != nil {
-		tensors = append(tensors, Tensor{Name: "ref_boxes", DType: "I32", Shape: []int{len(chunk), 4}, Data: Int32Bytes(refBoxes)})
+		tensors = append(tensors, Tensor{Name: "ref_boxes", DType: "I32", Shape: []int{len(chunk), 4}, Data: Int32Bytes(refBoxes)},
+			Tensor{Name: "ref_exists", DType: "I32", Shape: []int{len(chunk)}, Data: Int32Bytes(refExists)})
 	}
 	meta := map[string]string{
 		"format":        ShardFormat,
@@ -744,7 +769,12 @@ type Shard struct {
 	// head trains on it); NoRefBox in all four for other samples. Nil when
 	// the shard has none.
 	RefBoxes []int32
-	Metadata map[string]string
+	// RefExists is the optional "ref_exists" tensor, int32 [N]: 1 where
+	// the text before the first image names something on it (a REC
+	// referent, a POPE "yes"), 0 where it names something absent (a POPE
+	// "no"), NoRefBox for no label (Config.Grounder's existence loss).
+	RefExists []int32
+	Metadata  map[string]string
 }
 
 // NoRefBox marks a sample without a referent in Shard.RefBoxes.
@@ -888,6 +918,17 @@ func shardFromTensors(tensors []Tensor, meta map[string]string) (*Shard, error) 
 			}
 		}
 	}
+	if re, ok := byName["ref_exists"]; ok {
+		if re.DType != "I32" || !slices.Equal(re.Shape, []int{n}) {
+			return nil, fmt.Errorf("tensor \"ref_exists\" is %s%v, want I32[%d]", re.DType, re.Shape, n)
+		}
+		s.RefExists = BytesInt32(re.Data)
+		for i, v := range s.RefExists {
+			if v != 0 && v != 1 && v != NoRefBox {
+				return nil, fmt.Errorf("ref_exists[%d] = %d: want 0, 1 or %d", i, v, NoRefBox)
+			}
+		}
+	}
 	for i, r := range s.ImageIndex {
 		if r < -1 || int(r) >= s.NumImages {
 			return nil, fmt.Errorf("image_index[%d][%d] = %d outside [-1, %d)", i/s.ImageSlots, i%s.ImageSlots, r, s.NumImages)
@@ -899,4 +940,12 @@ func shardFromTensors(tensors []Tensor, meta map[string]string) (*Shard, error) 
 		}
 	}
 	return s, nil
+}
+
+// RefExistsAt returns sample i's existence label, NoRefBox for none.
+func (s *Shard) RefExistsAt(i int) int32 {
+	if s.RefExists == nil {
+		return NoRefBox
+	}
+	return s.RefExists[i]
 }

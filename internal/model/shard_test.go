@@ -688,10 +688,22 @@ func TestBuildShardsRefBoxes(t *testing.T) {
 			Conversations: []Turn{{From: "human", Value: "<image>\nWhere is the red circle?"}, {From: "gpt", Value: "[0.000, 0.250, 0.500, 0.500]"}},
 			Answer:        Answer{Boxes: [][4]float64{{0, 0, 8, 4}}}})
 	}
+	for _, yn := range []string{"yes", "no"} {
+		records = append(records, Record{ID: "pope-" + yn, Stage: "stage3", Split: "train", Task: "pope", Images: []ImageRef{img},
+			Conversations: []Turn{{From: "human", Value: "<image>\nIs there a red circle in the image?"}, {From: "gpt", Value: yn}},
+			Answer:        Answer{YesNo: yn}})
+	}
 	infos, st := buildTestShards(t, sc, &memImages{}, records)
 	sh, err := ReadShard(infos[0].Path)
 	if err != nil {
 		t.Fatal(err)
+	}
+	labels := map[int32]int{}
+	for r := range sh.N {
+		labels[sh.RefExistsAt(r)]++
+	}
+	if labels[1] != 4 || labels[0] != 1 {
+		t.Errorf("existence labels %v: want 4 present (3 REC, a POPE yes) and 1 absent (a POPE no)", labels)
 	}
 	if sh.RefBoxes == nil {
 		t.Fatal("no ref_boxes")
@@ -705,7 +717,7 @@ func TestBuildShardsRefBoxes(t *testing.T) {
 			}
 		}
 	}
-	if refs != 3 || st.Kept != 6 {
+	if refs != 3 || st.Kept != 8 {
 		t.Fatalf("%d samples with a referent (stats %+v), want the 3 REC records", refs, st)
 	}
 }

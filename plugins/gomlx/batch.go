@@ -43,6 +43,9 @@ type trainBatch struct {
 	textMask         []float32
 	imgRow, imgFirst []int32
 	refBox, refW     []float32
+	// exists [B] and existsW [B]: the row's existence label (1 present, 0
+	// absent) and 1 where it has one (Shard.RefExists).
+	exists, existsW []float32
 	// labelled counts the positions with a patchW of 1.
 	labelled int
 	// realTokens counts non-padding positions, for tokens/s.
@@ -56,6 +59,7 @@ type batchRow struct {
 	patchTargets    []uint8 // model.Shard.PatchTargets' row, or nil
 	patchBoxes      []uint8 // model.Shard.PatchBoxes' row, or nil
 	refBox          []int32 // model.Shard.RefBoxRow, or nil
+	exists          int32   // model.Shard.RefExists' value plus 1: 0 no label, 1 absent, 2 present
 }
 
 func roundUp(x, m int) int { return (x + m - 1) / m * m }
@@ -97,6 +101,8 @@ func makeBatch(c model.Config, rows []batchRow) trainBatch {
 		imgFirst:   make([]int32, b),
 		refBox:     make([]float32, b*4),
 		refW:       make([]float32, b),
+		exists:     make([]float32, b),
+		existsW:    make([]float32, b),
 		realTokens: real,
 	}
 	img0 := 0 // index of the row's first image among the batch's images
@@ -107,6 +113,9 @@ func makeBatch(c model.Config, rows []batchRow) trainBatch {
 		}
 		if len(r.images) > 0 {
 			bt.imgFirst[i] = int32(img0)
+			if r.exists > 0 {
+				bt.exists[i], bt.existsW[i] = float32(r.exists-1), 1
+			}
 			if r.refBox != nil {
 				bt.refW[i] = 1
 				for k := range 4 {
@@ -160,8 +169,8 @@ func makeBatch(c model.Config, rows []batchRow) trainBatch {
 // countRefs counts the rows of bt with a referent for Config.Grounder.
 func countRefs(bt trainBatch) int {
 	n := 0
-	for _, w := range bt.refW {
-		if w > 0 {
+	for i, w := range bt.refW {
+		if w > 0 || bt.existsW[i] > 0 {
 			n++
 		}
 	}

@@ -364,7 +364,7 @@ type trainStepLayout struct {
 	frozen    []paramSpec
 }
 
-const numBatchInputs = 16
+const numBatchInputs = 18
 
 func (s *trainStepLayout) graphFn(inputs []*graph.Node) []*graph.Node {
 	nt, nf := len(s.trainable), len(s.frozen)
@@ -401,7 +401,7 @@ func (s *trainStepLayout) graphFn(inputs []*graph.Node) []*graph.Node {
 	grounder := graph.Scalar(g, dtypes.Float32, 0)
 	if s.cfg.Grounder {
 		logits, boxes := net.head(net.grid)
-		grounder = net.grounderLoss(logits, boxes, imgFirst, refBox, refW)
+		grounder = net.grounderLoss(logits, boxes, imgFirst, refBox, refW, batch[16], batch[17])
 		objective = graph.Add(objective, graph.MulScalar(grounder, s.cfg.GrounderLossWeight))
 	}
 

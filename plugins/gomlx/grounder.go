@@ -153,8 +153,12 @@ func (n *netGraph) head(grid *graph.Node) (logits, boxes *graph.Node) {
 // (refW [B] 1 there): cross-entropy of the pointer over the first image's
 // cells (imgFirst [B]) against a Gaussian around the cell that holds the
 // referent's centre (refBox [B, 4]), plus the L1 and GIoU of the cells'
-// boxes weighted by that Gaussian. Zero when no row has a referent.
-func (n *netGraph) grounderLoss(logits, boxes, imgFirst, refBox, refW *graph.Node) *graph.Node {
+// boxes weighted by that Gaussian; plus, over the rows with an existence
+// label (existsW [B] 1 there; exists [B] 1 present, 0 absent: REC
+// referents and POPE probes), the binary cross-entropy of the pointer
+// logits' log-sum-exp, so that the cells light up only for what is there.
+// Zero when no row has a label.
+func (n *netGraph) grounderLoss(logits, boxes, imgFirst, refBox, refW, exists, existsW *graph.Node) *graph.Node {
 	g := logits.Graph()
 	p := logits.Shape().Dimensions[1]
 	s := int(math.Round(math.Sqrt(float64(p))))
@@ -176,7 +180,14 @@ func (n *netGraph) grounderLoss(logits, boxes, imgFirst, refBox, refW *graph.Nod
 	reg := graph.ReduceSum(graph.Mul(tgt, graph.Add(graph.MulScalar(l1, grounderL1Weight), graph.MulScalar(graph.OneMinus(giou), grounderGIoUWeight))), -1)
 	per := graph.Add(ce, reg)
 	den := graph.Max(graph.ReduceAllSum(refW), graph.Scalar(g, dtypes.Float32, 1))
-	return graph.Div(graph.ReduceAllSum(graph.Mul(per, refW)), den)
+	loss := graph.Div(graph.ReduceAllSum(graph.Mul(per, refW)), den)
+	// Existence: BCE with logits z = logsumexp(cells) - log(P), stably.
+	mx := graph.StopGradient(graph.ReduceAndKeep(lg, graph.ReduceMax, -1))
+	z := graph.Add(graph.Squeeze(mx, -1), graph.Log(graph.ReduceSum(graph.Exp(graph.Sub(lg, mx)), -1)))
+	z = graph.AddScalar(z, -math.Log(float64(p)))
+	bce := graph.Add(graph.Sub(graph.Max(z, graph.ZerosLike(z)), graph.Mul(z, exists)), graph.Log1P(graph.Exp(graph.Neg(graph.Abs(z)))))
+	eden := graph.Max(graph.ReduceAllSum(existsW), graph.Scalar(g, dtypes.Float32, 1))
+	return graph.Add(loss, graph.Div(graph.ReduceAllSum(graph.Mul(bce, existsW)), eden))
 }
 
 // boxGIoU is the generalized IoU of boxes a and b [..., 4] (x1, y1, x2,

@@ -116,6 +116,8 @@ func (t *trainer) step(lr, bc1, bc2, wd float32, bt trainBatch) (stepOut, error)
 		tensors.FromFlatDataAndDimensions(bt.imgFirst, bt.B),
 		tensors.FromFlatDataAndDimensions(bt.refBox, bt.B, 4),
 		tensors.FromFlatDataAndDimensions(bt.refW, bt.B),
+		tensors.FromFlatDataAndDimensions(bt.exists, bt.B),
+		tensors.FromFlatDataAndDimensions(bt.existsW, bt.B),
 	)
 	outs, err := t.exec.Call(args...)
 	if err != nil {

@@ -22,6 +22,10 @@ var Stages = []string{"stage1", "stage2", "stage3"}
 // Every field has a default (DefaultSpec); a spec in a request overrides
 // only the fields it names, and an unknown field is rejected by name.
 type RunSpec struct {
+	// Recipe names a recipe file (recipes/<name>.json, see Recipes) laid
+	// over the defaults before the rest of the spec; "" and "demo" are the
+	// defaults themselves.
+	Recipe string `json:"recipe,omitempty"`
 	// Model is the architecture. Its vocab_size is set from the tokenizer
 	// built over the synth set (leave it 0); the rest defaults to
 	// model.DefaultConfig.
@@ -163,6 +167,15 @@ func (s *RunSpec) Stage(name string) *StageSpec {
 func ParseSpec(b []byte) (RunSpec, error) {
 	spec := DefaultSpec()
 	if len(bytes.TrimSpace(b)) > 0 && !bytes.Equal(bytes.TrimSpace(b), []byte("null")) {
+		// The recipe first, then the request's own fields over it. A
+		// malformed spec is left to the strict decode below to report.
+		var head struct {
+			Recipe string `json:"recipe"`
+		}
+		_ = json.Unmarshal(b, &head)
+		if err := applyRecipe(&spec, head.Recipe); err != nil {
+			return RunSpec{}, err
+		}
 		dec := json.NewDecoder(bytes.NewReader(b))
 		dec.DisallowUnknownFields()
 		if err := dec.Decode(&spec); err != nil {
