@@ -11,6 +11,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"math"
+	"slices"
+	"strings"
 )
 
 // Config is the tinygrounder v1 architecture. It travels as JSON to the
@@ -320,3 +322,56 @@ func ParseConfig(b []byte) (Config, error) {
 // same function as NormalizePixels, so that training and inference agree.
 // The safetensors header's __metadata__ carries "config_sha256" and
 // "synth_set" for lineage.
+
+// Features lists the architecture options the config turns on, by their
+// JSON names. A backend declares the features it implements
+// (compute.Description.Features); a host refuses to run a config that
+// needs one it lacks (Unsupported).
+func (c Config) Features() []string {
+	var out []string
+	for _, f := range []struct {
+		name string
+		on   bool
+	}{
+		{"box_label_sigma", c.BoxLabelSigma > 0},
+		{"images_after_text", c.ImagesAfterText},
+		{"text_fusion", c.TextFusion},
+		{"patch_positions", c.PatchPositions},
+		{"fusion_attention", c.FusionAttention},
+		{"ground_loss_weight", c.GroundLossWeight > 0},
+		{"conv_stem", c.ConvStem},
+		{"box_loss_weight", c.BoxLossWeight > 0},
+		{"ground_readout", c.GroundReadout},
+		{"grounder", c.Grounder},
+	} {
+		if f.on {
+			out = append(out, f.name)
+		}
+	}
+	return out
+}
+
+// AllFeatures lists every architecture option a config can turn on, as
+// Features names them: what a backend that implements the whole model
+// declares.
+func AllFeatures() []string {
+	all := Config{BoxLabelSigma: 1, ImagesAfterText: true, TextFusion: true, PatchPositions: true, FusionAttention: true,
+		GroundLossWeight: 1, ConvStem: true, BoxLossWeight: 1, GroundReadout: true, Grounder: true}
+	return all.Features()
+}
+
+// Unsupported returns an error naming the features c needs that a backend
+// (name) does not declare, nil when it declares them all.
+func (c Config) Unsupported(backend string, declared []string) error {
+	var missing []string
+	for _, f := range c.Features() {
+		if !slices.Contains(declared, f) {
+			missing = append(missing, f)
+		}
+	}
+	if len(missing) == 0 {
+		return nil
+	}
+	return fmt.Errorf("model config needs %s, which backend %q does not implement (it declares %s)",
+		strings.Join(missing, ", "), backend, strings.Join(declared, ", "))
+}

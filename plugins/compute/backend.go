@@ -48,6 +48,10 @@ type Description struct {
 	CanTrain     bool
 	CanAttention bool     // Prefill can return attention maps
 	Dtypes       []string // e.g. "float32", "q8_0"
+	// Features are the model architecture options the backend implements,
+	// by their model config names (model.Config.Features); a host refuses
+	// a config that needs another before any work starts.
+	Features []string
 }
 
 // TrainRequest describes one training stage. Paths are local file paths

@@ -70,14 +70,14 @@ func matrixFromPB(m *computev1.Matrix) ([][]float32, error) {
 func describeToPB(d Description) *computev1.DescribeResponse {
 	return &computev1.DescribeResponse{
 		Backend: d.Backend, Version: d.Version, Devices: d.Devices,
-		CanTrain: d.CanTrain, CanAttention: d.CanAttention, Dtypes: d.Dtypes,
+		CanTrain: d.CanTrain, CanAttention: d.CanAttention, Dtypes: d.Dtypes, Features: d.Features,
 	}
 }
 
 func describeFromPB(r *computev1.DescribeResponse) Description {
 	return Description{
 		Backend: r.GetBackend(), Version: r.GetVersion(), Devices: r.GetDevices(),
-		CanTrain: r.GetCanTrain(), CanAttention: r.GetCanAttention(), Dtypes: r.GetDtypes(),
+		CanTrain: r.GetCanTrain(), CanAttention: r.GetCanAttention(), Dtypes: r.GetDtypes(), Features: r.GetFeatures(),
 	}
 }
 

@@ -32,6 +32,7 @@ import (
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/groundmesh/groundmesh/internal/model"
 	"github.com/groundmesh/groundmesh/plugins/compute"
 )
 
@@ -125,6 +126,7 @@ func (b *Backend) Describe(ctx context.Context) (compute.Description, error) {
 		CanTrain:     true,
 		CanAttention: true,
 		Dtypes:       []string{"float32"},
+		Features:     model.AllFeatures(),
 	}, nil
 }
 

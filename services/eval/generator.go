@@ -90,6 +90,9 @@ func NewGeneratorFactory(cfg GeneratorConfig) (PredictorFactory, error) {
 		if err != nil {
 			return nil, fmt.Errorf("describe backend: %w", err)
 		}
+		if err := mc.Unsupported(desc.Backend, desc.Features); err != nil {
+			return nil, fmt.Errorf("checkpoint %s: %w", ck.ID, err)
+		}
 		loaded, err := cfg.Backend.Load(ctx, compute.LoadRequest{ModelConfig: run.ModelConfig, Checkpoint: cp, Device: cfg.Device})
 		if err != nil {
 			return nil, fmt.Errorf("load checkpoint %s: %w", ck.ID, err)

@@ -59,6 +59,13 @@ func (s *Service) Train(ctx context.Context, req events.TrainRequested, progress
 		return out, fmt.Errorf("train: backend %q: %w", req.Backend, err)
 	}
 	backend = compute.WithTracing(backend, req.Backend)
+	desc, err := backend.Describe(ctx)
+	if err != nil {
+		return out, fmt.Errorf("train: describe backend %q: %w", req.Backend, err)
+	}
+	if err := spec.Model.Unsupported(req.Backend, desc.Features); err != nil {
+		return out, fmt.Errorf("train: %w: %w", err, ErrInvalidRequest)
+	}
 	release, err := s.store.lockRun(ctx, req.RunID)
 	if err != nil {
 		return out, err

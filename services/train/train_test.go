@@ -419,6 +419,13 @@ func TestTrainInvalid(t *testing.T) {
 			t.Errorf("%s: %v; want ErrInvalidRequest", name, err)
 		}
 	}
+	// A backend that does not declare a feature the model needs is refused
+	// before anything is recorded, naming the feature and the backend.
+	bare := e.service(t, computetest.NewToy(computetest.ToyOptions{Features: []string{"box_label_sigma"}}))
+	if _, err := bare.Train(context.Background(), newRequest(nil), nil); !errors.Is(err, train.ErrInvalidRequest) ||
+		!strings.Contains(err.Error(), "images_after_text") || !strings.Contains(err.Error(), `backend "toy"`) {
+		t.Errorf("a backend without the model's features: %v; want ErrInvalidRequest naming them", err)
+	}
 	if n := count(t, e, `SELECT count(*) FROM runs`); n != 0 {
 		t.Errorf("%d runs created by invalid requests", n)
 	}

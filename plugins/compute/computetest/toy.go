@@ -46,6 +46,10 @@ type ToyOptions struct {
 	// OnStep, when set, is called after every training step (before
 	// progress is reported).
 	OnStep func(stage string, step int)
+	// Features are the architecture options Describe declares; nil
+	// declares every one (model.AllFeatures): the toy stands in for a
+	// backend in service tests and computes none of them for real.
+	Features []string
 }
 
 // NewToy returns a toy backend.
@@ -63,7 +67,11 @@ type toySession struct {
 
 // Describe implements compute.Backend.
 func (b *Toy) Describe(context.Context) (compute.Description, error) {
-	return compute.Description{Backend: "toy", Version: "1", Devices: []string{"cpu"}, CanTrain: true, Dtypes: []string{"float32"}}, nil
+	features := b.opts.Features
+	if features == nil {
+		features = model.AllFeatures()
+	}
+	return compute.Description{Backend: "toy", Version: "1", Devices: []string{"cpu"}, CanTrain: true, Dtypes: []string{"float32"}, Features: features}, nil
 }
 
 func invalid(format string, args ...any) error {

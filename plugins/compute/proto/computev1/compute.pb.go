@@ -66,13 +66,15 @@ func (*DescribeRequest) Descriptor() ([]byte, []int) {
 }
 
 type DescribeResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Backend       string                 `protobuf:"bytes,1,opt,name=backend,proto3" json:"backend,omitempty"`
-	Version       string                 `protobuf:"bytes,2,opt,name=version,proto3" json:"version,omitempty"`
-	Devices       []string               `protobuf:"bytes,3,rep,name=devices,proto3" json:"devices,omitempty"`
-	CanTrain      bool                   `protobuf:"varint,4,opt,name=can_train,json=canTrain,proto3" json:"can_train,omitempty"`
-	CanAttention  bool                   `protobuf:"varint,5,opt,name=can_attention,json=canAttention,proto3" json:"can_attention,omitempty"`
-	Dtypes        []string               `protobuf:"bytes,6,rep,name=dtypes,proto3" json:"dtypes,omitempty"`
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	Backend      string                 `protobuf:"bytes,1,opt,name=backend,proto3" json:"backend,omitempty"`
+	Version      string                 `protobuf:"bytes,2,opt,name=version,proto3" json:"version,omitempty"`
+	Devices      []string               `protobuf:"bytes,3,rep,name=devices,proto3" json:"devices,omitempty"`
+	CanTrain     bool                   `protobuf:"varint,4,opt,name=can_train,json=canTrain,proto3" json:"can_train,omitempty"`
+	CanAttention bool                   `protobuf:"varint,5,opt,name=can_attention,json=canAttention,proto3" json:"can_attention,omitempty"`
+	Dtypes       []string               `protobuf:"bytes,6,rep,name=dtypes,proto3" json:"dtypes,omitempty"`
+	// Model architecture options the backend implements (model config names).
+	Features      []string `protobuf:"bytes,7,rep,name=features,proto3" json:"features,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -145,6 +147,13 @@ func (x *DescribeResponse) GetCanAttention() bool {
 func (x *DescribeResponse) GetDtypes() []string {
 	if x != nil {
 		return x.Dtypes
+	}
+	return nil
+}
+
+func (x *DescribeResponse) GetFeatures() []string {
+	if x != nil {
+		return x.Features
 	}
 	return nil
 }
@@ -1341,14 +1350,15 @@ var File_compute_proto protoreflect.FileDescriptor
 const file_compute_proto_rawDesc = "" +
 	"\n" +
 	"\rcompute.proto\x12\x15groundmesh.compute.v1\"\x11\n" +
-	"\x0fDescribeRequest\"\xba\x01\n" +
+	"\x0fDescribeRequest\"\xd6\x01\n" +
 	"\x10DescribeResponse\x12\x18\n" +
 	"\abackend\x18\x01 \x01(\tR\abackend\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\tR\aversion\x12\x18\n" +
 	"\adevices\x18\x03 \x03(\tR\adevices\x12\x1b\n" +
 	"\tcan_train\x18\x04 \x01(\bR\bcanTrain\x12#\n" +
 	"\rcan_attention\x18\x05 \x01(\bR\fcanAttention\x12\x16\n" +
-	"\x06dtypes\x18\x06 \x03(\tR\x06dtypes\"\xa5\x04\n" +
+	"\x06dtypes\x18\x06 \x03(\tR\x06dtypes\x12\x1a\n" +
+	"\bfeatures\x18\a \x03(\tR\bfeatures\"\xa5\x04\n" +
 	"\fTrainRequest\x12\x15\n" +
 	"\x06run_id\x18\x01 \x01(\tR\x05runId\x12\x14\n" +
 	"\x05stage\x18\x02 \x01(\tR\x05stage\x12!\n" +
