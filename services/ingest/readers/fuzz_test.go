@@ -17,6 +17,11 @@ import (
 // plus the third-party fixtures when they are present.
 
 func addSeeds(f *testing.F, paths ...string) {
+	addSeedsMax(f, 8<<10, paths...)
+}
+
+// addSeedsMax adds the first max bytes of each file as a seed.
+func addSeedsMax(f *testing.F, max int, paths ...string) {
 	for _, p := range paths {
 		b, err := os.ReadFile(p)
 		if err != nil {
@@ -24,8 +29,8 @@ func addSeeds(f *testing.F, paths ...string) {
 		}
 		// Small seeds keep the fuzzer fast: minimizing a large new input
 		// stalls it for up to a minute.
-		if len(b) > 8<<10 {
-			b = b[:8<<10]
+		if len(b) > max {
+			b = b[:max]
 		}
 		f.Add(b)
 	}
@@ -176,7 +181,9 @@ func checkLines(t *testing.T, b *builder) {
 }
 
 func FuzzPOPE(f *testing.F) {
-	addSeeds(f, fixture("pope", "coco_pope_random.json"))
+	// Three lines of the published file: a large seed stalls the fuzzer
+	// in minimization (each new input from it takes up to a minute).
+	addSeedsMax(f, 400, fixture("pope", "coco_pope_random.json"))
 	f.Add([]byte(`{"question_id": 1, "image": "COCO_val2014_000000310196.jpg", "text": "Is there a snowboard in the image?", "label": "yes"}` + "\n" +
 		`{"question_id": 2, "image": "x.jpg", "text": "Is there an apple in the image?", "label": "No"}`))
 	f.Add([]byte(`[{"question_id": "a", "image": "COCO_val2014_000000000001.jpg", "text": "t", "label": "no"}, {"question_id": null}]`))
