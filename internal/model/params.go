@@ -115,6 +115,8 @@ func (c Config) Params() []ParamSpec {
 			add(fmt.Sprintf("grounder.film.%d.b", i), 2*chans[i])
 			in = chans[i]
 		}
+		add("grounder.match.q.w", w, vw)
+		add("grounder.match.k.w", vw, vw)
 		add("grounder.head.fc1.w", vw+2, vw)
 		add("grounder.head.fc1.b", vw)
 		add("grounder.head.out.w", vw, 5)

@@ -35,6 +35,7 @@ type netGraph struct {
 	// hiddenMid leaves for the head.
 	gin  grounderIn
 	grid *graph.Node
+	sImg *graph.Node // each image's sentence vector [K, Width]
 }
 
 func (n *netGraph) dense(x *graph.Node, prefix string) *graph.Node {

@@ -131,11 +131,17 @@ func (n *netGraph) tower(images, sImg *graph.Node) *graph.Node {
 func (n *netGraph) head(grid *graph.Node) (logits, boxes *graph.Node) {
 	g := grid.Graph()
 	dims := grid.Shape().Dimensions
-	k, s := dims[0], dims[1]
+	k, s, ch := dims[0], dims[1], dims[3]
 	x := graph.Concatenate([]*graph.Node{grid, coordChannels(g, k, s)}, -1)
 	x = n.dense(activation.Gelu(n.dense(x, "grounder.head.fc1")), "grounder.head.out") // [K, G, G, 5]
 	x = graph.Reshape(x, k, s*s, 5)
 	logits = graph.Squeeze(graph.SliceAxis(x, -1, graph.AxisElem(0)), -1)
+	// Matching: each cell's key against the sentence's query, so that a
+	// cell scores by how well what it shows matches the words.
+	q := nn.Dense(n.sImg, n.p["grounder.match.q.w"], nil, gomlxcompute.DenseLayoutInputOutputs)                              // [K, D]
+	key := nn.Dense(graph.Reshape(grid, k, s*s, ch), n.p["grounder.match.k.w"], nil, gomlxcompute.DenseLayoutInputOutputs) // [K, P, D]
+	d := q.Shape().Dimensions[1]
+	logits = graph.Add(logits, graph.MulScalar(graph.Einsum("kpd,kd->kp", key, q), 1/math.Sqrt(float64(d))))
 	// l, t, r, b: a cell's width times exp(z), FCOS style (one cell each
 	// side at initialization), clipped to stay finite.
 	dist := graph.MulScalar(graph.Exp(graph.ClipScalar(graph.SliceAxis(x, -1, graph.AxisRange(1, 5)), -4, 3)), 1/float64(s))
@@ -217,7 +223,8 @@ func boxGIoU(a, b *graph.Node) *graph.Node {
 func (n *netGraph) grounderFeatures(tokens, images *graph.Node) *graph.Node {
 	c := n.cfg
 	s := n.sentence(tokens, n.gin.textMask)
-	n.grid = n.tower(images, graph.Gather(s, graph.InsertAxes(n.gin.imgRow, -1)))
+	n.sImg = graph.Gather(s, graph.InsertAxes(n.gin.imgRow, -1))
+	n.grid = n.tower(images, n.sImg)
 	k := images.Shape().Dimensions[0]
 	return n.layerNorm(graph.Reshape(n.grid, k*c.Patches(), c.VisionWidth), "vision.ln_f")
 }

@@ -75,10 +75,12 @@ func paramSpecs(c model.Config) []paramSpec {
 		switch {
 		case isLN && strings.HasSuffix(p.Name, ".w"):
 			s.Init = initOnes
-		case strings.HasSuffix(p.Name, ".b") || p.Name == "fusion.query" || p.Name == "grounder.text.query" ||
-			strings.HasPrefix(p.Name, "grounder.film."):
-			// Zero queries pool plain means; zero FiLM starts as identity.
+		case strings.HasSuffix(p.Name, ".b") || p.Name == "fusion.query" || p.Name == "grounder.text.query":
+			// Zero queries pool plain means.
 			s.Init = initZeros
+		case strings.HasPrefix(p.Name, "grounder.match."):
+			// Unit-variance queries and keys from layer-normed inputs.
+			s.Std = 1 / math.Sqrt(float64(p.Shape[0]))
 		case strings.HasPrefix(p.Name, "grounder.conv."):
 			s.Std = math.Sqrt(2 / float64(p.Shape[0]*p.Shape[1]*p.Shape[2]))
 		case p.Name == "vision.pos":
