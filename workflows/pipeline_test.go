@@ -78,7 +78,7 @@ func TestPipelineDefaultsRunAllStages(t *testing.T) {
 	// Each command carries what the previous stage produced.
 	var synth events.SynthRequested
 	_ = json.Unmarshal(asked[1].Payload, &synth)
-	if synth.DatasetID != "ds-1" || synth.Samples != 24000 {
+	if synth.DatasetID != "ds-1" || synth.Samples != 48000 {
 		t.Fatalf("synth command %+v", synth)
 	}
 	var train events.TrainRequested

@@ -158,7 +158,7 @@ func (in PipelineInput) WithDefaults() PipelineInput {
 		in.Synth.Seed = 1
 	}
 	if in.Synth.Samples == 0 {
-		in.Synth.Samples = 24000
+		in.Synth.Samples = 48000
 	}
 	if _, ok := in.Synth.TaskWeights["rec"]; !ok {
 		// REC weighted 3 among the six stage-2 directions: train's default

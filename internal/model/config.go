@@ -174,9 +174,10 @@ type Config struct {
 	//     the pixels folded 2x2 into 12 channels (space to depth: full
 	//     resolution at a quarter of the positions), then log2(PatchSize)-1
 	//     stride-2 convolutions, each followed by a residual stride-1 one,
-	//     every convolution followed by a
-	//     channel layer norm, a FiLM scale and shift from the sentence
+	//     every convolution followed by
+	//     a FiLM scale and shift from the sentence
 	//     vector ("grounder.film.<i>", zeros at initialization) and GELU;
+	//     (no normalization before it),
 	//     its grid of (ImageSize/PatchSize)^2 cells of VisionWidth channels
 	//     is what the language model's patch positions read (vision.ln_f,
 	//     projector), so the patches arrive already conditioned on the
@@ -186,8 +187,15 @@ type Config struct {
 	//     cell's centre to the box's four sides), trained, where a shard
 	//     labels the referent (Shard.RefBoxes: single-box REC records), by
 	//     cross-entropy to a Gaussian around the cell holding the box's
-	//     centre plus L1 and GIoU of the boxes near it, times
-	//     GrounderLossWeight.
+	//     centre plus L1 and GIoU of the boxes near it, with an existence
+	//     term on the pointer logits (REC referents, POPE probes: shards'
+	//     ref_exists), times GrounderLossWeight; the pointer logit adds a
+	//     match of each cell's key with the sentence's query
+	//     ("grounder.match.q", "grounder.match.k");
+	//   - with GrounderCellWords, every cell of a labelled image predicts
+	//     the words of the objects it holds ("grounder.words", tied to the
+	//     token embeddings; shards' cell_words from REC records that name
+	//     every object of their image).
 	//
 	// At inference a box answer's four numbers are the box of the cell the
 	// pointer picks (compute.ForwardResult.HeadBoxes; the host's box
@@ -199,6 +207,7 @@ type Config struct {
 	Grounder           bool    `json:"grounder,omitempty"`
 	GrounderQueries    int     `json:"grounder_queries,omitempty"`
 	GrounderLossWeight float64 `json:"grounder_loss_weight,omitempty"`
+	GrounderCellWords  bool    `json:"grounder_cell_words,omitempty"`
 }
 
 // GrounderConvs lists Config.Grounder's convolutions in order: their
@@ -279,8 +288,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("model config: grounder needs images_after_text (its sentence vector reads the text before the first image)")
 	case c.Grounder && (c.GrounderQueries <= 0 || c.GrounderLossWeight <= 0 || math.IsNaN(c.GrounderLossWeight)):
 		return fmt.Errorf("model config: grounder needs grounder_queries (%d) and grounder_loss_weight (%v) above 0", c.GrounderQueries, c.GrounderLossWeight)
-	case !c.Grounder && (c.GrounderQueries != 0 || c.GrounderLossWeight != 0):
-		return fmt.Errorf("model config: grounder_queries and grounder_loss_weight need grounder")
+	case !c.Grounder && (c.GrounderQueries != 0 || c.GrounderLossWeight != 0 || c.GrounderCellWords):
+		return fmt.Errorf("model config: grounder_queries, grounder_loss_weight and grounder_cell_words need grounder")
 	case c.MaxSeq < c.Patches()*c.MaxImages+8:
 		return fmt.Errorf("model config: max_seq %d shorter than %d image patches plus text", c.MaxSeq, c.Patches()*c.MaxImages)
 	}
@@ -343,6 +352,7 @@ func (c Config) Features() []string {
 		{"box_loss_weight", c.BoxLossWeight > 0},
 		{"ground_readout", c.GroundReadout},
 		{"grounder", c.Grounder},
+		{"grounder_cell_words", c.GrounderCellWords},
 	} {
 		if f.on {
 			out = append(out, f.name)
@@ -356,7 +366,7 @@ func (c Config) Features() []string {
 // declares.
 func AllFeatures() []string {
 	all := Config{BoxLabelSigma: 1, ImagesAfterText: true, TextFusion: true, PatchPositions: true, FusionAttention: true,
-		GroundLossWeight: 1, ConvStem: true, BoxLossWeight: 1, GroundReadout: true, Grounder: true}
+		GroundLossWeight: 1, ConvStem: true, BoxLossWeight: 1, GroundReadout: true, Grounder: true, GrounderCellWords: true}
 	return all.Features()
 }
 

@@ -115,6 +115,11 @@ func (c Config) Params() []ParamSpec {
 			add(fmt.Sprintf("grounder.film.%d.b", i), 2*chans[i])
 			in = chans[i]
 		}
+		if c.GrounderCellWords {
+			add("grounder.words.w", vw, w)
+			add("grounder.words.b", w)
+			add("grounder.words.vocab_b", c.VocabSize)
+		}
 		add("grounder.match.q.w", w, vw)
 		add("grounder.match.k.w", vw, vw)
 		add("grounder.head.fc1.w", vw+2, vw)

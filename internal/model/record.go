@@ -58,6 +58,10 @@ type Answer struct {
 	// image (pixel xyxy): evaluation tells a wrong choice of object
 	// (selection) from an imprecise box around the right one (precision).
 	Others [][4]float64 `json:"others,omitempty"`
+	// Names, for REC, name the referent and then each of Others in order
+	// (its attribute values and category, "small red striped circle"):
+	// free per-cell labels of what is where (Config.Grounder).
+	Names []string `json:"names,omitempty"`
 }
 
 // Lineage ties a sample to its sources.

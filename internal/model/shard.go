@@ -285,6 +285,19 @@ type entry struct {
 	// the first image names something on it (a REC referent, a POPE "yes"),
 	// 0 when it names something absent (a POPE "no"), -1 for no label.
 	exists int32
+	// cells are the first image's cell labels (CellLabels), nil for none.
+	cells []int32
+}
+
+// cellsOf returns Config.Grounder's cell labels for a REC record whose
+// answer names every object of its image (Answer.Names), nil otherwise.
+func cellsOf(c Config, tok *Tokenizer, rec *Record) []int32 {
+	if !c.GrounderCellWords || refOf(c, rec) == nil || len(rec.Answer.Names) != 1+len(rec.Answer.Others) {
+		return nil
+	}
+	im := rec.Images[0]
+	boxes := append([][4]float64{rec.Answer.Boxes[0]}, rec.Answer.Others...)
+	return CellLabels(c, tok, im.Width, im.Height, boxes, rec.Answer.Names)
 }
 
 // existsOf returns a record's existence label (see entry.exists).
@@ -492,7 +505,7 @@ func (b *ShardBuilder) Build(ctx context.Context, records iter.Seq2[Record, erro
 			}
 			continue
 		}
-		e := entry{key: sortKey(cfg.Seed, rec.ID), id: rec.ID, seq: len(entries), sample: s, images: rec.Images, ground: groundOf(cfg.Model, &rec), ref: refOf(cfg.Model, &rec), exists: existsOf(cfg.Model, &rec)}
+		e := entry{key: sortKey(cfg.Seed, rec.ID), id: rec.ID, seq: len(entries), sample: s, images: rec.Images, ground: groundOf(cfg.Model, &rec), ref: refOf(cfg.Model, &rec), exists: existsOf(cfg.Model, &rec), cells: cellsOf(cfg.Model, cfg.Tokenizer, &rec)}
 		if cfg.Pack && len(rec.Images) == 1 {
 			e.rec = &rec
 		}
@@ -552,6 +565,20 @@ func (b *ShardBuilder) writeShard(ctx context.Context, index, total int, chunk [
 			refBoxes[i] = NoRefBox
 		}
 		refExists = make([]int32, len(chunk))
+	}
+	var cellWords []int32
+	if cfg.Model.Grounder && slices.ContainsFunc(chunk, func(e entry) bool { return e.cells != nil }) {
+		per := cfg.Model.Patches() * CellWords
+		cellWords = make([]int32, len(chunk)*per)
+		for i, e := range chunk {
+			if e.cells != nil {
+				copy(cellWords[i*per:], e.cells)
+				continue
+			}
+			for j := range per {
+				cellWords[i*per+j] = NoCellLabels
+			}
+		}
 	}
 	rows := map[string]int32{}
 	var refs []ImageRef
@@ -648,6 +675,9 @@ func (b *ShardBuilder) writeShard(ctx context.Context, index, total int, chunk [
 	if refBoxes != nil {
 		tensors = append(tensors, Tensor{Name: "ref_boxes", DType: "I32", Shape: []int{len(chunk), 4}, Data: Int32Bytes(refBoxes)},
 			Tensor{Name: "ref_exists", DType: "I32", Shape: []int{len(chunk)}, Data: Int32Bytes(refExists)})
+	}
+	if cellWords != nil {
+		tensors = append(tensors, Tensor{Name: "cell_words", DType: "I32", Shape: []int{len(chunk), cfg.Model.Patches(), CellWords}, Data: Int32Bytes(cellWords)})
 	}
 	meta := map[string]string{
 		"format":        ShardFormat,
@@ -774,7 +804,95 @@ type Shard struct {
 	// referent, a POPE "yes"), 0 where it names something absent (a POPE
 	// "no"), NoRefBox for no label (Config.Grounder's existence loss).
 	RefExists []int32
+	// CellWords is the optional "cell_words" tensor, int32 [N, Patches,
+	// CellWords]: for the first image of a sample that labels its cells
+	// (Config.Grounder, REC records whose answer lists the image's
+	// objects), the word ids of the objects each cell holds (CellLabels),
+	// NoCellWord after them; NoCellLabels in every slot of samples
+	// without labels.
+	CellWords []int32
 	Metadata  map[string]string
+}
+
+// Cell label encoding (Shard.CellWords).
+const (
+	CellWords    = 6  // word slots per cell
+	NoCellWord   = -1 // an empty slot of a labelled cell
+	NoCellLabels = -2 // a sample whose cells are not labelled
+)
+
+// CellWordsRow returns sample i's cell labels [Patches*CellWords], or nil
+// when the shard has none or the sample is unlabelled.
+func (s *Shard) CellWordsRow(i, patches int) []int32 {
+	if s.CellWords == nil {
+		return nil
+	}
+	row := s.CellWords[i*patches*CellWords : (i+1)*patches*CellWords]
+	if row[0] == NoCellLabels {
+		return nil
+	}
+	return row
+}
+
+// CellLabels labels the patch grid of a w x h image (padded to a square)
+// with the words of the objects on it: a cell takes the words of every
+// object whose box holds the cell's centre, and an object too small to
+// hold any cell's centre labels the cell its own centre falls in. Words
+// are tokenizer word ids (others are skipped); a cell keeps at most
+// CellWords distinct ones. It returns [Patches*CellWords], NoCellWord in
+// the empty slots.
+func CellLabels(c Config, tok *Tokenizer, w, h int, boxes [][4]float64, names []string) []int32 {
+	g := c.ImageSize / c.PatchSize
+	out := make([]int32, g*g*CellWords)
+	for i := range out {
+		out[i] = NoCellWord
+	}
+	add := func(cell int, ids []int32) {
+		slots := out[cell*CellWords : (cell+1)*CellWords]
+		for _, id := range ids {
+			for k, v := range slots {
+				if v == id {
+					break
+				}
+				if v == NoCellWord {
+					slots[k] = id
+					break
+				}
+			}
+		}
+	}
+	for i, b := range boxes {
+		if i >= len(names) {
+			break
+		}
+		var ids []int32
+		for _, id := range tok.Encode(names[i]) {
+			if id >= tokWord0 {
+				ids = append(ids, id)
+			}
+		}
+		if len(ids) == 0 {
+			continue
+		}
+		n := Normalize(dataset.Box{X1: b[0], Y1: b[1], X2: b[2], Y2: b[3]}, w, h)
+		hit := false
+		for py := range g {
+			cy := (float64(py) + 0.5) / float64(g)
+			for px := range g {
+				cx := (float64(px) + 0.5) / float64(g)
+				if cx >= n[0] && cx <= n[2] && cy >= n[1] && cy <= n[3] {
+					add(py*g+px, ids)
+					hit = true
+				}
+			}
+		}
+		if !hit {
+			px := min(int((n[0]+n[2])/2*float64(g)), g-1)
+			py := min(int((n[1]+n[3])/2*float64(g)), g-1)
+			add(max(py, 0)*g+max(px, 0), ids)
+		}
+	}
+	return out
 }
 
 // NoRefBox marks a sample without a referent in Shard.RefBoxes.
@@ -915,6 +1033,17 @@ func shardFromTensors(tensors []Tensor, meta map[string]string) (*Shard, error) 
 			none := b[0] == NoRefBox && b[1] == NoRefBox && b[2] == NoRefBox && b[3] == NoRefBox
 			if !none && (b[0] < 0 || b[1] < 0 || b[2] > 1000 || b[3] > 1000 || b[0] >= b[2] || b[1] >= b[3]) {
 				return nil, fmt.Errorf("ref_boxes[%d] = %v: want 0 <= x1 < x2 <= 1000 and 0 <= y1 < y2 <= 1000 (thousandths), or all %d", i/4, b, NoRefBox)
+			}
+		}
+	}
+	if cw, ok := byName["cell_words"]; ok {
+		if cw.DType != "I32" || len(cw.Shape) != 3 || cw.Shape[0] != n || cw.Shape[2] != CellWords {
+			return nil, fmt.Errorf("tensor \"cell_words\" is %s%v, want I32[%d patches %d]", cw.DType, cw.Shape, n, CellWords)
+		}
+		s.CellWords = BytesInt32(cw.Data)
+		for i, v := range s.CellWords {
+			if v < NoCellLabels {
+				return nil, fmt.Errorf("cell_words[%d] = %d", i, v)
 			}
 		}
 	}

@@ -46,6 +46,12 @@ type trainBatch struct {
 	// exists [B] and existsW [B]: the row's existence label (1 present, 0
 	// absent) and 1 where it has one (Shard.RefExists).
 	exists, existsW []float32
+	// cellIDs [B*P*CellWords] are the word ids each cell of a row's first
+	// image is labelled with (0 in empty slots), cellIDW 1 in the filled
+	// slots, and cellW [B*P] 1 at every cell of a labelled row
+	// (Shard.CellWords).
+	cellIDs        []int32
+	cellIDW, cellW []float32
 	// labelled counts the positions with a patchW of 1.
 	labelled int
 	// realTokens counts non-padding positions, for tokens/s.
@@ -60,6 +66,7 @@ type batchRow struct {
 	patchBoxes      []uint8 // model.Shard.PatchBoxes' row, or nil
 	refBox          []int32 // model.Shard.RefBoxRow, or nil
 	exists          int32   // model.Shard.RefExists' value plus 1: 0 no label, 1 absent, 2 present
+	cells           []int32 // model.Shard.CellWordsRow, or nil
 }
 
 func roundUp(x, m int) int { return (x + m - 1) / m * m }
@@ -103,6 +110,9 @@ func makeBatch(c model.Config, rows []batchRow) trainBatch {
 		refW:       make([]float32, b),
 		exists:     make([]float32, b),
 		existsW:    make([]float32, b),
+		cellIDs:    make([]int32, b*P*model.CellWords),
+		cellIDW:    make([]float32, b*P*model.CellWords),
+		cellW:      make([]float32, b*P),
 		realTokens: real,
 	}
 	img0 := 0 // index of the row's first image among the batch's images
@@ -113,6 +123,16 @@ func makeBatch(c model.Config, rows []batchRow) trainBatch {
 		}
 		if len(r.images) > 0 {
 			bt.imgFirst[i] = int32(img0)
+			if r.cells != nil {
+				for j, id := range r.cells[:P*model.CellWords] {
+					if id >= 0 {
+						bt.cellIDs[i*P*model.CellWords+j], bt.cellIDW[i*P*model.CellWords+j] = id, 1
+					}
+				}
+				for j := range P {
+					bt.cellW[i*P+j] = 1
+				}
+			}
 			if r.exists > 0 {
 				bt.exists[i], bt.existsW[i] = float32(r.exists-1), 1
 			}

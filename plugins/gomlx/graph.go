@@ -365,7 +365,7 @@ type trainStepLayout struct {
 	frozen    []paramSpec
 }
 
-const numBatchInputs = 18
+const numBatchInputs = 21
 
 func (s *trainStepLayout) graphFn(inputs []*graph.Node) []*graph.Node {
 	nt, nf := len(s.trainable), len(s.frozen)
@@ -403,6 +403,9 @@ func (s *trainStepLayout) graphFn(inputs []*graph.Node) []*graph.Node {
 	if s.cfg.Grounder {
 		logits, boxes := net.head(net.grid)
 		grounder = net.grounderLoss(logits, boxes, imgFirst, refBox, refW, batch[16], batch[17])
+		if s.cfg.GrounderCellWords {
+			grounder = graph.Add(grounder, net.cellWordLoss(imgFirst, batch[18], batch[19], batch[20]))
+		}
 		objective = graph.Add(objective, graph.MulScalar(grounder, s.cfg.GrounderLossWeight))
 	}
 

@@ -167,6 +167,13 @@ func itemsShard(t testing.TB, c model.Config, items []probeItem, path string) {
 		"tokens": i32Tensor(tokens, n, L), "targets": i32Tensor(targets, n, L), "image_index": i32Tensor(index, n, 1),
 		"images":    {DType: "U8", Shape: []int{n, c.ImageSize, c.ImageSize, 3}, Data: images},
 		"ref_boxes": i32Tensor(refs, n, 4), "ref_exists": i32Tensor(exists, n)}}
+	if items[0].cells != nil {
+		var cells []int32
+		for _, it := range items {
+			cells = append(cells, it.cells...)
+		}
+		f.Tensors["cell_words"] = i32Tensor(cells, n, c.Patches(), model.CellWords)
+	}
 	if _, _, err := writeSafetensorsAtomic(path, f); err != nil {
 		t.Fatal(err)
 	}
@@ -183,6 +190,7 @@ func BenchmarkGrounderScene(b *testing.B) {
 	}
 	c := grounderConfig(64)
 	c.Width, c.Depth, c.VisionWidth, c.GrounderQueries = 64, 2, 64, 4
+	c.GrounderCellWords = os.Getenv("GROUNDMESH_PROBE_CELLWORDS") != ""
 	c, train, test := templatedSceneItems(b, world, c, probeOpts{ColourOnly: os.Getenv("GROUNDMESH_PROBE_COLOUR") != ""})
 	dir := b.TempDir()
 	shard := filepath.Join(dir, "train.safetensors")

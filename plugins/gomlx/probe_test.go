@@ -267,10 +267,11 @@ func centreIn(a, b [4]int) bool {
 // token sequence, the position whose logits predict the first box number,
 // and the box in coarse values (hundredths of the image).
 type probeItem struct {
-	img  []byte
-	toks []int32
-	at   int
-	box  [4]int
+	cells []int32 // Config.Grounder's cell labels (model.CellLabels), or nil
+	img   []byte
+	toks  []int32
+	at    int
+	box   [4]int
 	// size is the object's size class in the scene probe (0 small, 1
 	// medium, 2 large; 0 elsewhere).
 	size int

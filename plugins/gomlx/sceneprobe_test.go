@@ -204,6 +204,7 @@ func templatedSceneItems(t testing.TB, world *scenes.World, c model.Config, o pr
 		img   []byte
 		size  int
 		train bool
+		sc    *scenes.Scene
 	}
 	var all []pending
 	vb := model.NewVocabBuilder()
@@ -234,7 +235,7 @@ func templatedSceneItems(t testing.TB, world *scenes.World, c model.Config, o pr
 				Conversations: []model.Turn{{From: "human", Value: "<image>\n" + q}, {From: "gpt", Value: model.FormatBox(box)}},
 			}
 			vb.AddRecord(rec)
-			all = append(all, pending{rec: rec, img: img, size: slices.Index(scenes.Sizes, obj.Attributes[scenes.AttrSize]), train: sc.Split == gmdataset.SplitTrain})
+			all = append(all, pending{rec: rec, img: img, size: slices.Index(scenes.Sizes, obj.Attributes[scenes.AttrSize]), train: sc.Split == gmdataset.SplitTrain, sc: sc})
 		}
 	}
 	tok, err := vb.Build(1024)
@@ -262,6 +263,15 @@ func templatedSceneItems(t testing.TB, world *scenes.World, c model.Config, o pr
 			t.Fatalf("templated probe: record %s encodes without an answer box: %v", p.rec.ID, tok.Decode(s.Tokens))
 		}
 		it := probeItem{img: p.img, toks: s.Tokens, at: at, box: box, coarse: &coarse, size: p.size}
+		if c.GrounderCellWords {
+			var boxes [][4]float64
+			var names []string
+			for _, o := range p.sc.Objects {
+				boxes = append(boxes, [4]float64{o.Box.X1, o.Box.Y1, o.Box.X2, o.Box.Y2})
+				names = append(names, o.Attributes[scenes.AttrSize]+" "+o.Attributes[scenes.AttrColor]+" "+o.Attributes[scenes.AttrTexture]+" "+o.Category)
+			}
+			it.cells = model.CellLabels(c, tok, p.sc.Size, p.sc.Size, boxes, names)
+		}
 		if p.train {
 			train = append(train, it)
 		} else {

@@ -118,6 +118,9 @@ func (t *trainer) step(lr, bc1, bc2, wd float32, bt trainBatch) (stepOut, error)
 		tensors.FromFlatDataAndDimensions(bt.refW, bt.B),
 		tensors.FromFlatDataAndDimensions(bt.exists, bt.B),
 		tensors.FromFlatDataAndDimensions(bt.existsW, bt.B),
+		tensors.FromFlatDataAndDimensions(bt.cellIDs, bt.B, c.Patches(), model.CellWords),
+		tensors.FromFlatDataAndDimensions(bt.cellIDW, bt.B, c.Patches(), model.CellWords),
+		tensors.FromFlatDataAndDimensions(bt.cellW, bt.B, c.Patches()),
 	)
 	outs, err := t.exec.Call(args...)
 	if err != nil {

@@ -98,33 +98,28 @@ func (f *DataFilter) UnmarshalJSON(b []byte) error {
 
 // DefaultSpec is the spec of a request without one: the demo's three
 // stages, sized for the pure-Go backend on a 2-core CPU. The measurements
-// behind each default are in docs/experiments.md.
+// behind each default are in docs/experiments.md; recipes/text-boxes.json
+// is the model before the grounding head (box numbers written by the
+// language model alone), kept so that the two can be compared.
 //
-// Stage 1 trains every parameter on crop naming and REC (finding the
-// object an expression names): from random weights these are the tasks
-// on which the model learns to read the image. A spec that wants the
-// paper's stage-1 data says "stage1": {"data": {"stages": ["stage1"]}}.
-// Stage 2 freezes the vision encoder, as GroundingGPT does: trained at
-// stage 2's learning rate it unlearns stage 1. Stage 3 replays stage-2
-// records beside its own so that it keeps answering with boxes.
+// The model reads 64-pixel images (the scene world's size) through the
+// grounding encoder (model.Config.Grounder): a CoordConv tower conditioned
+// on the question, whose head gives a box answer its numbers. Stage 1
+// trains every parameter on REC, crop naming and POPE probes, the tasks
+// that teach it to find and name what it sees; stages 2 and 3 add the
+// other directions, the dense descriptions and conversations.
 func DefaultSpec() RunSpec {
 	m := model.DefaultConfig(0)
 	// Narrow and shallow, no vision transformer block: three stages fit
 	// the demo's CPU budget.
 	m.Width, m.Depth, m.Heads, m.VisionDepth = 64, 2, 2, 0
-	// The image after the instruction, fused with it (FiLM over an
-	// attention-pooled instruction): the patches know what is asked.
+	// 64 pixels in 8-pixel cells: an 8 x 8 grid; four images fit MaxSeq.
+	m.ImageSize, m.MaxSeq = 64, 320
+	// The instruction first, then the image: the sentence vector reads it.
 	m.ImagesAfterText = true
-	m.TextFusion = true
-	m.FusionAttention = true
-	// Patches learn which of them the answer's box covers, and regress it.
-	m.GroundLossWeight = 1
-	m.BoxLossWeight = 1
-	// The linear patch embedding finds objects by colour; the stem does not.
-	m.ConvStem = false
 	// A patch's position is its index in the image, not in the sequence.
 	m.PatchPositions = true
-	// GroundReadout stays off: it needs unpacked records, which did worse.
+	m.Grounder, m.GrounderQueries, m.GrounderLossWeight = true, 4, 1
 	return RunSpec{
 		Model:           m,
 		MaxWords:        1024,
@@ -133,16 +128,15 @@ func DefaultSpec() RunSpec {
 		LogEvery:        5,
 		CrashRetries:    3,
 		Stage1: StageSpec{
-			Steps: 3000, BatchSize: 16, LearningRate: 3e-3, WarmupSteps: 20, WeightDecay: 0, CheckpointEvery: 500,
-			Data: DataFilter{Stages: []string{"stage2"}, Tasks: []string{"crop_name", "rec"}, Splits: []string{"train"}},
+			Steps: 900, BatchSize: 32, LearningRate: 2e-3, WarmupSteps: 20, WeightDecay: 0, CheckpointEvery: 300,
+			Data: DataFilter{Stages: []string{"stage2", "stage3"}, Tasks: []string{"crop_name", "rec", "pope"}, Splits: []string{"train"}},
 		},
 		Stage2: StageSpec{
-			Steps: 600, BatchSize: 16, LearningRate: 3e-3, WarmupSteps: 30, WeightDecay: 0.01, CheckpointEvery: 100,
-			Frozen: []string{"vision."},
-			Data:   DataFilter{Stages: []string{"stage2"}, Splits: []string{"train"}},
+			Steps: 250, BatchSize: 16, LearningRate: 1e-3, WarmupSteps: 20, WeightDecay: 0.01, CheckpointEvery: 125,
+			Data: DataFilter{Stages: []string{"stage2"}, Splits: []string{"train"}},
 		},
 		Stage3: StageSpec{
-			Steps: 100, BatchSize: 16, LearningRate: 1e-3, WarmupSteps: 10, WeightDecay: 0.01, CheckpointEvery: 50,
+			Steps: 120, BatchSize: 16, LearningRate: 1e-3, WarmupSteps: 10, WeightDecay: 0.01, CheckpointEvery: 60,
 			Data: DataFilter{Stages: []string{"stage3", "stage2"}, Splits: []string{"train"}},
 		},
 	}
