@@ -181,6 +181,16 @@ func TestCOCOResultsFileIsNamed(t *testing.T) {
 	}
 }
 
+// A syntax error in a JSON document says where it is.
+func TestJSONSyntaxErrorSaysWhere(t *testing.T) {
+	dir := t.TempDir()
+	write(t, filepath.Join(dir, "objects.json"), `[{"image_id": 1, "objects": []},`+"\n"+`{"image_id": 2, "objects": [}]`)
+	_, err := readers.Read(context.Background(), readers.FormatVG, dir, readers.Options{})
+	if err == nil || !strings.Contains(err.Error(), "objects.json: malformed JSON at byte 60") {
+		t.Fatalf("err = %v", err)
+	}
+}
+
 // A ZIP archive given as an annotation file is named as one.
 func TestZIPArchiveIsNamed(t *testing.T) {
 	p := write(t, filepath.Join(t.TempDir(), "instances_val2017.json"), "PK\x03\x04 rest of a zip")

@@ -221,7 +221,7 @@ func FuzzLLaVA(f *testing.F) {
 		b := newBuilder(FormatLLaVA, "/")
 		b.setFile("c.json")
 		l := &llavaState{b: b, images: map[string]bool{}, ids: map[string]bool{}}
-		err := forEachRecord(context.Background(), bytes.NewReader(data), b, func(raw []byte, pos string) { l.add(raw, pos, "c", "train") })
+		err := forEachRecord(context.Background(), bytes.NewReader(data), KindInstruction, b, func(raw []byte, pos string) { l.add(raw, pos, "c", "train") })
 		if err != nil && !errors.Is(err, errTruncated) && !bytes.HasPrefix(bytes.TrimSpace(data), []byte("[")) {
 			t.Fatalf("JSON Lines from memory returned %v: bad lines must be rejects", err)
 		}

@@ -62,7 +62,7 @@ func (r *run) readLLaVADir(files []string) error {
 		split := splitOf(trimExt(trimExt(rel, ".json"), ".jsonl"), dataset.SplitTrain)
 		stem := trimExt(trimExt(path.Base(rel), ".json"), ".jsonl")
 		err := r.withFile(rel, func(f io.Reader) error {
-			err := forEachRecord(r.ctx, f, r.b, func(raw []byte, pos string) { l.add(raw, pos, stem, split) })
+			err := forEachRecord(r.ctx, f, KindInstruction, r.b, func(raw []byte, pos string) { l.add(raw, pos, stem, split) })
 			if err != nil {
 				return formatErr(rel, err)
 			}

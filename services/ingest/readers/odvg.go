@@ -91,7 +91,7 @@ func (r *run) readODVGDir(files []string) error {
 
 // decodeODVG reads one jsonl file; a bad line rejects that line's image.
 func decodeODVG(ctx context.Context, f io.Reader, split, imgDir string, labels map[string]string, b *builder) error {
-	return scanJSONL(ctx, f, maxODVGLine, b, func(line []byte) {
+	return scanJSONL(ctx, f, maxODVGLine, KindImage, b, func(line []byte) {
 		addODVGLine(b, line, b.line, split, imgDir, labels)
 	})
 }
@@ -100,10 +100,11 @@ func decodeODVG(ctx context.Context, f io.Reader, split, imgDir string, labels m
 var errTruncated = errors.New("truncated")
 
 // scanJSONL calls fn with each non-blank line of a JSON Lines file, with
-// b.line set to its number; records fn appends are marked with it. A last
+// b.line set to its number; records fn appends are marked with it; a line
+// over limit is rejected as a record of kind. A last
 // line without a newline that is an incomplete JSON value means the file
 // was cut: that fails the whole file, since whatever followed is lost.
-func scanJSONL(ctx context.Context, f io.Reader, limit int, b *builder, fn func(line []byte)) error {
+func scanJSONL(ctx context.Context, f io.Reader, limit int, kind string, b *builder, fn func(line []byte)) error {
 	br := bufio.NewReaderSize(f, 256<<10)
 	var off int64
 	for n := 1; ; n++ {
@@ -119,7 +120,7 @@ func scanJSONL(ctx context.Context, f io.Reader, limit int, b *builder, fn func(
 		b.line = n
 		switch {
 		case tooLong:
-			b.reject(KindImage, "line "+strconv.Itoa(n), "line longer than "+strconv.Itoa(limit)+" bytes")
+			b.reject(kind, "line "+strconv.Itoa(n), "line longer than "+strconv.Itoa(limit)+" bytes")
 		case len(bytes.TrimSpace(line)) == 0:
 		case errors.Is(err, io.EOF) && incompleteJSON(line):
 			return fmt.Errorf("%w: %s is %w: its last line %d (from byte %d, %d bytes) ends in the middle of a JSON value, without a newline",

@@ -92,7 +92,7 @@ type popeState struct {
 }
 
 func (p *popeState) decode(ctx context.Context, f io.Reader, split string) error {
-	return forEachRecord(ctx, f, p.b, func(raw []byte, pos string) {
+	return forEachRecord(ctx, f, KindQuestion, p.b, func(raw []byte, pos string) {
 		p.add(raw, pos, split)
 	})
 }

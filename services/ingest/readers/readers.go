@@ -558,7 +558,10 @@ func formatErr(file string, err error) error {
 	if errors.Is(err, errTooLarge) {
 		return fmt.Errorf("%w: decode %s: %v", ErrFormat, file, err)
 	}
-	if errors.As(err, &se) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) || errors.Is(err, errNotJSONShape) || errors.Is(err, errJSON) {
+	if errors.As(err, &se) {
+		return fmt.Errorf("%w: decode %s: malformed JSON at byte %d: %v", ErrFormat, file, se.Offset, err)
+	}
+	if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) || errors.Is(err, errNotJSONShape) || errors.Is(err, errJSON) {
 		return fmt.Errorf("%w: decode %s: %v", ErrFormat, file, err)
 	}
 	return fmt.Errorf("decode %s: %w", file, err)

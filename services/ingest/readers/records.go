@@ -17,7 +17,7 @@ const maxRecordLine = 16 << 20
 // names the element). fn gets each record's bytes and its position
 // ("line 12", "element 3") for ids and messages. A file cut in the middle
 // of its last line fails (see scanJSONL).
-func forEachRecord(ctx context.Context, f io.Reader, b *builder, fn func(raw []byte, pos string)) error {
+func forEachRecord(ctx context.Context, f io.Reader, kind string, b *builder, fn func(raw []byte, pos string)) error {
 	br := bufio.NewReaderSize(f, 256<<10)
 	first := byte(0)
 	for {
@@ -32,7 +32,7 @@ func forEachRecord(ctx context.Context, f io.Reader, b *builder, fn func(raw []b
 		}
 	}
 	if first != '[' {
-		return scanJSONL(ctx, br, maxRecordLine, b, func(line []byte) {
+		return scanJSONL(ctx, br, maxRecordLine, kind, b, func(line []byte) {
 			fn(line, "line "+strconv.Itoa(b.line))
 		})
 	}
