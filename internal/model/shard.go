@@ -866,7 +866,9 @@ func CellLabels(c Config, tok *Tokenizer, w, h int, boxes [][4]float64, names []
 			break
 		}
 		var ids []int32
-		for _, id := range tok.Encode(names[i]) {
+		// Inside a sentence a word follows a space: encode it as it is
+		// read there ("the red circle"), not as a sentence's first word.
+		for _, id := range tok.Encode(" " + names[i]) {
 			if id >= tokWord0 {
 				ids = append(ids, id)
 			}

@@ -721,3 +721,27 @@ func TestBuildShardsRefBoxes(t *testing.T) {
 		t.Fatalf("%d samples with a referent (stats %+v), want the 3 REC records", refs, st)
 	}
 }
+
+// TestCellLabels: a cell takes the words of every object whose box holds
+// its centre; an object too small to hold a centre labels the cell its own
+// centre is in; unknown words are skipped and slots do not repeat.
+func TestCellLabels(t *testing.T) {
+	tok := testTokenizer(t)
+	c := DefaultConfig(tok.VocabSize())
+	c.ImageSize, c.PatchSize = 32, 8 // a 4 x 4 grid of 8-pixel cells
+	w := func(s string) int32 { return tok.Encode(" " + s)[0] }
+	red, circle := w("red"), w("circle")
+	got := CellLabels(c, tok, 32, 32, [][4]float64{{0, 0, 16, 16}, {25, 25, 27, 27}}, []string{"red circle red", "circle zzzunknownzzz"})
+	cell := func(i int) []int32 { return got[i*CellWords : (i+1)*CellWords] }
+	for _, i := range []int{0, 1, 4, 5} {
+		if !slices.Equal(cell(i)[:3], []int32{red, circle, NoCellWord}) {
+			t.Errorf("cell %d: %v, want red circle", i, cell(i))
+		}
+	}
+	if !slices.Equal(cell(15)[:2], []int32{circle, NoCellWord}) {
+		t.Errorf("cell 15 (the small object's centre): %v", cell(15))
+	}
+	if cell(10)[0] != NoCellWord {
+		t.Errorf("cell 10 is empty but reads %v", cell(10))
+	}
+}

@@ -36,6 +36,9 @@ func tinySpec(steps [3]int, every int) json.RawMessage {
 	// A trainable set of its own, which the runner must pass on.
 	stage1["trainable"] = []string{"projector.", "fusion.", "embed.", "lm_head."}
 	b, _ := json.Marshal(map[string]any{
+		// The toy computes the text path's shapes; the grounder's tower
+		// is the gomlx plugin's to test.
+		"recipe": "text-boxes",
 		"model": map[string]any{
 			"image_size": 16, "patch_size": 8, "vision_width": 16, "vision_depth": 1, "width": 32,
 			"depth": 1, "heads": 2, "mlp_ratio": 2, "max_seq": 96, "max_images": 2,

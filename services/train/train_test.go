@@ -448,7 +448,11 @@ func TestTrainBusy(t *testing.T) {
 		_, err := svc.Train(context.Background(), req, func(events.Progress) { once.Do(func() { close(started) }) })
 		done <- err
 	}()
-	<-started
+	select {
+	case <-started:
+	case err := <-done: // failed before its first progress: report, do not hang
+		t.Fatalf("first Train: %v", err)
+	}
 	_, err := svc.Train(context.Background(), req, nil)
 	if !errors.Is(err, train.ErrRunBusy) {
 		t.Errorf("concurrent Train of one run: %v; want ErrRunBusy", err)
