@@ -114,29 +114,8 @@ func (n *netGraph) vision(images *graph.Node) *graph.Node {
 
 // convStride2 is one of Config.ConvStem's convolutions: x [K, S, S, in] with
 // kernel w [3, 3, in, out] (HWIO), stride 2 and zero padding 1, plus b
-// [out]; it returns [K, S/2, S/2, out]. It is written as nine strided
-// slices of the padded input side by side, times the kernel as an
-// [9*in, out] matrix, which the Go backend runs (with its gradient) several
-// times faster than its generic convolution.
-func convStride2(x, w, b *graph.Node) *graph.Node {
-	dims := x.Shape().Dimensions
-	s, in := dims[1], dims[3]
-	// Zero padding by concatenation: the graph has no gradient for Pad.
-	xp := x
-	for axis := 1; axis <= 2; axis++ {
-		edge := graph.ZerosLike(graph.SliceAxis(xp, axis, graph.AxisElem(0)))
-		xp = graph.Concatenate([]*graph.Node{edge, xp, edge}, axis)
-	}
-	cols := make([]*graph.Node, 0, 9)
-	for ky := range 3 {
-		for kx := range 3 {
-			cols = append(cols, graph.Slice(xp, graph.AxisRange(),
-				graph.AxisRange(ky, ky+s-1).Stride(2), graph.AxisRange(kx, kx+s-1).Stride(2), graph.AxisRange()))
-		}
-	}
-	out := w.Shape().Dimensions[3]
-	return nn.Dense(graph.Concatenate(cols, -1), graph.Reshape(w, 9*in, out), b, gomlxcompute.DenseLayoutInputOutputs)
-}
+// [out]; it returns [K, S/2, S/2, out] (see conv3x3).
+func convStride2(x, w, b *graph.Node) *graph.Node { return conv3x3(x, w, b, 2) }
 
 // project is the projector MLP from vision features [..., VisionWidth] to
 // the language model's width.
