@@ -141,10 +141,8 @@ func (in PipelineInput) WithDefaults() PipelineInput {
 			in.Dataset.Seed = 1
 		}
 		if in.Dataset.Images == 0 {
-			// 6,000, not 1,200: on the scene probe (plugins/gomlx) the model
-			// memorized 840 training images without learning to bind a
-			// colour word (Acc@0.5 0.03) and bound it with 4,200 (0.14);
-			// generating and ingesting them takes seconds.
+			// Enough distinct images that the model learns rather than
+			// memorizes (docs/experiments.md); they take seconds to make.
 			in.Dataset.Images = 6000
 		}
 		if in.Dataset.Size == 0 {
@@ -158,14 +156,12 @@ func (in PipelineInput) WithDefaults() PipelineInput {
 		in.Synth.Seed = 1
 	}
 	if in.Synth.Samples == 0 {
+		// Enough REC records for the default stage 1 (900 steps of 32).
 		in.Synth.Samples = 48000
 	}
 	if _, ok := in.Synth.TaskWeights["rec"]; !ok {
-		// REC weighted 3 among the six stage-2 directions: train's default
-		// stage 1 finds objects named in the full image (REC) beside naming
-		// crops for 3,000 steps, and with 1,557 training REC records (REC
-		// weighted 1) it would see each about 23 times; weighted 3 there
-		// are about 3,500.
+		// REC weighted 3 among the six stage-2 directions: the default
+		// stage 1 trains on it (docs/experiments.md).
 		tw := make(map[string]float64, len(in.Synth.TaskWeights)+1)
 		maps.Copy(tw, in.Synth.TaskWeights)
 		tw["rec"] = 3
