@@ -203,9 +203,9 @@ func (in PipelineInput) Validate() error {
 		seen[s] = true
 	}
 	switch in.Dataset.Format {
-	case "scenes", "coco", "refcoco", "vg", "flickr30k", "odvg":
+	case "scenes", "coco", "refcoco", "vg", "flickr30k", "odvg", "pope", "llava":
 	default:
-		return fmt.Errorf("pipeline input: dataset.format = %q: want scenes, coco, refcoco, vg, flickr30k or odvg", in.Dataset.Format)
+		return fmt.Errorf("pipeline input: dataset.format = %q: want scenes, coco, refcoco, vg, flickr30k, odvg, pope or llava", in.Dataset.Format)
 	}
 	if in.Dataset.Format != "scenes" && in.Dataset.Path == "" && seen[StageIngest] {
 		return fmt.Errorf("pipeline input: dataset.path is required for format %q", in.Dataset.Format)

@@ -276,6 +276,9 @@ func (b *builder) imageWeight(t string, ii *imgInfo) float64 {
 // eligible says whether object k of ii can be the referent of stage-2 task t.
 func (b *builder) eligible(t string, ii *imgInfo, k int) bool {
 	o := &ii.objs[k]
+	if o.crowd {
+		return false // a crowd box is many objects: no single-object task targets it
+	}
 	switch t {
 	case TaskREC:
 		return o.expr != "" || len(o.refs) > 0
@@ -315,7 +318,7 @@ func (b *builder) buildPool(ctx context.Context) error {
 	bySplit := map[string][]cand{}
 	for _, ii := range b.ix.images {
 		for k := range ii.objs {
-			if ii.objs[k].cropOK {
+			if ii.objs[k].cropOK && !ii.objs[k].crowd {
 				h := newSeedHash(b.opts.Seed).str("pool").str(ii.objs[k].src.ID).sum()
 				bySplit[ii.src.Split] = append(bySplit[ii.src.Split], cand{ii, k, h})
 			}

@@ -3,7 +3,6 @@ package synth
 import (
 	"slices"
 	"strconv"
-	"strings"
 
 	"github.com/groundmesh/groundmesh/internal/dataset"
 	"github.com/groundmesh/groundmesh/internal/model"
@@ -109,11 +108,11 @@ func (w *worker) genREC(j int, r *rng) {
 	rec.Conversations = []model.Turn{human(imageTag, w.prompt(tRec, r).render(vals{{"expr", expr}})), gpt(bt)}
 	rec.Answer = model.Answer{Boxes: [][4]float64{boxArr(box)}, Phrases: []string{expr}}
 	if k >= 0 {
-		rec.Answer.Names = []string{objectName(ii.objs[k].src)}
+		rec.Answer.Names = []string{ii.objs[k].desc}
 		for i := range ii.objs {
 			if i != k {
 				rec.Answer.Others = append(rec.Answer.Others, boxArr(ii.objs[i].box))
-				rec.Answer.Names = append(rec.Answer.Names, objectName(ii.objs[i].src))
+				rec.Answer.Names = append(rec.Answer.Names, ii.objs[i].desc)
 			}
 		}
 	}
@@ -254,7 +253,7 @@ func (w *worker) candidates(rec *model.Record, k, si int, scale string, r *rng) 
 	target := &ii.objs[k]
 	var local []int
 	for j := range ii.objs {
-		if j != k && ii.objs[j].cropOK && !matches(target, &ii.objs[j]) {
+		if j != k && ii.objs[j].cropOK && !ii.objs[j].crowd && !matches(target, &ii.objs[j]) {
 			local = append(local, j)
 		}
 	}
@@ -321,17 +320,3 @@ func matches(t, c *objInfo) bool {
 	return true
 }
 
-// objectName is an object's attribute values, in key order, then its
-// category: "small red striped circle".
-func objectName(o *dataset.Object) string {
-	keys := make([]string, 0, len(o.Attributes))
-	for k := range o.Attributes {
-		keys = append(keys, k)
-	}
-	slices.Sort(keys)
-	words := make([]string, 0, len(keys)+1)
-	for _, k := range keys {
-		words = append(words, o.Attributes[k])
-	}
-	return strings.Join(append(words, o.Category), " ")
-}

@@ -59,6 +59,9 @@ type objInfo struct {
 	// does not single it out (unsafe for box -> text).
 	boxAmbiguous bool
 	color        string
+	// crowd marks a COCO crowd box (iscrowd=1): a group, not one object,
+	// so never a single-object target.
+	crowd bool
 }
 
 type attr struct{ key, val string }
@@ -142,6 +145,7 @@ func buildIndex(ds *dataset.Dataset, balanceCap float64) *index {
 		oi.desc = describe(oi.attrs, nil, o.Category)
 		oi.bin = sizeBin(box, ii.src.Width, ii.src.Height)
 		oi.cropOK = box.W() >= 2 && box.H() >= 2
+		oi.crowd = o.Attributes["iscrowd"] == "1"
 		objPos[o.ID] = [2]int{ii.idx, len(ii.objs)}
 		ii.objs = append(ii.objs, oi)
 		ix.binCount[oi.bin]++
@@ -243,6 +247,9 @@ func sortedAttrs(m map[string]string) []attr {
 	}
 	var rest []string
 	for k := range m {
+		if k == "iscrowd" || k == "synsets" { // annotation bookkeeping, not words about the object
+			continue
+		}
 		if !slices.Contains(attrOrder, k) && attrVal(m, k) != "" {
 			rest = append(rest, k)
 		}
