@@ -319,4 +319,3 @@ func matches(t, c *objInfo) bool {
 	}
 	return true
 }
-
