@@ -412,7 +412,10 @@ func (b *ShardBuilder) pack(entries []entry) []entry {
 		// would come after the patches, which could neither be modulated by
 		// it (Config.TextFusion) nor labelled for it, and REC would learn
 		// from the text alone. Records after it can still join it.
-		if i, ok := open[k]; ok && e.ground == nil && e.ref == nil && e.exists == NoRefBox {
+		// Nor a record the grounder learns from (a referent or an existence
+		// label: it has a ref box only where it has the label), for the
+		// same reason: its sentence vector reads the text before the image.
+		if i, ok := open[k]; ok && e.ground == nil && e.exists == NoRefBox {
 			cur := &out[i]
 			merged := *cur.rec
 			merged.Conversations = append(slices.Clip(cur.rec.Conversations), laterTurns(e.rec.Conversations)...)

@@ -143,16 +143,10 @@ func makeBatch(c model.Config, rows []batchRow) trainBatch {
 				}
 			}
 		}
-		beforeImage := true
 		np := 0
 		for t := range L {
 			tok := r.tokens[t]
 			bt.tokens[i*L+t] = tok
-			if tok == c.PatchToken {
-				beforeImage = false
-			} else if beforeImage && t < len(r.tokens) && tok != c.PadToken {
-				bt.textMask[i*L+t] = 1
-			}
 			if tok == c.PatchToken && np < len(r.images)*P {
 				bt.patchIdx[i*L+t] = int32(img0*P + np)
 				bt.isPatch[i*L+t] = 1
@@ -175,6 +169,7 @@ func makeBatch(c model.Config, rows []batchRow) trainBatch {
 				bt.lossW = append(bt.lossW, 1)
 			}
 		}
+		markTextBeforeImage(c, r.tokens[:L], bt.textMask[i*L:(i+1)*L])
 		img0 += len(r.images)
 	}
 	nt := max(min(nextPow2(max(len(bt.lossIdx), minLossBucket)), b*L), len(bt.lossIdx))
@@ -186,13 +181,27 @@ func makeBatch(c model.Config, rows []batchRow) trainBatch {
 	return bt
 }
 
-// countRefs counts the rows of bt with a referent for Config.Grounder.
-func countRefs(bt trainBatch) int {
-	n := 0
+// hasGrounderLabels reports whether a row of bt has a referent or an
+// existence label for Config.Grounder's loss.
+func hasGrounderLabels(bt trainBatch) bool {
 	for i, w := range bt.refW {
 		if w > 0 || bt.existsW[i] > 0 {
-			n++
+			return true
 		}
 	}
-	return n
+	return false
+}
+
+// markTextBeforeImage sets mask[t] to 1 at the non-padding positions of
+// tokens before the first patch token: the instruction Config.Grounder's
+// sentence vector reads. Training batches and inference share it.
+func markTextBeforeImage(c model.Config, tokens []int32, mask []float32) {
+	for t, tok := range tokens {
+		if tok == c.PatchToken {
+			return
+		}
+		if tok != c.PadToken {
+			mask[t] = 1
+		}
+	}
 }

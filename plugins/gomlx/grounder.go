@@ -38,7 +38,6 @@ type grounderIn struct {
 // block over them and GrounderQueries attention pools.
 func (n *netGraph) sentence(tokens, textMask *graph.Node) *graph.Node {
 	c := n.cfg
-	g := tokens.Graph()
 	dims := tokens.Shape().Dimensions
 	b, l, w := dims[0], dims[1], c.Width
 	x := graph.Gather(n.p["embed.tokens"], graph.InsertAxes(tokens, -1)) // [B, L, W]
@@ -49,7 +48,6 @@ func (n *netGraph) sentence(tokens, textMask *graph.Node) *graph.Node {
 	scores = graph.Add(graph.MulScalar(scores, 1/math.Sqrt(float64(w))), graph.InsertAxes(off, 1))
 	pooled := graph.Einsum("bql,blw->bqw", graph.Softmax(scores, -1), x)
 	pooled = graph.Reshape(pooled, b, c.GrounderQueries*w)
-	_ = g
 	return n.layerNorm(n.dense(pooled, "grounder.text.proj"), "grounder.text.ln")
 }
 

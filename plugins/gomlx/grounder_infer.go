@@ -3,6 +3,7 @@ package gomlx
 import (
 	"fmt"
 	"math"
+	"strings"
 	"sync"
 
 	gomlxcompute "github.com/gomlx/compute"
@@ -27,8 +28,14 @@ type grounderRunner struct {
 }
 
 func newGrounderRunner(ml gomlxcompute.Backend, cfg model.Config, specs []paramSpec, weights map[string][]float32) (*grounderRunner, error) {
-	r := &grounderRunner{cfg: cfg, specs: specs}
+	r := &grounderRunner{cfg: cfg}
+	// Only what the encoder and head read: the language model's blocks
+	// stay with the plain-Go forward pass, not in a second copy here.
 	for _, p := range specs {
+		if !grounderReads(p.Name) {
+			continue
+		}
+		r.specs = append(r.specs, p)
 		r.params = append(r.params, tensors.FromFlatDataAndDimensions(append([]float32(nil), weights[p.Name]...), p.Shape...))
 	}
 	exec, err := graph.NewExec(ml, r.graphFn)
@@ -39,7 +46,18 @@ func newGrounderRunner(ml gomlxcompute.Backend, cfg model.Config, specs []paramS
 	return r, nil
 }
 
-// graphFn: params in spec order, then tokens [B, L], textMask [B, L],
+// grounderReads reports whether the grounder's inference graph (graphFn)
+// reads parameter name.
+func grounderReads(name string) bool {
+	for _, prefix := range []string{"grounder.", "embed.tokens", "vision.ln_f.", "projector."} {
+		if strings.HasPrefix(name, prefix) {
+			return true
+		}
+	}
+	return false
+}
+
+// graphFn: the params it reads in spec order, then tokens [B, L], textMask [B, L],
 // imgRow [K], images [K, S, S, 3]; outputs projected features [K*P,
 // Width], pointer logits [K, P] and boxes [K, P, 4].
 func (r *grounderRunner) graphFn(inputs []*graph.Node) []*graph.Node {
@@ -75,37 +93,22 @@ func (r *grounderRunner) run(seqs []compute.Sequence) ([]grounded, error) {
 	k = nextPow2(max(k, 1))
 	imgLen := c.ImageSize * c.ImageSize * 3
 	tokens := make([]int32, b*l)
+	for i := range tokens {
+		tokens[i] = c.PadToken
+	}
 	mask := make([]float32, b*l)
 	imgRow := make([]int32, k)
 	images := make([]float32, k*imgLen)
 	first := make([]int, len(seqs))
 	img := 0
 	for i, s := range seqs {
-		for t := range l {
-			tokens[i*l+t] = c.PadToken
-		}
-		before := true
-		for t, tok := range s.Tokens {
-			if t >= l {
-				break
-			}
-			tokens[i*l+t] = tok
-			if tok == c.PatchToken {
-				before = false
-			} else if before && tok != c.PadToken {
-				mask[i*l+t] = 1
-			}
-		}
+		n := copy(tokens[i*l:(i+1)*l], s.Tokens)
+		markTextBeforeImage(c, tokens[i*l:i*l+n], mask[i*l:(i+1)*l])
 		first[i] = img
 		for _, im := range s.Images {
 			copy(images[img*imgLen:], im.Pixels)
 			imgRow[img] = int32(i)
 			img++
-		}
-	}
-	for i := len(seqs); i < b; i++ {
-		for t := range l {
-			tokens[i*l+t] = c.PadToken
 		}
 	}
 	args := make([]any, 0, len(r.params)+4)

@@ -351,7 +351,7 @@ func (b *Backend) Train(ctx context.Context, req compute.TrainRequest, progress 
 			res.FirstLoss, first = loss, false
 		}
 		window = slide(window, loss, lossWindow)
-		if refs := countRefs(bt); refs > 0 && cfg.Grounder {
+		if cfg.Grounder && hasGrounderLabels(bt) {
 			grounderWindow = slide(grounderWindow, float64(out.grounder), req.LogEvery)
 		}
 		if bt.labelled > 0 {
