@@ -208,6 +208,19 @@ type Config struct {
 	GrounderQueries    int     `json:"grounder_queries,omitempty"`
 	GrounderLossWeight float64 `json:"grounder_loss_weight,omitempty"`
 	GrounderCellWords  bool    `json:"grounder_cell_words,omitempty"`
+	// GrounderNorm normalizes every convolution of the grounder's tower
+	// per image and channel over its cells (instance normalization, no
+	// learned scale: FiLM's scale and shift follow) before FiLM, the
+	// conv-norm-FiLM order of the FiLM paper. Unlike a per-cell norm over
+	// channels, it keeps how strongly one cell responds against another.
+	GrounderNorm bool `json:"grounder_norm,omitempty"`
+	// GrounderGridDepth is the number of transformer blocks
+	// ("grounder.grid.blocks.<i>", width VisionWidth, Heads heads, no
+	// mask) over the tower's cells before the head and the language model
+	// read them: every cell sees every other, which relations ("left of
+	// the blue square") need and a stack of 3x3 convolutions reaches only
+	// across part of the image.
+	GrounderGridDepth int `json:"grounder_grid_depth,omitempty"`
 }
 
 // GrounderConvs lists Config.Grounder's convolutions in order: their
@@ -288,8 +301,10 @@ func (c Config) Validate() error {
 		return fmt.Errorf("model config: grounder needs images_after_text (its sentence vector reads the text before the first image)")
 	case c.Grounder && (c.GrounderQueries <= 0 || c.GrounderLossWeight <= 0 || math.IsNaN(c.GrounderLossWeight)):
 		return fmt.Errorf("model config: grounder needs grounder_queries (%d) and grounder_loss_weight (%v) above 0", c.GrounderQueries, c.GrounderLossWeight)
-	case !c.Grounder && (c.GrounderQueries != 0 || c.GrounderLossWeight != 0 || c.GrounderCellWords):
-		return fmt.Errorf("model config: grounder_queries, grounder_loss_weight and grounder_cell_words need grounder")
+	case !c.Grounder && (c.GrounderQueries != 0 || c.GrounderLossWeight != 0 || c.GrounderCellWords || c.GrounderNorm || c.GrounderGridDepth != 0):
+		return fmt.Errorf("model config: grounder_queries, grounder_loss_weight, grounder_cell_words, grounder_norm and grounder_grid_depth need grounder")
+	case c.GrounderGridDepth < 0 || c.GrounderGridDepth > 8 || c.GrounderGridDepth > 0 && c.VisionWidth%c.Heads != 0:
+		return fmt.Errorf("model config: grounder_grid_depth %d must be in 0..8, with a vision_width (%d) divisible by heads (%d)", c.GrounderGridDepth, c.VisionWidth, c.Heads)
 	case c.MaxSeq < c.Patches()*c.MaxImages+8:
 		return fmt.Errorf("model config: max_seq %d shorter than %d image patches plus text", c.MaxSeq, c.Patches()*c.MaxImages)
 	}
@@ -353,6 +368,8 @@ func (c Config) Features() []string {
 		{"ground_readout", c.GroundReadout},
 		{"grounder", c.Grounder},
 		{"grounder_cell_words", c.GrounderCellWords},
+		{"grounder_norm", c.GrounderNorm},
+		{"grounder_grid_depth", c.GrounderGridDepth > 0},
 	} {
 		if f.on {
 			out = append(out, f.name)
@@ -366,7 +383,7 @@ func (c Config) Features() []string {
 // declares.
 func AllFeatures() []string {
 	all := Config{BoxLabelSigma: 1, ImagesAfterText: true, TextFusion: true, PatchPositions: true, FusionAttention: true,
-		GroundLossWeight: 1, ConvStem: true, BoxLossWeight: 1, GroundReadout: true, Grounder: true, GrounderCellWords: true}
+		GroundLossWeight: 1, ConvStem: true, BoxLossWeight: 1, GroundReadout: true, Grounder: true, GrounderCellWords: true, GrounderNorm: true, GrounderGridDepth: 1}
 	return all.Features()
 }
 

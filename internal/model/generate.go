@@ -46,6 +46,14 @@ type GenerateOptions struct {
 	// decode as usual. Use it where the text before the image names the
 	// referent (REC), which is what the head is trained on.
 	BoxFromHead bool
+	// YesNoFromHead, under ConstraintYesNo, answers "yes" where the
+	// grounding head's existence probability (HeadBox.Exists) is at least
+	// one half and "no" otherwise, instead of the language model's choice
+	// between the two; prompts without a head box decode as usual. Use it
+	// where the question asks whether the thing the text before the image
+	// names is in it (POPE), which is what the existence term is trained
+	// on.
+	YesNoFromHead bool
 }
 
 // Finish reasons of a Generation.
@@ -154,6 +162,9 @@ type grammar struct {
 	// force, when set, are the box's numbers in thousandths
 	// (GenerateOptions.BoxFromHead).
 	force *[4]int
+	// yes, when set, is the forced yes/no answer
+	// (GenerateOptions.YesNoFromHead).
+	yes *bool
 }
 
 // forcedBox turns a head box into the thousandths the box grammar can
@@ -181,9 +192,14 @@ func (g *grammar) pick(logits []float32) int32 {
 		return argmaxRange(logits, 0, int32(len(logits)), banned[:]...)
 	case kindYesNo:
 		var id int32
-		if g.capd {
+		switch {
+		case g.yes != nil && *g.yes:
+			id = tokYes
+		case g.yes != nil:
+			id = tokNo
+		case g.capd:
 			id = argmaxOf(logits, tokYes, tokNo)
-		} else {
+		default:
 			id = argmaxOf(logits, tokYes, tokNo, tokCap)
 		}
 		g.k++
@@ -408,6 +424,10 @@ func (g *Generator) generateBatch(ctx context.Context, prompts []Prompt, offset 
 		gram[i].c = opts.Constraint
 		if opts.BoxFromHead && opts.Constraint.kind == kindBox && i < len(res.HeadBoxes) && res.HeadBoxes[i].OK {
 			gram[i].force = forcedBox(res.HeadBoxes[i].Box)
+		}
+		if opts.YesNoFromHead && opts.Constraint.kind == kindYesNo && i < len(res.HeadBoxes) && res.HeadBoxes[i].OK {
+			yes := res.HeadBoxes[i].Exists >= 0.5
+			gram[i].yes = &yes
 		}
 	}
 	feed := make([]int32, len(prompts))

@@ -573,3 +573,52 @@ func TestGenerateBoxFromHead(t *testing.T) {
 		t.Errorf("without BoxFromHead: %q, want the language model's numbers", got)
 	}
 }
+
+// TestGenerateYesNoFromHead: with YesNoFromHead, a yes/no answer follows
+// the head's existence probability (yes from one half up) whatever the
+// language model's logits prefer; where the head has no box, or without
+// the option, the logits decide.
+func TestGenerateYesNoFromHead(t *testing.T) {
+	tok := testTokenizer(t)
+	cfg := tinyConfig(tok)
+	exists := []float32{0.9, 0.1, 0.5, 0.4999}
+	want := []string{"yes", "no", "yes", "no"}
+	f := newFake(cfg, func(prompt, fed []int32) []float32 {
+		out := noise(cfg.VocabSize, prompt, fed)
+		out[tokNo] = 100 // the language model says no everywhere
+		return out
+	})
+	n := 0
+	f.head = func(prompt []int32) compute.HeadBox {
+		n++
+		if n > len(exists) {
+			return compute.HeadBox{}
+		}
+		return compute.HeadBox{Box: [4]float32{0.1, 0.1, 0.2, 0.2}, Exists: exists[n-1], OK: true}
+	}
+	g := newTestGenerator(t, f, tok)
+	prompts := make([]Prompt, len(exists)+1)
+	for i := range prompts {
+		prompts[i] = Prompt{Text: fmt.Sprintf("Is there object %d in the image?\n<image>", i), Images: []image.Image{testImage(8, 8)}}
+	}
+	gens, err := g.Generate(context.Background(), prompts, GenerateOptions{Constraint: ConstraintYesNo, YesNoFromHead: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, w := range want {
+		if gens[i].Text != w {
+			t.Errorf("prompt %d (exists %v): %q, want %q", i, exists[i], gens[i].Text, w)
+		}
+	}
+	if got := gens[len(exists)].Text; got != "no" {
+		t.Errorf("prompt without a head box: %q, want the language model's no", got)
+	}
+	n = 0
+	gens, err = g.Generate(context.Background(), prompts[:1], GenerateOptions{Constraint: ConstraintYesNo})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := gens[0].Text; got != "no" {
+		t.Errorf("without YesNoFromHead: %q, want the language model's no", got)
+	}
+}

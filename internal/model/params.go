@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"math"
+	"strings"
 )
 
 // DefaultConfig is the tinygrounder v1 configuration that trains all three
@@ -114,6 +115,9 @@ func (c Config) Params() []ParamSpec {
 			add(fmt.Sprintf("grounder.film.%d.w", i), w, 2*chans[i])
 			add(fmt.Sprintf("grounder.film.%d.b", i), 2*chans[i])
 			in = chans[i]
+		}
+		for i := range c.GrounderGridDepth {
+			block(fmt.Sprintf("grounder.grid.blocks.%d", i), vw)
 		}
 		if c.GrounderCellWords {
 			add("grounder.words.w", vw, w)
@@ -304,4 +308,12 @@ func (c Config) FLOPsPerImage() float64 {
 func (c Config) FLOPsPerStep(batch int) float64 {
 	fwd := float64(c.MaxSeq)*c.FLOPsPerToken() + float64(c.MaxImages)*c.FLOPsPerImage()
 	return 3 * float64(batch) * fwd
+}
+
+// GrounderReads reports whether Config.Grounder's encoder and head read
+// the parameter name: the sentence encoder, tower and head ("grounder.*")
+// and the token embeddings the sentence encoder embeds the text with.
+// compute.ObjectiveGrounder trains these and no others.
+func GrounderReads(name string) bool {
+	return strings.HasPrefix(name, "grounder.") || name == "embed.tokens"
 }

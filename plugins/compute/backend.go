@@ -80,7 +80,23 @@ type TrainRequest struct {
 	LogEvery        int    // report progress every N steps
 	CheckpointEvery int    // save a checkpoint every N steps (and at the end)
 	CheckpointDir   string // where the plugin writes checkpoint files
+	// Objective is what the stage minimizes: ObjectiveAll ("") or
+	// ObjectiveGrounder. A backend refuses one it does not implement.
+	Objective string
 }
+
+// Training objectives (TrainRequest.Objective).
+const (
+	// ObjectiveAll is the answer's cross-entropy plus every auxiliary loss
+	// the model config turns on.
+	ObjectiveAll = ""
+	// ObjectiveGrounder is model.Config.Grounder's loss alone: the language
+	// model is not run, and only the parameters the grounding encoder and
+	// head read (model.GrounderReads) are trained; the rest are carried
+	// through unchanged. A stage of it trains the encoder several times
+	// faster per sample than the whole model.
+	ObjectiveGrounder = "grounder"
+)
 
 // TrainProgress is one progress report. Checkpoint is set when a
 // checkpoint was just written.
@@ -173,6 +189,10 @@ type HeadBox struct {
 	Box [4]float32
 	// Score is the head's probability for the cell it picked.
 	Score float32
+	// Exists is the head's probability that what the text names is in the
+	// image at all (model.Config.Grounder's existence term: the sigmoid of
+	// the pointer logits' log-sum-exp less log(cells)).
+	Exists float32
 	// OK is false where the sequence has no image.
 	OK bool
 }

@@ -89,6 +89,7 @@ func trainRequestToPB(r TrainRequest) *computev1.TrainRequest {
 		Steps: int64(r.Steps), BatchSize: int64(r.BatchSize), LearningRate: r.LearningRate,
 		WarmupSteps: int64(r.WarmupSteps), WeightDecay: r.WeightDecay, Seed: r.Seed,
 		LogEvery: int64(r.LogEvery), CheckpointEvery: int64(r.CheckpointEvery), CheckpointDir: r.CheckpointDir,
+		Objective: r.Objective,
 	}
 }
 
@@ -100,6 +101,7 @@ func trainRequestFromPB(r *computev1.TrainRequest) TrainRequest {
 		Steps: int(r.GetSteps()), BatchSize: int(r.GetBatchSize()), LearningRate: r.GetLearningRate(),
 		WarmupSteps: int(r.GetWarmupSteps()), WeightDecay: r.GetWeightDecay(), Seed: r.GetSeed(),
 		LogEvery: int(r.GetLogEvery()), CheckpointEvery: int(r.GetCheckpointEvery()), CheckpointDir: r.GetCheckpointDir(),
+		Objective: r.GetObjective(),
 	}
 }
 
@@ -187,7 +189,7 @@ func forwardToPB(r ForwardResult) (*computev1.ForwardResponse, error) {
 	}
 	var heads []*computev1.HeadBox
 	for _, h := range r.HeadBoxes {
-		heads = append(heads, &computev1.HeadBox{Box: h.Box[:], Score: h.Score, Ok: h.OK})
+		heads = append(heads, &computev1.HeadBox{Box: h.Box[:], Score: h.Score, Ok: h.OK, Exists: h.Exists})
 	}
 	return &computev1.ForwardResponse{CacheId: r.CacheID, Logits: logits, Attention: att, HeadBoxes: heads}, nil
 }
@@ -206,7 +208,7 @@ func forwardFromPB(r *computev1.ForwardResponse) (ForwardResult, error) {
 		if h.GetOk() && len(h.GetBox()) != 4 {
 			return ForwardResult{}, fmt.Errorf("head box %d: %d numbers, want 4", i, len(h.GetBox()))
 		}
-		hb := HeadBox{Score: h.GetScore(), OK: h.GetOk()}
+		hb := HeadBox{Score: h.GetScore(), OK: h.GetOk(), Exists: h.GetExists()}
 		copy(hb.Box[:], h.GetBox())
 		heads = append(heads, hb)
 	}

@@ -19,6 +19,7 @@ func imageBucket(batch int) int { return max(1, batch/2) }
 // trainBatch is one step's inputs, flattened row-major.
 type trainBatch struct {
 	B, L, K  int
+	textLen  int       // T, the width of textMask
 	tokens   []int32   // [B*L]
 	patchIdx []int32   // [B*L] row of the patch feature (K*P rows)
 	isPatch  []float32 // [B*L]
@@ -34,8 +35,11 @@ type trainBatch struct {
 	// covered patch position's box (0..1) and its covered fraction (0
 	// elsewhere).
 	patchBox, patchBoxW []float32
-	// Config.Grounder's inputs: textMask [B*L] is 1 at the text positions
-	// before a row's first patch (what its sentence vector reads); imgRow
+	// Config.Grounder's inputs: textMask [B*T] is 1 at the text positions
+	// before a row's first patch (what its sentence vector reads), over the
+	// first T positions of the rows (T = textLen, the longest such text
+	// rounded up to seqBucket: the sentence encoder runs on those only);
+	// imgRow
 	// [K] is the batch row each image belongs to (0 for bucket padding);
 	// imgFirst [B] is the row's first image (0 for none); refBox [B*4] and
 	// refW [B] are the referent's normalized box and 1 where the row has
@@ -91,10 +95,15 @@ func makeBatch(c model.Config, rows []batchRow) trainBatch {
 		nimg += len(r.images)
 	}
 	L := min(roundUp(length, seqBucket), c.MaxSeq)
+	T := 1
+	for _, r := range rows {
+		T = max(T, textBeforeImage(c, r.tokens))
+	}
+	T = min(roundUp(T, seqBucket), L)
 	k := roundUp(max(nimg, 1), imageBucket(b))
 	imgLen := c.ImageSize * c.ImageSize * 3
 	bt := trainBatch{
-		B: b, L: L, K: k,
+		B: b, L: L, K: k, textLen: T,
 		tokens:     make([]int32, b*L),
 		patchIdx:   make([]int32, b*L),
 		isPatch:    make([]float32, b*L),
@@ -103,7 +112,7 @@ func makeBatch(c model.Config, rows []batchRow) trainBatch {
 		patchBox:   make([]float32, b*L*4),
 		patchBoxW:  make([]float32, b*L),
 		images:     make([]float32, k*imgLen),
-		textMask:   make([]float32, b*L),
+		textMask:   make([]float32, b*T),
 		imgRow:     make([]int32, k),
 		imgFirst:   make([]int32, b),
 		refBox:     make([]float32, b*4),
@@ -169,7 +178,7 @@ func makeBatch(c model.Config, rows []batchRow) trainBatch {
 				bt.lossW = append(bt.lossW, 1)
 			}
 		}
-		markTextBeforeImage(c, r.tokens[:L], bt.textMask[i*L:(i+1)*L])
+		markTextBeforeImage(c, r.tokens[:L], bt.textMask[i*T:(i+1)*T])
 		img0 += len(r.images)
 	}
 	nt := max(min(nextPow2(max(len(bt.lossIdx), minLossBucket)), b*L), len(bt.lossIdx))
@@ -193,10 +202,11 @@ func hasGrounderLabels(bt trainBatch) bool {
 }
 
 // markTextBeforeImage sets mask[t] to 1 at the non-padding positions of
-// tokens before the first patch token: the instruction Config.Grounder's
-// sentence vector reads. Training batches and inference share it.
+// tokens before the first patch token (up to len(mask)): the instruction
+// Config.Grounder's sentence vector reads. Training batches and inference
+// share it.
 func markTextBeforeImage(c model.Config, tokens []int32, mask []float32) {
-	for t, tok := range tokens {
+	for t, tok := range tokens[:min(len(tokens), len(mask))] {
 		if tok == c.PatchToken {
 			return
 		}
@@ -204,4 +214,15 @@ func markTextBeforeImage(c model.Config, tokens []int32, mask []float32) {
 			mask[t] = 1
 		}
 	}
+}
+
+// textBeforeImage is the number of positions of tokens before the first
+// patch token (all of them without one).
+func textBeforeImage(c model.Config, tokens []int32) int {
+	for t, tok := range tokens {
+		if tok == c.PatchToken {
+			return t
+		}
+	}
+	return len(tokens)
 }

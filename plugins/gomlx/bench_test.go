@@ -45,8 +45,9 @@ import (
 const benchVocab = 1024
 
 type benchConfig struct {
-	name string
-	cfg  model.Config
+	name      string
+	cfg       model.Config
+	objective string // compute.TrainRequest.Objective
 }
 
 func benchConfigs() []benchConfig {
@@ -73,23 +74,26 @@ func benchConfigs() []benchConfig {
 	grounder.TextFusion, grounder.FusionAttention, grounder.GroundLossWeight, grounder.BoxLossWeight = false, false, 0, 0
 	grounder.ImageSize, grounder.MaxSeq, grounder.PatchPositions = 64, 320, true
 	grounder.Grounder, grounder.GrounderQueries, grounder.GrounderLossWeight = true, 4, 1
+	grounder.GrounderNorm = true
 	grounder32 := grounder
 	grounder32.VisionWidth = 32
 	grounder48 := grounder32
 	grounder48.ImageSize = 48
 	return []benchConfig{
-		{"img64p8-grounder", grounder},
-		{"img64p8-grounder-c32", grounder32},
-		{"img48p8-grounder-c32", grounder48},
-		{"img48p8-demo", demo},
-		{"img48p8-demo-long", demo},
-		{"img48p8-demo-linear", linear},
-		{"img48p8-w96d3", d},
-		{"img48p8-w96d3-long", d},
-		{"img48p8-w64d2", small},
-		{"img48p8-w64d2-long", small},
-		{"img64p16-w96d3", p16},
-		{"img64p16-w64d2", p16small},
+		{"img64p8-grounder", grounder, ""},
+		{"img64p8-grounder-only", grounder, compute.ObjectiveGrounder},
+		{"img64p8-grounder-c32-only", grounder32, compute.ObjectiveGrounder},
+		{"img64p8-grounder-c32", grounder32, ""},
+		{"img48p8-grounder-c32", grounder48, ""},
+		{"img48p8-demo", demo, ""},
+		{"img48p8-demo-long", demo, ""},
+		{"img48p8-demo-linear", linear, ""},
+		{"img48p8-w96d3", d, ""},
+		{"img48p8-w96d3-long", d, ""},
+		{"img48p8-w64d2", small, ""},
+		{"img48p8-w64d2-long", small, ""},
+		{"img64p16-w96d3", p16, ""},
+		{"img64p16-w64d2", p16small, ""},
 	}
 }
 
@@ -168,7 +172,10 @@ func BenchmarkTrainStep(b *testing.B) {
 				c := bc.cfg
 				specs := paramSpecs(c)
 				sel := selectTrainable(specs, nil, nil)
-				tr, err := newTrainer(be, c, specs, sel, &modelState{weights: initParams(specs, 1)})
+				if bc.objective == compute.ObjectiveGrounder {
+					onlyGrounder(specs, sel)
+				}
+				tr, err := newTrainer(be, c, bc.objective, specs, sel, &modelState{weights: initParams(specs, 1)})
 				if err != nil {
 					b.Fatal(err)
 				}

@@ -342,6 +342,9 @@ type trainStepLayout struct {
 	cfg       model.Config
 	trainable []paramSpec
 	frozen    []paramSpec
+	// grounderOnly is compute.ObjectiveGrounder: the language model is
+	// not built, and the loss and the objective are the grounder's.
+	grounderOnly bool
 }
 
 const numBatchInputs = 21
@@ -366,6 +369,14 @@ func (s *trainStepLayout) graphFn(inputs []*graph.Node) []*graph.Node {
 	imgFirst, refBox, refW := batch[13], batch[14], batch[15]
 
 	net := &netGraph{cfg: s.cfg, p: params, gin: grounderIn{textMask: batch[11], imgRow: batch[12]}}
+	if s.grounderOnly {
+		// compute.ObjectiveGrounder: the encoder and head alone; the
+		// reported loss is theirs.
+		net.grounderFeatures(tokens, images)
+		grounder := net.fullGrounderLoss(imgFirst, refBox, refW, batch[16:21])
+		zero := graph.Scalar(g, dtypes.Float32, 0)
+		return s.adamW(inputs, grounder, lr, bc1, bc2, wd, grounder, zero, zero, grounder)
+	}
 	h, mid := net.hiddenMid(tokens, patchIdx, isPatch, images)
 	loss := net.maskedLoss(h, lossIdx, lossTgt, lossW)
 	objective, ground := loss, graph.Scalar(g, dtypes.Float32, 0)
@@ -380,14 +391,19 @@ func (s *trainStepLayout) graphFn(inputs []*graph.Node) []*graph.Node {
 	}
 	grounder := graph.Scalar(g, dtypes.Float32, 0)
 	if s.cfg.Grounder {
-		logits, boxes := net.head(net.grid)
-		grounder = net.grounderLoss(logits, boxes, imgFirst, refBox, refW, batch[16], batch[17])
-		if s.cfg.GrounderCellWords {
-			grounder = graph.Add(grounder, net.cellWordLoss(imgFirst, batch[18], batch[19], batch[20]))
-		}
+		grounder = net.fullGrounderLoss(imgFirst, refBox, refW, batch[16:21])
 		objective = graph.Add(objective, graph.MulScalar(grounder, s.cfg.GrounderLossWeight))
 	}
+	return s.adamW(inputs, objective, lr, bc1, bc2, wd, loss, ground, box, grounder)
+}
 
+// adamW ends the train step: the gradient of objective with respect to the
+// trainable parameters (inputs[:T]), clipped by its global norm, one AdamW
+// update, and the outputs in trainStepLayout's order with the four
+// reported losses.
+func (s *trainStepLayout) adamW(inputs []*graph.Node, objective, lr, bc1, bc2, wd, loss, ground, box, grounder *graph.Node) []*graph.Node {
+	nt := len(s.trainable)
+	g := objective.Graph()
 	tp := inputs[:nt]
 	grads := graph.Gradient(objective, tp...)
 	sq := graph.Scalar(g, dtypes.Float32, 0)

@@ -29,17 +29,21 @@ const (
 // grounderIn are the grounder's batch inputs (trainBatch's textMask,
 // imgRow and imgFirst).
 type grounderIn struct {
-	textMask *graph.Node // [B, L] float32
+	textMask *graph.Node // [B, T] float32, T <= L
 	imgRow   *graph.Node // [K] int32
 }
 
 // sentence is the sentence vector [B, Width] of each row: the text
-// positions textMask [B, L] marks, embedded, through one bidirectional
-// block over them and GrounderQueries attention pools.
+// positions textMask [B, T] marks, embedded, through one bidirectional
+// block over them and GrounderQueries attention pools. Only the first T
+// positions of tokens [B, L] are read: the marked text comes first, and an
+// unmarked position takes no part (its key is masked and it is not
+// pooled), so T only has to cover the longest marked text.
 func (n *netGraph) sentence(tokens, textMask *graph.Node) *graph.Node {
 	c := n.cfg
-	dims := tokens.Shape().Dimensions
-	b, l, w := dims[0], dims[1], c.Width
+	l := textMask.Shape().Dimensions[1]
+	tokens = graph.SliceAxis(tokens, 1, graph.AxisRange(0, l))
+	b, w := tokens.Shape().Dimensions[0], c.Width
 	x := graph.Gather(n.p["embed.tokens"], graph.InsertAxes(tokens, -1)) // [B, L, W]
 	x = graph.Add(x, graph.InsertAxes(graph.SliceAxis(n.p["grounder.text.pos"], 0, graph.AxisRange(0, l)), 0))
 	off := graph.MulScalar(graph.OneMinus(textMask), maskedScore) // [B, L]: 0 on text
@@ -49,6 +53,14 @@ func (n *netGraph) sentence(tokens, textMask *graph.Node) *graph.Node {
 	pooled := graph.Einsum("bql,blw->bqw", graph.Softmax(scores, -1), x)
 	pooled = graph.Reshape(pooled, b, c.GrounderQueries*w)
 	return n.layerNorm(n.dense(pooled, "grounder.text.proj"), "grounder.text.ln")
+}
+
+// instanceNorm normalizes x [K, S, S, C] per image and channel over the
+// S*S cells to zero mean and unit variance.
+func instanceNorm(x *graph.Node) *graph.Node {
+	xc := graph.Sub(x, graph.ReduceAndKeep(x, graph.ReduceMean, 1, 2))
+	v := graph.ReduceAndKeep(graph.Square(xc), graph.ReduceMean, 1, 2)
+	return graph.Div(xc, graph.Sqrt(graph.AddScalar(v, layerNormEps)))
 }
 
 // coordChannels returns [k, s, s, 2]: each cell's centre x and y in -1..1.
@@ -103,10 +115,15 @@ func (n *netGraph) tower(images, sImg *graph.Node) *graph.Node {
 		s := x.Shape().Dimensions[1]
 		in := graph.Concatenate([]*graph.Node{x, coordChannels(g, k, s)}, -1)
 		prefix := fmt.Sprintf("grounder.conv.%d", i)
-		// No normalization before FiLM: a per-cell channel norm wiped out
-		// how strongly a cell responds (object or background); on the
-		// scene probe it did no better (Acc@0.5 0.207 against 0.252).
+		// Config.GrounderNorm's instance norm, not a per-cell norm over
+		// channels: that wiped out how strongly a cell responds (object or
+		// background); on the scene probe it did no better than none
+		// (Acc@0.5 0.207 against 0.252), where the instance norm did
+		// (docs/experiments.md).
 		y := conv3x3(in, n.p[prefix+".w"], n.p[prefix+".b"], stride)
+		if n.cfg.GrounderNorm {
+			y = instanceNorm(y)
+		}
 		film := n.dense(sImg, fmt.Sprintf("grounder.film.%d", i)) // [K, 2C]
 		scale := graph.Reshape(graph.SliceAxis(film, -1, graph.AxisRange(0, chans[i])), k, 1, 1, chans[i])
 		shift := graph.Reshape(graph.SliceAxis(film, -1, graph.AxisRange(chans[i], 2*chans[i])), k, 1, 1, chans[i])
@@ -115,6 +132,14 @@ func (n *netGraph) tower(images, sImg *graph.Node) *graph.Node {
 			y = graph.Add(x, y)
 		}
 		x = y
+	}
+	if c := n.cfg; c.GrounderGridDepth > 0 {
+		s, ch := x.Shape().Dimensions[1], x.Shape().Dimensions[3]
+		x = graph.Reshape(x, k, s*s, ch)
+		for i := range c.GrounderGridDepth {
+			x = n.block(x, fmt.Sprintf("grounder.grid.blocks.%d", i), nil)
+		}
+		x = graph.Reshape(x, k, s, s, ch)
 	}
 	return x
 }
@@ -188,6 +213,18 @@ func (n *netGraph) grounderLoss(logits, boxes, imgFirst, refBox, refW, exists, e
 	bce := graph.Add(graph.Sub(graph.Max(z, graph.ZerosLike(z)), graph.Mul(z, exists)), graph.Log1P(graph.Exp(graph.Neg(graph.Abs(z)))))
 	eden := graph.Max(graph.ReduceAllSum(existsW), graph.Scalar(g, dtypes.Float32, 1))
 	return graph.Add(loss, graph.Div(graph.ReduceAllSum(graph.Mul(bce, existsW)), eden))
+}
+
+// fullGrounderLoss is grounderLoss on the head over n.grid, plus
+// cellWordLoss with Config.GrounderCellWords; labels are the batch's
+// exists, existsW, cellIDs, cellIDW and cellW inputs in that order.
+func (n *netGraph) fullGrounderLoss(imgFirst, refBox, refW *graph.Node, labels []*graph.Node) *graph.Node {
+	logits, boxes := n.head(n.grid)
+	loss := n.grounderLoss(logits, boxes, imgFirst, refBox, refW, labels[0], labels[1])
+	if n.cfg.GrounderCellWords {
+		loss = graph.Add(loss, n.cellWordLoss(imgFirst, labels[2], labels[3], labels[4]))
+	}
+	return loss
 }
 
 // boxGIoU is the generalized IoU of boxes a and b [..., 4] (x1, y1, x2,

@@ -77,6 +77,9 @@ type grounded struct {
 	feats []float32 // [images*P, Width]
 	box   []float32 // the first image's head box (x1, y1, x2, y2), nil without an image
 	score float32   // the pointer's probability of its cell
+	// exists is the existence probability: sigmoid(logsumexp(logits) -
+	// log P), what the existence term of grounderLoss trains.
+	exists float32
 }
 
 // run encodes a batch of validated sequences.
@@ -154,6 +157,7 @@ func (r *grounderRunner) run(seqs []compute.Sequence) ([]grounded, error) {
 		lg := logits[f*p : (f+1)*p]
 		best := argmax(lg)
 		out[i].score = softmaxAt(lg, best)
+		out[i].exists = existence(lg)
 		bx := boxes[(f*p+best)*4 : (f*p+best+1)*4]
 		out[i].box = clampBox(bx)
 	}
@@ -179,6 +183,17 @@ func softmaxAt(v []float32, i int) float32 {
 		sum += math.Exp(float64(x - m))
 	}
 	return float32(math.Exp(float64(v[i]-m)) / sum)
+}
+
+// existence is the sigmoid of logsumexp(v) - log(len(v)).
+func existence(v []float32) float32 {
+	m := float64(v[argmax(v)])
+	var sum float64
+	for _, x := range v {
+		sum += math.Exp(float64(x) - m)
+	}
+	z := m + math.Log(sum) - math.Log(float64(len(v)))
+	return float32(1 / (1 + math.Exp(-z)))
 }
 
 // clampBox returns b within the unit square, with a positive extent.

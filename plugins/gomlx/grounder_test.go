@@ -2,10 +2,14 @@ package gomlx
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
 	"testing"
 
 	"github.com/groundmesh/groundmesh/internal/model"
@@ -181,7 +185,8 @@ func itemsShard(t testing.TB, c model.Config, items []probeItem, path string) {
 
 // BenchmarkGrounderScene trains Config.Grounder on the scene world's
 // shortest unique descriptions in synth's REC wording (the templated scene
-// probe) for GROUNDMESH_PROBE_STEPS steps (default 600, batch 32) and
+// probe) for GROUNDMESH_PROBE_STEPS steps (default 600, batch 32; the
+// objective GROUNDMESH_PROBE_OBJECTIVE, default all losses) and
 // reports the head's Acc@0.5 and centre accuracy on val and test objects.
 func BenchmarkGrounderScene(b *testing.B) {
 	world, err := scenes.Generate(context.Background(), filepath.Join(b.TempDir(), "world"), scenes.Spec{Seed: 1, Images: sceneImages(), Size: 64}, nil)
@@ -191,6 +196,12 @@ func BenchmarkGrounderScene(b *testing.B) {
 	c := grounderConfig(64)
 	c.Width, c.Depth, c.VisionWidth, c.GrounderQueries = 64, 2, 64, 4
 	c.GrounderCellWords = os.Getenv("GROUNDMESH_PROBE_CELLWORDS") != ""
+	c.GrounderNorm = os.Getenv("GROUNDMESH_PROBE_NONORM") == ""
+	if d := os.Getenv("GROUNDMESH_PROBE_GRID"); d != "" {
+		if c.GrounderGridDepth, err = strconv.Atoi(d); err != nil {
+			b.Fatal(err)
+		}
+	}
 	c, train, test := templatedSceneItems(b, world, c, probeOpts{ColourOnly: os.Getenv("GROUNDMESH_PROBE_COLOUR") != ""})
 	dir := b.TempDir()
 	shard := filepath.Join(dir, "train.safetensors")
@@ -206,6 +217,7 @@ func BenchmarkGrounderScene(b *testing.B) {
 		RunID: "grounder-scene", Stage: "stage1", ModelConfig: configJSON(b, c), Shards: []string{shard},
 		Steps: steps, BatchSize: 32, LearningRate: 2e-3, WarmupSteps: 20, Seed: 1,
 		LogEvery: 50, CheckpointEvery: steps, CheckpointDir: dir,
+		Objective: os.Getenv("GROUNDMESH_PROBE_OBJECTIVE"),
 	}, func(compute.TrainProgress) error { return nil })
 	if err != nil {
 		b.Fatal(err)
@@ -245,4 +257,96 @@ func BenchmarkGrounderScene(b *testing.B) {
 	b.ReportMetric(float64(centre)/n, "centre")
 	b.Logf("grounder on the scene world, %d steps, %d training items: loss %.3f -> %.3f, head Acc@0.5 %.3f, centre %.3f on %d val+test objects",
 		steps, len(train), res.FirstLoss, res.LastLoss, float64(hits)/n, float64(centre)/n, len(test))
+}
+
+// TestGrounderObjective trains the two-square probe with
+// compute.ObjectiveGrounder: the head must find the square asked for as
+// the whole-model objective does, every parameter outside
+// model.GrounderReads must come out bit for bit as initialized (the
+// language model is neither run nor changed), and a request for the
+// objective on a model without the head, or for an unknown objective, is
+// refused.
+func TestGrounderObjective(t *testing.T) {
+	if testing.Short() {
+		t.Skip("trains for about ten seconds")
+	}
+	c := grounderConfig(32)
+	c.GrounderNorm = true
+	dir := t.TempDir()
+	shard := filepath.Join(dir, "train.safetensors")
+	grounderShard(t, c, 2048, 1, shard)
+	test := grounderShard(t, c, 128, 2, filepath.Join(dir, "test.safetensors"))
+	b := newTestBackend(t)
+	ctx := context.Background()
+	req := compute.TrainRequest{
+		RunID: "grounder-only", Stage: "stage1", ModelConfig: configJSON(t, c), Shards: []string{shard},
+		Steps: 300, BatchSize: 32, LearningRate: 2e-3, WarmupSteps: 20, WeightDecay: 0.01, Seed: 1,
+		LogEvery: 50, CheckpointEvery: 300, CheckpointDir: dir, Objective: compute.ObjectiveGrounder,
+	}
+	res, err := b.Train(ctx, req, func(compute.TrainProgress) error { return nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	specs := paramSpecs(c)
+	st, err := readCheckpoint(res.Final.Path, specs, selectTrainable(specs, nil, nil), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	init := initParams(specs, 1)
+	changed := 0
+	for _, p := range specs {
+		same := slices.Equal(st.weights[p.Name], init[p.Name])
+		if !model.GrounderReads(p.Name) && !same {
+			t.Errorf("%s changed under the grounder objective", p.Name)
+		}
+		if model.GrounderReads(p.Name) && !same {
+			changed++
+		}
+	}
+	if changed == 0 {
+		t.Fatal("no grounder parameter changed")
+	}
+	ld, err := b.Load(ctx, compute.LoadRequest{ModelConfig: configJSON(t, c), Checkpoint: res.Final.Path})
+	if err != nil {
+		t.Fatal(err)
+	}
+	batch := make([]compute.Sequence, len(test))
+	for i, it := range test {
+		batch[i] = compute.Sequence{Tokens: it.toks[:it.at+1], Images: []compute.Image{{Size: c.ImageSize, Pixels: model.NormalizePixels(it.img)}}}
+	}
+	out, err := b.Prefill(ctx, compute.PrefillRequest{Session: ld.Session, Batch: batch})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hits := 0
+	for i, it := range test {
+		var pred [4]int
+		for k := range 4 {
+			pred[k] = int(out.HeadBoxes[i].Box[k]*100 + 0.5)
+		}
+		if e := out.HeadBoxes[i].Exists; !(e >= 0 && e <= 1) {
+			t.Fatalf("sequence %d: existence %v outside [0, 1]", i, e)
+		}
+		if probeBox(pred).IoU(probeBox(it.box)) >= 0.5 {
+			hits++
+		}
+	}
+	acc := float64(hits) / float64(len(test))
+	t.Logf("grounder objective, 300 steps: loss %.3f -> %.3f, head Acc@0.5 %.3f, %d grounder tensors changed", res.FirstLoss, res.LastLoss, acc, changed)
+	if acc < 0.8 {
+		t.Fatalf("head Acc@0.5 %.3f on the square asked for, want >= 0.8", acc)
+	}
+
+	bad := req
+	bad.Objective, bad.CheckpointDir = "answers", t.TempDir()
+	if _, err := b.Train(ctx, bad, nil); !errors.Is(err, compute.ErrInvalidArgument) || !strings.Contains(err.Error(), `"answers"`) {
+		t.Errorf("unknown objective: %v, want an invalid-argument error naming it", err)
+	}
+	plain := c
+	plain.Grounder, plain.GrounderQueries, plain.GrounderLossWeight = false, 0, 0
+	bad = req
+	bad.ModelConfig, bad.CheckpointDir = configJSON(t, plain), t.TempDir()
+	if _, err := b.Train(ctx, bad, nil); !errors.Is(err, compute.ErrInvalidArgument) || !strings.Contains(err.Error(), "grounder") {
+		t.Errorf("grounder objective without the head: %v, want an invalid-argument error", err)
+	}
 }

@@ -226,7 +226,7 @@ func refLayerNorm(x, g, b []float32) []float64 {
 func freshTrainer(t *testing.T, b *Backend, c model.Config) *trainer {
 	t.Helper()
 	specs := paramSpecs(c)
-	tr, err := newTrainer(b, c, specs, selectTrainable(specs, nil, nil), &modelState{weights: initParams(specs, 1)})
+	tr, err := newTrainer(b, c, compute.ObjectiveAll, specs, selectTrainable(specs, nil, nil), &modelState{weights: initParams(specs, 1)})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -39,9 +39,9 @@ type stepOut struct {
 	loss, gnorm, ground, box, grounder float32
 }
 
-func newTrainer(b *Backend, cfg model.Config, specs []paramSpec, sel []bool, st *modelState) (*trainer, error) {
+func newTrainer(b *Backend, cfg model.Config, objective string, specs []paramSpec, sel []bool, st *modelState) (*trainer, error) {
 	t := &trainer{b: b, cfg: cfg, specs: specs, sel: sel}
-	t.layout = &trainStepLayout{cfg: cfg}
+	t.layout = &trainStepLayout{cfg: cfg, grounderOnly: objective == compute.ObjectiveGrounder}
 	for i, p := range specs {
 		w := tensors.FromFlatDataAndDimensions(append([]float32(nil), st.weights[p.Name]...), p.Shape...)
 		if sel[i] {
@@ -111,7 +111,7 @@ func (t *trainer) step(lr, bc1, bc2, wd float32, bt trainBatch) (stepOut, error)
 		tensors.FromFlatDataAndDimensions(bt.patchW, bt.B, bt.L),
 		tensors.FromFlatDataAndDimensions(bt.patchBox, bt.B, bt.L, 4),
 		tensors.FromFlatDataAndDimensions(bt.patchBoxW, bt.B, bt.L),
-		tensors.FromFlatDataAndDimensions(bt.textMask, bt.B, bt.L),
+		tensors.FromFlatDataAndDimensions(bt.textMask, bt.B, bt.textLen),
 		tensors.FromFlatDataAndDimensions(bt.imgRow, bt.K),
 		tensors.FromFlatDataAndDimensions(bt.imgFirst, bt.B),
 		tensors.FromFlatDataAndDimensions(bt.refBox, bt.B, 4),
@@ -197,6 +197,8 @@ func validateTrainRequest(req *compute.TrainRequest) error {
 		return invalidf("train request: stage %q must be a plain name", req.Stage)
 	case len(req.Shards) == 0:
 		return invalidf("train request: no shards")
+	case req.Objective != compute.ObjectiveAll && req.Objective != compute.ObjectiveGrounder:
+		return invalidf("train request: objective %q is not one of \"\" (all losses) and %q", req.Objective, compute.ObjectiveGrounder)
 	}
 	if req.LogEvery <= 0 {
 		req.LogEvery = 10
@@ -205,6 +207,14 @@ func validateTrainRequest(req *compute.TrainRequest) error {
 		req.CheckpointEvery = 0
 	}
 	return nil
+}
+
+// onlyGrounder narrows a trainable selection to compute.ObjectiveGrounder's
+// parameters (model.GrounderReads).
+func onlyGrounder(specs []paramSpec, sel []bool) {
+	for i, p := range specs {
+		sel[i] = sel[i] && model.GrounderReads(p.Name)
+	}
 }
 
 // Train runs one stage. See compute.Backend.
@@ -231,6 +241,12 @@ func (b *Backend) Train(ctx context.Context, req compute.TrainRequest, progress 
 	cfgSHA := cfg.SHA256()
 	specs := paramSpecs(cfg)
 	sel := selectTrainable(specs, req.Trainable, req.Frozen)
+	if req.Objective == compute.ObjectiveGrounder {
+		if !cfg.Grounder {
+			return res, invalidf("train request: objective %q needs a model with the grounding head (model.grounder)", req.Objective)
+		}
+		onlyGrounder(specs, sel)
+	}
 
 	var st *modelState
 	switch {
@@ -265,7 +281,7 @@ func (b *Backend) Train(ctx context.Context, req compute.TrainRequest, progress 
 	if err != nil {
 		return res, fmt.Errorf("train: %w", fileError(err))
 	}
-	tr, err := newTrainer(b, cfg, specs, sel, st)
+	tr, err := newTrainer(b, cfg, req.Objective, specs, sel, st)
 	if err != nil {
 		return res, fmt.Errorf("train: %w", err)
 	}

@@ -155,6 +155,9 @@ func (p *generatorPredictor) options(r model.Record) model.GenerateOptions {
 		o.BoxFromHead = bench == BenchREC
 	case strings.HasPrefix(bench, BenchPOPEPrefix):
 		o.Constraint = model.ConstraintYesNo
+		// A model with a grounding head answers from its existence
+		// probability for the object the question names.
+		o.YesNoFromHead = true
 	case bench == BenchCropPick || bench == BenchBoxPick:
 		// Candidates are numbered from 1 in the prompt; C->I's first
 		// image is the full image, not a candidate.
@@ -172,7 +175,7 @@ func (p *generatorPredictor) options(r model.Record) model.GenerateOptions {
 }
 
 func optionsKey(o model.GenerateOptions) string {
-	return fmt.Sprintf("%s|%d|%v|%v", o.Constraint, o.MaxNew, o.WantAttention, o.BoxFromHead)
+	return fmt.Sprintf("%s|%d|%v|%v|%v", o.Constraint, o.MaxNew, o.WantAttention, o.BoxFromHead, o.YesNoFromHead)
 }
 
 // Predict implements Predictor: records are grouped by decoding options

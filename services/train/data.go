@@ -93,7 +93,7 @@ func prepareData(ctx context.Context, dir, synthSetID string, spec RunSpec, set 
 			Dir: filepath.Join(dir, stage), Stage: stage, SynthSetID: synthSetID,
 			Model: cfg, Tokenizer: tok, Filter: spec.Stage(stage).Data,
 			SamplesPerShard: spec.SamplesPerShard, Seed: spec.Seed, Set: set,
-			Pack: spec.Pack == nil || *spec.Pack,
+			Pack: spec.Packs(stage),
 		}, logf)
 		if err != nil {
 			return nil, err

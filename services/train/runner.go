@@ -273,6 +273,7 @@ func (r *runner) stage(ctx context.Context, runID, stage string, prev *checkpoin
 		Trainable: ss.Trainable, Frozen: ss.Frozen, Steps: ss.Steps, BatchSize: ss.BatchSize,
 		LearningRate: ss.LearningRate, WarmupSteps: ss.WarmupSteps, WeightDecay: ss.WeightDecay,
 		Seed: r.spec.Seed, LogEvery: r.spec.LogEvery, CheckpointEvery: ss.CheckpointEvery,
+		Objective: ss.Objective,
 	}
 	for attempt := 0; ; attempt++ {
 		last, err := r.s.store.lastCheckpoint(ctx, runID, stage)

@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/groundmesh/groundmesh/internal/model"
+	"github.com/groundmesh/groundmesh/plugins/compute"
 )
 
 // ErrInvalidRequest marks a request that can never succeed (a bad run
@@ -68,6 +69,24 @@ type StageSpec struct {
 	Frozen    []string `json:"frozen"`
 	// Data selects the synth records the stage trains on.
 	Data DataFilter `json:"data"`
+	// Objective is what the stage minimizes (compute.TrainRequest's):
+	// "" (the answer loss plus the model's auxiliary losses) or
+	// "grounder" (the grounding encoder and head alone, model.grounder;
+	// the language model is neither run nor changed).
+	Objective string `json:"objective,omitempty"`
+	// Pack overrides the run's Pack for this stage's shards. A "grounder"
+	// stage wants false: a packed sequence labels only its first turn's
+	// referent.
+	Pack *bool `json:"pack,omitempty"`
+}
+
+// Packs reports whether a stage's shards pack records (StageSpec.Pack,
+// else RunSpec.Pack, default true).
+func (s RunSpec) Packs(stage string) bool {
+	if st := s.Stage(stage); st != nil && st.Pack != nil {
+		return *st.Pack
+	}
+	return s.Pack == nil || *s.Pack
 }
 
 // DataFilter selects synth records. A "data" object in a spec replaces the
@@ -104,10 +123,13 @@ func (f *DataFilter) UnmarshalJSON(b []byte) error {
 //
 // The model reads 64-pixel images (the scene world's size) through the
 // grounding encoder (model.Config.Grounder): a CoordConv tower conditioned
-// on the question, whose head gives a box answer its numbers. Stage 1
-// trains every parameter on REC, crop naming and POPE probes, the tasks
-// that teach it to find and name what it sees; stages 2 and 3 add the
-// other directions, the dense descriptions and conversations.
+// on the question, whose head gives a box answer its numbers and a yes/no
+// question its answer. Stage 1 trains that encoder and head alone
+// (objective "grounder") on REC expressions and POPE probes, one record
+// per sequence; stages 2 and 3 then train the language model over it on
+// every direction, the dense descriptions and conversations, with the
+// encoder, its head and the token embeddings it reads held as stage 1 left
+// them.
 func DefaultSpec() RunSpec {
 	m := model.DefaultConfig(0)
 	// Narrow and shallow, no vision transformer block: three stages fit
@@ -120,6 +142,12 @@ func DefaultSpec() RunSpec {
 	// A patch's position is its index in the image, not in the sequence.
 	m.PatchPositions = true
 	m.Grounder, m.GrounderQueries, m.GrounderLossWeight = true, 4, 1
+	// Instance norm before every FiLM of the tower.
+	m.GrounderNorm = true
+	unpacked := false
+	// A fresh slice per stage: decoding a spec's "frozen" reuses the
+	// slice it decodes into.
+	perception := func() []string { return []string{"grounder.", "embed.tokens"} }
 	return RunSpec{
 		Model:           m,
 		MaxWords:        1024,
@@ -128,16 +156,19 @@ func DefaultSpec() RunSpec {
 		LogEvery:        5,
 		CrashRetries:    3,
 		Stage1: StageSpec{
-			Steps: 900, BatchSize: 32, LearningRate: 2e-3, WarmupSteps: 20, WeightDecay: 0, CheckpointEvery: 300,
-			Data: DataFilter{Stages: []string{"stage2", "stage3"}, Tasks: []string{"crop_name", "rec", "pope"}, Splits: []string{"train"}},
+			Steps: 2000, BatchSize: 32, LearningRate: 2e-3, WarmupSteps: 50, WeightDecay: 0, CheckpointEvery: 500,
+			Objective: compute.ObjectiveGrounder, Pack: &unpacked,
+			Data: DataFilter{Stages: []string{"stage2", "stage3"}, Tasks: []string{"rec", "pope"}, Splits: []string{"train"}},
 		},
 		Stage2: StageSpec{
-			Steps: 250, BatchSize: 16, LearningRate: 1e-3, WarmupSteps: 20, WeightDecay: 0.01, CheckpointEvery: 125,
-			Data: DataFilter{Stages: []string{"stage2"}, Splits: []string{"train"}},
+			Steps: 300, BatchSize: 16, LearningRate: 1e-3, WarmupSteps: 20, WeightDecay: 0.01, CheckpointEvery: 150,
+			Frozen: perception(),
+			Data:   DataFilter{Stages: []string{"stage2"}, Splits: []string{"train"}},
 		},
 		Stage3: StageSpec{
 			Steps: 120, BatchSize: 16, LearningRate: 1e-3, WarmupSteps: 10, WeightDecay: 0.01, CheckpointEvery: 60,
-			Data: DataFilter{Stages: []string{"stage3", "stage2"}, Splits: []string{"train"}},
+			Frozen: perception(),
+			Data:   DataFilter{Stages: []string{"stage3", "stage2"}, Splits: []string{"train"}},
 		},
 	}
 }
@@ -199,8 +230,8 @@ func (s RunSpec) Validate() error {
 		return bad("model", "%v", err)
 	}
 	switch {
-	case m.GroundReadout && (s.Pack == nil || *s.Pack):
-		return bad("pack", "true with model.ground_readout: a packed image's patches ground the first turn's question only, and later turns would read its referent; set \"pack\": false")
+	case m.GroundReadout && (s.Packs("stage1") || s.Packs("stage2") || s.Packs("stage3")):
+		return bad("pack", "true with model.ground_readout: a packed image's patches ground the first turn's question only, and later turns would read its referent; set \"pack\": false (and no stage's pack true)")
 	case s.MaxWords < 1:
 		return bad("max_words", "%d must be positive", s.MaxWords)
 	case s.SamplesPerShard < 1:
@@ -230,6 +261,10 @@ func (s RunSpec) Validate() error {
 			return bad(f("data.stages"), "empty: name the synth stages to train on")
 		case len(st.Data.Splits) == 0:
 			return bad(f("data.splits"), "empty: name the splits to train on")
+		case st.Objective != compute.ObjectiveAll && st.Objective != compute.ObjectiveGrounder:
+			return bad(f("objective"), "%q is not one of \"\" (every loss) and %q", st.Objective, compute.ObjectiveGrounder)
+		case st.Objective == compute.ObjectiveGrounder && !m.Grounder:
+			return bad(f("objective"), "%q needs model.grounder", st.Objective)
 		}
 		for i, p := range append(append([]string(nil), st.Trainable...), st.Frozen...) {
 			if p == "" || strings.TrimSpace(p) != p {

@@ -27,42 +27,49 @@ func TestParseSpec(t *testing.T) {
 		t.Fatalf("defaults: %v", err)
 	}
 	if def.Stage1.Steps == 0 || len(def.Stage1.Trainable) != 0 || def.Stage2.Data.Stages[0] != "stage2" ||
-		!slices.Equal(def.Stage1.Data.Tasks, []string{"crop_name", "rec", "pope"}) ||
-		len(def.Stage1.Frozen)+len(def.Stage2.Frozen)+len(def.Stage3.Frozen) != 0 || !def.Model.Grounder || !def.Model.PatchPositions {
+		!slices.Equal(def.Stage1.Data.Tasks, []string{"rec", "pope"}) || def.Stage1.Objective != compute.ObjectiveGrounder ||
+		def.Packs("stage1") || len(def.Stage1.Frozen) != 0 || !slices.Equal(def.Stage2.Frozen, []string{"grounder.", "embed.tokens"}) ||
+		!slices.Equal(def.Stage3.Frozen, def.Stage2.Frozen) || !def.Model.Grounder || !def.Model.PatchPositions {
 		t.Errorf("defaults %+v", def)
+	}
+	if !def.Packs("stage2") || def.Packs("stage1") {
+		t.Errorf("Packs: stage1 %v stage2 %v, want false and true", def.Packs("stage1"), def.Packs("stage2"))
 	}
 	// A spec can still ask for the text path with the convolutional stem.
 	stem, err := train.ParseSpec([]byte(`{"recipe": "text-boxes", "model": {"conv_stem": true}}`))
 	if err != nil || !stem.Model.ConvStem || stem.Model.Grounder || stem.Model.Width != def.Model.Width {
 		t.Errorf("conv_stem: %+v, %v", stem.Model, err)
 	}
-	got, err := train.ParseSpec([]byte(`{"stage2": {"steps": 47, "frozen": []}, "stage3": {"frozen": ["vision.", "projector."]}, "seed": 9}`))
+	got, err := train.ParseSpec([]byte(`{"stage2": {"steps": 47, "frozen": ["x"]}, "stage3": {"frozen": ["vision.", "projector."]}, "seed": 9}`))
 	if err != nil {
 		t.Fatal(err)
 	}
 	if got.Stage2.Steps != 47 || got.Seed != 9 || got.Stage2.BatchSize != def.Stage2.BatchSize ||
-		len(got.Stage2.Frozen) != 0 || !slices.Equal(got.Stage3.Frozen, []string{"vision.", "projector."}) ||
+		!slices.Equal(got.Stage2.Frozen, []string{"x"}) || !slices.Equal(got.Stage3.Frozen, []string{"vision.", "projector."}) ||
 		got.Stage1.Steps != def.Stage1.Steps || got.Model != def.Model {
 		t.Errorf("partial spec did not keep the other defaults: %+v", got)
 	}
 	bad := map[string]string{
-		`{"stage2": {"stepz": 3}}`:                                    `"stepz"`,
-		`{"learning_rate": 3}`:                                        `"learning_rate"`,
-		`{"model": {"widht": 3}}`:                                     `"widht"`,
-		`{"stage2": {"steps": 0}}`:                                    "stage2.steps",
-		`{"stage3": {"lr": 2}}`:                                       "stage3.lr",
-		`{"stage1": {"warmup": 5000}}`:                                "stage1.warmup",
-		`{"stage1": {"checkpoint_every": -1}}`:                        "stage1.checkpoint_every",
-		`{"stage2": {"data": {"stages": []}}}`:                        "stage2.data.stages",
-		`{"stage1": {"trainable": [""]}}`:                             "stage1.trainable/frozen",
-		`{"model": {"vocab_size": 500}}`:                              "model.vocab_size",
-		`{"model": {"width": 31}}`:                                    "model",
-		`{"max_words": 0}`:                                            "max_words",
-		`{"log_every": 0}`:                                            "log_every",
-		`{"recipe": "text-boxes", "model": {"ground_readout": true}}`: "pack", // packed by default
-		`{"model": {"text_fusion": true}}`:                            "grounder replaces",
-		`{"seed": 1} {"seed": 2}`:                                     "trailing",
-		`[1, 2]`:                                                      "run spec",
+		`{"stage2": {"stepz": 3}}`:                                      `"stepz"`,
+		`{"learning_rate": 3}`:                                          `"learning_rate"`,
+		`{"model": {"widht": 3}}`:                                       `"widht"`,
+		`{"stage2": {"steps": 0}}`:                                      "stage2.steps",
+		`{"stage3": {"lr": 2}}`:                                         "stage3.lr",
+		`{"stage1": {"warmup": 5000}}`:                                  "stage1.warmup",
+		`{"stage1": {"checkpoint_every": -1}}`:                          "stage1.checkpoint_every",
+		`{"stage2": {"data": {"stages": []}}}`:                          "stage2.data.stages",
+		`{"stage1": {"trainable": [""]}}`:                               "stage1.trainable/frozen",
+		`{"model": {"vocab_size": 500}}`:                                "model.vocab_size",
+		`{"model": {"width": 31}}`:                                      "model",
+		`{"max_words": 0}`:                                              "max_words",
+		`{"log_every": 0}`:                                              "log_every",
+		`{"recipe": "text-boxes", "model": {"ground_readout": true}}`:   "pack", // packed by default
+		`{"model": {"text_fusion": true}}`:                              "grounder replaces",
+		`{"seed": 1} {"seed": 2}`:                                       "trailing",
+		`{"stage2": {"objective": "answers"}}`:                          "stage2.objective",
+		`{"recipe": "text-boxes", "stage3": {"objective": "grounder"}}`: "stage3.objective",
+		`{"recipe": "text-boxes", "model": {"ground_readout": true}, "pack": false, "stage2": {"pack": true}}`: "pack",
+		`[1, 2]`: "run spec",
 	}
 	for in, field := range bad {
 		_, err := train.ParseSpec([]byte(in))

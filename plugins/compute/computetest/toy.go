@@ -292,6 +292,8 @@ func (b *Toy) Train(ctx context.Context, req compute.TrainRequest, progress func
 		return compute.TrainResult{}, invalid("no shards")
 	case req.CheckpointDir == "":
 		return compute.TrainResult{}, invalid("no checkpoint dir")
+	case req.Objective != compute.ObjectiveAll:
+		return compute.TrainResult{}, invalid("objective %q: the toy trains every loss only", req.Objective)
 	}
 	logEvery, ckptEvery := max(1, req.LogEvery), req.CheckpointEvery
 	if ckptEvery <= 0 {

@@ -178,8 +178,11 @@ type TrainRequest struct {
 	LogEvery         int64    `protobuf:"varint,15,opt,name=log_every,json=logEvery,proto3" json:"log_every,omitempty"`
 	CheckpointEvery  int64    `protobuf:"varint,16,opt,name=checkpoint_every,json=checkpointEvery,proto3" json:"checkpoint_every,omitempty"`
 	CheckpointDir    string   `protobuf:"bytes,17,opt,name=checkpoint_dir,json=checkpointDir,proto3" json:"checkpoint_dir,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// "" (the answer loss plus the config's auxiliary losses) or "grounder"
+	// (the grounding head's loss alone); see compute.TrainRequest.Objective.
+	Objective     string `protobuf:"bytes,18,opt,name=objective,proto3" json:"objective,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *TrainRequest) Reset() {
@@ -327,6 +330,13 @@ func (x *TrainRequest) GetCheckpointEvery() int64 {
 func (x *TrainRequest) GetCheckpointDir() string {
 	if x != nil {
 		return x.CheckpointDir
+	}
+	return ""
+}
+
+func (x *TrainRequest) GetObjective() string {
+	if x != nil {
+		return x.Objective
 	}
 	return ""
 }
@@ -1121,7 +1131,9 @@ type HeadBox struct {
 	Box   []float32 `protobuf:"fixed32,1,rep,packed,name=box,proto3" json:"box,omitempty"`
 	Score float32   `protobuf:"fixed32,2,opt,name=score,proto3" json:"score,omitempty"`
 	// false where the sequence has no image.
-	Ok            bool `protobuf:"varint,3,opt,name=ok,proto3" json:"ok,omitempty"`
+	Ok bool `protobuf:"varint,3,opt,name=ok,proto3" json:"ok,omitempty"`
+	// The head's probability that what the text names is in the image.
+	Exists        float32 `protobuf:"fixed32,4,opt,name=exists,proto3" json:"exists,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1175,6 +1187,13 @@ func (x *HeadBox) GetOk() bool {
 		return x.Ok
 	}
 	return false
+}
+
+func (x *HeadBox) GetExists() float32 {
+	if x != nil {
+		return x.Exists
+	}
+	return 0
 }
 
 type ReleaseCacheRequest struct {
@@ -1358,7 +1377,7 @@ const file_compute_proto_rawDesc = "" +
 	"\tcan_train\x18\x04 \x01(\bR\bcanTrain\x12#\n" +
 	"\rcan_attention\x18\x05 \x01(\bR\fcanAttention\x12\x16\n" +
 	"\x06dtypes\x18\x06 \x03(\tR\x06dtypes\x12\x1a\n" +
-	"\bfeatures\x18\a \x03(\tR\bfeatures\"\xa5\x04\n" +
+	"\bfeatures\x18\a \x03(\tR\bfeatures\"\xc3\x04\n" +
 	"\fTrainRequest\x12\x15\n" +
 	"\x06run_id\x18\x01 \x01(\tR\x05runId\x12\x14\n" +
 	"\x05stage\x18\x02 \x01(\tR\x05stage\x12!\n" +
@@ -1378,7 +1397,8 @@ const file_compute_proto_rawDesc = "" +
 	"\x04seed\x18\x0e \x01(\x03R\x04seed\x12\x1b\n" +
 	"\tlog_every\x18\x0f \x01(\x03R\blogEvery\x12)\n" +
 	"\x10checkpoint_every\x18\x10 \x01(\x03R\x0fcheckpointEvery\x12%\n" +
-	"\x0echeckpoint_dir\x18\x11 \x01(\tR\rcheckpointDir\"v\n" +
+	"\x0echeckpoint_dir\x18\x11 \x01(\tR\rcheckpointDir\x12\x1c\n" +
+	"\tobjective\x18\x12 \x01(\tR\tobjective\"v\n" +
 	"\n" +
 	"Checkpoint\x12\x12\n" +
 	"\x04path\x18\x01 \x01(\tR\x04path\x12\x12\n" +
@@ -1439,11 +1459,12 @@ const file_compute_proto_rawDesc = "" +
 	"\x06logits\x18\x02 \x01(\v2\x1d.groundmesh.compute.v1.MatrixR\x06logits\x12;\n" +
 	"\tattention\x18\x03 \x01(\v2\x1d.groundmesh.compute.v1.MatrixR\tattention\x12=\n" +
 	"\n" +
-	"head_boxes\x18\x04 \x03(\v2\x1e.groundmesh.compute.v1.HeadBoxR\theadBoxes\"A\n" +
+	"head_boxes\x18\x04 \x03(\v2\x1e.groundmesh.compute.v1.HeadBoxR\theadBoxes\"Y\n" +
 	"\aHeadBox\x12\x10\n" +
 	"\x03box\x18\x01 \x03(\x02R\x03box\x12\x14\n" +
 	"\x05score\x18\x02 \x01(\x02R\x05score\x12\x0e\n" +
-	"\x02ok\x18\x03 \x01(\bR\x02ok\"J\n" +
+	"\x02ok\x18\x03 \x01(\bR\x02ok\x12\x16\n" +
+	"\x06exists\x18\x04 \x01(\x02R\x06exists\"J\n" +
 	"\x13ReleaseCacheRequest\x12\x18\n" +
 	"\asession\x18\x01 \x01(\tR\asession\x12\x19\n" +
 	"\bcache_id\x18\x02 \x01(\tR\acacheId\"\x16\n" +
