@@ -156,7 +156,7 @@ func (in PipelineInput) WithDefaults() PipelineInput {
 		in.Synth.Seed = 1
 	}
 	if in.Synth.Samples == 0 {
-		// Enough REC records for the default stage 1 (900 steps of 32).
+		// Enough REC records and POPE probes for the default stage 1.
 		in.Synth.Samples = 48000
 	}
 	if _, ok := in.Synth.TaskWeights["rec"]; !ok {

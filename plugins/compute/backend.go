@@ -49,8 +49,10 @@ type Description struct {
 	CanAttention bool     // Prefill can return attention maps
 	Dtypes       []string // e.g. "float32", "q8_0"
 	// Features are the model architecture options the backend implements,
-	// by their model config names (model.Config.Features); a host refuses
-	// a config that needs another before any work starts.
+	// by their model config names (model.Config.Features), and the
+	// training objectives besides ObjectiveAll it implements
+	// (ObjectiveFeature); a host refuses a config or an objective that
+	// needs another before any work starts.
 	Features []string
 }
 
@@ -97,6 +99,11 @@ const (
 	// faster per sample than the whole model.
 	ObjectiveGrounder = "grounder"
 )
+
+// ObjectiveFeature is the name under which a backend declares, among its
+// Description.Features, that it implements a training objective other
+// than ObjectiveAll: "objective:" and the objective.
+func ObjectiveFeature(objective string) string { return "objective:" + objective }
 
 // TrainProgress is one progress report. Checkpoint is set when a
 // checkpoint was just written.

@@ -126,7 +126,7 @@ func (b *Backend) Describe(ctx context.Context) (compute.Description, error) {
 		CanTrain:     true,
 		CanAttention: true,
 		Dtypes:       []string{"float32"},
-		Features:     model.AllFeatures(),
+		Features:     append(model.AllFeatures(), compute.ObjectiveFeature(compute.ObjectiveGrounder)),
 	}, nil
 }
 

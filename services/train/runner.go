@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 
 	"github.com/google/uuid"
@@ -65,6 +66,13 @@ func (s *Service) Train(ctx context.Context, req events.TrainRequested, progress
 	}
 	if err := spec.Model.Unsupported(req.Backend, desc.Features); err != nil {
 		return out, fmt.Errorf("train: %w: %w", err, ErrInvalidRequest)
+	}
+	for _, name := range Stages {
+		// A backend that predates an objective would ignore the field and
+		// train every loss: it must declare the objective.
+		if o := spec.Stage(name).Objective; o != compute.ObjectiveAll && !slices.Contains(desc.Features, compute.ObjectiveFeature(o)) {
+			return out, fmt.Errorf("train: %s.objective %q: backend %q does not declare %q: %w", name, o, req.Backend, compute.ObjectiveFeature(o), ErrInvalidRequest)
+		}
 	}
 	release, err := s.store.lockRun(ctx, req.RunID)
 	if err != nil {

@@ -126,10 +126,11 @@ func (f *DataFilter) UnmarshalJSON(b []byte) error {
 // on the question, whose head gives a box answer its numbers and a yes/no
 // question its answer. Stage 1 trains that encoder and head alone
 // (objective "grounder") on REC expressions and POPE probes, one record
-// per sequence; stages 2 and 3 then train the language model over it on
-// every direction, the dense descriptions and conversations, with the
-// encoder, its head and the token embeddings it reads held as stage 1 left
-// them.
+// per sequence. The language model then starts from random weights over
+// it: stage 2 trains it on the six directions, stage 3 on every task of
+// stages 2 and 3 (the dense descriptions, conversations and POPE probes
+// too). Stages 2 and 3 hold the encoder, its head and the token embeddings
+// it reads as stage 1 left them.
 func DefaultSpec() RunSpec {
 	m := model.DefaultConfig(0)
 	// Narrow and shallow, no vision transformer block: three stages fit
@@ -156,12 +157,12 @@ func DefaultSpec() RunSpec {
 		LogEvery:        5,
 		CrashRetries:    3,
 		Stage1: StageSpec{
-			Steps: 2000, BatchSize: 32, LearningRate: 2e-3, WarmupSteps: 50, WeightDecay: 0, CheckpointEvery: 500,
+			Steps: 1800, BatchSize: 32, LearningRate: 2e-3, WarmupSteps: 50, WeightDecay: 0, CheckpointEvery: 600,
 			Objective: compute.ObjectiveGrounder, Pack: &unpacked,
 			Data: DataFilter{Stages: []string{"stage2", "stage3"}, Tasks: []string{"rec", "pope"}, Splits: []string{"train"}},
 		},
 		Stage2: StageSpec{
-			Steps: 300, BatchSize: 16, LearningRate: 1e-3, WarmupSteps: 20, WeightDecay: 0.01, CheckpointEvery: 150,
+			Steps: 250, BatchSize: 16, LearningRate: 1e-3, WarmupSteps: 20, WeightDecay: 0.01, CheckpointEvery: 125,
 			Frozen: perception(),
 			Data:   DataFilter{Stages: []string{"stage2"}, Splits: []string{"train"}},
 		},

@@ -434,6 +434,13 @@ func TestTrainInvalid(t *testing.T) {
 		!strings.Contains(err.Error(), "images_after_text") || !strings.Contains(err.Error(), `backend "toy"`) {
 		t.Errorf("a backend without the model's features: %v; want ErrInvalidRequest naming them", err)
 	}
+	// The default spec's stage 1 trains the grounder alone: a backend that
+	// does not declare that objective (the toy declares every model
+	// feature, no objective) is refused, not left to train every loss.
+	if _, err := svc.Train(context.Background(), newRequest(nil), nil); !errors.Is(err, train.ErrInvalidRequest) ||
+		!strings.Contains(err.Error(), `"objective:grounder"`) {
+		t.Errorf("a backend without the grounder objective: %v; want ErrInvalidRequest naming it", err)
+	}
 	if n := count(t, e, `SELECT count(*) FROM runs`); n != 0 {
 		t.Errorf("%d runs created by invalid requests", n)
 	}

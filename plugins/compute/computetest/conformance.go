@@ -526,6 +526,9 @@ func (s *suite) testTrainInvalid(t *testing.T) {
 		"bad config":   func(r *compute.TrainRequest) { r.ModelConfig = []byte(`{"version":"tinygrounder/v0"}`) },
 		"no shards":    func(r *compute.TrainRequest) { r.Shards = nil },
 		"missing init": func(r *compute.TrainRequest) { r.InitCheckpoint = filepath.Join(s.dir, "missing.safetensors") },
+		// An objective a backend does not know is refused, not trained as
+		// something else.
+		"unknown objective": func(r *compute.TrainRequest) { r.Objective = "no-such-objective" },
 	}
 	for name, mutate := range cases {
 		req := s.base
