@@ -98,7 +98,21 @@ func TestGrounderFindsTheSquareAskedFor(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ld, err := b.Load(ctx, compute.LoadRequest{ModelConfig: configJSON(t, c), Checkpoint: res.Final.Path})
+	acc := headAccuracy(t, b, c, res.Final.Path, test)
+	t.Logf("grounder, 300 steps: loss %.3f -> %.3f, head Acc@0.5 %.3f", res.FirstLoss, res.LastLoss, acc)
+	if acc < 0.8 {
+		t.Fatalf("head Acc@0.5 %.3f on the square asked for, want >= 0.8", acc)
+	}
+}
+
+// headAccuracy loads a checkpoint of c and returns the share of the test
+// items whose head box (one Prefill of the question and image) overlaps
+// the item's box with an IoU of at least 0.5; every sequence must have a
+// head box with an existence probability in [0, 1].
+func headAccuracy(t *testing.T, b *Backend, c model.Config, ckpt string, test []probeItem) float64 {
+	t.Helper()
+	ctx := context.Background()
+	ld, err := b.Load(ctx, compute.LoadRequest{ModelConfig: configJSON(t, c), Checkpoint: ckpt})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -119,6 +133,9 @@ func TestGrounderFindsTheSquareAskedFor(t *testing.T) {
 		if !h.OK {
 			t.Fatalf("sequence %d: no head box", i)
 		}
+		if !(h.Exists >= 0 && h.Exists <= 1) {
+			t.Fatalf("sequence %d: existence %v outside [0, 1]", i, h.Exists)
+		}
 		var pred [4]int
 		for k := range 4 {
 			pred[k] = int(h.Box[k]*100 + 0.5)
@@ -127,11 +144,7 @@ func TestGrounderFindsTheSquareAskedFor(t *testing.T) {
 			hits++
 		}
 	}
-	acc := float64(hits) / float64(len(test))
-	t.Logf("grounder, 300 steps: loss %.3f -> %.3f, head Acc@0.5 %.3f", res.FirstLoss, res.LastLoss, acc)
-	if acc < 0.8 {
-		t.Fatalf("head Acc@0.5 %.3f on the square asked for, want >= 0.8", acc)
-	}
+	return float64(hits) / float64(len(test))
 }
 
 // itemsShard writes probe items (one image each; the box in hundredths)
@@ -306,32 +319,7 @@ func TestGrounderObjective(t *testing.T) {
 	if changed == 0 {
 		t.Fatal("no grounder parameter changed")
 	}
-	ld, err := b.Load(ctx, compute.LoadRequest{ModelConfig: configJSON(t, c), Checkpoint: res.Final.Path})
-	if err != nil {
-		t.Fatal(err)
-	}
-	batch := make([]compute.Sequence, len(test))
-	for i, it := range test {
-		batch[i] = compute.Sequence{Tokens: it.toks[:it.at+1], Images: []compute.Image{{Size: c.ImageSize, Pixels: model.NormalizePixels(it.img)}}}
-	}
-	out, err := b.Prefill(ctx, compute.PrefillRequest{Session: ld.Session, Batch: batch})
-	if err != nil {
-		t.Fatal(err)
-	}
-	hits := 0
-	for i, it := range test {
-		var pred [4]int
-		for k := range 4 {
-			pred[k] = int(out.HeadBoxes[i].Box[k]*100 + 0.5)
-		}
-		if e := out.HeadBoxes[i].Exists; !(e >= 0 && e <= 1) {
-			t.Fatalf("sequence %d: existence %v outside [0, 1]", i, e)
-		}
-		if probeBox(pred).IoU(probeBox(it.box)) >= 0.5 {
-			hits++
-		}
-	}
-	acc := float64(hits) / float64(len(test))
+	acc := headAccuracy(t, b, c, res.Final.Path, test)
 	t.Logf("grounder objective, 300 steps: loss %.3f -> %.3f, head Acc@0.5 %.3f, %d grounder tensors changed", res.FirstLoss, res.LastLoss, acc, changed)
 	if acc < 0.8 {
 		t.Fatalf("head Acc@0.5 %.3f on the square asked for, want >= 0.8", acc)
