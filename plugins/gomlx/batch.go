@@ -206,10 +206,7 @@ func hasGrounderLabels(bt trainBatch) bool {
 // Config.Grounder's sentence vector reads. Training batches and inference
 // share it.
 func markTextBeforeImage(c model.Config, tokens []int32, mask []float32) {
-	for t, tok := range tokens[:min(len(tokens), len(mask))] {
-		if tok == c.PatchToken {
-			return
-		}
+	for t, tok := range tokens[:min(textBeforeImage(c, tokens), len(mask))] {
 		if tok != c.PadToken {
 			mask[t] = 1
 		}

@@ -47,17 +47,14 @@ func newGrounderRunner(ml gomlxcompute.Backend, cfg model.Config, specs []paramS
 }
 
 // grounderReads reports whether the grounder's inference graph (graphFn)
-// reads parameter name.
+// reads parameter name: what the encoder and head read
+// (model.GrounderReads), plus the layer norm and projector that turn its
+// cells into the language model's image tokens.
 func grounderReads(name string) bool {
-	for _, prefix := range []string{"grounder.", "embed.tokens", "vision.ln_f.", "projector."} {
-		if strings.HasPrefix(name, prefix) {
-			return true
-		}
-	}
-	return false
+	return model.GrounderReads(name) || strings.HasPrefix(name, "vision.ln_f.") || strings.HasPrefix(name, "projector.")
 }
 
-// graphFn: the params it reads in spec order, then tokens [B, L], textMask [B, L],
+// graphFn: the params it reads in spec order, then tokens [B, L], textMask [B, T],
 // imgRow [K], images [K, S, S, 3]; outputs projected features [K*P,
 // Width], pointer logits [K, P] and boxes [K, P, 4].
 func (r *grounderRunner) graphFn(inputs []*graph.Node) []*graph.Node {
@@ -175,24 +172,24 @@ func argmax(v []float32) int {
 	return best
 }
 
-// softmaxAt is the softmax probability of v[i].
-func softmaxAt(v []float32, i int) float32 {
-	m := v[argmax(v)]
-	var sum float64
-	for _, x := range v {
-		sum += math.Exp(float64(x - m))
-	}
-	return float32(math.Exp(float64(v[i]-m)) / sum)
-}
-
-// existence is the sigmoid of logsumexp(v) - log(len(v)).
-func existence(v []float32) float32 {
+// logSumExp is log(sum(exp(v))), computed stably.
+func logSumExp(v []float32) float64 {
 	m := float64(v[argmax(v)])
 	var sum float64
 	for _, x := range v {
 		sum += math.Exp(float64(x) - m)
 	}
-	z := m + math.Log(sum) - math.Log(float64(len(v)))
+	return m + math.Log(sum)
+}
+
+// softmaxAt is the softmax probability of v[i].
+func softmaxAt(v []float32, i int) float32 {
+	return float32(math.Exp(float64(v[i]) - logSumExp(v)))
+}
+
+// existence is the sigmoid of logsumexp(v) - log(len(v)).
+func existence(v []float32) float32 {
+	z := logSumExp(v) - math.Log(float64(len(v)))
 	return float32(1 / (1 + math.Exp(-z)))
 }
 
