@@ -15,7 +15,7 @@ import (
 	"github.com/groundmesh/groundmesh/internal/bus"
 	"github.com/groundmesh/groundmesh/internal/command"
 	"github.com/groundmesh/groundmesh/internal/events"
-	"github.com/groundmesh/groundmesh/internal/model"
+	"github.com/groundmesh/groundmesh/model"
 	"github.com/groundmesh/groundmesh/plugins/compute"
 	"github.com/groundmesh/groundmesh/services/eval"
 	"github.com/groundmesh/groundmesh/services/ingest"

@@ -6,7 +6,7 @@
 //
 // Backends do tensor compute only. Tokenization, prompt templates, image
 // preprocessing, decoding and box parsing live once, on the host, in
-// internal/model. The contract therefore speaks in token ids, preprocessed
+// model. The contract therefore speaks in token ids, preprocessed
 // image tensors and logits, which a C++ libtorch process, an ONNX Runtime
 // session and a quantized ggml graph can all serve.
 package compute
@@ -61,14 +61,14 @@ type Description struct {
 type TrainRequest struct {
 	RunID       string
 	Stage       string // "stage1", "stage2", "stage3"
-	ModelConfig []byte // JSON of internal/model.Config
+	ModelConfig []byte // JSON of model.Config
 	// InitCheckpoint is the checkpoint to start from (the previous stage's
 	// last one); empty means initialize from Seed.
 	InitCheckpoint string
 	// ResumeCheckpoint, when set, is a checkpoint of this same stage to resume
 	// from: weights, optimizer state and step count all continue.
 	ResumeCheckpoint string
-	Shards           []string // tokenized safetensors shards (see internal/model)
+	Shards           []string // tokenized safetensors shards (see model)
 	// Trainable selects parameters by canonical-name prefix; empty means all.
 	Trainable []string
 	// Frozen excludes parameters by prefix, applied after Trainable.
@@ -146,7 +146,7 @@ type LoadResult struct {
 }
 
 // Image is a preprocessed image: float32, HWC, Size x Size x 3, already
-// padded to square, resized and normalized by internal/model.
+// padded to square, resized and normalized by model.
 type Image struct {
 	Size   int
 	Pixels []float32

@@ -1,5 +1,5 @@
 // Package gomlx is groundmesh's pure-Go compute backend: it trains and runs
-// the tinygrounder v1 model (internal/model.Config) on GoMLX's Go backend,
+// the tinygrounder v1 model (model.Config) on GoMLX's Go backend,
 // with no cgo, so that it builds with CGO_ENABLED=0 and is the embedded
 // default everywhere.
 //
@@ -32,7 +32,7 @@ import (
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/trace"
 
-	"github.com/groundmesh/groundmesh/internal/model"
+	"github.com/groundmesh/groundmesh/model"
 	"github.com/groundmesh/groundmesh/plugins/compute"
 )
 

@@ -1,7 +1,7 @@
 package gomlx
 
 import (
-	"github.com/groundmesh/groundmesh/internal/model"
+	"github.com/groundmesh/groundmesh/model"
 )
 
 // Bucket sizes. A batch is trimmed to its longest sequence (rounded up to

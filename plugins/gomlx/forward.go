@@ -4,7 +4,7 @@ import (
 	"fmt"
 	"math"
 
-	"github.com/groundmesh/groundmesh/internal/model"
+	"github.com/groundmesh/groundmesh/model"
 )
 
 // This file is the plain-Go float32 forward pass used for inference: the

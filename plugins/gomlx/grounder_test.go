@@ -12,7 +12,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/groundmesh/groundmesh/internal/model"
+	"github.com/groundmesh/groundmesh/model"
 	"github.com/groundmesh/groundmesh/plugins/compute"
 	"github.com/groundmesh/groundmesh/services/ingest/scenes"
 )

@@ -6,7 +6,7 @@ import (
 	"path/filepath"
 	"testing"
 
-	"github.com/groundmesh/groundmesh/internal/model"
+	"github.com/groundmesh/groundmesh/model"
 )
 
 // tinyConfig is a model small enough to train in seconds.
@@ -72,7 +72,7 @@ func promptTokens(c model.Config) []int32 {
 }
 
 // writeColourShard writes n samples as a tokenized shard (the format of
-// internal/model) and returns its path.
+// model) and returns its path.
 func writeColourShard(t testing.TB, dir string, c model.Config, n int, seed uint64) string {
 	t.Helper()
 	rng := rand.New(rand.NewPCG(seed, 7))

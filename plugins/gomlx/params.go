@@ -6,10 +6,10 @@ import (
 	"math/rand/v2"
 	"strings"
 
-	"github.com/groundmesh/groundmesh/internal/model"
+	"github.com/groundmesh/groundmesh/model"
 )
 
-// Parameter names, shapes and layouts are internal/model's (Config.Params):
+// Parameter names, shapes and layouts are model's (Config.Params):
 // linear weights [in, out] (y = x·w + b); layer norms "w" (scale) and "b"
 // (shift) with epsilon 1e-5; attn.qkv.w [w, 3w] with columns q | k | v,
 // heads contiguous within each; attn.out the output projection; MLPs and

@@ -12,7 +12,7 @@ import (
 	"testing"
 
 	gmdataset "github.com/groundmesh/groundmesh/internal/dataset"
-	"github.com/groundmesh/groundmesh/internal/model"
+	"github.com/groundmesh/groundmesh/model"
 	"github.com/groundmesh/groundmesh/plugins/compute"
 	"github.com/groundmesh/groundmesh/services/ingest/scenes"
 )
@@ -25,7 +25,7 @@ import (
 // it sees, which is what referring expressions need.
 
 const (
-	probeBox0     = 15  // coarse "0.00" .. "1.00" are 15 .. 115, as in internal/model
+	probeBox0     = 15  // coarse "0.00" .. "1.00" are 15 .. 115, as in model
 	probeQuestion = 120 // +0 red, +1 green
 	probeAnswer   = 122 // "answer now" when the question precedes the image
 	probeFiller0  = 123 // 123 .. 129: filler words

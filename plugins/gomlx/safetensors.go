@@ -12,7 +12,7 @@ import (
 	"path/filepath"
 	"sort"
 
-	"github.com/groundmesh/groundmesh/internal/model"
+	"github.com/groundmesh/groundmesh/model"
 )
 
 // stTensor is one tensor of a safetensors file: raw little-endian bytes.
@@ -23,7 +23,7 @@ type stTensor struct {
 }
 
 // stFile is a safetensors file as a map; the encoding itself is
-// internal/model's, shared with the shard format.
+// model's, shared with the shard format.
 type stFile struct {
 	Metadata map[string]string
 	Tensors  map[string]stTensor

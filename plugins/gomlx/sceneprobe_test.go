@@ -14,7 +14,7 @@ import (
 	"testing"
 
 	gmdataset "github.com/groundmesh/groundmesh/internal/dataset"
-	"github.com/groundmesh/groundmesh/internal/model"
+	"github.com/groundmesh/groundmesh/model"
 	"github.com/groundmesh/groundmesh/services/ingest/scenes"
 	"github.com/groundmesh/groundmesh/services/synth"
 )

@@ -4,7 +4,7 @@ import (
 	"context"
 
 	"github.com/groundmesh/groundmesh/internal/dataset"
-	"github.com/groundmesh/groundmesh/internal/model"
+	"github.com/groundmesh/groundmesh/model"
 )
 
 // CentreBox is the fallback fixed box: the middle half of the padded square.

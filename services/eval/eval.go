@@ -42,8 +42,8 @@ import (
 
 	"github.com/groundmesh/groundmesh/internal/blob"
 	"github.com/groundmesh/groundmesh/internal/events"
-	"github.com/groundmesh/groundmesh/internal/model"
 	"github.com/groundmesh/groundmesh/internal/store"
+	"github.com/groundmesh/groundmesh/model"
 )
 
 var tracer = otel.Tracer("groundmesh/services/eval")

@@ -11,7 +11,7 @@ import (
 	"go.opentelemetry.io/otel/attribute"
 
 	"github.com/groundmesh/groundmesh/internal/blob"
-	"github.com/groundmesh/groundmesh/internal/model"
+	"github.com/groundmesh/groundmesh/model"
 	"github.com/groundmesh/groundmesh/plugins/compute"
 )
 

@@ -9,7 +9,7 @@ import (
 	"testing"
 
 	"github.com/groundmesh/groundmesh/internal/blob"
-	"github.com/groundmesh/groundmesh/internal/model"
+	"github.com/groundmesh/groundmesh/model"
 )
 
 type genCall struct {

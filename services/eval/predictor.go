@@ -3,7 +3,7 @@ package eval
 import (
 	"context"
 
-	"github.com/groundmesh/groundmesh/internal/model"
+	"github.com/groundmesh/groundmesh/model"
 )
 
 // Prediction is a model's answer to one record.

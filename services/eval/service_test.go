@@ -20,8 +20,8 @@ import (
 
 	"github.com/groundmesh/groundmesh/internal/blob"
 	"github.com/groundmesh/groundmesh/internal/events"
-	"github.com/groundmesh/groundmesh/internal/model"
 	"github.com/groundmesh/groundmesh/internal/store"
+	"github.com/groundmesh/groundmesh/model"
 	"github.com/groundmesh/groundmesh/services/eval/metrics"
 )
 

@@ -11,7 +11,7 @@ import (
 	"testing"
 
 	"github.com/groundmesh/groundmesh/internal/dataset"
-	"github.com/groundmesh/groundmesh/internal/model"
+	"github.com/groundmesh/groundmesh/model"
 )
 
 func TestBenchmarkOf(t *testing.T) {

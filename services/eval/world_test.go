@@ -17,7 +17,7 @@ import (
 	"testing"
 
 	"github.com/groundmesh/groundmesh/internal/dataset"
-	"github.com/groundmesh/groundmesh/internal/model"
+	"github.com/groundmesh/groundmesh/model"
 )
 
 // A small synthetic world for service tests: non-square images with three

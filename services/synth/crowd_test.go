@@ -7,7 +7,7 @@ import (
 	"testing"
 
 	"github.com/groundmesh/groundmesh/internal/blob"
-	"github.com/groundmesh/groundmesh/internal/model"
+	"github.com/groundmesh/groundmesh/model"
 	"github.com/groundmesh/groundmesh/services/synth"
 	"github.com/groundmesh/groundmesh/services/synth/synthtest"
 )

@@ -5,7 +5,7 @@ import (
 	"slices"
 	"strings"
 
-	"github.com/groundmesh/groundmesh/internal/model"
+	"github.com/groundmesh/groundmesh/model"
 )
 
 const imageTag = "<image>\n"

@@ -5,7 +5,7 @@ import (
 	"strconv"
 
 	"github.com/groundmesh/groundmesh/internal/dataset"
-	"github.com/groundmesh/groundmesh/internal/model"
+	"github.com/groundmesh/groundmesh/model"
 )
 
 // pickReferent draws a T->C / C->T referent: an eligible object (k >= 0) or

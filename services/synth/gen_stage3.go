@@ -6,7 +6,7 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/groundmesh/groundmesh/internal/model"
+	"github.com/groundmesh/groundmesh/model"
 )
 
 // genDense: every object (up to MaxObjects) with attributes and box, then

@@ -15,7 +15,7 @@ import (
 
 	"github.com/groundmesh/groundmesh/internal/blob"
 	"github.com/groundmesh/groundmesh/internal/dataset"
-	"github.com/groundmesh/groundmesh/internal/model"
+	"github.com/groundmesh/groundmesh/model"
 	"github.com/groundmesh/groundmesh/services/synth"
 	"github.com/groundmesh/groundmesh/services/synth/synthtest"
 )

@@ -14,7 +14,7 @@ import (
 	"slices"
 
 	"github.com/groundmesh/groundmesh/internal/blob"
-	"github.com/groundmesh/groundmesh/internal/model"
+	"github.com/groundmesh/groundmesh/model"
 )
 
 // OpenManifest reads the manifest stored at key.

@@ -13,7 +13,7 @@ import (
 	"strings"
 
 	"github.com/groundmesh/groundmesh/internal/dataset"
-	"github.com/groundmesh/groundmesh/internal/model"
+	"github.com/groundmesh/groundmesh/model"
 )
 
 // maxAttempts bounds the redraws of a sample that came out as a duplicate.

@@ -9,7 +9,7 @@ import (
 	"path/filepath"
 	"slices"
 
-	"github.com/groundmesh/groundmesh/internal/model"
+	"github.com/groundmesh/groundmesh/model"
 )
 
 // SynthSet is what a run trains on: a synth set's records and how to read
@@ -138,7 +138,7 @@ type shardInput struct {
 	Set             SynthSet
 }
 
-// buildStageShards is the one call into internal/model's shard builder:
+// buildStageShards is the one call into model's shard builder:
 // the records of the stage's filter, tokenized into shards in in.Dir.
 func buildStageShards(ctx context.Context, in shardInput, logf func(string, ...any)) ([]string, error) {
 	records := func(yield func(model.Record, error) bool) {

@@ -8,7 +8,7 @@ import (
 	"io"
 	"strings"
 
-	"github.com/groundmesh/groundmesh/internal/model"
+	"github.com/groundmesh/groundmesh/model"
 	"github.com/groundmesh/groundmesh/plugins/compute"
 )
 

@@ -18,6 +18,8 @@ package computetest
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -30,8 +32,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/groundmesh/groundmesh/internal/blob"
-	"github.com/groundmesh/groundmesh/internal/model"
+	"github.com/groundmesh/groundmesh/model"
 	"github.com/groundmesh/groundmesh/plugins/compute"
 )
 
@@ -220,7 +221,7 @@ func mean(xs []float64) float64 {
 // checkCheckpoint verifies that c describes its file.
 func checkCheckpoint(t *testing.T, c compute.Checkpoint) {
 	t.Helper()
-	sum, n, err := blob.FileSHA256(c.Path)
+	sum, n, err := fileSHA256(c.Path)
 	if err != nil {
 		t.Errorf("checkpoint %s: %v", c.Path, err)
 		return
@@ -728,7 +729,7 @@ func WriteReference(ctx context.Context, b compute.Backend, dir string, cfgJSON 
 	if err != nil {
 		return "", fmt.Errorf("write reference: copy checkpoint: %w", err)
 	}
-	sum, _, err := blob.FileSHA256(ckpt)
+	sum, _, err := fileSHA256(ckpt)
 	if err != nil {
 		return "", fmt.Errorf("write reference: %w", err)
 	}
@@ -768,7 +769,7 @@ func ReadReference(path string) (*Reference, error) {
 		return nil, fmt.Errorf("read reference %s: %w", path, err)
 	}
 	ref.CheckpointPath = filepath.Join(filepath.Dir(path), ref.Checkpoint)
-	sum, _, err := blob.FileSHA256(ref.CheckpointPath)
+	sum, _, err := fileSHA256(ref.CheckpointPath)
 	if err != nil {
 		return nil, fmt.Errorf("read reference %s: %w", path, err)
 	}
@@ -776,4 +777,19 @@ func ReadReference(path string) (*Reference, error) {
 		return nil, fmt.Errorf("read reference %s: checkpoint sha256 %s, recorded %s", path, sum, ref.SHA256)
 	}
 	return &ref, nil
+}
+
+// fileSHA256 is the hex sha256 of a file's bytes and their count.
+func fileSHA256(path string) (string, int64, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", 0, err
+	}
+	defer f.Close()
+	h := sha256.New()
+	n, err := io.Copy(h, f)
+	if err != nil {
+		return "", 0, fmt.Errorf("hash %s: %w", path, err)
+	}
+	return hex.EncodeToString(h.Sum(nil)), n, nil
 }

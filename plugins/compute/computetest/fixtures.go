@@ -7,11 +7,11 @@ import (
 	"os"
 	"path/filepath"
 
-	"github.com/groundmesh/groundmesh/internal/model"
+	"github.com/groundmesh/groundmesh/model"
 	"github.com/groundmesh/groundmesh/plugins/compute"
 )
 
-// Token ids the fixtures use: the special tokens of internal/model's
+// Token ids the fixtures use: the special tokens of model's
 // tokenizer (0 <pad>, 1 <bos>, 2 <eos>, 5 <patch>, 6 "USER: ", 7 "
 // ASSISTANT: ") and a few ordinary ids below the tiny vocabulary.
 const (
@@ -91,7 +91,7 @@ func solidImage(size int, c [3]uint8, rng *rand.Rand) []uint8 {
 	return px
 }
 
-// WriteTinyShard writes a tokenized training shard in internal/model's
+// WriteTinyShard writes a tokenized training shard in model's
 // format for cfg (which must be at least as large as TinyConfig) with n
 // samples drawn from seed, and returns its path. Every sample's answer is
 // a function of its image's colour.

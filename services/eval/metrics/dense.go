@@ -5,7 +5,7 @@ import (
 	"strings"
 
 	"github.com/groundmesh/groundmesh/internal/dataset"
-	"github.com/groundmesh/groundmesh/internal/model"
+	"github.com/groundmesh/groundmesh/model"
 )
 
 // Grounded is one (phrase, box) pair of a grounded description, the box in

@@ -4,7 +4,7 @@
 //
 // Everything here is pure: inputs are parsed predictions and structured
 // ground truth, outputs are numbers. Parsing a model's text into a box goes
-// through internal/model's box codec, and every IoU is computed in the
+// through model's box codec, and every IoU is computed in the
 // original image's pixel coordinates after the square padding is undone, so
 // a benchmark's numbers do not depend on the image's aspect ratio.
 //

@@ -5,7 +5,7 @@ import (
 	"testing"
 
 	"github.com/groundmesh/groundmesh/internal/dataset"
-	"github.com/groundmesh/groundmesh/internal/model"
+	"github.com/groundmesh/groundmesh/model"
 )
 
 func near(a, b float64) bool { return math.Abs(a-b) < 1e-9 }

@@ -6,7 +6,7 @@ import (
 	"strings"
 
 	"github.com/groundmesh/groundmesh/internal/dataset"
-	"github.com/groundmesh/groundmesh/internal/model"
+	"github.com/groundmesh/groundmesh/model"
 )
 
 // REC thresholds reported for every box benchmark.

@@ -14,7 +14,7 @@ import (
 	"testing"
 
 	"github.com/groundmesh/groundmesh/internal/dataset"
-	"github.com/groundmesh/groundmesh/internal/model"
+	"github.com/groundmesh/groundmesh/model"
 )
 
 // lmms-eval refcoco_bbox_rec, by definition:

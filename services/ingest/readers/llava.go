@@ -11,7 +11,7 @@ import (
 	"strings"
 
 	"github.com/groundmesh/groundmesh/internal/dataset"
-	"github.com/groundmesh/groundmesh/internal/model"
+	"github.com/groundmesh/groundmesh/model"
 )
 
 // LLaVA-style conversation data (the form LLaVA, GroundingGPT, Shikra and
@@ -19,7 +19,7 @@ import (
 //   {"id", "image": "file.jpg" (or a list), "conversations": [{"from": "human"|"gpt", "value": "..."}]}
 // with boxes either inline in the text as "[x1, y1, x2, y2]" normalized to
 // [0, 1] over the image padded to a square (GroundingGPT's convention, the
-// one synth writes and the model reads: internal/model's box codec), or as
+// one synth writes and the model reads: model's box codec), or as
 // a separate "boxes" list of pixel xyxy boxes that "<box>" placeholders in
 // the text refer to in order (rewritten to the inline form; this needs the
 // record's "width" and "height"). Records in synth's own form (the

@@ -4,7 +4,7 @@
 // JSON), Visual Genome JSON, Flickr30k Entities, ODVG jsonl, and the built-in
 // scene world (which writes COCO + RefCOCO + VG files and is read back
 // through the same code). POPE question files (evaluation questions) and
-// LLaVA-style conversations (instruction records in internal/model's form)
+// LLaVA-style conversations (instruction records in model's form)
 // come with the images they use; what dataset.Dataset has no field for is
 // in Result.Questions, Result.Instructions and Result.Extra.
 //
@@ -50,7 +50,7 @@ import (
 	"strings"
 
 	"github.com/groundmesh/groundmesh/internal/dataset"
-	"github.com/groundmesh/groundmesh/internal/model"
+	"github.com/groundmesh/groundmesh/model"
 )
 
 // Formats accepted by Read.

@@ -162,7 +162,7 @@ type TrainRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	RunId string                 `protobuf:"bytes,1,opt,name=run_id,json=runId,proto3" json:"run_id,omitempty"`
 	Stage string                 `protobuf:"bytes,2,opt,name=stage,proto3" json:"stage,omitempty"`
-	// JSON of internal/model.Config.
+	// JSON of model.Config.
 	ModelConfig      []byte   `protobuf:"bytes,3,opt,name=model_config,json=modelConfig,proto3" json:"model_config,omitempty"`
 	InitCheckpoint   string   `protobuf:"bytes,4,opt,name=init_checkpoint,json=initCheckpoint,proto3" json:"init_checkpoint,omitempty"`
 	ResumeCheckpoint string   `protobuf:"bytes,5,opt,name=resume_checkpoint,json=resumeCheckpoint,proto3" json:"resume_checkpoint,omitempty"`

@@ -27,7 +27,7 @@ import (
 
 	"github.com/groundmesh/groundmesh/internal/dataset"
 	"github.com/groundmesh/groundmesh/internal/events"
-	"github.com/groundmesh/groundmesh/internal/model"
+	"github.com/groundmesh/groundmesh/model"
 	"github.com/groundmesh/groundmesh/services/ingest/internal/validate"
 	"github.com/groundmesh/groundmesh/services/ingest/readers"
 	"github.com/groundmesh/groundmesh/services/ingest/scenes"
