@@ -11,7 +11,12 @@
 // session and a quantized ggml graph can all serve.
 package compute
 
-import "context"
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+)
 
 // ProtocolVersion is the major version of the contract; it is also the
 // version of the proto package (computev1).
@@ -138,7 +143,16 @@ type LoadRequest struct {
 	ModelConfig []byte
 	Checkpoint  string
 	Device      string // "" = backend default
+	// Dtype is what the weights are held and computed in, one of
+	// Description.Dtypes ("float32", "float16", "q8_0", ...); "" means
+	// DtypeFloat32. A backend refuses, with ErrInvalidArgument naming the
+	// dtypes it declares, one it does not implement.
+	Dtype string
 }
+
+// DtypeFloat32 is the dtype every backend implements and LoadRequest's
+// default.
+const DtypeFloat32 = "float32"
 
 // LoadResult identifies a loaded model.
 type LoadResult struct {
@@ -202,4 +216,15 @@ type HeadBox struct {
 	Exists float32
 	// OK is false where the sequence has no image.
 	OK bool
+}
+
+// CheckDtype returns nil when a LoadRequest's dtype is empty or among the
+// dtypes a backend declares, and otherwise an ErrInvalidArgument naming
+// the backend and what it declares.
+func CheckDtype(backend, dtype string, declared []string) error {
+	if dtype == "" || slices.Contains(declared, dtype) {
+		return nil
+	}
+	return fmt.Errorf("%w: dtype %q is not one backend %q implements (it declares %s)",
+		ErrInvalidArgument, dtype, backend, strings.Join(declared, ", "))
 }

@@ -73,7 +73,7 @@ func (c *grpcClient) Train(ctx context.Context, req TrainRequest, progress func(
 
 func (c *grpcClient) Load(ctx context.Context, req LoadRequest) (LoadResult, error) {
 	r, err := c.client.Load(ctx, &computev1.LoadRequest{
-		ModelConfig: req.ModelConfig, Checkpoint: req.Checkpoint, Device: req.Device,
+		ModelConfig: req.ModelConfig, Checkpoint: req.Checkpoint, Device: req.Device, Dtype: req.Dtype,
 	})
 	if err != nil {
 		return LoadResult{}, fromStatus("load", err)

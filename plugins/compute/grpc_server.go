@@ -37,7 +37,7 @@ func (s *grpcServer) Train(req *computev1.TrainRequest, stream grpc.ServerStream
 
 func (s *grpcServer) Load(ctx context.Context, req *computev1.LoadRequest) (*computev1.LoadResponse, error) {
 	r, err := s.impl.Load(ctx, LoadRequest{
-		ModelConfig: req.GetModelConfig(), Checkpoint: req.GetCheckpoint(), Device: req.GetDevice(),
+		ModelConfig: req.GetModelConfig(), Checkpoint: req.GetCheckpoint(), Device: req.GetDevice(), Dtype: req.GetDtype(),
 	})
 	if err != nil {
 		return nil, toStatus(err)

@@ -65,6 +65,19 @@ type Backend struct {
 	mu       sync.Mutex
 	sessions map[string]*session
 	nextID   atomic.Uint64
+
+	// faults makes the backend compute a wrong function on purpose, for
+	// the test that shows the conformance matrix can fail; always zero
+	// outside it.
+	faults faults
+}
+
+// faults are deliberate errors, each in one operation of the model.
+type faults struct {
+	// ignorePatchPositions adds a patch position's sequence position
+	// instead of embed.patch_pos (Config.PatchPositions), in training and
+	// inference alike.
+	ignorePatchPositions bool
 }
 
 var _ compute.Backend = (*Backend)(nil)
@@ -115,6 +128,9 @@ func gomlxVersion() string {
 	return "unknown"
 }
 
+// dtypes are the LoadRequest dtypes the backend implements.
+var loadDtypes = []string{compute.DtypeFloat32}
+
 // Describe reports the backend and what it can do.
 func (b *Backend) Describe(ctx context.Context) (compute.Description, error) {
 	_, span := b.tracer.Start(ctx, "gomlx.Describe")
@@ -125,7 +141,7 @@ func (b *Backend) Describe(ctx context.Context) (compute.Description, error) {
 		Devices:      []string{"cpu"},
 		CanTrain:     true,
 		CanAttention: true,
-		Dtypes:       []string{"float32"},
+		Dtypes:       loadDtypes,
 		Features:     append(model.AllFeatures(), compute.ObjectiveFeature(compute.ObjectiveGrounder)),
 	}, nil
 }

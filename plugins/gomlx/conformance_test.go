@@ -32,15 +32,17 @@ func TestConformancePlugin(t *testing.T) {
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("build plugin with CGO_ENABLED=0: %v\n%s", err, out)
 	}
-	computetest.RunConformance(t, computetest.Harness{
-		New: func(t *testing.T) compute.Backend {
-			h, err := compute.NewHost(compute.HostConfig{Path: bin})
-			if err != nil {
-				t.Fatal(err)
-			}
-			return h
-		},
-	})
+	newHost := func(t *testing.T) compute.Backend {
+		h, err := compute.NewHost(compute.HostConfig{Path: bin})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return h
+	}
+	computetest.RunConformance(t, computetest.Harness{New: newHost})
+	// The matrix through gRPC: head boxes, attention and the objective
+	// cross the wire as they are computed.
+	t.Run("Matrix", func(t *testing.T) { computetest.RunMatrix(t, computetest.MatrixHarness{New: newHost}) })
 
 	// GoMLX prints "parallelism set to" on stdout, where go-plugin's
 	// handshake goes: the plugin must still start with that option.

@@ -21,6 +21,7 @@ type blockWeights struct {
 // netWeights holds every parameter, sliced for the forward pass.
 type netWeights struct {
 	cfg                        model.Config
+	faults                     faults
 	patchW, patchB, vpos       []float32
 	vblocks                    []blockWeights
 	vlnW, vlnB                 []float32
@@ -421,7 +422,7 @@ func (n *netWeights) embed(tokens []int32, pos0 int, feats []float32, featRows i
 		p := n.pos[(pos0+t)*w : (pos0+t+1)*w]
 		if tok == c.PatchToken && next < featRows {
 			sc.rowImg = append(sc.rowImg, next/c.Patches())
-			if c.PatchPositions {
+			if c.PatchPositions && !n.faults.ignorePatchPositions {
 				k := next % c.Patches() // this patch's index in its image
 				p = n.patchPos[k*w : (k+1)*w]
 			}

@@ -29,8 +29,9 @@ const (
 
 // netGraph builds the tinygrounder v1 forward pass as a GoMLX graph.
 type netGraph struct {
-	cfg model.Config
-	p   map[string]*graph.Node
+	cfg    model.Config
+	p      map[string]*graph.Node
+	faults faults
 	// Config.Grounder: its inputs, and the image grids [K, G, G, C] that
 	// hiddenMid leaves for the head.
 	gin  grounderIn
@@ -156,7 +157,7 @@ func (n *netGraph) hiddenMid(tokens, patchIdx, isPatch, images *graph.Node) (h, 
 	m := graph.InsertAxes(isPatch, -1)
 	x := graph.Add(graph.Mul(tok, graph.OneMinus(m)), graph.Mul(patch, m))
 	pos := graph.InsertAxes(graph.SliceAxis(n.p["embed.pos"], 0, graph.AxisRange(0, l)), 0) // [1, L, W]
-	if c.PatchPositions {
+	if c.PatchPositions && !n.faults.ignorePatchPositions {
 		// The k-th patch of its image (its feature row mod Patches())
 		// takes embed.patch_pos[k] instead of its sequence position's.
 		np := int32(c.Patches())
@@ -340,6 +341,7 @@ func (n *netGraph) targetDist(lossTgt *graph.Node) *graph.Node {
 // loss and BoxLossWeight times the box loss (each zero without its weight).
 type trainStepLayout struct {
 	cfg       model.Config
+	faults    faults
 	trainable []paramSpec
 	frozen    []paramSpec
 	// grounderOnly is compute.ObjectiveGrounder: the language model is
@@ -368,7 +370,7 @@ func (s *trainStepLayout) graphFn(inputs []*graph.Node) []*graph.Node {
 	patchBox, patchBoxW := batch[9], batch[10]
 	imgFirst, refBox, refW := batch[13], batch[14], batch[15]
 
-	net := &netGraph{cfg: s.cfg, p: params, gin: grounderIn{textMask: batch[11], imgRow: batch[12]}}
+	net := &netGraph{cfg: s.cfg, p: params, faults: s.faults, gin: grounderIn{textMask: batch[11], imgRow: batch[12]}}
 	if s.grounderOnly {
 		// compute.ObjectiveGrounder: the encoder and head alone; the
 		// reported loss is theirs.

@@ -45,6 +45,9 @@ func (b *Backend) Load(ctx context.Context, req compute.LoadRequest) (res comput
 	if req.Device != "" && req.Device != "cpu" {
 		return res, invalidf("load: device %q not available (the gomlx go backend has only cpu)", req.Device)
 	}
+	if err := compute.CheckDtype("gomlx", req.Dtype, loadDtypes); err != nil {
+		return res, fmt.Errorf("load: %w", err)
+	}
 	cfg, err := model.ParseConfig(req.ModelConfig)
 	if err != nil {
 		return res, fmt.Errorf("load: %w: %w", compute.ErrInvalidArgument, err)
@@ -54,7 +57,9 @@ func (b *Backend) Load(ctx context.Context, req compute.LoadRequest) (res comput
 	if err != nil {
 		return res, fmt.Errorf("load: %w", fileError(err))
 	}
-	sess := &session{net: newNetWeights(cfg, st.weights), caches: map[string]*kvCache{}}
+	net := newNetWeights(cfg, st.weights)
+	net.faults = b.faults
+	sess := &session{net: net, caches: map[string]*kvCache{}}
 	if cfg.Grounder {
 		if sess.grounder, err = newGrounderRunner(b.ml, cfg, specs, st.weights); err != nil {
 			return res, fmt.Errorf("load: %w", err)

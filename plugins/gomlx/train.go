@@ -41,7 +41,7 @@ type stepOut struct {
 
 func newTrainer(b *Backend, cfg model.Config, objective string, specs []paramSpec, sel []bool, st *modelState) (*trainer, error) {
 	t := &trainer{b: b, cfg: cfg, specs: specs, sel: sel}
-	t.layout = &trainStepLayout{cfg: cfg, grounderOnly: objective == compute.ObjectiveGrounder}
+	t.layout = &trainStepLayout{cfg: cfg, faults: b.faults, grounderOnly: objective == compute.ObjectiveGrounder}
 	for i, p := range specs {
 		w := tensors.FromFlatDataAndDimensions(append([]float32(nil), st.weights[p.Name]...), p.Shape...)
 		if sel[i] {

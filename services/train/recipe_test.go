@@ -6,6 +6,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/groundmesh/groundmesh/plugins/compute/computetest"
 )
 
 // TestRecipes: every recipe file parses over the defaults into a valid
@@ -58,4 +60,23 @@ func mustJSON(t *testing.T, v any) []byte {
 		t.Fatal(err)
 	}
 	return b
+}
+
+// TestDemoModelInMatrix keeps the conformance matrix's "demo" cell on the
+// demo model's architecture options: a default that turns an option on or
+// off must change the cell (and record its reference) too, so that every
+// backend is held to what the demo runs.
+func TestDemoModelInMatrix(t *testing.T) {
+	got := DefaultSpec().Model.Features()
+	var cell []string
+	for _, c := range computetest.MatrixCells() {
+		if c.Name == "demo" {
+			cell = c.Config.Features()
+		}
+	}
+	slices.Sort(got)
+	slices.Sort(cell)
+	if !slices.Equal(got, cell) {
+		t.Errorf("the demo model turns on %v; the matrix's demo cell %v (computetest.DemoCellConfig)", got, cell)
+	}
 }

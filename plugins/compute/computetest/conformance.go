@@ -631,9 +631,13 @@ func (s *suite) testInferenceErrors(t *testing.T) {
 	if !errors.Is(err, compute.ErrInvalidArgument) {
 		t.Errorf("Load with a bad config: %v; want ErrInvalidArgument", err)
 	}
-	sess, err := s.b.Load(ctx, compute.LoadRequest{ModelConfig: s.h.ModelConfig, Checkpoint: s.ckpt})
+	_, err = s.b.Load(ctx, compute.LoadRequest{ModelConfig: s.h.ModelConfig, Checkpoint: s.ckpt, Dtype: "q3_no_such_dtype"})
+	if !errors.Is(err, compute.ErrInvalidArgument) || !strings.Contains(fmt.Sprint(err), "float32") {
+		t.Errorf("Load with an undeclared dtype: %v; want ErrInvalidArgument naming the declared dtypes", err)
+	}
+	sess, err := s.b.Load(ctx, compute.LoadRequest{ModelConfig: s.h.ModelConfig, Checkpoint: s.ckpt, Dtype: compute.DtypeFloat32})
 	if err != nil {
-		t.Fatalf("Load: %v", err)
+		t.Fatalf("Load as float32: %v", err)
 	}
 	_, err = s.b.Prefill(ctx, compute.PrefillRequest{Session: sess.Session})
 	if !errors.Is(err, compute.ErrInvalidArgument) {

@@ -508,6 +508,9 @@ func toyGrad(cfg model.Config, ps map[string][]float32, d *toyData, batch []int)
 
 // Load implements compute.Backend.
 func (b *Toy) Load(_ context.Context, req compute.LoadRequest) (compute.LoadResult, error) {
+	if err := compute.CheckDtype("toy", req.Dtype, []string{compute.DtypeFloat32}); err != nil {
+		return compute.LoadResult{}, fmt.Errorf("load: %w", err)
+	}
 	cfg, err := parseConfig(req.ModelConfig)
 	if err != nil {
 		return compute.LoadResult{}, err

@@ -654,10 +654,13 @@ func (*TrainEvent_Progress) isTrainEvent_Event() {}
 func (*TrainEvent_Result) isTrainEvent_Event() {}
 
 type LoadRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	ModelConfig   []byte                 `protobuf:"bytes,1,opt,name=model_config,json=modelConfig,proto3" json:"model_config,omitempty"`
-	Checkpoint    string                 `protobuf:"bytes,2,opt,name=checkpoint,proto3" json:"checkpoint,omitempty"`
-	Device        string                 `protobuf:"bytes,3,opt,name=device,proto3" json:"device,omitempty"`
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	ModelConfig []byte                 `protobuf:"bytes,1,opt,name=model_config,json=modelConfig,proto3" json:"model_config,omitempty"`
+	Checkpoint  string                 `protobuf:"bytes,2,opt,name=checkpoint,proto3" json:"checkpoint,omitempty"`
+	Device      string                 `protobuf:"bytes,3,opt,name=device,proto3" json:"device,omitempty"`
+	// The dtype the weights are held and computed in (Description.dtypes);
+	// empty means float32. A backend refuses one it does not declare.
+	Dtype         string `protobuf:"bytes,4,opt,name=dtype,proto3" json:"dtype,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -709,6 +712,13 @@ func (x *LoadRequest) GetCheckpoint() string {
 func (x *LoadRequest) GetDevice() string {
 	if x != nil {
 		return x.Device
+	}
+	return ""
+}
+
+func (x *LoadRequest) GetDtype() string {
+	if x != nil {
+		return x.Dtype
 	}
 	return ""
 }
@@ -1426,13 +1436,14 @@ const file_compute_proto_rawDesc = "" +
 	"TrainEvent\x12B\n" +
 	"\bprogress\x18\x01 \x01(\v2$.groundmesh.compute.v1.TrainProgressH\x00R\bprogress\x12<\n" +
 	"\x06result\x18\x02 \x01(\v2\".groundmesh.compute.v1.TrainResultH\x00R\x06resultB\a\n" +
-	"\x05event\"h\n" +
+	"\x05event\"~\n" +
 	"\vLoadRequest\x12!\n" +
 	"\fmodel_config\x18\x01 \x01(\fR\vmodelConfig\x12\x1e\n" +
 	"\n" +
 	"checkpoint\x18\x02 \x01(\tR\n" +
 	"checkpoint\x12\x16\n" +
-	"\x06device\x18\x03 \x01(\tR\x06device\"(\n" +
+	"\x06device\x18\x03 \x01(\tR\x06device\x12\x14\n" +
+	"\x05dtype\x18\x04 \x01(\tR\x05dtype\"(\n" +
 	"\fLoadResponse\x12\x18\n" +
 	"\asession\x18\x01 \x01(\tR\asession\"3\n" +
 	"\x05Image\x12\x12\n" +
