@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"image"
 	"math"
+	"slices"
+	"sync"
 
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
@@ -54,6 +56,11 @@ type GenerateOptions struct {
 	// names is in it (POPE), which is what the existence term is trained
 	// on.
 	YesNoFromHead bool
+	// HostLoop decodes on the host over Prefill and Decode (DecodeLoop)
+	// even where the backend declares compute.FeatureGenerate and would
+	// run the same loop in one call: the reference the backend's
+	// Generate is checked against.
+	HostLoop bool
 }
 
 // Finish reasons of a Generation.
@@ -311,6 +318,10 @@ type Generator struct {
 	session string
 	tok     *Tokenizer
 	cfg     Config
+
+	once        sync.Once
+	inBackend   bool // the backend declares compute.FeatureGenerate
+	describeErr error
 }
 
 // NewGenerator checks that tok and cfg agree and returns a Generator for a
@@ -389,75 +400,167 @@ func (g *Generator) sequence(p Prompt) (compute.Sequence, error) {
 }
 
 func (g *Generator) generateBatch(ctx context.Context, prompts []Prompt, offset int, opts GenerateOptions) ([]Generation, error) {
-	batch := make([]compute.Sequence, len(prompts))
-	longest := 0
+	req := compute.GenerateRequest{
+		Session: g.session, Batch: make([]compute.Sequence, len(prompts)), Grammar: opts.Constraint.Grammar(), MaxNew: opts.MaxNew,
+		BoxFromHead: opts.BoxFromHead, YesNoFromHead: opts.YesNoFromHead, WantAttention: opts.WantAttention,
+	}
 	for i, p := range prompts {
 		seq, err := g.sequence(p)
 		if err != nil {
 			return nil, fmt.Errorf("generate: prompt %d: %w", offset+i, err)
 		}
-		batch[i] = seq
+		req.Batch[i] = seq
+	}
+	var res compute.GenerateResult
+	inBackend, err := g.backendGenerates(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("generate: %w", err)
+	}
+	if inBackend && !opts.HostLoop {
+		if res, err = g.backend.Generate(ctx, req); err != nil {
+			return nil, fmt.Errorf("generate: %w", err)
+		}
+		if len(res.Answers) != len(prompts) {
+			return nil, fmt.Errorf("generate: backend returned %d answers for %d prompts", len(res.Answers), len(prompts))
+		}
+	} else if res, err = DecodeLoop(ctx, g.backend, g.cfg, req); err != nil {
+		return nil, err
+	}
+	gens := make([]Generation, len(prompts))
+	for i, a := range res.Answers {
+		gens[i] = Generation{Tokens: a.Tokens, Attention: a.Attention, Finish: a.Finish, Text: g.tok.Decode(a.Tokens)}
+		if b, err := ParseBox(gens[i].Text); err == nil {
+			gens[i].Box = &b
+		}
+	}
+	return gens, nil
+}
+
+// backendGenerates reports whether the backend declares
+// compute.FeatureGenerate (asked once per Generator).
+func (g *Generator) backendGenerates(ctx context.Context) (bool, error) {
+	g.once.Do(func() {
+		d, err := g.backend.Describe(ctx)
+		g.describeErr = err
+		g.inBackend = err == nil && slices.Contains(d.Features, compute.FeatureGenerate)
+	})
+	return g.inBackend, g.describeErr
+}
+
+// Grammar is the constraint as compute.GenerateRequest carries it.
+func (c Constraint) Grammar() compute.Grammar {
+	switch c.kind {
+	case kindBox:
+		return compute.Grammar{Kind: compute.GrammarBox}
+	case kindYesNo:
+		return compute.Grammar{Kind: compute.GrammarYesNo}
+	case kindDigits:
+		return compute.Grammar{Kind: compute.GrammarDigits, Lo: c.lo, Hi: c.hi}
+	}
+	return compute.Grammar{Kind: compute.GrammarNone}
+}
+
+// ConstraintOf is the constraint a compute.Grammar names.
+func ConstraintOf(g compute.Grammar) (Constraint, error) {
+	var c Constraint
+	switch g.Kind {
+	case compute.GrammarNone:
+		c = ConstraintNone
+	case compute.GrammarBox:
+		c = ConstraintBox
+	case compute.GrammarYesNo:
+		c = ConstraintYesNo
+	case compute.GrammarDigits:
+		c = ConstraintDigits(g.Lo, g.Hi)
+	default:
+		return Constraint{}, fmt.Errorf("grammar %q: want one of \"\", %q, %q, %q", g.Kind, compute.GrammarBox, compute.GrammarYesNo, compute.GrammarDigits)
+	}
+	return c, c.validate()
+}
+
+// DecodeLoop answers a generation request over b's Prefill and Decode:
+// greedy decoding under the request's grammar, every sequence advancing one
+// position per step (finished ones are fed <pad>), so the free-text budget
+// is bounded by the longest prompt of the batch and no position ever
+// reaches MaxSeq. It is the host's loop for backends without
+// compute.FeatureGenerate, and what a backend's Generate runs in process
+// (the same code, so the two give the same answers).
+func DecodeLoop(ctx context.Context, b compute.Backend, cfg Config, req compute.GenerateRequest) (compute.GenerateResult, error) {
+	constraint, err := ConstraintOf(req.Grammar)
+	if err != nil {
+		return compute.GenerateResult{}, fmt.Errorf("generate: %w: %w", compute.ErrInvalidArgument, err)
+	}
+	maxNew := req.MaxNew
+	if maxNew <= 0 {
+		maxNew = 128
+	}
+	n := len(req.Batch)
+	if n == 0 {
+		return compute.GenerateResult{}, fmt.Errorf("generate: %w: empty batch", compute.ErrInvalidArgument)
+	}
+	longest := 0
+	for _, seq := range req.Batch {
 		longest = max(longest, len(seq.Tokens))
 	}
 	// Pick j (0-based) needs j tokens fed after the prompt, the last at
 	// position len+j-1 < MaxSeq.
-	budget := min(opts.MaxNew, g.cfg.MaxSeq-longest+1)
-	if need := opts.Constraint.picks(); need > budget {
-		if need > g.cfg.MaxSeq-longest+1 {
-			return nil, fmt.Errorf("generate: a %d-token prompt leaves no room for a %s answer (max_seq %d)", longest, opts.Constraint, g.cfg.MaxSeq)
+	budget := min(maxNew, cfg.MaxSeq-longest+1)
+	if need := constraint.picks(); need > budget {
+		if need > cfg.MaxSeq-longest+1 {
+			return compute.GenerateResult{}, fmt.Errorf("generate: a %d-token prompt leaves no room for a %s answer (max_seq %d)", longest, constraint, cfg.MaxSeq)
 		}
 		budget = need
 	}
-	res, err := g.backend.Prefill(ctx, compute.PrefillRequest{Session: g.session, Batch: batch, WantAttention: opts.WantAttention})
+	res, err := b.Prefill(ctx, compute.PrefillRequest{Session: req.Session, Batch: req.Batch, WantAttention: req.WantAttention})
 	if err != nil {
-		return nil, fmt.Errorf("generate: prefill: %w", err)
+		return compute.GenerateResult{}, fmt.Errorf("generate: prefill: %w", err)
 	}
 	cacheID := res.CacheID
 	defer func() {
 		// Free the cache even when ctx is cancelled; its error is moot then.
-		_ = g.backend.ReleaseCache(context.WithoutCancel(ctx), g.session, cacheID)
+		_ = b.ReleaseCache(context.WithoutCancel(ctx), req.Session, cacheID)
 	}()
-	gens := make([]Generation, len(prompts))
-	gram := make([]grammar, len(prompts))
-	done := make([]bool, len(prompts))
+	out := make([]compute.GeneratedAnswer, n)
+	gram := make([]grammar, n)
+	done := make([]bool, n)
 	for i := range gram {
-		gram[i].c = opts.Constraint
-		if opts.BoxFromHead && opts.Constraint.kind == kindBox && i < len(res.HeadBoxes) && res.HeadBoxes[i].OK {
+		gram[i].c = constraint
+		if req.BoxFromHead && constraint.kind == kindBox && i < len(res.HeadBoxes) && res.HeadBoxes[i].OK {
 			gram[i].force = forcedBox(res.HeadBoxes[i].Box)
 		}
-		if opts.YesNoFromHead && opts.Constraint.kind == kindYesNo && i < len(res.HeadBoxes) && res.HeadBoxes[i].OK {
+		if req.YesNoFromHead && constraint.kind == kindYesNo && i < len(res.HeadBoxes) && res.HeadBoxes[i].OK {
 			yes := res.HeadBoxes[i].Exists >= 0.5
 			gram[i].yes = &yes
 		}
 	}
-	feed := make([]int32, len(prompts))
+	feed := make([]int32, n)
 	for step := 0; ; step++ {
-		if len(res.Logits) != len(prompts) {
-			return nil, fmt.Errorf("generate: backend returned %d logit rows for %d sequences", len(res.Logits), len(prompts))
+		if len(res.Logits) != n {
+			return compute.GenerateResult{}, fmt.Errorf("generate: backend returned %d logit rows for %d sequences", len(res.Logits), n)
 		}
 		active := 0
-		for i := range prompts {
+		for i := range n {
 			feed[i] = tokPad
 			if done[i] {
 				continue
 			}
-			if len(res.Logits[i]) != g.cfg.VocabSize {
-				return nil, fmt.Errorf("generate: backend returned %d logits, vocab is %d", len(res.Logits[i]), g.cfg.VocabSize)
+			if len(res.Logits[i]) != cfg.VocabSize {
+				return compute.GenerateResult{}, fmt.Errorf("generate: backend returned %d logits, vocab is %d", len(res.Logits[i]), cfg.VocabSize)
 			}
 			id := gram[i].pick(res.Logits[i])
 			if id == tokEOS {
-				done[i], gens[i].Finish = true, FinishEOS
+				done[i], out[i].Finish = true, FinishEOS
 				continue
 			}
-			gens[i].Tokens = append(gens[i].Tokens, id)
-			if opts.WantAttention && i < len(res.Attention) && res.Attention[i] != nil {
-				gens[i].Attention = append(gens[i].Attention, append([]float32(nil), res.Attention[i]...))
+			out[i].Tokens = append(out[i].Tokens, id)
+			if req.WantAttention && i < len(res.Attention) && res.Attention[i] != nil {
+				out[i].Attention = append(out[i].Attention, append([]float32(nil), res.Attention[i]...))
 			}
 			switch {
 			case gram[i].ended: // only <eos> may follow: no need to ask the model
-				done[i], gens[i].Finish = true, FinishEOS
-			case len(gens[i].Tokens) >= budget:
-				done[i], gens[i].Finish = true, FinishLength
+				done[i], out[i].Finish = true, FinishEOS
+			case len(out[i].Tokens) >= budget:
+				done[i], out[i].Finish = true, FinishLength
 			default:
 				feed[i] = id
 				active++
@@ -467,20 +570,14 @@ func (g *Generator) generateBatch(ctx context.Context, prompts []Prompt, offset 
 			break
 		}
 		if err := ctx.Err(); err != nil {
-			return nil, fmt.Errorf("generate: %w", err)
+			return compute.GenerateResult{}, fmt.Errorf("generate: %w", err)
 		}
-		res, err = g.backend.Decode(ctx, compute.DecodeRequest{Session: g.session, CacheID: cacheID, Tokens: feed, WantAttention: opts.WantAttention})
+		res, err = b.Decode(ctx, compute.DecodeRequest{Session: req.Session, CacheID: cacheID, Tokens: feed, WantAttention: req.WantAttention})
 		if err != nil {
-			return nil, fmt.Errorf("generate: decode step %d: %w", step+1, err)
+			return compute.GenerateResult{}, fmt.Errorf("generate: decode step %d: %w", step+1, err)
 		}
 	}
-	for i := range gens {
-		gens[i].Text = g.tok.Decode(gens[i].Tokens)
-		if b, err := ParseBox(gens[i].Text); err == nil {
-			gens[i].Box = &b
-		}
-	}
-	return gens, nil
+	return compute.GenerateResult{Answers: out}, nil
 }
 
 // ScoreItem is a prompt and the answer to score under it (teacher forced).

@@ -50,6 +50,10 @@ func (f *fakeBackend) Describe(context.Context) (compute.Description, error) {
 	return compute.Description{Backend: "fake", CanAttention: f.attention != nil}, nil
 }
 
+func (f *fakeBackend) Generate(context.Context, compute.GenerateRequest) (compute.GenerateResult, error) {
+	return compute.GenerateResult{}, compute.ErrUnimplemented
+}
+
 func (f *fakeBackend) Train(context.Context, compute.TrainRequest, func(compute.TrainProgress) error) (compute.TrainResult, error) {
 	return compute.TrainResult{}, errors.New("fake: no training")
 }

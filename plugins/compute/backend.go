@@ -39,6 +39,12 @@ type Backend interface {
 	// Decode appends one token per sequence to an existing KV cache and
 	// returns the next-token logits.
 	Decode(ctx context.Context, req DecodeRequest) (ForwardResult, error)
+	// Generate decodes an answer per sequence greedily under a grammar,
+	// inside the backend: one call instead of a Prefill and a Decode per
+	// token. A backend that does not declare FeatureGenerate returns an
+	// error wrapping ErrUnimplemented, and hosts run the same loop over
+	// Prefill and Decode themselves (model.DecodeLoop).
+	Generate(ctx context.Context, req GenerateRequest) (GenerateResult, error)
 	// ReleaseCache frees a KV cache.
 	ReleaseCache(ctx context.Context, session, cacheID string) error
 	// Unload frees a session.
@@ -201,6 +207,58 @@ type ForwardResult struct {
 	// (model.Config.Grounder), is per sequence the box the head finds on
 	// the sequence's first image for the text before it; nil otherwise.
 	HeadBoxes []HeadBox
+}
+
+// FeatureGenerate is the name under which a backend declares, among its
+// Description.Features, that it implements Generate.
+const FeatureGenerate = "generate"
+
+// Grammar kinds (Grammar.Kind).
+const (
+	GrammarNone   = ""       // free text: any token but template markers
+	GrammarBox    = "box"    // exactly one box "[x1, y1, x2, y2]" with x1 < x2, y1 < y2
+	GrammarYesNo  = "yesno"  // "yes" or "no", optionally capitalized
+	GrammarDigits = "digits" // one digit in Lo..Hi
+)
+
+// Grammar restricts what Generate may answer (model.Constraint on the
+// wire).
+type Grammar struct {
+	Kind   string
+	Lo, Hi int // GrammarDigits only
+}
+
+// GenerateRequest decodes answers to prompts inside the backend.
+type GenerateRequest struct {
+	Session string
+	Batch   []Sequence
+	Grammar Grammar
+	// MaxNew bounds the tokens generated per sequence, <eos> included; 0
+	// means 128. A grammar always runs to its end.
+	MaxNew int
+	// BoxFromHead and YesNoFromHead answer box and yes/no grammars from
+	// the grounding head (HeadBox.Box, HeadBox.Exists >= 0.5) where the
+	// sequence has a head box (model.GenerateOptions).
+	BoxFromHead, YesNoFromHead bool
+	// WantAttention returns each generated token's attention over the
+	// first image's patches.
+	WantAttention bool
+}
+
+// GenerateResult holds one answer per sequence of the request.
+type GenerateResult struct {
+	Answers []GeneratedAnswer
+}
+
+// GeneratedAnswer is one sequence's answer.
+type GeneratedAnswer struct {
+	Tokens []int32 // without <eos>
+	// Finish is "eos" (the model or the grammar ended the answer) or
+	// "length" (MaxNew or MaxSeq ran out).
+	Finish string
+	// Attention[k], when requested, is the attention of the position that
+	// predicted Tokens[k] over the first image's patches.
+	Attention [][]float32
 }
 
 // HeadBox is a grounding head's answer for one sequence.

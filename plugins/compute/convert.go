@@ -214,3 +214,48 @@ func forwardFromPB(r *computev1.ForwardResponse) (ForwardResult, error) {
 	}
 	return ForwardResult{CacheID: r.GetCacheId(), Logits: logits, Attention: att, HeadBoxes: heads}, nil
 }
+
+func generateRequestToPB(r GenerateRequest) *computev1.GenerateRequest {
+	return &computev1.GenerateRequest{
+		Session: r.Session, Batch: sequencesToPB(r.Batch),
+		Grammar: &computev1.Grammar{Kind: r.Grammar.Kind, Lo: int32(r.Grammar.Lo), Hi: int32(r.Grammar.Hi)},
+		MaxNew:  int32(r.MaxNew), BoxFromHead: r.BoxFromHead, YesNoFromHead: r.YesNoFromHead, WantAttention: r.WantAttention,
+	}
+}
+
+func generateRequestFromPB(r *computev1.GenerateRequest) (GenerateRequest, error) {
+	batch, err := sequencesFromPB(r.GetBatch())
+	if err != nil {
+		return GenerateRequest{}, err
+	}
+	g := r.GetGrammar()
+	return GenerateRequest{
+		Session: r.GetSession(), Batch: batch,
+		Grammar: Grammar{Kind: g.GetKind(), Lo: int(g.GetLo()), Hi: int(g.GetHi())},
+		MaxNew:  int(r.GetMaxNew()), BoxFromHead: r.GetBoxFromHead(), YesNoFromHead: r.GetYesNoFromHead(), WantAttention: r.GetWantAttention(),
+	}, nil
+}
+
+func generateResultToPB(r GenerateResult) (*computev1.GenerateResponse, error) {
+	out := &computev1.GenerateResponse{}
+	for i, a := range r.Answers {
+		att, err := matrixToPB(a.Attention)
+		if err != nil {
+			return nil, fmt.Errorf("answer %d attention: %w", i, err)
+		}
+		out.Answers = append(out.Answers, &computev1.GeneratedAnswer{Tokens: a.Tokens, Finish: a.Finish, Attention: att})
+	}
+	return out, nil
+}
+
+func generateResultFromPB(r *computev1.GenerateResponse) (GenerateResult, error) {
+	var out GenerateResult
+	for i, a := range r.GetAnswers() {
+		att, err := matrixFromPB(a.GetAttention())
+		if err != nil {
+			return GenerateResult{}, fmt.Errorf("answer %d attention: %w", i, err)
+		}
+		out.Answers = append(out.Answers, GeneratedAnswer{Tokens: a.GetTokens(), Finish: a.GetFinish(), Attention: att})
+	}
+	return out, nil
+}

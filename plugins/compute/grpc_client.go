@@ -118,3 +118,15 @@ func (c *grpcClient) Unload(ctx context.Context, session string) error {
 	_, err := c.client.Unload(ctx, &computev1.UnloadRequest{Session: session})
 	return fromStatus("unload", err)
 }
+
+func (c *grpcClient) Generate(ctx context.Context, req GenerateRequest) (GenerateResult, error) {
+	r, err := c.client.Generate(ctx, generateRequestToPB(req))
+	if err != nil {
+		return GenerateResult{}, fromStatus("generate", err)
+	}
+	out, err := generateResultFromPB(r)
+	if err != nil {
+		return GenerateResult{}, fmt.Errorf("compute generate: decode response: %w", err)
+	}
+	return out, nil
+}

@@ -89,3 +89,19 @@ func (s *grpcServer) Unload(ctx context.Context, req *computev1.UnloadRequest) (
 	}
 	return &computev1.UnloadResponse{}, nil
 }
+
+func (s *grpcServer) Generate(ctx context.Context, req *computev1.GenerateRequest) (*computev1.GenerateResponse, error) {
+	r, err := generateRequestFromPB(req)
+	if err != nil {
+		return nil, status.Error(codes.InvalidArgument, "generate: "+err.Error())
+	}
+	res, err := s.impl.Generate(ctx, r)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	out, err := generateResultToPB(res)
+	if err != nil {
+		return nil, status.Error(codes.Internal, "generate: "+err.Error())
+	}
+	return out, nil
+}

@@ -63,6 +63,9 @@ func (f failing) Prefill(context.Context, compute.PrefillRequest) (compute.Forwa
 func (f failing) Decode(context.Context, compute.DecodeRequest) (compute.ForwardResult, error) {
 	return compute.ForwardResult{}, f.err
 }
+func (f failing) Generate(context.Context, compute.GenerateRequest) (compute.GenerateResult, error) {
+	return compute.GenerateResult{}, f.err
+}
 func (f failing) ReleaseCache(context.Context, string, string) error { return f.err }
 func (f failing) Unload(context.Context, string) error               { return f.err }
 
@@ -88,6 +91,7 @@ func TestGRPCErrorMapping(t *testing.T) {
 		_, calls["load"] = b.Load(ctx, compute.LoadRequest{})
 		_, calls["prefill"] = b.Prefill(ctx, compute.PrefillRequest{})
 		_, calls["decode"] = b.Decode(ctx, compute.DecodeRequest{})
+		_, calls["generate"] = b.Generate(ctx, compute.GenerateRequest{})
 		calls["release"] = b.ReleaseCache(ctx, "s", "c")
 		calls["unload"] = b.Unload(ctx, "s")
 		for op, err := range calls {

@@ -336,6 +336,19 @@ func (h *Host) Decode(ctx context.Context, req DecodeRequest) (ForwardResult, er
 	return r, h.check(ctx, "decode", p, err)
 }
 
+// Generate implements Backend.
+func (h *Host) Generate(ctx context.Context, req GenerateRequest) (GenerateResult, error) {
+	p, err := h.acquire(ctx)
+	if err != nil {
+		return GenerateResult{}, err
+	}
+	if req.Session, err = h.sessionFor("generate", p, req.Session); err != nil {
+		return GenerateResult{}, err
+	}
+	r, err := p.backend.Generate(ctx, req)
+	return r, h.check(ctx, "generate", p, err)
+}
+
 // ReleaseCache implements Backend. Releasing a cache of a crashed plugin
 // succeeds: it is already gone.
 func (h *Host) ReleaseCache(ctx context.Context, session, cacheID string) error {

@@ -102,6 +102,12 @@ func (t *tracing) Decode(ctx context.Context, req DecodeRequest) (r ForwardResul
 	return t.next.Decode(ctx, req)
 }
 
+func (t *tracing) Generate(ctx context.Context, req GenerateRequest) (r GenerateResult, err error) {
+	ctx, span := t.start(ctx, "Generate", attribute.Int("compute.batch", len(req.Batch)), attribute.String("compute.grammar", req.Grammar.Kind))
+	defer func() { end(span, err) }()
+	return t.next.Generate(ctx, req)
+}
+
 func (t *tracing) ReleaseCache(ctx context.Context, session, cacheID string) (err error) {
 	ctx, span := t.start(ctx, "ReleaseCache")
 	defer func() { end(span, err) }()
@@ -205,6 +211,11 @@ func (m *metrics) Decode(ctx context.Context, req DecodeRequest) (r ForwardResul
 	return m.next.Decode(ctx, req)
 }
 
+func (m *metrics) Generate(ctx context.Context, req GenerateRequest) (r GenerateResult, err error) {
+	defer func(t time.Time) { m.record(ctx, "Generate", t, err) }(time.Now())
+	return m.next.Generate(ctx, req)
+}
+
 func (m *metrics) ReleaseCache(ctx context.Context, session, cacheID string) (err error) {
 	defer func(t time.Time) { m.record(ctx, "ReleaseCache", t, err) }(time.Now())
 	return m.next.ReleaseCache(ctx, session, cacheID)
@@ -287,6 +298,13 @@ func (l *logging) Decode(ctx context.Context, req DecodeRequest) (r ForwardResul
 		l.log(ctx, slog.LevelDebug, "decode", t, err, "session", req.Session, "cache", req.CacheID)
 	}(time.Now())
 	return l.next.Decode(ctx, req)
+}
+
+func (l *logging) Generate(ctx context.Context, req GenerateRequest) (r GenerateResult, err error) {
+	defer func(t time.Time) {
+		l.log(ctx, slog.LevelDebug, "generate", t, err, "session", req.Session, "batch", len(req.Batch), "grammar", req.Grammar.Kind)
+	}(time.Now())
+	return l.next.Generate(ctx, req)
 }
 
 func (l *logging) ReleaseCache(ctx context.Context, session, cacheID string) (err error) {

@@ -142,7 +142,7 @@ func (b *Backend) Describe(ctx context.Context) (compute.Description, error) {
 		CanTrain:     true,
 		CanAttention: true,
 		Dtypes:       loadDtypes,
-		Features:     append(model.AllFeatures(), compute.ObjectiveFeature(compute.ObjectiveGrounder)),
+		Features:     append(model.AllFeatures(), compute.ObjectiveFeature(compute.ObjectiveGrounder), compute.FeatureGenerate),
 	}, nil
 }
 

@@ -276,3 +276,16 @@ func (b *Backend) Unload(ctx context.Context, sessionID string) (err error) {
 	delete(b.sessions, sessionID)
 	return nil
 }
+
+// Generate decodes in process with the host's loop (model.DecodeLoop)
+// over this backend's own Prefill and Decode: a box answer is one call
+// from the host instead of a round trip per token with full logits.
+func (b *Backend) Generate(ctx context.Context, req compute.GenerateRequest) (res compute.GenerateResult, err error) {
+	ctx, span := b.tracer.Start(ctx, "gomlx.Generate", trace.WithAttributes(attribute.Int("batch", len(req.Batch)), attribute.String("grammar", req.Grammar.Kind)))
+	defer func() { endSpan(span, err) }()
+	s, err := b.session(req.Session)
+	if err != nil {
+		return res, fmt.Errorf("generate: %w", err)
+	}
+	return model.DecodeLoop(ctx, b, s.net.cfg, req)
+}

@@ -187,6 +187,7 @@ func RunConformance(t *testing.T, h Harness) {
 	}
 	t.Run("SameLogitsAcrossLoads", s.testSameLogits)
 	t.Run("PrefillDecode", s.testPrefillDecode)
+	t.Run("Generate", s.testGenerate)
 	t.Run("InferenceErrors", s.testInferenceErrors)
 	if h.ReferenceLogits != "" {
 		t.Run("Reference", s.testReference)
@@ -796,4 +797,54 @@ func fileSHA256(path string) (string, int64, error) {
 		return "", 0, fmt.Errorf("hash %s: %w", path, err)
 	}
 	return hex.EncodeToString(h.Sum(nil)), n, nil
+}
+
+// testGenerate holds a backend that declares compute.FeatureGenerate to
+// the host's loop: its Generate gives the answers (tokens, finish reasons,
+// attention) that model.DecodeLoop gives over its Prefill and Decode.
+func (s *suite) testGenerate(t *testing.T) {
+	if !slices.Contains(s.desc.Features, compute.FeatureGenerate) {
+		t.Skip("the backend does not declare " + compute.FeatureGenerate + ": hosts run the decode loop over Prefill and Decode")
+	}
+	ctx := s.h.ctx(t)
+	sess, err := s.b.Load(ctx, compute.LoadRequest{ModelConfig: s.h.ModelConfig, Checkpoint: s.ckpt})
+	if err != nil {
+		t.Fatalf("Load: %v", err)
+	}
+	defer s.b.Unload(ctx, sess.Session)
+	var batch []compute.Sequence
+	for _, p := range Prompts(s.cfg) {
+		batch = append(batch, p.Sequence(0))
+	}
+	for _, g := range []compute.Grammar{{Kind: compute.GrammarNone}, {Kind: compute.GrammarYesNo}} {
+		req := compute.GenerateRequest{Session: sess.Session, Batch: batch, Grammar: g, MaxNew: 4, WantAttention: s.desc.CanAttention}
+		got, err := s.b.Generate(ctx, req)
+		if err != nil {
+			t.Fatalf("Generate (grammar %q): %v", g.Kind, err)
+		}
+		want, err := model.DecodeLoop(ctx, s.b, s.cfg, req)
+		if err != nil {
+			t.Fatalf("host loop (grammar %q): %v", g.Kind, err)
+		}
+		if len(got.Answers) != len(want.Answers) {
+			t.Fatalf("grammar %q: %d answers, the host loop %d", g.Kind, len(got.Answers), len(want.Answers))
+		}
+		for i := range want.Answers {
+			ga, wa := got.Answers[i], want.Answers[i]
+			if !slices.Equal(ga.Tokens, wa.Tokens) || ga.Finish != wa.Finish {
+				t.Errorf("grammar %q answer %d: %v (%s), the host loop %v (%s)", g.Kind, i, ga.Tokens, ga.Finish, wa.Tokens, wa.Finish)
+			}
+			if err := CompareLogits(ga.Attention, wa.Attention, s.h.Tolerance, s.h.Tolerance); err != nil {
+				t.Errorf("grammar %q answer %d attention: %v", g.Kind, i, err)
+			}
+		}
+	}
+	_, err = s.b.Generate(ctx, compute.GenerateRequest{Session: sess.Session, Batch: batch, Grammar: compute.Grammar{Kind: "regex"}})
+	if !errors.Is(err, compute.ErrInvalidArgument) {
+		t.Errorf("Generate with an unknown grammar: %v; want ErrInvalidArgument", err)
+	}
+	_, err = s.b.Generate(ctx, compute.GenerateRequest{Session: "no-such-session", Batch: batch})
+	if !errors.Is(err, compute.ErrNotFound) {
+		t.Errorf("Generate on an unknown session: %v; want ErrNotFound", err)
+	}
 }

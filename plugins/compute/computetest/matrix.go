@@ -474,13 +474,30 @@ func runCell(ctx context.Context, b compute.Backend, desc compute.Description, c
 				opts    model.GenerateOptions
 			}{"yesno_from_head", prompts("is there a red square <image>", "is there a blue square <image>"), model.GenerateOptions{Constraint: model.ConstraintYesNo, YesNoFromHead: true}})
 	}
+	inBackend := slices.Contains(desc.Features, compute.FeatureGenerate)
 	for _, g := range grammars {
-		gens, err := gen.Generate(ctx, g.prompts, g.opts)
+		// The host's loop over Prefill and Decode is the reference; a
+		// backend's own Generate must give the same answers.
+		hostOpts := g.opts
+		hostOpts.HostLoop = true
+		gens, err := gen.Generate(ctx, g.prompts, hostOpts)
 		if err != nil {
 			return nil, fmt.Errorf("generate %s: %w", g.name, err)
 		}
 		for _, x := range gens {
 			ref.Answers[g.name] = append(ref.Answers[g.name], x.Text)
+		}
+		if !inBackend {
+			continue
+		}
+		own, err := gen.Generate(ctx, g.prompts, g.opts)
+		if err != nil {
+			return nil, fmt.Errorf("generate %s in the backend: %w", g.name, err)
+		}
+		for i, x := range own {
+			if x.Text != gens[i].Text {
+				return nil, fmt.Errorf("generate %s: the backend's Generate answers %q, the host loop %q", g.name, x.Text, gens[i].Text)
+			}
 		}
 	}
 

@@ -69,7 +69,7 @@ type toySession struct {
 func (b *Toy) Describe(context.Context) (compute.Description, error) {
 	features := b.opts.Features
 	if features == nil {
-		features = model.AllFeatures()
+		features = append(model.AllFeatures(), compute.FeatureGenerate)
 	}
 	return compute.Description{Backend: "toy", Version: "1", Devices: []string{"cpu"}, CanTrain: true, Dtypes: []string{"float32"}, Features: features}, nil
 }
@@ -634,4 +634,16 @@ func (b *Toy) Unload(_ context.Context, session string) error {
 	}
 	delete(b.sessions, session)
 	return nil
+}
+
+// Generate implements compute.Backend with the host's loop
+// (model.DecodeLoop) over the toy's own Prefill and Decode.
+func (b *Toy) Generate(ctx context.Context, req compute.GenerateRequest) (compute.GenerateResult, error) {
+	b.mu.Lock()
+	s, err := b.session("generate", req.Session)
+	b.mu.Unlock()
+	if err != nil {
+		return compute.GenerateResult{}, err
+	}
+	return model.DecodeLoop(ctx, b, s.cfg, req)
 }

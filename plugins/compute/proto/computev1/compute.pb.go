@@ -1374,6 +1374,265 @@ func (*UnloadResponse) Descriptor() ([]byte, []int) {
 	return file_compute_proto_rawDescGZIP(), []int{19}
 }
 
+// Grammar restricts a generated answer: kind "" (free text), "box",
+// "yesno" or "digits" (one digit in lo..hi).
+type Grammar struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Kind          string                 `protobuf:"bytes,1,opt,name=kind,proto3" json:"kind,omitempty"`
+	Lo            int32                  `protobuf:"varint,2,opt,name=lo,proto3" json:"lo,omitempty"`
+	Hi            int32                  `protobuf:"varint,3,opt,name=hi,proto3" json:"hi,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Grammar) Reset() {
+	*x = Grammar{}
+	mi := &file_compute_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Grammar) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Grammar) ProtoMessage() {}
+
+func (x *Grammar) ProtoReflect() protoreflect.Message {
+	mi := &file_compute_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Grammar.ProtoReflect.Descriptor instead.
+func (*Grammar) Descriptor() ([]byte, []int) {
+	return file_compute_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *Grammar) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *Grammar) GetLo() int32 {
+	if x != nil {
+		return x.Lo
+	}
+	return 0
+}
+
+func (x *Grammar) GetHi() int32 {
+	if x != nil {
+		return x.Hi
+	}
+	return 0
+}
+
+type GenerateRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Session       string                 `protobuf:"bytes,1,opt,name=session,proto3" json:"session,omitempty"`
+	Batch         []*Sequence            `protobuf:"bytes,2,rep,name=batch,proto3" json:"batch,omitempty"`
+	Grammar       *Grammar               `protobuf:"bytes,3,opt,name=grammar,proto3" json:"grammar,omitempty"`
+	MaxNew        int32                  `protobuf:"varint,4,opt,name=max_new,json=maxNew,proto3" json:"max_new,omitempty"`
+	BoxFromHead   bool                   `protobuf:"varint,5,opt,name=box_from_head,json=boxFromHead,proto3" json:"box_from_head,omitempty"`
+	YesNoFromHead bool                   `protobuf:"varint,6,opt,name=yes_no_from_head,json=yesNoFromHead,proto3" json:"yes_no_from_head,omitempty"`
+	WantAttention bool                   `protobuf:"varint,7,opt,name=want_attention,json=wantAttention,proto3" json:"want_attention,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GenerateRequest) Reset() {
+	*x = GenerateRequest{}
+	mi := &file_compute_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GenerateRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GenerateRequest) ProtoMessage() {}
+
+func (x *GenerateRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_compute_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GenerateRequest.ProtoReflect.Descriptor instead.
+func (*GenerateRequest) Descriptor() ([]byte, []int) {
+	return file_compute_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *GenerateRequest) GetSession() string {
+	if x != nil {
+		return x.Session
+	}
+	return ""
+}
+
+func (x *GenerateRequest) GetBatch() []*Sequence {
+	if x != nil {
+		return x.Batch
+	}
+	return nil
+}
+
+func (x *GenerateRequest) GetGrammar() *Grammar {
+	if x != nil {
+		return x.Grammar
+	}
+	return nil
+}
+
+func (x *GenerateRequest) GetMaxNew() int32 {
+	if x != nil {
+		return x.MaxNew
+	}
+	return 0
+}
+
+func (x *GenerateRequest) GetBoxFromHead() bool {
+	if x != nil {
+		return x.BoxFromHead
+	}
+	return false
+}
+
+func (x *GenerateRequest) GetYesNoFromHead() bool {
+	if x != nil {
+		return x.YesNoFromHead
+	}
+	return false
+}
+
+func (x *GenerateRequest) GetWantAttention() bool {
+	if x != nil {
+		return x.WantAttention
+	}
+	return false
+}
+
+type GeneratedAnswer struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Tokens []int32                `protobuf:"varint,1,rep,packed,name=tokens,proto3" json:"tokens,omitempty"`
+	Finish string                 `protobuf:"bytes,2,opt,name=finish,proto3" json:"finish,omitempty"`
+	// [tokens][patches], when requested.
+	Attention     *Matrix `protobuf:"bytes,3,opt,name=attention,proto3" json:"attention,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GeneratedAnswer) Reset() {
+	*x = GeneratedAnswer{}
+	mi := &file_compute_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GeneratedAnswer) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GeneratedAnswer) ProtoMessage() {}
+
+func (x *GeneratedAnswer) ProtoReflect() protoreflect.Message {
+	mi := &file_compute_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GeneratedAnswer.ProtoReflect.Descriptor instead.
+func (*GeneratedAnswer) Descriptor() ([]byte, []int) {
+	return file_compute_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *GeneratedAnswer) GetTokens() []int32 {
+	if x != nil {
+		return x.Tokens
+	}
+	return nil
+}
+
+func (x *GeneratedAnswer) GetFinish() string {
+	if x != nil {
+		return x.Finish
+	}
+	return ""
+}
+
+func (x *GeneratedAnswer) GetAttention() *Matrix {
+	if x != nil {
+		return x.Attention
+	}
+	return nil
+}
+
+type GenerateResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Answers       []*GeneratedAnswer     `protobuf:"bytes,1,rep,name=answers,proto3" json:"answers,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GenerateResponse) Reset() {
+	*x = GenerateResponse{}
+	mi := &file_compute_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GenerateResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GenerateResponse) ProtoMessage() {}
+
+func (x *GenerateResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_compute_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GenerateResponse.ProtoReflect.Descriptor instead.
+func (*GenerateResponse) Descriptor() ([]byte, []int) {
+	return file_compute_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *GenerateResponse) GetAnswers() []*GeneratedAnswer {
+	if x != nil {
+		return x.Answers
+	}
+	return nil
+}
+
 var File_compute_proto protoreflect.FileDescriptor
 
 const file_compute_proto_rawDesc = "" +
@@ -1482,7 +1741,25 @@ const file_compute_proto_rawDesc = "" +
 	"\x14ReleaseCacheResponse\")\n" +
 	"\rUnloadRequest\x12\x18\n" +
 	"\asession\x18\x01 \x01(\tR\asession\"\x10\n" +
-	"\x0eUnloadResponse2\xfc\x04\n" +
+	"\x0eUnloadResponse\"=\n" +
+	"\aGrammar\x12\x12\n" +
+	"\x04kind\x18\x01 \x01(\tR\x04kind\x12\x0e\n" +
+	"\x02lo\x18\x02 \x01(\x05R\x02lo\x12\x0e\n" +
+	"\x02hi\x18\x03 \x01(\x05R\x02hi\"\xa9\x02\n" +
+	"\x0fGenerateRequest\x12\x18\n" +
+	"\asession\x18\x01 \x01(\tR\asession\x125\n" +
+	"\x05batch\x18\x02 \x03(\v2\x1f.groundmesh.compute.v1.SequenceR\x05batch\x128\n" +
+	"\agrammar\x18\x03 \x01(\v2\x1e.groundmesh.compute.v1.GrammarR\agrammar\x12\x17\n" +
+	"\amax_new\x18\x04 \x01(\x05R\x06maxNew\x12\"\n" +
+	"\rbox_from_head\x18\x05 \x01(\bR\vboxFromHead\x12'\n" +
+	"\x10yes_no_from_head\x18\x06 \x01(\bR\ryesNoFromHead\x12%\n" +
+	"\x0ewant_attention\x18\a \x01(\bR\rwantAttention\"~\n" +
+	"\x0fGeneratedAnswer\x12\x16\n" +
+	"\x06tokens\x18\x01 \x03(\x05R\x06tokens\x12\x16\n" +
+	"\x06finish\x18\x02 \x01(\tR\x06finish\x12;\n" +
+	"\tattention\x18\x03 \x01(\v2\x1d.groundmesh.compute.v1.MatrixR\tattention\"T\n" +
+	"\x10GenerateResponse\x12@\n" +
+	"\aanswers\x18\x01 \x03(\v2&.groundmesh.compute.v1.GeneratedAnswerR\aanswers2\xd9\x05\n" +
 	"\aCompute\x12[\n" +
 	"\bDescribe\x12&.groundmesh.compute.v1.DescribeRequest\x1a'.groundmesh.compute.v1.DescribeResponse\x12Q\n" +
 	"\x05Train\x12#.groundmesh.compute.v1.TrainRequest\x1a!.groundmesh.compute.v1.TrainEvent0\x01\x12O\n" +
@@ -1490,7 +1767,8 @@ const file_compute_proto_rawDesc = "" +
 	"\aPrefill\x12%.groundmesh.compute.v1.PrefillRequest\x1a&.groundmesh.compute.v1.ForwardResponse\x12V\n" +
 	"\x06Decode\x12$.groundmesh.compute.v1.DecodeRequest\x1a&.groundmesh.compute.v1.ForwardResponse\x12g\n" +
 	"\fReleaseCache\x12*.groundmesh.compute.v1.ReleaseCacheRequest\x1a+.groundmesh.compute.v1.ReleaseCacheResponse\x12U\n" +
-	"\x06Unload\x12$.groundmesh.compute.v1.UnloadRequest\x1a%.groundmesh.compute.v1.UnloadResponseBBZ@github.com/groundmesh/groundmesh/plugins/compute/proto/computev1b\x06proto3"
+	"\x06Unload\x12$.groundmesh.compute.v1.UnloadRequest\x1a%.groundmesh.compute.v1.UnloadResponse\x12[\n" +
+	"\bGenerate\x12&.groundmesh.compute.v1.GenerateRequest\x1a'.groundmesh.compute.v1.GenerateResponseBBZ@github.com/groundmesh/groundmesh/plugins/compute/proto/computev1b\x06proto3"
 
 var (
 	file_compute_proto_rawDescOnce sync.Once
@@ -1504,7 +1782,7 @@ func file_compute_proto_rawDescGZIP() []byte {
 	return file_compute_proto_rawDescData
 }
 
-var file_compute_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
+var file_compute_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
 var file_compute_proto_goTypes = []any{
 	(*DescribeRequest)(nil),      // 0: groundmesh.compute.v1.DescribeRequest
 	(*DescribeResponse)(nil),     // 1: groundmesh.compute.v1.DescribeResponse
@@ -1526,6 +1804,10 @@ var file_compute_proto_goTypes = []any{
 	(*ReleaseCacheResponse)(nil), // 17: groundmesh.compute.v1.ReleaseCacheResponse
 	(*UnloadRequest)(nil),        // 18: groundmesh.compute.v1.UnloadRequest
 	(*UnloadResponse)(nil),       // 19: groundmesh.compute.v1.UnloadResponse
+	(*Grammar)(nil),              // 20: groundmesh.compute.v1.Grammar
+	(*GenerateRequest)(nil),      // 21: groundmesh.compute.v1.GenerateRequest
+	(*GeneratedAnswer)(nil),      // 22: groundmesh.compute.v1.GeneratedAnswer
+	(*GenerateResponse)(nil),     // 23: groundmesh.compute.v1.GenerateResponse
 }
 var file_compute_proto_depIdxs = []int32{
 	3,  // 0: groundmesh.compute.v1.TrainProgress.checkpoint:type_name -> groundmesh.compute.v1.Checkpoint
@@ -1537,25 +1819,31 @@ var file_compute_proto_depIdxs = []int32{
 	13, // 6: groundmesh.compute.v1.ForwardResponse.logits:type_name -> groundmesh.compute.v1.Matrix
 	13, // 7: groundmesh.compute.v1.ForwardResponse.attention:type_name -> groundmesh.compute.v1.Matrix
 	15, // 8: groundmesh.compute.v1.ForwardResponse.head_boxes:type_name -> groundmesh.compute.v1.HeadBox
-	0,  // 9: groundmesh.compute.v1.Compute.Describe:input_type -> groundmesh.compute.v1.DescribeRequest
-	2,  // 10: groundmesh.compute.v1.Compute.Train:input_type -> groundmesh.compute.v1.TrainRequest
-	7,  // 11: groundmesh.compute.v1.Compute.Load:input_type -> groundmesh.compute.v1.LoadRequest
-	11, // 12: groundmesh.compute.v1.Compute.Prefill:input_type -> groundmesh.compute.v1.PrefillRequest
-	12, // 13: groundmesh.compute.v1.Compute.Decode:input_type -> groundmesh.compute.v1.DecodeRequest
-	16, // 14: groundmesh.compute.v1.Compute.ReleaseCache:input_type -> groundmesh.compute.v1.ReleaseCacheRequest
-	18, // 15: groundmesh.compute.v1.Compute.Unload:input_type -> groundmesh.compute.v1.UnloadRequest
-	1,  // 16: groundmesh.compute.v1.Compute.Describe:output_type -> groundmesh.compute.v1.DescribeResponse
-	6,  // 17: groundmesh.compute.v1.Compute.Train:output_type -> groundmesh.compute.v1.TrainEvent
-	8,  // 18: groundmesh.compute.v1.Compute.Load:output_type -> groundmesh.compute.v1.LoadResponse
-	14, // 19: groundmesh.compute.v1.Compute.Prefill:output_type -> groundmesh.compute.v1.ForwardResponse
-	14, // 20: groundmesh.compute.v1.Compute.Decode:output_type -> groundmesh.compute.v1.ForwardResponse
-	17, // 21: groundmesh.compute.v1.Compute.ReleaseCache:output_type -> groundmesh.compute.v1.ReleaseCacheResponse
-	19, // 22: groundmesh.compute.v1.Compute.Unload:output_type -> groundmesh.compute.v1.UnloadResponse
-	16, // [16:23] is the sub-list for method output_type
-	9,  // [9:16] is the sub-list for method input_type
-	9,  // [9:9] is the sub-list for extension type_name
-	9,  // [9:9] is the sub-list for extension extendee
-	0,  // [0:9] is the sub-list for field type_name
+	10, // 9: groundmesh.compute.v1.GenerateRequest.batch:type_name -> groundmesh.compute.v1.Sequence
+	20, // 10: groundmesh.compute.v1.GenerateRequest.grammar:type_name -> groundmesh.compute.v1.Grammar
+	13, // 11: groundmesh.compute.v1.GeneratedAnswer.attention:type_name -> groundmesh.compute.v1.Matrix
+	22, // 12: groundmesh.compute.v1.GenerateResponse.answers:type_name -> groundmesh.compute.v1.GeneratedAnswer
+	0,  // 13: groundmesh.compute.v1.Compute.Describe:input_type -> groundmesh.compute.v1.DescribeRequest
+	2,  // 14: groundmesh.compute.v1.Compute.Train:input_type -> groundmesh.compute.v1.TrainRequest
+	7,  // 15: groundmesh.compute.v1.Compute.Load:input_type -> groundmesh.compute.v1.LoadRequest
+	11, // 16: groundmesh.compute.v1.Compute.Prefill:input_type -> groundmesh.compute.v1.PrefillRequest
+	12, // 17: groundmesh.compute.v1.Compute.Decode:input_type -> groundmesh.compute.v1.DecodeRequest
+	16, // 18: groundmesh.compute.v1.Compute.ReleaseCache:input_type -> groundmesh.compute.v1.ReleaseCacheRequest
+	18, // 19: groundmesh.compute.v1.Compute.Unload:input_type -> groundmesh.compute.v1.UnloadRequest
+	21, // 20: groundmesh.compute.v1.Compute.Generate:input_type -> groundmesh.compute.v1.GenerateRequest
+	1,  // 21: groundmesh.compute.v1.Compute.Describe:output_type -> groundmesh.compute.v1.DescribeResponse
+	6,  // 22: groundmesh.compute.v1.Compute.Train:output_type -> groundmesh.compute.v1.TrainEvent
+	8,  // 23: groundmesh.compute.v1.Compute.Load:output_type -> groundmesh.compute.v1.LoadResponse
+	14, // 24: groundmesh.compute.v1.Compute.Prefill:output_type -> groundmesh.compute.v1.ForwardResponse
+	14, // 25: groundmesh.compute.v1.Compute.Decode:output_type -> groundmesh.compute.v1.ForwardResponse
+	17, // 26: groundmesh.compute.v1.Compute.ReleaseCache:output_type -> groundmesh.compute.v1.ReleaseCacheResponse
+	19, // 27: groundmesh.compute.v1.Compute.Unload:output_type -> groundmesh.compute.v1.UnloadResponse
+	23, // 28: groundmesh.compute.v1.Compute.Generate:output_type -> groundmesh.compute.v1.GenerateResponse
+	21, // [21:29] is the sub-list for method output_type
+	13, // [13:21] is the sub-list for method input_type
+	13, // [13:13] is the sub-list for extension type_name
+	13, // [13:13] is the sub-list for extension extendee
+	0,  // [0:13] is the sub-list for field type_name
 }
 
 func init() { file_compute_proto_init() }
@@ -1573,7 +1861,7 @@ func file_compute_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_compute_proto_rawDesc), len(file_compute_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   20,
+			NumMessages:   24,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

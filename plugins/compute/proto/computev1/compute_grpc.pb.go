@@ -34,6 +34,7 @@ const (
 	Compute_Decode_FullMethodName       = "/groundmesh.compute.v1.Compute/Decode"
 	Compute_ReleaseCache_FullMethodName = "/groundmesh.compute.v1.Compute/ReleaseCache"
 	Compute_Unload_FullMethodName       = "/groundmesh.compute.v1.Compute/Unload"
+	Compute_Generate_FullMethodName     = "/groundmesh.compute.v1.Compute/Generate"
 )
 
 // ComputeClient is the client API for Compute service.
@@ -57,6 +58,9 @@ type ComputeClient interface {
 	ReleaseCache(ctx context.Context, in *ReleaseCacheRequest, opts ...grpc.CallOption) (*ReleaseCacheResponse, error)
 	// Unload frees a session.
 	Unload(ctx context.Context, in *UnloadRequest, opts ...grpc.CallOption) (*UnloadResponse, error)
+	// Generate decodes an answer per sequence under a grammar inside the
+	// plugin (backends that declare the "generate" feature).
+	Generate(ctx context.Context, in *GenerateRequest, opts ...grpc.CallOption) (*GenerateResponse, error)
 }
 
 type computeClient struct {
@@ -146,6 +150,16 @@ func (c *computeClient) Unload(ctx context.Context, in *UnloadRequest, opts ...g
 	return out, nil
 }
 
+func (c *computeClient) Generate(ctx context.Context, in *GenerateRequest, opts ...grpc.CallOption) (*GenerateResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GenerateResponse)
+	err := c.cc.Invoke(ctx, Compute_Generate_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ComputeServer is the server API for Compute service.
 // All implementations must embed UnimplementedComputeServer
 // for forward compatibility.
@@ -167,6 +181,9 @@ type ComputeServer interface {
 	ReleaseCache(context.Context, *ReleaseCacheRequest) (*ReleaseCacheResponse, error)
 	// Unload frees a session.
 	Unload(context.Context, *UnloadRequest) (*UnloadResponse, error)
+	// Generate decodes an answer per sequence under a grammar inside the
+	// plugin (backends that declare the "generate" feature).
+	Generate(context.Context, *GenerateRequest) (*GenerateResponse, error)
 	mustEmbedUnimplementedComputeServer()
 }
 
@@ -197,6 +214,9 @@ func (UnimplementedComputeServer) ReleaseCache(context.Context, *ReleaseCacheReq
 }
 func (UnimplementedComputeServer) Unload(context.Context, *UnloadRequest) (*UnloadResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Unload not implemented")
+}
+func (UnimplementedComputeServer) Generate(context.Context, *GenerateRequest) (*GenerateResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Generate not implemented")
 }
 func (UnimplementedComputeServer) mustEmbedUnimplementedComputeServer() {}
 func (UnimplementedComputeServer) testEmbeddedByValue()                 {}
@@ -338,6 +358,24 @@ func _Compute_Unload_Handler(srv interface{}, ctx context.Context, dec func(inte
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Compute_Generate_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GenerateRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ComputeServer).Generate(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Compute_Generate_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ComputeServer).Generate(ctx, req.(*GenerateRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Compute_ServiceDesc is the grpc.ServiceDesc for Compute service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -368,6 +406,10 @@ var Compute_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Unload",
 			Handler:    _Compute_Unload_Handler,
+		},
+		{
+			MethodName: "Generate",
+			Handler:    _Compute_Generate_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
