@@ -4,7 +4,6 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
-	"fmt"
 	"math"
 	"strings"
 )
@@ -72,123 +71,22 @@ func (p ParamSpec) Size() int64 {
 func (c Config) MLPHidden(w int) int { return int(math.Round(float64(w) * c.MLPRatio)) }
 
 // Params lists every parameter of the model with its canonical name and
-// shape, in a fixed order. Every backend names its tensors (weights and
-// optimizer state) this way, so that checkpoints move between backends and
-// stage prefixes select the same parameters everywhere.
+// shape, in the order the definition (net.go) first reads them: it is
+// derived by running a training step of the definition, with every loss c
+// turns on, over shapes (no parameter is listed by hand). Every backend
+// names its tensors (weights and optimizer state) this way, so that
+// checkpoints move between backends and stage prefixes select the same
+// parameters everywhere.
 //
 // The projector maps vision_width -> width -> width (fc1, GELU, fc2). The
 // attention of each block is a fused qkv projection [w, 3w] (q, k, v
 // concatenated in that order along the output axis, heads contiguous within
 // each) and an output projection "attn.out".
 func (c Config) Params() []ParamSpec {
-	var ps []ParamSpec
-	add := func(name string, shape ...int) { ps = append(ps, ParamSpec{Name: name, Shape: shape}) }
-	block := func(prefix string, w int) {
-		h := c.MLPHidden(w)
-		add(prefix+".ln1.w", w)
-		add(prefix+".ln1.b", w)
-		add(prefix+".attn.qkv.w", w, 3*w)
-		add(prefix+".attn.qkv.b", 3*w)
-		add(prefix+".attn.out.w", w, w)
-		add(prefix+".attn.out.b", w)
-		add(prefix+".ln2.w", w)
-		add(prefix+".ln2.b", w)
-		add(prefix+".mlp.fc1.w", w, h)
-		add(prefix+".mlp.fc1.b", h)
-		add(prefix+".mlp.fc2.w", h, w)
-		add(prefix+".mlp.fc2.b", w)
+	ps, err := deriveParams(c)
+	if err != nil {
+		panic(err) // a definition that does not fit a config is a bug
 	}
-	vw, w := c.VisionWidth, c.Width
-	if c.Grounder {
-		add("grounder.text.pos", c.MaxSeq, w)
-		block("grounder.text.block", w)
-		add("grounder.text.query", c.GrounderQueries, w)
-		add("grounder.text.proj.w", c.GrounderQueries*w, w)
-		add("grounder.text.proj.b", w)
-		add("grounder.text.ln.w", w)
-		add("grounder.text.ln.b", w)
-		strides, chans := c.GrounderConvs()
-		in := 12 // the 2x2 space-to-depth fold of RGB
-		for i := range strides {
-			add(fmt.Sprintf("grounder.conv.%d.w", i), 3, 3, in+2, chans[i])
-			add(fmt.Sprintf("grounder.conv.%d.b", i), chans[i])
-			add(fmt.Sprintf("grounder.film.%d.w", i), w, 2*chans[i])
-			add(fmt.Sprintf("grounder.film.%d.b", i), 2*chans[i])
-			in = chans[i]
-		}
-		for i := range c.GrounderGridDepth {
-			block(fmt.Sprintf("grounder.grid.blocks.%d", i), vw)
-		}
-		if c.GrounderCellWords {
-			add("grounder.words.w", vw, w)
-			add("grounder.words.b", w)
-			add("grounder.words.vocab_b", c.VocabSize)
-		}
-		add("grounder.match.q.w", w, vw)
-		add("grounder.match.k.w", vw, vw)
-		add("grounder.head.fc1.w", vw+2, vw)
-		add("grounder.head.fc1.b", vw)
-		add("grounder.head.out.w", vw, 5)
-		add("grounder.head.out.b", 5)
-	} else if chans := c.StemChannels(); chans != nil {
-		in := 3
-		for i, out := range chans {
-			add(fmt.Sprintf("vision.stem.%d.w", i), 3, 3, in, out)
-			add(fmt.Sprintf("vision.stem.%d.b", i), out)
-			in = out
-		}
-		add("vision.patch_embed.w", in, vw)
-	} else {
-		add("vision.patch_embed.w", c.PatchSize*c.PatchSize*3, vw)
-	}
-	if !c.Grounder {
-		add("vision.patch_embed.b", vw)
-		add("vision.pos", c.Patches(), vw)
-	}
-	for i := range c.VisionDepth {
-		block(fmt.Sprintf("vision.blocks.%d", i), vw)
-	}
-	add("vision.ln_f.w", vw)
-	add("vision.ln_f.b", vw)
-	add("projector.fc1.w", vw, w)
-	add("projector.fc1.b", w)
-	add("projector.fc2.w", w, w)
-	add("projector.fc2.b", w)
-	add("embed.tokens", c.VocabSize, w)
-	add("embed.pos", c.MaxSeq, w)
-	if c.PatchPositions {
-		add("embed.patch_pos", c.Patches(), w)
-	}
-	if c.TextFusion {
-		add("fusion.ln.w", w)
-		add("fusion.ln.b", w)
-		add("fusion.w", w, 2*vw)
-		add("fusion.b", 2*vw)
-		if c.FusionAttention {
-			add("fusion.query", w)
-		}
-	}
-	if c.GroundLossWeight > 0 {
-		add("ground.ln.w", w)
-		add("ground.ln.b", w)
-		add("ground.w", w, 1)
-		add("ground.b", 1)
-		if c.GroundReadout {
-			add("readout.w", w, w)
-		}
-	}
-	if c.BoxLossWeight > 0 {
-		add("box.ln.w", w)
-		add("box.ln.b", w)
-		add("box.w", w, 4)
-		add("box.b", 4)
-	}
-	for i := range c.Depth {
-		block(fmt.Sprintf("lm.blocks.%d", i), w)
-	}
-	add("lm.ln_f.w", w)
-	add("lm.ln_f.b", w)
-	add("lm_head.w", w, c.VocabSize)
 	return ps
 }
 

@@ -29,6 +29,7 @@ import (
 
 	gomlxcompute "github.com/gomlx/compute"
 	"github.com/gomlx/compute/gobackend"
+	"github.com/gomlx/gomlx/core/graph"
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/trace"
 
@@ -74,10 +75,27 @@ type Backend struct {
 
 // faults are deliberate errors, each in one operation of the model.
 type faults struct {
-	// ignorePatchPositions adds a patch position's sequence position
-	// instead of embed.patch_pos (Config.PatchPositions), in training and
-	// inference alike.
+	// ignorePatchPositions reads embed.patch_pos (Config.PatchPositions)
+	// as zeros, in training and inference alike.
 	ignorePatchPositions bool
+}
+
+// wrap returns o with the faults in its operations.
+func (f faults) wrap(o *ops) model.Ops[*graph.Node] {
+	if f.ignorePatchPositions {
+		return zeroPatchPositions{o}
+	}
+	return o
+}
+
+type zeroPatchPositions struct{ *ops }
+
+func (z zeroPatchPositions) Param(name string, shape ...int) *graph.Node {
+	p := z.ops.Param(name, shape...)
+	if name == "embed.patch_pos" {
+		return graph.ZerosLike(p)
+	}
+	return p
 }
 
 var _ compute.Backend = (*Backend)(nil)

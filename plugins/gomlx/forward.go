@@ -21,7 +21,6 @@ type blockWeights struct {
 // netWeights holds every parameter, sliced for the forward pass.
 type netWeights struct {
 	cfg                        model.Config
-	faults                     faults
 	patchW, patchB, vpos       []float32
 	vblocks                    []blockWeights
 	vlnW, vlnB                 []float32
@@ -372,7 +371,7 @@ func (n *netWeights) fusionWeight(e []float32) float32 {
 	for i, v := range e {
 		s += n.fuseQuery[i] * v
 	}
-	return float32(math.Exp(float64(min(max(s, -fusionScoreClip), fusionScoreClip))))
+	return float32(math.Exp(float64(min(max(s, -model.FusionScoreClip), model.FusionScoreClip))))
 }
 
 // seqCache is one sequence's KV cache.
@@ -422,7 +421,7 @@ func (n *netWeights) embed(tokens []int32, pos0 int, feats []float32, featRows i
 		p := n.pos[(pos0+t)*w : (pos0+t+1)*w]
 		if tok == c.PatchToken && next < featRows {
 			sc.rowImg = append(sc.rowImg, next/c.Patches())
-			if c.PatchPositions && !n.faults.ignorePatchPositions {
+			if c.PatchPositions {
 				k := next % c.Patches() // this patch's index in its image
 				p = n.patchPos[k*w : (k+1)*w]
 			}

@@ -15,7 +15,7 @@ import (
 )
 
 // grounderRunner runs Config.Grounder's encoder and head for inference
-// from the same graph functions that training differentiates (grounder.go),
+// from the model's one definition (model.Net), which training differentiates,
 // so the two cannot drift apart: per batch of prompts it returns the
 // projected patch features the plain-Go language model reads and, for
 // each prompt's first image, the box of the cell the pointer picks.
@@ -63,9 +63,8 @@ func (r *grounderRunner) graphFn(inputs []*graph.Node) []*graph.Node {
 		params[p.Name] = inputs[i]
 	}
 	in := inputs[len(r.specs):]
-	n := &netGraph{cfg: r.cfg, p: params, gin: grounderIn{textMask: in[1], imgRow: in[2]}}
-	feats := n.project(n.grounderFeatures(in[0], in[3]))
-	logits, boxes := n.head(n.grid)
+	net := model.NewNet[*graph.Node](newOps(inputs[0].Graph(), params), r.cfg)
+	feats, logits, boxes := net.Grounder(model.Inputs[*graph.Node]{Tokens: in[0], TextMask: in[1], ImgRow: in[2], Images: in[3]})
 	return []*graph.Node{feats, logits, boxes}
 }
 

@@ -57,8 +57,10 @@ func (b *Backend) Load(ctx context.Context, req compute.LoadRequest) (res comput
 	if err != nil {
 		return res, fmt.Errorf("load: %w", fileError(err))
 	}
+	if b.faults.ignorePatchPositions && cfg.PatchPositions {
+		st.weights["embed.patch_pos"] = make([]float32, len(st.weights["embed.patch_pos"]))
+	}
 	net := newNetWeights(cfg, st.weights)
-	net.faults = b.faults
 	sess := &session{net: net, caches: map[string]*kvCache{}}
 	if cfg.Grounder {
 		if sess.grounder, err = newGrounderRunner(b.ml, cfg, specs, st.weights); err != nil {

@@ -25,7 +25,7 @@ func TestTargetDistBoxLabelSmoothing(t *testing.T) {
 	targets := []int32{3, 10, 20, 30, 35} // text, first, middle, last box number, text
 	dist := func(c2 c2cfg) [][]float32 {
 		exec, err := graph.NewExec(b.ml, func(tgt *graph.Node) *graph.Node {
-			return (&netGraph{cfg: c2.Config}).targetDist(tgt)
+			return model.NewNet[*graph.Node](newOps(tgt.Graph(), nil), c2.Config).TargetDist(tgt)
 		})
 		if err != nil {
 			t.Fatal(err)
@@ -128,7 +128,7 @@ func TestGroundLoss(t *testing.T) {
 	gb := []float32{0.05}
 	tgt := []float32{0.8, 0, 0.5}
 	wt := []float32{1, 1, 0} // the third position carries no label
-	got := headLoss(t, b, "ground", lnW, lnB, gw, gb, mid, tgt, wt, (*netGraph).groundLoss)
+	got := headLoss(t, b, "ground", lnW, lnB, gw, gb, mid, tgt, wt, (*model.Net[*graph.Node]).GroundLoss)
 	var want, n float64
 	for p := range 3 {
 		z := float64(gb[0])
@@ -151,12 +151,12 @@ func TestGroundLoss(t *testing.T) {
 // over mid [1, 3, w], against the targets tgt [1, 3] (out 1) or [1, 3,
 // out], weighted by wt [1, 3].
 func headLoss(t *testing.T, b *Backend, prefix string, lnW, lnB, hw, hb, mid, tgt, wt []float32,
-	loss func(n *netGraph, mid, tgt, wt *graph.Node) *graph.Node) float64 {
+	loss func(n *model.Net[*graph.Node], mid, tgt, wt *graph.Node) *graph.Node) float64 {
 	t.Helper()
 	w, out := len(lnW), len(hb)
 	exec, err := graph.NewExec(b.ml, func(in []*graph.Node) *graph.Node {
-		n := &netGraph{p: map[string]*graph.Node{
-			prefix + ".ln.w": in[0], prefix + ".ln.b": in[1], prefix + ".w": in[2], prefix + ".b": in[3]}}
+		n := model.NewNet[*graph.Node](newOps(in[0].Graph(), map[string]*graph.Node{
+			prefix + ".ln.w": in[0], prefix + ".ln.b": in[1], prefix + ".w": in[2], prefix + ".b": in[3]}), model.Config{})
 		return loss(n, in[4], in[5], in[6])
 	})
 	if err != nil {
@@ -325,7 +325,7 @@ func TestBoxLoss(t *testing.T) {
 	bb := []float32{0.1, 0.2, 0.6, 0.7}
 	box := []float32{0.1, 0.2, 0.5, 0.6, 0.1, 0.2, 0.5, 0.6, 0, 0, 0, 0}
 	wt := []float32{1, 0.25, 0} // the third position is not covered
-	got := headLoss(t, b, "box", lnW, lnB, bw, bb, mid, box, wt, (*netGraph).boxLoss)
+	got := headLoss(t, b, "box", lnW, lnB, bw, bb, mid, box, wt, (*model.Net[*graph.Node]).BoxLoss)
 	var want, n float64
 	for p := range 3 {
 		ln := refLayerNorm(mid[p*w:(p+1)*w], lnW, lnB)

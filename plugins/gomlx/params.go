@@ -27,7 +27,7 @@ import (
 // Vision blocks attend over all patches of one image; language-model blocks
 // are causal. Every block is pre-LN: x += attn(ln1(x)); x += mlp(ln2(x)).
 
-const layerNormEps = 1e-5
+const layerNormEps = model.LayerNormEps
 
 // paramInit says how a parameter is initialized from the seed.
 type paramInit int

@@ -1,0 +1,237 @@
+package model
+
+import (
+	"fmt"
+	"math"
+)
+
+// Config.Grounder's part of the definition: the sentence vector, the
+// CoordConv tower with FiLM, the pointer-and-box head and its losses.
+
+// sentence is the sentence vector [B, Width] of each row: the text
+// positions textMask [B, T] marks, embedded, through one bidirectional
+// block over them and GrounderQueries attention pools. Only the first T
+// positions of tokens [B, L] are read: the marked text comes first, and an
+// unmarked position takes no part (its key is masked and it is not
+// pooled), so T only has to cover the longest marked text.
+func (n *Net[T]) sentence(tokens, textMask T) T {
+	o, c := n.o, n.c
+	l := o.Shape(textMask)[1]
+	tokens = o.Slice(tokens, Range{Axis: 1, From: 0, To: l})
+	b, w := o.Shape(tokens)[0], c.Width
+	x := o.Gather(n.embedTokens(), tokens) // [B, L, W]
+	x = o.Add(x, o.Reshape(o.Slice(o.Param("grounder.text.pos", c.MaxSeq, w), Range{Axis: 0, From: 0, To: l}), 1, l, w))
+	off := o.Scale(n.oneMinus(textMask), MaskedScore) // [B, L]: 0 on text
+	bias := o.Reshape(off, b, 1, 1, l)
+	x = n.block(x, "grounder.text.block", &bias)
+	scores := o.Einsum("blw,qw->bql", x, o.Param("grounder.text.query", c.GrounderQueries, w))
+	scores = o.Add(o.Scale(scores, 1/math.Sqrt(float64(w))), o.Reshape(off, b, 1, l))
+	pooled := o.Einsum("bql,blw->bqw", o.Softmax(scores), x)
+	pooled = o.Reshape(pooled, b, c.GrounderQueries*w)
+	return n.layerNorm(n.dense(pooled, "grounder.text.proj", w), "grounder.text.ln")
+}
+
+// instanceNorm normalizes x [K, S, S, C] per image and channel over the
+// S*S cells to zero mean and unit variance.
+func (n *Net[T]) instanceNorm(x T) T {
+	o := n.o
+	xc := o.Sub(x, o.ReduceMean(x, true, 1, 2))
+	v := o.ReduceMean(o.Square(xc), true, 1, 2)
+	return o.Div(xc, o.Sqrt(o.Shift(v, LayerNormEps)))
+}
+
+// coordChannels is [k, s, s, 2]: each cell's centre x and y in -1..1.
+func (n *Net[T]) coordChannels(k, s int) T {
+	o := n.o
+	norm := func(v T) T { return o.Shift(o.Scale(v, 2/float64(s)), 1/float64(s)-1) }
+	return o.Concat(-1, norm(o.Iota(2, k, s, s, 1)), norm(o.Iota(1, k, s, s, 1)))
+}
+
+// tower is the CoordConv tower over images [K, S, S, 3], each modulated by
+// its row's sentence vector sImg [K, Width]; it returns the grid [K, G, G,
+// VisionWidth].
+func (n *Net[T]) tower(images, sImg T) T {
+	o, c := n.o, n.c
+	d := o.Shape(images)
+	k, half := d[0], d[1]/2
+	strides, chans := c.GrounderConvs()
+	x := o.Reshape(images, k, half, 2, half, 2, 3)
+	x = o.Reshape(o.Transpose(x, 0, 1, 3, 2, 4, 5), k, half, half, 12) // 2x2 space to depth
+	for i, stride := range strides {
+		s := o.Shape(x)[1]
+		in := o.Concat(-1, x, n.coordChannels(k, s))
+		// Config.GrounderNorm's instance norm, not a per-cell norm over
+		// channels: that wiped out how strongly a cell responds (object or
+		// background); on the scene probe it did no better than none
+		// (Acc@0.5 0.207 against 0.252), where the instance norm did
+		// (docs/experiments.md).
+		y := n.conv3x3(in, fmt.Sprintf("grounder.conv.%d", i), chans[i], stride)
+		if c.GrounderNorm {
+			y = n.instanceNorm(y)
+		}
+		film := n.dense(sImg, fmt.Sprintf("grounder.film.%d", i), 2*chans[i]) // [K, 2C]
+		scale := o.Reshape(n.part(film, 0, chans[i]), k, 1, 1, chans[i])
+		shift := o.Reshape(n.part(film, chans[i], 2*chans[i]), k, 1, 1, chans[i])
+		y = o.Gelu(o.Add(o.Mul(y, o.Shift(scale, 1)), shift))
+		if stride == 1 {
+			y = o.Add(x, y)
+		}
+		x = y
+	}
+	if c.GrounderGridDepth > 0 {
+		dd := o.Shape(x)
+		s, ch := dd[1], dd[3]
+		x = o.Reshape(x, k, s*s, ch)
+		for i := range c.GrounderGridDepth {
+			x = n.block(x, fmt.Sprintf("grounder.grid.blocks.%d", i), nil)
+		}
+		x = o.Reshape(x, k, s, s, ch)
+	}
+	return x
+}
+
+// GrounderFeatures runs the sentence encoder and the tower over in
+// (Tokens, TextMask, ImgRow, Images), keeps the grids for the head, and
+// returns the patch features [K*P, VisionWidth] the language model reads
+// (after vision.ln_f, before the projector).
+func (n *Net[T]) GrounderFeatures(in Inputs[T]) T {
+	o, c := n.o, n.c
+	n.textMask, n.imgRow = in.TextMask, in.ImgRow
+	n.sImg = o.Gather(n.sentence(in.Tokens, in.TextMask), in.ImgRow)
+	n.grid = n.tower(in.Images, n.sImg)
+	n.haveGrid = true
+	k := o.Shape(in.Images)[0]
+	return n.layerNorm(o.Reshape(n.grid, k*c.Patches(), c.VisionWidth), "vision.ln_f")
+}
+
+// Head is the pointer-and-box head over the grids GrounderFeatures left:
+// pointer logits [K, P] and each cell's box [K, P, 4] (x1, y1, x2, y2 in
+// the padded square, the cell's centre minus and plus the predicted
+// distances).
+func (n *Net[T]) Head() (logits, boxes T) {
+	if !n.haveGrid {
+		panic("model: Net.Head before GrounderFeatures")
+	}
+	o, c := n.o, n.c
+	d := o.Shape(n.grid)
+	k, s, ch := d[0], d[1], d[3]
+	x := o.Concat(-1, n.grid, n.coordChannels(k, s))
+	x = n.dense(o.Gelu(n.dense(x, "grounder.head.fc1", c.VisionWidth)), "grounder.head.out", 5) // [K, G, G, 5]
+	x = o.Reshape(x, k, s*s, 5)
+	logits = n.index(x, -1, 0)
+	// Matching: each cell's key against the sentence's query, so that a
+	// cell scores by how well what it shows matches the words.
+	q := o.Dense(n.sImg, o.Param("grounder.match.q.w", c.Width, c.VisionWidth))                     // [K, D]
+	key := o.Dense(o.Reshape(n.grid, k, s*s, ch), o.Param("grounder.match.k.w", ch, c.VisionWidth)) // [K, P, D]
+	logits = o.Add(logits, o.Scale(o.Einsum("kpd,kd->kp", key, q), 1/math.Sqrt(float64(c.VisionWidth))))
+	// l, t, r, b: a cell's width times exp(z), FCOS style (one cell each
+	// side at initialization), clipped to stay finite.
+	dist := o.Scale(o.Exp(o.Clip(n.part(x, 1, 5), -4, 3)), 1/float64(s))
+	centre := o.Reshape(o.Scale(o.Shift(n.coordChannels(1, s), 1), 0.5), 1, s*s, 2) // 0..1
+	cx, cy := n.part(centre, 0, 1), n.part(centre, 1, 2)
+	side := func(i int) T { return n.part(dist, i, i+1) }
+	boxes = o.Concat(-1, o.Sub(cx, side(0)), o.Sub(cy, side(1)), o.Add(cx, side(2)), o.Add(cy, side(3)))
+	return logits, boxes
+}
+
+// Grounder is the inference half of Config.Grounder for in: the projected
+// patch features [K*P, Width] the language model reads, and the head's
+// pointer logits [K, P] and boxes [K, P, 4].
+func (n *Net[T]) Grounder(in Inputs[T]) (feats, logits, boxes T) {
+	feats = n.Project(n.GrounderFeatures(in))
+	logits, boxes = n.Head()
+	return feats, logits, boxes
+}
+
+// grounderLoss is Config.Grounder's loss over the rows with a referent
+// (refW [B] 1 there): cross-entropy of the pointer over the first image's
+// cells (imgFirst [B]) against a Gaussian around the cell that holds the
+// referent's centre (refBox [B, 4]), plus the L1 and GIoU of the cells'
+// boxes weighted by that Gaussian; plus, over the rows with an existence
+// label (existsW [B] 1 there; exists [B] 1 present, 0 absent: REC
+// referents and POPE probes), the binary cross-entropy of the pointer
+// logits' log-sum-exp, so that the cells light up only for what is there;
+// plus, with GrounderCellWords, cellWordLoss. Zero when no row has a label.
+func (n *Net[T]) grounderLoss(lb Labels[T]) T {
+	o := n.o
+	logits, boxes := n.Head()
+	p := o.Shape(logits)[1]
+	s := int(math.Round(math.Sqrt(float64(p))))
+	lg := o.Gather(logits, lb.ImgFirst) // [B, P]
+	bx := o.Gather(boxes, lb.ImgFirst)  // [B, P, 4]
+	b := o.Shape(lg)[0]
+	rb := func(i int) T { return n.part(lb.RefBox, i, i+1) } // [B, 1]
+	// Target: a Gaussian in cell units around the box centre.
+	gcx := o.Scale(o.Scale(o.Add(rb(0), rb(2)), 0.5), float64(s))
+	gcy := o.Scale(o.Scale(o.Add(rb(1), rb(3)), 0.5), float64(s))
+	idx := o.Iota(1, 1, p)
+	row := o.Floor(o.Div(idx, o.Scalar(float64(s))))
+	cellY := o.Shift(row, 0.5)
+	cellX := o.Shift(o.Sub(idx, o.Scale(row, float64(s))), 0.5)
+	d2 := o.Add(o.Square(o.Sub(cellX, gcx)), o.Square(o.Sub(cellY, gcy))) // [B, P]
+	tgt := o.Softmax(o.Scale(d2, -1/(2*GrounderSigma*GrounderSigma)))
+	ce := o.Neg(o.ReduceSum(o.Mul(tgt, o.LogSoftmax(lg)), false, -1)) // [B]
+	gt := o.Reshape(lb.RefBox, b, 1, 4)
+	l1 := o.ReduceSum(o.Abs(o.Sub(bx, gt)), false, -1) // [B, P]
+	giou := n.boxGIoU(bx, gt)                          // [B, P]
+	reg := o.ReduceSum(o.Mul(tgt, o.Add(o.Scale(l1, GrounderL1Weight), o.Scale(n.oneMinus(giou), GrounderGIoUWeight))), false, -1)
+	per := o.Add(ce, reg)
+	den := o.Max(o.ReduceSum(lb.RefW, false), o.Scalar(1))
+	loss := o.Div(o.ReduceSum(o.Mul(per, lb.RefW), false), den)
+	// Existence: BCE with logits z = logsumexp(cells) - log(P), stably.
+	mx := o.StopGradient(o.ReduceMax(lg, true, -1))
+	z := o.Add(o.Reshape(mx, b), o.Log(o.ReduceSum(o.Exp(o.Sub(lg, mx)), false, -1)))
+	z = o.Shift(z, -math.Log(float64(p)))
+	eden := o.Max(o.ReduceSum(lb.ExistsW, false), o.Scalar(1))
+	loss = o.Add(loss, o.Div(o.ReduceSum(o.Mul(n.bceWithLogits(z, lb.Exists), lb.ExistsW), false), eden))
+	if n.c.GrounderCellWords {
+		loss = o.Add(loss, n.cellWordLoss(lb.ImgFirst, lb.CellIDs, lb.CellIDW, lb.CellW))
+	}
+	return loss
+}
+
+// boxGIoU is the generalized IoU of boxes a and b [..., 4] (x1, y1, x2,
+// y2; broadcast), over the leading axes.
+func (n *Net[T]) boxGIoU(a, b T) T {
+	o := n.o
+	zero := o.Scalar(0)
+	ax1, ay1, ax2, ay2 := n.index(a, -1, 0), n.index(a, -1, 1), n.index(a, -1, 2), n.index(a, -1, 3)
+	bx1, by1, bx2, by2 := n.index(b, -1, 0), n.index(b, -1, 1), n.index(b, -1, 2), n.index(b, -1, 3)
+	area := func(x1, y1, x2, y2 T) T {
+		return o.Mul(o.Max(o.Sub(x2, x1), zero), o.Max(o.Sub(y2, y1), zero))
+	}
+	inter := area(o.Max(ax1, bx1), o.Max(ay1, by1), o.Min(ax2, bx2), o.Min(ay2, by2))
+	union := o.Sub(o.Add(area(ax1, ay1, ax2, ay2), area(bx1, by1, bx2, by2)), inter)
+	hull := area(o.Min(ax1, bx1), o.Min(ay1, by1), o.Max(ax2, bx2), o.Max(ay2, by2))
+	eps := o.Scalar(1e-7)
+	iou := o.Div(inter, o.Max(union, eps))
+	return o.Sub(iou, o.Div(o.Sub(hull, union), o.Max(hull, eps)))
+}
+
+// cellWordLoss is Config.GrounderCellWords' dense perception loss: every
+// cell of a labelled row's first image (cellW [B, P] 1 there) predicts,
+// through "grounder.words" and the token embeddings, the words of the
+// objects it holds (cellIDs [B, P, S] with cellIDW 1 in the filled slots):
+// binary cross-entropy over the vocabulary, summed and divided by the
+// slots. Zero when no row is labelled.
+func (n *Net[T]) cellWordLoss(imgFirst, cellIDs, cellIDW, cellW T) T {
+	o, c := n.o, n.c
+	d := o.Shape(n.grid)
+	k, p, ch := d[0], d[1]*d[2], d[3]
+	z := n.dense(o.Reshape(n.grid, k, p, ch), "grounder.words", c.Width) // [K, P, W]
+	z = o.Gather(z, imgFirst)                                             // [B, P, W]
+	logits := o.Einsum("bpw,vw->bpv", z, n.embedTokens())                 // [B, P, V]
+	// A word is absent from almost every cell: start every logit at -5
+	// (a learned offset per word on top), not at 0, where the sum over the
+	// vocabulary would swamp the other losses.
+	logits = o.Add(o.Shift(logits, -5), o.Reshape(o.Param("grounder.words.vocab_b", c.VocabSize), 1, 1, c.VocabSize))
+	// BCE: sum_v softplus(z_v) - sum over the targets of z_t.
+	softplus := o.Add(o.Max(logits, o.ZerosLike(logits)), o.Log1P(o.Exp(o.Neg(o.Abs(logits)))))
+	all := o.ReduceSum(softplus, false, -1) // [B, P]
+	b := o.Shape(cellIDs)[0]
+	picked := o.GatherElems(o.Reshape(logits, b*p, c.VocabSize), o.Reshape(cellIDs, b*p, CellWords))
+	pos := o.ReduceSum(o.Mul(o.Reshape(picked, b, p, CellWords), cellIDW), false, -1)
+	per := o.Div(o.Sub(all, pos), o.Scalar(CellWords))
+	den := o.Max(o.ReduceSum(cellW, false), o.Scalar(1))
+	return o.Div(o.ReduceSum(o.Mul(per, cellW), false), den)
+}

@@ -1,0 +1,108 @@
+package model
+
+// Ops are the tensor operations the tinygrounder is defined against
+// (net.go), the way ollama defines each model once against its ml.Tensor
+// interface: a compute backend implements them over its own tensor type T
+// (a GoMLX graph node, which differentiates them for training; an eager
+// array; a shape, which Config.Params derives the parameters from), and
+// every architecture option is written once, in net.go.
+//
+// Tensors are float32 unless an operation says otherwise; integer tensors
+// (token ids, indices) come in as inputs or from ToInt, and are read by
+// Gather, GatherElems, OneHot, ToFloat and Slice. Axes may be negative (from the end).
+// Binary operations broadcast: a scalar against anything, and axes of
+// size 1 against any size (operands of equal rank).
+type Ops[T any] interface {
+	// Param returns the named parameter, which has the given shape. A
+	// definition asks for each parameter where it first reads it; the
+	// names and shapes asked for are the model's parameters (Params).
+	Param(name string, shape ...int) T
+	// Shape returns x's dimensions.
+	Shape(x T) []int
+
+	// Scalar is a float32 constant.
+	Scalar(v float64) T
+	// Iota is a float32 tensor of dims whose value is the index along axis.
+	Iota(axis int, dims ...int) T
+	// LowerTri is the float32 [n, n] matrix with 1 where column <= row.
+	LowerTri(n int) T
+	ZerosLike(x T) T
+
+	Add(a, b T) T
+	Sub(a, b T) T
+	Mul(a, b T) T
+	Div(a, b T) T
+	Max(a, b T) T
+	Min(a, b T) T
+	// Greater, Equal, GreaterEq and LessEq are 1 where the comparison
+	// holds and 0 elsewhere.
+	Greater(a, b T) T
+	Equal(a, b T) T
+	GreaterEq(a, b T) T
+	LessEq(a, b T) T
+	// Scale is x*s; Shift is x+s.
+	Scale(x T, s float64) T
+	Shift(x T, s float64) T
+	Neg(x T) T
+	Abs(x T) T
+	Exp(x T) T
+	Log(x T) T
+	Log1P(x T) T
+	Sqrt(x T) T
+	Square(x T) T
+	Floor(x T) T
+	Clip(x T, lo, hi float64) T
+	// Gelu is the exact GELU, x * Φ(x) with the error function.
+	Gelu(x T) T
+	// StopGradient is x, through which training takes no gradient.
+	StopGradient(x T) T
+	// ToFloat converts an integer tensor to float32; ToInt converts a
+	// float32 tensor of whole numbers to an integer one.
+	ToFloat(x T) T
+	ToInt(x T) T
+
+	// Reshape keeps the elements in order; one dimension may be -1.
+	Reshape(x T, dims ...int) T
+	Transpose(x T, perm ...int) T
+	// Slice keeps [from, to) of each axis a range names, every stride-th
+	// (a stride of 0 means 1); other axes are kept whole.
+	Slice(x T, ranges ...Range) T
+	Concat(axis int, xs ...T) T
+
+	// ReduceSum, ReduceMax and ReduceMean reduce the given axes (all of
+	// them when none is given), keeping them as size 1 with keep.
+	ReduceSum(x T, keep bool, axes ...int) T
+	ReduceMax(x T, keep bool, axes ...int) T
+	ReduceMean(x T, keep bool, axes ...int) T
+	// Softmax and LogSoftmax are over the last axis.
+	Softmax(x T) T
+	LogSoftmax(x T) T
+	// LayerNorm normalizes the last axis to zero mean and unit variance
+	// (epsilon LayerNormEps), then scales by w and shifts by b.
+	LayerNorm(x, w, b T) T
+
+	// Dense is x [..., in] times w [in, out], plus b [out] when given:
+	// [..., out].
+	Dense(x, w T, b ...T) T
+	// MatMul is the batched product of a [..., m, k] and b [..., k, n]
+	// with equal leading dimensions: [..., m, n].
+	MatMul(a, b T) T
+	// Einsum contracts two operands as the spec says ("bql,blw->bqw").
+	Einsum(spec string, a, b T) T
+	// Gather takes the rows of table [n, ...] that the integer tensor
+	// idx [...] names: [idx..., table's trailing dims...].
+	Gather(table, idx T) T
+	// GatherElems picks from x [n, v] the elements the integer tensor idx
+	// [n, s] names in each row: [n, s].
+	GatherElems(x, idx T) T
+	// OneHot is the float32 one-hot encoding [..., n] of integer idx [...].
+	OneHot(idx T, n int) T
+}
+
+// Range selects part of one axis (Ops.Slice).
+type Range struct {
+	Axis, From, To, Stride int
+}
+
+// LayerNormEps is the epsilon of every layer norm and instance norm.
+const LayerNormEps = 1e-5
