@@ -58,12 +58,12 @@ type Inputs[T any] struct {
 // CellWords] (integer), cellIDW [B, P, CellWords], cellW [B, P]
 // (Config.Grounder).
 type Labels[T any] struct {
-	LossIdx, LossTgt, LossW     T
-	PatchTgt, PatchW            T
-	PatchBox, PatchBoxW         T
-	ImgFirst, RefBox, RefW      T
-	Exists, ExistsW             T
-	CellIDs, CellIDW, CellW     T
+	LossIdx, LossTgt, LossW T
+	PatchTgt, PatchW        T
+	PatchBox, PatchBoxW     T
+	ImgFirst, RefBox, RefW  T
+	Exists, ExistsW         T
+	CellIDs, CellIDW, CellW T
 }
 
 // Losses are a training step's scalars: the objective to minimize, and
@@ -277,12 +277,12 @@ func (n *Net[T]) readout(mid, patchIdx, isPatch T) T {
 	cand := o.Mul(o.Reshape(before, 1, l, l), patchAt)
 	// The latest patch position before t (-1 for none), then its image.
 	posP := o.Iota(2, 1, 1, l)
-	last := o.ReduceMax(o.Shift(o.Mul(cand, o.Shift(posP, 1)), -1), false, -1)     // [B, L]
+	last := o.ReduceMax(o.Shift(o.Mul(cand, o.Shift(posP, 1)), -1), false, -1)   // [B, L]
 	img := o.Floor(o.Div(o.ToFloat(patchIdx), o.Scalar(float64(n.c.Patches())))) // [B, L] (over p)
-	isLast := o.Equal(posP, o.Reshape(last, b, l, 1))                              // [B, L, L]
-	lastImg := o.ReduceSum(o.Mul(isLast, o.Reshape(img, b, 1, l)), false, -1)      // [B, L]
-	sameImg := o.Equal(o.Reshape(img, b, 1, l), o.Reshape(lastImg, b, l, 1))       // [B, L, L]
-	textAt := o.Reshape(n.oneMinus(isPatch), b, l, 1)                              // over t
+	isLast := o.Equal(posP, o.Reshape(last, b, l, 1))                            // [B, L, L]
+	lastImg := o.ReduceSum(o.Mul(isLast, o.Reshape(img, b, 1, l)), false, -1)    // [B, L]
+	sameImg := o.Equal(o.Reshape(img, b, 1, l), o.Reshape(lastImg, b, l, 1))     // [B, L, L]
+	textAt := o.Reshape(n.oneMinus(isPatch), b, l, 1)                            // over t
 	valid := o.Mul(o.Mul(cand, sameImg), textAt)
 	scores := o.Add(o.Reshape(o.StopGradient(z), b, 1, l), o.Scale(n.oneMinus(valid), MaskedScore))
 	scores = o.Sub(scores, o.StopGradient(o.ReduceMax(scores, true, -1)))

@@ -219,8 +219,8 @@ func (n *Net[T]) cellWordLoss(imgFirst, cellIDs, cellIDW, cellW T) T {
 	d := o.Shape(n.grid)
 	k, p, ch := d[0], d[1]*d[2], d[3]
 	z := n.dense(o.Reshape(n.grid, k, p, ch), "grounder.words", c.Width) // [K, P, W]
-	z = o.Gather(z, imgFirst)                                             // [B, P, W]
-	logits := o.Einsum("bpw,vw->bpv", z, n.embedTokens())                 // [B, P, V]
+	z = o.Gather(z, imgFirst)                                            // [B, P, W]
+	logits := o.Einsum("bpw,vw->bpv", z, n.embedTokens())                // [B, P, V]
 	// A word is absent from almost every cell: start every logit at -5
 	// (a learned offset per word on top), not at 0, where the sum over the
 	// vocabulary would swamp the other losses.
