@@ -221,6 +221,12 @@ type Config struct {
 	// the blue square") need and a stack of 3x3 convolutions reaches only
 	// across part of the image.
 	GrounderGridDepth int `json:"grounder_grid_depth,omitempty"`
+	// GrounderTextDepth is the number of bidirectional transformer blocks
+	// ("grounder.text.blocks.<i>") the sentence encoder runs after
+	// "grounder.text.block" and before its pools: expressions that name a
+	// thing by another ("the cube left of the red ball") need more than
+	// one block of attention between their words.
+	GrounderTextDepth int `json:"grounder_text_depth,omitempty"`
 }
 
 // GrounderConvs lists Config.Grounder's convolutions in order: their
@@ -301,7 +307,9 @@ func (c Config) Validate() error {
 		return fmt.Errorf("model config: grounder needs images_after_text (its sentence vector reads the text before the first image)")
 	case c.Grounder && (c.GrounderQueries <= 0 || c.GrounderLossWeight <= 0 || math.IsNaN(c.GrounderLossWeight)):
 		return fmt.Errorf("model config: grounder needs grounder_queries (%d) and grounder_loss_weight (%v) above 0", c.GrounderQueries, c.GrounderLossWeight)
-	case !c.Grounder && (c.GrounderQueries != 0 || c.GrounderLossWeight != 0 || c.GrounderCellWords || c.GrounderNorm || c.GrounderGridDepth != 0):
+	case c.GrounderTextDepth < 0 || c.GrounderTextDepth > 8:
+		return fmt.Errorf("model config: grounder_text_depth %d must be in 0..8", c.GrounderTextDepth)
+	case !c.Grounder && (c.GrounderQueries != 0 || c.GrounderLossWeight != 0 || c.GrounderCellWords || c.GrounderNorm || c.GrounderGridDepth != 0 || c.GrounderTextDepth != 0):
 		return fmt.Errorf("model config: grounder_queries, grounder_loss_weight, grounder_cell_words, grounder_norm and grounder_grid_depth need grounder")
 	case c.GrounderGridDepth < 0 || c.GrounderGridDepth > 8 || c.GrounderGridDepth > 0 && c.VisionWidth%c.Heads != 0:
 		return fmt.Errorf("model config: grounder_grid_depth %d must be in 0..8, with a vision_width (%d) divisible by heads (%d)", c.GrounderGridDepth, c.VisionWidth, c.Heads)
@@ -370,6 +378,7 @@ func (c Config) Features() []string {
 		{"grounder_cell_words", c.GrounderCellWords},
 		{"grounder_norm", c.GrounderNorm},
 		{"grounder_grid_depth", c.GrounderGridDepth > 0},
+		{"grounder_text_depth", c.GrounderTextDepth > 0},
 	} {
 		if f.on {
 			out = append(out, f.name)
@@ -383,7 +392,7 @@ func (c Config) Features() []string {
 // declares.
 func AllFeatures() []string {
 	all := Config{BoxLabelSigma: 1, ImagesAfterText: true, TextFusion: true, PatchPositions: true, FusionAttention: true,
-		GroundLossWeight: 1, ConvStem: true, BoxLossWeight: 1, GroundReadout: true, Grounder: true, GrounderCellWords: true, GrounderNorm: true, GrounderGridDepth: 1}
+		GroundLossWeight: 1, ConvStem: true, BoxLossWeight: 1, GroundReadout: true, Grounder: true, GrounderCellWords: true, GrounderNorm: true, GrounderGridDepth: 1, GrounderTextDepth: 1}
 	return all.Features()
 }
 

@@ -24,6 +24,9 @@ func (n *Net[T]) sentence(tokens, textMask T) T {
 	off := o.Scale(n.oneMinus(textMask), MaskedScore) // [B, L]: 0 on text
 	bias := o.Reshape(off, b, 1, 1, l)
 	x = n.block(x, "grounder.text.block", &bias)
+	for i := range c.GrounderTextDepth {
+		x = n.block(x, fmt.Sprintf("grounder.text.blocks.%d", i), &bias)
+	}
 	scores := o.Einsum("blw,qw->bql", x, o.Param("grounder.text.query", c.GrounderQueries, w))
 	scores = o.Add(o.Scale(scores, 1/math.Sqrt(float64(w))), o.Reshape(off, b, 1, l))
 	pooled := o.Einsum("bql,blw->bqw", o.Softmax(scores), x)

@@ -120,6 +120,7 @@ func MatrixCells() []MatrixCell {
 		cell("grounder_cell_words", func(c *model.Config) { *c = withGrounder(*c); c.GrounderCellWords = true }),
 		cell("grounder_norm", func(c *model.Config) { *c = withGrounder(*c); c.GrounderNorm = true }),
 		cell("grounder_grid_depth", func(c *model.Config) { *c = withGrounder(*c); c.GrounderGridDepth = 1 }),
+		cell("grounder_text_depth", func(c *model.Config) { *c = withGrounder(*c); c.GrounderTextDepth = 1 }),
 		cell("demo", func(c *model.Config) { *c = DemoCellConfig(*c) }),
 	}
 }
