@@ -112,7 +112,7 @@ func (n *Net[T]) oneMinus(x T) T { return n.o.Sub(n.o.Scalar(1), x) }
 // q, k and v come out of one transpose of qkv to [3, N, H, T, hd], and the
 // products take their right-hand sides contracting axis first (k is
 // transposed explicitly), the layout GoMLX's Go backend runs fastest.
-func (n *Net[T]) attention(x T, prefix string, bias *T) T {
+func (n *Net[T]) attention(x T, prefix string, bias *T, kv *layerCache[T]) T {
 	o := n.o
 	d := o.Shape(x)
 	nb, t, w := d[0], d[1], d[2]
@@ -120,25 +120,38 @@ func (n *Net[T]) attention(x T, prefix string, bias *T) T {
 	hd := w / h
 	qkv := n.dense(x, prefix+".qkv", 3*w)
 	qkv = o.Transpose(o.Reshape(qkv, nb, t, 3, h, hd), 2, 0, 3, 1, 4)
-	q, kT, v := n.index(qkv, 0, 0), o.Transpose(n.index(qkv, 0, 1), 0, 1, 3, 2), n.index(qkv, 0, 2)
-	scores := o.Scale(o.MatMul(q, kT), 1/math.Sqrt(float64(hd))) // [N, H, T, T]
+	q, k, v := n.index(qkv, 0, 0), n.index(qkv, 0, 1), n.index(qkv, 0, 2)
+	tk := t
+	if kv != nil { // the keys and values of the positions before these
+		if kv.have {
+			k, v = o.Concat(2, kv.k, k), o.Concat(2, kv.v, v)
+		}
+		kv.k, kv.v, kv.have = k, v, true
+		tk = o.Shape(k)[2]
+	}
+	scores := o.Scale(o.MatMul(q, o.Transpose(k, 0, 1, 3, 2)), 1/math.Sqrt(float64(hd))) // [N, H, T, Tk]
 	if bias != nil {
 		if len(o.Shape(*bias)) == 2 {
-			scores = o.Add(scores, o.Reshape(*bias, 1, 1, t, t))
+			scores = o.Add(scores, o.Reshape(*bias, 1, 1, t, tk))
 		} else {
 			scores = o.Add(scores, *bias)
 		}
 	}
-	out := o.MatMul(o.Softmax(scores), v) // [N, H, T, hd]
+	probs := o.Softmax(scores)
+	if kv != nil && kv.wantAttn {
+		// The last position's attention over every key, averaged over heads.
+		kv.attn = o.Reshape(o.ReduceMean(o.Slice(probs, Range{Axis: 2, From: t - 1, To: t}), false, 1), nb, tk)
+	}
+	out := o.MatMul(probs, v) // [N, H, T, hd]
 	out = o.Reshape(o.Transpose(out, 0, 2, 1, 3), nb, t, w)
 	return n.dense(out, prefix+".out", w)
 }
 
 // block is a pre-LN transformer block.
-func (n *Net[T]) block(x T, prefix string, bias *T) T {
+func (n *Net[T]) block(x T, prefix string, bias *T, kv *layerCache[T]) T {
 	o := n.o
 	w := n.last(x)
-	x = o.Add(x, n.attention(n.layerNorm(x, prefix+".ln1"), prefix+".attn", bias))
+	x = o.Add(x, n.attention(n.layerNorm(x, prefix+".ln1"), prefix+".attn", bias, kv))
 	hid := o.Gelu(n.dense(n.layerNorm(x, prefix+".ln2"), prefix+".mlp.fc1", n.c.MLPHidden(w)))
 	return o.Add(x, n.dense(hid, prefix+".mlp.fc2", w))
 }
@@ -192,7 +205,7 @@ func (n *Net[T]) vision(images T) T {
 	x = n.dense(x, "vision.patch_embed", c.VisionWidth)
 	x = o.Add(x, o.Reshape(o.Param("vision.pos", g*g, c.VisionWidth), 1, g*g, c.VisionWidth))
 	for i := range c.VisionDepth {
-		x = n.block(x, fmt.Sprintf("vision.blocks.%d", i), nil)
+		x = n.block(x, fmt.Sprintf("vision.blocks.%d", i), nil, nil)
 	}
 	x = n.layerNorm(x, "vision.ln_f")
 	return o.Reshape(x, k*g*g, c.VisionWidth)
@@ -211,45 +224,155 @@ func (n *Net[T]) embedTokens() T { return n.o.Param("embed.tokens", n.c.VocabSiz
 // lm.ln_f): [B, L, Width], and the hidden state entering the last block
 // (where Config.GroundLossWeight's and BoxLossWeight's losses read).
 func (n *Net[T]) Hidden(in Inputs[T]) (h, mid T) {
-	o, c := n.o, n.c
-	l := o.Shape(in.Tokens)[1]
-	tok := o.Gather(n.embedTokens(), in.Tokens) // [B, L, W]
+	tok := n.o.Gather(n.embedTokens(), in.Tokens) // [B, L, W]
 	var feats T
-	if c.Grounder {
+	if n.c.Grounder {
 		feats = n.GrounderFeatures(in)
 	} else {
 		feats = n.vision(in.Images)
 	}
-	var patch T // [B, L, W]
-	if c.TextFusion {
-		// Modulated per position, so projected per position.
-		patch = n.Project(n.fuse(o.Gather(feats, in.PatchIdx), tok, in.IsPatch))
-	} else {
-		patch = o.Gather(n.Project(feats), in.PatchIdx)
+	return n.lm(tok, feats, false, true, in.PatchIdx, in.IsPatch, nil)
+}
+
+// Cache is one sequence's state between the inference steps of Step: the
+// keys and values of every position so far, and what Config.TextFusion
+// and Config.GroundReadout read of them. The zero value is an empty
+// sequence.
+type Cache[T any] struct {
+	// Len is the number of positions so far.
+	Len int
+	// Feats are the sequence's image features, ImageFeatures' rows of
+	// all its images in order; HaveFeats is false for a text-only
+	// sequence.
+	Feats     T
+	HaveFeats bool
+	// WantAttn asks Step for Attn: per language-model block, the last new
+	// position's attention over all positions so far, averaged over the
+	// heads ([1, Len]).
+	WantAttn bool
+	Attn     []T
+
+	layers []layerCache[T]
+	// Config.TextFusion: every position's weighted token embedding
+	// [1, Len, W] and weight [1, Len].
+	fuseTok, fuseW T
+	// Config.GroundReadout: every position's grounding logit [1, Len],
+	// "ground.ln" state [1, Len, W], image (feature row / Patches()) and
+	// patch flag [1, Len].
+	gz, gNormed, gImg, gPatch T
+	have                      bool
+}
+
+type layerCache[T any] struct {
+	k, v     T // [1, H, Len, hd]
+	have     bool
+	wantAttn bool
+	attn     T
+}
+
+// ImageFeatures encodes images [K, S, S, 3] (not with Config.Grounder:
+// its features depend on the text, see Grounder) into the rows
+// [K*Patches(), ...] a Cache's Feats holds: projected to the language
+// model's width, or with Config.TextFusion not yet (each position projects
+// its own modulated row).
+func (n *Net[T]) ImageFeatures(images T) T {
+	f := n.vision(images)
+	if n.c.TextFusion {
+		return f
 	}
-	m := o.Reshape(in.IsPatch, append(o.Shape(in.IsPatch), 1)...)
+	return n.Project(f)
+}
+
+// Step runs the new positions of one sequence, tokens, patchIdx (the
+// feature row each reads, among c.Feats) and isPatch [1, R], through the
+// language model after the c.Len positions c holds, extends c, and
+// returns the logits of the last new position [1, VocabSize].
+func (n *Net[T]) Step(c *Cache[T], tokens, patchIdx, isPatch T) T {
+	o := n.o
+	if len(c.layers) != n.c.Depth {
+		c.layers = make([]layerCache[T], n.c.Depth)
+	}
+	for i := range c.layers {
+		c.layers[i].wantAttn = c.WantAttn
+	}
+	tok := o.Gather(n.embedTokens(), tokens)
+	h, _ := n.lm(tok, c.Feats, true, c.HaveFeats, patchIdx, isPatch, c)
+	r := o.Shape(tokens)[1]
+	c.Len += r
+	c.Attn = c.Attn[:0]
+	if c.WantAttn {
+		for i := range c.layers {
+			c.Attn = append(c.Attn, c.layers[i].attn)
+		}
+	}
+	d := o.Shape(h)
+	return n.Logits(o.Reshape(o.Slice(h, Range{Axis: 1, From: r - 1, To: r}), 1, d[2]))
+}
+
+// causal is the [t, tk] mask of t new positions after tk-t earlier ones:
+// 1 where the key comes no later than the query.
+func (n *Net[T]) causal(t, tk int) T {
+	o := n.o
+	if t == tk {
+		return o.LowerTri(t)
+	}
+	return o.GreaterEq(o.Shift(o.Iota(0, t, tk), float64(tk-t)), o.Iota(1, t, tk))
+}
+
+// lm is the language model over token embeddings tok [B, T, W] and image
+// features feats (ImageFeatures' rows, already projected with projected),
+// read at the patch positions (isPatch [B, T], row patchIdx [B, T]); with
+// c, after the positions c holds (B is 1). It returns the hidden state
+// after the last block and the one entering it.
+func (n *Net[T]) lm(tok, feats T, projected, haveFeats bool, patchIdx, isPatch T, c *Cache[T]) (h, mid T) {
+	o, cf := n.o, n.c
+	l := o.Shape(tok)[1]
+	past := 0
+	if c != nil {
+		past = c.Len
+	}
+	var patch T // [B, T, W]
+	switch {
+	case !haveFeats:
+		patch = o.ZerosLike(tok)
+	case cf.TextFusion:
+		// Modulated per position, so projected per position.
+		patch = n.Project(n.fuse(o.Gather(feats, patchIdx), tok, isPatch, c))
+	case projected:
+		patch = o.Gather(feats, patchIdx)
+	default:
+		patch = o.Gather(n.Project(feats), patchIdx)
+	}
+	m := o.Reshape(isPatch, append(o.Shape(isPatch), 1)...)
 	x := o.Add(o.Mul(tok, n.oneMinus(m)), o.Mul(patch, m))
-	pos := o.Reshape(o.Slice(o.Param("embed.pos", c.MaxSeq, c.Width), Range{Axis: 0, From: 0, To: l}), 1, l, c.Width)
-	if c.PatchPositions {
+	pos := o.Reshape(o.Slice(o.Param("embed.pos", cf.MaxSeq, cf.Width), Range{Axis: 0, From: past, To: past + l}), 1, l, cf.Width)
+	if cf.PatchPositions {
 		// The k-th patch of its image (its feature row mod Patches())
 		// takes embed.patch_pos[k] instead of its sequence position's.
-		np := o.Scalar(float64(c.Patches()))
-		pf := o.ToFloat(in.PatchIdx)
+		np := o.Scalar(float64(cf.Patches()))
+		pf := o.ToFloat(patchIdx)
 		k := o.ToInt(o.Sub(pf, o.Mul(o.Floor(o.Div(pf, np)), np)))
-		pp := o.Gather(o.Param("embed.patch_pos", c.Patches(), c.Width), k) // [B, L, W]
+		pp := o.Gather(o.Param("embed.patch_pos", cf.Patches(), cf.Width), k) // [B, T, W]
 		x = o.Add(x, o.Add(o.Mul(pos, n.oneMinus(m)), o.Mul(pp, m)))
 	} else {
 		x = o.Add(x, pos)
 	}
-	bias := o.Scale(o.Shift(o.LowerTri(l), -1), -MaskedScore) // 0 on and below the diagonal
-	for i := range c.Depth {
-		if i == c.Depth-1 {
+	bias := o.Scale(o.Shift(n.causal(l, past+l), -1), -MaskedScore) // 0 where the key may be read
+	for i := range cf.Depth {
+		if i == cf.Depth-1 {
 			mid = x
-			if c.GroundReadout {
-				x = o.Add(x, n.readout(mid, in.PatchIdx, in.IsPatch))
+			if cf.GroundReadout {
+				x = o.Add(x, n.readout(mid, patchIdx, isPatch, c))
 			}
 		}
-		x = n.block(x, fmt.Sprintf("lm.blocks.%d", i), &bias)
+		var kv *layerCache[T]
+		if c != nil {
+			kv = &c.layers[i]
+		}
+		x = n.block(x, fmt.Sprintf("lm.blocks.%d", i), &bias, kv)
+	}
+	if c != nil {
+		c.have = true
 	}
 	return x, mid
 }
@@ -267,24 +390,40 @@ func (n *Net[T]) groundLogits(mid T) (z, normed T) {
 // t, weighted by the softmax of their grounding logits, through "readout"
 // (zeros where no image comes before t and at patch positions). A patch's
 // image is its feature row (patchIdx [B, L]) divided by Patches().
-func (n *Net[T]) readout(mid, patchIdx, isPatch T) T {
+func (n *Net[T]) readout(mid, patchIdx, isPatch T, c *Cache[T]) T {
 	o := n.o
 	d := o.Shape(mid)
 	b, l, w := d[0], d[1], d[2]
 	z, normed := n.groundLogits(mid)
-	before := o.Greater(o.Iota(0, l, l), o.Iota(1, l, l)) // [t, p]: 1 where p < t
-	patchAt := o.Reshape(isPatch, b, 1, l)                // over p
-	cand := o.Mul(o.Reshape(before, 1, l, l), patchAt)
+	img := o.Floor(o.Div(o.ToFloat(patchIdx), o.Scalar(float64(n.c.Patches())))) // [B, T]
+	patches := isPatch                                                           // of the keys
+	lk, past := l, 0
+	if c != nil { // the keys are every position so far
+		if c.have {
+			past = o.Shape(c.gz)[1]
+			z, normed = o.Concat(1, c.gz, z), o.Concat(1, c.gNormed, normed)
+			img, patches = o.Concat(1, c.gImg, img), o.Concat(1, c.gPatch, isPatch)
+		}
+		c.gz, c.gNormed, c.gImg, c.gPatch = z, normed, img, patches
+		lk = past + l
+	}
+	var before T // [t, p]: 1 where p < t
+	if c == nil {
+		before = o.Greater(o.Iota(0, l, l), o.Iota(1, l, l))
+	} else {
+		before = o.Greater(o.Shift(o.Iota(0, l, lk), float64(past)), o.Iota(1, l, lk))
+	}
+	patchAt := o.Reshape(patches, b, 1, lk) // over p
+	cand := o.Mul(o.Reshape(before, 1, l, lk), patchAt)
 	// The latest patch position before t (-1 for none), then its image.
-	posP := o.Iota(2, 1, 1, l)
-	last := o.ReduceMax(o.Shift(o.Mul(cand, o.Shift(posP, 1)), -1), false, -1)   // [B, L]
-	img := o.Floor(o.Div(o.ToFloat(patchIdx), o.Scalar(float64(n.c.Patches())))) // [B, L] (over p)
-	isLast := o.Equal(posP, o.Reshape(last, b, l, 1))                            // [B, L, L]
-	lastImg := o.ReduceSum(o.Mul(isLast, o.Reshape(img, b, 1, l)), false, -1)    // [B, L]
-	sameImg := o.Equal(o.Reshape(img, b, 1, l), o.Reshape(lastImg, b, l, 1))     // [B, L, L]
-	textAt := o.Reshape(n.oneMinus(isPatch), b, l, 1)                            // over t
+	posP := o.Iota(2, 1, 1, lk)
+	last := o.ReduceMax(o.Shift(o.Mul(cand, o.Shift(posP, 1)), -1), false, -1) // [B, T]
+	isLast := o.Equal(posP, o.Reshape(last, b, l, 1))                          // [B, T, Lk]
+	lastImg := o.ReduceSum(o.Mul(isLast, o.Reshape(img, b, 1, lk)), false, -1) // [B, T]
+	sameImg := o.Equal(o.Reshape(img, b, 1, lk), o.Reshape(lastImg, b, l, 1))  // [B, T, Lk]
+	textAt := o.Reshape(n.oneMinus(isPatch), b, l, 1)                          // over t
 	valid := o.Mul(o.Mul(cand, sameImg), textAt)
-	scores := o.Add(o.Reshape(o.StopGradient(z), b, 1, l), o.Scale(n.oneMinus(valid), MaskedScore))
+	scores := o.Add(o.Reshape(o.StopGradient(z), b, 1, lk), o.Scale(n.oneMinus(valid), MaskedScore))
 	scores = o.Sub(scores, o.StopGradient(o.ReduceMax(scores, true, -1)))
 	e := o.Mul(o.Exp(scores), valid)
 	// A row with a valid patch sums to at least 1 (its largest term is
@@ -336,22 +475,31 @@ func (n *Net[T]) BoxLoss(mid, patchBox, patchBoxW T) T {
 // "fusion.ln" and the linear "fusion" layer to a scale and a shift
 // [VisionWidth] each, and the row becomes patch * (1 + scale) + shift. Only
 // patch rows are used.
-func (n *Net[T]) fuse(patch, tok, isPatch T) T {
-	o, c := n.o, n.c
+func (n *Net[T]) fuse(patch, tok, isPatch T, c *Cache[T]) T {
+	o, cf := n.o, n.c
 	d := o.Shape(tok)
-	l, vw := d[1], c.VisionWidth
-	weight := n.oneMinus(isPatch) // [B, L]: 1 at text positions
+	l, vw := d[1], cf.VisionWidth
+	weight := n.oneMinus(isPatch) // [B, T]: 1 at text positions
 	floor := 1.0                  // of the weight sum: no text yet gives zeros
-	if c.FusionAttention {
-		score := o.Einsum("blw,w->bl", tok, o.Param("fusion.query", c.Width))
+	if cf.FusionAttention {
+		score := o.Einsum("blw,w->bl", tok, o.Param("fusion.query", cf.Width))
 		weight = o.Mul(weight, o.Exp(o.Clip(score, -FusionScoreClip, FusionScoreClip)))
 		floor = 1e-30
 	}
-	tri := o.LowerTri(l) // [L, L]: row i sums j <= i
-	sum := o.Einsum("ij,bjw->biw", tri, o.Mul(tok, o.Reshape(weight, d[0], l, 1)))
+	tokW := o.Mul(tok, o.Reshape(weight, d[0], l, 1))
+	lk := l
+	if c != nil { // every position so far
+		if c.have {
+			tokW, weight = o.Concat(1, c.fuseTok, tokW), o.Concat(1, c.fuseW, weight)
+		}
+		c.fuseTok, c.fuseW = tokW, weight
+		lk = o.Shape(weight)[1]
+	}
+	tri := n.causal(l, lk) // [T, Tk]: row i sums the keys up to it
+	sum := o.Einsum("ij,bjw->biw", tri, tokW)
 	count := o.Einsum("ij,bj->bi", tri, weight)
 	mean := o.Div(sum, o.Reshape(o.Max(count, o.Scalar(floor)), d[0], l, 1))
-	film := n.dense(n.layerNorm(mean, "fusion.ln"), "fusion", 2*vw) // [B, L, 2W]
+	film := n.dense(n.layerNorm(mean, "fusion.ln"), "fusion", 2*vw) // [B, T, 2W]
 	scale, shift := n.part(film, 0, vw), n.part(film, vw, 2*vw)
 	return o.Add(o.Mul(patch, o.Shift(scale, 1)), shift)
 }

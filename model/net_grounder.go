@@ -23,9 +23,9 @@ func (n *Net[T]) sentence(tokens, textMask T) T {
 	x = o.Add(x, o.Reshape(o.Slice(o.Param("grounder.text.pos", c.MaxSeq, w), Range{Axis: 0, From: 0, To: l}), 1, l, w))
 	off := o.Scale(n.oneMinus(textMask), MaskedScore) // [B, L]: 0 on text
 	bias := o.Reshape(off, b, 1, 1, l)
-	x = n.block(x, "grounder.text.block", &bias)
+	x = n.block(x, "grounder.text.block", &bias, nil)
 	for i := range c.GrounderTextDepth {
-		x = n.block(x, fmt.Sprintf("grounder.text.blocks.%d", i), &bias)
+		x = n.block(x, fmt.Sprintf("grounder.text.blocks.%d", i), &bias, nil)
 	}
 	scores := o.Einsum("blw,qw->bql", x, o.Param("grounder.text.query", c.GrounderQueries, w))
 	scores = o.Add(o.Scale(scores, 1/math.Sqrt(float64(w))), o.Reshape(off, b, 1, l))
@@ -86,7 +86,7 @@ func (n *Net[T]) tower(images, sImg T) T {
 		s, ch := dd[1], dd[3]
 		x = o.Reshape(x, k, s*s, ch)
 		for i := range c.GrounderGridDepth {
-			x = n.block(x, fmt.Sprintf("grounder.grid.blocks.%d", i), nil)
+			x = n.block(x, fmt.Sprintf("grounder.grid.blocks.%d", i), nil, nil)
 		}
 		x = o.Reshape(x, k, s, s, ch)
 	}

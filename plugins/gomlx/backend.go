@@ -3,13 +3,16 @@
 // with no cgo, so that it builds with CGO_ENABLED=0 and is the embedded
 // default everywhere.
 //
-// Training builds one GoMLX graph per batch shape that runs forward,
-// backward and the AdamW update (with gradient clipping) in one call;
-// parameters and optimizer state stay in backend buffers between steps and
-// are donated to the next step. Inference runs a plain-Go float32 forward
-// over the same weights with a KV cache (a small batch decodes far faster
-// that way than through per-call graph execution); a parity test holds it to
-// the GoMLX forward.
+// The model is the one definition in package model (model.Net), run two
+// ways. Training builds it over GoMLX graph nodes (ops.go), one graph per
+// batch shape that runs forward, backward and the AdamW update (with
+// gradient clipping) in one call; parameters and optimizer state stay in
+// backend buffers between steps and are donated to the next step.
+// Inference runs the same definition over eager float32 arrays
+// (model/eager) with a KV cache (a small batch decodes far faster that way
+// than through per-call graph execution), except Config.Grounder's encoder
+// and head, which run as a GoMLX graph; a parity test holds the two
+// executions together.
 //
 // Checkpoints are safetensors files under the canonical parameter names
 // (see params.go for the layout every backend shares), plus AdamW moments

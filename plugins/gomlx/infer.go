@@ -11,12 +11,18 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/groundmesh/groundmesh/model"
+	"github.com/groundmesh/groundmesh/model/eager"
 	"github.com/groundmesh/groundmesh/plugins/compute"
 )
 
-// session is a loaded model and its open KV caches.
+// session is a loaded model and its open KV caches. Its language model
+// and vision encoder run the model's one definition (model.Net) over
+// eager float32 arrays (model/eager), one sequence at a time with a KV
+// cache: decoding a token costs one position, and there is no graph to
+// compile per shape.
 type session struct {
-	net *netWeights
+	cfg model.Config
+	net *model.Net[*eager.Tensor]
 	// grounder runs Config.Grounder's encoder and head; nil without it.
 	grounder *grounderRunner
 
@@ -27,7 +33,49 @@ type session struct {
 // kvCache is the cache of one Prefill batch; calls on it are serialized.
 type kvCache struct {
 	mu   sync.Mutex
-	seqs []*seqCache
+	seqs []*seqState
+}
+
+// seqState is one sequence's cache, and the positions of its first
+// image's patches (what attention maps are read at).
+type seqState struct {
+	cache    model.Cache[*eager.Tensor]
+	patchPos []int
+}
+
+// step runs tokens through the language model after the positions st
+// holds. Patch tokens read the cache's image feature rows in order while
+// rows are left (Prefill); in Decode there are none, and a patch token
+// reads its token embedding. It returns the last position's logits and,
+// with wantAttn, its attention over the first image's patches averaged
+// over heads and blocks.
+func (s *session) step(st *seqState, tokens []int32, featRows int, wantAttn bool) ([]float32, []float32) {
+	c := s.cfg
+	n := len(tokens)
+	idx := make([]int32, n)
+	isPatch := make([]float32, n)
+	next := 0
+	for t, tok := range tokens {
+		if tok == c.PatchToken && next < featRows {
+			idx[t], isPatch[t] = int32(next), 1
+			if next < c.Patches() {
+				st.patchPos = append(st.patchPos, st.cache.Len+t)
+			}
+			next++
+		}
+	}
+	st.cache.WantAttn = wantAttn
+	logits := s.net.Step(&st.cache, eager.Ints(tokens, 1, n), eager.Ints(idx, 1, n), eager.New(isPatch, 1, n))
+	if !wantAttn {
+		return logits.Data, nil
+	}
+	attn := make([]float32, c.Patches())
+	for _, a := range st.cache.Attn {
+		for i, p := range st.patchPos {
+			attn[i] += a.Data[p] / float32(len(st.cache.Attn))
+		}
+	}
+	return logits.Data, attn
 }
 
 func endSpan(span trace.Span, err error) {
@@ -60,8 +108,8 @@ func (b *Backend) Load(ctx context.Context, req compute.LoadRequest) (res comput
 	if b.faults.ignorePatchPositions && cfg.PatchPositions {
 		st.weights["embed.patch_pos"] = make([]float32, len(st.weights["embed.patch_pos"]))
 	}
-	net := newNetWeights(cfg, st.weights)
-	sess := &session{net: net, caches: map[string]*kvCache{}}
+	net := model.NewNet[*eager.Tensor](&eager.Ops{Params: st.weights}, cfg)
+	sess := &session{cfg: cfg, net: net, caches: map[string]*kvCache{}}
 	if cfg.Grounder {
 		if sess.grounder, err = newGrounderRunner(b.ml, cfg, specs, st.weights); err != nil {
 			return res, fmt.Errorf("load: %w", err)
@@ -152,13 +200,13 @@ func (b *Backend) Prefill(ctx context.Context, req compute.PrefillRequest) (res 
 	if len(req.Batch) == 0 {
 		return res, invalidf("prefill: empty batch")
 	}
-	c := s.net.cfg
+	c := s.cfg
 	for i, seq := range req.Batch {
 		if err := validateSequence(c, i, seq); err != nil {
 			return res, fmt.Errorf("prefill: %w: %w", compute.ErrInvalidArgument, err)
 		}
 	}
-	cache := &kvCache{seqs: make([]*seqCache, len(req.Batch))}
+	cache := &kvCache{seqs: make([]*seqState, len(req.Batch))}
 	res.Logits = make([][]float32, len(req.Batch))
 	if req.WantAttention {
 		res.Attention = make([][]float32, len(req.Batch))
@@ -177,18 +225,22 @@ func (b *Backend) Prefill(ctx context.Context, req compute.PrefillRequest) (res 
 	}
 	parallel(len(req.Batch), func(i int) {
 		seq := req.Batch[i]
-		var feats []float32
-		if ground != nil {
-			feats = ground[i].feats
-		} else {
+		st := &seqState{}
+		rows := len(seq.Images) * c.Patches()
+		switch {
+		case rows == 0:
+		case ground != nil:
+			st.cache.Feats, st.cache.HaveFeats = eager.New(ground[i].feats, rows, c.Width), true
+		default:
+			px := make([]float32, 0, len(seq.Images)*c.ImageSize*c.ImageSize*3)
 			for _, img := range seq.Images {
-				feats = append(feats, s.net.imageFeatures(img.Pixels)...)
+				px = append(px, img.Pixels...)
 			}
+			st.cache.Feats = s.net.ImageFeatures(eager.New(px, len(seq.Images), c.ImageSize, c.ImageSize, 3))
+			st.cache.HaveFeats = true
 		}
-		sc := s.net.newSeqCache()
-		x := s.net.embed(seq.Tokens, 0, feats, len(feats)/s.net.featWidth(), sc)
-		logits, attn := s.net.step(sc, x, len(seq.Tokens), req.WantAttention)
-		cache.seqs[i] = sc
+		logits, attn := s.step(st, seq.Tokens, rows, req.WantAttention)
+		cache.seqs[i] = st
 		res.Logits[i] = logits
 		if req.WantAttention {
 			res.Attention[i] = attn
@@ -219,7 +271,7 @@ func (b *Backend) Decode(ctx context.Context, req compute.DecodeRequest) (res co
 	}
 	cache.mu.Lock()
 	defer cache.mu.Unlock()
-	c := s.net.cfg
+	c := s.cfg
 	if len(req.Tokens) != len(cache.seqs) {
 		return res, fmt.Errorf("decode: %d tokens for a cache of %d sequences: %w", len(req.Tokens), len(cache.seqs), compute.ErrFailedPrecondition)
 	}
@@ -227,7 +279,7 @@ func (b *Backend) Decode(ctx context.Context, req compute.DecodeRequest) (res co
 		if tok < 0 || int(tok) >= c.VocabSize {
 			return res, invalidf("decode: token %d of sequence %d outside vocab %d", tok, i, c.VocabSize)
 		}
-		if cache.seqs[i].n >= c.MaxSeq {
+		if cache.seqs[i].cache.Len >= c.MaxSeq {
 			return res, fmt.Errorf("decode: sequence %d is full (max_seq %d): %w", i, c.MaxSeq, compute.ErrFailedPrecondition)
 		}
 	}
@@ -237,10 +289,9 @@ func (b *Backend) Decode(ctx context.Context, req compute.DecodeRequest) (res co
 		res.Attention = make([][]float32, len(req.Tokens))
 	}
 	parallel(len(req.Tokens), func(i int) {
-		sc := cache.seqs[i]
-		// No image features: a decoded patch token reads its token embedding.
-		x := s.net.embed(req.Tokens[i:i+1], sc.n, nil, 0, sc)
-		logits, attn := s.net.step(sc, x, 1, req.WantAttention)
+		// No image feature rows: a decoded patch token reads its token
+		// embedding.
+		logits, attn := s.step(cache.seqs[i], req.Tokens[i:i+1], 0, req.WantAttention)
 		res.Logits[i] = logits
 		if req.WantAttention {
 			res.Attention[i] = attn
@@ -289,5 +340,5 @@ func (b *Backend) Generate(ctx context.Context, req compute.GenerateRequest) (re
 	if err != nil {
 		return res, fmt.Errorf("generate: %w", err)
 	}
-	return model.DecodeLoop(ctx, b, s.net.cfg, req)
+	return model.DecodeLoop(ctx, b, s.cfg, req)
 }
