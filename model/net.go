@@ -129,7 +129,7 @@ func (n *Net[T]) attention(x T, prefix string, bias *T, kv *layerCache[T]) T {
 		kv.k, kv.v, kv.have = k, v, true
 		tk = o.Shape(k)[2]
 	}
-	scores := o.Scale(o.MatMul(q, o.Transpose(k, 0, 1, 3, 2)), 1/math.Sqrt(float64(hd))) // [N, H, T, Tk]
+	scores := o.Scale(o.MatMulT(q, k), 1/math.Sqrt(float64(hd))) // [N, H, T, Tk]
 	if bias != nil {
 		if len(o.Shape(*bias)) == 2 {
 			scores = o.Add(scores, o.Reshape(*bias, 1, 1, t, tk))

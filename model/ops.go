@@ -87,6 +87,9 @@ type Ops[T any] interface {
 	// MatMul is the batched product of a [..., m, k] and b [..., k, n]
 	// with equal leading dimensions: [..., m, n].
 	MatMul(a, b T) T
+	// MatMulT is MatMul of a and b with b's last two axes swapped: a [...,
+	// m, k] times b [..., n, k] transposed: [..., m, n].
+	MatMulT(a, b T) T
 	// Einsum contracts two operands as the spec says ("bql,blw->bqw").
 	Einsum(spec string, a, b T) T
 	// Gather takes the rows of table [n, ...] that the integer tensor

@@ -227,6 +227,19 @@ func (s *shapeOps) MatMul(a, b *shape) *shape {
 	return s.mk(out...)
 }
 
+func (s *shapeOps) MatMulT(a, b *shape) *shape {
+	r := len(b.dims)
+	if r < 2 {
+		panic(fmt.Sprintf("matmul of %v and the transpose of %v", a.dims, b.dims))
+	}
+	perm := make([]int, r)
+	for i := range perm {
+		perm[i] = i
+	}
+	perm[r-2], perm[r-1] = r-1, r-2
+	return s.MatMul(a, s.Transpose(b, perm...))
+}
+
 func (s *shapeOps) Einsum(spec string, a, b *shape) *shape {
 	in, outSpec, ok := strings.Cut(spec, "->")
 	as, bs, ok2 := strings.Cut(in, ",")

@@ -330,6 +330,20 @@ func gatherStrided(x []float32, base int, st, dims []int) *Tensor {
 }
 
 func (o *Ops) Transpose(x *Tensor, perm ...int) *Tensor {
+	// Moving only axes of size 1 keeps the order of the elements: a view.
+	var kept []int
+	for _, p := range perm {
+		if x.Dims[p] != 1 {
+			kept = append(kept, p)
+		}
+	}
+	if slices.IsSorted(kept) {
+		dims := make([]int, len(perm))
+		for i, p := range perm {
+			dims[i] = x.Dims[p]
+		}
+		return &Tensor{Dims: dims, Data: x.Data}
+	}
 	st := strides(x.Dims)
 	dims := make([]int, len(perm))
 	pst := make([]int, len(perm))
@@ -350,6 +364,31 @@ func (o *Ops) Slice(x *Tensor, ranges ...model.Range) *Tensor {
 		dims[a] = (r.To - r.From + step - 1) / step
 		sst[a] = st[a] * step
 		base += r.From * st[a]
+	}
+	// A slice of one contiguous run (every axis before the first cut one of
+	// size 1, every axis after it whole) is a view: tensors are never
+	// written after they are made.
+	first := -1
+	for a := range dims {
+		if dims[a] != x.Dims[a] {
+			first = a
+			break
+		}
+	}
+	contiguous := first >= 0
+	for a := range dims {
+		switch {
+		case !contiguous:
+		case a < first && dims[a] != 1:
+			contiguous = false
+		case a == first && dims[a] > 1 && sst[a] != st[a]:
+			contiguous = false
+		case a > first && dims[a] != x.Dims[a]:
+			contiguous = false
+		}
+	}
+	if contiguous {
+		return &Tensor{Dims: dims, Data: x.Data[base : base+size(dims)]}
 	}
 	return gatherStrided(x.Data, base, sst, dims)
 }
@@ -579,6 +618,30 @@ func (o *Ops) MatMul(a, b *Tensor) *Tensor {
 	batch := size(a.Dims[:r-2])
 	for i := range batch {
 		Linear(out.Data[i*m*n:(i+1)*m*n], a.Data[i*m*k:(i+1)*m*k], m, k, b.Data[i*k*n:(i+1)*k*n], nil, n)
+	}
+	return out
+}
+
+func (o *Ops) MatMulT(a, b *Tensor) *Tensor {
+	r := len(a.Dims)
+	m, k, n := a.Dims[r-2], a.Dims[r-1], b.Dims[r-2]
+	dims := slices.Clone(a.Dims)
+	dims[r-1] = n
+	out := zeros(dims...)
+	for bi := range size(a.Dims[:r-2]) {
+		ab, bb, ob := a.Data[bi*m*k:(bi+1)*m*k], b.Data[bi*n*k:(bi+1)*n*k], out.Data[bi*m*n:(bi+1)*m*n]
+		for i := range m {
+			ar := ab[i*k : (i+1)*k]
+			for j := range n {
+				br := bb[j*k : (j+1)*k]
+				br = br[:len(ar)]
+				var s float32
+				for t, v := range ar {
+					s += v * br[t]
+				}
+				ob[i*n+j] = s
+			}
+		}
 	}
 	return out
 }

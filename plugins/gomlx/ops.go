@@ -170,6 +170,19 @@ func (o *ops) MatMul(a, b *graph.Node) *graph.Node {
 	return graph.DotGeneral(a, []int{r - 1}, batch, b, []int{r - 2}, batch)
 }
 
+// MatMulT transposes b explicitly: the Go backend's small-matmul kernels
+// run a right-hand side laid out contracting axis first several times
+// faster than the contracting-last layout.
+func (o *ops) MatMulT(a, b *graph.Node) *graph.Node {
+	r := b.Rank()
+	perm := make([]int, r)
+	for i := range perm {
+		perm[i] = i
+	}
+	perm[r-2], perm[r-1] = r-1, r-2
+	return o.MatMul(a, graph.TransposeAllAxes(b, perm...))
+}
+
 func (o *ops) Einsum(spec string, a, b *graph.Node) *graph.Node { return graph.Einsum(spec, a, b) }
 
 func (o *ops) Gather(table, idx *graph.Node) *graph.Node {
