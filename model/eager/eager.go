@@ -140,11 +140,46 @@ func binary(a, b *Tensor, f func(x, y float32) float32) *Tensor {
 	}
 	sa, sb := bstrides(a.Dims, dims), bstrides(b.Dims, dims)
 	out := zeros(dims...)
+	// The innermost run of axes along which each operand is either whole
+	// or constant is one block: index arithmetic once per block.
+	aFull, bFull := a.Dims[r-1] != 1 || dims[r-1] == 1, b.Dims[r-1] != 1 || dims[r-1] == 1
+	inner := r
+	n := 1
+	for ax := r - 1; ax >= 0; ax-- {
+		af, bf := a.Dims[ax] == dims[ax], b.Dims[ax] == dims[ax]
+		if dims[ax] != 1 && (af != aFull || bf != bFull || a.Dims[ax] != dims[ax] && a.Dims[ax] != 1 || b.Dims[ax] != dims[ax] && b.Dims[ax] != 1) {
+			break
+		}
+		inner = ax
+		n *= dims[ax]
+	}
 	idx := make([]int, r)
 	ia, ib := 0, 0
-	for i := range out.Data {
-		out.Data[i] = f(a.Data[ia], b.Data[ib])
-		for ax := r - 1; ax >= 0; ax-- {
+	for i := 0; i < len(out.Data); i += n {
+		o := out.Data[i : i+n]
+		switch {
+		case aFull && bFull:
+			av, bv := a.Data[ia:ia+n], b.Data[ib:ib+n]
+			for j := range o {
+				o[j] = f(av[j], bv[j])
+			}
+		case aFull:
+			av, y := a.Data[ia:ia+n], b.Data[ib]
+			for j := range o {
+				o[j] = f(av[j], y)
+			}
+		case bFull:
+			x, bv := a.Data[ia], b.Data[ib:ib+n]
+			for j := range o {
+				o[j] = f(x, bv[j])
+			}
+		default:
+			v := f(a.Data[ia], b.Data[ib])
+			for j := range o {
+				o[j] = v
+			}
+		}
+		for ax := inner - 1; ax >= 0; ax-- {
 			idx[ax]++
 			ia += sa[ax]
 			ib += sb[ax]

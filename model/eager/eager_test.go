@@ -117,3 +117,40 @@ func TestShapesAndBroadcast(t *testing.T) {
 		t.Fatalf("gather elements %v", g.Data)
 	}
 }
+
+// TestBroadcastMatchesNaive compares the blocked broadcast with an
+// element-by-element one on the shapes the model uses.
+func TestBroadcastMatchesNaive(t *testing.T) {
+	o := &Ops{}
+	for _, c := range [][2][]int{
+		{{1, 2, 5, 5}, {1, 1, 5, 5}}, {{2, 3, 4}, {2, 3, 1}}, {{2, 1, 4}, {2, 3, 1}}, {{1, 3, 1}, {2, 1, 4}},
+		{{3, 4}, {1, 4}}, {{2, 3, 4}, {1, 3, 4}}, {{2, 1, 1, 3}, {2, 1, 1, 3}}, {{1, 4, 1, 2}, {3, 1, 5, 1}},
+	} {
+		a, b := seq(c[0]...), seq(c[1]...)
+		for i := range b.Data {
+			b.Data[i] *= 3
+		}
+		got := o.Sub(a, b)
+		dims := make([]int, len(c[0]))
+		for i := range dims {
+			dims[i] = max(c[0][i], c[1][i])
+		}
+		sa, sb := bstrides(a.Dims, dims), bstrides(b.Dims, dims)
+		idx := make([]int, len(dims))
+		for i := range size(dims) {
+			rem := i
+			for ax := len(dims) - 1; ax >= 0; ax-- {
+				idx[ax] = rem % dims[ax]
+				rem /= dims[ax]
+			}
+			ia, ib := 0, 0
+			for ax := range dims {
+				ia += idx[ax] * sa[ax]
+				ib += idx[ax] * sb[ax]
+			}
+			if want := a.Data[ia] - b.Data[ib]; got.Data[i] != want {
+				t.Fatalf("%v - %v at %v: %v, want %v", c[0], c[1], idx, got.Data[i], want)
+			}
+		}
+	}
+}
