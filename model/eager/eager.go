@@ -509,15 +509,20 @@ func (o *Ops) ReduceMean(x *Tensor, keep bool, axes ...int) *Tensor {
 	return o.Scale(s, float64(len(s.Data))/float64(len(x.Data)))
 }
 
+func rowMax(row []float32) float32 {
+	mx := float32(math.Inf(-1))
+	for _, v := range row {
+		mx = max(mx, v)
+	}
+	return mx
+}
+
 func (o *Ops) Softmax(x *Tensor) *Tensor {
 	out := zeros(x.Dims...)
 	n := x.Dims[len(x.Dims)-1]
 	for r := 0; r < len(x.Data); r += n {
 		row, dst := x.Data[r:r+n], out.Data[r:r+n]
-		mx := float32(math.Inf(-1))
-		for _, v := range row {
-			mx = max(mx, v)
-		}
+		mx := rowMax(row)
 		var sum float32
 		for i, v := range row {
 			e := float32(math.Exp(float64(v - mx)))
@@ -536,10 +541,7 @@ func (o *Ops) LogSoftmax(x *Tensor) *Tensor {
 	n := x.Dims[len(x.Dims)-1]
 	for r := 0; r < len(x.Data); r += n {
 		row, dst := x.Data[r:r+n], out.Data[r:r+n]
-		mx := float32(math.Inf(-1))
-		for _, v := range row {
-			mx = max(mx, v)
-		}
+		mx := rowMax(row)
 		var sum float64
 		for _, v := range row {
 			sum += math.Exp(float64(v - mx))
