@@ -216,7 +216,7 @@ func BenchmarkTrainStep(b *testing.B) {
 	}
 }
 
-// BenchmarkPrefillDecode times the plain-Go inference path on the default
+// BenchmarkPrefillDecode times the eager inference path on the default
 // config: a prefill of an image prompt and 14 decode steps (one box).
 func BenchmarkPrefillDecode(b *testing.B) {
 	for _, batch := range []int{1, 8} {

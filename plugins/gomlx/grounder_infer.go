@@ -17,7 +17,7 @@ import (
 // grounderRunner runs Config.Grounder's encoder and head for inference
 // from the model's one definition (model.Net), which training differentiates,
 // so the two cannot drift apart: per batch of prompts it returns the
-// projected patch features the plain-Go language model reads and, for
+// projected patch features the eager language model reads and, for
 // each prompt's first image, the box of the cell the pointer picks.
 type grounderRunner struct {
 	cfg    model.Config
@@ -30,7 +30,7 @@ type grounderRunner struct {
 func newGrounderRunner(ml gomlxcompute.Backend, cfg model.Config, specs []paramSpec, weights map[string][]float32) (*grounderRunner, error) {
 	r := &grounderRunner{cfg: cfg}
 	// Only what the encoder and head read: the language model's blocks
-	// stay with the plain-Go forward pass, not in a second copy here.
+	// run eagerly (model/eager), not in a second copy here.
 	for _, p := range specs {
 		if !grounderReads(p.Name) {
 			continue

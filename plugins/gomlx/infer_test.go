@@ -16,8 +16,8 @@ import (
 	"github.com/groundmesh/groundmesh/plugins/compute"
 )
 
-// parityTolerance bounds |logit difference| between the plain-Go forward
-// with a KV cache and the GoMLX full-sequence forward.
+// parityTolerance bounds |logit difference| between the eager execution
+// with a KV cache and the GoMLX full-sequence forward, of the one definition.
 const parityTolerance = 1e-4
 
 // roughWeights are random weights far from the near-uniform init, so that
