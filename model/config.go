@@ -1,9 +1,13 @@
-// Package model is the host side of the tinygrounder v1 model: architecture
-// config, tokenizer with the box grammar, prompt templates, image
-// preprocessing, tokenized training shards, decoding (greedy and
-// box-constrained) and the box codec. Backends (plugins/*) do tensor compute
-// only; everything that defines what the model reads and writes lives here,
-// once.
+// Package model is the tinygrounder v1 model: its architecture config and
+// the architecture itself, defined once against the tensor operations of
+// Ops (net.go: the forward pass, the training losses, the grounding encoder
+// and head, inference with a KV cache; Config.Params is derived from it),
+// the tokenizer with the box grammar, prompt templates, image
+// preprocessing, tokenized training shards, decoding (greedy and under the
+// answer grammars, DecodeLoop) and the box codec. Backends (plugins/*)
+// implement the operations, or the same function, and do tensor compute
+// only; everything that defines what the model reads and writes lives
+// here, once.
 package model
 
 import (
