@@ -13,7 +13,11 @@ package compute
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
+	"io"
+	"os"
 	"slices"
 	"strings"
 )
@@ -285,4 +289,20 @@ func CheckDtype(backend, dtype string, declared []string) error {
 	}
 	return fmt.Errorf("%w: dtype %q is not one backend %q implements (it declares %s)",
 		ErrInvalidArgument, dtype, backend, strings.Join(declared, ", "))
+}
+
+// FileSHA256 is the hex sha256 of a file's bytes, and their count: what
+// Checkpoint.SHA256 and Checkpoint.Bytes record.
+func FileSHA256(path string) (string, int64, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", 0, fmt.Errorf("open %s: %w", path, err)
+	}
+	defer f.Close()
+	h := sha256.New()
+	n, err := io.Copy(h, f)
+	if err != nil {
+		return "", 0, fmt.Errorf("hash %s: %w", path, err)
+	}
+	return hex.EncodeToString(h.Sum(nil)), n, nil
 }

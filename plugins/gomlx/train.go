@@ -267,7 +267,7 @@ func (b *Backend) Train(ctx context.Context, req compute.TrainRequest, progress 
 	res.FLOPsStep = cfg.FLOPsPerStep(req.BatchSize)
 	start := st.step
 	if start >= req.Steps && req.ResumeCheckpoint != "" {
-		sha, n, err := fileSHA256(req.ResumeCheckpoint)
+		sha, n, err := compute.FileSHA256(req.ResumeCheckpoint)
 		if err != nil {
 			return res, fmt.Errorf("train: %w", err)
 		}

@@ -61,7 +61,7 @@ func TestTrainLearnsImageColour(t *testing.T) {
 		}
 		if p.Checkpoint != nil {
 			ckSteps = append(ckSteps, p.Checkpoint.Step)
-			sha, n, err := fileSHA256(p.Checkpoint.Path)
+			sha, n, err := compute.FileSHA256(p.Checkpoint.Path)
 			if err != nil || sha != p.Checkpoint.SHA256 || n != p.Checkpoint.Bytes {
 				t.Errorf("checkpoint %s: sha %s/%d, reported %s/%d (%v)", p.Checkpoint.Path, sha, n, p.Checkpoint.SHA256, p.Checkpoint.Bytes, err)
 			}
@@ -170,7 +170,7 @@ func TestCheckpointRoundTripIsBitExact(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if sha2, n2, _ := fileSHA256(path); sha2 != sha || n2 != n {
+	if sha2, n2, _ := compute.FileSHA256(path); sha2 != sha || n2 != n {
 		t.Fatalf("reported sha/bytes %s/%d, file %s/%d", sha, n, sha2, n2)
 	}
 	back, err := readCheckpoint(path, specs, sel, true)

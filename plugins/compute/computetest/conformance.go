@@ -18,8 +18,6 @@ package computetest
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -222,7 +220,7 @@ func mean(xs []float64) float64 {
 // checkCheckpoint verifies that c describes its file.
 func checkCheckpoint(t *testing.T, c compute.Checkpoint) {
 	t.Helper()
-	sum, n, err := fileSHA256(c.Path)
+	sum, n, err := compute.FileSHA256(c.Path)
 	if err != nil {
 		t.Errorf("checkpoint %s: %v", c.Path, err)
 		return
@@ -734,7 +732,7 @@ func WriteReference(ctx context.Context, b compute.Backend, dir string, cfgJSON 
 	if err != nil {
 		return "", fmt.Errorf("write reference: copy checkpoint: %w", err)
 	}
-	sum, _, err := fileSHA256(ckpt)
+	sum, _, err := compute.FileSHA256(ckpt)
 	if err != nil {
 		return "", fmt.Errorf("write reference: %w", err)
 	}
@@ -774,7 +772,7 @@ func ReadReference(path string) (*Reference, error) {
 		return nil, fmt.Errorf("read reference %s: %w", path, err)
 	}
 	ref.CheckpointPath = filepath.Join(filepath.Dir(path), ref.Checkpoint)
-	sum, _, err := fileSHA256(ref.CheckpointPath)
+	sum, _, err := compute.FileSHA256(ref.CheckpointPath)
 	if err != nil {
 		return nil, fmt.Errorf("read reference %s: %w", path, err)
 	}
@@ -782,21 +780,6 @@ func ReadReference(path string) (*Reference, error) {
 		return nil, fmt.Errorf("read reference %s: checkpoint sha256 %s, recorded %s", path, sum, ref.SHA256)
 	}
 	return &ref, nil
-}
-
-// fileSHA256 is the hex sha256 of a file's bytes and their count.
-func fileSHA256(path string) (string, int64, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return "", 0, err
-	}
-	defer f.Close()
-	h := sha256.New()
-	n, err := io.Copy(h, f)
-	if err != nil {
-		return "", 0, fmt.Errorf("hash %s: %w", path, err)
-	}
-	return hex.EncodeToString(h.Sum(nil)), n, nil
 }
 
 // testGenerate holds a backend that declares compute.FeatureGenerate to

@@ -453,27 +453,20 @@ func runCell(ctx context.Context, b compute.Backend, desc compute.Description, c
 		}
 		return ps
 	}
-	grammars := []struct {
+	type grammarCase struct {
 		name    string
 		prompts []model.Prompt
 		opts    model.GenerateOptions
-	}{
+	}
+	grammars := []grammarCase{
 		{"box", prompts("red square <image>", "green square <image>"), model.GenerateOptions{Constraint: model.ConstraintBox}},
 		{"yesno", prompts("is there a red square <image>", "is there a blue square <image>"), model.GenerateOptions{Constraint: model.ConstraintYesNo}},
 		{"choice", prompts("which one is red <image>", "which colour <image>"), model.GenerateOptions{Constraint: model.ConstraintChoice(4)}},
 	}
 	if cfg.Grounder {
 		grammars = append(grammars,
-			struct {
-				name    string
-				prompts []model.Prompt
-				opts    model.GenerateOptions
-			}{"box_from_head", prompts("red square <image>", "green square <image>"), model.GenerateOptions{Constraint: model.ConstraintBox, BoxFromHead: true}},
-			struct {
-				name    string
-				prompts []model.Prompt
-				opts    model.GenerateOptions
-			}{"yesno_from_head", prompts("is there a red square <image>", "is there a blue square <image>"), model.GenerateOptions{Constraint: model.ConstraintYesNo, YesNoFromHead: true}})
+			grammarCase{"box_from_head", prompts("red square <image>", "green square <image>"), model.GenerateOptions{Constraint: model.ConstraintBox, BoxFromHead: true}},
+			grammarCase{"yesno_from_head", prompts("is there a red square <image>", "is there a blue square <image>"), model.GenerateOptions{Constraint: model.ConstraintYesNo, YesNoFromHead: true}})
 	}
 	inBackend := slices.Contains(desc.Features, compute.FeatureGenerate)
 	for _, g := range grammars {
@@ -658,6 +651,7 @@ func CompareCell(got, want *CellReference, tol MatrixTolerance) error {
 		}
 	}
 	if got.Train != nil {
+		sizes := paramSizes(want.ModelConfig)
 		for _, obj := range sortedKeys(want.Train) {
 			g, w := got.Train[obj], want.Train[obj]
 			if g == nil {
@@ -686,7 +680,7 @@ func CompareCell(got, want *CellReference, tol MatrixTolerance) error {
 					ms += (gs[k] - ws[k]) * (gs[k] - ws[k])
 				}
 				ms /= float64(len(ws))
-				if allowed := 4*tol.Moved*float64(paramSize(want.ModelConfig, p)) + 1e-2; ms > allowed {
+				if allowed := 4*tol.Moved*float64(sizes[p]) + 1e-2; ms > allowed {
 					moved = append(moved, fmt.Sprintf("%s (about %.0f elements)", p, ms/4))
 				}
 			}
@@ -698,17 +692,16 @@ func CompareCell(got, want *CellReference, tol MatrixTolerance) error {
 	return errors.Join(errs...)
 }
 
-func paramSize(cfgJSON []byte, name string) int {
-	cfg, err := model.ParseConfig(cfgJSON)
-	if err != nil {
-		return 0
-	}
-	for _, p := range cfg.Params() {
-		if p.Name == name {
-			return int(p.Size())
+// paramSizes are the element counts of a config's parameters by name
+// (none when the config does not parse).
+func paramSizes(cfgJSON []byte) map[string]int {
+	sizes := map[string]int{}
+	if cfg, err := model.ParseConfig(cfgJSON); err == nil {
+		for _, p := range cfg.Params() {
+			sizes[p.Name] = int(p.Size())
 		}
 	}
-	return 0
+	return sizes
 }
 
 func sortedKeys[V any](m map[string]V) []string {
