@@ -319,9 +319,9 @@ type Generator struct {
 	tok     *Tokenizer
 	cfg     Config
 
-	once        sync.Once
-	inBackend   bool // the backend declares compute.FeatureGenerate
-	describeErr error
+	mu        sync.Mutex
+	described bool // inBackend is known
+	inBackend bool // the backend declares compute.FeatureGenerate
 }
 
 // NewGenerator checks that tok and cfg agree and returns a Generator for a
@@ -437,14 +437,20 @@ func (g *Generator) generateBatch(ctx context.Context, prompts []Prompt, offset 
 }
 
 // backendGenerates reports whether the backend declares
-// compute.FeatureGenerate (asked once per Generator).
+// compute.FeatureGenerate. The answer is kept once the backend has given
+// it; a failed Describe (a cancelled call, a restarting plugin) is
+// returned and asked again next time.
 func (g *Generator) backendGenerates(ctx context.Context) (bool, error) {
-	g.once.Do(func() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if !g.described {
 		d, err := g.backend.Describe(ctx)
-		g.describeErr = err
-		g.inBackend = err == nil && slices.Contains(d.Features, compute.FeatureGenerate)
-	})
-	return g.inBackend, g.describeErr
+		if err != nil {
+			return false, err
+		}
+		g.described, g.inBackend = true, slices.Contains(d.Features, compute.FeatureGenerate)
+	}
+	return g.inBackend, nil
 }
 
 // Grammar is the constraint as compute.GenerateRequest carries it.
