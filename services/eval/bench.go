@@ -6,6 +6,7 @@ import (
 	"strings"
 
 	"github.com/groundmesh/groundmesh/internal/dataset"
+	"github.com/groundmesh/groundmesh/internal/infer"
 	"github.com/groundmesh/groundmesh/model"
 	"github.com/groundmesh/groundmesh/services/eval/metrics"
 )
@@ -121,22 +122,6 @@ type PairJSON struct {
 func boxArr(b dataset.Box) [4]float64 { return [4]float64{b.X1, b.Y1, b.X2, b.Y2} }
 func arrBox(a [4]float64) dataset.Box { return dataset.Box{X1: a[0], Y1: a[1], X2: a[2], Y2: a[3]} }
 
-// promptOf returns the last human turn before the final answer, and the
-// final answer (the reference text).
-func promptOf(r model.Record) (prompt, reference string) {
-	i := len(r.Conversations) - 1
-	if i >= 0 && r.Conversations[i].From == "gpt" {
-		reference = r.Conversations[i].Value
-		i--
-	}
-	for ; i >= 0; i-- {
-		if r.Conversations[i].From == "human" {
-			return r.Conversations[i].Value, reference
-		}
-	}
-	return "", reference
-}
-
 // scorer accumulates one benchmark's metrics.
 type scorer interface {
 	// add scores one record and returns its result line.
@@ -170,7 +155,7 @@ func pickTruth(r model.Record, ref string) string {
 }
 
 func baseResult(r model.Record, p Prediction) SampleResult {
-	prompt, ref := promptOf(r)
+	prompt, ref := infer.PromptOf(r)
 	return SampleResult{
 		ID: r.ID, Split: r.Split, Task: r.Task, Direction: r.Direction,
 		Images: r.Images, Prompt: prompt, Reference: ref, Output: p.Text,
@@ -215,7 +200,7 @@ func (s *boxScorer) add(r model.Record, p Prediction) SampleResult {
 	truth := arrBox(r.Answer.Boxes[0])
 	res.TrueBoxes = r.Answer.Boxes[:1]
 	var pred *dataset.Box
-	if b, err := metrics.PredictedBox(p.Text, p.Box, w, h); err != nil {
+	if b, err := infer.PixelBox(p.Text, p.Box, w, h); err != nil {
 		res.ParseError = err.Error()
 	} else {
 		pred = &b

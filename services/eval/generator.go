@@ -6,11 +6,11 @@ import (
 	"fmt"
 	"image"
 	"strings"
-	"sync"
 
 	"go.opentelemetry.io/otel/attribute"
 
 	"github.com/groundmesh/groundmesh/internal/blob"
+	"github.com/groundmesh/groundmesh/internal/infer"
 	"github.com/groundmesh/groundmesh/model"
 	"github.com/groundmesh/groundmesh/plugins/compute"
 )
@@ -67,10 +67,6 @@ func NewGeneratorFactory(cfg GeneratorConfig) (PredictorFactory, error) {
 		ctx, span := tracer.Start(ctx, "eval.openGenerator")
 		defer span.End()
 		span.SetAttributes(attribute.String("checkpoint_id", ck.ID), attribute.String("stage", ck.Stage))
-		mc, err := model.ParseConfig(run.ModelConfig)
-		if err != nil {
-			return nil, fmt.Errorf("run %s model config: %w", run.RunID, err)
-		}
 		if run.TokenizerKey == "" {
 			return nil, fmt.Errorf("run %s: no tokenizer recorded", run.RunID)
 		}
@@ -78,34 +74,18 @@ func NewGeneratorFactory(cfg GeneratorConfig) (PredictorFactory, error) {
 		if err != nil {
 			return nil, fmt.Errorf("run %s tokenizer: %w", run.RunID, err)
 		}
-		tok, err := model.LoadTokenizerFile(tp)
-		if err != nil {
-			return nil, fmt.Errorf("run %s tokenizer: %w", run.RunID, err)
-		}
 		cp, err := cfg.Blob.Path(ck.BlobKey)
 		if err != nil {
 			return nil, fmt.Errorf("checkpoint %s: %w", ck.ID, err)
 		}
-		desc, err := cfg.Backend.Describe(ctx)
+		sess, err := infer.Open(ctx, cfg.Backend, infer.OpenRequest{ModelConfig: run.ModelConfig, TokenizerPath: tp, CheckpointPath: cp, Device: cfg.Device})
 		if err != nil {
-			return nil, fmt.Errorf("describe backend: %w", err)
-		}
-		if err := mc.Unsupported(desc.Backend, desc.Features); err != nil {
-			return nil, fmt.Errorf("checkpoint %s: %w", ck.ID, err)
-		}
-		loaded, err := cfg.Backend.Load(ctx, compute.LoadRequest{ModelConfig: run.ModelConfig, Checkpoint: cp, Device: cfg.Device})
-		if err != nil {
-			return nil, fmt.Errorf("load checkpoint %s: %w", ck.ID, err)
-		}
-		gen, err := model.NewGenerator(cfg.Backend, loaded.Session, tok, mc)
-		if err != nil {
-			_ = cfg.Backend.Unload(context.WithoutCancel(ctx), loaded.Session)
-			return nil, fmt.Errorf("checkpoint %s: %w", ck.ID, err)
+			return nil, fmt.Errorf("checkpoint %s of run %s: %w", ck.ID, run.RunID, err)
 		}
 		return &generatorPredictor{
-			gen: gen, backend: cfg.Backend, session: loaded.Session, cfg: cfg,
-			attention: cfg.Attention && desc.CanAttention,
-			images:    newImageCache(run.DatasetRoot, cfg.Blob, cfg.ImageCache),
+			gen: sess.Generator, session: sess, cfg: cfg,
+			attention: cfg.Attention && sess.CanAttention,
+			images:    infer.NewImageCache(run.DatasetRoot, cfg.Blob, cfg.ImageCache),
 		}, nil
 	}, nil
 }
@@ -130,34 +110,31 @@ func NewGeneratorPredictor(gen Generator, root string, bs *blob.Local, cfg Gener
 	if cfg.ImageCache == 0 {
 		cfg.ImageCache = 256
 	}
-	return &generatorPredictor{gen: gen, cfg: cfg, attention: cfg.Attention, images: newImageCache(root, bs, cfg.ImageCache)}
+	return &generatorPredictor{gen: gen, cfg: cfg, attention: cfg.Attention, images: infer.NewImageCache(root, bs, cfg.ImageCache)}
 }
 
 type generatorPredictor struct {
 	gen       Generator
-	backend   compute.Backend // nil when not owned
-	session   string
+	session   *infer.Session // nil when not owned
 	cfg       GeneratorConfig
 	attention bool
-	images    *imageCache
+	images    *infer.ImageCache
 }
 
-// options picks the decoding of a record's task.
+// options picks the decoding of a record's task (infer.Decoding).
 func (p *generatorPredictor) options(r model.Record) model.GenerateOptions {
-	o := model.GenerateOptions{MaxNew: p.cfg.MaxNewText, BatchSize: p.cfg.BatchSize}
+	d := infer.Decoding{MaxNewText: p.cfg.MaxNewText, MaxNewDense: p.cfg.MaxNewDense, BatchSize: p.cfg.BatchSize}
 	switch bench := BenchmarkOf(r); {
-	case bench == BenchREC || bench == BenchCropLocate:
-		o.Constraint = model.ConstraintBox
-		o.WantAttention = p.attention && bench == BenchREC
-		// A model with a grounding head answers REC with the head's box;
-		// crop localization asks about an image, not a phrase, so its
+	case bench == BenchREC:
+		// A model with a grounding head answers REC with the head's box.
+		d.Attention = p.attention
+		return d.Options(infer.Ground, 0)
+	case bench == BenchCropLocate:
+		// Crop localization asks about an image, not a phrase: its
 		// numbers stay the language model's.
-		o.BoxFromHead = bench == BenchREC
+		return d.Options(infer.Locate, 0)
 	case strings.HasPrefix(bench, BenchPOPEPrefix):
-		o.Constraint = model.ConstraintYesNo
-		// A model with a grounding head answers from its existence
-		// probability for the object the question names.
-		o.YesNoFromHead = true
+		return d.Options(infer.YesNo, 0)
 	case bench == BenchCropPick || bench == BenchBoxPick:
 		// Candidates are numbered from 1 in the prompt; C->I's first
 		// image is the full image, not a candidate.
@@ -165,17 +142,11 @@ func (p *generatorPredictor) options(r model.Record) model.GenerateOptions {
 		if bench == BenchBoxPick {
 			k--
 		}
-		if k >= 1 && k <= 9 {
-			o.Constraint = model.ConstraintDigits(1, k)
-		}
+		return d.Options(infer.Pick, k)
 	case bench == BenchDense:
-		o.MaxNew = p.cfg.MaxNewDense
+		return d.Options(infer.Dense, 0)
 	}
-	return o
-}
-
-func optionsKey(o model.GenerateOptions) string {
-	return fmt.Sprintf("%s|%d|%v|%v|%v", o.Constraint, o.MaxNew, o.WantAttention, o.BoxFromHead, o.YesNoFromHead)
+	return d.Options(infer.Text, 0)
 }
 
 // Predict implements Predictor: records are grouped by decoding options
@@ -189,7 +160,7 @@ func (p *generatorPredictor) Predict(ctx context.Context, recs []model.Record) (
 	var order []string
 	for i, r := range recs {
 		o := p.options(r)
-		k := optionsKey(o)
+		k := infer.OptionsKey(o)
 		g, ok := groups[k]
 		if !ok {
 			g = &group{opts: o}
@@ -203,7 +174,7 @@ func (p *generatorPredictor) Predict(ctx context.Context, recs []model.Record) (
 		g := groups[k]
 		prompts := make([]model.Prompt, len(g.idx))
 		for j, i := range g.idx {
-			text, _ := promptOf(recs[i])
+			text, _ := infer.PromptOf(recs[i])
 			imgs, err := p.recordImages(recs[i])
 			if err != nil {
 				return nil, err
@@ -232,7 +203,7 @@ func (p *generatorPredictor) Predict(ctx context.Context, recs []model.Record) (
 func (p *generatorPredictor) recordImages(r model.Record) ([]image.Image, error) {
 	imgs := make([]image.Image, len(r.Images))
 	for n, ref := range r.Images {
-		img, err := p.images.get(ref)
+		img, err := p.images.Get(ref)
 		if err != nil {
 			return nil, fmt.Errorf("record %s: %w", r.ID, err)
 		}
@@ -243,49 +214,10 @@ func (p *generatorPredictor) recordImages(r model.Record) ([]image.Image, error)
 
 // Close unloads the checkpoint when the predictor loaded it.
 func (p *generatorPredictor) Close() error {
-	if p.backend == nil {
+	if p.session == nil {
 		return nil
 	}
-	if err := p.backend.Unload(context.Background(), p.session); err != nil {
-		return fmt.Errorf("unload session %s: %w", p.session, err)
-	}
-	return nil
-}
-
-// imageCache keeps decoded images: a synth set asks many questions about
-// the same image. It is dropped whole when full (records come grouped by
-// image, so recency matters little).
-type imageCache struct {
-	root string
-	bs   *blob.Local
-	max  int
-	mu   sync.Mutex
-	m    map[string]image.Image
-}
-
-func newImageCache(root string, bs *blob.Local, n int) *imageCache {
-	return &imageCache{root: root, bs: bs, max: n, m: map[string]image.Image{}}
-}
-
-func (c *imageCache) get(ref model.ImageRef) (image.Image, error) {
-	key := ref.Kind + "\x00" + ref.Path
-	c.mu.Lock()
-	img, ok := c.m[key]
-	c.mu.Unlock()
-	if ok {
-		return img, nil
-	}
-	img, err := loadImage(c.root, c.bs, ref)
-	if err != nil {
-		return nil, err
-	}
-	c.mu.Lock()
-	if len(c.m) >= c.max {
-		clear(c.m)
-	}
-	c.m[key] = img
-	c.mu.Unlock()
-	return img, nil
+	return p.session.Close(context.Background())
 }
 
 // answerScorer is the optional part of a Generator that scores answers
@@ -333,7 +265,7 @@ func (p *generatorPredictor) imageReliance(ctx context.Context, recs []model.Rec
 	}
 	var own, other []model.ScoreItem
 	for i, r := range recs {
-		text, ref := promptOf(r)
+		text, ref := infer.PromptOf(r)
 		if ref == "" || len(r.Images) == 0 {
 			continue
 		}

@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/groundmesh/groundmesh/internal/blob"
+	"github.com/groundmesh/groundmesh/internal/infer"
 	"github.com/groundmesh/groundmesh/model"
 )
 
@@ -49,7 +50,7 @@ func TestGeneratorPredictorPicksDecodingPerTask(t *testing.T) {
 	for _, r := range recs {
 		for _, im := range r.Images {
 			if im.Kind == "crop" {
-				src, err := loadImage(filepath.Join(dir, "dataset"), nil, model.ImageRef{Kind: "image", Path: r.Lineage.ImageID})
+				src, err := infer.LoadImage(filepath.Join(dir, "dataset"), nil, model.ImageRef{Kind: "image", Path: r.Lineage.ImageID})
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -98,7 +99,7 @@ func TestGeneratorPredictorPicksDecodingPerTask(t *testing.T) {
 		var call *genCall
 		for k := range g.calls {
 			for _, pr := range g.calls[k].prompts {
-				if want, _ := promptOf(r); pr.Text == want && len(pr.Images) == len(r.Images) {
+				if want, _ := infer.PromptOf(r); pr.Text == want && len(pr.Images) == len(r.Images) {
 					call = &g.calls[k]
 				}
 			}
@@ -216,7 +217,7 @@ func TestImageReliance(t *testing.T) {
 	}
 	for i, r := range rec {
 		own, other := g.items[0][i], g.items[1][i]
-		text, ref := promptOf(r)
+		text, ref := infer.PromptOf(r)
 		if own.Prompt.Text != text || other.Prompt.Text != text || own.Answer != ref || other.Answer != ref {
 			t.Fatalf("record %s: prompts or answers differ between the two scorings", r.ID)
 		}
@@ -226,7 +227,7 @@ func TestImageReliance(t *testing.T) {
 	}
 	// A record too long to score is left out, not the metric.
 	long := &scoringGenerator{nll: [2]float64{0.5, 2}}
-	long.tooLong, _ = promptOf(rec[0])
+	long.tooLong, _ = infer.PromptOf(rec[0])
 	pl := NewGeneratorPredictor(long, filepath.Join(dir, "dataset"), nil, GeneratorConfig{}).(*generatorPredictor)
 	m, err = pl.imageReliance(context.Background(), rec)
 	if err != nil || m[MetricImageGain] != 1.5 {

@@ -7,48 +7,12 @@ import (
 	"image"
 	"image/color"
 	"image/draw"
-	_ "image/jpeg" // dataset images may be JPEG
 	"image/png"
 	"math"
-	"os"
-	"path/filepath"
 
-	"github.com/groundmesh/groundmesh/internal/blob"
 	"github.com/groundmesh/groundmesh/internal/dataset"
 	"github.com/groundmesh/groundmesh/model"
 )
-
-// loadImage opens a record's image: "image" paths are relative to the
-// dataset root, "crop" paths are blob keys.
-func loadImage(root string, bs *blob.Local, ref model.ImageRef) (image.Image, error) {
-	var path string
-	switch ref.Kind {
-	case "crop":
-		if bs == nil {
-			return nil, fmt.Errorf("load crop %s: no blob store", ref.Path)
-		}
-		p, err := bs.Path(ref.Path)
-		if err != nil {
-			return nil, fmt.Errorf("load crop %s: %w", ref.Path, err)
-		}
-		path = p
-	default:
-		if root == "" {
-			return nil, fmt.Errorf("load image %s: dataset root unknown", ref.Path)
-		}
-		path = filepath.Join(root, filepath.FromSlash(ref.Path))
-	}
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, fmt.Errorf("load image: %w", err)
-	}
-	defer f.Close()
-	img, _, err := image.Decode(f)
-	if err != nil {
-		return nil, fmt.Errorf("decode image %s: %w", path, err)
-	}
-	return img, nil
-}
 
 // scaled returns img resized (nearest neighbour) so that its longer side is
 // at most maxSide, as RGBA, and the scale factor applied.

@@ -19,6 +19,7 @@ import (
 	"go.opentelemetry.io/otel/attribute"
 
 	"github.com/groundmesh/groundmesh/internal/dataset"
+	"github.com/groundmesh/groundmesh/internal/infer"
 )
 
 // Report sizes.
@@ -500,7 +501,7 @@ func (s *Service) galleryItem(smp SampleResult, root string, attention bool) gal
 	it.Detail += " · answer " + truncateText(smp.Output, 60)
 	var img image.Image
 	if len(smp.Images) > 0 {
-		loaded, err := loadImage(root, s.cfg.Blob, smp.Images[0])
+		loaded, err := infer.LoadImage(root, s.cfg.Blob, smp.Images[0])
 		if err == nil {
 			img = loaded
 		} else {

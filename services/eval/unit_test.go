@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/groundmesh/groundmesh/internal/dataset"
+	"github.com/groundmesh/groundmesh/internal/infer"
 	"github.com/groundmesh/groundmesh/model"
 )
 
@@ -35,20 +36,6 @@ func TestBenchmarkOf(t *testing.T) {
 		if got := BenchmarkOf(c.r); got != c.want {
 			t.Errorf("BenchmarkOf(%s %s) = %q, want %q", c.r.Task, c.r.Direction, got, c.want)
 		}
-	}
-}
-
-func TestPromptOf(t *testing.T) {
-	r := model.Record{Conversations: []model.Turn{
-		{From: "human", Value: "first"}, {From: "gpt", Value: "a1"},
-		{From: "human", Value: "<image>\nwhere?"}, {From: "gpt", Value: "[0.1, 0.2, 0.3, 0.4]"},
-	}}
-	p, ref := promptOf(r)
-	if p != "<image>\nwhere?" || ref != "[0.1, 0.2, 0.3, 0.4]" {
-		t.Fatalf("promptOf = %q, %q", p, ref)
-	}
-	if p, ref := promptOf(model.Record{}); p != "" || ref != "" {
-		t.Fatal("empty conversation")
 	}
 }
 
@@ -100,7 +87,7 @@ func TestRunBenchmarkScoresAndBatches(t *testing.T) {
 		out := make([]Prediction, len(rs))
 		for i, r := range rs {
 			if (r.ID[0]-'a')%2 == 0 {
-				_, ref := promptOf(r)
+				_, ref := infer.PromptOf(r)
 				out[i] = Prediction{Text: ref, Attention: [][]float32{{1, 0, 0, 0}, {0, 1, 0, 0}}}
 			} else {
 				out[i] = Prediction{Text: "somewhere"}

@@ -17,6 +17,7 @@ import (
 	"testing"
 
 	"github.com/groundmesh/groundmesh/internal/dataset"
+	"github.com/groundmesh/groundmesh/internal/infer"
 	"github.com/groundmesh/groundmesh/model"
 )
 
@@ -178,7 +179,7 @@ func noisyOracle(q map[string]float64) PredictorFactory {
 		return PredictorFunc(func(ctx context.Context, recs []model.Record) ([]Prediction, error) {
 			out := make([]Prediction, len(recs))
 			for i, r := range recs {
-				_, ref := promptOf(r)
+				_, ref := infer.PromptOf(r)
 				right := decide(r.ID, ck.Stage, quality)
 				bench := BenchmarkOf(r)
 				switch {

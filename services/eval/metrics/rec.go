@@ -1,35 +1,14 @@
 package metrics
 
 import (
-	"fmt"
 	"slices"
 	"strings"
 
 	"github.com/groundmesh/groundmesh/internal/dataset"
-	"github.com/groundmesh/groundmesh/model"
 )
 
 // REC thresholds reported for every box benchmark.
 var RECThresholds = []float64{0.25, 0.5, 0.75}
-
-// PredictedBox turns a model's answer into a pixel box in the original
-// w x h image. A box the decoder already produced (box-constrained decoding)
-// wins over the text; otherwise the first "[a, b, c, d]" in text is parsed.
-// The error says why no box could be had; callers count it as a parse
-// failure and score the sample as wrong.
-func PredictedBox(text string, decoded *model.NormBox, w, h int) (dataset.Box, error) {
-	if w <= 0 || h <= 0 {
-		return dataset.Box{}, fmt.Errorf("predicted box: image size %dx%d", w, h)
-	}
-	if decoded != nil {
-		return model.Denormalize(*decoded, w, h), nil
-	}
-	n, err := model.ParseBox(text)
-	if err != nil {
-		return dataset.Box{}, err
-	}
-	return model.Denormalize(n, w, h), nil
-}
 
 // IoU is the intersection over union of two pixel xyxy boxes; degenerate
 // boxes have area 0, so a box that collapses to a line scores 0.

@@ -14,6 +14,7 @@ import (
 	"testing"
 
 	"github.com/groundmesh/groundmesh/internal/dataset"
+	"github.com/groundmesh/groundmesh/internal/infer"
 	"github.com/groundmesh/groundmesh/model"
 )
 
@@ -115,7 +116,7 @@ func TestRECMatchesLmmsEval(t *testing.T) {
 
 		var pred *dataset.Box
 		lmmsPred := lmmsParse(answer)
-		if b, err := PredictedBox(answer, nil, w, h); err == nil {
+		if b, err := infer.PixelBox(answer, nil, w, h); err == nil {
 			pred = &b
 			// The same predicted box, expressed in lmms-eval's frame.
 			lmmsPred = [4]float64{b.X1 / float64(w), b.Y1 / float64(h), b.X2 / float64(w), b.Y2 / float64(h)}
@@ -162,14 +163,14 @@ func TestRECMatchesLmmsEval(t *testing.T) {
 func TestRECStricterThanLmmsEval(t *testing.T) {
 	gt := [4]float64{0.1, 0.1, 0.9, 0.9}
 	outOfRange := "[0.100, 0.100, 1.500, 0.900]"
-	if _, err := PredictedBox(outOfRange, nil, 100, 100); err == nil {
+	if _, err := infer.PixelBox(outOfRange, nil, 100, 100); err == nil {
 		t.Fatal("out-of-range box accepted")
 	}
 	if iou := lmmsIoU(gt, lmmsParse(outOfRange)); iou <= 0 {
 		t.Fatalf("lmms-eval IoU %v: expected it to score the box", iou)
 	}
 	reversed := "[0.700, 0.200, 0.300, 0.800]"
-	if _, err := PredictedBox(reversed, nil, 100, 100); err == nil {
+	if _, err := infer.PixelBox(reversed, nil, 100, 100); err == nil {
 		t.Fatal("reversed box accepted")
 	}
 	if p := lmmsParse(reversed); lmmsIoU(gt, p) != 0 || !lmmsCenter(gt, p) {
