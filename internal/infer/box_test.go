@@ -41,7 +41,6 @@ func TestPixelBoxUndoesPadding(t *testing.T) {
 	}
 }
 
-
 func TestReadBox(t *testing.T) {
 	n := model.NormBox{0.25, 0.375, 0.75, 0.625}
 	a, err := ReadBox(model.Generation{Text: model.FormatBox(n), Box: &n}, 200, 100)

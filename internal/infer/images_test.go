@@ -93,4 +93,3 @@ func TestDecodeImageLimits(t *testing.T) {
 		})
 	}
 }
-
