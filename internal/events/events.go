@@ -83,6 +83,9 @@ type Failed struct {
 	Reason        string `json:"reason"`
 	// Retryable is false for bad input: the workflow must not retry.
 	Retryable bool `json:"retryable"`
+	// Code classifies the failure for callers that act on it without
+	// parsing Reason (services/ground's reason codes, e.g. "image_too_large").
+	Code string `json:"code,omitempty"`
 }
 
 // IngestRequested asks services/ingest to ingest a dataset.
@@ -193,17 +196,70 @@ type EvaluationCompleted struct {
 	ReportKey     string             `json:"report_key,omitempty"`
 }
 
-// GroundRequested asks services/ground for a grounding answer.
+// GroundRequested asks services/ground where something is in an image.
+// Exactly one of Image and ImageKey names the image, and one of
+// Expression and Prompt the question.
 type GroundRequested struct {
 	CorrelationID string `json:"correlation_id"`
-	CheckpointID  string `json:"checkpoint_id,omitempty"` // default: promoted model
-	ImageKey      string `json:"image_key"`
-	Prompt        string `json:"prompt"`
+	// CheckpointID picks the model; default: the newest checkpoint of the
+	// most recently completed training run.
+	CheckpointID string `json:"checkpoint_id,omitempty"`
+	// ImageKey is the image's blob key.
+	ImageKey string `json:"image_key,omitempty"`
+	// Prompt is a whole human turn with one "<image>" placeholder (one is
+	// put first when it has none), for callers that phrase the question
+	// themselves.
+	Prompt string `json:"prompt,omitempty"`
+	// Image is the encoded image (PNG or JPEG) inline.
+	Image []byte `json:"image,omitempty"`
+	// Expression is the referring expression ("the red square left of the
+	// circle"); ground asks for its box in the trained phrasing.
+	Expression string `json:"expression,omitempty"`
+	// ReplyTopic is the prefix of the answer topics: the answer goes to
+	// "<ReplyTopic>.completed" or "<ReplyTopic>.failed"; default "ground".
+	ReplyTopic string `json:"reply_topic,omitempty"`
+	// Deadline is when the caller stops waiting: work not done by then is
+	// dropped and answered with the code "deadline_exceeded".
+	Deadline time.Time `json:"deadline,omitzero"`
+	// Attention asks for the model's attention over the image patches.
+	Attention bool `json:"attention,omitempty"`
 }
 
 // GroundCompleted answers GroundRequested.
 type GroundCompleted struct {
-	CorrelationID string    `json:"correlation_id"`
-	Text          string    `json:"text"`
-	Box           []float64 `json:"box,omitempty"` // pixel xyxy in the original image
+	CorrelationID string `json:"correlation_id"`
+	// Text is the answer as the model wrote it ("[0.123, 0.456, 0.789, 0.900]").
+	Text string `json:"text"`
+	// Box is the first box in pixel xyxy of the original image.
+	Box []float64 `json:"box,omitempty"`
+	// Boxes are every box of the answer in both frames.
+	Boxes []GroundBox `json:"boxes"`
+	// ModelVersion is the checkpoint that answered, and RunID, Stage and
+	// Step where it came from.
+	ModelVersion string `json:"model_version"`
+	RunID        string `json:"run_id"`
+	Stage        string `json:"stage"`
+	Step         int    `json:"step"`
+	// Width and Height are the image's size in pixels.
+	Width  int `json:"width"`
+	Height int `json:"height"`
+	// LatencyMS is the time ground spent on the request, from receiving it.
+	LatencyMS float64 `json:"latency_ms"`
+	// Attention, when asked for and the backend returns it, is the mean
+	// attention of the answer's box tokens over the image's patches
+	// (row-major square grid over the image padded to a square).
+	Attention []float32 `json:"attention,omitempty"`
+}
+
+// GroundBox is one box of a grounding answer.
+type GroundBox struct {
+	// Pixel is x1, y1, x2, y2 in the original image's pixels.
+	Pixel [4]float64 `json:"pixel"`
+	// Norm is the box normalized to the image padded to a square, as the
+	// model writes it.
+	Norm [4]float64 `json:"norm"`
+	// Phrase is the expression the box grounds.
+	Phrase string `json:"phrase"`
+	// Score is the model's confidence, when the backend reports one.
+	Score *float64 `json:"score,omitempty"`
 }

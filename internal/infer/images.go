@@ -112,32 +112,40 @@ var (
 	ErrImageDimensions = errors.New("image has no pixels")
 )
 
-// DecodeImage checks b against lim and decodes it. The pixel count is
-// checked from the header, before the pixels are decoded.
-func DecodeImage(b []byte, lim ImageLimits) (image.Image, string, error) {
+// CheckImage checks b against lim from its header alone, without
+// decoding a pixel, and returns the header and the format's name.
+func CheckImage(b []byte, lim ImageLimits) (image.Config, string, error) {
 	if len(b) == 0 {
-		return nil, "", fmt.Errorf("%w: empty", ErrImageUndecoded)
+		return image.Config{}, "", fmt.Errorf("%w: empty", ErrImageUndecoded)
 	}
 	if lim.MaxBytes > 0 && len(b) > lim.MaxBytes {
-		return nil, "", fmt.Errorf("%w: %d bytes, the limit is %d", ErrImageTooLarge, len(b), lim.MaxBytes)
+		return image.Config{}, "", fmt.Errorf("%w: %d bytes, the limit is %d", ErrImageTooLarge, len(b), lim.MaxBytes)
 	}
 	cfg, format, err := image.DecodeConfig(bytes.NewReader(b))
 	if errors.Is(err, image.ErrFormat) {
-		return nil, "", fmt.Errorf("%w: not one of %s (read from the file's first bytes)", ErrImageFormat, formatList(lim.Formats))
+		return image.Config{}, "", fmt.Errorf("%w: not one of %s (read from the file's first bytes)", ErrImageFormat, formatList(lim.Formats))
 	}
 	if err != nil {
-		return nil, "", fmt.Errorf("%w: header: %v", ErrImageUndecoded, err)
+		return image.Config{}, "", fmt.Errorf("%w: header: %v", ErrImageUndecoded, err)
 	}
 	if len(lim.Formats) > 0 && !slices.Contains(lim.Formats, format) {
-		return nil, "", fmt.Errorf("%w: %s, accepted: %s", ErrImageFormat, format, formatList(lim.Formats))
+		return image.Config{}, "", fmt.Errorf("%w: %s, accepted: %s", ErrImageFormat, format, formatList(lim.Formats))
 	}
 	if cfg.Width <= 0 || cfg.Height <= 0 {
-		return nil, "", fmt.Errorf("%w: %dx%d", ErrImageDimensions, cfg.Width, cfg.Height)
+		return image.Config{}, "", fmt.Errorf("%w: %dx%d", ErrImageDimensions, cfg.Width, cfg.Height)
 	}
 	if px := int64(cfg.Width) * int64(cfg.Height); lim.MaxPixels > 0 && px > int64(lim.MaxPixels) {
-		return nil, "", fmt.Errorf("%w: %dx%d is %d pixels, the limit is %d", ErrTooManyPixels, cfg.Width, cfg.Height, px, lim.MaxPixels)
+		return image.Config{}, "", fmt.Errorf("%w: %dx%d is %d pixels, the limit is %d", ErrTooManyPixels, cfg.Width, cfg.Height, px, lim.MaxPixels)
 	}
-	img, _, err := image.Decode(bytes.NewReader(b))
+	return cfg, format, nil
+}
+
+// DecodeImage checks b against lim (CheckImage) and decodes it.
+func DecodeImage(b []byte, lim ImageLimits) (image.Image, string, error) {
+	if _, _, err := CheckImage(b, lim); err != nil {
+		return nil, "", err
+	}
+	img, format, err := image.Decode(bytes.NewReader(b))
 	if err != nil {
 		return nil, "", fmt.Errorf("%w: %v", ErrImageUndecoded, err)
 	}

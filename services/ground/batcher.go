@@ -1,0 +1,350 @@
+package ground
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/groundmesh/groundmesh/internal/infer"
+	"github.com/groundmesh/groundmesh/model"
+)
+
+// BatchConfig configures how concurrent requests for one model share
+// plugin calls.
+type BatchConfig struct {
+	// MaxBatch is the most requests one Generate call answers; default 16.
+	MaxBatch int
+	// MaxDelay is how long a batch that is not full waits for more
+	// requests once the first is taken; default 2ms (a plugin call of the
+	// demo model takes several). Requests that arrive while a call runs
+	// join the next batch without waiting.
+	MaxDelay time.Duration
+	// MaxQueue is how many requests may wait per model; one more is
+	// refused with CodeOverloaded; default 256.
+	MaxQueue int
+	// MaxModels is how many checkpoints are loaded at once; a request for
+	// another is refused with CodeOverloaded until one goes idle; default 2.
+	MaxModels int
+	// IdleUnload unloads a model that had no request for this long;
+	// default 10 minutes.
+	IdleUnload time.Duration
+}
+
+// WithDefaults fills zero fields.
+func (c BatchConfig) WithDefaults() BatchConfig {
+	if c.MaxBatch == 0 {
+		c.MaxBatch = 16
+	}
+	if c.MaxDelay == 0 {
+		c.MaxDelay = 2 * time.Millisecond
+	}
+	if c.MaxQueue == 0 {
+		c.MaxQueue = 256
+	}
+	if c.MaxModels == 0 {
+		c.MaxModels = 2
+	}
+	if c.IdleUnload == 0 {
+		c.IdleUnload = 10 * time.Minute
+	}
+	return c
+}
+
+// Validate refuses nonsense.
+func (c BatchConfig) Validate() error {
+	if c.MaxBatch < 1 || c.MaxQueue < 1 || c.MaxModels < 1 || c.MaxDelay < 0 || c.IdleUnload <= 0 {
+		return fmt.Errorf("ground batching: max batch %d, max queue %d and max models %d must be at least 1, max delay %s not negative, idle unload %s positive",
+			c.MaxBatch, c.MaxQueue, c.MaxModels, c.MaxDelay, c.IdleUnload)
+	}
+	return nil
+}
+
+// opener loads a checkpoint for serving.
+type opener func(ctx context.Context, ref ModelRef) (*infer.Session, error)
+
+type job struct {
+	ctx       context.Context
+	prompt    model.Prompt
+	attention bool
+	done      chan jobResult // buffered: the worker never blocks on it
+}
+
+type jobResult struct {
+	gen model.Generation
+	err error
+}
+
+// batcher runs one worker per loaded model. A worker takes a request, the
+// others already waiting (up to MaxBatch, waiting MaxDelay at most for
+// more), answers them with one Generate call, and repeats; requests that
+// arrive during a call form the next batch.
+type batcher struct {
+	cfg      BatchConfig
+	open     opener
+	decoding infer.Decoding
+	logger   *slog.Logger
+	// calls counts Generate calls, for tests and the batching benchmark.
+	calls atomic.Int64
+
+	mu      sync.Mutex
+	workers map[string]*worker
+	closed  bool
+	stop    chan struct{}
+	wg      sync.WaitGroup
+}
+
+type worker struct {
+	ref   ModelRef
+	queue chan *job
+}
+
+func newBatcher(cfg BatchConfig, open opener, d infer.Decoding, logger *slog.Logger) *batcher {
+	return &batcher{cfg: cfg, open: open, decoding: d, logger: logger, workers: map[string]*worker{}, stop: make(chan struct{})}
+}
+
+var errShutdown = errors.New("ground is shutting down")
+
+// submit queues a prompt for ref's model and waits for its answer or ctx.
+func (b *batcher) submit(ctx context.Context, ref ModelRef, p model.Prompt, attention bool) (model.Generation, error) {
+	j := &job{ctx: ctx, prompt: p, attention: attention, done: make(chan jobResult, 1)}
+	b.mu.Lock()
+	if b.closed {
+		b.mu.Unlock()
+		return model.Generation{}, &Error{Code: CodeBackendUnavailable, Msg: errShutdown.Error(), Err: errShutdown}
+	}
+	w, ok := b.workers[ref.CheckpointID]
+	if !ok {
+		if len(b.workers) >= b.cfg.MaxModels {
+			b.mu.Unlock()
+			return model.Generation{}, newError(CodeOverloaded, "already serving %d models (the most at once); checkpoint %s waits until one goes idle", len(b.workers), ref.CheckpointID)
+		}
+		w = &worker{ref: ref, queue: make(chan *job, b.cfg.MaxQueue)}
+		b.workers[ref.CheckpointID] = w
+		b.wg.Add(1)
+		go b.run(w)
+	}
+	// Enqueued under the lock, so that an idle worker that checks its
+	// queue under the same lock never leaves a job behind.
+	select {
+	case w.queue <- j:
+	default:
+		b.mu.Unlock()
+		return model.Generation{}, newError(CodeOverloaded, "%d requests already wait for model %s (the queue's limit); retry later", b.cfg.MaxQueue, ref.CheckpointID)
+	}
+	b.mu.Unlock()
+	select {
+	case r := <-j.done:
+		return r.gen, r.err
+	case <-ctx.Done():
+		return model.Generation{}, ctx.Err()
+	}
+}
+
+func (b *batcher) run(w *worker) {
+	defer b.wg.Done()
+	var sess *infer.Session
+	defer func() {
+		if sess != nil {
+			if err := sess.Close(context.Background()); err != nil {
+				b.logger.Warn("unload model", "checkpoint_id", w.ref.CheckpointID, "err", err)
+			}
+		}
+	}()
+	idle := time.NewTimer(b.cfg.IdleUnload)
+	defer idle.Stop()
+	for {
+		var first *job
+		select {
+		case first = <-w.queue:
+		case <-idle.C:
+			b.mu.Lock()
+			if len(w.queue) == 0 {
+				delete(b.workers, w.ref.CheckpointID)
+				b.mu.Unlock()
+				return
+			}
+			b.mu.Unlock()
+			idle.Reset(b.cfg.IdleUnload)
+			continue
+		case <-b.stop:
+			for {
+				select {
+				case j := <-w.queue:
+					j.done <- jobResult{err: &Error{Code: CodeBackendUnavailable, Msg: errShutdown.Error(), Err: errShutdown}}
+				default:
+					return
+				}
+			}
+		}
+		batch := b.collect(w, first)
+		sess = b.exec(w, sess, batch)
+		idle.Reset(b.cfg.IdleUnload)
+	}
+}
+
+// collect takes the jobs waiting behind first, then waits up to MaxDelay
+// for more while the batch is not full.
+func (b *batcher) collect(w *worker, first *job) []*job {
+	batch := []*job{first}
+	for len(batch) < b.cfg.MaxBatch {
+		select {
+		case j := <-w.queue:
+			batch = append(batch, j)
+			continue
+		default:
+		}
+		break
+	}
+	if len(batch) >= b.cfg.MaxBatch || b.cfg.MaxDelay <= 0 {
+		return batch
+	}
+	timer := time.NewTimer(b.cfg.MaxDelay)
+	defer timer.Stop()
+	for len(batch) < b.cfg.MaxBatch {
+		select {
+		case j := <-w.queue:
+			batch = append(batch, j)
+		case <-timer.C:
+			return batch
+		}
+	}
+	return batch
+}
+
+// exec answers a batch with the worker's session (loaded on first use, and
+// again after a failed call: the plugin may have restarted without it) and
+// returns the session to keep.
+func (b *batcher) exec(w *worker, sess *infer.Session, batch []*job) *infer.Session {
+	live := batch[:0]
+	for _, j := range batch {
+		if err := j.ctx.Err(); err != nil {
+			j.done <- jobResult{err: err} // the caller has gone: no work for it
+			continue
+		}
+		live = append(live, j)
+	}
+	if len(live) == 0 {
+		return sess
+	}
+	// The batch's span continues the first request's trace and links the
+	// others; the call is cancelled once every caller has gone.
+	links := make([]trace.Link, 0, len(live))
+	for _, j := range live {
+		links = append(links, trace.Link{SpanContext: trace.SpanContextFromContext(j.ctx)})
+	}
+	ctx, cancel := context.WithCancel(trace.ContextWithSpanContext(context.Background(), trace.SpanContextFromContext(live[0].ctx)))
+	defer cancel()
+	remaining := int64(len(live))
+	for _, j := range live {
+		stop := context.AfterFunc(j.ctx, func() {
+			if atomic.AddInt64(&remaining, -1) == 0 {
+				cancel()
+			}
+		})
+		defer stop()
+	}
+	ctx, span := tracer.Start(ctx, "ground.batch", trace.WithLinks(links...), trace.WithAttributes(
+		attribute.Int("batch.size", len(live)), attribute.String("checkpoint_id", w.ref.CheckpointID)))
+	defer span.End()
+	fail := func(err error) {
+		span.RecordError(err)
+		span.SetStatus(codes.Error, err.Error())
+		for _, j := range live {
+			j.done <- jobResult{err: err}
+		}
+	}
+	if sess == nil {
+		var err error
+		if sess, err = b.open(ctx, w.ref); err != nil {
+			fail(err)
+			return nil
+		}
+	}
+	// At most two calls: with and without attention maps.
+	for _, att := range []bool{false, true} {
+		var jobs []*job
+		for _, j := range live {
+			if j.attention == att {
+				jobs = append(jobs, j)
+			}
+		}
+		if len(jobs) == 0 {
+			continue
+		}
+		d := b.decoding
+		d.Attention = att && sess.CanAttention
+		if err := b.generate(ctx, sess, jobs, d.Options(infer.Ground, 0)); err != nil {
+			span.RecordError(err)
+			span.SetStatus(codes.Error, err.Error())
+			b.logger.WarnContext(ctx, "generate failed; the model reloads on the next request", "checkpoint_id", w.ref.CheckpointID, "err", err)
+			if cerr := sess.Close(context.WithoutCancel(ctx)); cerr != nil {
+				b.logger.WarnContext(ctx, "unload model", "checkpoint_id", w.ref.CheckpointID, "err", cerr)
+			}
+			return nil
+		}
+	}
+	return sess
+}
+
+// generate answers jobs with one Generate call. A prompt too long for the
+// model fails alone: the batch is then answered one prompt at a time. Any
+// other failure fails every job and is returned (the session is suspect).
+func (b *batcher) generate(ctx context.Context, sess *infer.Session, jobs []*job, opts model.GenerateOptions) error {
+	prompts := make([]model.Prompt, len(jobs))
+	for i, j := range jobs {
+		prompts[i] = j.prompt
+	}
+	b.calls.Add(1)
+	gens, err := sess.Generator.Generate(ctx, prompts, opts)
+	if err == nil && len(gens) != len(jobs) {
+		err = fmt.Errorf("generate: %d answers for %d prompts", len(gens), len(jobs))
+	}
+	if errors.Is(err, model.ErrTooLong) {
+		if len(jobs) == 1 {
+			jobs[0].done <- jobResult{err: &Error{Code: CodeExpressionTooLong, Msg: fmt.Sprintf("the question does not fit the model's context of %d tokens with its image: %v", sess.Config.MaxSeq, err), Err: err}}
+			return nil
+		}
+		for _, j := range jobs {
+			if err := b.generate(ctx, sess, []*job{j}, opts); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	if err != nil {
+		code := CodeBackendUnavailable
+		if ctx.Err() != nil {
+			code = CodeDeadlineExceeded
+		}
+		e := &Error{Code: code, Msg: "generate: " + err.Error(), Err: err}
+		for _, j := range jobs {
+			j.done <- jobResult{err: e}
+		}
+		return e
+	}
+	for i, j := range jobs {
+		j.done <- jobResult{gen: gens[i]}
+	}
+	return nil
+}
+
+// close stops the workers; queued requests fail, and loaded models unload.
+func (b *batcher) close() {
+	b.mu.Lock()
+	if b.closed {
+		b.mu.Unlock()
+		return
+	}
+	b.closed = true
+	close(b.stop)
+	b.mu.Unlock()
+	b.wg.Wait()
+}

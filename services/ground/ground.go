@@ -1,0 +1,244 @@
+// Package ground is the grounding service: it answers "where is X in this
+// image?" from a checkpoint the pipeline trained. A request
+// (events.GroundRequested: the image inline or by blob key, a referring
+// expression, an optional checkpoint and deadline) is checked against
+// Limits, asked in the phrasing the model was trained on (internal/infer),
+// batched with concurrent requests for the same model into one call of the
+// compute plugin, and answered with the box in pixels and in the model's
+// normalized form, the model version and the latency (events.GroundCompleted),
+// or refused with a reason code (Error, CodeOf).
+//
+// Serve makes the service the consumer of ground.requested; Client is the
+// caller's side of that exchange over the bus; NewHTTPHandler is the HTTP
+// API (POST /v1/ground) that the gateway mounts over a Client.
+package ground
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"image"
+	"io"
+	"log/slog"
+	"math"
+	"os"
+	"strings"
+	"time"
+
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+
+	"github.com/groundmesh/groundmesh/internal/blob"
+	"github.com/groundmesh/groundmesh/internal/events"
+	"github.com/groundmesh/groundmesh/internal/infer"
+	"github.com/groundmesh/groundmesh/model"
+	"github.com/groundmesh/groundmesh/plugins/compute"
+)
+
+var tracer = otel.Tracer("groundmesh/ground")
+
+// Config configures the service.
+type Config struct {
+	// Catalog finds checkpoints. Required (NewPGCatalog in production).
+	Catalog Catalog
+	// Backends returns the compute backend a run trained with (a plugin
+	// host). Required.
+	Backends func(name string) (compute.Backend, error)
+	// Blob holds checkpoints, tokenizers and images named by key. Required.
+	Blob *blob.Local
+	// Limits bound requests (defaults: Limits.WithDefaults).
+	Limits Limits
+	// Batch configures batching (defaults: BatchConfig.WithDefaults).
+	Batch BatchConfig
+	// Device is passed to the backend's Load; "" is its default.
+	Device string
+	Logger *slog.Logger
+}
+
+// Service answers grounding requests.
+type Service struct {
+	cfg     Config
+	batcher *batcher
+}
+
+// New validates cfg and returns a Service. Close it to unload its models.
+func New(cfg Config) (*Service, error) {
+	switch {
+	case cfg.Catalog == nil:
+		return nil, errors.New("ground: Catalog is required")
+	case cfg.Backends == nil:
+		return nil, errors.New("ground: Backends is required")
+	case cfg.Blob == nil:
+		return nil, errors.New("ground: Blob is required")
+	}
+	cfg.Limits = cfg.Limits.WithDefaults()
+	if err := cfg.Limits.Validate(); err != nil {
+		return nil, err
+	}
+	cfg.Batch = cfg.Batch.WithDefaults()
+	if err := cfg.Batch.Validate(); err != nil {
+		return nil, err
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	s := &Service{cfg: cfg}
+	s.batcher = newBatcher(cfg.Batch, s.open, infer.Decoding{}, cfg.Logger)
+	return s, nil
+}
+
+// Limits returns the limits in force (defaults filled).
+func (s *Service) Limits() Limits { return s.cfg.Limits }
+
+// Close unloads the models; requests still queued fail.
+func (s *Service) Close() { s.batcher.close() }
+
+// GenerateCalls is how many plugin Generate calls the service has made
+// (each answers a whole batch).
+func (s *Service) GenerateCalls() int64 { return s.batcher.calls.Load() }
+
+// Model returns the checkpoint a request without checkpoint_id is served
+// by; an *Error with CodeNoModel when none is trained.
+func (s *Service) Model(ctx context.Context) (ModelRef, error) {
+	return s.cfg.Catalog.Latest(ctx)
+}
+
+// Ground answers one request.
+func (s *Service) Ground(ctx context.Context, req events.GroundRequested) (_ events.GroundCompleted, err error) {
+	start := time.Now()
+	ctx, span := tracer.Start(ctx, "ground.Ground")
+	defer func() {
+		if err != nil {
+			span.RecordError(err)
+			span.SetStatus(codes.Error, err.Error())
+			span.SetAttributes(attribute.String("ground.code", CodeOf(err)))
+		}
+		span.End()
+	}()
+	span.SetAttributes(attribute.String("correlation_id", req.CorrelationID))
+	if err := s.cfg.Limits.CheckRequest(req); err != nil {
+		return events.GroundCompleted{}, err
+	}
+	if !req.Deadline.IsZero() {
+		if time.Until(req.Deadline) <= 0 {
+			return events.GroundCompleted{}, newError(CodeDeadlineExceeded, "deadline %s passed before the request was taken up", req.Deadline.UTC().Format(time.RFC3339Nano))
+		}
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithDeadline(ctx, req.Deadline)
+		defer cancel()
+	}
+	var ref ModelRef
+	if req.CheckpointID != "" {
+		ref, err = s.cfg.Catalog.Checkpoint(ctx, req.CheckpointID)
+	} else {
+		ref, err = s.cfg.Catalog.Latest(ctx)
+	}
+	if err != nil {
+		return events.GroundCompleted{}, err
+	}
+	span.SetAttributes(attribute.String("checkpoint_id", ref.CheckpointID))
+	data := req.Image
+	if req.ImageKey != "" {
+		if data, err = s.readBlob(req.ImageKey); err != nil {
+			return events.GroundCompleted{}, err
+		}
+	}
+	img, _, err := infer.DecodeImage(data, s.cfg.Limits.image())
+	if err != nil {
+		return events.GroundCompleted{}, imageError(err)
+	}
+	text, phrase := req.Prompt, req.Expression
+	if phrase != "" {
+		if text, err = infer.RECPrompt(phrase); err != nil {
+			return events.GroundCompleted{}, &Error{Code: CodeBadExpression, Msg: err.Error(), Err: err}
+		}
+		phrase, _ = infer.CleanExpression(phrase)
+	} else {
+		if !strings.Contains(text, "<image>") {
+			text = infer.ImageTag + text
+		}
+		phrase = strings.TrimSpace(strings.ReplaceAll(text, "<image>", ""))
+	}
+	gen, err := s.batcher.submit(ctx, ref, model.Prompt{Text: text, Images: []image.Image{img}}, req.Attention)
+	if err != nil {
+		if ctx.Err() != nil {
+			return events.GroundCompleted{}, &Error{Code: CodeDeadlineExceeded, Msg: "not answered before the deadline: " + ctx.Err().Error(), Err: ctx.Err()}
+		}
+		return events.GroundCompleted{}, err
+	}
+	b := img.Bounds()
+	ans, err := infer.ReadBox(gen, b.Dx(), b.Dy())
+	if err != nil {
+		// Under the box grammar this cannot happen; say so if it does.
+		return events.GroundCompleted{}, newError(CodeInternal, "the model's answer %q holds no box: %w", gen.Text, err)
+	}
+	px := [4]float64{ans.Pixel.X1, ans.Pixel.Y1, ans.Pixel.X2, ans.Pixel.Y2}
+	out := events.GroundCompleted{
+		CorrelationID: req.CorrelationID,
+		Text:          ans.Text,
+		Box:           px[:],
+		Boxes:         []events.GroundBox{{Pixel: px, Norm: ans.Norm, Phrase: phrase}},
+		ModelVersion:  ref.CheckpointID, RunID: ref.RunID, Stage: ref.Stage, Step: ref.Step,
+		Width: b.Dx(), Height: b.Dy(),
+		Attention: meanAttention(gen.Attention),
+	}
+	out.LatencyMS = math.Round(float64(time.Since(start).Microseconds())) / 1000
+	return out, nil
+}
+
+// readBlob reads an image by blob key, refusing one over the byte limit
+// without reading it whole.
+func (s *Service) readBlob(key string) ([]byte, error) {
+	f, err := s.cfg.Blob.Open(key)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, newError(CodeImageNotFound, "no image under blob key %q", key)
+	}
+	if err != nil {
+		return nil, &Error{Code: CodeImageNotFound, Msg: fmt.Sprintf("image blob %q: %v", key, err), Err: err}
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, int64(s.cfg.Limits.MaxImageBytes)+1))
+	if err != nil {
+		return nil, fmt.Errorf("read image blob %q: %w", key, err)
+	}
+	return data, nil
+}
+
+// open loads a checkpoint on its run's backend.
+func (s *Service) open(ctx context.Context, ref ModelRef) (*infer.Session, error) {
+	b, err := s.cfg.Backends(ref.Backend)
+	if err != nil {
+		return nil, &Error{Code: CodeBackendUnavailable, Msg: fmt.Sprintf("backend %q of checkpoint %s: %v", ref.Backend, ref.CheckpointID, err), Err: err}
+	}
+	tp, err := s.cfg.Blob.Path(ref.TokenizerKey)
+	if err != nil {
+		return nil, fmt.Errorf("checkpoint %s: tokenizer: %w", ref.CheckpointID, err)
+	}
+	cp, err := s.cfg.Blob.Path(ref.BlobKey)
+	if err != nil {
+		return nil, fmt.Errorf("checkpoint %s: %w", ref.CheckpointID, err)
+	}
+	sess, err := infer.Open(ctx, b, infer.OpenRequest{ModelConfig: ref.ModelConfig, TokenizerPath: tp, CheckpointPath: cp, Device: s.cfg.Device})
+	if err != nil {
+		return nil, &Error{Code: CodeBackendUnavailable, Msg: fmt.Sprintf("load checkpoint %s: %v", ref.CheckpointID, err), Err: err}
+	}
+	s.cfg.Logger.InfoContext(ctx, "model loaded", "checkpoint_id", ref.CheckpointID, "run_id", ref.RunID, "stage", ref.Stage, "step", ref.Step)
+	return sess, nil
+}
+
+func meanAttention(a [][]float32) []float32 {
+	if len(a) == 0 || len(a[0]) == 0 {
+		return nil
+	}
+	out := make([]float32, len(a[0]))
+	for _, row := range a {
+		for i := range min(len(row), len(out)) {
+			out[i] += row[i]
+		}
+	}
+	for i := range out {
+		out[i] /= float32(len(a))
+	}
+	return out
+}

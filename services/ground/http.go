@@ -1,0 +1,237 @@
+package ground
+
+import (
+	"context"
+	"crypto/subtle"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/groundmesh/groundmesh/internal/events"
+)
+
+// Grounder answers a grounding request: a Client (over the bus) or a
+// Service (in process).
+type Grounder interface {
+	Ground(ctx context.Context, req events.GroundRequested) (events.GroundCompleted, error)
+}
+
+var (
+	_ Grounder = (*Client)(nil)
+	_ Grounder = (*Service)(nil)
+)
+
+// HTTPConfig configures the HTTP API.
+type HTTPConfig struct {
+	// Tokens are the accepted bearer tokens. Without one every request is
+	// refused with 401 and told how to set one: nobody gets in by default.
+	Tokens []string
+	// TokenHelp says how an operator sets a token (shown in that 401),
+	// e.g. "set GROUNDMESH_API_TOKENS". Default: "configure a token".
+	TokenHelp string
+	// Limits are checked before a request is published (the service checks
+	// them again); the same values as the service's.
+	Limits Limits
+	// Timeout bounds a request that names no shorter deadline; default 30s.
+	Timeout time.Duration
+}
+
+// GroundRequest is the body of POST /v1/ground.
+type GroundRequest struct {
+	// Image is the image as a data URI: "data:image/png;base64,...".
+	Image string `json:"image,omitempty"`
+	// ImageKey is a blob key instead of Image.
+	ImageKey string `json:"image_key,omitempty"`
+	// Expression says what to find.
+	Expression string `json:"expression"`
+	// CheckpointID picks a model; default the newest trained one.
+	CheckpointID string `json:"checkpoint_id,omitempty"`
+	// Attention asks for the model's attention over the image patches.
+	Attention bool `json:"attention,omitempty"`
+	// TimeoutMS bounds this request (at most HTTPConfig.Timeout).
+	TimeoutMS int `json:"timeout_ms,omitempty"`
+}
+
+// ErrorBody is the JSON of every error answer.
+type ErrorBody struct {
+	Error string `json:"error"`
+	Code  string `json:"code"`
+}
+
+// NewHTTPHandler returns the grounding API: POST /v1/ground behind bearer
+// token authentication. Mount it on the gateway's mux under /v1/.
+func NewHTTPHandler(cfg HTTPConfig, g Grounder) (http.Handler, error) {
+	if g == nil {
+		return nil, errors.New("ground http: no grounder")
+	}
+	cfg.Limits = cfg.Limits.WithDefaults()
+	if err := cfg.Limits.Validate(); err != nil {
+		return nil, err
+	}
+	if cfg.Timeout == 0 {
+		cfg.Timeout = 30 * time.Second
+	}
+	if cfg.TokenHelp == "" {
+		cfg.TokenHelp = "configure a token"
+	}
+	for _, t := range cfg.Tokens {
+		if strings.TrimSpace(t) == "" {
+			return nil, errors.New("ground http: empty token")
+		}
+	}
+	h := &httpAPI{cfg: cfg, g: g}
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /v1/ground", h.ground)
+	return h.auth(mux), nil
+}
+
+type httpAPI struct {
+	cfg HTTPConfig
+	g   Grounder
+}
+
+func writeError(w http.ResponseWriter, code, msg string) {
+	status := HTTPStatus(code)
+	if status == http.StatusUnauthorized {
+		w.Header().Set("WWW-Authenticate", `Bearer realm="groundmesh"`)
+	}
+	writeJSON(w, status, ErrorBody{Error: msg, Code: code})
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(v) // the status line is out; a write error has nowhere to go
+}
+
+// auth lets a request through only with one of the configured tokens.
+func (h *httpAPI) auth(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if len(h.cfg.Tokens) == 0 {
+			writeError(w, CodeUnauthorized, "no API token is configured on this server, so every request is refused: "+
+				h.cfg.TokenHelp+", then send the header \"Authorization: Bearer <token>\"")
+			return
+		}
+		got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		if !ok || got == "" {
+			writeError(w, CodeUnauthorized, "missing bearer token: send the header \"Authorization: Bearer <token>\"")
+			return
+		}
+		for _, t := range h.cfg.Tokens {
+			if subtle.ConstantTimeCompare([]byte(got), []byte(t)) == 1 {
+				next.ServeHTTP(w, r)
+				return
+			}
+		}
+		writeError(w, CodeUnauthorized, "bearer token not accepted")
+	})
+}
+
+// maxBody is the largest body worth reading: the image's bytes in base64
+// plus room for the other fields.
+func (h *httpAPI) maxBody() int64 {
+	return int64(h.cfg.Limits.MaxImageBytes)/3*4 + 4 + 64<<10
+}
+
+func (h *httpAPI) ground(w http.ResponseWriter, r *http.Request) {
+	req, err := h.parse(r)
+	if err != nil {
+		writeError(w, CodeOf(err), err.Error())
+		return
+	}
+	timeout := h.cfg.Timeout
+	if req.TimeoutMS < 0 {
+		writeError(w, CodeBadRequest, fmt.Sprintf("timeout_ms is %d; give a positive number of milliseconds or leave it out", req.TimeoutMS))
+		return
+	}
+	if d := time.Duration(req.TimeoutMS) * time.Millisecond; d > 0 && d < timeout {
+		timeout = d
+	}
+	ev := events.GroundRequested{
+		ImageKey: req.ImageKey, Expression: req.Expression, CheckpointID: req.CheckpointID, Attention: req.Attention,
+	}
+	if req.Image != "" {
+		if ev.Image, err = h.dataURI(req.Image); err != nil {
+			writeError(w, CodeOf(err), err.Error())
+			return
+		}
+	}
+	if err := h.cfg.Limits.CheckRequest(ev); err != nil {
+		writeError(w, CodeOf(err), err.Error())
+		return
+	}
+	// The caller going away cancels the request (r.Context), and so its
+	// place in the batch.
+	ctx, cancel := context.WithTimeout(r.Context(), timeout)
+	defer cancel()
+	res, err := h.g.Ground(ctx, ev)
+	if err != nil {
+		writeError(w, CodeOf(err), err.Error())
+		return
+	}
+	writeJSON(w, http.StatusOK, res)
+}
+
+func (h *httpAPI) parse(r *http.Request) (GroundRequest, error) {
+	var req GroundRequest
+	if ct := r.Header.Get("Content-Type"); ct != "" && !strings.HasPrefix(ct, "application/json") {
+		return req, newError(CodeBadRequest, "Content-Type %q: send application/json", ct)
+	}
+	max := h.maxBody()
+	body, err := io.ReadAll(io.LimitReader(r.Body, max+1))
+	if err != nil {
+		return req, newError(CodeBadRequest, "read body: %v", err)
+	}
+	if int64(len(body)) > max {
+		return req, newError(CodeImageTooLarge, "request body is over %d bytes: the image may be at most %d bytes (%d in base64)", max, h.cfg.Limits.MaxImageBytes, h.cfg.Limits.MaxImageBytes/3*4+4)
+	}
+	dec := json.NewDecoder(strings.NewReader(string(body)))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil {
+		return req, newError(CodeBadRequest, "request body: %v", err)
+	}
+	if dec.More() {
+		return req, newError(CodeBadRequest, "request body: trailing data after the JSON object")
+	}
+	return req, nil
+}
+
+// dataURI decodes "data:image/png;base64,...".
+func (h *httpAPI) dataURI(s string) ([]byte, error) {
+	rest, ok := strings.CutPrefix(s, "data:")
+	if !ok {
+		return nil, newError(CodeBadRequest, "image must be a data URI (data:image/png;base64,...); give a stored image as image_key")
+	}
+	meta, payload, ok := strings.Cut(rest, ",")
+	if !ok {
+		return nil, newError(CodeBadRequest, "image data URI has no comma before its data")
+	}
+	mediaType, params, _ := strings.Cut(meta, ";")
+	if params != "base64" {
+		return nil, newError(CodeBadRequest, "image data URI must be base64-encoded (data:%s;base64,...)", mediaType)
+	}
+	allowed := make([]string, len(h.cfg.Limits.Formats))
+	okType := false
+	for i, f := range h.cfg.Limits.Formats {
+		allowed[i] = "image/" + f
+		okType = okType || mediaType == allowed[i]
+	}
+	if !okType {
+		return nil, newError(CodeUnsupportedFormat, "image media type %q is not accepted: send %s", mediaType, strings.Join(allowed, " or "))
+	}
+	if n := base64.StdEncoding.DecodedLen(len(payload)); n > h.cfg.Limits.MaxImageBytes+2 {
+		return nil, newError(CodeImageTooLarge, "image is about %d bytes, the limit is %d", n, h.cfg.Limits.MaxImageBytes)
+	}
+	b, err := base64.StdEncoding.DecodeString(payload)
+	if err != nil {
+		return nil, newError(CodeBadRequest, "image data URI: base64: %v", err)
+	}
+	return b, nil
+}
