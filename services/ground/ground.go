@@ -219,6 +219,8 @@ func (s *Service) open(ctx context.Context, ref ModelRef) (*infer.Session, error
 	if err != nil {
 		return nil, fmt.Errorf("checkpoint %s: %w", ref.CheckpointID, err)
 	}
+	// Every plugin call of the session gets its span ("compute.Generate").
+	b = compute.WithTracing(b, ref.Backend)
 	sess, err := infer.Open(ctx, b, infer.OpenRequest{ModelConfig: ref.ModelConfig, TokenizerPath: tp, CheckpointPath: cp, Device: s.cfg.Device})
 	if err != nil {
 		return nil, &Error{Code: CodeBackendUnavailable, Msg: fmt.Sprintf("load checkpoint %s: %v", ref.CheckpointID, err), Err: err}

@@ -1,0 +1,176 @@
+package ground
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/binary"
+	"encoding/json"
+	"hash/crc32"
+	"image"
+	"image/color"
+	"image/gif"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync/atomic"
+	"testing"
+
+	"github.com/groundmesh/groundmesh/internal/events"
+)
+
+// recordingGrounder counts what reaches it and answers a fixed box, or err.
+type recordingGrounder struct {
+	n   atomic.Int64
+	err error
+}
+
+func (g *recordingGrounder) Ground(_ context.Context, req events.GroundRequested) (events.GroundCompleted, error) {
+	g.n.Add(1)
+	if g.err != nil {
+		return events.GroundCompleted{}, g.err
+	}
+	return events.GroundCompleted{Text: "[0.100, 0.200, 0.300, 0.400]", ModelVersion: "ck", Boxes: []events.GroundBox{{Phrase: req.Expression}}}, nil
+}
+
+func dataURI(mediaType string, b []byte) string {
+	return "data:" + mediaType + ";base64," + base64.StdEncoding.EncodeToString(b)
+}
+
+// pngHeader is a PNG declaring w x h pixels and holding none.
+func pngHeader(w, h uint32) []byte {
+	var b []byte
+	b = append(b, "\x89PNG\r\n\x1a\n"...)
+	ihdr := make([]byte, 13)
+	binary.BigEndian.PutUint32(ihdr[0:], w)
+	binary.BigEndian.PutUint32(ihdr[4:], h)
+	ihdr[8], ihdr[9] = 8, 2
+	b = binary.BigEndian.AppendUint32(b, 13)
+	b = append(b, "IHDR"...)
+	b = append(b, ihdr...)
+	b = binary.BigEndian.AppendUint32(b, crc32.ChecksumIEEE(append([]byte("IHDR"), ihdr...)))
+	return b
+}
+
+func gifBytes(t *testing.T) []byte {
+	var sb strings.Builder
+	if err := gif.Encode(&sb, image.NewPaletted(image.Rect(0, 0, 4, 4), []color.Color{color.Black}), nil); err != nil {
+		t.Fatal(err)
+	}
+	return []byte(sb.String())
+}
+
+// TestHTTPRefusals: every limit and every malformed request is a 4xx with
+// a precise message and code, and none reaches the grounder.
+func TestHTTPRefusals(t *testing.T) {
+	lim := Limits{MaxImageBytes: 3000, MaxPixels: 64 * 64, MaxExpressionBytes: 40}
+	g := &recordingGrounder{}
+	h, err := NewHTTPHandler(HTTPConfig{Tokens: []string{"s3cret"}, Limits: lim, TokenHelp: "set GROUNDMESH_API_TOKENS"}, g)
+	if err != nil {
+		t.Fatal(err)
+	}
+	open, err := NewHTTPHandler(HTTPConfig{Limits: lim, TokenHelp: "set GROUNDMESH_API_TOKENS"}, g)
+	if err != nil {
+		t.Fatal(err)
+	}
+	okImg := scene(t, 40, 30, 5, 5, color.RGBA{200, 0, 0, 255})
+	bigImg := make([]byte, 3001)
+	copy(bigImg, okImg)
+	body := func(fields map[string]any) string {
+		b, _ := json.Marshal(fields)
+		return string(b)
+	}
+	cases := []struct {
+		name    string
+		handler http.Handler
+		auth    string
+		ctype   string
+		body    string
+		status  int
+		code    string
+		msg     string // a substring of the message
+	}{
+		{name: "no token configured", handler: open, auth: "Bearer s3cret", body: body(map[string]any{"image": dataURI("image/png", okImg), "expression": "x"}),
+			status: 401, code: CodeUnauthorized, msg: "no API token is configured on this server, so every request is refused: set GROUNDMESH_API_TOKENS, then send the header \"Authorization: Bearer <token>\""},
+		{name: "no header", status: 401, code: CodeUnauthorized, msg: `missing bearer token: send the header "Authorization: Bearer <token>"`},
+		{name: "basic auth", auth: "Basic czNjcmV0", status: 401, code: CodeUnauthorized, msg: "missing bearer token"},
+		{name: "wrong token", auth: "Bearer guess", status: 401, code: CodeUnauthorized, msg: "bearer token not accepted"},
+		{name: "not json", body: "image=1", status: 400, code: CodeBadRequest, msg: "request body: invalid character"},
+		{name: "form content type", ctype: "application/x-www-form-urlencoded", body: "{}", status: 400, code: CodeBadRequest, msg: `Content-Type "application/x-www-form-urlencoded": send application/json`},
+		{name: "unknown field", body: `{"expresion":"x"}`, status: 400, code: CodeBadRequest, msg: `unknown field "expresion"`},
+		{name: "trailing data", body: `{"expression":"x"} {}`, status: 400, code: CodeBadRequest, msg: "trailing data"},
+		{name: "no image", body: body(map[string]any{"expression": "the red square"}), status: 400, code: CodeBadRequest, msg: "no image: give one inline or by blob key"},
+		{name: "both images", body: body(map[string]any{"image": dataURI("image/png", okImg), "image_key": "a.png", "expression": "x"}), status: 400, code: CodeBadRequest, msg: "not both"},
+		{name: "url not data uri", body: body(map[string]any{"image": "https://example.com/a.png", "expression": "x"}), status: 400, code: CodeBadRequest, msg: "image must be a data URI"},
+		{name: "data uri not base64", body: body(map[string]any{"image": "data:image/png,abc", "expression": "x"}), status: 400, code: CodeBadRequest, msg: "must be base64-encoded"},
+		{name: "bad base64", body: body(map[string]any{"image": "data:image/png;base64,!!!!", "expression": "x"}), status: 400, code: CodeBadRequest, msg: "base64: illegal base64 data"},
+		{name: "gif media type", body: body(map[string]any{"image": dataURI("image/gif", gifBytes(t)), "expression": "x"}), status: 415, code: CodeUnsupportedFormat, msg: `image media type "image/gif" is not accepted: send image/png or image/jpeg`},
+		{name: "gif bytes labelled png", body: body(map[string]any{"image": dataURI("image/png", gifBytes(t)), "expression": "x"}), status: 415, code: CodeUnsupportedFormat, msg: "unsupported image format: gif, accepted: png, jpeg"},
+		{name: "image bytes", body: body(map[string]any{"image": dataURI("image/png", bigImg), "expression": "x"}), status: 413, code: CodeImageTooLarge, msg: "image too large: 3001 bytes, the limit is 3000"},
+		{name: "body over limit", body: `{"expression":"` + strings.Repeat("a", 80000) + `"}`, status: 413, code: CodeImageTooLarge, msg: "request body is over"},
+		{name: "decompression bomb", body: body(map[string]any{"image": dataURI("image/png", pngHeader(100000, 100000)), "expression": "x"}), status: 413, code: CodeTooManyPixels, msg: "image has too many pixels: 100000x100000 is 10000000000 pixels, the limit is 4096"},
+		{name: "pixels", body: body(map[string]any{"image": dataURI("image/png", scene(t, 65, 64, 0, 0, color.RGBA{1, 2, 3, 255})), "expression": "x"}), status: 413, code: CodeTooManyPixels, msg: "65x64 is 4160 pixels, the limit is 4096"},
+		{name: "truncated png", body: body(map[string]any{"image": dataURI("image/png", okImg[:20]), "expression": "x"}), status: 400, code: CodeBadImage, msg: "image does not decode"},
+		{name: "no expression", body: body(map[string]any{"image": dataURI("image/png", okImg)}), status: 400, code: CodeBadExpression, msg: "no expression: say what to find in the image"},
+		{name: "blank expression", body: body(map[string]any{"image": dataURI("image/png", okImg), "expression": " .. "}), status: 400, code: CodeBadExpression, msg: "bad expression: empty"},
+		{name: "expression length", body: body(map[string]any{"image": dataURI("image/png", okImg), "expression": strings.Repeat("red ", 11)}), status: 400, code: CodeExpressionTooLong, msg: "expression is 44 bytes long, the limit is 40"},
+		{name: "control character", body: body(map[string]any{"image": dataURI("image/png", okImg), "expression": "red\x00square"}), status: 400, code: CodeBadExpression, msg: "control character U+0000"},
+		{name: "placeholder", body: body(map[string]any{"image": dataURI("image/png", okImg), "expression": "<image> red"}), status: 400, code: CodeBadExpression, msg: "image placeholder"},
+		{name: "negative timeout", body: body(map[string]any{"image": dataURI("image/png", okImg), "expression": "red", "timeout_ms": -5}), status: 400, code: CodeBadRequest, msg: "timeout_ms is -5"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			hh := c.handler
+			if hh == nil {
+				hh = h
+			}
+			auth := c.auth
+			if auth == "" && c.status != 401 {
+				auth = "Bearer s3cret"
+			}
+			req := httptest.NewRequest("POST", "/v1/ground", strings.NewReader(c.body))
+			if auth != "" {
+				req.Header.Set("Authorization", auth)
+			}
+			if c.ctype != "" {
+				req.Header.Set("Content-Type", c.ctype)
+			}
+			rec := httptest.NewRecorder()
+			hh.ServeHTTP(rec, req)
+			var eb ErrorBody
+			if err := json.Unmarshal(rec.Body.Bytes(), &eb); err != nil {
+				t.Fatalf("status %d, body %q: %v", rec.Code, rec.Body, err)
+			}
+			if rec.Code != c.status || eb.Code != c.code || !strings.Contains(eb.Error, c.msg) {
+				t.Fatalf("got %d %s %q\nwant %d %s containing %q", rec.Code, eb.Code, eb.Error, c.status, c.code, c.msg)
+			}
+			if c.status == 401 && rec.Header().Get("WWW-Authenticate") == "" {
+				t.Fatal("401 without WWW-Authenticate")
+			}
+		})
+	}
+	if n := g.n.Load(); n != 0 {
+		t.Fatalf("%d refused requests reached the grounder", n)
+	}
+
+	// The good request goes through, and the grounder's failures keep
+	// their codes.
+	good := body(map[string]any{"image": dataURI("image/png", okImg), "expression": "the red square"})
+	post := func(h http.Handler) (*http.Response, string) {
+		req := httptest.NewRequest("POST", "/v1/ground", strings.NewReader(good))
+		req.Header.Set("Authorization", "Bearer s3cret")
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, req)
+		b, _ := io.ReadAll(rec.Result().Body)
+		return rec.Result(), string(b)
+	}
+	if resp, b := post(h); resp.StatusCode != 200 || !strings.Contains(b, `"phrase": "the red square"`) {
+		t.Fatalf("good request: %d %s", resp.StatusCode, b)
+	}
+	for code, status := range map[string]int{CodeOverloaded: 429, CodeDeadlineExceeded: 504, CodeNoModel: 503, CodeModelNotFound: 404, CodeBackendUnavailable: 503} {
+		g.err = &Error{Code: code, Msg: "because"}
+		if resp, b := post(h); resp.StatusCode != status || !strings.Contains(b, `"code": "`+code+`"`) {
+			t.Errorf("%s: %d %s, want %d", code, resp.StatusCode, b, status)
+		}
+	}
+}
