@@ -105,7 +105,7 @@ func TestGroundRefusals(t *testing.T) {
 		{"missing blob", events.GroundRequested{ImageKey: "uploads/none.png", Expression: "x"}, CodeImageNotFound},
 		{"unknown checkpoint", events.GroundRequested{Image: img, Expression: "x", CheckpointID: "nope"}, CodeModelNotFound},
 		{"past deadline", events.GroundRequested{Image: img, Expression: "x", Deadline: time.Now().Add(-time.Second)}, CodeDeadlineExceeded},
-		{"not an image", events.GroundRequested{Image: []byte("GIF89a...."), Expression: "x"}, CodeUnsupportedFormat},
+		{"not an image", events.GroundRequested{Image: []byte("hello, world"), Expression: "x"}, CodeUnsupportedFormat},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -190,9 +190,7 @@ func TestQueueBoundAndCancellation(t *testing.T) {
 	}
 	// The cancelled call ended (the backend saw ctx done); the queued
 	// request is served next.
-	cb.mu.Lock()
-	cb.block = nil
-	cb.mu.Unlock()
+	close(cb.block)
 	if err := <-second; err != nil {
 		t.Fatalf("queued request after the cancelled one: %v", err)
 	}
