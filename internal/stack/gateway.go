@@ -1,6 +1,7 @@
 package stack
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -13,14 +14,46 @@ import (
 	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
 	"go.temporal.io/sdk/client"
 
+	"github.com/groundmesh/groundmesh/services/ground"
 	"github.com/groundmesh/groundmesh/workflows"
 )
 
 // newGateway is the HTTP gateway: start and inspect pipelines, read
-// reports. Every request carries a server span (otelhttp) that the
-// Temporal interceptor continues into the workflow.
-func newGateway(s *Stack) http.Handler {
+// reports, ask for grounding (/v1/, bearer tokens), health and readiness.
+// Every request carries a server span (otelhttp) that the Temporal
+// interceptor continues into the workflow and the bus into services/ground.
+func newGateway(s *Stack) (http.Handler, error) {
 	mux := http.NewServeMux()
+	api, err := ground.NewHTTPHandler(ground.HTTPConfig{
+		Tokens: s.cfg.Ground.APITokens, TokenHelp: s.cfg.Ground.TokenHelp,
+		Limits: s.Services.Ground.Limits(), Timeout: s.cfg.Ground.Timeout,
+	}, s.groundClient)
+	if err != nil {
+		return nil, fmt.Errorf("grounding API: %w", err)
+	}
+	mux.Handle("/v1/", api)
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
+		defer cancel()
+		out := map[string]string{"postgres": "ok", "bus": s.Bus.Kind()}
+		status := http.StatusOK
+		if err := s.Pool.Ping(ctx); err != nil {
+			out["postgres"], status = err.Error(), http.StatusServiceUnavailable
+		}
+		select {
+		case <-s.Bus.Running():
+		default:
+			out["bus"], status = "not running", http.StatusServiceUnavailable
+		}
+		// No trained model yet is not a failure of the gateway: the
+		// grounding API answers no_model until a pipeline has trained one.
+		if m, err := s.Services.Ground.Model(ctx); err == nil {
+			out["model"] = m.CheckpointID
+		} else {
+			out["model"] = "none (" + err.Error() + ")"
+		}
+		writeJSON(w, status, out)
+	})
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		if err := s.Pool.Ping(r.Context()); err != nil {
 			http.Error(w, "postgres: "+err.Error(), http.StatusServiceUnavailable)
@@ -91,7 +124,7 @@ func newGateway(s *Stack) http.Handler {
 	})
 	return otelhttp.NewHandler(mux, "gateway", otelhttp.WithSpanNameFormatter(func(_ string, r *http.Request) string {
 		return r.Method + " " + r.URL.Path
-	}))
+	})), nil
 }
 
 func writeJSON(w http.ResponseWriter, code int, v any) {

@@ -11,6 +11,7 @@ import (
 	"sync"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/groundmesh/groundmesh/internal/bus"
 	"github.com/groundmesh/groundmesh/internal/command"
@@ -18,6 +19,7 @@ import (
 	"github.com/groundmesh/groundmesh/model"
 	"github.com/groundmesh/groundmesh/plugins/compute"
 	"github.com/groundmesh/groundmesh/services/eval"
+	"github.com/groundmesh/groundmesh/services/ground"
 	"github.com/groundmesh/groundmesh/services/ingest"
 	"github.com/groundmesh/groundmesh/services/synth"
 	"github.com/groundmesh/groundmesh/services/train"
@@ -31,11 +33,13 @@ type Services struct {
 	Synth  *synth.Service
 	Train  *train.Service
 	Eval   *eval.Service
+	Ground *ground.Service
 
-	pluginDir string
-	logger    *slog.Logger
-	mu        sync.Mutex
-	hosts     map[string]*compute.Host
+	groundConsumer *ground.Consumer
+	pluginDir      string
+	logger         *slog.Logger
+	mu             sync.Mutex
+	hosts          map[string]*compute.Host
 }
 
 // pluginBinaries maps backend names to plugin executables.
@@ -114,6 +118,13 @@ func newServices(ctx context.Context, s *Stack) (*Services, error) {
 	if err != nil {
 		return nil, err
 	}
+	sv.Ground, err = ground.New(ground.Config{
+		Catalog: ground.NewPGCatalog(s.Pool), Backends: sv.Backend, Blob: s.Blob,
+		Limits: s.cfg.Ground.Limits, Batch: s.cfg.Ground.Batch, Logger: s.Logger.With("service", "ground"),
+	})
+	if err != nil {
+		return nil, err
+	}
 	return sv, nil
 }
 
@@ -169,7 +180,12 @@ func backendOf(ctx context.Context, s *Stack, runID string) string {
 }
 
 // serveCommands makes each service the consumer of its command topic.
-func (sv *Services) serveCommands(b *bus.Bus, logger *slog.Logger) error {
+func (sv *Services) serveCommands(b *bus.Bus, pool *pgxpool.Pool, logger *slog.Logger) error {
+	gc, err := ground.Serve(b, ground.ConsumerConfig{Handler: "ground-service", Pool: pool, Logger: logger.With("service", "ground")}, sv.Ground)
+	if err != nil {
+		return err
+	}
+	sv.groundConsumer = gc
 	errs := []error{
 		command.Serve(b, command.Config{Service: "ingest", Handler: "ingest-service", Logger: logger,
 			BadInput: func(err error) bool { return errors.Is(err, ingest.ErrBadInput) }},
@@ -196,6 +212,12 @@ func (sv *Services) serveCommands(b *bus.Bus, logger *slog.Logger) error {
 }
 
 func (sv *Services) close() error {
+	if sv.groundConsumer != nil {
+		sv.groundConsumer.Close()
+	}
+	if sv.Ground != nil {
+		sv.Ground.Close()
+	}
 	sv.mu.Lock()
 	defer sv.mu.Unlock()
 	var errs []error

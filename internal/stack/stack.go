@@ -15,6 +15,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -31,6 +32,7 @@ import (
 	"github.com/groundmesh/groundmesh/internal/pgembed"
 	"github.com/groundmesh/groundmesh/internal/store"
 	"github.com/groundmesh/groundmesh/migrations"
+	"github.com/groundmesh/groundmesh/services/ground"
 	"github.com/groundmesh/groundmesh/workflows"
 )
 
@@ -65,7 +67,25 @@ type Config struct {
 	// (true for `up` and `worker`, false for CLI verbs that only need the
 	// database and the client).
 	Worker bool
+	// Ground configures the grounding service and its HTTP API.
+	Ground GroundConfig
 	Logger *slog.Logger
+}
+
+// GroundConfig configures services/ground and POST /v1/ground.
+type GroundConfig struct {
+	// APITokens are the bearer tokens the grounding API accepts. With none,
+	// it refuses every request (401) and says how to set one.
+	APITokens []string
+	// TokenHelp is how an operator sets a token, shown in that 401.
+	// Default: "set GROUNDMESH_API_TOKENS (comma-separated) where groundmesh runs".
+	TokenHelp string
+	// Limits bound requests; Batch configures batching (zero fields take
+	// services/ground's defaults).
+	Limits ground.Limits
+	Batch  ground.BatchConfig
+	// Timeout bounds an HTTP grounding request; default 30s.
+	Timeout time.Duration
 }
 
 func (c *Config) defaults() error {
@@ -89,6 +109,9 @@ func (c *Config) defaults() error {
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
+	if c.Ground.TokenHelp == "" {
+		c.Ground.TokenHelp = "set GROUNDMESH_API_TOKENS (comma-separated) where groundmesh runs"
+	}
 	return nil
 }
 
@@ -102,15 +125,17 @@ type Stack struct {
 	Temporal client.Client
 	Services *Services
 
-	pg      *pgembed.Cluster
-	dev     *devserver.Server
-	worker  worker.Worker
-	relay   *outbox.Relay
-	http    *http.Server
-	httpURL string
-	cancel  context.CancelFunc
-	done    []chan error
-	closers []func(context.Context) error
+	// groundClient asks services/ground over the bus for the gateway.
+	groundClient *ground.Client
+	pg           *pgembed.Cluster
+	dev          *devserver.Server
+	worker       worker.Worker
+	relay        *outbox.Relay
+	http         *http.Server
+	httpURL      string
+	cancel       context.CancelFunc
+	done         []chan error
+	closers      []func(context.Context) error
 }
 
 // Start builds and starts the stack. On error everything already started
@@ -201,7 +226,7 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 		return nil, err
 	}
 	if cfg.Worker {
-		if err := s.Services.serveCommands(s.Bus, cfg.Logger); err != nil {
+		if err := s.Services.serveCommands(s.Bus, s.Pool, cfg.Logger); err != nil {
 			return nil, err
 		}
 		bridge := workflows.NewBridge(s.Temporal, &workflows.PGTokens{Pool: s.Pool}, cfg.Logger.With("component", "bridge"))
@@ -212,6 +237,14 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 		workflows.Register(s.worker, &workflows.Activities{Pub: s.Bus, Tokens: &workflows.PGTokens{Pool: s.Pool}})
 		if err := s.worker.Start(); err != nil {
 			return nil, fmt.Errorf("start temporal worker: %w", err)
+		}
+	}
+	if cfg.HTTPAddr != "off" {
+		// Every gateway process must see every answer: its own consumer
+		// group, named after the host.
+		s.groundClient, err = ground.NewClient(s.Bus, ground.ClientConfig{Handler: gatewayGroup()})
+		if err != nil {
+			return nil, fmt.Errorf("ground client: %w", err)
 		}
 	}
 	s.goRun(func() error { return s.Bus.Run(runCtx) })
@@ -227,10 +260,34 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 			return nil, fmt.Errorf("gateway listen %s: %w", cfg.HTTPAddr, err)
 		}
 		s.httpURL = "http://" + ln.Addr().String()
-		s.http = &http.Server{Handler: newGateway(s), ReadHeaderTimeout: 10 * time.Second}
+		gw, err := newGateway(s)
+		if err != nil {
+			_ = ln.Close()
+			return nil, err
+		}
+		s.http = &http.Server{Handler: gw, ReadHeaderTimeout: 10 * time.Second}
 		go func() { _ = s.http.Serve(ln) }()
 	}
 	return s, nil
+}
+
+// gatewayGroup is the consumer group prefix of this process's ground
+// answers: "gateway-ground-<host>".
+func gatewayGroup() string {
+	host, err := os.Hostname()
+	if err != nil || host == "" {
+		host = "local"
+	}
+	clean := strings.Map(func(r rune) rune {
+		if r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '-' {
+			return r
+		}
+		if r >= 'A' && r <= 'Z' {
+			return r + 'a' - 'A'
+		}
+		return '-'
+	}, host)
+	return "gateway-ground-" + clean
 }
 
 func (s *Stack) goRun(fn func() error) {

@@ -24,7 +24,8 @@ import (
 
 // testStack starts a whole stack on a fresh database with the in-process
 // Temporal dev server and UI on free ports, and tracing to a file.
-func testStack(t *testing.T) (*Stack, *telemetry.Telemetry, string) {
+// edit, when given, changes the config before the stack starts.
+func testStack(t *testing.T, edit ...func(*Config)) (*Stack, *telemetry.Telemetry, string) {
 	t.Helper()
 	ctx := context.Background()
 	dir := t.TempDir()
@@ -39,10 +40,14 @@ func testStack(t *testing.T) (*Stack, *telemetry.Telemetry, string) {
 	}
 	t.Cleanup(func() { _ = tel.Shutdown(context.Background()) })
 	pluginDir := os.Getenv("GROUNDMESH_PLUGIN_DIR")
-	s, err := Start(ctx, Config{
+	cfg := Config{
 		DataDir: dir, DatabaseURL: store.NewTestDB(t), HTTPAddr: "127.0.0.1:0",
 		PluginDir: pluginDir, Worker: true, Logger: logger,
-	})
+	}
+	for _, e := range edit {
+		e(&cfg)
+	}
+	s, err := Start(ctx, cfg)
 	if err != nil {
 		t.Fatalf("start stack: %v", err)
 	}

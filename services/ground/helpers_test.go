@@ -3,92 +3,25 @@ package ground
 import (
 	"bytes"
 	"context"
-	"encoding/binary"
-	"encoding/json"
 	"fmt"
 	"image"
 	"image/color"
 	"image/draw"
 	"image/png"
-	"math"
-	"os"
-	"path/filepath"
-	"strings"
 	"sync"
 	"testing"
 
 	"github.com/groundmesh/groundmesh/internal/blob"
-	"github.com/groundmesh/groundmesh/internal/infer"
-	"github.com/groundmesh/groundmesh/model"
 	"github.com/groundmesh/groundmesh/plugins/compute"
-	"github.com/groundmesh/groundmesh/plugins/compute/computetest"
+	"github.com/groundmesh/groundmesh/services/ground/groundtest"
 )
 
-// testModel writes a small model with the demo's architecture options
-// (the conformance matrix's "demo" cell) into a blob store: a tokenizer
-// that knows the REC instruction's words, and host-generated weights.
-// Its answers mean nothing; they are deterministic, which is what the
-// tests compare.
+// testModel writes groundtest's model into bs and describes it as the
+// final checkpoint id of a run.
 func testModel(t testing.TB, bs *blob.Local, id string) ModelRef {
 	t.Helper()
-	words := strings.Fields(strings.NewReplacer(":", " ", ".", " ", "{expr}", " ").Replace(infer.RECInstruction))
-	words = append(words, "the", "red", "green", "blue", "square", "circle", "left", "of")
-	seen := map[string]bool{}
-	var uniq []string
-	for _, w := range words {
-		if w = strings.ToLower(w); !seen[w] {
-			seen[w] = true
-			uniq = append(uniq, w)
-		}
-	}
-	tok, err := model.NewTokenizer(uniq)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var cfg model.Config
-	for _, c := range computetest.MatrixCells() {
-		if c.Name == "demo" {
-			cfg = c.Config
-		}
-	}
-	cfg.VocabSize = tok.VocabSize()
-	cfg.MaxSeq = 160
-	if err := cfg.Validate(); err != nil {
-		t.Fatal(err)
-	}
-	tokKey, ckKey := "runs/"+id+"/tokenizer.json", "runs/"+id+"/stage3.safetensors"
-	tp, _ := bs.Path(tokKey)
-	cp, _ := bs.Path(ckKey)
-	if err := os.MkdirAll(filepath.Dir(tp), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := tok.SaveFile(tp); err != nil {
-		t.Fatal(err)
-	}
-	w := computetest.MatrixWeights(cfg)
-	var ts []model.Tensor
-	for _, p := range cfg.Params() {
-		b := make([]byte, 4*len(w[p.Name]))
-		for i, x := range w[p.Name] {
-			binary.LittleEndian.PutUint32(b[4*i:], math.Float32bits(x))
-		}
-		ts = append(ts, model.Tensor{Name: p.Name, DType: "F32", Shape: p.Shape, Data: b})
-	}
-	f, err := os.Create(cp)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := model.WriteSafetensors(f, ts, map[string]string{"format": "groundmesh/tinygrounder-ckpt/v1", "config_sha256": cfg.SHA256(), "step": "0"}); err != nil {
-		t.Fatal(err)
-	}
-	if err := f.Close(); err != nil {
-		t.Fatal(err)
-	}
-	mc, err := json.Marshal(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return ModelRef{CheckpointID: id, RunID: "run-" + id, Stage: "stage3", Step: 7, BlobKey: ckKey, Backend: "gomlx", ModelConfig: mc, TokenizerKey: tokKey}
+	m := groundtest.WriteModel(t, bs, id)
+	return ModelRef{CheckpointID: id, RunID: "run-" + id, Stage: "stage3", Step: 7, BlobKey: m.CheckpointKey, Backend: "gomlx", ModelConfig: m.ModelConfig, TokenizerKey: m.TokenizerKey}
 }
 
 // scene draws a w x h image with a coloured square at x, y.

@@ -1,0 +1,237 @@
+package stack
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"image"
+	"image/color"
+	"image/draw"
+	"image/png"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/groundmesh/groundmesh/internal/events"
+	"github.com/groundmesh/groundmesh/internal/telemetry"
+	"github.com/groundmesh/groundmesh/services/ground"
+	"github.com/groundmesh/groundmesh/services/ground/groundtest"
+)
+
+// pluginDir is GROUNDMESH_PLUGIN_DIR (make test builds the plugin there),
+// else a directory holding the GoMLX plugin built for this test.
+func pluginDir(t *testing.T) string {
+	t.Helper()
+	if dir := os.Getenv("GROUNDMESH_PLUGIN_DIR"); dir != "" {
+		return dir
+	}
+	dir := t.TempDir()
+	cmd := exec.Command("go", "build", "-o", filepath.Join(dir, "groundmesh-gomlx"), "./plugins/gomlx/cmd/groundmesh-gomlx")
+	cmd.Dir = "../.."
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("build the GoMLX plugin (or set GROUNDMESH_PLUGIN_DIR): %v\n%s", err, out)
+	}
+	return dir
+}
+
+func groundRequest(t *testing.T, url, token string, body any) (int, map[string]any) {
+	t.Helper()
+	b, err := json.Marshal(body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req, err := http.NewRequest("POST", url+"/v1/ground", strings.NewReader(string(b)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	raw, _ := io.ReadAll(resp.Body)
+	var out map[string]any
+	if err := json.Unmarshal(raw, &out); err != nil {
+		t.Fatalf("status %d, body %q: %v", resp.StatusCode, raw, err)
+	}
+	return resp.StatusCode, out
+}
+
+func pngDataURI(t *testing.T) string {
+	img := image.NewRGBA(image.Rect(0, 0, 80, 60))
+	draw.Draw(img, img.Bounds(), image.NewUniform(color.RGBA{235, 230, 220, 255}), image.Point{}, draw.Src)
+	draw.Draw(img, image.Rect(10, 10, 30, 25), image.NewUniform(color.RGBA{220, 40, 40, 255}), image.Point{}, draw.Src)
+	var sb strings.Builder
+	if err := png.Encode(&sb, img); err != nil {
+		t.Fatal(err)
+	}
+	return "data:image/png;base64," + base64.StdEncoding.EncodeToString([]byte(sb.String()))
+}
+
+func getJSON(t *testing.T, url string) (int, map[string]any) {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var out map[string]any
+	_ = json.NewDecoder(resp.Body).Decode(&out)
+	return resp.StatusCode, out
+}
+
+// TestGroundOverHTTP: the gateway's POST /v1/ground on the embedded stack
+// (real Postgres, the Postgres bus, the real GoMLX plugin process): refused
+// without a token, no_model before training, then HTTP -> ground.requested
+// -> services/ground -> plugin -> ground.completed -> HTTP answer with the
+// model version, in one trace; limits refused before the bus; concurrent
+// requests all answered.
+func TestGroundOverHTTP(t *testing.T) {
+	dir := pluginDir(t)
+	s, tel, traceFile := testStack(t, func(c *Config) {
+		c.PluginDir = dir
+		c.Ground.APITokens = []string{"test-token"}
+		c.Ground.Limits.MaxPixels = 1 << 20
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	url := s.GatewayURL()
+	img := pngDataURI(t)
+	req := map[string]any{"image": img, "expression": "the red square"}
+
+	if code, _ := getJSON(t, url+"/healthz"); code != 0 && code != 200 {
+		t.Fatalf("healthz %d", code)
+	}
+	code, ready := getJSON(t, url+"/readyz")
+	if code != 200 || ready["bus"] != "postgres" || !strings.HasPrefix(ready["model"].(string), "none") {
+		t.Fatalf("readyz before training: %d %v", code, ready)
+	}
+	if code, out := groundRequest(t, url, "", req); code != 401 || out["code"] != ground.CodeUnauthorized {
+		t.Fatalf("without token: %d %v", code, out)
+	}
+	if code, out := groundRequest(t, url, "test-token", req); code != 503 || out["code"] != ground.CodeNoModel {
+		t.Fatalf("before training: %d %v", code, out)
+	}
+
+	// A trained model, recorded as services/train records one.
+	m := groundtest.WriteModel(t, s.Blob, "m")
+	runID, ckID := uuid.NewString(), uuid.NewString()
+	if _, err := s.Pool.Exec(ctx, `INSERT INTO runs (id, synth_set_id, backend, spec, model_config, tokenizer_key, status)
+		VALUES ($1, $2, 'gomlx', '{}', $3, $4, 'completed')`, runID, uuid.NewString(), string(m.ModelConfig), m.TokenizerKey); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Pool.Exec(ctx, `INSERT INTO checkpoints (id, run_id, stage, step, loss, blob_key, sha256, bytes)
+		VALUES ($1, $2, 'stage3', 9, 0.5, $3, '', 0)`, ckID, runID, m.CheckpointKey); err != nil {
+		t.Fatal(err)
+	}
+	code, out := groundRequest(t, url, "test-token", req)
+	if code != 200 {
+		t.Fatalf("ground: %d %v", code, out)
+	}
+	var res events.GroundCompleted
+	raw, _ := json.Marshal(out)
+	if err := json.Unmarshal(raw, &res); err != nil {
+		t.Fatal(err)
+	}
+	if res.ModelVersion != ckID || res.RunID != runID || res.Stage != "stage3" || res.Step != 9 || res.Width != 80 || res.Height != 60 {
+		t.Fatalf("answer %+v", res)
+	}
+	if len(res.Boxes) != 1 || res.Boxes[0].Phrase != "the red square" || !strings.HasPrefix(res.Text, "[") {
+		t.Fatalf("boxes %+v text %q", res.Boxes, res.Text)
+	}
+	for _, v := range res.Boxes[0].Norm {
+		if v < 0 || v > 1 {
+			t.Fatalf("normalized box %v", res.Boxes[0].Norm)
+		}
+	}
+	if code, ready := getJSON(t, url+"/readyz"); code != 200 || ready["model"] != ckID {
+		t.Fatalf("readyz after training: %d %v", code, ready)
+	}
+
+	// A limit is refused by the gateway: nothing is published.
+	if code, out := groundRequest(t, url, "test-token", map[string]any{"image": img, "expression": strings.Repeat("x", 600)}); code != 400 || out["code"] != ground.CodeExpressionTooLong {
+		t.Fatalf("long expression: %d %v", code, out)
+	}
+	var published int
+	if err := s.Pool.QueryRow(ctx, `SELECT count(*) FROM "watermill_ground.requested"`).Scan(&published); err != nil || published != 2 {
+		t.Fatalf("ground.requested published %d times (%v), want 2", published, err)
+	}
+
+	// Concurrent requests are all answered, with the same answer.
+	var wg sync.WaitGroup
+	texts := make([]string, 6)
+	for i := range texts {
+		wg.Go(func() {
+			code, out := groundRequest(t, url, "test-token", req)
+			if code != 200 {
+				t.Errorf("concurrent request %d: %d %v", i, code, out)
+				return
+			}
+			texts[i], _ = out["text"].(string)
+		})
+	}
+	wg.Wait()
+	for i, tx := range texts {
+		if tx != res.Text {
+			t.Errorf("concurrent answer %d %q, want %q", i, tx, res.Text)
+		}
+	}
+
+	// One trace from the HTTP request through the bus and the batch to the
+	// plugin call.
+	want := []string{"ground.Client.Ground", "ground.requested publish", "ground.requested process", "ground.Ground", "ground.batch", "compute.Generate", "ground.completed process"}
+	var missing []string
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		if err := tel.ForceFlush(ctx); err != nil {
+			t.Fatal(err)
+		}
+		spans, err := telemetry.ReadTraceFile(traceFile)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Of the traces of the gateway's grounding requests, the one with
+		// the fewest missing spans (the answered requests have none).
+		byTrace := map[string]map[string]bool{}
+		for _, sp := range spans {
+			if strings.HasPrefix(sp.Name, "POST /v1/ground") {
+				byTrace[sp.TraceID] = map[string]bool{}
+			}
+		}
+		for _, sp := range spans {
+			if names, ok := byTrace[sp.TraceID]; ok {
+				names[sp.Name] = true
+			}
+		}
+		missing = want
+		for _, names := range byTrace {
+			var m []string
+			for _, w := range want {
+				if !names[w] {
+					m = append(m, w)
+				}
+			}
+			if len(m) < len(missing) {
+				missing = m
+			}
+		}
+		if len(missing) == 0 || time.Now().After(deadline) {
+			break
+		}
+	}
+	if len(missing) > 0 {
+		t.Fatalf("the first grounding request's trace lacks %q", missing)
+	}
+}
