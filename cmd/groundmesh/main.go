@@ -4,7 +4,8 @@
 //
 // The environment is read here, once: DATABASE_URL, TEMPORAL_ADDRESS,
 // GROUNDMESH_DATA_DIR, GROUNDMESH_BUS, NATS_URL, GROUNDMESH_PLUGIN_DIR,
-// OTEL_EXPORTER_OTLP_ENDPOINT, GROUNDMESH_LOG_LEVEL.
+// OTEL_EXPORTER_OTLP_ENDPOINT, GROUNDMESH_LOG_LEVEL, and the grounding
+// API's GROUNDMESH_API_TOKENS and GROUNDMESH_GROUND_* (cmd/groundmesh/ground.go).
 package main
 
 import (
@@ -99,6 +100,7 @@ type env struct {
 	PluginDir       string
 	OTLPEndpoint    string
 	LogLevel        string
+	Ground          groundEnv
 }
 
 func readEnv() env {
@@ -111,6 +113,7 @@ func readEnv() env {
 		PluginDir:       os.Getenv("GROUNDMESH_PLUGIN_DIR"),
 		OTLPEndpoint:    os.Getenv("OTEL_EXPORTER_OTLP_ENDPOINT"),
 		LogLevel:        os.Getenv("GROUNDMESH_LOG_LEVEL"),
+		Ground:          readGroundEnv(),
 	}
 	if e.DataDir == "" {
 		e.DataDir = ".data"

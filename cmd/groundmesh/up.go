@@ -60,13 +60,31 @@ func setup(ctx context.Context, e env, dataDir string, verbose bool, logTo io.Wr
 	return logger, func() { _ = tel.Shutdown(context.Background()) }, nil
 }
 
-func startStack(ctx context.Context, e env, c commonFlags, worker bool, logger *slog.Logger) (*stack.Stack, error) {
+// startStack starts the stack. With makeToken and no GROUNDMESH_API_TOKENS,
+// it makes a token for this run (printed by printWhere) so that the
+// grounding API is usable and still closed to anyone without it.
+func startStack(ctx context.Context, e env, c commonFlags, worker, makeToken bool, logger *slog.Logger) (*stack.Stack, error) {
+	gc, err := e.Ground.config()
+	if err != nil {
+		return nil, err
+	}
+	if makeToken && len(gc.APITokens) == 0 {
+		tok, err := newToken()
+		if err != nil {
+			return nil, err
+		}
+		gc.APITokens = []string{tok}
+		generatedToken = tok
+	}
 	return stack.Start(ctx, stack.Config{
 		DataDir: c.dataDir, DatabaseURL: e.DatabaseURL, TemporalAddress: e.TemporalAddress,
 		TemporalPort: c.tport, UIPort: c.uiport, Bus: c.bus, NATSURL: e.NATSURL,
-		HTTPAddr: c.httpAddr, PluginDir: e.PluginDir, Worker: worker, Logger: logger,
+		HTTPAddr: c.httpAddr, PluginDir: e.PluginDir, Worker: worker, Ground: gc, Logger: logger,
 	})
 }
+
+// generatedToken is the API token startStack made for this run, if any.
+var generatedToken string
 
 func closeStack(s *stack.Stack) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
@@ -84,6 +102,10 @@ func printWhere(s *stack.Stack) {
 	fmt.Printf("  Temporal:       %s (namespace default, task queue %s)\n", s.TemporalAddr(), workflows.TaskQueue)
 	if u := s.GatewayURL(); u != "" {
 		fmt.Printf("  HTTP gateway:   %s  (POST /api/pipelines with {} starts a pipeline)\n", u)
+		fmt.Printf("  grounding API:  %s/v1/ground\n", u)
+		if generatedToken != "" {
+			fmt.Printf("  API token:      %s  (made for this run; set GROUNDMESH_API_TOKENS to choose your own)\n", generatedToken)
+		}
 	}
 	fmt.Printf("  data dir:       %s\n", s.DataDir())
 	fmt.Printf("  traces:         %s\n", filepath.Join(s.DataDir(), "traces.jsonl"))
@@ -108,7 +130,7 @@ func cmdUp(ctx context.Context, e env, args []string, workerOnly bool) error {
 		return err
 	}
 	defer done()
-	s, err := startStack(ctx, e, c, true, logger)
+	s, err := startStack(ctx, e, c, true, !workerOnly, logger)
 	if err != nil {
 		return err
 	}
@@ -132,7 +154,7 @@ func cmdServe(ctx context.Context, e env, args []string) error {
 		return err
 	}
 	defer done()
-	s, err := startStack(ctx, e, c, false, logger)
+	s, err := startStack(ctx, e, c, false, false, logger)
 	if err != nil {
 		return err
 	}
@@ -174,7 +196,7 @@ func cmdDemo(ctx context.Context, e env, args []string) error {
 	}
 	defer done()
 	start := time.Now()
-	s, err := startStack(ctx, e, c, true, logger)
+	s, err := startStack(ctx, e, c, true, true, logger)
 	if err != nil {
 		return err
 	}
@@ -207,6 +229,15 @@ func cmdDemo(ctx context.Context, e env, args []string) error {
 			fmt.Printf("         (no screenshot: %v)\n", err)
 		} else {
 			fmt.Printf("         screenshot %s (%d KB of rendered DOM)\n", png, len(dom)/1024)
+		}
+	}
+	if res.SynthSetID != "" && s.GatewayURL() != "" {
+		token := generatedToken
+		if gc, err := e.Ground.config(); err == nil && len(gc.APITokens) > 0 {
+			token = gc.APITokens[0]
+		}
+		if err := demoGround(ctx, s, token, res.SynthSetID); err != nil {
+			fmt.Printf("\ngrounding through the gateway: %v\n", err)
 		}
 	}
 	if err := printFacts(ctx, s); err != nil {

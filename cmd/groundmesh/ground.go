@@ -1,0 +1,178 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/groundmesh/groundmesh/internal/dataset"
+	"github.com/groundmesh/groundmesh/internal/events"
+	"github.com/groundmesh/groundmesh/internal/stack"
+	"github.com/groundmesh/groundmesh/model"
+	"github.com/groundmesh/groundmesh/services/synth"
+)
+
+// groundEnv is the grounding API's part of the environment.
+type groundEnv struct {
+	APITokens          string // GROUNDMESH_API_TOKENS: comma-separated bearer tokens
+	MaxImageBytes      string // GROUNDMESH_GROUND_MAX_IMAGE_BYTES
+	MaxPixels          string // GROUNDMESH_GROUND_MAX_PIXELS
+	MaxExpressionBytes string // GROUNDMESH_GROUND_MAX_EXPRESSION_BYTES
+	MaxBatch           string // GROUNDMESH_GROUND_MAX_BATCH
+	MaxDelay           string // GROUNDMESH_GROUND_MAX_DELAY (a Go duration)
+	MaxQueue           string // GROUNDMESH_GROUND_MAX_QUEUE
+	Timeout            string // GROUNDMESH_GROUND_TIMEOUT (a Go duration)
+}
+
+func readGroundEnv() groundEnv {
+	return groundEnv{
+		APITokens:          os.Getenv("GROUNDMESH_API_TOKENS"),
+		MaxImageBytes:      os.Getenv("GROUNDMESH_GROUND_MAX_IMAGE_BYTES"),
+		MaxPixels:          os.Getenv("GROUNDMESH_GROUND_MAX_PIXELS"),
+		MaxExpressionBytes: os.Getenv("GROUNDMESH_GROUND_MAX_EXPRESSION_BYTES"),
+		MaxBatch:           os.Getenv("GROUNDMESH_GROUND_MAX_BATCH"),
+		MaxDelay:           os.Getenv("GROUNDMESH_GROUND_MAX_DELAY"),
+		MaxQueue:           os.Getenv("GROUNDMESH_GROUND_MAX_QUEUE"),
+		Timeout:            os.Getenv("GROUNDMESH_GROUND_TIMEOUT"),
+	}
+}
+
+// config parses the grounding settings; unset ones keep their defaults.
+func (g groundEnv) config() (stack.GroundConfig, error) {
+	var c stack.GroundConfig
+	for _, t := range strings.Split(g.APITokens, ",") {
+		if t = strings.TrimSpace(t); t != "" {
+			c.APITokens = append(c.APITokens, t)
+		}
+	}
+	ints := []struct {
+		name, v string
+		dst     *int
+	}{
+		{"GROUNDMESH_GROUND_MAX_IMAGE_BYTES", g.MaxImageBytes, &c.Limits.MaxImageBytes},
+		{"GROUNDMESH_GROUND_MAX_PIXELS", g.MaxPixels, &c.Limits.MaxPixels},
+		{"GROUNDMESH_GROUND_MAX_EXPRESSION_BYTES", g.MaxExpressionBytes, &c.Limits.MaxExpressionBytes},
+		{"GROUNDMESH_GROUND_MAX_BATCH", g.MaxBatch, &c.Batch.MaxBatch},
+		{"GROUNDMESH_GROUND_MAX_QUEUE", g.MaxQueue, &c.Batch.MaxQueue},
+	}
+	for _, f := range ints {
+		if f.v == "" {
+			continue
+		}
+		n, err := strconv.Atoi(f.v)
+		if err != nil || n <= 0 {
+			return c, fmt.Errorf("%s=%q: want a positive integer", f.name, f.v)
+		}
+		*f.dst = n
+	}
+	durs := []struct {
+		name, v string
+		dst     *time.Duration
+	}{
+		{"GROUNDMESH_GROUND_MAX_DELAY", g.MaxDelay, &c.Batch.MaxDelay},
+		{"GROUNDMESH_GROUND_TIMEOUT", g.Timeout, &c.Timeout},
+	}
+	for _, f := range durs {
+		if f.v == "" {
+			continue
+		}
+		d, err := time.ParseDuration(f.v)
+		if err != nil || d <= 0 {
+			return c, fmt.Errorf("%s=%q: want a positive duration such as 5ms", f.name, f.v)
+		}
+		*f.dst = d
+	}
+	return c, nil
+}
+
+// newToken returns a random bearer token.
+func newToken() (string, error) {
+	b := make([]byte, 16)
+	if _, err := rand.Read(b); err != nil {
+		return "", fmt.Errorf("generate API token: %w", err)
+	}
+	return "gm-" + hex.EncodeToString(b), nil
+}
+
+// demoGround asks the gateway where the referent of one test REC record of
+// the pipeline's synth set is, and prints the answer beside the truth.
+func demoGround(ctx context.Context, s *stack.Stack, token, synthSetID string) error {
+	var manifestKey, root string
+	if err := s.Pool.QueryRow(ctx, `SELECT s.manifest_key, coalesce(d.root, '') FROM synth_sets s
+		LEFT JOIN dataset_versions d ON d.id = s.dataset_id WHERE s.id::text = $1`, synthSetID).Scan(&manifestKey, &root); err != nil {
+		return fmt.Errorf("synth set %s: %w", synthSetID, err)
+	}
+	m, err := synth.OpenManifest(s.Blob, manifestKey)
+	if err != nil {
+		return err
+	}
+	var rec *model.Record
+	errFound := errors.New("found")
+	err = synth.ReadRecords(ctx, s.Blob, m, func(r *model.Record) bool {
+		return r.Task == "rec" && r.Split == "test" && len(r.Answer.Phrases) > 0 && len(r.Answer.Boxes) > 0 && len(r.Images) == 1
+	}, func(r *model.Record) error {
+		rec = r
+		return errFound
+	})
+	if err != nil && !errors.Is(err, errFound) {
+		return err
+	}
+	if rec == nil {
+		return errors.New("no test REC record in the synth set")
+	}
+	path := filepath.Join(root, filepath.FromSlash(rec.Images[0].Path))
+	img, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("read image: %w", err)
+	}
+	mediaType := "image/png"
+	if ext := strings.ToLower(filepath.Ext(path)); ext == ".jpg" || ext == ".jpeg" {
+		mediaType = "image/jpeg"
+	}
+	body, _ := json.Marshal(map[string]any{
+		"image":      "data:" + mediaType + ";base64," + base64.StdEncoding.EncodeToString(img),
+		"expression": rec.Answer.Phrases[0],
+	})
+	req, err := http.NewRequestWithContext(ctx, "POST", s.GatewayURL()+"/v1/ground", strings.NewReader(string(body)))
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Authorization", "Bearer "+token)
+	start := time.Now()
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return fmt.Errorf("POST /v1/ground: %w", err)
+	}
+	defer resp.Body.Close()
+	raw, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("POST /v1/ground: %s: %s", resp.Status, strings.TrimSpace(string(raw)))
+	}
+	var res events.GroundCompleted
+	if err := json.Unmarshal(raw, &res); err != nil || len(res.Boxes) == 0 {
+		return fmt.Errorf("POST /v1/ground: answer %q: %v", raw, err)
+	}
+	truth := rec.Answer.Boxes[0]
+	p := res.Boxes[0].Pixel
+	iou := dataset.Box{X1: p[0], Y1: p[1], X2: p[2], Y2: p[3]}.IoU(dataset.Box{X1: truth[0], Y1: truth[1], X2: truth[2], Y2: truth[3]})
+	fmt.Println("\ngrounding through the gateway (POST /v1/ground, bearer token):")
+	fmt.Printf("  image:       %s (%dx%d)\n", path, res.Width, res.Height)
+	fmt.Printf("  expression:  %q\n", rec.Answer.Phrases[0])
+	fmt.Printf("  answer:      %s -> pixel box [%.0f, %.0f, %.0f, %.0f]; truth [%.0f, %.0f, %.0f, %.0f], IoU %.2f\n",
+		res.Text, p[0], p[1], p[2], p[3], truth[0], truth[1], truth[2], truth[3], iou)
+	fmt.Printf("  model:       %s (run %s, %s step %d)\n", res.ModelVersion, res.RunID, res.Stage, res.Step)
+	fmt.Printf("  latency:     %.1f ms in services/ground, %s over HTTP and the %s bus\n", res.LatencyMS, time.Since(start).Round(time.Millisecond), s.Bus.Kind())
+	return nil
+}
