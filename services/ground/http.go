@@ -63,8 +63,9 @@ type ErrorBody struct {
 	Code  string `json:"code"`
 }
 
-// NewHTTPHandler returns the grounding API: POST /v1/ground behind bearer
-// token authentication. Mount it on the gateway's mux under /v1/.
+// NewHTTPHandler returns the grounding API behind bearer token
+// authentication: POST /v1/ground, and POST /v1/chat/completions for
+// OpenAI clients. Mount it on the gateway's mux under /v1/.
 func NewHTTPHandler(cfg HTTPConfig, g Grounder) (http.Handler, error) {
 	if g == nil {
 		return nil, errors.New("ground http: no grounder")
@@ -87,6 +88,7 @@ func NewHTTPHandler(cfg HTTPConfig, g Grounder) (http.Handler, error) {
 	h := &httpAPI{cfg: cfg, g: g}
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /v1/ground", h.ground)
+	mux.HandleFunc("POST /v1/chat/completions", h.chatCompletions)
 	return h.auth(mux), nil
 }
 
@@ -114,6 +116,10 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 // auth lets a request through only with one of the configured tokens.
 func (h *httpAPI) auth(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		writeError := writeError
+		if r.URL.Path == "/v1/chat/completions" {
+			writeError = writeOpenAIError // what OpenAI clients parse
+		}
 		if len(h.cfg.Tokens) == 0 {
 			writeError(w, CodeUnauthorized, "no API token is configured on this server, so every request is refused: "+
 				h.cfg.TokenHelp+", then send the header \"Authorization: Bearer <token>\"")
@@ -179,18 +185,27 @@ func (h *httpAPI) ground(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, res)
 }
 
-func (h *httpAPI) parse(r *http.Request) (GroundRequest, error) {
-	var req GroundRequest
+// readBody reads a JSON body up to the size an allowed image explains.
+func (h *httpAPI) readBody(r *http.Request) ([]byte, error) {
 	if ct := r.Header.Get("Content-Type"); ct != "" && !strings.HasPrefix(ct, "application/json") {
-		return req, newError(CodeBadRequest, "Content-Type %q: send application/json", ct)
+		return nil, newError(CodeBadRequest, "Content-Type %q: send application/json", ct)
 	}
 	max := h.maxBody()
 	body, err := io.ReadAll(io.LimitReader(r.Body, max+1))
 	if err != nil {
-		return req, newError(CodeBadRequest, "read body: %v", err)
+		return nil, newError(CodeBadRequest, "read body: %v", err)
 	}
 	if int64(len(body)) > max {
-		return req, newError(CodeImageTooLarge, "request body is over %d bytes: the image may be at most %d bytes (%d in base64)", max, h.cfg.Limits.MaxImageBytes, h.cfg.Limits.MaxImageBytes/3*4+4)
+		return nil, newError(CodeImageTooLarge, "request body is over %d bytes: the image may be at most %d bytes (%d in base64)", max, h.cfg.Limits.MaxImageBytes, h.cfg.Limits.MaxImageBytes/3*4+4)
+	}
+	return body, nil
+}
+
+func (h *httpAPI) parse(r *http.Request) (GroundRequest, error) {
+	var req GroundRequest
+	body, err := h.readBody(r)
+	if err != nil {
+		return req, err
 	}
 	dec := json.NewDecoder(strings.NewReader(string(body)))
 	dec.DisallowUnknownFields()
