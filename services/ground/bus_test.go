@@ -36,7 +36,7 @@ var (
 
 // gomlxPlugin returns the real plugin binary: GROUNDMESH_PLUGIN_DIR's
 // (make test builds it there), else one built for this test run.
-func gomlxPlugin(t *testing.T) string {
+func gomlxPlugin(t testing.TB) string {
 	t.Helper()
 	pluginOnce.Do(func() {
 		if dir := os.Getenv("GROUNDMESH_PLUGIN_DIR"); dir != "" {
@@ -66,7 +66,7 @@ func gomlxPlugin(t *testing.T) string {
 
 // insertModel records ref as the final checkpoint of a completed run, in
 // services/train's tables.
-func insertModel(t *testing.T, pool *pgxpool.Pool, ref *ModelRef) {
+func insertModel(t testing.TB, pool *pgxpool.Pool, ref *ModelRef) {
 	t.Helper()
 	ctx := context.Background()
 	ref.RunID, ref.CheckpointID = uuid.NewString(), uuid.NewString()
@@ -106,74 +106,100 @@ func TestOverTheBus(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = host.Close() })
+	// Requests left in the NATS streams by earlier runs would be read by
+	// this run's new consumer group, ahead of this run's.
+	purgeNATS(t, events.TopicGroundRequested, events.TopicGroundCompleted, events.TopicGroundFailed)
 	for _, kind := range []string{bus.KindPostgres, bus.KindNATS} {
 		t.Run(kind, func(t *testing.T) { testOverTheBus(t, kind, host, rec) })
 	}
 }
 
-func testOverTheBus(t *testing.T, kind string, host *compute.Host, rec *tracetest.SpanRecorder) {
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
-	pool, err := store.Open(ctx, store.NewTestDB(t), nil)
-	if err != nil {
+// busFixture is services/ground on a real bus and a fresh database, with
+// a model recorded in services/train's tables and a Client.
+type busFixture struct {
+	pool   *pgxpool.Pool
+	bs     *blob.Local
+	ref    ModelRef
+	svc    *Service
+	bus    *bus.Bus
+	client *Client
+}
+
+// newBusFixture builds the fixture; register adds handlers before the bus
+// runs. Everything stops at cleanup.
+func newBusFixture(t testing.TB, kind string, host compute.Backend, batch BatchConfig, poll time.Duration, register func(b *bus.Bus)) *busFixture {
+	t.Helper()
+	ctx := context.Background()
+	f := &busFixture{}
+	var err error
+	if f.pool, err = store.Open(ctx, store.NewTestDB(t), nil); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(pool.Close)
-	bs, err := blob.NewLocal(t.TempDir())
-	if err != nil {
+	t.Cleanup(f.pool.Close)
+	if f.bs, err = blob.NewLocal(t.TempDir()); err != nil {
 		t.Fatal(err)
 	}
-	ref := testModel(t, bs, "m")
-	insertModel(t, pool, &ref)
+	f.ref = testModel(t, f.bs, "m")
+	insertModel(t, f.pool, &f.ref)
 	logger := slog.New(slog.DiscardHandler)
 	if testing.Verbose() {
 		logger = slog.New(slog.NewTextHandler(os.Stderr, nil))
 	}
-	svc, err := New(Config{
-		Catalog: NewPGCatalog(pool), Blob: bs, Logger: logger,
+	f.svc, err = New(Config{
+		Catalog: NewPGCatalog(f.pool), Blob: f.bs, Logger: logger, Batch: batch,
 		Backends: func(name string) (compute.Backend, error) { return host, nil },
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(svc.Close)
+	t.Cleanup(f.svc.Close)
 	// A fresh consumer prefix per run: NATS keeps its streams between tests.
 	prefix := "t" + uuid.NewString()[:8] + "."
-	b, err := bus.New(ctx, bus.Config{Kind: kind, ConsumerPrefix: prefix, PollInterval: 20 * time.Millisecond, Logger: logger}, pool)
+	if f.bus, err = bus.New(ctx, bus.Config{Kind: kind, ConsumerPrefix: prefix, PollInterval: poll, Logger: logger}, f.pool); err != nil {
+		t.Fatal(err)
+	}
+	cons, err := Serve(f.bus, ConsumerConfig{Pool: f.pool, Logger: logger}, f.svc)
 	if err != nil {
 		t.Fatal(err)
 	}
-	cons, err := Serve(b, ConsumerConfig{Pool: pool, Logger: logger}, svc)
-	if err != nil {
+	if f.client, err = NewClient(f.bus, ClientConfig{Handler: "test-client"}); err != nil {
 		t.Fatal(err)
 	}
-	client, err := NewClient(b, ClientConfig{Handler: "test-client"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	seen := &answers{n: map[string]int{}}
-	if err := b.Handle("test-answers", events.TopicGroundCompleted, func(ctx context.Context, msg *message.Message) error {
-		seen.mu.Lock()
-		seen.n[msg.Metadata.Get(events.MetaCorrelationID)]++
-		seen.mu.Unlock()
-		return nil
-	}); err != nil {
-		t.Fatal(err)
+	if register != nil {
+		register(f.bus)
 	}
 	runCtx, stop := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- b.Run(runCtx) }()
+	go func() { done <- f.bus.Run(runCtx) }()
 	t.Cleanup(func() {
 		stop()
 		cons.Close()
-		_ = b.Close()
+		_ = f.bus.Close()
 		<-done
 	})
 	select {
-	case <-b.Running():
+	case <-f.bus.Running():
 	case <-time.After(30 * time.Second):
 		t.Fatal("bus did not start")
 	}
+	return f
+}
+
+func testOverTheBus(t *testing.T, kind string, host *compute.Host, rec *tracetest.SpanRecorder) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	seen := &answers{n: map[string]int{}}
+	f := newBusFixture(t, kind, host, BatchConfig{}, 20*time.Millisecond, func(b *bus.Bus) {
+		if err := b.Handle("test-answers", events.TopicGroundCompleted, func(ctx context.Context, msg *message.Message) error {
+			seen.mu.Lock()
+			seen.n[msg.Metadata.Get(events.MetaCorrelationID)]++
+			seen.mu.Unlock()
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+	})
+	pool, bs, ref, client, b := f.pool, f.bs, f.ref, f.client, f.bus
 
 	img := scene(t, 96, 64, 50, 10, color.RGBA{40, 70, 220, 255})
 	rctx, rcancel := context.WithTimeout(ctx, time.Minute)

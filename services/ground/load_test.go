@@ -1,0 +1,194 @@
+package ground
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"image"
+	"image/color"
+	"os"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/groundmesh/groundmesh/internal/blob"
+	"github.com/groundmesh/groundmesh/internal/bus"
+	"github.com/groundmesh/groundmesh/internal/events"
+	"github.com/groundmesh/groundmesh/internal/infer"
+	"github.com/groundmesh/groundmesh/model"
+	"github.com/groundmesh/groundmesh/plugins/compute"
+)
+
+type loadStats struct {
+	p50, p99 time.Duration
+	rps      float64
+	failed   int
+}
+
+// runLoad sends n requests from c goroutines and measures each.
+func runLoad(c, n int, fn func(ctx context.Context) error) loadStats {
+	lat := make([]time.Duration, n)
+	errs := make([]error, n)
+	next := make(chan int, n)
+	for i := range n {
+		next <- i
+	}
+	close(next)
+	start := time.Now()
+	var wg sync.WaitGroup
+	for range c {
+		wg.Go(func() {
+			for i := range next {
+				ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+				t0 := time.Now()
+				errs[i] = fn(ctx)
+				lat[i] = time.Since(t0)
+				cancel()
+			}
+		})
+	}
+	wg.Wait()
+	wall := time.Since(start)
+	st := loadStats{rps: float64(n) / wall.Seconds()}
+	for _, err := range errs {
+		if err != nil {
+			st.failed++
+		}
+	}
+	slices.Sort(lat)
+	st.p50, st.p99 = lat[n/2], lat[min(n-1, n*99/100)]
+	return st
+}
+
+// purgeNATS empties the JetStream streams of topics (named as
+// internal/bus names them).
+func purgeNATS(tb testing.TB, topics ...string) {
+	tb.Helper()
+	nc, err := nats.Connect(nats.DefaultURL)
+	if err != nil {
+		tb.Fatalf("connect to NATS at %s: %v", nats.DefaultURL, err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	ctx := context.Background()
+	for _, topic := range topics {
+		s, err := js.Stream(ctx, "gm_"+strings.ReplaceAll(topic, ".", "_"))
+		if errors.Is(err, jetstream.ErrStreamNotFound) {
+			continue
+		}
+		if err != nil {
+			tb.Fatal(err)
+		}
+		if err := s.Purge(ctx); err != nil {
+			tb.Fatal(err)
+		}
+	}
+}
+
+func ms(d time.Duration) string { return fmt.Sprintf("%.2f", float64(d.Microseconds())/1000) }
+
+// BenchmarkGroundLoad is the bounded loopback load benchmark: requests
+// for the test model (groundtest, the demo's architecture at 16 pixels)
+// through a direct plugin call, then through the bus (Postgres, NATS)
+// with batching off (MaxBatch 1) and on, at concurrency 1, 8 and 32. It
+// prints p50/p99 latency and requests/s per cell, and the overhead of the
+// bus path over the direct call at concurrency 1. It runs the whole matrix
+// once, whatever b.N:
+//
+//	go test ./services/ground -run '^$' -bench GroundLoad -benchtime 1x
+//
+// GROUND_LOAD_POLL sets the Postgres bus's poll interval (default the
+// bus's own, 250ms).
+func BenchmarkGroundLoad(b *testing.B) {
+	poll := 250 * time.Millisecond
+	if v := os.Getenv("GROUND_LOAD_POLL"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			b.Fatalf("GROUND_LOAD_POLL: %v", err)
+		}
+		poll = d
+	}
+	host, err := compute.NewHost(compute.HostConfig{Path: gomlxPlugin(b), Env: []string{"GOMLX_BACKEND=go:parallelism=-1"}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = host.Close() })
+	img := scene(b, 64, 64, 20, 12, color.RGBA{220, 40, 40, 255})
+	req := events.GroundRequested{Image: img, Expression: "the red square"}
+	concurrency := []int{1, 8, 32}
+	requests := func(c int) int { return max(24, 4*c) }
+	fmt.Printf("%-34s %5s %9s %9s %9s %6s\n", "path", "conc", "p50 ms", "p99 ms", "req/s", "failed")
+	row := func(path string, c int, st loadStats) {
+		fmt.Printf("%-34s %5d %9s %9s %9.1f %6d\n", path, c, ms(st.p50), ms(st.p99), st.rps, st.failed)
+	}
+
+	// The direct plugin call: one Generate per request, no bus, no batching.
+	bs, err := blob.NewLocal(b.TempDir())
+	if err != nil {
+		b.Fatal(err)
+	}
+	ref := testModel(b, bs, "direct")
+	tp, _ := bs.Path(ref.TokenizerKey)
+	cp, _ := bs.Path(ref.BlobKey)
+	sess, err := infer.Open(context.Background(), host, infer.OpenRequest{ModelConfig: ref.ModelConfig, TokenizerPath: tp, CheckpointPath: cp})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer sess.Close(context.Background())
+	decoded, _, err := infer.DecodeImage(img, infer.ImageLimits{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	prompt, _ := infer.RECPrompt(req.Expression)
+	opts := infer.Decoding{}.Options(infer.Ground, 0)
+	direct := map[int]loadStats{}
+	for _, c := range concurrency {
+		direct[c] = runLoad(c, requests(c), func(ctx context.Context) error {
+			_, err := sess.Generator.Generate(ctx, []model.Prompt{{Text: prompt, Images: []image.Image{decoded}}}, opts)
+			return err
+		})
+		row("direct plugin call", c, direct[c])
+	}
+
+	for _, kind := range []string{bus.KindPostgres, bus.KindNATS} {
+		for _, batching := range []bool{false, true} {
+			cfg := BatchConfig{MaxBatch: 1}
+			name := kind + " bus, batching off"
+			if batching {
+				cfg = BatchConfig{MaxBatch: 32}
+				name = kind + " bus, batching on"
+			}
+			// A sub-benchmark, so that the cell's consumers stop before the
+			// next cell's start: on NATS they would all read every request.
+			b.Run(strings.ReplaceAll(name, " ", "_"), func(b *testing.B) {
+				if kind == bus.KindNATS {
+					// A new consumer group on NATS reads what the streams
+					// still hold: start each cell empty.
+					purgeNATS(b, events.TopicGroundRequested, events.TopicGroundCompleted, events.TopicGroundFailed)
+				}
+				f := newBusFixture(b, kind, host, cfg, poll, nil)
+				var first loadStats
+				for _, c := range concurrency {
+					st := runLoad(c, requests(c), func(ctx context.Context) error {
+						_, err := f.client.Ground(ctx, req)
+						return err
+					})
+					row(name, c, st)
+					if c == 1 {
+						first = st
+					}
+				}
+				fmt.Printf("%-34s       overhead over the direct call at concurrency 1: p50 %s ms (%d plugin calls in all)\n", "", ms(first.p50-direct[1].p50), f.svc.GenerateCalls())
+			})
+		}
+	}
+	fmt.Printf("(Postgres bus poll interval %s)\n", poll)
+}
