@@ -8,7 +8,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"mime"
 	"net/http"
+	"strconv"
 	"strings"
 	"time"
 
@@ -147,7 +149,14 @@ func (h *httpAPI) maxBody() int64 {
 }
 
 func (h *httpAPI) ground(w http.ResponseWriter, r *http.Request) {
-	req, err := h.parse(r)
+	var req GroundRequest
+	var upload []byte
+	var err error
+	if ct, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type")); ct == "multipart/form-data" {
+		req, upload, err = h.parseMultipart(r)
+	} else {
+		req, err = h.parse(r)
+	}
 	if err != nil {
 		writeError(w, CodeOf(err), err.Error())
 		return
@@ -168,6 +177,9 @@ func (h *httpAPI) ground(w http.ResponseWriter, r *http.Request) {
 			writeError(w, CodeOf(err), err.Error())
 			return
 		}
+	}
+	if upload != nil {
+		ev.Image = upload
 	}
 	if err := h.cfg.Limits.CheckRequest(ev); err != nil {
 		writeError(w, CodeOf(err), err.Error())
@@ -216,6 +228,70 @@ func (h *httpAPI) parse(r *http.Request) (GroundRequest, error) {
 		return req, newError(CodeBadRequest, "request body: trailing data after the JSON object")
 	}
 	return req, nil
+}
+
+// parseMultipart reads a multipart/form-data upload: the file "image" and
+// the fields of GroundRequest by their JSON names.
+func (h *httpAPI) parseMultipart(r *http.Request) (GroundRequest, []byte, error) {
+	var req GroundRequest
+	max := h.maxBody()
+	r.Body = http.MaxBytesReader(nil, r.Body, max)
+	mr, err := r.MultipartReader()
+	if err != nil {
+		return req, nil, newError(CodeBadRequest, "multipart body: %v", err)
+	}
+	var upload []byte
+	for {
+		part, err := mr.NextPart()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			return req, nil, newError(CodeImageTooLarge, "request body is over %d bytes: the image may be at most %d bytes", max, h.cfg.Limits.MaxImageBytes)
+		}
+		if err != nil {
+			return req, nil, newError(CodeBadRequest, "multipart body: %v", err)
+		}
+		b, err := io.ReadAll(part)
+		if errors.As(err, &tooBig) {
+			return req, nil, newError(CodeImageTooLarge, "request body is over %d bytes: the image may be at most %d bytes", max, h.cfg.Limits.MaxImageBytes)
+		}
+		if err != nil {
+			return req, nil, newError(CodeBadRequest, "multipart part %q: %v", part.FormName(), err)
+		}
+		switch name := part.FormName(); name {
+		case "image":
+			if upload != nil {
+				return req, nil, newError(CodeBadRequest, "multipart body: more than one image part")
+			}
+			upload = b
+		case "expression":
+			req.Expression = string(b)
+		case "image_key":
+			req.ImageKey = string(b)
+		case "checkpoint_id":
+			req.CheckpointID = string(b)
+		case "attention":
+			v, err := strconv.ParseBool(string(b))
+			if err != nil {
+				return req, nil, newError(CodeBadRequest, "multipart field attention %q: want true or false", b)
+			}
+			req.Attention = v
+		case "timeout_ms":
+			v, err := strconv.Atoi(string(b))
+			if err != nil {
+				return req, nil, newError(CodeBadRequest, "multipart field timeout_ms %q: want an integer", b)
+			}
+			req.TimeoutMS = v
+		default:
+			return req, nil, newError(CodeBadRequest, "multipart body: unknown field %q", name)
+		}
+	}
+	if upload == nil && req.ImageKey == "" {
+		return req, nil, newError(CodeBadRequest, "no image: send the file as the multipart part \"image\"")
+	}
+	return req, upload, nil
 }
 
 // dataURI decodes "data:image/png;base64,...".

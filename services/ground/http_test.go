@@ -10,6 +10,7 @@ import (
 	"image/color"
 	"image/gif"
 	"io"
+	"mime/multipart"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -172,5 +173,65 @@ func TestHTTPRefusals(t *testing.T) {
 		if resp, b := post(h); resp.StatusCode != status || !strings.Contains(b, `"code": "`+code+`"`) {
 			t.Errorf("%s: %d %s, want %d", code, resp.StatusCode, b, status)
 		}
+	}
+}
+
+func TestHTTPMultipartUpload(t *testing.T) {
+	g := &recordingGrounder{}
+	h, err := NewHTTPHandler(HTTPConfig{Tokens: []string{"k"}, Limits: Limits{MaxImageBytes: 3000}}, g)
+	if err != nil {
+		t.Fatal(err)
+	}
+	okImg := scene(t, 40, 30, 5, 5, color.RGBA{200, 0, 0, 255})
+	form := func(fields map[string]string, image []byte) (string, string) {
+		var sb strings.Builder
+		mw := multipart.NewWriter(&sb)
+		for k, v := range fields {
+			mw.WriteField(k, v)
+		}
+		if image != nil {
+			fw, _ := mw.CreateFormFile("image", "scene.png")
+			fw.Write(image)
+		}
+		mw.Close()
+		return mw.FormDataContentType(), sb.String()
+	}
+	cases := []struct {
+		name   string
+		fields map[string]string
+		image  []byte
+		status int
+		code   string
+		msg    string
+	}{
+		{"ok", map[string]string{"expression": "the red square"}, okImg, 200, "", ""},
+		{"no image", map[string]string{"expression": "x"}, nil, 400, CodeBadRequest, `send the file as the multipart part "image"`},
+		{"unknown field", map[string]string{"expresion": "x"}, okImg, 400, CodeBadRequest, `unknown field "expresion"`},
+		{"bad attention", map[string]string{"expression": "x", "attention": "maybe"}, okImg, 400, CodeBadRequest, `attention "maybe": want true or false`},
+		{"too big", map[string]string{"expression": "x"}, make([]byte, 100000), 413, CodeImageTooLarge, "request body is over"},
+		{"not an image", map[string]string{"expression": "x"}, []byte("hello, world"), 415, CodeUnsupportedFormat, "unsupported image format"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			ct, body := form(c.fields, c.image)
+			req := httptest.NewRequest("POST", "/v1/ground", strings.NewReader(body))
+			req.Header.Set("Content-Type", ct)
+			req.Header.Set("Authorization", "Bearer k")
+			rec := httptest.NewRecorder()
+			h.ServeHTTP(rec, req)
+			if rec.Code != c.status {
+				t.Fatalf("status %d %s, want %d", rec.Code, rec.Body, c.status)
+			}
+			if c.status == 200 {
+				return
+			}
+			var eb ErrorBody
+			if err := json.Unmarshal(rec.Body.Bytes(), &eb); err != nil || eb.Code != c.code || !strings.Contains(eb.Error, c.msg) {
+				t.Fatalf("%+v %v, want %s %q", eb, err, c.code, c.msg)
+			}
+		})
+	}
+	if g.n.Load() != 1 {
+		t.Fatalf("%d requests reached the grounder, want the good one only", g.n.Load())
 	}
 }
