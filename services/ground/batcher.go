@@ -93,6 +93,8 @@ type batcher struct {
 	logger   *slog.Logger
 	// calls counts Generate calls, for tests and the batching benchmark.
 	calls atomic.Int64
+	// observe, when set, is told the size of every Generate call.
+	observe func(n int)
 
 	mu      sync.Mutex
 	workers map[string]*worker
@@ -303,6 +305,9 @@ func (b *batcher) generate(ctx context.Context, sess *infer.Session, jobs []*job
 		prompts[i] = j.prompt
 	}
 	b.calls.Add(1)
+	if b.observe != nil {
+		b.observe(len(prompts))
+	}
 	gens, err := sess.Generator.Generate(ctx, prompts, opts)
 	if err == nil && len(gens) != len(jobs) {
 		err = fmt.Errorf("generate: %d answers for %d prompts", len(gens), len(jobs))
@@ -334,6 +339,17 @@ func (b *batcher) generate(ctx context.Context, sess *infer.Session, jobs []*job
 		j.done <- jobResult{gen: gens[i]}
 	}
 	return nil
+}
+
+// queued is how many requests wait, over every worker.
+func (b *batcher) queued() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	n := 0
+	for _, w := range b.workers {
+		n += len(w.queue)
+	}
+	return n
 }
 
 // close stops the workers; queued requests fail, and loaded models unload.

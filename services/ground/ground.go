@@ -60,6 +60,7 @@ type Config struct {
 type Service struct {
 	cfg     Config
 	batcher *batcher
+	metrics *metrics
 }
 
 // New validates cfg and returns a Service. Close it to unload its models.
@@ -84,7 +85,12 @@ func New(cfg Config) (*Service, error) {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	s := &Service{cfg: cfg}
+	s.metrics = newMetrics(func() float64 { return float64(s.batcher.queued()) })
 	s.batcher = newBatcher(cfg.Batch, s.open, infer.Decoding{}, cfg.Logger)
+	s.batcher.observe = func(n int) {
+		s.metrics.calls.Inc()
+		s.metrics.batchSize.Observe(float64(n))
+	}
 	return s, nil
 }
 
@@ -109,11 +115,15 @@ func (s *Service) Ground(ctx context.Context, req events.GroundRequested) (_ eve
 	start := time.Now()
 	ctx, span := tracer.Start(ctx, "ground.Ground")
 	defer func() {
+		code := "ok"
 		if err != nil {
+			code = CodeOf(err)
 			span.RecordError(err)
 			span.SetStatus(codes.Error, err.Error())
-			span.SetAttributes(attribute.String("ground.code", CodeOf(err)))
+			span.SetAttributes(attribute.String("ground.code", code))
 		}
+		s.metrics.requests.WithLabelValues(code).Inc()
+		s.metrics.latency.Observe(time.Since(start).Seconds())
 		span.End()
 	}()
 	span.SetAttributes(attribute.String("correlation_id", req.CorrelationID))

@@ -3,6 +3,7 @@ package ground
 import (
 	"context"
 	"crypto/subtle"
+	_ "embed"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -88,11 +89,30 @@ func NewHTTPHandler(cfg HTTPConfig, g Grounder) (http.Handler, error) {
 		}
 	}
 	h := &httpAPI{cfg: cfg, g: g}
+	api := http.NewServeMux()
+	api.HandleFunc(routeGround, h.ground)
+	api.HandleFunc(routeChat, h.chatCompletions)
 	mux := http.NewServeMux()
-	mux.HandleFunc("POST /v1/ground", h.ground)
-	mux.HandleFunc("POST /v1/chat/completions", h.chatCompletions)
-	return h.auth(mux), nil
+	mux.HandleFunc("GET /v1/openapi.json", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write(openAPI)
+	})
+	mux.Handle("/v1/", h.auth(api))
+	return mux, nil
 }
+
+// The API's routes; openapi.json documents each.
+const (
+	routeGround = "POST /v1/ground"
+	routeChat   = "POST /v1/chat/completions"
+)
+
+var routes = []string{routeGround, routeChat}
+
+// openAPI is the API's OpenAPI document, served at /v1/openapi.json.
+//
+//go:embed openapi.json
+var openAPI []byte
 
 type httpAPI struct {
 	cfg HTTPConfig

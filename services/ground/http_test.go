@@ -235,3 +235,30 @@ func TestHTTPMultipartUpload(t *testing.T) {
 		t.Fatalf("%d requests reached the grounder, want the good one only", g.n.Load())
 	}
 }
+
+// The OpenAPI document is served without a token, parses, and documents
+// every route the handler serves.
+func TestOpenAPIDocument(t *testing.T) {
+	h, err := NewHTTPHandler(HTTPConfig{}, &recordingGrounder{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, httptest.NewRequest("GET", "/v1/openapi.json", nil))
+	if rec.Code != 200 {
+		t.Fatalf("status %d", rec.Code)
+	}
+	var doc struct {
+		OpenAPI string                                `json:"openapi"`
+		Paths   map[string]map[string]json.RawMessage `json:"paths"`
+	}
+	if err := json.Unmarshal(rec.Body.Bytes(), &doc); err != nil || doc.OpenAPI == "" {
+		t.Fatalf("document: %v", err)
+	}
+	for _, r := range routes {
+		method, path, _ := strings.Cut(r, " ")
+		if _, ok := doc.Paths[path][strings.ToLower(method)]; !ok {
+			t.Errorf("route %s is not in openapi.json", r)
+		}
+	}
+}

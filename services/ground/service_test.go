@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"image/color"
+	"net/http/httptest"
 	"strings"
 	"sync"
 	"testing"
@@ -144,6 +145,19 @@ func TestBatching(t *testing.T) {
 	if calls := cb.calls(); len(calls) != 1 || calls[0] != 8 {
 		t.Fatalf("plugin calls (batch sizes) %v, want one call of 8", calls)
 	}
+	rec := httptest.NewRecorder()
+	svc.MetricsHandler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	for _, want := range []string{
+		`groundmesh_ground_requests_total{code="ok"} 8`,
+		"groundmesh_ground_generate_calls_total 1",
+		`groundmesh_ground_batch_size_bucket{le="8"} 1`,
+		`groundmesh_ground_batch_size_bucket{le="4"} 0`,
+		"groundmesh_ground_queued_requests 0",
+	} {
+		if !strings.Contains(rec.Body.String(), want) {
+			t.Errorf("metrics lack %q:\n%s", want, rec.Body)
+		}
+	}
 	for i := range 8 {
 		alone, err := svc.Ground(context.Background(), events.GroundRequested{Image: imgs[i], Expression: exprs[i]})
 		if err != nil {
@@ -196,15 +210,7 @@ func TestQueueBoundAndCancellation(t *testing.T) {
 	}
 }
 
-func queued(s *Service) int {
-	s.batcher.mu.Lock()
-	defer s.batcher.mu.Unlock()
-	n := 0
-	for _, w := range s.batcher.workers {
-		n += len(w.queue)
-	}
-	return n
-}
+func queued(s *Service) int { return s.batcher.queued() }
 
 func waitFor(t *testing.T, cond func() bool) {
 	t.Helper()
