@@ -32,6 +32,7 @@ func newGateway(s *Stack) (http.Handler, error) {
 		return nil, fmt.Errorf("grounding API: %w", err)
 	}
 	mux.Handle("/v1/", api)
+	mux.Handle("GET /metrics", s.Services.Ground.MetricsHandler())
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
 		ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
 		defer cancel()

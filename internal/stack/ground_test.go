@@ -190,6 +190,20 @@ func TestGroundOverHTTP(t *testing.T) {
 		}
 	}
 
+	// The service's metrics and the API's document are served.
+	resp, err := http.Get(url + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	metrics, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || !strings.Contains(string(metrics), `groundmesh_ground_requests_total{code="ok"} 7`) {
+		t.Errorf("metrics: %d\n%s", resp.StatusCode, metrics)
+	}
+	if code, doc := getJSON(t, url+"/v1/openapi.json"); code != 200 || doc["openapi"] == nil {
+		t.Errorf("openapi.json: %d", code)
+	}
+
 	// One trace from the HTTP request through the bus and the batch to the
 	// plugin call.
 	want := []string{"ground.Client.Ground", "ground.requested publish", "ground.requested process", "ground.Ground", "ground.batch", "compute.Generate", "ground.completed process"}
