@@ -263,3 +263,15 @@ type GroundBox struct {
 	// Score is the model's confidence, when the backend reports one.
 	Score *float64 `json:"score,omitempty"`
 }
+
+// ModelPromoted is the fact of a checkpoint promoted to an alias
+// ("production"): requests that name no checkpoint are served by it from
+// then on.
+type ModelPromoted struct {
+	Alias        string    `json:"alias"`
+	CheckpointID string    `json:"checkpoint_id"`
+	RunID        string    `json:"run_id"`
+	Stage        string    `json:"stage"`
+	Step         int       `json:"step"`
+	PromotedAt   time.Time `json:"promoted_at"`
+}

@@ -30,8 +30,9 @@ type BatchConfig struct {
 	// MaxQueue is how many requests may wait per model; one more is
 	// refused with CodeOverloaded; default 256.
 	MaxQueue int
-	// MaxModels is how many checkpoints are loaded at once; a request for
-	// another is refused with CodeOverloaded until one goes idle; default 2.
+	// MaxModels is how many checkpoints stay loaded; a request for another
+	// retires the least recently used one, which answers the requests it
+	// holds and unloads; default 2 (a swap keeps the old model warm).
 	MaxModels int
 	// IdleUnload unloads a model that had no request for this long;
 	// default 10 minutes.
@@ -106,6 +107,11 @@ type batcher struct {
 type worker struct {
 	ref   ModelRef
 	queue chan *job
+	// retire, closed, asks the worker to unload and exit once its queue is
+	// empty; it is no longer in the map then, so nothing more is queued.
+	retire chan struct{}
+	// last is when a request was last queued (under batcher.mu).
+	last time.Time
 }
 
 func newBatcher(cfg BatchConfig, open opener, d infer.Decoding, logger *slog.Logger) *batcher {
@@ -125,14 +131,14 @@ func (b *batcher) submit(ctx context.Context, ref ModelRef, p model.Prompt, atte
 	w, ok := b.workers[ref.CheckpointID]
 	if !ok {
 		if len(b.workers) >= b.cfg.MaxModels {
-			b.mu.Unlock()
-			return model.Generation{}, newError(CodeOverloaded, "already serving %d models (the most at once); checkpoint %s waits until one goes idle", len(b.workers), ref.CheckpointID)
+			b.retireLRU()
 		}
-		w = &worker{ref: ref, queue: make(chan *job, b.cfg.MaxQueue)}
+		w = &worker{ref: ref, queue: make(chan *job, b.cfg.MaxQueue), retire: make(chan struct{})}
 		b.workers[ref.CheckpointID] = w
 		b.wg.Add(1)
 		go b.run(w)
 	}
+	w.last = time.Now()
 	// Enqueued under the lock, so that an idle worker that checks its
 	// queue under the same lock never leaves a job behind.
 	select {
@@ -147,6 +153,23 @@ func (b *batcher) submit(ctx context.Context, ref ModelRef, p model.Prompt, atte
 		return r.gen, r.err
 	case <-ctx.Done():
 		return model.Generation{}, ctx.Err()
+	}
+}
+
+// retireLRU retires the least recently used worker: it answers what it
+// holds and unloads, while requests for its checkpoint go to a new worker.
+// A model swap thus fails nothing; for its length one more model is
+// loaded than MaxModels. Called with b.mu held.
+func (b *batcher) retireLRU() {
+	var lru *worker
+	for _, w := range b.workers {
+		if lru == nil || w.last.Before(lru.last) {
+			lru = w
+		}
+	}
+	if lru != nil {
+		delete(b.workers, lru.ref.CheckpointID)
+		close(lru.retire)
 	}
 }
 
@@ -166,10 +189,20 @@ func (b *batcher) run(w *worker) {
 		var first *job
 		select {
 		case first = <-w.queue:
+		case <-w.retire:
+			// Out of the map before retire closed: nothing more is queued;
+			// what was queued is answered first.
+			select {
+			case first = <-w.queue:
+			default:
+				return
+			}
 		case <-idle.C:
 			b.mu.Lock()
 			if len(w.queue) == 0 {
-				delete(b.workers, w.ref.CheckpointID)
+				if b.workers[w.ref.CheckpointID] == w { // not retired and replaced
+					delete(b.workers, w.ref.CheckpointID)
+				}
 				b.mu.Unlock()
 				return
 			}

@@ -110,6 +110,36 @@ func (s *Service) Model(ctx context.Context) (ModelRef, error) {
 	return s.cfg.Catalog.Latest(ctx)
 }
 
+var _ Promoter = (*Service)(nil)
+
+// Promote points alias at a checkpoint (the Catalog must be a Promoter,
+// as PGCatalog is). Requests that name no checkpoint go to the new model
+// from the next one on; those already queued finish on the old one, which
+// unloads once idle: nothing fails during the swap.
+func (s *Service) Promote(ctx context.Context, alias, checkpointID string) (_ events.ModelPromoted, err error) {
+	ctx, span := tracer.Start(ctx, "ground.Promote")
+	defer func() {
+		if err != nil {
+			span.RecordError(err)
+			span.SetStatus(codes.Error, err.Error())
+		}
+		span.End()
+	}()
+	p, ok := s.cfg.Catalog.(Promoter)
+	if !ok {
+		return events.ModelPromoted{}, errors.New("ground: this catalog cannot promote")
+	}
+	if alias == "" {
+		alias = DefaultAlias
+	}
+	res, err := p.Promote(ctx, alias, checkpointID)
+	if err != nil {
+		return events.ModelPromoted{}, err
+	}
+	s.cfg.Logger.InfoContext(ctx, "model promoted", "alias", alias, "checkpoint_id", res.CheckpointID, "run_id", res.RunID)
+	return res, nil
+}
+
 // Ground answers one request.
 func (s *Service) Ground(ctx context.Context, req events.GroundRequested) (_ events.GroundCompleted, err error) {
 	start := time.Now()

@@ -42,6 +42,8 @@ type HTTPConfig struct {
 	Limits Limits
 	// Timeout bounds a request that names no shorter deadline; default 30s.
 	Timeout time.Duration
+	// Promoter serves POST /v1/models/promote; nil leaves it out.
+	Promoter Promoter
 }
 
 // GroundRequest is the body of POST /v1/ground.
@@ -92,6 +94,9 @@ func NewHTTPHandler(cfg HTTPConfig, g Grounder) (http.Handler, error) {
 	api := http.NewServeMux()
 	api.HandleFunc(routeGround, h.ground)
 	api.HandleFunc(routeChat, h.chatCompletions)
+	if cfg.Promoter != nil {
+		api.HandleFunc(routePromote, h.promote)
+	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/openapi.json", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
@@ -103,11 +108,47 @@ func NewHTTPHandler(cfg HTTPConfig, g Grounder) (http.Handler, error) {
 
 // The API's routes; openapi.json documents each.
 const (
-	routeGround = "POST /v1/ground"
-	routeChat   = "POST /v1/chat/completions"
+	routeGround  = "POST /v1/ground"
+	routeChat    = "POST /v1/chat/completions"
+	routePromote = "POST /v1/models/promote"
 )
 
-var routes = []string{routeGround, routeChat}
+var routes = []string{routeGround, routeChat, routePromote}
+
+// PromoteRequest is the body of POST /v1/models/promote.
+type PromoteRequest struct {
+	CheckpointID string `json:"checkpoint_id"`
+	// Alias defaults to DefaultAlias ("production").
+	Alias string `json:"alias,omitempty"`
+}
+
+func (h *httpAPI) promote(w http.ResponseWriter, r *http.Request) {
+	body, err := h.readBody(r)
+	if err != nil {
+		writeError(w, CodeOf(err), err.Error())
+		return
+	}
+	var req PromoteRequest
+	dec := json.NewDecoder(strings.NewReader(string(body)))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil {
+		writeError(w, CodeBadRequest, "request body: "+err.Error())
+		return
+	}
+	if req.CheckpointID == "" {
+		writeError(w, CodeBadRequest, "checkpoint_id is required")
+		return
+	}
+	if req.Alias == "" {
+		req.Alias = DefaultAlias
+	}
+	res, err := h.cfg.Promoter.Promote(r.Context(), req.Alias, req.CheckpointID)
+	if err != nil {
+		writeError(w, CodeOf(err), err.Error())
+		return
+	}
+	writeJSON(w, http.StatusOK, res)
+}
 
 // openAPI is the API's OpenAPI document, served at /v1/openapi.json.
 //

@@ -239,7 +239,7 @@ func TestHTTPMultipartUpload(t *testing.T) {
 // The OpenAPI document is served without a token, parses, and documents
 // every route the handler serves.
 func TestOpenAPIDocument(t *testing.T) {
-	h, err := NewHTTPHandler(HTTPConfig{}, &recordingGrounder{})
+	h, err := NewHTTPHandler(HTTPConfig{Promoter: fakePromoter{}}, &recordingGrounder{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -259,6 +259,44 @@ func TestOpenAPIDocument(t *testing.T) {
 		method, path, _ := strings.Cut(r, " ")
 		if _, ok := doc.Paths[path][strings.ToLower(method)]; !ok {
 			t.Errorf("route %s is not in openapi.json", r)
+		}
+	}
+}
+
+type fakePromoter struct{}
+
+func (fakePromoter) Promote(_ context.Context, alias, id string) (events.ModelPromoted, error) {
+	if id != "ck-1" {
+		return events.ModelPromoted{}, newError(CodeModelNotFound, "no checkpoint %q", id)
+	}
+	return events.ModelPromoted{Alias: alias, CheckpointID: id}, nil
+}
+
+func TestHTTPPromote(t *testing.T) {
+	h, err := NewHTTPHandler(HTTPConfig{Tokens: []string{"k"}, Promoter: fakePromoter{}}, &recordingGrounder{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		auth, body string
+		status     int
+		want       string
+	}{
+		{"", `{"checkpoint_id":"ck-1"}`, 401, `"code": "unauthorized"`},
+		{"Bearer k", `{"checkpoint_id":"ck-1"}`, 200, `"alias": "production"`},
+		{"Bearer k", `{"checkpoint_id":"ck-1","alias":"canary"}`, 200, `"alias": "canary"`},
+		{"Bearer k", `{"checkpoint_id":"nope"}`, 404, `no checkpoint \"nope\"`},
+		{"Bearer k", `{}`, 400, "checkpoint_id is required"},
+		{"Bearer k", `{"checkpoint":"ck-1"}`, 400, `unknown field \"checkpoint\"`},
+	} {
+		req := httptest.NewRequest("POST", "/v1/models/promote", strings.NewReader(c.body))
+		if c.auth != "" {
+			req.Header.Set("Authorization", c.auth)
+		}
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, req)
+		if rec.Code != c.status || !strings.Contains(rec.Body.String(), c.want) {
+			t.Errorf("%s %s: %d %s, want %d with %s", c.auth, c.body, rec.Code, rec.Body, c.status, c.want)
 		}
 	}
 }
