@@ -153,7 +153,8 @@ func (n *Net[T]) Grounder(in Inputs[T]) (feats, logits, boxes T) {
 // boxes weighted by that Gaussian; plus, over the rows with an existence
 // label (existsW [B] 1 there; exists [B] 1 present, 0 absent: REC
 // referents and POPE probes), the binary cross-entropy of the pointer
-// logits' log-sum-exp, so that the cells light up only for what is there;
+// logits' log-sum-exp, averaged over each class apart and the two means
+// halved, so that the cells light up only for what is there;
 // plus, with GrounderCellWords, cellWordLoss. Zero when no row has a label.
 func (n *Net[T]) grounderLoss(lb Labels[T]) T {
 	o := n.o
@@ -185,8 +186,16 @@ func (n *Net[T]) grounderLoss(lb Labels[T]) T {
 	mx := o.StopGradient(o.ReduceMax(lg, true, -1))
 	z := o.Add(o.Reshape(mx, b), o.Log(o.ReduceSum(o.Exp(o.Sub(lg, mx)), false, -1)))
 	z = o.Shift(z, -math.Log(float64(p)))
-	eden := o.Max(o.ReduceSum(lb.ExistsW, false), o.Scalar(1))
-	loss = o.Add(loss, o.Div(o.ReduceSum(o.Mul(n.bceWithLogits(z, lb.Exists), lb.ExistsW), false), eden))
+	// Balanced between the classes: half the term is the mean over the
+	// present labels, half over the absent, so that the batch's mix (REC
+	// referents are all present) does not set the head's prior.
+	bce := n.bceWithLogits(z, lb.Exists)
+	pos := o.Mul(lb.ExistsW, lb.Exists)
+	neg := o.Mul(lb.ExistsW, n.oneMinus(lb.Exists))
+	mean := func(w T) T {
+		return o.Div(o.ReduceSum(o.Mul(bce, w), false), o.Max(o.ReduceSum(w, false), o.Scalar(1)))
+	}
+	loss = o.Add(loss, o.Scale(o.Add(mean(pos), mean(neg)), 0.5))
 	if n.c.GrounderCellWords {
 		loss = o.Add(loss, n.cellWordLoss(lb.ImgFirst, lb.CellIDs, lb.CellIDW, lb.CellW))
 	}

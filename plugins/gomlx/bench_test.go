@@ -163,7 +163,7 @@ func benchOptions() string {
 // of every parameter, after one warm-up step that compiles the graph.
 func BenchmarkTrainStep(b *testing.B) {
 	for _, bc := range benchConfigs() {
-		for _, batch := range []int{8, 16, 32} {
+		for _, batch := range []int{8, 16, 32, 64} {
 			b.Run(fmt.Sprintf("%s/b%d", bc.name, batch), func(b *testing.B) {
 				be, err := New(Config{Options: benchOptions()})
 				if err != nil {

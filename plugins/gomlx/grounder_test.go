@@ -200,14 +200,16 @@ func itemsShard(t testing.TB, c model.Config, items []probeItem, path string) {
 // shortest unique descriptions in synth's REC wording (the templated scene
 // probe) for GROUNDMESH_PROBE_STEPS steps (default 600, batch 32; the
 // objective GROUNDMESH_PROBE_OBJECTIVE, default all losses) and
-// reports the head's Acc@0.5 and centre accuracy on val and test objects.
+// reports the head's Acc@0.5 and centre accuracy on val objects
+// (GROUNDMESH_PROBE_WIDTH, _BATCH and _LR set the tower's channels, the
+// batch and the peak learning rate).
 func BenchmarkGrounderScene(b *testing.B) {
 	world, err := scenes.Generate(context.Background(), filepath.Join(b.TempDir(), "world"), scenes.Spec{Seed: 1, Images: sceneImages(), Size: 64}, nil)
 	if err != nil {
 		b.Fatal(err)
 	}
 	c := grounderConfig(64)
-	c.Width, c.Depth, c.VisionWidth, c.GrounderQueries = 64, 2, 64, 4
+	c.Width, c.Depth, c.VisionWidth, c.GrounderQueries = 64, 2, probeInt(b, "GROUNDMESH_PROBE_WIDTH", 64), 4
 	c.GrounderCellWords = os.Getenv("GROUNDMESH_PROBE_CELLWORDS") != ""
 	c.GrounderNorm = os.Getenv("GROUNDMESH_PROBE_NONORM") == ""
 	if d := os.Getenv("GROUNDMESH_PROBE_GRID"); d != "" {
@@ -228,7 +230,7 @@ func BenchmarkGrounderScene(b *testing.B) {
 	b.ResetTimer()
 	res, err := be.Train(ctx, compute.TrainRequest{
 		RunID: "grounder-scene", Stage: "stage1", ModelConfig: configJSON(b, c), Shards: []string{shard},
-		Steps: steps, BatchSize: 32, LearningRate: 2e-3, WarmupSteps: 20, Seed: 1,
+		Steps: steps, BatchSize: probeInt(b, "GROUNDMESH_PROBE_BATCH", 32), LearningRate: probeFloat(b, "GROUNDMESH_PROBE_LR", 2e-3), WarmupSteps: 20, Seed: 1,
 		LogEvery: 50, CheckpointEvery: steps, CheckpointDir: dir,
 		Objective: os.Getenv("GROUNDMESH_PROBE_OBJECTIVE"),
 	}, func(compute.TrainProgress) error { return nil })
@@ -241,6 +243,11 @@ func BenchmarkGrounderScene(b *testing.B) {
 		b.Fatal(err)
 	}
 	test = test[:min(len(test), 1024)]
+	if os.Getenv("GROUNDMESH_PROBE_TRAINACC") != "" {
+		// The head on training items instead: how much of the gap to
+		// val is fitting and how much is generalizing.
+		test = train[:min(len(train), 1024)]
+	}
 	var hits, centre int
 	for lo := 0; lo < len(test); lo += 64 {
 		part := test[lo:min(lo+64, len(test))]
@@ -268,8 +275,34 @@ func BenchmarkGrounderScene(b *testing.B) {
 	n := float64(len(test))
 	b.ReportMetric(float64(hits)/n, "acc@0.5")
 	b.ReportMetric(float64(centre)/n, "centre")
-	b.Logf("grounder on the scene world, %d steps, %d training items: loss %.3f -> %.3f, head Acc@0.5 %.3f, centre %.3f on %d val+test objects",
+	b.Logf("grounder on the scene world, %d steps, %d training items: loss %.3f -> %.3f, head Acc@0.5 %.3f, centre %.3f on %d val objects",
 		steps, len(train), res.FirstLoss, res.LastLoss, float64(hits)/n, float64(centre)/n, len(test))
+}
+
+// probeInt is the integer in the environment variable name, or def.
+func probeInt(t testing.TB, name string, def int) int {
+	v := os.Getenv(name)
+	if v == "" {
+		return def
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n <= 0 {
+		t.Fatalf("%s=%q: want a positive integer", name, v)
+	}
+	return n
+}
+
+// probeFloat is the number in the environment variable name, or def.
+func probeFloat(t testing.TB, name string, def float64) float64 {
+	v := os.Getenv(name)
+	if v == "" {
+		return def
+	}
+	f, err := strconv.ParseFloat(v, 64)
+	if err != nil || !(f > 0) {
+		t.Fatalf("%s=%q: want a positive number", name, v)
+	}
+	return f
 }
 
 // TestGrounderObjective trains the two-square probe with

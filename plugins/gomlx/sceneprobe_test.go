@@ -188,7 +188,7 @@ func sceneImage(t testing.TB, world *scenes.World, sc *scenes.Scene, c model.Con
 	return im, img
 }
 
-// templatedSceneItems is Templated's items (train, then val and test) and
+// templatedSceneItems is Templated's items (train, then val) and
 // the config c with the vocabulary and sequence length they need: each
 // object's shortest unique description ("the small red circle") in one of
 // services/synth's REC instructions (synth.RECPromptTemplates), encoded by model.EncodeRecord with a tokenizer built
@@ -272,9 +272,10 @@ func templatedSceneItems(t testing.TB, world *scenes.World, c model.Config, o pr
 			}
 			it.cells = model.CellLabels(c, tok, p.sc.Size, p.sc.Size, boxes, names)
 		}
-		if p.train {
+		switch {
+		case p.train:
 			train = append(train, it)
-		} else {
+		case p.sc.Split == gmdataset.SplitVal:
 			test = append(test, it)
 		}
 	}
