@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"net/http"
@@ -174,5 +175,33 @@ func demoGround(ctx context.Context, s *stack.Stack, token, synthSetID string) e
 		res.Text, p[0], p[1], p[2], p[3], truth[0], truth[1], truth[2], truth[3], iou)
 	fmt.Printf("  model:       %s (run %s, %s step %d)\n", res.ModelVersion, res.RunID, res.Stage, res.Step)
 	fmt.Printf("  latency:     %.1f ms in services/ground, %s over HTTP and the %s bus\n", res.LatencyMS, time.Since(start).Round(time.Millisecond), s.Bus.Kind())
+	return nil
+}
+
+// cmdPromote points an alias (production by default) at a checkpoint:
+// grounding requests that name no checkpoint are served by it from then on.
+func cmdPromote(ctx context.Context, e env, args []string) error {
+	fs := flag.NewFlagSet("promote", flag.ContinueOnError)
+	alias := fs.String("alias", "production", "the alias to point at the checkpoint")
+	dataDir := fs.String("data-dir", e.DataDir, "data directory")
+	verbose := fs.Bool("v", false, "log to stderr")
+	id, rest := splitPositional(args)
+	if err := fs.Parse(rest); err != nil {
+		return errUsage
+	}
+	if id == "" {
+		fmt.Fprintln(os.Stderr, "usage: groundmesh promote CHECKPOINT_ID [--alias production]")
+		return errUsage
+	}
+	s, done, err := offline(ctx, e, *dataDir, *verbose)
+	if err != nil {
+		return err
+	}
+	defer done()
+	p, err := s.Services.Ground.Promote(ctx, *alias, id)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("%s -> checkpoint %s (run %s, %s step %d), promoted %s\n", p.Alias, p.CheckpointID, p.RunID, p.Stage, p.Step, p.PromotedAt.Format(time.RFC3339))
 	return nil
 }

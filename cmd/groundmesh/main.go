@@ -1,6 +1,6 @@
 // Command groundmesh is the one binary of groundmesh: the embedded stack
 // (up, demo), the production roles (worker, serve) and the CLI verbs
-// (scenes, ingest, synth, report, compare, pipeline).
+// (scenes, ingest, synth, report, compare, pipeline, promote).
 //
 // The environment is read here, once: DATABASE_URL, TEMPORAL_ADDRESS,
 // GROUNDMESH_DATA_DIR, GROUNDMESH_BUS, NATS_URL, GROUNDMESH_PLUGIN_DIR,
@@ -36,6 +36,7 @@ data and models:
   synth DATASET_ID        synthesize multi-scale alignment data
   report RUN_ID           write the HTML report of a training run
   compare RUN_A RUN_B     print two runs' metrics side by side
+  promote CHECKPOINT_ID   serve grounding requests from this checkpoint (--alias production)
   pipeline start [JSON]   start a Pipeline workflow on a running stack
 
 Run "groundmesh <command> -h" for a command's flags.
@@ -72,6 +73,8 @@ func main() {
 		err = cmdCompare(ctx, env, args)
 	case "pipeline":
 		err = cmdPipeline(ctx, env, args)
+	case "promote":
+		err = cmdPromote(ctx, env, args)
 	case "-h", "--help", "help":
 		fmt.Print(usage)
 		return

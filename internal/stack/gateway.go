@@ -27,6 +27,7 @@ func newGateway(s *Stack) (http.Handler, error) {
 	api, err := ground.NewHTTPHandler(ground.HTTPConfig{
 		Tokens: s.cfg.Ground.APITokens, TokenHelp: s.cfg.Ground.TokenHelp,
 		Limits: s.Services.Ground.Limits(), Timeout: s.cfg.Ground.Timeout,
+		Promoter: s.Services.Ground,
 	}, s.groundClient)
 	if err != nil {
 		return nil, fmt.Errorf("grounding API: %w", err)

@@ -190,6 +190,33 @@ func TestGroundOverHTTP(t *testing.T) {
 		}
 	}
 
+	// Promotion through the API: a second model becomes production, and
+	// the next answer names it.
+	m2 := groundtest.WriteModel(t, s.Blob, "m2")
+	run2, ck2 := uuid.NewString(), uuid.NewString()
+	if _, err := s.Pool.Exec(ctx, `INSERT INTO runs (id, synth_set_id, backend, spec, model_config, tokenizer_key, status)
+		VALUES ($1, $2, 'gomlx', '{}', $3, $4, 'completed')`, run2, uuid.NewString(), string(m2.ModelConfig), m2.TokenizerKey); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Pool.Exec(ctx, `INSERT INTO checkpoints (id, run_id, stage, step, loss, blob_key, sha256, bytes)
+		VALUES ($1, $2, 'stage2', 4, 0.5, $3, '', 0)`, ck2, run2, m2.CheckpointKey); err != nil {
+		t.Fatal(err)
+	}
+	preq, _ := http.NewRequest("POST", url+"/v1/models/promote", strings.NewReader(`{"checkpoint_id":"`+ckID+`"}`))
+	preq.Header.Set("Authorization", "Bearer test-token")
+	presp, err := http.DefaultClient.Do(preq)
+	if err != nil {
+		t.Fatal(err)
+	}
+	presp.Body.Close()
+	if presp.StatusCode != 200 {
+		t.Fatalf("promote: %d", presp.StatusCode)
+	}
+	// The newer run would serve without the promotion.
+	if code, out := groundRequest(t, url, "test-token", req); code != 200 || out["model_version"] != ckID {
+		t.Fatalf("after promoting %s: %d %v", ckID, code, out)
+	}
+
 	// The service's metrics and the API's document are served.
 	resp, err := http.Get(url + "/metrics")
 	if err != nil {
@@ -197,7 +224,7 @@ func TestGroundOverHTTP(t *testing.T) {
 	}
 	metrics, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	if resp.StatusCode != 200 || !strings.Contains(string(metrics), `groundmesh_ground_requests_total{code="ok"} 7`) {
+	if resp.StatusCode != 200 || !strings.Contains(string(metrics), `groundmesh_ground_requests_total{code="ok"} 8`) {
 		t.Errorf("metrics: %d\n%s", resp.StatusCode, metrics)
 	}
 	if code, doc := getJSON(t, url+"/v1/openapi.json"); code != 200 || doc["openapi"] == nil {
