@@ -150,6 +150,23 @@ func (h *httpAPI) promote(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, res)
 }
 
+// page is the page to try the API (PageHandler).
+//
+//go:embed page.html
+var page []byte
+
+// PageHandler serves the page where a person uploads an image, types an
+// expression and sees the box drawn (and, when asked, the model's
+// attention as a heat map). It calls POST /v1/ground with a token the
+// person enters; the page itself holds no data.
+func PageHandler() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/html; charset=utf-8")
+		w.Header().Set("Content-Security-Policy", "default-src 'self'; img-src 'self' data: blob:; style-src 'unsafe-inline'; script-src 'unsafe-inline'")
+		_, _ = w.Write(page)
+	})
+}
+
 // openAPI is the API's OpenAPI document, served at /v1/openapi.json.
 //
 //go:embed openapi.json
