@@ -34,6 +34,7 @@ func newGateway(s *Stack) (http.Handler, error) {
 	}
 	mux.Handle("/v1/", api)
 	mux.Handle("GET /metrics", s.Services.Ground.MetricsHandler())
+	mux.Handle("GET /ground", ground.PageHandler())
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
 		ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
 		defer cancel()

@@ -230,6 +230,15 @@ func TestGroundOverHTTP(t *testing.T) {
 	if code, doc := getJSON(t, url+"/v1/openapi.json"); code != 200 || doc["openapi"] == nil {
 		t.Errorf("openapi.json: %d", code)
 	}
+	if resp, err := http.Get(url + "/ground"); err != nil || resp.StatusCode != 200 {
+		t.Errorf("the page: %v %v", resp, err)
+	} else {
+		page, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if !strings.Contains(string(page), "/v1/ground") {
+			t.Errorf("the page does not call the API")
+		}
+	}
 
 	// One trace from the HTTP request through the bus and the batch to the
 	// plugin call.
