@@ -124,7 +124,7 @@ func TestGroundRefusals(t *testing.T) {
 // Concurrent requests share one plugin call, and each gets the answer it
 // would get alone.
 func TestBatching(t *testing.T) {
-	svc, cb, _, _ := toyService(t, BatchConfig{MaxBatch: 8, MaxDelay: 200 * time.Millisecond})
+	svc, cb, _, _ := toyService(t, BatchConfig{MaxBatch: 8, MaxDelay: 5 * time.Second}) // full at 8: no wait
 	imgs := [][]byte{}
 	for i := range 8 {
 		imgs = append(imgs, scene(t, 64, 48, 4*i, 2*i, color.RGBA{uint8(30 * i), 100, 200, 255}))
