@@ -158,8 +158,10 @@ func TestBatching(t *testing.T) {
 			t.Errorf("metrics lack %q:\n%s", want, rec.Body)
 		}
 	}
+	// The same model (deterministic weights), answering one at a time.
+	single, _, _, _ := toyService(t, BatchConfig{MaxBatch: 1})
 	for i := range 8 {
-		alone, err := svc.Ground(context.Background(), events.GroundRequested{Image: imgs[i], Expression: exprs[i]})
+		alone, err := single.Ground(context.Background(), events.GroundRequested{Image: imgs[i], Expression: exprs[i]})
 		if err != nil {
 			t.Fatal(err)
 		}
