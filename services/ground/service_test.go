@@ -88,6 +88,17 @@ func TestGroundAnswersInBothFrames(t *testing.T) {
 	if cb.loads != 1 {
 		t.Fatalf("%d loads, want 1", cb.loads)
 	}
+	// A caller may phrase the whole question (one of the trained phrasings).
+	res3, err := svc.Ground(context.Background(), events.GroundRequested{CorrelationID: "c3", Image: img, Prompt: "Where is the red square? Answer with a bounding box."})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res3.Boxes[0].Phrase != "Where is the red square? Answer with a bounding box." || len(res3.Box) != 4 {
+		t.Fatalf("prompt answer %+v", res3)
+	}
+	if _, err := svc.Ground(context.Background(), events.GroundRequested{Image: img, Prompt: "<image> a <image> b"}); CodeOf(err) != CodeBadExpression {
+		t.Fatalf("two placeholders: %v", err)
+	}
 }
 
 func TestGroundRefusals(t *testing.T) {
