@@ -83,6 +83,9 @@ type Generation struct {
 	Attention [][]float32
 	// Finish is FinishEOS or FinishLength.
 	Finish string
+	// Head is the grounding head's answer (its box, score and existence
+	// probability) where the model has one and the prompt an image.
+	Head *compute.HeadBox
 }
 
 type constraintKind uint8
@@ -429,6 +432,10 @@ func (g *Generator) generateBatch(ctx context.Context, prompts []Prompt, offset 
 	gens := make([]Generation, len(prompts))
 	for i, a := range res.Answers {
 		gens[i] = Generation{Tokens: a.Tokens, Attention: a.Attention, Finish: a.Finish, Text: g.tok.Decode(a.Tokens)}
+		if a.Head.OK {
+			h := a.Head
+			gens[i].Head = &h
+		}
 		if b, err := ParseBox(gens[i].Text); err == nil {
 			gens[i].Box = &b
 		}
@@ -531,6 +538,9 @@ func DecodeLoop(ctx context.Context, b compute.Backend, cfg Config, req compute.
 	done := make([]bool, n)
 	for i := range gram {
 		gram[i].c = constraint
+		if i < len(res.HeadBoxes) {
+			out[i].Head = res.HeadBoxes[i]
+		}
 		if req.BoxFromHead && constraint.kind == kindBox && i < len(res.HeadBoxes) && res.HeadBoxes[i].OK {
 			gram[i].force = forcedBox(res.HeadBoxes[i].Box)
 		}

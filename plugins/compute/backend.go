@@ -263,6 +263,10 @@ type GeneratedAnswer struct {
 	// Attention[k], when requested, is the attention of the position that
 	// predicted Tokens[k] over the first image's patches.
 	Attention [][]float32
+	// Head is the grounding head's answer for the sequence (its box,
+	// score and existence probability), as Prefill returned it; OK is
+	// false where the model has no head or the sequence no image.
+	Head HeadBox
 }
 
 // HeadBox is a grounding head's answer for one sequence.

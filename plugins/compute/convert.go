@@ -243,7 +243,11 @@ func generateResultToPB(r GenerateResult) (*computev1.GenerateResponse, error) {
 		if err != nil {
 			return nil, fmt.Errorf("answer %d attention: %w", i, err)
 		}
-		out.Answers = append(out.Answers, &computev1.GeneratedAnswer{Tokens: a.Tokens, Finish: a.Finish, Attention: att})
+		ga := &computev1.GeneratedAnswer{Tokens: a.Tokens, Finish: a.Finish, Attention: att}
+		if a.Head.OK {
+			ga.Head = &computev1.HeadBox{Box: a.Head.Box[:], Score: a.Head.Score, Ok: true, Exists: a.Head.Exists}
+		}
+		out.Answers = append(out.Answers, ga)
 	}
 	return out, nil
 }
@@ -255,7 +259,14 @@ func generateResultFromPB(r *computev1.GenerateResponse) (GenerateResult, error)
 		if err != nil {
 			return GenerateResult{}, fmt.Errorf("answer %d attention: %w", i, err)
 		}
-		out.Answers = append(out.Answers, GeneratedAnswer{Tokens: a.GetTokens(), Finish: a.GetFinish(), Attention: att})
+		ga := GeneratedAnswer{Tokens: a.GetTokens(), Finish: a.GetFinish(), Attention: att}
+		if h := a.GetHead(); h.GetOk() {
+			if len(h.GetBox()) != 4 {
+				return GenerateResult{}, fmt.Errorf("answer %d head box has %d numbers, want 4", i, len(h.GetBox()))
+			}
+			ga.Head = HeadBox{Box: [4]float32(h.GetBox()), Score: h.GetScore(), Exists: h.GetExists(), OK: true}
+		}
+		out.Answers = append(out.Answers, ga)
 	}
 	return out, nil
 }

@@ -148,6 +148,17 @@ func TestGRPCRoundTripValues(t *testing.T) {
 	if r.Attention != nil {
 		t.Errorf("attention %v without WantAttention", r.Attention)
 	}
+	g, err := b.Generate(context.Background(), compute.GenerateRequest{Session: "s", Batch: []compute.Sequence{{Tokens: []int32{1}}, {Tokens: []int32{2}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []compute.GeneratedAnswer{
+		{Tokens: []int32{1}, Finish: "eos", Head: compute.HeadBox{Box: [4]float32{0.125, 0.25, 0.5, 0.75}, Score: 0.5, Exists: 0.875, OK: true}},
+		{Tokens: []int32{2}, Finish: "length"},
+	}
+	if !reflect.DeepEqual(g.Answers, want) {
+		t.Errorf("generate answers %+v, want %+v (the head's answer travels with the first, none with the second)", g.Answers, want)
+	}
 }
 
 // echo returns its first image's pixels as logits.
@@ -159,6 +170,20 @@ func (echo) Prefill(_ context.Context, req compute.PrefillRequest) (compute.Forw
 		HeadBoxes: []compute.HeadBox{{Box: [4]float32{0.125, 0.25, 0.5, 0.75}, Score: 0.5, OK: true}}}
 	if req.WantAttention {
 		out.Attention = [][]float32{{float32(len(s.Tokens))}}
+	}
+	return out, nil
+}
+
+// Generate answers each sequence with its tokens; the first carries a head
+// box, the second none.
+func (echo) Generate(_ context.Context, req compute.GenerateRequest) (compute.GenerateResult, error) {
+	var out compute.GenerateResult
+	for i, s := range req.Batch {
+		a := compute.GeneratedAnswer{Tokens: s.Tokens, Finish: "length"}
+		if i == 0 {
+			a.Finish, a.Head = "eos", compute.HeadBox{Box: [4]float32{0.125, 0.25, 0.5, 0.75}, Score: 0.5, Exists: 0.875, OK: true}
+		}
+		out.Answers = append(out.Answers, a)
 	}
 	return out, nil
 }

@@ -236,6 +236,11 @@ func testOverTheBus(t *testing.T, kind string, host *compute.Host, rec *tracetes
 	if res.Text != direct.Text || res.Boxes[0].Pixel != [4]float64{direct.Pixel.X1, direct.Pixel.Y1, direct.Pixel.X2, direct.Pixel.Y2} {
 		t.Fatalf("over the bus %q %v, direct %q %v", res.Text, res.Boxes[0].Pixel, direct.Text, direct.Pixel)
 	}
+	// The served model has a grounding head: its probability for the
+	// picked cell travels with the box.
+	if sc := res.Boxes[0].Score; sc == nil || *sc <= 0 || *sc > 1 {
+		t.Fatalf("score %v: want the head's probability in (0, 1]", sc)
+	}
 
 	// One trace: client -> ground.requested -> handler -> batch -> plugin.
 	var clientTrace string

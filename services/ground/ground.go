@@ -218,7 +218,7 @@ func (s *Service) Ground(ctx context.Context, req events.GroundRequested) (_ eve
 		CorrelationID: req.CorrelationID,
 		Text:          ans.Text,
 		Box:           px[:],
-		Boxes:         []events.GroundBox{{Pixel: px, Norm: ans.Norm, Phrase: phrase}},
+		Boxes:         []events.GroundBox{{Pixel: px, Norm: ans.Norm, Phrase: phrase, Score: headScore(gen)}},
 		ModelVersion:  ref.CheckpointID, RunID: ref.RunID, Stage: ref.Stage, Step: ref.Step,
 		Width: b.Dx(), Height: b.Dy(),
 		Attention: meanAttention(gen.Attention),
@@ -283,4 +283,15 @@ func meanAttention(a [][]float32) []float32 {
 		out[i] /= float32(len(a))
 	}
 	return out
+}
+
+// headScore is the grounding head's probability for the cell whose box
+// the answer gives, where the model has a head; nil otherwise (the text
+// path has no score to report).
+func headScore(g model.Generation) *float64 {
+	if g.Head == nil {
+		return nil
+	}
+	v := math.Round(float64(g.Head.Score)*1e4) / 1e4
+	return &v
 }

@@ -820,6 +820,9 @@ func (s *suite) testGenerate(t *testing.T) {
 			if err := CompareLogits(ga.Attention, wa.Attention, s.h.Tolerance, s.h.Tolerance); err != nil {
 				t.Errorf("grammar %q answer %d attention: %v", g.Kind, i, err)
 			}
+			if ga.Head.OK != wa.Head.OK || ga.Head.OK && CompareLogits([][]float32{ga.Head.Box[:], {ga.Head.Score, ga.Head.Exists}}, [][]float32{wa.Head.Box[:], {wa.Head.Score, wa.Head.Exists}}, s.h.Tolerance, s.h.Tolerance) != nil {
+				t.Errorf("grammar %q answer %d: head %+v, the host loop %+v", g.Kind, i, ga.Head, wa.Head)
+			}
 		}
 	}
 	_, err = s.b.Generate(ctx, compute.GenerateRequest{Session: sess.Session, Batch: batch, Grammar: compute.Grammar{Kind: "regex"}})

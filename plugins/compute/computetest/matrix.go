@@ -492,6 +492,9 @@ func runCell(ctx context.Context, b compute.Backend, desc compute.Description, c
 			if x.Text != gens[i].Text {
 				return nil, fmt.Errorf("generate %s: the backend's Generate answers %q, the host loop %q", g.name, x.Text, gens[i].Text)
 			}
+			if err := sameHead(x.Head, gens[i].Head, cfg.Grounder); err != nil {
+				return nil, fmt.Errorf("generate %s answer %d: %w", g.name, i, err)
+			}
 		}
 	}
 
@@ -813,4 +816,26 @@ func RunMatrix(t *testing.T, h MatrixHarness) {
 			}
 		})
 	}
+}
+
+// sameHead checks the grounding head's answer a backend's Generate gave
+// against the host loop's: present on both exactly when the model has a
+// head, with the same box, score and existence to 1e-3.
+func sameHead(own, host *compute.HeadBox, grounder bool) error {
+	switch {
+	case own == nil && host == nil && !grounder:
+		return nil
+	case own == nil || host == nil || !grounder:
+		return fmt.Errorf("head answer present in the backend's Generate: %v, in the host loop: %v, the model has a head: %v", own != nil, host != nil, grounder)
+	}
+	close := func(a, b float32) bool { return math.Abs(float64(a-b)) <= 1e-3 }
+	for k := range 4 {
+		if !close(own.Box[k], host.Box[k]) {
+			return fmt.Errorf("head box %v in the backend's Generate, %v in the host loop", own.Box, host.Box)
+		}
+	}
+	if !close(own.Score, host.Score) || !close(own.Exists, host.Exists) {
+		return fmt.Errorf("head score/exists %v/%v in the backend's Generate, %v/%v in the host loop", own.Score, own.Exists, host.Score, host.Exists)
+	}
+	return nil
 }

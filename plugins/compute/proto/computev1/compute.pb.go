@@ -1533,7 +1533,9 @@ type GeneratedAnswer struct {
 	Tokens []int32                `protobuf:"varint,1,rep,packed,name=tokens,proto3" json:"tokens,omitempty"`
 	Finish string                 `protobuf:"bytes,2,opt,name=finish,proto3" json:"finish,omitempty"`
 	// [tokens][patches], when requested.
-	Attention     *Matrix `protobuf:"bytes,3,opt,name=attention,proto3" json:"attention,omitempty"`
+	Attention *Matrix `protobuf:"bytes,3,opt,name=attention,proto3" json:"attention,omitempty"`
+	// The grounding head's answer; absent where the model has none.
+	Head          *HeadBox `protobuf:"bytes,4,opt,name=head,proto3" json:"head,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1585,6 +1587,13 @@ func (x *GeneratedAnswer) GetFinish() string {
 func (x *GeneratedAnswer) GetAttention() *Matrix {
 	if x != nil {
 		return x.Attention
+	}
+	return nil
+}
+
+func (x *GeneratedAnswer) GetHead() *HeadBox {
+	if x != nil {
+		return x.Head
 	}
 	return nil
 }
@@ -1753,11 +1762,12 @@ const file_compute_proto_rawDesc = "" +
 	"\amax_new\x18\x04 \x01(\x05R\x06maxNew\x12\"\n" +
 	"\rbox_from_head\x18\x05 \x01(\bR\vboxFromHead\x12'\n" +
 	"\x10yes_no_from_head\x18\x06 \x01(\bR\ryesNoFromHead\x12%\n" +
-	"\x0ewant_attention\x18\a \x01(\bR\rwantAttention\"~\n" +
+	"\x0ewant_attention\x18\a \x01(\bR\rwantAttention\"\xb2\x01\n" +
 	"\x0fGeneratedAnswer\x12\x16\n" +
 	"\x06tokens\x18\x01 \x03(\x05R\x06tokens\x12\x16\n" +
 	"\x06finish\x18\x02 \x01(\tR\x06finish\x12;\n" +
-	"\tattention\x18\x03 \x01(\v2\x1d.groundmesh.compute.v1.MatrixR\tattention\"T\n" +
+	"\tattention\x18\x03 \x01(\v2\x1d.groundmesh.compute.v1.MatrixR\tattention\x122\n" +
+	"\x04head\x18\x04 \x01(\v2\x1e.groundmesh.compute.v1.HeadBoxR\x04head\"T\n" +
 	"\x10GenerateResponse\x12@\n" +
 	"\aanswers\x18\x01 \x03(\v2&.groundmesh.compute.v1.GeneratedAnswerR\aanswers2\xd9\x05\n" +
 	"\aCompute\x12[\n" +
@@ -1822,28 +1832,29 @@ var file_compute_proto_depIdxs = []int32{
 	10, // 9: groundmesh.compute.v1.GenerateRequest.batch:type_name -> groundmesh.compute.v1.Sequence
 	20, // 10: groundmesh.compute.v1.GenerateRequest.grammar:type_name -> groundmesh.compute.v1.Grammar
 	13, // 11: groundmesh.compute.v1.GeneratedAnswer.attention:type_name -> groundmesh.compute.v1.Matrix
-	22, // 12: groundmesh.compute.v1.GenerateResponse.answers:type_name -> groundmesh.compute.v1.GeneratedAnswer
-	0,  // 13: groundmesh.compute.v1.Compute.Describe:input_type -> groundmesh.compute.v1.DescribeRequest
-	2,  // 14: groundmesh.compute.v1.Compute.Train:input_type -> groundmesh.compute.v1.TrainRequest
-	7,  // 15: groundmesh.compute.v1.Compute.Load:input_type -> groundmesh.compute.v1.LoadRequest
-	11, // 16: groundmesh.compute.v1.Compute.Prefill:input_type -> groundmesh.compute.v1.PrefillRequest
-	12, // 17: groundmesh.compute.v1.Compute.Decode:input_type -> groundmesh.compute.v1.DecodeRequest
-	16, // 18: groundmesh.compute.v1.Compute.ReleaseCache:input_type -> groundmesh.compute.v1.ReleaseCacheRequest
-	18, // 19: groundmesh.compute.v1.Compute.Unload:input_type -> groundmesh.compute.v1.UnloadRequest
-	21, // 20: groundmesh.compute.v1.Compute.Generate:input_type -> groundmesh.compute.v1.GenerateRequest
-	1,  // 21: groundmesh.compute.v1.Compute.Describe:output_type -> groundmesh.compute.v1.DescribeResponse
-	6,  // 22: groundmesh.compute.v1.Compute.Train:output_type -> groundmesh.compute.v1.TrainEvent
-	8,  // 23: groundmesh.compute.v1.Compute.Load:output_type -> groundmesh.compute.v1.LoadResponse
-	14, // 24: groundmesh.compute.v1.Compute.Prefill:output_type -> groundmesh.compute.v1.ForwardResponse
-	14, // 25: groundmesh.compute.v1.Compute.Decode:output_type -> groundmesh.compute.v1.ForwardResponse
-	17, // 26: groundmesh.compute.v1.Compute.ReleaseCache:output_type -> groundmesh.compute.v1.ReleaseCacheResponse
-	19, // 27: groundmesh.compute.v1.Compute.Unload:output_type -> groundmesh.compute.v1.UnloadResponse
-	23, // 28: groundmesh.compute.v1.Compute.Generate:output_type -> groundmesh.compute.v1.GenerateResponse
-	21, // [21:29] is the sub-list for method output_type
-	13, // [13:21] is the sub-list for method input_type
-	13, // [13:13] is the sub-list for extension type_name
-	13, // [13:13] is the sub-list for extension extendee
-	0,  // [0:13] is the sub-list for field type_name
+	15, // 12: groundmesh.compute.v1.GeneratedAnswer.head:type_name -> groundmesh.compute.v1.HeadBox
+	22, // 13: groundmesh.compute.v1.GenerateResponse.answers:type_name -> groundmesh.compute.v1.GeneratedAnswer
+	0,  // 14: groundmesh.compute.v1.Compute.Describe:input_type -> groundmesh.compute.v1.DescribeRequest
+	2,  // 15: groundmesh.compute.v1.Compute.Train:input_type -> groundmesh.compute.v1.TrainRequest
+	7,  // 16: groundmesh.compute.v1.Compute.Load:input_type -> groundmesh.compute.v1.LoadRequest
+	11, // 17: groundmesh.compute.v1.Compute.Prefill:input_type -> groundmesh.compute.v1.PrefillRequest
+	12, // 18: groundmesh.compute.v1.Compute.Decode:input_type -> groundmesh.compute.v1.DecodeRequest
+	16, // 19: groundmesh.compute.v1.Compute.ReleaseCache:input_type -> groundmesh.compute.v1.ReleaseCacheRequest
+	18, // 20: groundmesh.compute.v1.Compute.Unload:input_type -> groundmesh.compute.v1.UnloadRequest
+	21, // 21: groundmesh.compute.v1.Compute.Generate:input_type -> groundmesh.compute.v1.GenerateRequest
+	1,  // 22: groundmesh.compute.v1.Compute.Describe:output_type -> groundmesh.compute.v1.DescribeResponse
+	6,  // 23: groundmesh.compute.v1.Compute.Train:output_type -> groundmesh.compute.v1.TrainEvent
+	8,  // 24: groundmesh.compute.v1.Compute.Load:output_type -> groundmesh.compute.v1.LoadResponse
+	14, // 25: groundmesh.compute.v1.Compute.Prefill:output_type -> groundmesh.compute.v1.ForwardResponse
+	14, // 26: groundmesh.compute.v1.Compute.Decode:output_type -> groundmesh.compute.v1.ForwardResponse
+	17, // 27: groundmesh.compute.v1.Compute.ReleaseCache:output_type -> groundmesh.compute.v1.ReleaseCacheResponse
+	19, // 28: groundmesh.compute.v1.Compute.Unload:output_type -> groundmesh.compute.v1.UnloadResponse
+	23, // 29: groundmesh.compute.v1.Compute.Generate:output_type -> groundmesh.compute.v1.GenerateResponse
+	22, // [22:30] is the sub-list for method output_type
+	14, // [14:22] is the sub-list for method input_type
+	14, // [14:14] is the sub-list for extension type_name
+	14, // [14:14] is the sub-list for extension extendee
+	0,  // [0:14] is the sub-list for field type_name
 }
 
 func init() { file_compute_proto_init() }
