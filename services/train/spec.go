@@ -138,6 +138,9 @@ func DefaultSpec() RunSpec {
 	m.Width, m.Depth, m.Heads, m.VisionDepth = 64, 2, 2, 0
 	// 64 pixels in 8-pixel cells: an 8 x 8 grid; four images fit MaxSeq.
 	m.ImageSize, m.MaxSeq = 64, 320
+	// A 32-channel grounding tower: as accurate per step as 64 channels
+	// on the scene probe and about 1.6x faster per step.
+	m.VisionWidth = 32
 	// The instruction first, then the image: the sentence vector reads it.
 	m.ImagesAfterText = true
 	// A patch's position is its index in the image, not in the sequence.
@@ -157,17 +160,17 @@ func DefaultSpec() RunSpec {
 		LogEvery:        5,
 		CrashRetries:    3,
 		Stage1: StageSpec{
-			Steps: 1800, BatchSize: 32, LearningRate: 2e-3, WarmupSteps: 50, WeightDecay: 0, CheckpointEvery: 600,
+			Steps: 900, BatchSize: 64, LearningRate: 2e-3, WarmupSteps: 50, WeightDecay: 0, CheckpointEvery: 300,
 			Objective: compute.ObjectiveGrounder, Pack: &unpacked,
 			Data: DataFilter{Stages: []string{"stage2", "stage3"}, Tasks: []string{"rec", "pope"}, Splits: []string{"train"}},
 		},
 		Stage2: StageSpec{
-			Steps: 250, BatchSize: 16, LearningRate: 1e-3, WarmupSteps: 20, WeightDecay: 0.01, CheckpointEvery: 125,
+			Steps: 200, BatchSize: 16, LearningRate: 1e-3, WarmupSteps: 20, WeightDecay: 0.01, CheckpointEvery: 100,
 			Frozen: perception(),
 			Data:   DataFilter{Stages: []string{"stage2"}, Splits: []string{"train"}},
 		},
 		Stage3: StageSpec{
-			Steps: 120, BatchSize: 16, LearningRate: 1e-3, WarmupSteps: 10, WeightDecay: 0.01, CheckpointEvery: 60,
+			Steps: 100, BatchSize: 16, LearningRate: 1e-3, WarmupSteps: 10, WeightDecay: 0.01, CheckpointEvery: 50,
 			Frozen: perception(),
 			Data:   DataFilter{Stages: []string{"stage3", "stage2"}, Splits: []string{"train"}},
 		},
