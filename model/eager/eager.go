@@ -8,8 +8,10 @@ package eager
 import (
 	"fmt"
 	"math"
+	"runtime"
 	"slices"
 	"strings"
+	"sync"
 
 	"github.com/groundmesh/groundmesh/model"
 )
@@ -585,8 +587,35 @@ func LayerNorm(out, x []float32, rows, width int, g, b []float32) {
 }
 
 // Linear computes out[t] = x[t]·w + b for rows t of x [rows, in]; w is
-// [in, out], b may be nil. out must hold rows*outDim values.
+// [in, out], b may be nil. out must hold rows*outDim values. A product of
+// at least parallelMACs multiply-adds is split by rows over GOMAXPROCS
+// goroutines (each row's sums are the same either way, so the result does
+// not depend on the split).
 func Linear(out, x []float32, rows, in int, w, b []float32, outDim int) {
+	workers := min(runtime.GOMAXPROCS(0), rows/4)
+	if workers < 2 || rows*in*outDim < parallelMACs {
+		linearRows(out, x, rows, in, w, b, outDim)
+		return
+	}
+	// Chunks of a multiple of four rows, the unit linearRows shares a
+	// weight load over.
+	per := (rows/workers + 3) &^ 3
+	var wg sync.WaitGroup
+	for lo := 0; lo < rows; lo += per {
+		n := min(per, rows-lo)
+		wg.Go(func() {
+			linearRows(out[lo*outDim:(lo+n)*outDim], x[lo*in:(lo+n)*in], n, in, w, b, outDim)
+		})
+	}
+	wg.Wait()
+}
+
+// parallelMACs is the size of product from which Linear uses more than
+// one goroutine: below it, starting them costs more than they save.
+const parallelMACs = 1 << 18
+
+// linearRows is Linear on the calling goroutine.
+func linearRows(out, x []float32, rows, in int, w, b []float32, outDim int) {
 	// Four rows at a time share each load of a weight row.
 	t := 0
 	for ; t+4 <= rows; t += 4 {

@@ -2,6 +2,8 @@ package eager
 
 import (
 	"math"
+	"math/rand/v2"
+	"runtime"
 	"slices"
 	"testing"
 
@@ -151,6 +153,29 @@ func TestBroadcastMatchesNaive(t *testing.T) {
 			if want := a.Data[ia] - b.Data[ib]; got.Data[i] != want {
 				t.Fatalf("%v - %v at %v: %v, want %v", c[0], c[1], idx, got.Data[i], want)
 			}
+		}
+	}
+}
+
+// TestLinearParallelSameAsSerial checks that Linear split over goroutines
+// gives bit for bit what one goroutine gives, for row counts that do and
+// do not divide into the chunks.
+func TestLinearParallelSameAsSerial(t *testing.T) {
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(3))
+	rng := rand.New(rand.NewPCG(1, 2))
+	for _, rows := range []int{64, 71, 13} {
+		in, outDim := 96, 256 // 71 rows: 1.7M multiply-adds, over parallelMACs
+		x, w, b := make([]float32, rows*in), make([]float32, in*outDim), make([]float32, outDim)
+		for _, s := range [][]float32{x, w, b} {
+			for i := range s {
+				s[i] = float32(rng.NormFloat64())
+			}
+		}
+		got, want := make([]float32, rows*outDim), make([]float32, rows*outDim)
+		Linear(got, x, rows, in, w, b, outDim)
+		linearRows(want, x, rows, in, w, b, outDim)
+		if !slices.Equal(got, want) {
+			t.Fatalf("%d rows: the parallel product differs from the serial one", rows)
 		}
 	}
 }
