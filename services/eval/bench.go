@@ -159,24 +159,8 @@ func baseResult(r model.Record, p Prediction) SampleResult {
 	return SampleResult{
 		ID: r.ID, Split: r.Split, Task: r.Task, Direction: r.Direction,
 		Images: r.Images, Prompt: prompt, Reference: ref, Output: p.Text,
-		Attention: meanAttention(p.Attention),
+		Attention: infer.MeanAttention(p.Attention),
 	}
-}
-
-func meanAttention(a [][]float32) []float32 {
-	if len(a) == 0 || len(a[0]) == 0 {
-		return nil
-	}
-	out := make([]float32, len(a[0]))
-	for _, row := range a {
-		for i := range min(len(row), len(out)) {
-			out[i] += row[i]
-		}
-	}
-	for i := range out {
-		out[i] /= float32(len(a))
-	}
-	return out
 }
 
 func imageSize(r model.Record) (w, h int) {

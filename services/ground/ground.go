@@ -221,7 +221,7 @@ func (s *Service) Ground(ctx context.Context, req events.GroundRequested) (_ eve
 		Boxes:         []events.GroundBox{{Pixel: px, Norm: ans.Norm, Phrase: phrase, Score: headScore(gen)}},
 		ModelVersion:  ref.CheckpointID, RunID: ref.RunID, Stage: ref.Stage, Step: ref.Step,
 		Width: b.Dx(), Height: b.Dy(),
-		Attention: meanAttention(gen.Attention),
+		Attention: infer.MeanAttention(gen.Attention),
 	}
 	out.LatencyMS = math.Round(float64(time.Since(start).Microseconds())) / 1000
 	return out, nil
@@ -267,22 +267,6 @@ func (s *Service) open(ctx context.Context, ref ModelRef) (*infer.Session, error
 	}
 	s.cfg.Logger.InfoContext(ctx, "model loaded", "checkpoint_id", ref.CheckpointID, "run_id", ref.RunID, "stage", ref.Stage, "step", ref.Step)
 	return sess, nil
-}
-
-func meanAttention(a [][]float32) []float32 {
-	if len(a) == 0 || len(a[0]) == 0 {
-		return nil
-	}
-	out := make([]float32, len(a[0]))
-	for _, row := range a {
-		for i := range min(len(row), len(out)) {
-			out[i] += row[i]
-		}
-	}
-	for i := range out {
-		out[i] /= float32(len(a))
-	}
-	return out
 }
 
 // headScore is the grounding head's probability for the cell whose box
