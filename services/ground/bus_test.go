@@ -97,15 +97,10 @@ func (a *answers) count(corr string) int {
 // duplicate request is answered once; failures come back with their code;
 // one trace runs from the client through the batch to the plugin call.
 func TestOverTheBus(t *testing.T) {
-	plugin := gomlxPlugin(t)
 	rec := tracetest.NewSpanRecorder()
 	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
 	otel.SetTracerProvider(tp)
-	host, err := compute.NewHost(compute.HostConfig{Path: plugin, Env: []string{"GOMLX_BACKEND=go:parallelism=-1"}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = host.Close() })
+	host := pluginHost(t)
 	// Requests left in the NATS streams by earlier runs would be read by
 	// this run's new consumer group, ahead of this run's.
 	purgeNATS(t, events.TopicGroundRequested, events.TopicGroundCompleted, events.TopicGroundFailed)

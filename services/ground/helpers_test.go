@@ -24,6 +24,39 @@ func testModel(t testing.TB, bs *blob.Local, id string) ModelRef {
 	return ModelRef{CheckpointID: id, RunID: "run-" + id, Stage: "stage3", Step: 7, BlobKey: m.CheckpointKey, Backend: "gomlx", ModelConfig: m.ModelConfig, TokenizerKey: m.TokenizerKey}
 }
 
+// pluginHost starts the real GoMLX plugin process, closed when the test
+// ends.
+func pluginHost(t testing.TB) *compute.Host {
+	t.Helper()
+	host, err := compute.NewHost(compute.HostConfig{Path: gomlxPlugin(t), Env: []string{"GOMLX_BACKEND=go:parallelism=-1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = host.Close() })
+	return host
+}
+
+// pluginService is a Service over the real GoMLX plugin serving
+// testModel's model under checkpoint id, the only and latest one.
+func pluginService(t testing.TB, id string) (*Service, ModelRef) {
+	t.Helper()
+	host := pluginHost(t)
+	bs, err := blob.NewLocal(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref := testModel(t, bs, id)
+	svc, err := New(Config{
+		Catalog:  &mapCatalog{refs: map[string]ModelRef{ref.CheckpointID: ref}, latest: ref.CheckpointID},
+		Backends: func(string) (compute.Backend, error) { return host, nil }, Blob: bs,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(svc.Close)
+	return svc, ref
+}
+
 // scene draws a w x h image with a coloured square at x, y.
 func scene(t testing.TB, w, h, x, y int, c color.RGBA) []byte {
 	t.Helper()

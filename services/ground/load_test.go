@@ -21,7 +21,6 @@ import (
 	"github.com/groundmesh/groundmesh/internal/events"
 	"github.com/groundmesh/groundmesh/internal/infer"
 	"github.com/groundmesh/groundmesh/model"
-	"github.com/groundmesh/groundmesh/plugins/compute"
 )
 
 type loadStats struct {
@@ -116,11 +115,7 @@ func BenchmarkGroundLoad(b *testing.B) {
 		}
 		poll = d
 	}
-	host, err := compute.NewHost(compute.HostConfig{Path: gomlxPlugin(b), Env: []string{"GOMLX_BACKEND=go:parallelism=-1"}})
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { _ = host.Close() })
+	host := pluginHost(b)
 	img := scene(b, 64, 64, 20, 12, color.RGBA{220, 40, 40, 255})
 	req := events.GroundRequested{Image: img, Expression: "the red square"}
 	concurrency := []int{1, 8, 32}

@@ -13,10 +13,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/groundmesh/groundmesh/internal/blob"
 	"github.com/groundmesh/groundmesh/internal/events"
 	"github.com/groundmesh/groundmesh/model"
-	"github.com/groundmesh/groundmesh/plugins/compute"
 )
 
 func chatBody(parts ...map[string]any) string {
@@ -94,24 +92,7 @@ func TestOpenAIClientLibrary(t *testing.T) {
 		t.Fatalf("npm install openai@4: %v\n%s", err, out)
 	}
 
-	host, err := compute.NewHost(compute.HostConfig{Path: gomlxPlugin(t), Env: []string{"GOMLX_BACKEND=go:parallelism=-1"}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = host.Close() })
-	bs, err := blob.NewLocal(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	ref := testModel(t, bs, "ck-openai")
-	svc, err := New(Config{
-		Catalog:  &mapCatalog{refs: map[string]ModelRef{ref.CheckpointID: ref}, latest: ref.CheckpointID},
-		Backends: func(string) (compute.Backend, error) { return host, nil }, Blob: bs,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(svc.Close)
+	svc, ref := pluginService(t, "ck-openai")
 	h, err := NewHTTPHandler(HTTPConfig{Tokens: []string{"sk-test"}}, svc)
 	if err != nil {
 		t.Fatal(err)

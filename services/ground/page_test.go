@@ -17,9 +17,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/groundmesh/groundmesh/internal/blob"
 	"github.com/groundmesh/groundmesh/internal/events"
-	"github.com/groundmesh/groundmesh/plugins/compute"
 )
 
 func chromium(t *testing.T) string {
@@ -42,24 +40,7 @@ func chromium(t *testing.T) string {
 // canvas's pixels is the answer's, at the page's scale.
 func TestPageDrawsTheAnswer(t *testing.T) {
 	bin := chromium(t)
-	host, err := compute.NewHost(compute.HostConfig{Path: gomlxPlugin(t), Env: []string{"GOMLX_BACKEND=go:parallelism=-1"}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = host.Close() })
-	bs, err := blob.NewLocal(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	ref := testModel(t, bs, "page")
-	svc, err := New(Config{
-		Catalog:  &mapCatalog{refs: map[string]ModelRef{ref.CheckpointID: ref}, latest: ref.CheckpointID},
-		Backends: func(string) (compute.Backend, error) { return host, nil }, Blob: bs,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(svc.Close)
+	svc, ref := pluginService(t, "page")
 	api, err := NewHTTPHandler(HTTPConfig{Tokens: []string{"page-token"}}, svc)
 	if err != nil {
 		t.Fatal(err)
