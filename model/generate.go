@@ -524,15 +524,38 @@ func DecodeLoop(ctx context.Context, b compute.Backend, cfg Config, req compute.
 		}
 		budget = need
 	}
-	res, err := b.Prefill(ctx, compute.PrefillRequest{Session: req.Session, Batch: req.Batch, WantAttention: req.WantAttention})
+	// When the head decides every answer (its box or its yes/no, for
+	// sequences that all have an image) and no attention is wanted, the
+	// language model's logits would never be read: ask for the head alone.
+	headOnly := !req.WantAttention && ((req.BoxFromHead && constraint.kind == kindBox) || (req.YesNoFromHead && constraint.kind == kindYesNo))
+	for _, seq := range req.Batch {
+		headOnly = headOnly && len(seq.Images) > 0
+	}
+	prefill := compute.PrefillRequest{Session: req.Session, Batch: req.Batch, WantAttention: req.WantAttention, HeadOnly: headOnly}
+	res, err := b.Prefill(ctx, prefill)
 	if err != nil {
 		return compute.GenerateResult{}, fmt.Errorf("generate: prefill: %w", err)
 	}
+	if headOnly && len(res.Logits) == 0 && !allHeads(res.HeadBoxes, n) {
+		// A head without an answer for some sequence: run the model.
+		if res.CacheID != "" {
+			_ = b.ReleaseCache(context.WithoutCancel(ctx), req.Session, res.CacheID)
+		}
+		prefill.HeadOnly = false
+		if res, err = b.Prefill(ctx, prefill); err != nil {
+			return compute.GenerateResult{}, fmt.Errorf("generate: prefill: %w", err)
+		}
+	}
+	// The backend may have run the model anyway (it need not honour
+	// HeadOnly); then decode as usual.
+	headOnly = headOnly && len(res.Logits) == 0
 	cacheID := res.CacheID
-	defer func() {
-		// Free the cache even when ctx is cancelled; its error is moot then.
-		_ = b.ReleaseCache(context.WithoutCancel(ctx), req.Session, cacheID)
-	}()
+	if cacheID != "" {
+		defer func() {
+			// Free the cache even when ctx is cancelled; its error is moot then.
+			_ = b.ReleaseCache(context.WithoutCancel(ctx), req.Session, cacheID)
+		}()
+	}
 	out := make([]compute.GeneratedAnswer, n)
 	gram := make([]grammar, n)
 	done := make([]bool, n)
@@ -551,7 +574,7 @@ func DecodeLoop(ctx context.Context, b compute.Backend, cfg Config, req compute.
 	}
 	feed := make([]int32, n)
 	for step := 0; ; step++ {
-		if len(res.Logits) != n {
+		if !headOnly && len(res.Logits) != n {
 			return compute.GenerateResult{}, fmt.Errorf("generate: backend returned %d logit rows for %d sequences", len(res.Logits), n)
 		}
 		active := 0
@@ -560,10 +583,13 @@ func DecodeLoop(ctx context.Context, b compute.Backend, cfg Config, req compute.
 			if done[i] {
 				continue
 			}
-			if len(res.Logits[i]) != cfg.VocabSize {
-				return compute.GenerateResult{}, fmt.Errorf("generate: backend returned %d logits, vocab is %d", len(res.Logits[i]), cfg.VocabSize)
+			var logits []float32 // nil when headOnly: every pick is forced
+			if !headOnly {
+				if logits = res.Logits[i]; len(logits) != cfg.VocabSize {
+					return compute.GenerateResult{}, fmt.Errorf("generate: backend returned %d logits, vocab is %d", len(logits), cfg.VocabSize)
+				}
 			}
-			id := gram[i].pick(res.Logits[i])
+			id := gram[i].pick(logits)
 			if id == tokEOS {
 				done[i], out[i].Finish = true, FinishEOS
 				continue
@@ -588,12 +614,28 @@ func DecodeLoop(ctx context.Context, b compute.Backend, cfg Config, req compute.
 		if err := ctx.Err(); err != nil {
 			return compute.GenerateResult{}, fmt.Errorf("generate: %w", err)
 		}
+		if headOnly {
+			continue // the forced answers need no model
+		}
 		res, err = b.Decode(ctx, compute.DecodeRequest{Session: req.Session, CacheID: cacheID, Tokens: feed, WantAttention: req.WantAttention})
 		if err != nil {
 			return compute.GenerateResult{}, fmt.Errorf("generate: decode step %d: %w", step+1, err)
 		}
 	}
 	return compute.GenerateResult{Answers: out}, nil
+}
+
+// allHeads reports whether heads holds an answer for each of n sequences.
+func allHeads(heads []compute.HeadBox, n int) bool {
+	if len(heads) != n {
+		return false
+	}
+	for _, h := range heads {
+		if !h.OK {
+			return false
+		}
+	}
+	return true
 }
 
 // ScoreItem is a prompt and the answer to score under it (teacher forced).

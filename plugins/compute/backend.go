@@ -189,6 +189,12 @@ type PrefillRequest struct {
 	Session       string
 	Batch         []Sequence
 	WantAttention bool // return attention of the last position over image patches
+	// HeadOnly asks for the grounding head's boxes alone: a backend whose
+	// model has a head (model.Config.Grounder) may then skip the language
+	// model and answer with HeadBoxes, no Logits and no cache (CacheID
+	// ""). A backend without a head, or that does not implement it,
+	// answers as without it; callers must handle both.
+	HeadOnly bool
 }
 
 // DecodeRequest advances a KV cache by one token per sequence.

@@ -83,7 +83,7 @@ func (c *grpcClient) Load(ctx context.Context, req LoadRequest) (LoadResult, err
 
 func (c *grpcClient) Prefill(ctx context.Context, req PrefillRequest) (ForwardResult, error) {
 	r, err := c.client.Prefill(ctx, &computev1.PrefillRequest{
-		Session: req.Session, Batch: sequencesToPB(req.Batch), WantAttention: req.WantAttention,
+		Session: req.Session, Batch: sequencesToPB(req.Batch), WantAttention: req.WantAttention, HeadOnly: req.HeadOnly,
 	})
 	if err != nil {
 		return ForwardResult{}, fromStatus("prefill", err)

@@ -50,7 +50,7 @@ func (s *grpcServer) Prefill(ctx context.Context, req *computev1.PrefillRequest)
 	if err != nil {
 		return nil, status.Error(codes.InvalidArgument, "prefill: "+err.Error())
 	}
-	r, err := s.impl.Prefill(ctx, PrefillRequest{Session: req.GetSession(), Batch: batch, WantAttention: req.GetWantAttention()})
+	r, err := s.impl.Prefill(ctx, PrefillRequest{Session: req.GetSession(), Batch: batch, WantAttention: req.GetWantAttention(), HeadOnly: req.GetHeadOnly()})
 	if err != nil {
 		return nil, toStatus(err)
 	}

@@ -191,7 +191,7 @@ func validateSequence(c model.Config, i int, s compute.Sequence) error {
 // Prefill runs prompts, opens a KV cache and returns the last position's
 // logits of each sequence.
 func (b *Backend) Prefill(ctx context.Context, req compute.PrefillRequest) (res compute.ForwardResult, err error) {
-	_, span := b.tracer.Start(ctx, "gomlx.Prefill", trace.WithAttributes(attribute.Int("batch", len(req.Batch))))
+	_, span := b.tracer.Start(ctx, "gomlx.Prefill", trace.WithAttributes(attribute.Int("batch", len(req.Batch)), attribute.Bool("head_only", req.HeadOnly)))
 	defer func() { endSpan(span, err) }()
 	s, err := b.session(req.Session)
 	if err != nil {
@@ -221,6 +221,10 @@ func (b *Backend) Prefill(ctx context.Context, req compute.PrefillRequest) (res 
 			if g.box != nil {
 				res.HeadBoxes[i] = compute.HeadBox{Box: [4]float32(g.box), Score: g.score, Exists: g.exists, OK: true}
 			}
+		}
+		if req.HeadOnly {
+			// The head alone: no language model, no cache.
+			return compute.ForwardResult{HeadBoxes: res.HeadBoxes}, nil
 		}
 	}
 	parallel(len(req.Batch), func(i int) {

@@ -440,6 +440,9 @@ func runCell(ctx context.Context, b compute.Backend, desc compute.Description, c
 	if err := b.ReleaseCache(ctx, sess.Session, r.CacheID); err != nil {
 		return nil, fmt.Errorf("release cache: %w", err)
 	}
+	if err := checkHeadOnly(ctx, b, sess.Session, seqs, r.HeadBoxes, cfg.VocabSize); err != nil {
+		return nil, err
+	}
 
 	// Answers of each grammar, decoded on the host.
 	gen, err := model.NewGenerator(b, sess.Session, tok, cfg)
@@ -816,6 +819,51 @@ func RunMatrix(t *testing.T, h MatrixHarness) {
 			}
 		})
 	}
+}
+
+// checkHeadOnly checks a HeadOnly prefill against the full one's head
+// boxes: a backend that honours it answers with the same boxes, no logits
+// and no cache; one that does not answers as a full prefill.
+func checkHeadOnly(ctx context.Context, b compute.Backend, session string, seqs []compute.Sequence, full []compute.HeadBox, vocab int) error {
+	r, err := b.Prefill(ctx, compute.PrefillRequest{Session: session, Batch: seqs, HeadOnly: true})
+	if err != nil {
+		return fmt.Errorf("head-only prefill: %w", err)
+	}
+	if r.CacheID != "" {
+		if err := b.ReleaseCache(ctx, session, r.CacheID); err != nil {
+			return fmt.Errorf("head-only prefill: release cache: %w", err)
+		}
+	}
+	switch {
+	case len(r.Logits) == 0 && r.CacheID != "":
+		return fmt.Errorf("head-only prefill: a cache %q without logits", r.CacheID)
+	case len(r.Logits) != 0 && len(r.Logits) != len(seqs):
+		return fmt.Errorf("head-only prefill: %d logit rows for %d sequences", len(r.Logits), len(seqs))
+	case len(r.Logits) == 0 && len(full) == 0:
+		return fmt.Errorf("head-only prefill: neither logits nor head boxes (the model has no head: answer as a full prefill)")
+	case len(r.HeadBoxes) != len(full):
+		return fmt.Errorf("head-only prefill: %d head boxes, the full prefill %d", len(r.HeadBoxes), len(full))
+	}
+	for i := range full {
+		if full[i].OK != r.HeadBoxes[i].OK {
+			return fmt.Errorf("head-only prefill: sequence %d has a head box: %v, in the full prefill: %v", i, r.HeadBoxes[i].OK, full[i].OK)
+		}
+		if !full[i].OK {
+			continue
+		}
+		h, f := r.HeadBoxes[i], full[i]
+		near := func(a, b float32) bool { return math.Abs(float64(a-b)) <= 1e-5 }
+		if !near(h.Box[0], f.Box[0]) || !near(h.Box[1], f.Box[1]) || !near(h.Box[2], f.Box[2]) || !near(h.Box[3], f.Box[3]) ||
+			!near(h.Score, f.Score) || !near(h.Exists, f.Exists) {
+			return fmt.Errorf("head-only prefill, sequence %d: box %v score %v exists %v; the full prefill's %v %v %v", i, h.Box, h.Score, h.Exists, f.Box, f.Score, f.Exists)
+		}
+	}
+	for i, l := range r.Logits {
+		if len(l) != vocab {
+			return fmt.Errorf("head-only prefill: sequence %d has %d logits, vocab %d", i, len(l), vocab)
+		}
+	}
+	return nil
 }
 
 // sameHead checks the grounding head's answer a backend's Generate gave

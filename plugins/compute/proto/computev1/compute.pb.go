@@ -878,6 +878,9 @@ type PrefillRequest struct {
 	Session       string                 `protobuf:"bytes,1,opt,name=session,proto3" json:"session,omitempty"`
 	Batch         []*Sequence            `protobuf:"bytes,2,rep,name=batch,proto3" json:"batch,omitempty"`
 	WantAttention bool                   `protobuf:"varint,3,opt,name=want_attention,json=wantAttention,proto3" json:"want_attention,omitempty"`
+	// head_only: answer with the grounding head's boxes alone (no logits, no
+	// cache) when the model has a head; a backend without one ignores it.
+	HeadOnly      bool `protobuf:"varint,4,opt,name=head_only,json=headOnly,proto3" json:"head_only,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -929,6 +932,13 @@ func (x *PrefillRequest) GetBatch() []*Sequence {
 func (x *PrefillRequest) GetWantAttention() bool {
 	if x != nil {
 		return x.WantAttention
+	}
+	return false
+}
+
+func (x *PrefillRequest) GetHeadOnly() bool {
+	if x != nil {
+		return x.HeadOnly
 	}
 	return false
 }
@@ -1719,11 +1729,12 @@ const file_compute_proto_rawDesc = "" +
 	"\x06pixels\x18\x02 \x01(\fR\x06pixels\"X\n" +
 	"\bSequence\x12\x16\n" +
 	"\x06tokens\x18\x01 \x03(\x05R\x06tokens\x124\n" +
-	"\x06images\x18\x02 \x03(\v2\x1c.groundmesh.compute.v1.ImageR\x06images\"\x88\x01\n" +
+	"\x06images\x18\x02 \x03(\v2\x1c.groundmesh.compute.v1.ImageR\x06images\"\xa5\x01\n" +
 	"\x0ePrefillRequest\x12\x18\n" +
 	"\asession\x18\x01 \x01(\tR\asession\x125\n" +
 	"\x05batch\x18\x02 \x03(\v2\x1f.groundmesh.compute.v1.SequenceR\x05batch\x12%\n" +
-	"\x0ewant_attention\x18\x03 \x01(\bR\rwantAttention\"\x83\x01\n" +
+	"\x0ewant_attention\x18\x03 \x01(\bR\rwantAttention\x12\x1b\n" +
+	"\thead_only\x18\x04 \x01(\bR\bheadOnly\"\x83\x01\n" +
 	"\rDecodeRequest\x12\x18\n" +
 	"\asession\x18\x01 \x01(\tR\asession\x12\x19\n" +
 	"\bcache_id\x18\x02 \x01(\tR\acacheId\x12\x16\n" +
