@@ -119,7 +119,7 @@ func (c Config) validate() error {
 // backend is one transport: a publisher and a subscriber per consumer group.
 type backend interface {
 	publisher() message.Publisher
-	subscriber(group string) (message.Subscriber, error)
+	subscriber(group, topic string) (message.Subscriber, error)
 	close() error
 }
 
@@ -230,7 +230,39 @@ func (b *Bus) Handle(name, topic string, fn func(ctx context.Context, msg *messa
 	return err
 }
 
+// HandleConcurrent is Handle with up to n messages of the topic handled at
+// once in this process (n subscribers of the one consumer group): for
+// handlers whose per-message work is short and whose order does not
+// matter, and that are idempotent on their own (two deliveries of one
+// message may run at once, before either is recorded as processed). On
+// NATS the messages are shared among the n; the Postgres bus
+// delivers a group's messages one at a time in order, so there n is 1.
+func (b *Bus) HandleConcurrent(name, topic string, n int, fn func(ctx context.Context, msg *message.Message) error) error {
+	if b.cfg.Kind == KindPostgres || n < 1 {
+		n = 1
+	}
+	var err error
+	for i := range n {
+		if err = b.handleAs(name, i, topic, fn); err != nil {
+			break
+		}
+	}
+	if err != nil {
+		err = fmt.Errorf("register handler %s on %s: %w", name, topic, err)
+		b.mu.Lock()
+		b.errs = append(b.errs, err)
+		b.mu.Unlock()
+	}
+	return err
+}
+
 func (b *Bus) handle(name, topic string, fn func(ctx context.Context, msg *message.Message) error) error {
+	return b.handleAs(name, 0, topic, fn)
+}
+
+// handleAs registers the i-th subscriber of handler name (the router's
+// handler "name" for the first, "name#<i+1>" for the others).
+func (b *Bus) handleAs(name string, i int, topic string, fn func(ctx context.Context, msg *message.Message) error) error {
 	if name == "" || topic == "" || fn == nil {
 		return errors.New("name, topic and fn are required")
 	}
@@ -242,19 +274,23 @@ func (b *Bus) handle(name, topic string, fn func(ctx context.Context, msg *messa
 	if b.started || b.closed {
 		return errors.New("bus already running or closed: register handlers before Run")
 	}
-	if b.handlers[name] {
+	routerName := name
+	if i > 0 {
+		routerName = fmt.Sprintf("%s#%d", name, i+1)
+	}
+	if b.handlers[routerName] {
 		return errors.New("a handler with this name is already registered")
 	}
 	group := b.cfg.ConsumerPrefix + name
-	sub, err := b.backend.subscriber(group)
+	sub, err := b.backend.subscriber(group, topic)
 	if err != nil {
 		return err
 	}
-	h := b.router.AddConsumerHandler(name, topic, sub, func(msg *message.Message) error {
+	h := b.router.AddConsumerHandler(routerName, topic, sub, func(msg *message.Message) error {
 		return fn(msg.Context(), msg)
 	})
 	h.AddMiddleware(b.chain(group, topic)...)
-	b.handlers[name] = true
+	b.handlers[routerName] = true
 	b.subs = append(b.subs, sub)
 	return nil
 }

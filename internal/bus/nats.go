@@ -90,7 +90,7 @@ func (n *natsBackend) ensureStream(ctx context.Context, js jetstream.JetStream, 
 
 func (n *natsBackend) publisher() message.Publisher { return n.pub }
 
-func (n *natsBackend) subscriber(group string) (message.Subscriber, error) {
+func (n *natsBackend) subscriber(group, _ string) (message.Subscriber, error) {
 	// One connection per subscriber: the subscriber drains its connection
 	// on Close.
 	nc, err := connectNATS(n.cfg.NATSURL, "groundmesh-"+group)

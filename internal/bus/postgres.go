@@ -26,6 +26,7 @@ type postgresBackend struct {
 	logger watermill.LoggerAdapter
 	pub    *pgPublisher
 	schema wsql.SchemaAdapter
+	notes  *notifier
 }
 
 func newPostgresBackend(pool *pgxpool.Pool, cfg Config, logger watermill.LoggerAdapter) (*postgresBackend, error) {
@@ -41,27 +42,44 @@ func newPostgresBackend(pool *pgxpool.Pool, cfg Config, logger watermill.LoggerA
 	}
 	return &postgresBackend{
 		pool: pool, cfg: cfg, logger: logger, schema: schema,
-		pub: &pgPublisher{Publisher: pub, pool: pool, schema: schema, logger: logger},
+		pub:   &pgPublisher{Publisher: pub, pool: pool, schema: schema, logger: logger},
+		notes: newNotifier(pool, logger),
 	}, nil
 }
 
 func (p *postgresBackend) publisher() message.Publisher { return p.pub }
 
-func (p *postgresBackend) subscriber(group string) (message.Subscriber, error) {
+// subscriber polls topic's table for group, and is woken between polls by
+// a notification of the topic (notifier).
+func (p *postgresBackend) subscriber(group, topic string) (message.Subscriber, error) {
 	ack := p.cfg.AckDeadline
-	return wsql.NewSubscriber(wsql.BeginnerFromPgx(p.pool), wsql.SubscriberConfig{
-		ConsumerGroup:    group,
-		SchemaAdapter:    p.schema,
-		OffsetsAdapter:   advisoryOffsetsAdapter{},
-		PollInterval:     p.cfg.PollInterval,
-		ResendInterval:   p.cfg.Retry.InitialInterval,
-		RetryInterval:    time.Second,
+	wake, unregister := p.notes.register(topic)
+	quit := make(chan struct{})
+	sub, err := wsql.NewSubscriber(wsql.BeginnerFromPgx(p.pool), wsql.SubscriberConfig{
+		ConsumerGroup:  group,
+		SchemaAdapter:  p.schema,
+		OffsetsAdapter: advisoryOffsetsAdapter{},
+		PollInterval:   p.cfg.PollInterval,
+		ResendInterval: p.cfg.Retry.InitialInterval,
+		RetryInterval:  time.Second,
+		BackoffManager: &notifyBackoff{
+			def:  wsql.NewDefaultBackoffManager(p.cfg.PollInterval, time.Second),
+			poll: p.cfg.PollInterval, wake: wake, quit: quit,
+		},
 		AckDeadline:      &ack,
 		InitializeSchema: true,
 	}, p.logger)
+	if err != nil {
+		unregister()
+		return nil, err
+	}
+	return &notifiedSubscriber{Subscriber: sub, quit: quit, unregister: unregister}, nil
 }
 
-func (p *postgresBackend) close() error { return p.pub.Close() }
+func (p *postgresBackend) close() error {
+	p.notes.close()
+	return p.pub.Close()
+}
 
 // pgPublisher is the Postgres bus's publisher. Besides Publish (one
 // autocommitted INSERT per call) it can publish inside a caller's
@@ -73,6 +91,24 @@ type pgPublisher struct {
 	schema      wsql.SchemaAdapter
 	logger      watermill.LoggerAdapter
 	initialized sync.Map
+}
+
+// Publish inserts msgs into topic's table (autocommitted) and notifies the
+// topic's subscribers.
+func (p *pgPublisher) Publish(topic string, msgs ...*message.Message) error {
+	if err := p.Publisher.Publish(topic, msgs...); err != nil {
+		return err
+	}
+	ctx := context.Background()
+	if len(msgs) > 0 {
+		ctx = context.WithoutCancel(msgs[0].Context())
+	}
+	// The messages are committed: a failed notification only delays them
+	// to the subscribers' next poll.
+	if _, err := p.pool.Exec(ctx, "SELECT pg_notify($1, $2)", NotifyChannel, topic); err != nil {
+		p.logger.Error("postgres bus: notify subscribers (they see the message at their next poll)", err, watermill.LogFields{"topic": topic})
+	}
+	return nil
 }
 
 // PublishInTx inserts msgs into topic's table within tx: they become
@@ -90,6 +126,10 @@ func (p *pgPublisher) PublishInTx(ctx context.Context, tx pgx.Tx, topic string, 
 	}
 	if err := pub.Publish(topic, msgs...); err != nil {
 		return fmt.Errorf("publish to %s in tx: %w", topic, err)
+	}
+	// Delivered when tx commits, and never if it rolls back.
+	if _, err := tx.Exec(ctx, "SELECT pg_notify($1, $2)", NotifyChannel, topic); err != nil {
+		return fmt.Errorf("publish to %s in tx: notify: %w", topic, err)
 	}
 	return nil
 }

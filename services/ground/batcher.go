@@ -22,10 +22,12 @@ import (
 type BatchConfig struct {
 	// MaxBatch is the most requests one Generate call answers; default 16.
 	MaxBatch int
-	// MaxDelay is how long a batch that is not full waits for more
-	// requests once the first is taken; default 2ms (a plugin call of the
-	// demo model takes several). Requests that arrive while a call runs
-	// join the next batch without waiting.
+	// MaxDelay is how long a batch may wait for more requests once the
+	// first is taken; default 2ms. It waits only until it is as large as
+	// the model's previous batch (at first, MaxBatch): a lone caller is not
+	// kept waiting for company that never comes, while concurrent callers
+	// keep sharing calls. Requests that arrive while a call runs join the
+	// next batch without waiting.
 	MaxDelay time.Duration
 	// MaxQueue is how many requests may wait per model; one more is
 	// refused with CodeOverloaded; default 256.
@@ -112,6 +114,8 @@ type worker struct {
 	retire chan struct{}
 	// last is when a request was last queued (under batcher.mu).
 	last time.Time
+	// lastSize is the size of the previous batch (the worker's own).
+	lastSize int
 }
 
 func newBatcher(cfg BatchConfig, open opener, d infer.Decoding, logger *slog.Logger) *batcher {
@@ -133,7 +137,7 @@ func (b *batcher) submit(ctx context.Context, ref ModelRef, p model.Prompt, atte
 		if len(b.workers) >= b.cfg.MaxModels {
 			b.retireLRU()
 		}
-		w = &worker{ref: ref, queue: make(chan *job, b.cfg.MaxQueue), retire: make(chan struct{})}
+		w = &worker{ref: ref, queue: make(chan *job, b.cfg.MaxQueue), retire: make(chan struct{}), lastSize: b.cfg.MaxBatch}
 		b.workers[ref.CheckpointID] = w
 		b.wg.Add(1)
 		go b.run(w)
@@ -226,8 +230,14 @@ func (b *batcher) run(w *worker) {
 }
 
 // collect takes the jobs waiting behind first, then waits up to MaxDelay
-// for more while the batch is not full.
+// for more while the batch is smaller than the previous one.
 func (b *batcher) collect(w *worker, first *job) []*job {
+	batch := b.gather(w, first)
+	w.lastSize = len(batch)
+	return batch
+}
+
+func (b *batcher) gather(w *worker, first *job) []*job {
 	batch := []*job{first}
 	for len(batch) < b.cfg.MaxBatch {
 		select {
@@ -238,12 +248,13 @@ func (b *batcher) collect(w *worker, first *job) []*job {
 		}
 		break
 	}
-	if len(batch) >= b.cfg.MaxBatch || b.cfg.MaxDelay <= 0 {
+	want := min(b.cfg.MaxBatch, max(w.lastSize, 1))
+	if len(batch) >= want || b.cfg.MaxDelay <= 0 {
 		return batch
 	}
 	timer := time.NewTimer(b.cfg.MaxDelay)
 	defer timer.Stop()
-	for len(batch) < b.cfg.MaxBatch {
+	for len(batch) < want {
 		select {
 		case j := <-w.queue:
 			batch = append(batch, j)

@@ -24,6 +24,27 @@ type Registrar interface {
 	Publish(ctx context.Context, topic string, payload any, meta map[string]string) error
 }
 
+// concurrentRegistrar is a Registrar that can handle several messages of
+// a topic at once (internal/bus on NATS).
+type concurrentRegistrar interface {
+	HandleConcurrent(name, topic string, n int, fn func(ctx context.Context, msg *message.Message) error) error
+}
+
+// handle registers fn with up to n messages at once where r can.
+func handle(r Registrar, name, topic string, n int, fn func(ctx context.Context, msg *message.Message) error) error {
+	if cr, ok := r.(concurrentRegistrar); ok && n > 1 {
+		return cr.HandleConcurrent(name, topic, n, fn)
+	}
+	return r.Handle(name, topic, fn)
+}
+
+// DefaultConcurrency is how many messages a consumer or a client's answer
+// consumer takes at once by default: each spends most of its time in
+// round trips (the claim and idempotency rows, the broker's ack), so that
+// one at a time would cap the requests per second far below what a
+// batched plugin call answers.
+const DefaultConcurrency = 8
+
 // DefaultReplyTopic is the answer topics' prefix when a request names none.
 const DefaultReplyTopic = "ground"
 
@@ -36,6 +57,9 @@ type ConsumerConfig struct {
 	// correlation id, new message id) answered once. Required.
 	Pool   *pgxpool.Pool
 	Logger *slog.Logger
+	// Concurrency is how many requests are taken off the bus at once
+	// (where the bus can: NATS); default DefaultConcurrency.
+	Concurrency int
 }
 
 // Consumer serves ground.requested. A request is taken off the bus at once
@@ -64,9 +88,12 @@ func Serve(r Registrar, cfg ConsumerConfig, svc *Service) (*Consumer, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
+	if cfg.Concurrency == 0 {
+		cfg.Concurrency = DefaultConcurrency
+	}
 	ctx, stop := context.WithCancel(context.Background())
 	c := &Consumer{cfg: cfg, svc: svc, pub: r, ctx: ctx, stop: stop}
-	if err := r.Handle(cfg.Handler, events.TopicGroundRequested, c.handle); err != nil {
+	if err := handle(r, cfg.Handler, events.TopicGroundRequested, cfg.Concurrency, c.handle); err != nil {
 		stop()
 		return nil, err
 	}
@@ -186,6 +213,9 @@ type ClientConfig struct {
 	// MaxPending bounds requests waiting for answers; one more is refused
 	// with CodeOverloaded before anything is published; default 1024.
 	MaxPending int
+	// Concurrency is how many answers are taken off the bus at once (where
+	// the bus can: NATS); default DefaultConcurrency.
+	Concurrency int
 }
 
 // NewClient registers the answer consumers on r and returns the client.
@@ -196,9 +226,12 @@ func NewClient(r Registrar, cfg ClientConfig) (*Client, error) {
 	if cfg.MaxPending == 0 {
 		cfg.MaxPending = 1024
 	}
+	if cfg.Concurrency == 0 {
+		cfg.Concurrency = DefaultConcurrency
+	}
 	c := &Client{pub: r, maxPending: cfg.MaxPending, pending: map[string]chan clientReply{}}
 	err := errors.Join(
-		r.Handle(cfg.Handler+"-completed", events.TopicGroundCompleted, func(ctx context.Context, msg *message.Message) error {
+		handle(r, cfg.Handler+"-completed", events.TopicGroundCompleted, cfg.Concurrency, func(ctx context.Context, msg *message.Message) error {
 			var res events.GroundCompleted
 			if err := json.Unmarshal(msg.Payload, &res); err != nil {
 				return bus.Permanent(fmt.Errorf("ground.completed payload: %w", err))
@@ -206,7 +239,7 @@ func NewClient(r Registrar, cfg ClientConfig) (*Client, error) {
 			c.deliver(res.CorrelationID, clientReply{res: res})
 			return nil
 		}),
-		r.Handle(cfg.Handler+"-failed", events.TopicGroundFailed, func(ctx context.Context, msg *message.Message) error {
+		handle(r, cfg.Handler+"-failed", events.TopicGroundFailed, cfg.Concurrency, func(ctx context.Context, msg *message.Message) error {
 			var f events.Failed
 			if err := json.Unmarshal(msg.Payload, &f); err != nil {
 				return bus.Permanent(fmt.Errorf("ground.failed payload: %w", err))

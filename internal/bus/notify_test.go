@@ -1,0 +1,137 @@
+package bus
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+
+	"github.com/groundmesh/groundmesh/internal/store"
+)
+
+// On the Postgres bus a message reaches an idle subscriber through
+// LISTEN/NOTIFY, not the next poll: with a 30s poll interval each of ten
+// messages, published one after another's delivery, arrives within a
+// second (without the wake-up the first would wait up to 30s).
+func TestPostgresNotifyWakesIdleSubscriber(t *testing.T) {
+	pool := testPool(t)
+	cfg := fastConfig(t, KindPostgres)
+	cfg.PollInterval = 30 * time.Second
+	got := newCollector()
+	b := startBus(t, cfg, pool, func(b *Bus) {
+		if err := b.Handle("test.notify", testTopic, got.handle); err != nil {
+			t.Fatal(err)
+		}
+	})
+	// The subscriber has made its first (empty) query and waits.
+	time.Sleep(300 * time.Millisecond)
+	for i := range 10 {
+		start := time.Now()
+		if err := b.Publish(context.Background(), testTopic, map[string]int{"i": i}, nil); err != nil {
+			t.Fatal(err)
+		}
+		got.wait(t, i+1, time.Second)
+		t.Logf("message %d delivered in %s", i, time.Since(start))
+	}
+
+	// Inside a transaction the wake-up comes at commit.
+	pp, ok := b.Publisher().(interface {
+		PublishInTx(ctx context.Context, tx pgx.Tx, topic string, msgs ...*message.Message) error
+	})
+	if !ok {
+		t.Fatal("the Postgres bus's publisher cannot publish in a transaction")
+	}
+	msg, err := NewMessage(context.Background(), testTopic, map[string]string{"in": "tx"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := store.WithTx(context.Background(), pool, func(tx pgx.Tx) error {
+		return pp.PublishInTx(context.Background(), tx, testTopic, msg)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	got.wait(t, 11, time.Second)
+}
+
+// When the listening connection dies, subscribers fall back to polling and
+// the notifier reconnects: a message published after the kill still
+// arrives, within the reconnect's backoff, long before the 30s poll.
+func TestPostgresNotifyReconnects(t *testing.T) {
+	pool := testPool(t)
+	cfg := fastConfig(t, KindPostgres)
+	cfg.PollInterval = 30 * time.Second
+	got := newCollector()
+	b := startBus(t, cfg, pool, func(b *Bus) {
+		if err := b.Handle("test.notify", testTopic, got.handle); err != nil {
+			t.Fatal(err)
+		}
+	})
+	notes := b.backend.(*postgresBackend).notes
+	<-notes.listening
+	var killed int
+	if err := pool.QueryRow(context.Background(), `
+		SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+		WHERE datname = current_database() AND query = 'LISTEN `+NotifyChannel+`'`).Scan(&killed); err != nil {
+		t.Fatal(err)
+	}
+	if killed != 1 {
+		t.Fatalf("terminated %d listening connections, want 1", killed)
+	}
+	time.Sleep(50 * time.Millisecond) // the notifier notices and backs off
+	if err := b.Publish(context.Background(), testTopic, map[string]string{"after": "kill"}, nil); err != nil {
+		t.Fatal(err)
+	}
+	got.wait(t, 1, 5*time.Second)
+}
+
+// HandleConcurrent on NATS handles n messages of one group at once: four
+// handlers that each wait for the other three finish only when four run
+// together; one at a time they would time out.
+func TestNATSHandleConcurrent(t *testing.T) {
+	requireNATS(t)
+	pool := testPool(t)
+	topic := "test.nats.conc." + uuid.NewString()[:8]
+	t.Cleanup(func() { deleteStream(t, topic) })
+	cfg := fastConfig(t, KindNATS)
+	cfg.NATSURL = testNATSURL
+	cfg.ConsumerPrefix = "t" + uuid.NewString()[:8] + "."
+	var arrived sync.WaitGroup
+	arrived.Add(4)
+	all := make(chan struct{})
+	go func() { arrived.Wait(); close(all) }()
+	got := newCollector()
+	b := startBus(t, cfg, pool, func(b *Bus) {
+		if err := b.HandleConcurrent("conc", topic, 4, func(ctx context.Context, msg *message.Message) error {
+			arrived.Done()
+			select {
+			case <-all:
+			case <-time.After(10 * time.Second):
+			}
+			return got.handle(ctx, msg)
+		}); err != nil {
+			t.Fatal(err)
+		}
+	})
+	start := time.Now()
+	for i := range 4 {
+		if err := b.Publish(context.Background(), topic, map[string]int{"i": i}, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got.wait(t, 4, 30*time.Second)
+	if d := time.Since(start); d > 5*time.Second {
+		t.Fatalf("four messages took %s: they were not handled at once", d)
+	}
+	// Each message once, across the four subscribers of the group.
+	seen := map[string]bool{}
+	for _, m := range got.msgs {
+		if seen[m.UUID] {
+			t.Fatalf("message %s handled twice", m.UUID)
+		}
+		seen[m.UUID] = true
+	}
+}
