@@ -56,6 +56,41 @@ type TokenStore interface {
 type Activities struct {
 	Pub    Publisher
 	Tokens TokenStore
+	// Promoter points model aliases at checkpoints (services/ground's
+	// catalog); nil on a worker that cannot promote.
+	Promoter Promoter
+}
+
+// Promoter points an alias at a checkpoint and publishes model.promoted.
+type Promoter interface {
+	Promote(ctx context.Context, alias, checkpointID string) (events.ModelPromoted, error)
+}
+
+// Promote is the Pipeline's promotion activity.
+func (a *Activities) Promote(ctx context.Context, req PromoteRequest) (_ events.ModelPromoted, err error) {
+	ctx, span := otel.Tracer("groundmesh/workflows").Start(ctx, "workflows.Promote")
+	defer span.End()
+	span.SetAttributes(attribute.String("alias", req.Alias), attribute.String("checkpoint_id", req.CheckpointID))
+	if a.Promoter == nil {
+		return events.ModelPromoted{}, temporal.NewNonRetryableApplicationError("promote: this worker has no model catalog (run it with the ground service's database)", ErrTypeBadInput, nil)
+	}
+	p, err := a.Promoter.Promote(ctx, req.Alias, req.CheckpointID)
+	if err != nil {
+		span.RecordError(err)
+		if BadInputError(err) {
+			return events.ModelPromoted{}, temporal.NewNonRetryableApplicationError("promote: "+err.Error(), ErrTypeBadInput, err)
+		}
+		return events.ModelPromoted{}, fmt.Errorf("promote: %w", err)
+	}
+	slog.InfoContext(ctx, "model promoted by the pipeline", "alias", p.Alias, "checkpoint_id", p.CheckpointID, "run_id", p.RunID)
+	return p, nil
+}
+
+// BadInputError reports whether err says so itself (an error with a
+// BadInput() bool method returning true, as services/ground's do).
+func BadInputError(err error) bool {
+	var b interface{ BadInput() bool }
+	return errors.As(err, &b) && b.BadInput()
 }
 
 // Command publishes a service command and completes asynchronously.

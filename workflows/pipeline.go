@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"maps"
+	"slices"
 	"time"
 
 	"go.temporal.io/sdk/temporal"
@@ -96,7 +97,73 @@ func Pipeline(ctx workflow.Context, in PipelineInput) (PipelineResult, error) {
 		res.ReportKey = out.ReportKey
 		res.StagesRan = append(res.StagesRan, StageEval)
 	}
+	if in.Promote.Alias != "" {
+		if err := promote(ctx, in.Promote, &res); err != nil {
+			return res, fmt.Errorf("promote: %w", err)
+		}
+	}
 	return res, nil
+}
+
+// promote points the alias at the run's final checkpoint unless a gate
+// fails, which it records in res.PromotionSkipped.
+func promote(ctx workflow.Context, in PromoteInput, res *PipelineResult) error {
+	final := finalCheckpoint(res.Checkpoints)
+	if final == "" {
+		return badInput(fmt.Errorf("the run recorded no checkpoint to promote"))
+	}
+	if why := failedGate(in.MinMetrics, res.Metrics); why != "" {
+		res.PromotionSkipped = why
+		workflow.GetLogger(ctx).Info("promotion skipped", "alias", in.Alias, "checkpoint_id", final, "reason", why)
+		return nil
+	}
+	actx := workflow.WithActivityOptions(ctx, workflow.ActivityOptions{
+		StartToCloseTimeout: time.Minute,
+		RetryPolicy: &temporal.RetryPolicy{
+			InitialInterval: time.Second, BackoffCoefficient: 2, MaximumInterval: 30 * time.Second, MaximumAttempts: 5,
+			NonRetryableErrorTypes: []string{ErrTypeBadInput},
+		},
+	})
+	var a *Activities
+	var p events.ModelPromoted
+	if err := workflow.ExecuteActivity(actx, a.Promote, PromoteRequest{Alias: in.Alias, CheckpointID: final}).Get(ctx, &p); err != nil {
+		return err
+	}
+	res.Promoted = &p
+	return nil
+}
+
+// finalCheckpoint is the checkpoint of the last training stage ("stage3"
+// after "stage2" after "stage1": the stage names sort in order).
+func finalCheckpoint(byStage map[string]string) string {
+	stages := make([]string, 0, len(byStage))
+	for st := range byStage {
+		stages = append(stages, st)
+	}
+	slices.Sort(stages) // the map's order does not matter once sorted
+	if len(stages) == 0 {
+		return ""
+	}
+	return byStage[stages[len(stages)-1]]
+}
+
+// failedGate names the first gate (in name order) that metrics fail, or "".
+func failedGate(gates, metrics map[string]float64) string {
+	names := make([]string, 0, len(gates))
+	for name := range gates {
+		names = append(names, name)
+	}
+	slices.Sort(names)
+	for _, name := range names {
+		v, ok := metrics[name]
+		switch {
+		case !ok:
+			return fmt.Sprintf("gate %s: the evaluation has no such metric", name)
+		case v < gates[name]:
+			return fmt.Sprintf("gate %s: %.4g < %.4g", name, v, gates[name])
+		}
+	}
+	return ""
 }
 
 // commandOptions are the bridge activity's options per service. The

@@ -102,6 +102,9 @@ func TestPipelineRejectsBadInputNamingField(t *testing.T) {
 		`{"stages": ["train"]}`:                `synth_set_id is required`,
 		`{"dataset": {"format": "coco"}}`:      `dataset.path is required`,
 		`{"dataset": {"max_bad_fraction": 2}}`: `dataset.max_bad_fraction`,
+		`{"promote": {"alias": "Prod!"}}`:      `promote.alias = "Prod!"`,
+		`{"stages": ["eval"], "run_id": "r", "promote": {"alias": "production"}}`: `promote.alias needs the "train" stage`,
+		`{"promote": {"min_metrics": {"x": 1}}}`:                                  `promote.min_metrics without promote.alias`,
 	}
 	for input, want := range cases {
 		// Decode as the worker does with the UI's JSON; an unknown field
@@ -203,5 +206,62 @@ func TestPipelinePassesSynthTaskWeights(t *testing.T) {
 	_ = json.Unmarshal(asked[1].Payload, &synth)
 	if len(synth.TaskWeights) != 2 || synth.TaskWeights["rec"] != 3 || synth.TaskWeights["box_pick"] != 0 {
 		t.Fatalf("synth command task weights %v", synth.TaskWeights)
+	}
+}
+
+// The Pipeline promotes the run's final checkpoint when asked and its
+// gates pass, and says which gate failed otherwise.
+func TestPipelinePromotesWhenGatesPass(t *testing.T) {
+	for _, tc := range []struct {
+		name, input, skipped string
+		promoted             bool
+	}{
+		{"no gate", `{"promote": {"alias": "production"}}`, "", true},
+		{"gate passes", `{"promote": {"alias": "production", "min_metrics": {"stage3/rec/test/acc@0.5": 0.4}}}`, "", true},
+		{"gate fails", `{"promote": {"alias": "production", "min_metrics": {"stage3/rec/test/acc@0.5": 0.5}}}`, "gate stage3/rec/test/acc@0.5: 0.42 < 0.5", false},
+		{"missing metric", `{"promote": {"alias": "production", "min_metrics": {"stage3/pope/test/f1": 0.5}}}`, "no such metric", false},
+		{"not asked", `{}`, "", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			env := newEnv(t)
+			var asked []CommandInput
+			env.OnActivity((&Activities{}).Command, mock.Anything, mock.Anything).Return(fakeServices(&asked))
+			var promoted []PromoteRequest
+			env.OnActivity((&Activities{}).Promote, mock.Anything, mock.Anything).Return(func(_ context.Context, req PromoteRequest) (events.ModelPromoted, error) {
+				promoted = append(promoted, req)
+				return events.ModelPromoted{Alias: req.Alias, CheckpointID: req.CheckpointID, RunID: "run-1"}, nil
+			}).Maybe()
+			var in PipelineInput
+			if err := json.Unmarshal([]byte(tc.input), &in); err != nil {
+				t.Fatal(err)
+			}
+			env.ExecuteWorkflow(Pipeline, in)
+			if err := env.GetWorkflowError(); err != nil {
+				t.Fatalf("pipeline: %v", err)
+			}
+			var res PipelineResult
+			if err := env.GetWorkflowResult(&res); err != nil {
+				t.Fatal(err)
+			}
+			if tc.promoted != (len(promoted) == 1) || tc.promoted != (res.Promoted != nil) {
+				t.Fatalf("promotions %v, result %+v; want promoted: %v", promoted, res.Promoted, tc.promoted)
+			}
+			if tc.promoted && (promoted[0] != PromoteRequest{Alias: "production", CheckpointID: "ck-3"} || res.Promoted.CheckpointID != "ck-3") {
+				t.Fatalf("promoted %+v (result %+v), want ck-3 as production", promoted[0], res.Promoted)
+			}
+			if !strings.Contains(res.PromotionSkipped, tc.skipped) || (tc.skipped == "") != (res.PromotionSkipped == "") {
+				t.Fatalf("promotion skipped %q, want %q", res.PromotionSkipped, tc.skipped)
+			}
+		})
+	}
+}
+
+// The final checkpoint is the last stage's, whatever the map's order.
+func TestFinalCheckpoint(t *testing.T) {
+	if got := finalCheckpoint(map[string]string{"stage2": "b", "stage3": "c", "stage1": "a"}); got != "c" {
+		t.Fatalf("final checkpoint %q, want c", got)
+	}
+	if got := finalCheckpoint(nil); got != "" {
+		t.Fatalf("final checkpoint of nothing %q", got)
 	}
 }

@@ -10,7 +10,10 @@ import (
 	"encoding/json"
 	"fmt"
 	"maps"
+	"regexp"
 	"strings"
+
+	"github.com/groundmesh/groundmesh/internal/events"
 )
 
 // TaskQueue is the task queue the groundmesh worker polls.
@@ -63,9 +66,28 @@ type PipelineInput struct {
 	SynthSetID string `json:"synth_set_id,omitempty"`
 	// RunID names (or resumes) the training run; default derived from the workflow id.
 	RunID string `json:"run_id,omitempty"`
+	// Promote, when it names an alias, points the alias at the run's final
+	// checkpoint once the run is done (and its gates pass): what the
+	// grounding API serves by default is alias "production".
+	Promote PromoteInput `json:"promote"`
 
 	decodeErr error
 }
+
+// PromoteInput asks the Pipeline to promote the run's final checkpoint.
+type PromoteInput struct {
+	// Alias to point at the checkpoint ("production" is what the grounding
+	// API serves by default); empty: no promotion.
+	Alias string `json:"alias,omitempty"`
+	// MinMetrics are gates: each named metric of the run's evaluation, as
+	// the result's metrics name it (e.g. "stage3/rec/test/acc@0.5"), must
+	// be at least its value, or the run completes without promoting and
+	// says why. A gate needs the eval stage.
+	MinMetrics map[string]float64 `json:"min_metrics,omitempty"`
+}
+
+// aliasPattern is what an alias may be (services/ground checks the same).
+var aliasPattern = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,62}$`)
 
 // DatasetInput selects what to ingest.
 type DatasetInput struct {
@@ -233,6 +255,22 @@ func (in PipelineInput) Validate() error {
 	if in.Eval.MaxSamples < 0 {
 		return fmt.Errorf("pipeline input: eval.max_samples = %d: want >= 0", in.Eval.MaxSamples)
 	}
+	if a := in.Promote.Alias; a != "" {
+		if !aliasPattern.MatchString(a) {
+			return fmt.Errorf("pipeline input: promote.alias = %q: want lower-case letters, digits, '.', '_' or '-', at most 63, starting with a letter or digit", a)
+		}
+		if !seen[StageTrain] {
+			return fmt.Errorf("pipeline input: promote.alias needs the %q stage (it promotes the checkpoint the run trains)", StageTrain)
+		}
+	}
+	if len(in.Promote.MinMetrics) > 0 {
+		if in.Promote.Alias == "" {
+			return fmt.Errorf("pipeline input: promote.min_metrics without promote.alias")
+		}
+		if !seen[StageEval] {
+			return fmt.Errorf("pipeline input: promote.min_metrics needs the %q stage", StageEval)
+		}
+	}
 	// Later stages need what earlier ones produce, unless given.
 	if seen[StageSynth] && !seen[StageIngest] && in.DatasetID == "" {
 		return fmt.Errorf("pipeline input: dataset_id is required when stages omit %q", StageIngest)
@@ -255,6 +293,16 @@ type PipelineResult struct {
 	Metrics     map[string]float64 `json:"metrics,omitempty"`
 	ReportKey   string             `json:"report_key,omitempty"`
 	StagesRan   []string           `json:"stages_ran"`
+	// Promoted is the promotion the run made (PipelineInput.Promote).
+	Promoted *events.ModelPromoted `json:"promoted,omitempty"`
+	// PromotionSkipped says which gate kept the run from promoting.
+	PromotionSkipped string `json:"promotion_skipped,omitempty"`
+}
+
+// PromoteRequest is the Promote activity's input.
+type PromoteRequest struct {
+	Alias        string `json:"alias"`
+	CheckpointID string `json:"checkpoint_id"`
 }
 
 // CommandInput is the bridge activity's input: which command to publish.

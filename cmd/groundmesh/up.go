@@ -19,6 +19,7 @@ import (
 	"github.com/groundmesh/groundmesh/internal/stack"
 	"github.com/groundmesh/groundmesh/internal/telemetry"
 	"github.com/groundmesh/groundmesh/services/eval"
+	"github.com/groundmesh/groundmesh/services/ground"
 	"github.com/groundmesh/groundmesh/workflows"
 )
 
@@ -181,6 +182,13 @@ func cmdDemo(ctx context.Context, e env, args []string) error {
 		}
 		*input = string(in)
 	}
+	// The demo promotes what it trains, so that the grounding API serves it
+	// by its alias; an input that says how to promote keeps its say.
+	in, err := withPromotion([]byte(*input), ground.DefaultAlias)
+	if err != nil {
+		return err
+	}
+	*input = string(in)
 	logPath := filepath.Join(c.dataDir, "demo.log")
 	if err := os.MkdirAll(c.dataDir, 0o755); err != nil {
 		return err
@@ -218,6 +226,12 @@ func cmdDemo(ctx context.Context, e env, args []string) error {
 	fmt.Printf("\npipeline finished in %s: stages %s\n", time.Since(start).Round(time.Second), strings.Join(res.StagesRan, ", "))
 	fmt.Printf("  dataset:    %s\n  synth set:  %s\n  run:        %s\n", res.DatasetID, res.SynthSetID, res.RunID)
 	printMetrics(res.Metrics)
+	switch {
+	case res.Promoted != nil:
+		fmt.Printf("\npromoted:  checkpoint %s (%s, run %s) is now %q\n", res.Promoted.CheckpointID, res.Promoted.Stage, res.Promoted.RunID, res.Promoted.Alias)
+	case res.PromotionSkipped != "":
+		fmt.Printf("\nnot promoted: %s\n", res.PromotionSkipped)
+	}
 	if res.ReportKey != "" {
 		p, _ := s.Blob.Path(res.ReportKey)
 		fmt.Printf("\nreport:  %s\n", p)
@@ -377,6 +391,20 @@ func cmdPipeline(ctx context.Context, e env, args []string) error {
 }
 
 // withRecipe sets train.spec.recipe in a pipeline input.
+// withPromotion sets the input's promote.alias to alias unless the input
+// has a "promote" of its own.
+func withPromotion(input []byte, alias string) ([]byte, error) {
+	var in map[string]any
+	if err := json.Unmarshal(input, &in); err != nil || in == nil {
+		return nil, fmt.Errorf("--input: want a JSON object: %v", err)
+	}
+	if _, ok := in["promote"]; ok {
+		return input, nil
+	}
+	in["promote"] = map[string]any{"alias": alias}
+	return json.Marshal(in)
+}
+
 func withRecipe(input []byte, recipe string) ([]byte, error) {
 	var in map[string]any
 	if err := json.Unmarshal(input, &in); err != nil || in == nil {

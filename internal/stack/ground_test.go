@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"image"
 	"image/color"
 	"image/draw"
@@ -19,11 +20,13 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"go.temporal.io/sdk/temporal"
 
 	"github.com/groundmesh/groundmesh/internal/events"
 	"github.com/groundmesh/groundmesh/internal/telemetry"
 	"github.com/groundmesh/groundmesh/services/ground"
 	"github.com/groundmesh/groundmesh/services/ground/groundtest"
+	"github.com/groundmesh/groundmesh/workflows"
 )
 
 // pluginDir is GROUNDMESH_PLUGIN_DIR (make test builds the plugin there),
@@ -217,6 +220,22 @@ func TestGroundOverHTTP(t *testing.T) {
 		t.Fatalf("after promoting %s: %d %v", ckID, code, out)
 	}
 
+	// The Pipeline's promotion activity, on the real catalog: the second
+	// model becomes production; an unknown checkpoint is bad input, not
+	// retried.
+	acts := &workflows.Activities{Promoter: ground.NewPGCatalog(s.Pool)}
+	if p, err := acts.Promote(ctx, workflows.PromoteRequest{Alias: ground.DefaultAlias, CheckpointID: ck2}); err != nil || p.CheckpointID != ck2 || p.RunID != run2 {
+		t.Fatalf("pipeline promotion: %+v %v", p, err)
+	}
+	if code, out := groundRequest(t, url, "test-token", req); code != 200 || out["model_version"] != ck2 {
+		t.Fatalf("after the pipeline promoted %s: %d %v", ck2, code, out)
+	}
+	_, err = acts.Promote(ctx, workflows.PromoteRequest{Alias: ground.DefaultAlias, CheckpointID: uuid.NewString()})
+	var appErr *temporal.ApplicationError
+	if !errors.As(err, &appErr) || !appErr.NonRetryable() || appErr.Type() != workflows.ErrTypeBadInput {
+		t.Fatalf("promoting an unknown checkpoint: %v, want a non-retryable %s", err, workflows.ErrTypeBadInput)
+	}
+
 	// The service's metrics and the API's document are served.
 	resp, err := http.Get(url + "/metrics")
 	if err != nil {
@@ -224,7 +243,7 @@ func TestGroundOverHTTP(t *testing.T) {
 	}
 	metrics, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	if resp.StatusCode != 200 || !strings.Contains(string(metrics), `groundmesh_ground_requests_total{code="ok"} 8`) {
+	if resp.StatusCode != 200 || !strings.Contains(string(metrics), `groundmesh_ground_requests_total{code="ok"} 9`) {
 		t.Errorf("metrics: %d\n%s", resp.StatusCode, metrics)
 	}
 	if code, doc := getJSON(t, url+"/v1/openapi.json"); code != 200 || doc["openapi"] == nil {

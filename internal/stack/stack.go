@@ -234,7 +234,7 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 			return nil, err
 		}
 		s.worker = worker.New(s.Temporal, workflows.TaskQueue, worker.Options{})
-		workflows.Register(s.worker, &workflows.Activities{Pub: s.Bus, Tokens: &workflows.PGTokens{Pool: s.Pool}})
+		workflows.Register(s.worker, &workflows.Activities{Pub: s.Bus, Tokens: &workflows.PGTokens{Pool: s.Pool}, Promoter: ground.NewPGCatalog(s.Pool)})
 		if err := s.worker.Start(); err != nil {
 			return nil, fmt.Errorf("start temporal worker: %w", err)
 		}

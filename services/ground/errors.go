@@ -44,6 +44,11 @@ func (e *Error) Error() string { return e.Msg }
 // Unwrap returns the cause.
 func (e *Error) Unwrap() error { return e.Err }
 
+// BadInput reports whether the failure is the request's fault; callers
+// outside this package (the Pipeline's promotion) read it through an
+// interface.
+func (e *Error) BadInput() bool { return BadInput(e) }
+
 func newError(code, format string, args ...any) *Error {
 	err := fmt.Errorf(format, args...)
 	return &Error{Code: code, Msg: err.Error(), Err: errors.Unwrap(err)}
