@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"image"
 	"strings"
+	"sync/atomic"
 
 	"go.opentelemetry.io/otel/attribute"
 
@@ -28,6 +29,11 @@ type GeneratorConfig struct {
 	// Attention asks for attention maps of box answers when the backend
 	// can return them.
 	Attention bool
+	// AttentionAnswers is how many REC answers per checkpoint get attention
+	// maps (the report shows a few); the others are answered by the
+	// grounding head alone where the model has one, without running the
+	// language model, which gives the same boxes. Default 16; -1: all.
+	AttentionAnswers int
 	// MaxNewText bounds free-text answers (crop names); default 48.
 	MaxNewText int
 	// MaxNewDense bounds grounded descriptions; default 320.
@@ -59,6 +65,9 @@ func NewGeneratorFactory(cfg GeneratorConfig) (PredictorFactory, error) {
 	}
 	if cfg.ImageCache == 0 {
 		cfg.ImageCache = 256
+	}
+	if cfg.AttentionAnswers == 0 {
+		cfg.AttentionAnswers = defaultAttentionAnswers
 	}
 	if cfg.MaxNewText < 0 || cfg.MaxNewDense < 0 || cfg.BatchSize < 0 || cfg.ImageCache < 0 {
 		return nil, errors.New("generator factory: negative limit")
@@ -110,15 +119,33 @@ func NewGeneratorPredictor(gen Generator, root string, bs *blob.Local, cfg Gener
 	if cfg.ImageCache == 0 {
 		cfg.ImageCache = 256
 	}
+	if cfg.AttentionAnswers == 0 {
+		cfg.AttentionAnswers = defaultAttentionAnswers
+	}
 	return &generatorPredictor{gen: gen, cfg: cfg, attention: cfg.Attention, images: infer.NewImageCache(root, bs, cfg.ImageCache)}
 }
+
+// defaultAttentionAnswers is GeneratorConfig.AttentionAnswers's default:
+// more than the report's gallery shows.
+const defaultAttentionAnswers = 16
 
 type generatorPredictor struct {
 	gen       Generator
 	session   *infer.Session // nil when not owned
 	cfg       GeneratorConfig
 	attention bool
-	images    *infer.ImageCache
+	// attended counts the REC answers given attention maps so far.
+	attended atomic.Int64
+	images   *infer.ImageCache
+}
+
+// wantAttention reports whether the next REC answer gets an attention map.
+func (p *generatorPredictor) wantAttention() bool {
+	if !p.attention {
+		return false
+	}
+	n := p.cfg.AttentionAnswers
+	return n < 0 || p.attended.Add(1) <= int64(n)
 }
 
 // options picks the decoding of a record's task (infer.Decoding).
@@ -127,7 +154,7 @@ func (p *generatorPredictor) options(r model.Record) model.GenerateOptions {
 	switch bench := BenchmarkOf(r); {
 	case bench == BenchREC:
 		// A model with a grounding head answers REC with the head's box.
-		d.Attention = p.attention
+		d.Attention = p.wantAttention()
 		return d.Options(infer.Ground, 0)
 	case bench == BenchCropLocate:
 		// Crop localization asks about an image, not a phrase: its

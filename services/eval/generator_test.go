@@ -239,3 +239,48 @@ func TestImageReliance(t *testing.T) {
 		t.Fatalf("plain generator: metrics %v err %v", m, err)
 	}
 }
+
+// Only the first AttentionAnswers REC answers ask for attention maps; the
+// rest go without, in a call of their own (head-only where the model has
+// a head), with the same boxes.
+func TestGeneratorPredictorBoundsAttentionAnswers(t *testing.T) {
+	dir := t.TempDir()
+	recs := buildWorld(t, filepath.Join(dir, "dataset"), 6)
+	var rec []model.Record
+	for _, r := range recs {
+		if BenchmarkOf(r) == BenchREC {
+			rec = append(rec, r)
+		}
+	}
+	if len(rec) < 5 {
+		t.Fatalf("%d REC records in the world", len(rec))
+	}
+	rec = rec[:5]
+	g := &fakeGenerator{}
+	p := NewGeneratorPredictor(g, filepath.Join(dir, "dataset"), nil, GeneratorConfig{Attention: true, AttentionAnswers: 2})
+	preds, err := p.Predict(context.Background(), rec[:3])
+	if err != nil {
+		t.Fatal(err)
+	}
+	more, err := p.Predict(context.Background(), rec[3:])
+	if err != nil {
+		t.Fatal(err)
+	}
+	preds = append(preds, more...)
+	for i, pr := range preds {
+		if want := i < 2; (len(pr.Attention) > 0) != want || pr.Box == nil {
+			t.Fatalf("answer %d: attention %v, box %v; want attention: %v", i, pr.Attention, pr.Box, want)
+		}
+	}
+	var with, without int
+	for _, c := range g.calls {
+		if c.opts.WantAttention {
+			with += len(c.prompts)
+		} else {
+			without += len(c.prompts)
+		}
+	}
+	if with != 2 || without != 3 {
+		t.Fatalf("%d prompts asked for attention, %d not; want 2 and 3", with, without)
+	}
+}
