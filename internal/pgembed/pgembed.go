@@ -98,9 +98,15 @@ type Cluster struct {
 	run     runner
 	log     *slog.Logger
 	// adopted marks a server this Cluster found running rather than
-	// started: another process (a running `groundmesh up` whose data dir a
-	// CLI verb opened) may be using it, so Stop leaves it running.
+	// started.
 	adopted bool
+	// owner holds an exclusive lock on Dir/owner.lock while this Cluster
+	// owns the server: it stops it at Stop, whether it started it or
+	// adopted it from a process that died. A Cluster that could not take
+	// the lock is a guest of a live owner (a CLI verb beside a running
+	// `groundmesh up`) and leaves the server running. The kernel drops the
+	// lock when its process dies, however it dies.
+	owner *os.File
 }
 
 // Start makes the cluster in cfg.Dir ready: it runs initdb on first use,
@@ -131,17 +137,27 @@ func Start(ctx context.Context, cfg Config) (*Cluster, error) {
 	if err := c.prepareDirs(); err != nil {
 		return nil, err
 	}
-	if err := c.initdbOnce(ctx); err != nil {
+	if c.owner, err = tryLock(filepath.Join(cfg.Dir, "owner.lock")); err != nil {
+		return nil, fmt.Errorf("start postgres: %w", err)
+	}
+	fail := func(err error) (*Cluster, error) {
+		c.releaseOwner()
 		return nil, err
+	}
+	if err := c.initdbOnce(ctx); err != nil {
+		return fail(err)
 	}
 	adopted, err := c.adoptOrClearPidFile()
 	if err != nil {
-		return nil, err
+		return fail(err)
 	}
 	c.adopted = adopted
+	if adopted && c.owner != nil {
+		c.log.Info("postgres adopted from a process that is gone: this one owns it now and stops it when it stops", "port", c.port)
+	}
 	if !adopted {
 		if err := c.startServer(ctx); err != nil {
-			return nil, err
+			return fail(err)
 		}
 	}
 	if err := c.ensureDatabase(ctx); err != nil {
@@ -176,17 +192,18 @@ func (c *Cluster) urlFor(db string) string {
 }
 
 // Stop shuts the server down (pg_ctl stop -m fast: open sessions are
-// disconnected, nothing committed is lost). Stopping a stopped cluster is a
-// no-op, and so is stopping one that Start adopted: the process serving
-// from it may still be running (a CLI verb opened the data dir of a running
-// stack), and stopping the server would cut that process off. A server
-// adopted after its starter crashed is therefore left running too; the next
-// Start adopts it again.
+// disconnected, nothing committed is lost) when this Cluster owns it: it
+// started it, or adopted it after the process that started it died.
+// Stopping a stopped cluster is a no-op, and so is stopping as a guest of a
+// live owner (a CLI verb that opened the data dir of a running stack):
+// stopping the server would cut that process off. Only this data dir's
+// server is ever stopped.
 func (c *Cluster) Stop(ctx context.Context) error {
-	if c.adopted {
-		c.log.Info("leaving the adopted postgres running", "port", c.port)
+	if c.owner == nil {
+		c.log.Info("leaving postgres running: another live groundmesh process owns it", "port", c.port)
 		return nil
 	}
+	defer c.releaseOwner()
 	if _, err := os.Stat(filepath.Join(c.dataDir, "postmaster.pid")); errors.Is(err, os.ErrNotExist) {
 		return nil
 	}
@@ -203,6 +220,31 @@ func (c *Cluster) Stop(ctx context.Context) error {
 }
 
 func (c *Cluster) bin(name string) string { return filepath.Join(c.binDir, name) }
+
+// tryLock takes an exclusive lock on path without waiting: the open file
+// holds it, or nil when another open file (of a live process) does.
+func tryLock(path string) (*os.File, error) {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("open owner lock: %w", err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		f.Close()
+		if errors.Is(err, syscall.EWOULDBLOCK) {
+			return nil, nil
+		}
+		return nil, fmt.Errorf("lock %s: %w", path, err)
+	}
+	return f, nil
+}
+
+// releaseOwner gives up ownership (the lock) without stopping anything.
+func (c *Cluster) releaseOwner() {
+	if c.owner != nil {
+		_ = c.owner.Close()
+		c.owner = nil
+	}
+}
 
 // prepareDirs creates Dir, data/, run/ and the log file, owned by the user the
 // server runs as.

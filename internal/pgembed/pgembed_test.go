@@ -213,6 +213,26 @@ func TestLifecycle(t *testing.T) {
 		if err := c2.Stop(ctx); err != nil {
 			t.Fatal(err)
 		}
+
+		// The owner dies without stopping its server (kill -9 of `up`;
+		// here its lock is dropped, as the kernel drops a dead process's):
+		// the next Start adopts the server and owns it, and its Stop stops
+		// it rather than leaking it.
+		c.releaseOwner()
+		c3 := startCluster(t, cfg)
+		if !c3.adopted || c3.owner == nil || c3.Port() != c.Port() {
+			t.Fatalf("after the owner died: adopted %v, owner %v, port %d (server on %d)", c3.adopted, c3.owner != nil, c3.Port(), c.Port())
+		}
+		if err := c3.Stop(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := os.Stat(filepath.Join(dataDir, "postmaster.pid")); !errors.Is(err, os.ErrNotExist) {
+			t.Fatalf("the adopting owner's Stop left the server running (postmaster.pid: %v)", err)
+		}
+		if conn, err := pgx.Connect(ctx, c.URL()); err == nil {
+			conn.Close(ctx)
+			t.Fatal("the server still answers after the adopting owner stopped it")
+		}
 	})
 
 	step(t, "explicit port and database", func(t *testing.T) {
