@@ -97,8 +97,10 @@ func (s *Service) Train(ctx context.Context, req events.TrainRequested, progress
 		if spec, err = ParseSpec(run.Spec); err != nil {
 			return out, fmt.Errorf("train: run %s: stored spec: %w", run.ID, err)
 		}
-		if len(req.Spec) > 0 && !bytes.Equal(run.Spec, specBytes) {
-			s.log.WarnContext(ctx, "resumed run keeps its recorded spec; the request's differs", "run", run.ID)
+		// The stored spec is jsonb, which reorders keys and spacing:
+		// compare what the two say, not their bytes.
+		if diff := specDiff(run.Spec, specBytes); len(req.Spec) > 0 && len(diff) > 0 {
+			s.log.WarnContext(ctx, "resumed run keeps its recorded spec; the request's differs", "run", run.ID, "fields", diff)
 		}
 	}
 	s.log.InfoContext(ctx, "train run", "run", run.ID, "resumed", !created, "status", run.Status, "backend", run.Backend)

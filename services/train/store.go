@@ -6,6 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"maps"
+	"reflect"
+	"slices"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -347,6 +350,46 @@ func (s *pgStore) latestMetric(ctx context.Context, runID, stage string) (*lossP
 }
 
 // specJSON encodes a spec for the runs row.
+// specDiff lists the top-level fields (dotted one level down) in which two
+// JSON specs differ in value, whatever their key order and spacing; a
+// spec that does not decode counts as differing whole ("*").
+func specDiff(a, b []byte) []string {
+	var ma, mb map[string]any
+	if json.Unmarshal(a, &ma) != nil || json.Unmarshal(b, &mb) != nil {
+		return []string{"*"}
+	}
+	var diff []string
+	for _, k := range slices.Sorted(maps.Keys(mapsUnion(ma, mb))) {
+		va, vb := ma[k], mb[k]
+		if reflect.DeepEqual(va, vb) {
+			continue
+		}
+		sa, oka := va.(map[string]any)
+		sb, okb := vb.(map[string]any)
+		if !oka || !okb {
+			diff = append(diff, k)
+			continue
+		}
+		for _, kk := range slices.Sorted(maps.Keys(mapsUnion(sa, sb))) {
+			if !reflect.DeepEqual(sa[kk], sb[kk]) {
+				diff = append(diff, k+"."+kk)
+			}
+		}
+	}
+	return diff
+}
+
+func mapsUnion(a, b map[string]any) map[string]any {
+	u := make(map[string]any, len(a)+len(b))
+	for k := range a {
+		u[k] = nil
+	}
+	for k := range b {
+		u[k] = nil
+	}
+	return u
+}
+
 func specJSON(spec RunSpec) ([]byte, error) {
 	b, err := json.Marshal(spec)
 	if err != nil {
