@@ -160,7 +160,7 @@ func DefaultSpec() RunSpec {
 		LogEvery:        5,
 		CrashRetries:    3,
 		Stage1: StageSpec{
-			Steps: 900, BatchSize: 64, LearningRate: 2e-3, WarmupSteps: 50, WeightDecay: 0, CheckpointEvery: 300,
+			Steps: 2400, BatchSize: 64, LearningRate: 2e-3, WarmupSteps: 50, WeightDecay: 0, CheckpointEvery: 300,
 			Objective: compute.ObjectiveGrounder, Pack: &unpacked,
 			Data: DataFilter{Stages: []string{"stage2", "stage3"}, Tasks: []string{"rec", "pope"}, Splits: []string{"train"}},
 		},
