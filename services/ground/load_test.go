@@ -21,6 +21,7 @@ import (
 	"github.com/groundmesh/groundmesh/internal/events"
 	"github.com/groundmesh/groundmesh/internal/infer"
 	"github.com/groundmesh/groundmesh/model"
+	"github.com/groundmesh/groundmesh/plugins/gomlx"
 )
 
 type loadStats struct {
@@ -186,4 +187,55 @@ func BenchmarkGroundLoad(b *testing.B) {
 		}
 	}
 	fmt.Printf("(Postgres bus poll interval %s)\n", poll)
+}
+
+// BenchmarkGroundGenerate times the model alone, in process (no plugin
+// process, no bus): one Generate of the test model for 1 and for 32
+// grounding prompts, with the box from the head alone (the default) and
+// with attention maps asked for (which runs the language model):
+//
+//	go test ./services/ground -run '^$' -bench GroundGenerate
+func BenchmarkGroundGenerate(b *testing.B) {
+	be, err := gomlx.New(gomlx.Config{Options: "parallelism=-1"})
+	if err != nil {
+		b.Fatal(err)
+	}
+	bs, err := blob.NewLocal(b.TempDir())
+	if err != nil {
+		b.Fatal(err)
+	}
+	ref := testModel(b, bs, "inproc")
+	tp, _ := bs.Path(ref.TokenizerKey)
+	cp, _ := bs.Path(ref.BlobKey)
+	sess, err := infer.Open(context.Background(), be, infer.OpenRequest{ModelConfig: ref.ModelConfig, TokenizerPath: tp, CheckpointPath: cp})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer sess.Close(context.Background())
+	img, _, err := infer.DecodeImage(scene(b, 64, 64, 20, 12, color.RGBA{220, 40, 40, 255}), infer.ImageLimits{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	prompt, _ := infer.RECPrompt("the red square")
+	for _, attention := range []bool{false, true} {
+		opts := infer.Decoding{Attention: attention}.Options(infer.Ground, 0)
+		for _, n := range []int{1, 32} {
+			ps := make([]model.Prompt, n)
+			for i := range ps {
+				ps[i] = model.Prompt{Text: prompt, Images: []image.Image{img}}
+			}
+			name := fmt.Sprintf("head-only/b%d", n)
+			if attention {
+				name = fmt.Sprintf("attention/b%d", n)
+			}
+			b.Run(name, func(b *testing.B) {
+				for b.Loop() {
+					if _, err := sess.Generator.Generate(context.Background(), ps, opts); err != nil {
+						b.Fatal(err)
+					}
+				}
+				b.ReportMetric(float64(b.Elapsed().Microseconds())/1e3/float64(b.N*n), "ms/answer")
+			})
+		}
+	}
 }
