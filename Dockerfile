@@ -8,7 +8,8 @@ COPY . .
 # nodes have AVX-512, slower on AVX2-only nodes (see the Makefile).
 ARG PLUGIN_GOEXPERIMENT=
 RUN go build -o /out/groundmesh ./cmd/groundmesh && \
-    CGO_ENABLED=0 GOEXPERIMENT=$PLUGIN_GOEXPERIMENT go build -o /out/groundmesh-gomlx ./plugins/gomlx/cmd/groundmesh-gomlx
+    CGO_ENABLED=0 GOEXPERIMENT=$PLUGIN_GOEXPERIMENT go build -o /out/groundmesh-gomlx ./plugins/gomlx/cmd/groundmesh-gomlx && \
+    (cd /out && sha256sum groundmesh-gomlx > groundmesh-gomlx.sha256)
 
 FROM debian:bookworm-slim
 COPY --from=build /out/ /usr/local/bin/

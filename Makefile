@@ -21,8 +21,11 @@ build: plugins
 # model 1.3x to 1.6x faster (docs/experiments.md, 2026-12-06 fourth session);
 # on AVX-512 about 2x. Override with `make PLUGIN_GOEXPERIMENT= plugins`.
 PLUGIN_GOEXPERIMENT ?= $(shell grep -qwE 'avx2|avx512f' /proc/cpuinfo 2>/dev/null && echo simd)
+# Each plugin's sha256 is written beside it: the host refuses to start a
+# binary that no longer matches (a tampered or half-copied plugin).
 plugins:
 	CGO_ENABLED=0 GOEXPERIMENT=$(PLUGIN_GOEXPERIMENT) $(GO) build -o $(BIN)/groundmesh-gomlx ./plugins/gomlx/cmd/groundmesh-gomlx
+	cd $(BIN) && sha256sum groundmesh-gomlx > groundmesh-gomlx.sha256
 
 # Runs the whole pipeline once on the built-in scene world on the embedded
 # stack (in-process Temporal + UI, private Postgres unless DATABASE_URL is set,

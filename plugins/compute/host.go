@@ -3,6 +3,8 @@ package compute
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -40,7 +42,16 @@ type HostConfig struct {
 	StderrLines int
 	// Logger receives the host's and the plugin's log lines. Default: discard.
 	Logger *slog.Logger
+	// SHA256 pins the plugin binary: go-plugin checks the file's sha256
+	// (hex) before every start and refuses a binary that does not match.
+	// Empty: the first word of "<Path>.sha256" when that file exists (make
+	// plugins writes it), else no check.
+	SHA256 string
 }
+
+// ErrChecksum is wrapped by starts refused because the plugin binary does
+// not match its pinned sha256.
+var ErrChecksum = errors.New("plugin binary does not match its sha256")
 
 func (c *HostConfig) setDefaults() error {
 	if c.Path == "" {
@@ -60,6 +71,24 @@ func (c *HostConfig) setDefaults() error {
 	}
 	if c.StderrLines <= 0 {
 		c.StderrLines = 64
+	}
+	if c.SHA256 == "" {
+		b, err := os.ReadFile(c.Path + ".sha256")
+		switch {
+		case err == nil:
+			if f := strings.Fields(string(b)); len(f) > 0 {
+				c.SHA256 = f[0]
+			} else {
+				return fmt.Errorf("compute host: config: %s.sha256 is empty", c.Path)
+			}
+		case !errors.Is(err, os.ErrNotExist):
+			return fmt.Errorf("compute host: config: read %s.sha256: %w", c.Path, err)
+		}
+	}
+	if c.SHA256 != "" {
+		if sum, err := hex.DecodeString(c.SHA256); err != nil || len(sum) != sha256.Size {
+			return fmt.Errorf("compute host: config: SHA256 %q of %s: want 64 hex digits", c.SHA256, c.Path)
+		}
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
@@ -123,7 +152,13 @@ func (h *Host) start() (*hostProcess, error) {
 	cmd := exec.Command(h.cfg.Path, h.cfg.Args...)
 	cmd.Env = append(os.Environ(), h.cfg.Env...)
 	dieWithParent(cmd)
+	var secure *plugin.SecureConfig
+	if h.cfg.SHA256 != "" {
+		sum, _ := hex.DecodeString(h.cfg.SHA256) // checked in setDefaults
+		secure = &plugin.SecureConfig{Checksum: sum, Hash: sha256.New()}
+	}
 	client := plugin.NewClient(&plugin.ClientConfig{
+		SecureConfig:     secure,
 		HandshakeConfig:  Handshake,
 		VersionedPlugins: PluginSets(nil),
 		Cmd:              cmd,
@@ -151,6 +186,11 @@ func (h *Host) start() (*hostProcess, error) {
 		return nil, ce
 	}
 	rpc, err := client.Client()
+	if errors.Is(err, plugin.ErrChecksumsDoNotMatch) {
+		client.Kill()
+		return nil, fmt.Errorf("start plugin %s: %w: the file's sha256 is %s, pinned %s (HostConfig.SHA256 or %s.sha256): rebuild it with `make plugins` or fix the pin",
+			h.cfg.Path, ErrChecksum, fileSHA256(h.cfg.Path), h.cfg.SHA256, h.cfg.Path)
+	}
 	if err != nil {
 		return fail(err)
 	}
@@ -536,4 +576,18 @@ func (w *slogWriter) Write(p []byte) (int, error) {
 		}
 	}
 	return len(p), nil
+}
+
+// fileSHA256 is the hex sha256 of a file, or why it could not be read.
+func fileSHA256(path string) string {
+	f, err := os.Open(path)
+	if err != nil {
+		return "unreadable (" + err.Error() + ")"
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return "unreadable (" + err.Error() + ")"
+	}
+	return hex.EncodeToString(h.Sum(nil))
 }

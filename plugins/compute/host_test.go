@@ -2,7 +2,10 @@ package compute_test
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
+	"os"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -217,5 +220,59 @@ func TestHostTracePropagation(t *testing.T) {
 	}
 	if want := call.SpanContext().TraceID().String(); d.Version != want {
 		t.Errorf("plugin saw trace %q, host span is in %q", d.Version, want)
+	}
+}
+
+// A pinned sha256 is checked before every start: the right one starts the
+// plugin; a wrong one, or a binary changed after its "<path>.sha256" was
+// written (make plugins writes it), is refused with both sums named, and
+// never started.
+func TestHostRefusesTamperedPlugin(t *testing.T) {
+	self, err := os.ReadFile(os.Args[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256(self)
+	good := hex.EncodeToString(sum[:])
+	h := newHost(t, "toy", compute.HostConfig{SHA256: good})
+	if _, err := h.Describe(context.Background()); err != nil {
+		t.Fatalf("pinned to its own sha256: %v", err)
+	}
+	bad := "0" + good[1:]
+	if good[0] == '0' {
+		bad = "1" + good[1:]
+	}
+	if _, err := startHost("toy", compute.HostConfig{SHA256: bad}); !errors.Is(err, compute.ErrChecksum) || !strings.Contains(err.Error(), good) {
+		t.Fatalf("wrong pin: %v, want %v naming the file's sum %s", err, compute.ErrChecksum, good)
+	}
+
+	// The pin file beside a copy of the binary.
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "plugin")
+	if err := os.WriteFile(bin, self, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(bin+".sha256", []byte(good+"  plugin\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	env := []string{pluginModeEnv + "=toy"}
+	h2, err := compute.NewHost(compute.HostConfig{Path: bin, Env: env})
+	if err != nil {
+		t.Fatalf("with a matching %s.sha256: %v", bin, err)
+	}
+	h2.Close()
+	f, err := os.OpenFile(bin, os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.Write([]byte{0}); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	if _, err := compute.NewHost(compute.HostConfig{Path: bin, Env: env}); !errors.Is(err, compute.ErrChecksum) || !strings.Contains(err.Error(), good) {
+		t.Fatalf("tampered binary: %v, want %v", err, compute.ErrChecksum)
+	}
+	if _, err := compute.NewHost(compute.HostConfig{Path: bin, Env: env, SHA256: "xyz"}); err == nil || !strings.Contains(err.Error(), "64 hex digits") {
+		t.Fatalf("malformed pin: %v", err)
 	}
 }
