@@ -220,14 +220,7 @@ func (b *Bus) Publish(ctx context.Context, topic string, payload any, meta map[s
 // one. Register every handler before Run. An error here is also returned by
 // Run, so a caller may ignore it.
 func (b *Bus) Handle(name, topic string, fn func(ctx context.Context, msg *message.Message) error) error {
-	err := b.handle(name, topic, fn)
-	if err != nil {
-		err = fmt.Errorf("register handler %s on %s: %w", name, topic, err)
-		b.mu.Lock()
-		b.errs = append(b.errs, err)
-		b.mu.Unlock()
-	}
-	return err
+	return b.HandleConcurrent(name, topic, 1, fn)
 }
 
 // HandleConcurrent is Handle with up to n messages of the topic handled at
@@ -254,10 +247,6 @@ func (b *Bus) HandleConcurrent(name, topic string, n int, fn func(ctx context.Co
 		b.mu.Unlock()
 	}
 	return err
-}
-
-func (b *Bus) handle(name, topic string, fn func(ctx context.Context, msg *message.Message) error) error {
-	return b.handleAs(name, 0, topic, fn)
 }
 
 // handleAs registers the i-th subscriber of handler name (the router's

@@ -21,6 +21,7 @@ import (
 	"github.com/groundmesh/groundmesh/internal/events"
 	"github.com/groundmesh/groundmesh/internal/infer"
 	"github.com/groundmesh/groundmesh/model"
+	"github.com/groundmesh/groundmesh/plugins/compute"
 	"github.com/groundmesh/groundmesh/plugins/gomlx"
 )
 
@@ -93,6 +94,25 @@ func purgeNATS(tb testing.TB, topics ...string) {
 	}
 }
 
+// openTestModel opens testModel's model on be, closed when the benchmark
+// ends.
+func openTestModel(b *testing.B, be compute.Backend) *infer.Session {
+	b.Helper()
+	bs, err := blob.NewLocal(b.TempDir())
+	if err != nil {
+		b.Fatal(err)
+	}
+	ref := testModel(b, bs, "bench")
+	tp, _ := bs.Path(ref.TokenizerKey)
+	cp, _ := bs.Path(ref.BlobKey)
+	sess, err := infer.Open(context.Background(), be, infer.OpenRequest{ModelConfig: ref.ModelConfig, TokenizerPath: tp, CheckpointPath: cp})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = sess.Close(context.Background()) })
+	return sess
+}
+
 func ms(d time.Duration) string { return fmt.Sprintf("%.2f", float64(d.Microseconds())/1000) }
 
 // BenchmarkGroundLoad is the bounded loopback load benchmark: requests
@@ -127,18 +147,7 @@ func BenchmarkGroundLoad(b *testing.B) {
 	}
 
 	// The direct plugin call: one Generate per request, no bus, no batching.
-	bs, err := blob.NewLocal(b.TempDir())
-	if err != nil {
-		b.Fatal(err)
-	}
-	ref := testModel(b, bs, "direct")
-	tp, _ := bs.Path(ref.TokenizerKey)
-	cp, _ := bs.Path(ref.BlobKey)
-	sess, err := infer.Open(context.Background(), host, infer.OpenRequest{ModelConfig: ref.ModelConfig, TokenizerPath: tp, CheckpointPath: cp})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer sess.Close(context.Background())
+	sess := openTestModel(b, host)
 	decoded, _, err := infer.DecodeImage(img, infer.ImageLimits{})
 	if err != nil {
 		b.Fatal(err)
@@ -200,18 +209,7 @@ func BenchmarkGroundGenerate(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	bs, err := blob.NewLocal(b.TempDir())
-	if err != nil {
-		b.Fatal(err)
-	}
-	ref := testModel(b, bs, "inproc")
-	tp, _ := bs.Path(ref.TokenizerKey)
-	cp, _ := bs.Path(ref.BlobKey)
-	sess, err := infer.Open(context.Background(), be, infer.OpenRequest{ModelConfig: ref.ModelConfig, TokenizerPath: tp, CheckpointPath: cp})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer sess.Close(context.Background())
+	sess := openTestModel(b, be)
 	img, _, err := infer.DecodeImage(scene(b, 64, 64, 20, 12, color.RGBA{220, 40, 40, 255}), infer.ImageLimits{})
 	if err != nil {
 		b.Fatal(err)
