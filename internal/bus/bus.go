@@ -231,12 +231,30 @@ func (b *Bus) Handle(name, topic string, fn func(ctx context.Context, msg *messa
 // NATS the messages are shared among the n; the Postgres bus
 // delivers a group's messages one at a time in order, so there n is 1.
 func (b *Bus) HandleConcurrent(name, topic string, n int, fn func(ctx context.Context, msg *message.Message) error) error {
+	return b.HandleWith(name, topic, HandleOptions{Concurrency: n}, fn)
+}
+
+// HandleOptions tune a handler (HandleWith).
+type HandleOptions struct {
+	// Concurrency is HandleConcurrent's n; 0 or 1: one message at a time.
+	Concurrency int
+	// NoDedupe leaves out the idempotency middleware: no processed_messages
+	// row is read or written per message, and a redelivered message is
+	// handled again. For handlers whose effect is in memory and harmless
+	// to repeat, such as a process's listener for replies to its own
+	// requests, which would otherwise write a row per reply forever.
+	NoDedupe bool
+}
+
+// HandleWith is Handle with options.
+func (b *Bus) HandleWith(name, topic string, o HandleOptions, fn func(ctx context.Context, msg *message.Message) error) error {
+	n := o.Concurrency
 	if b.cfg.Kind == KindPostgres || n < 1 {
 		n = 1
 	}
 	var err error
 	for i := range n {
-		if err = b.handleAs(name, i, topic, fn); err != nil {
+		if err = b.handleAs(name, i, topic, o, fn); err != nil {
 			break
 		}
 	}
@@ -251,7 +269,7 @@ func (b *Bus) HandleConcurrent(name, topic string, n int, fn func(ctx context.Co
 
 // handleAs registers the i-th subscriber of handler name (the router's
 // handler "name" for the first, "name#<i+1>" for the others).
-func (b *Bus) handleAs(name string, i int, topic string, fn func(ctx context.Context, msg *message.Message) error) error {
+func (b *Bus) handleAs(name string, i int, topic string, o HandleOptions, fn func(ctx context.Context, msg *message.Message) error) error {
 	if name == "" || topic == "" || fn == nil {
 		return errors.New("name, topic and fn are required")
 	}
@@ -278,18 +296,20 @@ func (b *Bus) handleAs(name string, i int, topic string, fn func(ctx context.Con
 	h := b.router.AddConsumerHandler(routerName, topic, sub, func(msg *message.Message) error {
 		return fn(msg.Context(), msg)
 	})
-	h.AddMiddleware(b.chain(group, topic)...)
+	h.AddMiddleware(b.chain(group, topic, o)...)
 	b.handlers[routerName] = true
 	b.subs = append(b.subs, sub)
 	return nil
 }
 
 // chain is the middleware every handler runs in, outermost first.
-func (b *Bus) chain(group, topic string) []message.HandlerMiddleware {
+func (b *Bus) chain(group, topic string, o HandleOptions) []message.HandlerMiddleware {
 	ms := []message.HandlerMiddleware{
 		tracing(b.tracer, b.cfg.Propagator, group, topic),
 		correlation(b.cfg.Logger, group, topic),
-		idempotency(b.pool, group),
+	}
+	if !o.NoDedupe {
+		ms = append(ms, idempotency(b.pool, group))
 	}
 	if topic == events.TopicPoison {
 		// Poisoned messages carry whatever payload and schema they came

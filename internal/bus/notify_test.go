@@ -135,3 +135,41 @@ func TestNATSHandleConcurrent(t *testing.T) {
 		seen[m.UUID] = true
 	}
 }
+
+// A NoDedupe handler keeps no idempotency rows: a message delivered three
+// times is handled three times, and processed_messages has nothing of its
+// group, while a deduplicating group beside it handles it once.
+func TestNoDedupeHandlerKeepsNoRows(t *testing.T) {
+	pool := testPool(t)
+	plain, dedupe := newCollector(), newCollector()
+	b := startBus(t, fastConfig(t, KindPostgres), pool, func(b *Bus) {
+		if err := b.HandleWith("replies", testTopic, HandleOptions{NoDedupe: true}, plain.handle); err != nil {
+			t.Fatal(err)
+		}
+		if err := b.Handle("once", testTopic, dedupe.handle); err != nil {
+			t.Fatal(err)
+		}
+	})
+	msg, err := NewMessage(context.Background(), testTopic, map[string]string{"a": "b"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		if err := b.Publisher().Publish(testTopic, msg.Copy()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	plain.wait(t, 3, 10*time.Second)
+	dedupe.wait(t, 1, 10*time.Second)
+	time.Sleep(200 * time.Millisecond)
+	if n := dedupe.count(); n != 1 {
+		t.Fatalf("the deduplicating group handled the message %d times", n)
+	}
+	var rows int
+	if err := pool.QueryRow(context.Background(), `SELECT count(*) FROM processed_messages WHERE consumer = 'replies'`).Scan(&rows); err != nil {
+		t.Fatal(err)
+	}
+	if rows != 0 {
+		t.Fatalf("the NoDedupe group wrote %d processed_messages rows", rows)
+	}
+}

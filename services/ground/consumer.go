@@ -24,16 +24,17 @@ type Registrar interface {
 	Publish(ctx context.Context, topic string, payload any, meta map[string]string) error
 }
 
-// concurrentRegistrar is a Registrar that can handle several messages of
-// a topic at once (internal/bus on NATS).
-type concurrentRegistrar interface {
-	HandleConcurrent(name, topic string, n int, fn func(ctx context.Context, msg *message.Message) error) error
+// optionsRegistrar is a Registrar that takes handler options
+// (internal/bus): several messages at once on NATS, and no idempotency
+// rows for the client's reply listeners.
+type optionsRegistrar interface {
+	HandleWith(name, topic string, o bus.HandleOptions, fn func(ctx context.Context, msg *message.Message) error) error
 }
 
-// handle registers fn with up to n messages at once where r can.
-func handle(r Registrar, name, topic string, n int, fn func(ctx context.Context, msg *message.Message) error) error {
-	if cr, ok := r.(concurrentRegistrar); ok && n > 1 {
-		return cr.HandleConcurrent(name, topic, n, fn)
+// handle registers fn with options where r takes them.
+func handle(r Registrar, name, topic string, o bus.HandleOptions, fn func(ctx context.Context, msg *message.Message) error) error {
+	if or, ok := r.(optionsRegistrar); ok {
+		return or.HandleWith(name, topic, o, fn)
 	}
 	return r.Handle(name, topic, fn)
 }
@@ -93,7 +94,7 @@ func Serve(r Registrar, cfg ConsumerConfig, svc *Service) (*Consumer, error) {
 	}
 	ctx, stop := context.WithCancel(context.Background())
 	c := &Consumer{cfg: cfg, svc: svc, pub: r, ctx: ctx, stop: stop}
-	if err := handle(r, cfg.Handler, events.TopicGroundRequested, cfg.Concurrency, c.handle); err != nil {
+	if err := handle(r, cfg.Handler, events.TopicGroundRequested, bus.HandleOptions{Concurrency: cfg.Concurrency}, c.handle); err != nil {
 		stop()
 		return nil, err
 	}
@@ -230,8 +231,11 @@ func NewClient(r Registrar, cfg ClientConfig) (*Client, error) {
 		cfg.Concurrency = DefaultConcurrency
 	}
 	c := &Client{pub: r, maxPending: cfg.MaxPending, pending: map[string]chan clientReply{}}
+	// A reply delivered twice finds nobody waiting the second time: the
+	// listeners keep no idempotency rows.
+	opts := bus.HandleOptions{Concurrency: cfg.Concurrency, NoDedupe: true}
 	err := errors.Join(
-		handle(r, cfg.Handler+"-completed", events.TopicGroundCompleted, cfg.Concurrency, func(ctx context.Context, msg *message.Message) error {
+		handle(r, cfg.Handler+"-completed", events.TopicGroundCompleted, opts, func(ctx context.Context, msg *message.Message) error {
 			var res events.GroundCompleted
 			if err := json.Unmarshal(msg.Payload, &res); err != nil {
 				return bus.Permanent(fmt.Errorf("ground.completed payload: %w", err))
@@ -239,7 +243,7 @@ func NewClient(r Registrar, cfg ClientConfig) (*Client, error) {
 			c.deliver(res.CorrelationID, clientReply{res: res})
 			return nil
 		}),
-		handle(r, cfg.Handler+"-failed", events.TopicGroundFailed, cfg.Concurrency, func(ctx context.Context, msg *message.Message) error {
+		handle(r, cfg.Handler+"-failed", events.TopicGroundFailed, opts, func(ctx context.Context, msg *message.Message) error {
 			var f events.Failed
 			if err := json.Unmarshal(msg.Payload, &f); err != nil {
 				return bus.Permanent(fmt.Errorf("ground.failed payload: %w", err))
