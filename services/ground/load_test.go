@@ -8,6 +8,7 @@ import (
 	"image/color"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -126,8 +127,17 @@ func ms(d time.Duration) string { return fmt.Sprintf("%.2f", float64(d.Microseco
 //	go test ./services/ground -run '^$' -bench GroundLoad -benchtime 1x
 //
 // GROUND_LOAD_POLL sets the Postgres bus's poll interval (default the
-// bus's own, 250ms).
+// bus's own, 250ms); GROUND_LOAD_SCALE multiplies the requests per cell
+// (default 1), for profiling a cell long enough to sample.
 func BenchmarkGroundLoad(b *testing.B) {
+	scale := 1
+	if v := os.Getenv("GROUND_LOAD_SCALE"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 {
+			b.Fatalf("GROUND_LOAD_SCALE=%q: want a positive integer", v)
+		}
+		scale = n
+	}
 	poll := 250 * time.Millisecond
 	if v := os.Getenv("GROUND_LOAD_POLL"); v != "" {
 		d, err := time.ParseDuration(v)
@@ -140,7 +150,7 @@ func BenchmarkGroundLoad(b *testing.B) {
 	img := scene(b, 64, 64, 20, 12, color.RGBA{220, 40, 40, 255})
 	req := events.GroundRequested{Image: img, Expression: "the red square"}
 	concurrency := []int{1, 8, 32}
-	requests := func(c int) int { return max(24, 4*c) }
+	requests := func(c int) int { return max(24, 4*c) * scale }
 	fmt.Printf("%-34s %5s %9s %9s %9s %6s\n", "path", "conc", "p50 ms", "p99 ms", "req/s", "failed")
 	row := func(path string, c int, st loadStats) {
 		fmt.Printf("%-34s %5d %9s %9s %9.1f %6d\n", path, c, ms(st.p50), ms(st.p99), st.rps, st.failed)
