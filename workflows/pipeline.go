@@ -136,11 +136,7 @@ func promote(ctx workflow.Context, in PromoteInput, res *PipelineResult) error {
 // finalCheckpoint is the checkpoint of the last training stage ("stage3"
 // after "stage2" after "stage1": the stage names sort in order).
 func finalCheckpoint(byStage map[string]string) string {
-	stages := make([]string, 0, len(byStage))
-	for st := range byStage {
-		stages = append(stages, st)
-	}
-	slices.Sort(stages) // the map's order does not matter once sorted
+	stages := slices.Sorted(maps.Keys(byStage)) // the map's order does not matter once sorted
 	if len(stages) == 0 {
 		return ""
 	}
@@ -149,12 +145,7 @@ func finalCheckpoint(byStage map[string]string) string {
 
 // failedGate names the first gate (in name order) that metrics fail, or "".
 func failedGate(gates, metrics map[string]float64) string {
-	names := make([]string, 0, len(gates))
-	for name := range gates {
-		names = append(names, name)
-	}
-	slices.Sort(names)
-	for _, name := range names {
+	for _, name := range slices.Sorted(maps.Keys(gates)) {
 		v, ok := metrics[name]
 		switch {
 		case !ok:

@@ -53,6 +53,7 @@ func (p *postgresBackend) publisher() message.Publisher { return p.pub }
 // a notification of the topic (notifier).
 func (p *postgresBackend) subscriber(group, topic string) (message.Subscriber, error) {
 	ack := p.cfg.AckDeadline
+	const retry = time.Second // after a failed query
 	wake, unregister := p.notes.register(topic)
 	quit := make(chan struct{})
 	sub, err := wsql.NewSubscriber(wsql.BeginnerFromPgx(p.pool), wsql.SubscriberConfig{
@@ -61,9 +62,9 @@ func (p *postgresBackend) subscriber(group, topic string) (message.Subscriber, e
 		OffsetsAdapter: advisoryOffsetsAdapter{},
 		PollInterval:   p.cfg.PollInterval,
 		ResendInterval: p.cfg.Retry.InitialInterval,
-		RetryInterval:  time.Second,
+		RetryInterval:  retry,
 		BackoffManager: &notifyBackoff{
-			def:  wsql.NewDefaultBackoffManager(p.cfg.PollInterval, time.Second),
+			def:  wsql.NewDefaultBackoffManager(p.cfg.PollInterval, retry),
 			poll: p.cfg.PollInterval, wake: wake, quit: quit,
 		},
 		AckDeadline:      &ack,

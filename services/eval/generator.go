@@ -57,18 +57,7 @@ func NewGeneratorFactory(cfg GeneratorConfig) (PredictorFactory, error) {
 	if cfg.Blob == nil {
 		return nil, errors.New("generator factory: Blob is required")
 	}
-	if cfg.MaxNewText == 0 {
-		cfg.MaxNewText = 48
-	}
-	if cfg.MaxNewDense == 0 {
-		cfg.MaxNewDense = 320
-	}
-	if cfg.ImageCache == 0 {
-		cfg.ImageCache = 256
-	}
-	if cfg.AttentionAnswers == 0 {
-		cfg.AttentionAnswers = defaultAttentionAnswers
-	}
+	cfg = cfg.withDefaults()
 	if cfg.MaxNewText < 0 || cfg.MaxNewDense < 0 || cfg.BatchSize < 0 || cfg.ImageCache < 0 {
 		return nil, errors.New("generator factory: negative limit")
 	}
@@ -110,24 +99,28 @@ var _ Generator = (*model.Generator)(nil)
 // a benchmark built over an in-process backend) as a Predictor. root and bs
 // locate the records' images.
 func NewGeneratorPredictor(gen Generator, root string, bs *blob.Local, cfg GeneratorConfig) Predictor {
-	if cfg.MaxNewText == 0 {
-		cfg.MaxNewText = 48
-	}
-	if cfg.MaxNewDense == 0 {
-		cfg.MaxNewDense = 320
-	}
-	if cfg.ImageCache == 0 {
-		cfg.ImageCache = 256
-	}
-	if cfg.AttentionAnswers == 0 {
-		cfg.AttentionAnswers = defaultAttentionAnswers
-	}
+	cfg = cfg.withDefaults()
 	return &generatorPredictor{gen: gen, cfg: cfg, attention: cfg.Attention, images: infer.NewImageCache(root, bs, cfg.ImageCache)}
 }
 
-// defaultAttentionAnswers is GeneratorConfig.AttentionAnswers's default:
-// more than the report's gallery shows.
-const defaultAttentionAnswers = 16
+// withDefaults fills the zero limits: 48 and 320 new tokens, 256 cached
+// images, and attention maps for 16 REC answers (more than the report's
+// gallery shows).
+func (c GeneratorConfig) withDefaults() GeneratorConfig {
+	if c.MaxNewText == 0 {
+		c.MaxNewText = 48
+	}
+	if c.MaxNewDense == 0 {
+		c.MaxNewDense = 320
+	}
+	if c.ImageCache == 0 {
+		c.ImageCache = 256
+	}
+	if c.AttentionAnswers == 0 {
+		c.AttentionAnswers = 16
+	}
+	return c
+}
 
 type generatorPredictor struct {
 	gen       Generator

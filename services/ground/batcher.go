@@ -224,6 +224,7 @@ func (b *batcher) run(w *worker) {
 			}
 		}
 		batch := b.collect(w, first)
+		w.lastSize = len(batch)
 		sess = b.exec(w, sess, batch)
 		idle.Reset(b.cfg.IdleUnload)
 	}
@@ -232,12 +233,6 @@ func (b *batcher) run(w *worker) {
 // collect takes the jobs waiting behind first, then waits up to MaxDelay
 // for more while the batch is smaller than the previous one.
 func (b *batcher) collect(w *worker, first *job) []*job {
-	batch := b.gather(w, first)
-	w.lastSize = len(batch)
-	return batch
-}
-
-func (b *batcher) gather(w *worker, first *job) []*job {
 	batch := []*job{first}
 	for len(batch) < b.cfg.MaxBatch {
 		select {

@@ -359,7 +359,7 @@ func specDiff(a, b []byte) []string {
 		return []string{"*"}
 	}
 	var diff []string
-	for _, k := range slices.Sorted(maps.Keys(mapsUnion(ma, mb))) {
+	for _, k := range unionKeys(ma, mb) {
 		va, vb := ma[k], mb[k]
 		if reflect.DeepEqual(va, vb) {
 			continue
@@ -370,7 +370,7 @@ func specDiff(a, b []byte) []string {
 			diff = append(diff, k)
 			continue
 		}
-		for _, kk := range slices.Sorted(maps.Keys(mapsUnion(sa, sb))) {
+		for _, kk := range unionKeys(sa, sb) {
 			if !reflect.DeepEqual(sa[kk], sb[kk]) {
 				diff = append(diff, k+"."+kk)
 			}
@@ -379,15 +379,12 @@ func specDiff(a, b []byte) []string {
 	return diff
 }
 
-func mapsUnion(a, b map[string]any) map[string]any {
+// unionKeys are the keys of a and b, sorted.
+func unionKeys(a, b map[string]any) []string {
 	u := make(map[string]any, len(a)+len(b))
-	for k := range a {
-		u[k] = nil
-	}
-	for k := range b {
-		u[k] = nil
-	}
-	return u
+	maps.Copy(u, a)
+	maps.Copy(u, b)
+	return slices.Sorted(maps.Keys(u))
 }
 
 func specJSON(spec RunSpec) ([]byte, error) {
