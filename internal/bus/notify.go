@@ -102,26 +102,29 @@ func (n *notifier) register(topic string) (chan struct{}, func()) {
 	}
 }
 
+// wake signals topic's subscribers.
 func (n *notifier) wake(topic string) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	for ch := range n.waiters[topic] {
+	signal(n.waiters[topic])
+}
+
+// wakeAll signals every subscriber.
+func (n *notifier) wakeAll() {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for _, chs := range n.waiters {
+		signal(chs)
+	}
+}
+
+// signal sends each channel a wake-up it does not already hold.
+func signal(chs map[chan struct{}]bool) {
+	for ch := range chs {
 		select {
 		case ch <- struct{}{}:
 		default: // already due to look
 		}
-	}
-}
-
-func (n *notifier) wakeAll() {
-	n.mu.Lock()
-	topics := make([]string, 0, len(n.waiters))
-	for t := range n.waiters {
-		topics = append(topics, t)
-	}
-	n.mu.Unlock()
-	for _, t := range topics {
-		n.wake(t)
 	}
 }
 
@@ -134,21 +137,43 @@ func (n *notifier) close() {
 // found nothing it waits for a notification of its topic, or the poll
 // interval, or the subscriber's close, and then queries again. Errors back
 // off as watermill-sql's default manager does.
+//
+// A query woken by a notification can still find nothing: watermill-sql
+// reads only messages older than every transaction running in the cluster
+// (pg_snapshot_xmin), so under concurrent writes a committed message stays
+// out of sight for a moment. After a wake-up that found nothing it looks
+// again after 5 ms, then 10, 20, ... up to the poll interval.
+//
+// HandleError is called by the one goroutine that consumes the topic.
 type notifyBackoff struct {
 	def  wsql.BackoffManager
 	poll time.Duration
 	wake chan struct{}
 	quit chan struct{}
+	// retry is the next short wait after a wake-up; 0 when none is due.
+	retry time.Duration
 }
+
+// firstRetry is the first look again after a wake-up that found nothing.
+const firstRetry = 5 * time.Millisecond
 
 func (b *notifyBackoff) HandleError(logger watermill.LoggerAdapter, noMsg bool, err error) time.Duration {
 	if err != nil || !noMsg {
+		b.retry = 0
 		return b.def.HandleError(logger, noMsg, err)
 	}
-	t := time.NewTimer(b.poll)
+	wait := b.poll
+	if b.retry > 0 {
+		wait = b.retry
+		if b.retry *= 2; b.retry >= b.poll {
+			b.retry = 0
+		}
+	}
+	t := time.NewTimer(wait)
 	defer t.Stop()
 	select {
 	case <-b.wake:
+		b.retry = firstRetry
 	case <-t.C:
 	case <-b.quit:
 	}

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	wsql "github.com/ThreeDotsLabs/watermill-sql/v4/pkg/sql"
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
@@ -171,5 +172,30 @@ func TestNoDedupeHandlerKeepsNoRows(t *testing.T) {
 	}
 	if rows != 0 {
 		t.Fatalf("the NoDedupe group wrote %d processed_messages rows", rows)
+	}
+}
+
+// After a wake-up whose query found nothing (the message not yet visible
+// under watermill-sql's snapshot rule), the subscriber looks again within
+// milliseconds, doubling, not after the whole poll interval; a found
+// message ends the short looks.
+func TestNotifyBackoffLooksAgainSoonAfterAWakeUp(t *testing.T) {
+	b := &notifyBackoff{poll: 30 * time.Second, wake: make(chan struct{}, 1), quit: make(chan struct{})}
+	b.wake <- struct{}{}
+	b.HandleError(nil, true, nil) // woken at once
+	start := time.Now()
+	for range 3 { // 5, 10 and 20 ms
+		b.HandleError(nil, true, nil)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Fatalf("three looks after a wake-up took %s", d)
+	}
+	if b.retry != 8*firstRetry {
+		t.Fatalf("next short wait %s, want %s", b.retry, 8*firstRetry)
+	}
+	b.def = wsql.NewDefaultBackoffManager(b.poll, time.Second)
+	b.HandleError(nil, false, nil) // a message found
+	if b.retry != 0 {
+		t.Fatalf("a found message left a short wait of %s due", b.retry)
 	}
 }
