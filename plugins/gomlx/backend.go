@@ -1,7 +1,9 @@
-// Package gomlx is groundmesh's pure-Go compute backend: it trains and runs
-// the tinygrounder v1 model (model.Config) on GoMLX's Go backend,
-// with no cgo, so that it builds with CGO_ENABLED=0 and is the embedded
-// default everywhere.
+// Package gomlx is groundmesh's compute backend runtime and its pure-Go
+// engine: it trains and runs the tinygrounder v1 model (model.Config) on
+// GoMLX's Go backend, with no cgo, so that it builds with CGO_ENABLED=0 and
+// is the embedded default everywhere. The same runtime computes on
+// libtorch when built with the libtorch tag (Config.Engine "libtorch",
+// engine_torch.go): only the tensor operations differ (engine.go).
 //
 // The model is the one definition in package model (model.Net), run two
 // ways. Training builds it over GoMLX graph nodes (ops.go), one graph per
@@ -57,7 +59,22 @@ type Config struct {
 	Options string
 	// Logger receives training and session logs. Nil discards them.
 	Logger *slog.Logger
+	// Engine computes the model: EngineGoMLX (the default) or, in a
+	// binary built with the libtorch tag, EngineLibtorch.
+	Engine string
+	// Device is the engine's device ("cpu", or "cuda" for libtorch); empty
+	// means the engine's first.
+	Device string
+	// Threads bounds the engine's intra-op threads (libtorch); 0 keeps
+	// its default, the number of cores.
+	Threads int
 }
+
+// Engine names.
+const (
+	EngineGoMLX    = "gomlx"
+	EngineLibtorch = "libtorch"
+)
 
 // Backend is the GoMLX compute backend. It is safe for concurrent use.
 type Backend struct {
@@ -65,6 +82,7 @@ type Backend struct {
 	log    *slog.Logger
 	tracer trace.Tracer
 	ml     gomlxcompute.Backend
+	eng    engine
 
 	mu       sync.Mutex
 	sessions map[string]*session
@@ -116,13 +134,37 @@ func New(cfg Config) (*Backend, error) {
 	if err != nil {
 		return nil, fmt.Errorf("start gomlx go backend with %q: %w", cfg.Options, err)
 	}
+	eng, err := newEngine(cfg)
+	if err != nil {
+		return nil, err
+	}
 	return &Backend{
 		cfg:      cfg,
 		log:      cfg.Logger,
-		tracer:   otel.Tracer("groundmesh/plugins/gomlx"),
+		tracer:   otel.Tracer("groundmesh/plugins/" + eng.name()),
 		ml:       ml,
+		eng:      eng,
 		sessions: map[string]*session{},
 	}, nil
+}
+
+func init() { registerEngine(EngineGoMLX, func(Config) (engine, error) { return gomlxEngine{}, nil }) }
+
+// gomlxEngine computes on GoMLX's Go backend (Backend.ml): the training
+// step is one compiled graph per batch shape (trainer), the grounder one
+// more (grounderRunner).
+type gomlxEngine struct{}
+
+func (gomlxEngine) name() string      { return EngineGoMLX }
+func (gomlxEngine) devices() []string { return []string{"cpu"} }
+func (gomlxEngine) version() string {
+	return fmt.Sprintf("gomlx %s, go backend, %s %s/%s", gomlxVersion(), runtime.Version(), runtime.GOOS, runtime.GOARCH)
+}
+func (gomlxEngine) newStepper(b *Backend, cfg model.Config, objective string, specs []paramSpec, sel []bool, st *modelState) (stepper, error) {
+	return newTrainer(b, cfg, objective, specs, sel, st)
+}
+func (gomlxEngine) newGrounder(b *Backend, cfg model.Config, specs []paramSpec, weights map[string][]float32) (grounderCompute, error) {
+	return newGrounderExec(b.ml, cfg, specs, weights)
 }
 
 // newGoBackend starts GoMLX's Go backend. Its "parallelism=N" option prints
@@ -154,12 +196,16 @@ var loadDtypes = []string{compute.DtypeFloat32}
 
 // Describe reports the backend and what it can do.
 func (b *Backend) Describe(ctx context.Context) (compute.Description, error) {
-	_, span := b.tracer.Start(ctx, "gomlx.Describe")
+	_, span := b.tracer.Start(ctx, b.eng.name()+".Describe")
 	defer span.End()
+	version := b.eng.version()
+	if b.eng.name() == EngineGoMLX {
+		version = fmt.Sprintf("gomlx %s, go backend (%s), %s %s/%s", gomlxVersion(), b.cfg.Options, runtime.Version(), runtime.GOOS, runtime.GOARCH)
+	}
 	return compute.Description{
-		Backend:      "gomlx",
-		Version:      fmt.Sprintf("gomlx %s, go backend (%s), %s %s/%s", gomlxVersion(), b.cfg.Options, runtime.Version(), runtime.GOOS, runtime.GOARCH),
-		Devices:      []string{"cpu"},
+		Backend:      b.eng.name(),
+		Version:      version,
+		Devices:      b.eng.devices(),
 		CanTrain:     true,
 		CanAttention: true,
 		Dtypes:       loadDtypes,

@@ -20,6 +20,12 @@ import (
 // projected patch features the eager language model reads and, for
 // each prompt's first image, the box of the cell the pointer picks.
 type grounderRunner struct {
+	cfg  model.Config
+	comp grounderCompute
+}
+
+// grounderExec is the GoMLX engine's grounderCompute: one compiled graph.
+type grounderExec struct {
 	cfg    model.Config
 	specs  []paramSpec
 	params []*tensors.Tensor
@@ -27,8 +33,8 @@ type grounderRunner struct {
 	exec   *graph.Exec
 }
 
-func newGrounderRunner(ml gomlxcompute.Backend, cfg model.Config, specs []paramSpec, weights map[string][]float32) (*grounderRunner, error) {
-	r := &grounderRunner{cfg: cfg}
+func newGrounderExec(ml gomlxcompute.Backend, cfg model.Config, specs []paramSpec, weights map[string][]float32) (*grounderExec, error) {
+	r := &grounderExec{cfg: cfg}
 	// Only what the encoder and head read: the language model's blocks
 	// run eagerly (model/eager), not in a second copy here.
 	for _, p := range specs {
@@ -57,7 +63,7 @@ func grounderReads(name string) bool {
 // graphFn: the params it reads in spec order, then tokens [B, L], textMask [B, T],
 // imgRow [K], images [K, S, S, 3]; outputs projected features [K*P,
 // Width], pointer logits [K, P] and boxes [K, P, 4].
-func (r *grounderRunner) graphFn(inputs []*graph.Node) []*graph.Node {
+func (r *grounderExec) graphFn(inputs []*graph.Node) []*graph.Node {
 	params := make(map[string]*graph.Node, len(r.specs))
 	for i, p := range r.specs {
 		params[p.Name] = inputs[i]
@@ -78,9 +84,19 @@ type grounded struct {
 	exists float32
 }
 
-// run encodes a batch of validated sequences.
-func (r *grounderRunner) run(seqs []compute.Sequence) ([]grounded, error) {
-	c := r.cfg
+// grounderInputs are one grounder call's host arrays: tokens and mask [B,
+// L] (B and L rounded up to the graph's buckets), imgRow [K], images [K,
+// S, S, 3]; first[i] is sequence i's first image.
+type grounderInputs struct {
+	b, l, k int
+	tokens  []int32
+	mask    []float32
+	imgRow  []int32
+	images  []float32
+	first   []int
+}
+
+func newGrounderInputs(c model.Config, seqs []compute.Sequence) *grounderInputs {
 	b := nextPow2(len(seqs))
 	l := 1
 	k := 0
@@ -91,61 +107,71 @@ func (r *grounderRunner) run(seqs []compute.Sequence) ([]grounded, error) {
 	l = min(roundUp(l, seqBucket), c.MaxSeq)
 	k = nextPow2(max(k, 1))
 	imgLen := c.ImageSize * c.ImageSize * 3
-	tokens := make([]int32, b*l)
-	for i := range tokens {
-		tokens[i] = c.PadToken
+	in := &grounderInputs{b: b, l: l, k: k, tokens: make([]int32, b*l), mask: make([]float32, b*l),
+		imgRow: make([]int32, k), images: make([]float32, k*imgLen), first: make([]int, len(seqs))}
+	for i := range in.tokens {
+		in.tokens[i] = c.PadToken
 	}
-	mask := make([]float32, b*l)
-	imgRow := make([]int32, k)
-	images := make([]float32, k*imgLen)
-	first := make([]int, len(seqs))
 	img := 0
 	for i, s := range seqs {
-		n := copy(tokens[i*l:(i+1)*l], s.Tokens)
-		markTextBeforeImage(c, tokens[i*l:i*l+n], mask[i*l:(i+1)*l])
-		first[i] = img
+		n := copy(in.tokens[i*l:(i+1)*l], s.Tokens)
+		markTextBeforeImage(c, in.tokens[i*l:i*l+n], in.mask[i*l:(i+1)*l])
+		in.first[i] = img
 		for _, im := range s.Images {
-			copy(images[img*imgLen:], im.Pixels)
-			imgRow[img] = int32(i)
+			copy(in.images[img*imgLen:], im.Pixels)
+			in.imgRow[img] = int32(i)
 			img++
 		}
 	}
+	return in
+}
+
+func (r *grounderExec) compute(in *grounderInputs) (feats, logits, boxes []float32, err error) {
+	c := r.cfg
 	args := make([]any, 0, len(r.params)+4)
 	for _, p := range r.params {
 		args = append(args, p)
 	}
 	args = append(args,
-		tensors.FromFlatDataAndDimensions(tokens, b, l),
-		tensors.FromFlatDataAndDimensions(mask, b, l),
-		tensors.FromFlatDataAndDimensions(imgRow, k),
-		tensors.FromFlatDataAndDimensions(images, k, c.ImageSize, c.ImageSize, 3))
+		tensors.FromFlatDataAndDimensions(in.tokens, in.b, in.l),
+		tensors.FromFlatDataAndDimensions(in.mask, in.b, in.l),
+		tensors.FromFlatDataAndDimensions(in.imgRow, in.k),
+		tensors.FromFlatDataAndDimensions(in.images, in.k, c.ImageSize, c.ImageSize, 3))
 	r.mu.Lock()
 	outs, err := r.exec.Call(args...)
 	r.mu.Unlock()
 	if err != nil {
-		return nil, fmt.Errorf("run grounder: %w", err)
+		return nil, nil, nil, fmt.Errorf("run grounder: %w", err)
 	}
 	defer func() {
 		for _, o := range outs {
 			_ = o.FinalizeAll()
 		}
 	}()
-	feats, err := tensors.CopyFlatData[float32](outs[0])
-	if err != nil {
-		return nil, fmt.Errorf("grounder features: %w", err)
+	if feats, err = tensors.CopyFlatData[float32](outs[0]); err != nil {
+		return nil, nil, nil, fmt.Errorf("grounder features: %w", err)
 	}
-	logits, err := tensors.CopyFlatData[float32](outs[1])
-	if err != nil {
-		return nil, fmt.Errorf("grounder logits: %w", err)
+	if logits, err = tensors.CopyFlatData[float32](outs[1]); err != nil {
+		return nil, nil, nil, fmt.Errorf("grounder logits: %w", err)
 	}
-	boxes, err := tensors.CopyFlatData[float32](outs[2])
+	if boxes, err = tensors.CopyFlatData[float32](outs[2]); err != nil {
+		return nil, nil, nil, fmt.Errorf("grounder boxes: %w", err)
+	}
+	return feats, logits, boxes, nil
+}
+
+// run encodes a batch of validated sequences.
+func (r *grounderRunner) run(seqs []compute.Sequence) ([]grounded, error) {
+	c := r.cfg
+	in := newGrounderInputs(c, seqs)
+	feats, logits, boxes, err := r.comp.compute(in)
 	if err != nil {
-		return nil, fmt.Errorf("grounder boxes: %w", err)
+		return nil, err
 	}
 	p, w := c.Patches(), c.Width
 	out := make([]grounded, len(seqs))
 	for i, s := range seqs {
-		f := first[i]
+		f := in.first[i]
 		out[i].feats = feats[f*p*w : (f+len(s.Images))*p*w]
 		if len(s.Images) == 0 {
 			continue

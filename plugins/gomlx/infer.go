@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"runtime"
+	"slices"
 	"sync"
 
 	"go.opentelemetry.io/otel/attribute"
@@ -88,12 +89,12 @@ func endSpan(span trace.Span, err error) {
 
 // Load reads a checkpoint's weights for inference.
 func (b *Backend) Load(ctx context.Context, req compute.LoadRequest) (res compute.LoadResult, err error) {
-	_, span := b.tracer.Start(ctx, "gomlx.Load", trace.WithAttributes(attribute.String("checkpoint", req.Checkpoint)))
+	_, span := b.tracer.Start(ctx, b.eng.name()+".Load", trace.WithAttributes(attribute.String("checkpoint", req.Checkpoint)))
 	defer func() { endSpan(span, err) }()
-	if req.Device != "" && req.Device != "cpu" {
-		return res, invalidf("load: device %q not available (the gomlx go backend has only cpu)", req.Device)
+	if req.Device != "" && !slices.Contains(b.eng.devices(), req.Device) {
+		return res, invalidf("load: device %q not available (the %s engine has %v)", req.Device, b.eng.name(), b.eng.devices())
 	}
-	if err := compute.CheckDtype("gomlx", req.Dtype, loadDtypes); err != nil {
+	if err := compute.CheckDtype(b.eng.name(), req.Dtype, loadDtypes); err != nil {
 		return res, fmt.Errorf("load: %w", err)
 	}
 	cfg, err := model.ParseConfig(req.ModelConfig)
@@ -111,9 +112,11 @@ func (b *Backend) Load(ctx context.Context, req compute.LoadRequest) (res comput
 	net := model.NewNet[*eager.Tensor](&eager.Ops{Params: st.weights}, cfg)
 	sess := &session{cfg: cfg, net: net, caches: map[string]*kvCache{}}
 	if cfg.Grounder {
-		if sess.grounder, err = newGrounderRunner(b.ml, cfg, specs, st.weights); err != nil {
+		comp, err := b.eng.newGrounder(b, cfg, specs, st.weights)
+		if err != nil {
 			return res, fmt.Errorf("load: %w", err)
 		}
+		sess.grounder = &grounderRunner{cfg: cfg, comp: comp}
 	}
 	id := b.newID("session")
 	b.mu.Lock()
@@ -191,7 +194,7 @@ func validateSequence(c model.Config, i int, s compute.Sequence) error {
 // Prefill runs prompts, opens a KV cache and returns the last position's
 // logits of each sequence.
 func (b *Backend) Prefill(ctx context.Context, req compute.PrefillRequest) (res compute.ForwardResult, err error) {
-	_, span := b.tracer.Start(ctx, "gomlx.Prefill", trace.WithAttributes(attribute.Int("batch", len(req.Batch)), attribute.Bool("head_only", req.HeadOnly)))
+	_, span := b.tracer.Start(ctx, b.eng.name()+".Prefill", trace.WithAttributes(attribute.Int("batch", len(req.Batch)), attribute.Bool("head_only", req.HeadOnly)))
 	defer func() { endSpan(span, err) }()
 	s, err := b.session(req.Session)
 	if err != nil {
@@ -261,7 +264,7 @@ func (b *Backend) Prefill(ctx context.Context, req compute.PrefillRequest) (res 
 // Decode appends one token per sequence to a cache and returns the
 // next-token logits.
 func (b *Backend) Decode(ctx context.Context, req compute.DecodeRequest) (res compute.ForwardResult, err error) {
-	_, span := b.tracer.Start(ctx, "gomlx.Decode", trace.WithAttributes(attribute.Int("batch", len(req.Tokens))))
+	_, span := b.tracer.Start(ctx, b.eng.name()+".Decode", trace.WithAttributes(attribute.Int("batch", len(req.Tokens))))
 	defer func() { endSpan(span, err) }()
 	s, err := b.session(req.Session)
 	if err != nil {
@@ -306,7 +309,7 @@ func (b *Backend) Decode(ctx context.Context, req compute.DecodeRequest) (res co
 
 // ReleaseCache frees a KV cache.
 func (b *Backend) ReleaseCache(ctx context.Context, sessionID, cacheID string) (err error) {
-	_, span := b.tracer.Start(ctx, "gomlx.ReleaseCache")
+	_, span := b.tracer.Start(ctx, b.eng.name()+".ReleaseCache")
 	defer func() { endSpan(span, err) }()
 	s, err := b.session(sessionID)
 	if err != nil {
@@ -323,7 +326,7 @@ func (b *Backend) ReleaseCache(ctx context.Context, sessionID, cacheID string) (
 
 // Unload frees a session and its caches.
 func (b *Backend) Unload(ctx context.Context, sessionID string) (err error) {
-	_, span := b.tracer.Start(ctx, "gomlx.Unload")
+	_, span := b.tracer.Start(ctx, b.eng.name()+".Unload")
 	defer func() { endSpan(span, err) }()
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -338,7 +341,7 @@ func (b *Backend) Unload(ctx context.Context, sessionID string) (err error) {
 // over this backend's own Prefill and Decode: a box answer is one call
 // from the host instead of a round trip per token with full logits.
 func (b *Backend) Generate(ctx context.Context, req compute.GenerateRequest) (res compute.GenerateResult, err error) {
-	ctx, span := b.tracer.Start(ctx, "gomlx.Generate", trace.WithAttributes(attribute.Int("batch", len(req.Batch)), attribute.String("grammar", req.Grammar.Kind)))
+	ctx, span := b.tracer.Start(ctx, b.eng.name()+".Generate", trace.WithAttributes(attribute.Int("batch", len(req.Batch)), attribute.String("grammar", req.Grammar.Kind)))
 	defer func() { endSpan(span, err) }()
 	s, err := b.session(req.Session)
 	if err != nil {

@@ -141,6 +141,14 @@ func (t *trainer) step(lr, bc1, bc2, wd float32, bt trainBatch) (stepOut, error)
 	}, nil
 }
 
+func (t *trainer) trainableParams() int {
+	n := 0
+	for _, i := range t.trainIdx {
+		n += t.specs[i].Size()
+	}
+	return n
+}
+
 // state copies the parameters and optimizer moments to host memory.
 func (t *trainer) state(step int) (*modelState, error) {
 	st := &modelState{weights: map[string][]float32{}, m: map[string][]float32{}, v: map[string][]float32{}, step: step}
@@ -219,7 +227,7 @@ func onlyGrounder(specs []paramSpec, sel []bool) {
 
 // Train runs one stage. See compute.Backend.
 func (b *Backend) Train(ctx context.Context, req compute.TrainRequest, progress func(compute.TrainProgress) error) (res compute.TrainResult, err error) {
-	ctx, span := b.tracer.Start(ctx, "gomlx.Train", trace.WithAttributes(
+	ctx, span := b.tracer.Start(ctx, b.eng.name()+".Train", trace.WithAttributes(
 		attribute.String("run_id", req.RunID), attribute.String("stage", req.Stage), attribute.Int("steps", req.Steps)))
 	defer func() {
 		if err != nil {
@@ -281,15 +289,12 @@ func (b *Backend) Train(ctx context.Context, req compute.TrainRequest, progress 
 	if err != nil {
 		return res, fmt.Errorf("train: %w", fileError(err))
 	}
-	tr, err := newTrainer(b, cfg, req.Objective, specs, sel, st)
+	tr, err := b.eng.newStepper(b, cfg, req.Objective, specs, sel, st)
 	if err != nil {
 		return res, fmt.Errorf("train: %w", err)
 	}
 	defer tr.close()
-	nTrain := 0
-	for j := range tr.trainIdx {
-		nTrain += tr.specs[tr.trainIdx[j]].Size()
-	}
+	nTrain := tr.trainableParams()
 	b.log.Info("train stage starting", "run_id", req.RunID, "stage", req.Stage, "from_step", start, "steps", req.Steps,
 		"batch", req.BatchSize, "params", cfg.ParamCount(), "trainable_params", nTrain, "samples", len(ds.samples))
 
@@ -302,7 +307,7 @@ func (b *Backend) Train(ctx context.Context, req compute.TrainRequest, progress 
 		}
 	}
 	meta := map[string]string{
-		"backend":       "gomlx",
+		"backend":       b.eng.name(),
 		"config_sha256": cfgSHA,
 		"stage":         req.Stage,
 		"run_id":        req.RunID,

@@ -1,0 +1,88 @@
+package gomlx
+
+import (
+	"fmt"
+	"sort"
+	"sync"
+
+	"github.com/groundmesh/groundmesh/model"
+	"github.com/groundmesh/groundmesh/plugins/compute"
+)
+
+// An engine is what computes the model inside this backend. Everything
+// else (the compute contract, data, checkpoints, the training loop, the
+// answer grammars and the eager language model's KV-cache decoding) is
+// shared, so a second engine adds only its tensor operations. The default
+// engine is GoMLX ("gomlx"); the libtorch build (build tag libtorch, see
+// engine_torch.go) adds "libtorch".
+type engine interface {
+	// name is the backend name Describe reports and checkpoints record.
+	name() string
+	// version describes the engine and its configuration.
+	version() string
+	// devices are the devices it can compute on; the first is the default.
+	devices() []string
+	// newStepper builds one stage's training step over the parameters
+	// (specs, trainable where sel) from st.
+	newStepper(b *Backend, cfg model.Config, objective string, specs []paramSpec, sel []bool, st *modelState) (stepper, error)
+	// newGrounder builds Config.Grounder's inference (encoder and head)
+	// over weights.
+	newGrounder(b *Backend, cfg model.Config, specs []paramSpec, weights map[string][]float32) (grounderCompute, error)
+}
+
+// stepper is one stage's training step and its parameters: forward,
+// backward and the AdamW update (gradClipMax, adamBeta1/2, adamEps, and
+// weight decay where paramSpec.decays) per call.
+type stepper interface {
+	step(lr, bc1, bc2, wd float32, bt trainBatch) (stepOut, error)
+	// state copies the parameters and moments to host memory.
+	state(step int) (*modelState, error)
+	// trainableParams counts the trainable parameters' elements.
+	trainableParams() int
+	close()
+}
+
+// grounderCompute runs the grounder's encoder and head on one batch of
+// host arrays (grounderInputs): the projected patch features [K*P,
+// Width], the pointer logits [K, P] and the boxes [K, P, 4], flat.
+type grounderCompute interface {
+	compute(in *grounderInputs) (feats, logits, boxes []float32, err error)
+}
+
+var (
+	enginesMu sync.Mutex
+	engines   = map[string]func(Config) (engine, error){}
+)
+
+// registerEngine makes an engine selectable by name (Config.Engine).
+func registerEngine(name string, mk func(Config) (engine, error)) {
+	enginesMu.Lock()
+	defer enginesMu.Unlock()
+	engines[name] = mk
+}
+
+// Engines lists the engines this binary was built with.
+func Engines() []string {
+	enginesMu.Lock()
+	defer enginesMu.Unlock()
+	var out []string
+	for n := range engines {
+		out = append(out, n)
+	}
+	sort.Strings(out)
+	return out
+}
+
+func newEngine(cfg Config) (engine, error) {
+	name := cfg.Engine
+	if name == "" {
+		name = EngineGoMLX
+	}
+	enginesMu.Lock()
+	mk, ok := engines[name]
+	enginesMu.Unlock()
+	if !ok {
+		return nil, fmt.Errorf("%w: engine %q is not built into this binary (built: %v; libtorch needs the libtorch build tag)", compute.ErrInvalidArgument, name, Engines())
+	}
+	return mk(cfg)
+}

@@ -1,0 +1,241 @@
+//go:build libtorch
+
+package gomlx
+
+import (
+	"fmt"
+	"runtime"
+	"sync"
+
+	"github.com/groundmesh/groundmesh/model"
+	"github.com/groundmesh/groundmesh/plugins/compute"
+	"github.com/groundmesh/groundmesh/plugins/libtorch/torch"
+)
+
+// The libtorch engine: the model's one definition (model.Net) over
+// libtorch tensors (plugins/libtorch/torch, through the gmtorch C shim),
+// differentiated by libtorch's autograd, on the CPU or a CUDA device.
+// Checkpoints, data, the training loop and the optimizer's arithmetic are
+// the runtime's (gmt_adamw computes the same update as trainStepLayout's
+// adamW), so a stage trained here resumes on GoMLX and the reverse.
+func init() {
+	registerEngine(EngineLibtorch, func(cfg Config) (engine, error) {
+		dev, err := torch.ParseDevice(cfg.Device)
+		if err != nil {
+			return nil, fmt.Errorf("%w: %w", compute.ErrInvalidArgument, err)
+		}
+		if cfg.Threads > 0 {
+			torch.SetThreads(cfg.Threads)
+		}
+		return &torchEngine{dev: dev}, nil
+	})
+}
+
+type torchEngine struct{ dev torch.Device }
+
+func (e *torchEngine) name() string { return EngineLibtorch }
+func (e *torchEngine) devices() []string {
+	if e.dev == torch.CUDA {
+		return []string{"cuda", "cpu"}
+	}
+	if torch.CUDAAvailable() {
+		return []string{"cpu", "cuda"}
+	}
+	return []string{"cpu"}
+}
+func (e *torchEngine) version() string {
+	return fmt.Sprintf("libtorch %s (gmtorch shim), device %s, %d intra-op threads, %s %s/%s",
+		torch.Version(), e.dev, torch.Threads(), runtime.Version(), runtime.GOOS, runtime.GOARCH)
+}
+
+// torchParams uploads weights (specs order) into a, trainable where grad.
+func torchParams(a *torch.Arena, dev torch.Device, specs []paramSpec, weights map[string][]float32, grad func(i int) bool) (map[string]*torch.Tensor, error) {
+	out := make(map[string]*torch.Tensor, len(specs))
+	for i, p := range specs {
+		w, ok := weights[p.Name]
+		if !ok {
+			continue
+		}
+		if len(w) != p.Size() {
+			return nil, fmt.Errorf("parameter %s has %d values, want %d", p.Name, len(w), p.Size())
+		}
+		out[p.Name] = a.FromFloats(w, p.Shape, dev, grad(i))
+	}
+	return out, nil
+}
+
+// torchStepper is the libtorch engine's training step.
+type torchStepper struct {
+	cfg          model.Config
+	dev          torch.Device
+	grounderOnly bool
+	specs        []paramSpec
+	// keep owns the parameters and moments; step owns one step's tensors.
+	keep, arena        *torch.Arena
+	params             map[string]*torch.Tensor
+	trainIdx, frozenIx []int
+	tp, tm, tv         []*torch.Tensor
+	decays             []bool
+}
+
+func (e *torchEngine) newStepper(b *Backend, cfg model.Config, objective string, specs []paramSpec, sel []bool, st *modelState) (_ stepper, err error) {
+	defer torch.Recover(&err)
+	s := &torchStepper{cfg: cfg, dev: e.dev, grounderOnly: objective == compute.ObjectiveGrounder, specs: specs,
+		keep: torch.NewArena(), arena: torch.NewArena()}
+	defer func() {
+		if err != nil {
+			s.close()
+		}
+	}()
+	if s.params, err = torchParams(s.keep, e.dev, specs, st.weights, func(i int) bool { return sel[i] }); err != nil {
+		return nil, err
+	}
+	for i, p := range specs {
+		if !sel[i] {
+			s.frozenIx = append(s.frozenIx, i)
+			continue
+		}
+		s.trainIdx = append(s.trainIdx, i)
+		s.tp = append(s.tp, s.params[p.Name])
+		m, v := st.m[p.Name], st.v[p.Name]
+		if m == nil {
+			m, v = make([]float32, p.Size()), make([]float32, p.Size())
+		}
+		s.tm = append(s.tm, s.keep.FromFloats(m, p.Shape, e.dev, false))
+		s.tv = append(s.tv, s.keep.FromFloats(v, p.Shape, e.dev, false))
+		s.decays = append(s.decays, p.decays())
+	}
+	if len(s.trainIdx) == 0 {
+		return nil, invalidf("build trainer: no parameter is trainable (check Trainable and Frozen prefixes)")
+	}
+	return s, nil
+}
+
+func (s *torchStepper) trainableParams() int {
+	n := 0
+	for _, i := range s.trainIdx {
+		n += s.specs[i].Size()
+	}
+	return n
+}
+
+func (s *torchStepper) close() {
+	s.arena.Close()
+	s.keep.Close()
+}
+
+func (s *torchStepper) step(lr, bc1, bc2, wd float32, bt trainBatch) (out stepOut, err error) {
+	defer s.arena.Release()
+	defer torch.Recover(&err)
+	a, c, dev := s.arena, s.cfg, s.dev
+	f := func(v []float32, dims ...int) *torch.Tensor { return a.FromFloats(v, dims, dev, false) }
+	n := func(v []int32, dims ...int) *torch.Tensor { return a.FromInts(v, dims, dev) }
+	in := model.Inputs[*torch.Tensor]{
+		Tokens: n(bt.tokens, bt.B, bt.L), PatchIdx: n(bt.patchIdx, bt.B, bt.L), IsPatch: f(bt.isPatch, bt.B, bt.L),
+		Images: f(bt.images, bt.K, c.ImageSize, c.ImageSize, 3), TextMask: f(bt.textMask, bt.B, bt.textLen), ImgRow: n(bt.imgRow, bt.K),
+	}
+	lb := model.Labels[*torch.Tensor]{
+		LossIdx: n(bt.lossIdx, len(bt.lossIdx)), LossTgt: n(bt.lossTgt, len(bt.lossTgt)), LossW: f(bt.lossW, len(bt.lossW)),
+		PatchTgt: f(bt.patchTgt, bt.B, bt.L), PatchW: f(bt.patchW, bt.B, bt.L),
+		PatchBox: f(bt.patchBox, bt.B, bt.L, 4), PatchBoxW: f(bt.patchBoxW, bt.B, bt.L),
+		ImgFirst: n(bt.imgFirst, bt.B), RefBox: f(bt.refBox, bt.B, 4), RefW: f(bt.refW, bt.B),
+		Exists: f(bt.exists, bt.B), ExistsW: f(bt.existsW, bt.B),
+		CellIDs: n(bt.cellIDs, bt.B, c.Patches(), model.CellWords), CellIDW: f(bt.cellIDW, bt.B, c.Patches(), model.CellWords),
+		CellW: f(bt.cellW, bt.B, c.Patches()),
+	}
+	net := model.NewNet[*torch.Tensor](&torch.Ops{Arena: a, Params: s.params, Device: dev}, c)
+	ls := net.TrainLosses(in, lb, s.grounderOnly)
+	if err := torch.Backward(ls.Objective); err != nil {
+		return out, err
+	}
+	for _, x := range []struct {
+		t   *torch.Tensor
+		dst *float32
+	}{{ls.Answer, &out.loss}, {ls.Ground, &out.ground}, {ls.Box, &out.box}, {ls.Grounder, &out.grounder}} {
+		if *x.dst, err = torch.Item(x.t); err != nil {
+			return out, err
+		}
+	}
+	opt := torch.AdamW{LR: float64(lr), BC1: float64(bc1), BC2: float64(bc2), WeightDecay: float64(wd),
+		Beta1: adamBeta1, Beta2: adamBeta2, Eps: adamEps, Clip: gradClipMax}
+	out.gnorm, err = opt.Step(s.tp, s.tm, s.tv, s.decays)
+	return out, err
+}
+
+func (s *torchStepper) state(step int) (*modelState, error) {
+	st := &modelState{weights: map[string][]float32{}, m: map[string][]float32{}, v: map[string][]float32{}, step: step}
+	var err error
+	for j, i := range s.trainIdx {
+		name := s.specs[i].Name
+		if st.weights[name], err = s.tp[j].Floats(); err != nil {
+			return nil, fmt.Errorf("copy parameter %s: %w", name, err)
+		}
+		if st.m[name], err = s.tm[j].Floats(); err != nil {
+			return nil, fmt.Errorf("copy moment %s: %w", name, err)
+		}
+		if st.v[name], err = s.tv[j].Floats(); err != nil {
+			return nil, fmt.Errorf("copy moment %s: %w", name, err)
+		}
+	}
+	for _, i := range s.frozenIx {
+		name := s.specs[i].Name
+		if st.weights[name], err = s.params[name].Floats(); err != nil {
+			return nil, fmt.Errorf("copy parameter %s: %w", name, err)
+		}
+	}
+	return st, nil
+}
+
+// torchGrounder is the libtorch engine's grounderCompute.
+type torchGrounder struct {
+	cfg    model.Config
+	dev    torch.Device
+	mu     sync.Mutex // one call at a time on the arena
+	keep   *torch.Arena
+	arena  *torch.Arena
+	params map[string]*torch.Tensor
+}
+
+func (e *torchEngine) newGrounder(b *Backend, cfg model.Config, specs []paramSpec, weights map[string][]float32) (_ grounderCompute, err error) {
+	defer torch.Recover(&err)
+	g := &torchGrounder{cfg: cfg, dev: e.dev, keep: torch.NewArena(), arena: torch.NewArena()}
+	var reads []paramSpec
+	for _, p := range specs {
+		if grounderReads(p.Name) {
+			reads = append(reads, p)
+		}
+	}
+	if g.params, err = torchParams(g.keep, e.dev, reads, weights, func(int) bool { return false }); err != nil {
+		g.keep.Close()
+		return nil, err
+	}
+	// A session has no Close: the parameters go when the session does.
+	runtime.AddCleanup(g, func(k *torch.Arena) { k.Close() }, g.keep)
+	runtime.AddCleanup(g, func(k *torch.Arena) { k.Close() }, g.arena)
+	return g, nil
+}
+
+func (g *torchGrounder) compute(in *grounderInputs) (feats, logits, boxes []float32, err error) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	defer g.arena.Release()
+	defer torch.Recover(&err)
+	a, c := g.arena, g.cfg
+	net := model.NewNet[*torch.Tensor](&torch.Ops{Arena: a, Params: g.params, Device: g.dev}, c)
+	f, lg, bx := net.Grounder(model.Inputs[*torch.Tensor]{
+		Tokens:   a.FromInts(in.tokens, []int{in.b, in.l}, g.dev),
+		TextMask: a.FromFloats(in.mask, []int{in.b, in.l}, g.dev, false),
+		ImgRow:   a.FromInts(in.imgRow, []int{in.k}, g.dev),
+		Images:   a.FromFloats(in.images, []int{in.k, c.ImageSize, c.ImageSize, 3}, g.dev, false),
+	})
+	if feats, err = f.Floats(); err != nil {
+		return nil, nil, nil, err
+	}
+	if logits, err = lg.Floats(); err != nil {
+		return nil, nil, nil, err
+	}
+	if boxes, err = bx.Floats(); err != nil {
+		return nil, nil, nil, err
+	}
+	return feats, logits, boxes, nil
+}
