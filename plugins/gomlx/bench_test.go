@@ -10,8 +10,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gomlx/gomlx/core/graph"
+	"github.com/gomlx/gomlx/core/tensors"
+
 	"github.com/groundmesh/groundmesh/model"
 	"github.com/groundmesh/groundmesh/plugins/compute"
+	"github.com/groundmesh/groundmesh/plugins/compute/computetest"
 )
 
 // Benchmarks measure the candidate demo configs on this machine. The GoMLX
@@ -269,4 +273,107 @@ func BenchmarkPrefillDecode(b *testing.B) {
 			b.ReportMetric(float64(14*batch)*n/decode.Seconds(), "decode-tokens/s")
 		})
 	}
+}
+
+// matmulPeak measures this machine's fp32 matrix-product rate (GFLOP/s)
+// on 1024 x 1024 products: with libtorch's BLAS in a libtorch build
+// (torch_test.go sets it), with GoMLX's Go backend otherwise.
+var matmulPeak = func(b *testing.B) (float64, string) {
+	be, err := New(Config{Options: benchOptions()})
+	if err != nil {
+		b.Fatal(err)
+	}
+	const n = 1024
+	exec, err := graph.NewExec(be.ml, func(x, y *graph.Node) *graph.Node { return graph.MatMul(x, y) })
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer exec.Finalize()
+	x := tensors.FromFlatDataAndDimensions(make([]float32, n*n), n, n)
+	if _, err := exec.Call(x, x); err != nil {
+		b.Fatal(err)
+	}
+	const reps = 5
+	t0 := time.Now()
+	for range reps {
+		out, err := exec.Call(x, x)
+		if err != nil {
+			b.Fatal(err)
+		}
+		out[0].FinalizeAll()
+	}
+	return 2 * n * n * n * reps / time.Since(t0).Seconds() / 1e9, "gomlx go backend"
+}
+
+// BenchmarkEngines times the demo model's training steps on every engine
+// this binary has, in one run: stage 1's step (the grounder objective,
+// batch 64) and stage 2's (every loss, batch 16). It reports steps/s,
+// CPU-s per step and the GFLOP/s achieved, and logs the machine's fp32
+// matmul peak to compare with. Build with -tags libtorch (make
+// bench-engines) to compare libtorch with GoMLX.
+func BenchmarkEngines(b *testing.B) {
+	peak, by := matmulPeak(b)
+	b.Logf("fp32 matmul peak on this machine: %.1f GFLOP/s (1024 x 1024 products, %s)", peak, by)
+	demo := computetest.DemoCellConfig(model.DefaultConfig(benchVocab))
+	ref := demoModel(demo)
+	cases := []struct {
+		name      string
+		objective string
+		batch     int
+	}{{"stage1", compute.ObjectiveGrounder, 64}, {"stage2", compute.ObjectiveAll, 16}}
+	for _, cs := range cases {
+		for _, eng := range Engines() {
+			b.Run(fmt.Sprintf("%s/%s", cs.name, eng), func(b *testing.B) {
+				be, err := New(Config{Options: benchOptions(), Engine: eng})
+				if err != nil {
+					b.Fatal(err)
+				}
+				c := ref
+				specs := paramSpecs(c)
+				sel := selectTrainable(specs, nil, nil)
+				if cs.objective == compute.ObjectiveGrounder {
+					onlyGrounder(specs, sel)
+				}
+				tr, err := be.eng.newStepper(be, c, cs.objective, specs, sel, &modelState{weights: initParams(specs, 1)})
+				if err != nil {
+					b.Fatal(err)
+				}
+				defer tr.close()
+				bt := makeBatch(c, benchRows(c, cs.batch, rand.New(rand.NewPCG(1, 1))))
+				for i := range 2 { // warm-up: compile, allocate
+					if _, err := tr.step(1e-3, float32(i+1), float32(i+1), 0.01, bt); err != nil {
+						b.Fatal(err)
+					}
+				}
+				cpu0 := cpuSeconds()
+				b.ResetTimer()
+				for i := range b.N {
+					if _, err := tr.step(1e-3, float32(i+3), float32(i+3), 0.01, bt); err != nil {
+						b.Fatal(err)
+					}
+				}
+				el := b.Elapsed().Seconds()
+				steps := float64(b.N) / el
+				exec := c
+				exec.MaxSeq, exec.MaxImages = bt.L, (bt.K+cs.batch-1)/cs.batch
+				gflops := exec.FLOPsPerStep(cs.batch) * steps / 1e9
+				b.ReportMetric(steps, "steps/s")
+				b.ReportMetric((cpuSeconds()-cpu0)/float64(b.N), "CPU-s/step")
+				b.ReportMetric(gflops, "GFLOP/s")
+				b.ReportMetric(100*gflops/peak, "%peak")
+			})
+		}
+	}
+}
+
+// demoModel is services/train.DefaultSpec's model over c's
+// vocabulary (a test there keeps the matrix's demo cell equal to it):
+// width 64, depth 2, two heads, no vision block, 64-pixel images, a
+// 32-channel grounding tower.
+func demoModel(c model.Config) model.Config {
+	c.Width, c.Depth, c.Heads, c.VisionDepth = 64, 2, 2, 0
+	c.ImageSize, c.MaxSeq, c.VisionWidth = 64, 320, 32
+	c.ImagesAfterText = true
+	c.GrounderQueries, c.GrounderLossWeight = 4, 1
+	return c
 }
