@@ -9,11 +9,11 @@ WORKFLOWCHECK_VERSION := v0.6.0
 # deadlock on 2 cores, so it is not used).
 export GOMLX_BACKEND ?= go:parallelism=-1
 
-.PHONY: all build plugins demo test vet workflowcheck services clean bench fuzz
+.PHONY: all build plugins libtorch libtorch-optional test-libtorch bench-engines demo test vet workflowcheck services clean bench fuzz
 
 all: build
 
-build: plugins
+build: plugins libtorch-optional
 	$(GO) build -o $(BIN)/groundmesh ./cmd/groundmesh
 
 # GoMLX's SIMD kernels (GOEXPERIMENT=simd) are built in where the CPU has
@@ -26,6 +26,35 @@ PLUGIN_GOEXPERIMENT ?= $(shell grep -qwE 'avx2|avx512f' /proc/cpuinfo 2>/dev/nul
 plugins:
 	CGO_ENABLED=0 GOEXPERIMENT=$(PLUGIN_GOEXPERIMENT) $(GO) build -o $(BIN)/groundmesh-gomlx ./plugins/gomlx/cmd/groundmesh-gomlx
 	cd $(BIN) && sha256sum groundmesh-gomlx > groundmesh-gomlx.sha256
+
+# The libtorch backend (plugins/libtorch): the same runtime with the libtorch
+# engine, through a C shim (libgmtorch.so, copied beside the plugin) and
+# cgo; kept out of the pure-Go default build. TORCH_PREFIX points at another
+# libtorch (for example the one inside a PyTorch install on a GPU machine).
+TORCH_PREFIX ?= /usr
+LIBTORCH_SHIM := $(CURDIR)/plugins/libtorch/shim/build
+LIBTORCH_ENV := CGO_ENABLED=1 CGO_LDFLAGS="-L$(LIBTORCH_SHIM) -Wl,-rpath,'$$ORIGIN'"
+libtorch:
+	TORCH_PREFIX=$(TORCH_PREFIX) ./scripts/ensure-libtorch.sh
+	$(MAKE) -s -C plugins/libtorch/shim TORCH_PREFIX=$(TORCH_PREFIX) OUT=$(LIBTORCH_SHIM)
+	mkdir -p $(BIN) && cp $(LIBTORCH_SHIM)/libgmtorch.so $(BIN)/
+	$(LIBTORCH_ENV) $(GO) build -tags libtorch -o $(BIN)/groundmesh-libtorch ./plugins/libtorch/cmd/groundmesh-libtorch
+	cd $(BIN) && sha256sum groundmesh-libtorch > groundmesh-libtorch.sha256
+
+# make build and make demo build the libtorch backend where libtorch is (or
+# can be installed), and go on without it where not.
+libtorch-optional:
+	@TORCH_PREFIX=$(TORCH_PREFIX) ./scripts/ensure-libtorch.sh --optional
+	@if TORCH_PREFIX=$(TORCH_PREFIX) ./scripts/ensure-libtorch.sh >/dev/null 2>&1; then $(MAKE) -s libtorch; fi
+
+# The libtorch engine's tests: the conformance matrix (training and
+# inference cells), checkpoints across engines, the plugin process.
+test-libtorch: libtorch
+	$(LIBTORCH_ENV) GROUNDMESH_PLUGIN_DIR=$(BIN) $(GO) test -tags libtorch -count=1 -run 'Torch|Libtorch' ./plugins/gomlx/ ./plugins/libtorch/...
+
+# Times both engines' training steps on the demo model in one run.
+bench-engines: libtorch
+	$(LIBTORCH_ENV) GOEXPERIMENT=$(PLUGIN_GOEXPERIMENT) $(GO) test -tags libtorch -run '^$$' -bench Engines -benchtime 20x ./plugins/gomlx/
 
 # Runs the whole pipeline once on the built-in scene world on the embedded
 # stack (in-process Temporal + UI, private Postgres unless DATABASE_URL is set,
@@ -48,7 +77,7 @@ services:
 
 # Tests run against the real Postgres and NATS of this machine (started when
 # missing) and build the real plugin binary.
-test: services vet workflowcheck plugins
+test: services vet workflowcheck plugins test-libtorch
 	GROUNDMESH_PLUGIN_DIR=$(BIN) $(GO) test -p 2 -timeout 30m ./...
 
 bench:

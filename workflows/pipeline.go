@@ -80,7 +80,7 @@ func Pipeline(ctx workflow.Context, in PipelineInput) (PipelineResult, error) {
 	}
 	if want[StageTrain] {
 		var out events.TrainCompleted
-		req := events.TrainRequested{RunID: res.RunID, SynthSetID: res.SynthSetID, Backend: in.Train.Backend, Spec: in.Train.Spec}
+		req := events.TrainRequested{RunID: res.RunID, SynthSetID: res.SynthSetID, Backend: in.Train.Backend, Device: in.Train.Device, Spec: in.Train.Spec}
 		if err := workflow.ExecuteChildWorkflow(child(TrainWorkflowName, "train"), Train, req).Get(ctx, &out); err != nil {
 			return res, fmt.Errorf("train: %w", err)
 		}

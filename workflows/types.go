@@ -115,8 +115,11 @@ type SynthInput struct {
 
 // TrainInput configures training.
 type TrainInput struct {
-	Backend string          `json:"backend,omitempty"` // default "gomlx"
-	Spec    json.RawMessage `json:"spec,omitempty"`    // services/train run spec
+	Backend string `json:"backend,omitempty"` // default "gomlx"
+	// Device is the backend's device: "cpu" (the default) or "cuda"
+	// (libtorch on a GPU machine).
+	Device string          `json:"device,omitempty"`
+	Spec   json.RawMessage `json:"spec,omitempty"` // services/train run spec
 }
 
 // EvalInput configures evaluation.
@@ -248,6 +251,14 @@ func (in PipelineInput) Validate() error {
 	case "gomlx", "libtorch", "onnx", "ggml":
 	default:
 		return fmt.Errorf("pipeline input: train.backend = %q: want gomlx, libtorch, onnx or ggml", in.Train.Backend)
+	}
+	switch {
+	case in.Train.Device == "" || in.Train.Device == "cpu":
+	case in.Train.Device == "cuda" && in.Train.Backend == "libtorch":
+	case in.Train.Device == "cuda":
+		return fmt.Errorf("pipeline input: train.device = \"cuda\" needs train.backend \"libtorch\", not %q", in.Train.Backend)
+	default:
+		return fmt.Errorf("pipeline input: train.device = %q: want cpu or cuda", in.Train.Device)
 	}
 	if len(in.Train.Spec) > 0 && !json.Valid(in.Train.Spec) {
 		return fmt.Errorf("pipeline input: train.spec is not valid JSON")

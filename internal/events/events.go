@@ -151,11 +151,13 @@ type SynthCompleted struct {
 
 // TrainRequested asks services/train to run the three stages.
 type TrainRequested struct {
-	CorrelationID string          `json:"correlation_id"`
-	RunID         string          `json:"run_id"` // uuid; the same id resumes a run
-	SynthSetID    string          `json:"synth_set_id"`
-	Backend       string          `json:"backend"`        // gomlx (default), libtorch, onnx, ggml
-	Spec          json.RawMessage `json:"spec,omitempty"` // services/train run spec; defaults when empty
+	CorrelationID string `json:"correlation_id"`
+	RunID         string `json:"run_id"` // uuid; the same id resumes a run
+	SynthSetID    string `json:"synth_set_id"`
+	Backend       string `json:"backend"` // gomlx (default), libtorch, onnx, ggml
+	// Device is the backend's device: cpu (the default) or cuda (libtorch).
+	Device string          `json:"device,omitempty"`
+	Spec   json.RawMessage `json:"spec,omitempty"` // services/train run spec; defaults when empty
 }
 
 // TrainCompleted answers TrainRequested.

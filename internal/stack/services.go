@@ -6,8 +6,11 @@ import (
 	"fmt"
 	"iter"
 	"log/slog"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"sync"
 
 	"github.com/jackc/pgx/v5"
@@ -44,10 +47,31 @@ type Services struct {
 
 // pluginBinaries maps backend names to plugin executables.
 var pluginBinaries = map[string]string{
-	"gomlx": "groundmesh-gomlx",
+	"gomlx":    "groundmesh-gomlx",
+	"libtorch": "groundmesh-libtorch",
 }
 
-// Backend returns the plugin host of a backend, starting it on first use.
+// pluginEnv is the environment each plugin reads from the host's.
+var pluginEnv = map[string][]string{
+	"gomlx":    {"GOMLX_BACKEND"},
+	"libtorch": {"GROUNDMESH_LIBTORCH_THREADS"},
+}
+
+// BackendAvailable reports whether the plugin of a backend (a name as
+// Backend takes it) is built in pluginDir.
+func BackendAvailable(pluginDir, name string) bool {
+	base, _, _ := strings.Cut(name, ":")
+	bin, ok := pluginBinaries[base]
+	if !ok {
+		return false
+	}
+	_, err := os.Stat(filepath.Join(pluginDir, bin))
+	return err == nil
+}
+
+// Backend returns the plugin host of a backend, starting it on first use:
+// name is a backend ("gomlx", "libtorch") or a backend and its device
+// ("libtorch:cuda", see train.BackendKey), each its own plugin process.
 // The host restarts a crashed plugin; callers get ErrPluginCrashed.
 func (sv *Services) Backend(name string) (compute.Backend, error) {
 	sv.mu.Lock()
@@ -55,17 +79,30 @@ func (sv *Services) Backend(name string) (compute.Backend, error) {
 	if h, ok := sv.hosts[name]; ok {
 		return h, nil
 	}
-	bin, ok := pluginBinaries[name]
+	base, device, _ := strings.Cut(name, ":")
+	bin, ok := pluginBinaries[base]
 	if !ok {
-		return nil, fmt.Errorf("backend %q: not available in this build (have: gomlx): %w", name, train.ErrInvalidRequest)
+		return nil, fmt.Errorf("backend %q: not available in this build (have: %s): %w", name, strings.Join(slices.Sorted(maps.Keys(pluginBinaries)), ", "), train.ErrInvalidRequest)
 	}
 	path := filepath.Join(sv.pluginDir, bin)
 	if _, err := os.Stat(path); err != nil {
-		return nil, fmt.Errorf("backend %q: plugin binary %s: %w (run `make build` or set GROUNDMESH_PLUGIN_DIR)", name, path, err)
+		hint := "run `make build` or set GROUNDMESH_PLUGIN_DIR"
+		if base == "libtorch" {
+			hint = "run `make libtorch` (it needs Debian's libtorch-dev) or set GROUNDMESH_PLUGIN_DIR"
+		}
+		return nil, fmt.Errorf("backend %q: plugin binary %s: %w (%s)", name, path, err, hint)
 	}
 	env := []string{}
-	if v := os.Getenv("GOMLX_BACKEND"); v != "" {
-		env = append(env, "GOMLX_BACKEND="+v)
+	for _, k := range pluginEnv[base] {
+		if v := os.Getenv(k); v != "" {
+			env = append(env, k+"="+v)
+		}
+	}
+	if device != "" {
+		if base != "libtorch" {
+			return nil, fmt.Errorf("backend %q: device %q: only libtorch takes a device: %w", name, device, train.ErrInvalidRequest)
+		}
+		env = append(env, "GROUNDMESH_LIBTORCH_DEVICE="+device)
 	}
 	h, err := compute.NewHost(compute.HostConfig{Path: path, Env: env, Logger: sv.logger.With("plugin", name)})
 	if err != nil {

@@ -50,6 +50,9 @@ func (s *Service) Train(ctx context.Context, req events.TrainRequested, progress
 	if req.Backend == "" {
 		req.Backend = DefaultBackend
 	}
+	if req.Backend, err = BackendKey(req.Backend, req.Device); err != nil {
+		return out, err
+	}
 	span.SetAttributes(attribute.String("run_id", req.RunID), attribute.String("backend", req.Backend))
 	spec, err := ParseSpec(req.Spec)
 	if err != nil {

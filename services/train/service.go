@@ -29,6 +29,23 @@ import (
 // ErrRunBusy: another worker is training the run now. Retry later.
 var ErrRunBusy = errors.New("train: run is being trained by another worker")
 
+// BackendKey is the name under which a run records its backend and
+// Config.Backends finds it: the backend alone on its default device (""
+// or "cpu"), "backend:device" on another ("libtorch:cuda"), which only
+// libtorch takes.
+func BackendKey(backend, device string) (string, error) {
+	switch device {
+	case "", "cpu":
+		return backend, nil
+	case "cuda":
+		if backend != "libtorch" {
+			return "", fmt.Errorf("train: device %q needs the libtorch backend, not %q: %w", device, backend, ErrInvalidRequest)
+		}
+		return backend + ":" + device, nil
+	}
+	return "", fmt.Errorf("train: device %q: want cpu or cuda: %w", device, ErrInvalidRequest)
+}
+
 // DefaultBackend is the backend of a request that names none.
 const DefaultBackend = "gomlx"
 

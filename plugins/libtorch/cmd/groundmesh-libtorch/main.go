@@ -1,0 +1,55 @@
+//go:build libtorch
+
+// Command groundmesh-libtorch is the libtorch compute backend as a
+// go-plugin process: the backend runtime of plugins/gomlx with its
+// libtorch engine (the model's one definition over libtorch tensors,
+// through the gmtorch C shim). Build it with `make libtorch`; it needs
+// cgo, the libtorch build tag and the shim (plugins/libtorch/shim).
+//
+// Environment:
+//
+//	GROUNDMESH_LIBTORCH_DEVICE   cpu (default) or cuda
+//	GROUNDMESH_LIBTORCH_THREADS  libtorch intra-op threads (default: the
+//	                             number of cores)
+//	GROUNDMESH_LOG_LEVEL         debug, info (default), warn or error
+//
+// Logs go to stderr as JSON, which the host forwards.
+package main
+
+import (
+	"fmt"
+	"log/slog"
+	"os"
+	"strconv"
+
+	"github.com/groundmesh/groundmesh/plugins/compute"
+	"github.com/groundmesh/groundmesh/plugins/gomlx"
+)
+
+func main() {
+	level := slog.LevelInfo
+	if v := os.Getenv("GROUNDMESH_LOG_LEVEL"); v != "" {
+		if err := level.UnmarshalText([]byte(v)); err != nil {
+			fmt.Fprintf(os.Stderr, "groundmesh-libtorch: GROUNDMESH_LOG_LEVEL %q: %v\n", v, err)
+			os.Exit(2)
+		}
+	}
+	logger := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	threads := 0
+	if v := os.Getenv("GROUNDMESH_LIBTORCH_THREADS"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 0 {
+			fmt.Fprintf(os.Stderr, "groundmesh-libtorch: GROUNDMESH_LIBTORCH_THREADS %q: want a count >= 0\n", v)
+			os.Exit(2)
+		}
+		threads = n
+	}
+	backend, err := gomlx.New(gomlx.Config{
+		Engine: gomlx.EngineLibtorch, Device: os.Getenv("GROUNDMESH_LIBTORCH_DEVICE"), Threads: threads, Logger: logger,
+	})
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "groundmesh-libtorch: %v\n", err)
+		os.Exit(1)
+	}
+	compute.Serve(backend)
+}
