@@ -9,7 +9,7 @@ WORKFLOWCHECK_VERSION := v0.6.0
 # deadlock on 2 cores, so it is not used).
 export GOMLX_BACKEND ?= go:parallelism=-1
 
-.PHONY: all build plugins libtorch libtorch-optional test-libtorch bench-engines demo test vet workflowcheck services clean bench fuzz
+.PHONY: all build plugins libtorch libtorch-optional test-libtorch bench-engines gpu-bundle demo test vet workflowcheck services clean bench fuzz
 
 all: build
 
@@ -55,6 +55,15 @@ test-libtorch: libtorch
 # Times both engines' training steps on the demo model in one run.
 bench-engines: libtorch
 	$(LIBTORCH_ENV) GOEXPERIMENT=$(PLUGIN_GOEXPERIMENT) $(GO) test -tags libtorch -run '^$$' -bench Engines -benchtime 20x ./plugins/gomlx/
+
+# The GPU check's bundle (scripts/gpu-check.sh): the libtorch tests as one
+# binary built here, the shim's sources, and the script, for a GPU machine
+# without Go.
+gpu-bundle: libtorch
+	rm -rf $(BIN)/gpu-check && mkdir -p $(BIN)/gpu-check/shim
+	$(LIBTORCH_ENV) $(GO) test -c -tags libtorch -o $(BIN)/gpu-check/gomlx-torch.test ./plugins/gomlx/
+	cp plugins/libtorch/shim/gmtorch.h plugins/libtorch/shim/gmtorch.cpp plugins/libtorch/shim/Makefile $(BIN)/gpu-check/shim/
+	cp scripts/gpu-check.sh $(BIN)/gpu-check/
 
 # Runs the whole pipeline once on the built-in scene world on the embedded
 # stack (in-process Temporal + UI, private Postgres unless DATABASE_URL is set,

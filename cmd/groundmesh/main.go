@@ -103,6 +103,10 @@ type env struct {
 	PluginDir       string
 	OTLPEndpoint    string
 	LogLevel        string
+	// Backend and Device are the demo's compute backend and device
+	// (GROUNDMESH_BACKEND: gomlx, libtorch or auto; GROUNDMESH_DEVICE: cpu
+	// or cuda).
+	Backend, Device string
 	Ground          groundEnv
 }
 
@@ -116,6 +120,8 @@ func readEnv() env {
 		PluginDir:       os.Getenv("GROUNDMESH_PLUGIN_DIR"),
 		OTLPEndpoint:    os.Getenv("OTEL_EXPORTER_OTLP_ENDPOINT"),
 		LogLevel:        os.Getenv("GROUNDMESH_LOG_LEVEL"),
+		Backend:         os.Getenv("GROUNDMESH_BACKEND"),
+		Device:          os.Getenv("GROUNDMESH_DEVICE"),
 		Ground:          readGroundEnv(),
 	}
 	if e.DataDir == "" {

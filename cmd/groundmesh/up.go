@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -174,8 +175,8 @@ func cmdDemo(ctx context.Context, e env, args []string) error {
 	input := fs.String("input", "{}", "Pipeline input JSON (defaults fill every field)")
 	stay := fs.Bool("stay", false, "keep the stack running after the pipeline finishes")
 	recipe := fs.String("recipe", "", `training recipe ("demo" when empty; see services/train/recipes), set as the input's train.spec.recipe`)
-	backend := fs.String("backend", "auto", `compute backend: gomlx, libtorch, or auto (libtorch when its plugin is built and loads here, gomlx otherwise); an input's train.backend wins`)
-	device := fs.String("device", "", `the backend's device: cpu (default) or cuda (libtorch)`)
+	backend := fs.String("backend", cmp.Or(e.Backend, "auto"), `compute backend (env GROUNDMESH_BACKEND): gomlx, libtorch, or auto (libtorch when its plugin is built and loads here, gomlx otherwise); an input's train.backend wins`)
+	device := fs.String("device", e.Device, `the backend's device: cpu (default) or cuda (libtorch) (env GROUNDMESH_DEVICE)`)
 	if err := fs.Parse(args); err != nil {
 		return errUsage
 	}

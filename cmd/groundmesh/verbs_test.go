@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"maps"
 	"strings"
 	"testing"
@@ -23,6 +24,42 @@ func TestParseTaskWeights(t *testing.T) {
 	} {
 		if _, err := parseTaskWeights(in); err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("%q: error %v, want it to say %s", in, err, want)
+		}
+	}
+}
+
+func TestWithBackend(t *testing.T) {
+	empty := t.TempDir()
+	cases := []struct {
+		input, backend, device string
+		want, wantDevice, line string
+		err                    bool
+	}{
+		{`{}`, "auto", "", "gomlx", "", "gomlx (auto: the libtorch plugin is not built here", false},
+		{`{}`, "libtorch", "cuda", "libtorch", "cuda", "libtorch on cuda", false},
+		{`{"train":{"backend":"gomlx"}}`, "libtorch", "", "gomlx", "", "gomlx (from the input)", false},
+		{`{}`, "onnx", "", "", "", "", true},
+		{`[]`, "auto", "", "", "", "", true},
+	}
+	for _, c := range cases {
+		out, line, err := withBackend([]byte(c.input), c.backend, c.device, empty)
+		if c.err {
+			if err == nil {
+				t.Errorf("withBackend(%s, %s): no error", c.input, c.backend)
+			}
+			continue
+		}
+		if err != nil {
+			t.Fatalf("withBackend(%s, %s): %v", c.input, c.backend, err)
+		}
+		var in struct {
+			Train struct{ Backend, Device string }
+		}
+		if err := json.Unmarshal(out, &in); err != nil {
+			t.Fatal(err)
+		}
+		if in.Train.Backend != c.want || in.Train.Device != c.wantDevice || !strings.HasPrefix(line, c.line) {
+			t.Errorf("withBackend(%s, %s, %s) = %s / %q, want backend %s device %q, line %q...", c.input, c.backend, c.device, out, line, c.want, c.wantDevice, c.line)
 		}
 	}
 }

@@ -324,7 +324,11 @@ func BenchmarkEngines(b *testing.B) {
 	for _, cs := range cases {
 		for _, eng := range Engines() {
 			b.Run(fmt.Sprintf("%s/%s", cs.name, eng), func(b *testing.B) {
-				be, err := New(Config{Options: benchOptions(), Engine: eng})
+				dev := ""
+				if eng == EngineLibtorch {
+					dev = os.Getenv("GROUNDMESH_TORCH_DEVICE")
+				}
+				be, err := New(Config{Options: benchOptions(), Engine: eng, Device: dev})
 				if err != nil {
 					b.Fatal(err)
 				}

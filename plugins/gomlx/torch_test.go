@@ -6,6 +6,7 @@ import (
 	"context"
 	"fmt"
 	"math"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -17,9 +18,13 @@ import (
 	"github.com/groundmesh/groundmesh/plugins/libtorch/torch"
 )
 
+// torchTestDevice is the device the libtorch tests compute on:
+// GROUNDMESH_TORCH_DEVICE (scripts/gpu-check.sh sets cuda), cpu by default.
+func torchTestDevice() string { return os.Getenv("GROUNDMESH_TORCH_DEVICE") }
+
 func newTorchBackend(t testing.TB) *Backend {
 	t.Helper()
-	b, err := New(Config{Engine: EngineLibtorch})
+	b, err := New(Config{Engine: EngineLibtorch, Device: torchTestDevice()})
 	if err != nil {
 		t.Fatal(err)
 	}

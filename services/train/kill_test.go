@@ -147,6 +147,21 @@ func TestKillGoMLXPlugin(t *testing.T) {
 	runKillTest(t, bin, "gomlx", env, true)
 }
 
+// TestKillLibtorchPlugin is the same acceptance test with the libtorch
+// backend, as `make libtorch` builds it into GROUNDMESH_PLUGIN_DIR (make
+// test does; skipped where it is not built).
+func TestKillLibtorchPlugin(t *testing.T) {
+	if testing.Short() {
+		t.Skip("trains with the libtorch plugin; skipped with -short")
+	}
+	dir := os.Getenv("GROUNDMESH_PLUGIN_DIR")
+	bin := filepath.Join(dir, "groundmesh-libtorch")
+	if _, err := os.Stat(bin); dir == "" || err != nil {
+		t.Skip("groundmesh-libtorch is not built in GROUNDMESH_PLUGIN_DIR (make libtorch builds it; make test runs this test)")
+	}
+	runKillTest(t, bin, "libtorch", []string{"GROUNDMESH_LIBTORCH_THREADS=1"}, true)
+}
+
 func runKillTest(t *testing.T, plugin, backend string, pluginEnv []string, wantLearning bool) {
 	e := newEnv(t)
 	const every = 3
