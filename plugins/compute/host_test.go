@@ -146,6 +146,19 @@ func TestHostStartFailure(t *testing.T) {
 	}
 }
 
+// A plugin that speaks another protocol version is refused at the
+// handshake with an error that names both versions.
+func TestHostRefusesWrongProtocolVersion(t *testing.T) {
+	_, err := startHost("protocol-v2", compute.HostConfig{StartTimeout: 20 * time.Second})
+	if err == nil {
+		t.Fatal("NewHost accepted a plugin of protocol version 2")
+	}
+	if !strings.Contains(err.Error(), "Plugin version: 2") {
+		t.Errorf("error %q does not name the version mismatch", err)
+	}
+	t.Logf("refused: %v", err)
+}
+
 // A panic inside a call: the crash carries the panic text; the host
 // restarts and the next call works.
 func TestHostPanicRestart(t *testing.T) {

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/go-plugin"
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/groundmesh/groundmesh/plugins/compute"
@@ -49,6 +50,14 @@ func runPlugin(mode string) {
 		compute.Serve(&panicky{Toy: computetest.NewToy(computetest.ToyOptions{}), marker: os.Getenv("PANIC_MARKER")})
 	case "trace":
 		compute.Serve(traceEcho{computetest.NewToy(computetest.ToyOptions{})})
+	case "protocol-v2":
+		// A plugin built against a future, incompatible contract: the same
+		// cookie, protocol version 2 only.
+		hs := compute.Handshake
+		hs.ProtocolVersion = 2
+		plugin.Serve(&plugin.ServeConfig{HandshakeConfig: hs, VersionedPlugins: map[int]plugin.PluginSet{
+			2: compute.PluginSets(computetest.NewToy(computetest.ToyOptions{}))[1],
+		}, GRPCServer: plugin.DefaultGRPCServer})
 	default:
 		fmt.Fprintf(raw, "unknown plugin mode %q\n", mode)
 		os.Exit(2)
