@@ -63,3 +63,39 @@ func TestWithBackend(t *testing.T) {
 		}
 	}
 }
+
+func TestWithLibtorchBudget(t *testing.T) {
+	out, sized, err := withLibtorchBudget([]byte(`{"eval":{"max_samples":50}}`))
+	if err != nil || !sized {
+		t.Fatalf("plain input: sized %v, %v", sized, err)
+	}
+	var in struct {
+		Synth struct{ Samples int }
+		Train struct {
+			Spec struct{ Recipe string }
+		}
+		Eval struct {
+			MaxSamples int `json:"max_samples"`
+		}
+	}
+	if err := json.Unmarshal(out, &in); err != nil {
+		t.Fatal(err)
+	}
+	if in.Synth.Samples != 300000 || in.Train.Spec.Recipe != "demo-libtorch" || in.Eval.MaxSamples != 50 {
+		t.Errorf("sized input %s", out)
+	}
+	for _, keep := range []string{
+		`{"train":{"spec":{"recipe":"long"}}}`,
+		`{"train":{"spec":{"stage1":{"steps":100}}}}`,
+	} {
+		out, sized, err := withLibtorchBudget([]byte(keep))
+		if err != nil || sized || string(out) != keep {
+			t.Errorf("%s: sized %v (%s), %v; want it kept", keep, sized, out, err)
+		}
+	}
+	// The sample count of an input is kept; the recipe is still set.
+	out, _, _ = withLibtorchBudget([]byte(`{"synth":{"samples":1000}}`))
+	if err := json.Unmarshal(out, &in); err != nil || in.Synth.Samples != 1000 || in.Train.Spec.Recipe != "demo-libtorch" {
+		t.Errorf("samples kept: %s", out)
+	}
+}

@@ -4,10 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"runtime"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"go.opentelemetry.io/otel"
@@ -210,5 +212,35 @@ func TestNewTestDBFailsWhenPostgresIsUnreachable(t *testing.T) {
 	<-done
 	if !strings.Contains(f.msg, "Postgres is unreachable") || !strings.Contains(f.msg, "DATABASE_URL") {
 		t.Fatalf("want a clear fatal message, got %q", f.msg)
+	}
+}
+
+// TestOpenNeverShowsThePassword: whether the URL is malformed, the server
+// is unreachable or the pool opens, neither the error nor the log carries
+// the password of the connection URL.
+func TestOpenNeverShowsThePassword(t *testing.T) {
+	const secret = "s3cr3t-Pa55word"
+	var logs strings.Builder
+	logger := slog.New(slog.NewJSONHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for _, url := range []string{
+		"postgres://groundmesh:" + secret + "@127.0.0.1:1/groundmesh?connect_timeout=2",
+		"postgres://groundmesh:" + secret + "@127.0.0.1:1/groundmesh?pool_max_conns=many",
+		"postgres://groundmesh:" + secret + "@[::1:5432/groundmesh",
+		"host=127.0.0.1 port=1 user=groundmesh password=" + secret + " connect_timeout=2",
+	} {
+		pool, err := store.Open(ctx, url, logger)
+		if err == nil {
+			pool.Close()
+			t.Fatalf("Open(%q) succeeded against a closed port", url)
+		}
+		t.Logf("refused: %v", err)
+		if strings.Contains(err.Error(), secret) {
+			t.Errorf("the error shows the password: %v", err)
+		}
+	}
+	if strings.Contains(logs.String(), secret) {
+		t.Errorf("the log shows the password:\n%s", logs.String())
 	}
 }
