@@ -263,6 +263,27 @@ type Cache[T any] struct {
 	have                      bool
 }
 
+// Live returns the tensors c holds from one Step to the next (the image
+// features, each block's keys and values, the fusion and readout state):
+// an engine that allocates per operation may free every other tensor a
+// Step made once it has read the logits and Attn. Entries for state the
+// config does not use are T's zero value.
+func (c *Cache[T]) Live() []T {
+	var out []T
+	if c.HaveFeats {
+		out = append(out, c.Feats)
+	}
+	for _, l := range c.layers {
+		if l.have {
+			out = append(out, l.k, l.v)
+		}
+	}
+	if c.have {
+		out = append(out, c.fuseTok, c.fuseW, c.gz, c.gNormed, c.gImg, c.gPatch)
+	}
+	return out
+}
+
 type layerCache[T any] struct {
 	k, v     T // [1, H, Len, hd]
 	have     bool

@@ -39,6 +39,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/groundmesh/groundmesh/model"
+	"github.com/groundmesh/groundmesh/model/eager"
 	"github.com/groundmesh/groundmesh/plugins/compute"
 )
 
@@ -163,6 +164,14 @@ func (gomlxEngine) version() string {
 func (gomlxEngine) newStepper(b *Backend, cfg model.Config, objective string, specs []paramSpec, sel []bool, st *modelState) (stepper, error) {
 	return newTrainer(b, cfg, objective, specs, sel, st)
 }
+
+// newLM decodes on model/eager: for this model's size one sequence's
+// step costs a fraction of a millisecond there, less than a graph call.
+func (gomlxEngine) newLM(b *Backend, cfg model.Config, specs []paramSpec, weights map[string][]float32) (func() lmSeq, error) {
+	ops := &eager.Ops{Params: weights}
+	return func() lmSeq { return &eagerSeq{net: model.NewNet[*eager.Tensor](ops, cfg)} }, nil
+}
+
 func (gomlxEngine) newGrounder(b *Backend, cfg model.Config, specs []paramSpec, weights map[string][]float32) (grounderCompute, error) {
 	return newGrounderExec(b.ml, cfg, specs, weights)
 }

@@ -223,56 +223,62 @@ func BenchmarkTrainStep(b *testing.B) {
 // BenchmarkPrefillDecode times the eager inference path on the default
 // config: a prefill of an image prompt and 14 decode steps (one box).
 func BenchmarkPrefillDecode(b *testing.B) {
-	for _, batch := range []int{1, 8} {
-		b.Run(fmt.Sprintf("b%d", batch), func(b *testing.B) {
-			ctx := context.Background()
-			c := model.DefaultConfig(benchVocab)
-			be, err := New(Config{})
-			if err != nil {
-				b.Fatal(err)
-			}
-			ck := writeWeights(b, b.TempDir(), c, roughWeights(c, 1))
-			sess, err := be.Load(ctx, compute.LoadRequest{ModelConfig: configJSON(b, c), Checkpoint: ck})
-			if err != nil {
-				b.Fatal(err)
-			}
-			rng := rand.New(rand.NewPCG(2, 2))
-			rows := benchRows(c, batch, rng)
-			var seqs []compute.Sequence
-			for _, r := range rows {
-				prompt := r.tokens[:1+c.Patches()+16]
-				seqs = append(seqs, compute.Sequence{Tokens: prompt, Images: []compute.Image{{Size: c.ImageSize, Pixels: model.NormalizePixels(r.images[0])}}})
-			}
-			var prefill, decode time.Duration
-			b.ResetTimer()
-			for range b.N {
-				t0 := time.Now()
-				out, err := be.Prefill(ctx, compute.PrefillRequest{Session: sess.Session, Batch: seqs})
-				if err != nil {
-					b.Fatal(err)
-				}
-				prefill += time.Since(t0)
-				t0 = time.Now()
-				for range 14 {
-					toks := make([]int32, batch)
-					for i, l := range out.Logits {
-						toks[i] = int32(argmax(l))
-					}
-					if out, err = be.Decode(ctx, compute.DecodeRequest{Session: sess.Session, CacheID: out.CacheID, Tokens: toks}); err != nil {
-						b.Fatal(err)
-					}
-				}
-				decode += time.Since(t0)
-				if err := be.ReleaseCache(ctx, sess.Session, out.CacheID); err != nil {
-					b.Fatal(err)
-				}
-			}
-			n := float64(b.N)
-			b.ReportMetric(prefill.Seconds()*1e3/n, "ms/prefill")
-			b.ReportMetric(decode.Seconds()*1e3/(14*n), "ms/decode-step")
-			b.ReportMetric(float64(14*batch)*n/decode.Seconds(), "decode-tokens/s")
-		})
+	for _, eng := range Engines() {
+		for _, batch := range []int{1, 8} {
+			benchPrefillDecode(b, eng, batch)
+		}
 	}
+}
+
+func benchPrefillDecode(b *testing.B, eng string, batch int) {
+	b.Run(fmt.Sprintf("%s/b%d", eng, batch), func(b *testing.B) {
+		ctx := context.Background()
+		c := model.DefaultConfig(benchVocab)
+		be, err := New(Config{Engine: eng})
+		if err != nil {
+			b.Fatal(err)
+		}
+		ck := writeWeights(b, b.TempDir(), c, roughWeights(c, 1))
+		sess, err := be.Load(ctx, compute.LoadRequest{ModelConfig: configJSON(b, c), Checkpoint: ck})
+		if err != nil {
+			b.Fatal(err)
+		}
+		rng := rand.New(rand.NewPCG(2, 2))
+		rows := benchRows(c, batch, rng)
+		var seqs []compute.Sequence
+		for _, r := range rows {
+			prompt := r.tokens[:1+c.Patches()+16]
+			seqs = append(seqs, compute.Sequence{Tokens: prompt, Images: []compute.Image{{Size: c.ImageSize, Pixels: model.NormalizePixels(r.images[0])}}})
+		}
+		var prefill, decode time.Duration
+		b.ResetTimer()
+		for range b.N {
+			t0 := time.Now()
+			out, err := be.Prefill(ctx, compute.PrefillRequest{Session: sess.Session, Batch: seqs})
+			if err != nil {
+				b.Fatal(err)
+			}
+			prefill += time.Since(t0)
+			t0 = time.Now()
+			for range 14 {
+				toks := make([]int32, batch)
+				for i, l := range out.Logits {
+					toks[i] = int32(argmax(l))
+				}
+				if out, err = be.Decode(ctx, compute.DecodeRequest{Session: sess.Session, CacheID: out.CacheID, Tokens: toks}); err != nil {
+					b.Fatal(err)
+				}
+			}
+			decode += time.Since(t0)
+			if err := be.ReleaseCache(ctx, sess.Session, out.CacheID); err != nil {
+				b.Fatal(err)
+			}
+		}
+		n := float64(b.N)
+		b.ReportMetric(prefill.Seconds()*1e3/n, "ms/prefill")
+		b.ReportMetric(decode.Seconds()*1e3/(14*n), "ms/decode-step")
+		b.ReportMetric(float64(14*batch)*n/decode.Seconds(), "decode-tokens/s")
+	})
 }
 
 // matmulPeak measures this machine's fp32 matrix-product rate (GFLOP/s)

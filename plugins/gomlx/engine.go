@@ -28,6 +28,9 @@ type engine interface {
 	// newGrounder builds Config.Grounder's inference (encoder and head)
 	// over weights.
 	newGrounder(b *Backend, cfg model.Config, specs []paramSpec, weights map[string][]float32) (grounderCompute, error)
+	// newLM returns a constructor of the language model's per-sequence
+	// caches (lmSeq) over weights, for inference.
+	newLM(b *Backend, cfg model.Config, specs []paramSpec, weights map[string][]float32) (func() lmSeq, error)
 }
 
 // stepper is one stage's training step and its parameters: forward,

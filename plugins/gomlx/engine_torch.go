@@ -239,3 +239,80 @@ func (g *torchGrounder) compute(in *grounderInputs) (feats, logits, boxes []floa
 	}
 	return feats, logits, boxes, nil
 }
+
+// torchLM holds a session's parameters on the device for its sequences.
+type torchLM struct {
+	cfg    model.Config
+	dev    torch.Device
+	keep   *torch.Arena
+	params map[string]*torch.Tensor
+}
+
+func (e *torchEngine) newLM(b *Backend, cfg model.Config, specs []paramSpec, weights map[string][]float32) (_ func() lmSeq, err error) {
+	defer torch.Recover(&err)
+	lm := &torchLM{cfg: cfg, dev: e.dev, keep: torch.NewArena()}
+	if lm.params, err = torchParams(lm.keep, e.dev, specs, weights, func(int) bool { return false }); err != nil {
+		lm.keep.Close()
+		return nil, err
+	}
+	runtime.AddCleanup(lm, func(k *torch.Arena) { k.Close() }, lm.keep)
+	return func() lmSeq {
+		a := torch.NewArena()
+		s := &torchSeq{lm: lm, arena: a}
+		s.net = model.NewNet[*torch.Tensor](&torch.Ops{Arena: a, Params: lm.params, Device: lm.dev}, cfg)
+		return s
+	}, nil
+}
+
+// torchSeq is lmSeq on libtorch: its arena holds the cache between steps
+// (model.Cache.Live) and frees everything else a step made.
+type torchSeq struct {
+	lm    *torchLM // keeps the parameters alive while the sequence is
+	arena *torch.Arena
+	net   *model.Net[*torch.Tensor]
+	cache model.Cache[*torch.Tensor]
+}
+
+func (s *torchSeq) setFeats(feats []float32, rows int) (err error) {
+	defer torch.Recover(&err)
+	s.cache.Feats = s.arena.FromFloats(feats, []int{rows, s.lm.cfg.Width}, s.lm.dev, false)
+	s.cache.HaveFeats = true
+	return nil
+}
+
+func (s *torchSeq) setImages(px []float32, n int) (err error) {
+	defer torch.Recover(&err)
+	c := s.lm.cfg
+	s.cache.Feats = s.net.ImageFeatures(s.arena.FromFloats(px, []int{n, c.ImageSize, c.ImageSize, 3}, s.lm.dev, false))
+	s.cache.HaveFeats = true
+	s.arena.KeepOnly(s.cache.Live())
+	return nil
+}
+
+func (s *torchSeq) step(tokens, idx []int32, isPatch []float32, wantAttn bool) (logits []float32, attn [][]float32, err error) {
+	defer torch.Recover(&err)
+	n, a, dev := len(tokens), s.arena, s.lm.dev
+	s.cache.WantAttn = wantAttn
+	out := s.net.Step(&s.cache, a.FromInts(tokens, []int{1, n}, dev), a.FromInts(idx, []int{1, n}, dev), a.FromFloats(isPatch, []int{1, n}, dev, false))
+	if logits, err = out.Floats(); err != nil {
+		return nil, nil, err
+	}
+	if wantAttn {
+		for _, t := range s.cache.Attn {
+			v, err := t.Floats()
+			if err != nil {
+				return nil, nil, err
+			}
+			attn = append(attn, v)
+		}
+	}
+	s.arena.KeepOnly(s.cache.Live())
+	return logits, attn, nil
+}
+
+func (s *torchSeq) length() int { return s.cache.Len }
+
+func (s *torchSeq) release() {
+	s.arena.Close()
+	s.cache = model.Cache[*torch.Tensor]{}
+}

@@ -2,7 +2,9 @@ package gomlx
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"math"
 	"runtime"
 	"slices"
 	"sync"
@@ -17,13 +19,13 @@ import (
 )
 
 // session is a loaded model and its open KV caches. Its language model
-// and vision encoder run the model's one definition (model.Net) over
-// eager float32 arrays (model/eager), one sequence at a time with a KV
-// cache: decoding a token costs one position, and there is no graph to
-// compile per shape.
+// and vision encoder run the model's one definition (model.Net) on the
+// engine (newSeq: eager float32 arrays, model/eager, for GoMLX; libtorch
+// tensors for libtorch), one sequence at a time with a KV cache: decoding
+// a token costs one position, and there is no graph to compile per shape.
 type session struct {
-	cfg model.Config
-	net *model.Net[*eager.Tensor]
+	cfg    model.Config
+	newSeq func() lmSeq
 	// grounder runs Config.Grounder's encoder and head; nil without it.
 	grounder *grounderRunner
 
@@ -37,12 +39,73 @@ type kvCache struct {
 	seqs []*seqState
 }
 
+// release frees the sequences' caches.
+func (k *kvCache) release() {
+	for _, st := range k.seqs {
+		if st != nil && st.seq != nil {
+			st.seq.release()
+		}
+	}
+}
+
 // seqState is one sequence's cache, and the positions of its first
 // image's patches (what attention maps are read at).
 type seqState struct {
-	cache    model.Cache[*eager.Tensor]
+	seq      lmSeq
 	patchPos []int
 }
+
+// lmSeq is one sequence's language model and KV cache on an engine.
+type lmSeq interface {
+	// setFeats gives the sequence its image feature rows, projected
+	// ([rows, Width], Config.Grounder's); setImages computes them from
+	// n images' pixels [n, S, S, 3].
+	setFeats(feats []float32, rows int) error
+	setImages(px []float32, n int) error
+	// step runs tokens (with the feature row idx each patch token reads
+	// and isPatch) after the cached positions and returns the last
+	// position's logits and, with wantAttn, per block its attention over
+	// every position so far.
+	step(tokens, idx []int32, isPatch []float32, wantAttn bool) (logits []float32, attn [][]float32, err error)
+	// length is the number of cached positions.
+	length() int
+	// release frees the cache.
+	release()
+}
+
+// eagerSeq is lmSeq on model/eager's plain-Go arrays (the GoMLX engine's,
+// and the fastest for this model's size on a CPU).
+type eagerSeq struct {
+	net   *model.Net[*eager.Tensor]
+	cache model.Cache[*eager.Tensor]
+}
+
+func (e *eagerSeq) setFeats(feats []float32, rows int) error {
+	e.cache.Feats, e.cache.HaveFeats = eager.New(feats, rows, len(feats)/max(rows, 1)), true
+	return nil
+}
+
+func (e *eagerSeq) setImages(px []float32, n int) error {
+	s := int(math.Round(math.Sqrt(float64(len(px) / (3 * n)))))
+	e.cache.Feats, e.cache.HaveFeats = e.net.ImageFeatures(eager.New(px, n, s, s, 3)), true
+	return nil
+}
+
+func (e *eagerSeq) step(tokens, idx []int32, isPatch []float32, wantAttn bool) ([]float32, [][]float32, error) {
+	n := len(tokens)
+	e.cache.WantAttn = wantAttn
+	logits := e.net.Step(&e.cache, eager.Ints(tokens, 1, n), eager.Ints(idx, 1, n), eager.New(isPatch, 1, n))
+	var attn [][]float32
+	if wantAttn {
+		for _, a := range e.cache.Attn {
+			attn = append(attn, a.Data)
+		}
+	}
+	return logits.Data, attn, nil
+}
+
+func (e *eagerSeq) length() int { return e.cache.Len }
+func (e *eagerSeq) release()    {}
 
 // step runs tokens through the language model after the positions st
 // holds. Patch tokens read the cache's image feature rows in order while
@@ -50,33 +113,33 @@ type seqState struct {
 // reads its token embedding. It returns the last position's logits and,
 // with wantAttn, its attention over the first image's patches averaged
 // over heads and blocks.
-func (s *session) step(st *seqState, tokens []int32, featRows int, wantAttn bool) ([]float32, []float32) {
+func (s *session) step(st *seqState, tokens []int32, featRows int, wantAttn bool) ([]float32, []float32, error) {
 	c := s.cfg
 	n := len(tokens)
 	idx := make([]int32, n)
 	isPatch := make([]float32, n)
 	next := 0
+	past := st.seq.length()
 	for t, tok := range tokens {
 		if tok == c.PatchToken && next < featRows {
 			idx[t], isPatch[t] = int32(next), 1
 			if next < c.Patches() {
-				st.patchPos = append(st.patchPos, st.cache.Len+t)
+				st.patchPos = append(st.patchPos, past+t)
 			}
 			next++
 		}
 	}
-	st.cache.WantAttn = wantAttn
-	logits := s.net.Step(&st.cache, eager.Ints(tokens, 1, n), eager.Ints(idx, 1, n), eager.New(isPatch, 1, n))
-	if !wantAttn {
-		return logits.Data, nil
+	logits, blocks, err := st.seq.step(tokens, idx, isPatch, wantAttn)
+	if err != nil || !wantAttn {
+		return logits, nil, err
 	}
 	attn := make([]float32, c.Patches())
-	for _, a := range st.cache.Attn {
+	for _, a := range blocks {
 		for i, p := range st.patchPos {
-			attn[i] += a.Data[p] / float32(len(st.cache.Attn))
+			attn[i] += a[p] / float32(len(blocks))
 		}
 	}
-	return logits.Data, attn
+	return logits, attn, nil
 }
 
 func endSpan(span trace.Span, err error) {
@@ -109,8 +172,11 @@ func (b *Backend) Load(ctx context.Context, req compute.LoadRequest) (res comput
 	if b.faults.ignorePatchPositions && cfg.PatchPositions {
 		st.weights["embed.patch_pos"] = make([]float32, len(st.weights["embed.patch_pos"]))
 	}
-	net := model.NewNet[*eager.Tensor](&eager.Ops{Params: st.weights}, cfg)
-	sess := &session{cfg: cfg, net: net, caches: map[string]*kvCache{}}
+	newSeq, err := b.eng.newLM(b, cfg, specs, st.weights)
+	if err != nil {
+		return res, fmt.Errorf("load: %w", err)
+	}
+	sess := &session{cfg: cfg, newSeq: newSeq, caches: map[string]*kvCache{}}
 	if cfg.Grounder {
 		comp, err := b.eng.newGrounder(b, cfg, specs, st.weights)
 		if err != nil {
@@ -230,29 +296,37 @@ func (b *Backend) Prefill(ctx context.Context, req compute.PrefillRequest) (res 
 			return compute.ForwardResult{HeadBoxes: res.HeadBoxes}, nil
 		}
 	}
+	errs := make([]error, len(req.Batch))
 	parallel(len(req.Batch), func(i int) {
 		seq := req.Batch[i]
-		st := &seqState{}
+		st := &seqState{seq: s.newSeq()}
+		cache.seqs[i] = st
 		rows := len(seq.Images) * c.Patches()
 		switch {
 		case rows == 0:
 		case ground != nil:
-			st.cache.Feats, st.cache.HaveFeats = eager.New(ground[i].feats, rows, c.Width), true
+			errs[i] = st.seq.setFeats(ground[i].feats, rows)
 		default:
 			px := make([]float32, 0, len(seq.Images)*c.ImageSize*c.ImageSize*3)
 			for _, img := range seq.Images {
 				px = append(px, img.Pixels...)
 			}
-			st.cache.Feats = s.net.ImageFeatures(eager.New(px, len(seq.Images), c.ImageSize, c.ImageSize, 3))
-			st.cache.HaveFeats = true
+			errs[i] = st.seq.setImages(px, len(seq.Images))
 		}
-		logits, attn := s.step(st, seq.Tokens, rows, req.WantAttention)
-		cache.seqs[i] = st
+		if errs[i] != nil {
+			return
+		}
+		logits, attn, err := s.step(st, seq.Tokens, rows, req.WantAttention)
+		errs[i] = err
 		res.Logits[i] = logits
 		if req.WantAttention {
 			res.Attention[i] = attn
 		}
 	})
+	if err := errors.Join(errs...); err != nil {
+		cache.release()
+		return res, fmt.Errorf("prefill: %w", err)
+	}
 	id := b.newID("cache")
 	s.mu.Lock()
 	s.caches[id] = cache
@@ -286,7 +360,7 @@ func (b *Backend) Decode(ctx context.Context, req compute.DecodeRequest) (res co
 		if tok < 0 || int(tok) >= c.VocabSize {
 			return res, invalidf("decode: token %d of sequence %d outside vocab %d", tok, i, c.VocabSize)
 		}
-		if cache.seqs[i].cache.Len >= c.MaxSeq {
+		if cache.seqs[i].seq.length() >= c.MaxSeq {
 			return res, fmt.Errorf("decode: sequence %d is full (max_seq %d): %w", i, c.MaxSeq, compute.ErrFailedPrecondition)
 		}
 	}
@@ -295,15 +369,20 @@ func (b *Backend) Decode(ctx context.Context, req compute.DecodeRequest) (res co
 	if req.WantAttention {
 		res.Attention = make([][]float32, len(req.Tokens))
 	}
+	errs := make([]error, len(req.Tokens))
 	parallel(len(req.Tokens), func(i int) {
 		// No image feature rows: a decoded patch token reads its token
 		// embedding.
-		logits, attn := s.step(cache.seqs[i], req.Tokens[i:i+1], 0, req.WantAttention)
+		logits, attn, err := s.step(cache.seqs[i], req.Tokens[i:i+1], 0, req.WantAttention)
+		errs[i] = err
 		res.Logits[i] = logits
 		if req.WantAttention {
 			res.Attention[i] = attn
 		}
 	})
+	if err := errors.Join(errs...); err != nil {
+		return res, fmt.Errorf("decode: %w", err)
+	}
 	return res, nil
 }
 
@@ -316,11 +395,15 @@ func (b *Backend) ReleaseCache(ctx context.Context, sessionID, cacheID string) (
 		return fmt.Errorf("release cache: %w", err)
 	}
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	if _, ok := s.caches[cacheID]; !ok {
+	k, ok := s.caches[cacheID]
+	delete(s.caches, cacheID)
+	s.mu.Unlock()
+	if !ok {
 		return fmt.Errorf("release cache: cache %q of session %q: %w", cacheID, sessionID, compute.ErrNotFound)
 	}
-	delete(s.caches, cacheID)
+	k.mu.Lock() // after a Decode on it ends
+	k.release()
+	k.mu.Unlock()
 	return nil
 }
 
@@ -329,11 +412,21 @@ func (b *Backend) Unload(ctx context.Context, sessionID string) (err error) {
 	_, span := b.tracer.Start(ctx, b.eng.name()+".Unload")
 	defer func() { endSpan(span, err) }()
 	b.mu.Lock()
-	defer b.mu.Unlock()
-	if _, ok := b.sessions[sessionID]; !ok {
+	s, ok := b.sessions[sessionID]
+	delete(b.sessions, sessionID)
+	b.mu.Unlock()
+	if !ok {
 		return fmt.Errorf("unload: session %q: %w", sessionID, compute.ErrNotFound)
 	}
-	delete(b.sessions, sessionID)
+	s.mu.Lock()
+	caches := s.caches
+	s.caches = map[string]*kvCache{}
+	s.mu.Unlock()
+	for _, k := range caches {
+		k.mu.Lock()
+		k.release()
+		k.mu.Unlock()
+	}
 	return nil
 }
 

@@ -174,6 +174,34 @@ func (a *Arena) take(op string) *Tensor {
 	return t
 }
 
+// KeepOnly frees every tensor of the arena but live (nil entries and
+// tensors of other arenas are ignored): what a decode step leaves behind
+// once its outputs are read, with live the cache it extends
+// (model.Cache.Live).
+func (a *Arena) KeepOnly(live []*Tensor) {
+	keep := make(map[C.gmt_t]bool, len(live))
+	for _, t := range live {
+		if t != nil && t.h != nil {
+			keep[t.h] = true
+		}
+	}
+	var free, kept []C.gmt_t
+	for _, h := range a.owned {
+		if keep[h] {
+			kept = append(kept, h)
+		} else {
+			free = append(free, h)
+		}
+	}
+	if len(free) > 0 {
+		C.gmt_free_many(&free[0], C.int(len(free)))
+	}
+	a.owned = kept
+}
+
+// Len is the number of tensors the arena holds.
+func (a *Arena) Len() int { return len(a.owned) }
+
 // Keep removes t from the arena: it survives Release, and the caller frees it.
 func (a *Arena) Keep(t *Tensor) *Tensor {
 	for i := len(a.owned) - 1; i >= 0; i-- {
