@@ -414,9 +414,9 @@ func cmdPipeline(ctx context.Context, e env, args []string) error {
 // withPromotion sets the input's promote.alias to alias unless the input
 // has a "promote" of its own.
 func withPromotion(input []byte, alias string) ([]byte, error) {
-	var in map[string]any
-	if err := json.Unmarshal(input, &in); err != nil || in == nil {
-		return nil, fmt.Errorf("--input: want a JSON object: %v", err)
+	in, err := inputObject(input)
+	if err != nil {
+		return nil, err
 	}
 	if _, ok := in["promote"]; ok {
 		return input, nil
@@ -431,14 +431,11 @@ func withPromotion(input []byte, alias string) ([]byte, error) {
 // stage-1 training steps/s, `make bench-engines`), GoMLX otherwise. It
 // returns the input and a line saying what was chosen and why.
 func withBackend(input []byte, backend, device, pluginDir string) ([]byte, string, error) {
-	var in map[string]any
-	if err := json.Unmarshal(input, &in); err != nil || in == nil {
-		return nil, "", fmt.Errorf("--input: want a JSON object: %v", err)
+	in, err := inputObject(input)
+	if err != nil {
+		return nil, "", err
 	}
-	tr, _ := in["train"].(map[string]any)
-	if tr == nil {
-		tr = map[string]any{}
-	}
+	tr := child(in, "train")
 	if b, ok := tr["backend"].(string); ok && b != "" {
 		return input, b + " (from the input)", nil
 	}
@@ -462,7 +459,6 @@ func withBackend(input []byte, backend, device, pluginDir string) ([]byte, strin
 		tr["device"] = device
 		why = " on " + device + why
 	}
-	in["train"] = tr
 	out, err := json.Marshal(in)
 	return out, backend + why, err
 }
@@ -474,38 +470,43 @@ func withBackend(input []byte, backend, device, pluginDir string) ([]byte, strin
 // session). An input that names a recipe, stage 1's steps or the sample
 // count keeps them; sized is false when nothing was changed.
 func withLibtorchBudget(input []byte) (out []byte, sized bool, err error) {
-	var in map[string]any
-	if err := json.Unmarshal(input, &in); err != nil || in == nil {
-		return nil, false, fmt.Errorf("--input: want a JSON object: %v", err)
+	in, err := inputObject(input)
+	if err != nil {
+		return nil, false, err
 	}
-	tr, _ := in["train"].(map[string]any)
-	if tr == nil {
-		tr = map[string]any{}
-	}
-	spec, _ := tr["spec"].(map[string]any)
-	if spec == nil {
-		spec = map[string]any{}
-	}
-	st1, _ := spec["stage1"].(map[string]any)
+	spec := child(child(in, "train"), "spec")
 	if _, ok := spec["recipe"]; ok {
 		return input, false, nil
 	}
-	if _, ok := st1["steps"]; ok {
+	if _, ok := child(spec, "stage1")["steps"]; ok {
 		return input, false, nil
 	}
 	spec["recipe"] = "demo-libtorch"
-	tr["spec"] = spec
-	in["train"] = tr
-	sy, _ := in["synth"].(map[string]any)
-	if sy == nil {
-		sy = map[string]any{}
-	}
-	if _, ok := sy["samples"]; !ok {
+	if sy := child(in, "synth"); sy["samples"] == nil {
 		sy["samples"] = 300000
 	}
-	in["synth"] = sy
 	out, err = json.Marshal(in)
 	return out, true, err
+}
+
+// inputObject decodes a pipeline input given on the command line.
+func inputObject(input []byte) (map[string]any, error) {
+	var in map[string]any
+	if err := json.Unmarshal(input, &in); err != nil || in == nil {
+		return nil, fmt.Errorf("--input: want a JSON object: %v", err)
+	}
+	return in, nil
+}
+
+// child returns m[key] as an object, putting an empty one there when it
+// is missing or not an object.
+func child(m map[string]any, key string) map[string]any {
+	c, ok := m[key].(map[string]any)
+	if !ok {
+		c = map[string]any{}
+		m[key] = c
+	}
+	return c
 }
 
 // probePlugin runs a plugin binary as a plain command: a go-plugin binary
@@ -526,20 +527,10 @@ func probePlugin(path string) error {
 
 // withRecipe sets train.spec.recipe in a pipeline input.
 func withRecipe(input []byte, recipe string) ([]byte, error) {
-	var in map[string]any
-	if err := json.Unmarshal(input, &in); err != nil || in == nil {
-		return nil, fmt.Errorf("--input: want a JSON object: %v", err)
+	in, err := inputObject(input)
+	if err != nil {
+		return nil, err
 	}
-	tr, _ := in["train"].(map[string]any)
-	if tr == nil {
-		tr = map[string]any{}
-	}
-	spec, _ := tr["spec"].(map[string]any)
-	if spec == nil {
-		spec = map[string]any{}
-	}
-	spec["recipe"] = recipe
-	tr["spec"] = spec
-	in["train"] = tr
+	child(child(in, "train"), "spec")["recipe"] = recipe
 	return json.Marshal(in)
 }

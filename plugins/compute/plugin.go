@@ -3,6 +3,8 @@ package compute
 import (
 	"context"
 	"fmt"
+	"log/slog"
+	"os"
 	"strings"
 
 	"github.com/hashicorp/go-plugin"
@@ -68,6 +70,21 @@ func (p *GRPCPlugin) GRPCServer(_ *plugin.GRPCBroker, s *grpc.Server) error {
 // GRPCClient returns the host-side Backend over conn.
 func (p *GRPCPlugin) GRPCClient(_ context.Context, _ *plugin.GRPCBroker, conn *grpc.ClientConn) (any, error) {
 	return newGRPCClient(conn), nil
+}
+
+// PluginLogger is a plugin process's logger: JSON on stderr (which the
+// host forwards, keeping each record's level and fields) at the level of
+// GROUNDMESH_LOG_LEVEL (debug, info by default, warn or error). A bad
+// level ends the process with a message naming the plugin.
+func PluginLogger(plugin string) *slog.Logger {
+	level := slog.LevelInfo
+	if v := os.Getenv("GROUNDMESH_LOG_LEVEL"); v != "" {
+		if err := level.UnmarshalText([]byte(v)); err != nil {
+			fmt.Fprintf(os.Stderr, "%s: GROUNDMESH_LOG_LEVEL %q: %v\n", plugin, v, err)
+			os.Exit(2)
+		}
+	}
+	return slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 }
 
 // Serve runs impl as a plugin process; a backend's main calls it and nothing

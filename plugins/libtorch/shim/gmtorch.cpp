@@ -37,21 +37,30 @@ void put(gmt_out *o, at::Tensor t) {
   o->err[0] = 0;
 }
 
+// guard runs f, which returns nothing, and returns 0; an exception
+// becomes err and -1.
+template <typename F>
+int guard(char *err, F f) {
+  try {
+    f();
+    return 0;
+  } catch (const c10::Error &e) {
+    seterr(err, e.what_without_backtrace());
+  } catch (const std::exception &e) {
+    seterr(err, e.what());
+  } catch (...) {
+    seterr(err, "gmtorch: unknown C++ exception");
+  }
+  return -1;
+}
+
 // run runs f, which returns a tensor, into o; an exception becomes o->err.
 template <typename F>
 void run(gmt_out *o, F f) {
   o->t = nullptr;
   o->rank = 0;
   o->err[0] = 0;
-  try {
-    put(o, f());
-  } catch (const c10::Error &e) {
-    seterr(o->err, e.what_without_backtrace());
-  } catch (const std::exception &e) {
-    seterr(o->err, e.what());
-  } catch (...) {
-    seterr(o->err, "gmtorch: unknown C++ exception");
-  }
+  guard(o->err, [&] { put(o, f()); });
 }
 
 c10::Device dev(int device) { return device == GMT_CUDA ? c10::Device(c10::kCUDA) : c10::Device(c10::kCPU); }
@@ -103,20 +112,14 @@ void gmt_from_i32(gmt_out *o, const int32_t *data, const int64_t *dims, int rank
 }
 
 int gmt_to_f32(gmt_t x, float *out, int64_t n, char *err) {
-  try {
+  return guard(err, [&] {
     auto t = T(x).detach().to(c10::Device(c10::kCPU), at::kFloat).contiguous();
     if (t.numel() != n) {
       throw std::runtime_error("gmtorch: tensor has " + std::to_string(t.numel()) + " elements, the buffer " +
                                std::to_string(n));
     }
     std::memcpy(out, t.data_ptr<float>(), sizeof(float) * n);
-    return 0;
-  } catch (const c10::Error &e) {
-    seterr(err, e.what_without_backtrace());
-  } catch (const std::exception &e) {
-    seterr(err, e.what());
-  }
-  return -1;
+  });
 }
 
 void gmt_scalar(gmt_out *o, double v, int device) {
@@ -282,21 +285,13 @@ void gmt_one_hot(gmt_out *o, gmt_t idx, int64_t n) {
 }
 
 int gmt_backward(gmt_t loss, char *err) {
-  try {
-    T(loss).backward();
-    return 0;
-  } catch (const c10::Error &e) {
-    seterr(err, e.what_without_backtrace());
-  } catch (const std::exception &e) {
-    seterr(err, e.what());
-  }
-  return -1;
+  return guard(err, [&] { T(loss).backward(); });
 }
 
 int gmt_adamw(gmt_t *p, gmt_t *m, gmt_t *v, const int *decays, int n, double lr, double bc1, double bc2, double wd,
               double beta1, double beta2, double eps, double clip, float *gnorm, char *err) {
-  try {
-    at::NoGradGuard guard;
+  return guard(err, [&] {
+    at::NoGradGuard no_grad;
     std::vector<at::Tensor> sq;
     sq.reserve(n);
     for (int i = 0; i < n; i++) {
@@ -323,13 +318,7 @@ int gmt_adamw(gmt_t *p, gmt_t *m, gmt_t *v, const int *decays, int n, double lr,
       if (g.defined()) w.mutable_grad().reset();
     }
     *gnorm = static_cast<float>(norm);
-    return 0;
-  } catch (const c10::Error &e) {
-    seterr(err, e.what_without_backtrace());
-  } catch (const std::exception &e) {
-    seterr(err, e.what());
-  }
-  return -1;
+  });
 }
 
 }  // extern "C"

@@ -15,7 +15,6 @@ package main
 
 import (
 	"fmt"
-	"log/slog"
 	"os"
 	"strings"
 
@@ -24,14 +23,7 @@ import (
 )
 
 func main() {
-	level := slog.LevelInfo
-	if v := os.Getenv("GROUNDMESH_LOG_LEVEL"); v != "" {
-		if err := level.UnmarshalText([]byte(v)); err != nil {
-			fmt.Fprintf(os.Stderr, "groundmesh-gomlx: GROUNDMESH_LOG_LEVEL %q: %v\n", v, err)
-			os.Exit(2)
-		}
-	}
-	logger := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	logger := compute.PluginLogger("groundmesh-gomlx")
 
 	opts := os.Getenv("GROUNDMESH_GOMLX_OPTIONS")
 	if opts == "" {

@@ -18,7 +18,6 @@ package main
 
 import (
 	"fmt"
-	"log/slog"
 	"os"
 	"strconv"
 
@@ -27,14 +26,7 @@ import (
 )
 
 func main() {
-	level := slog.LevelInfo
-	if v := os.Getenv("GROUNDMESH_LOG_LEVEL"); v != "" {
-		if err := level.UnmarshalText([]byte(v)); err != nil {
-			fmt.Fprintf(os.Stderr, "groundmesh-libtorch: GROUNDMESH_LOG_LEVEL %q: %v\n", v, err)
-			os.Exit(2)
-		}
-	}
-	logger := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	logger := compute.PluginLogger("groundmesh-libtorch")
 	threads := 0
 	if v := os.Getenv("GROUNDMESH_LIBTORCH_THREADS"); v != "" {
 		n, err := strconv.Atoi(v)
