@@ -12,18 +12,21 @@ prefix="${TORCH_PREFIX:-/usr}"
 
 have() { [ -e "$prefix/include/torch/csrc/api/include/torch/torch.h" ] || [ -e "$prefix/include/ATen/ATen.h" ]; }
 
-if ! have && [ "$prefix" = /usr ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-  echo "ensure-libtorch: installing libtorch-dev and libopenblas0-pthread (apt)"
-  if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -q libtorch-dev libopenblas0-pthread >/tmp/groundmesh-apt-libtorch.log 2>&1; then
+pkgs=""
+have || pkgs="libtorch-dev libopenblas0-pthread"
+command -v g++ >/dev/null || pkgs="$pkgs g++"
+if [ -n "$pkgs" ] && [ "$prefix" = /usr ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  echo "ensure-libtorch: installing$(printf ' %s' $pkgs) (apt)"
+  if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -q $pkgs >/tmp/groundmesh-apt-libtorch.log 2>&1; then
     echo "ensure-libtorch: apt-get install failed; see /tmp/groundmesh-apt-libtorch.log" >&2
     [ $optional = 1 ] && exit 0
     exit 1
   fi
 fi
-if have; then
+if have && command -v g++ >/dev/null; then
   exit 0
 fi
-msg="ensure-libtorch: libtorch not found under $prefix (install Debian's libtorch-dev as root, or set TORCH_PREFIX to a libtorch install)"
+msg="ensure-libtorch: libtorch (under $prefix) or g++ not found (install Debian's libtorch-dev and g++ as root, or set TORCH_PREFIX to a libtorch install)"
 if [ $optional = 1 ]; then
   echo "$msg; the libtorch backend is not built" >&2
   exit 0
