@@ -128,11 +128,7 @@ func TestDuplicateMessageIsProcessedOnce(t *testing.T) {
 	}
 	// The same UUID three times (a redelivery, a relay re-publish), then
 	// a different message as a marker.
-	for range 3 {
-		if err := b.Publisher().Publish(testTopic, msg.Copy()); err != nil {
-			t.Fatal(err)
-		}
-	}
+	publishCopies(t, b, testTopic, msg, 3)
 	if err := b.Publish(context.Background(), testTopic, map[string]string{"marker": "1"}, nil); err != nil {
 		t.Fatal(err)
 	}
@@ -141,11 +137,7 @@ func TestDuplicateMessageIsProcessedOnce(t *testing.T) {
 	if n := runs.Load(); n != 2 {
 		t.Fatalf("handler ran %d times, want 2 (duplicate + marker)", n)
 	}
-	var n int
-	if err := pool.QueryRow(context.Background(), `SELECT count(*) FROM processed_messages WHERE consumer = 'dedupe'`).Scan(&n); err != nil {
-		t.Fatal(err)
-	}
-	if n != 2 {
+	if n := processedRows(t, pool, "dedupe"); n != 2 {
 		t.Fatalf("processed_messages has %d rows, want 2", n)
 	}
 }

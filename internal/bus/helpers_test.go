@@ -144,3 +144,24 @@ func eventually(t *testing.T, timeout time.Duration, what string, cond func() (b
 	}
 	t.Fatalf("timed out waiting for %s (last error: %v)", what, errors.Join(lastErr))
 }
+
+// publishCopies publishes msg to topic n times, each a copy with its
+// UUID: one message delivered n times.
+func publishCopies(t *testing.T, b *Bus, topic string, msg *message.Message, n int) {
+	t.Helper()
+	for range n {
+		if err := b.Publisher().Publish(topic, msg.Copy()); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// processedRows counts the idempotency rows consumer group has written.
+func processedRows(t *testing.T, pool *pgxpool.Pool, consumer string) int {
+	t.Helper()
+	var n int
+	if err := pool.QueryRow(context.Background(), `SELECT count(*) FROM processed_messages WHERE consumer = $1`, consumer).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}

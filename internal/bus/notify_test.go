@@ -155,22 +155,14 @@ func TestNoDedupeHandlerKeepsNoRows(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for range 3 {
-		if err := b.Publisher().Publish(testTopic, msg.Copy()); err != nil {
-			t.Fatal(err)
-		}
-	}
+	publishCopies(t, b, testTopic, msg, 3)
 	plain.wait(t, 3, 10*time.Second)
 	dedupe.wait(t, 1, 10*time.Second)
 	time.Sleep(200 * time.Millisecond)
 	if n := dedupe.count(); n != 1 {
 		t.Fatalf("the deduplicating group handled the message %d times", n)
 	}
-	var rows int
-	if err := pool.QueryRow(context.Background(), `SELECT count(*) FROM processed_messages WHERE consumer = 'replies'`).Scan(&rows); err != nil {
-		t.Fatal(err)
-	}
-	if rows != 0 {
+	if rows := processedRows(t, pool, "replies"); rows != 0 {
 		t.Fatalf("the NoDedupe group wrote %d processed_messages rows", rows)
 	}
 }
