@@ -149,17 +149,19 @@ func New(cfg Config) (*Backend, error) {
 	}, nil
 }
 
-func init() { registerEngine(EngineGoMLX, func(Config) (engine, error) { return gomlxEngine{}, nil }) }
+func init() {
+	registerEngine(EngineGoMLX, func(cfg Config) (engine, error) { return gomlxEngine{options: cfg.Options}, nil })
+}
 
 // gomlxEngine computes on GoMLX's Go backend (Backend.ml): the training
 // step is one compiled graph per batch shape (trainer), the grounder one
 // more (grounderRunner).
-type gomlxEngine struct{}
+type gomlxEngine struct{ options string }
 
 func (gomlxEngine) name() string      { return EngineGoMLX }
 func (gomlxEngine) devices() []string { return []string{"cpu"} }
-func (gomlxEngine) version() string {
-	return fmt.Sprintf("gomlx %s, go backend, %s %s/%s", gomlxVersion(), runtime.Version(), runtime.GOOS, runtime.GOARCH)
+func (e gomlxEngine) version() string {
+	return fmt.Sprintf("gomlx %s, go backend (%s), %s %s/%s", gomlxVersion(), e.options, runtime.Version(), runtime.GOOS, runtime.GOARCH)
 }
 func (gomlxEngine) newStepper(b *Backend, cfg model.Config, objective string, specs []paramSpec, sel []bool, st *modelState) (stepper, error) {
 	return newTrainer(b, cfg, objective, specs, sel, st)
@@ -169,7 +171,7 @@ func (gomlxEngine) newStepper(b *Backend, cfg model.Config, objective string, sp
 // step costs a fraction of a millisecond there, less than a graph call.
 func (gomlxEngine) newLM(b *Backend, cfg model.Config, specs []paramSpec, weights map[string][]float32) (func() lmSeq, error) {
 	ops := &eager.Ops{Params: weights}
-	return func() lmSeq { return &eagerSeq{net: model.NewNet[*eager.Tensor](ops, cfg)} }, nil
+	return func() lmSeq { return &eagerSeq{cfg: cfg, net: model.NewNet[*eager.Tensor](ops, cfg)} }, nil
 }
 
 func (gomlxEngine) newGrounder(b *Backend, cfg model.Config, specs []paramSpec, weights map[string][]float32) (grounderCompute, error) {
@@ -207,13 +209,9 @@ var loadDtypes = []string{compute.DtypeFloat32}
 func (b *Backend) Describe(ctx context.Context) (compute.Description, error) {
 	_, span := b.tracer.Start(ctx, b.eng.name()+".Describe")
 	defer span.End()
-	version := b.eng.version()
-	if b.eng.name() == EngineGoMLX {
-		version = fmt.Sprintf("gomlx %s, go backend (%s), %s %s/%s", gomlxVersion(), b.cfg.Options, runtime.Version(), runtime.GOOS, runtime.GOARCH)
-	}
 	return compute.Description{
 		Backend:      b.eng.name(),
-		Version:      version,
+		Version:      b.eng.version(),
 		Devices:      b.eng.devices(),
 		CanTrain:     true,
 		CanAttention: true,

@@ -40,9 +40,41 @@ type stepper interface {
 	step(lr, bc1, bc2, wd float32, bt trainBatch) (stepOut, error)
 	// state copies the parameters and moments to host memory.
 	state(step int) (*modelState, error)
-	// trainableParams counts the trainable parameters' elements.
-	trainableParams() int
 	close()
+}
+
+// hostState assembles a stepper's modelState: the trainable parameters
+// (specs[trainIdx[j]]) with their moments tp[j], tm[j], tv[j], and the
+// frozen ones (specs[frozenIdx[j]]) fp[j], each copied to host memory by
+// read.
+func hostState[T any](step int, specs []paramSpec, trainIdx, frozenIdx []int, tp, tm, tv, fp []T, read func(T) ([]float32, error)) (*modelState, error) {
+	st := &modelState{weights: map[string][]float32{}, m: map[string][]float32{}, v: map[string][]float32{}, step: step}
+	copyTo := func(dst map[string][]float32, what, name string, x T) error {
+		v, err := read(x)
+		if err != nil {
+			return fmt.Errorf("copy %s %s: %w", what, name, err)
+		}
+		dst[name] = v
+		return nil
+	}
+	for j, i := range trainIdx {
+		name := specs[i].Name
+		if err := copyTo(st.weights, "parameter", name, tp[j]); err != nil {
+			return nil, err
+		}
+		if err := copyTo(st.m, "moment", name, tm[j]); err != nil {
+			return nil, err
+		}
+		if err := copyTo(st.v, "moment", name, tv[j]); err != nil {
+			return nil, err
+		}
+	}
+	for j, i := range frozenIdx {
+		if err := copyTo(st.weights, "parameter", specs[i].Name, fp[j]); err != nil {
+			return nil, err
+		}
+	}
+	return st, nil
 }
 
 // grounderCompute runs the grounder's encoder and head on one batch of

@@ -71,11 +71,11 @@ type torchStepper struct {
 	grounderOnly bool
 	specs        []paramSpec
 	// keep owns the parameters and moments; step owns one step's tensors.
-	keep, arena        *torch.Arena
-	params             map[string]*torch.Tensor
-	trainIdx, frozenIx []int
-	tp, tm, tv         []*torch.Tensor
-	decays             []bool
+	keep, arena         *torch.Arena
+	params              map[string]*torch.Tensor
+	trainIdx, frozenIdx []int
+	tp, tm, tv, fp      []*torch.Tensor
+	decays              []bool
 }
 
 func (e *torchEngine) newStepper(b *Backend, cfg model.Config, objective string, specs []paramSpec, sel []bool, st *modelState) (_ stepper, err error) {
@@ -92,7 +92,8 @@ func (e *torchEngine) newStepper(b *Backend, cfg model.Config, objective string,
 	}
 	for i, p := range specs {
 		if !sel[i] {
-			s.frozenIx = append(s.frozenIx, i)
+			s.frozenIdx = append(s.frozenIdx, i)
+			s.fp = append(s.fp, s.params[p.Name])
 			continue
 		}
 		s.trainIdx = append(s.trainIdx, i)
@@ -109,14 +110,6 @@ func (e *torchEngine) newStepper(b *Backend, cfg model.Config, objective string,
 		return nil, invalidf("build trainer: no parameter is trainable (check Trainable and Frozen prefixes)")
 	}
 	return s, nil
-}
-
-func (s *torchStepper) trainableParams() int {
-	n := 0
-	for _, i := range s.trainIdx {
-		n += s.specs[i].Size()
-	}
-	return n
 }
 
 func (s *torchStepper) close() {
@@ -163,27 +156,7 @@ func (s *torchStepper) step(lr, bc1, bc2, wd float32, bt trainBatch) (out stepOu
 }
 
 func (s *torchStepper) state(step int) (*modelState, error) {
-	st := &modelState{weights: map[string][]float32{}, m: map[string][]float32{}, v: map[string][]float32{}, step: step}
-	var err error
-	for j, i := range s.trainIdx {
-		name := s.specs[i].Name
-		if st.weights[name], err = s.tp[j].Floats(); err != nil {
-			return nil, fmt.Errorf("copy parameter %s: %w", name, err)
-		}
-		if st.m[name], err = s.tm[j].Floats(); err != nil {
-			return nil, fmt.Errorf("copy moment %s: %w", name, err)
-		}
-		if st.v[name], err = s.tv[j].Floats(); err != nil {
-			return nil, fmt.Errorf("copy moment %s: %w", name, err)
-		}
-	}
-	for _, i := range s.frozenIx {
-		name := s.specs[i].Name
-		if st.weights[name], err = s.params[name].Floats(); err != nil {
-			return nil, fmt.Errorf("copy parameter %s: %w", name, err)
-		}
-	}
-	return st, nil
+	return hostState(step, s.specs, s.trainIdx, s.frozenIdx, s.tp, s.tm, s.tv, s.fp, (*torch.Tensor).Floats)
 }
 
 // torchGrounder is the libtorch engine's grounderCompute.

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math"
 	"runtime"
 	"slices"
 	"sync"
@@ -48,6 +47,14 @@ func (k *kvCache) release() {
 	}
 }
 
+// close frees the caches once no call is using them (after a Decode on
+// the cache ends).
+func (k *kvCache) close() {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.release()
+}
+
 // seqState is one sequence's cache, and the positions of its first
 // image's patches (what attention maps are read at).
 type seqState struct {
@@ -76,17 +83,18 @@ type lmSeq interface {
 // eagerSeq is lmSeq on model/eager's plain-Go arrays (the GoMLX engine's,
 // and the fastest for this model's size on a CPU).
 type eagerSeq struct {
+	cfg   model.Config
 	net   *model.Net[*eager.Tensor]
 	cache model.Cache[*eager.Tensor]
 }
 
 func (e *eagerSeq) setFeats(feats []float32, rows int) error {
-	e.cache.Feats, e.cache.HaveFeats = eager.New(feats, rows, len(feats)/max(rows, 1)), true
+	e.cache.Feats, e.cache.HaveFeats = eager.New(feats, rows, e.cfg.Width), true
 	return nil
 }
 
 func (e *eagerSeq) setImages(px []float32, n int) error {
-	s := int(math.Round(math.Sqrt(float64(len(px) / (3 * n)))))
+	s := e.cfg.ImageSize
 	e.cache.Feats, e.cache.HaveFeats = e.net.ImageFeatures(eager.New(px, n, s, s, 3)), true
 	return nil
 }
@@ -401,9 +409,7 @@ func (b *Backend) ReleaseCache(ctx context.Context, sessionID, cacheID string) (
 	if !ok {
 		return fmt.Errorf("release cache: cache %q of session %q: %w", cacheID, sessionID, compute.ErrNotFound)
 	}
-	k.mu.Lock() // after a Decode on it ends
-	k.release()
-	k.mu.Unlock()
+	k.close()
 	return nil
 }
 
@@ -423,9 +429,7 @@ func (b *Backend) Unload(ctx context.Context, sessionID string) (err error) {
 	s.caches = map[string]*kvCache{}
 	s.mu.Unlock()
 	for _, k := range caches {
-		k.mu.Lock()
-		k.release()
-		k.mu.Unlock()
+		k.close()
 	}
 	return nil
 }

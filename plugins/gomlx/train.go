@@ -141,38 +141,9 @@ func (t *trainer) step(lr, bc1, bc2, wd float32, bt trainBatch) (stepOut, error)
 	}, nil
 }
 
-func (t *trainer) trainableParams() int {
-	n := 0
-	for _, i := range t.trainIdx {
-		n += t.specs[i].Size()
-	}
-	return n
-}
-
 // state copies the parameters and optimizer moments to host memory.
 func (t *trainer) state(step int) (*modelState, error) {
-	st := &modelState{weights: map[string][]float32{}, m: map[string][]float32{}, v: map[string][]float32{}, step: step}
-	for j, i := range t.trainIdx {
-		name := t.specs[i].Name
-		var err error
-		if st.weights[name], err = tensors.CopyFlatData[float32](t.tp[j]); err != nil {
-			return nil, fmt.Errorf("copy parameter %s: %w", name, err)
-		}
-		if st.m[name], err = tensors.CopyFlatData[float32](t.tm[j]); err != nil {
-			return nil, fmt.Errorf("copy moment %s: %w", name, err)
-		}
-		if st.v[name], err = tensors.CopyFlatData[float32](t.tv[j]); err != nil {
-			return nil, fmt.Errorf("copy moment %s: %w", name, err)
-		}
-	}
-	for j, i := range t.frozenIdx {
-		name := t.specs[i].Name
-		var err error
-		if st.weights[name], err = tensors.CopyFlatData[float32](t.fp[j]); err != nil {
-			return nil, fmt.Errorf("copy parameter %s: %w", name, err)
-		}
-	}
-	return st, nil
+	return hostState(step, t.specs, t.trainIdx, t.frozenIdx, t.tp, t.tm, t.tv, t.fp, tensors.CopyFlatData[float32])
 }
 
 // learningRate is linear warmup to peak over warmup steps, then cosine decay
@@ -294,7 +265,12 @@ func (b *Backend) Train(ctx context.Context, req compute.TrainRequest, progress 
 		return res, fmt.Errorf("train: %w", err)
 	}
 	defer tr.close()
-	nTrain := tr.trainableParams()
+	nTrain := 0
+	for i, p := range specs {
+		if sel[i] {
+			nTrain += p.Size()
+		}
+	}
 	b.log.Info("train stage starting", "run_id", req.RunID, "stage", req.Stage, "from_step", start, "steps", req.Steps,
 		"batch", req.BatchSize, "params", cfg.ParamCount(), "trainable_params", nTrain, "samples", len(ds.samples))
 
