@@ -90,7 +90,6 @@ int gmt_cuda_available(void) {
 }
 void gmt_manual_seed(uint64_t seed) { at::manual_seed(seed); }
 
-void gmt_free(gmt_t t) { delete t; }
 void gmt_free_many(gmt_t *ts, int n) {
   for (int i = 0; i < n; i++) delete ts[i];
 }

@@ -5,7 +5,7 @@
  * libtorch-dev 1.13 on CPU, the one inside a PyTorch 2.x install on a GPU
  * machine).
  *
- * A tensor is an opaque handle owned by the caller (gmt_free). Every
+ * A tensor is an opaque handle owned by the caller (gmt_free_many). Every
  * operation writes its result into a gmt_out: the new handle, its shape,
  * and on failure a message (err[0] != 0, t NULL); no C++ exception crosses
  * the boundary. Integer tensors are int64 inside. */
@@ -52,7 +52,6 @@ int gmt_cuda_available(void);
 void gmt_manual_seed(uint64_t seed);
 
 /* Handles. */
-void gmt_free(gmt_t t);
 void gmt_free_many(gmt_t *ts, int n);
 
 /* Host data in and out. */

@@ -67,7 +67,7 @@ func Threads() int { return int(C.gmt_get_threads()) }
 func CUDAAvailable() bool { return C.gmt_cuda_available() != 0 }
 
 // Tensor is a libtorch tensor handle and its shape. A tensor is freed by
-// the Arena that made it, or by Free.
+// the Arena that made it.
 type Tensor struct {
 	h    C.gmt_t
 	dims []int
@@ -83,14 +83,6 @@ func (t *Tensor) Size() int {
 		n *= d
 	}
 	return n
-}
-
-// Free frees a tensor made outside an arena (FromFloats with a nil arena).
-func (t *Tensor) Free() {
-	if t != nil && t.h != nil {
-		C.gmt_free(t.h)
-		t.h = nil
-	}
 }
 
 // Floats copies the tensor to host memory as float32.
@@ -197,20 +189,6 @@ func (a *Arena) KeepOnly(live []*Tensor) {
 		C.gmt_free_many(&free[0], C.int(len(free)))
 	}
 	a.owned = kept
-}
-
-// Len is the number of tensors the arena holds.
-func (a *Arena) Len() int { return len(a.owned) }
-
-// Keep removes t from the arena: it survives Release, and the caller frees it.
-func (a *Arena) Keep(t *Tensor) *Tensor {
-	for i := len(a.owned) - 1; i >= 0; i-- {
-		if a.owned[i] == t.h {
-			a.owned = append(a.owned[:i], a.owned[i+1:]...)
-			break
-		}
-	}
-	return t
 }
 
 func i64s(xs []int) []C.int64_t {
