@@ -188,8 +188,12 @@ func (h *Host) start() (*hostProcess, error) {
 	rpc, err := client.Client()
 	if errors.Is(err, plugin.ErrChecksumsDoNotMatch) {
 		client.Kill()
+		sum, _, serr := FileSHA256(h.cfg.Path)
+		if serr != nil {
+			sum = "unreadable (" + serr.Error() + ")"
+		}
 		return nil, fmt.Errorf("start plugin %s: %w: the file's sha256 is %s, pinned %s (HostConfig.SHA256 or %s.sha256): rebuild it with `make plugins` or fix the pin",
-			h.cfg.Path, ErrChecksum, fileSHA256(h.cfg.Path), h.cfg.SHA256, h.cfg.Path)
+			h.cfg.Path, ErrChecksum, sum, h.cfg.SHA256, h.cfg.Path)
 	}
 	if err != nil {
 		return fail(err)
@@ -576,18 +580,4 @@ func (w *slogWriter) Write(p []byte) (int, error) {
 		}
 	}
 	return len(p), nil
-}
-
-// fileSHA256 is the hex sha256 of a file, or why it could not be read.
-func fileSHA256(path string) string {
-	f, err := os.Open(path)
-	if err != nil {
-		return "unreadable (" + err.Error() + ")"
-	}
-	defer f.Close()
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
-		return "unreadable (" + err.Error() + ")"
-	}
-	return hex.EncodeToString(h.Sum(nil))
 }
