@@ -231,16 +231,47 @@ type Config struct {
 	// thing by another ("the cube left of the red ball") need more than
 	// one block of attention between their words.
 	GrounderTextDepth int `json:"grounder_text_depth,omitempty"`
+	// GrounderStem is the number of 3x3 stride-1 convolutions (each with
+	// its FiLM, like the rest of the tower) the tower runs at the folded
+	// image's resolution (ImageSize/2) before its first stride-2 one,
+	// with VisionWidth/4 channels, the second and later residual. Without
+	// them the first convolution sees 6 x 6 pixels and moves 4 at a
+	// time: one linear filter has to tell a 2-pixel stripe from a dot
+	// pattern and from a solid fill, in every colour.
+	GrounderStem int `json:"grounder_stem,omitempty"`
+	// GrounderSigma is the width in cells of the Gaussian around the
+	// referent's centre cell that the pointer is trained against, and
+	// that weighs the box loss of the cells near it; 0 means
+	// DefaultGrounderSigma (0.75), what configs before this field
+	// trained with. A narrower target tells the pointer which cell holds
+	// the centre instead of spreading a third of the probability over
+	// its neighbours, which may hold other objects.
+	GrounderSigma float64 `json:"grounder_sigma,omitempty"`
+}
+
+// DefaultGrounderSigma is GrounderSigma when a config leaves it 0.
+const DefaultGrounderSigma = 0.75
+
+// PointerSigma is the Gaussian width the grounder loss uses:
+// GrounderSigma, or DefaultGrounderSigma when it is 0.
+func (c Config) PointerSigma() float64 {
+	if c.GrounderSigma > 0 {
+		return c.GrounderSigma
+	}
+	return DefaultGrounderSigma
 }
 
 // GrounderConvs lists Config.Grounder's convolutions in order: their
 // stride (2 or 1) and output channels. After the 2x2 space-to-depth fold,
-// stride-2 convolutions take the image to the patch grid, each followed by
+// GrounderStem stride-1 convolutions at that resolution, then stride-2 convolutions take the image to the patch grid, each followed by
 // a residual stride-1 convolution at its resolution; the first pair has
 // VisionWidth/2 channels, the rest VisionWidth. Nil without Grounder.
 func (c Config) GrounderConvs() (strides, channels []int) {
 	if !c.Grounder {
 		return nil, nil
+	}
+	for range c.GrounderStem {
+		strides, channels = append(strides, 1), append(channels, c.VisionWidth/4)
 	}
 	for p, i := c.PatchSize/2, 0; p > 1; p, i = p/2, i+1 {
 		ch := c.VisionWidth
@@ -311,10 +342,14 @@ func (c Config) Validate() error {
 		return fmt.Errorf("model config: grounder needs images_after_text (its sentence vector reads the text before the first image)")
 	case c.Grounder && (c.GrounderQueries <= 0 || c.GrounderLossWeight <= 0 || math.IsNaN(c.GrounderLossWeight)):
 		return fmt.Errorf("model config: grounder needs grounder_queries (%d) and grounder_loss_weight (%v) above 0", c.GrounderQueries, c.GrounderLossWeight)
+	case c.GrounderSigma < 0 || c.GrounderSigma > 4 || math.IsNaN(c.GrounderSigma):
+		return fmt.Errorf("model config: grounder_sigma %v must be in [0, 4] cells (0: %v)", c.GrounderSigma, DefaultGrounderSigma)
+	case c.GrounderStem < 0 || c.GrounderStem > 4:
+		return fmt.Errorf("model config: grounder_stem %d must be in 0..4", c.GrounderStem)
 	case c.GrounderTextDepth < 0 || c.GrounderTextDepth > 8:
 		return fmt.Errorf("model config: grounder_text_depth %d must be in 0..8", c.GrounderTextDepth)
-	case !c.Grounder && (c.GrounderQueries != 0 || c.GrounderLossWeight != 0 || c.GrounderCellWords || c.GrounderNorm || c.GrounderGridDepth != 0 || c.GrounderTextDepth != 0):
-		return fmt.Errorf("model config: grounder_queries, grounder_loss_weight, grounder_cell_words, grounder_norm and grounder_grid_depth need grounder")
+	case !c.Grounder && (c.GrounderQueries != 0 || c.GrounderLossWeight != 0 || c.GrounderCellWords || c.GrounderNorm || c.GrounderGridDepth != 0 || c.GrounderTextDepth != 0 || c.GrounderStem != 0 || c.GrounderSigma != 0):
+		return fmt.Errorf("model config: grounder_queries, grounder_loss_weight, grounder_cell_words, grounder_norm, grounder_grid_depth, grounder_text_depth, grounder_stem and grounder_sigma need grounder")
 	case c.GrounderGridDepth < 0 || c.GrounderGridDepth > 8 || c.GrounderGridDepth > 0 && c.VisionWidth%c.Heads != 0:
 		return fmt.Errorf("model config: grounder_grid_depth %d must be in 0..8, with a vision_width (%d) divisible by heads (%d)", c.GrounderGridDepth, c.VisionWidth, c.Heads)
 	case c.MaxSeq < c.Patches()*c.MaxImages+8:
@@ -383,6 +418,8 @@ func (c Config) Features() []string {
 		{"grounder_norm", c.GrounderNorm},
 		{"grounder_grid_depth", c.GrounderGridDepth > 0},
 		{"grounder_text_depth", c.GrounderTextDepth > 0},
+		{"grounder_stem", c.GrounderStem > 0},
+		{"grounder_sigma", c.GrounderSigma > 0},
 	} {
 		if f.on {
 			out = append(out, f.name)
@@ -396,7 +433,7 @@ func (c Config) Features() []string {
 // declares.
 func AllFeatures() []string {
 	all := Config{BoxLabelSigma: 1, ImagesAfterText: true, TextFusion: true, PatchPositions: true, FusionAttention: true,
-		GroundLossWeight: 1, ConvStem: true, BoxLossWeight: 1, GroundReadout: true, Grounder: true, GrounderCellWords: true, GrounderNorm: true, GrounderGridDepth: 1, GrounderTextDepth: 1}
+		GroundLossWeight: 1, ConvStem: true, BoxLossWeight: 1, GroundReadout: true, Grounder: true, GrounderCellWords: true, GrounderNorm: true, GrounderGridDepth: 1, GrounderTextDepth: 1, GrounderStem: 1, GrounderSigma: 0.5}
 	return all.Features()
 }
 

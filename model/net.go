@@ -18,11 +18,9 @@ const (
 	// FusionScoreClip bounds Config.FusionAttention's scores, so that
 	// exp(score) and its running sums stay finite in float32.
 	FusionScoreClip = 30
-	// The grounder loss's weights (DETR's L1 : GIoU balance) and the width
-	// in cells of the Gaussian the pointer is trained against.
+	// The grounder loss's weights (DETR's L1 : GIoU balance).
 	GrounderL1Weight   = 5
 	GrounderGIoUWeight = 2
-	GrounderSigma      = 0.75
 )
 
 // Net is the model over one backend's tensors T.
@@ -156,32 +154,13 @@ func (n *Net[T]) block(x T, prefix string, bias *T, kv *layerCache[T]) T {
 	return o.Add(x, n.dense(hid, prefix+".mlp.fc2", w))
 }
 
-// conv3x3 is a 3x3 convolution of x [K, S, S, in], kernel prefix.w [3, 3,
-// in, out] (HWIO), zero padding 1 and the given stride (1 or 2), plus
-// prefix.b: nine (strided) slices of the padded input side by side times
-// the kernel as a [9*in, out] matrix, which runs (with its gradient)
-// faster on GoMLX's Go backend than its generic convolution.
+// conv3x3 is the 3x3 convolution (Ops.Conv3x3) of x [K, S, S, in] with
+// kernel prefix.w [3, 3, in, out] (HWIO), zero padding 1 and the given
+// stride (1 or 2), plus prefix.b.
 func (n *Net[T]) conv3x3(x T, prefix string, out, stride int) T {
 	o := n.o
-	d := o.Shape(x)
-	s, in := d[1], d[3]
-	xp := x
-	for axis := 1; axis <= 2; axis++ { // zero padding
-		edge := o.ZerosLike(o.Slice(xp, Range{Axis: axis, From: 0, To: 1}))
-		xp = o.Concat(axis, edge, xp, edge)
-	}
-	cols := make([]T, 0, 9)
-	for ky := range 3 {
-		for kx := range 3 {
-			if stride == 2 {
-				cols = append(cols, o.Slice(xp, Range{Axis: 1, From: ky, To: ky + s - 1, Stride: 2}, Range{Axis: 2, From: kx, To: kx + s - 1, Stride: 2}))
-			} else {
-				cols = append(cols, o.Slice(xp, Range{Axis: 1, From: ky, To: ky + s}, Range{Axis: 2, From: kx, To: kx + s}))
-			}
-		}
-	}
-	w := o.Param(prefix+".w", 3, 3, in, out)
-	return o.Dense(o.Concat(-1, cols...), o.Reshape(w, 9*in, out), o.Param(prefix+".b", out))
+	in := o.Shape(x)[3]
+	return o.Conv3x3(x, o.Param(prefix+".w", 3, 3, in, out), o.Param(prefix+".b", out), stride)
 }
 
 // vision encodes images [K, S, S, 3] into patch features [K*P,

@@ -76,7 +76,7 @@ func (n *Net[T]) tower(images, sImg T) T {
 		scale := o.Reshape(n.part(film, 0, chans[i]), k, 1, 1, chans[i])
 		shift := o.Reshape(n.part(film, chans[i], 2*chans[i]), k, 1, 1, chans[i])
 		y = o.Gelu(o.Add(o.Mul(y, o.Shift(scale, 1)), shift))
-		if stride == 1 {
+		if stride == 1 && o.Shape(x)[3] == chans[i] {
 			y = o.Add(x, y)
 		}
 		x = y
@@ -173,7 +173,8 @@ func (n *Net[T]) grounderLoss(lb Labels[T]) T {
 	cellY := o.Shift(row, 0.5)
 	cellX := o.Shift(o.Sub(idx, o.Scale(row, float64(s))), 0.5)
 	d2 := o.Add(o.Square(o.Sub(cellX, gcx)), o.Square(o.Sub(cellY, gcy))) // [B, P]
-	tgt := o.Softmax(o.Scale(d2, -1/(2*GrounderSigma*GrounderSigma)))
+	sg := n.c.PointerSigma()
+	tgt := o.Softmax(o.Scale(d2, -1/(2*sg*sg)))
 	ce := o.Neg(o.ReduceSum(o.Mul(tgt, o.LogSoftmax(lg)), false, -1)) // [B]
 	gt := o.Reshape(lb.RefBox, b, 1, 4)
 	l1 := o.ReduceSum(o.Abs(o.Sub(bx, gt)), false, -1) // [B, P]

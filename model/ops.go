@@ -90,6 +90,12 @@ type Ops[T any] interface {
 	// MatMulT is MatMul of a and b with b's last two axes swapped: a [...,
 	// m, k] times b [..., n, k] transposed: [..., m, n].
 	MatMulT(a, b T) T
+	// Conv3x3 is the 3x3 convolution of x [K, S, S, in] (channels last)
+	// with kernel w [3, 3, in, out] (HWIO), zero padding 1 and stride 1
+	// or 2, plus b [out]: [K, S/stride, S/stride, out] (S even for stride
+	// 2). Conv3x3Columns computes it from the other operations, for a
+	// backend without a faster one of its own.
+	Conv3x3(x, w, b T, stride int) T
 	// Einsum contracts two operands as the spec says ("bql,blw->bqw").
 	Einsum(spec string, a, b T) T
 	// Gather takes the rows of table [n, ...] that the integer tensor
@@ -109,3 +115,30 @@ type Range struct {
 
 // LayerNormEps is the epsilon of every layer norm and instance norm.
 const LayerNormEps = 1e-5
+
+// Conv3x3Columns is Ops.Conv3x3 from the other operations: nine
+// (strided) slices of the padded input side by side times the kernel as
+// a [9*in, out] matrix (im2col), which runs with its gradient on any
+// backend, and faster on GoMLX's Go backend than its generic
+// convolution.
+func Conv3x3Columns[T any](o Ops[T], x, w, b T, stride int) T {
+	d := o.Shape(x)
+	s, in := d[1], d[3]
+	out := o.Shape(w)[3]
+	xp := x
+	for axis := 1; axis <= 2; axis++ { // zero padding
+		edge := o.ZerosLike(o.Slice(xp, Range{Axis: axis, From: 0, To: 1}))
+		xp = o.Concat(axis, edge, xp, edge)
+	}
+	cols := make([]T, 0, 9)
+	for ky := range 3 {
+		for kx := range 3 {
+			if stride == 2 {
+				cols = append(cols, o.Slice(xp, Range{Axis: 1, From: ky, To: ky + s - 1, Stride: 2}, Range{Axis: 2, From: kx, To: kx + s - 1, Stride: 2}))
+			} else {
+				cols = append(cols, o.Slice(xp, Range{Axis: 1, From: ky, To: ky + s}, Range{Axis: 2, From: kx, To: kx + s}))
+			}
+		}
+	}
+	return o.Dense(o.Concat(-1, cols...), o.Reshape(w, 9*in, out), b)
+}

@@ -200,6 +200,29 @@ func (c Config) FLOPsPerImage() float64 {
 	return stem + n*perPatch
 }
 
+// GrounderFLOPsPerImage is the forward FLOPs of Config.Grounder's tower
+// (every 3x3 convolution, with its two coordinate channels, after the 2x2
+// fold), its transformer blocks over the cells, and the head (fc1, out and
+// the match keys) for one image; 0 without Grounder. The sentence encoder,
+// over a few dozen text positions per sequence, is left out.
+func (c Config) GrounderFLOPsPerImage() float64 {
+	strides, chans := c.GrounderConvs()
+	if strides == nil {
+		return 0
+	}
+	side, in, f := float64(c.ImageSize/2), 12.0, 0.0
+	for i, s := range strides {
+		side /= float64(s)
+		f += 2 * side * side * 9 * (in + 2) * float64(chans[i])
+		in = float64(chans[i])
+	}
+	vw, n := float64(c.VisionWidth), float64(c.Patches())
+	hv := float64(c.MLPHidden(c.VisionWidth))
+	f += float64(c.GrounderGridDepth) * n * (2*(4*vw*vw+2*vw*hv) + 4*n*vw)
+	f += n * 2 * ((vw+2)*vw + vw*5 + vw*vw)
+	return f
+}
+
 // FLOPsPerStep is the model FLOPs of one training step over a batch of
 // sequences padded to MaxSeq with every image slot filled: forward plus
 // backward, taken as 3x the forward.

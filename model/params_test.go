@@ -160,3 +160,57 @@ func TestStemChannels(t *testing.T) {
 		t.Fatalf("FLOPsPerImage with conv_stem: %v, want %v", got, want)
 	}
 }
+
+// TestGrounderStemAndSigma: the tower's stem convolutions come first at the
+// folded resolution (the first non-residual, since the fold has 12
+// channels), a zero grounder_sigma trains with the 0.75 cells configs
+// before the field did, and out-of-range values name their field.
+func TestGrounderStemAndSigma(t *testing.T) {
+	c := DefaultConfig(500)
+	c.ImageSize, c.MaxSeq, c.VisionDepth, c.ImagesAfterText = 64, 320, 0, true
+	c.Grounder, c.GrounderQueries, c.GrounderLossWeight = true, 2, 1
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	c.GrounderStem = 2
+	strides, chans := c.GrounderConvs()
+	if !slices.Equal(strides, []int{1, 1, 2, 1, 2, 1}) || !slices.Equal(chans, []int{16, 16, 32, 32, 64, 64}) {
+		t.Fatalf("GrounderConvs with grounder_stem 2: strides %v channels %v", strides, chans)
+	}
+	if c.PointerSigma() != DefaultGrounderSigma {
+		t.Fatalf("PointerSigma of grounder_sigma 0: %v", c.PointerSigma())
+	}
+	c.GrounderSigma = 0.3
+	if c.PointerSigma() != 0.3 || !slices.Contains(c.Features(), "grounder_sigma") || !slices.Contains(c.Features(), "grounder_stem") {
+		t.Fatalf("PointerSigma %v, features %v", c.PointerSigma(), c.Features())
+	}
+	for want, mod := range map[string]func(*Config){
+		"grounder_stem 5 must be in 0..4":                func(c *Config) { c.GrounderStem = 5 },
+		"grounder_sigma -1 must be in [0, 4]":            func(c *Config) { c.GrounderSigma = -1 },
+		"grounder_sigma NaN must be in [0, 4]":           func(c *Config) { c.GrounderSigma = math.NaN() },
+		"grounder_stem and grounder_sigma need grounder": func(c *Config) { c.Grounder, c.GrounderQueries, c.GrounderLossWeight = false, 0, 0 },
+	} {
+		bad := c
+		mod(&bad)
+		if err := bad.Validate(); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("Validate: %v, want it to say %q", err, want)
+		}
+	}
+}
+
+// TestGrounderFLOPsPerImage counts the demo tower by hand: 64-pixel images
+// folded to 32 x 32 x 12, two 32-channel convolutions at 16 x 16 and two
+// 64-channel ones at 8 x 8, each reading two coordinate channels more,
+// then the head over the 64 cells.
+func TestGrounderFLOPsPerImage(t *testing.T) {
+	c := DefaultConfig(500)
+	if c.GrounderFLOPsPerImage() != 0 {
+		t.Fatal("FLOPs of a grounder without one")
+	}
+	c.ImageSize, c.VisionWidth, c.Grounder = 64, 64, true
+	tower := 2 * (16*16*9*14*32 + 16*16*9*34*32 + 8*8*9*34*64 + 8*8*9*66*64.0)
+	head := 64 * 2 * (66*64 + 64*5 + 64*64.0)
+	if got := c.GrounderFLOPsPerImage(); math.Abs(got-(tower+head)) > 1 {
+		t.Fatalf("GrounderFLOPsPerImage %v, want %v", got, tower+head)
+	}
+}

@@ -217,6 +217,14 @@ func (s *shapeOps) Dense(x, w *shape, b ...*shape) *shape {
 	return s.mk(out...)
 }
 
+func (s *shapeOps) Conv3x3(x, w, b *shape, stride int) *shape {
+	if len(x.dims) != 4 || len(w.dims) != 4 || w.dims[0] != 3 || w.dims[1] != 3 || w.dims[2] != x.dims[3] ||
+		!slices.Equal(b.dims, w.dims[3:]) || (stride != 1 && stride != 2) || x.dims[1] != x.dims[2] || stride == 2 && x.dims[1]%2 != 0 {
+		panic(fmt.Sprintf("conv3x3 of %v with kernel %v, bias %v, stride %d", x.dims, w.dims, b.dims, stride))
+	}
+	return s.mk(x.dims[0], x.dims[1]/stride, x.dims[2]/stride, w.dims[3])
+}
+
 func (s *shapeOps) MatMul(a, b *shape) *shape {
 	r := len(a.dims)
 	if r < 2 || len(b.dims) != r || !slices.Equal(a.dims[:r-2], b.dims[:r-2]) || a.dims[r-1] != b.dims[r-2] {

@@ -688,6 +688,10 @@ func (o *Ops) MatMul(a, b *Tensor) *Tensor {
 	return out
 }
 
+func (o *Ops) Conv3x3(x, w, b *Tensor, stride int) *Tensor {
+	return model.Conv3x3Columns[*Tensor](o, x, w, b, stride)
+}
+
 func (o *Ops) MatMulT(a, b *Tensor) *Tensor {
 	r := len(a.Dims)
 	m, k, n := a.Dims[r-2], a.Dims[r-1], b.Dims[r-2]

@@ -366,7 +366,13 @@ func BenchmarkEngines(b *testing.B) {
 				steps := float64(b.N) / el
 				exec := c
 				exec.MaxSeq, exec.MaxImages = bt.L, (bt.K+cs.batch-1)/cs.batch
-				gflops := exec.FLOPsPerStep(cs.batch) * steps / 1e9
+				flops := exec.FLOPsPerStep(cs.batch)
+				if cs.objective == compute.ObjectiveGrounder {
+					// Stage 1 runs the grounder alone, not the language
+					// model: its tower and head, forward and backward.
+					flops = 3 * float64(bt.K) * c.GrounderFLOPsPerImage()
+				}
+				gflops := flops * steps / 1e9
 				b.ReportMetric(steps, "steps/s")
 				b.ReportMetric((cpuSeconds()-cpu0)/float64(b.N), "CPU-s/step")
 				b.ReportMetric(gflops, "GFLOP/s")

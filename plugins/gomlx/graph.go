@@ -10,11 +10,14 @@ import (
 // AdamW hyperparameters (besides the learning rate and weight decay, which
 // come with each TrainRequest).
 const (
-	adamBeta1   = 0.9
-	adamBeta2   = 0.95
-	adamEps     = 1e-8
-	gradClipMax = 1.0
+	adamBeta1          = 0.9
+	adamBeta2          = 0.95
+	adamEps            = 1e-8
+	gradClipMaxDefault = 1.0
 )
+
+// gradClipMax is the gradient-norm clip (experiment knob).
+var gradClipMax = gradClipMaxDefault
 
 // trainStepLayout fixes the order of the train step's inputs and outputs.
 //

@@ -2,8 +2,11 @@ package gomlx
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"log/slog"
+	"maps"
+	"math"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -212,12 +215,37 @@ func BenchmarkGrounderScene(b *testing.B) {
 	c.Width, c.Depth, c.VisionWidth, c.GrounderQueries = 64, 2, probeInt(b, "GROUNDMESH_PROBE_WIDTH", 64), 4
 	c.GrounderCellWords = os.Getenv("GROUNDMESH_PROBE_CELLWORDS") != ""
 	c.GrounderNorm = os.Getenv("GROUNDMESH_PROBE_NONORM") == ""
+	c.GrounderStem = probeInt(b, "GROUNDMESH_PROBE_STEM", 0)
+	clip, gain := gradClipMax, normedConvGain
+	b.Cleanup(func() { gradClipMax, normedConvGain = clip, gain })
+	gradClipMax = probeFloat(b, "GROUNDMESH_PROBE_CLIP", clip)
+	normedConvGain = probeFloat(b, "GROUNDMESH_PROBE_CONVGAIN", gain)
+	c.GrounderSigma = probeFloat(b, "GROUNDMESH_PROBE_SIGMA", 0)
+	c.GrounderTextDepth = probeInt(b, "GROUNDMESH_PROBE_TEXTDEPTH", 0)
 	if d := os.Getenv("GROUNDMESH_PROBE_GRID"); d != "" {
 		if c.GrounderGridDepth, err = strconv.Atoi(d); err != nil {
 			b.Fatal(err)
 		}
 	}
 	c, train, test := templatedSceneItems(b, world, c, probeOpts{ColourOnly: os.Getenv("GROUNDMESH_PROBE_COLOUR") != ""})
+	if d := os.Getenv("GROUNDMESH_PROBE_DUMP"); d != "" {
+		for name, items := range map[string][]probeItem{"train": train, "val": test} {
+			var pix []byte
+			var meta []byte
+			for _, it := range items {
+				pix = append(pix, it.img...)
+				line, _ := json.Marshal(map[string]any{"expr": it.expr, "box": it.box, "kind": it.kind})
+				meta = append(append(meta, line...), '\n')
+			}
+			if err := os.WriteFile(filepath.Join(d, name+".u8"), pix, 0o644); err != nil {
+				b.Fatal(err)
+			}
+			if err := os.WriteFile(filepath.Join(d, name+".jsonl"), meta, 0o644); err != nil {
+				b.Fatal(err)
+			}
+		}
+		b.Skip("dumped")
+	}
 	dir := b.TempDir()
 	shard := filepath.Join(dir, "train.safetensors")
 	itemsShard(b, c, train, shard)
@@ -249,6 +277,7 @@ func BenchmarkGrounderScene(b *testing.B) {
 		test = train[:min(len(train), 1024)]
 	}
 	var hits, centre int
+	kindN, kindHits := map[string]int{}, map[string]int{}
 	for lo := 0; lo < len(test); lo += 64 {
 		part := test[lo:min(lo+64, len(test))]
 		batch := make([]compute.Sequence, len(part))
@@ -264,8 +293,10 @@ func BenchmarkGrounderScene(b *testing.B) {
 			for k := range 4 {
 				pred[k] = int(out.HeadBoxes[i].Box[k]*100 + 0.5)
 			}
+			kindN[it.kind]++
 			if probeBox(pred).IoU(probeBox(it.box)) >= 0.5 {
 				hits++
+				kindHits[it.kind]++
 			}
 			if centreIn(pred, it.box) {
 				centre++
@@ -273,6 +304,9 @@ func BenchmarkGrounderScene(b *testing.B) {
 		}
 	}
 	n := float64(len(test))
+	for _, k := range slices.Sorted(maps.Keys(kindN)) {
+		b.Logf("expressions with %s: Acc@0.5 %.3f (%d)", k, float64(kindHits[k])/float64(kindN[k]), kindN[k])
+	}
 	b.ReportMetric(float64(hits)/n, "acc@0.5")
 	b.ReportMetric(float64(centre)/n, "centre")
 	b.Logf("grounder on the scene world, %d steps, %d training items: loss %.3f -> %.3f, head Acc@0.5 %.3f, centre %.3f on %d val objects",
@@ -381,5 +415,28 @@ func TestGrounderObjective(t *testing.T) {
 	bad.ModelConfig, bad.CheckpointDir = configJSON(t, plain), t.TempDir()
 	if _, err := b.Train(ctx, bad, nil); !errors.Is(err, compute.ErrInvalidArgument) || !strings.Contains(err.Error(), "grounder") {
 		t.Errorf("grounder objective without the head: %v, want an invalid-argument error", err)
+	}
+}
+
+// TestNormedConvInit: under Config.GrounderNorm the tower's kernels start
+// at normedConvGain of He initialization (an instance norm follows each, so
+// their scale sets only how fast Adam moves them); without it, at He.
+func TestNormedConvInit(t *testing.T) {
+	for _, norm := range []bool{false, true} {
+		c := grounderConfig(32)
+		c.GrounderNorm = norm
+		for _, p := range paramSpecs(c) {
+			if !strings.HasPrefix(p.Name, "grounder.conv.") || !strings.HasSuffix(p.Name, ".w") {
+				continue
+			}
+			he := math.Sqrt(2 / float64(p.Shape[0]*p.Shape[1]*p.Shape[2]))
+			want := he
+			if norm {
+				want = normedConvGain * he
+			}
+			if math.Abs(p.Std-want) > 1e-12 {
+				t.Errorf("grounder_norm %v: %s std %v, want %v", norm, p.Name, p.Std, want)
+			}
+		}
 	}
 }

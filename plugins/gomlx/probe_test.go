@@ -275,6 +275,10 @@ type probeItem struct {
 	// size is the object's size class in the scene probe (0 small, 1
 	// medium, 2 large; 0 elsewhere).
 	size int
+	// kind names the attributes the scene probe's expression uses besides
+	// the shape ("shape" when none), for per-kind accuracy.
+	kind string
+	expr string
 	// coarse are the positions whose logits predict the box's four coarse
 	// numbers when the answer is not four consecutive coarse tokens after
 	// at (the templated scene probe's "[0.123, ...]"); zero: at+k.

@@ -2,6 +2,7 @@ package gomlx
 
 import (
 	"context"
+	"fmt"
 	"image"
 	"image/png"
 	"math"
@@ -67,6 +68,19 @@ func sceneWordID(attr, v string) int32 {
 		base += len(l.vals)
 	}
 	panic("scene probe: unknown word " + attr + "=" + v)
+}
+
+// sceneWordAttr is the attribute ("shape" for the category) of a
+// sceneWordID.
+func sceneWordAttr(id int32) string {
+	i := int(id) - sceneWord0
+	for _, l := range sceneWords {
+		if i < len(l.vals) {
+			return l.attr
+		}
+		i -= len(l.vals)
+	}
+	panic(fmt.Sprintf("scene probe: word id %d outside the scene words", id))
 }
 
 // sceneExpr is the shortest attribute subset (in sceneAttrSubsets order)
@@ -205,6 +219,8 @@ func templatedSceneItems(t testing.TB, world *scenes.World, c model.Config, o pr
 		size  int
 		train bool
 		sc    *scenes.Scene
+		kind  string
+		expr  string
 	}
 	var all []pending
 	vb := model.NewVocabBuilder()
@@ -224,10 +240,22 @@ func templatedSceneItems(t testing.TB, world *scenes.World, c model.Config, o pr
 				continue
 			}
 			words := []string{"the"}
+			var attrs []string
 			for _, id := range ids {
 				words = append(words, sceneWordName(id))
+				if a := sceneWordAttr(id); a != "shape" {
+					attrs = append(attrs, a)
+				}
 			}
-			q := strings.Replace(templates[rng.IntN(len(templates))], "{expr}", strings.Join(words, " "), 1)
+			kind := strings.Join(attrs, "+")
+			if kind == "" {
+				kind = "shape"
+			}
+			tmpl := templates[rng.IntN(len(templates))]
+			if os.Getenv("GROUNDMESH_PROBE_BARE") != "" {
+				tmpl = "{expr}" // the expression alone, no instruction around it
+			}
+			q := strings.Replace(tmpl, "{expr}", strings.Join(words, " "), 1)
 			box := model.Normalize(obj.Box, sc.Size, sc.Size)
 			rec := model.Record{
 				ID: sc.File + "/" + obj.ID, Stage: "stage2", Task: "rec", Split: sc.Split,
@@ -235,7 +263,7 @@ func templatedSceneItems(t testing.TB, world *scenes.World, c model.Config, o pr
 				Conversations: []model.Turn{{From: "human", Value: "<image>\n" + q}, {From: "gpt", Value: model.FormatBox(box)}},
 			}
 			vb.AddRecord(rec)
-			all = append(all, pending{rec: rec, img: img, size: slices.Index(scenes.Sizes, obj.Attributes[scenes.AttrSize]), train: sc.Split == gmdataset.SplitTrain, sc: sc})
+			all = append(all, pending{rec: rec, img: img, size: slices.Index(scenes.Sizes, obj.Attributes[scenes.AttrSize]), train: sc.Split == gmdataset.SplitTrain, sc: sc, kind: kind, expr: strings.Join(words, " ")})
 		}
 	}
 	tok, err := vb.Build(1024)
@@ -262,7 +290,7 @@ func templatedSceneItems(t testing.TB, world *scenes.World, c model.Config, o pr
 		if at < 0 || n != 4 {
 			t.Fatalf("templated probe: record %s encodes without an answer box: %v", p.rec.ID, tok.Decode(s.Tokens))
 		}
-		it := probeItem{img: p.img, toks: s.Tokens, at: at, box: box, coarse: &coarse, size: p.size}
+		it := probeItem{img: p.img, toks: s.Tokens, at: at, box: box, coarse: &coarse, size: p.size, kind: p.kind, expr: p.expr}
 		if c.GrounderCellWords {
 			var boxes [][4]float64
 			var names []string

@@ -148,6 +148,9 @@ func DefaultSpec() RunSpec {
 	m.Grounder, m.GrounderQueries, m.GrounderLossWeight = true, 4, 1
 	// Instance norm before every FiLM of the tower.
 	m.GrounderNorm = true
+	// The pointer's target: a Gaussian of 0.3 cells around the centre
+	// cell, not 0.75 (scene probe, docs/experiments.md).
+	m.GrounderSigma = 0.3
 	unpacked := false
 	// A fresh slice per stage: decoding a spec's "frozen" reuses the
 	// slice it decodes into.

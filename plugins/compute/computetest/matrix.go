@@ -49,7 +49,7 @@ import (
 // weights, prompts, shard) the references were recorded from. Changing
 // any of them changes the function the cells compute: record the
 // references again under a new version.
-const MatrixVersion = "v1"
+const MatrixVersion = "v2"
 
 const matrixFormat = "groundmesh/conformance-matrix/" + MatrixVersion
 
@@ -121,6 +121,8 @@ func MatrixCells() []MatrixCell {
 		cell("grounder_norm", func(c *model.Config) { *c = withGrounder(*c); c.GrounderNorm = true }),
 		cell("grounder_grid_depth", func(c *model.Config) { *c = withGrounder(*c); c.GrounderGridDepth = 1 }),
 		cell("grounder_text_depth", func(c *model.Config) { *c = withGrounder(*c); c.GrounderTextDepth = 1 }),
+		cell("grounder_stem", func(c *model.Config) { *c = withGrounder(*c); c.GrounderStem = 2 }),
+		cell("grounder_sigma", func(c *model.Config) { *c = withGrounder(*c); c.GrounderSigma = 0.3 }),
 		cell("demo", func(c *model.Config) { *c = DemoCellConfig(*c) }),
 	}
 }
@@ -132,6 +134,7 @@ func DemoCellConfig(c model.Config) model.Config {
 	c.BoxLabelSigma = 1.5
 	c.PatchPositions = true
 	c.GrounderNorm = true
+	c.GrounderSigma = 0.3
 	return c
 }
 

@@ -261,6 +261,18 @@ void gmt_dense(gmt_out *o, gmt_t x, gmt_t w, gmt_t b) {
   });
 }
 
+void gmt_conv3x3(gmt_out *o, gmt_t x, gmt_t w, gmt_t b, int stride) {
+  run(o, [&] {
+    // The NCHW view of the NHWC tensor is channels-last memory, which
+    // libtorch's CPU convolution takes as it is; the result goes back
+    // to NHWC, contiguous, for the reshapes after it.
+    auto xn = T(x).permute({0, 3, 1, 2});
+    auto wn = T(w).permute({3, 2, 0, 1}).contiguous();  // OIHW
+    auto y = at::conv2d(xn, wn, T(b), {stride, stride}, {1, 1});
+    return y.permute({0, 2, 3, 1}).contiguous();
+  });
+}
+
 void gmt_einsum(gmt_out *o, const char *spec, gmt_t a, gmt_t b) {
   run(o, [&] { return at::einsum(spec, {T(a), T(b)}); });
 }

@@ -83,6 +83,9 @@ void gmt_reduce(gmt_out *o, int op, gmt_t x, const int64_t *axes, int naxes, int
 void gmt_layer_norm(gmt_out *o, gmt_t x, gmt_t w, gmt_t b, double eps);
 void gmt_matmul(gmt_out *o, gmt_t a, gmt_t b, int transpose_b);
 void gmt_dense(gmt_out *o, gmt_t x, gmt_t w, gmt_t b /* may be NULL */);
+/* gmt_conv3x3: x [K, S, S, in] channels last, w [3, 3, in, out] (HWIO),
+ * b [out], zero padding 1, stride 1 or 2: [K, S/stride, S/stride, out]. */
+void gmt_conv3x3(gmt_out *o, gmt_t x, gmt_t w, gmt_t b, int stride);
 void gmt_einsum(gmt_out *o, const char *spec, gmt_t a, gmt_t b);
 void gmt_index_rows(gmt_out *o, gmt_t table, gmt_t idx);
 void gmt_gather_elems(gmt_out *o, gmt_t x, gmt_t idx);

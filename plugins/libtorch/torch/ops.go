@@ -182,6 +182,14 @@ func (o *Ops) Dense(x, w *Tensor, b ...*Tensor) *Tensor {
 	return o.take("dense")
 }
 
+// Conv3x3 is libtorch's convolution over the channels-last layout (its
+// NCHW view of the NHWC tensor), with its own gradient: one kernel call
+// instead of the column form's nine slices, concatenation and product.
+func (o *Ops) Conv3x3(x, w, b *Tensor, stride int) *Tensor {
+	C.gmt_conv3x3(o.out(), x.h, w.h, b.h, C.int(stride))
+	return o.take("conv3x3")
+}
+
 func (o *Ops) MatMul(a, b *Tensor) *Tensor {
 	C.gmt_matmul(o.out(), a.h, b.h, 0)
 	return o.take("matmul")
