@@ -186,7 +186,10 @@ type EvalRequested struct {
 	CheckpointIDs []string `json:"checkpoint_ids,omitempty"` // default: final of each stage
 	Splits        []string `json:"splits,omitempty"`         // default: val, test, heldout
 	MaxSamples    int      `json:"max_samples,omitempty"`    // per benchmark and split
-	Report        bool     `json:"report"`
+	// MaxSamplesBy overrides MaxSamples for the benchmarks it names
+	// ("rec", "pope_random", ...); 0 there means every record.
+	MaxSamplesBy map[string]int `json:"max_samples_by,omitempty"`
+	Report       bool           `json:"report"`
 }
 
 // EvaluationCompleted is the fact (and completion) of an evaluation.

@@ -66,8 +66,8 @@ type Config struct {
 	// Device is the engine's device ("cpu", or "cuda" for libtorch); empty
 	// means the engine's first.
 	Device string
-	// Threads bounds the engine's intra-op threads (libtorch); 0 keeps
-	// its default, the number of cores.
+	// Threads is the libtorch engine's intra-op and OpenBLAS threads; 0
+	// means 1 on the CPU and the libraries' defaults on CUDA.
 	Threads int
 }
 

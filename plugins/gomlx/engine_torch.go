@@ -24,8 +24,20 @@ func init() {
 		if err != nil {
 			return nil, fmt.Errorf("%w: %w", compute.ErrInvalidArgument, err)
 		}
-		if cfg.Threads > 0 {
-			torch.SetThreads(cfg.Threads)
+		// One thread by default on the CPU, for libtorch's own pool and
+		// for OpenBLAS's: the demo model's tensors are small, and two
+		// pools spinning on two cores ran stage 1 at 16.8 steps/s
+		// against 25.1 with one thread each (make bench-engines with
+		// OPENBLAS_NUM_THREADS and OMP_NUM_THREADS, docs/experiments.md),
+		// and leave the other core to the pipeline. Config.Threads
+		// sets both.
+		threads := cfg.Threads
+		if threads == 0 && dev == torch.CPU {
+			threads = 1
+		}
+		if threads > 0 {
+			torch.SetThreads(threads)
+			torch.SetBLASThreads(threads)
 		}
 		return &torchEngine{dev: dev}, nil
 	})

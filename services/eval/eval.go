@@ -163,7 +163,7 @@ type evalSet struct {
 	skipped int
 }
 
-func (s *Service) loadRecords(ctx context.Context, run RunInfo, splits []string, maxSamples int) (*evalSet, error) {
+func (s *Service) loadRecords(ctx context.Context, run RunInfo, splits []string, maxSamples int, maxBy map[string]int) (*evalSet, error) {
 	ctx, span := tracer.Start(ctx, "eval.loadRecords")
 	defer span.End()
 	want := map[string]bool{}
@@ -201,8 +201,12 @@ func (s *Service) loadRecords(ctx context.Context, run RunInfo, splits []string,
 	for _, m := range set.bySplit {
 		for b, recs := range m {
 			sampleOrder(recs)
-			if maxSamples > 0 && len(recs) > maxSamples {
-				recs = recs[:maxSamples]
+			limit := maxSamples
+			if n, ok := maxBy[b]; ok {
+				limit = n
+			}
+			if limit > 0 && len(recs) > limit {
+				recs = recs[:limit]
 			}
 			m[b] = recs
 		}
@@ -272,6 +276,11 @@ func (s *Service) evaluate(ctx context.Context, req events.EvalRequested, progre
 	if req.MaxSamples < 0 {
 		return none, fmt.Errorf("evaluate: max_samples %d is negative: %w", req.MaxSamples, ErrBadInput)
 	}
+	for b, n := range req.MaxSamplesBy {
+		if n < 0 {
+			return none, fmt.Errorf("evaluate: max_samples_by[%q] %d is negative: %w", b, n, ErrBadInput)
+		}
+	}
 	if progress == nil {
 		progress = func(int64, int64, string) {}
 	}
@@ -290,7 +299,7 @@ func (s *Service) evaluate(ctx context.Context, req events.EvalRequested, progre
 	if len(cks) == 0 {
 		return none, fmt.Errorf("evaluate run %s: no checkpoints: %w", req.RunID, ErrBadInput)
 	}
-	set, err := s.loadRecords(ctx, run, splits, req.MaxSamples)
+	set, err := s.loadRecords(ctx, run, splits, req.MaxSamples, req.MaxSamplesBy)
 	if err != nil {
 		return none, fmt.Errorf("evaluate run %s: %w", req.RunID, err)
 	}

@@ -467,11 +467,33 @@ func TestEvaluateOptions(t *testing.T) {
 	if done.ReportKey != "" {
 		t.Fatal("report written without being asked")
 	}
+	// A benchmark named in MaxSamplesBy takes its own cap; the others keep
+	// MaxSamples.
+	if _, err := f.svc.Evaluate(ctx, events.EvalRequested{RunID: f.runA.RunID, CheckpointIDs: []string{stage2.ID}, Splits: []string{"test"},
+		MaxSamples: 4, MaxSamplesBy: map[string]int{BenchREC: 1}}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if evals, err = latestEvaluations(ctx, f.pool, f.runA.RunID); err != nil {
+		t.Fatal(err)
+	}
+	var others int
+	for _, e := range evals {
+		switch {
+		case e.Benchmark == BenchREC && e.Samples != 1:
+			t.Errorf("rec with max_samples_by 1: %d samples", e.Samples)
+		case e.Benchmark != BenchREC && e.Samples > 1:
+			others++
+		}
+	}
+	if others == 0 {
+		t.Error("max_samples_by capped benchmarks it does not name")
+	}
 	for name, req := range map[string]events.EvalRequested{
 		"no run":          {},
 		"unknown run":     {RunID: uuid.NewString()},
 		"bad checkpoint":  {RunID: f.runA.RunID, CheckpointIDs: []string{uuid.NewString()}},
 		"negative max":    {RunID: f.runA.RunID, MaxSamples: -1},
+		"negative max_by": {RunID: f.runA.RunID, MaxSamplesBy: map[string]int{"rec": -1}},
 		"split w/o items": {RunID: f.runA.RunID, Splits: []string{"nowhere"}},
 	} {
 		if _, err := f.svc.Evaluate(ctx, req, nil); err == nil {

@@ -1,4 +1,5 @@
 // gmtorch: see gmtorch.h.
+#include <dlfcn.h>
 #include "gmtorch.h"
 
 #include <ATen/ATen.h>
@@ -81,6 +82,15 @@ void gmt_set_threads(int n) {
   if (n > 0) at::set_num_threads(n);
 }
 int gmt_get_threads(void) { return at::get_num_threads(); }
+int gmt_set_blas_threads(int n) {
+  // Looked up at run time: a libtorch built on MKL or another BLAS has
+  // no OpenBLAS, and the shim must load there too.
+  using setter = void (*)(int);
+  auto f = reinterpret_cast<setter>(dlsym(RTLD_DEFAULT, "openblas_set_num_threads"));
+  if (f == nullptr || n < 1) return 0;
+  f(n);
+  return 1;
+}
 int gmt_cuda_available(void) {
   try {
     return at::hasCUDA() ? 1 : 0;

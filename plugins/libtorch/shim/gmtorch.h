@@ -48,6 +48,10 @@ enum gmt_reduce_op { GMT_SUM, GMT_AMAX, GMT_MEAN };
 const char *gmt_version(void);
 void gmt_set_threads(int n);
 int gmt_get_threads(void);
+/* gmt_set_blas_threads sets OpenBLAS's thread pool (the BLAS Debian's
+ * libtorch calls for matrix products) when the process has OpenBLAS;
+ * returns 1 then, 0 when it has no OpenBLAS. */
+int gmt_set_blas_threads(int n);
 int gmt_cuda_available(void);
 void gmt_manual_seed(uint64_t seed);
 

@@ -60,6 +60,11 @@ func Version() string { return C.GoString(C.gmt_version()) }
 // default is the number of cores, which some builds lower to one.
 func SetThreads(n int) { C.gmt_set_threads(C.int(n)) }
 
+// SetBLASThreads sets OpenBLAS's threads (n > 0), the BLAS that Debian's
+// libtorch runs matrix products on; false when the process has no
+// OpenBLAS (a libtorch built on another BLAS).
+func SetBLASThreads(n int) bool { return C.gmt_set_blas_threads(C.int(n)) == 1 }
+
 // Threads is libtorch's intra-op thread count.
 func Threads() int { return int(C.gmt_get_threads()) }
 

@@ -9,8 +9,10 @@
 // Environment:
 //
 //	GROUNDMESH_LIBTORCH_DEVICE   cpu (default) or cuda
-//	GROUNDMESH_LIBTORCH_THREADS  libtorch intra-op threads (default: the
-//	                             number of cores)
+//	GROUNDMESH_LIBTORCH_THREADS  libtorch intra-op threads and OpenBLAS
+//	                             threads (default on the CPU: 1, fastest
+//	                             for the demo's small tensors on 2 cores;
+//	                             on CUDA the libraries' defaults)
 //	GROUNDMESH_LOG_LEVEL         debug, info (default), warn or error
 //
 // Logs go to stderr as JSON, which the host forwards.
