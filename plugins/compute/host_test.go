@@ -3,6 +3,7 @@ package compute_test
 import (
 	"context"
 	"crypto/sha256"
+	"crypto/tls"
 	"encoding/hex"
 	"errors"
 	"os"
@@ -15,9 +16,13 @@ import (
 	"go.opentelemetry.io/otel"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/groundmesh/groundmesh/plugins/compute"
 	"github.com/groundmesh/groundmesh/plugins/compute/computetest"
+	computev1 "github.com/groundmesh/groundmesh/plugins/compute/proto/computev1"
 )
 
 // The contract holds through a real plugin process (AutoMTLS, go-plugin
@@ -287,5 +292,44 @@ func TestHostRefusesTamperedPlugin(t *testing.T) {
 	}
 	if _, err := compute.NewHost(compute.HostConfig{Path: bin, Env: env, SHA256: "xyz"}); err == nil || !strings.Contains(err.Error(), "64 hex digits") {
 		t.Fatalf("malformed pin: %v", err)
+	}
+}
+
+// TestPluginRefusesAllButMutualTLS: the plugin process serves only over
+// go-plugin's AutoMTLS. The host's own calls work; a client that dials
+// the same socket in plain text, or over TLS without the host's client
+// certificate, is refused before any call reaches the backend.
+func TestPluginRefusesAllButMutualTLS(t *testing.T) {
+	h := newHost(t, "toy", compute.HostConfig{})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := h.Describe(ctx); err != nil {
+		t.Fatalf("the host's own call: %v", err)
+	}
+	addr := compute.HostAddr(h)
+	if addr == nil {
+		t.Fatal("no plugin address")
+	}
+	target := addr.String()
+	if addr.Network() == "unix" {
+		target = "unix:" + target
+	}
+	for name, creds := range map[string]credentials.TransportCredentials{
+		"plain text":              insecure.NewCredentials(),
+		"TLS without client cert": credentials.NewTLS(&tls.Config{InsecureSkipVerify: true}), //nolint:gosec // the point is to be refused
+	} {
+		conn, err := grpc.NewClient(target, grpc.WithTransportCredentials(creds))
+		if err != nil {
+			t.Fatalf("%s: dial: %v", name, err)
+		}
+		callCtx, callCancel := context.WithTimeout(ctx, 5*time.Second)
+		_, err = computev1.NewComputeClient(conn).Describe(callCtx, &computev1.DescribeRequest{})
+		callCancel()
+		conn.Close()
+		if err == nil {
+			t.Errorf("%s: the plugin answered Describe", name)
+			continue
+		}
+		t.Logf("%s: refused: %v", name, err)
 	}
 }
