@@ -1,6 +1,7 @@
 package stack
 
 import (
+	"bytes"
 	"context"
 	"encoding/base64"
 	"encoding/json"
@@ -10,6 +11,7 @@ import (
 	"image/draw"
 	"image/png"
 	"io"
+	"log/slog"
 	"net/http"
 	"os"
 	"os/exec"
@@ -96,17 +98,51 @@ func getJSON(t *testing.T, url string) (int, map[string]any) {
 	return resp.StatusCode, out
 }
 
+// groundToken is TestGroundOverHTTP's API token, and wrongToken one it
+// sends that is not accepted: neither may appear in a log line or a span.
+const (
+	groundToken = "tok-7f3a9c-never-logged"
+	wrongToken  = "tok-5d1e0b-refused-never-logged"
+)
+
+// lockedBuffer is a bytes.Buffer that loggers on several goroutines share.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
 // TestGroundOverHTTP: the gateway's POST /v1/ground on the embedded stack
 // (real Postgres, the Postgres bus, the real GoMLX plugin process): refused
 // without a token, no_model before training, then HTTP -> ground.requested
 // -> services/ground -> plugin -> ground.completed -> HTTP answer with the
 // model version, in one trace; limits refused before the bus; concurrent
-// requests all answered.
+// requests all answered; the API tokens, accepted or not, in no log line
+// (at debug level) and no span.
 func TestGroundOverHTTP(t *testing.T) {
 	dir := pluginDir(t)
+	logs := &lockedBuffer{}
+	captured := telemetry.NewLogger(io.MultiWriter(logs, testLogSink()), slog.LevelDebug, "groundmesh-test")
+	// The process default too: a component that logs through slog's
+	// default logger is held to the same rule.
+	prev := slog.Default()
+	slog.SetDefault(captured)
+	t.Cleanup(func() { slog.SetDefault(prev) })
 	s, tel, traceFile := testStack(t, func(c *Config) {
+		c.Logger = captured
 		c.PluginDir = dir
-		c.Ground.APITokens = []string{"test-token"}
+		c.Ground.APITokens = []string{groundToken}
 		c.Ground.Limits.MaxPixels = 1 << 20
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
@@ -125,7 +161,10 @@ func TestGroundOverHTTP(t *testing.T) {
 	if code, out := groundRequest(t, url, "", req); code != 401 || out["code"] != ground.CodeUnauthorized {
 		t.Fatalf("without token: %d %v", code, out)
 	}
-	if code, out := groundRequest(t, url, "test-token", req); code != 503 || out["code"] != ground.CodeNoModel {
+	if code, out := groundRequest(t, url, wrongToken, req); code != 401 || out["code"] != ground.CodeUnauthorized {
+		t.Fatalf("wrong token: %d %v", code, out)
+	}
+	if code, out := groundRequest(t, url, groundToken, req); code != 503 || out["code"] != ground.CodeNoModel {
 		t.Fatalf("before training: %d %v", code, out)
 	}
 
@@ -140,7 +179,7 @@ func TestGroundOverHTTP(t *testing.T) {
 		VALUES ($1, $2, 'stage3', 9, 0.5, $3, '', 0)`, ckID, runID, m.CheckpointKey); err != nil {
 		t.Fatal(err)
 	}
-	code, out := groundRequest(t, url, "test-token", req)
+	code, out := groundRequest(t, url, groundToken, req)
 	if code != 200 {
 		t.Fatalf("ground: %d %v", code, out)
 	}
@@ -165,7 +204,7 @@ func TestGroundOverHTTP(t *testing.T) {
 	}
 
 	// A limit is refused by the gateway: nothing is published.
-	if code, out := groundRequest(t, url, "test-token", map[string]any{"image": img, "expression": strings.Repeat("x", 600)}); code != 400 || out["code"] != ground.CodeExpressionTooLong {
+	if code, out := groundRequest(t, url, groundToken, map[string]any{"image": img, "expression": strings.Repeat("x", 600)}); code != 400 || out["code"] != ground.CodeExpressionTooLong {
 		t.Fatalf("long expression: %d %v", code, out)
 	}
 	var published int
@@ -178,7 +217,7 @@ func TestGroundOverHTTP(t *testing.T) {
 	texts := make([]string, 6)
 	for i := range texts {
 		wg.Go(func() {
-			code, out := groundRequest(t, url, "test-token", req)
+			code, out := groundRequest(t, url, groundToken, req)
 			if code != 200 {
 				t.Errorf("concurrent request %d: %d %v", i, code, out)
 				return
@@ -206,7 +245,7 @@ func TestGroundOverHTTP(t *testing.T) {
 		t.Fatal(err)
 	}
 	preq, _ := http.NewRequest("POST", url+"/v1/models/promote", strings.NewReader(`{"checkpoint_id":"`+ckID+`"}`))
-	preq.Header.Set("Authorization", "Bearer test-token")
+	preq.Header.Set("Authorization", "Bearer "+groundToken)
 	presp, err := http.DefaultClient.Do(preq)
 	if err != nil {
 		t.Fatal(err)
@@ -216,7 +255,7 @@ func TestGroundOverHTTP(t *testing.T) {
 		t.Fatalf("promote: %d", presp.StatusCode)
 	}
 	// The newer run would serve without the promotion.
-	if code, out := groundRequest(t, url, "test-token", req); code != 200 || out["model_version"] != ckID {
+	if code, out := groundRequest(t, url, groundToken, req); code != 200 || out["model_version"] != ckID {
 		t.Fatalf("after promoting %s: %d %v", ckID, code, out)
 	}
 
@@ -227,7 +266,7 @@ func TestGroundOverHTTP(t *testing.T) {
 	if p, err := acts.Promote(ctx, workflows.PromoteRequest{Alias: ground.DefaultAlias, CheckpointID: ck2}); err != nil || p.CheckpointID != ck2 || p.RunID != run2 {
 		t.Fatalf("pipeline promotion: %+v %v", p, err)
 	}
-	if code, out := groundRequest(t, url, "test-token", req); code != 200 || out["model_version"] != ck2 {
+	if code, out := groundRequest(t, url, groundToken, req); code != 200 || out["model_version"] != ck2 {
 		t.Fatalf("after the pipeline promoted %s: %d %v", ck2, code, out)
 	}
 	_, err = acts.Promote(ctx, workflows.PromoteRequest{Alias: ground.DefaultAlias, CheckpointID: uuid.NewString()})
@@ -303,4 +342,28 @@ func TestGroundOverHTTP(t *testing.T) {
 	if len(missing) > 0 {
 		t.Fatalf("the first grounding request's trace lacks %q", missing)
 	}
+	spans, err := os.ReadFile(traceFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(logs.String(), "ground") {
+		t.Fatal("the captured log has no line about grounding: the check below would prove nothing")
+	}
+	for _, tok := range []string{groundToken, wrongToken} {
+		if strings.Contains(logs.String(), tok) {
+			t.Errorf("an API token (%q) is in the log", tok)
+		}
+		if strings.Contains(string(spans), tok) {
+			t.Errorf("an API token (%q) is in the traces", tok)
+		}
+	}
+}
+
+// testLogSink is where a test's own log lines go besides its capture: the
+// terminal under -v, nowhere otherwise.
+func testLogSink() io.Writer {
+	if testing.Verbose() {
+		return os.Stderr
+	}
+	return io.Discard
 }
