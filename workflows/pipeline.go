@@ -89,7 +89,7 @@ func Pipeline(ctx workflow.Context, in PipelineInput) (PipelineResult, error) {
 	}
 	if want[StageEval] {
 		var out events.EvaluationCompleted
-		req := events.EvalRequested{RunID: res.RunID, Splits: in.Eval.Splits, MaxSamples: in.Eval.MaxSamples, MaxSamplesBy: in.Eval.MaxSamplesBy, Report: *in.Eval.Report}
+		req := events.EvalRequested{RunID: res.RunID, Splits: in.Eval.Splits, MaxSamples: in.Eval.MaxSamples, MaxSamplesBy: map[string]int(in.Eval.MaxSamplesBy), Report: *in.Eval.Report}
 		if err := workflow.ExecuteChildWorkflow(child(EvaluateWorkflowName, "eval"), Evaluate, req).Get(ctx, &out); err != nil {
 			return res, fmt.Errorf("eval: %w", err)
 		}

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"maps"
 	"regexp"
+	"slices"
 	"strings"
 
 	"github.com/groundmesh/groundmesh/internal/events"
@@ -132,8 +133,29 @@ type EvalInput struct {
 	// their answers come from the grounding head, about a millisecond
 	// each, and at MaxSamples' 100 a split's figure moves by about
 	// ±0.09 from which records were drawn.
-	MaxSamplesBy map[string]int `json:"max_samples_by,omitempty"`
-	Report       *bool          `json:"report,omitempty"` // default true
+	MaxSamplesBy SampleCaps `json:"max_samples_by,omitempty"`
+	Report       *bool      `json:"report,omitempty"` // default true
+}
+
+// SampleCaps are records per split by benchmark name. Decoding refuses an
+// empty name or a negative count (PipelineInput's decoding keeps the error
+// for Validate, which cannot range over a map: a workflow must name the
+// same field on every replay).
+type SampleCaps map[string]int
+
+// UnmarshalJSON decodes the caps and checks them in name order.
+func (c *SampleCaps) UnmarshalJSON(b []byte) error {
+	var m map[string]int
+	if err := json.Unmarshal(b, &m); err != nil {
+		return err
+	}
+	for _, k := range slices.Sorted(maps.Keys(m)) {
+		if k == "" || m[k] < 0 {
+			return fmt.Errorf("eval.max_samples_by[%q] = %d: want a benchmark name and a count >= 0", k, m[k])
+		}
+	}
+	*c = m
+	return nil
 }
 
 // DefaultHeadSamples is EvalInput.MaxSamplesBy's default for REC and the
@@ -213,7 +235,7 @@ func (in PipelineInput) WithDefaults() PipelineInput {
 		in.Eval.MaxSamples = 100
 	}
 	if in.Eval.MaxSamplesBy == nil {
-		in.Eval.MaxSamplesBy = map[string]int{}
+		in.Eval.MaxSamplesBy = SampleCaps{}
 		for _, b := range []string{"rec", "pope_random", "pope_popular", "pope_adversarial"} {
 			in.Eval.MaxSamplesBy[b] = DefaultHeadSamples
 		}
@@ -279,11 +301,6 @@ func (in PipelineInput) Validate() error {
 	}
 	if len(in.Train.Spec) > 0 && !json.Valid(in.Train.Spec) {
 		return fmt.Errorf("pipeline input: train.spec is not valid JSON")
-	}
-	for b, n := range in.Eval.MaxSamplesBy {
-		if n < 0 || b == "" {
-			return fmt.Errorf("pipeline input: eval.max_samples_by[%q] = %d: want a benchmark name and a count >= 0", b, n)
-		}
 	}
 	if in.Eval.MaxSamples < 0 {
 		return fmt.Errorf("pipeline input: eval.max_samples = %d: want >= 0", in.Eval.MaxSamples)

@@ -1,7 +1,6 @@
 package stack
 
 import (
-	"bytes"
 	"context"
 	"encoding/base64"
 	"encoding/json"
@@ -26,6 +25,7 @@ import (
 
 	"github.com/groundmesh/groundmesh/internal/events"
 	"github.com/groundmesh/groundmesh/internal/telemetry"
+	"github.com/groundmesh/groundmesh/internal/testutil"
 	"github.com/groundmesh/groundmesh/services/ground"
 	"github.com/groundmesh/groundmesh/services/ground/groundtest"
 	"github.com/groundmesh/groundmesh/workflows"
@@ -105,24 +105,6 @@ const (
 	wrongToken  = "tok-5d1e0b-refused-never-logged"
 )
 
-// lockedBuffer is a bytes.Buffer that loggers on several goroutines share.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // TestGroundOverHTTP: the gateway's POST /v1/ground on the embedded stack
 // (real Postgres, the Postgres bus, the real GoMLX plugin process): refused
 // without a token, no_model before training, then HTTP -> ground.requested
@@ -132,7 +114,7 @@ func (l *lockedBuffer) String() string {
 // (at debug level) and no span.
 func TestGroundOverHTTP(t *testing.T) {
 	dir := pluginDir(t)
-	logs := &lockedBuffer{}
+	logs := &testutil.SyncBuffer{}
 	captured := telemetry.NewLogger(io.MultiWriter(logs, testLogSink()), slog.LevelDebug, "groundmesh-test")
 	// The process default too: a component that logs through slog's
 	// default logger is held to the same rule.
