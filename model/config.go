@@ -262,10 +262,12 @@ func (c Config) PointerSigma() float64 {
 }
 
 // GrounderConvs lists Config.Grounder's convolutions in order: their
-// stride (2 or 1) and output channels. After the 2x2 space-to-depth fold,
-// GrounderStem stride-1 convolutions at that resolution, then stride-2 convolutions take the image to the patch grid, each followed by
-// a residual stride-1 convolution at its resolution; the first pair has
-// VisionWidth/2 channels, the rest VisionWidth. Nil without Grounder.
+// stride (2 or 1) and output channels. After the 2x2 space-to-depth fold
+// come GrounderStem stride-1 convolutions of VisionWidth/4 channels at
+// that resolution, then stride-2 convolutions take the image to the patch
+// grid, each followed by a residual stride-1 convolution at its
+// resolution; the first pair has VisionWidth/2 channels, the rest
+// VisionWidth. Nil without Grounder.
 func (c Config) GrounderConvs() (strides, channels []int) {
 	if !c.Grounder {
 		return nil, nil

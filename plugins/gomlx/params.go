@@ -85,18 +85,19 @@ func paramSpecs(c model.Config) []paramSpec {
 		case strings.HasPrefix(p.Name, "grounder.match."):
 			// Unit-variance queries and keys from layer-normed inputs.
 			s.Std = 1 / math.Sqrt(float64(p.Shape[0]))
-		case strings.HasPrefix(p.Name, "grounder.conv.") && c.GrounderNorm:
-			// An instance norm follows every convolution: the output
-			// does not depend on the kernel's scale, and Adam moves each
-			// weight by about the learning rate whatever its size, so
-			// the kernel's scale sets how fast it learns (the step
-			// relative to the weight). He initialization made the
-			// tower learn markedly slower than the scene probe's
-			// reference; 0.15 of it learned fastest of 1, 0.4 and 0.15
-			// (docs/experiments.md).
-			s.Std = normedConvGain * math.Sqrt(2/float64(p.Shape[0]*p.Shape[1]*p.Shape[2]))
 		case strings.HasPrefix(p.Name, "grounder.conv."):
 			s.Std = math.Sqrt(2 / float64(p.Shape[0]*p.Shape[1]*p.Shape[2]))
+			if c.GrounderNorm {
+				// An instance norm follows every convolution: the output
+				// does not depend on the kernel's scale, and Adam moves
+				// each weight by about the learning rate whatever its
+				// size, so the kernel's scale sets how fast it learns
+				// (the step relative to the weight). He initialization
+				// made the tower learn markedly slower than the scene
+				// probe's reference; 0.15 of it learned fastest of 1, 0.4
+				// and 0.15 (docs/experiments.md).
+				s.Std *= normedConvGain
+			}
 		case p.Name == "vision.pos":
 			s.Init = initSinCos2D
 		case strings.HasPrefix(p.Name, "vision.stem."):

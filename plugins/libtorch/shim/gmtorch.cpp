@@ -1,6 +1,7 @@
 // gmtorch: see gmtorch.h.
-#include <dlfcn.h>
 #include "gmtorch.h"
+
+#include <dlfcn.h>
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
