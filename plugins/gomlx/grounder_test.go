@@ -2,25 +2,21 @@ package gomlx
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"log/slog"
-	"maps"
 	"math"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 	"testing"
 
 	"github.com/groundmesh/groundmesh/model"
 	"github.com/groundmesh/groundmesh/plugins/compute"
-	"github.com/groundmesh/groundmesh/services/ingest/scenes"
 )
 
-// grounderConfig is the probe's model with Config.Grounder.
+// grounderConfig is the two-square task's model with Config.Grounder.
 func grounderConfig(size int) model.Config {
 	c := model.DefaultConfig(130)
 	c.ImageSize, c.Width, c.Depth, c.Heads, c.VisionDepth = size, 32, 1, 2, 0
@@ -43,10 +39,9 @@ func grounderShard(t testing.TB, c model.Config, n int, seed uint64, path string
 	refs := make([]int32, n*4)
 	images := make([]byte, 0, n*c.ImageSize*c.ImageSize*3)
 	items := make([]probeItem, n)
-	o := probeOpts{TextFirst: true, Filler: 2}
 	for i := range n {
 		img, q, box := probeSample(c, 2, rng)
-		seq, at := probeSeq(c, o, q, box, rng)
+		seq, at := probeSeq(c, 2, q, box, rng)
 		items[i] = probeItem{img: img, toks: seq, at: at, box: box}
 		images = append(images, img...)
 		index[i] = int32(i)
@@ -148,207 +143,6 @@ func headAccuracy(t *testing.T, b *Backend, c model.Config, ckpt string, test []
 		}
 	}
 	return float64(hits) / float64(len(test))
-}
-
-// itemsShard writes probe items (one image each; the box in hundredths)
-// as a shard with their referents in ref_boxes and existence labels.
-func itemsShard(t testing.TB, c model.Config, items []probeItem, path string) {
-	t.Helper()
-	n, L := len(items), c.MaxSeq
-	tokens := make([]int32, n*L)
-	targets := make([]int32, n*L)
-	index := make([]int32, n)
-	refs := make([]int32, n*4)
-	exists := make([]int32, n)
-	images := make([]byte, 0, n*c.ImageSize*c.ImageSize*3)
-	for i, it := range items {
-		images = append(images, it.img...)
-		index[i], exists[i] = int32(i), 1
-		for p := range L {
-			tokens[i*L+p], targets[i*L+p] = c.PadToken, -1
-			if p < len(it.toks) {
-				tokens[i*L+p] = it.toks[p]
-			}
-		}
-		for p := it.at; p < len(it.toks)-1; p++ {
-			targets[i*L+p] = it.toks[p+1]
-		}
-		for k := range 4 {
-			refs[i*4+k] = int32(it.box[k] * 10)
-		}
-		if refs[i*4+2] <= refs[i*4] {
-			refs[i*4+2] = refs[i*4] + 1
-		}
-		if refs[i*4+3] <= refs[i*4+1] {
-			refs[i*4+3] = refs[i*4+1] + 1
-		}
-	}
-	f := &stFile{Metadata: map[string]string{"config_sha256": "probe", "synth_set": "probe"}, Tensors: map[string]stTensor{
-		"tokens": i32Tensor(tokens, n, L), "targets": i32Tensor(targets, n, L), "image_index": i32Tensor(index, n, 1),
-		"images":    {DType: "U8", Shape: []int{n, c.ImageSize, c.ImageSize, 3}, Data: images},
-		"ref_boxes": i32Tensor(refs, n, 4), "ref_exists": i32Tensor(exists, n)}}
-	if items[0].cells != nil {
-		var cells []int32
-		for _, it := range items {
-			cells = append(cells, it.cells...)
-		}
-		f.Tensors["cell_words"] = i32Tensor(cells, n, c.Patches(), model.CellWords)
-	}
-	if _, _, err := writeSafetensorsAtomic(path, f); err != nil {
-		t.Fatal(err)
-	}
-}
-
-// BenchmarkGrounderScene trains Config.Grounder on the scene world's
-// shortest unique descriptions in synth's REC wording (the templated scene
-// probe) for GROUNDMESH_PROBE_STEPS steps (default 600, batch 32; the
-// objective GROUNDMESH_PROBE_OBJECTIVE, default all losses) and
-// reports the head's Acc@0.5 and centre accuracy on val objects
-// (GROUNDMESH_PROBE_WIDTH, _BATCH and _LR set the tower's channels, the
-// batch and the peak learning rate).
-func BenchmarkGrounderScene(b *testing.B) {
-	world, err := scenes.Generate(context.Background(), filepath.Join(b.TempDir(), "world"), scenes.Spec{Seed: 1, Images: sceneImages(), Size: 64}, nil)
-	if err != nil {
-		b.Fatal(err)
-	}
-	c := grounderConfig(64)
-	c.Width, c.Depth, c.VisionWidth, c.GrounderQueries = 64, 2, probeInt(b, "GROUNDMESH_PROBE_WIDTH", 64), 4
-	c.GrounderCellWords = os.Getenv("GROUNDMESH_PROBE_CELLWORDS") != ""
-	c.GrounderNorm = os.Getenv("GROUNDMESH_PROBE_NONORM") == ""
-	c.GrounderStem = probeInt(b, "GROUNDMESH_PROBE_STEM", 0)
-	clip, gain := gradClipMax, normedConvGain
-	b.Cleanup(func() { gradClipMax, normedConvGain = clip, gain })
-	gradClipMax = probeFloat(b, "GROUNDMESH_PROBE_CLIP", clip)
-	normedConvGain = probeFloat(b, "GROUNDMESH_PROBE_CONVGAIN", gain)
-	c.GrounderSigma = probeFloat(b, "GROUNDMESH_PROBE_SIGMA", 0)
-	c.GrounderTextDepth = probeInt(b, "GROUNDMESH_PROBE_TEXTDEPTH", 0)
-	if d := os.Getenv("GROUNDMESH_PROBE_GRID"); d != "" {
-		if c.GrounderGridDepth, err = strconv.Atoi(d); err != nil {
-			b.Fatal(err)
-		}
-	}
-	c, train, test := templatedSceneItems(b, world, c, probeOpts{ColourOnly: os.Getenv("GROUNDMESH_PROBE_COLOUR") != ""})
-	if d := os.Getenv("GROUNDMESH_PROBE_DUMP"); d != "" {
-		for name, items := range map[string][]probeItem{"train": train, "val": test} {
-			var pix []byte
-			var meta []byte
-			for _, it := range items {
-				pix = append(pix, it.img...)
-				line, _ := json.Marshal(map[string]any{"expr": it.expr, "box": it.box, "kind": it.kind})
-				meta = append(append(meta, line...), '\n')
-			}
-			if err := os.WriteFile(filepath.Join(d, name+".u8"), pix, 0o644); err != nil {
-				b.Fatal(err)
-			}
-			if err := os.WriteFile(filepath.Join(d, name+".jsonl"), meta, 0o644); err != nil {
-				b.Fatal(err)
-			}
-		}
-		b.Skip("dumped")
-	}
-	dir := b.TempDir()
-	shard := filepath.Join(dir, "train.safetensors")
-	itemsShard(b, c, train, shard)
-	be := newProbeBackend(b)
-	if os.Getenv("GROUNDMESH_PROBE_LOG") != "" {
-		be.log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	}
-	ctx := context.Background()
-	steps := probeSteps(600)
-	b.ResetTimer()
-	res, err := be.Train(ctx, compute.TrainRequest{
-		RunID: "grounder-scene", Stage: "stage1", ModelConfig: configJSON(b, c), Shards: []string{shard},
-		Steps: steps, BatchSize: probeInt(b, "GROUNDMESH_PROBE_BATCH", 32), LearningRate: probeFloat(b, "GROUNDMESH_PROBE_LR", 2e-3), WarmupSteps: 20, Seed: 1,
-		LogEvery: 50, CheckpointEvery: steps, CheckpointDir: dir,
-		Objective: os.Getenv("GROUNDMESH_PROBE_OBJECTIVE"),
-	}, func(compute.TrainProgress) error { return nil })
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.StopTimer()
-	ld, err := be.Load(ctx, compute.LoadRequest{ModelConfig: configJSON(b, c), Checkpoint: res.Final.Path})
-	if err != nil {
-		b.Fatal(err)
-	}
-	test = test[:min(len(test), 1024)]
-	if os.Getenv("GROUNDMESH_PROBE_TRAINACC") != "" {
-		// The head on training items instead: how much of the gap to
-		// val is fitting and how much is generalizing.
-		test = train[:min(len(train), 1024)]
-	}
-	var hits, centre int
-	kindN, kindHits := map[string]int{}, map[string]int{}
-	for lo := 0; lo < len(test); lo += 64 {
-		part := test[lo:min(lo+64, len(test))]
-		batch := make([]compute.Sequence, len(part))
-		for i, it := range part {
-			batch[i] = compute.Sequence{Tokens: it.toks[:it.at+1], Images: []compute.Image{{Size: c.ImageSize, Pixels: model.NormalizePixels(it.img)}}}
-		}
-		out, err := be.Prefill(ctx, compute.PrefillRequest{Session: ld.Session, Batch: batch})
-		if err != nil {
-			b.Fatal(err)
-		}
-		for i, it := range part {
-			var pred [4]int
-			for k := range 4 {
-				pred[k] = int(out.HeadBoxes[i].Box[k]*100 + 0.5)
-			}
-			kindN[it.kind]++
-			if probeBox(pred).IoU(probeBox(it.box)) >= 0.5 {
-				hits++
-				kindHits[it.kind]++
-			}
-			if centreIn(pred, it.box) {
-				centre++
-			}
-		}
-	}
-	n := float64(len(test))
-	for _, k := range slices.Sorted(maps.Keys(kindN)) {
-		b.Logf("expressions with %s: Acc@0.5 %.3f (%d)", k, float64(kindHits[k])/float64(kindN[k]), kindN[k])
-	}
-	b.ReportMetric(float64(hits)/n, "acc@0.5")
-	b.ReportMetric(float64(centre)/n, "centre")
-	b.Logf("grounder on the scene world, %d steps, %d training items: loss %.3f -> %.3f, head Acc@0.5 %.3f, centre %.3f on %d val objects",
-		steps, len(train), res.FirstLoss, res.LastLoss, float64(hits)/n, float64(centre)/n, len(test))
-}
-
-// newProbeBackend is the backend a probe trains on: the engine
-// GROUNDMESH_PROBE_ENGINE (gomlx by default; libtorch in a test binary
-// built with -tags libtorch, about 3.7x faster at the demo's stage 1).
-func newProbeBackend(t testing.TB) *Backend {
-	t.Helper()
-	b, err := New(Config{Engine: os.Getenv("GROUNDMESH_PROBE_ENGINE")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b
-}
-
-// probeInt is the integer in the environment variable name, or def.
-func probeInt(t testing.TB, name string, def int) int {
-	v := os.Getenv(name)
-	if v == "" {
-		return def
-	}
-	n, err := strconv.Atoi(v)
-	if err != nil || n <= 0 {
-		t.Fatalf("%s=%q: want a positive integer", name, v)
-	}
-	return n
-}
-
-// probeFloat is the number in the environment variable name, or def.
-func probeFloat(t testing.TB, name string, def float64) float64 {
-	v := os.Getenv(name)
-	if v == "" {
-		return def
-	}
-	f, err := strconv.ParseFloat(v, 64)
-	if err != nil || !(f > 0) {
-		t.Fatalf("%s=%q: want a positive number", name, v)
-	}
-	return f
 }
 
 // TestGrounderObjective trains the two-square probe with
