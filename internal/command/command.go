@@ -45,7 +45,18 @@ type Config struct {
 	// ProgressEvery throttles progress events (default 1s); the first and
 	// the final (Done == Total) report always go out.
 	ProgressEvery time.Duration
-	Logger        *slog.Logger
+	// KeepAlive (default 30s) republishes the last progress report while
+	// the use case runs and has published nothing for that long, so that
+	// the waiting activity's heartbeat (workflows: 3 minutes) stays alive
+	// through a silent phase: building shards from a large set on a busy
+	// machine, or waiting for a run lock an earlier attempt of the same
+	// command still holds. Without it a retried attempt never heard from
+	// its service until the earlier one finished, timed out in turn, and
+	// the pipeline failed after its last attempt although the work went
+	// on. It proves the handling process alive, not that the use case
+	// advances: its StartToClose timeout still bounds a stuck one.
+	KeepAlive time.Duration
+	Logger    *slog.Logger
 }
 
 // Serve registers the consumer of cfg.Service's command topic on r.
@@ -58,6 +69,9 @@ func Serve[Req, Res any](r Registrar, cfg Config, uc UseCase[Req, Res]) error {
 	}
 	if cfg.ProgressEvery == 0 {
 		cfg.ProgressEvery = time.Second
+	}
+	if cfg.KeepAlive == 0 {
+		cfg.KeepAlive = 30 * time.Second
 	}
 	if cfg.BadInput == nil {
 		cfg.BadInput = func(error) bool { return false }
@@ -80,25 +94,58 @@ func Serve[Req, Res any](r Registrar, cfg Config, uc UseCase[Req, Res]) error {
 		meta := map[string]string{events.MetaCorrelationID: corr}
 
 		var mu sync.Mutex
-		var last time.Time
-		progress := func(p events.Progress) {
-			mu.Lock()
-			now := time.Now()
-			due := last.IsZero() || now.Sub(last) >= cfg.ProgressEvery || (p.Total > 0 && p.Done >= p.Total)
-			if due {
-				last = now
-			}
-			mu.Unlock()
-			if !due {
-				return
-			}
+		var last time.Time                            // last report published
+		beat := time.Now()                            // last publish of any kind, or the start
+		latest := events.Progress{Phase: cfg.Service} // last report, published or not
+		publish := func(p events.Progress, now time.Time) {
 			p.CorrelationID, p.Service, p.At = corr, cfg.Service, now.UTC()
 			if err := r.Publish(ctx, cfg.Service+".progress", p, meta); err != nil {
 				cfg.Logger.WarnContext(ctx, "publish progress", "service", cfg.Service, "err", err)
 			}
 		}
+		progress := func(p events.Progress) {
+			mu.Lock()
+			now := time.Now()
+			latest = p
+			due := last.IsZero() || now.Sub(last) >= cfg.ProgressEvery || (p.Total > 0 && p.Done >= p.Total)
+			if due {
+				last, beat = now, now
+			}
+			mu.Unlock()
+			if due {
+				publish(p, now)
+			}
+		}
+		stop := make(chan struct{})
+		var keepers sync.WaitGroup
+		keepers.Go(func() {
+			t := time.NewTicker(cfg.KeepAlive / 4)
+			defer t.Stop()
+			for {
+				select {
+				case <-stop:
+					return
+				case <-ctx.Done():
+					return
+				case <-t.C:
+				}
+				mu.Lock()
+				now := time.Now()
+				idle := now.Sub(beat) >= cfg.KeepAlive
+				p := latest
+				if idle {
+					beat = now
+				}
+				mu.Unlock()
+				if idle {
+					publish(p, now)
+				}
+			}
+		})
 
 		res, err := uc(ctx, req, progress)
+		close(stop)
+		keepers.Wait()
 		if err != nil {
 			if ctx.Err() != nil {
 				// Shutting down: leave the command unacked for redelivery.

@@ -4,7 +4,9 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
@@ -21,6 +23,7 @@ type published struct {
 type fakeBus struct {
 	handler func(ctx context.Context, msg *message.Message) error
 	topic   string
+	mu      sync.Mutex
 	out     []published
 }
 
@@ -30,6 +33,8 @@ func (f *fakeBus) Handle(name, topic string, fn func(ctx context.Context, msg *m
 }
 
 func (f *fakeBus) Publish(_ context.Context, topic string, payload any, _ map[string]string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
 	f.out = append(f.out, published{topic, payload})
 	return nil
 }
@@ -121,5 +126,49 @@ func TestServeFailures(t *testing.T) {
 	}
 	if err := send(t, fb, `{"n":1}`, ""); !bus.IsPermanent(err) {
 		t.Fatalf("no correlation: %v", err)
+	}
+}
+
+// TestServeKeepsASilentCommandAlive: a use case that reports nothing for
+// several keepalive periods (building shards, waiting for a lock an
+// earlier attempt holds) still publishes progress under its correlation
+// id, repeating its last report, so that the waiting activity's heartbeat
+// does not time out; the keepalive stops with the use case.
+func TestServeKeepsASilentCommandAlive(t *testing.T) {
+	fb := &fakeBus{}
+	const keep = 40 * time.Millisecond
+	err := Serve(fb, Config{Service: "demo", KeepAlive: keep},
+		func(ctx context.Context, r req, progress func(events.Progress)) (res, error) {
+			progress(events.Progress{Phase: "prepare", Total: 10, Message: "building shards"})
+			time.Sleep(8 * keep) // silent
+			return res{Double: 2 * r.N}, nil
+		})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := send(t, fb, `{"correlation_id":"c9","n":1}`, "c9"); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(3 * keep) // nothing may follow the answer
+	fb.mu.Lock()
+	defer fb.mu.Unlock()
+	var beats int
+	for i, p := range fb.out {
+		if i == len(fb.out)-1 {
+			if p.topic != "demo.completed" {
+				t.Fatalf("last published %s, want demo.completed", p.topic)
+			}
+			break
+		}
+		pr, ok := p.payload.(events.Progress)
+		if p.topic != "demo.progress" || !ok || pr.CorrelationID != "c9" || pr.Phase != "prepare" || pr.Message != "building shards" {
+			t.Fatalf("published %s %+v, want the prepare report repeated", p.topic, p.payload)
+		}
+		beats++
+	}
+	// The report itself, then one beat per idle keepalive period (about
+	// 7 over 8 periods; a loaded machine may miss some ticks).
+	if beats < 4 {
+		t.Errorf("%d progress events over %v of silence with keepalive %v, want at least 4", beats, 8*keep, keep)
 	}
 }
