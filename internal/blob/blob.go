@@ -16,6 +16,19 @@ import (
 // Local is a blob store rooted at a local directory.
 type Local struct {
 	Root string
+
+	// createTemp opens Put's temporary file; nil means os.CreateTemp. Tests
+	// put a failing file behind it (a disk that fills up mid-write), which
+	// a temporary directory cannot be made to do.
+	createTemp func(dir, pattern string) (tempFile, error)
+}
+
+// tempFile is what Put writes through: an *os.File.
+type tempFile interface {
+	io.Writer
+	Sync() error
+	Close() error
+	Name() string
 }
 
 // NewLocal creates the root directory if needed.
@@ -39,35 +52,95 @@ func (l *Local) Path(key string) (string, error) {
 	return filepath.Join(l.Root, filepath.FromSlash(clean)), nil
 }
 
-// Put writes r to key atomically (temp file + rename) and returns its sha256.
+// Put writes r to key atomically and returns its sha256 and size. The
+// bytes go to a temporary file beside the key's, which is synced, read back
+// and checked against the hash of what was written before it is renamed to
+// the key: a failure (a full disk, a read-only store, a short write) leaves
+// whatever was under the key before, and no partial file, and its error
+// names the key, the step and the cause (errors.Is finds syscall.ENOSPC,
+// fs.ErrPermission and the like).
 func (l *Local) Put(key string, r io.Reader) (sum string, n int64, err error) {
 	p, err := l.Path(key)
 	if err != nil {
 		return "", 0, err
 	}
-	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-		return "", 0, fmt.Errorf("put %s: %w", key, err)
+	dir := filepath.Dir(p)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", 0, fmt.Errorf("put %s: create its directory: %w", key, err)
 	}
-	f, err := os.CreateTemp(filepath.Dir(p), ".tmp-*")
+	create := l.createTemp
+	if create == nil {
+		create = func(dir, pattern string) (tempFile, error) { return os.CreateTemp(dir, pattern) }
+	}
+	f, err := create(dir, ".tmp-*")
 	if err != nil {
-		return "", 0, fmt.Errorf("put %s: %w", key, err)
+		return "", 0, fmt.Errorf("put %s: create a temporary file: %w", key, err)
 	}
-	defer os.Remove(f.Name())
+	tmp := f.Name()
+	defer os.Remove(tmp) // gone after the rename; removes a failed write's bytes
 	h := sha256.New()
-	n, err = io.Copy(io.MultiWriter(f, h), r)
-	if err == nil {
-		err = f.Sync()
+	fw := &failWriter{w: f}
+	n, err = io.Copy(io.MultiWriter(fw, h), r)
+	if err != nil {
+		f.Close()
+		if fw.err != nil {
+			return "", 0, fmt.Errorf("put %s: write after %d bytes: %w", key, n, err)
+		}
+		return "", 0, fmt.Errorf("put %s: read the content after %d bytes: %w", key, n, err)
 	}
-	if cerr := f.Close(); err == nil {
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return "", 0, fmt.Errorf("put %s: sync: %w", key, err)
+	}
+	if err := f.Close(); err != nil {
+		return "", 0, fmt.Errorf("put %s: close: %w", key, err)
+	}
+	sum = hex.EncodeToString(h.Sum(nil))
+	// A file system that drops or mangles bytes without an error is caught
+	// here, before the key names the file.
+	got, gotN, err := FileSHA256(tmp)
+	if err != nil {
+		return "", 0, fmt.Errorf("put %s: verify: %w", key, err)
+	}
+	if got != sum || gotN != n {
+		return "", 0, fmt.Errorf("put %s: verify: the file holds %d bytes with sha256 %s, but %d bytes with sha256 %s were written",
+			key, gotN, got, n, sum)
+	}
+	if err := os.Rename(tmp, p); err != nil {
+		return "", 0, fmt.Errorf("put %s: rename into place: %w", key, err)
+	}
+	// The rename is durable once the directory is synced.
+	if err := syncDir(dir); err != nil {
+		return "", 0, fmt.Errorf("put %s: sync its directory: %w", key, err)
+	}
+	return sum, n, nil
+}
+
+// failWriter remembers a write error, so that Put can tell a failing disk
+// from a failing reader (io.Copy returns either).
+type failWriter struct {
+	w   io.Writer
+	err error
+}
+
+func (f *failWriter) Write(p []byte) (int, error) {
+	n, err := f.w.Write(p)
+	if err != nil {
+		f.err = err
+	}
+	return n, err
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	err = d.Sync()
+	if cerr := d.Close(); err == nil {
 		err = cerr
 	}
-	if err != nil {
-		return "", 0, fmt.Errorf("put %s: %w", key, err)
-	}
-	if err := os.Rename(f.Name(), p); err != nil {
-		return "", 0, fmt.Errorf("put %s: %w", key, err)
-	}
-	return hex.EncodeToString(h.Sum(nil)), n, nil
+	return err
 }
 
 // Open opens key for reading.

@@ -461,21 +461,31 @@ func (c *recorder) checkpoint(ctx context.Context, ck compute.Checkpoint) error 
 }
 
 // moveToBlob renames the file into the blob store (same filesystem) or
-// copies it, and checks the stored bytes.
+// copies it (blob.Put: synced, verified, renamed), and checks the stored
+// bytes. It runs inside the transaction that records the checkpoint, so
+// that a store that cannot take the file (full, read-only) records no row.
 func (c *recorder) moveToBlob(path, key, sum string) error {
 	dst, err := c.r.s.cfg.Blob.Path(key)
 	if err != nil {
 		return err
 	}
 	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
-		return fmt.Errorf("store checkpoint: %w", err)
+		return fmt.Errorf("store checkpoint %s: %w", key, err)
+	}
+	// The plugin need not have synced the file: the row about to commit
+	// must not point at bytes a crash can still lose.
+	if err := syncPath(path); err != nil {
+		return fmt.Errorf("store checkpoint %s: sync %s: %w", key, path, err)
 	}
 	if err := os.Rename(path, dst); err == nil {
+		if err := syncPath(filepath.Dir(dst)); err != nil {
+			return fmt.Errorf("store checkpoint %s: sync its directory: %w", key, err)
+		}
 		return nil
 	}
 	f, err := os.Open(path)
 	if err != nil {
-		return fmt.Errorf("store checkpoint: %w", err)
+		return fmt.Errorf("store checkpoint %s: %w", key, err)
 	}
 	defer f.Close()
 	got, _, err := c.r.s.cfg.Blob.Put(key, f)
@@ -487,6 +497,19 @@ func (c *recorder) moveToBlob(path, key, sum string) error {
 	}
 	os.Remove(path)
 	return nil
+}
+
+// syncPath flushes a file or directory to disk.
+func syncPath(path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	err = f.Sync()
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return err
 }
 
 // finish records what the stage's result adds to its progress reports:
