@@ -114,24 +114,34 @@ func (sv *Services) Backend(name string) (compute.Backend, error) {
 
 func newServices(ctx context.Context, s *Stack) (*Services, error) {
 	sv := &Services{pluginDir: s.cfg.PluginDir, logger: s.Logger, hosts: map[string]*compute.Host{}}
+	if err := sv.build(ctx, s, sv.Backend); err != nil {
+		return nil, err
+	}
+	return sv, nil
+}
+
+// build makes the services, which find their compute backends through
+// backends: the plugin hosts (Backend), or in tests the contract's toy in
+// process, so that they can drive the real handlers without a plugin.
+func (sv *Services) build(ctx context.Context, s *Stack, backends func(name string) (compute.Backend, error)) error {
 	var err error
 	sv.Ingest, err = ingest.New(ingest.Config{DataDir: s.cfg.DataDir, Logger: s.Logger.With("service", "ingest")}, s.Pool)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	sv.Synth, err = synth.New(synth.Config{DataDir: s.cfg.DataDir, Blob: s.Blob, Logger: s.Logger.With("service", "synth")}, s.Pool, sv.Ingest)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	sv.Train, err = train.New(train.Config{
-		DataDir: filepath.Join(s.cfg.DataDir, "train"), Blob: s.Blob, Backends: sv.Backend,
+		DataDir: filepath.Join(s.cfg.DataDir, "train"), Blob: s.Blob, Backends: backends,
 		Synth: synthSetReader(s), Logger: s.Logger.With("service", "train"),
 	}, s.Pool)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	predictors := func(ctx context.Context, ck eval.Checkpoint, run eval.RunInfo) (eval.Predictor, error) {
-		b, err := sv.Backend(backendOf(ctx, s, run.RunID))
+		b, err := backends(backendOf(ctx, s, run.RunID))
 		if err != nil {
 			return nil, err
 		}
@@ -153,16 +163,13 @@ func newServices(ctx context.Context, s *Stack) (*Services, error) {
 		Predictors: predictors, Records: records,
 	}, s.Pool)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	sv.Ground, err = ground.New(ground.Config{
-		Catalog: ground.NewPGCatalog(s.Pool), Backends: sv.Backend, Blob: s.Blob,
+		Catalog: ground.NewPGCatalog(s.Pool), Backends: backends, Blob: s.Blob,
 		Limits: s.cfg.Ground.Limits, Batch: s.cfg.Ground.Batch, Logger: s.Logger.With("service", "ground"),
 	})
-	if err != nil {
-		return nil, err
-	}
-	return sv, nil
+	return err
 }
 
 // synthSetReader gives services/train the records of a synth set through
