@@ -39,8 +39,7 @@ import (
 // one heartbeat per progress report); each command is answered once.
 //
 // A command re-sent under a new message id (its processed_messages row
-// lost in a crash after its effects committed) changes no row either,
-// except eval's, which is not idempotent on its own (see the case).
+// lost in a crash after its effects committed) changes no row either.
 //
 // The compute backend is the contract's toy, in process: the handlers,
 // services and tables are the production ones. The test fails with the
@@ -135,9 +134,6 @@ func TestEveryEventTwiceAndOutOfOrder(t *testing.T) {
 		// effect counts the rows the pair made; want is their number.
 		effect string
 		want   func() int
-		// resendNotIdempotent names a handler that a re-sent request
-		// makes record its effects again (docs/reliability.md).
-		resendNotIdempotent bool
 	}{
 		{
 			svc: "ingest",
@@ -201,12 +197,10 @@ func TestEveryEventTwiceAndOutOfOrder(t *testing.T) {
 					evaluations += len(decode[events.EvaluationCompleted](t, a[i]).EvaluationIDs)
 				}
 			},
+			// Re-sent, Evaluate answers from the evaluations recorded
+			// under the correlation id (before it did, the pair's 50 rows
+			// became 75).
 			effect: `SELECT count(*) FROM evaluations`, want: func() int { return evaluations },
-			// Evaluate records a new set of evaluations each time it runs:
-			// re-sent, the pair's 50 rows became 75 (left to
-			// services/eval: its recording transaction could look up
-			// evaluations.correlation_id, or call bus.MarkProcessed).
-			resendNotIdempotent: true,
 		},
 		{
 			svc: "ground",
@@ -239,9 +233,6 @@ func TestEveryEventTwiceAndOutOfOrder(t *testing.T) {
 				t.Errorf("%s: %d, want %d", c.effect, n, want)
 			}
 
-			if c.resendNotIdempotent {
-				return
-			}
 			resent := message.NewMessage(uuid.NewString(), first.Payload)
 			for k, v := range first.Metadata {
 				resent.Metadata.Set(k, v)

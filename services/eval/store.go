@@ -145,3 +145,49 @@ func latestEvaluations(ctx context.Context, q querier, runID string) ([]Evaluati
 // addOutbox publishes a fact through the transactional outbox; a variable
 // so that a test can make it fail and check that nothing commits.
 var addOutbox = outbox.Add
+
+// recordedAnswer is the answer of an evaluation already recorded under
+// req's correlation id (ok false when none is): its evaluations and their
+// metrics, read back from the tables. A request delivered again after its
+// effects committed (its processed_messages row lost in a crash, or a
+// retried attempt of the same command) is answered from what the first
+// delivery recorded instead of recording a second set.
+func recordedAnswer(ctx context.Context, q querier, req events.EvalRequested) (out events.EvaluationCompleted, ok bool, err error) {
+	if req.CorrelationID == "" {
+		return out, false, nil
+	}
+	rows, err := q.Query(ctx, `
+		SELECT e.id, e.stage, e.benchmark, e.split, m.name, m.value
+		FROM evaluations e LEFT JOIN eval_metrics m ON m.evaluation_id = e.id
+		WHERE e.correlation_id = $1 AND e.run_id = $2
+		ORDER BY e.created_at, e.id, m.name`, req.CorrelationID, req.RunID)
+	if err != nil {
+		return out, false, fmt.Errorf("look up evaluations of %s: %w", req.CorrelationID, err)
+	}
+	defer rows.Close()
+	out = events.EvaluationCompleted{CorrelationID: req.CorrelationID, RunID: req.RunID, Metrics: map[string]float64{}}
+	for rows.Next() {
+		var id, stage, bench, split string
+		var name *string
+		var value *float64
+		if err := rows.Scan(&id, &stage, &bench, &split, &name, &value); err != nil {
+			return out, false, fmt.Errorf("read evaluations of %s: %w", req.CorrelationID, err)
+		}
+		if n := len(out.EvaluationIDs); n == 0 || out.EvaluationIDs[n-1] != id {
+			out.EvaluationIDs = append(out.EvaluationIDs, id)
+		}
+		if name != nil && value != nil {
+			out.Metrics[metricKey(stage, bench, split, *name)] = *value
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return out, false, fmt.Errorf("read evaluations of %s: %w", req.CorrelationID, err)
+	}
+	if len(out.EvaluationIDs) == 0 {
+		return events.EvaluationCompleted{}, false, nil
+	}
+	if req.Report {
+		out.ReportKey = ReportKey(req.RunID)
+	}
+	return out, true, nil
+}
