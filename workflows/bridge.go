@@ -49,6 +49,10 @@ type TokenStore interface {
 	Save(ctx context.Context, p Pending) error
 	Lookup(ctx context.Context, correlationID string) (Pending, bool, error)
 	MarkDone(ctx context.Context, correlationID string) error
+	// Attempts returns the other pending attempts of p's activity (same
+	// workflow id, run id and activity id, another correlation id); none
+	// when p names no activity.
+	Attempts(ctx context.Context, p Pending) ([]Pending, error)
 }
 
 // Activities are the workflows' activities; the worker builds one value
@@ -168,6 +172,19 @@ func (b *Bridge) HandleProgress(ctx context.Context, p events.Progress) error {
 	if err := b.client.RecordActivityHeartbeat(ctx, pend.TaskToken, p); err != nil && !gone(err) {
 		return fmt.Errorf("heartbeat %s: %w", p.CorrelationID, err)
 	}
+	// The work of an earlier attempt is the work a later attempt of the
+	// same activity waits for (its request is the same command, queued
+	// behind this one on the service's consumer): it hears this
+	// progress too, or it would time out while the work goes on.
+	others, err := b.tokens.Attempts(ctx, pend)
+	if err != nil {
+		return fmt.Errorf("look up other attempts of %s: %w", p.CorrelationID, err)
+	}
+	for _, o := range others {
+		if err := b.client.RecordActivityHeartbeat(ctx, o.TaskToken, p); err != nil && !gone(err) {
+			return fmt.Errorf("heartbeat %s for %s: %w", o.CorrelationID, p.CorrelationID, err)
+		}
+	}
 	b.mu.Lock()
 	last := b.lastSignal[p.CorrelationID]
 	due := b.now().Sub(last) >= b.signalEvery || p.Done == p.Total
@@ -232,6 +249,27 @@ func (b *Bridge) finish(ctx context.Context, corr string, result json.RawMessage
 	b.mu.Unlock()
 	if err := b.tokens.MarkDone(ctx, corr); err != nil {
 		return fmt.Errorf("mark %s done: %w", corr, err)
+	}
+	if failure != nil {
+		// A later attempt's own request runs the work again.
+		return nil
+	}
+	// An earlier attempt's answer is the later attempt's: the same command
+	// (Temporal retries an activity with its input), done once. Its own
+	// request, answered later from what this one recorded, then finds
+	// nothing waiting.
+	others, err := b.tokens.Attempts(ctx, pend)
+	if err != nil {
+		return fmt.Errorf("look up other attempts of %s: %w", corr, err)
+	}
+	for _, o := range others {
+		if err := b.client.CompleteActivity(ctx, o.TaskToken, res, nil); err != nil && !gone(err) {
+			return fmt.Errorf("complete activity %s with the answer to %s: %w", o.CorrelationID, corr, err)
+		}
+		if err := b.tokens.MarkDone(ctx, o.CorrelationID); err != nil {
+			return fmt.Errorf("mark %s done: %w", o.CorrelationID, err)
+		}
+		b.logger.InfoContext(ctx, "answer to an earlier attempt completes a later one", "correlation_id", corr, "attempt", o.CorrelationID)
 	}
 	return nil
 }

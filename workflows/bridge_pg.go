@@ -53,3 +53,30 @@ func (s *PGTokens) MarkDone(ctx context.Context, corr string) error {
 	}
 	return nil
 }
+
+// Attempts returns the other pending attempts of p's activity.
+func (s *PGTokens) Attempts(ctx context.Context, p Pending) ([]Pending, error) {
+	if p.WorkflowID == "" || p.ActivityID == "" {
+		return nil, nil
+	}
+	rows, err := s.Pool.Query(ctx, `
+SELECT correlation_id, task_token, workflow_id, run_id, activity_id, topic FROM activity_bridge
+WHERE workflow_id = $1 AND run_id = $2 AND activity_id = $3 AND correlation_id <> $4 AND completed_at IS NULL
+ORDER BY correlation_id`, p.WorkflowID, p.RunID, p.ActivityID, p.CorrelationID)
+	if err != nil {
+		return nil, fmt.Errorf("select activity_bridge: %w", err)
+	}
+	defer rows.Close()
+	var out []Pending
+	for rows.Next() {
+		var o Pending
+		if err := rows.Scan(&o.CorrelationID, &o.TaskToken, &o.WorkflowID, &o.RunID, &o.ActivityID, &o.Topic); err != nil {
+			return nil, fmt.Errorf("read activity_bridge: %w", err)
+		}
+		out = append(out, o)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("read activity_bridge: %w", err)
+	}
+	return out, nil
+}

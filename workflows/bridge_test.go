@@ -42,6 +42,21 @@ func (s *memTokens) MarkDone(_ context.Context, c string) error {
 	return nil
 }
 
+func (s *memTokens) Attempts(_ context.Context, p Pending) ([]Pending, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if p.WorkflowID == "" || p.ActivityID == "" {
+		return nil, nil
+	}
+	var out []Pending
+	for c, o := range s.m {
+		if c != p.CorrelationID && !s.done[c] && o.WorkflowID == p.WorkflowID && o.RunID == p.RunID && o.ActivityID == p.ActivityID {
+			out = append(out, o)
+		}
+	}
+	return out, nil
+}
+
 type call struct {
 	kind   string
 	token  string
@@ -141,5 +156,70 @@ func TestBridgeFailureIsNonRetryableForBadInput(t *testing.T) {
 	fc.failGet = serviceerror.NewNotFound("activity not found")
 	if err := b.HandleFailed(ctx, events.Failed{CorrelationID: "c3", Service: "train", Reason: "oom", Retryable: true}); err != nil {
 		t.Fatalf("gone activity should not error: %v", err)
+	}
+}
+
+// TestBridgeLaterAttemptAdoptsEarlierWork: after a crash, the service may
+// work on a dead attempt's redelivered request while the live retry's
+// request waits behind it on the same consumer. The live attempt hears the
+// dead one's progress and is completed with its answer, once; a failure of
+// the earlier attempt leaves the later one to its own request; another
+// activity of the same workflow is never touched.
+func TestBridgeLaterAttemptAdoptsEarlierWork(t *testing.T) {
+	tokens := &memTokens{m: map[string]Pending{}, done: map[string]bool{}}
+	fc := &fakeClient{}
+	b := NewBridge(fc, tokens, nil)
+	ctx := context.Background()
+	att := func(corr, tok, activity string) Pending {
+		return Pending{CorrelationID: corr, TaskToken: []byte(tok), WorkflowID: "p/train", RunID: "r1", ActivityID: activity, Topic: "train.requested"}
+	}
+	_ = tokens.Save(ctx, att("p/train/5/1", "dead", "5"))
+	_ = tokens.Save(ctx, att("p/train/5/2", "live", "5"))
+	_ = tokens.Save(ctx, att("p/train/6/1", "other", "6"))
+	if err := b.HandleProgress(ctx, events.Progress{CorrelationID: "p/train/5/1", Done: 10, Total: 100}); err != nil {
+		t.Fatal(err)
+	}
+	beats := map[string]int{}
+	for _, c := range fc.calls {
+		if c.kind == "heartbeat" {
+			beats[c.token]++
+		}
+	}
+	if beats["dead"] != 1 || beats["live"] != 1 || beats["other"] != 0 {
+		t.Fatalf("heartbeats by token %v, want the dead and the live attempt once each", beats)
+	}
+
+	raw := json.RawMessage(`{"correlation_id":"p/train/5/1","run_id":"r"}`)
+	if err := b.HandleCompleted(ctx, raw); err != nil {
+		t.Fatal(err)
+	}
+	// The live attempt's own request, answered later, finds nothing waiting.
+	if err := b.HandleCompleted(ctx, json.RawMessage(`{"correlation_id":"p/train/5/2","run_id":"r"}`)); err != nil {
+		t.Fatal(err)
+	}
+	completed := map[string]string{}
+	for _, c := range fc.calls {
+		if c.kind == "complete" {
+			if _, twice := completed[c.token]; twice {
+				t.Fatalf("token %s completed twice", c.token)
+			}
+			completed[c.token] = string(c.result.(json.RawMessage))
+		}
+	}
+	if len(completed) != 2 || completed["live"] != string(raw) || completed["dead"] != string(raw) {
+		t.Fatalf("completions %v, want the dead and the live attempt with the first answer", completed)
+	}
+	if _, ok, _ := tokens.Lookup(ctx, "p/train/6/1"); !ok {
+		t.Fatal("another activity of the workflow was completed")
+	}
+
+	// A failed earlier attempt does not fail a later one.
+	_ = tokens.Save(ctx, att("p/train/7/1", "dead7", "7"))
+	_ = tokens.Save(ctx, att("p/train/7/2", "live7", "7"))
+	if err := b.HandleFailed(ctx, events.Failed{CorrelationID: "p/train/7/1", Service: "train", Reason: "plugin crashed", Retryable: true}); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok, _ := tokens.Lookup(ctx, "p/train/7/2"); !ok {
+		t.Fatal("the earlier attempt's failure finished the later attempt")
 	}
 }
