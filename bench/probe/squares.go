@@ -1,11 +1,11 @@
 package probe
 
 import (
-	"math"
 	"math/rand/v2"
 
 	"github.com/groundmesh/groundmesh/internal/dataset"
 	"github.com/groundmesh/groundmesh/model"
+	"github.com/groundmesh/groundmesh/plugins/compute/computetest"
 )
 
 // The localization and binding probes: a noisy grey image with coloured
@@ -155,38 +155,11 @@ func (it item) coarseAt(k int) int {
 func squareItems(c model.Config, o opts, n int, rng *rand.Rand) []item {
 	items := make([]item, n)
 	for i := range items {
-		img, q, box := squareSample(c, o.Squares, rng)
+		img, q, box := computetest.Squares(c.ImageSize, o.Squares, rng)
 		seq, at := squareSeq(c, o, q, box, rng)
 		items[i] = item{img: img, toks: seq, at: at, box: box}
 	}
 	return items
-}
-
-// squareSample draws an image of squares (5 to 14 pixels, red then
-// green), the square asked for and its box in hundredths of the image.
-func squareSample(c model.Config, squares int, rng *rand.Rand) (img []byte, q int, box [4]int) {
-	s := c.ImageSize
-	img = make([]byte, s*s*3)
-	for i := range img {
-		img[i] = byte(100 + rng.IntN(40))
-	}
-	cols := [2][3]byte{{220, 30, 30}, {30, 200, 30}}
-	var boxes [2][4]int
-	for k := range squares {
-		side := 5 + rng.IntN(10)
-		x, y := rng.IntN(s-side), rng.IntN(s-side)
-		boxes[k] = [4]int{x, y, x + side, y + side}
-		for yy := y; yy < y+side; yy++ {
-			for xx := x; xx < x+side; xx++ {
-				copy(img[(yy*s+xx)*3:], cols[k][:])
-			}
-		}
-	}
-	q = rng.IntN(squares)
-	for i := range 4 {
-		box[i] = int(math.Round(float64(boxes[q][i]) / float64(s) * 100))
-	}
-	return img, q, box
 }
 
 // squareSeq returns the tokens and the position whose logits predict the

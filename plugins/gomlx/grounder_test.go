@@ -14,6 +14,7 @@ import (
 
 	"github.com/groundmesh/groundmesh/model"
 	"github.com/groundmesh/groundmesh/plugins/compute"
+	"github.com/groundmesh/groundmesh/plugins/compute/computetest"
 )
 
 // grounderConfig is the two-square task's model with Config.Grounder.
@@ -40,7 +41,7 @@ func grounderShard(t testing.TB, c model.Config, n int, seed uint64, path string
 	images := make([]byte, 0, n*c.ImageSize*c.ImageSize*3)
 	items := make([]probeItem, n)
 	for i := range n {
-		img, q, box := probeSample(c, 2, rng)
+		img, q, box := computetest.Squares(c.ImageSize, 2, rng)
 		seq, at := probeSeq(c, 2, q, box, rng)
 		items[i] = probeItem{img: img, toks: seq, at: at, box: box}
 		images = append(images, img...)

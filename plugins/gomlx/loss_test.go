@@ -13,6 +13,7 @@ import (
 
 	"github.com/groundmesh/groundmesh/model"
 	"github.com/groundmesh/groundmesh/plugins/compute"
+	"github.com/groundmesh/groundmesh/plugins/compute/computetest"
 )
 
 // TestTargetDistBoxLabelSmoothing: a box-number target spreads a Gaussian
@@ -424,7 +425,7 @@ func TestGroundReadoutTrains(t *testing.T) {
 func squareBoxBatch(c model.Config, rng *rand.Rand, answer func(box [4]int) int32) trainBatch {
 	rows := make([]batchRow, 16)
 	for i := range rows {
-		img, _, box := probeSample(c, 1, rng)
+		img, _, box := computetest.Squares(c.ImageSize, 1, rng)
 		a := answer(box)
 		toks := append(promptTokens(c), a, tokEOS)
 		n := len(toks)

@@ -1,7 +1,6 @@
 package gomlx
 
 import (
-	"math"
 	"math/rand/v2"
 
 	gmdataset "github.com/groundmesh/groundmesh/internal/dataset"
@@ -31,33 +30,6 @@ type probeItem struct {
 	toks []int32
 	at   int
 	box  [4]int
-}
-
-// probeSample draws an image of squares (5 to 14 pixels, red then green),
-// the square asked for and its box in hundredths of the image.
-func probeSample(c model.Config, squares int, rng *rand.Rand) (img []byte, q int, box [4]int) {
-	s := c.ImageSize
-	img = make([]byte, s*s*3)
-	for i := range img {
-		img[i] = byte(100 + rng.IntN(40))
-	}
-	cols := [2][3]byte{{220, 30, 30}, {30, 200, 30}}
-	var boxes [2][4]int
-	for k := range squares {
-		side := 5 + rng.IntN(10)
-		x, y := rng.IntN(s-side), rng.IntN(s-side)
-		boxes[k] = [4]int{x, y, x + side, y + side}
-		for yy := y; yy < y+side; yy++ {
-			for xx := x; xx < x+side; xx++ {
-				copy(img[(yy*s+xx)*3:], cols[k][:])
-			}
-		}
-	}
-	q = rng.IntN(squares)
-	for i := range 4 {
-		box[i] = int(math.Round(float64(boxes[q][i]) / float64(s) * 100))
-	}
-	return img, q, box
 }
 
 // probeSeq returns the tokens (filler random filler words, the question,
