@@ -1,7 +1,6 @@
 package metrics
 
 import (
-	"strconv"
 	"strings"
 	"unicode"
 )
@@ -48,7 +47,9 @@ func NameMatches(pred, truth string) bool {
 func Choice(text string) (choice string, ok bool) {
 	ws := Words(text)
 	for _, w := range ws {
-		if _, err := strconv.Atoi(w); err == nil {
+		// Digits of any length, not strconv.Atoi: a number past int64 is
+		// still the answer's first number.
+		if w != "" && strings.TrimLeft(w, "0123456789") == "" {
 			return strings.TrimLeft(w, "0") + "#", true
 		}
 	}
