@@ -47,12 +47,12 @@ type Pending struct {
 // table activity_bridge).
 type TokenStore interface {
 	Save(ctx context.Context, p Pending) error
-	Lookup(ctx context.Context, correlationID string) (Pending, bool, error)
+	// Waiting returns the pending activity of a correlation id followed by
+	// the other pending attempts of the same activity (same workflow id,
+	// run id and activity id; none when it names no activity); empty when
+	// the correlation id is unknown or already completed.
+	Waiting(ctx context.Context, correlationID string) ([]Pending, error)
 	MarkDone(ctx context.Context, correlationID string) error
-	// Attempts returns the other pending attempts of p's activity (same
-	// workflow id, run id and activity id, another correlation id); none
-	// when p names no activity.
-	Attempts(ctx context.Context, p Pending) ([]Pending, error)
 }
 
 // Activities are the workflows' activities; the worker builds one value
@@ -162,27 +162,21 @@ func NewBridge(c ActivityCompleter, tokens TokenStore, logger *slog.Logger) *Bri
 func (b *Bridge) HandleProgress(ctx context.Context, p events.Progress) error {
 	ctx, span := otel.Tracer("groundmesh/workflows").Start(ctx, "bridge.progress")
 	defer span.End()
-	pend, ok, err := b.tokens.Lookup(ctx, p.CorrelationID)
+	waiting, err := b.tokens.Waiting(ctx, p.CorrelationID)
 	if err != nil {
 		return fmt.Errorf("look up %s: %w", p.CorrelationID, err)
 	}
-	if !ok {
+	if len(waiting) == 0 {
 		return nil // not ours (or already completed)
 	}
-	if err := b.client.RecordActivityHeartbeat(ctx, pend.TaskToken, p); err != nil && !gone(err) {
-		return fmt.Errorf("heartbeat %s: %w", p.CorrelationID, err)
-	}
+	pend := waiting[0]
 	// The work of an earlier attempt is the work a later attempt of the
 	// same activity waits for (its request is the same command, queued
 	// behind this one on the service's consumer): it hears this
 	// progress too, or it would time out while the work goes on.
-	others, err := b.tokens.Attempts(ctx, pend)
-	if err != nil {
-		return fmt.Errorf("look up other attempts of %s: %w", p.CorrelationID, err)
-	}
-	for _, o := range others {
-		if err := b.client.RecordActivityHeartbeat(ctx, o.TaskToken, p); err != nil && !gone(err) {
-			return fmt.Errorf("heartbeat %s for %s: %w", o.CorrelationID, p.CorrelationID, err)
+	for _, w := range waiting {
+		if err := b.client.RecordActivityHeartbeat(ctx, w.TaskToken, p); err != nil && !gone(err) {
+			return fmt.Errorf("heartbeat %s for %s: %w", w.CorrelationID, p.CorrelationID, err)
 		}
 	}
 	b.mu.Lock()
@@ -229,47 +223,39 @@ func (b *Bridge) HandleFailed(ctx context.Context, f events.Failed) error {
 var errMissingCorrelation = errors.New("missing correlation id")
 
 func (b *Bridge) finish(ctx context.Context, corr string, result json.RawMessage, failure error) error {
-	pend, ok, err := b.tokens.Lookup(ctx, corr)
+	waiting, err := b.tokens.Waiting(ctx, corr)
 	if err != nil {
 		return fmt.Errorf("look up %s: %w", corr, err)
 	}
-	if !ok {
+	if len(waiting) == 0 {
 		b.logger.DebugContext(ctx, "answer for unknown or finished command", "correlation_id", corr)
 		return nil
 	}
 	var res any
 	if failure == nil {
 		res = result
+	} else {
+		// A later attempt's own request runs the work again: a failure
+		// finishes only the attempt it answers.
+		waiting = waiting[:1]
 	}
-	if err := b.client.CompleteActivity(ctx, pend.TaskToken, res, failure); err != nil && !gone(err) {
-		return fmt.Errorf("complete activity %s: %w", corr, err)
-	}
-	b.mu.Lock()
-	delete(b.lastSignal, corr)
-	b.mu.Unlock()
-	if err := b.tokens.MarkDone(ctx, corr); err != nil {
-		return fmt.Errorf("mark %s done: %w", corr, err)
-	}
-	if failure != nil {
-		// A later attempt's own request runs the work again.
-		return nil
-	}
-	// An earlier attempt's answer is the later attempt's: the same command
-	// (Temporal retries an activity with its input), done once. Its own
-	// request, answered later from what this one recorded, then finds
-	// nothing waiting.
-	others, err := b.tokens.Attempts(ctx, pend)
-	if err != nil {
-		return fmt.Errorf("look up other attempts of %s: %w", corr, err)
-	}
-	for _, o := range others {
-		if err := b.client.CompleteActivity(ctx, o.TaskToken, res, nil); err != nil && !gone(err) {
-			return fmt.Errorf("complete activity %s with the answer to %s: %w", o.CorrelationID, corr, err)
+	// An earlier attempt's answer is also the later attempts': the same
+	// command (Temporal retries an activity with its input), done once.
+	// Their own requests, answered later from what this one recorded,
+	// then find nothing waiting.
+	for i, w := range waiting {
+		if err := b.client.CompleteActivity(ctx, w.TaskToken, res, failure); err != nil && !gone(err) {
+			return fmt.Errorf("complete activity %s with the answer to %s: %w", w.CorrelationID, corr, err)
 		}
-		if err := b.tokens.MarkDone(ctx, o.CorrelationID); err != nil {
-			return fmt.Errorf("mark %s done: %w", o.CorrelationID, err)
+		b.mu.Lock()
+		delete(b.lastSignal, w.CorrelationID)
+		b.mu.Unlock()
+		if err := b.tokens.MarkDone(ctx, w.CorrelationID); err != nil {
+			return fmt.Errorf("mark %s done: %w", w.CorrelationID, err)
 		}
-		b.logger.InfoContext(ctx, "answer to an earlier attempt completes a later one", "correlation_id", corr, "attempt", o.CorrelationID)
+		if i > 0 {
+			b.logger.InfoContext(ctx, "answer to an earlier attempt completes a later one", "correlation_id", corr, "attempt", w.CorrelationID)
+		}
 	}
 	return nil
 }

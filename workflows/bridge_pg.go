@@ -2,10 +2,8 @@ package workflows
 
 import (
 	"context"
-	"errors"
 	"fmt"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
@@ -30,20 +28,33 @@ ON CONFLICT (correlation_id) DO UPDATE SET task_token = EXCLUDED.task_token, com
 	return nil
 }
 
-// Lookup returns the pending activity of a correlation id; ok is false when
-// it is unknown or already completed.
-func (s *PGTokens) Lookup(ctx context.Context, corr string) (Pending, bool, error) {
-	p := Pending{CorrelationID: corr}
-	err := s.Pool.QueryRow(ctx, `
-SELECT task_token, workflow_id, run_id, activity_id, topic FROM activity_bridge
-WHERE correlation_id = $1 AND completed_at IS NULL`, corr).Scan(&p.TaskToken, &p.WorkflowID, &p.RunID, &p.ActivityID, &p.Topic)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return Pending{}, false, nil
-	}
+// Waiting returns the pending activity of a correlation id, then the
+// other pending attempts of its activity, in one query.
+func (s *PGTokens) Waiting(ctx context.Context, corr string) ([]Pending, error) {
+	rows, err := s.Pool.Query(ctx, `
+SELECT b.correlation_id, b.task_token, b.workflow_id, b.run_id, b.activity_id, b.topic
+FROM activity_bridge a JOIN activity_bridge b
+  ON b.correlation_id = a.correlation_id
+  OR (a.workflow_id <> '' AND a.activity_id <> '' AND b.workflow_id = a.workflow_id
+      AND b.run_id = a.run_id AND b.activity_id = a.activity_id)
+WHERE a.correlation_id = $1 AND a.completed_at IS NULL AND b.completed_at IS NULL
+ORDER BY b.correlation_id <> a.correlation_id, b.correlation_id`, corr)
 	if err != nil {
-		return Pending{}, false, fmt.Errorf("select activity_bridge: %w", err)
+		return nil, fmt.Errorf("select activity_bridge: %w", err)
 	}
-	return p, true, nil
+	defer rows.Close()
+	var out []Pending
+	for rows.Next() {
+		var p Pending
+		if err := rows.Scan(&p.CorrelationID, &p.TaskToken, &p.WorkflowID, &p.RunID, &p.ActivityID, &p.Topic); err != nil {
+			return nil, fmt.Errorf("read activity_bridge: %w", err)
+		}
+		out = append(out, p)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("read activity_bridge: %w", err)
+	}
+	return out, nil
 }
 
 // MarkDone marks a correlation id completed.
@@ -52,31 +63,4 @@ func (s *PGTokens) MarkDone(ctx context.Context, corr string) error {
 		return fmt.Errorf("update activity_bridge: %w", err)
 	}
 	return nil
-}
-
-// Attempts returns the other pending attempts of p's activity.
-func (s *PGTokens) Attempts(ctx context.Context, p Pending) ([]Pending, error) {
-	if p.WorkflowID == "" || p.ActivityID == "" {
-		return nil, nil
-	}
-	rows, err := s.Pool.Query(ctx, `
-SELECT correlation_id, task_token, workflow_id, run_id, activity_id, topic FROM activity_bridge
-WHERE workflow_id = $1 AND run_id = $2 AND activity_id = $3 AND correlation_id <> $4 AND completed_at IS NULL
-ORDER BY correlation_id`, p.WorkflowID, p.RunID, p.ActivityID, p.CorrelationID)
-	if err != nil {
-		return nil, fmt.Errorf("select activity_bridge: %w", err)
-	}
-	defer rows.Close()
-	var out []Pending
-	for rows.Next() {
-		var o Pending
-		if err := rows.Scan(&o.CorrelationID, &o.TaskToken, &o.WorkflowID, &o.RunID, &o.ActivityID, &o.Topic); err != nil {
-			return nil, fmt.Errorf("read activity_bridge: %w", err)
-		}
-		out = append(out, o)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("read activity_bridge: %w", err)
-	}
-	return out, nil
 }

@@ -42,15 +42,19 @@ func (s *memTokens) MarkDone(_ context.Context, c string) error {
 	return nil
 }
 
-func (s *memTokens) Attempts(_ context.Context, p Pending) ([]Pending, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if p.WorkflowID == "" || p.ActivityID == "" {
+func (s *memTokens) Waiting(ctx context.Context, c string) ([]Pending, error) {
+	p, ok, _ := s.Lookup(ctx, c)
+	if !ok {
 		return nil, nil
 	}
-	var out []Pending
-	for c, o := range s.m {
-		if c != p.CorrelationID && !s.done[c] && o.WorkflowID == p.WorkflowID && o.RunID == p.RunID && o.ActivityID == p.ActivityID {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := []Pending{p}
+	if p.WorkflowID == "" || p.ActivityID == "" {
+		return out, nil
+	}
+	for k, o := range s.m {
+		if k != c && !s.done[k] && o.WorkflowID == p.WorkflowID && o.RunID == p.RunID && o.ActivityID == p.ActivityID {
 			out = append(out, o)
 		}
 	}
