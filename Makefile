@@ -99,6 +99,8 @@ test: services vet workflowcheck plugins test-libtorch
 FUZZTIME ?= 5m
 FUZZMINIMIZETIME ?= 10s
 FUZZ ?= .
+# FUZZFLAGS go to each `go test -fuzz` (`FUZZFLAGS=-parallel=1`: one worker).
+FUZZFLAGS ?=
 fuzz:
 	@targets=$$(find . -path './.*' -prune -o -path ./bin -prune -o -name '*_test.go' -print | sort | \
 		xargs grep -H '^func Fuzz[A-Za-z0-9_]*(' | sed -E 's|^(.*)/[^/]*_test\.go:func (Fuzz[A-Za-z0-9_]*)\(.*|\1 \2|' | \
@@ -106,7 +108,7 @@ fuzz:
 	test -n "$$targets" || { echo "no fuzz target matches FUZZ=$(FUZZ)"; exit 1; }; \
 	echo "$$targets" | while read -r pkg name; do \
 		echo "== $$name in $$pkg for $(FUZZTIME)"; \
-		$(GO) test -run '^$$' -fuzz "^$$name\$$" -fuzztime $(FUZZTIME) -fuzzminimizetime $(FUZZMINIMIZETIME) "$$pkg" || exit 1; \
+		$(GO) test -run '^$$' -fuzz "^$$name\$$" -fuzztime $(FUZZTIME) -fuzzminimizetime $(FUZZMINIMIZETIME) $(FUZZFLAGS) "$$pkg" || exit 1; \
 	done
 
 bench:
