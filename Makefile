@@ -9,7 +9,7 @@ WORKFLOWCHECK_VERSION := v0.6.0
 # deadlock on 2 cores, so it is not used).
 export GOMLX_BACKEND ?= go:parallelism=-1
 
-.PHONY: all build plugins libtorch libtorch-optional test-libtorch bench-engines gpu-bundle demo test vet workflowcheck services clean bench fuzz
+.PHONY: all build plugins libtorch libtorch-optional test-libtorch bench-engines gpu-bundle demo test vet workflowcheck services clean bench fuzz soak
 
 all: build
 
@@ -110,6 +110,13 @@ fuzz:
 		echo "== $$name in $$pkg for $(FUZZTIME)"; \
 		$(GO) test -run '^$$' -fuzz "^$$name\$$" -fuzztime $(FUZZTIME) -fuzzminimizetime $(FUZZMINIMIZETIME) $(FUZZFLAGS) "$$pkg" || exit 1; \
 	done
+
+# A bounded soak (bench/soak): pipelines every few minutes and a trickle of
+# grounding requests for SOAK (default 30m) while the worker and its plugins
+# are SIGKILLed at random; it prints what was lost, retried and the p99.
+SOAK ?= 30m
+soak: build
+	$(GO) run ./bench/soak -bin $(BIN)/groundmesh -duration $(SOAK)
 
 bench:
 	$(GO) run ./bench/ingest

@@ -288,7 +288,7 @@ func runCrashTest(t *testing.T, stage string, killAt func(*testing.T, *pgxpool.P
 		{"synth sets", `SELECT count(*) FROM synth_sets`, 1},
 		{"ready synth sets", `SELECT count(*) FROM synth_sets WHERE status = 'ready'`, 1},
 		{"training runs", `SELECT count(*) FROM runs`, 1},
-		{"evaluations recorded twice", `SELECT count(*) FROM (SELECT 1 FROM evaluations GROUP BY checkpoint_id, stage, benchmark, split HAVING count(*) > 1) d`, 0},
+		{"evaluations recorded twice", `SELECT count(*) FROM (SELECT 1 FROM evaluations GROUP BY run_id, checkpoint_id, stage, benchmark, split HAVING count(*) > 1) d`, 0},
 		{"synth.completed facts and answers for more than one set", `SELECT count(DISTINCT convert_from(payload, 'UTF8')::jsonb->>'synth_set_id') FROM "watermill_synth.completed"`, 1},
 	}
 	for _, c := range checks {
@@ -383,7 +383,7 @@ func TestPostgresRestartMidPipeline(t *testing.T) {
 	}{
 		{"synth sets", `SELECT count(*) FROM synth_sets WHERE status = 'ready'`, 1},
 		{"training runs", `SELECT count(*) FROM runs`, 1},
-		{"evaluations recorded twice", `SELECT count(*) FROM (SELECT 1 FROM evaluations GROUP BY checkpoint_id, stage, benchmark, split HAVING count(*) > 1) d`, 0},
+		{"evaluations recorded twice", `SELECT count(*) FROM (SELECT 1 FROM evaluations GROUP BY run_id, checkpoint_id, stage, benchmark, split HAVING count(*) > 1) d`, 0},
 	} {
 		if got := count(t, pool, c.query); got != c.want {
 			t.Errorf("%s: %d, want %d", c.what, got, c.want)
