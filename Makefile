@@ -9,7 +9,7 @@ WORKFLOWCHECK_VERSION := v0.6.0
 # deadlock on 2 cores, so it is not used).
 export GOMLX_BACKEND ?= go:parallelism=-1
 
-.PHONY: all build plugins libtorch libtorch-optional test-libtorch bench-engines gpu-bundle demo test vet workflowcheck services clean bench fuzz soak
+.PHONY: all build plugins libtorch libtorch-optional test-libtorch bench-engines gpu-bundle demo test vet workflowcheck services clean bench fuzz soak vulncheck
 
 all: build
 
@@ -84,9 +84,30 @@ vet:
 services:
 	./scripts/ensure-services.sh
 
+# govulncheck against the Go vulnerability database as the module proxy
+# serves it (golang.org/x/vulndb's OSV files, indexed once into a local
+# database under VULNDB_DIR): vuln.go.dev itself cannot be reached from
+# here. scripts/vulncheck fails unless every vulnerability the code calls is
+# explained in scripts/vulncheck/allow.txt. Bump VULNDB_VERSION to the
+# newest pseudo-version (`go list -m -versions golang.org/x/vulndb`) for a
+# newer database.
+GOVULNCHECK_VERSION := v1.9.0
+VULNDB_VERSION := v0.0.0-20261105234957-e22db6528018
+VULNDB_DIR ?= $(HOME)/.cache/groundmesh/vulndb-$(VULNDB_VERSION)
+$(VULNDB_DIR)/index/db.json:
+	mkdir -p $(dir $(VULNDB_DIR))
+	cd $(dir $(VULNDB_DIR)) && osv=$$($(GO) mod download -json golang.org/x/vulndb@$(VULNDB_VERSION) | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$$/\1/p')/data/osv && \
+		rm -rf $(VULNDB_DIR).tmp && $(GO) run golang.org/x/vulndb/cmd/indexdb@$(VULNDB_VERSION) -vulns "$$osv" -out $(VULNDB_DIR).tmp && \
+		mv $(VULNDB_DIR).tmp $(VULNDB_DIR)
+
+vulncheck: $(VULNDB_DIR)/index/db.json
+	mkdir -p $(BIN)
+	$(GO) run golang.org/x/vuln/cmd/govulncheck@$(GOVULNCHECK_VERSION) -db file://$(VULNDB_DIR) -format json ./... > $(BIN)/govulncheck.json
+	$(GO) run ./scripts/vulncheck -allow scripts/vulncheck/allow.txt < $(BIN)/govulncheck.json
+
 # Tests run against the real Postgres and NATS of this machine (started when
 # missing) and build the real plugin binary.
-test: services vet workflowcheck plugins test-libtorch
+test: services vet workflowcheck vulncheck plugins test-libtorch
 	GROUNDMESH_PLUGIN_DIR=$(BIN) $(GO) test -p 2 -timeout 30m ./...
 
 # Runs every fuzz target in the tree (func FuzzX in a *_test.go, found
