@@ -4,18 +4,22 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"image"
 	"image/color"
 	"image/png"
 	"log/slog"
 	"os"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/google/uuid"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/groundmesh/groundmesh/internal/bus"
 	"github.com/groundmesh/groundmesh/internal/events"
@@ -45,7 +49,17 @@ import (
 // services and tables are the production ones. The test fails with the
 // bus's idempotency middleware left out (every command answered twice,
 // a heartbeat per copy).
+//
+// The same runs on NATS JetStream (this machine's server), less the
+// grounding command, whose streams services/ground's tests use at the
+// same time (they check its duplicates on NATS themselves).
 func TestEveryEventTwiceAndOutOfOrder(t *testing.T) {
+	for _, kind := range []string{bus.KindPostgres, bus.KindNATS} {
+		t.Run(kind, func(t *testing.T) { testEveryEventTwice(t, kind) })
+	}
+}
+
+func testEveryEventTwice(t *testing.T, kind string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 	defer cancel()
 	dir := t.TempDir()
@@ -65,8 +79,21 @@ func TestEveryEventTwiceAndOutOfOrder(t *testing.T) {
 	}
 	t.Cleanup(func() { _ = sv.close() })
 
+	prefix := ""
+	if kind == bus.KindNATS {
+		// A new consumer group reads a stream from its start: what earlier
+		// runs left in these streams goes first.
+		var topics []string
+		for _, svc := range []string{"ingest", "synth", "train", "eval"} {
+			for _, k := range []string{"requested", "progress", "completed", "failed"} {
+				topics = append(topics, svc+"."+k)
+			}
+		}
+		purgeNATS(t, topics...)
+		prefix = fmt.Sprintf("delivery-test-%d.", time.Now().UnixNano())
+	}
 	b, err := bus.New(ctx, bus.Config{
-		Kind: bus.KindPostgres, Logger: logger, PollInterval: 20 * time.Millisecond, CloseTimeout: 10 * time.Second,
+		Kind: kind, ConsumerPrefix: prefix, Logger: logger, PollInterval: 20 * time.Millisecond, CloseTimeout: 10 * time.Second,
 		Retry: bus.RetryConfig{MaxRetries: 2, InitialInterval: 10 * time.Millisecond, MaxInterval: 50 * time.Millisecond},
 	}, s.Pool)
 	if err != nil {
@@ -217,6 +244,9 @@ func TestEveryEventTwiceAndOutOfOrder(t *testing.T) {
 		},
 	}
 	for _, c := range cases {
+		if kind == bus.KindNATS && c.svc == "ground" {
+			continue
+		}
 		t.Run(c.svc+".requested", func(t *testing.T) {
 			topic := c.svc + ".requested"
 			pair := c.pair()
@@ -250,7 +280,7 @@ func TestEveryEventTwiceAndOutOfOrder(t *testing.T) {
 	for _, svc := range []string{"ingest", "synth", "train", "eval"} {
 		t.Run(svc+" answers to the bridge", func(t *testing.T) {
 			ids := map[string]string{}
-			for _, k := range []string{"a", "b", "c", "d", "fence-completed", "fence-failed", "fence-progress"} {
+			for _, k := range []string{"a", "b", "c", "d", "e", "fence-completed", "fence-failed", "fence-progress", "fence-completed-2", "fence-progress-2"} {
 				ids[k] = fmt.Sprintf("wf/%s/%s", svc, k)
 				if err := (&workflows.PGTokens{Pool: s.Pool}).Save(ctx, workflows.Pending{
 					CorrelationID: ids[k], TaskToken: []byte(ids[k]), WorkflowID: "wf", RunID: "r", ActivityID: k, Topic: svc + ".requested",
@@ -286,11 +316,50 @@ func TestEveryEventTwiceAndOutOfOrder(t *testing.T) {
 			if n := completer.heartbeatsOf(ids["d"]); n != 1 {
 				t.Errorf("%d heartbeats for one progress report delivered twice, want 1", n)
 			}
+			// Across topics, out of order: a progress report that arrives
+			// after its command's answer (its topic's consumer lagging
+			// behind) heartbeats nothing and completes nothing.
+			d.publish(svc+".completed", d.message(svc+".completed", map[string]any{"correlation_id": ids["e"], "n": 5}))
+			d.fence(svc+".completed", map[string]any{"correlation_id": ids["fence-completed-2"]},
+				func() bool { return len(completer.completions(ids["fence-completed-2"])) > 0 })
+			d.publish(svc+".progress", d.message(svc+".progress", events.Progress{CorrelationID: ids["e"], Service: svc, Done: 1, Total: 2}))
+			d.fence(svc+".progress", events.Progress{CorrelationID: ids["fence-progress-2"], Service: svc, Done: 1, Total: 2},
+				func() bool { return completer.heartbeatsOf(ids["fence-progress-2"]) > 0 })
+			if got, n := completer.completions(ids["e"]), completer.heartbeatsOf(ids["e"]); len(got) != 1 || got[0] != nil || n != 0 {
+				t.Errorf("activity e, answered and then reported on: %d completions %v and %d heartbeats, want one completion and no heartbeat", len(got), got, n)
+			}
 			if n := count(`SELECT count(*) FROM activity_bridge WHERE correlation_id = ANY($1) AND completed_at IS NOT NULL`,
 				[]string{ids["a"], ids["b"], ids["c"], ids["d"]}); n != 3 {
 				t.Errorf("%d activities marked completed, want 3", n)
 			}
 		})
+	}
+}
+
+// purgeNATS empties the JetStream streams of topics on this machine's NATS
+// server (the bus names a topic's stream gm_<topic with _ for .>).
+func purgeNATS(t *testing.T, topics ...string) {
+	t.Helper()
+	nc, err := nats.Connect(nats.DefaultURL)
+	if err != nil {
+		t.Fatalf("connect to NATS at %s: %v", nats.DefaultURL, err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, topic := range topics {
+		st, err := js.Stream(context.Background(), "gm_"+strings.ReplaceAll(topic, ".", "_"))
+		if errors.Is(err, jetstream.ErrStreamNotFound) {
+			continue
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := st.Purge(context.Background()); err != nil {
+			t.Fatal(err)
+		}
 	}
 }
 
