@@ -408,3 +408,92 @@ func TestPostgresRestartMidPipeline(t *testing.T) {
 		t.Logf("worker's log:\n%s", tailFile(w.log, 6000))
 	}
 }
+
+// TestFullBlobDiskMidPipeline runs the pipeline with its blob store on a
+// real file system that is full (a 48 MiB tmpfs with a filler file leaving
+// 1 MiB free: this test mounts, so it needs root and skips without it).
+// Synthesis fails on the full disk with an error that names it and records
+// the set failed, not ready; once the filler is removed, the activity's
+// retry builds the set and the Pipeline completes, with nothing partial
+// left behind.
+func TestFullBlobDiskMidPipeline(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs the whole pipeline; skipped with -short")
+	}
+	if os.Geteuid() != 0 {
+		t.Skip("mounting a small file system needs root")
+	}
+	t.Parallel()
+	plugins := pluginDir(t)
+	dataDir := t.TempDir()
+	blobs := filepath.Join(dataDir, "blobs")
+	if err := os.MkdirAll(blobs, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=48m", "tmpfs", blobs).CombinedOutput(); err != nil {
+		t.Skipf("cannot mount a tmpfs here: %v %s", err, out)
+	}
+	t.Cleanup(func() {
+		if out, err := exec.Command("umount", "-l", blobs).CombinedOutput(); err != nil {
+			t.Errorf("umount %s: %v %s", blobs, err, out)
+		}
+	})
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(blobs, &st); err != nil {
+		t.Fatal(err)
+	}
+	free := int64(st.Bavail) * st.Bsize
+	filler := filepath.Join(blobs, "filler")
+	f, err := os.Create(filler)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.CopyN(f, zeroReader{}, free-1<<20); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+
+	s, _, _ := testStack(t, func(c *Config) { c.DataDir = dataDir; c.PluginDir = plugins })
+	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
+	defer cancel()
+	run, err := s.Temporal.ExecuteWorkflow(ctx, clientOpts("full-disk"), workflows.PipelineWorkflowName, json.RawMessage(crashPipeline))
+	if err != nil {
+		t.Fatalf("start pipeline: %v", err)
+	}
+	var why string
+	waitUntil(t, 4*time.Minute, "synthesis to fail on the full disk", func() bool {
+		err := s.Pool.QueryRow(ctx, `SELECT error FROM synth_sets WHERE status = 'failed'`).Scan(&why)
+		return err == nil
+	})
+	t.Logf("synthesis on the full disk: %s", why)
+	if !strings.Contains(why, "no space left on device") {
+		t.Errorf("the failure does not name the full disk: %q", why)
+	}
+	if n := count(t, s.Pool, `SELECT count(*) FROM synth_sets WHERE status = 'ready'`); n != 0 {
+		t.Fatalf("%d synth sets recorded ready on a full disk", n)
+	}
+	if err := os.Remove(filler); err != nil {
+		t.Fatal(err)
+	}
+	var res workflows.PipelineResult
+	if err := run.Get(ctx, &res); err != nil {
+		t.Fatalf("pipeline once the disk had room: %v", err)
+	}
+	if n := count(t, s.Pool, `SELECT count(*) FROM synth_sets WHERE status = 'ready'`); n != 1 || len(res.Checkpoints) != 3 {
+		t.Fatalf("%d ready synth sets, checkpoints %v", n, res.Checkpoints)
+	}
+	// Nothing half-written is left: no temporary file of the blob store.
+	_ = filepath.WalkDir(blobs, func(p string, d os.DirEntry, err error) error {
+		if err == nil && !d.IsDir() && strings.Contains(filepath.Base(p), ".tmp") {
+			t.Errorf("temporary file left in the blob store: %s", p)
+		}
+		return nil
+	})
+}
+
+type zeroReader struct{}
+
+func (zeroReader) Read(p []byte) (int, error) {
+	clear(p)
+	return len(p), nil
+}
