@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
@@ -120,7 +121,7 @@ func (n *natsBackend) subscriber(group, _ string) (message.Subscriber, error) {
 			if err != nil {
 				return nil, nil, fmt.Errorf("create consumer %s on %s: %w", durable, topic, err)
 			}
-			return c, nil, nil
+			return nakUnsettled{c}, nil, nil
 		},
 		// Few messages in flight: a message's ack wait runs from delivery
 		// to the client, not from the handler's start.
@@ -157,4 +158,44 @@ func (p *ensuringPublisher) Publish(topic string, msgs ...*message.Message) erro
 		p.done.Store(topic, true)
 	}
 	return p.Publisher.Publish(topic, msgs...)
+}
+
+// nakUnsettled wraps a JetStream consumer so that a message the subscriber
+// hands back neither acked nor nacked is nacked at once. The subscriber
+// drops, unsettled, every message it receives while it closes (up to
+// PullMaxMessages fetched ahead of the handler): without the nack each
+// would wait out the consumer's ack wait (AckDeadline, an hour by
+// default) before another consumer of the group got it.
+type nakUnsettled struct{ jetstream.Consumer }
+
+func (c nakUnsettled) Consume(h jetstream.MessageHandler, opts ...jetstream.PullConsumeOpt) (jetstream.ConsumeContext, error) {
+	return c.Consumer.Consume(func(msg jetstream.Msg) {
+		m := &settleTracker{Msg: msg}
+		h(m)
+		if !m.settled.Load() {
+			_ = msg.Nak()
+		}
+	}, opts...)
+}
+
+// settleTracker notes whether a message was acked, nacked or terminated.
+type settleTracker struct {
+	jetstream.Msg
+	settled atomic.Bool
+}
+
+func (m *settleTracker) Ack() error { m.settled.Store(true); return m.Msg.Ack() }
+func (m *settleTracker) DoubleAck(ctx context.Context) error {
+	m.settled.Store(true)
+	return m.Msg.DoubleAck(ctx)
+}
+func (m *settleTracker) Nak() error { m.settled.Store(true); return m.Msg.Nak() }
+func (m *settleTracker) NakWithDelay(d time.Duration) error {
+	m.settled.Store(true)
+	return m.Msg.NakWithDelay(d)
+}
+func (m *settleTracker) Term() error { m.settled.Store(true); return m.Msg.Term() }
+func (m *settleTracker) TermWithReason(reason string) error {
+	m.settled.Store(true)
+	return m.Msg.TermWithReason(reason)
 }
