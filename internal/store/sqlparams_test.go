@@ -11,9 +11,9 @@ import (
 	"unicode"
 )
 
-// sqlMethods are the pgx calls whose second argument (after the context)
-// is SQL text.
-var sqlMethods = map[string]bool{"Exec": true, "Query": true, "QueryRow": true}
+// sqlMethods are the pgx calls that take SQL text, and which argument it
+// is (after the context; pgx.Batch's Queue has none).
+var sqlMethods = map[string]int{"Exec": 1, "Query": 1, "QueryRow": 1, "Queue": 0}
 
 // unsafeSQL reports the calls in file whose SQL text is built from
 // anything but string literals, constants (exported ones, and those of
@@ -25,14 +25,18 @@ func unsafeSQL(fset *token.FileSet, file *ast.File, consts map[string]bool) []st
 	var out []string
 	ast.Inspect(file, func(n ast.Node) bool {
 		call, ok := n.(*ast.CallExpr)
-		if !ok || len(call.Args) < 2 {
+		if !ok {
 			return true
 		}
 		sel, ok := call.Fun.(*ast.SelectorExpr)
-		if !ok || !sqlMethods[sel.Sel.Name] {
+		if !ok {
 			return true
 		}
-		if !safeSQLText(call.Args[1], safePart) {
+		arg, ok := sqlMethods[sel.Sel.Name]
+		if !ok || len(call.Args) <= arg {
+			return true
+		}
+		if !safeSQLText(call.Args[arg], safePart) {
 			out = append(out, fset.Position(call.Pos()).String())
 		}
 		return true
@@ -155,6 +159,7 @@ func f() {
 	pool.QueryRow(ctx, "SELECT * FROM t WHERE name = '"+name+"'")
 	conn.Exec(ctx, "CREATE DATABASE "+name)
 	pool.Query(ctx, strings.Join(parts, " "))
+	batch.Queue(fmt.Sprintf("UPDATE t SET n = %d", n))
 	pool.Exec(ctx, "DELETE FROM t WHERE id = $1", id)
 	pool.Exec(ctx, query, id)
 	pool.QueryRow(ctx, "SELECT "+columns+" FROM t WHERE id = $1", id)
@@ -167,10 +172,10 @@ func f() {
 		t.Fatal(err)
 	}
 	got := unsafeSQL(fset, f, map[string]bool{"columns": true})
-	if len(got) != 4 {
-		t.Fatalf("found %d unsafe calls, want the first 4: %v", len(got), got)
+	if len(got) != 5 {
+		t.Fatalf("found %d unsafe calls, want the first 5: %v", len(got), got)
 	}
-	for i, line := range []string{":3:", ":4:", ":5:", ":6:"} {
+	for i, line := range []string{":3:", ":4:", ":5:", ":6:", ":7:"} {
 		if !strings.Contains(got[i], line) {
 			t.Errorf("finding %d at %s, want line %s", i, got[i], line)
 		}
