@@ -15,6 +15,7 @@ import (
 
 	"github.com/groundmesh/groundmesh/internal/infer"
 	"github.com/groundmesh/groundmesh/model"
+	"github.com/groundmesh/groundmesh/plugins/compute"
 )
 
 // BatchConfig configures how concurrent requests for one model share
@@ -96,6 +97,8 @@ type batcher struct {
 	logger   *slog.Logger
 	// calls counts Generate calls, for tests and the batching benchmark.
 	calls atomic.Int64
+	// crashRetries counts batches asked again after their plugin crashed.
+	crashRetries atomic.Int64
 	// observe, when set, is told the size of every Generate call.
 	observe func(n int)
 
@@ -322,7 +325,7 @@ func (b *batcher) exec(w *worker, sess *infer.Session, batch []*job) *infer.Sess
 		}
 		d := b.decoding
 		d.Attention = att && sess.CanAttention
-		if err := b.generate(ctx, sess, jobs, d.Options(infer.Ground, 0)); err != nil {
+		if err := b.generate(ctx, &sess, w.ref, jobs, d.Options(infer.Ground, 0)); err != nil {
 			span.RecordError(err)
 			span.SetStatus(codes.Error, err.Error())
 			b.logger.WarnContext(ctx, "generate failed; the model reloads on the next request", "checkpoint_id", w.ref.CheckpointID, "err", err)
@@ -336,28 +339,51 @@ func (b *batcher) exec(w *worker, sess *infer.Session, batch []*job) *infer.Sess
 }
 
 // generate answers jobs with one Generate call. A prompt too long for the
-// model fails alone: the batch is then answered one prompt at a time. Any
-// other failure fails every job and is returned (the session is suspect).
-func (b *batcher) generate(ctx context.Context, sess *infer.Session, jobs []*job, opts model.GenerateOptions) error {
+// model fails alone: the batch is then answered one prompt at a time. A
+// plugin that crashed during the call (its host starts a new process,
+// which holds no model) is asked once more, on the model loaded again into
+// *sess: inference has no effects, so its callers get a slower answer
+// rather than an error. Any other failure fails every job not yet answered
+// and is returned (the session is suspect).
+func (b *batcher) generate(ctx context.Context, sess **infer.Session, ref ModelRef, jobs []*job, opts model.GenerateOptions) error {
 	prompts := make([]model.Prompt, len(jobs))
 	for i, j := range jobs {
 		prompts[i] = j.prompt
 	}
-	b.calls.Add(1)
-	if b.observe != nil {
-		b.observe(len(prompts))
+	call := func() ([]model.Generation, error) {
+		b.calls.Add(1)
+		if b.observe != nil {
+			b.observe(len(prompts))
+		}
+		gens, err := (*sess).Generator.Generate(ctx, prompts, opts)
+		if err == nil && len(gens) != len(jobs) {
+			err = fmt.Errorf("generate: %d answers for %d prompts", len(gens), len(jobs))
+		}
+		return gens, err
 	}
-	gens, err := sess.Generator.Generate(ctx, prompts, opts)
-	if err == nil && len(gens) != len(jobs) {
-		err = fmt.Errorf("generate: %d answers for %d prompts", len(gens), len(jobs))
+	gens, err := call()
+	if errors.Is(err, compute.ErrPluginCrashed) && ctx.Err() == nil {
+		b.logger.WarnContext(ctx, "the plugin crashed during a batch; loading the model again and asking once more", "checkpoint_id", ref.CheckpointID, "batch", len(jobs), "err", err)
+		b.crashRetries.Add(1)
+		_ = (*sess).Close(context.WithoutCancel(ctx)) // its process is gone
+		fresh, oerr := b.open(ctx, ref)
+		if oerr != nil {
+			err = errors.Join(err, oerr)
+		} else {
+			*sess = fresh
+			gens, err = call()
+		}
 	}
 	if errors.Is(err, model.ErrTooLong) {
 		if len(jobs) == 1 {
-			jobs[0].done <- jobResult{err: &Error{Code: CodeExpressionTooLong, Msg: fmt.Sprintf("the question does not fit the model's context of %d tokens with its image: %v", sess.Config.MaxSeq, err), Err: err}}
+			jobs[0].done <- jobResult{err: &Error{Code: CodeExpressionTooLong, Msg: fmt.Sprintf("the question does not fit the model's context of %d tokens with its image: %v", (*sess).Config.MaxSeq, err), Err: err}}
 			return nil
 		}
-		for _, j := range jobs {
-			if err := b.generate(ctx, sess, []*job{j}, opts); err != nil {
+		for i, j := range jobs {
+			if err := b.generate(ctx, sess, ref, []*job{j}, opts); err != nil {
+				for _, rest := range jobs[i+1:] {
+					rest.done <- jobResult{err: err}
+				}
 				return err
 			}
 		}

@@ -104,6 +104,10 @@ func (s *Service) Close() { s.batcher.close() }
 // (each answers a whole batch).
 func (s *Service) GenerateCalls() int64 { return s.batcher.calls.Load() }
 
+// CrashRetries is how many batches were asked again because their plugin
+// crashed during the call.
+func (s *Service) CrashRetries() int64 { return s.batcher.crashRetries.Load() }
+
 // Model returns the checkpoint a request without checkpoint_id is served
 // by; an *Error with CodeNoModel when none is trained.
 func (s *Service) Model(ctx context.Context) (ModelRef, error) {
