@@ -50,21 +50,11 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/groundmesh/groundmesh/internal/testutil"
 )
 
 const token = "soak-token"
-
-// pipelineInput is a whole pipeline sized to take about a minute here.
-const pipelineInput = `{
- "dataset": {"images": 40, "size": 64, "seed": %d},
- "synth": {"samples": 20000},
- "train": {"backend": "gomlx", "spec": {
-   "model": {"vision_width": 16, "width": 32, "depth": 1, "heads": 2},
-   "stage1": {"steps": 6, "batch_size": 4, "warmup": 1, "checkpoint_every": 2},
-   "stage2": {"steps": 4, "batch_size": 4, "warmup": 1, "checkpoint_every": 2},
-   "stage3": {"steps": 4, "batch_size": 4, "warmup": 1, "checkpoint_every": 2}}},
- "eval": {"max_samples": 6, "max_samples_by": {"rec": 40, "pope-random": 40, "pope-popular": 40, "pope-adversarial": 40}, "report": false}
-}`
 
 func main() {
 	var (
@@ -449,7 +439,7 @@ func run(cfg config) error {
 
 // startPipeline posts a pipeline, retrying while the worker is down.
 func startPipeline(ctx context.Context, hc *http.Client, base string, seed int, t *tally) string {
-	body := fmt.Sprintf(pipelineInput, seed)
+	body := string(testutil.SmallPipeline(seed))
 	for ctx.Err() == nil {
 		resp, err := hc.Post(base+"/api/pipelines", "application/json", strings.NewReader(body))
 		if err == nil {

@@ -22,6 +22,7 @@ import (
 	"github.com/groundmesh/groundmesh/internal/pgembed"
 	"github.com/groundmesh/groundmesh/internal/store"
 	"github.com/groundmesh/groundmesh/internal/telemetry"
+	"github.com/groundmesh/groundmesh/internal/testutil"
 	"github.com/groundmesh/groundmesh/workflows"
 )
 
@@ -143,19 +144,10 @@ func tailFile(path string, n int) string {
 	return string(b)
 }
 
-// crashPipeline is a whole pipeline small enough for a test: synthesis
-// long enough (40 images, 20,000 samples) and evaluation long enough
-// (every benchmark on a few records of three checkpoints) to be killed in.
-const crashPipeline = `{
- "dataset": {"images": 40, "size": 64, "seed": 11},
- "synth": {"samples": 20000},
- "train": {"backend": "gomlx", "spec": {
-   "model": {"vision_width": 16, "width": 32, "depth": 1, "heads": 2},
-   "stage1": {"steps": 4, "batch_size": 4, "warmup": 1, "checkpoint_every": 2},
-   "stage2": {"steps": 2, "batch_size": 4, "warmup": 1, "checkpoint_every": 2},
-   "stage3": {"steps": 2, "batch_size": 4, "warmup": 1, "checkpoint_every": 2}}},
- "eval": {"max_samples": 6, "max_samples_by": {"rec": 40, "pope-random": 40, "pope-popular": 40, "pope-adversarial": 40}, "report": false}
-}`
+// crashPipeline is testutil.SmallPipeline: synthesis long enough (40
+// images, 20,000 samples) and evaluation long enough (every benchmark on
+// a few records of three checkpoints) to be killed in.
+var crashPipeline = testutil.SmallPipeline(11)
 
 func dialTemporal(t *testing.T, addr string) client.Client {
 	t.Helper()
@@ -252,7 +244,7 @@ func runCrashTest(t *testing.T, stage string, killAt func(*testing.T, *pgxpool.P
 
 	first := startCrashWorker(t, dataDir, dbURL, plugins, filepath.Join(dir, "worker-1.log"))
 	tc := dialTemporal(t, first.addr)
-	run, err := tc.ExecuteWorkflow(ctx, clientOpts("crash-"+stage), workflows.PipelineWorkflowName, json.RawMessage(crashPipeline))
+	run, err := tc.ExecuteWorkflow(ctx, clientOpts("crash-"+stage), workflows.PipelineWorkflowName, crashPipeline)
 	if err != nil {
 		t.Fatalf("start pipeline: %v", err)
 	}
@@ -338,7 +330,7 @@ func TestPostgresRestartMidPipeline(t *testing.T) {
 	dir := t.TempDir()
 	w := startCrashWorker(t, filepath.Join(dir, "data"), cl.URL(), plugins, filepath.Join(dir, "worker.log"))
 	tc := dialTemporal(t, w.addr)
-	run, err := tc.ExecuteWorkflow(ctx, clientOpts("pg-restart"), workflows.PipelineWorkflowName, json.RawMessage(crashPipeline))
+	run, err := tc.ExecuteWorkflow(ctx, clientOpts("pg-restart"), workflows.PipelineWorkflowName, crashPipeline)
 	if err != nil {
 		t.Fatalf("start pipeline: %v", err)
 	}
@@ -456,7 +448,7 @@ func TestFullBlobDiskMidPipeline(t *testing.T) {
 	s, _, _ := testStack(t, func(c *Config) { c.DataDir = dataDir; c.PluginDir = plugins })
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 	defer cancel()
-	run, err := s.Temporal.ExecuteWorkflow(ctx, clientOpts("full-disk"), workflows.PipelineWorkflowName, json.RawMessage(crashPipeline))
+	run, err := s.Temporal.ExecuteWorkflow(ctx, clientOpts("full-disk"), workflows.PipelineWorkflowName, crashPipeline)
 	if err != nil {
 		t.Fatalf("start pipeline: %v", err)
 	}

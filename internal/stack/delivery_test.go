@@ -4,27 +4,24 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"image"
 	"image/color"
 	"image/png"
 	"log/slog"
 	"os"
-	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/google/uuid"
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/groundmesh/groundmesh/internal/bus"
 	"github.com/groundmesh/groundmesh/internal/events"
 	"github.com/groundmesh/groundmesh/internal/store"
 	"github.com/groundmesh/groundmesh/internal/telemetry"
+	"github.com/groundmesh/groundmesh/internal/testutil"
 	"github.com/groundmesh/groundmesh/plugins/compute"
 	"github.com/groundmesh/groundmesh/plugins/compute/computetest"
 	"github.com/groundmesh/groundmesh/workflows"
@@ -89,7 +86,7 @@ func testEveryEventTwice(t *testing.T, kind string) {
 				topics = append(topics, svc+"."+k)
 			}
 		}
-		purgeNATS(t, topics...)
+		testutil.PurgeNATS(t, topics...)
 		prefix = fmt.Sprintf("delivery-test-%d.", time.Now().UnixNano())
 	}
 	b, err := bus.New(ctx, bus.Config{
@@ -333,33 +330,6 @@ func testEveryEventTwice(t *testing.T, kind string) {
 				t.Errorf("%d activities marked completed, want 3", n)
 			}
 		})
-	}
-}
-
-// purgeNATS empties the JetStream streams of topics on this machine's NATS
-// server (the bus names a topic's stream gm_<topic with _ for .>).
-func purgeNATS(t *testing.T, topics ...string) {
-	t.Helper()
-	nc, err := nats.Connect(nats.DefaultURL)
-	if err != nil {
-		t.Fatalf("connect to NATS at %s: %v", nats.DefaultURL, err)
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, topic := range topics {
-		st, err := js.Stream(context.Background(), "gm_"+strings.ReplaceAll(topic, ".", "_"))
-		if errors.Is(err, jetstream.ErrStreamNotFound) {
-			continue
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := st.Purge(context.Background()); err != nil {
-			t.Fatal(err)
-		}
 	}
 }
 

@@ -24,6 +24,7 @@ import (
 	"github.com/groundmesh/groundmesh/internal/events"
 	"github.com/groundmesh/groundmesh/internal/infer"
 	"github.com/groundmesh/groundmesh/internal/store"
+	"github.com/groundmesh/groundmesh/internal/testutil"
 	"github.com/groundmesh/groundmesh/model"
 	"github.com/groundmesh/groundmesh/plugins/compute"
 )
@@ -103,7 +104,7 @@ func TestOverTheBus(t *testing.T) {
 	host := pluginHost(t)
 	// Requests left in the NATS streams by earlier runs would be read by
 	// this run's new consumer group, ahead of this run's.
-	purgeNATS(t, events.TopicGroundRequested, events.TopicGroundCompleted, events.TopicGroundFailed)
+	testutil.PurgeNATS(t, events.TopicGroundRequested, events.TopicGroundCompleted, events.TopicGroundFailed)
 	for _, kind := range []string{bus.KindPostgres, bus.KindNATS} {
 		t.Run(kind, func(t *testing.T) { testOverTheBus(t, kind, host, rec) })
 	}

@@ -2,7 +2,6 @@ package ground
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"image"
 	"image/color"
@@ -14,13 +13,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
-
 	"github.com/groundmesh/groundmesh/internal/blob"
 	"github.com/groundmesh/groundmesh/internal/bus"
 	"github.com/groundmesh/groundmesh/internal/events"
 	"github.com/groundmesh/groundmesh/internal/infer"
+	"github.com/groundmesh/groundmesh/internal/testutil"
 	"github.com/groundmesh/groundmesh/model"
 	"github.com/groundmesh/groundmesh/plugins/compute"
 	"github.com/groundmesh/groundmesh/plugins/gomlx"
@@ -65,34 +62,6 @@ func runLoad(c, n int, fn func(ctx context.Context) error) loadStats {
 	slices.Sort(lat)
 	st.p50, st.p99 = lat[n/2], lat[min(n-1, n*99/100)]
 	return st
-}
-
-// purgeNATS empties the JetStream streams of topics (named as
-// internal/bus names them).
-func purgeNATS(tb testing.TB, topics ...string) {
-	tb.Helper()
-	nc, err := nats.Connect(nats.DefaultURL)
-	if err != nil {
-		tb.Fatalf("connect to NATS at %s: %v", nats.DefaultURL, err)
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	ctx := context.Background()
-	for _, topic := range topics {
-		s, err := js.Stream(ctx, "gm_"+strings.ReplaceAll(topic, ".", "_"))
-		if errors.Is(err, jetstream.ErrStreamNotFound) {
-			continue
-		}
-		if err != nil {
-			tb.Fatal(err)
-		}
-		if err := s.Purge(ctx); err != nil {
-			tb.Fatal(err)
-		}
-	}
 }
 
 // openTestModel opens testModel's model on be, closed when the benchmark
@@ -187,7 +156,7 @@ func BenchmarkGroundLoad(b *testing.B) {
 				if kind == bus.KindNATS {
 					// A new consumer group on NATS reads what the streams
 					// still hold: start each cell empty.
-					purgeNATS(b, events.TopicGroundRequested, events.TopicGroundCompleted, events.TopicGroundFailed)
+					testutil.PurgeNATS(b, events.TopicGroundRequested, events.TopicGroundCompleted, events.TopicGroundFailed)
 				}
 				f := newBusFixture(b, kind, host, cfg, poll, nil)
 				var first loadStats
