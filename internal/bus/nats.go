@@ -3,6 +3,7 @@ package bus
 import (
 	"context"
 	"fmt"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -171,10 +172,23 @@ type nakUnsettled struct{ jetstream.Consumer }
 func (c nakUnsettled) Consume(h jetstream.MessageHandler, opts ...jetstream.PullConsumeOpt) (jetstream.ConsumeContext, error) {
 	return c.Consumer.Consume(func(msg jetstream.Msg) {
 		m := &settleTracker{Msg: msg}
+		defer func() {
+			if r := recover(); r != nil {
+				// watermill-nats hands a message over in a select that also
+				// watches for closing, and the subscriber closes the output
+				// channel as it closes: the send can be chosen on the closed
+				// channel and panic on this NATS callback goroutine, taking
+				// the process down. Seen in TestConsumerStoppedMidStreamLosesNothing.
+				// The message was not delivered: it is nacked below.
+				if err, ok := r.(runtime.Error); !ok || err.Error() != "send on closed channel" {
+					panic(r)
+				}
+			}
+			if !m.settled.Load() {
+				_ = msg.Nak()
+			}
+		}()
 		h(m)
-		if !m.settled.Load() {
-			_ = msg.Nak()
-		}
 	}, opts...)
 }
 
