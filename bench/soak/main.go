@@ -104,11 +104,11 @@ type supervisor struct {
 
 // sample records the current worker's plugin processes.
 func (s *supervisor) sample() {
-	pids := s.plugins()
+	procs := s.plugins()
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for _, pid := range pids {
-		s.seen[pid] = comm(pid)
+	for _, p := range procs {
+		s.seen[p.pid] = p.comm
 	}
 }
 
@@ -126,15 +126,6 @@ func (s *supervisor) orphans() []int {
 	}
 	slices.Sort(out)
 	return out
-}
-
-func comm(pid int) string {
-	for _, p := range processes() {
-		if p.pid == pid {
-			return p.comm
-		}
-	}
-	return ""
 }
 
 func (s *supervisor) start() error {
@@ -184,9 +175,8 @@ func (s *supervisor) killWorker() {
 	<-exited
 }
 
-// plugins lists the pids of the compute plugin processes the current
-// worker started.
-func (s *supervisor) plugins() []int {
+// plugins lists the compute plugin processes the current worker started.
+func (s *supervisor) plugins() []proc {
 	s.mu.Lock()
 	parent := s.cmd.Process.Pid
 	s.mu.Unlock()
@@ -225,11 +215,11 @@ func processes() []proc {
 	return out
 }
 
-func childrenNamed(parent int, prefix string) []int {
-	var out []int
+func childrenNamed(parent int, prefix string) []proc {
+	var out []proc
 	for _, p := range processes() {
 		if p.ppid == parent && strings.HasPrefix(p.comm, prefix) {
-			out = append(out, p.pid)
+			out = append(out, p)
 		}
 	}
 	return out
@@ -376,8 +366,8 @@ func run(cfg config) error {
 			}
 			at := time.Since(began).Round(time.Second)
 			if rng.IntN(2) == 0 {
-				if pids := sup.plugins(); len(pids) > 0 {
-					pid := pids[rng.IntN(len(pids))]
+				if procs := sup.plugins(); len(procs) > 0 {
+					pid := procs[rng.IntN(len(procs))].pid
 					_ = syscall.Kill(pid, syscall.SIGKILL)
 					t.mu.Lock()
 					t.pluginKills++
@@ -424,7 +414,7 @@ func run(cfg config) error {
 	if err != nil {
 		return err
 	}
-	report(os.Stdout, cfg, faultsFor, t, status, failed, orphaned, checks)
+	report(os.Stdout, faultsFor, t, status, failed, orphaned, checks)
 	lost := t.lost + len(failed)
 	for _, c := range checks {
 		if c.got != c.want {
@@ -595,7 +585,7 @@ func checkDatabase(ctx context.Context, dataDir string) ([]check, error) {
 	return []check{
 		q("synth sets with the same dataset and parameters twice", `SELECT count(*) FROM (SELECT 1 FROM synth_sets GROUP BY dataset_id, params_hash HAVING count(*) > 1) d`, 0),
 		q("synth sets left building or failed", `SELECT count(*) FROM synth_sets WHERE status <> 'ready'`, 0),
-		q("evaluations recorded twice", `SELECT count(*) FROM (SELECT 1 FROM evaluations GROUP BY run_id, checkpoint_id, stage, benchmark, split HAVING count(*) > 1) d`, 0),
+		q("evaluations recorded twice", testutil.EvaluationsRecordedTwiceSQL, 0),
 		q("training runs not completed", `SELECT count(*) FROM runs WHERE status <> 'completed'`, 0),
 		q("messages in the poison queue", `SELECT count(*) FROM poison_messages`, 0),
 		unrelayed,
@@ -613,7 +603,7 @@ func pct(ds []time.Duration, p float64) string {
 	return fmt.Sprintf("%.1f ms", float64(s[i].Microseconds())/1000)
 }
 
-func report(w io.Writer, cfg config, faultsFor time.Duration, t *tally, status map[string]int, failed []string, orphaned []int, checks []check) {
+func report(w io.Writer, faultsFor time.Duration, t *tally, status map[string]int, failed []string, orphaned []int, checks []check) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintf(tw, "faults and load ran\t%v\n", faultsFor.Round(time.Second))
 	fmt.Fprintf(tw, "worker killed (SIGKILL) and restarted\t%d\n", t.workerKills)

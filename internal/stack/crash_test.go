@@ -73,9 +73,10 @@ func runCrashChild(dataDir, dbURL string) int {
 
 // crashWorker is a worker process started by startCrashWorker.
 type crashWorker struct {
-	cmd  *exec.Cmd
-	addr string
-	log  string
+	cmd    *exec.Cmd
+	exited chan struct{} // closed once the process has been waited for
+	addr   string
+	log    string
 }
 
 // startCrashWorker starts a worker on dataDir and waits until its Temporal
@@ -98,9 +99,11 @@ func startCrashWorker(t *testing.T, dataDir, dbURL, plugins, logPath string) *cr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
+	exited := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(exited) }()
 	t.Cleanup(func() {
 		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-		_ = cmd.Wait()
+		<-exited
 		logf.Close()
 	})
 	addr := make(chan string, 1)
@@ -118,7 +121,7 @@ func startCrashWorker(t *testing.T, dataDir, dbURL, plugins, logPath string) *cr
 		if !ok {
 			t.Fatalf("worker exited before serving; its log:\n%s", tailFile(logPath, 4000))
 		}
-		return &crashWorker{cmd: cmd, addr: a, log: logPath}
+		return &crashWorker{cmd: cmd, exited: exited, addr: a, log: logPath}
 	case <-time.After(2 * time.Minute):
 		t.Fatalf("worker did not serve within 2 minutes; its log:\n%s", tailFile(logPath, 4000))
 	}
@@ -133,7 +136,17 @@ func (w *crashWorker) kill(t *testing.T) {
 	if err := w.cmd.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatalf("kill worker: %v", err)
 	}
-	_ = w.cmd.Wait()
+	<-w.exited
+}
+
+// gone reports whether the worker process has exited.
+func (w *crashWorker) gone() bool {
+	select {
+	case <-w.exited:
+		return true
+	default:
+		return false
+	}
 }
 
 func tailFile(path string, n int) string {
@@ -249,7 +262,7 @@ func runCrashTest(t *testing.T, stage string, killAt func(*testing.T, *pgxpool.P
 		t.Fatalf("start pipeline: %v", err)
 	}
 	waitUntil(t, 4*time.Minute, stage+" to begin", func() bool {
-		if first.cmd.ProcessState != nil {
+		if first.gone() {
 			t.Fatalf("worker exited; its log:\n%s", tailFile(first.log, 4000))
 		}
 		return killAt(t, pool)
@@ -280,7 +293,7 @@ func runCrashTest(t *testing.T, stage string, killAt func(*testing.T, *pgxpool.P
 		{"synth sets", `SELECT count(*) FROM synth_sets`, 1},
 		{"ready synth sets", `SELECT count(*) FROM synth_sets WHERE status = 'ready'`, 1},
 		{"training runs", `SELECT count(*) FROM runs`, 1},
-		{"evaluations recorded twice", `SELECT count(*) FROM (SELECT 1 FROM evaluations GROUP BY run_id, checkpoint_id, stage, benchmark, split HAVING count(*) > 1) d`, 0},
+		{"evaluations recorded twice", testutil.EvaluationsRecordedTwiceSQL, 0},
 		{"synth.completed facts and answers for more than one set", `SELECT count(DISTINCT convert_from(payload, 'UTF8')::jsonb->>'synth_set_id') FROM "watermill_synth.completed"`, 1},
 	}
 	for _, c := range checks {
@@ -375,7 +388,7 @@ func TestPostgresRestartMidPipeline(t *testing.T) {
 	}{
 		{"synth sets", `SELECT count(*) FROM synth_sets WHERE status = 'ready'`, 1},
 		{"training runs", `SELECT count(*) FROM runs`, 1},
-		{"evaluations recorded twice", `SELECT count(*) FROM (SELECT 1 FROM evaluations GROUP BY run_id, checkpoint_id, stage, benchmark, split HAVING count(*) > 1) d`, 0},
+		{"evaluations recorded twice", testutil.EvaluationsRecordedTwiceSQL, 0},
 	} {
 		if got := count(t, pool, c.query); got != c.want {
 			t.Errorf("%s: %d, want %d", c.what, got, c.want)

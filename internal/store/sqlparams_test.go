@@ -21,7 +21,6 @@ var sqlMethods = map[string]int{"Exec": 1, "Query": 1, "QueryRow": 1, "Queue": 0
 // pgx.Identifier{...}.Sanitize(): values must travel as parameters ($1,
 // $2, ...), never in the text.
 func unsafeSQL(fset *token.FileSet, file *ast.File, consts map[string]bool) []string {
-	safePart := func(e ast.Expr) bool { return safeSQLPart(e, consts) }
 	var out []string
 	ast.Inspect(file, func(n ast.Node) bool {
 		call, ok := n.(*ast.CallExpr)
@@ -36,7 +35,7 @@ func unsafeSQL(fset *token.FileSet, file *ast.File, consts map[string]bool) []st
 		if !ok || len(call.Args) <= arg {
 			return true
 		}
-		if !safeSQLText(call.Args[arg], safePart) {
+		if !safeSQLText(call.Args[arg], consts) {
 			out = append(out, fset.Position(call.Pos()).String())
 		}
 		return true
@@ -44,22 +43,18 @@ func unsafeSQL(fset *token.FileSet, file *ast.File, consts map[string]bool) []st
 	return out
 }
 
-func safeSQLText(e ast.Expr, safePart func(ast.Expr) bool) bool {
+// safeSQLText is a whole SQL argument: a name (a named query or an
+// exported constant) or what a concatenated text may be made of.
+func safeSQLText(e ast.Expr, consts map[string]bool) bool {
 	switch e := e.(type) {
-	case *ast.BasicLit:
-		return e.Kind == token.STRING
+	case *ast.Ident, *ast.SelectorExpr:
+		return true
 	case *ast.ParenExpr:
-		return safeSQLText(e.X, safePart)
-	case *ast.Ident:
-		// A named query or an exported constant; a lowercase local
-		// variable in a concatenation is caught below.
-		return true
-	case *ast.SelectorExpr:
-		return true
-	case *ast.BinaryExpr:
-		return e.Op == token.ADD && safePart(e.X) && safePart(e.Y)
+		return safeSQLText(e.X, consts)
+	case *ast.CallExpr:
+		return false // a quoted identifier alone is no SQL text
 	}
-	return false
+	return safeSQLPart(e, consts)
 }
 
 // safeSQLPart is a piece of a concatenated SQL text.

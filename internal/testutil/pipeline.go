@@ -21,3 +21,9 @@ func SmallPipeline(seed int) json.RawMessage {
  "eval": {"max_samples": 6, "max_samples_by": {"rec": 40, "pope-random": 40, "pope-popular": 40, "pope-adversarial": 40}, "report": false}
 }`, seed))
 }
+
+// EvaluationsRecordedTwiceSQL counts the (run, checkpoint, stage,
+// benchmark, split) groups that hold more than one evaluation: after any
+// fault it must be 0. The run is part of the key because baselines have no
+// checkpoint and each run records its own.
+const EvaluationsRecordedTwiceSQL = `SELECT count(*) FROM (SELECT 1 FROM evaluations GROUP BY run_id, checkpoint_id, stage, benchmark, split HAVING count(*) > 1) d`
