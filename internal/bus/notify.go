@@ -154,8 +154,9 @@ type notifyBackoff struct {
 	retry time.Duration
 }
 
-// firstRetry is the first look again after a wake-up that found nothing.
-const firstRetry = 5 * time.Millisecond
+// firstRetry is the first look again after a wake-up that found nothing
+// (a variable only so that a test can turn the looks off).
+var firstRetry = 5 * time.Millisecond
 
 func (b *notifyBackoff) HandleError(logger watermill.LoggerAdapter, noMsg bool, err error) time.Duration {
 	if err != nil || !noMsg {

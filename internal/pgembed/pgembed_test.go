@@ -55,6 +55,18 @@ func startCluster(t *testing.T, cfg Config) *Cluster {
 	return c
 }
 
+// running reports whether pid is a process that has not exited (a child
+// that exited but was not waited for is a zombie, which signal 0 still
+// reaches).
+func running(pid int) bool {
+	b, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "stat"))
+	if err != nil {
+		return false
+	}
+	_, rest, ok := strings.Cut(string(b), ") ")
+	return ok && !strings.HasPrefix(rest, "Z") && !strings.HasPrefix(rest, "X")
+}
+
 func connect(t *testing.T, url string) *pgx.Conn {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -178,6 +190,10 @@ func TestLifecycle(t *testing.T) {
 			t.Fatalf("after stale pid recovery: n=%d err=%v", n, err)
 		}
 		conn.Close(ctx)
+		// The program that holds the old pid is not ours to stop.
+		if !running(impostor.Process.Pid) {
+			t.Fatal("the program holding the stale pid was stopped")
+		}
 
 		// A second Start on the same folder (say, after the first process
 		// died and left its server running) uses the server that is there.
@@ -232,6 +248,48 @@ func TestLifecycle(t *testing.T) {
 		if conn, err := pgx.Connect(ctx, c.URL()); err == nil {
 			conn.Close(ctx)
 			t.Fatal("the server still answers after the adopting owner stopped it")
+		}
+	})
+
+	step(t, "another data dir's server", func(t *testing.T) {
+		// The stale postmaster.pid names a live postgres of another data
+		// dir (its pid and port): that server is neither adopted nor
+		// stopped, by Start or by Stop.
+		other := startCluster(t, Config{Dir: clusterDir(t), Logger: testLogger(t)})
+		b, err := os.ReadFile(filepath.Join(other.DataDir(), "postmaster.pid"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		otherPid, _, _ := strings.Cut(string(b), "\n")
+		run, err := newRunner(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		dataDir := filepath.Join(dir, "data")
+		pidFile := filepath.Join(dataDir, "postmaster.pid")
+		stale := strings.Join([]string{
+			otherPid, dataDir, "1700000000", strconv.Itoa(other.Port()),
+			filepath.Join(dir, "run"), "127.0.0.1", "  1234567  7", "ready   ", "",
+		}, "\n")
+		if err := os.WriteFile(pidFile, []byte(stale), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := run.chown(pidFile); err != nil {
+			t.Fatal(err)
+		}
+		c := startCluster(t, cfg)
+		if c.adopted {
+			t.Fatalf("adopted the server of %s (pid %s)", other.DataDir(), otherPid)
+		}
+		var n int
+		if err := connect(t, c.URL()).QueryRow(ctx, "SELECT count(*) FROM kept").Scan(&n); err != nil || n != 2 {
+			t.Fatalf("this data dir's own server: n=%d err=%v", n, err)
+		}
+		if err := c.Stop(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if err := connect(t, other.URL()).Ping(ctx); err != nil {
+			t.Fatalf("the other data dir's server was stopped: %v", err)
 		}
 	})
 

@@ -425,29 +425,11 @@ func TestFullBlobDiskMidPipeline(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs the whole pipeline; skipped with -short")
 	}
-	if os.Geteuid() != 0 {
-		t.Skip("mounting a small file system needs root")
-	}
 	t.Parallel()
 	plugins := pluginDir(t)
 	dataDir := t.TempDir()
 	blobs := filepath.Join(dataDir, "blobs")
-	if err := os.MkdirAll(blobs, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=48m", "tmpfs", blobs).CombinedOutput(); err != nil {
-		t.Skipf("cannot mount a tmpfs here: %v %s", err, out)
-	}
-	t.Cleanup(func() {
-		if out, err := exec.Command("umount", "-l", blobs).CombinedOutput(); err != nil {
-			t.Errorf("umount %s: %v %s", blobs, err, out)
-		}
-	})
-	var st syscall.Statfs_t
-	if err := syscall.Statfs(blobs, &st); err != nil {
-		t.Fatal(err)
-	}
-	free := int64(st.Bavail) * st.Bsize
+	free := mountSmallDisk(t, blobs, "48m")
 	filler := filepath.Join(blobs, "filler")
 	f, err := os.Create(filler)
 	if err != nil {
@@ -494,6 +476,32 @@ func TestFullBlobDiskMidPipeline(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// mountSmallDisk mounts a tmpfs of the given size on dir (created) for
+// the test's length and returns its free bytes. It skips the test where
+// mounting is not allowed (not root, or no mount namespace rights).
+func mountSmallDisk(t *testing.T, dir, size string) int64 {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("mounting a small file system needs root")
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size="+size, "tmpfs", dir).CombinedOutput(); err != nil {
+		t.Skipf("cannot mount a tmpfs here: %v %s", err, out)
+	}
+	t.Cleanup(func() {
+		if out, err := exec.Command("umount", "-l", dir).CombinedOutput(); err != nil {
+			t.Errorf("umount %s: %v %s", dir, err, out)
+		}
+	})
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(dir, &st); err != nil {
+		t.Fatal(err)
+	}
+	return int64(st.Bavail) * st.Bsize
 }
 
 type zeroReader struct{}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/url"
 	"os"
 	"runtime"
 	"strings"
@@ -239,6 +240,22 @@ func TestOpenNeverShowsThePassword(t *testing.T) {
 		if strings.Contains(err.Error(), secret) {
 			t.Errorf("the error shows the password: %v", err)
 		}
+	}
+	// And when the pool opens (the server trusts loopback, so the
+	// password is sent and ignored): its debug line names host and
+	// database only.
+	u, err := url.Parse(store.NewTestDB(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.User = url.UserPassword(u.User.Username(), secret)
+	pool, err := store.Open(ctx, u.String(), logger)
+	if err != nil {
+		t.Fatalf("open the test database with a password: %v", err)
+	}
+	pool.Close()
+	if !strings.Contains(logs.String(), "postgres pool open") {
+		t.Errorf("no log line for the opened pool:\n%s", logs.String())
 	}
 	if strings.Contains(logs.String(), secret) {
 		t.Errorf("the log shows the password:\n%s", logs.String())

@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/groundmesh/groundmesh/internal/events"
 )
@@ -287,6 +288,19 @@ func (h *httpAPI) readBody(r *http.Request) ([]byte, error) {
 	}
 	if int64(len(body)) > max {
 		return nil, newError(CodeImageTooLarge, "request body is over %d bytes: the image may be at most %d bytes (%d in base64)", max, h.cfg.Limits.MaxImageBytes, h.cfg.Limits.MaxImageBytes/3*4+4)
+	}
+	// JSON is UTF-8 (RFC 8259); Go's decoder would quietly turn invalid
+	// bytes into U+FFFD and ground an expression nobody wrote.
+	if !utf8.Valid(body) {
+		at := 0
+		for at < len(body) {
+			r, n := utf8.DecodeRune(body[at:])
+			if r == utf8.RuneError && n <= 1 {
+				break
+			}
+			at += n
+		}
+		return nil, newError(CodeBadRequest, "request body is not valid UTF-8 (byte %d): JSON must be UTF-8", at)
 	}
 	return body, nil
 }

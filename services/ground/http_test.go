@@ -99,6 +99,7 @@ func TestHTTPRefusals(t *testing.T) {
 		{name: "not json", body: "image=1", status: 400, code: CodeBadRequest, msg: "request body: invalid character"},
 		{name: "form content type", ctype: "application/x-www-form-urlencoded", body: "{}", status: 400, code: CodeBadRequest, msg: `Content-Type "application/x-www-form-urlencoded": send application/json`},
 		{name: "unknown field", body: `{"expresion":"x"}`, status: 400, code: CodeBadRequest, msg: `unknown field "expresion"`},
+		{name: "invalid UTF-8", body: "{\"expression\": \"red\xff square\"}", status: 400, code: CodeBadRequest, msg: "request body is not valid UTF-8 (byte 19): JSON must be UTF-8"},
 		{name: "trailing data", body: `{"expression":"x"} {}`, status: 400, code: CodeBadRequest, msg: "trailing data"},
 		{name: "no image", body: body(map[string]any{"expression": "the red square"}), status: 400, code: CodeBadRequest, msg: "no image: give one inline or by blob key"},
 		{name: "both images", body: body(map[string]any{"image": dataURI("image/png", okImg), "image_key": "a.png", "expression": "x"}), status: 400, code: CodeBadRequest, msg: "not both"},

@@ -27,12 +27,18 @@ func chatBody(parts ...map[string]any) string {
 
 func TestChatCompletionsRefusals(t *testing.T) {
 	g := &recordingGrounder{}
-	h, err := NewHTTPHandler(HTTPConfig{Tokens: []string{"k"}}, g)
+	h, err := NewHTTPHandler(HTTPConfig{Tokens: []string{"k"}, Limits: Limits{MaxImageBytes: 3000, MaxPixels: 64 * 64, MaxExpressionBytes: 40}}, g)
 	if err != nil {
 		t.Fatal(err)
 	}
-	img := dataURI("image/png", scene(t, 40, 30, 5, 5, color.RGBA{200, 0, 0, 255}))
+	okImg := scene(t, 40, 30, 5, 5, color.RGBA{200, 0, 0, 255})
+	img := dataURI("image/png", okImg)
 	text := map[string]any{"type": "text", "text": "the red square"}
+	imagePart := func(b []byte) map[string]any {
+		return map[string]any{"type": "image_url", "image_url": map[string]any{"url": dataURI("image/png", b)}}
+	}
+	bigImg := make([]byte, 3001)
+	copy(bigImg, okImg)
 	image := map[string]any{"type": "image_url", "image_url": map[string]any{"url": img}}
 	cases := []struct {
 		name, auth, body string
@@ -46,6 +52,12 @@ func TestChatCompletionsRefusals(t *testing.T) {
 		{"no text", "Bearer k", chatBody(image), 400, CodeBadExpression, "no expression"},
 		{"url image", "Bearer k", chatBody(text, map[string]any{"type": "image_url", "image_url": map[string]any{"url": "https://example.com/a.png"}}), 400, CodeBadRequest, "image must be a data URI"},
 		{"audio part", "Bearer k", chatBody(text, image, map[string]any{"type": "input_audio"}), 400, CodeBadRequest, `type "input_audio"`},
+		// The service's limits hold on this endpoint as on /v1/ground.
+		{"image bytes", "Bearer k", chatBody(text, imagePart(bigImg)), 413, CodeImageTooLarge, "image too large: 3001 bytes, the limit is 3000"},
+		{"decompression bomb", "Bearer k", chatBody(text, imagePart(pngHeader(100000, 100000))), 413, CodeTooManyPixels, "100000x100000 is 10000000000 pixels"},
+		{"truncated png", "Bearer k", chatBody(text, imagePart(okImg[:20])), 400, CodeBadImage, "image does not decode"},
+		{"expression length", "Bearer k", chatBody(map[string]any{"type": "text", "text": strings.Repeat("red ", 11)}, image), 400, CodeExpressionTooLong, "expression is 44 bytes long, the limit is 40"},
+		{"control character", "Bearer k", chatBody(map[string]any{"type": "text", "text": "red\x00square"}, image), 400, CodeBadExpression, "control character U+0000"},
 		{"stream", "Bearer k", `{"model":"groundmesh","stream":true,"messages":[]}`, 400, CodeBadRequest, "stream: true is not supported"},
 	}
 	for _, c := range cases {

@@ -196,9 +196,13 @@ func TestQueueBoundAndCancellation(t *testing.T) {
 	if _, err := svc.Ground(context.Background(), events.GroundRequested{Image: img, Expression: "the square"}); err != nil {
 		t.Fatal(err)
 	}
+	block := make(chan struct{})
 	cb.mu.Lock()
-	cb.block = make(chan struct{})
+	cb.block = block
 	cb.mu.Unlock()
+	// Runs before the service's own cleanup, which waits for its workers:
+	// a failure below must not leave one blocked for good.
+	t.Cleanup(func() { close(block) })
 	ctx1, cancel1 := context.WithCancel(context.Background())
 	first := make(chan error, 1)
 	go func() {
@@ -212,7 +216,11 @@ func TestQueueBoundAndCancellation(t *testing.T) {
 		second <- err
 	}()
 	waitFor(t, func() bool { return queued(svc) == 1 })
-	_, err := svc.Ground(context.Background(), events.GroundRequested{Image: img, Expression: "the square"})
+	// A deadline, so that a queue that takes a third request fails here
+	// instead of waiting for the blocked call forever.
+	ctx3, cancel3 := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel3()
+	_, err := svc.Ground(ctx3, events.GroundRequested{Image: img, Expression: "the square"})
 	if CodeOf(err) != CodeOverloaded || HTTPStatus(CodeOf(err)) != 429 {
 		t.Fatalf("third request: %v (code %q), want overloaded", err, CodeOf(err))
 	}
@@ -220,11 +228,19 @@ func TestQueueBoundAndCancellation(t *testing.T) {
 	if err := <-first; CodeOf(err) != CodeDeadlineExceeded {
 		t.Fatalf("cancelled caller: %v", err)
 	}
-	// The cancelled call ended (the backend saw ctx done); the queued
-	// request is served next.
-	close(cb.block)
-	if err := <-second; err != nil {
-		t.Fatalf("queued request after the cancelled one: %v", err)
+	// The plugin call of the caller that went away is cancelled: its
+	// Generate returns on ctx (its block is never closed), which frees the
+	// worker for the queued request, whose own call no longer blocks.
+	cb.mu.Lock()
+	cb.block = nil
+	cb.mu.Unlock()
+	select {
+	case err := <-second:
+		if err != nil {
+			t.Fatalf("queued request after the cancelled one: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the queued request was not served in 10 s: the plugin call of the caller that went away was not cancelled")
 	}
 }
 

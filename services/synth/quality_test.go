@@ -1,7 +1,10 @@
 package synth_test
 
 import (
+	"bytes"
+	"compress/gzip"
 	"context"
+	"io"
 	"math"
 	"path/filepath"
 	"slices"
@@ -428,10 +431,38 @@ func TestReadRecordsDetectsCorruptShard(t *testing.T) {
 		t.Fatal(err)
 	}
 	p, _ := b.Path(m.Shards[0].Key)
-	data := readFile(t, p)
-	data[len(data)-3] ^= 0xff // inside the gzip trailer: the digest check must catch it
+	good := readFile(t, p)
+	read := func() error {
+		return synth.ReadRecords(context.Background(), b, m, nil, func(*model.Record) error { return nil })
+	}
+
+	// A byte flipped inside the gzip trailer: gzip's own CRC catches it.
+	data := bytes.Clone(good)
+	data[len(data)-3] ^= 0xff
 	writeFile(t, p, data)
-	if err := synth.ReadRecords(context.Background(), b, m, nil, func(*model.Record) error { return nil }); err == nil {
-		t.Fatal("corrupt shard read without error")
+	if err := read(); err == nil || !strings.Contains(err.Error(), m.Shards[0].Name) {
+		t.Fatalf("shard with a broken gzip trailer: %v, want an error naming %s", err, m.Shards[0].Name)
+	}
+
+	// A well-formed shard with other content (one letter of one record
+	// changed, the same number of records, compressed again): only the
+	// manifest's sha256 tells it apart.
+	zr, err := gzip.NewReader(bytes.NewReader(good))
+	if err != nil {
+		t.Fatal(err)
+	}
+	plain, err := io.ReadAll(zr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	i := bytes.IndexByte(plain, 'a')
+	plain[i] = 'b'
+	var zb bytes.Buffer
+	zw := gzip.NewWriter(&zb)
+	zw.Write(plain)
+	zw.Close()
+	writeFile(t, p, zb.Bytes())
+	if err := read(); err == nil || !strings.Contains(err.Error(), "sha256") || !strings.Contains(err.Error(), m.Shards[0].Name) {
+		t.Fatalf("shard with other content: %v, want a sha256 mismatch naming %s", err, m.Shards[0].Name)
 	}
 }

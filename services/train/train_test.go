@@ -1,10 +1,12 @@
 package train_test
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"slices"
 	"strings"
@@ -489,4 +491,66 @@ func TestSpecDataFilterReplacesDefault(t *testing.T) {
 	if _, err := train.ParseSpec([]byte(`{"stage1": {"data": {"stagez": ["stage1"]}}}`)); err == nil || !strings.Contains(err.Error(), "stagez") {
 		t.Fatalf("unknown field in data: %v", err)
 	}
+}
+
+// A resumed run warns that the request's spec differs from the one it
+// keeps only when a value does: the same spec again (which jsonb stored
+// with its keys reordered) says nothing; a changed step count is named.
+func TestResumeWarnsOnlyWhenTheSpecDiffers(t *testing.T) {
+	e := newEnv(t)
+	logs := &syncBuffer{}
+	svc, err := train.New(train.Config{
+		DataDir: e.dataDir, Blob: e.blob, Synth: fakeSynth(40),
+		Backends: train.BackendMap(map[string]compute.Backend{"toy": computetest.NewToy(computetest.ToyOptions{})}),
+		Logger:   slog.New(slog.NewTextHandler(logs, nil)),
+	}, e.pool)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req := newRequest(tinySpec([3]int{2, 2, 2}, 2))
+	if _, err := svc.Train(ctxT(t, 2*time.Minute), req, func(events.Progress) {}); err != nil {
+		t.Fatal(err)
+	}
+	const warning = "the request's differs"
+	again := req
+	again.CorrelationID = "corr-2"
+	if _, err := svc.Train(ctxT(t, time.Minute), again, func(events.Progress) {}); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(logs.String(), warning) {
+		t.Fatalf("the same spec again was reported as different:\n%s", logs)
+	}
+	changed := again
+	changed.CorrelationID = "corr-3"
+	changed.Spec = tinySpec([3]int{2, 5, 2}, 2)
+	if _, err := svc.Train(ctxT(t, time.Minute), changed, func(events.Progress) {}); err != nil {
+		t.Fatal(err)
+	}
+	var line string
+	for l := range strings.Lines(logs.String()) {
+		if strings.Contains(l, warning) {
+			line = l
+		}
+	}
+	if !strings.Contains(line, "stage2.steps") || strings.Contains(line, "stage1") {
+		t.Fatalf("warning %q, want one naming stage2.steps only", line)
+	}
+}
+
+// syncBuffer is a log sink written by the service's goroutines.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }

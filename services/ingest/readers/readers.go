@@ -51,6 +51,7 @@ import (
 
 	"github.com/groundmesh/groundmesh/internal/dataset"
 	"github.com/groundmesh/groundmesh/model"
+	"github.com/groundmesh/groundmesh/services/ingest/internal/pickle"
 )
 
 // Formats accepted by Read.
@@ -561,7 +562,8 @@ func formatErr(file string, err error) error {
 	if errors.As(err, &se) {
 		return fmt.Errorf("%w: decode %s: malformed JSON at byte %d: %v", ErrFormat, file, se.Offset, err)
 	}
-	if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) || errors.Is(err, errNotJSONShape) || errors.Is(err, errJSON) {
+	if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) || errors.Is(err, errNotJSONShape) || errors.Is(err, errJSON) ||
+		errors.Is(err, pickle.ErrMalformed) {
 		return fmt.Errorf("%w: decode %s: %v", ErrFormat, file, err)
 	}
 	return fmt.Errorf("decode %s: %w", file, err)

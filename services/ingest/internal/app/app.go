@@ -245,7 +245,14 @@ func (s *Service) Ingest(ctx context.Context, req events.IngestRequested, progre
 		return events.DatasetIngested{}, &RejectedError{Report: p.report, Max: maxBad}
 	}
 	if len(p.ds.Images) == 0 {
-		return events.DatasetIngested{}, badInput("no usable images in %s (%d records rejected)", src, len(p.report.Rejected))
+		var ann []string
+		for _, f := range p.files {
+			if f.Kind == "annotation" {
+				ann = append(ann, f.Path)
+			}
+		}
+		return events.DatasetIngested{}, badInput("no usable images in %s (%d records rejected; annotation files read: %s)",
+			src, len(p.report.Rejected), strings.Join(ann, ", "))
 	}
 
 	version := ManifestVersion(p.header, p.files)

@@ -165,3 +165,18 @@ func FuzzDecode(f *testing.F) {
 		_, _ = DecodeLimits(bytes.NewReader(b), Limits{MaxBytes: 1 << 20})
 	})
 }
+
+// A string or bytes value longer than Limits.MaxBytes is refused by its
+// declared length, before it is read, even when the data is all there.
+func TestMaxBytesIsEnforced(t *testing.T) {
+	const n = 4096
+	in := append([]byte{'B', 0x00, 0x10, 0, 0}, bytes.Repeat([]byte{'x'}, n)...) // BINBYTES, length 4096
+	in = append(in, '.')
+	if _, err := DecodeLimits(bytes.NewReader(in), Limits{MaxBytes: n}); err != nil {
+		t.Fatalf("at the limit: %v", err)
+	}
+	_, err := DecodeLimits(bytes.NewReader(in), Limits{MaxBytes: n - 1})
+	if !errors.Is(err, ErrMalformed) || !strings.Contains(err.Error(), "length 4096 out of range") {
+		t.Fatalf("over the limit: %v", err)
+	}
+}

@@ -5,10 +5,12 @@ import (
 	"context"
 	"encoding/binary"
 	"hash/crc32"
+	"fmt"
 	"image"
 	"image/color"
 	"image/jpeg"
 	"image/png"
+	"math"
 	"os"
 	"path/filepath"
 	"strings"
@@ -105,6 +107,9 @@ func TestValidate(t *testing.T) {
 			{ID: "o11", ImageID: "1", Category: "cat", Box: box(40, 0, 40.5, 5)},   // zero after clipping
 			{ID: "o12", ImageID: "1", Category: " ", Box: box(1, 1, 2, 2)},         // empty category
 			{ID: "o13", ImageID: "10", Category: "x", Attributes: map[string]string{"k": "v\x00"}, Box: box(1, 1, 2, 2)},
+			{ID: "o14", ImageID: "1", Category: "cat", Box: box(math.NaN(), 1, 10, 10)},   // NaN passes every comparison
+			{ID: "o15", ImageID: "1", Category: "cat", Box: box(1, 1, 10, math.Inf(1))},   // +Inf
+			{ID: "o16", ImageID: "1", Category: "cat", Box: box(math.Inf(-1), 1, 10, 10)}, // -Inf
 		},
 		Refs: []dataset.Ref{
 			{ID: "r1", ImageID: "1", ObjectID: "o1", Sentences: []string{"the cat"}, Split: "train"},
@@ -164,6 +169,9 @@ func TestValidate(t *testing.T) {
 		"object o11":  ReasonBoxArea,
 		"object o12":  ReasonEmptyText,
 		"object o13":  ReasonNonUTF8,
+		"object o14":  ReasonBoxNonFinite,
+		"object o15":  ReasonBoxNonFinite,
+		"object o16":  ReasonBoxNonFinite,
 		"ref r2":      ReasonObjectRejected,
 		"ref r3":      ReasonImageRejected,
 		"ref r4":      ReasonImageMismatch,
@@ -218,7 +226,7 @@ func TestValidate(t *testing.T) {
 	if ds.Objects[1].Box != box(0, 0, 40, 30) || rep.Clipped != 1 {
 		t.Errorf("clipped box %+v, clipped %d", ds.Objects[1].Box, rep.Clipped)
 	}
-	total := int64(13 + 14 + 8 + 3 + 3 + 1)
+	total := int64(13 + 17 + 8 + 3 + 3 + 1)
 	if rep.Records != total || len(rep.Rejected) != len(want) {
 		t.Errorf("records %d rejected %d", rep.Records, len(rep.Rejected))
 	}
@@ -259,5 +267,30 @@ func TestSafePath(t *testing.T) {
 		if got := SafePath(p); got != want {
 			t.Errorf("SafePath(%q) = %v", p, got)
 		}
+	}
+}
+
+// An image file over MaxImageBytes is rejected by its size on disk, before
+// it is decoded; one at the limit is kept.
+func TestImageByteLimit(t *testing.T) {
+	root := t.TempDir()
+	writePNG(t, filepath.Join(root, "a.png"), 8, 8)
+	st, err := os.Stat(filepath.Join(root, "a.png"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ds := &dataset.Dataset{Root: root, Images: []dataset.Image{{ID: "1", File: "a.png", Width: 8, Height: 8}}}
+	rep, err := Dataset(context.Background(), ds, nil, Options{Root: root, MaxImageBytes: st.Size()})
+	if err != nil || len(rep.Rejected) != 0 {
+		t.Fatalf("at the limit: %v %+v", err, rep)
+	}
+	ds = &dataset.Dataset{Root: root, Images: []dataset.Image{{ID: "1", File: "a.png", Width: 8, Height: 8}}}
+	rep, err = Dataset(context.Background(), ds, nil, Options{Root: root, MaxImageBytes: st.Size() - 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := fmt.Sprintf("%s: %d bytes > %d", ReasonImageTooLarge, st.Size(), st.Size()-1)
+	if len(rep.Rejected) != 1 || rep.Rejected[0].Reason != want {
+		t.Fatalf("rejects %+v, want one %q", rep.Rejected, want)
 	}
 }
