@@ -1,7 +1,6 @@
 package stack
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -10,7 +9,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -19,7 +17,6 @@ import (
 
 	"github.com/groundmesh/groundmesh/internal/blob"
 	"github.com/groundmesh/groundmesh/internal/testutil"
-	"github.com/groundmesh/groundmesh/workflows"
 )
 
 // TestBlobStoreFailsDuringTrainingAndEvaluation: the blob store is a small
@@ -42,7 +39,7 @@ func TestBlobStoreFailsDuringTrainingAndEvaluation(t *testing.T) {
 	blobs := filepath.Join(dataDir, "blobs")
 	mountSmallDisk(t, blobs, "64m")
 
-	logs := &lockedBuffer{}
+	logs := &testutil.SyncBuffer{}
 	s, _, _ := testStack(t, func(c *Config) {
 		c.DataDir = dataDir
 		c.PluginDir = plugins
@@ -53,12 +50,7 @@ func TestBlobStoreFailsDuringTrainingAndEvaluation(t *testing.T) {
 			t.Logf("warnings and errors of the stack:\n%s", logs)
 		}
 	})
-	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
-	defer cancel()
-	run, err := s.Temporal.ExecuteWorkflow(ctx, clientOpts("blob-faults"), workflows.PipelineWorkflowName, testutil.SmallPipeline(13))
-	if err != nil {
-		t.Fatalf("start pipeline: %v", err)
-	}
+	ctx, run := startPipeline(t, s, "blob-faults", testutil.SmallPipeline(13))
 
 	// Training: read-only from the first stored checkpoint on. Every stage
 	// writes at least two more, so some checkpoint meets the read-only store.
@@ -69,7 +61,7 @@ func TestBlobStoreFailsDuringTrainingAndEvaluation(t *testing.T) {
 	waitUntil(t, 2*time.Minute, "training to fail on the read-only store", func() bool {
 		return strings.Contains(logs.String(), "read-only file system")
 	})
-	why := logs.lineWith("read-only file system")
+	why := lineWith(logs.String(), "read-only file system")
 	stored := count(t, s.Pool, `SELECT count(*) FROM checkpoints`)
 	t.Logf("training on the read-only store (%d checkpoints stored before): %s", stored, why)
 	if !strings.Contains(why, "store checkpoint") || !strings.Contains(why, "retryable=true") {
@@ -90,7 +82,7 @@ func TestBlobStoreFailsDuringTrainingAndEvaluation(t *testing.T) {
 	waitUntil(t, 2*time.Minute, "evaluation to fail on the full store", func() bool {
 		return strings.Contains(logs.String(), "no space left on device")
 	})
-	line := logs.lineWith("no space left on device")
+	line := lineWith(logs.String(), "no space left on device")
 	t.Logf("evaluation on the full store: %s", line)
 	if !strings.Contains(line, "store predictions") {
 		t.Errorf("the failure does not say what could not be stored: %s", line)
@@ -102,13 +94,7 @@ func TestBlobStoreFailsDuringTrainingAndEvaluation(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	var res workflows.PipelineResult
-	if err := run.Get(ctx, &res); err != nil {
-		t.Fatalf("pipeline once the store took files again: %v", err)
-	}
-	if len(res.Checkpoints) != 3 {
-		t.Fatalf("checkpoints %v, want one per stage", res.Checkpoints)
-	}
+	pipelineDone(t, ctx, run, "once the store took files again")
 	if n := count(t, s.Pool, testutil.EvaluationsRecordedTwiceSQL); n != 0 {
 		t.Errorf("%d evaluations recorded twice", n)
 	}
@@ -116,12 +102,7 @@ func TestBlobStoreFailsDuringTrainingAndEvaluation(t *testing.T) {
 		t.Error("no evaluation recorded")
 	}
 	checkStoredBytes(t, s.Pool, blobs)
-	_ = filepath.WalkDir(blobs, func(p string, d os.DirEntry, err error) error {
-		if err == nil && !d.IsDir() && strings.Contains(filepath.Base(p), ".tmp") {
-			t.Errorf("temporary file left in the blob store: %s", p)
-		}
-		return nil
-	})
+	noTempFiles(t, blobs)
 }
 
 // checkStoredBytes checks that every checkpoint and predictions file the
@@ -196,28 +177,10 @@ func fillDisk(t *testing.T, dir string) string {
 	return p
 }
 
-// lockedBuffer is a log sink that tests read while services write to it.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
-// lineWith returns the first line holding s, or "".
-func (b *lockedBuffer) lineWith(s string) string {
-	for line := range strings.Lines(b.String()) {
-		if strings.Contains(line, s) {
+// lineWith returns the first line of text holding sub, or "".
+func lineWith(text, sub string) string {
+	for line := range strings.Lines(text) {
+		if strings.Contains(line, sub) {
 			return strings.TrimSpace(line)
 		}
 	}

@@ -441,12 +441,7 @@ func TestFullBlobDiskMidPipeline(t *testing.T) {
 	f.Close()
 
 	s, _, _ := testStack(t, func(c *Config) { c.DataDir = dataDir; c.PluginDir = plugins })
-	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
-	defer cancel()
-	run, err := s.Temporal.ExecuteWorkflow(ctx, clientOpts("full-disk"), workflows.PipelineWorkflowName, crashPipeline)
-	if err != nil {
-		t.Fatalf("start pipeline: %v", err)
-	}
+	ctx, run := startPipeline(t, s, "full-disk", crashPipeline)
 	var why string
 	waitUntil(t, 4*time.Minute, "synthesis to fail on the full disk", func() bool {
 		err := s.Pool.QueryRow(ctx, `SELECT error FROM synth_sets WHERE status = 'failed'`).Scan(&why)
@@ -462,15 +457,44 @@ func TestFullBlobDiskMidPipeline(t *testing.T) {
 	if err := os.Remove(filler); err != nil {
 		t.Fatal(err)
 	}
+	pipelineDone(t, ctx, run, "once the disk had room")
+	if n := count(t, s.Pool, `SELECT count(*) FROM synth_sets WHERE status = 'ready'`); n != 1 {
+		t.Fatalf("%d ready synth sets", n)
+	}
+	noTempFiles(t, blobs)
+}
+
+// startPipeline starts a Pipeline with input on the stack s under a
+// workflow id starting with prefix; the context bounds the test's waits.
+func startPipeline(t *testing.T, s *Stack, prefix string, input json.RawMessage) (context.Context, client.WorkflowRun) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
+	t.Cleanup(cancel)
+	run, err := s.Temporal.ExecuteWorkflow(ctx, clientOpts(prefix), workflows.PipelineWorkflowName, input)
+	if err != nil {
+		t.Fatalf("start pipeline: %v", err)
+	}
+	return ctx, run
+}
+
+// pipelineDone waits for run to complete with a checkpoint per stage.
+func pipelineDone(t *testing.T, ctx context.Context, run client.WorkflowRun, when string) workflows.PipelineResult {
+	t.Helper()
 	var res workflows.PipelineResult
 	if err := run.Get(ctx, &res); err != nil {
-		t.Fatalf("pipeline once the disk had room: %v", err)
+		t.Fatalf("pipeline %s: %v", when, err)
 	}
-	if n := count(t, s.Pool, `SELECT count(*) FROM synth_sets WHERE status = 'ready'`); n != 1 || len(res.Checkpoints) != 3 {
-		t.Fatalf("%d ready synth sets, checkpoints %v", n, res.Checkpoints)
+	if len(res.Checkpoints) != 3 {
+		t.Fatalf("pipeline %s: checkpoints %v, want one per stage", when, res.Checkpoints)
 	}
-	// Nothing half-written is left: no temporary file of the blob store.
-	_ = filepath.WalkDir(blobs, func(p string, d os.DirEntry, err error) error {
+	return res
+}
+
+// noTempFiles checks that nothing half-written is left in the blob store
+// at root: no temporary file of its Put.
+func noTempFiles(t *testing.T, root string) {
+	t.Helper()
+	_ = filepath.WalkDir(root, func(p string, d os.DirEntry, err error) error {
 		if err == nil && !d.IsDir() && strings.Contains(filepath.Base(p), ".tmp") {
 			t.Errorf("temporary file left in the blob store: %s", p)
 		}

@@ -1,7 +1,6 @@
 package train_test
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -18,6 +17,7 @@ import (
 
 	"github.com/groundmesh/groundmesh/internal/blob"
 	"github.com/groundmesh/groundmesh/internal/events"
+	"github.com/groundmesh/groundmesh/internal/testutil"
 	"github.com/groundmesh/groundmesh/plugins/compute"
 	"github.com/groundmesh/groundmesh/plugins/compute/computetest"
 	"github.com/groundmesh/groundmesh/services/train"
@@ -498,7 +498,7 @@ func TestSpecDataFilterReplacesDefault(t *testing.T) {
 // with its keys reordered) says nothing; a changed step count is named.
 func TestResumeWarnsOnlyWhenTheSpecDiffers(t *testing.T) {
 	e := newEnv(t)
-	logs := &syncBuffer{}
+	logs := &testutil.SyncBuffer{}
 	svc, err := train.New(train.Config{
 		DataDir: e.dataDir, Blob: e.blob, Synth: fakeSynth(40),
 		Backends: train.BackendMap(map[string]compute.Backend{"toy": computetest.NewToy(computetest.ToyOptions{})}),
@@ -535,22 +535,4 @@ func TestResumeWarnsOnlyWhenTheSpecDiffers(t *testing.T) {
 	if !strings.Contains(line, "stage2.steps") || strings.Contains(line, "stage1") {
 		t.Fatalf("warning %q, want one naming stage2.steps only", line)
 	}
-}
-
-// syncBuffer is a log sink written by the service's goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
