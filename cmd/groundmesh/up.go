@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/prometheus/client_golang/prometheus"
 	"go.temporal.io/sdk/client"
 
 	"github.com/groundmesh/groundmesh/internal/stack"
@@ -61,8 +62,13 @@ func setup(ctx context.Context, e env, dataDir string, verbose bool, logTo io.Wr
 	if err != nil {
 		return nil, nil, err
 	}
+	processMetrics = tel.Gatherer()
 	return logger, func() { _ = tel.Shutdown(context.Background()) }, nil
 }
+
+// processMetrics are this process's OpenTelemetry metrics, which the
+// gateway's GET /metrics serves (set by setup, which main runs once).
+var processMetrics prometheus.Gatherer
 
 // startStack starts the stack. With makeToken and no GROUNDMESH_API_TOKENS,
 // it makes a token for this run (printed by printWhere) so that the
@@ -84,6 +90,7 @@ func startStack(ctx context.Context, e env, c commonFlags, worker, makeToken boo
 		DataDir: c.dataDir, DatabaseURL: e.DatabaseURL, TemporalAddress: e.TemporalAddress,
 		TemporalPort: c.tport, UIPort: c.uiport, Bus: c.bus, NATSURL: e.NATSURL,
 		HTTPAddr: c.httpAddr, PluginDir: e.PluginDir, Worker: worker, Ground: gc, Logger: logger,
+		Metrics: processMetrics,
 	})
 }
 

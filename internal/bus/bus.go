@@ -131,6 +131,7 @@ type Bus struct {
 	tracer  trace.Tracer
 	backend backend
 	router  *message.Router
+	metrics *busMetrics
 
 	mu       sync.Mutex
 	handlers map[string]bool
@@ -174,6 +175,10 @@ func New(ctx context.Context, cfg Config, pool *pgxpool.Pool) (*Bus, error) {
 	if err != nil {
 		_ = b.backend.close()
 		return nil, fmt.Errorf("create bus router: %w", err)
+	}
+	if b.metrics, err = newBusMetrics(pool); err != nil {
+		_ = b.backend.close()
+		return nil, fmt.Errorf("create bus metrics: %w", err)
 	}
 	return b, nil
 }
@@ -306,6 +311,7 @@ func (b *Bus) handleAs(name string, i int, topic string, o HandleOptions, fn fun
 func (b *Bus) chain(group, topic string, o HandleOptions) []message.HandlerMiddleware {
 	ms := []message.HandlerMiddleware{
 		tracing(b.tracer, b.cfg.Propagator, group, topic),
+		metering(b.metrics, group, topic),
 		correlation(b.cfg.Logger, group, topic),
 	}
 	if !o.NoDedupe {
@@ -365,7 +371,7 @@ func (b *Bus) Close() error {
 	for _, s := range subs {
 		errs = append(errs, s.Close())
 	}
-	errs = append(errs, b.backend.close())
+	errs = append(errs, b.backend.close(), b.metrics.close())
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("close bus: %w", err)
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"time"
 
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/google/uuid"
@@ -49,6 +50,9 @@ func NewMessage(ctx context.Context, topic string, payload any, meta map[string]
 		msg.Metadata.Set(events.MetaSchemaVersion, events.SchemaVersion)
 	}
 	msg.Metadata.Set(events.MetaEventType, topic)
+	if msg.Metadata.Get(events.MetaPublishedAt) == "" {
+		msg.Metadata.Set(events.MetaPublishedAt, time.Now().UTC().Format(time.RFC3339Nano))
+	}
 	if msg.Metadata.Get(events.MetaCorrelationID) == "" {
 		if id := payloadCorrelationID(body); id != "" {
 			msg.Metadata.Set(events.MetaCorrelationID, id)

@@ -31,7 +31,8 @@ const (
 )
 
 // Each middleware below does one thing; Handle chains them, outermost first:
-// tracing, correlation, idempotency, poison, schema check, retry, recoverer.
+// tracing, metering (metrics.go), correlation, idempotency, poison, schema
+// check, retry, recoverer.
 
 // tracing starts a consumer span "<topic> process" whose parent is the
 // producer's span, read from the message's traceparent.

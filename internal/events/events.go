@@ -26,6 +26,9 @@ const (
 	MetaEventType     = "event_type"
 	MetaTraceParent   = "traceparent"
 	MetaTraceState    = "tracestate"
+	// MetaPublishedAt is when the message was made (RFC 3339, UTC, ns):
+	// a consumer's lag is the time from it to the handler's start.
+	MetaPublishedAt = "published_at"
 )
 
 // Topics.

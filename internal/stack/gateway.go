@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
 	"go.temporal.io/sdk/client"
 
@@ -33,7 +35,11 @@ func newGateway(s *Stack) (http.Handler, error) {
 		return nil, fmt.Errorf("grounding API: %w", err)
 	}
 	mux.Handle("/v1/", api)
-	mux.Handle("GET /metrics", s.Services.Ground.MetricsHandler())
+	gatherers := prometheus.Gatherers{s.Services.Ground.Gatherer()}
+	if s.cfg.Metrics != nil {
+		gatherers = append(gatherers, s.cfg.Metrics)
+	}
+	mux.Handle("GET /metrics", promhttp.HandlerFor(gatherers, promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError}))
 	mux.Handle("GET /ground", ground.PageHandler())
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
 		ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)

@@ -43,6 +43,7 @@ type Services struct {
 	logger         *slog.Logger
 	mu             sync.Mutex
 	hosts          map[string]*compute.Host
+	backends       map[string]compute.Backend // hosts with their metrics
 }
 
 // pluginBinaries maps backend names to plugin executables.
@@ -76,8 +77,8 @@ func BackendAvailable(pluginDir, name string) bool {
 func (sv *Services) Backend(name string) (compute.Backend, error) {
 	sv.mu.Lock()
 	defer sv.mu.Unlock()
-	if h, ok := sv.hosts[name]; ok {
-		return h, nil
+	if b, ok := sv.backends[name]; ok {
+		return b, nil
 	}
 	base, device, _ := strings.Cut(name, ":")
 	bin, ok := pluginBinaries[base]
@@ -108,12 +109,19 @@ func (sv *Services) Backend(name string) (compute.Backend, error) {
 	if err != nil {
 		return nil, fmt.Errorf("start %s plugin: %w", name, err)
 	}
-	sv.hosts[name] = h
-	return h, nil
+	// Every caller's plugin calls are counted and timed here, once
+	// (groundmesh_compute_call_duration_seconds on GET /metrics).
+	b, err := compute.WithMetrics(h, name, nil)
+	if err != nil {
+		_ = h.Close()
+		return nil, fmt.Errorf("%s plugin metrics: %w", name, err)
+	}
+	sv.hosts[name], sv.backends[name] = h, b
+	return b, nil
 }
 
 func newServices(ctx context.Context, s *Stack) (*Services, error) {
-	sv := &Services{pluginDir: s.cfg.PluginDir, logger: s.Logger, hosts: map[string]*compute.Host{}}
+	sv := &Services{pluginDir: s.cfg.PluginDir, logger: s.Logger, hosts: map[string]*compute.Host{}, backends: map[string]compute.Backend{}}
 	if err := sv.build(ctx, s, sv.Backend); err != nil {
 		return nil, err
 	}

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
 	"go.temporal.io/sdk/client"
 	totel "go.temporal.io/sdk/contrib/opentelemetry"
 	"go.temporal.io/sdk/interceptor"
@@ -70,6 +71,10 @@ type Config struct {
 	// Ground configures the grounding service and its HTTP API.
 	Ground GroundConfig
 	Logger *slog.Logger
+	// Metrics are the process's OpenTelemetry metrics in the Prometheus
+	// model (telemetry.Telemetry.Gatherer), served by GET /metrics beside
+	// the grounding service's own. nil: the grounding service's only.
+	Metrics prometheus.Gatherer
 }
 
 // GroundConfig configures services/ground and POST /v1/ground.

@@ -42,7 +42,7 @@ func testStack(t *testing.T, edit ...func(*Config)) (*Stack, *telemetry.Telemetr
 	pluginDir := os.Getenv("GROUNDMESH_PLUGIN_DIR")
 	cfg := Config{
 		DataDir: dir, DatabaseURL: store.NewTestDB(t), HTTPAddr: "127.0.0.1:0",
-		PluginDir: pluginDir, Worker: true, Logger: logger,
+		PluginDir: pluginDir, Worker: true, Logger: logger, Metrics: tel.Gatherer(),
 	}
 	for _, e := range edit {
 		e(&cfg)

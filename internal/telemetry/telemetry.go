@@ -2,6 +2,10 @@
 // propagation for every groundmesh process, and builds slog loggers that stamp
 // each record with the trace and span of its context.
 //
+// Metrics are always readable in the Prometheus text format through
+// Gatherer (the gateway's GET /metrics), and also pushed to the OTLP
+// collector when one is configured.
+//
 // Spans go to an OTLP collector when one is configured, and otherwise to a
 // JSON-lines trace file (one object per span) that several processes may
 // append to; ReadTraceFile reads such a file back so that tests can check
@@ -17,10 +21,12 @@ import (
 	"strings"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/exporters/otlp/otlpmetric/otlpmetricgrpc"
 	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracegrpc"
+	otelprom "go.opentelemetry.io/otel/exporters/prometheus"
 	"go.opentelemetry.io/otel/propagation"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	"go.opentelemetry.io/otel/sdk/resource"
@@ -80,6 +86,7 @@ func (c *Config) defaults() error {
 type Telemetry struct {
 	tp              *sdktrace.TracerProvider
 	mp              *sdkmetric.MeterProvider
+	prom            *prometheus.Registry
 	shutdownTimeout time.Duration
 	exporter        string
 }
@@ -126,6 +133,15 @@ func Setup(ctx context.Context, cfg Config) (*Telemetry, error) {
 		exporter = "file"
 	}
 
+	// Every instrument is also read on demand into a registry of this
+	// process's own, for GET /metrics.
+	prom := prometheus.NewRegistry()
+	pe, err := otelprom.New(otelprom.WithRegisterer(prom))
+	if err != nil {
+		return nil, fmt.Errorf("create prometheus metric reader: %w", err)
+	}
+	readers = append(readers, sdkmetric.WithReader(pe))
+
 	tpOpts := []sdktrace.TracerProviderOption{sdktrace.WithResource(res)}
 	if spanExp != nil {
 		tpOpts = append(tpOpts, sdktrace.WithBatcher(spanExp, sdktrace.WithBatchTimeout(time.Second)))
@@ -142,7 +158,7 @@ func Setup(ctx context.Context, cfg Config) (*Telemetry, error) {
 	otel.SetTextMapPropagator(propagation.NewCompositeTextMapPropagator(
 		propagation.TraceContext{}, propagation.Baggage{}))
 
-	return &Telemetry{tp: tp, mp: mp, shutdownTimeout: cfg.ShutdownTimeout, exporter: exporter}, nil
+	return &Telemetry{tp: tp, mp: mp, prom: prom, shutdownTimeout: cfg.ShutdownTimeout, exporter: exporter}, nil
 }
 
 // otlpOptions turns an OTEL_EXPORTER_OTLP_ENDPOINT value into exporter
@@ -159,6 +175,12 @@ func otlpOptions(endpoint string) ([]otlptracegrpc.Option, []otlpmetricgrpc.Opti
 
 // Exporter says where spans go: "otlp", "file" or "none".
 func (t *Telemetry) Exporter() string { return t.exporter }
+
+// Gatherer reads the process's OpenTelemetry metrics in the Prometheus
+// data model (names with their unit, dots as underscores: the histogram
+// groundmesh.compute.call.duration in seconds is
+// groundmesh_compute_call_duration_seconds).
+func (t *Telemetry) Gatherer() prometheus.Gatherer { return t.prom }
 
 // TracerProvider returns the provider that Setup installed globally.
 func (t *Telemetry) TracerProvider() trace.TracerProvider { return t.tp }

@@ -78,6 +78,7 @@ type job struct {
 	ctx       context.Context
 	prompt    model.Prompt
 	attention bool
+	queued    time.Time
 	done      chan jobResult // buffered: the worker never blocks on it
 }
 
@@ -101,6 +102,9 @@ type batcher struct {
 	crashRetries atomic.Int64
 	// observe, when set, is told the size of every Generate call.
 	observe func(n int)
+	// waited, when set, is told how long each request of a batch waited
+	// in its queue before the batch started.
+	waited func(d time.Duration)
 
 	mu      sync.Mutex
 	workers map[string]*worker
@@ -129,7 +133,7 @@ var errShutdown = errors.New("ground is shutting down")
 
 // submit queues a prompt for ref's model and waits for its answer or ctx.
 func (b *batcher) submit(ctx context.Context, ref ModelRef, p model.Prompt, attention bool) (model.Generation, error) {
-	j := &job{ctx: ctx, prompt: p, attention: attention, done: make(chan jobResult, 1)}
+	j := &job{ctx: ctx, prompt: p, attention: attention, queued: time.Now(), done: make(chan jobResult, 1)}
 	b.mu.Lock()
 	if b.closed {
 		b.mu.Unlock()
@@ -277,6 +281,12 @@ func (b *batcher) exec(w *worker, sess *infer.Session, batch []*job) *infer.Sess
 	}
 	if len(live) == 0 {
 		return sess
+	}
+	if b.waited != nil {
+		now := time.Now()
+		for _, j := range live {
+			b.waited(now.Sub(j.queued))
+		}
 	}
 	// The batch's span continues the first request's trace and links the
 	// others; the call is cancelled once every caller has gone.

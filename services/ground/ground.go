@@ -87,6 +87,7 @@ func New(cfg Config) (*Service, error) {
 	s := &Service{cfg: cfg}
 	s.metrics = newMetrics(func() float64 { return float64(s.batcher.queued()) })
 	s.batcher = newBatcher(cfg.Batch, s.open, infer.Decoding{}, cfg.Logger)
+	s.batcher.waited = func(d time.Duration) { s.metrics.queueWait.Observe(d.Seconds()) }
 	s.batcher.observe = func(n int) {
 		s.metrics.calls.Inc()
 		s.metrics.batchSize.Observe(float64(n))

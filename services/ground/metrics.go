@@ -14,6 +14,7 @@ type metrics struct {
 	requests  *prometheus.CounterVec
 	latency   prometheus.Histogram
 	batchSize prometheus.Histogram
+	queueWait prometheus.Histogram
 	calls     prometheus.Counter
 }
 
@@ -34,12 +35,17 @@ func newMetrics(queued func() float64) *metrics {
 			Help:    "Requests answered by one plugin Generate call.",
 			Buckets: []float64{1, 2, 4, 8, 16, 32, 64},
 		}),
+		queueWait: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "groundmesh_ground_queue_wait_seconds",
+			Help:    "Time a request waited in its model's queue before its batch started.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 15),
+		}),
 		calls: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "groundmesh_ground_generate_calls_total",
 			Help: "Plugin Generate calls made.",
 		}),
 	}
-	m.reg.MustRegister(m.requests, m.latency, m.batchSize, m.calls,
+	m.reg.MustRegister(m.requests, m.latency, m.batchSize, m.queueWait, m.calls,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "groundmesh_ground_queued_requests",
 			Help: "Requests waiting for a batch, over every loaded model.",
@@ -48,7 +54,11 @@ func newMetrics(queued func() float64) *metrics {
 }
 
 // MetricsHandler serves the service's metrics in the Prometheus text
-// format (GET /metrics on the gateway).
+// format.
 func (s *Service) MetricsHandler() http.Handler {
 	return promhttp.HandlerFor(s.metrics.reg, promhttp.HandlerOpts{})
 }
+
+// Gatherer reads the service's metrics, for a /metrics that serves them
+// with others (the gateway's).
+func (s *Service) Gatherer() prometheus.Gatherer { return s.metrics.reg }

@@ -30,6 +30,7 @@ import (
 	"log/slog"
 	"path/filepath"
 	"runtime"
+	"time"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -103,10 +104,11 @@ func (c *Config) validate() error {
 
 // Service is the synth use case.
 type Service struct {
-	cfg    Config
-	repo   repo
-	loader DatasetLoader
-	log    *slog.Logger
+	cfg     Config
+	repo    repo
+	loader  DatasetLoader
+	log     *slog.Logger
+	metrics *synthMetrics
 }
 
 // New validates cfg and returns the service.
@@ -120,7 +122,11 @@ func New(cfg Config, pool *pgxpool.Pool, loader DatasetLoader) (*Service, error)
 	if loader == nil {
 		return nil, errors.New("new synth service: nil dataset loader")
 	}
-	return &Service{cfg: cfg, repo: repo{pool: pool}, loader: loader, log: cfg.Logger}, nil
+	m, err := newSynthMetrics()
+	if err != nil {
+		return nil, fmt.Errorf("new synth service: metrics: %w", err)
+	}
+	return &Service{cfg: cfg, repo: repo{pool: pool}, loader: loader, log: cfg.Logger, metrics: m}, nil
 }
 
 // Synthesize builds the set req asks for, or returns the set already built
@@ -174,6 +180,7 @@ func (s *Service) Synthesize(ctx context.Context, req events.SynthRequested, pro
 	span.SetAttributes(attribute.String("synth.set_id", id))
 	log.Info("synth started", "synth_set_id", id, "samples", opts.Samples, "stages", opts.Stages)
 	progress(0, int64(opts.Samples), "synthesizing")
+	started := time.Now()
 	m, err := Build(ctx, ds, opts, s.cfg.Blob, s.cfg.SetPrefix+"/"+id, func(done, total int64) {
 		progress(done, total, "synthesizing")
 	})
@@ -186,6 +193,7 @@ func (s *Service) Synthesize(ctx context.Context, req events.SynthRequested, pro
 	if err := s.repo.complete(ctx, id, req.DatasetID, m); err != nil {
 		return events.SynthCompleted{}, err
 	}
+	s.metrics.built(ctx, m.Total, time.Since(started))
 	log.Info("synth completed", "synth_set_id", id, "records", m.Total, "content_hash", m.ContentHash, "manifest", m.Key)
 	return events.SynthCompleted{
 		CorrelationID: req.CorrelationID, SynthSetID: id, DatasetID: req.DatasetID,
