@@ -224,16 +224,17 @@ func TestQueueBoundAndCancellation(t *testing.T) {
 	if CodeOf(err) != CodeOverloaded || HTTPStatus(CodeOf(err)) != 429 {
 		t.Fatalf("third request: %v (code %q), want overloaded", err, CodeOf(err))
 	}
+	// The plugin call of the caller that goes away is cancelled: its
+	// Generate returns on ctx (its block is never closed), which frees the
+	// worker for the queued request, whose own call does not block (set
+	// before the cancel: the worker may start it at once).
+	cb.mu.Lock()
+	cb.block = nil
+	cb.mu.Unlock()
 	cancel1()
 	if err := <-first; CodeOf(err) != CodeDeadlineExceeded {
 		t.Fatalf("cancelled caller: %v", err)
 	}
-	// The plugin call of the caller that went away is cancelled: its
-	// Generate returns on ctx (its block is never closed), which frees the
-	// worker for the queued request, whose own call no longer blocks.
-	cb.mu.Lock()
-	cb.block = nil
-	cb.mu.Unlock()
 	select {
 	case err := <-second:
 		if err != nil {
