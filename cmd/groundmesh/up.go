@@ -31,9 +31,11 @@ type commonFlags struct {
 	dataDir  string
 	bus      string
 	httpAddr string
-	tport    int
-	uiport   int
-	verbose  bool
+	// metricsAddr serves GET /metrics alone (worker only; "off": none).
+	metricsAddr string
+	tport       int
+	uiport      int
+	verbose     bool
 }
 
 func (c *commonFlags) register(fs *flag.FlagSet, e env) {
@@ -90,7 +92,7 @@ func startStack(ctx context.Context, e env, c commonFlags, worker, makeToken boo
 		DataDir: c.dataDir, DatabaseURL: e.DatabaseURL, TemporalAddress: e.TemporalAddress,
 		TemporalPort: c.tport, UIPort: c.uiport, Bus: c.bus, NATSURL: e.NATSURL,
 		HTTPAddr: c.httpAddr, PluginDir: e.PluginDir, Worker: worker, Ground: gc, Logger: logger,
-		Metrics: processMetrics,
+		Metrics: processMetrics, MetricsAddr: c.metricsAddr,
 	})
 }
 
@@ -111,6 +113,9 @@ func printWhere(s *stack.Stack) {
 		fmt.Printf("  Temporal UI:    %s/namespaces/default/workflows\n", u)
 	}
 	fmt.Printf("  Temporal:       %s (namespace default, task queue %s)\n", s.TemporalAddr(), workflows.TaskQueue)
+	if u := s.MetricsURL(); u != "" {
+		fmt.Printf("  metrics:        %s/metrics\n", u)
+	}
 	if u := s.GatewayURL(); u != "" {
 		fmt.Printf("  HTTP gateway:   %s  (POST /api/pipelines with {} starts a pipeline)\n", u)
 		fmt.Printf("  grounding API:  %s/v1/ground\n", u)
@@ -130,6 +135,10 @@ func cmdUp(ctx context.Context, e env, args []string, workerOnly bool) error {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	var c commonFlags
 	c.register(fs, e)
+	if workerOnly {
+		// A worker has no gateway: its metrics get a listener of their own.
+		fs.StringVar(&c.metricsAddr, "metrics", "127.0.0.1:9464", `address that serves GET /metrics ("off" to disable)`)
+	}
 	if err := fs.Parse(args); err != nil {
 		return errUsage
 	}

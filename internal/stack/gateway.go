@@ -11,8 +11,6 @@ import (
 	"time"
 
 	"github.com/google/uuid"
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
 	"go.temporal.io/sdk/client"
 
@@ -35,11 +33,7 @@ func newGateway(s *Stack) (http.Handler, error) {
 		return nil, fmt.Errorf("grounding API: %w", err)
 	}
 	mux.Handle("/v1/", api)
-	gatherers := prometheus.Gatherers{s.Services.Ground.Gatherer()}
-	if s.cfg.Metrics != nil {
-		gatherers = append(gatherers, s.cfg.Metrics)
-	}
-	mux.Handle("GET /metrics", promhttp.HandlerFor(gatherers, promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError}))
+	mux.Handle("GET /metrics", s.metricsHandler())
 	mux.Handle("GET /ground", ground.PageHandler())
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
 		ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)

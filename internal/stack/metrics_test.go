@@ -102,3 +102,23 @@ func TestMetricsEndpoint(t *testing.T) {
 		t.Logf("GET /metrics:\n%s", body)
 	}
 }
+
+// TestMetricsWithoutGateway: a process without the gateway (a worker)
+// serves GET /metrics on a listener of its own, with its OpenTelemetry
+// instruments (the bus's poison-queue gauge is read on every scrape).
+func TestMetricsWithoutGateway(t *testing.T) {
+	s, _, _ := testStack(t, func(c *Config) { c.HTTPAddr = "off"; c.MetricsAddr = "127.0.0.1:0" })
+	if s.GatewayURL() != "" || s.MetricsURL() == "" {
+		t.Fatalf("gateway %q, metrics %q: want only the metrics listener", s.GatewayURL(), s.MetricsURL())
+	}
+	resp, err := http.Get(s.MetricsURL() + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != 200 || !strings.Contains(string(body), "# TYPE groundmesh_bus_poison_messages gauge") ||
+		!strings.Contains(string(body), "groundmesh_ground_queued_requests") {
+		t.Fatalf("GET /metrics: %d\n%s", resp.StatusCode, body)
+	}
+}

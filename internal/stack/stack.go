@@ -20,6 +20,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.temporal.io/sdk/client"
 	totel "go.temporal.io/sdk/contrib/opentelemetry"
 	"go.temporal.io/sdk/interceptor"
@@ -75,6 +76,10 @@ type Config struct {
 	// model (telemetry.Telemetry.Gatherer), served by GET /metrics beside
 	// the grounding service's own. nil: the grounding service's only.
 	Metrics prometheus.Gatherer
+	// MetricsAddr, when set and not "off", is a listen address that serves
+	// GET /metrics and GET /healthz alone: for processes without the
+	// gateway (`groundmesh worker`).
+	MetricsAddr string
 }
 
 // GroundConfig configures services/ground and POST /v1/ground.
@@ -138,6 +143,8 @@ type Stack struct {
 	relay        *outbox.Relay
 	http         *http.Server
 	httpURL      string
+	metricsSrv   *http.Server
+	metricsURL   string
 	cancel       context.CancelFunc
 	done         []chan error
 	closers      []func(context.Context) error
@@ -273,8 +280,38 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 		s.http = &http.Server{Handler: gw, ReadHeaderTimeout: 10 * time.Second}
 		go func() { _ = s.http.Serve(ln) }()
 	}
+	if cfg.MetricsAddr != "" && cfg.MetricsAddr != "off" {
+		ln, err := net.Listen("tcp", cfg.MetricsAddr)
+		if err != nil {
+			return nil, fmt.Errorf("metrics listen %s: %w", cfg.MetricsAddr, err)
+		}
+		s.metricsURL = "http://" + ln.Addr().String()
+		mux := http.NewServeMux()
+		mux.Handle("GET /metrics", s.metricsHandler())
+		mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Content-Type", "application/json")
+			_, _ = w.Write([]byte(`{"status": "ok"}` + "\n"))
+		})
+		s.metricsSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+		go func() { _ = s.metricsSrv.Serve(ln) }()
+	}
 	return s, nil
 }
+
+// metricsHandler serves the grounding service's metrics and the
+// process's OpenTelemetry metrics (Config.Metrics) in the Prometheus text
+// format.
+func (s *Stack) metricsHandler() http.Handler {
+	gatherers := prometheus.Gatherers{s.Services.Ground.Gatherer()}
+	if s.cfg.Metrics != nil {
+		gatherers = append(gatherers, s.cfg.Metrics)
+	}
+	return promhttp.HandlerFor(gatherers, promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError})
+}
+
+// MetricsURL is the base URL of the metrics-only listener
+// (Config.MetricsAddr), or "" when there is none.
+func (s *Stack) MetricsURL() string { return s.metricsURL }
 
 // gatewayGroup is the consumer group prefix of this process's ground
 // answers: "gateway-ground-<host>".
@@ -326,6 +363,9 @@ func (s *Stack) DataDir() string { return s.cfg.DataDir }
 // Close stops everything in reverse order of start.
 func (s *Stack) Close(ctx context.Context) error {
 	var errs []error
+	if s.metricsSrv != nil {
+		errs = append(errs, s.metricsSrv.Shutdown(ctx))
+	}
 	if s.http != nil {
 		errs = append(errs, s.http.Shutdown(ctx))
 	}
