@@ -36,7 +36,12 @@ func Pipeline(ctx workflow.Context, in PipelineInput) (PipelineResult, error) {
 	}
 	logger := workflow.GetLogger(ctx)
 	info := workflow.GetInfo(ctx)
+	search := searchUpdater(ctx)
 	res := PipelineResult{DatasetID: in.DatasetID, SynthSetID: in.SynthSetID, RunID: in.RunID}
+	search(SearchBackend.ValueSet(in.Train.Backend))
+	if res.DatasetID != "" {
+		search(SearchDataset.ValueSet(res.DatasetID))
+	}
 	if res.RunID == "" {
 		// Deterministic: derived from the workflow's own id, so a retried
 		// pipeline resumes the same training run.
@@ -54,6 +59,7 @@ func Pipeline(ctx workflow.Context, in PipelineInput) (PipelineResult, error) {
 	}
 
 	if want[StageIngest] {
+		search(SearchStage.ValueSet(StageIngest))
 		var out events.DatasetIngested
 		req := events.IngestRequested{
 			Format: in.Dataset.Format, Path: in.Dataset.Path, Name: in.Dataset.Name,
@@ -66,10 +72,12 @@ func Pipeline(ctx workflow.Context, in PipelineInput) (PipelineResult, error) {
 			return res, fmt.Errorf("ingest: %w", err)
 		}
 		res.DatasetID = out.DatasetID
+		search(SearchDataset.ValueSet(out.DatasetID))
 		res.StagesRan = append(res.StagesRan, StageIngest)
 		logger.Info("ingest done", "dataset_id", out.DatasetID, "reused", out.Reused)
 	}
 	if want[StageSynth] {
+		search(SearchStage.ValueSet(StageSynth))
 		var out events.SynthCompleted
 		req := events.SynthRequested{DatasetID: res.DatasetID, Seed: in.Synth.Seed, Samples: in.Synth.Samples, RewriteURL: in.Synth.RewriteURL, TaskWeights: in.Synth.TaskWeights}
 		if err := workflow.ExecuteChildWorkflow(child(SynthesizeWorkflowName, "synth"), Synthesize, req).Get(ctx, &out); err != nil {
@@ -79,6 +87,7 @@ func Pipeline(ctx workflow.Context, in PipelineInput) (PipelineResult, error) {
 		res.StagesRan = append(res.StagesRan, StageSynth)
 	}
 	if want[StageTrain] {
+		search(SearchStage.ValueSet(StageTrain))
 		var out events.TrainCompleted
 		req := events.TrainRequested{RunID: res.RunID, SynthSetID: res.SynthSetID, Backend: in.Train.Backend, Device: in.Train.Device, Spec: in.Train.Spec}
 		if err := workflow.ExecuteChildWorkflow(child(TrainWorkflowName, "train"), Train, req).Get(ctx, &out); err != nil {
@@ -88,6 +97,7 @@ func Pipeline(ctx workflow.Context, in PipelineInput) (PipelineResult, error) {
 		res.StagesRan = append(res.StagesRan, StageTrain)
 	}
 	if want[StageEval] {
+		search(SearchStage.ValueSet(StageEval))
 		var out events.EvaluationCompleted
 		req := events.EvalRequested{RunID: res.RunID, Splits: in.Eval.Splits, MaxSamples: in.Eval.MaxSamples, MaxSamplesBy: map[string]int(in.Eval.MaxSamplesBy), Report: *in.Eval.Report}
 		if err := workflow.ExecuteChildWorkflow(child(EvaluateWorkflowName, "eval"), Evaluate, req).Get(ctx, &out); err != nil {
@@ -98,10 +108,12 @@ func Pipeline(ctx workflow.Context, in PipelineInput) (PipelineResult, error) {
 		res.StagesRan = append(res.StagesRan, StageEval)
 	}
 	if in.Promote.Alias != "" {
+		search(SearchStage.ValueSet("promote"))
 		if err := promote(ctx, in.Promote, &res); err != nil {
 			return res, fmt.Errorf("promote: %w", err)
 		}
 	}
+	search(SearchStage.ValueSet("done"))
 	return res, nil
 }
 

@@ -1,14 +1,17 @@
 package stack
 
 import (
+	"fmt"
 	"io"
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
+	"go.temporal.io/api/workflowservice/v1"
 
 	"github.com/groundmesh/groundmesh/internal/testutil"
 )
@@ -29,7 +32,23 @@ func TestMetricsEndpoint(t *testing.T) {
 	const token = "tok-metrics"
 	s, _, _ := testStack(t, func(c *Config) { c.PluginDir = pluginDir(t); c.Ground.APITokens = []string{token} })
 	ctx, run := startPipeline(t, s, "metrics", testutil.SmallPipeline(17))
-	pipelineDone(t, ctx, run, "for metrics")
+	res := pipelineDone(t, ctx, run, "for metrics")
+
+	// The finished Pipeline is found by its search attributes, as the
+	// Temporal UI filters runs.
+	query := fmt.Sprintf(`GroundmeshBackend = "gomlx" AND GroundmeshStage = "done" AND GroundmeshDataset = %q`, res.DatasetID)
+	waitUntil(t, 30*time.Second, "the pipeline listed by its search attributes", func() bool {
+		list, err := s.Temporal.ListWorkflow(ctx, &workflowservice.ListWorkflowExecutionsRequest{Query: query})
+		if err != nil {
+			t.Fatalf("list workflows %s: %v", query, err)
+		}
+		for _, e := range list.GetExecutions() {
+			if e.GetExecution().GetWorkflowId() == run.GetID() {
+				return true
+			}
+		}
+		return false
+	})
 	png := pngDataURI(t)
 	for range 3 {
 		if code, out := groundRequest(t, s.httpURL, token, map[string]any{"image": png, "expression": "the red square"}); code != 200 {

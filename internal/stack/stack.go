@@ -231,6 +231,13 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("dial temporal %s: %w", addr, err)
 	}
+	if cfg.Worker {
+		// The Pipeline sets them; a namespace without them would fail its
+		// workflow tasks.
+		if err := workflows.EnsureSearchAttributes(ctx, s.Temporal, cfg.TemporalNamespace); err != nil {
+			return nil, err
+		}
+	}
 
 	// Services and their consumers.
 	s.Services, err = newServices(ctx, s)
