@@ -42,16 +42,23 @@ func searchUpdater(ctx workflow.Context) func(...temporal.SearchAttributeUpdate)
 	}
 }
 
+// SearchAttributeTypes are the Pipeline's search attributes by name, with
+// their types (for a namespace registered with them).
+func SearchAttributeTypes() map[string]enumspb.IndexedValueType {
+	want := map[string]enumspb.IndexedValueType{}
+	for _, k := range []temporal.SearchAttributeKeyKeyword{SearchDataset, SearchBackend, SearchStage} {
+		want[k.GetName()] = enumspb.INDEXED_VALUE_TYPE_KEYWORD
+	}
+	return want
+}
+
 // EnsureSearchAttributes registers the Pipeline's search attributes in
 // namespace where they are missing. A Pipeline that sets an attribute the
 // namespace lacks fails its workflow task, so a worker must not start
 // without them: the error says how an operator adds them when this
 // client may not.
 func EnsureSearchAttributes(ctx context.Context, c client.Client, namespace string) error {
-	want := map[string]enumspb.IndexedValueType{}
-	for _, k := range []temporal.SearchAttributeKeyKeyword{SearchDataset, SearchBackend, SearchStage} {
-		want[k.GetName()] = enumspb.INDEXED_VALUE_TYPE_KEYWORD
-	}
+	want := SearchAttributeTypes()
 	have, err := c.OperatorService().ListSearchAttributes(ctx, &operatorservice.ListSearchAttributesRequest{Namespace: namespace})
 	if err != nil {
 		return fmt.Errorf("list search attributes of namespace %q: %w", namespace, err)

@@ -25,6 +25,7 @@ import (
 	uiserver "github.com/temporalio/ui-server/v2/server"
 	uiconfig "github.com/temporalio/ui-server/v2/server/config"
 	uioptions "github.com/temporalio/ui-server/v2/server/server_options"
+	enumspb "go.temporal.io/api/enums/v1"
 	"go.temporal.io/sdk/client"
 	sdklog "go.temporal.io/sdk/log"
 	"go.temporal.io/server/common/authorization"
@@ -77,6 +78,10 @@ type Config struct {
 	// StartTimeout bounds the wait for the frontend to serve the namespace
 	// and for the UI to answer. Default 60s.
 	StartTimeout time.Duration
+	// SearchAttributes are custom search attributes the namespace gets
+	// when this start registers it (a namespace registered before keeps
+	// its own: add to it through the operator API).
+	SearchAttributes map[string]enumspb.IndexedValueType
 }
 
 func (c *Config) defaults() error {
@@ -145,7 +150,7 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	}
 
 	dbPath := filepath.Join(cfg.DataDir, DatabaseFile)
-	sqlCfg, err := openDatabase(dbPath, cfg.Namespace)
+	sqlCfg, err := openDatabase(dbPath, cfg.Namespace, cfg.SearchAttributes)
 	if err != nil {
 		ports.release()
 		return nil, err
@@ -267,7 +272,7 @@ func startTemporal(ctx context.Context, srv temporal.Server) error {
 
 // openDatabase creates the SQLite schema on first use and registers the
 // namespace, returning the persistence config the server runs with.
-func openDatabase(path, namespace string) (*config.SQL, error) {
+func openDatabase(path, namespace string, search map[string]enumspb.IndexedValueType) (*config.SQL, error) {
 	sqlCfg := &config.SQL{
 		PluginName:   sqliteplugin.PluginName,
 		DatabaseName: path,
@@ -299,7 +304,7 @@ func openDatabase(path, namespace string) (*config.SQL, error) {
 	} else if err != nil {
 		return nil, fmt.Errorf("inspect temporal database: %w", err)
 	}
-	ns, err := sqliteschema.NewNamespaceConfig(clusterName, namespace, false, nil)
+	ns, err := sqliteschema.NewNamespaceConfig(clusterName, namespace, false, search)
 	if err != nil {
 		return nil, fmt.Errorf("describe namespace %q: %w", namespace, err)
 	}

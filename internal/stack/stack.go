@@ -211,7 +211,7 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 	addr := cfg.TemporalAddress
 	if addr == "" {
 		s.dev, err = devserver.Start(ctx, devserver.Config{
-			DataDir: cfg.DataDir, Namespace: cfg.TemporalNamespace,
+			DataDir: cfg.DataDir, Namespace: cfg.TemporalNamespace, SearchAttributes: workflows.SearchAttributeTypes(),
 			FrontendPort: cfg.TemporalPort, UIPort: cfg.UIPort, Logger: cfg.Logger.With("component", "temporal"),
 		})
 		if err != nil {
