@@ -22,6 +22,15 @@ import (
 // reports, ask for grounding (/v1/, bearer tokens), health and readiness.
 // Every request carries a server span (otelhttp) that the Temporal
 // interceptor continues into the workflow and the bus into services/ground.
+// healthz answers "ok" while Postgres answers a ping, 503 otherwise.
+func (s *Stack) healthz(w http.ResponseWriter, r *http.Request) {
+	if err := s.Pool.Ping(r.Context()); err != nil {
+		http.Error(w, "postgres: "+err.Error(), http.StatusServiceUnavailable)
+		return
+	}
+	fmt.Fprintln(w, "ok")
+}
+
 func newGateway(s *Stack) (http.Handler, error) {
 	mux := http.NewServeMux()
 	api, err := ground.NewHTTPHandler(ground.HTTPConfig{
@@ -57,13 +66,7 @@ func newGateway(s *Stack) (http.Handler, error) {
 		}
 		writeJSON(w, status, out)
 	})
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
-		if err := s.Pool.Ping(r.Context()); err != nil {
-			http.Error(w, "postgres: "+err.Error(), http.StatusServiceUnavailable)
-			return
-		}
-		fmt.Fprintln(w, "ok")
-	})
+	mux.HandleFunc("GET /healthz", s.healthz)
 	mux.HandleFunc("POST /api/pipelines", func(w http.ResponseWriter, r *http.Request) {
 		body, err := io.ReadAll(io.LimitReader(r.Body, 1<<20))
 		if err != nil {

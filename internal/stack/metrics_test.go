@@ -80,7 +80,7 @@ func TestMetricsEndpoint(t *testing.T) {
 		"groundmesh_compute_call_duration_seconds",
 		"messaging_process_duration_seconds",
 		"groundmesh_bus_lag_seconds",
-		"groundmesh_train_step_duration_seconds",
+		"groundmesh_compute_train_step_duration_seconds",
 		"groundmesh_synth_build_duration_seconds",
 	}
 	for _, name := range histograms {
@@ -97,7 +97,7 @@ func TestMetricsEndpoint(t *testing.T) {
 			t.Errorf("histogram %s has no samples", name)
 		}
 	}
-	for _, name := range []string{"groundmesh_train_loss", "groundmesh_synth_samples_per_second", "groundmesh_bus_poison_messages", "groundmesh_ground_queued_requests"} {
+	for _, name := range []string{"groundmesh_compute_train_loss", "groundmesh_synth_samples_per_second", "groundmesh_bus_poison_messages", "groundmesh_ground_queued_requests"} {
 		if f := families[name]; f == nil || f.GetType() != dto.MetricType_GAUGE || len(f.GetMetric()) == 0 {
 			t.Errorf("no gauge %s", name)
 		}
@@ -107,9 +107,9 @@ func TestMetricsEndpoint(t *testing.T) {
 	}
 	// The training loss carries its stage, so a dashboard can tell them apart.
 	stages := map[string]bool{}
-	for _, m := range families["groundmesh_train_loss"].GetMetric() {
+	for _, m := range families["groundmesh_compute_train_loss"].GetMetric() {
 		for _, l := range m.GetLabel() {
-			if l.GetName() == "stage" {
+			if l.GetName() == "compute_stage" {
 				stages[l.GetValue()] = true
 			}
 		}

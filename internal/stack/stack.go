@@ -295,10 +295,7 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 		s.metricsURL = "http://" + ln.Addr().String()
 		mux := http.NewServeMux()
 		mux.Handle("GET /metrics", s.metricsHandler())
-		mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
-			w.Header().Set("Content-Type", "application/json")
-			_, _ = w.Write([]byte(`{"status": "ok"}` + "\n"))
-		})
+		mux.HandleFunc("GET /healthz", s.healthz)
 		s.metricsSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 		go func() { _ = s.metricsSrv.Serve(ln) }()
 	}

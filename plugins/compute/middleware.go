@@ -122,7 +122,8 @@ func (t *tracing) Unload(ctx context.Context, session string) (err error) {
 
 // WithMetrics returns a Backend that counts calls and measures their
 // latency, by backend, method and outcome (ok, error, crashed), and records
-// training steps and loss. meter nil means the global meter provider.
+// training steps, their wall time and the loss, by stage. meter nil means
+// the global meter provider.
 func WithMetrics(next Backend, backend string, meter metric.Meter) (Backend, error) {
 	if meter == nil {
 		meter = otel.Meter(instrumentationName)
@@ -141,6 +142,11 @@ func WithMetrics(next Backend, backend string, meter metric.Meter) (Backend, err
 		metric.WithDescription("Training steps reported by the backend."), metric.WithUnit("{step}")); err != nil {
 		return nil, err
 	}
+	if m.stepTime, err = meter.Float64Histogram("groundmesh.compute.train.step.duration", metric.WithUnit("s"),
+		metric.WithDescription("Wall time of one optimizer step: the time between two progress reports over the steps between them."),
+		metric.WithExplicitBucketBoundaries(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)); err != nil {
+		return nil, err
+	}
 	if m.loss, err = meter.Float64Gauge("groundmesh.compute.train.loss",
 		metric.WithDescription("Last reported training loss.")); err != nil {
 		return nil, err
@@ -149,12 +155,13 @@ func WithMetrics(next Backend, backend string, meter metric.Meter) (Backend, err
 }
 
 type metrics struct {
-	next    Backend
-	backend attribute.KeyValue
-	calls   metric.Int64Counter
-	latency metric.Float64Histogram
-	steps   metric.Int64Counter
-	loss    metric.Float64Gauge
+	next     Backend
+	backend  attribute.KeyValue
+	calls    metric.Int64Counter
+	latency  metric.Float64Histogram
+	steps    metric.Int64Counter
+	stepTime metric.Float64Histogram
+	loss     metric.Float64Gauge
 }
 
 func outcome(err error) string {
@@ -182,12 +189,18 @@ func (m *metrics) Describe(ctx context.Context) (d Description, err error) {
 func (m *metrics) Train(ctx context.Context, req TrainRequest, progress func(TrainProgress) error) (r TrainResult, err error) {
 	defer func(t time.Time) { m.record(ctx, "Train", t, err) }(time.Now())
 	stage := metric.WithAttributes(m.backend, attribute.String("compute.stage", req.Stage))
-	last := -1
+	last, lastAt := -1, time.Time{}
 	return m.next.Train(ctx, req, func(p TrainProgress) error {
+		now := time.Now()
 		if last >= 0 && p.Step > last {
-			m.steps.Add(ctx, int64(p.Step-last), stage)
+			n := p.Step - last
+			m.steps.Add(ctx, int64(n), stage)
+			per := now.Sub(lastAt).Seconds() / float64(n)
+			for range min(n, 1000) { // each step observed, up to a report's first 1000
+				m.stepTime.Record(ctx, per, stage)
+			}
 		}
-		last = p.Step
+		last, lastAt = p.Step, now
 		m.loss.Record(ctx, p.Loss, stage)
 		if progress == nil {
 			return nil

@@ -91,6 +91,7 @@ func TestWithMetrics(t *testing.T) {
 	}
 	counts := map[string]int64{}
 	var steps int64
+	var timed uint64
 	for _, sm := range rm.ScopeMetrics {
 		for _, m := range sm.Metrics {
 			switch m.Name {
@@ -104,6 +105,10 @@ func TestWithMetrics(t *testing.T) {
 				for _, dp := range m.Data.(metricdata.Sum[int64]).DataPoints {
 					steps += dp.Value
 				}
+			case "groundmesh.compute.train.step.duration":
+				for _, dp := range m.Data.(metricdata.Histogram[float64]).DataPoints {
+					timed += dp.Count
+				}
 			}
 		}
 	}
@@ -115,6 +120,9 @@ func TestWithMetrics(t *testing.T) {
 	}
 	if steps != 2 { // steps 1 -> 2 -> 3 counted between reports
 		t.Errorf("train steps counted %d, want 2", steps)
+	}
+	if timed != 2 {
+		t.Errorf("train step times recorded %d, want one per step counted (2)", timed)
 	}
 }
 

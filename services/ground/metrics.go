@@ -1,11 +1,6 @@
 package ground
 
-import (
-	"net/http"
-
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
-)
+import "github.com/prometheus/client_golang/prometheus"
 
 // metrics are the service's Prometheus metrics, in a registry of its own
 // so that tests and several services in one process do not collide.
@@ -51,12 +46,6 @@ func newMetrics(queued func() float64) *metrics {
 			Help: "Requests waiting for a batch, over every loaded model.",
 		}, queued))
 	return m
-}
-
-// MetricsHandler serves the service's metrics in the Prometheus text
-// format.
-func (s *Service) MetricsHandler() http.Handler {
-	return promhttp.HandlerFor(s.metrics.reg, promhttp.HandlerOpts{})
 }
 
 // Gatherer reads the service's metrics, for a /metrics that serves them

@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
 	"github.com/groundmesh/groundmesh/internal/blob"
 	"github.com/groundmesh/groundmesh/internal/events"
 	"github.com/groundmesh/groundmesh/plugins/compute"
@@ -162,7 +164,7 @@ func TestBatching(t *testing.T) {
 		t.Fatalf("plugin calls (batch sizes) %v, want one call of 8", calls)
 	}
 	rec := httptest.NewRecorder()
-	svc.MetricsHandler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	promhttp.HandlerFor(svc.Gatherer(), promhttp.HandlerOpts{}).ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
 	for _, want := range []string{
 		`groundmesh_ground_requests_total{code="ok"} 8`,
 		"groundmesh_ground_generate_calls_total 1",

@@ -373,7 +373,6 @@ type recorder struct {
 	prev    *checkpointRow // last checkpoint recorded before this one
 	points  []lossPoint
 	flushed time.Time
-	clock   stepClock
 }
 
 // onProgress returns the backend's progress callback. A checkpoint that
@@ -388,7 +387,6 @@ func (c *recorder) onProgress(ctx context.Context) func(compute.TrainProgress) e
 }
 
 func (c *recorder) report(ctx context.Context, p compute.TrainProgress) error {
-	c.r.s.metrics.record(ctx, &c.clock, c.stage, c.r.req.Backend, p.Step, p.Loss)
 	c.points = append(c.points, lossPoint{Step: p.Step, Loss: p.Loss, LR: p.LearningRate, TokensPerSec: p.TokensPerSec})
 	if p.Checkpoint != nil {
 		if err := c.checkpoint(ctx, *p.Checkpoint); err != nil {

@@ -87,10 +87,9 @@ func BackendMap(m map[string]compute.Backend) func(string) (compute.Backend, err
 
 // Service runs training.
 type Service struct {
-	cfg     Config
-	store   *pgStore
-	log     *slog.Logger
-	metrics *trainMetrics
+	cfg   Config
+	store *pgStore
+	log   *slog.Logger
 
 	mu   sync.Mutex
 	live map[string]*RunStatus // runs this process is training now
@@ -122,11 +121,7 @@ func New(cfg Config, pool *pgxpool.Pool) (*Service, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	m, err := newTrainMetrics()
-	if err != nil {
-		return nil, fmt.Errorf("new train service: metrics: %w", err)
-	}
-	return &Service{cfg: cfg, store: &pgStore{pool: pool}, log: cfg.Logger, metrics: m, live: map[string]*RunStatus{}}, nil
+	return &Service{cfg: cfg, store: &pgStore{pool: pool}, log: cfg.Logger, live: map[string]*RunStatus{}}, nil
 }
 
 // RunStatus is where a run stands (the Train workflow's query answers it).
