@@ -745,3 +745,70 @@ func TestCellLabels(t *testing.T) {
 		t.Errorf("cell 10 is empty but reads %v", cell(10))
 	}
 }
+
+// TestBuildShardsRefWords: with Config.GrounderNames, a crop-naming record
+// whose answer has the object's box on the crop carries that box as its
+// referent (existence 1) and its name's words in ref_words; a REC record
+// carries its referent's name (Answer.Names[0], not the expression); a
+// crop-naming record without a box and a POPE probe carry no words; the
+// shard reads back what was written.
+func TestBuildShardsRefWords(t *testing.T) {
+	tok := testTokenizer(t)
+	sc := shardConfig(t, tok, t.TempDir())
+	sc.Pack, sc.SamplesPerShard = false, 100
+	sc.Model.Grounder, sc.Model.GrounderQueries, sc.Model.GrounderLossWeight = true, 2, 1
+	sc.Model.ImagesAfterText, sc.Model.VisionDepth, sc.Model.GrounderNames = true, 0, true
+	if err := sc.Model.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	img := ImageRef{Kind: "image", Path: "img/a.png", Width: 16, Height: 8}
+	crop := ImageRef{Kind: "crop", Path: "crops/a.png", Width: 8, Height: 8}
+	records := []Record{
+		{ID: "crop", Stage: "stage2", Split: "train", Task: "crop_name", Images: []ImageRef{crop},
+			Conversations: []Turn{{From: "human", Value: "<image>\nWhat is the object in the center of this image?"}, {From: "gpt", Value: "It is a red circle."}},
+			Answer:        Answer{Text: "red circle", Boxes: [][4]float64{{2, 2, 6, 6}}}},
+		{ID: "crop-nobox", Stage: "stage2", Split: "train", Task: "crop_name", Images: []ImageRef{crop},
+			Conversations: []Turn{{From: "human", Value: "<image>\nWhat is the object in the center of this image?"}, {From: "gpt", Value: "It is a red circle."}},
+			Answer:        Answer{Text: "red circle"}},
+		{ID: "rec", Stage: "stage2", Split: "train", Task: "rec", Images: []ImageRef{img},
+			Conversations: []Turn{{From: "human", Value: "<image>\nWhere is the circle?"}, {From: "gpt", Value: "[0.000, 0.250, 0.500, 0.500]"}},
+			Answer:        Answer{Boxes: [][4]float64{{0, 0, 8, 4}}, Others: [][4]float64{}, Names: []string{"red circle"}}},
+		{ID: "pope", Stage: "stage3", Split: "train", Task: "pope", Images: []ImageRef{img},
+			Conversations: []Turn{{From: "human", Value: "<image>\nIs there a red circle in the image?"}, {From: "gpt", Value: "yes"}},
+			Answer:        Answer{YesNo: "yes"}},
+	}
+	infos, _ := buildTestShards(t, sc, &memImages{}, records)
+	sh, err := ReadShard(infos[0].Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sh.RefWords == nil {
+		t.Fatal("no ref_words")
+	}
+	w := func(s string) int32 { return tok.Encode(" " + s)[0] }
+	want := []int32{w("red"), w("circle")}
+	var named, cropRefs int
+	for r := range sh.N {
+		words := sh.RefWordsRow(r)
+		box := sh.RefBoxRow(r)
+		if words != nil {
+			named++
+			if !slices.Equal(words, want) {
+				t.Errorf("sample %d: ref words %v, want %v", r, words, want)
+			}
+			if box == nil {
+				t.Errorf("sample %d has words and no referent", r)
+			}
+		}
+		// The crop's box in thousandths of the 8 x 8 crop.
+		if slices.Equal(box, []int32{250, 250, 750, 750}) {
+			cropRefs++
+			if sh.RefExistsAt(r) != 1 {
+				t.Errorf("sample %d: the crop's object has existence %d, want 1", r, sh.RefExistsAt(r))
+			}
+		}
+	}
+	if named != 2 || cropRefs != 1 {
+		t.Errorf("%d samples named (want the crop and the REC record), %d with the crop's referent (want 1)", named, cropRefs)
+	}
+}

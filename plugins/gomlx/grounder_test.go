@@ -235,3 +235,113 @@ func TestNormedConvInit(t *testing.T) {
 		}
 	}
 }
+
+// TestGrounderNamesSpeak trains Config.GrounderNames with the grounder
+// objective alone on one-square images (the square red or green; the
+// question names no colour, the square is the referent and its colour
+// word the referent's name in ref_words) and serves the checkpoint: the
+// logits Prefill returns after the image must put the square's colour
+// above the other colour for at least 90% of held-out images. The
+// language model is never trained here (its logits alone pick either
+// colour about half the time), so the pass comes from the name head
+// through the shard, the batch, the loss, the served grounder and the
+// boost the language model's logits take from it.
+func TestGrounderNamesSpeak(t *testing.T) {
+	if testing.Short() {
+		t.Skip("trains for about half a minute")
+	}
+	c := grounderConfig(32)
+	c.GrounderNames = true
+	items := func(n int, seed uint64) (imgs [][]byte, colour []int, boxes [][4]int) {
+		rng := rand.New(rand.NewPCG(seed, 11))
+		for range n {
+			img, _, box := computetest.Squares(c.ImageSize, 1, rng)
+			k := rng.IntN(2)
+			if k == 1 { // the red square, recoloured green
+				for p := 0; p < len(img); p += 3 {
+					if img[p] == 220 && img[p+1] == 30 && img[p+2] == 30 {
+						img[p], img[p+1], img[p+2] = 30, 200, 30
+					}
+				}
+			}
+			imgs, colour, boxes = append(imgs, img), append(colour, k), append(boxes, box)
+		}
+		return imgs, colour, boxes
+	}
+	seq := func() []int32 {
+		toks := []int32{tokBOS, probeFiller0}
+		for range c.Patches() {
+			toks = append(toks, c.PatchToken)
+		}
+		return append(toks, probeAnswer)
+	}
+	const n = 1024
+	imgs, colour, boxes := items(n, 1)
+	L := c.MaxSeq
+	tokens, targets := make([]int32, n*L), make([]int32, n*L)
+	index, refs, words := make([]int32, n), make([]int32, n*4), make([]int32, n*model.CellWords)
+	var pixels []byte
+	for i := range n {
+		s := seq()
+		for p := range L {
+			tokens[i*L+p], targets[i*L+p] = c.PadToken, -1
+			if p < len(s) {
+				tokens[i*L+p] = s[p]
+			}
+		}
+		targets[i*L+len(s)-1] = int32(probeQuestion + colour[i])
+		index[i] = int32(i)
+		pixels = append(pixels, imgs[i]...)
+		for k := range 4 {
+			refs[i*4+k] = int32(boxes[i][k] * 10)
+		}
+		for k := range model.CellWords {
+			words[i*model.CellWords+k] = model.NoCellWord
+		}
+		words[i*model.CellWords] = int32(probeQuestion + colour[i])
+	}
+	dir := t.TempDir()
+	shard := filepath.Join(dir, "names.safetensors")
+	f := &stFile{Metadata: map[string]string{"config_sha256": "probe", "synth_set": "probe"}, Tensors: map[string]stTensor{
+		"tokens": i32Tensor(tokens, n, L), "targets": i32Tensor(targets, n, L), "image_index": i32Tensor(index, n, 1),
+		"images":    {DType: "U8", Shape: []int{n, c.ImageSize, c.ImageSize, 3}, Data: pixels},
+		"ref_boxes": i32Tensor(refs, n, 4), "ref_words": i32Tensor(words, n, model.CellWords)}}
+	if _, _, err := writeSafetensorsAtomic(shard, f); err != nil {
+		t.Fatal(err)
+	}
+	b := newTestBackend(t)
+	ctx := context.Background()
+	res, err := b.Train(ctx, compute.TrainRequest{
+		RunID: "names", Stage: "stage1", ModelConfig: configJSON(t, c), Shards: []string{shard},
+		Steps: 200, BatchSize: 32, LearningRate: 2e-3, WarmupSteps: 20, Seed: 1, Objective: compute.ObjectiveGrounder,
+		LogEvery: 50, CheckpointEvery: 200, CheckpointDir: dir,
+	}, func(compute.TrainProgress) error { return nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	ld, err := b.Load(ctx, compute.LoadRequest{ModelConfig: configJSON(t, c), Checkpoint: res.Final.Path})
+	if err != nil {
+		t.Fatal(err)
+	}
+	testImgs, testColour, _ := items(128, 2)
+	batch := make([]compute.Sequence, len(testImgs))
+	for i, img := range testImgs {
+		batch[i] = compute.Sequence{Tokens: seq(), Images: []compute.Image{{Size: c.ImageSize, Pixels: model.NormalizePixels(img)}}}
+	}
+	out, err := b.Prefill(ctx, compute.PrefillRequest{Session: ld.Session, Batch: batch})
+	if err != nil {
+		t.Fatal(err)
+	}
+	right := 0
+	for i, lg := range out.Logits {
+		want, other := probeQuestion+testColour[i], probeQuestion+1-testColour[i]
+		if lg[want] > lg[other] {
+			right++
+		}
+	}
+	acc := float64(right) / float64(len(testImgs))
+	t.Logf("names, 200 grounder steps: loss %.3f -> %.3f, colour named %.3f", res.FirstLoss, res.LastLoss, acc)
+	if acc < 0.9 {
+		t.Fatalf("the logits after the image name the square's colour %.3f of the time, want >= 0.9", acc)
+	}
+}
