@@ -147,6 +147,7 @@ func testEveryEventTwice(t *testing.T, kind string) {
 	// first is re-sent under a new message id. A pair is built when its
 	// row runs, from what the rows before it made.
 	var datasets, synthSets, runs [2]string
+	var trained [2]*events.RunFacts
 	var evaluations int
 	cases := []struct {
 		svc  string
@@ -203,7 +204,13 @@ func testEveryEventTwice(t *testing.T, kind string) {
 				}
 			},
 			fence: func(corr string) any { return events.TrainRequested{CorrelationID: corr, RunID: "not-a-uuid"} },
-			keep:  func(*testing.T, [2]json.RawMessage) {},
+			keep: func(t *testing.T, a [2]json.RawMessage) {
+				for i := range 2 {
+					if trained[i] = decode[events.TrainCompleted](t, a[i]).Run; trained[i] == nil {
+						t.Fatalf("train answer %d has no run facts", i)
+					}
+				}
+			},
 			// Two runs of three stages, one checkpoint each.
 			effect: `SELECT count(*) FROM checkpoints`, want: func() int { return 6 },
 		},
@@ -211,8 +218,8 @@ func testEveryEventTwice(t *testing.T, kind string) {
 			svc: "eval",
 			pair: func() [2]any {
 				return [2]any{
-					events.EvalRequested{CorrelationID: "eval-1", RunID: runs[0], Splits: []string{"val"}, MaxSamples: 3},
-					events.EvalRequested{CorrelationID: "eval-2", RunID: runs[1], Splits: []string{"val"}, MaxSamples: 3},
+					events.EvalRequested{CorrelationID: "eval-1", RunID: runs[0], Run: trained[0], Splits: []string{"val"}, MaxSamples: 3},
+					events.EvalRequested{CorrelationID: "eval-2", RunID: runs[1], Run: trained[1], Splits: []string{"val"}, MaxSamples: 3},
 				}
 			},
 			fence: func(corr string) any { return events.EvalRequested{CorrelationID: corr} },

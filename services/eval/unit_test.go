@@ -190,7 +190,7 @@ func TestValidFor(t *testing.T) {
 }
 
 func TestLossSVG(t *testing.T) {
-	svg := lossSVG("stage<1>", []LossPoint{{0, 5}, {10, 3}, {20, math.NaN()}, {30, 1}})
+	svg := lossSVG("stage<1>", []LossPoint{{Step: 0, Loss: 5}, {Step: 10, Loss: 3}, {Step: 20, Loss: math.NaN()}, {Step: 30, Loss: 1}})
 	if !strings.HasPrefix(svg, "<svg") || !strings.Contains(svg, "<polyline") || strings.Contains(svg, "stage<1>") || strings.Contains(svg, "NaN") {
 		t.Fatalf("svg: %s", svg)
 	}
