@@ -102,7 +102,7 @@ func (a *Activities) Command(ctx context.Context, in CommandInput) (json.RawMess
 	ctx, span := otel.Tracer("groundmesh/workflows").Start(ctx, "bridge.command "+in.Service)
 	defer span.End()
 	switch in.Service {
-	case "ingest", "synth", "train", "eval":
+	case "ingest", "synth", "train", "train.describe", "eval":
 	default:
 		return nil, temporal.NewNonRetryableApplicationError(fmt.Sprintf("command: unknown service %q", in.Service), ErrTypeBadInput, nil)
 	}

@@ -86,6 +86,7 @@ func Pipeline(ctx workflow.Context, in PipelineInput) (PipelineResult, error) {
 		res.SynthSetID = out.SynthSetID
 		res.StagesRan = append(res.StagesRan, StageSynth)
 	}
+	var trained *events.RunFacts // what train answered about the run, when it ran here
 	if want[StageTrain] {
 		search(SearchStage.ValueSet(StageTrain))
 		var out events.TrainCompleted
@@ -94,12 +95,19 @@ func Pipeline(ctx workflow.Context, in PipelineInput) (PipelineResult, error) {
 			return res, fmt.Errorf("train: %w", err)
 		}
 		res.Checkpoints = out.Checkpoints
+		trained = out.Run
 		res.StagesRan = append(res.StagesRan, StageTrain)
 	}
 	if want[StageEval] {
 		search(SearchStage.ValueSet(StageEval))
 		var out events.EvaluationCompleted
 		req := events.EvalRequested{RunID: res.RunID, Splits: in.Eval.Splits, MaxSamples: in.Eval.MaxSamples, MaxSamplesBy: map[string]int(in.Eval.MaxSamplesBy), Report: *in.Eval.Report}
+		if workflow.GetVersion(ctx, evalRunFactsVersion, workflow.DefaultVersion, 1) == 1 {
+			// The eval request carries what train answered; without it
+			// (train did not run here, or answered no facts) the Evaluate
+			// workflow asks services/train.
+			req.Run = trained
+		}
 		if err := workflow.ExecuteChildWorkflow(child(EvaluateWorkflowName, "eval"), Evaluate, req).Get(ctx, &out); err != nil {
 			return res, fmt.Errorf("eval: %w", err)
 		}
@@ -185,8 +193,12 @@ func commandOptions(service string) workflow.ActivityOptions {
 			NonRetryableErrorTypes: []string{ErrTypeBadInput},
 		},
 	}
-	if service == "train" {
+	switch service {
+	case "train":
 		o.StartToCloseTimeout = 4 * time.Hour
+	case "train.describe":
+		// A few reads: no progress to wait for.
+		o.StartToCloseTimeout = 5 * time.Minute
 	}
 	return o
 }
@@ -268,11 +280,33 @@ func Train(ctx workflow.Context, req events.TrainRequested) (events.TrainComplet
 	return out, nil
 }
 
-// Evaluate scores a run's checkpoints through services/eval.
+// Change ids of workflow.GetVersion markers: histories recorded before a
+// change replay the old way.
+const (
+	// evalRunFactsVersion: the Pipeline passes train's facts in the eval
+	// request, and Evaluate asks services/train for them when the request
+	// has none.
+	evalRunFactsVersion = "eval-run-facts"
+)
+
+// Evaluate scores a run's checkpoints through services/eval. services/eval
+// reads nothing about the run but the request's Run facts: a request
+// without them (one that names only a run id) first gets them from
+// services/train ("train.describe"), which answers for completed runs.
 func Evaluate(ctx workflow.Context, req events.EvalRequested) (events.EvaluationCompleted, error) {
 	var out events.EvaluationCompleted
 	if req.RunID == "" {
 		return out, badInput(fmt.Errorf("evaluate input: run_id is required"))
+	}
+	if req.Run == nil && workflow.GetVersion(ctx, evalRunFactsVersion, workflow.DefaultVersion, 1) == 1 {
+		var run events.TrainCompleted
+		if err := runCommand(ctx, "train.describe", events.TrainDescribeRequested{RunID: req.RunID}, &run); err != nil {
+			return out, fmt.Errorf("describe run %s: %w", req.RunID, err)
+		}
+		if run.Run == nil {
+			return out, badInput(fmt.Errorf("describe run %s: services/train answered without the run's facts", req.RunID))
+		}
+		req.Run = run.Run
 	}
 	err := runCommand(ctx, "eval", req, &out)
 	return out, err

@@ -43,8 +43,11 @@ func fakeServices(asked *[]CommandInput) func(context.Context, CommandInput) (js
 			v = events.DatasetIngested{DatasetID: "ds-1", Version: "abc"}
 		case "synth":
 			v = events.SynthCompleted{SynthSetID: "ss-1"}
-		case "train":
-			v = events.TrainCompleted{Checkpoints: map[string]string{"stage3": "ck-3"}}
+		case "train", "train.describe":
+			v = events.TrainCompleted{Checkpoints: map[string]string{"stage3": "ck-3"}, Run: &events.RunFacts{
+				SynthSetID: "ss-1", ManifestKey: "synth/ss-1/manifest.json", Backend: "gomlx", TokenizerKey: "runs/r/tokenizer.json",
+				Checkpoints: []events.CheckpointRef{{ID: "ck-3", Stage: "stage3", Step: 10, BlobKey: "runs/r/ck-3", SHA256: "aa"}},
+			}}
 		case "eval":
 			v = events.EvaluationCompleted{Metrics: map[string]float64{"stage3/rec/test/acc@0.5": 0.42}, ReportKey: "reports/r.html"}
 		}
@@ -86,10 +89,57 @@ func TestPipelineDefaultsRunAllStages(t *testing.T) {
 	if train.SynthSetID != "ss-1" || train.RunID == "" || train.Backend != "gomlx" {
 		t.Fatalf("train command %+v", train)
 	}
+	// The eval command carries train's facts about the run: no
+	// train.describe round trip.
+	if len(asked) != 4 || asked[3].Service != "eval" {
+		t.Fatalf("commands %+v", asked)
+	}
 	var eval events.EvalRequested
 	_ = json.Unmarshal(asked[3].Payload, &eval)
-	if eval.RunID != train.RunID || !eval.Report {
+	if eval.RunID != train.RunID || !eval.Report || eval.Run == nil || len(eval.Run.Checkpoints) != 1 ||
+		eval.Run.Checkpoints[0].SHA256 != "aa" || eval.Run.ManifestKey != "synth/ss-1/manifest.json" {
 		t.Fatalf("eval command %+v (run %s)", eval, train.RunID)
+	}
+}
+
+// TestEvaluateWithOnlyARunIDAsksTrain: an evaluation of an earlier run
+// (the Pipeline's eval stage alone) gets the run's facts from
+// services/train before it asks services/eval.
+func TestEvaluateWithOnlyARunIDAsksTrain(t *testing.T) {
+	env := newEnv(t)
+	var asked []CommandInput
+	env.OnActivity((&Activities{}).Command, mock.Anything, mock.Anything).Return(fakeServices(&asked))
+	env.ExecuteWorkflow(Pipeline, PipelineInput{Stages: []string{StageEval}, RunID: "11111111-2222-3333-4444-555555555555"})
+	if err := env.GetWorkflowError(); err != nil {
+		t.Fatalf("pipeline: %v", err)
+	}
+	if len(asked) != 2 || asked[0].Service != "train.describe" || asked[1].Service != "eval" {
+		t.Fatalf("commands %+v, want train.describe then eval", asked)
+	}
+	var describe events.TrainDescribeRequested
+	_ = json.Unmarshal(asked[0].Payload, &describe)
+	var eval events.EvalRequested
+	_ = json.Unmarshal(asked[1].Payload, &eval)
+	if describe.RunID != "11111111-2222-3333-4444-555555555555" || eval.RunID != describe.RunID ||
+		eval.Run == nil || eval.Run.Checkpoints[0].ID != "ck-3" || eval.Run.TokenizerKey == "" {
+		t.Fatalf("describe %+v, eval %+v", describe, eval)
+	}
+}
+
+// TestEvaluateFailsWhenTrainCannotDescribe: a run train does not know (or
+// that has not completed) fails the evaluation as bad input, saying so.
+func TestEvaluateFailsWhenTrainCannotDescribe(t *testing.T) {
+	env := newEnv(t)
+	env.OnActivity((&Activities{}).Command, mock.Anything, mock.Anything).Return(func(_ context.Context, in CommandInput) (json.RawMessage, error) {
+		if in.Service != "train.describe" {
+			t.Errorf("asked %s before the run was described", in.Service)
+		}
+		return nil, temporal.NewNonRetryableApplicationError("describe run r: not found", ErrTypeBadInput, nil)
+	})
+	env.ExecuteWorkflow(Evaluate, events.EvalRequested{RunID: "r"})
+	err := env.GetWorkflowError()
+	if err == nil || !strings.Contains(err.Error(), "describe run r") {
+		t.Fatalf("err = %v, want the describe failure", err)
 	}
 }
 

@@ -357,7 +357,8 @@ type PromoteRequest struct {
 
 // CommandInput is the bridge activity's input: which command to publish.
 type CommandInput struct {
-	// Service is the short service name ("ingest", "synth", "train", "eval");
+	// Service is the short service name ("ingest", "synth", "train", "eval")
+	// or a service's query command ("train.describe");
 	// the command goes to "<service>.requested" and the answer comes on
 	// "<service>.completed" / "<service>.failed".
 	Service string `json:"service"`

@@ -11,7 +11,10 @@
 package events
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
+	"fmt"
 	"time"
 )
 
@@ -49,6 +52,13 @@ const (
 	TopicTrainCompleted  = "train.completed"
 	TopicTrainFailed     = "train.failed"
 	TopicCheckpointSaved = "checkpoint.saved" // fact
+
+	// "train.describe.*" asks services/train for a finished run's facts
+	// (RunFacts in a TrainCompleted) without training: how the Evaluate
+	// workflow completes an evaluation requested with only a run id.
+	TopicTrainDescribeRequested = "train.describe.requested"
+	TopicTrainDescribeCompleted = "train.describe.completed"
+	TopicTrainDescribeFailed    = "train.describe.failed"
 
 	TopicEvalRequested      = "eval.requested"
 	TopicEvalProgress       = "eval.progress"
@@ -163,12 +173,89 @@ type TrainRequested struct {
 	Spec   json.RawMessage `json:"spec,omitempty"` // services/train run spec; defaults when empty
 }
 
-// TrainCompleted answers TrainRequested.
+// TrainCompleted answers TrainRequested (and TrainDescribeRequested).
 type TrainCompleted struct {
 	CorrelationID string             `json:"correlation_id"`
 	RunID         string             `json:"run_id"`
 	Checkpoints   map[string]string  `json:"checkpoints"` // stage -> final checkpoint id
 	FinalLoss     map[string]float64 `json:"final_loss"`  // stage -> last loss
+	// Run is what the run's consumers (services/eval) need to know about
+	// it; absent from answers of services older than the field.
+	Run *RunFacts `json:"run,omitempty"`
+}
+
+// TrainDescribeRequested asks services/train for the facts of a completed
+// run (answered with a TrainCompleted on "train.describe.completed"); it
+// trains nothing. A run that does not exist or has not completed is bad
+// input.
+type TrainDescribeRequested struct {
+	CorrelationID string `json:"correlation_id"`
+	RunID         string `json:"run_id"`
+}
+
+// RunFacts describes a training run for the services that use its
+// checkpoints, so that they need not read services/train's tables (nor
+// the synth and dataset tables the run was trained from): services/train
+// answers them in TrainCompleted, and an EvalRequested carries them.
+type RunFacts struct {
+	SynthSetID string `json:"synth_set_id"`
+	// ManifestKey is the blob key of the synth set's manifest.
+	ManifestKey string `json:"manifest_key"`
+	// DatasetID is the dataset version the synth set was built from, and
+	// DatasetRoot the directory its records' image paths are relative to.
+	DatasetID   string `json:"dataset_id,omitempty"`
+	DatasetRoot string `json:"dataset_root,omitempty"`
+	// Backend is the compute backend key the run trained on ("gomlx",
+	// "libtorch:cuda"); a consumer loads its checkpoints there.
+	Backend string `json:"backend"`
+	// ModelConfig is the run's model architecture (JSON of model.Config),
+	// ModelConfigSHA256 its ModelConfigHash, and TokenizerKey the blob key
+	// of the run's tokenizer.
+	ModelConfig       json.RawMessage `json:"model_config"`
+	ModelConfigSHA256 string          `json:"model_config_sha256"`
+	TokenizerKey      string          `json:"tokenizer_key"`
+	// Checkpoints are the checkpoints to use (services/train answers the
+	// final one of each stage), in stage order.
+	Checkpoints []CheckpointRef `json:"checkpoints"`
+	// Losses is the logged training loss of each stage, thinned to at most
+	// MaxLossPoints points a stage (the first and last always kept).
+	Losses map[string][]LossPoint `json:"losses,omitempty"`
+}
+
+// MaxLossPoints bounds RunFacts.Losses per stage.
+const MaxLossPoints = 512
+
+// CheckpointRef names a checkpoint and its content.
+type CheckpointRef struct {
+	ID      string `json:"id"`
+	Stage   string `json:"stage"`
+	Step    int    `json:"step"`
+	BlobKey string `json:"blob_key"`
+	// SHA256 is the hex sha256 of the checkpoint file.
+	SHA256 string `json:"sha256"`
+}
+
+// LossPoint is one logged training step.
+type LossPoint struct {
+	Step int     `json:"step"`
+	Loss float64 `json:"loss"`
+}
+
+// ModelConfigHash is the hex sha256 of a model config's canonical JSON
+// (object keys sorted, no insignificant space, numbers as Go writes
+// float64s), so that the config's hash does not depend on how a store
+// (jsonb) re-spaced or re-ordered it.
+func ModelConfigHash(config []byte) (string, error) {
+	var v any
+	if err := json.Unmarshal(config, &v); err != nil {
+		return "", fmt.Errorf("hash model config: %w", err)
+	}
+	b, err := json.Marshal(v)
+	if err != nil {
+		return "", fmt.Errorf("hash model config: %w", err)
+	}
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:]), nil
 }
 
 // CheckpointSaved is the fact of a checkpoint written and recorded.
@@ -180,15 +267,24 @@ type CheckpointSaved struct {
 	Loss         float64 `json:"loss"`
 	BlobKey      string  `json:"blob_key"`
 	SHA256       string  `json:"sha256"`
+	// ModelConfigSHA256 is the ModelConfigHash of the architecture the
+	// checkpoint's weights belong to.
+	ModelConfigSHA256 string `json:"model_config_sha256,omitempty"`
 }
 
 // EvalRequested asks services/eval to score a run's checkpoints.
+// services/eval reads nothing about the run but Run: a request without it
+// is bad input (the Evaluate workflow fills it from services/train).
 type EvalRequested struct {
-	CorrelationID string   `json:"correlation_id"`
-	RunID         string   `json:"run_id"`
-	CheckpointIDs []string `json:"checkpoint_ids,omitempty"` // default: final of each stage
-	Splits        []string `json:"splits,omitempty"`         // default: val, test, heldout
-	MaxSamples    int      `json:"max_samples,omitempty"`    // per benchmark and split
+	CorrelationID string `json:"correlation_id"`
+	RunID         string `json:"run_id"`
+	// Run is the run's facts: its checkpoints (with their sha256), model
+	// config, tokenizer, synth set and dataset, and loss curve.
+	Run *RunFacts `json:"run,omitempty"`
+	// CheckpointIDs picks among Run.Checkpoints; default all of them.
+	CheckpointIDs []string `json:"checkpoint_ids,omitempty"`
+	Splits        []string `json:"splits,omitempty"`      // default: val, test, heldout
+	MaxSamples    int      `json:"max_samples,omitempty"` // per benchmark and split
 	// MaxSamplesBy overrides MaxSamples for the benchmarks it names
 	// ("rec", "pope_random", ...); 0 there means every record.
 	MaxSamplesBy map[string]int `json:"max_samples_by,omitempty"`

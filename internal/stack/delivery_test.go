@@ -81,7 +81,7 @@ func testEveryEventTwice(t *testing.T, kind string) {
 		// A new consumer group reads a stream from its start: what earlier
 		// runs left in these streams goes first.
 		var topics []string
-		for _, svc := range []string{"ingest", "synth", "train", "eval"} {
+		for _, svc := range []string{"ingest", "synth", "train", "train.describe", "eval"} {
 			for _, k := range []string{"requested", "progress", "completed", "failed"} {
 				topics = append(topics, svc+"."+k)
 			}
@@ -104,7 +104,7 @@ func testEveryEventTwice(t *testing.T, kind string) {
 		t.Fatal(err)
 	}
 	answers := &answerLog{byCorr: map[string][]answer{}}
-	for _, svc := range []string{"ingest", "synth", "train", "eval", "ground"} {
+	for _, svc := range []string{"ingest", "synth", "train", "train.describe", "eval", "ground"} {
 		for _, kind := range []string{"completed", "failed"} {
 			topic := svc + "." + kind
 			if err := b.HandleWith("test-answers-"+topic, topic, bus.HandleOptions{NoDedupe: true}, func(_ context.Context, msg *message.Message) error {
@@ -147,6 +147,7 @@ func testEveryEventTwice(t *testing.T, kind string) {
 	// first is re-sent under a new message id. A pair is built when its
 	// row runs, from what the rows before it made.
 	var datasets, synthSets, runs [2]string
+	var trained [2]*events.RunFacts
 	var evaluations int
 	cases := []struct {
 		svc  string
@@ -203,16 +204,45 @@ func testEveryEventTwice(t *testing.T, kind string) {
 				}
 			},
 			fence: func(corr string) any { return events.TrainRequested{CorrelationID: corr, RunID: "not-a-uuid"} },
-			keep:  func(*testing.T, [2]json.RawMessage) {},
+			keep: func(t *testing.T, a [2]json.RawMessage) {
+				for i := range 2 {
+					if trained[i] = decode[events.TrainCompleted](t, a[i]).Run; trained[i] == nil {
+						t.Fatalf("train answer %d has no run facts", i)
+					}
+				}
+			},
 			// Two runs of three stages, one checkpoint each.
+			effect: `SELECT count(*) FROM checkpoints`, want: func() int { return 6 },
+		},
+		{
+			// What the Evaluate workflow asks when it has only a run id:
+			// the same facts as the train answer, and no rows.
+			svc: "train.describe",
+			pair: func() [2]any {
+				return [2]any{
+					events.TrainDescribeRequested{CorrelationID: "describe-1", RunID: runs[0]},
+					events.TrainDescribeRequested{CorrelationID: "describe-2", RunID: runs[1]},
+				}
+			},
+			fence: func(corr string) any { return events.TrainDescribeRequested{CorrelationID: corr, RunID: "not-a-uuid"} },
+			keep: func(t *testing.T, a [2]json.RawMessage) {
+				for i := range 2 {
+					got := decode[events.TrainCompleted](t, a[i]).Run
+					if got == nil || len(got.Checkpoints) != 3 || got.Checkpoints[2] != trained[i].Checkpoints[2] ||
+						got.ModelConfigSHA256 != trained[i].ModelConfigSHA256 || got.ManifestKey == "" || got.DatasetRoot == "" {
+						t.Fatalf("described run %d: %+v, trained %+v", i, got, trained[i])
+					}
+					trained[i] = got // eval below runs from the described facts
+				}
+			},
 			effect: `SELECT count(*) FROM checkpoints`, want: func() int { return 6 },
 		},
 		{
 			svc: "eval",
 			pair: func() [2]any {
 				return [2]any{
-					events.EvalRequested{CorrelationID: "eval-1", RunID: runs[0], Splits: []string{"val"}, MaxSamples: 3},
-					events.EvalRequested{CorrelationID: "eval-2", RunID: runs[1], Splits: []string{"val"}, MaxSamples: 3},
+					events.EvalRequested{CorrelationID: "eval-1", RunID: runs[0], Run: trained[0], Splits: []string{"val"}, MaxSamples: 3},
+					events.EvalRequested{CorrelationID: "eval-2", RunID: runs[1], Run: trained[1], Splits: []string{"val"}, MaxSamples: 3},
 				}
 			},
 			fence: func(corr string) any { return events.EvalRequested{CorrelationID: corr} },

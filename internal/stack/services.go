@@ -149,7 +149,12 @@ func (sv *Services) build(ctx context.Context, s *Stack, backends func(name stri
 		return err
 	}
 	predictors := func(ctx context.Context, ck eval.Checkpoint, run eval.RunInfo) (eval.Predictor, error) {
-		b, err := backends(backendOf(ctx, s, run.RunID))
+		// The backend the run trained on travels in the eval request.
+		name := run.Backend
+		if name == "" {
+			name = train.DefaultBackend
+		}
+		b, err := backends(name)
 		if err != nil {
 			return nil, err
 		}
@@ -186,11 +191,11 @@ func (sv *Services) build(ctx context.Context, s *Stack, backends func(name stri
 // services/ingest recorded.
 func synthSetReader(s *Stack) train.SynthReader {
 	return func(ctx context.Context, synthSetID string) (train.SynthSet, error) {
-		var manifestKey, root string
+		var manifestKey, datasetID, root string
 		err := s.Pool.QueryRow(ctx, `
-			SELECT s.manifest_key, coalesce(d.root, '')
+			SELECT s.manifest_key, s.dataset_id::text, coalesce(d.root, '')
 			FROM synth_sets s LEFT JOIN dataset_versions d ON d.id = s.dataset_id
-			WHERE s.id::text = $1`, synthSetID).Scan(&manifestKey, &root)
+			WHERE s.id::text = $1`, synthSetID).Scan(&manifestKey, &datasetID, &root)
 		if errors.Is(err, pgx.ErrNoRows) {
 			return train.SynthSet{}, fmt.Errorf("synth set %s: not found: %w", synthSetID, train.ErrInvalidRequest)
 		}
@@ -218,17 +223,9 @@ func synthSetReader(s *Stack) train.SynthReader {
 				}
 			}
 		}
-		return train.SynthSet{Records: records, Images: model.FileImageResolver{DatasetRoot: root, Blobs: s.Blob}}, nil
+		return train.SynthSet{Records: records, Images: model.FileImageResolver{DatasetRoot: root, Blobs: s.Blob},
+			ManifestKey: manifestKey, DatasetID: datasetID, DatasetRoot: root}, nil
 	}
-}
-
-// backendOf reads the backend a run was trained with (default gomlx).
-func backendOf(ctx context.Context, s *Stack, runID string) string {
-	var b string
-	if err := s.Pool.QueryRow(ctx, `SELECT backend FROM runs WHERE id = $1`, runID).Scan(&b); err != nil || b == "" {
-		return train.DefaultBackend
-	}
-	return b
 }
 
 // serveCommands makes each service the consumer of its command topic.
@@ -253,6 +250,11 @@ func (sv *Services) serveCommands(b *bus.Bus, pool *pgxpool.Pool, logger *slog.L
 			BadInput: func(err error) bool { return errors.Is(err, train.ErrInvalidRequest) }},
 			func(ctx context.Context, req events.TrainRequested, p func(events.Progress)) (events.TrainCompleted, error) {
 				return sv.Train.Train(ctx, req, p)
+			}),
+		command.Serve(b, command.Config{Service: "train.describe", Handler: "train-describe-service", Logger: logger,
+			BadInput: func(err error) bool { return errors.Is(err, train.ErrInvalidRequest) }},
+			func(ctx context.Context, req events.TrainDescribeRequested, _ func(events.Progress)) (events.TrainCompleted, error) {
+				return sv.Train.Describe(ctx, req)
 			}),
 		command.Serve(b, command.Config{Service: "eval", Handler: "eval-service", Logger: logger,
 			BadInput: func(err error) bool { return errors.Is(err, eval.ErrBadInput) }},

@@ -12,10 +12,14 @@
 // WriteReport renders a self-contained HTML report of a run; Compare puts
 // two runs side by side.
 //
-// The service speaks to the model through Predictor and to the other
-// services' data through Catalog and RecordReader, small ports that the
-// composition root fills with model.Generator over a compute backend, the
-// Postgres tables of train, synth and ingest, and the synth shard reader.
+// The service owns its tables (evaluations, eval_metrics, eval_runs) and
+// reads no other service's: what it knows about a run (its checkpoints and
+// their sha256, model config, tokenizer, synth set, dataset and loss
+// curve) arrives in the request (events.RunFacts) and is kept in eval_runs
+// for reports. It speaks to the model through Predictor and reads the
+// synth set through RecordReader, small ports that the composition root
+// fills with model.Generator over a compute backend and the synth shard
+// reader.
 package eval
 
 import (
@@ -70,9 +74,6 @@ type Config struct {
 	Predictors PredictorFactory
 	// Records streams a run's synth set. Required.
 	Records RecordReader
-	// Catalog answers questions about runs, checkpoints, synth sets and
-	// datasets; default NewPGCatalog over the service's pool.
-	Catalog Catalog
 	// BatchSize is the number of records per Predict call; default
 	// DefaultBatchSize.
 	BatchSize int
@@ -86,7 +87,7 @@ type Config struct {
 	Now func() time.Time
 }
 
-func (c *Config) defaults(pool *pgxpool.Pool) error {
+func (c *Config) defaults() error {
 	if c.DataDir == "" {
 		return errors.New("eval config: DataDir is required")
 	}
@@ -101,9 +102,6 @@ func (c *Config) defaults(pool *pgxpool.Pool) error {
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
-	}
-	if c.Catalog == nil {
-		c.Catalog = NewPGCatalog(pool)
 	}
 	if c.BatchSize == 0 {
 		c.BatchSize = DefaultBatchSize
@@ -129,7 +127,7 @@ func New(cfg Config, pool *pgxpool.Pool) (*Service, error) {
 	if pool == nil {
 		return nil, errors.New("new eval service: pool is nil")
 	}
-	if err := cfg.defaults(pool); err != nil {
+	if err := cfg.defaults(); err != nil {
 		return nil, err
 	}
 	if err := os.MkdirAll(filepath.Join(cfg.DataDir, "reports"), 0o755); err != nil {
@@ -138,8 +136,9 @@ func New(cfg Config, pool *pgxpool.Pool) (*Service, error) {
 	return &Service{cfg: cfg, pool: pool, log: cfg.Logger}, nil
 }
 
-// ErrBadInput wraps errors that retrying cannot fix (missing run id, a run
-// without checkpoints): the bridge fails the workflow without retries.
+// ErrBadInput wraps errors that retrying cannot fix (missing run id, a
+// request without the run's facts or checkpoints): the bridge fails the
+// workflow without retries.
 var ErrBadInput = errors.New("eval: bad input")
 
 // evaluation is one row of evaluations with its metrics, before it is stored.
@@ -249,8 +248,8 @@ func (set *evalSet) benches(split string) []string {
 	return bs
 }
 
-// Evaluate scores the run's checkpoints (req.CheckpointIDs, default the
-// final checkpoint of each stage) on the synth set's records of req.Splits
+// Evaluate scores the run's checkpoints (req.Run.Checkpoints, or those of
+// them that req.CheckpointIDs names) on the synth set's records of req.Splits
 // (default val, test, heldout), plus the fixed-box baseline on the REC
 // records; stores predictions and metrics; and, in one transaction, records
 // the evaluations, their lineage and the evaluation.completed fact. With
@@ -295,16 +294,9 @@ func (s *Service) evaluate(ctx context.Context, req events.EvalRequested, progre
 		}
 		return out, err
 	}
-	run, err := s.cfg.Catalog.Run(ctx, req.RunID)
+	run, cks, err := requestRun(req)
 	if err != nil {
 		return none, fmt.Errorf("evaluate run %s: %w", req.RunID, err)
-	}
-	cks, err := s.cfg.Catalog.Checkpoints(ctx, req.RunID, req.CheckpointIDs)
-	if err != nil {
-		return none, fmt.Errorf("evaluate run %s: %w", req.RunID, err)
-	}
-	if len(cks) == 0 {
-		return none, fmt.Errorf("evaluate run %s: no checkpoints: %w", req.RunID, ErrBadInput)
 	}
 	set, err := s.loadRecords(ctx, run, splits, req.MaxSamples, req.MaxSamplesBy)
 	if err != nil {
@@ -384,6 +376,9 @@ func (s *Service) evaluate(ctx context.Context, req events.EvalRequested, progre
 			}
 		}
 		if err := insertEvaluations(ctx, tx, req, run, evals); err != nil {
+			return err
+		}
+		if err := saveRunFacts(ctx, tx, req); err != nil {
 			return err
 		}
 		if req.Report {
@@ -473,4 +468,57 @@ func (s *Service) evalPredictor(ctx context.Context, p Predictor, ckID, stage st
 		}
 	}
 	return out, nil
+}
+
+// requestRun is what req says about its run: the run's facts and the
+// checkpoints to score, checked for what scoring needs. Eval looks
+// nothing up: a request without them is bad input.
+func requestRun(req events.EvalRequested) (RunInfo, []Checkpoint, error) {
+	f := req.Run
+	if f == nil {
+		return RunInfo{}, nil, fmt.Errorf("the request carries no run facts (run: checkpoints, model config, tokenizer, synth set); start it through the Evaluate workflow, which asks services/train for them: %w", ErrBadInput)
+	}
+	if f.ManifestKey == "" {
+		return RunInfo{}, nil, fmt.Errorf("run.manifest_key (the synth set's manifest) is empty: %w", ErrBadInput)
+	}
+	if f.ModelConfigSHA256 != "" && len(f.ModelConfig) > 0 {
+		sum, err := events.ModelConfigHash(f.ModelConfig)
+		if err != nil {
+			return RunInfo{}, nil, fmt.Errorf("run.model_config: %w: %w", err, ErrBadInput)
+		}
+		if sum != f.ModelConfigSHA256 {
+			return RunInfo{}, nil, fmt.Errorf("run.model_config hashes to %s, run.model_config_sha256 says %s: %w", sum, f.ModelConfigSHA256, ErrBadInput)
+		}
+	}
+	run := RunInfo{RunID: req.RunID, SynthSetID: f.SynthSetID, ManifestKey: f.ManifestKey, DatasetID: f.DatasetID,
+		DatasetRoot: f.DatasetRoot, Backend: f.Backend, ModelConfig: f.ModelConfig, TokenizerKey: f.TokenizerKey}
+	byID := map[string]Checkpoint{}
+	var all []Checkpoint
+	for i, c := range f.Checkpoints {
+		if c.ID == "" || c.Stage == "" || c.BlobKey == "" {
+			return RunInfo{}, nil, fmt.Errorf("run.checkpoints[%d]: id, stage and blob_key are required (got %q, %q, %q): %w", i, c.ID, c.Stage, c.BlobKey, ErrBadInput)
+		}
+		if _, dup := byID[c.ID]; dup {
+			return RunInfo{}, nil, fmt.Errorf("run.checkpoints[%d]: checkpoint %s listed twice: %w", i, c.ID, ErrBadInput)
+		}
+		ck := Checkpoint{ID: c.ID, RunID: req.RunID, Stage: c.Stage, Step: c.Step, BlobKey: c.BlobKey, SHA256: c.SHA256}
+		byID[c.ID] = ck
+		all = append(all, ck)
+	}
+	cks := all
+	if len(req.CheckpointIDs) > 0 {
+		cks = nil
+		for _, id := range req.CheckpointIDs {
+			ck, ok := byID[id]
+			if !ok {
+				return RunInfo{}, nil, fmt.Errorf("checkpoint_ids: %s is not among the %d of run.checkpoints: %w", id, len(all), ErrBadInput)
+			}
+			cks = append(cks, ck)
+		}
+	}
+	if len(cks) == 0 {
+		return RunInfo{}, nil, fmt.Errorf("run.checkpoints is empty: no checkpoints to score: %w", ErrBadInput)
+	}
+	slices.SortStableFunc(cks, func(a, b Checkpoint) int { return cmp.Or(cmp.Compare(a.Stage, b.Stage), cmp.Compare(a.Step, b.Step)) })
+	return run, cks, nil
 }

@@ -76,6 +76,16 @@ func NewGeneratorFactory(cfg GeneratorConfig) (PredictorFactory, error) {
 		if err != nil {
 			return nil, fmt.Errorf("checkpoint %s: %w", ck.ID, err)
 		}
+		if ck.SHA256 != "" {
+			// The request names the checkpoint's content: score that or nothing.
+			sum, _, err := blob.FileSHA256(cp)
+			if err != nil {
+				return nil, fmt.Errorf("checkpoint %s: %w", ck.ID, err)
+			}
+			if sum != ck.SHA256 {
+				return nil, fmt.Errorf("checkpoint %s: blob %s has sha256 %s, the request says %s: %w", ck.ID, ck.BlobKey, sum, ck.SHA256, ErrBadInput)
+			}
+		}
 		sess, err := infer.Open(ctx, cfg.Backend, infer.OpenRequest{ModelConfig: run.ModelConfig, TokenizerPath: tp, CheckpointPath: cp, Device: cfg.Device})
 		if err != nil {
 			return nil, fmt.Errorf("checkpoint %s of run %s: %w", ck.ID, run.RunID, err)

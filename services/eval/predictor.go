@@ -3,6 +3,7 @@ package eval
 import (
 	"context"
 
+	"github.com/groundmesh/groundmesh/internal/events"
 	"github.com/groundmesh/groundmesh/model"
 )
 
@@ -48,10 +49,14 @@ type Checkpoint struct {
 	Stage   string // stage1, stage2, stage3
 	Step    int
 	BlobKey string // checkpoint file in the blob store
+	// SHA256 is the file's hex sha256 as the request carries it; a
+	// predictor that reads the file checks it.
+	SHA256 string
 }
 
 // RunInfo is what the evaluator needs to know about a run and the data it
-// was trained on.
+// was trained on: the request's events.RunFacts, never another service's
+// tables.
 type RunInfo struct {
 	RunID      string
 	SynthSetID string
@@ -60,32 +65,17 @@ type RunInfo struct {
 	DatasetID   string
 	// DatasetRoot is the directory that "image" record paths are relative to.
 	DatasetRoot string
+	// Backend is the compute backend key the run trained on ("" for the
+	// default).
+	Backend string
 	// ModelConfig is the run's model architecture (JSON of model.Config)
-	// and TokenizerKey the blob key of its tokenizer, once training has
-	// prepared its data.
+	// and TokenizerKey the blob key of its tokenizer.
 	ModelConfig  []byte
 	TokenizerKey string
 }
 
 // LossPoint is one logged training step.
-type LossPoint struct {
-	Step int
-	Loss float64
-}
-
-// Catalog answers questions about data other services own: runs and
-// checkpoints (services/train), synth sets (services/synth) and dataset
-// versions (services/ingest). The default reads their Postgres tables
-// (NewPGCatalog); tests and other deployments may supply their own.
-type Catalog interface {
-	// Run describes a run and the synth set and dataset it was trained on.
-	Run(ctx context.Context, runID string) (RunInfo, error)
-	// Checkpoints returns the named checkpoints of a run, or, when ids is
-	// empty, the final checkpoint of each of its stages, in stage order.
-	Checkpoints(ctx context.Context, runID string, ids []string) ([]Checkpoint, error)
-	// Losses returns the logged training loss of each stage of a run.
-	Losses(ctx context.Context, runID string) (map[string][]LossPoint, error)
-}
+type LossPoint = events.LossPoint
 
 // RecordReader streams the records of a synth set, all splits, calling fn
 // for each; it stops at fn's first error and returns it. It is the synth

@@ -203,27 +203,26 @@ func (s *Service) renderReport(ctx context.Context, q querier, runID string) ([]
 		d.RECVersusBaseline = append(d.RECVersusBaseline, r.String())
 	}
 
-	losses, err := s.cfg.Catalog.Losses(ctx, runID)
+	// The run's facts are what its evaluation requests carried (eval reads
+	// no other service's tables).
+	facts, err := runFacts(ctx, q, runID)
 	if err != nil {
-		d.Notes = append(d.Notes, "Loss curves unavailable: "+err.Error())
+		d.Notes = append(d.Notes, "Loss curves unavailable and images drawn as blank canvases: "+err.Error())
 	}
 	var lstages []string
-	for st := range losses {
+	for st := range facts.Losses {
 		lstages = append(lstages, st)
 	}
 	sortStages(lstages)
 	for _, st := range lstages {
-		d.Losses = append(d.Losses, lossChart{Stage: st, SVG: template.HTML(lossSVG(st, losses[st]))})
+		d.Losses = append(d.Losses, lossChart{Stage: st, SVG: template.HTML(lossSVG(st, facts.Losses[st]))})
 	}
 	if len(d.Losses) == 0 && err == nil {
 		d.Notes = append(d.Notes, "No training losses were logged for this run.")
 	}
-
-	root := ""
-	if info, err := s.cfg.Catalog.Run(ctx, runID); err == nil {
-		root = info.DatasetRoot
-	} else {
-		d.Notes = append(d.Notes, "Dataset root unknown, images drawn as blank canvases: "+err.Error())
+	root := facts.DatasetRoot
+	if root == "" && err == nil {
+		d.Notes = append(d.Notes, "Dataset root unknown, images drawn as blank canvases.")
 	}
 	if err := s.gallery(ctx, &d, evals, root); err != nil {
 		d.Notes = append(d.Notes, "Gallery unavailable: "+err.Error())

@@ -26,9 +26,10 @@ import (
 )
 
 type fixture struct {
-	svc     *Service
-	pool    *pgxpool.Pool
-	cat     *fakeCatalog
+	svc  *Service
+	pool *pgxpool.Pool
+	// facts are what an eval request carries about each run.
+	facts   map[string]*events.RunFacts
 	dataDir string
 	blob    *blob.Local
 	runA    RunInfo
@@ -57,17 +58,17 @@ func newFixture(t *testing.T) *fixture {
 		return RunInfo{RunID: uuid.NewString(), SynthSetID: uuid.NewString(), DatasetID: uuid.NewString(), DatasetRoot: root, ManifestKey: "synth/x/manifest.json"}
 	}
 	f.runA, f.runB = mk(), mk()
-	f.cat = &fakeCatalog{runs: map[string]RunInfo{}, cks: map[string][]Checkpoint{}, losses: map[string]map[string][]LossPoint{}}
+	f.facts = map[string]*events.RunFacts{}
 	for _, r := range []RunInfo{f.runA, f.runB} {
-		f.cat.runs[r.RunID] = r
-		losses := map[string][]LossPoint{}
+		facts := &events.RunFacts{SynthSetID: r.SynthSetID, ManifestKey: r.ManifestKey, DatasetID: r.DatasetID,
+			DatasetRoot: r.DatasetRoot, Losses: map[string][]LossPoint{}}
 		for si, st := range []string{"stage1", "stage2", "stage3"} {
-			f.cat.cks[r.RunID] = append(f.cat.cks[r.RunID], Checkpoint{ID: uuid.NewString(), RunID: r.RunID, Stage: st, Step: 100, BlobKey: "ck/" + st})
+			facts.Checkpoints = append(facts.Checkpoints, events.CheckpointRef{ID: uuid.NewString(), Stage: st, Step: 100, BlobKey: "ck/" + st})
 			for step := 0; step <= 100; step += 5 {
-				losses[st] = append(losses[st], LossPoint{Step: step, Loss: (4-float64(si))*math.Exp(-float64(step)/40) + 0.5})
+				facts.Losses[st] = append(facts.Losses[st], LossPoint{Step: step, Loss: (4-float64(si))*math.Exp(-float64(step)/40) + 0.5})
 			}
 		}
-		f.cat.losses[r.RunID] = losses
+		f.facts[r.RunID] = facts
 	}
 	reader := func(ctx context.Context, run RunInfo, fn func(model.Record) error) error {
 		for _, r := range f.records {
@@ -79,7 +80,7 @@ func newFixture(t *testing.T) *fixture {
 	}
 	quality := map[string]float64{"stage1": 0.3, "stage2": 0.6, "stage3": 0.85}
 	f.svc, err = New(Config{
-		DataDir: dataDir, Blob: bs, Predictors: noisyOracle(quality), Records: reader, Catalog: f.cat, BatchSize: 5,
+		DataDir: dataDir, Blob: bs, Predictors: noisyOracle(quality), Records: reader, BatchSize: 5,
 		Now: func() time.Time { return time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC) },
 	}, pool)
 	if err != nil {
@@ -109,7 +110,7 @@ func TestNewValidates(t *testing.T) {
 		t.Error("nil pool accepted")
 	}
 	s, err := New(ok, pool)
-	if err != nil || s.cfg.BatchSize != DefaultBatchSize || s.cfg.Catalog == nil {
+	if err != nil || s.cfg.BatchSize != DefaultBatchSize {
 		t.Fatalf("defaults: %v %+v", err, s)
 	}
 }
@@ -127,7 +128,7 @@ func TestEvaluateRecordsReportsAndCompares(t *testing.T) {
 		calls++
 		last, lastTotal = done, total
 	}
-	req := events.EvalRequested{CorrelationID: "corr-1", RunID: f.runA.RunID, Report: true}
+	req := events.EvalRequested{CorrelationID: "corr-1", RunID: f.runA.RunID, Run: f.facts[f.runA.RunID], Report: true}
 	done, err := f.svc.Evaluate(ctx, req, progress)
 	if err != nil {
 		t.Fatal(err)
@@ -160,7 +161,7 @@ func TestEvaluateRecordsReportsAndCompares(t *testing.T) {
 		t.Fatal(err)
 	}
 	stageOf := map[string]string{}
-	for _, ck := range f.cat.cks[f.runA.RunID] {
+	for _, ck := range f.facts[f.runA.RunID].Checkpoints {
 		stageOf[ck.ID] = ck.Stage
 	}
 	acc := map[string]float64{}
@@ -235,7 +236,7 @@ func TestEvaluateRecordsReportsAndCompares(t *testing.T) {
 
 	// A second run, better at stage 3 only, compared side by side.
 	f.svc.cfg.Predictors = noisyOracle(map[string]float64{"stage1": 0.3, "stage2": 0.6, "stage3": 0.95})
-	if _, err := f.svc.Evaluate(ctx, events.EvalRequested{CorrelationID: "corr-2", RunID: f.runB.RunID, Splits: []string{"test"}}, nil); err != nil {
+	if _, err := f.svc.Evaluate(ctx, events.EvalRequested{CorrelationID: "corr-2", RunID: f.runB.RunID, Run: f.facts[f.runB.RunID], Splits: []string{"test"}}, nil); err != nil {
 		t.Fatal(err)
 	}
 	tab, err := f.svc.Compare(ctx, f.runA.RunID, f.runB.RunID)
@@ -428,7 +429,7 @@ func TestEvaluateIsOneTransaction(t *testing.T) {
 	orig := addOutbox
 	addOutbox = func(context.Context, pgx.Tx, string, any, map[string]string) error { return errors.New("bus down") }
 	defer func() { addOutbox = orig }()
-	_, err := f.svc.Evaluate(ctx, events.EvalRequested{RunID: f.runA.RunID, Splits: []string{"val"}, MaxSamples: 2}, nil)
+	_, err := f.svc.Evaluate(ctx, events.EvalRequested{RunID: f.runA.RunID, Run: f.facts[f.runA.RunID], Splits: []string{"val"}, MaxSamples: 2}, nil)
 	if err == nil || !strings.Contains(err.Error(), "bus down") {
 		t.Fatalf("err = %v", err)
 	}
@@ -447,8 +448,9 @@ func TestEvaluateIsOneTransaction(t *testing.T) {
 func TestEvaluateOptions(t *testing.T) {
 	f := newFixture(t)
 	ctx := context.Background()
-	stage2 := f.cat.cks[f.runA.RunID][1]
-	done, err := f.svc.Evaluate(ctx, events.EvalRequested{RunID: f.runA.RunID, CheckpointIDs: []string{stage2.ID}, Splits: []string{"test"}, MaxSamples: 4}, nil)
+	stage2 := f.facts[f.runA.RunID].Checkpoints[1]
+	factsA := f.facts[f.runA.RunID]
+	done, err := f.svc.Evaluate(ctx, events.EvalRequested{RunID: f.runA.RunID, Run: factsA, CheckpointIDs: []string{stage2.ID}, Splits: []string{"test"}, MaxSamples: 4}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -469,7 +471,7 @@ func TestEvaluateOptions(t *testing.T) {
 	}
 	// A benchmark named in MaxSamplesBy takes its own cap; the others keep
 	// MaxSamples.
-	if _, err := f.svc.Evaluate(ctx, events.EvalRequested{RunID: f.runA.RunID, CheckpointIDs: []string{stage2.ID}, Splits: []string{"test"},
+	if _, err := f.svc.Evaluate(ctx, events.EvalRequested{RunID: f.runA.RunID, Run: factsA, CheckpointIDs: []string{stage2.ID}, Splits: []string{"test"},
 		MaxSamples: 4, MaxSamplesBy: map[string]int{BenchREC: 1}}, nil); err != nil {
 		t.Fatal(err)
 	}
@@ -489,20 +491,97 @@ func TestEvaluateOptions(t *testing.T) {
 		t.Error("max_samples_by capped benchmarks it does not name")
 	}
 	for name, req := range map[string]events.EvalRequested{
-		"no run":          {},
-		"unknown run":     {RunID: uuid.NewString()},
-		"bad checkpoint":  {RunID: f.runA.RunID, CheckpointIDs: []string{uuid.NewString()}},
-		"negative max":    {RunID: f.runA.RunID, MaxSamples: -1},
-		"negative max_by": {RunID: f.runA.RunID, MaxSamplesBy: map[string]int{"rec": -1}},
-		"split w/o items": {RunID: f.runA.RunID, Splits: []string{"nowhere"}},
+		"no run":            {Run: factsA},
+		"no facts":          {RunID: uuid.NewString()},
+		"bad checkpoint":    {RunID: f.runA.RunID, Run: factsA, CheckpointIDs: []string{uuid.NewString()}},
+		"no checkpoints":    {RunID: f.runA.RunID, Run: &events.RunFacts{ManifestKey: factsA.ManifestKey}},
+		"no manifest":       {RunID: f.runA.RunID, Run: &events.RunFacts{Checkpoints: factsA.Checkpoints}},
+		"config hash":       {RunID: f.runA.RunID, Run: &events.RunFacts{ManifestKey: factsA.ManifestKey, Checkpoints: factsA.Checkpoints, ModelConfig: []byte(`{"layers":2}`), ModelConfigSHA256: "abc"}},
+		"checkpoint no key": {RunID: f.runA.RunID, Run: &events.RunFacts{ManifestKey: factsA.ManifestKey, Checkpoints: []events.CheckpointRef{{ID: "x", Stage: "stage1"}}}},
+		"negative max":      {RunID: f.runA.RunID, Run: factsA, MaxSamples: -1},
+		"negative max_by":   {RunID: f.runA.RunID, Run: factsA, MaxSamplesBy: map[string]int{"rec": -1}},
 	} {
-		if _, err := f.svc.Evaluate(ctx, req, nil); err == nil {
-			t.Errorf("%s: accepted", name)
+		if _, err := f.svc.Evaluate(ctx, req, nil); !errors.Is(err, ErrBadInput) {
+			t.Errorf("%s: err = %v, want bad input", name, err)
 		}
+	}
+	if _, err := f.svc.Evaluate(ctx, events.EvalRequested{RunID: f.runA.RunID, Run: factsA, Splits: []string{"nowhere"}}, nil); err == nil {
+		t.Error("split without items: accepted")
 	}
 	ctx2, cancel := context.WithCancel(ctx)
 	cancel()
-	if _, err := f.svc.Evaluate(ctx2, events.EvalRequested{RunID: f.runA.RunID}, nil); !errors.Is(err, context.Canceled) {
+	if _, err := f.svc.Evaluate(ctx2, events.EvalRequested{RunID: f.runA.RunID, Run: factsA}, nil); !errors.Is(err, context.Canceled) {
 		t.Fatalf("cancelled: %v", err)
+	}
+}
+
+// TestEvaluateFromEventAlone proves that eval needs nothing but the
+// request: with the tables of services/train, synth and ingest gone from
+// its database, a complete EvalRequested is scored, recorded and reported
+// (loss curves and images included), and a report rendered later from
+// eval's own tables still has them.
+func TestEvaluateFromEventAlone(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	if _, err := f.pool.Exec(ctx, `DROP TABLE train_metrics, checkpoints, run_stages, runs, synth_sets,
+		dataset_rejects, dataset_files, dataset_versions, datasets`); err != nil {
+		t.Fatal(err)
+	}
+	run := f.runA.RunID
+	if _, err := f.svc.Evaluate(ctx, events.EvalRequested{CorrelationID: "c-bare", RunID: run, Splits: []string{"test"}}, nil); !errors.Is(err, ErrBadInput) ||
+		!strings.Contains(err.Error(), "carries no run facts") {
+		t.Fatalf("request without facts: err = %v, want bad input naming the missing facts", err)
+	}
+	// The request as it travels: through JSON.
+	b, err := json.Marshal(events.EvalRequested{CorrelationID: "c-1", RunID: run, Run: f.facts[run], Splits: []string{"test"}, MaxSamples: 6, Report: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var req events.EvalRequested
+	if err := json.Unmarshal(b, &req); err != nil {
+		t.Fatal(err)
+	}
+	done, err := f.svc.Evaluate(ctx, req, nil)
+	if err != nil {
+		t.Fatalf("evaluate from the event alone: %v", err)
+	}
+	// Three checkpoints and the baseline, each linked to the request's
+	// synth set and dataset.
+	evals, err := latestEvaluations(ctx, f.pool, run)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(evals) == 0 || len(evals) != len(done.EvaluationIDs) {
+		t.Fatalf("%d evaluations recorded, %d answered", len(evals), len(done.EvaluationIDs))
+	}
+	stages := map[string]bool{}
+	for _, e := range evals {
+		stages[e.Stage] = true
+		if e.SynthSetID != f.runA.SynthSetID || e.DatasetID != f.runA.DatasetID {
+			t.Fatalf("evaluation %s: synth set %q dataset %q, want the request's", e.ID, e.SynthSetID, e.DatasetID)
+		}
+	}
+	if len(stages) != 4 {
+		t.Fatalf("stages evaluated: %v", stages)
+	}
+	later := filepath.Join(t.TempDir(), "later.html")
+	if err := f.svc.WriteReport(ctx, run, later); err != nil {
+		t.Fatal(err)
+	}
+	for _, path := range []string{f.svc.ReportPath(run), later} {
+		page, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, want := range []string{`aria-label="loss stage1"`, `aria-label="loss stage3"`, f.runA.SynthSetID} {
+			if !strings.Contains(string(page), want) {
+				t.Errorf("%s: no %q", filepath.Base(path), want)
+			}
+		}
+		for _, bad := range []string{"Loss curves unavailable", "Dataset root unknown"} {
+			if strings.Contains(string(page), bad) {
+				t.Errorf("%s: says %q", filepath.Base(path), bad)
+			}
+		}
 	}
 }

@@ -3,6 +3,8 @@ package eval
 import (
 	"bytes"
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"time"
@@ -73,6 +75,42 @@ func insertEvaluations(ctx context.Context, tx pgx.Tx, req events.EvalRequested,
 		}
 	}
 	return nil
+}
+
+// saveRunFacts keeps the run's facts as req carried them (the newest
+// request's win), for reports rendered later.
+func saveRunFacts(ctx context.Context, tx pgx.Tx, req events.EvalRequested) error {
+	b, err := json.Marshal(req.Run)
+	if err != nil {
+		return fmt.Errorf("encode facts of run %s: %w", req.RunID, err)
+	}
+	if _, err := tx.Exec(ctx, `
+		INSERT INTO eval_runs (run_id, facts, correlation_id) VALUES ($1, $2, $3)
+		ON CONFLICT (run_id) DO UPDATE SET facts = excluded.facts, correlation_id = excluded.correlation_id, updated_at = now()`,
+		req.RunID, b, req.CorrelationID); err != nil {
+		return fmt.Errorf("record facts of run %s: %w", req.RunID, err)
+	}
+	return nil
+}
+
+// errNoFacts: no evaluation of the run has recorded its facts.
+var errNoFacts = errors.New("no evaluation request recorded the run's facts")
+
+// runFacts returns the facts recorded for a run (errNoFacts when none).
+func runFacts(ctx context.Context, q querier, runID string) (events.RunFacts, error) {
+	var b []byte
+	err := q.QueryRow(ctx, `SELECT facts FROM eval_runs WHERE run_id = $1`, runID).Scan(&b)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return events.RunFacts{}, fmt.Errorf("run %s: %w", runID, errNoFacts)
+	}
+	if err != nil {
+		return events.RunFacts{}, fmt.Errorf("read facts of run %s: %w", runID, err)
+	}
+	var f events.RunFacts
+	if err := json.Unmarshal(b, &f); err != nil {
+		return events.RunFacts{}, fmt.Errorf("decode facts of run %s: %w", runID, err)
+	}
+	return f, nil
 }
 
 // EvaluationRow is one stored evaluation with its metrics.

@@ -10,9 +10,11 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/groundmesh/groundmesh/internal/blob"
 	"github.com/groundmesh/groundmesh/internal/dataset"
 	"github.com/groundmesh/groundmesh/internal/infer"
 	"github.com/groundmesh/groundmesh/model"
+	"github.com/groundmesh/groundmesh/plugins/compute/computetest"
 )
 
 func TestBenchmarkOf(t *testing.T) {
@@ -190,7 +192,7 @@ func TestValidFor(t *testing.T) {
 }
 
 func TestLossSVG(t *testing.T) {
-	svg := lossSVG("stage<1>", []LossPoint{{0, 5}, {10, 3}, {20, math.NaN()}, {30, 1}})
+	svg := lossSVG("stage<1>", []LossPoint{{Step: 0, Loss: 5}, {Step: 10, Loss: 3}, {Step: 20, Loss: math.NaN()}, {Step: 30, Loss: 1}})
 	if !strings.HasPrefix(svg, "<svg") || !strings.Contains(svg, "<polyline") || strings.Contains(svg, "stage<1>") || strings.Contains(svg, "NaN") {
 		t.Fatalf("svg: %s", svg)
 	}
@@ -284,5 +286,29 @@ func TestSampleOrderSpreadsOverImages(t *testing.T) {
 	// 40 of 320 records cover about 26 of the 40 images.
 	if len(images) < 18 {
 		t.Fatalf("the first 40 records come from %d images", len(images))
+	}
+}
+
+// TestGeneratorRefusesACheckpointThatIsNotTheRequests: the request names
+// each checkpoint's sha256, and a file that hashes otherwise is never
+// loaded.
+func TestGeneratorRefusesACheckpointThatIsNotTheRequests(t *testing.T) {
+	bs, err := blob.NewLocal(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum, _, err := bs.Put("runs/r/stage1/step-2.safetensors", strings.NewReader("weights"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := NewGeneratorFactory(GeneratorConfig{Backend: computetest.NewToy(computetest.ToyOptions{}), Blob: bs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	run := RunInfo{RunID: "r", TokenizerKey: "runs/r/tokenizer.json", ModelConfig: []byte(`{}`)}
+	ck := Checkpoint{ID: "ck-1", Stage: "stage1", BlobKey: "runs/r/stage1/step-2.safetensors", SHA256: strings.Repeat("0", 64)}
+	_, err = f(context.Background(), ck, run)
+	if !errors.Is(err, ErrBadInput) || !strings.Contains(err.Error(), "has sha256 "+sum) {
+		t.Fatalf("checkpoint with another sha256: err = %v, want bad input naming the file's sha256", err)
 	}
 }

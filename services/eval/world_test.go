@@ -12,7 +12,6 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
-	"slices"
 	"strings"
 	"testing"
 
@@ -124,42 +123,6 @@ func buildWorld(t testing.TB, root string, seed uint64) []model.Record {
 }
 
 func ptr[T any](v T) *T { return &v }
-
-// fakeCatalog is an in-memory Catalog.
-type fakeCatalog struct {
-	runs   map[string]RunInfo
-	cks    map[string][]Checkpoint
-	losses map[string]map[string][]LossPoint
-}
-
-func (c *fakeCatalog) Run(ctx context.Context, runID string) (RunInfo, error) {
-	r, ok := c.runs[runID]
-	if !ok {
-		return RunInfo{}, fmt.Errorf("run %s: not found", runID)
-	}
-	return r, nil
-}
-
-func (c *fakeCatalog) Checkpoints(ctx context.Context, runID string, ids []string) ([]Checkpoint, error) {
-	all := c.cks[runID]
-	if len(ids) == 0 {
-		return all, nil
-	}
-	var out []Checkpoint
-	for _, ck := range all {
-		if slices.Contains(ids, ck.ID) {
-			out = append(out, ck)
-		}
-	}
-	if len(out) != len(ids) {
-		return nil, fmt.Errorf("checkpoints of run %s: found %d of %d", runID, len(out), len(ids))
-	}
-	return out, nil
-}
-
-func (c *fakeCatalog) Losses(ctx context.Context, runID string) (map[string][]LossPoint, error) {
-	return c.losses[runID], nil
-}
 
 func decide(id, stage string, q float64) bool {
 	h := fnv.New32a()

@@ -20,6 +20,14 @@ type SynthSet struct {
 	Records func(ctx context.Context) iter.Seq2[model.Record, error]
 	// Images resolves the records' image references.
 	Images model.ImageResolver
+	// ManifestKey (the blob key of the set's manifest), DatasetID and
+	// DatasetRoot (the dataset version it was built from, and the
+	// directory its image paths are relative to) are the set's facts that
+	// a run's answer passes on (events.RunFacts), so that the run's
+	// consumers need not look the set up themselves; empty when unknown.
+	ManifestKey string
+	DatasetID   string
+	DatasetRoot string
 }
 
 // SynthReader opens a synth set by id.

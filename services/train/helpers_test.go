@@ -98,7 +98,8 @@ func fakeSynth(perStage int) train.SynthReader {
 			}
 			return img, nil
 		})
-		return train.SynthSet{Records: records, Images: images}, nil
+		return train.SynthSet{Records: records, Images: images,
+			ManifestKey: "synth/" + synthSetID + "/manifest.json", DatasetID: "dataset-of-" + synthSetID, DatasetRoot: "/datasets/scenes"}, nil
 	}
 }
 

@@ -137,10 +137,60 @@ func (s *Service) Train(ctx context.Context, req events.TrainRequested, progress
 	return s.completed(ctx, req.CorrelationID, run.ID)
 }
 
-// completed answers a finished run from Postgres.
+// Describe answers a completed run's facts (the answer Train gives once
+// the run is done) without training; a run that does not exist or has not
+// completed wraps ErrInvalidRequest.
+func (s *Service) Describe(ctx context.Context, req events.TrainDescribeRequested) (out events.TrainCompleted, err error) {
+	ctx, span := tracer.Start(ctx, "train.Describe", trace.WithAttributes(attribute.String("run_id", req.RunID)))
+	defer func() {
+		if err != nil {
+			span.RecordError(err)
+			span.SetStatus(codes.Error, err.Error())
+		}
+		span.End()
+	}()
+	if _, err := uuid.Parse(req.RunID); err != nil {
+		return out, fmt.Errorf("describe run: run id %q is not a uuid: %w", req.RunID, ErrInvalidRequest)
+	}
+	run, err := s.store.run(ctx, req.RunID)
+	if errors.Is(err, errNoRun) {
+		return out, fmt.Errorf("describe run %s: not found: %w", req.RunID, ErrInvalidRequest)
+	}
+	if err != nil {
+		return out, fmt.Errorf("describe run %s: %w", req.RunID, err)
+	}
+	if run.Status != "completed" {
+		return out, fmt.Errorf("describe run %s: the run is %s, not completed: %w", req.RunID, run.Status, ErrInvalidRequest)
+	}
+	return s.completed(ctx, req.CorrelationID, req.RunID)
+}
+
+// completed answers a finished run from Postgres, with the facts its
+// consumers need (events.RunFacts): the final checkpoints, model config,
+// tokenizer, loss curve, and the synth set and dataset it trained on.
 func (s *Service) completed(ctx context.Context, correlationID, runID string) (events.TrainCompleted, error) {
 	out := events.TrainCompleted{CorrelationID: correlationID, RunID: runID,
 		Checkpoints: map[string]string{}, FinalLoss: map[string]float64{}}
+	run, err := s.store.run(ctx, runID)
+	if err != nil {
+		return out, err
+	}
+	facts := &events.RunFacts{SynthSetID: run.SynthSetID, Backend: run.Backend,
+		ModelConfig: json.RawMessage(run.ModelConfig), TokenizerKey: run.TokenizerKey}
+	if len(run.ModelConfig) == 0 {
+		return out, fmt.Errorf("train: completed run %s has no model config recorded", runID)
+	}
+	if facts.ModelConfigSHA256, err = events.ModelConfigHash(run.ModelConfig); err != nil {
+		return out, fmt.Errorf("train: completed run %s: %w", runID, err)
+	}
+	set, err := s.cfg.Synth(ctx, run.SynthSetID)
+	if err != nil {
+		return out, fmt.Errorf("train: completed run %s: open synth set %s: %w", runID, run.SynthSetID, err)
+	}
+	facts.ManifestKey, facts.DatasetID, facts.DatasetRoot = set.ManifestKey, set.DatasetID, set.DatasetRoot
+	if facts.Losses, err = s.store.losses(ctx, runID); err != nil {
+		return out, err
+	}
 	rows, err := s.store.stages(ctx, runID)
 	if err != nil {
 		return out, err
@@ -154,12 +204,14 @@ func (s *Service) completed(ctx context.Context, correlationID, runID string) (e
 			return out, fmt.Errorf("train: completed run %s has no %s checkpoint", runID, st)
 		}
 		out.Checkpoints[st] = c.ID
+		facts.Checkpoints = append(facts.Checkpoints, events.CheckpointRef{ID: c.ID, Stage: st, Step: c.Step, BlobKey: c.BlobKey, SHA256: c.SHA256})
 		if r, ok := rows[st]; ok && r.LastLoss != nil {
 			out.FinalLoss[st] = *r.LastLoss
 		} else {
 			out.FinalLoss[st] = c.Loss
 		}
 	}
+	out.Run = facts
 	return out, nil
 }
 
@@ -172,8 +224,10 @@ type runner struct {
 	progress func(events.Progress)
 	dir      string
 	data     *runData
-	total    int64 // steps over all stages
-	done     int64 // steps of completed stages
+	// configHash is data.ModelConfig's events.ModelConfigHash.
+	configHash string
+	total      int64 // steps over all stages
+	done       int64 // steps of completed stages
 }
 
 func (r *runner) logf(msg string, args ...any) { r.s.log.Info(msg, args...) }
@@ -248,6 +302,9 @@ func (r *runner) prepare(ctx context.Context, run runRow) error {
 		if err := r.s.store.setRunData(ctx, run.ID, data.ModelConfig, key); err != nil {
 			return err
 		}
+	}
+	if r.configHash, err = events.ModelConfigHash(data.ModelConfig); err != nil {
+		return fmt.Errorf("train: run %s: %w", run.ID, err)
 	}
 	r.data = data
 	return nil
@@ -439,7 +496,7 @@ func (c *recorder) checkpoint(ctx context.Context, ck compute.Checkpoint) error 
 	}
 	id, dup, same, err := c.r.s.store.recordCheckpoint(ctx, newCheckpoint{
 		RunID: c.runID, Stage: c.stage, Step: ck.Step, Loss: ck.Loss, BlobKey: key, SHA256: sum, Bytes: n,
-		PrevID: prevID, Points: c.points,
+		PrevID: prevID, Points: c.points, ModelConfigSHA256: c.r.configHash,
 		Store: func() error { return c.moveToBlob(ck.Path, key, sum) },
 	})
 	if err != nil {

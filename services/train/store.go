@@ -270,7 +270,10 @@ type newCheckpoint struct {
 	SHA256       string
 	Bytes        int64
 	PrevID       string // checkpoint it continues from; "" for the first of a run
-	Points       []lossPoint
+	// ModelConfigSHA256 is the run's events.ModelConfigHash, published
+	// with checkpoint.saved.
+	ModelConfigSHA256 string
+	Points            []lossPoint
 	// Store puts the file into the blob store; it runs inside the
 	// transaction, only when the row is new.
 	Store func() error
@@ -319,7 +322,7 @@ func (s *pgStore) recordCheckpoint(ctx context.Context, c newCheckpoint) (id str
 		}
 		if err := outbox.Add(ctx, tx, events.TopicCheckpointSaved, events.CheckpointSaved{
 			CheckpointID: id, RunID: c.RunID, Stage: c.Stage, Step: c.Step, Loss: c.Loss,
-			BlobKey: c.BlobKey, SHA256: c.SHA256,
+			BlobKey: c.BlobKey, SHA256: c.SHA256, ModelConfigSHA256: c.ModelConfigSHA256,
 		}, nil); err != nil {
 			return err
 		}
@@ -347,6 +350,45 @@ func (s *pgStore) latestMetric(ctx context.Context, runID, stage string) (*lossP
 		return nil, fmt.Errorf("read loss of %s: %w", stage, err)
 	}
 	return &p, nil
+}
+
+// losses returns the logged loss of each stage of a run, in step order,
+// thinned to at most events.MaxLossPoints points a stage.
+func (s *pgStore) losses(ctx context.Context, runID string) (map[string][]events.LossPoint, error) {
+	rows, err := s.pool.Query(ctx, `SELECT stage, step, loss FROM train_metrics WHERE run_id = $1 ORDER BY stage, step`, runID)
+	if err != nil {
+		return nil, fmt.Errorf("read losses of run %s: %w", runID, err)
+	}
+	defer rows.Close()
+	out := map[string][]events.LossPoint{}
+	for rows.Next() {
+		var stage string
+		var p events.LossPoint
+		if err := rows.Scan(&stage, &p.Step, &p.Loss); err != nil {
+			return nil, fmt.Errorf("read losses of run %s: %w", runID, err)
+		}
+		out[stage] = append(out[stage], p)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("read losses of run %s: %w", runID, err)
+	}
+	for st, pts := range out {
+		out[st] = thinLosses(pts, events.MaxLossPoints)
+	}
+	return out, nil
+}
+
+// thinLosses keeps at most n of pts (n >= 2), evenly spread over their
+// indices, the first and the last always among them.
+func thinLosses(pts []events.LossPoint, n int) []events.LossPoint {
+	if len(pts) <= n {
+		return pts
+	}
+	out := make([]events.LossPoint, n)
+	for i := range n {
+		out[i] = pts[i*(len(pts)-1)/(n-1)]
+	}
+	return out
 }
 
 // specJSON encodes a spec for the runs row.

@@ -209,6 +209,53 @@ func TestTrainThreeStages(t *testing.T) {
 	if err := e.pool.QueryRow(context.Background(), `SELECT model_config FROM runs WHERE id = $1 AND status = 'completed' AND tokenizer_key IS NOT NULL`, req.RunID).Scan(&model); err != nil {
 		t.Errorf("run row: %v", err)
 	}
+	// The completion carries the run's facts for its consumers (eval
+	// reads no train tables): final checkpoints with their content, the
+	// model config and its hash (also in every checkpoint.saved), the
+	// tokenizer, the loss curve, and the synth set and dataset.
+	f := out.Run
+	if f == nil {
+		t.Fatal("completion without run facts")
+	}
+	if f.SynthSetID != req.SynthSetID || f.ManifestKey != "synth/"+req.SynthSetID+"/manifest.json" ||
+		f.DatasetID != "dataset-of-"+req.SynthSetID || f.DatasetRoot != "/datasets/scenes" || f.Backend != "toy" || f.TokenizerKey == "" {
+		t.Errorf("run facts %+v", f)
+	}
+	if len(f.Checkpoints) != 3 {
+		t.Fatalf("run facts name %d checkpoints, want the 3 finals", len(f.Checkpoints))
+	}
+	for i, ref := range f.Checkpoints {
+		c := byID[ref.ID]
+		if ref.ID != out.Checkpoints[train.Stages[i]] || ref.Stage != c.Stage || ref.Step != c.Step || ref.BlobKey != c.Key || ref.SHA256 != c.SHA {
+			t.Errorf("checkpoint ref %+v, row %+v", ref, c)
+		}
+	}
+	wantHash, err := events.ModelConfigHash(model)
+	if err != nil || f.ModelConfigSHA256 != wantHash {
+		t.Errorf("model config hash %q, want %q (%v)", f.ModelConfigSHA256, wantHash, err)
+	}
+	if got, _ := events.ModelConfigHash(f.ModelConfig); got != wantHash {
+		t.Errorf("facts' model config hashes to %s, not %s", got, wantHash)
+	}
+	if n := count(t, e, `SELECT count(*) FROM outbox WHERE topic = $1 AND payload->>'run_id' = $2 AND payload->>'model_config_sha256' = $3`,
+		events.TopicCheckpointSaved, req.RunID, wantHash); n != len(cks) {
+		t.Errorf("%d of %d checkpoint.saved facts carry the model config hash", n, len(cks))
+	}
+	if len(f.Losses["stage1"]) != 6 || len(f.Losses["stage2"]) != 8 || len(f.Losses["stage3"]) != 6 {
+		t.Errorf("loss curve points per stage: %d, %d, %d", len(f.Losses["stage1"]), len(f.Losses["stage2"]), len(f.Losses["stage3"]))
+	}
+	// Describe answers the same facts without training; a run it does not
+	// know is bad input.
+	described, err := svc.Describe(context.Background(), events.TrainDescribeRequested{CorrelationID: "d-1", RunID: req.RunID})
+	if err != nil || described.CorrelationID != "d-1" || described.Run == nil || described.Run.ModelConfigSHA256 != wantHash ||
+		len(described.Run.Checkpoints) != 3 || described.Run.Checkpoints[2] != f.Checkpoints[2] || len(rec.requests()) != 3 {
+		t.Errorf("Describe: %+v, %v", described, err)
+	}
+	for _, id := range []string{"not-a-uuid", uuid.NewString()} {
+		if _, err := svc.Describe(context.Background(), events.TrainDescribeRequested{RunID: id}); !errors.Is(err, train.ErrInvalidRequest) {
+			t.Errorf("Describe(%s): %v, want invalid request", id, err)
+		}
+	}
 	// Progress: every step of every stage, with details.
 	steps := map[string]int{}
 	for _, p := range progress {
