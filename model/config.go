@@ -247,29 +247,6 @@ type Config struct {
 	// the centre instead of spreading a third of the probability over
 	// its neighbours, which may hold other objects.
 	GrounderSigma float64 `json:"grounder_sigma,omitempty"`
-	// GrounderNames gives the grounder a name head and lets it speak
-	// through the language model's logits. Each cell of an image gets its
-	// own pixels (PatchSize^2 x 3) through a small MLP
-	// ("grounder.names.pix", GELU) beside its tower state; the cells are
-	// pooled by the softmax of the pointer's logits (no gradient through
-	// the weights) and go through "grounder.names" and the token
-	// embeddings to a log-odds per word of the vocabulary that the pointed
-	// object is named by it: grounder.names.vocab_b - 5 +
-	// names(pooled) . embed.tokens. Where a shard labels the referent's
-	// words (Shard.RefWords: a crop's name in crop naming, the referent's
-	// name in REC), the grounder loss adds their binary cross-entropy.
-	// Every text position after an image (from its last patch on) adds
-	// max(log-odds, 0) of that image to its logits, except for the word it
-	// reads itself: a word the head finds on the object is pushed up by how
-	// sure the head is, every other word is left to the language model.
-	// The pixels are there because the tower's cells are modulated by the
-	// sentence and normalized per image, which leaves a crop that its
-	// object fills with no colour or texture to read; without them the
-	// head learned the words the sentence says and not one colour
-	// (docs/experiments.md). Without the head the language model named
-	// crops from the patches alone and learned none (crop naming 0 in
-	// every demo run).
-	GrounderNames bool `json:"grounder_names,omitempty"`
 }
 
 // DefaultGrounderSigma is GrounderSigma when a config leaves it 0.
@@ -373,8 +350,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("model config: grounder_stem %d must be in 0..4", c.GrounderStem)
 	case c.GrounderTextDepth < 0 || c.GrounderTextDepth > 8:
 		return fmt.Errorf("model config: grounder_text_depth %d must be in 0..8", c.GrounderTextDepth)
-	case !c.Grounder && (c.GrounderQueries != 0 || c.GrounderLossWeight != 0 || c.GrounderCellWords || c.GrounderNorm || c.GrounderGridDepth != 0 || c.GrounderTextDepth != 0 || c.GrounderStem != 0 || c.GrounderSigma != 0 || c.GrounderNames):
-		return fmt.Errorf("model config: grounder_queries, grounder_loss_weight, grounder_cell_words, grounder_norm, grounder_grid_depth, grounder_text_depth, grounder_stem, grounder_sigma and grounder_names need grounder")
+	case !c.Grounder && (c.GrounderQueries != 0 || c.GrounderLossWeight != 0 || c.GrounderCellWords || c.GrounderNorm || c.GrounderGridDepth != 0 || c.GrounderTextDepth != 0 || c.GrounderStem != 0 || c.GrounderSigma != 0):
+		return fmt.Errorf("model config: grounder_queries, grounder_loss_weight, grounder_cell_words, grounder_norm, grounder_grid_depth, grounder_text_depth, grounder_stem and grounder_sigma need grounder")
 	case c.GrounderGridDepth < 0 || c.GrounderGridDepth > 8 || c.GrounderGridDepth > 0 && c.VisionWidth%c.Heads != 0:
 		return fmt.Errorf("model config: grounder_grid_depth %d must be in 0..8, with a vision_width (%d) divisible by heads (%d)", c.GrounderGridDepth, c.VisionWidth, c.Heads)
 	case c.MaxSeq < c.Patches()*c.MaxImages+8:
@@ -445,7 +422,6 @@ func (c Config) Features() []string {
 		{"grounder_text_depth", c.GrounderTextDepth > 0},
 		{"grounder_stem", c.GrounderStem > 0},
 		{"grounder_sigma", c.GrounderSigma > 0},
-		{"grounder_names", c.GrounderNames},
 	} {
 		if f.on {
 			out = append(out, f.name)
@@ -459,7 +435,7 @@ func (c Config) Features() []string {
 // declares.
 func AllFeatures() []string {
 	all := Config{BoxLabelSigma: 1, ImagesAfterText: true, TextFusion: true, PatchPositions: true, FusionAttention: true,
-		GroundLossWeight: 1, ConvStem: true, BoxLossWeight: 1, GroundReadout: true, Grounder: true, GrounderCellWords: true, GrounderNorm: true, GrounderGridDepth: 1, GrounderTextDepth: 1, GrounderStem: 1, GrounderSigma: 0.5, GrounderNames: true}
+		GroundLossWeight: 1, ConvStem: true, BoxLossWeight: 1, GroundReadout: true, Grounder: true, GrounderCellWords: true, GrounderNorm: true, GrounderGridDepth: 1, GrounderTextDepth: 1, GrounderStem: 1, GrounderSigma: 0.5}
 	return all.Features()
 }
 

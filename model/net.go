@@ -31,13 +31,7 @@ type Net[T any] struct {
 	// Width] and the image grids [K, G, G, C] the head reads.
 	textMask, imgRow T
 	sImg, grid       T
-	images           T
 	haveGrid         bool
-	// Config.GrounderNames over whole sequences (Hidden): each image's
-	// word log-odds [K, V] and each position's image [B, L] (-1 before
-	// any image).
-	nameZ, nameAt, nameTok T
-	haveNames              bool
 }
 
 // NewNet returns the model of c over o.
@@ -60,9 +54,7 @@ type Inputs[T any] struct {
 // [B, L] (Config.BoxLossWeight); imgFirst [B] (integer: each row's first
 // image), refBox [B, 4], refW [B], exists, existsW [B], cellIDs [B, P,
 // CellWords] (integer), cellIDW [B, P, CellWords], cellW [B, P]
-// (Config.Grounder); nameIDs [B, CellWords] (integer), nameIDW [B,
-// CellWords] (Config.GrounderNames: the referent's words, 1 in the filled
-// slots).
+// (Config.Grounder).
 type Labels[T any] struct {
 	LossIdx, LossTgt, LossW T
 	PatchTgt, PatchW        T
@@ -70,7 +62,6 @@ type Labels[T any] struct {
 	ImgFirst, RefBox, RefW  T
 	Exists, ExistsW         T
 	CellIDs, CellIDW, CellW T
-	NameIDs, NameIDW        T
 }
 
 // Losses are a training step's scalars: the objective to minimize, and
@@ -173,8 +164,9 @@ func (n *Net[T]) conv3x3(x T, prefix string, out, stride int) T {
 // conv3x3Bias is conv3x3, with the bias multiplied by zero when normed
 // (an instance norm follows and removes it): the function is the same,
 // but the bias's gradient is exactly zero instead of rounding noise,
-// which Adam would turn into full-size steps that differ from one
-// backend's summation order to another's.
+// which Adam turns into full-size steps that differ from one backend's
+// summation order to another's (the conformance matrix's demo cell saw
+// grounder.conv.0.b move differently on libtorch).
 func (n *Net[T]) conv3x3Bias(x T, prefix string, out, stride int, normed bool) T {
 	o := n.o
 	in := o.Shape(x)[3]
@@ -229,10 +221,6 @@ func (n *Net[T]) Hidden(in Inputs[T]) (h, mid T) {
 	var feats T
 	if n.c.Grounder {
 		feats = n.GrounderFeatures(in)
-		if n.c.GrounderNames {
-			lg, _ := n.Head()
-			n.nameZ, n.nameAt, n.nameTok, n.haveNames = n.Names(lg), n.imageAt(in.PatchIdx, in.IsPatch), in.Tokens, true
-		}
 	} else {
 		feats = n.vision(in.Images)
 	}
@@ -256,17 +244,8 @@ type Cache[T any] struct {
 	// heads ([1, Len]).
 	WantAttn bool
 	Attn     []T
-	// Names are Config.GrounderNames' word log-odds of the sequence's
-	// images [images, VocabSize], in Feats' order; HaveNames is false
-	// without them.
-	Names     T
-	HaveNames bool
 
 	layers []layerCache[T]
-	// Config.GrounderNames: 1 + the latest image whose patch the
-	// sequence has read [1] (0 for none).
-	nameImg     T
-	haveNameImg bool
 	// Config.TextFusion: every position's weighted token embedding
 	// [1, Len, W] and weight [1, Len].
 	fuseTok, fuseW T
@@ -294,12 +273,6 @@ func (c *Cache[T]) Live() []T {
 	}
 	if c.have {
 		out = append(out, c.fuseTok, c.fuseW, c.gz, c.gNormed, c.gImg, c.gPatch)
-	}
-	if c.HaveNames {
-		out = append(out, c.Names)
-	}
-	if c.haveNameImg {
-		out = append(out, c.nameImg)
 	}
 	return out
 }
@@ -347,21 +320,7 @@ func (n *Net[T]) Step(c *Cache[T], tokens, patchIdx, isPatch T) T {
 		}
 	}
 	d := o.Shape(h)
-	logits := n.Logits(o.Reshape(o.Slice(h, Range{Axis: 1, From: r - 1, To: r}), 1, d[2]))
-	if n.c.GrounderNames && c.HaveNames {
-		// The latest image read so far: of the new positions, then of
-		// the cached ones.
-		np := o.Scalar(float64(n.c.Patches()))
-		k := o.Mul(isPatch, o.Shift(o.Floor(o.Div(o.ToFloat(patchIdx), np)), 1)) // [1, R]
-		img := o.ReduceMax(o.Reshape(k, r), true, 0)                             // [1]
-		if c.haveNameImg {
-			img = o.Max(img, c.nameImg)
-		}
-		c.nameImg, c.haveNameImg = img, true
-		last := o.Reshape(o.Slice(tokens, Range{Axis: 1, From: r - 1, To: r}), 1)
-		logits = o.Add(logits, n.nameBoost(c.Names, o.Shift(img, -1), last))
-	}
-	return logits
+	return n.Logits(o.Reshape(o.Slice(h, Range{Axis: 1, From: r - 1, To: r}), 1, d[2]))
 }
 
 // causal is the [t, tk] mask of t new positions after tk-t earlier ones:
@@ -567,11 +526,7 @@ func (n *Net[T]) Logits(h T) T {
 // Forward is the logits [B, L, VocabSize] of every position.
 func (n *Net[T]) Forward(in Inputs[T]) T {
 	h, _ := n.Hidden(in)
-	logits := n.Logits(h)
-	if n.haveNames {
-		logits = n.o.Add(logits, n.nameBoost(n.nameZ, n.nameAt, n.nameTok))
-	}
-	return logits
+	return n.Logits(h)
 }
 
 // maskedLoss is the mean cross-entropy over the loss positions: h [B, L,
@@ -581,14 +536,7 @@ func (n *Net[T]) maskedLoss(h, lossIdx, lossTgt, lossW T) T {
 	o := n.o
 	d := o.Shape(h)
 	sel := o.Gather(o.Reshape(h, d[0]*d[1], d[2]), lossIdx) // [Nt, W]
-	logits := n.Logits(sel)                                 // [Nt, V]
-	if n.haveNames {
-		at := o.Gather(o.Reshape(n.nameAt, d[0]*d[1], 1), lossIdx) // [Nt, 1]
-		tok := o.Gather(o.Reshape(n.nameTok, d[0]*d[1], 1), lossIdx)
-		nt := o.Shape(at)[0]
-		logits = o.Add(logits, n.nameBoost(n.nameZ, o.Reshape(at, nt), o.Reshape(tok, nt)))
-	}
-	logp := o.LogSoftmax(logits)
+	logp := o.LogSoftmax(n.Logits(sel))                     // [Nt, V]
 	nll := o.Neg(o.ReduceSum(o.Mul(logp, n.TargetDist(lossTgt)), false, -1))
 	den := o.Max(o.ReduceSum(lossW, false), o.Scalar(1))
 	return o.Div(o.ReduceSum(o.Mul(nll, lossW), false), den)

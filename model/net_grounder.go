@@ -99,7 +99,7 @@ func (n *Net[T]) tower(images, sImg T) T {
 // (after vision.ln_f, before the projector).
 func (n *Net[T]) GrounderFeatures(in Inputs[T]) T {
 	o, c := n.o, n.c
-	n.textMask, n.imgRow, n.images = in.TextMask, in.ImgRow, in.Images
+	n.textMask, n.imgRow = in.TextMask, in.ImgRow
 	n.sImg = o.Gather(n.sentence(in.Tokens, in.TextMask), in.ImgRow)
 	n.grid = n.tower(in.Images, n.sImg)
 	n.haveGrid = true
@@ -200,97 +200,7 @@ func (n *Net[T]) grounderLoss(lb Labels[T]) T {
 	if n.c.GrounderCellWords {
 		loss = o.Add(loss, n.cellWordLoss(lb.ImgFirst, lb.CellIDs, lb.CellIDW, lb.CellW))
 	}
-	if n.c.GrounderNames {
-		loss = o.Add(loss, n.nameLoss(logits, lb.ImgFirst, lb.NameIDs, lb.NameIDW))
-	}
 	return loss
-}
-
-// wordLogits maps states x [..., D] to log-odds over the vocabulary [...,
-// VocabSize] through the dense layer prefix [D, Width] and the token
-// embeddings, plus a learned offset per word prefix.vocab_b.
-func (n *Net[T]) wordLogits(x T, prefix string) T {
-	o, c := n.o, n.c
-	d := o.Shape(x)
-	rows := 1
-	for _, v := range d[:len(d)-1] {
-		rows *= v
-	}
-	z := n.dense(o.Reshape(x, 1, rows, d[len(d)-1]), prefix, c.Width) // [1, R, W]
-	logits := o.Einsum("bpw,vw->bpv", z, n.embedTokens())             // [1, R, V]
-	// A word is absent from almost every cell: start every logit at -5
-	// (a learned offset per word on top), not at 0, where the sum over the
-	// vocabulary would swamp the other losses.
-	logits = o.Add(o.Shift(logits, -5), o.Reshape(o.Param(prefix+".vocab_b", c.VocabSize), 1, 1, c.VocabSize))
-	return o.Reshape(logits, append(append([]int(nil), d[:len(d)-1]...), c.VocabSize)...)
-}
-
-// Names is Config.GrounderNames' head over the grids GrounderFeatures
-// left: each image's cells [K, P, C] pooled by the softmax of the pointer
-// logits [K, P] (Head's; no gradient through the weights: the pointer is
-// the grounder loss's to train), through wordLogits: [K, VocabSize]. A
-// sequence's Cache.Names are its images' rows.
-func (n *Net[T]) Names(logits T) T {
-	o, c := n.o, n.c
-	d := o.Shape(n.grid)
-	k, g, ch := d[0], d[1], d[3]
-	p, ps := g*g, c.PatchSize
-	// Each cell's own pixels through a small MLP: the tower's cells are
-	// modulated by the sentence and normalized over the image, which
-	// leaves a crop that the object fills with no colour or texture to
-	// read (an instance norm of a uniform image is zero).
-	px := o.Reshape(n.images, k, g, ps, g, ps, 3)
-	px = o.Reshape(o.Transpose(px, 0, 1, 3, 2, 4, 5), k, p, ps*ps*3)
-	pix := o.Gelu(n.dense(px, "grounder.names.pix", c.Width)) // [K, P, W]
-	w := o.Reshape(o.Softmax(o.StopGradient(logits)), k, 1, p)
-	cells := o.Concat(-1, o.Reshape(n.grid, k, p, ch), pix)
-	pooled := o.Einsum("btp,bpw->btw", w, cells) // [K, 1, C+W]
-	return o.Reshape(n.wordLogits(pooled, "grounder.names"), k, c.VocabSize)
-}
-
-// nameBoost is what Config.GrounderNames adds to the logits of positions
-// that read image at [...] (float; -1 for none) and whose own token is
-// tok [...] (integer) from the images' word log-odds z [K, V]: max(z, 0)
-// of that image, 0 where there is none, and 0 for the position's own
-// token (a word the head finds is not pushed again right after it).
-func (n *Net[T]) nameBoost(z, at, tok T) T {
-	o := n.o
-	idx := o.ToInt(o.Max(at, o.Scalar(0)))
-	row := o.Max(o.Gather(z, idx), o.Scalar(0)) // [..., V]
-	has := o.GreaterEq(at, o.Scalar(0))
-	row = o.Mul(row, o.Reshape(has, append(o.Shape(has), 1)...))
-	return o.Mul(row, n.oneMinus(o.OneHot(tok, n.c.VocabSize)))
-}
-
-// imageAt is, for every position of patchIdx and isPatch [B, L], the
-// image (its feature row / Patches(), as float) of the latest patch at or
-// before it, -1 where no patch comes before.
-func (n *Net[T]) imageAt(patchIdx, isPatch T) T {
-	o := n.o
-	d := o.Shape(isPatch)
-	b, l := d[0], d[1]
-	np := o.Scalar(float64(n.c.Patches()))
-	k := o.Mul(isPatch, o.Shift(o.Floor(o.Div(o.ToFloat(patchIdx), np)), 1)) // [B, L]: 1 + image at patches
-	upTo := o.GreaterEq(o.Iota(0, l, l), o.Iota(1, l, l))                    // [t, p]: p <= t
-	m := o.Mul(o.Reshape(upTo, 1, l, l), o.Reshape(k, b, 1, l))
-	return o.Shift(o.ReduceMax(m, false, -1), -1)
-}
-
-// nameLoss is Config.GrounderNames' loss over the rows whose referent's
-// words are labelled (nameIDs [B, CellWords] with nameIDW 1 in the filled
-// slots): binary cross-entropy over the vocabulary of the first image's
-// (imgFirst [B]) pooled word log-odds, summed and divided by the slots,
-// averaged over the labelled rows. Zero when no row is labelled.
-func (n *Net[T]) nameLoss(logits, imgFirst, nameIDs, nameIDW T) T {
-	o := n.o
-	z := o.Gather(n.Names(logits), imgFirst) // [B, V]
-	softplus := o.Add(o.Max(z, o.ZerosLike(z)), o.Log1P(o.Exp(o.Neg(o.Abs(z)))))
-	all := o.ReduceSum(softplus, false, -1) // [B]
-	pos := o.ReduceSum(o.Mul(o.GatherElems(z, nameIDs), nameIDW), false, -1)
-	per := o.Div(o.Sub(all, pos), o.Scalar(CellWords))
-	rowW := o.ReduceMax(nameIDW, false, -1) // [B]: 1 where labelled
-	den := o.Max(o.ReduceSum(rowW, false), o.Scalar(1))
-	return o.Div(o.ReduceSum(o.Mul(per, rowW), false), den)
 }
 
 // boxGIoU is the generalized IoU of boxes a and b [..., 4] (x1, y1, x2,
@@ -326,7 +236,7 @@ func (n *Net[T]) cellWordLoss(imgFirst, cellIDs, cellIDW, cellW T) T {
 	logits := o.Einsum("bpw,vw->bpv", z, n.embedTokens())                // [B, P, V]
 	// A word is absent from almost every cell: start every logit at -5
 	// (a learned offset per word on top), not at 0, where the sum over the
-	// vocabulary would swamp the other losses (wordLogits, the same map).
+	// vocabulary would swamp the other losses.
 	logits = o.Add(o.Shift(logits, -5), o.Reshape(o.Param("grounder.words.vocab_b", c.VocabSize), 1, 1, c.VocabSize))
 	// BCE: sum_v softplus(z_v) - sum over the targets of z_t.
 	softplus := o.Add(o.Max(logits, o.ZerosLike(logits)), o.Log1P(o.Exp(o.Neg(o.Abs(logits)))))

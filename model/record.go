@@ -43,9 +43,7 @@ type Turn struct {
 
 // Answer is the structured ground truth of a record's (last) answer.
 type Answer struct {
-	// Boxes in pixel xyxy of the first image, for box answers: the full
-	// image, except in crop naming, whose one box is the named object on
-	// the crop it reads (what a grounding head learns to find it by).
+	// Boxes in pixel xyxy of the first image (the full image), for box answers.
 	Boxes [][4]float64 `json:"boxes,omitempty"`
 	// Phrases paired with Boxes for grounded descriptions.
 	Phrases []string `json:"phrases,omitempty"`

@@ -287,35 +287,6 @@ type entry struct {
 	exists int32
 	// cells are the first image's cell labels (CellLabels), nil for none.
 	cells []int32
-	// words are the referent's word ids (Config.GrounderNames), nil for
-	// none.
-	words []int32
-}
-
-// wordsOf returns Config.GrounderNames' label for a record that has a
-// referent on its first image (refOf): the word ids of what names it, a
-// crop's name (Answer.Text) in crop naming, the referent's name
-// (Answer.Names[0]) in REC; at most CellWords of them, nil for none.
-func wordsOf(c Config, tok *Tokenizer, rec *Record) []int32 {
-	if !c.GrounderNames || refOf(c, rec) == nil {
-		return nil
-	}
-	name := rec.Answer.Text
-	if rec.Task == "rec" {
-		if len(rec.Answer.Names) == 0 {
-			return nil
-		}
-		name = rec.Answer.Names[0]
-	}
-	var ids []int32
-	// Encoded as a word inside a sentence reads ("it is a red circle"),
-	// as CellLabels does.
-	for _, id := range tok.Encode(" " + name) {
-		if id >= tokWord0 && !slices.Contains(ids, id) && len(ids) < CellWords {
-			ids = append(ids, id)
-		}
-	}
-	return ids
 }
 
 // cellsOf returns Config.Grounder's cell labels for a REC record whose
@@ -331,13 +302,11 @@ func cellsOf(c Config, tok *Tokenizer, rec *Record) []int32 {
 
 // existsOf returns a record's existence label (see entry.exists).
 func existsOf(c Config, rec *Record) int32 {
-	if !c.Grounder || len(rec.Images) == 0 || rec.Images[0].Kind != "image" && rec.Task != "crop_name" {
+	if !c.Grounder || len(rec.Images) == 0 || rec.Images[0].Kind != "image" {
 		return NoRefBox
 	}
 	switch {
 	case rec.Task == "rec" && len(rec.Answer.Boxes) == 1:
-		return 1
-	case rec.Task == "crop_name" && refOf(c, rec) != nil:
 		return 1
 	case rec.Task == "pope" && rec.Answer.YesNo == "yes":
 		return 1
@@ -349,20 +318,11 @@ func existsOf(c Config, rec *Record) int32 {
 
 // refOf returns Config.Grounder's label for a record: the one box of a
 // REC answer (an expression in the text, its referent on the first, full
-// image), or of a crop-naming answer (the object the crop is centred on,
-// on the crop), normalized. Other tasks' boxes are not what the text
-// before the image asks about (a crop's place, every object of a dense
-// description), so they label nothing.
+// image), normalized. Other tasks' boxes are not what the text before the
+// image names (a crop's place, every object of a dense description), so
+// they label nothing.
 func refOf(c Config, rec *Record) *NormBox {
-	switch {
-	case !c.Grounder || len(rec.Answer.Boxes) != 1 || len(rec.Images) == 0:
-		return nil
-	case rec.Task == "rec" && rec.Images[0].Kind == "image":
-	case rec.Task == "crop_name" && rec.Images[0].Kind == "crop":
-		// The crop's object, named by the answer: the pointer learns to
-		// find the object a crop is centred on, and Config.GrounderNames
-		// to name it.
-	default:
+	if !c.Grounder || rec.Task != "rec" || len(rec.Answer.Boxes) != 1 || len(rec.Images) == 0 || rec.Images[0].Kind != "image" {
 		return nil
 	}
 	im := rec.Images[0]
@@ -548,7 +508,7 @@ func (b *ShardBuilder) Build(ctx context.Context, records iter.Seq2[Record, erro
 			}
 			continue
 		}
-		e := entry{key: sortKey(cfg.Seed, rec.ID), id: rec.ID, seq: len(entries), sample: s, images: rec.Images, ground: groundOf(cfg.Model, &rec), ref: refOf(cfg.Model, &rec), exists: existsOf(cfg.Model, &rec), cells: cellsOf(cfg.Model, cfg.Tokenizer, &rec), words: wordsOf(cfg.Model, cfg.Tokenizer, &rec)}
+		e := entry{key: sortKey(cfg.Seed, rec.ID), id: rec.ID, seq: len(entries), sample: s, images: rec.Images, ground: groundOf(cfg.Model, &rec), ref: refOf(cfg.Model, &rec), exists: existsOf(cfg.Model, &rec), cells: cellsOf(cfg.Model, cfg.Tokenizer, &rec)}
 		if cfg.Pack && len(rec.Images) == 1 {
 			e.rec = &rec
 		}
@@ -621,16 +581,6 @@ func (b *ShardBuilder) writeShard(ctx context.Context, index, total int, chunk [
 			for j := range per {
 				cellWords[i*per+j] = NoCellLabels
 			}
-		}
-	}
-	var refWords []int32
-	if cfg.Model.GrounderNames {
-		refWords = make([]int32, len(chunk)*CellWords)
-		for i := range refWords {
-			refWords[i] = NoCellWord
-		}
-		for i, e := range chunk {
-			copy(refWords[i*CellWords:], e.words)
 		}
 	}
 	rows := map[string]int32{}
@@ -731,9 +681,6 @@ func (b *ShardBuilder) writeShard(ctx context.Context, index, total int, chunk [
 	}
 	if cellWords != nil {
 		tensors = append(tensors, Tensor{Name: "cell_words", DType: "I32", Shape: []int{len(chunk), cfg.Model.Patches(), CellWords}, Data: Int32Bytes(cellWords)})
-	}
-	if refWords != nil {
-		tensors = append(tensors, Tensor{Name: "ref_words", DType: "I32", Shape: []int{len(chunk), CellWords}, Data: Int32Bytes(refWords)})
 	}
 	meta := map[string]string{
 		"format":        ShardFormat,
@@ -850,11 +797,10 @@ type Shard struct {
 	// when the shard has none.
 	PatchBoxes []uint8
 	// RefBoxes is the optional "ref_boxes" tensor, int32 [N, 4]: the
-	// referent's box on the first image of a single-box REC sample (or,
-	// in crop naming, the named object's box on its crop), x1, y1, x2, y2
-	// in thousandths of the padded square image (Config.Grounder's head
-	// trains on it); NoRefBox in all four for other samples. Nil when the
-	// shard has none.
+	// referent's box on the first image of a single-box REC sample, x1,
+	// y1, x2, y2 in thousandths of the padded square image (Config.Grounder's
+	// head trains on it); NoRefBox in all four for other samples. Nil when
+	// the shard has none.
 	RefBoxes []int32
 	// RefExists is the optional "ref_exists" tensor, int32 [N]: 1 where
 	// the text before the first image names something on it (a REC
@@ -868,29 +814,7 @@ type Shard struct {
 	// NoCellWord after them; NoCellLabels in every slot of samples
 	// without labels.
 	CellWords []int32
-	// RefWords is the optional "ref_words" tensor, int32 [N, CellWords]:
-	// the word ids that name a sample's referent (Config.GrounderNames:
-	// a crop's name, a REC referent's), NoCellWord in the empty slots and
-	// in every slot of a sample without one. Nil when the shard has none.
-	RefWords []int32
-	Metadata map[string]string
-}
-
-// RefWordsRow returns sample i's referent words (RefWords' filled
-// slots), nil when there are none.
-func (s *Shard) RefWordsRow(i int) []int32 {
-	if s.RefWords == nil {
-		return nil
-	}
-	row := s.RefWords[i*CellWords : (i+1)*CellWords]
-	n := 0
-	for n < len(row) && row[n] != NoCellWord {
-		n++
-	}
-	if n == 0 {
-		return nil
-	}
-	return row[:n]
+	Metadata  map[string]string
 }
 
 // Cell label encoding (Shard.CellWords).
@@ -1125,17 +1049,6 @@ func shardFromTensors(tensors []Tensor, meta map[string]string) (*Shard, error) 
 		for i, v := range s.CellWords {
 			if v < NoCellLabels {
 				return nil, fmt.Errorf("cell_words[%d] = %d", i, v)
-			}
-		}
-	}
-	if rw, ok := byName["ref_words"]; ok {
-		if rw.DType != "I32" || !slices.Equal(rw.Shape, []int{n, CellWords}) {
-			return nil, fmt.Errorf("tensor \"ref_words\" is %s%v, want I32[%d %d]", rw.DType, rw.Shape, n, CellWords)
-		}
-		s.RefWords = BytesInt32(rw.Data)
-		for i, v := range s.RefWords {
-			if v < NoCellWord {
-				return nil, fmt.Errorf("ref_words[%d] = %d: want a word id or %d", i, v, NoCellWord)
 			}
 		}
 	}

@@ -56,10 +56,6 @@ type trainBatch struct {
 	// (Shard.CellWords).
 	cellIDs        []int32
 	cellIDW, cellW []float32
-	// nameIDs [B*CellWords] are the words that name a row's referent (0
-	// in empty slots) and nameIDW 1 in the filled slots (Shard.RefWords).
-	nameIDs []int32
-	nameIDW []float32
 	// labelled counts the positions with a patchW of 1.
 	labelled int
 	// realTokens counts non-padding positions, for tokens/s.
@@ -75,7 +71,6 @@ type batchRow struct {
 	refBox          []int32 // model.Shard.RefBoxRow, or nil
 	exists          int32   // model.Shard.RefExists' value plus 1: 0 no label, 1 absent, 2 present
 	cells           []int32 // model.Shard.CellWordsRow, or nil
-	words           []int32 // model.Shard.RefWordsRow, or nil
 }
 
 func roundUp(x, m int) int { return (x + m - 1) / m * m }
@@ -127,8 +122,6 @@ func makeBatch(c model.Config, rows []batchRow) trainBatch {
 		cellIDs:    make([]int32, b*P*model.CellWords),
 		cellIDW:    make([]float32, b*P*model.CellWords),
 		cellW:      make([]float32, b*P),
-		nameIDs:    make([]int32, b*model.CellWords),
-		nameIDW:    make([]float32, b*model.CellWords),
 		realTokens: real,
 	}
 	img0 := 0 // index of the row's first image among the batch's images
@@ -151,9 +144,6 @@ func makeBatch(c model.Config, rows []batchRow) trainBatch {
 			}
 			if r.exists > 0 {
 				bt.exists[i], bt.existsW[i] = float32(r.exists-1), 1
-			}
-			for j, id := range r.words[:min(len(r.words), model.CellWords)] {
-				bt.nameIDs[i*model.CellWords+j], bt.nameIDW[i*model.CellWords+j] = id, 1
 			}
 			if r.refBox != nil {
 				bt.refW[i] = 1

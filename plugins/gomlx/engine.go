@@ -77,18 +77,11 @@ func hostState[T any](step int, specs []paramSpec, trainIdx, frozenIdx []int, tp
 	return st, nil
 }
 
-// grounderOut is one grounder call's outputs, flat: the projected patch
-// features [K*P, Width], the pointer logits [K, P], the boxes [K, P, 4],
-// and with Config.GrounderNames each image's word log-odds [K, VocabSize]
-// (nil without).
-type grounderOut struct {
-	feats, logits, boxes, names []float32
-}
-
 // grounderCompute runs the grounder's encoder and head on one batch of
-// host arrays (grounderInputs).
+// host arrays (grounderInputs): the projected patch features [K*P,
+// Width], the pointer logits [K, P] and the boxes [K, P, 4], flat.
 type grounderCompute interface {
-	compute(in *grounderInputs) (grounderOut, error)
+	compute(in *grounderInputs) (feats, logits, boxes []float32, err error)
 }
 
 var (

@@ -146,8 +146,7 @@ func (s *torchStepper) step(lr, bc1, bc2, wd float32, bt trainBatch) (out stepOu
 		ImgFirst: n(bt.imgFirst, bt.B), RefBox: f(bt.refBox, bt.B, 4), RefW: f(bt.refW, bt.B),
 		Exists: f(bt.exists, bt.B), ExistsW: f(bt.existsW, bt.B),
 		CellIDs: n(bt.cellIDs, bt.B, c.Patches(), model.CellWords), CellIDW: f(bt.cellIDW, bt.B, c.Patches(), model.CellWords),
-		CellW:   f(bt.cellW, bt.B, c.Patches()),
-		NameIDs: n(bt.nameIDs, bt.B, model.CellWords), NameIDW: f(bt.nameIDW, bt.B, model.CellWords),
+		CellW: f(bt.cellW, bt.B, c.Patches()),
 	}
 	net := model.NewNet[*torch.Tensor](&torch.Ops{Arena: a, Params: s.params, Device: dev}, c)
 	ls := net.TrainLosses(in, lb, s.grounderOnly)
@@ -201,7 +200,7 @@ func (e *torchEngine) newGrounder(b *Backend, cfg model.Config, specs []paramSpe
 	return g, nil
 }
 
-func (g *torchGrounder) compute(in *grounderInputs) (out grounderOut, err error) {
+func (g *torchGrounder) compute(in *grounderInputs) (feats, logits, boxes []float32, err error) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	defer g.arena.Release()
@@ -214,21 +213,16 @@ func (g *torchGrounder) compute(in *grounderInputs) (out grounderOut, err error)
 		ImgRow:   a.FromInts(in.imgRow, []int{in.k}, g.dev),
 		Images:   a.FromFloats(in.images, []int{in.k, c.ImageSize, c.ImageSize, 3}, g.dev, false),
 	})
-	if out.feats, err = f.Floats(); err != nil {
-		return out, err
+	if feats, err = f.Floats(); err != nil {
+		return nil, nil, nil, err
 	}
-	if out.logits, err = lg.Floats(); err != nil {
-		return out, err
+	if logits, err = lg.Floats(); err != nil {
+		return nil, nil, nil, err
 	}
-	if out.boxes, err = bx.Floats(); err != nil {
-		return out, err
+	if boxes, err = bx.Floats(); err != nil {
+		return nil, nil, nil, err
 	}
-	if c.GrounderNames {
-		if out.names, err = net.Names(lg).Floats(); err != nil {
-			return out, err
-		}
-	}
-	return out, nil
+	return feats, logits, boxes, nil
 }
 
 // torchLM holds a session's parameters on the device for its sequences.
@@ -268,13 +262,6 @@ func (s *torchSeq) setFeats(feats []float32, rows int) (err error) {
 	defer torch.Recover(&err)
 	s.cache.Feats = s.arena.FromFloats(feats, []int{rows, s.lm.cfg.Width}, s.lm.dev, false)
 	s.cache.HaveFeats = true
-	return nil
-}
-
-func (s *torchSeq) setNames(names []float32, n int) (err error) {
-	defer torch.Recover(&err)
-	s.cache.Names = s.arena.FromFloats(names, []int{n, s.lm.cfg.VocabSize}, s.lm.dev, false)
-	s.cache.HaveNames = true
 	return nil
 }
 

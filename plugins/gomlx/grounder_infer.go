@@ -71,16 +71,12 @@ func (r *grounderExec) graphFn(inputs []*graph.Node) []*graph.Node {
 	in := inputs[len(r.specs):]
 	net := model.NewNet[*graph.Node](newOps(inputs[0].Graph(), params), r.cfg)
 	feats, logits, boxes := net.Grounder(model.Inputs[*graph.Node]{Tokens: in[0], TextMask: in[1], ImgRow: in[2], Images: in[3]})
-	if r.cfg.GrounderNames {
-		return []*graph.Node{feats, logits, boxes, net.Names(logits)}
-	}
 	return []*graph.Node{feats, logits, boxes}
 }
 
 // grounded is one prompt's share of a grounderRunner call.
 type grounded struct {
 	feats []float32 // [images*P, Width]
-	names []float32 // [images, VocabSize] (Config.GrounderNames), or nil
 	box   []float32 // the first image's head box (x1, y1, x2, y2), nil without an image
 	score float32   // the pointer's probability of its cell
 	// exists is the existence probability: sigmoid(logsumexp(logits) -
@@ -130,7 +126,7 @@ func newGrounderInputs(c model.Config, seqs []compute.Sequence) *grounderInputs 
 	return in
 }
 
-func (r *grounderExec) compute(in *grounderInputs) (out grounderOut, err error) {
+func (r *grounderExec) compute(in *grounderInputs) (feats, logits, boxes []float32, err error) {
 	c := r.cfg
 	args := make([]any, 0, len(r.params)+4)
 	for _, p := range r.params {
@@ -145,49 +141,40 @@ func (r *grounderExec) compute(in *grounderInputs) (out grounderOut, err error) 
 	outs, err := r.exec.Call(args...)
 	r.mu.Unlock()
 	if err != nil {
-		return out, fmt.Errorf("run grounder: %w", err)
+		return nil, nil, nil, fmt.Errorf("run grounder: %w", err)
 	}
 	defer func() {
 		for _, o := range outs {
 			_ = o.FinalizeAll()
 		}
 	}()
-	if out.feats, err = tensors.CopyFlatData[float32](outs[0]); err != nil {
-		return out, fmt.Errorf("grounder features: %w", err)
+	if feats, err = tensors.CopyFlatData[float32](outs[0]); err != nil {
+		return nil, nil, nil, fmt.Errorf("grounder features: %w", err)
 	}
-	if out.logits, err = tensors.CopyFlatData[float32](outs[1]); err != nil {
-		return out, fmt.Errorf("grounder logits: %w", err)
+	if logits, err = tensors.CopyFlatData[float32](outs[1]); err != nil {
+		return nil, nil, nil, fmt.Errorf("grounder logits: %w", err)
 	}
-	if out.boxes, err = tensors.CopyFlatData[float32](outs[2]); err != nil {
-		return out, fmt.Errorf("grounder boxes: %w", err)
+	if boxes, err = tensors.CopyFlatData[float32](outs[2]); err != nil {
+		return nil, nil, nil, fmt.Errorf("grounder boxes: %w", err)
 	}
-	if len(outs) > 3 {
-		if out.names, err = tensors.CopyFlatData[float32](outs[3]); err != nil {
-			return out, fmt.Errorf("grounder names: %w", err)
-		}
-	}
-	return out, nil
+	return feats, logits, boxes, nil
 }
 
 // run encodes a batch of validated sequences.
 func (r *grounderRunner) run(seqs []compute.Sequence) ([]grounded, error) {
 	c := r.cfg
 	in := newGrounderInputs(c, seqs)
-	res, err := r.comp.compute(in)
+	feats, logits, boxes, err := r.comp.compute(in)
 	if err != nil {
 		return nil, err
 	}
-	feats, logits, boxes := res.feats, res.logits, res.boxes
-	p, w, v := c.Patches(), c.Width, c.VocabSize
+	p, w := c.Patches(), c.Width
 	out := make([]grounded, len(seqs))
 	for i, s := range seqs {
 		f := in.first[i]
 		out[i].feats = feats[f*p*w : (f+len(s.Images))*p*w]
 		if len(s.Images) == 0 {
 			continue
-		}
-		if res.names != nil {
-			out[i].names = res.names[f*v : (f+len(s.Images))*v]
 		}
 		lg := logits[f*p : (f+1)*p]
 		best := argmax(lg)

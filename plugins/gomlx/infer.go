@@ -68,9 +68,6 @@ type lmSeq interface {
 	// ([rows, Width], Config.Grounder's); setImages computes them from
 	// n images' pixels [n, S, S, 3].
 	setFeats(feats []float32, rows int) error
-	// setNames gives it its images' word log-odds [n, VocabSize]
-	// (Config.GrounderNames).
-	setNames(names []float32, n int) error
 	setImages(px []float32, n int) error
 	// step runs tokens (with the feature row idx each patch token reads
 	// and isPatch) after the cached positions and returns the last
@@ -93,11 +90,6 @@ type eagerSeq struct {
 
 func (e *eagerSeq) setFeats(feats []float32, rows int) error {
 	e.cache.Feats, e.cache.HaveFeats = eager.New(feats, rows, e.cfg.Width), true
-	return nil
-}
-
-func (e *eagerSeq) setNames(names []float32, n int) error {
-	e.cache.Names, e.cache.HaveNames = eager.New(names, n, e.cfg.VocabSize), true
 	return nil
 }
 
@@ -322,9 +314,6 @@ func (b *Backend) Prefill(ctx context.Context, req compute.PrefillRequest) (res 
 		case rows == 0:
 		case ground != nil:
 			errs[i] = st.seq.setFeats(ground[i].feats, rows)
-			if errs[i] == nil && ground[i].names != nil {
-				errs[i] = st.seq.setNames(ground[i].names, len(seq.Images))
-			}
 		default:
 			px := make([]float32, 0, len(seq.Images)*c.ImageSize*c.ImageSize*3)
 			for _, img := range seq.Images {

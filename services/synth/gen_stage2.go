@@ -164,21 +164,10 @@ func (w *worker) genCropName(j int, r *rng) error {
 	rec.Scale, rec.SizeBin = scale, sizeBins[o.bin]
 	rec.Images = []model.ImageRef{cropImage(c)}
 	rec.Conversations = []model.Turn{human(imageTag, w.prompt(tCropName, r).render(nil)), gpt(w.descAnswer(o.desc, r))}
-	// The object's box in the crop's pixels: what a grounding head learns
-	// to find the crop's object by (model.Config.GrounderNames).
-	rec.Answer = model.Answer{Text: o.desc, Boxes: [][4]float64{boxInCrop(o.box, c)}}
+	rec.Answer = model.Answer{Text: o.desc}
 	rec.Lineage.AnnotationIDs = []string{o.src.ID}
 	w.group = append(w.group, genRec{rec: rec, leaks: []string{o.desc}})
 	return nil
-}
-
-// boxInCrop is box b (source pixels) in the pixels of crop c, clipped to it.
-func boxInCrop(b dataset.Box, c cropRef) [4]float64 {
-	w, h := float64(c.w), float64(c.h)
-	return [4]float64{
-		min(max(b.X1-c.box[0], 0), w), min(max(b.Y1-c.box[1], 0), h),
-		min(max(b.X2-c.box[0], 0), w), min(max(b.Y2-c.box[1], 0), h),
-	}
 }
 
 // genCropLocate (I->C): crop -> the crop's box in the full image.

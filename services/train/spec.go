@@ -151,9 +151,6 @@ func DefaultSpec() RunSpec {
 	// The pointer's target: a Gaussian of 0.3 cells around the centre
 	// cell, not 0.75 (scene probe, docs/experiments.md).
 	m.GrounderSigma = 0.3
-	// A name head that names the object the pointer picks and speaks
-	// through the language model's logits (crop naming; docs/experiments.md).
-	m.GrounderNames = true
 	unpacked := false
 	// A fresh slice per stage: decoding a spec's "frozen" reuses the
 	// slice it decodes into.
@@ -168,7 +165,7 @@ func DefaultSpec() RunSpec {
 		Stage1: StageSpec{
 			Steps: 2400, BatchSize: 64, LearningRate: 2e-3, WarmupSteps: 50, WeightDecay: 0, CheckpointEvery: 300,
 			Objective: compute.ObjectiveGrounder, Pack: &unpacked,
-			Data: DataFilter{Stages: []string{"stage2", "stage3"}, Tasks: []string{"rec", "pope", "crop_name"}, Splits: []string{"train"}},
+			Data: DataFilter{Stages: []string{"stage2", "stage3"}, Tasks: []string{"rec", "pope"}, Splits: []string{"train"}},
 		},
 		Stage2: StageSpec{
 			Steps: 200, BatchSize: 16, LearningRate: 1e-3, WarmupSteps: 20, WeightDecay: 0.01, CheckpointEvery: 100,

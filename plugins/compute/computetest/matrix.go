@@ -123,7 +123,6 @@ func MatrixCells() []MatrixCell {
 		cell("grounder_text_depth", func(c *model.Config) { *c = withGrounder(*c); c.GrounderTextDepth = 1 }),
 		cell("grounder_stem", func(c *model.Config) { *c = withGrounder(*c); c.GrounderStem = 2 }),
 		cell("grounder_sigma", func(c *model.Config) { *c = withGrounder(*c); c.GrounderSigma = 0.3 }),
-		cell("grounder_names", func(c *model.Config) { *c = withGrounder(*c); c.GrounderNames = true }),
 		cell("demo", func(c *model.Config) { *c = DemoCellConfig(*c) }),
 	}
 }
@@ -136,7 +135,6 @@ func DemoCellConfig(c model.Config) model.Config {
 	c.PatchPositions = true
 	c.GrounderNorm = true
 	c.GrounderSigma = 0.3
-	c.GrounderNames = true
 	return c
 }
 
@@ -244,7 +242,7 @@ const matrixBatch = 4
 // and existence, cell words), a row of each kind of label the losses read.
 func writeMatrixShard(dir string, cfg model.Config, tok *model.Tokenizer) (string, error) {
 	n, l, p := matrixBatch, cfg.MaxSeq, cfg.Patches()
-	var tokens, targets, refBoxes, refExists, cellWords, refWords []int32
+	var tokens, targets, refBoxes, refExists, cellWords []int32
 	var images, patchTargets, patchBoxes []uint8
 	index := make([]int32, 0, n*cfg.MaxImages)
 	for i := range n {
@@ -311,12 +309,6 @@ func writeMatrixShard(dir string, cfg model.Config, tok *model.Tokenizer) (strin
 			copy(cw[cell*model.CellWords:], tok.Encode(matrixWords[colour]+" square"))
 		}
 		cellWords = append(cellWords, cw...)
-		// The referent's words, on the rows that have a referent.
-		rw := []int32{model.NoCellWord, model.NoCellWord, model.NoCellWord, model.NoCellWord, model.NoCellWord, model.NoCellWord}
-		if i != 3 {
-			copy(rw, tok.Encode(matrixWords[colour]+" square"))
-		}
-		refWords = append(refWords, rw[:model.CellWords]...)
 	}
 	path := filepath.Join(dir, "matrix-shard.safetensors")
 	f, err := os.Create(path)
@@ -333,7 +325,6 @@ func writeMatrixShard(dir string, cfg model.Config, tok *model.Tokenizer) (strin
 		{Name: "ref_boxes", DType: "I32", Shape: []int{n, 4}, Data: model.Int32Bytes(refBoxes)},
 		{Name: "ref_exists", DType: "I32", Shape: []int{n}, Data: model.Int32Bytes(refExists)},
 		{Name: "cell_words", DType: "I32", Shape: []int{n, p, model.CellWords}, Data: model.Int32Bytes(cellWords)},
-		{Name: "ref_words", DType: "I32", Shape: []int{n, model.CellWords}, Data: model.Int32Bytes(refWords)},
 	}, map[string]string{"config_sha256": cfg.SHA256(), "synth_set": "computetest-matrix"})
 	if cerr := f.Close(); err == nil {
 		err = cerr
