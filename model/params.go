@@ -42,6 +42,18 @@ func DefaultConfig(vocabSize int) Config {
 	}
 }
 
+// ConfigSHA256 is the SHA256 of the config that b (JSON) holds, parsed
+// and validated first (ParseConfig): the hash does not depend on how a
+// store re-spaced or re-ordered b, and it is the config_sha256 of the
+// shards and checkpoints written for that config.
+func ConfigSHA256(b []byte) (string, error) {
+	c, err := ParseConfig(b)
+	if err != nil {
+		return "", err
+	}
+	return c.SHA256(), nil
+}
+
 // SHA256 is the hex sha256 of the config's JSON (encoding/json, field order
 // as declared), the "config_sha256" of shards and checkpoints.
 func (c Config) SHA256() string {

@@ -11,10 +11,7 @@
 package events
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
-	"fmt"
 	"time"
 )
 
@@ -209,8 +206,9 @@ type RunFacts struct {
 	// "libtorch:cuda"); a consumer loads its checkpoints there.
 	Backend string `json:"backend"`
 	// ModelConfig is the run's model architecture (JSON of model.Config),
-	// ModelConfigSHA256 its ModelConfigHash, and TokenizerKey the blob key
-	// of the run's tokenizer.
+	// ModelConfigSHA256 its model.ConfigSHA256 (the config_sha256 its
+	// shards and checkpoints carry), and TokenizerKey the blob key of the
+	// run's tokenizer.
 	ModelConfig       json.RawMessage `json:"model_config"`
 	ModelConfigSHA256 string          `json:"model_config_sha256"`
 	TokenizerKey      string          `json:"tokenizer_key"`
@@ -241,23 +239,6 @@ type LossPoint struct {
 	Loss float64 `json:"loss"`
 }
 
-// ModelConfigHash is the hex sha256 of a model config's canonical JSON
-// (object keys sorted, no insignificant space, numbers as Go writes
-// float64s), so that the config's hash does not depend on how a store
-// (jsonb) re-spaced or re-ordered it.
-func ModelConfigHash(config []byte) (string, error) {
-	var v any
-	if err := json.Unmarshal(config, &v); err != nil {
-		return "", fmt.Errorf("hash model config: %w", err)
-	}
-	b, err := json.Marshal(v)
-	if err != nil {
-		return "", fmt.Errorf("hash model config: %w", err)
-	}
-	sum := sha256.Sum256(b)
-	return hex.EncodeToString(sum[:]), nil
-}
-
 // CheckpointSaved is the fact of a checkpoint written and recorded.
 type CheckpointSaved struct {
 	CheckpointID string  `json:"checkpoint_id"`
@@ -267,8 +248,9 @@ type CheckpointSaved struct {
 	Loss         float64 `json:"loss"`
 	BlobKey      string  `json:"blob_key"`
 	SHA256       string  `json:"sha256"`
-	// ModelConfigSHA256 is the ModelConfigHash of the architecture the
-	// checkpoint's weights belong to.
+	// ModelConfigSHA256 is the model.ConfigSHA256 of the architecture the
+	// checkpoint's weights belong to (the checkpoint file's own
+	// config_sha256).
 	ModelConfigSHA256 string `json:"model_config_sha256,omitempty"`
 }
 

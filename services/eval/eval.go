@@ -482,7 +482,7 @@ func requestRun(req events.EvalRequested) (RunInfo, []Checkpoint, error) {
 		return RunInfo{}, nil, fmt.Errorf("run.manifest_key (the synth set's manifest) is empty: %w", ErrBadInput)
 	}
 	if f.ModelConfigSHA256 != "" && len(f.ModelConfig) > 0 {
-		sum, err := events.ModelConfigHash(f.ModelConfig)
+		sum, err := model.ConfigSHA256(f.ModelConfig)
 		if err != nil {
 			return RunInfo{}, nil, fmt.Errorf("run.model_config: %w: %w", err, ErrBadInput)
 		}

@@ -490,13 +490,21 @@ func TestEvaluateOptions(t *testing.T) {
 	if others == 0 {
 		t.Error("max_samples_by capped benchmarks it does not name")
 	}
+	// A valid config whose hash the request states wrongly.
+	validConfig, err := json.Marshal(model.DefaultConfig(1000))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := model.ConfigSHA256(validConfig); err != nil {
+		t.Fatal(err)
+	}
 	for name, req := range map[string]events.EvalRequested{
 		"no run":            {Run: factsA},
 		"no facts":          {RunID: uuid.NewString()},
 		"bad checkpoint":    {RunID: f.runA.RunID, Run: factsA, CheckpointIDs: []string{uuid.NewString()}},
 		"no checkpoints":    {RunID: f.runA.RunID, Run: &events.RunFacts{ManifestKey: factsA.ManifestKey}},
 		"no manifest":       {RunID: f.runA.RunID, Run: &events.RunFacts{Checkpoints: factsA.Checkpoints}},
-		"config hash":       {RunID: f.runA.RunID, Run: &events.RunFacts{ManifestKey: factsA.ManifestKey, Checkpoints: factsA.Checkpoints, ModelConfig: []byte(`{"layers":2}`), ModelConfigSHA256: "abc"}},
+		"config hash":       {RunID: f.runA.RunID, Run: &events.RunFacts{ManifestKey: factsA.ManifestKey, Checkpoints: factsA.Checkpoints, ModelConfig: validConfig, ModelConfigSHA256: "abc"}},
 		"checkpoint no key": {RunID: f.runA.RunID, Run: &events.RunFacts{ManifestKey: factsA.ManifestKey, Checkpoints: []events.CheckpointRef{{ID: "x", Stage: "stage1"}}}},
 		"negative max":      {RunID: f.runA.RunID, Run: factsA, MaxSamples: -1},
 		"negative max_by":   {RunID: f.runA.RunID, Run: factsA, MaxSamplesBy: map[string]int{"rec": -1}},

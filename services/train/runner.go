@@ -108,7 +108,7 @@ func (s *Service) Train(ctx context.Context, req events.TrainRequested, progress
 	}
 	s.log.InfoContext(ctx, "train run", "run", run.ID, "resumed", !created, "status", run.Status, "backend", run.Backend)
 	if run.Status == "completed" {
-		return s.completed(ctx, req.CorrelationID, run.ID)
+		return s.completedRun(ctx, req.CorrelationID, run)
 	}
 	r := &runner{s: s, req: req, spec: spec, backend: backend, progress: progress,
 		dir: filepath.Join(s.cfg.DataDir, "runs", run.ID)}
@@ -162,25 +162,33 @@ func (s *Service) Describe(ctx context.Context, req events.TrainDescribeRequeste
 	if run.Status != "completed" {
 		return out, fmt.Errorf("describe run %s: the run is %s, not completed: %w", req.RunID, run.Status, ErrInvalidRequest)
 	}
-	return s.completed(ctx, req.CorrelationID, req.RunID)
+	return s.completedRun(ctx, req.CorrelationID, run)
 }
 
-// completed answers a finished run from Postgres, with the facts its
-// consumers need (events.RunFacts): the final checkpoints, model config,
-// tokenizer, loss curve, and the synth set and dataset it trained on.
+// completed answers a finished run from Postgres (completedRun of its row
+// as it is now).
 func (s *Service) completed(ctx context.Context, correlationID, runID string) (events.TrainCompleted, error) {
-	out := events.TrainCompleted{CorrelationID: correlationID, RunID: runID,
-		Checkpoints: map[string]string{}, FinalLoss: map[string]float64{}}
 	run, err := s.store.run(ctx, runID)
 	if err != nil {
-		return out, err
+		return events.TrainCompleted{CorrelationID: correlationID, RunID: runID}, err
 	}
+	return s.completedRun(ctx, correlationID, run)
+}
+
+// completedRun answers a finished run, given its row, with the facts its
+// consumers need (events.RunFacts): the final checkpoints, model config,
+// tokenizer, loss curve, and the synth set and dataset it trained on.
+func (s *Service) completedRun(ctx context.Context, correlationID string, run runRow) (events.TrainCompleted, error) {
+	runID := run.ID
+	out := events.TrainCompleted{CorrelationID: correlationID, RunID: runID,
+		Checkpoints: map[string]string{}, FinalLoss: map[string]float64{}}
+	var err error
 	facts := &events.RunFacts{SynthSetID: run.SynthSetID, Backend: run.Backend,
 		ModelConfig: json.RawMessage(run.ModelConfig), TokenizerKey: run.TokenizerKey}
 	if len(run.ModelConfig) == 0 {
 		return out, fmt.Errorf("train: completed run %s has no model config recorded", runID)
 	}
-	if facts.ModelConfigSHA256, err = events.ModelConfigHash(run.ModelConfig); err != nil {
+	if facts.ModelConfigSHA256, err = model.ConfigSHA256(run.ModelConfig); err != nil {
 		return out, fmt.Errorf("train: completed run %s: %w", runID, err)
 	}
 	set, err := s.cfg.Synth(ctx, run.SynthSetID)
@@ -224,7 +232,7 @@ type runner struct {
 	progress func(events.Progress)
 	dir      string
 	data     *runData
-	// configHash is data.ModelConfig's events.ModelConfigHash.
+	// configHash is data.ModelConfig's model.ConfigSHA256.
 	configHash string
 	total      int64 // steps over all stages
 	done       int64 // steps of completed stages
@@ -303,7 +311,7 @@ func (r *runner) prepare(ctx context.Context, run runRow) error {
 			return err
 		}
 	}
-	if r.configHash, err = events.ModelConfigHash(data.ModelConfig); err != nil {
+	if r.configHash, err = model.ConfigSHA256(data.ModelConfig); err != nil {
 		return fmt.Errorf("train: run %s: %w", run.ID, err)
 	}
 	r.data = data

@@ -270,7 +270,7 @@ type newCheckpoint struct {
 	SHA256       string
 	Bytes        int64
 	PrevID       string // checkpoint it continues from; "" for the first of a run
-	// ModelConfigSHA256 is the run's events.ModelConfigHash, published
+	// ModelConfigSHA256 is the run's model.ConfigSHA256, published
 	// with checkpoint.saved.
 	ModelConfigSHA256 string
 	Points            []lossPoint

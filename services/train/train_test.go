@@ -18,6 +18,7 @@ import (
 	"github.com/groundmesh/groundmesh/internal/blob"
 	"github.com/groundmesh/groundmesh/internal/events"
 	"github.com/groundmesh/groundmesh/internal/testutil"
+	gmmodel "github.com/groundmesh/groundmesh/model"
 	"github.com/groundmesh/groundmesh/plugins/compute"
 	"github.com/groundmesh/groundmesh/plugins/compute/computetest"
 	"github.com/groundmesh/groundmesh/services/train"
@@ -230,11 +231,11 @@ func TestTrainThreeStages(t *testing.T) {
 			t.Errorf("checkpoint ref %+v, row %+v", ref, c)
 		}
 	}
-	wantHash, err := events.ModelConfigHash(model)
+	wantHash, err := gmmodel.ConfigSHA256(model)
 	if err != nil || f.ModelConfigSHA256 != wantHash {
 		t.Errorf("model config hash %q, want %q (%v)", f.ModelConfigSHA256, wantHash, err)
 	}
-	if got, _ := events.ModelConfigHash(f.ModelConfig); got != wantHash {
+	if got, _ := gmmodel.ConfigSHA256(f.ModelConfig); got != wantHash {
 		t.Errorf("facts' model config hashes to %s, not %s", got, wantHash)
 	}
 	if n := count(t, e, `SELECT count(*) FROM outbox WHERE topic = $1 AND payload->>'run_id' = $2 AND payload->>'model_config_sha256' = $3`,
