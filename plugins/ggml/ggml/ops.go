@@ -118,7 +118,9 @@ func (o *Ops) LowerTri(n int) *Tensor {
 	return o.G.Input(v, n, n)
 }
 
-func (o *Ops) ZerosLike(x *Tensor) *Tensor { return o.G.Input(make([]float32, numel(x.dims)), x.dims...) }
+func (o *Ops) ZerosLike(x *Tensor) *Tensor {
+	return o.G.Input(make([]float32, numel(x.dims)), x.dims...)
+}
 
 func axisOf(axis, rank int) int {
 	if axis < 0 {
@@ -285,13 +287,17 @@ func (o *Ops) Log(x *Tensor) *Tensor {
 }
 func (o *Ops) Log1P(x *Tensor) *Tensor { return o.Log(o.Shift(x, 1)) }
 func (o *Ops) Sqrt(x *Tensor) *Tensor {
-	return o.unary("sqrt", x, func(c *C.struct_ggml_context, t *C.struct_ggml_tensor) *C.struct_ggml_tensor { return C.ggml_sqrt(c, t) })
+	return o.unary("sqrt", x, func(c *C.struct_ggml_context, t *C.struct_ggml_tensor) *C.struct_ggml_tensor {
+		return C.ggml_sqrt(c, t)
+	})
 }
 func (o *Ops) Square(x *Tensor) *Tensor {
 	return o.unary("sqr", x, func(c *C.struct_ggml_context, t *C.struct_ggml_tensor) *C.struct_ggml_tensor { return C.ggml_sqr(c, t) })
 }
 func (o *Ops) Floor(x *Tensor) *Tensor {
-	return o.unary("floor", x, func(c *C.struct_ggml_context, t *C.struct_ggml_tensor) *C.struct_ggml_tensor { return C.ggml_floor(c, t) })
+	return o.unary("floor", x, func(c *C.struct_ggml_context, t *C.struct_ggml_tensor) *C.struct_ggml_tensor {
+		return C.ggml_floor(c, t)
+	})
 }
 func (o *Ops) Clip(x *Tensor, lo, hi float64) *Tensor {
 	return o.unary("clamp", x, func(c *C.struct_ggml_context, t *C.struct_ggml_tensor) *C.struct_ggml_tensor {
@@ -300,7 +306,9 @@ func (o *Ops) Clip(x *Tensor, lo, hi float64) *Tensor {
 	})
 }
 func (o *Ops) Gelu(x *Tensor) *Tensor {
-	return o.unary("gelu_erf", x, func(c *C.struct_ggml_context, t *C.struct_ggml_tensor) *C.struct_ggml_tensor { return C.ggml_gelu_erf(c, t) })
+	return o.unary("gelu_erf", x, func(c *C.struct_ggml_context, t *C.struct_ggml_tensor) *C.struct_ggml_tensor {
+		return C.ggml_gelu_erf(c, t)
+	})
 }
 
 // StopGradient is x: ggml computes no gradients here.
@@ -787,4 +795,3 @@ func (o *Ops) OneHot(idx *Tensor, n int) *Tensor {
 	}
 	return o.Gather(o.G.Input(eye, n, n), idx)
 }
-
