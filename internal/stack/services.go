@@ -50,12 +50,14 @@ type Services struct {
 var pluginBinaries = map[string]string{
 	"gomlx":    "groundmesh-gomlx",
 	"libtorch": "groundmesh-libtorch",
+	"ggml":     "groundmesh-ggml",
 }
 
 // pluginEnv is the environment each plugin reads from the host's.
 var pluginEnv = map[string][]string{
 	"gomlx":    {"GOMLX_BACKEND"},
 	"libtorch": {"GROUNDMESH_LIBTORCH_THREADS"},
+	"ggml":     {"GROUNDMESH_GGML_THREADS"},
 }
 
 // BackendAvailable reports whether the plugin of a backend (a name as

@@ -296,6 +296,9 @@ func markOutput(t *C.struct_ggml_tensor) {
 // float32), each in row-major order of its dims.
 func (g *Graph) Compute(outs ...*Tensor) (_ [][]float32, err error) {
 	defer Recover(&err)
+	if len(outs) == 0 {
+		return nil, nil
+	}
 	g.room("compute")
 	gf := C.ggml_new_graph_custom(g.ctx, graphNodes, false)
 	for _, o := range outs {

@@ -140,9 +140,9 @@ func (o *Ops) binary(name string, a, b *Tensor, f binOp, commutes bool) *Tensor 
 	a, b = o.in(a), o.in(b)
 	ad, bd := a.dims, b.dims
 	switch {
-	case numel(ad) == 1 && len(ad) != len(bd):
+	case numel(ad) == 1 && len(ad) < len(bd):
 		ad = ones(len(bd))
-	case numel(bd) == 1 && len(ad) != len(bd):
+	case numel(bd) == 1 && len(bd) < len(ad):
 		bd = ones(len(ad))
 	case len(ad) != len(bd):
 		fail(name, "ranks differ: %v and %v", a.dims, b.dims)
