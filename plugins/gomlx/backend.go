@@ -171,7 +171,7 @@ func (gomlxEngine) newStepper(b *Backend, cfg model.Config, objective string, sp
 // newLM decodes on model/eager: for this model's size one sequence's
 // step costs a fraction of a millisecond there, less than a graph call.
 func (gomlxEngine) dtypes() []string { return loadDtypes }
-func (gomlxEngine) canTrain() bool    { return true }
+func (gomlxEngine) canTrain() bool   { return true }
 
 func (gomlxEngine) newLM(b *Backend, cfg model.Config, specs []paramSpec, weights map[string][]float32, _ string) (func() lmSeq, error) {
 	ops := &eager.Ops{Params: weights}

@@ -182,7 +182,7 @@ type torchGrounder struct {
 }
 
 func (e *torchEngine) dtypes() []string { return loadDtypes }
-func (e *torchEngine) canTrain() bool    { return true }
+func (e *torchEngine) canTrain() bool   { return true }
 
 func (e *torchEngine) newGrounder(b *Backend, cfg model.Config, specs []paramSpec, weights map[string][]float32, _ string) (_ grounderCompute, err error) {
 	defer torch.Recover(&err)
