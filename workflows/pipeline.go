@@ -199,6 +199,9 @@ func commandOptions(service string) workflow.ActivityOptions {
 	case "train.describe":
 		// A few reads: no progress to wait for.
 		o.StartToCloseTimeout = 5 * time.Minute
+	case "train.export":
+		// Reads a checkpoint, writes one file.
+		o.StartToCloseTimeout = 15 * time.Minute
 	}
 	return o
 }
@@ -224,6 +227,17 @@ func runCommand(ctx workflow.Context, service string, payload any, out any) erro
 func Ingest(ctx workflow.Context, req events.IngestRequested) (events.DatasetIngested, error) {
 	var out events.DatasetIngested
 	err := runCommand(ctx, "ingest", req, &out)
+	return out, err
+}
+
+// Export writes a checkpoint in a deployment format (a GGUF file in the
+// blob store, recorded beside its checkpoint) through services/train.
+func Export(ctx workflow.Context, req events.ExportRequested) (events.ExportCompleted, error) {
+	var out events.ExportCompleted
+	if req.CheckpointID == "" {
+		return out, badInput(fmt.Errorf("export input: checkpoint_id is required"))
+	}
+	err := runCommand(ctx, "train.export", req, &out)
 	return out, err
 }
 

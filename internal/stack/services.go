@@ -258,6 +258,11 @@ func (sv *Services) serveCommands(b *bus.Bus, pool *pgxpool.Pool, logger *slog.L
 			func(ctx context.Context, req events.TrainDescribeRequested, _ func(events.Progress)) (events.TrainCompleted, error) {
 				return sv.Train.Describe(ctx, req)
 			}),
+		command.Serve(b, command.Config{Service: "train.export", Handler: "train-export-service", Logger: logger,
+			BadInput: func(err error) bool { return errors.Is(err, train.ErrInvalidRequest) }},
+			func(ctx context.Context, req events.ExportRequested, _ func(events.Progress)) (events.ExportCompleted, error) {
+				return sv.Train.Export(ctx, req)
+			}),
 		command.Serve(b, command.Config{Service: "eval", Handler: "eval-service", Logger: logger,
 			BadInput: func(err error) bool { return errors.Is(err, eval.ErrBadInput) }},
 			func(ctx context.Context, req events.EvalRequested, p func(events.Progress)) (events.EvaluationCompleted, error) {
