@@ -5,6 +5,8 @@ package gomlx
 import (
 	"context"
 	"errors"
+	"fmt"
+	"image"
 	"testing"
 
 	"github.com/groundmesh/groundmesh/model"
@@ -65,5 +67,54 @@ func TestGGMLLoadsGGUF(t *testing.T) {
 	_, err = b.Train(context.Background(), compute.TrainRequest{}, nil)
 	if !errors.Is(err, compute.ErrUnimplemented) {
 		t.Errorf("Train on ggml: err = %v", err)
+	}
+}
+
+// BenchmarkEnginesBoxAnswer measures box answers (prefill and decode under
+// the box grammar, the backend's own Generate) on the demo's model shape
+// in this process: GoMLX's engine in float32 against ggml's in each
+// dtype, one prompt and a batch of 32.
+//
+//	make ggml && CGO_CPPFLAGS=... go test -tags ggml ./plugins/gomlx -run '^$' -bench EnginesBoxAnswer -benchtime 20x
+func BenchmarkEnginesBoxAnswer(b *testing.B) {
+	ctx := context.Background()
+	tok := computetest.MatrixTokenizer()
+	c := computetest.DemoCellConfig(model.DefaultConfig(tok.VocabSize()))
+	c.Width, c.Depth, c.Heads, c.ImageSize, c.MaxSeq = 64, 2, 2, 64, 320 // the demo's sizes
+	ckpt := writeWeights(b, b.TempDir(), c, roughWeights(c, 1))
+	var prompts []model.Prompt
+	for i := range 32 {
+		prompts = append(prompts, model.Prompt{Text: "red square <image>", Images: []image.Image{image.NewRGBA(image.Rect(0, 0, 80+i, 60))}})
+	}
+	for _, e := range []struct{ engine, dtype string }{
+		{EngineGoMLX, ""}, {EngineGGML, model.DtypeF32}, {EngineGGML, model.DtypeF16}, {EngineGGML, model.DtypeQ8_0}, {EngineGGML, model.DtypeQ4_0},
+	} {
+		be, err := New(Config{Engine: e.engine})
+		if err != nil {
+			b.Fatal(err)
+		}
+		sess, err := be.Load(ctx, compute.LoadRequest{ModelConfig: configJSON(b, c), Checkpoint: ckpt, Dtype: e.dtype})
+		if err != nil {
+			b.Fatal(err)
+		}
+		gen, err := model.NewGenerator(be, sess.Session, tok, c)
+		if err != nil {
+			b.Fatal(err)
+		}
+		name := e.engine
+		if e.dtype != "" {
+			name += "-" + e.dtype
+		}
+		for _, n := range []int{1, 32} {
+			b.Run(fmt.Sprintf("%s/batch-%d", name, n), func(b *testing.B) {
+				for b.Loop() {
+					g, err := gen.Generate(ctx, prompts[:n], model.GenerateOptions{Constraint: model.ConstraintBox})
+					if err != nil || g[0].Box == nil {
+						b.Fatalf("generate: %v %+v", err, g)
+					}
+				}
+				b.ReportMetric(float64(b.Elapsed().Microseconds())/1e3/float64(b.N), "ms/call")
+			})
+		}
 	}
 }
