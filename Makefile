@@ -9,11 +9,11 @@ WORKFLOWCHECK_VERSION := v0.6.0
 # deadlock on 2 cores, so it is not used).
 export GOMLX_BACKEND ?= go:parallelism=-1
 
-.PHONY: all build plugins libtorch libtorch-optional test-libtorch ggml test-ggml bench-engines gpu-bundle demo test vet workflowcheck services clean bench fuzz soak vulncheck
+.PHONY: all build plugins libtorch libtorch-optional test-libtorch ggml ggml-optional test-ggml bench-engines gpu-bundle demo test vet workflowcheck services clean bench fuzz soak vulncheck
 
 all: build
 
-build: plugins libtorch-optional
+build: plugins libtorch-optional ggml-optional
 	$(GO) build -o $(BIN)/groundmesh ./cmd/groundmesh
 
 # GoMLX's SIMD kernels (GOEXPERIMENT=simd) are built in where the CPU has
@@ -57,13 +57,21 @@ test-libtorch: libtorch
 # C sources are vendored in the github.com/ollama/ollama Go module, so it
 # needs only cgo and a C/C++ compiler; its headers are found there. Its
 # cgo flags set no -march: -O3 -march=native measured ~5x faster on a small
-# model (../shared/DEPENDENCIES.md). GGML_CFLAGS= builds portably.
+# model (../shared/DEPENDENCIES.md); -w keeps the vendored sources' warnings quiet.
+# GGML_CFLAGS="-O3 -w" builds a binary that runs on other x86-64 CPUs.
 GGML_INCLUDE = $(shell $(GO) list -m -f '{{.Dir}}' github.com/ollama/ollama)/ml/backend/ggml/ggml/include
-GGML_CFLAGS ?= -O3 -march=native
+GGML_CFLAGS ?= -O3 -march=native -w
 GGML_ENV = CGO_ENABLED=1 CGO_CPPFLAGS="-I$(GGML_INCLUDE)" CGO_CFLAGS="$(GGML_CFLAGS)" CGO_CXXFLAGS="$(GGML_CFLAGS)"
 ggml:
 	$(GGML_ENV) $(GO) build -tags ggml -o $(BIN)/groundmesh-ggml ./plugins/ggml/cmd/groundmesh-ggml
 	cd $(BIN) && sha256sum groundmesh-ggml > groundmesh-ggml.sha256
+
+# make build and make demo build the ggml backend where a C and C++
+# compiler are installed (the demo then scores a q8_0 GGUF export of its
+# model on it), and go on without it where not.
+ggml-optional:
+	@if command -v $${CC:-cc} >/dev/null 2>&1 && command -v $${CXX:-c++} >/dev/null 2>&1; then $(MAKE) -s ggml; \
+	else echo "ggml backend not built: no C/C++ compiler (install gcc and g++ for it)"; fi
 
 # The ggml engine's tests: its operations against model/eager, the
 # conformance matrix's inference cells in every dtype, GGUF files read by

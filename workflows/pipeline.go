@@ -101,7 +101,8 @@ func Pipeline(ctx workflow.Context, in PipelineInput) (PipelineResult, error) {
 	if want[StageEval] {
 		search(SearchStage.ValueSet(StageEval))
 		var out events.EvaluationCompleted
-		req := events.EvalRequested{RunID: res.RunID, Splits: in.Eval.Splits, MaxSamples: in.Eval.MaxSamples, MaxSamplesBy: map[string]int(in.Eval.MaxSamplesBy), Report: *in.Eval.Report}
+		req := events.EvalRequested{RunID: res.RunID, Splits: in.Eval.Splits, MaxSamples: in.Eval.MaxSamples, MaxSamplesBy: map[string]int(in.Eval.MaxSamplesBy), Report: *in.Eval.Report,
+			ExportAs: in.Eval.ExportAs, ExportBackend: in.Eval.ExportBackend}
 		if workflow.GetVersion(ctx, evalRunFactsVersion, workflow.DefaultVersion, 1) == 1 {
 			// The eval request carries what train answered; without it
 			// (train did not run here, or answered no facts) the Evaluate
@@ -321,6 +322,22 @@ func Evaluate(ctx workflow.Context, req events.EvalRequested) (events.Evaluation
 			return out, badInput(fmt.Errorf("describe run %s: services/train answered without the run's facts", req.RunID))
 		}
 		req.Run = run.Run
+	}
+	// Exports asked for: the final checkpoint in each form, through
+	// services/train, scored beside it. (A request without ExportAs runs
+	// the commands it always did.)
+	if len(req.ExportAs) > 0 {
+		if req.Run == nil || len(req.Run.Checkpoints) == 0 {
+			return out, badInput(fmt.Errorf("evaluate run %s: export_as needs the run's checkpoints", req.RunID))
+		}
+		final := req.Run.Checkpoints[len(req.Run.Checkpoints)-1]
+		for _, x := range req.ExportAs {
+			var done events.ExportCompleted
+			if err := runCommand(ctx, "train.export", events.ExportRequested{CheckpointID: final.ID, Format: x.Format, Dtype: x.Dtype}, &done); err != nil {
+				return out, fmt.Errorf("export checkpoint %s as %s %s: %w", final.ID, x.Format, x.Dtype, err)
+			}
+			req.Exports = append(req.Exports, done)
+		}
 	}
 	err := runCommand(ctx, "eval", req, &out)
 	return out, err

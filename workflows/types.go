@@ -136,6 +136,12 @@ type EvalInput struct {
 	// ±0.09 from which records were drawn.
 	MaxSamplesBy SampleCaps `json:"max_samples_by,omitempty"`
 	Report       *bool      `json:"report,omitempty"` // default true
+	// ExportAs exports the run's final checkpoint in each form (format
+	// "gguf", dtype float32, float16, q8_0 or q4_0) and scores each
+	// export too, as stage "stage3@gguf-<dtype>", on ExportBackend
+	// (default "ggml").
+	ExportAs      []events.ExportSpec `json:"export_as,omitempty"`
+	ExportBackend string              `json:"export_backend,omitempty"`
 }
 
 // SampleCaps are records per split by benchmark name. Decoding refuses an
@@ -305,6 +311,21 @@ func (in PipelineInput) Validate() error {
 	}
 	if in.Eval.MaxSamples < 0 {
 		return fmt.Errorf("pipeline input: eval.max_samples = %d: want >= 0", in.Eval.MaxSamples)
+	}
+	for i, x := range in.Eval.ExportAs {
+		if x.Format != "gguf" {
+			return fmt.Errorf("pipeline input: eval.export_as[%d].format = %q: want gguf", i, x.Format)
+		}
+		switch x.Dtype {
+		case "float32", "float16", "q8_0", "q4_0":
+		default:
+			return fmt.Errorf("pipeline input: eval.export_as[%d].dtype = %q: want float32, float16, q8_0 or q4_0", i, x.Dtype)
+		}
+	}
+	switch in.Eval.ExportBackend {
+	case "", "gomlx", "libtorch", "ggml":
+	default:
+		return fmt.Errorf("pipeline input: eval.export_backend = %q: want gomlx, libtorch or ggml", in.Eval.ExportBackend)
 	}
 	if a := in.Promote.Alias; a != "" {
 		if !aliasPattern.MatchString(a) {

@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -226,6 +227,14 @@ func cmdDemo(ctx context.Context, e env, args []string) error {
 		return err
 	}
 	*input = string(in)
+	// And, where the ggml plugin is built, it exports the final checkpoint
+	// as a q8_0 GGUF and scores it beside the checkpoint.
+	in, why, err := withExport([]byte(*input), e.PluginDir)
+	if err != nil {
+		return err
+	}
+	*input = string(in)
+	fmt.Printf("deployment export: %s\n", why)
 	logPath := filepath.Join(c.dataDir, "demo.log")
 	if err := os.MkdirAll(c.dataDir, 0o755); err != nil {
 		return err
@@ -263,6 +272,7 @@ func cmdDemo(ctx context.Context, e env, args []string) error {
 	fmt.Printf("\npipeline finished in %s: stages %s\n", time.Since(start).Round(time.Second), strings.Join(res.StagesRan, ", "))
 	fmt.Printf("  dataset:    %s\n  synth set:  %s\n  run:        %s\n", res.DatasetID, res.SynthSetID, res.RunID)
 	printMetrics(res.Metrics)
+	printExports(res.Metrics)
 	switch {
 	case res.Promoted != nil:
 		fmt.Printf("\npromoted:  checkpoint %s (%s, run %s) is now %q\n", res.Promoted.CheckpointID, res.Promoted.Stage, res.Promoted.RunID, res.Promoted.Alias)
@@ -429,6 +439,51 @@ func cmdPipeline(ctx context.Context, e env, args []string) error {
 
 // withPromotion sets the input's promote.alias to alias unless the input
 // has a "promote" of its own.
+// withExport asks the pipeline's evaluation to export the final checkpoint
+// as a q8_0 GGUF and score it on the ggml backend, where its plugin is
+// built in pluginDir, unless the input says what to export. It returns
+// the input and a line saying what was chosen and why.
+func withExport(input []byte, pluginDir string) ([]byte, string, error) {
+	in, err := inputObject(input)
+	if err != nil {
+		return nil, "", err
+	}
+	ev := child(in, "eval")
+	if _, ok := ev["export_as"]; ok {
+		return input, "as the input's eval.export_as says", nil
+	}
+	if !stack.BackendAvailable(pluginDir, "ggml") {
+		return input, "none (the ggml plugin is not built here; `make ggml` builds it)", nil
+	}
+	ev["export_as"] = []map[string]string{{"format": "gguf", "dtype": "q8_0"}}
+	out, err := json.Marshal(in)
+	return out, "the final checkpoint as a q8_0 GGUF, scored on ggml as stage3@gguf-q8_0", err
+}
+
+// printExports sets each export's REC Acc@0.5 beside its checkpoint's.
+func printExports(m map[string]float64) {
+	var stages []string
+	for k := range m {
+		if st, rest, ok := strings.Cut(k, "/"); ok && strings.Contains(st, "@") && strings.HasPrefix(rest, "rec/") && strings.HasSuffix(rest, "/acc@0.5") {
+			if !slices.Contains(stages, st) {
+				stages = append(stages, st)
+			}
+		}
+	}
+	sort.Strings(stages)
+	for _, st := range stages {
+		from, _, _ := strings.Cut(st, "@")
+		fmt.Printf("\nexport %s against %s, REC Acc@0.5:\n", st, from)
+		for _, split := range []string{"val", "test", "heldout"} {
+			x, okx := m[st+"/rec/"+split+"/acc@0.5"]
+			c, okc := m[from+"/rec/"+split+"/acc@0.5"]
+			if okx && okc {
+				fmt.Printf("  %-8s %.3f (checkpoint %.3f, %+.3f)\n", split, x, c, x-c)
+			}
+		}
+	}
+}
+
 func withPromotion(input []byte, alias string) ([]byte, error) {
 	in, err := inputObject(input)
 	if err != nil {

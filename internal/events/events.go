@@ -307,7 +307,30 @@ type EvalRequested struct {
 	// ("rec", "pope_random", ...); 0 there means every record.
 	MaxSamplesBy map[string]int `json:"max_samples_by,omitempty"`
 	Report       bool           `json:"report"`
+	// ExportAs asks the Evaluate workflow to export the run's final
+	// checkpoint in each of these forms (services/train, train.export)
+	// and to score each export too, as stage "<stage>@<format>-<dtype>"
+	// (e.g. "stage3@gguf-q8_0").
+	ExportAs []ExportSpec `json:"export_as,omitempty"`
+	// Exports are the exports to score (what train.export answered):
+	// each is scored in place of its checkpoint, which must be among
+	// Run.Checkpoints, on ExportBackend.
+	Exports []ExportCompleted `json:"exports,omitempty"`
+	// ExportBackend is the compute backend that serves the exports
+	// (default "ggml").
+	ExportBackend string `json:"export_backend,omitempty"`
 }
+
+// ExportSpec is a deployment form: Format "gguf", Dtype "float32",
+// "float16", "q8_0" or "q4_0".
+type ExportSpec struct {
+	Format string `json:"format"`
+	Dtype  string `json:"dtype"`
+}
+
+// ExportStage is the stage name an export of a checkpoint of stage is
+// scored under: "<stage>@<format>-<dtype>".
+func ExportStage(stage, format, dtype string) string { return stage + "@" + format + "-" + dtype }
 
 // EvaluationCompleted is the fact (and completion) of an evaluation.
 type EvaluationCompleted struct {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/groundmesh/groundmesh/internal/testutil"
@@ -51,4 +52,64 @@ func TestEvalStageAloneGetsTheRunFromTrain(t *testing.T) {
 		trained.RunID, finals); n != 3 {
 		t.Errorf("evaluations cover %d of the run's 3 final checkpoints", n)
 	}
+}
+
+// TestEvaluateExports: an evaluation asked to export the run's final
+// checkpoint scores each export beside it, as stage
+// "stage3@gguf-<dtype>": a float32 GGUF on the GoMLX backend gives the
+// checkpoint's own figures, every one; with the ggml plugin built, a q8_0
+// GGUF on ggml is scored too. The exports are recorded by services/train.
+func TestEvaluateExports(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs the whole pipeline; skipped with -short")
+	}
+	dir := pluginDir(t)
+	s, _, _ := testStack(t, func(c *Config) { c.PluginDir = dir })
+	ctx, run := startPipeline(t, s, "to-export", testutil.SmallPipeline(29))
+	trained := pipelineDone(t, ctx, run, "to train the run")
+
+	input := fmt.Sprintf(`{"stages": ["eval"], "run_id": %q, "eval": {"splits": ["val"], "max_samples": 3, "max_samples_by": {"rec": 8}, "report": false,
+		"export_as": [{"format": "gguf", "dtype": "float32"}], "export_backend": "gomlx"}}`, trained.RunID)
+	ctx, again := startPipeline(t, s, "eval-export", json.RawMessage(input))
+	var res workflows.PipelineResult
+	if err := again.Get(ctx, &res); err != nil {
+		t.Fatalf("eval with export: %v", err)
+	}
+	compared := 0
+	for k, v := range res.Metrics {
+		rest, ok := strings.CutPrefix(k, "stage3/")
+		if !ok {
+			continue
+		}
+		x, ok := res.Metrics["stage3@gguf-float32/"+rest]
+		if !ok {
+			t.Errorf("no %s for the export", "stage3@gguf-float32/"+rest)
+			continue
+		}
+		if x != v {
+			t.Errorf("%s: checkpoint %v, its float32 GGUF %v", rest, v, x)
+		}
+		compared++
+	}
+	if compared == 0 || res.Metrics["stage3@gguf-float32/rec/val/n"] == 0 {
+		t.Fatalf("nothing compared: %v", res.Metrics)
+	}
+	if n := count(t, s.Pool, `SELECT count(*) FROM model_exports WHERE checkpoint_id::text = $1 AND format = 'gguf' AND dtype = 'float32'`,
+		trained.Checkpoints["stage3"]); n != 1 {
+		t.Errorf("%d model_exports rows for the final checkpoint", n)
+	}
+	if !BackendAvailable(dir, "ggml") {
+		t.Logf("the ggml plugin is not built in %s: q8_0 on ggml not tried (make ggml)", dir)
+		return
+	}
+	input = fmt.Sprintf(`{"stages": ["eval"], "run_id": %q, "eval": {"splits": ["val"], "max_samples": 3, "max_samples_by": {"rec": 8}, "report": false,
+		"export_as": [{"format": "gguf", "dtype": "q8_0"}]}}`, trained.RunID)
+	ctx, q8 := startPipeline(t, s, "eval-export-q8", json.RawMessage(input))
+	if err := q8.Get(ctx, &res); err != nil {
+		t.Fatalf("eval with a q8_0 export on ggml: %v", err)
+	}
+	if res.Metrics["stage3@gguf-q8_0/rec/val/n"] == 0 {
+		t.Fatalf("no q8_0 REC figures: %v", res.Metrics)
+	}
+	t.Logf("REC Acc@0.5 val: checkpoint %.3f, q8_0 GGUF on ggml %.3f", res.Metrics["stage3/rec/val/acc@0.5"], res.Metrics["stage3@gguf-q8_0/rec/val/acc@0.5"])
 }

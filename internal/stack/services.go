@@ -156,6 +156,9 @@ func (sv *Services) build(ctx context.Context, s *Stack, backends func(name stri
 		if name == "" {
 			name = train.DefaultBackend
 		}
+		if ck.Backend != "" { // an export, on the backend that serves it
+			name = ck.Backend
+		}
 		b, err := backends(name)
 		if err != nil {
 			return nil, err

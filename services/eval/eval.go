@@ -298,6 +298,11 @@ func (s *Service) evaluate(ctx context.Context, req events.EvalRequested, progre
 	if err != nil {
 		return none, fmt.Errorf("evaluate run %s: %w", req.RunID, err)
 	}
+	xs, err := exportCheckpoints(req, run, cks)
+	if err != nil {
+		return none, fmt.Errorf("evaluate run %s: %w", req.RunID, err)
+	}
+	cks = append(cks, xs...)
 	set, err := s.loadRecords(ctx, run, splits, req.MaxSamples, req.MaxSamplesBy)
 	if err != nil {
 		return none, fmt.Errorf("evaluate run %s: %w", req.RunID, err)
@@ -473,6 +478,43 @@ func (s *Service) evalPredictor(ctx context.Context, p Predictor, ckID, stage st
 // requestRun is what req says about its run: the run's facts and the
 // checkpoints to score, checked for what scoring needs. Eval looks
 // nothing up: a request without them is bad input.
+// exportCheckpoints are the request's exports as checkpoints to score:
+// each in place of the checkpoint it came from (which the request must
+// list), under stage events.ExportStage, on the export backend.
+func exportCheckpoints(req events.EvalRequested, run RunInfo, cks []Checkpoint) ([]Checkpoint, error) {
+	if len(req.Exports) == 0 {
+		return nil, nil
+	}
+	backend := req.ExportBackend
+	if backend == "" {
+		backend = "ggml"
+	}
+	runHash := ""
+	if req.Run != nil {
+		runHash = req.Run.ModelConfigSHA256
+	}
+	var out []Checkpoint
+	for i, x := range req.Exports {
+		var from *Checkpoint
+		for j := range cks {
+			if cks[j].ID == x.CheckpointID {
+				from = &cks[j]
+			}
+		}
+		switch {
+		case from == nil:
+			return nil, fmt.Errorf("exports[%d]: checkpoint %s is not among the checkpoints scored: %w", i, x.CheckpointID, ErrBadInput)
+		case x.Format != "gguf" || x.BlobKey == "" || x.SHA256 == "" || x.Dtype == "":
+			return nil, fmt.Errorf("exports[%d]: format %q, dtype %q, blob %q, sha256 %q: a GGUF export with its blob, sha256 and dtype is required: %w", i, x.Format, x.Dtype, x.BlobKey, x.SHA256, ErrBadInput)
+		case runHash != "" && x.ModelConfigSHA256 != "" && x.ModelConfigSHA256 != runHash:
+			return nil, fmt.Errorf("exports[%d]: its model config hash %s is not the run's %s: %w", i, x.ModelConfigSHA256, runHash, ErrBadInput)
+		}
+		out = append(out, Checkpoint{ID: from.ID, RunID: run.RunID, Stage: events.ExportStage(from.Stage, x.Format, x.Dtype), Step: from.Step,
+			BlobKey: x.BlobKey, SHA256: x.SHA256, Backend: backend, Dtype: x.Dtype})
+	}
+	return out, nil
+}
+
 func requestRun(req events.EvalRequested) (RunInfo, []Checkpoint, error) {
 	f := req.Run
 	if f == nil {

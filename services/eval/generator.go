@@ -86,7 +86,7 @@ func NewGeneratorFactory(cfg GeneratorConfig) (PredictorFactory, error) {
 				return nil, fmt.Errorf("checkpoint %s: blob %s has sha256 %s, the request says %s: %w", ck.ID, ck.BlobKey, sum, ck.SHA256, ErrBadInput)
 			}
 		}
-		sess, err := infer.Open(ctx, cfg.Backend, infer.OpenRequest{ModelConfig: run.ModelConfig, TokenizerPath: tp, CheckpointPath: cp, Device: cfg.Device})
+		sess, err := infer.Open(ctx, cfg.Backend, infer.OpenRequest{ModelConfig: run.ModelConfig, TokenizerPath: tp, CheckpointPath: cp, Device: cfg.Device, Dtype: ck.Dtype})
 		if err != nil {
 			return nil, fmt.Errorf("checkpoint %s of run %s: %w", ck.ID, run.RunID, err)
 		}

@@ -52,6 +52,9 @@ type Checkpoint struct {
 	// SHA256 is the file's hex sha256 as the request carries it; a
 	// predictor that reads the file checks it.
 	SHA256 string
+	// Backend, when set, serves this checkpoint instead of the run's
+	// (an export's backend); Dtype is what it holds the weights in.
+	Backend, Dtype string
 }
 
 // RunInfo is what the evaluator needs to know about a run and the data it
