@@ -211,19 +211,19 @@ type ExportRequested struct {
 // checkpoint (and its sha256) and run it came from, and the model config
 // hash both share.
 type ExportCompleted struct {
-	CorrelationID      string    `json:"correlation_id"`
-	ExportID           string    `json:"export_id"`
-	CheckpointID       string    `json:"checkpoint_id"`
-	CheckpointSHA256   string    `json:"checkpoint_sha256"`
-	RunID              string    `json:"run_id"`
-	Format             string    `json:"format"`
-	Dtype              string    `json:"dtype"`
-	BlobKey            string    `json:"blob_key"`
-	SHA256             string    `json:"sha256"`
-	Bytes              int64     `json:"bytes"`
-	ModelConfigSHA256  string    `json:"model_config_sha256"`
-	CreatedAt          time.Time `json:"created_at"`
-	Reused             bool      `json:"reused"`
+	CorrelationID     string    `json:"correlation_id"`
+	ExportID          string    `json:"export_id"`
+	CheckpointID      string    `json:"checkpoint_id"`
+	CheckpointSHA256  string    `json:"checkpoint_sha256"`
+	RunID             string    `json:"run_id"`
+	Format            string    `json:"format"`
+	Dtype             string    `json:"dtype"`
+	BlobKey           string    `json:"blob_key"`
+	SHA256            string    `json:"sha256"`
+	Bytes             int64     `json:"bytes"`
+	ModelConfigSHA256 string    `json:"model_config_sha256"`
+	CreatedAt         time.Time `json:"created_at"`
+	Reused            bool      `json:"reused"`
 }
 
 // RunFacts describes a training run for the services that use its

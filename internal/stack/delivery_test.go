@@ -10,8 +10,8 @@ import (
 	"image/png"
 	"log/slog"
 	"os"
-	"sync"
 	"slices"
+	"sync"
 	"testing"
 	"time"
 
@@ -225,7 +225,9 @@ func testEveryEventTwice(t *testing.T, kind string) {
 					events.ExportRequested{CorrelationID: "export-2", CheckpointID: trained[1].Checkpoints[2].ID, Format: "gguf", Dtype: "q8_0"},
 				}
 			},
-			fence: func(corr string) any { return events.ExportRequested{CorrelationID: corr, CheckpointID: "not-a-uuid", Format: "gguf"} },
+			fence: func(corr string) any {
+				return events.ExportRequested{CorrelationID: corr, CheckpointID: "not-a-uuid", Format: "gguf"}
+			},
 			keep: func(t *testing.T, a [2]json.RawMessage) {
 				for i := range 2 {
 					if x := decode[events.ExportCompleted](t, a[i]); x.CheckpointID != trained[i].Checkpoints[2].ID || x.SHA256 == "" || x.Bytes == 0 {

@@ -202,5 +202,3 @@ func (s *pgStore) recordExport(ctx context.Context, e events.ExportCompleted) (s
 	}
 	return id, at, nil
 }
-
-
