@@ -531,7 +531,7 @@ func TestEvaluateOptions(t *testing.T) {
 func TestEvaluateFromEventAlone(t *testing.T) {
 	f := newFixture(t)
 	ctx := context.Background()
-	if _, err := f.pool.Exec(ctx, `DROP TABLE train_metrics, checkpoints, run_stages, runs, synth_sets,
+	if _, err := f.pool.Exec(ctx, `DROP TABLE model_exports, train_metrics, checkpoints, run_stages, runs, synth_sets,
 		dataset_rejects, dataset_files, dataset_versions, datasets`); err != nil {
 		t.Fatal(err)
 	}

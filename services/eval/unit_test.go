@@ -12,6 +12,7 @@ import (
 
 	"github.com/groundmesh/groundmesh/internal/blob"
 	"github.com/groundmesh/groundmesh/internal/dataset"
+	"github.com/groundmesh/groundmesh/internal/events"
 	"github.com/groundmesh/groundmesh/internal/infer"
 	"github.com/groundmesh/groundmesh/model"
 	"github.com/groundmesh/groundmesh/plugins/compute/computetest"
@@ -310,5 +311,42 @@ func TestGeneratorRefusesACheckpointThatIsNotTheRequests(t *testing.T) {
 	_, err = f(context.Background(), ck, run)
 	if !errors.Is(err, ErrBadInput) || !strings.Contains(err.Error(), "has sha256 "+sum) {
 		t.Fatalf("checkpoint with another sha256: err = %v, want bad input naming the file's sha256", err)
+	}
+}
+
+// TestExportCheckpoints: an export is scored in place of its checkpoint,
+// under its own stage, on the export backend; one of a checkpoint not
+// scored, without its blob or hash, or of another model config is bad
+// input.
+func TestExportCheckpoints(t *testing.T) {
+	cks := []Checkpoint{{ID: "c1", Stage: "stage1", Step: 10, BlobKey: "k1", SHA256: "s1"}, {ID: "c3", Stage: "stage3", Step: 30, BlobKey: "k3", SHA256: "s3"}}
+	run := RunInfo{RunID: "r"}
+	good := events.ExportCompleted{CheckpointID: "c3", Format: "gguf", Dtype: "q8_0", BlobKey: "exports/c3/q8_0.gguf", SHA256: "x3", ModelConfigSHA256: "h"}
+	req := events.EvalRequested{Run: &events.RunFacts{ModelConfigSHA256: "h"}, Exports: []events.ExportCompleted{good}}
+	got, err := exportCheckpoints(req, run, cks)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := Checkpoint{ID: "c3", RunID: "r", Stage: "stage3@gguf-q8_0", Step: 30, BlobKey: "exports/c3/q8_0.gguf", SHA256: "x3", Backend: "ggml", Dtype: "q8_0"}
+	if len(got) != 1 || got[0] != want {
+		t.Fatalf("got %+v, want %+v", got, want)
+	}
+	for _, c := range []struct {
+		name string
+		edit func(*events.ExportCompleted)
+		msg  string
+	}{
+		{"not scored", func(x *events.ExportCompleted) { x.CheckpointID = "c9" }, "not among the checkpoints scored"},
+		{"no hash", func(x *events.ExportCompleted) { x.SHA256 = "" }, "sha256"},
+		{"onnx", func(x *events.ExportCompleted) { x.Format = "onnx" }, `format "onnx"`},
+		{"another config", func(x *events.ExportCompleted) { x.ModelConfigSHA256 = "other" }, "is not the run's"},
+	} {
+		x := good
+		c.edit(&x)
+		r := req
+		r.Exports = []events.ExportCompleted{x}
+		if _, err := exportCheckpoints(r, run, cks); !errors.Is(err, ErrBadInput) || !strings.Contains(err.Error(), c.msg) {
+			t.Errorf("%s: err = %v, want bad input naming %q", c.name, err, c.msg)
+		}
 	}
 }
