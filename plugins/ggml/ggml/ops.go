@@ -79,6 +79,18 @@ func (o *Ops) in(x *Tensor) *Tensor {
 		return p
 	case x.isInt:
 		return o.ToFloat(x)
+	case C.gm_type(x.t) != C.GGML_TYPE_F32:
+		// A float16 or quantized weight read by an operation other than
+		// Dense or Gather.
+		if p, ok := o.plain[x]; ok {
+			return p
+		}
+		p := o.wrap("weight", C.ggml_cast(o.ctx(), x.t, C.GGML_TYPE_F32), x.dims, false)
+		if o.plain == nil {
+			o.plain = map[*Tensor]*Tensor{}
+		}
+		o.plain[x] = p
+		return p
 	}
 	return x
 }
@@ -332,7 +344,7 @@ func (o *Ops) ToInt(x *Tensor) *Tensor {
 }
 
 func (o *Ops) Reshape(x *Tensor, dims ...int) *Tensor {
-	if x.dense {
+	if !x.isInt {
 		x = o.in(x)
 	}
 	dims = slices.Clone(dims)
@@ -355,7 +367,7 @@ func (o *Ops) Reshape(x *Tensor, dims ...int) *Tensor {
 }
 
 func (o *Ops) Transpose(x *Tensor, perm ...int) *Tensor {
-	if x.dense {
+	if !x.isInt {
 		x = o.in(x)
 	}
 	r := len(x.dims)
@@ -433,7 +445,7 @@ func (o *Ops) Transpose(x *Tensor, perm ...int) *Tensor {
 }
 
 func (o *Ops) Slice(x *Tensor, ranges ...model.Range) *Tensor {
-	if x.dense {
+	if !x.isInt {
 		x = o.in(x)
 	}
 	r := len(x.dims)
@@ -532,7 +544,7 @@ func (o *Ops) Concat(axis int, xs ...*Tensor) *Tensor {
 	pre, post := numel(out[:axis]), numel(out[axis+1:])
 	var acc *C.struct_ggml_tensor
 	for _, x := range xs {
-		if x.dense {
+		if !x.isInt {
 			x = o.in(x)
 		}
 		t := o.as(x, pre, x.dims[axis], post)
