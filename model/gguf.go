@@ -362,19 +362,18 @@ func DenseWeight(name string, shape []int) bool {
 }
 
 // ServingDtype is the dtype a parameter is held in when the model is held
-// in dtype: dense weights and the token embeddings in dtype where their
-// rows (a dense weight's input width, an embedding's width) are whole
-// blocks, float16 where not; every other parameter (norms, biases,
-// position tables, convolution kernels) in float32.
+// in dtype: in float32, everything in float32; otherwise vectors (norm
+// scales, biases) in float32, and every table (dense weights, embeddings,
+// position tables, convolution kernels) in dtype where its rows (a dense
+// weight's input width, another table's last axis) are whole blocks, in
+// float16 where not.
 func ServingDtype(dtype, name string, shape []int) string {
-	row := 0
-	switch {
-	case DenseWeight(name, shape):
-		row = shape[0]
-	case name == "embed.tokens":
-		row = shape[1]
-	default:
+	if dtype == DtypeF32 || len(shape) < 2 {
 		return DtypeF32
+	}
+	row := shape[len(shape)-1]
+	if DenseWeight(name, shape) {
+		row = shape[0]
 	}
 	if Quantizable(dtype, row) {
 		return dtype

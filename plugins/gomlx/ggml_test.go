@@ -36,9 +36,9 @@ func TestGGMLMatrix(t *testing.T) {
 // and the share of grammar answers that must stay the reference's.
 func TestGGMLMatrixQuantized(t *testing.T) {
 	for _, c := range []computetest.MatrixTolerance{
-		{Dtype: model.DtypeF16, Forward: 1e-2, Answers: 0.9},
-		{Dtype: model.DtypeQ8_0, Forward: 0.15, Answers: 0.8, Boxes: 0.5},
-		{Dtype: model.DtypeQ4_0, Forward: 2, Answers: 0.3, Boxes: 0.5},
+		{Dtype: model.DtypeF16, Forward: 1e-2, Answers: 1, BoxIoU: 0.95},
+		{Dtype: model.DtypeQ8_0, Forward: 0.15, Answers: 0.8, Boxes: 0.5, BoxIoU: 0.9},
+		{Dtype: model.DtypeQ4_0, Forward: 2, Answers: 0.3, Boxes: 0.5, BoxIoU: 0.5},
 	} {
 		t.Run(c.Dtype, func(t *testing.T) {
 			computetest.RunMatrix(t, computetest.MatrixHarness{Tolerance: c, New: func(t *testing.T) compute.Backend { return newGGMLBackend(t) }})

@@ -612,6 +612,10 @@ type MatrixTolerance struct {
 	// the reference's (box, score and existence within Forward). Default
 	// 1: a quantized dtype may point at another cell when two were close.
 	Boxes float64
+	// BoxIoU, when set, lets a box answer equal the reference's when the
+	// two boxes overlap by at least this IoU (a quantized dtype moves a
+	// box's edges in the third decimal); 0: the text must be equal.
+	BoxIoU float64
 }
 
 func (m *MatrixTolerance) defaults() {
@@ -686,7 +690,7 @@ func CompareCell(got, want *CellReference, tol MatrixTolerance) error {
 		}
 		for i := range w {
 			answers++
-			if g[i] == w[i] {
+			if g[i] == w[i] || tol.BoxIoU > 0 && boxIoU(g[i], w[i]) >= tol.BoxIoU {
 				same++
 			} else {
 				differ = append(differ, fmt.Sprintf("%s answer %d %q, reference %q", name, i, g[i], w[i]))
@@ -926,4 +930,24 @@ func sameHead(own, host *compute.HeadBox, grounder bool) error {
 		return fmt.Errorf("head score/exists %v/%v in the backend's Generate, %v/%v in the host loop", own.Score, own.Exists, host.Score, host.Exists)
 	}
 	return nil
+}
+
+// boxIoU is the IoU of two box answers, 0 when either is not a box.
+func boxIoU(a, b string) float64 {
+	x, err := model.ParseBox(a)
+	if err != nil {
+		return 0
+	}
+	y, err := model.ParseBox(b)
+	if err != nil {
+		return 0
+	}
+	iw := math.Min(x[2], y[2]) - math.Max(x[0], y[0])
+	ih := math.Min(x[3], y[3]) - math.Max(x[1], y[1])
+	if iw <= 0 || ih <= 0 {
+		return 0
+	}
+	inter := iw * ih
+	union := (x[2]-x[0])*(x[3]-x[1]) + (y[2]-y[0])*(y[3]-y[1]) - inter
+	return inter / union
 }

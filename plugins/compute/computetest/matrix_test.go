@@ -97,6 +97,17 @@ func TestCompareCellShares(t *testing.T) {
 	if err := CompareCell(got, want, MatrixTolerance{Answers: 0.9, Boxes: 0.5}); err != nil {
 		t.Errorf("one answer and one box of two differ, 90%% and 50%% must match: %v", err)
 	}
+	// A box that moved in the third decimal counts as the same answer
+	// under BoxIoU, not without it.
+	moved, _ := model.ParseBox(want.Answers["box"][0])
+	moved[3] -= 0.004
+	got.Answers["box"][0] = model.FormatBox(moved)
+	if err := CompareCell(got, want, MatrixTolerance{Answers: 0.9, Boxes: 0.5, BoxIoU: 0.9}); err != nil {
+		t.Errorf("a box answer moved by 0.004 with BoxIoU 0.9: %v", err)
+	}
+	if err := CompareCell(got, want, MatrixTolerance{Answers: 0.9, Boxes: 0.5}); err == nil {
+		t.Error("a box answer moved by 0.004 without BoxIoU: no error")
+	}
 	got.Answers["box"][0] = "[0.000, 0.000, 1.000, 1.000]" // 2 of 10
 	if err := CompareCell(got, want, MatrixTolerance{Answers: 0.9, Boxes: 0.5}); err == nil || !strings.Contains(err.Error(), "8 of 10 answers") {
 		t.Errorf("two answers differ, 90%% must match: %v", err)
