@@ -29,7 +29,8 @@ var ExportDtypes = []string{model.DtypeF32, model.DtypeF16, model.DtypeQ8_0, mod
 // run's architecture config and tokenizer, the weights in req.Dtype, and
 // the checkpoint it came from. The checkpoint's bytes are checked against
 // its recorded sha256 first. The same checkpoint, format and dtype again
-// answer the recorded export (Reused) when its blob is still intact.
+// answer the recorded export (Reused) when its blob is still intact and
+// of this build's GGUF layout (model.GGUFFormatVersion).
 func (s *Service) Export(ctx context.Context, req events.ExportRequested) (out events.ExportCompleted, err error) {
 	ctx, span := tracer.Start(ctx, "train.Export", trace.WithAttributes(
 		attribute.String("checkpoint_id", req.CheckpointID), attribute.String("format", req.Format), attribute.String("dtype", req.Dtype)))
@@ -57,9 +58,12 @@ func (s *Service) Export(ctx context.Context, req events.ExportRequested) (out e
 	if err != nil {
 		return out, err
 	}
+	// The key names the file layout's version: an export written by a
+	// build with another layout is written again, not reused.
+	key := fmt.Sprintf("exports/%s/%s.v%d.%s", req.CheckpointID, req.Dtype, model.GGUFFormatVersion, req.Format)
 	if prev, ok, err := s.store.export(ctx, req.CheckpointID, req.Format, req.Dtype); err != nil {
 		return out, err
-	} else if ok && s.blobIntact(prev.BlobKey, prev.SHA256) {
+	} else if ok && prev.BlobKey == key && s.blobIntact(prev.BlobKey, prev.SHA256) {
 		prev.CorrelationID, prev.Reused = req.CorrelationID, true
 		return prev, nil
 	}
@@ -116,7 +120,6 @@ func (s *Service) Export(ctx context.Context, req events.ExportRequested) (out e
 	if _, err := model.WriteGGUF(&buf, g); err != nil {
 		return out, err
 	}
-	key := fmt.Sprintf("exports/%s/%s.%s", ck.ID, req.Dtype, req.Format)
 	sum, n, err := s.cfg.Blob.Put(key, &buf)
 	if err != nil {
 		return out, fmt.Errorf("export: %w", err)
