@@ -372,3 +372,90 @@ func cleanNATS(t *testing.T, prefix string, queues ...string) {
 		}
 	}
 }
+
+// A worker's services, queues and backends are checked before anything
+// starts, and each error names what is wrong.
+func TestWorkersConfigRejectsBadInput(t *testing.T) {
+	for _, c := range []struct {
+		edit func(*Config)
+		want string
+	}{
+		{func(c *Config) { c.Services = []string{"ingest", "trian"} }, `unknown service "trian" (want some of ingest, synth, train, eval, ground)`},
+		{func(c *Config) { c.Services = []string{"eval", "eval"} }, `"eval" listed twice`},
+		{func(c *Config) { c.Queues = []string{"train.cuda"} }, `queue "train.cuda": want lower-case`},
+		{func(c *Config) { c.Queues = []string{"default", ""} }, `"default" listed twice`},
+		{func(c *Config) { c.Backends = []string{"onnx"} }, `unknown backend "onnx" (want some of gomlx, libtorch)`},
+		{func(c *Config) { c.WorkerID = "a b" }, `worker id "a b"`},
+		{func(c *Config) { c.CommandLease = time.Millisecond }, `command lease 1ms`},
+	} {
+		cfg := Config{DataDir: t.TempDir()}
+		c.edit(&cfg)
+		_, err := Start(context.Background(), cfg)
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%+v: %v, want an error with %q", cfg, err, c.want)
+		}
+	}
+	cfg := Config{DataDir: t.TempDir()}
+	if err := cfg.defaults(); err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(cfg.Services, AllServices) || !slices.Equal(cfg.Queues, []string{events.DefaultQueue}) || cfg.WorkerID == "" {
+		t.Errorf("defaults: services %v, queues %v, worker id %q", cfg.Services, cfg.Queues, cfg.WorkerID)
+	}
+	if !cfg.backendAllowed("libtorch:cuda") {
+		t.Error("no Backends should allow every backend")
+	}
+	cfg.Backends = []string{"libtorch"}
+	if !cfg.backendAllowed("libtorch:cuda") || cfg.backendAllowed("gomlx") {
+		t.Error(`Backends ["libtorch"] should allow libtorch:cuda and not gomlx`)
+	}
+}
+
+// A process builds only the services it runs (synth reads datasets
+// through ingest's reader without an ingest service), refuses a backend
+// it does not run, and the registry tells who serves which queue.
+func TestWorkersBuildOnlyTheirServices(t *testing.T) {
+	ctx := context.Background()
+	s, err := Start(ctx, Config{DataDir: t.TempDir(), DatabaseURL: store.NewTestDB(t), Offline: true, HTTPAddr: "off",
+		Services: []string{"synth"}, Backends: []string{"libtorch"}, WorkerID: "w-synth"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close(ctx)
+	sv := s.Services
+	if sv.Synth == nil || sv.Ingest != nil || sv.Train != nil || sv.Eval != nil || sv.Ground != nil {
+		t.Fatalf("services built: ingest %v synth %v train %v eval %v ground %v", sv.Ingest != nil, sv.Synth != nil, sv.Train != nil, sv.Eval != nil, sv.Ground != nil)
+	}
+	if _, err := sv.Backend("gomlx"); err == nil || !strings.Contains(err.Error(), "worker w-synth runs only backends libtorch") {
+		t.Errorf("a backend the worker does not run: %v", err)
+	}
+	if len(sv.hosts) != 0 {
+		t.Errorf("plugin hosts started: %d", len(sv.hosts))
+	}
+
+	if _, err := s.Pool.Exec(ctx, `INSERT INTO workers (worker_id, host, pid, services, queues, backends, seen_at) VALUES
+		('gpu-1', 'h', 1, '{train,eval}', '{train-cuda}', '{libtorch}', now()),
+		('cpu-1', 'h', 2, '{ingest,synth,train}', '{default}', '{gomlx}', now()),
+		('old-1', 'h', 3, '{synth}', '{synth}', '{gomlx}', now() - interval '1 hour')`); err != nil {
+		t.Fatal(err)
+	}
+	reg := &Registry{Pool: s.Pool}
+	for _, c := range []struct {
+		service, queue string
+		want           []string
+	}{
+		{"train", "train-cuda", []string{"gpu-1"}},
+		{"train", "default", []string{"cpu-1"}},
+		{"train.describe", "", []string{"cpu-1", "gpu-1"}},
+		{"synth", "synth", nil}, // old-1 stopped refreshing its row
+		{"eval", "default", nil},
+	} {
+		got, err := reg.Serving(ctx, c.service, c.queue)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Equal(got, c.want) {
+			t.Errorf("%s on %q: served by %v, want %v", c.service, c.queue, got, c.want)
+		}
+	}
+}
