@@ -319,13 +319,8 @@ func (in PipelineInput) Validate() error {
 			return fmt.Errorf("pipeline input: promote.alias needs the %q stage (it promotes the checkpoint the run trains)", StageTrain)
 		}
 	}
-	for _, stage := range slices.Sorted(maps.Keys(in.Queues)) {
-		if !slices.Contains(KnownStages, stage) {
-			return fmt.Errorf("pipeline input: queues[%q]: want a stage (%s)", stage, strings.Join(KnownStages, ", "))
-		}
-		if err := events.ValidQueue(in.Queues[stage]); err != nil {
-			return fmt.Errorf("pipeline input: queues[%q]: %w", stage, err)
-		}
+	if err := badQueues(in.Queues); err != nil {
+		return err
 	}
 	if len(in.Promote.MinMetrics) > 0 {
 		if in.Promote.Alias == "" {
@@ -344,6 +339,20 @@ func (in PipelineInput) Validate() error {
 	}
 	if seen[StageEval] && !seen[StageTrain] && in.RunID == "" {
 		return fmt.Errorf("pipeline input: run_id is required when stages omit %q", StageTrain)
+	}
+	return nil
+}
+
+// badQueues names the first (in stage name order) entry of a pipeline
+// input's queues that is not a stage or not a queue name.
+func badQueues(queues map[string]string) error {
+	for _, stage := range slices.Sorted(maps.Keys(queues)) { // sorted: the same error on every replay
+		if !slices.Contains(KnownStages, stage) {
+			return fmt.Errorf("pipeline input: queues[%q]: want a stage (%s)", stage, strings.Join(KnownStages, ", "))
+		}
+		if err := events.ValidQueue(queues[stage]); err != nil {
+			return fmt.Errorf("pipeline input: queues[%q]: %w", stage, err)
+		}
 	}
 	return nil
 }
