@@ -277,6 +277,25 @@ func (c *Cache[T]) Live() []T {
 	return out
 }
 
+// MapLive replaces every tensor Live returns with f of it (f receives
+// T's zero value for state the config does not use): an engine that
+// computes each Step in a graph of its own carries the cache from one
+// graph into the next with it, the values read back and fed in again.
+func (c *Cache[T]) MapLive(f func(T) T) {
+	if c.HaveFeats {
+		c.Feats = f(c.Feats)
+	}
+	for i := range c.layers {
+		if l := &c.layers[i]; l.have {
+			l.k, l.v = f(l.k), f(l.v)
+		}
+	}
+	if c.have {
+		c.fuseTok, c.fuseW = f(c.fuseTok), f(c.fuseW)
+		c.gz, c.gNormed, c.gImg, c.gPatch = f(c.gz), f(c.gNormed), f(c.gImg), f(c.gPatch)
+	}
+}
+
 type layerCache[T any] struct {
 	k, v     T // [1, H, Len, hd]
 	have     bool

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"time"
 
@@ -112,13 +113,16 @@ func BadInputError(err error) bool {
 	return errors.As(err, &b) && b.BadInput()
 }
 
+// CommandServices are the services the Command activity drives: each
+// consumes "<service>.requested" and answers "<service>.completed" or
+// "<service>.failed", with "<service>.progress" on the way.
+var CommandServices = []string{"ingest", "synth", "train", "train.describe", "train.export", "eval"}
+
 // Command publishes a service command and completes asynchronously.
 func (a *Activities) Command(ctx context.Context, in CommandInput) (json.RawMessage, error) {
 	ctx, span := otel.Tracer("groundmesh/workflows").Start(ctx, "bridge.command "+in.Service)
 	defer span.End()
-	switch in.Service {
-	case "ingest", "synth", "train", "train.describe", "eval":
-	default:
+	if !slices.Contains(CommandServices, in.Service) {
 		return nil, temporal.NewNonRetryableApplicationError(fmt.Sprintf("command: unknown service %q", in.Service), ErrTypeBadInput, nil)
 	}
 	if err := events.ValidQueue(in.Queue); err != nil {

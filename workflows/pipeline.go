@@ -200,6 +200,9 @@ func commandOptions(service string) workflow.ActivityOptions {
 	case "train.describe":
 		// A few reads: no progress to wait for.
 		o.StartToCloseTimeout = 5 * time.Minute
+	case "train.export":
+		// Reads a checkpoint, writes one file.
+		o.StartToCloseTimeout = 15 * time.Minute
 	}
 	return o
 }
@@ -227,6 +230,18 @@ func runCommand(ctx workflow.Context, service, queue string, payload any, out an
 func Ingest(ctx workflow.Context, req events.IngestRequested) (events.DatasetIngested, error) {
 	var out events.DatasetIngested
 	err := runCommand(ctx, "ingest", req.Queue, req, &out)
+	return out, err
+}
+
+// Export writes a checkpoint in a deployment format (a GGUF file in the
+// blob store, recorded beside its checkpoint) through services/train.
+func Export(ctx workflow.Context, req events.ExportRequested) (events.ExportCompleted, error) {
+	var out events.ExportCompleted
+	if req.CheckpointID == "" {
+		return out, badInput(fmt.Errorf("export input: checkpoint_id is required"))
+	}
+	// Served by every train worker on the default queue.
+	err := runCommand(ctx, "train.export", "", req, &out)
 	return out, err
 }
 

@@ -14,5 +14,6 @@ func Register(w worker.Registry, acts *Activities) {
 	w.RegisterWorkflowWithOptions(Synthesize, workflowOpts(SynthesizeWorkflowName))
 	w.RegisterWorkflowWithOptions(Train, workflowOpts(TrainWorkflowName))
 	w.RegisterWorkflowWithOptions(Evaluate, workflowOpts(EvaluateWorkflowName))
+	w.RegisterWorkflowWithOptions(Export, workflowOpts(ExportWorkflowName))
 	w.RegisterActivity(acts)
 }

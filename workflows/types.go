@@ -27,6 +27,7 @@ const (
 	SynthesizeWorkflowName = "Synthesize"
 	TrainWorkflowName      = "Train"
 	EvaluateWorkflowName   = "Evaluate"
+	ExportWorkflowName     = "Export"
 
 	// CommandActivityName is the bridge activity.
 	CommandActivityName = "Command"

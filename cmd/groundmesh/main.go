@@ -40,6 +40,7 @@ data and models:
   report RUN_ID           write the HTML report of a training run
   compare RUN_A RUN_B     print two runs' metrics side by side
   promote CHECKPOINT_ID   serve grounding requests from this checkpoint (--alias production)
+  export CHECKPOINT_ID    write a checkpoint as a GGUF file (--format gguf --dtype q8_0 [--out FILE])
   pipeline start [JSON]   start a Pipeline workflow on a running stack
 
 Run "groundmesh <command> -h" for a command's flags.
@@ -78,6 +79,8 @@ func main() {
 		err = cmdPipeline(ctx, env, args)
 	case "promote":
 		err = cmdPromote(ctx, env, args)
+	case "export":
+		err = cmdExport(ctx, env, args)
 	case "-h", "--help", "help":
 		fmt.Print(usage)
 		return

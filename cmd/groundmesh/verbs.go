@@ -189,6 +189,55 @@ func cmdSynth(ctx context.Context, e env, args []string) error {
 	return nil
 }
 
+func cmdExport(ctx context.Context, e env, args []string) error {
+	fs := flag.NewFlagSet("export", flag.ContinueOnError)
+	format := fs.String("format", "gguf", "deployment format: gguf (onnx is not built yet)")
+	dtype := fs.String("dtype", "float32", "weights: float32, float16, q8_0 or q4_0")
+	out := fs.String("out", "", "also copy the file here")
+	dataDir := fs.String("data-dir", e.DataDir, "data directory")
+	verbose := fs.Bool("v", false, "log to stderr")
+	id, rest := splitPositional(args)
+	if err := fs.Parse(rest); err != nil {
+		return errUsage
+	}
+	if id == "" {
+		fmt.Fprintln(os.Stderr, "usage: groundmesh export CHECKPOINT_ID [--format gguf] [--dtype float32|float16|q8_0|q4_0] [--out FILE]")
+		return errUsage
+	}
+	s, done, err := offline(ctx, e, *dataDir, *verbose)
+	if err != nil {
+		return err
+	}
+	defer done()
+	x, err := s.Services.Train.Export(ctx, events.ExportRequested{CheckpointID: id, Format: *format, Dtype: *dtype})
+	if err != nil {
+		return err
+	}
+	fmt.Printf("export %s: checkpoint %s (run %s) as %s %s\n  %d bytes, sha256 %s\n  blob %s (reused %v)\n",
+		x.ExportID, x.CheckpointID, x.RunID, x.Format, x.Dtype, x.Bytes, x.SHA256, x.BlobKey, x.Reused)
+	if *out == "" {
+		return nil
+	}
+	src, err := s.Blob.Open(x.BlobKey)
+	if err != nil {
+		return err
+	}
+	defer src.Close()
+	dst, err := os.Create(*out)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(dst, src); err != nil {
+		dst.Close()
+		return err
+	}
+	if err := dst.Close(); err != nil {
+		return err
+	}
+	fmt.Printf("  copied to %s\n", *out)
+	return nil
+}
+
 // parseTaskWeights reads "task=weight,..." (empty: nil). Task names and
 // negative weights are checked by services/synth, which knows the tasks.
 func parseTaskWeights(s string) (map[string]float64, error) {

@@ -60,6 +60,12 @@ const (
 	TopicTrainDescribeCompleted = "train.describe.completed"
 	TopicTrainDescribeFailed    = "train.describe.failed"
 
+	// "train.export.*" asks services/train to write a checkpoint in a
+	// deployment format (ExportRequested, answered with ExportCompleted).
+	TopicTrainExportRequested = "train.export.requested"
+	TopicTrainExportCompleted = "train.export.completed"
+	TopicTrainExportFailed    = "train.export.failed"
+
 	TopicEvalRequested      = "eval.requested"
 	TopicEvalProgress       = "eval.progress"
 	TopicEvalCompleted      = "eval.completed"
@@ -205,6 +211,36 @@ type TrainCompleted struct {
 type TrainDescribeRequested struct {
 	CorrelationID string `json:"correlation_id"`
 	RunID         string `json:"run_id"`
+}
+
+// ExportRequested asks services/train to write a checkpoint in a
+// deployment format: Format "gguf" (the only one built), Dtype "float32"
+// (default), "float16", "q8_0" or "q4_0". Exporting the same checkpoint,
+// format and dtype again answers the recorded export.
+type ExportRequested struct {
+	CorrelationID string `json:"correlation_id"`
+	CheckpointID  string `json:"checkpoint_id"`
+	Format        string `json:"format"`
+	Dtype         string `json:"dtype,omitempty"`
+}
+
+// ExportCompleted is an export: the file's blob key, sha256 and size, the
+// checkpoint (and its sha256) and run it came from, and the model config
+// hash both share.
+type ExportCompleted struct {
+	CorrelationID     string    `json:"correlation_id"`
+	ExportID          string    `json:"export_id"`
+	CheckpointID      string    `json:"checkpoint_id"`
+	CheckpointSHA256  string    `json:"checkpoint_sha256"`
+	RunID             string    `json:"run_id"`
+	Format            string    `json:"format"`
+	Dtype             string    `json:"dtype"`
+	BlobKey           string    `json:"blob_key"`
+	SHA256            string    `json:"sha256"`
+	Bytes             int64     `json:"bytes"`
+	ModelConfigSHA256 string    `json:"model_config_sha256"`
+	CreatedAt         time.Time `json:"created_at"`
+	Reused            bool      `json:"reused"`
 }
 
 // RunFacts describes a training run for the services that use its

@@ -21,6 +21,9 @@ type OpenRequest struct {
 	TokenizerPath, CheckpointPath string
 	// Device is passed to Load; "" is the backend's default.
 	Device string
+	// Dtype is what the backend holds the weights in (LoadRequest.Dtype,
+	// one the backend declares); "" is float32, or a GGUF export's own.
+	Dtype string
 }
 
 // Session is a checkpoint loaded on a backend, ready to answer.
@@ -69,7 +72,10 @@ func Open(ctx context.Context, backend compute.Backend, req OpenRequest) (_ *Ses
 	if err := mc.Unsupported(desc.Backend, desc.Features); err != nil {
 		return nil, fmt.Errorf("open model: %w", err)
 	}
-	loaded, err := backend.Load(ctx, compute.LoadRequest{ModelConfig: req.ModelConfig, Checkpoint: req.CheckpointPath, Device: req.Device})
+	if err := compute.CheckDtype(desc.Backend, req.Dtype, desc.Dtypes); err != nil {
+		return nil, fmt.Errorf("open model: %w", err)
+	}
+	loaded, err := backend.Load(ctx, compute.LoadRequest{ModelConfig: req.ModelConfig, Checkpoint: req.CheckpointPath, Device: req.Device, Dtype: req.Dtype})
 	if err != nil {
 		return nil, fmt.Errorf("load checkpoint: %w", err)
 	}

@@ -15,7 +15,7 @@ import (
 // registerBridge consumes every service's answers for the workflow bridge.
 // Handler names are consumer groups: keep them stable.
 func registerBridge(b *bus.Bus, br *workflows.Bridge) error {
-	for _, svc := range []string{"ingest", "synth", "train", "train.describe", "eval"} {
+	for _, svc := range workflows.CommandServices {
 		if err := b.Handle("bridge-progress-"+svc, svc+".progress", bus.Typed(func(ctx context.Context, p events.Progress, _ *message.Message) error {
 			return br.HandleProgress(ctx, p)
 		})); err != nil {

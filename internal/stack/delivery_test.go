@@ -10,6 +10,7 @@ import (
 	"image/png"
 	"log/slog"
 	"os"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -81,7 +82,7 @@ func testEveryEventTwice(t *testing.T, kind string) {
 		// A new consumer group reads a stream from its start: what earlier
 		// runs left in these streams goes first.
 		var topics []string
-		for _, svc := range []string{"ingest", "synth", "train", "train.describe", "eval"} {
+		for _, svc := range workflows.CommandServices {
 			for _, k := range []string{"requested", "progress", "completed", "failed"} {
 				topics = append(topics, svc+"."+k)
 			}
@@ -104,7 +105,7 @@ func testEveryEventTwice(t *testing.T, kind string) {
 		t.Fatal(err)
 	}
 	answers := &answerLog{byCorr: map[string][]answer{}}
-	for _, svc := range []string{"ingest", "synth", "train", "train.describe", "eval", "ground"} {
+	for _, svc := range append(slices.Clone(workflows.CommandServices), "ground") {
 		for _, kind := range []string{"completed", "failed"} {
 			topic := svc + "." + kind
 			if err := b.HandleWith("test-answers-"+topic, topic, bus.HandleOptions{NoDedupe: true}, func(_ context.Context, msg *message.Message) error {
@@ -213,6 +214,28 @@ func testEveryEventTwice(t *testing.T, kind string) {
 			},
 			// Two runs of three stages, one checkpoint each.
 			effect: `SELECT count(*) FROM checkpoints`, want: func() int { return 6 },
+		},
+		{
+			// Each run's final checkpoint as a q8_0 GGUF: one file and
+			// one model_exports row each, however often asked.
+			svc: "train.export",
+			pair: func() [2]any {
+				return [2]any{
+					events.ExportRequested{CorrelationID: "export-1", CheckpointID: trained[0].Checkpoints[2].ID, Format: "gguf", Dtype: "q8_0"},
+					events.ExportRequested{CorrelationID: "export-2", CheckpointID: trained[1].Checkpoints[2].ID, Format: "gguf", Dtype: "q8_0"},
+				}
+			},
+			fence: func(corr string) any {
+				return events.ExportRequested{CorrelationID: corr, CheckpointID: "not-a-uuid", Format: "gguf"}
+			},
+			keep: func(t *testing.T, a [2]json.RawMessage) {
+				for i := range 2 {
+					if x := decode[events.ExportCompleted](t, a[i]); x.CheckpointID != trained[i].Checkpoints[2].ID || x.SHA256 == "" || x.Bytes == 0 {
+						t.Fatalf("export %d: %+v", i, x)
+					}
+				}
+			},
+			effect: `SELECT count(*) FROM model_exports`, want: func() int { return 2 },
 		},
 		{
 			// What the Evaluate workflow asks when it has only a run id:

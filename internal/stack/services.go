@@ -51,12 +51,14 @@ type Services struct {
 var pluginBinaries = map[string]string{
 	"gomlx":    "groundmesh-gomlx",
 	"libtorch": "groundmesh-libtorch",
+	"ggml":     "groundmesh-ggml",
 }
 
 // pluginEnv is the environment each plugin reads from the host's.
 var pluginEnv = map[string][]string{
 	"gomlx":    {"GOMLX_BACKEND"},
 	"libtorch": {"GROUNDMESH_LIBTORCH_THREADS"},
+	"ggml":     {"GROUNDMESH_GGML_THREADS"},
 }
 
 // BackendAvailable reports whether the plugin of a backend (a name as
@@ -274,8 +276,9 @@ func synthSetReader(s *Stack) train.SynthReader {
 // command topic on each of the process's queues (the default queue:
 // "<svc>.requested", consumer group "<svc>-service"; another queue q:
 // "<svc>.requested.<q>", group "<svc>-service.<q>"). "train.describe", a
-// query of train's tables, is consumed by every train worker on the
-// default queue. Answers name the worker (Config.WorkerID).
+// query of train's tables, and "train.export" are consumed by every train
+// worker on the default queue. Answers name the worker
+// (Config.WorkerID).
 func (sv *Services) serveCommands(b *bus.Bus, pool *pgxpool.Pool, logger *slog.Logger) error {
 	cfg := sv.cfg
 	if sv.Ground != nil {
@@ -318,6 +321,12 @@ func (sv *Services) serveCommands(b *bus.Bus, pool *pgxpool.Pool, logger *slog.L
 				errs = append(errs, command.Serve(b, c,
 					func(ctx context.Context, req events.TrainDescribeRequested, _ func(events.Progress)) (events.TrainCompleted, error) {
 						return sv.Train.Describe(ctx, req)
+					}))
+				c = conf("train.export", func(err error) bool { return errors.Is(err, train.ErrInvalidRequest) })
+				c.Queue, c.Handler = events.DefaultQueue, "train-export-service"
+				errs = append(errs, command.Serve(b, c,
+					func(ctx context.Context, req events.ExportRequested, _ func(events.Progress)) (events.ExportCompleted, error) {
+						return sv.Train.Export(ctx, req)
 					}))
 			}
 		}

@@ -163,11 +163,11 @@ func (r *Registry) Live(ctx context.Context) ([]Worker, error) {
 }
 
 // Serving returns the ids of the live workers that consume service's
-// commands on queue. "train.describe" is served by every train worker on
-// the default queue.
+// commands on queue. "train.describe" and "train.export" are served by
+// every train worker on the default queue.
 func (r *Registry) Serving(ctx context.Context, service, queue string) ([]string, error) {
 	svc := service
-	if service == "train.describe" {
+	if service == "train.describe" || service == "train.export" {
 		svc, queue = ServiceTrain, ""
 	}
 	var ids []string

@@ -75,6 +75,7 @@ type Config struct {
 const (
 	EngineGoMLX    = "gomlx"
 	EngineLibtorch = "libtorch"
+	EngineGGML     = "ggml"
 )
 
 // Backend is the GoMLX compute backend. It is safe for concurrent use.
@@ -169,12 +170,15 @@ func (gomlxEngine) newStepper(b *Backend, cfg model.Config, objective string, sp
 
 // newLM decodes on model/eager: for this model's size one sequence's
 // step costs a fraction of a millisecond there, less than a graph call.
-func (gomlxEngine) newLM(b *Backend, cfg model.Config, specs []paramSpec, weights map[string][]float32) (func() lmSeq, error) {
+func (gomlxEngine) dtypes() []string { return loadDtypes }
+func (gomlxEngine) canTrain() bool   { return true }
+
+func (gomlxEngine) newLM(b *Backend, cfg model.Config, specs []paramSpec, weights map[string][]float32, _ string) (func() lmSeq, error) {
 	ops := &eager.Ops{Params: weights}
 	return func() lmSeq { return &eagerSeq{cfg: cfg, net: model.NewNet[*eager.Tensor](ops, cfg)} }, nil
 }
 
-func (gomlxEngine) newGrounder(b *Backend, cfg model.Config, specs []paramSpec, weights map[string][]float32) (grounderCompute, error) {
+func (gomlxEngine) newGrounder(b *Backend, cfg model.Config, specs []paramSpec, weights map[string][]float32, _ string) (grounderCompute, error) {
 	return newGrounderExec(b.ml, cfg, specs, weights)
 }
 
@@ -202,7 +206,8 @@ func gomlxVersion() string {
 	return "unknown"
 }
 
-// dtypes are the LoadRequest dtypes the backend implements.
+// loadDtypes are the LoadRequest dtypes the GoMLX and libtorch engines
+// implement.
 var loadDtypes = []string{compute.DtypeFloat32}
 
 // Describe reports the backend and what it can do.
@@ -213,9 +218,9 @@ func (b *Backend) Describe(ctx context.Context) (compute.Description, error) {
 		Backend:      b.eng.name(),
 		Version:      b.eng.version(),
 		Devices:      b.eng.devices(),
-		CanTrain:     true,
+		CanTrain:     b.eng.canTrain(),
 		CanAttention: true,
-		Dtypes:       loadDtypes,
+		Dtypes:       b.eng.dtypes(),
 		Features:     append(model.AllFeatures(), compute.ObjectiveFeature(compute.ObjectiveGrounder), compute.FeatureGenerate),
 	}, nil
 }

@@ -26,11 +26,15 @@ type engine interface {
 	// (specs, trainable where sel) from st.
 	newStepper(b *Backend, cfg model.Config, objective string, specs []paramSpec, sel []bool, st *modelState) (stepper, error)
 	// newGrounder builds Config.Grounder's inference (encoder and head)
-	// over weights.
-	newGrounder(b *Backend, cfg model.Config, specs []paramSpec, weights map[string][]float32) (grounderCompute, error)
+	// over weights, held in dtype (one of dtypes()).
+	newGrounder(b *Backend, cfg model.Config, specs []paramSpec, weights map[string][]float32, dtype string) (grounderCompute, error)
 	// newLM returns a constructor of the language model's per-sequence
-	// caches (lmSeq) over weights, for inference.
-	newLM(b *Backend, cfg model.Config, specs []paramSpec, weights map[string][]float32) (func() lmSeq, error)
+	// caches (lmSeq) over weights held in dtype, for inference.
+	newLM(b *Backend, cfg model.Config, specs []paramSpec, weights map[string][]float32, dtype string) (func() lmSeq, error)
+	// dtypes are the LoadRequest dtypes it holds weights in.
+	dtypes() []string
+	// canTrain reports whether newStepper works.
+	canTrain() bool
 }
 
 // stepper is one stage's training step and its parameters: forward,

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"os"
 	"runtime"
 	"slices"
 	"sync"
@@ -165,7 +167,7 @@ func (b *Backend) Load(ctx context.Context, req compute.LoadRequest) (res comput
 	if req.Device != "" && !slices.Contains(b.eng.devices(), req.Device) {
 		return res, invalidf("load: device %q not available (the %s engine has %v)", req.Device, b.eng.name(), b.eng.devices())
 	}
-	if err := compute.CheckDtype(b.eng.name(), req.Dtype, loadDtypes); err != nil {
+	if err := compute.CheckDtype(b.eng.name(), req.Dtype, b.eng.dtypes()); err != nil {
 		return res, fmt.Errorf("load: %w", err)
 	}
 	cfg, err := model.ParseConfig(req.ModelConfig)
@@ -173,20 +175,27 @@ func (b *Backend) Load(ctx context.Context, req compute.LoadRequest) (res comput
 		return res, fmt.Errorf("load: %w: %w", compute.ErrInvalidArgument, err)
 	}
 	specs := paramSpecs(cfg)
-	st, err := readCheckpoint(req.Checkpoint, specs, nil, false)
+	weights, dtype, err := b.readWeights(req.Checkpoint, cfg, specs)
 	if err != nil {
 		return res, fmt.Errorf("load: %w", fileError(err))
 	}
-	if b.faults.ignorePatchPositions && cfg.PatchPositions {
-		st.weights["embed.patch_pos"] = make([]float32, len(st.weights["embed.patch_pos"]))
+	if req.Dtype != "" {
+		dtype = req.Dtype
 	}
-	newSeq, err := b.eng.newLM(b, cfg, specs, st.weights)
+	if !slices.Contains(b.eng.dtypes(), dtype) {
+		dtype = compute.DtypeFloat32 // a quantized file, computed on its dequantized weights
+	}
+	span.SetAttributes(attribute.String("dtype", dtype))
+	if b.faults.ignorePatchPositions && cfg.PatchPositions {
+		weights["embed.patch_pos"] = make([]float32, len(weights["embed.patch_pos"]))
+	}
+	newSeq, err := b.eng.newLM(b, cfg, specs, weights, dtype)
 	if err != nil {
 		return res, fmt.Errorf("load: %w", err)
 	}
 	sess := &session{cfg: cfg, newSeq: newSeq, caches: map[string]*kvCache{}}
 	if cfg.Grounder {
-		comp, err := b.eng.newGrounder(b, cfg, specs, st.weights)
+		comp, err := b.eng.newGrounder(b, cfg, specs, weights, dtype)
 		if err != nil {
 			return res, fmt.Errorf("load: %w", err)
 		}
@@ -196,8 +205,34 @@ func (b *Backend) Load(ctx context.Context, req compute.LoadRequest) (res comput
 	b.mu.Lock()
 	b.sessions[id] = sess
 	b.mu.Unlock()
-	b.log.Info("model loaded", "session", id, "checkpoint", req.Checkpoint)
+	b.log.Info("model loaded", "session", id, "checkpoint", req.Checkpoint, "dtype", dtype)
 	return compute.LoadResult{Session: id}, nil
+}
+
+// readWeights reads a checkpoint's float32 weights: a safetensors
+// checkpoint, or a GGUF export (model.ReadGGUFFile: its config must be
+// cfg; quantized weights come back dequantized, and its dtype is the
+// default to hold them in).
+func (b *Backend) readWeights(path string, cfg model.Config, specs []paramSpec) (map[string][]float32, string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, "", err
+	}
+	head := make([]byte, 4)
+	_, err = io.ReadFull(f, head)
+	f.Close()
+	if err == nil && model.IsGGUF(head) {
+		m, err := model.ReadGGUFFile(path, &cfg)
+		if err != nil {
+			return nil, "", err
+		}
+		return m.Weights, m.Dtype, nil
+	}
+	st, err := readCheckpoint(path, specs, nil, false)
+	if err != nil {
+		return nil, "", err
+	}
+	return st.weights, compute.DtypeFloat32, nil
 }
 
 func (b *Backend) session(id string) (*session, error) {

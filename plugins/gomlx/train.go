@@ -207,6 +207,9 @@ func (b *Backend) Train(ctx context.Context, req compute.TrainRequest, progress 
 		}
 		span.End()
 	}()
+	if !b.eng.canTrain() {
+		return res, fmt.Errorf("%w: the %s engine serves models, it does not train them (train with gomlx or libtorch)", compute.ErrUnimplemented, b.eng.name())
+	}
 	if err := validateTrainRequest(&req); err != nil {
 		return res, err
 	}

@@ -59,7 +59,7 @@ func TestCompareCellFails(t *testing.T) {
 		{"logit", "prefill logits", func(r *CellReference) { r.Steps[0].Logits[1][5] += 0.01 }},
 		{"decode", "decode step 2 logits", func(r *CellReference) { r.Steps[2].Logits[0][0] -= 1 }},
 		{"head box", "prefill head box 0", func(r *CellReference) { r.Steps[0].HeadBoxes[0].Box[2] += 0.05 }},
-		{"answer", "box_from_head answers", func(r *CellReference) { r.Answers["box_from_head"][1] = "[0.000, 0.000, 1.000, 1.000]" }},
+		{"answer", "box_from_head answer 1", func(r *CellReference) { r.Answers["box_from_head"][1] = "[0.000, 0.000, 1.000, 1.000]" }},
 		{"loss", "train all: step 2 loss", func(r *CellReference) { r.Train["all"].Losses[1] *= 1.01 }},
 		{"moved", "moved differently from the reference: grounder.head.out.w", func(r *CellReference) {
 			for k := range r.Train["all"].Sketch["grounder.head.out.w"] {
@@ -78,5 +78,31 @@ func TestCompareCellFails(t *testing.T) {
 				t.Errorf("CompareCell: %v; want an error about %q", err, tc.wantErr)
 			}
 		})
+	}
+}
+
+// TestCompareCellShares: a quantized dtype's bounds let a stated share of
+// answers and head boxes differ, and no more.
+func TestCompareCellShares(t *testing.T) {
+	want, err := ReadCellReference("grounder")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := ReadCellReference("grounder")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got.Answers["box_from_head"][1] = "[0.000, 0.000, 1.000, 1.000]" // 1 of 10
+	got.Steps[0].HeadBoxes[0].Box[2] += 0.5                          // 1 of 2
+	if err := CompareCell(got, want, MatrixTolerance{Answers: 0.9, Boxes: 0.5}); err != nil {
+		t.Errorf("one answer and one box of two differ, 90%% and 50%% must match: %v", err)
+	}
+	got.Answers["box"][0] = "[0.000, 0.000, 1.000, 1.000]" // 2 of 10
+	if err := CompareCell(got, want, MatrixTolerance{Answers: 0.9, Boxes: 0.5}); err == nil || !strings.Contains(err.Error(), "8 of 10 answers") {
+		t.Errorf("two answers differ, 90%% must match: %v", err)
+	}
+	got.Steps[0].HeadBoxes[1].Box[2] += 0.5 // 2 of 2
+	if err := CompareCell(got, want, MatrixTolerance{Answers: 0.5, Boxes: 0.5}); err == nil || !strings.Contains(err.Error(), "2 of 2 head boxes differ") {
+		t.Errorf("both head boxes differ, 50%% must match: %v", err)
 	}
 }
