@@ -153,7 +153,7 @@ func cmdUp(ctx context.Context, e env, args []string, workerOnly bool) error {
 		// A worker has no gateway: its metrics get a listener of their own.
 		fs.StringVar(&c.metricsAddr, "metrics", "127.0.0.1:9464", `address that serves GET /metrics ("off" to disable)`)
 		fs.StringVar(&c.services, "services", e.Services, "services this worker runs, comma-separated: some of "+strings.Join(stack.AllServices, ", ")+" (env GROUNDMESH_SERVICES; default all)")
-		fs.StringVar(&c.backends, "backends", e.Backends, `compute backends whose plugins this worker may start, comma-separated: gomlx, libtorch, or a backend and device such as libtorch:cuda (env GROUNDMESH_BACKENDS; default every one built)`)
+		fs.StringVar(&c.backends, "backends", e.Backends, `compute backends whose plugins this worker may start, comma-separated: gomlx, libtorch, ggml, or a backend and device such as libtorch:cuda (env GROUNDMESH_BACKENDS; default every one built)`)
 		fs.StringVar(&c.queues, "queue", e.Queue, `command queues (capabilities) this worker consumes, comma-separated, e.g. train-cuda; "default" is the queue of commands that name none (env GROUNDMESH_QUEUE; default "default")`)
 		fs.StringVar(&c.workerID, "worker-id", e.WorkerID, "this worker's id in its command answers and the workers table (env GROUNDMESH_WORKER_ID; default <host>-<pid>)")
 	}
