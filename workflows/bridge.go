@@ -248,10 +248,13 @@ func (b *Bridge) HandleCompleted(ctx context.Context, raw json.RawMessage) error
 	defer span.End()
 	var head struct {
 		CorrelationID string `json:"correlation_id"`
+		Worker        string `json:"worker"`
 	}
 	if err := json.Unmarshal(raw, &head); err != nil || head.CorrelationID == "" {
 		return fmt.Errorf("completed event without correlation_id: %w", errors.Join(err, errMissingCorrelation))
 	}
+	span.SetAttributes(attribute.String("groundmesh.correlation_id", head.CorrelationID), attribute.String("groundmesh.worker", head.Worker))
+	b.logger.DebugContext(ctx, "command answered", "correlation_id", head.CorrelationID, "worker", head.Worker)
 	return b.finish(ctx, head.CorrelationID, raw, nil)
 }
 
@@ -259,11 +262,16 @@ func (b *Bridge) HandleCompleted(ctx context.Context, raw json.RawMessage) error
 func (b *Bridge) HandleFailed(ctx context.Context, f events.Failed) error {
 	ctx, span := otel.Tracer("groundmesh/workflows").Start(ctx, "bridge.failed")
 	defer span.End()
+	span.SetAttributes(attribute.String("groundmesh.correlation_id", f.CorrelationID), attribute.String("groundmesh.worker", f.Worker))
 	typ := ErrTypeServiceFailed
 	if !f.Retryable {
 		typ = ErrTypeBadInput
 	}
-	appErr := temporal.NewApplicationErrorWithOptions(fmt.Sprintf("%s: %s", f.Service, f.Reason), typ,
+	reason := fmt.Sprintf("%s: %s", f.Service, f.Reason)
+	if f.Worker != "" {
+		reason += " (worker " + f.Worker + ")"
+	}
+	appErr := temporal.NewApplicationErrorWithOptions(reason, typ,
 		temporal.ApplicationErrorOptions{NonRetryable: !f.Retryable})
 	return b.finish(ctx, f.CorrelationID, nil, appErr)
 }

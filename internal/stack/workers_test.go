@@ -459,3 +459,38 @@ func TestWorkersBuildOnlyTheirServices(t *testing.T) {
 		}
 	}
 }
+
+// On the Postgres bus, a worker that serves only ingest on queue "cpu-pg"
+// takes the ingest command routed there and its answer names it; an
+// ingest routed to a queue no worker serves waits, and its pending
+// activity says so in its heartbeat (what the Temporal UI shows).
+func TestWorkersQueueOnThePostgresBus(t *testing.T) {
+	s, _, _ := testStack(t, func(c *Config) {
+		c.HTTPAddr, c.Services, c.Queues, c.WorkerID = "off", []string{ServiceIngest}, []string{"cpu-pg"}, "pg-worker"
+	})
+	ctx, run := startPipeline(t, s, "pg-queue", json.RawMessage(`{"stages": ["ingest"], "dataset": {"images": 20, "size": 48, "seed": 5}, "queues": {"ingest": "cpu-pg"}}`))
+	var res workflows.PipelineResult
+	if err := run.Get(ctx, &res); err != nil {
+		t.Fatalf("pipeline: %v", err)
+	}
+	if by, _ := answeredBy(t, ctx, s.Temporal, run.GetID()+"/ingest"); by != "pg-worker" {
+		t.Errorf("ingest answered by %q, want pg-worker", by)
+	}
+	if n := count(t, s.Pool, `SELECT count(*) FROM activity_bridge WHERE topic = 'ingest.requested.cpu-pg' AND completed_at IS NOT NULL`); n != 1 {
+		t.Errorf("%d ingest commands answered on ingest.requested.cpu-pg, want 1", n)
+	}
+
+	_, lost := startPipeline(t, s, "pg-unserved", json.RawMessage(`{"stages": ["ingest"], "dataset": {"images": 20, "size": 48, "seed": 6}, "queues": {"ingest": "nobody"}}`))
+	var p events.Progress
+	waitUntil(t, 30*time.Second, "the unserved command's heartbeat", func() bool {
+		var ok bool
+		p, ok = heartbeat(ctx, s.Temporal, lost.GetID()+"/ingest")
+		return ok
+	})
+	if p.Phase != "unserved" || !strings.Contains(p.Message, `no live worker serves ingest on queue "nobody"`) {
+		t.Errorf("heartbeat of the unserved command: %+v", p)
+	}
+	if err := s.Temporal.TerminateWorkflow(ctx, lost.GetID(), "", "test done"); err != nil {
+		t.Fatal(err)
+	}
+}
