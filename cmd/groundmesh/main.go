@@ -32,6 +32,7 @@ production roles:
   worker                  Temporal worker, event bridge and service consumers (TEMPORAL_ADDRESS, DATABASE_URL);
                           --services, --backends and --queue pick what this one runs
   serve                   HTTP gateway only
+  workers                 list the live workers: their services, queues and backends
 
 data and models:
   scenes generate         write the built-in scene world (COCO, RefCOCO, VG files + PNGs)
@@ -75,6 +76,8 @@ func main() {
 		err = cmdReport(ctx, env, args)
 	case "compare":
 		err = cmdCompare(ctx, env, args)
+	case "workers":
+		err = cmdWorkers(ctx, env, args, os.Stdout)
 	case "pipeline":
 		err = cmdPipeline(ctx, env, args)
 	case "promote":

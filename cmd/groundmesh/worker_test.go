@@ -4,6 +4,8 @@ import (
 	"context"
 	"strings"
 	"testing"
+
+	"github.com/groundmesh/groundmesh/internal/store"
 )
 
 // `groundmesh worker` refuses an unknown service, a bad queue or lease
@@ -27,6 +29,30 @@ func TestWorkerFlagsRejectBadInput(t *testing.T) {
 		err := cmdUp(context.Background(), c.env, args, true)
 		if err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("worker %v (env %+v): %v, want an error with %q", c.args, c.env, err, c.want)
+		}
+	}
+}
+
+// `groundmesh workers` lists the live workers of the database.
+func TestWorkersVerbListsLiveWorkers(t *testing.T) {
+	ctx := context.Background()
+	url := store.NewTestDB(t)
+	pool, err := store.Open(ctx, url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	if _, err := pool.Exec(ctx, `INSERT INTO workers (worker_id, host, pid, services, queues, backends) VALUES
+		('gpu-1', 'node-7', 42, '{train,eval}', '{train-cuda}', '{libtorch:cuda}')`); err != nil {
+		t.Fatal(err)
+	}
+	var out strings.Builder
+	if err := cmdWorkers(ctx, env{DatabaseURL: url, DataDir: t.TempDir()}, nil, &out); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"WORKER", "gpu-1", "node-7", "train,eval", "train-cuda", "libtorch:cuda"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("output lacks %q:\n%s", want, out.String())
 		}
 	}
 }
