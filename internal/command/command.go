@@ -65,8 +65,10 @@ type Config struct {
 	// to the same "<Service>.progress|completed|failed" whatever the queue.
 	Queue string
 	// Worker names this process (its --worker-id) in every answer: the
-	// "worker" metadata key, Progress.Worker, Failed.Worker and the
-	// completed answer's "worker" field.
+	// "worker" metadata key of progress, completed and failed, and the
+	// completed answer's "worker" field. (Progress and failure payloads,
+	// which consumers decode strictly, stay as they were: the bridge
+	// fills their Worker from the metadata.)
 	Worker string
 	// Lease, with a registrar that takes handler options (internal/bus),
 	// is how soon a command whose process died goes to another consumer
@@ -136,7 +138,7 @@ func Serve[Req, Res any](r Registrar, cfg Config, uc UseCase[Req, Res]) error {
 		beat := time.Now()                            // last publish of any kind, or the start
 		latest := events.Progress{Phase: cfg.Service} // last report, published or not
 		publish := func(p events.Progress, now time.Time) {
-			p.CorrelationID, p.Service, p.At, p.Worker = corr, cfg.Service, now.UTC(), cfg.Worker
+			p.CorrelationID, p.Service, p.At = corr, cfg.Service, now.UTC()
 			if err := r.Publish(ctx, cfg.Service+".progress", p, meta); err != nil {
 				cfg.Logger.WarnContext(ctx, "publish progress", "service", cfg.Service, "err", err)
 			}
@@ -191,7 +193,7 @@ func Serve[Req, Res any](r Registrar, cfg Config, uc UseCase[Req, Res]) error {
 			}
 			span.RecordError(err)
 			span.SetStatus(codes.Error, err.Error())
-			f := events.Failed{CorrelationID: corr, Service: cfg.Service, Reason: err.Error(), Retryable: !cfg.BadInput(err), Worker: cfg.Worker}
+			f := events.Failed{CorrelationID: corr, Service: cfg.Service, Reason: err.Error(), Retryable: !cfg.BadInput(err)}
 			cfg.Logger.ErrorContext(ctx, "command failed", "service", cfg.Service, "correlation_id", corr, "retryable", f.Retryable, "err", err)
 			if perr := r.Publish(ctx, cfg.Service+".failed", f, meta); perr != nil {
 				return fmt.Errorf("publish %s.failed: %w", cfg.Service, perr)

@@ -93,7 +93,10 @@ type Progress struct {
 	Message       string          `json:"message,omitempty"`
 	Details       json.RawMessage `json:"details,omitempty"` // service-specific (e.g. step, loss)
 	At            time.Time       `json:"at"`
-	// Worker is the worker process handling the command (its --worker-id).
+	// Worker is the worker process handling the command (its --worker-id):
+	// on the bus it travels in the MetaWorker metadata key (a consumer
+	// older than the field would reject it in the payload); the bridge
+	// fills it in before it records the heartbeat.
 	Worker string `json:"worker,omitempty"`
 }
 
@@ -107,8 +110,8 @@ type Failed struct {
 	// Code classifies the failure for callers that act on it without
 	// parsing Reason (services/ground's reason codes, e.g. "image_too_large").
 	Code string `json:"code,omitempty"`
-	// Worker is the worker process that handled the command, when a
-	// command consumer answers.
+	// Worker is the worker process that handled the command: on the bus
+	// it travels in the MetaWorker metadata key; the bridge fills it in.
 	Worker string `json:"worker,omitempty"`
 }
 
