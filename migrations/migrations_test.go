@@ -16,7 +16,7 @@ import (
 	"github.com/groundmesh/groundmesh/migrations"
 )
 
-var platformTables = []string{"outbox", "processed_messages", "poison_messages", "lineage_edges", "activity_bridge"}
+var platformTables = []string{"outbox", "processed_messages", "poison_messages", "lineage_edges", "activity_bridge", "workers"}
 
 func TestApplyTwiceIsIdempotent(t *testing.T) {
 	ctx := context.Background()

@@ -1,6 +1,7 @@
 package workflows
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -12,6 +13,7 @@ import (
 
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
 	"go.temporal.io/api/serviceerror"
 	"go.temporal.io/sdk/activity"
 	"go.temporal.io/sdk/temporal"
@@ -64,6 +66,19 @@ type Activities struct {
 	// Promoter points model aliases at checkpoints (services/ground's
 	// catalog); nil on a worker that cannot promote.
 	Promoter Promoter
+	// Workers, when set, tells whether a live worker consumes a command's
+	// queue; a command no worker serves is published all the same (a
+	// worker may start later) and said so in the log, the activity's
+	// heartbeat details (the Temporal UI's pending activity) and its span.
+	Workers WorkerDirectory
+}
+
+// WorkerDirectory knows which live workers consume which command topics
+// (internal/stack's worker registry, table workers).
+type WorkerDirectory interface {
+	// Serving returns the ids of the live workers that run service on
+	// queue (events.DefaultQueue for the default one).
+	Serving(ctx context.Context, service, queue string) ([]string, error)
 }
 
 // Promoter points an alias at a checkpoint and publishes model.promoted.
@@ -110,6 +125,11 @@ func (a *Activities) Command(ctx context.Context, in CommandInput) (json.RawMess
 	if !slices.Contains(CommandServices, in.Service) {
 		return nil, temporal.NewNonRetryableApplicationError(fmt.Sprintf("command: unknown service %q", in.Service), ErrTypeBadInput, nil)
 	}
+	if err := events.ValidQueue(in.Queue); err != nil {
+		return nil, temporal.NewNonRetryableApplicationError(fmt.Sprintf("command %s: %v", in.Service, err), ErrTypeBadInput, nil)
+	}
+	queue := cmp.Or(in.Queue, events.DefaultQueue)
+	span.SetAttributes(attribute.String("groundmesh.queue", queue))
 	info := activity.GetInfo(ctx)
 	// One correlation id per attempt: a late answer to an earlier attempt
 	// cannot complete this one.
@@ -120,7 +140,10 @@ func (a *Activities) Command(ctx context.Context, in CommandInput) (json.RawMess
 		return nil, temporal.NewNonRetryableApplicationError(fmt.Sprintf("command %s: payload is not a JSON object", in.Service), ErrTypeBadInput, err)
 	}
 	payload["correlation_id"] = corr
-	topic := in.Service + ".requested"
+	topic := events.CommandTopic(in.Service, in.Queue)
+	if a.Workers != nil {
+		a.checkServed(ctx, in.Service, queue, topic)
+	}
 	if err := a.Tokens.Save(ctx, Pending{
 		CorrelationID: corr, TaskToken: info.TaskToken, WorkflowID: info.WorkflowExecution.ID,
 		RunID: info.WorkflowExecution.RunID, ActivityID: info.ActivityID, Topic: topic,
@@ -130,8 +153,29 @@ func (a *Activities) Command(ctx context.Context, in CommandInput) (json.RawMess
 	if err := a.Pub.Publish(ctx, topic, payload, map[string]string{events.MetaCorrelationID: corr}); err != nil {
 		return nil, fmt.Errorf("publish %s: %w", topic, err)
 	}
-	activity.GetLogger(ctx).Info("command published", "topic", topic, "correlation_id", corr)
+	activity.GetLogger(ctx).Info("command published", "topic", topic, "queue", queue, "correlation_id", corr)
 	return nil, activity.ErrResultPending
+}
+
+// checkServed says, in the log, the span and the activity's heartbeat
+// details, when no live worker consumes the command's queue: the command
+// then waits on the bus until one starts, or until the activity's
+// heartbeat timeout fails the attempt.
+func (a *Activities) checkServed(ctx context.Context, service, queue, topic string) {
+	span := trace.SpanFromContext(ctx)
+	ids, err := a.Workers.Serving(ctx, service, queue)
+	if err != nil {
+		activity.GetLogger(ctx).Warn("cannot tell which workers serve the command's queue", "topic", topic, "error", err)
+		return
+	}
+	if len(ids) > 0 {
+		span.SetAttributes(attribute.StringSlice("groundmesh.queue.workers", ids))
+		return
+	}
+	msg := fmt.Sprintf("no live worker serves %s on queue %q (topic %s): start one with `groundmesh worker --services %s --queue %s`", service, queue, topic, service, queue)
+	activity.GetLogger(ctx).Warn(msg, "topic", topic, "queue", queue, "service", service)
+	span.AddEvent("no worker serves the queue", trace.WithAttributes(attribute.String("groundmesh.queue", queue)))
+	activity.RecordHeartbeat(ctx, events.Progress{Service: service, Phase: "unserved", Message: msg})
 }
 
 // ActivityCompleter is the part of the Temporal client the bridge uses.
@@ -204,10 +248,13 @@ func (b *Bridge) HandleCompleted(ctx context.Context, raw json.RawMessage) error
 	defer span.End()
 	var head struct {
 		CorrelationID string `json:"correlation_id"`
+		Worker        string `json:"worker"`
 	}
 	if err := json.Unmarshal(raw, &head); err != nil || head.CorrelationID == "" {
 		return fmt.Errorf("completed event without correlation_id: %w", errors.Join(err, errMissingCorrelation))
 	}
+	span.SetAttributes(attribute.String("groundmesh.correlation_id", head.CorrelationID), attribute.String("groundmesh.worker", head.Worker))
+	b.logger.DebugContext(ctx, "command answered", "correlation_id", head.CorrelationID, "worker", head.Worker)
 	return b.finish(ctx, head.CorrelationID, raw, nil)
 }
 
@@ -215,11 +262,16 @@ func (b *Bridge) HandleCompleted(ctx context.Context, raw json.RawMessage) error
 func (b *Bridge) HandleFailed(ctx context.Context, f events.Failed) error {
 	ctx, span := otel.Tracer("groundmesh/workflows").Start(ctx, "bridge.failed")
 	defer span.End()
+	span.SetAttributes(attribute.String("groundmesh.correlation_id", f.CorrelationID), attribute.String("groundmesh.worker", f.Worker))
 	typ := ErrTypeServiceFailed
 	if !f.Retryable {
 		typ = ErrTypeBadInput
 	}
-	appErr := temporal.NewApplicationErrorWithOptions(fmt.Sprintf("%s: %s", f.Service, f.Reason), typ,
+	reason := fmt.Sprintf("%s: %s", f.Service, f.Reason)
+	if f.Worker != "" {
+		reason += " (worker " + f.Worker + ")"
+	}
+	appErr := temporal.NewApplicationErrorWithOptions(reason, typ,
 		temporal.ApplicationErrorOptions{NonRetryable: !f.Retryable})
 	return b.finish(ctx, f.CorrelationID, nil, appErr)
 }

@@ -62,6 +62,7 @@ func Pipeline(ctx workflow.Context, in PipelineInput) (PipelineResult, error) {
 		search(SearchStage.ValueSet(StageIngest))
 		var out events.DatasetIngested
 		req := events.IngestRequested{
+			Queue:  in.Queues[StageIngest],
 			Format: in.Dataset.Format, Path: in.Dataset.Path, Name: in.Dataset.Name,
 			MaxBadFraction: in.Dataset.MaxBadFraction,
 		}
@@ -79,7 +80,7 @@ func Pipeline(ctx workflow.Context, in PipelineInput) (PipelineResult, error) {
 	if want[StageSynth] {
 		search(SearchStage.ValueSet(StageSynth))
 		var out events.SynthCompleted
-		req := events.SynthRequested{DatasetID: res.DatasetID, Seed: in.Synth.Seed, Samples: in.Synth.Samples, RewriteURL: in.Synth.RewriteURL, TaskWeights: in.Synth.TaskWeights}
+		req := events.SynthRequested{Queue: in.Queues[StageSynth], DatasetID: res.DatasetID, Seed: in.Synth.Seed, Samples: in.Synth.Samples, RewriteURL: in.Synth.RewriteURL, TaskWeights: in.Synth.TaskWeights}
 		if err := workflow.ExecuteChildWorkflow(child(SynthesizeWorkflowName, "synth"), Synthesize, req).Get(ctx, &out); err != nil {
 			return res, fmt.Errorf("synth: %w", err)
 		}
@@ -90,7 +91,7 @@ func Pipeline(ctx workflow.Context, in PipelineInput) (PipelineResult, error) {
 	if want[StageTrain] {
 		search(SearchStage.ValueSet(StageTrain))
 		var out events.TrainCompleted
-		req := events.TrainRequested{RunID: res.RunID, SynthSetID: res.SynthSetID, Backend: in.Train.Backend, Device: in.Train.Device, Spec: in.Train.Spec}
+		req := events.TrainRequested{Queue: in.Queues[StageTrain], RunID: res.RunID, SynthSetID: res.SynthSetID, Backend: in.Train.Backend, Device: in.Train.Device, Spec: in.Train.Spec}
 		if err := workflow.ExecuteChildWorkflow(child(TrainWorkflowName, "train"), Train, req).Get(ctx, &out); err != nil {
 			return res, fmt.Errorf("train: %w", err)
 		}
@@ -101,7 +102,7 @@ func Pipeline(ctx workflow.Context, in PipelineInput) (PipelineResult, error) {
 	if want[StageEval] {
 		search(SearchStage.ValueSet(StageEval))
 		var out events.EvaluationCompleted
-		req := events.EvalRequested{RunID: res.RunID, Splits: in.Eval.Splits, MaxSamples: in.Eval.MaxSamples, MaxSamplesBy: map[string]int(in.Eval.MaxSamplesBy), Report: *in.Eval.Report,
+		req := events.EvalRequested{Queue: in.Queues[StageEval], RunID: res.RunID, Splits: in.Eval.Splits, MaxSamples: in.Eval.MaxSamples, MaxSamplesBy: map[string]int(in.Eval.MaxSamplesBy), Report: *in.Eval.Report,
 			ExportAs: in.Eval.ExportAs, ExportBackend: in.Eval.ExportBackend}
 		if workflow.GetVersion(ctx, evalRunFactsVersion, workflow.DefaultVersion, 1) == 1 {
 			// The eval request carries what train answered; without it
@@ -207,7 +208,9 @@ func commandOptions(service string) workflow.ActivityOptions {
 	return o
 }
 
-func runCommand(ctx workflow.Context, service string, payload any, out any) error {
+// runCommand runs one service command on a queue ("" is the default
+// queue) through the Command activity.
+func runCommand(ctx workflow.Context, service, queue string, payload any, out any) error {
 	raw, err := json.Marshal(payload)
 	if err != nil {
 		return badInput(fmt.Errorf("encode %s command: %w", service, err))
@@ -215,7 +218,7 @@ func runCommand(ctx workflow.Context, service string, payload any, out any) erro
 	actx := workflow.WithActivityOptions(ctx, commandOptions(service))
 	var a *Activities
 	var result json.RawMessage
-	if err := workflow.ExecuteActivity(actx, a.Command, CommandInput{Service: service, Payload: raw}).Get(ctx, &result); err != nil {
+	if err := workflow.ExecuteActivity(actx, a.Command, CommandInput{Service: service, Queue: queue, Payload: raw}).Get(ctx, &result); err != nil {
 		return err
 	}
 	if err := json.Unmarshal(result, out); err != nil {
@@ -227,7 +230,7 @@ func runCommand(ctx workflow.Context, service string, payload any, out any) erro
 // Ingest ingests one dataset through services/ingest.
 func Ingest(ctx workflow.Context, req events.IngestRequested) (events.DatasetIngested, error) {
 	var out events.DatasetIngested
-	err := runCommand(ctx, "ingest", req, &out)
+	err := runCommand(ctx, "ingest", req.Queue, req, &out)
 	return out, err
 }
 
@@ -238,7 +241,8 @@ func Export(ctx workflow.Context, req events.ExportRequested) (events.ExportComp
 	if req.CheckpointID == "" {
 		return out, badInput(fmt.Errorf("export input: checkpoint_id is required"))
 	}
-	err := runCommand(ctx, "train.export", req, &out)
+	// Served by every train worker on the default queue.
+	err := runCommand(ctx, "train.export", "", req, &out)
 	return out, err
 }
 
@@ -248,7 +252,7 @@ func Synthesize(ctx workflow.Context, req events.SynthRequested) (events.SynthCo
 	if req.DatasetID == "" {
 		return out, badInput(fmt.Errorf("synthesize input: dataset_id is required"))
 	}
-	err := runCommand(ctx, "synth", req, &out)
+	err := runCommand(ctx, "synth", req.Queue, req, &out)
 	return out, err
 }
 
@@ -286,7 +290,7 @@ func Train(ctx workflow.Context, req events.TrainRequested) (events.TrainComplet
 			}
 		}
 	})
-	err := runCommand(ctx, "train", req, &out)
+	err := runCommand(ctx, "train", req.Queue, req, &out)
 	if err != nil {
 		status.State = "failed"
 		return out, err
@@ -315,7 +319,9 @@ func Evaluate(ctx workflow.Context, req events.EvalRequested) (events.Evaluation
 	}
 	if req.Run == nil && workflow.GetVersion(ctx, evalRunFactsVersion, workflow.DefaultVersion, 1) == 1 {
 		var run events.TrainCompleted
-		if err := runCommand(ctx, "train.describe", events.TrainDescribeRequested{RunID: req.RunID}, &run); err != nil {
+		// A query of train's tables, answered by any train worker: it
+		// always goes to the default queue.
+		if err := runCommand(ctx, "train.describe", "", events.TrainDescribeRequested{RunID: req.RunID}, &run); err != nil {
 			return out, fmt.Errorf("describe run %s: %w", req.RunID, err)
 		}
 		if run.Run == nil {
@@ -333,12 +339,13 @@ func Evaluate(ctx workflow.Context, req events.EvalRequested) (events.Evaluation
 		final := req.Run.Checkpoints[len(req.Run.Checkpoints)-1]
 		for _, x := range req.ExportAs {
 			var done events.ExportCompleted
-			if err := runCommand(ctx, "train.export", events.ExportRequested{CheckpointID: final.ID, Format: x.Format, Dtype: x.Dtype}, &done); err != nil {
+			// train.export is answered on the default queue by every train worker.
+			if err := runCommand(ctx, "train.export", "", events.ExportRequested{CheckpointID: final.ID, Format: x.Format, Dtype: x.Dtype}, &done); err != nil {
 				return out, fmt.Errorf("export checkpoint %s as %s %s: %w", final.ID, x.Format, x.Dtype, err)
 			}
 			req.Exports = append(req.Exports, done)
 		}
 	}
-	err := runCommand(ctx, "eval", req, &out)
+	err := runCommand(ctx, "eval", req.Queue, req, &out)
 	return out, err
 }

@@ -72,6 +72,12 @@ type PipelineInput struct {
 	// checkpoint once the run is done (and its gates pass): what the
 	// grounding API serves by default is alias "production".
 	Promote PromoteInput `json:"promote"`
+	// Queues routes a stage's command to a queue (a capability such as
+	// "train-cuda", "train-cpu", "synth"), by stage name: the command goes
+	// to "<svc>.requested.<queue>", which only the workers started with
+	// that queue (`groundmesh worker --queue`) consume. A stage left out,
+	// or "default", goes to the default queue ("<svc>.requested").
+	Queues map[string]string `json:"queues,omitempty"`
 
 	decodeErr error
 }
@@ -335,6 +341,9 @@ func (in PipelineInput) Validate() error {
 			return fmt.Errorf("pipeline input: promote.alias needs the %q stage (it promotes the checkpoint the run trains)", StageTrain)
 		}
 	}
+	if err := badQueues(in.Queues); err != nil {
+		return err
+	}
 	if len(in.Promote.MinMetrics) > 0 {
 		if in.Promote.Alias == "" {
 			return fmt.Errorf("pipeline input: promote.min_metrics without promote.alias")
@@ -352,6 +361,20 @@ func (in PipelineInput) Validate() error {
 	}
 	if seen[StageEval] && !seen[StageTrain] && in.RunID == "" {
 		return fmt.Errorf("pipeline input: run_id is required when stages omit %q", StageTrain)
+	}
+	return nil
+}
+
+// badQueues names the first (in stage name order) entry of a pipeline
+// input's queues that is not a stage or not a queue name.
+func badQueues(queues map[string]string) error {
+	for _, stage := range slices.Sorted(maps.Keys(queues)) { // sorted: the same error on every replay
+		if !slices.Contains(KnownStages, stage) {
+			return fmt.Errorf("pipeline input: queues[%q]: want a stage (%s)", stage, strings.Join(KnownStages, ", "))
+		}
+		if err := events.ValidQueue(queues[stage]); err != nil {
+			return fmt.Errorf("pipeline input: queues[%q]: %w", stage, err)
+		}
 	}
 	return nil
 }
@@ -384,6 +407,9 @@ type CommandInput struct {
 	// the command goes to "<service>.requested" and the answer comes on
 	// "<service>.completed" / "<service>.failed".
 	Service string `json:"service"`
+	// Queue is the command queue: the command goes to
+	// events.CommandTopic(Service, Queue). Empty: the default queue.
+	Queue string `json:"queue,omitempty"`
 	// Payload is the command payload (an events.*Requested) without its
 	// correlation id, which the bridge sets.
 	Payload json.RawMessage `json:"payload"`

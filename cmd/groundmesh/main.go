@@ -4,8 +4,10 @@
 //
 // The environment is read here, once: DATABASE_URL, TEMPORAL_ADDRESS,
 // GROUNDMESH_DATA_DIR, GROUNDMESH_BUS, NATS_URL, GROUNDMESH_PLUGIN_DIR,
-// OTEL_EXPORTER_OTLP_ENDPOINT, GROUNDMESH_LOG_LEVEL, and the grounding
-// API's GROUNDMESH_API_TOKENS and GROUNDMESH_GROUND_* (cmd/groundmesh/ground.go).
+// OTEL_EXPORTER_OTLP_ENDPOINT, GROUNDMESH_LOG_LEVEL, the worker's
+// GROUNDMESH_SERVICES, GROUNDMESH_BACKENDS, GROUNDMESH_QUEUE,
+// GROUNDMESH_WORKER_ID and GROUNDMESH_BUS_PREFIX, and the grounding API's
+// GROUNDMESH_API_TOKENS and GROUNDMESH_GROUND_* (cmd/groundmesh/ground.go).
 package main
 
 import (
@@ -27,8 +29,10 @@ embedded stack:
   demo                    start the stack, run the whole pipeline on the built-in scene world, print where to look
 
 production roles:
-  worker                  Temporal worker, event bridge and service consumers (TEMPORAL_ADDRESS, DATABASE_URL)
+  worker                  Temporal worker, event bridge and service consumers (TEMPORAL_ADDRESS, DATABASE_URL);
+                          --services, --backends and --queue pick what this one runs
   serve                   HTTP gateway only
+  workers                 list the live workers: their services, queues and backends
 
 data and models:
   scenes generate         write the built-in scene world (COCO, RefCOCO, VG files + PNGs)
@@ -72,6 +76,8 @@ func main() {
 		err = cmdReport(ctx, env, args)
 	case "compare":
 		err = cmdCompare(ctx, env, args)
+	case "workers":
+		err = cmdWorkers(ctx, env, args, os.Stdout)
 	case "pipeline":
 		err = cmdPipeline(ctx, env, args)
 	case "promote":
@@ -110,7 +116,17 @@ type env struct {
 	// (GROUNDMESH_BACKEND: gomlx, libtorch or auto; GROUNDMESH_DEVICE: cpu
 	// or cuda).
 	Backend, Device string
-	Ground          groundEnv
+	// Services, Backends and Queue are a worker's defaults for --services,
+	// --backends and --queue (GROUNDMESH_SERVICES, GROUNDMESH_BACKENDS,
+	// GROUNDMESH_QUEUE, comma-separated); WorkerID its --worker-id
+	// (GROUNDMESH_WORKER_ID); BusPrefix the bus's consumer group prefix
+	// (GROUNDMESH_BUS_PREFIX).
+	Services, Backends, Queue, WorkerID string
+	BusPrefix                           string
+	// CommandLease is GROUNDMESH_COMMAND_LEASE (a Go duration): how soon
+	// a command whose worker died goes to another worker on NATS.
+	CommandLease string
+	Ground       groundEnv
 }
 
 func readEnv() env {
@@ -125,6 +141,12 @@ func readEnv() env {
 		LogLevel:        os.Getenv("GROUNDMESH_LOG_LEVEL"),
 		Backend:         os.Getenv("GROUNDMESH_BACKEND"),
 		Device:          os.Getenv("GROUNDMESH_DEVICE"),
+		Services:        os.Getenv("GROUNDMESH_SERVICES"),
+		Backends:        os.Getenv("GROUNDMESH_BACKENDS"),
+		Queue:           os.Getenv("GROUNDMESH_QUEUE"),
+		WorkerID:        os.Getenv("GROUNDMESH_WORKER_ID"),
+		BusPrefix:       os.Getenv("GROUNDMESH_BUS_PREFIX"),
+		CommandLease:    os.Getenv("GROUNDMESH_COMMAND_LEASE"),
 		Ground:          readGroundEnv(),
 	}
 	if e.DataDir == "" {

@@ -37,6 +37,9 @@ type commonFlags struct {
 	tport       int
 	uiport      int
 	verbose     bool
+	// services, backends and queues (comma-separated) and workerID pick
+	// what a worker runs (worker only; empty: everything, as up).
+	services, backends, queues, workerID string
 }
 
 func (c *commonFlags) register(fs *flag.FlagSet, e env) {
@@ -81,6 +84,12 @@ func startStack(ctx context.Context, e env, c commonFlags, worker, makeToken boo
 	if err != nil {
 		return nil, err
 	}
+	var lease time.Duration
+	if e.CommandLease != "" {
+		if lease, err = time.ParseDuration(e.CommandLease); err != nil {
+			return nil, fmt.Errorf("GROUNDMESH_COMMAND_LEASE=%q: want a duration such as 30s: %w", e.CommandLease, err)
+		}
+	}
 	if makeToken && len(gc.APITokens) == 0 {
 		tok, err := newToken()
 		if err != nil {
@@ -94,6 +103,8 @@ func startStack(ctx context.Context, e env, c commonFlags, worker, makeToken boo
 		TemporalPort: c.tport, UIPort: c.uiport, Bus: c.bus, NATSURL: e.NATSURL,
 		HTTPAddr: c.httpAddr, PluginDir: e.PluginDir, Worker: worker, Ground: gc, Logger: logger,
 		Metrics: processMetrics, MetricsAddr: c.metricsAddr,
+		Services: stack.ParseList(c.services), Backends: stack.ParseList(c.backends), Queues: stack.ParseList(c.queues),
+		WorkerID: c.workerID, BusConsumerPrefix: e.BusPrefix, CommandLease: lease,
 	})
 }
 
@@ -117,6 +128,9 @@ func printWhere(s *stack.Stack) {
 	if u := s.MetricsURL(); u != "" {
 		fmt.Printf("  metrics:        %s/metrics\n", u)
 	}
+	if s.RunsWorker() {
+		fmt.Printf("  worker:         %s (services %s; queues %s)\n", s.WorkerID(), strings.Join(s.ServiceNames(), ","), strings.Join(s.Queues(), ","))
+	}
 	if u := s.GatewayURL(); u != "" {
 		fmt.Printf("  HTTP gateway:   %s  (POST /api/pipelines with {} starts a pipeline)\n", u)
 		fmt.Printf("  grounding API:  %s/v1/ground\n", u)
@@ -139,6 +153,10 @@ func cmdUp(ctx context.Context, e env, args []string, workerOnly bool) error {
 	if workerOnly {
 		// A worker has no gateway: its metrics get a listener of their own.
 		fs.StringVar(&c.metricsAddr, "metrics", "127.0.0.1:9464", `address that serves GET /metrics ("off" to disable)`)
+		fs.StringVar(&c.services, "services", e.Services, "services this worker runs, comma-separated: some of "+strings.Join(stack.AllServices, ", ")+" (env GROUNDMESH_SERVICES; default all)")
+		fs.StringVar(&c.backends, "backends", e.Backends, `compute backends whose plugins this worker may start, comma-separated: gomlx, libtorch, ggml, or a backend and device such as libtorch:cuda (env GROUNDMESH_BACKENDS; default every one built)`)
+		fs.StringVar(&c.queues, "queue", e.Queue, `command queues (capabilities) this worker consumes, comma-separated, e.g. train-cuda; "default" is the queue of commands that name none (env GROUNDMESH_QUEUE; default "default")`)
+		fs.StringVar(&c.workerID, "worker-id", e.WorkerID, "this worker's id in its command answers and the workers table (env GROUNDMESH_WORKER_ID; default <host>-<pid>)")
 	}
 	if err := fs.Parse(args); err != nil {
 		return errUsage

@@ -119,7 +119,7 @@ func (c Config) validate() error {
 // backend is one transport: a publisher and a subscriber per consumer group.
 type backend interface {
 	publisher() message.Publisher
-	subscriber(group, topic string) (message.Subscriber, error)
+	subscriber(group, topic string, o HandleOptions) (message.Subscriber, error)
 	close() error
 }
 
@@ -249,6 +249,16 @@ type HandleOptions struct {
 	// to repeat, such as a process's listener for replies to its own
 	// requests, which would otherwise write a row per reply forever.
 	NoDedupe bool
+	// Lease, when set, is how soon a message whose handler's process died
+	// goes to another consumer of the group (NATS; the default is
+	// Config.AckDeadline). While the handler works, the message's lease is
+	// renewed every Lease/3 (JetStream in-progress acks), so that long
+	// work is not redelivered while it runs; the group fetches one message
+	// at a time. On Postgres a dead process's consumer lock goes with its
+	// connection, so a message is handed on at once and Lease is not
+	// needed. For command consumers: a worker killed in the middle of a
+	// command hands it to another worker of its queue.
+	Lease time.Duration
 }
 
 // HandleWith is Handle with options.
@@ -294,7 +304,7 @@ func (b *Bus) handleAs(name string, i int, topic string, o HandleOptions, fn fun
 		return errors.New("a handler with this name is already registered")
 	}
 	group := b.cfg.ConsumerPrefix + name
-	sub, err := b.backend.subscriber(group, topic)
+	sub, err := b.backend.subscriber(group, topic, o)
 	if err != nil {
 		return err
 	}

@@ -92,7 +92,7 @@ func (n *natsBackend) ensureStream(ctx context.Context, js jetstream.JetStream, 
 
 func (n *natsBackend) publisher() message.Publisher { return n.pub }
 
-func (n *natsBackend) subscriber(group, _ string) (message.Subscriber, error) {
+func (n *natsBackend) subscriber(group, _ string, o HandleOptions) (message.Subscriber, error) {
 	// One connection per subscriber: the subscriber drains its connection
 	// on Close.
 	nc, err := connectNATS(n.cfg.NATSURL, "groundmesh-"+group)
@@ -100,6 +100,14 @@ func (n *natsBackend) subscriber(group, _ string) (message.Subscriber, error) {
 		return nil, err
 	}
 	durable := strings.NewReplacer(".", "_", "*", "_", ">", "_", " ", "_", "/", "_", "\\", "_").Replace(group)
+	ackWait := n.cfg.AckDeadline
+	// Few messages in flight: a message's ack wait runs from delivery
+	// to the client, not from the handler's start.
+	consume := []jetstream.PullConsumeOpt{jetstream.PullMaxMessages(16)}
+	if o.Lease > 0 && o.Lease < ackWait {
+		ackWait = o.Lease
+		consume = []jetstream.PullConsumeOpt{jetstream.PullMaxMessages(1)}
+	}
 	sub, err := wmjs.NewSubscriber(wmjs.SubscriberConfig{
 		Conn:            nc,
 		Logger:          n.logger,
@@ -116,17 +124,15 @@ func (n *natsBackend) subscriber(group, _ string) (message.Subscriber, error) {
 				Description:   "groundmesh handler " + group,
 				DeliverPolicy: jetstream.DeliverAllPolicy,
 				AckPolicy:     jetstream.AckExplicitPolicy,
-				AckWait:       n.cfg.AckDeadline,
+				AckWait:       ackWait,
 				MaxAckPending: 256,
 			})
 			if err != nil {
 				return nil, nil, fmt.Errorf("create consumer %s on %s: %w", durable, topic, err)
 			}
-			return nakUnsettled{c}, nil, nil
+			return nakUnsettled{Consumer: c, lease: ackWait}, nil, nil
 		},
-		// Few messages in flight: a message's ack wait runs from delivery
-		// to the client, not from the handler's start.
-		ConsumeOptions: []jetstream.PullConsumeOpt{jetstream.PullMaxMessages(16)},
+		ConsumeOptions: consume,
 	})
 	if err != nil {
 		nc.Close()
@@ -167,11 +173,36 @@ func (p *ensuringPublisher) Publish(topic string, msgs ...*message.Message) erro
 // PullMaxMessages fetched ahead of the handler): without the nack each
 // would wait out the consumer's ack wait (AckDeadline, an hour by
 // default) before another consumer of the group got it.
-type nakUnsettled struct{ jetstream.Consumer }
+//
+// While the handler works on a message, its lease (the consumer's ack
+// wait) is renewed every third of it with an in-progress ack, so that a
+// message is redelivered after its ack wait only when the process that
+// held it died.
+type nakUnsettled struct {
+	jetstream.Consumer
+	lease time.Duration
+}
 
 func (c nakUnsettled) Consume(h jetstream.MessageHandler, opts ...jetstream.PullConsumeOpt) (jetstream.ConsumeContext, error) {
 	return c.Consumer.Consume(func(msg jetstream.Msg) {
 		m := &settleTracker{Msg: msg}
+		stop := make(chan struct{})
+		defer close(stop)
+		go func() {
+			t := time.NewTicker(c.lease / 3)
+			defer t.Stop()
+			for {
+				select {
+				case <-stop:
+					return
+				case <-t.C:
+					if m.settled.Load() {
+						return
+					}
+					_ = msg.InProgress()
+				}
+			}
+		}()
 		defer func() {
 			if r := recover(); r != nil {
 				// watermill-nats hands a message over in a select that also

@@ -51,7 +51,7 @@ func (p *postgresBackend) publisher() message.Publisher { return p.pub }
 
 // subscriber polls topic's table for group, and is woken between polls by
 // a notification of the topic (notifier).
-func (p *postgresBackend) subscriber(group, topic string) (message.Subscriber, error) {
+func (p *postgresBackend) subscriber(group, topic string, _ HandleOptions) (message.Subscriber, error) {
 	ack := p.cfg.AckDeadline
 	const retry = time.Second // after a failed query
 	wake, unregister := p.notes.register(topic)

@@ -6,6 +6,7 @@
 package command
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -16,7 +17,9 @@ import (
 
 	"github.com/ThreeDotsLabs/watermill/message"
 	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/groundmesh/groundmesh/internal/bus"
 	"github.com/groundmesh/groundmesh/internal/events"
@@ -56,7 +59,28 @@ type Config struct {
 	// on. It proves the handling process alive, not that the use case
 	// advances: its StartToClose timeout still bounds a stuck one.
 	KeepAlive time.Duration
-	Logger    *slog.Logger
+	// Queue is the command queue this consumer serves: it reads
+	// events.CommandTopic(Service, Queue) ("<Service>.requested" for the
+	// default queue, "<Service>.requested.<Queue>" otherwise). Answers go
+	// to the same "<Service>.progress|completed|failed" whatever the queue.
+	Queue string
+	// Worker names this process (its --worker-id) in every answer: the
+	// "worker" metadata key of progress, completed and failed, and the
+	// completed answer's "worker" field. (Progress and failure payloads,
+	// which consumers decode strictly, stay as they were: the bridge
+	// fills their Worker from the metadata.)
+	Worker string
+	// Lease, with a registrar that takes handler options (internal/bus),
+	// is how soon a command whose process died goes to another consumer
+	// of the group (bus.HandleOptions.Lease); 0: the bus's default.
+	Lease  time.Duration
+	Logger *slog.Logger
+}
+
+// optionsRegistrar is a Registrar that takes handler options
+// (internal/bus's Bus does).
+type optionsRegistrar interface {
+	HandleWith(name, topic string, o bus.HandleOptions, fn func(ctx context.Context, msg *message.Message) error) error
 }
 
 // Serve registers the consumer of cfg.Service's command topic on r.
@@ -79,9 +103,18 @@ func Serve[Req, Res any](r Registrar, cfg Config, uc UseCase[Req, Res]) error {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
+	if err := events.ValidQueue(cfg.Queue); err != nil {
+		return fmt.Errorf("command %s: %w", cfg.Service, err)
+	}
 	tracer := otel.Tracer("groundmesh/command")
-	topic := cfg.Service + ".requested"
-	return r.Handle(cfg.Handler, topic, bus.Typed(func(ctx context.Context, req Req, msg *message.Message) error {
+	topic := events.CommandTopic(cfg.Service, cfg.Queue)
+	handle := r.Handle
+	if or, ok := r.(optionsRegistrar); ok && cfg.Lease > 0 {
+		handle = func(name, topic string, fn func(ctx context.Context, msg *message.Message) error) error {
+			return or.HandleWith(name, topic, bus.HandleOptions{Lease: cfg.Lease}, fn)
+		}
+	}
+	return handle(cfg.Handler, topic, bus.Typed(func(ctx context.Context, req Req, msg *message.Message) error {
 		corr := msg.Metadata.Get(events.MetaCorrelationID)
 		if corr == "" {
 			corr = bus.CorrelationID(ctx)
@@ -89,9 +122,16 @@ func Serve[Req, Res any](r Registrar, cfg Config, uc UseCase[Req, Res]) error {
 		if corr == "" {
 			return bus.Permanent(fmt.Errorf("%s: command without correlation id", topic))
 		}
-		ctx, span := tracer.Start(ctx, cfg.Service+".handle")
+		ctx, span := tracer.Start(ctx, cfg.Service+".handle", trace.WithAttributes(
+			attribute.String("groundmesh.correlation_id", corr),
+			attribute.String("groundmesh.queue", cmp.Or(cfg.Queue, events.DefaultQueue)),
+			attribute.String("groundmesh.worker", cfg.Worker)))
 		defer span.End()
 		meta := map[string]string{events.MetaCorrelationID: corr}
+		if cfg.Worker != "" {
+			meta[events.MetaWorker] = cfg.Worker
+		}
+		cfg.Logger.InfoContext(ctx, "command received", "service", cfg.Service, "topic", topic, "correlation_id", corr, "worker", cfg.Worker)
 
 		var mu sync.Mutex
 		var last time.Time                            // last report published
@@ -164,9 +204,13 @@ func Serve[Req, Res any](r Registrar, cfg Config, uc UseCase[Req, Res]) error {
 		if err != nil {
 			return bus.Permanent(err)
 		}
+		if cfg.Worker != "" {
+			answer[events.MetaWorker] = cfg.Worker
+		}
 		if err := r.Publish(ctx, cfg.Service+".completed", answer, meta); err != nil {
 			return fmt.Errorf("publish %s.completed: %w", cfg.Service, err)
 		}
+		cfg.Logger.InfoContext(ctx, "command completed", "service", cfg.Service, "correlation_id", corr, "worker", cfg.Worker)
 		return nil
 	}))
 }

@@ -29,6 +29,9 @@ const (
 	// MetaPublishedAt is when the message was made (RFC 3339, UTC, ns):
 	// a consumer's lag is the time from it to the handler's start.
 	MetaPublishedAt = "published_at"
+	// MetaWorker names the worker process (its --worker-id) that handled
+	// a command, on every answer: progress, completed and failed.
+	MetaWorker = "worker"
 )
 
 // Topics.
@@ -90,6 +93,11 @@ type Progress struct {
 	Message       string          `json:"message,omitempty"`
 	Details       json.RawMessage `json:"details,omitempty"` // service-specific (e.g. step, loss)
 	At            time.Time       `json:"at"`
+	// Worker is the worker process handling the command (its --worker-id):
+	// on the bus it travels in the MetaWorker metadata key (a consumer
+	// older than the field would reject it in the payload); the bridge
+	// fills it in before it records the heartbeat.
+	Worker string `json:"worker,omitempty"`
 }
 
 // Failed answers a command that could not be done.
@@ -102,11 +110,17 @@ type Failed struct {
 	// Code classifies the failure for callers that act on it without
 	// parsing Reason (services/ground's reason codes, e.g. "image_too_large").
 	Code string `json:"code,omitempty"`
+	// Worker is the worker process that handled the command: on the bus
+	// it travels in the MetaWorker metadata key; the bridge fills it in.
+	Worker string `json:"worker,omitempty"`
 }
 
 // IngestRequested asks services/ingest to ingest a dataset.
 type IngestRequested struct {
 	CorrelationID string `json:"correlation_id"`
+	// Queue is the command queue (capability) the request was routed to;
+	// empty: DefaultQueue. See CommandTopic.
+	Queue string `json:"queue,omitempty"`
 	// Format: coco, refcoco, vg, flickr30k, odvg, or scenes (built-in world).
 	Format string `json:"format"`
 	// Path is the dataset root (or annotation file) on a filesystem the
@@ -143,12 +157,15 @@ type DatasetIngested struct {
 
 // SynthRequested asks services/synth to build alignment data from a dataset.
 type SynthRequested struct {
-	CorrelationID string   `json:"correlation_id"`
-	DatasetID     string   `json:"dataset_id"`
-	Seed          int64    `json:"seed"`
-	Samples       int      `json:"samples"`          // target total samples
-	Stages        []string `json:"stages,omitempty"` // default all: stage1, stage2, stage3
-	RewriteURL    string   `json:"rewrite_url,omitempty"`
+	CorrelationID string `json:"correlation_id"`
+	// Queue is the command queue (capability) the request was routed to;
+	// empty: DefaultQueue. See CommandTopic.
+	Queue      string   `json:"queue,omitempty"`
+	DatasetID  string   `json:"dataset_id"`
+	Seed       int64    `json:"seed"`
+	Samples    int      `json:"samples"`          // target total samples
+	Stages     []string `json:"stages,omitempty"` // default all: stage1, stage2, stage3
+	RewriteURL string   `json:"rewrite_url,omitempty"`
 	// TaskWeights splits a stage's samples between its tasks (synth
 	// BuildOptions.TaskWeights; missing tasks keep their default).
 	TaskWeights map[string]float64 `json:"task_weights,omitempty"`
@@ -168,9 +185,12 @@ type SynthCompleted struct {
 // TrainRequested asks services/train to run the three stages.
 type TrainRequested struct {
 	CorrelationID string `json:"correlation_id"`
-	RunID         string `json:"run_id"` // uuid; the same id resumes a run
-	SynthSetID    string `json:"synth_set_id"`
-	Backend       string `json:"backend"` // gomlx (default), libtorch, onnx, ggml
+	// Queue is the command queue (capability) the request was routed to;
+	// empty: DefaultQueue. See CommandTopic.
+	Queue      string `json:"queue,omitempty"`
+	RunID      string `json:"run_id"` // uuid; the same id resumes a run
+	SynthSetID string `json:"synth_set_id"`
+	Backend    string `json:"backend"` // gomlx (default), libtorch, onnx, ggml
 	// Device is the backend's device: cpu (the default) or cuda (libtorch).
 	Device string          `json:"device,omitempty"`
 	Spec   json.RawMessage `json:"spec,omitempty"` // services/train run spec; defaults when empty
@@ -295,7 +315,10 @@ type CheckpointSaved struct {
 // is bad input (the Evaluate workflow fills it from services/train).
 type EvalRequested struct {
 	CorrelationID string `json:"correlation_id"`
-	RunID         string `json:"run_id"`
+	// Queue is the command queue (capability) the request was routed to;
+	// empty: DefaultQueue. See CommandTopic.
+	Queue string `json:"queue,omitempty"`
+	RunID string `json:"run_id"`
 	// Run is the run's facts: its checkpoints (with their sha256), model
 	// config, tokenizer, synth set and dataset, and loss curve.
 	Run *RunFacts `json:"run,omitempty"`

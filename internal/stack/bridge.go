@@ -16,7 +16,10 @@ import (
 // Handler names are consumer groups: keep them stable.
 func registerBridge(b *bus.Bus, br *workflows.Bridge) error {
 	for _, svc := range workflows.CommandServices {
-		if err := b.Handle("bridge-progress-"+svc, svc+".progress", bus.Typed(func(ctx context.Context, p events.Progress, _ *message.Message) error {
+		if err := b.Handle("bridge-progress-"+svc, svc+".progress", bus.Typed(func(ctx context.Context, p events.Progress, msg *message.Message) error {
+			// The worker travels in metadata, so that a bridge older than
+			// the field still decodes the payload.
+			p.Worker = msg.Metadata.Get(events.MetaWorker)
 			return br.HandleProgress(ctx, p)
 		})); err != nil {
 			return fmt.Errorf("register bridge: %w", err)
@@ -29,7 +32,8 @@ func registerBridge(b *bus.Bus, br *workflows.Bridge) error {
 		}); err != nil {
 			return fmt.Errorf("register bridge: %w", err)
 		}
-		if err := b.Handle("bridge-failed-"+svc, svc+".failed", bus.Typed(func(ctx context.Context, f events.Failed, _ *message.Message) error {
+		if err := b.Handle("bridge-failed-"+svc, svc+".failed", bus.Typed(func(ctx context.Context, f events.Failed, msg *message.Message) error {
+			f.Worker = msg.Metadata.Get(events.MetaWorker)
 			return br.HandleFailed(ctx, f)
 		})); err != nil {
 			return fmt.Errorf("register bridge: %w", err)

@@ -39,6 +39,7 @@ type Services struct {
 	Ground *ground.Service
 
 	groundConsumer *ground.Consumer
+	cfg            *Config // the services, queues, backends and worker id to run
 	pluginDir      string
 	logger         *slog.Logger
 	mu             sync.Mutex
@@ -82,6 +83,12 @@ func (sv *Services) Backend(name string) (compute.Backend, error) {
 	if b, ok := sv.backends[name]; ok {
 		return b, nil
 	}
+	if sv.cfg != nil && !sv.cfg.backendAllowed(name) {
+		// Not the request's fault: the command reached a worker that
+		// does not run its backend; a retry may reach one that does.
+		return nil, fmt.Errorf("backend %q: worker %s runs only backends %s (--backends); route the command to a queue whose workers run it",
+			name, sv.cfg.WorkerID, strings.Join(sv.cfg.Backends, ", "))
+	}
 	base, device, _ := strings.Cut(name, ":")
 	bin, ok := pluginBinaries[base]
 	if !ok {
@@ -123,7 +130,7 @@ func (sv *Services) Backend(name string) (compute.Backend, error) {
 }
 
 func newServices(ctx context.Context, s *Stack) (*Services, error) {
-	sv := &Services{pluginDir: s.cfg.PluginDir, logger: s.Logger, hosts: map[string]*compute.Host{}, backends: map[string]compute.Backend{}}
+	sv := &Services{cfg: &s.cfg, pluginDir: s.cfg.PluginDir, logger: s.Logger, hosts: map[string]*compute.Host{}, backends: map[string]compute.Backend{}}
 	if err := sv.build(ctx, s, sv.Backend); err != nil {
 		return nil, err
 	}
@@ -133,23 +140,65 @@ func newServices(ctx context.Context, s *Stack) (*Services, error) {
 // build makes the services, which find their compute backends through
 // backends: the plugin hosts (Backend), or in tests the contract's toy in
 // process, so that they can drive the real handlers without a plugin.
+//
+// Only the services of s's Config.Services are made (all by default); a
+// synth service without ingest reads datasets through services/ingest's
+// reader, which serves no command.
 func (sv *Services) build(ctx context.Context, s *Stack, backends func(name string) (compute.Backend, error)) error {
+	if sv.cfg == nil {
+		sv.cfg = &s.cfg
+	}
+	runs := s.cfg.runs
+	if len(s.cfg.Services) == 0 {
+		runs = func(string) bool { return true }
+	}
 	var err error
-	sv.Ingest, err = ingest.New(ingest.Config{DataDir: s.cfg.DataDir, Logger: s.Logger.With("service", "ingest")}, s.Pool)
-	if err != nil {
-		return err
+	if runs(ServiceIngest) || runs(ServiceSynth) {
+		in, err := ingest.New(ingest.Config{DataDir: s.cfg.DataDir, Logger: s.Logger.With("service", "ingest")}, s.Pool)
+		if err != nil {
+			return err
+		}
+		if runs(ServiceIngest) {
+			sv.Ingest = in
+		}
+		if runs(ServiceSynth) {
+			sv.Synth, err = synth.New(synth.Config{DataDir: s.cfg.DataDir, Blob: s.Blob, Logger: s.Logger.With("service", "synth")}, s.Pool, in)
+			if err != nil {
+				return err
+			}
+		}
 	}
-	sv.Synth, err = synth.New(synth.Config{DataDir: s.cfg.DataDir, Blob: s.Blob, Logger: s.Logger.With("service", "synth")}, s.Pool, sv.Ingest)
-	if err != nil {
-		return err
+	if runs(ServiceTrain) {
+		sv.Train, err = train.New(train.Config{
+			DataDir: filepath.Join(s.cfg.DataDir, "train"), Blob: s.Blob, Backends: backends,
+			Synth: synthSetReader(s), Logger: s.Logger.With("service", "train"),
+		}, s.Pool)
+		if err != nil {
+			return err
+		}
 	}
-	sv.Train, err = train.New(train.Config{
-		DataDir: filepath.Join(s.cfg.DataDir, "train"), Blob: s.Blob, Backends: backends,
-		Synth: synthSetReader(s), Logger: s.Logger.With("service", "train"),
-	}, s.Pool)
-	if err != nil {
-		return err
+	if runs(ServiceEval) {
+		if err := sv.buildEval(s, backends); err != nil {
+			return err
+		}
 	}
+	if runs(ServiceGround) {
+		sv.Ground, err = ground.New(ground.Config{
+			Catalog: ground.NewPGCatalog(s.Pool), Backends: backends, Blob: s.Blob,
+			Limits: s.cfg.Ground.Limits, Batch: s.cfg.Ground.Batch, Logger: s.Logger.With("service", "ground"),
+		})
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// buildEval makes services/eval, which loads the run's backend for its
+// predictions and reads the synth set's records through services/synth's
+// shard reader.
+func (sv *Services) buildEval(s *Stack, backends func(name string) (compute.Backend, error)) error {
+	var err error
 	predictors := func(ctx context.Context, ck eval.Checkpoint, run eval.RunInfo) (eval.Predictor, error) {
 		// The backend the run trained on travels in the eval request.
 		name := run.Backend
@@ -180,13 +229,6 @@ func (sv *Services) build(ctx context.Context, s *Stack, backends func(name stri
 		DataDir: s.cfg.DataDir, Blob: s.Blob, Logger: s.Logger.With("service", "eval"),
 		Predictors: predictors, Records: records,
 	}, s.Pool)
-	if err != nil {
-		return err
-	}
-	sv.Ground, err = ground.New(ground.Config{
-		Catalog: ground.NewPGCatalog(s.Pool), Backends: backends, Blob: s.Blob,
-		Limits: s.cfg.Ground.Limits, Batch: s.cfg.Ground.Batch, Logger: s.Logger.With("service", "ground"),
-	})
 	return err
 }
 
@@ -233,44 +275,70 @@ func synthSetReader(s *Stack) train.SynthReader {
 	}
 }
 
-// serveCommands makes each service the consumer of its command topic.
+// serveCommands makes each service the process runs the consumer of its
+// command topic on each of the process's queues (the default queue:
+// "<svc>.requested", consumer group "<svc>-service"; another queue q:
+// "<svc>.requested.<q>", group "<svc>-service.<q>"). "train.describe", a
+// query of train's tables, and "train.export" are consumed by every train
+// worker on the default queue. Answers name the worker
+// (Config.WorkerID).
 func (sv *Services) serveCommands(b *bus.Bus, pool *pgxpool.Pool, logger *slog.Logger) error {
-	gc, err := ground.Serve(b, ground.ConsumerConfig{Handler: "ground-service", Pool: pool, Logger: logger.With("service", "ground")}, sv.Ground)
-	if err != nil {
-		return err
+	cfg := sv.cfg
+	if sv.Ground != nil {
+		gc, err := ground.Serve(b, ground.ConsumerConfig{Handler: "ground-service", Pool: pool, Logger: logger.With("service", "ground")}, sv.Ground)
+		if err != nil {
+			return err
+		}
+		sv.groundConsumer = gc
 	}
-	sv.groundConsumer = gc
-	errs := []error{
-		command.Serve(b, command.Config{Service: "ingest", Handler: "ingest-service", Logger: logger,
-			BadInput: func(err error) bool { return errors.Is(err, ingest.ErrBadInput) }},
-			func(ctx context.Context, req events.IngestRequested, p func(events.Progress)) (events.DatasetIngested, error) {
-				return sv.Ingest.Ingest(ctx, req, command.SimpleProgress("ingest", p))
-			}),
-		command.Serve(b, command.Config{Service: "synth", Handler: "synth-service", Logger: logger,
-			BadInput: func(err error) bool { return errors.Is(err, synth.ErrBadInput) }},
-			func(ctx context.Context, req events.SynthRequested, p func(events.Progress)) (events.SynthCompleted, error) {
-				return sv.Synth.Synthesize(ctx, req, command.SimpleProgress("synth", p))
-			}),
-		command.Serve(b, command.Config{Service: "train", Handler: "train-service", Logger: logger,
-			BadInput: func(err error) bool { return errors.Is(err, train.ErrInvalidRequest) }},
-			func(ctx context.Context, req events.TrainRequested, p func(events.Progress)) (events.TrainCompleted, error) {
-				return sv.Train.Train(ctx, req, p)
-			}),
-		command.Serve(b, command.Config{Service: "train.describe", Handler: "train-describe-service", Logger: logger,
-			BadInput: func(err error) bool { return errors.Is(err, train.ErrInvalidRequest) }},
-			func(ctx context.Context, req events.TrainDescribeRequested, _ func(events.Progress)) (events.TrainCompleted, error) {
-				return sv.Train.Describe(ctx, req)
-			}),
-		command.Serve(b, command.Config{Service: "train.export", Handler: "train-export-service", Logger: logger,
-			BadInput: func(err error) bool { return errors.Is(err, train.ErrInvalidRequest) }},
-			func(ctx context.Context, req events.ExportRequested, _ func(events.Progress)) (events.ExportCompleted, error) {
-				return sv.Train.Export(ctx, req)
-			}),
-		command.Serve(b, command.Config{Service: "eval", Handler: "eval-service", Logger: logger,
-			BadInput: func(err error) bool { return errors.Is(err, eval.ErrBadInput) }},
-			func(ctx context.Context, req events.EvalRequested, p func(events.Progress)) (events.EvaluationCompleted, error) {
-				return sv.Eval.Evaluate(ctx, req, command.SimpleProgress("eval", p))
-			}),
+	var errs []error
+	for _, queue := range cfg.Queues {
+		conf := func(service string, badInput func(error) bool) command.Config {
+			handler := strings.ReplaceAll(service, ".", "-") + "-service"
+			if queue != events.DefaultQueue {
+				handler += "." + queue
+			}
+			return command.Config{Service: service, Handler: handler, Queue: queue, Worker: cfg.WorkerID,
+				Lease: cfg.CommandLease, Logger: logger.With("service", service, "queue", queue, "worker", cfg.WorkerID), BadInput: badInput}
+		}
+		if sv.Ingest != nil {
+			errs = append(errs, command.Serve(b, conf("ingest", func(err error) bool { return errors.Is(err, ingest.ErrBadInput) }),
+				func(ctx context.Context, req events.IngestRequested, p func(events.Progress)) (events.DatasetIngested, error) {
+					return sv.Ingest.Ingest(ctx, req, command.SimpleProgress("ingest", p))
+				}))
+		}
+		if sv.Synth != nil {
+			errs = append(errs, command.Serve(b, conf("synth", func(err error) bool { return errors.Is(err, synth.ErrBadInput) }),
+				func(ctx context.Context, req events.SynthRequested, p func(events.Progress)) (events.SynthCompleted, error) {
+					return sv.Synth.Synthesize(ctx, req, command.SimpleProgress("synth", p))
+				}))
+		}
+		if sv.Train != nil {
+			errs = append(errs, command.Serve(b, conf("train", func(err error) bool { return errors.Is(err, train.ErrInvalidRequest) }),
+				func(ctx context.Context, req events.TrainRequested, p func(events.Progress)) (events.TrainCompleted, error) {
+					return sv.Train.Train(ctx, req, p)
+				}))
+			if queue == cfg.Queues[0] {
+				c := conf("train.describe", func(err error) bool { return errors.Is(err, train.ErrInvalidRequest) })
+				c.Queue, c.Handler = events.DefaultQueue, "train-describe-service"
+				errs = append(errs, command.Serve(b, c,
+					func(ctx context.Context, req events.TrainDescribeRequested, _ func(events.Progress)) (events.TrainCompleted, error) {
+						return sv.Train.Describe(ctx, req)
+					}))
+				c = conf("train.export", func(err error) bool { return errors.Is(err, train.ErrInvalidRequest) })
+				c.Queue, c.Handler = events.DefaultQueue, "train-export-service"
+				errs = append(errs, command.Serve(b, c,
+					func(ctx context.Context, req events.ExportRequested, _ func(events.Progress)) (events.ExportCompleted, error) {
+						return sv.Train.Export(ctx, req)
+					}))
+			}
+		}
+		if sv.Eval != nil {
+			errs = append(errs, command.Serve(b, conf("eval", func(err error) bool { return errors.Is(err, eval.ErrBadInput) }),
+				func(ctx context.Context, req events.EvalRequested, p func(events.Progress)) (events.EvaluationCompleted, error) {
+					return sv.Eval.Evaluate(ctx, req, command.SimpleProgress("eval", p))
+				}))
+		}
 	}
 	return errors.Join(errs...)
 }

@@ -15,6 +15,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -80,6 +81,32 @@ type Config struct {
 	// GET /metrics and GET /healthz alone: for processes without the
 	// gateway (`groundmesh worker`).
 	MetricsAddr string
+	// Services are the services this process builds and serves: some of
+	// ingest, synth, train, eval, ground (AllServices when empty). A
+	// service left out is not constructed: no consumer, no plugin host.
+	Services []string
+	// Queues are the command queues (capabilities, e.g. "train-cuda") the
+	// process's command consumers read: for each service it runs and each
+	// queue, events.CommandTopic(service, queue). Empty: the default
+	// queue alone ("<svc>.requested"), as a single process always did.
+	Queues []string
+	// Backends are the compute backends ("gomlx", "libtorch", or a backend
+	// and device such as "libtorch:cuda") whose plugins the process may
+	// start; a command that needs another one fails with an error that
+	// says so. Empty: every backend built in.
+	Backends []string
+	// WorkerID names this process in its command answers (the "worker"
+	// metadata key and field) and in the worker registry (table workers).
+	// Default "<host>-<pid>".
+	WorkerID string
+	// BusConsumerPrefix is prepended to every consumer group
+	// (bus.Config.ConsumerPrefix): deployments sharing one NATS set
+	// different ones.
+	BusConsumerPrefix string
+	// CommandLease is how soon, on NATS, a command whose worker died goes
+	// to another worker of its queue (bus.HandleOptions.Lease; the live
+	// worker renews it while it works). Default 30s.
+	CommandLease time.Duration
 }
 
 // GroundConfig configures services/ground and POST /v1/ground.
@@ -118,6 +145,9 @@ func (c *Config) defaults() error {
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
+	}
+	if err := c.workerDefaults(); err != nil {
+		return err
 	}
 	if c.Ground.TokenHelp == "" {
 		c.Ground.TokenHelp = "set GROUNDMESH_API_TOKENS (comma-separated) where groundmesh runs"
@@ -197,7 +227,7 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 	}
 
 	// Bus and outbox relay.
-	s.Bus, err = bus.New(ctx, bus.Config{Kind: cfg.Bus, NATSURL: cfg.NATSURL, Logger: cfg.Logger.With("component", "bus")}, s.Pool)
+	s.Bus, err = bus.New(ctx, bus.Config{Kind: cfg.Bus, NATSURL: cfg.NATSURL, ConsumerPrefix: cfg.BusConsumerPrefix, Logger: cfg.Logger.With("component", "bus")}, s.Pool)
 	if err != nil {
 		return nil, fmt.Errorf("bus: %w", err)
 	}
@@ -248,15 +278,22 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 		if err := s.Services.serveCommands(s.Bus, s.Pool, cfg.Logger); err != nil {
 			return nil, err
 		}
+		if err := s.register(runCtx); err != nil {
+			return nil, err
+		}
 		bridge := workflows.NewBridge(s.Temporal, &workflows.PGTokens{Pool: s.Pool}, cfg.Logger.With("component", "bridge"))
 		if err := registerBridge(s.Bus, bridge); err != nil {
 			return nil, err
 		}
 		s.worker = worker.New(s.Temporal, workflows.TaskQueue, worker.Options{})
-		workflows.Register(s.worker, &workflows.Activities{Pub: s.Bus, Tokens: &workflows.PGTokens{Pool: s.Pool}, Promoter: ground.NewPGCatalog(s.Pool)})
+		workflows.Register(s.worker, &workflows.Activities{Pub: s.Bus, Tokens: &workflows.PGTokens{Pool: s.Pool}, Promoter: ground.NewPGCatalog(s.Pool),
+			Workers: &Registry{Pool: s.Pool}})
 		if err := s.worker.Start(); err != nil {
 			return nil, fmt.Errorf("start temporal worker: %w", err)
 		}
+	}
+	if cfg.HTTPAddr != "off" && s.Services.Ground == nil {
+		return nil, errors.New("the HTTP gateway serves the grounding API: run the ground service (services include \"ground\") or turn the gateway off")
 	}
 	if cfg.HTTPAddr != "off" {
 		// Every gateway process must see every answer: its own consumer
@@ -302,11 +339,26 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 	return s, nil
 }
 
+// WorkerID is the id this process's command answers carry.
+func (s *Stack) WorkerID() string { return s.cfg.WorkerID }
+
+// RunsWorker reports whether the process consumes commands (Config.Worker).
+func (s *Stack) RunsWorker() bool { return s.cfg.Worker }
+
+// ServiceNames lists the services this process runs.
+func (s *Stack) ServiceNames() []string { return slices.Clone(s.cfg.Services) }
+
+// Queues lists the command queues this process's consumers read.
+func (s *Stack) Queues() []string { return slices.Clone(s.cfg.Queues) }
+
 // metricsHandler serves the grounding service's metrics and the
 // process's OpenTelemetry metrics (Config.Metrics) in the Prometheus text
 // format.
 func (s *Stack) metricsHandler() http.Handler {
-	gatherers := prometheus.Gatherers{s.Services.Ground.Gatherer()}
+	var gatherers prometheus.Gatherers
+	if s.Services.Ground != nil {
+		gatherers = append(gatherers, s.Services.Ground.Gatherer())
+	}
 	if s.cfg.Metrics != nil {
 		gatherers = append(gatherers, s.cfg.Metrics)
 	}
