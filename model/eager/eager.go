@@ -10,7 +10,6 @@ import (
 	"math"
 	"runtime"
 	"slices"
-	"strings"
 	"sync"
 
 	"github.com/groundmesh/groundmesh/model"
@@ -716,74 +715,11 @@ func (o *Ops) MatMulT(a, b *Tensor) *Tensor {
 	return out
 }
 
-// Einsum contracts two operands: their axes are permuted to [batch,
-// free, contracted] and [batch, contracted, free], multiplied as batched
-// matrices, and the product permuted to the output's order.
+// Einsum is model.EinsumMatMul over these operations.
 func (o *Ops) Einsum(spec string, a, b *Tensor) *Tensor {
-	in, outSpec, _ := strings.Cut(spec, "->")
-	as, bs, _ := strings.Cut(in, ",")
-	dim := map[rune]int{}
-	for i, l := range as {
-		dim[l] = a.Dims[i]
-	}
-	for i, l := range bs {
-		dim[l] = b.Dims[i]
-	}
-	has := func(s string, l rune) bool { return strings.ContainsRune(s, l) }
-	var batch, afree, bfree, contract []rune
-	for _, l := range as {
-		switch {
-		case has(bs, l) && has(outSpec, l):
-			batch = append(batch, l)
-		case has(bs, l):
-			contract = append(contract, l)
-		case has(outSpec, l):
-			afree = append(afree, l)
-		default:
-			panic(fmt.Sprintf("eager: einsum %q: %c is summed over one operand", spec, l))
-		}
-	}
-	for _, l := range bs {
-		if !has(as, l) {
-			if !has(outSpec, l) {
-				panic(fmt.Sprintf("eager: einsum %q: %c is summed over one operand", spec, l))
-			}
-			bfree = append(bfree, l)
-		}
-	}
-	perm := func(s string, order []rune) []int {
-		p := make([]int, len(order))
-		for i, l := range order {
-			p[i] = strings.IndexRune(s, l)
-		}
-		return p
-	}
-	prod := func(ls []rune) int {
-		n := 1
-		for _, l := range ls {
-			n *= dim[l]
-		}
-		return n
-	}
-	nb, nm, nk, nn := prod(batch), prod(afree), prod(contract), prod(bfree)
-	at := o.Transpose(a, perm(as, concat(batch, afree, contract))...)
-	bt := o.Transpose(b, perm(bs, concat(batch, contract, bfree))...)
-	p := o.MatMul(o.Reshape(at, nb, nm, nk), o.Reshape(bt, nb, nk, nn))
-	mid := concat(batch, afree, bfree)
-	midDims := make([]int, len(mid))
-	for i, l := range mid {
-		midDims[i] = dim[l]
-	}
-	return o.Transpose(o.Reshape(p, midDims...), perm(string(mid), []rune(outSpec))...)
+	return model.EinsumMatMul[*Tensor](o, spec, a, b)
 }
 
-func concat(parts ...[]rune) []rune {
-	var out []rune
-	for _, p := range parts {
-		out = append(out, p...)
-	}
-	return out
-}
 
 func (o *Ops) Gather(table, idx *Tensor) *Tensor {
 	row := size(table.Dims[1:])

@@ -9,7 +9,6 @@ import "C"
 
 import (
 	"slices"
-	"strings"
 
 	"github.com/groundmesh/groundmesh/model"
 )
@@ -703,69 +702,10 @@ func (o *Ops) Conv3x3(x, w, b *Tensor, stride int) *Tensor {
 	return model.Conv3x3Columns[*Tensor](o, x, w, b, stride)
 }
 
+// Einsum is model.EinsumMatMul over these operations (one ggml matrix
+// product between two permutations).
 func (o *Ops) Einsum(spec string, a, b *Tensor) *Tensor {
-	in, outSpec, _ := strings.Cut(spec, "->")
-	as, bs, _ := strings.Cut(in, ",")
-	if len([]rune(as)) != len(a.dims) || len([]rune(bs)) != len(b.dims) {
-		fail("einsum", "%q of %v and %v", spec, a.dims, b.dims)
-	}
-	dim := map[rune]int{}
-	for i, l := range []rune(as) {
-		dim[l] = a.dims[i]
-	}
-	for i, l := range []rune(bs) {
-		if d, ok := dim[l]; ok && d != b.dims[i] {
-			fail("einsum", "%q: %c is %d and %d", spec, l, d, b.dims[i])
-		}
-		dim[l] = b.dims[i]
-	}
-	has := strings.ContainsRune
-	var batch, afree, bfree, contract []rune
-	for _, l := range as {
-		switch {
-		case has(bs, l) && has(outSpec, l):
-			batch = append(batch, l)
-		case has(bs, l):
-			contract = append(contract, l)
-		case has(outSpec, l):
-			afree = append(afree, l)
-		default:
-			fail("einsum", "%q: %c is summed over one operand", spec, l)
-		}
-	}
-	for _, l := range bs {
-		if !has(as, l) {
-			if !has(outSpec, l) {
-				fail("einsum", "%q: %c is summed over one operand", spec, l)
-			}
-			bfree = append(bfree, l)
-		}
-	}
-	perm := func(s string, order []rune) []int {
-		p := make([]int, len(order))
-		for i, l := range order {
-			p[i] = strings.IndexRune(s, l)
-		}
-		return p
-	}
-	prod := func(ls []rune) int {
-		n := 1
-		for _, l := range ls {
-			n *= dim[l]
-		}
-		return n
-	}
-	cat := func(parts ...[]rune) []rune { return slices.Concat(parts...) }
-	nb, nm, nk, nn := prod(batch), prod(afree), prod(contract), prod(bfree)
-	at := o.Reshape(o.Transpose(a, perm(as, cat(batch, afree, contract))...), nb, nm, nk)
-	bt := o.Reshape(o.Transpose(b, perm(bs, cat(batch, bfree, contract))...), nb, nn, nk)
-	p := o.matmulT("einsum", at, bt)
-	mid := cat(batch, afree, bfree)
-	midDims := make([]int, len(mid))
-	for i, l := range mid {
-		midDims[i] = dim[l]
-	}
-	return o.Transpose(o.Reshape(p, midDims...), perm(string(mid), []rune(outSpec))...)
+	return model.EinsumMatMul[*Tensor](o, spec, a, b)
 }
 
 func (o *Ops) Gather(table, idx *Tensor) *Tensor {
