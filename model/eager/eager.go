@@ -720,7 +720,6 @@ func (o *Ops) Einsum(spec string, a, b *Tensor) *Tensor {
 	return model.EinsumMatMul[*Tensor](o, spec, a, b)
 }
 
-
 func (o *Ops) Gather(table, idx *Tensor) *Tensor {
 	row := size(table.Dims[1:])
 	out := zeros(append(slices.Clone(idx.Dims), table.Dims[1:]...)...)
