@@ -103,7 +103,7 @@ func Pipeline(ctx workflow.Context, in PipelineInput) (PipelineResult, error) {
 		search(SearchStage.ValueSet(StageEval))
 		var out events.EvaluationCompleted
 		req := events.EvalRequested{Queue: in.Queues[StageEval], RunID: res.RunID, Splits: in.Eval.Splits, MaxSamples: in.Eval.MaxSamples, MaxSamplesBy: map[string]int(in.Eval.MaxSamplesBy), Report: *in.Eval.Report,
-			ExportAs: in.Eval.ExportAs, ExportBackend: in.Eval.ExportBackend}
+			ExportAs: in.Eval.ExportAs, ExportBackend: in.Eval.ExportBackend, ExportBenchmarks: in.Eval.ExportBenchmarks}
 		if workflow.GetVersion(ctx, evalRunFactsVersion, workflow.DefaultVersion, 1) == 1 {
 			// The eval request carries what train answered; without it
 			// (train did not run here, or answered no facts) the Evaluate

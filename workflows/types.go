@@ -148,6 +148,9 @@ type EvalInput struct {
 	// (default "ggml").
 	ExportAs      []events.ExportSpec `json:"export_as,omitempty"`
 	ExportBackend string              `json:"export_backend,omitempty"`
+	// ExportBenchmarks limits the exports' scoring to these benchmarks
+	// ("rec", "pope_random", ...; default all).
+	ExportBenchmarks []string `json:"export_benchmarks,omitempty"`
 }
 
 // SampleCaps are records per split by benchmark name. Decoding refuses an

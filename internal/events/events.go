@@ -342,6 +342,9 @@ type EvalRequested struct {
 	// ExportBackend is the compute backend that serves the exports
 	// (default "ggml").
 	ExportBackend string `json:"export_backend,omitempty"`
+	// ExportBenchmarks are the benchmarks the exports are scored on
+	// ("rec", "pope_random", ...); default every one their checkpoint is.
+	ExportBenchmarks []string `json:"export_benchmarks,omitempty"`
 }
 
 // ExportSpec is a deployment form: Format "gguf", Dtype "float32",

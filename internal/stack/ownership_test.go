@@ -103,13 +103,18 @@ func TestEvaluateExports(t *testing.T) {
 		return
 	}
 	input = fmt.Sprintf(`{"stages": ["eval"], "run_id": %q, "eval": {"splits": ["val"], "max_samples": 3, "max_samples_by": {"rec": 8}, "report": false,
-		"export_as": [{"format": "gguf", "dtype": "q8_0"}]}}`, trained.RunID)
+		"export_as": [{"format": "gguf", "dtype": "q8_0"}], "export_benchmarks": ["rec"]}}`, trained.RunID)
 	ctx, q8 := startPipeline(t, s, "eval-export-q8", json.RawMessage(input))
 	if err := q8.Get(ctx, &res); err != nil {
 		t.Fatalf("eval with a q8_0 export on ggml: %v", err)
 	}
 	if res.Metrics["stage3@gguf-q8_0/rec/val/n"] == 0 {
 		t.Fatalf("no q8_0 REC figures: %v", res.Metrics)
+	}
+	for k := range res.Metrics {
+		if strings.HasPrefix(k, "stage3@gguf-q8_0/") && !strings.HasPrefix(k, "stage3@gguf-q8_0/rec/") {
+			t.Errorf("%s: the export was to be scored on rec only", k)
+		}
 	}
 	t.Logf("REC Acc@0.5 val: checkpoint %.3f, q8_0 GGUF on ggml %.3f", res.Metrics["stage3/rec/val/acc@0.5"], res.Metrics["stage3@gguf-q8_0/rec/val/acc@0.5"])
 }

@@ -156,6 +156,20 @@ type evaluation struct {
 
 // evalSet is the records to evaluate, grouped by split and benchmark, plus
 // the mean training box for the baseline.
+// count is the records of splits a checkpoint scored on only (every
+// benchmark when empty) answers.
+func (e *evalSet) count(splits, only []string) int64 {
+	var n int64
+	for _, sp := range splits {
+		for b, recs := range e.bySplit[sp] {
+			if len(only) == 0 || slices.Contains(only, b) {
+				n += int64(len(recs))
+			}
+		}
+	}
+	return n
+}
+
 type evalSet struct {
 	bySplit map[string]map[string][]model.Record
 	mean    MeanBox
@@ -320,7 +334,10 @@ func (s *Service) evaluate(ctx context.Context, req events.EvalRequested, progre
 	if perCk == 0 {
 		return none, fmt.Errorf("evaluate run %s: synth set %s has no evaluation records in splits %v", req.RunID, run.SynthSetID, splits)
 	}
-	total := perCk * int64(len(cks))
+	var total int64
+	for _, ck := range cks {
+		total += set.count(splits, ck.Benchmarks)
+	}
 	if baseline {
 		total += recTotal
 	}
@@ -335,7 +352,7 @@ func (s *Service) evaluate(ctx context.Context, req events.EvalRequested, progre
 		if err != nil {
 			return none, fmt.Errorf("open predictor for checkpoint %s: %w", ck.ID, err)
 		}
-		es, err := s.evalPredictor(ctx, p, ck.ID, ck.Stage, splits, set, false, &done, total, progress)
+		es, err := s.evalPredictor(ctx, p, ck.ID, ck.Stage, splits, set, false, ck.Benchmarks, &done, total, progress)
 		if c, ok := p.(io.Closer); ok {
 			if cerr := c.Close(); cerr != nil && err == nil {
 				err = fmt.Errorf("close predictor for checkpoint %s: %w", ck.ID, cerr)
@@ -349,7 +366,7 @@ func (s *Service) evaluate(ctx context.Context, req events.EvalRequested, progre
 	if baseline && recTotal > 0 {
 		box := set.mean.Box()
 		s.log.InfoContext(ctx, "baseline box", slog.String("box", model.FormatBox(box)), slog.Int("train_boxes", set.mean.N()))
-		es, err := s.evalPredictor(ctx, FixedBoxPredictor{Box: box}, "", StageBaseline, splits, set, true, &done, total, progress)
+		es, err := s.evalPredictor(ctx, FixedBoxPredictor{Box: box}, "", StageBaseline, splits, set, true, nil, &done, total, progress)
 		if err != nil {
 			return none, err
 		}
@@ -418,7 +435,7 @@ func (s *Service) evaluate(ctx context.Context, req events.EvalRequested, progre
 // stores each one's predictions. With baseline it runs only the REC records
 // and records them as BenchRECBaseline.
 func (s *Service) evalPredictor(ctx context.Context, p Predictor, ckID, stage string, splits []string, set *evalSet,
-	baseline bool, done *int64, total int64, progress func(done, total int64, msg string)) ([]evaluation, error) {
+	baseline bool, only []string, done *int64, total int64, progress func(done, total int64, msg string)) ([]evaluation, error) {
 	ctx, span := tracer.Start(ctx, "eval.predictor")
 	defer span.End()
 	span.SetAttributes(attribute.String("checkpoint_id", ckID), attribute.String("stage", stage))
@@ -427,6 +444,9 @@ func (s *Service) evalPredictor(ctx context.Context, p Predictor, ckID, stage st
 		for _, bench := range set.benches(split) {
 			recs := set.bySplit[split][bench]
 			name := bench
+			if len(only) > 0 && !slices.Contains(only, bench) {
+				continue
+			}
 			if baseline {
 				if bench != BenchREC {
 					continue
@@ -485,6 +505,11 @@ func exportCheckpoints(req events.EvalRequested, run RunInfo, cks []Checkpoint) 
 	if len(req.Exports) == 0 {
 		return nil, nil
 	}
+	for i, b := range req.ExportBenchmarks {
+		if !slices.Contains(benchOrder, b) {
+			return nil, fmt.Errorf("export_benchmarks[%d] = %q: want one of %v: %w", i, b, benchOrder, ErrBadInput)
+		}
+	}
 	backend := req.ExportBackend
 	if backend == "" {
 		backend = "ggml"
@@ -510,7 +535,7 @@ func exportCheckpoints(req events.EvalRequested, run RunInfo, cks []Checkpoint) 
 			return nil, fmt.Errorf("exports[%d]: its model config hash %s is not the run's %s: %w", i, x.ModelConfigSHA256, runHash, ErrBadInput)
 		}
 		out = append(out, Checkpoint{ID: from.ID, RunID: run.RunID, Stage: events.ExportStage(from.Stage, x.Format, x.Dtype), Step: from.Step,
-			BlobKey: x.BlobKey, SHA256: x.SHA256, Backend: backend, Dtype: x.Dtype})
+			BlobKey: x.BlobKey, SHA256: x.SHA256, Backend: backend, Dtype: x.Dtype, Benchmarks: req.ExportBenchmarks})
 	}
 	return out, nil
 }

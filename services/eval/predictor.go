@@ -55,6 +55,8 @@ type Checkpoint struct {
 	// Backend, when set, serves this checkpoint instead of the run's
 	// (an export's backend); Dtype is what it holds the weights in.
 	Backend, Dtype string
+	// Benchmarks, when set, are the only benchmarks it is scored on.
+	Benchmarks []string
 }
 
 // RunInfo is what the evaluator needs to know about a run and the data it

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -328,7 +329,7 @@ func TestExportCheckpoints(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := Checkpoint{ID: "c3", RunID: "r", Stage: "stage3@gguf-q8_0", Step: 30, BlobKey: "exports/c3/q8_0.gguf", SHA256: "x3", Backend: "ggml", Dtype: "q8_0"}
-	if len(got) != 1 || got[0] != want {
+	if len(got) != 1 || !reflect.DeepEqual(got[0], want) {
 		t.Fatalf("got %+v, want %+v", got, want)
 	}
 	for _, c := range []struct {
@@ -348,5 +349,14 @@ func TestExportCheckpoints(t *testing.T) {
 		if _, err := exportCheckpoints(r, run, cks); !errors.Is(err, ErrBadInput) || !strings.Contains(err.Error(), c.msg) {
 			t.Errorf("%s: err = %v, want bad input naming %q", c.name, err, c.msg)
 		}
+	}
+	r := req
+	r.ExportBenchmarks = []string{"rec", "pope_sideways"}
+	if _, err := exportCheckpoints(r, run, cks); !errors.Is(err, ErrBadInput) || !strings.Contains(err.Error(), `"pope_sideways"`) {
+		t.Errorf("unknown benchmark: err = %v", err)
+	}
+	r.ExportBenchmarks = []string{"rec"}
+	if got, err := exportCheckpoints(r, run, cks); err != nil || !slices.Equal(got[0].Benchmarks, []string{"rec"}) {
+		t.Errorf("export benchmarks: %+v, %v", got, err)
 	}
 }
