@@ -49,7 +49,9 @@ func (t Target) miss() float64 {
 func DemoTargets(m map[string]float64) []Target {
 	stage := ""
 	for k := range m {
-		if s, _, ok := strings.Cut(k, "/"); ok && strings.HasPrefix(s, "stage") && s > stage {
+		// The last training stage; an export ("stage3@gguf-q8_0") is
+		// scored beside its checkpoint, not in its place.
+		if s, _, ok := strings.Cut(k, "/"); ok && strings.HasPrefix(s, "stage") && !strings.Contains(s, "@") && s > stage {
 			stage = s
 		}
 	}

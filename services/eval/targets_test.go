@@ -5,6 +5,7 @@ import "testing"
 func TestDemoTargets(t *testing.T) {
 	m := map[string]float64{
 		"stage2/rec/test/acc@0.5":             0.99, // an earlier stage is not read
+		"stage3@gguf-q8_0/rec/test/acc@0.5":   0.10, // nor an export
 		"stage3/rec/test/acc@0.5":             0.80,
 		"stage3/rec/heldout/acc@0.5":          0.60,
 		"stage3/pope_random/test/f1":          0.85,
