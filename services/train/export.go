@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"slices"
 	"time"
 
 	"github.com/google/uuid"
@@ -21,6 +20,9 @@ import (
 
 // ExportFormats are the deployment formats Export writes.
 var ExportFormats = []string{"gguf"}
+
+// ExportDtypes are the dtypes a GGUF export holds its weights in.
+var ExportDtypes = []string{model.DtypeF32, model.DtypeF16, model.DtypeQ8_0, model.DtypeQ4_0}
 
 // Export writes a checkpoint in a deployment format to the blob store and
 // records it (model_exports): a GGUF file (model.ExportGGUF) holding the
@@ -46,8 +48,8 @@ func (s *Service) Export(ctx context.Context, req events.ExportRequested) (out e
 	switch {
 	case req.Format != "gguf":
 		return out, fmt.Errorf("export: format %q: the formats built are %v (ONNX is not built yet): %w", req.Format, ExportFormats, ErrInvalidRequest)
-	case !slices.Contains(model.Dtypes, req.Dtype):
-		return out, fmt.Errorf("export: dtype %q: a GGUF export is one of %v: %w", req.Dtype, model.Dtypes, ErrInvalidRequest)
+	case !contains(ExportDtypes, req.Dtype):
+		return out, fmt.Errorf("export: dtype %q: a GGUF export is one of %v: %w", req.Dtype, ExportDtypes, ErrInvalidRequest)
 	}
 	if _, err := uuid.Parse(req.CheckpointID); err != nil {
 		return out, fmt.Errorf("export: checkpoint id %q is not a uuid: %w", req.CheckpointID, ErrInvalidRequest)
@@ -129,6 +131,15 @@ func (s *Service) Export(ctx context.Context, req events.ExportRequested) (out e
 	}
 	s.log.InfoContext(ctx, "exported", "checkpoint", ck.ID, "format", req.Format, "dtype", req.Dtype, "bytes", n, "blob", key)
 	return out, nil
+}
+
+func contains(xs []string, x string) bool {
+	for _, v := range xs {
+		if v == x {
+			return true
+		}
+	}
+	return false
 }
 
 // blobIntact reports whether key holds bytes hashing to sum.
