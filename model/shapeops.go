@@ -312,3 +312,15 @@ func deriveParams(c Config) (params []ParamSpec, err error) {
 	NewNet[*shape](s, c).TrainLosses(in, lb, false)
 	return s.params, nil
 }
+
+// Dims is a tensor known only by its dimensions (ShapeOps).
+type Dims = shape
+
+// ShapeOps returns Ops over dimensions alone: each operation checks that
+// its operands fit (panicking with the misfit when they do not) and
+// returns its result's dimensions, computing nothing. An exporter that
+// records the definition as a graph runs it over these for the shapes.
+func ShapeOps() Ops[*Dims] { return &shapeOps{} }
+
+// NewDims is a tensor of the given dimensions for ShapeOps.
+func NewDims(dims ...int) *Dims { return &shape{dims: slices.Clone(dims)} }
