@@ -69,6 +69,9 @@ type Config struct {
 	// Threads is the libtorch engine's intra-op and OpenBLAS threads; 0
 	// means 1 on the CPU and the libraries' defaults on CUDA.
 	Threads int
+	// GraphOptimization is the onnx engine's ONNX Runtime graph
+	// optimization level: disable, basic, extended or all (the default).
+	GraphOptimization string
 }
 
 // Engine names.
@@ -76,6 +79,7 @@ const (
 	EngineGoMLX    = "gomlx"
 	EngineLibtorch = "libtorch"
 	EngineGGML     = "ggml"
+	EngineONNX     = "onnx"
 )
 
 // Backend is the GoMLX compute backend. It is safe for concurrent use.
@@ -173,12 +177,12 @@ func (gomlxEngine) newStepper(b *Backend, cfg model.Config, objective string, sp
 func (gomlxEngine) dtypes() []string { return loadDtypes }
 func (gomlxEngine) canTrain() bool   { return true }
 
-func (gomlxEngine) newLM(b *Backend, cfg model.Config, specs []paramSpec, weights map[string][]float32, _ string) (func() lmSeq, error) {
+func (gomlxEngine) newLM(b *Backend, cfg model.Config, specs []paramSpec, weights map[string][]float32, _ string, _ map[string][]byte) (func() lmSeq, error) {
 	ops := &eager.Ops{Params: weights}
 	return func() lmSeq { return &eagerSeq{cfg: cfg, net: model.NewNet[*eager.Tensor](ops, cfg)} }, nil
 }
 
-func (gomlxEngine) newGrounder(b *Backend, cfg model.Config, specs []paramSpec, weights map[string][]float32, _ string) (grounderCompute, error) {
+func (gomlxEngine) newGrounder(b *Backend, cfg model.Config, specs []paramSpec, weights map[string][]float32, _ string, _ map[string][]byte) (grounderCompute, error) {
 	return newGrounderExec(b.ml, cfg, specs, weights)
 }
 

@@ -27,10 +27,12 @@ type engine interface {
 	newStepper(b *Backend, cfg model.Config, objective string, specs []paramSpec, sel []bool, st *modelState) (stepper, error)
 	// newGrounder builds Config.Grounder's inference (encoder and head)
 	// over weights, held in dtype (one of dtypes()).
-	newGrounder(b *Backend, cfg model.Config, specs []paramSpec, weights map[string][]float32, dtype string) (grounderCompute, error)
+	newGrounder(b *Backend, cfg model.Config, specs []paramSpec, weights map[string][]float32, dtype string, graphs map[string][]byte) (grounderCompute, error)
+	// graphs are an ONNX export's own graphs by name (model/onnx), for
+	// the engine that runs them; nil for other files.
 	// newLM returns a constructor of the language model's per-sequence
 	// caches (lmSeq) over weights held in dtype, for inference.
-	newLM(b *Backend, cfg model.Config, specs []paramSpec, weights map[string][]float32, dtype string) (func() lmSeq, error)
+	newLM(b *Backend, cfg model.Config, specs []paramSpec, weights map[string][]float32, dtype string, graphs map[string][]byte) (func() lmSeq, error)
 	// dtypes are the LoadRequest dtypes it holds weights in.
 	dtypes() []string
 	// canTrain reports whether newStepper works.

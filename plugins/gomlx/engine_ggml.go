@@ -151,7 +151,7 @@ func (m *ggmlModel) run(build func(o *ggml.Ops, g *ggml.Graph) []*ggml.Tensor) (
 
 type ggmlGrounder struct{ m *ggmlModel }
 
-func (e *ggmlEngine) newGrounder(b *Backend, cfg model.Config, specs []paramSpec, weights map[string][]float32, dtype string) (grounderCompute, error) {
+func (e *ggmlEngine) newGrounder(b *Backend, cfg model.Config, specs []paramSpec, weights map[string][]float32, dtype string, _ map[string][]byte) (grounderCompute, error) {
 	m, err := newGGMLModel(cfg, specs, weights, dtype, grounderReads)
 	if err != nil {
 		return nil, err
@@ -177,7 +177,7 @@ func (gr *ggmlGrounder) compute(in *grounderInputs) (feats, logits, boxes []floa
 	return out[0], out[1], out[2], nil
 }
 
-func (e *ggmlEngine) newLM(b *Backend, cfg model.Config, specs []paramSpec, weights map[string][]float32, dtype string) (func() lmSeq, error) {
+func (e *ggmlEngine) newLM(b *Backend, cfg model.Config, specs []paramSpec, weights map[string][]float32, dtype string, _ map[string][]byte) (func() lmSeq, error) {
 	m, err := newGGMLModel(cfg, specs, weights, dtype, func(string) bool { return true })
 	if err != nil {
 		return nil, err

@@ -184,7 +184,7 @@ type torchGrounder struct {
 func (e *torchEngine) dtypes() []string { return loadDtypes }
 func (e *torchEngine) canTrain() bool   { return true }
 
-func (e *torchEngine) newGrounder(b *Backend, cfg model.Config, specs []paramSpec, weights map[string][]float32, _ string) (_ grounderCompute, err error) {
+func (e *torchEngine) newGrounder(b *Backend, cfg model.Config, specs []paramSpec, weights map[string][]float32, _ string, _ map[string][]byte) (_ grounderCompute, err error) {
 	defer torch.Recover(&err)
 	g := &torchGrounder{cfg: cfg, dev: e.dev, keep: torch.NewArena(), arena: torch.NewArena()}
 	var reads []paramSpec
@@ -236,7 +236,7 @@ type torchLM struct {
 	params map[string]*torch.Tensor
 }
 
-func (e *torchEngine) newLM(b *Backend, cfg model.Config, specs []paramSpec, weights map[string][]float32, _ string) (_ func() lmSeq, err error) {
+func (e *torchEngine) newLM(b *Backend, cfg model.Config, specs []paramSpec, weights map[string][]float32, _ string, _ map[string][]byte) (_ func() lmSeq, err error) {
 	defer torch.Recover(&err)
 	lm := &torchLM{cfg: cfg, dev: e.dev, keep: torch.NewArena()}
 	if lm.params, err = torchParams(lm.keep, e.dev, specs, weights, func(int) bool { return false }); err != nil {

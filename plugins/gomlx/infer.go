@@ -16,6 +16,7 @@ import (
 
 	"github.com/groundmesh/groundmesh/model"
 	"github.com/groundmesh/groundmesh/model/eager"
+	"github.com/groundmesh/groundmesh/model/onnx"
 	"github.com/groundmesh/groundmesh/plugins/compute"
 )
 
@@ -175,7 +176,7 @@ func (b *Backend) Load(ctx context.Context, req compute.LoadRequest) (res comput
 		return res, fmt.Errorf("load: %w: %w", compute.ErrInvalidArgument, err)
 	}
 	specs := paramSpecs(cfg)
-	weights, dtype, err := b.readWeights(req.Checkpoint, cfg, specs)
+	weights, dtype, graphs, err := b.readWeights(req.Checkpoint, cfg, specs)
 	if err != nil {
 		return res, fmt.Errorf("load: %w", fileError(err))
 	}
@@ -189,13 +190,13 @@ func (b *Backend) Load(ctx context.Context, req compute.LoadRequest) (res comput
 	if b.faults.ignorePatchPositions && cfg.PatchPositions {
 		weights["embed.patch_pos"] = make([]float32, len(weights["embed.patch_pos"]))
 	}
-	newSeq, err := b.eng.newLM(b, cfg, specs, weights, dtype)
+	newSeq, err := b.eng.newLM(b, cfg, specs, weights, dtype, graphs)
 	if err != nil {
 		return res, fmt.Errorf("load: %w", err)
 	}
 	sess := &session{cfg: cfg, newSeq: newSeq, caches: map[string]*kvCache{}}
 	if cfg.Grounder {
-		comp, err := b.eng.newGrounder(b, cfg, specs, weights, dtype)
+		comp, err := b.eng.newGrounder(b, cfg, specs, weights, dtype, graphs)
 		if err != nil {
 			return res, fmt.Errorf("load: %w", err)
 		}
@@ -210,29 +211,42 @@ func (b *Backend) Load(ctx context.Context, req compute.LoadRequest) (res comput
 }
 
 // readWeights reads a checkpoint's float32 weights: a safetensors
-// checkpoint, or a GGUF export (model.ReadGGUFFile: its config must be
-// cfg; quantized weights come back dequantized, and its dtype is the
-// default to hold them in).
-func (b *Backend) readWeights(path string, cfg model.Config, specs []paramSpec) (map[string][]float32, string, error) {
+// checkpoint, a GGUF export (model.ReadGGUFFile) or an ONNX export
+// (onnx.ReadBundle, whose graphs come back too, for the engine that runs
+// them). An export's config must be cfg; quantized weights come back
+// dequantized, and an export's dtype is the default to hold them in.
+func (b *Backend) readWeights(path string, cfg model.Config, specs []paramSpec) (map[string][]float32, string, map[string][]byte, error) {
 	f, err := os.Open(path)
 	if err != nil {
-		return nil, "", err
+		return nil, "", nil, err
 	}
-	head := make([]byte, 4)
-	_, err = io.ReadFull(f, head)
+	head := make([]byte, len(onnx.ManifestName))
+	n, _ := io.ReadFull(f, head)
 	f.Close()
-	if err == nil && model.IsGGUF(head) {
+	head = head[:n]
+	switch {
+	case model.IsGGUF(head):
 		m, err := model.ReadGGUFFile(path, &cfg)
 		if err != nil {
-			return nil, "", err
+			return nil, "", nil, err
 		}
-		return m.Weights, m.Dtype, nil
+		return m.Weights, m.Dtype, nil, nil
+	case onnx.IsBundle(head):
+		data, err := os.ReadFile(path)
+		if err != nil {
+			return nil, "", nil, err
+		}
+		m, err := onnx.ReadBundle(data, &cfg)
+		if err != nil {
+			return nil, "", nil, fmt.Errorf("%s: %w", path, err)
+		}
+		return m.Weights, m.Dtype, m.Graphs, nil
 	}
 	st, err := readCheckpoint(path, specs, nil, false)
 	if err != nil {
-		return nil, "", err
+		return nil, "", nil, err
 	}
-	return st.weights, compute.DtypeFloat32, nil
+	return st.weights, compute.DtypeFloat32, nil, nil
 }
 
 func (b *Backend) session(id string) (*session, error) {
