@@ -143,9 +143,10 @@ type EvalInput struct {
 	MaxSamplesBy SampleCaps `json:"max_samples_by,omitempty"`
 	Report       *bool      `json:"report,omitempty"` // default true
 	// ExportAs exports the run's final checkpoint in each form (format
-	// "gguf", dtype float32, float16, q8_0 or q4_0) and scores each
-	// export too, as stage "stage3@gguf-<dtype>", on ExportBackend
-	// (default "ggml").
+	// "gguf" with dtype float32, float16, q8_0 or q4_0; "onnx" with
+	// float32 or float16) and scores each export too, as stage
+	// "stage3@<format>-<dtype>", on ExportBackend (default: ggml for
+	// gguf, onnx for onnx).
 	ExportAs      []events.ExportSpec `json:"export_as,omitempty"`
 	ExportBackend string              `json:"export_backend,omitempty"`
 	// ExportBenchmarks limits the exports' scoring to these benchmarks
@@ -322,19 +323,18 @@ func (in PipelineInput) Validate() error {
 		return fmt.Errorf("pipeline input: eval.max_samples = %d: want >= 0", in.Eval.MaxSamples)
 	}
 	for i, x := range in.Eval.ExportAs {
-		if x.Format != "gguf" {
-			return fmt.Errorf("pipeline input: eval.export_as[%d].format = %q: want gguf", i, x.Format)
+		dtypes, ok := events.ExportDtypes[x.Format]
+		if !ok {
+			return fmt.Errorf("pipeline input: eval.export_as[%d].format = %q: want gguf or onnx", i, x.Format)
 		}
-		switch x.Dtype {
-		case "float32", "float16", "q8_0", "q4_0":
-		default:
-			return fmt.Errorf("pipeline input: eval.export_as[%d].dtype = %q: want float32, float16, q8_0 or q4_0", i, x.Dtype)
+		if !slices.Contains(dtypes, x.Dtype) {
+			return fmt.Errorf("pipeline input: eval.export_as[%d].dtype = %q: a %s export is one of %v", i, x.Dtype, x.Format, dtypes)
 		}
 	}
 	switch in.Eval.ExportBackend {
-	case "", "gomlx", "libtorch", "ggml":
+	case "", "gomlx", "libtorch", "ggml", "onnx":
 	default:
-		return fmt.Errorf("pipeline input: eval.export_backend = %q: want gomlx, libtorch or ggml", in.Eval.ExportBackend)
+		return fmt.Errorf("pipeline input: eval.export_backend = %q: want gomlx, libtorch, ggml or onnx (empty: ggml for gguf, onnx for onnx)", in.Eval.ExportBackend)
 	}
 	if a := in.Promote.Alias; a != "" {
 		if !aliasPattern.MatchString(a) {

@@ -191,8 +191,8 @@ func cmdSynth(ctx context.Context, e env, args []string) error {
 
 func cmdExport(ctx context.Context, e env, args []string) error {
 	fs := flag.NewFlagSet("export", flag.ContinueOnError)
-	format := fs.String("format", "gguf", "deployment format: gguf (onnx is not built yet)")
-	dtype := fs.String("dtype", "float32", "weights: float32, float16, q8_0 or q4_0")
+	format := fs.String("format", "gguf", "deployment format: gguf or onnx")
+	dtype := fs.String("dtype", "float32", "weights: float32, float16, q8_0 or q4_0 (gguf); float32 or float16 (onnx)")
 	out := fs.String("out", "", "also copy the file here")
 	dataDir := fs.String("data-dir", e.DataDir, "data directory")
 	verbose := fs.Bool("v", false, "log to stderr")
@@ -201,7 +201,7 @@ func cmdExport(ctx context.Context, e env, args []string) error {
 		return errUsage
 	}
 	if id == "" {
-		fmt.Fprintln(os.Stderr, "usage: groundmesh export CHECKPOINT_ID [--format gguf] [--dtype float32|float16|q8_0|q4_0] [--out FILE]")
+		fmt.Fprintln(os.Stderr, "usage: groundmesh export CHECKPOINT_ID [--format gguf|onnx] [--dtype float32|float16|q8_0|q4_0] [--out FILE]")
 		return errUsage
 	}
 	s, done, err := offline(ctx, e, *dataDir, *verbose)

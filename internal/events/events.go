@@ -217,8 +217,8 @@ type TrainDescribeRequested struct {
 }
 
 // ExportRequested asks services/train to write a checkpoint in a
-// deployment format: Format "gguf" (the only one built), Dtype "float32"
-// (default), "float16", "q8_0" or "q4_0". Exporting the same checkpoint,
+// deployment format: Format "gguf" or "onnx", Dtype "float32" (default)
+// or another of ExportDtypes[Format]. Exporting the same checkpoint,
 // format and dtype again answers the recorded export.
 type ExportRequested struct {
 	CorrelationID string `json:"correlation_id"`
@@ -340,15 +340,31 @@ type EvalRequested struct {
 	// Run.Checkpoints, on ExportBackend.
 	Exports []ExportCompleted `json:"exports,omitempty"`
 	// ExportBackend is the compute backend that serves the exports
-	// (default "ggml").
+	// (default: each format's, ExportBackend).
 	ExportBackend string `json:"export_backend,omitempty"`
 	// ExportBenchmarks are the benchmarks the exports are scored on
 	// ("rec", "pope_random", ...); default every one their checkpoint is.
 	ExportBenchmarks []string `json:"export_benchmarks,omitempty"`
 }
 
-// ExportSpec is a deployment form: Format "gguf", Dtype "float32",
-// "float16", "q8_0" or "q4_0".
+// ExportDtypes are the deployment formats and the dtypes each holds its
+// weights in: GGUF (for the ggml backend) and ONNX (a bundle of ONNX
+// models, for ONNX Runtime).
+var ExportDtypes = map[string][]string{
+	"gguf": {"float32", "float16", "q8_0", "q4_0"},
+	"onnx": {"float32", "float16"},
+}
+
+// ExportBackend is the compute backend that serves a format's exports
+// unless a request names another: ggml for GGUF, onnx for ONNX.
+func ExportBackend(format string) string {
+	if format == "onnx" {
+		return "onnx"
+	}
+	return "ggml"
+}
+
+// ExportSpec is a deployment form: a Format and Dtype of ExportDtypes.
 type ExportSpec struct {
 	Format string `json:"format"`
 	Dtype  string `json:"dtype"`

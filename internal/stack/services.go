@@ -52,6 +52,7 @@ var pluginBinaries = map[string]string{
 	"gomlx":    "groundmesh-gomlx",
 	"libtorch": "groundmesh-libtorch",
 	"ggml":     "groundmesh-ggml",
+	"onnx":     "groundmesh-onnx",
 }
 
 // pluginEnv is the environment each plugin reads from the host's.
@@ -59,6 +60,7 @@ var pluginEnv = map[string][]string{
 	"gomlx":    {"GOMLX_BACKEND"},
 	"libtorch": {"GROUNDMESH_LIBTORCH_THREADS"},
 	"ggml":     {"GROUNDMESH_GGML_THREADS"},
+	"onnx":     {"GROUNDMESH_ONNX_THREADS", "GROUNDMESH_ONNX_OPTIMIZATION", "GROUNDMESH_ONNX_DEVICE", "GROUNDMESH_ONNXRUNTIME_LIB"},
 }
 
 // BackendAvailable reports whether the plugin of a backend (a name as

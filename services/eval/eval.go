@@ -510,10 +510,6 @@ func exportCheckpoints(req events.EvalRequested, run RunInfo, cks []Checkpoint) 
 			return nil, fmt.Errorf("export_benchmarks[%d] = %q: want one of %v: %w", i, b, benchOrder, ErrBadInput)
 		}
 	}
-	backend := req.ExportBackend
-	if backend == "" {
-		backend = "ggml"
-	}
 	runHash := ""
 	if req.Run != nil {
 		runHash = req.Run.ModelConfigSHA256
@@ -529,10 +525,14 @@ func exportCheckpoints(req events.EvalRequested, run RunInfo, cks []Checkpoint) 
 		switch {
 		case from == nil:
 			return nil, fmt.Errorf("exports[%d]: checkpoint %s is not among the checkpoints scored: %w", i, x.CheckpointID, ErrBadInput)
-		case x.Format != "gguf" || x.BlobKey == "" || x.SHA256 == "" || x.Dtype == "":
-			return nil, fmt.Errorf("exports[%d]: format %q, dtype %q, blob %q, sha256 %q: a GGUF export with its blob, sha256 and dtype is required: %w", i, x.Format, x.Dtype, x.BlobKey, x.SHA256, ErrBadInput)
+		case !slices.Contains(events.ExportDtypes[x.Format], x.Dtype) || x.BlobKey == "" || x.SHA256 == "":
+			return nil, fmt.Errorf("exports[%d]: format %q, dtype %q, blob %q, sha256 %q: an export (gguf or onnx) with its dtype, blob and sha256 is required: %w", i, x.Format, x.Dtype, x.BlobKey, x.SHA256, ErrBadInput)
 		case runHash != "" && x.ModelConfigSHA256 != "" && x.ModelConfigSHA256 != runHash:
 			return nil, fmt.Errorf("exports[%d]: its model config hash %s is not the run's %s: %w", i, x.ModelConfigSHA256, runHash, ErrBadInput)
+		}
+		backend := req.ExportBackend
+		if backend == "" {
+			backend = events.ExportBackend(x.Format)
 		}
 		out = append(out, Checkpoint{ID: from.ID, RunID: run.RunID, Stage: events.ExportStage(from.Stage, x.Format, x.Dtype), Step: from.Step,
 			BlobKey: x.BlobKey, SHA256: x.SHA256, Backend: backend, Dtype: x.Dtype, Benchmarks: req.ExportBenchmarks})

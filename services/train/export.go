@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/google/uuid"
@@ -16,21 +17,28 @@ import (
 	"github.com/groundmesh/groundmesh/internal/blob"
 	"github.com/groundmesh/groundmesh/internal/events"
 	"github.com/groundmesh/groundmesh/model"
+	"github.com/groundmesh/groundmesh/model/onnx"
 )
 
-// ExportFormats are the deployment formats Export writes.
-var ExportFormats = []string{"gguf"}
 
-// ExportDtypes are the dtypes a GGUF export holds its weights in.
-var ExportDtypes = []string{model.DtypeF32, model.DtypeF16, model.DtypeQ8_0, model.DtypeQ4_0}
+// exportLayout is a format's file layout version and the blob key's
+// suffix.
+func exportLayout(format string) (version int, suffix string) {
+	if format == "onnx" {
+		// A tar of the manifest, the tokenizer and one ONNX model per
+		// graph (model/onnx).
+		return onnx.FormatVersion, "onnx.tar"
+	}
+	return model.GGUFFormatVersion, "gguf"
+}
 
 // Export writes a checkpoint in a deployment format to the blob store and
-// records it (model_exports): a GGUF file (model.ExportGGUF) holding the
-// run's architecture config and tokenizer, the weights in req.Dtype, and
-// the checkpoint it came from. The checkpoint's bytes are checked against
+// records it (model_exports): a GGUF file (model.ExportGGUF) or an ONNX
+// bundle (onnx.ExportModel) holding the run's architecture config and
+// tokenizer, the weights in req.Dtype, and the checkpoint it came from. The checkpoint's bytes are checked against
 // its recorded sha256 first. The same checkpoint, format and dtype again
 // answer the recorded export (Reused) when its blob is still intact and
-// of this build's GGUF layout (model.GGUFFormatVersion).
+// of this build's layout of the format.
 func (s *Service) Export(ctx context.Context, req events.ExportRequested) (out events.ExportCompleted, err error) {
 	ctx, span := tracer.Start(ctx, "train.Export", trace.WithAttributes(
 		attribute.String("checkpoint_id", req.CheckpointID), attribute.String("format", req.Format), attribute.String("dtype", req.Dtype)))
@@ -46,10 +54,10 @@ func (s *Service) Export(ctx context.Context, req events.ExportRequested) (out e
 		req.Dtype = model.DtypeF32
 	}
 	switch {
-	case req.Format != "gguf":
-		return out, fmt.Errorf("export: format %q: the formats built are %v (ONNX is not built yet): %w", req.Format, ExportFormats, ErrInvalidRequest)
-	case !contains(ExportDtypes, req.Dtype):
-		return out, fmt.Errorf("export: dtype %q: a GGUF export is one of %v: %w", req.Dtype, ExportDtypes, ErrInvalidRequest)
+	case events.ExportDtypes[req.Format] == nil:
+		return out, fmt.Errorf("export: format %q: the formats are gguf and onnx: %w", req.Format, ErrInvalidRequest)
+	case !slices.Contains(events.ExportDtypes[req.Format], req.Dtype):
+		return out, fmt.Errorf("export: dtype %q: a %s export is one of %v: %w", req.Dtype, req.Format, events.ExportDtypes[req.Format], ErrInvalidRequest)
 	}
 	if _, err := uuid.Parse(req.CheckpointID); err != nil {
 		return out, fmt.Errorf("export: checkpoint id %q is not a uuid: %w", req.CheckpointID, ErrInvalidRequest)
@@ -60,7 +68,8 @@ func (s *Service) Export(ctx context.Context, req events.ExportRequested) (out e
 	}
 	// The key names the file layout's version: an export written by a
 	// build with another layout is written again, not reused.
-	key := fmt.Sprintf("exports/%s/%s.v%d.%s", req.CheckpointID, req.Dtype, model.GGUFFormatVersion, req.Format)
+	version, suffix := exportLayout(req.Format)
+	key := fmt.Sprintf("exports/%s/%s.v%d.%s", req.CheckpointID, req.Dtype, version, suffix)
 	if prev, ok, err := s.store.export(ctx, req.CheckpointID, req.Format, req.Dtype); err != nil {
 		return out, err
 	} else if ok && prev.BlobKey == key && s.blobIntact(prev.BlobKey, prev.SHA256) {
@@ -107,18 +116,30 @@ func (s *Service) Export(ctx context.Context, req events.ExportRequested) (out e
 			weights[t.Name] = w
 		}
 	}
-	g, err := model.ExportGGUF(cfg, weights, req.Dtype, tok, map[string]any{
-		"general.name":                 fmt.Sprintf("tinygrounder run %s %s step %d", runID, ck.Stage, ck.Step),
-		"groundmesh.checkpoint_id":     ck.ID,
-		"groundmesh.checkpoint_sha256": ck.SHA256,
-		"groundmesh.run_id":            runID,
-	})
-	if err != nil {
-		return out, fmt.Errorf("export: checkpoint %s: %w: %w", ck.ID, err, ErrInvalidRequest)
-	}
+	name := fmt.Sprintf("tinygrounder run %s %s step %d", runID, ck.Stage, ck.Step)
 	var buf bytes.Buffer
-	if _, err := model.WriteGGUF(&buf, g); err != nil {
-		return out, err
+	switch req.Format {
+	case "onnx":
+		b, _, err := onnx.ExportModel(cfg, weights, req.Dtype, tok, map[string]string{
+			"name": name, "checkpoint_id": ck.ID, "checkpoint_sha256": ck.SHA256, "run_id": runID,
+		})
+		if err != nil {
+			return out, fmt.Errorf("export: checkpoint %s: %w: %w", ck.ID, err, ErrInvalidRequest)
+		}
+		buf.Write(b)
+	default:
+		g, err := model.ExportGGUF(cfg, weights, req.Dtype, tok, map[string]any{
+			"general.name":                 name,
+			"groundmesh.checkpoint_id":     ck.ID,
+			"groundmesh.checkpoint_sha256": ck.SHA256,
+			"groundmesh.run_id":            runID,
+		})
+		if err != nil {
+			return out, fmt.Errorf("export: checkpoint %s: %w: %w", ck.ID, err, ErrInvalidRequest)
+		}
+		if _, err := model.WriteGGUF(&buf, g); err != nil {
+			return out, err
+		}
 	}
 	sum, n, err := s.cfg.Blob.Put(key, &buf)
 	if err != nil {
@@ -131,15 +152,6 @@ func (s *Service) Export(ctx context.Context, req events.ExportRequested) (out e
 	}
 	s.log.InfoContext(ctx, "exported", "checkpoint", ck.ID, "format", req.Format, "dtype", req.Dtype, "bytes", n, "blob", key)
 	return out, nil
-}
-
-func contains(xs []string, x string) bool {
-	for _, v := range xs {
-		if v == x {
-			return true
-		}
-	}
-	return false
 }
 
 // blobIntact reports whether key holds bytes hashing to sum.
