@@ -3,7 +3,9 @@ package onnx
 import (
 	"archive/tar"
 	"bytes"
+	"crypto/sha256"
 	"encoding/binary"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -289,6 +291,19 @@ func ReadBundle(b []byte, want *model.Config) (*Model, error) {
 		data, ok := files[g.Name+".onnx"]
 		if !ok {
 			return nil, fmt.Errorf("%w: no graph %s.onnx", ErrMismatch, g.Name)
+		}
+		var listed *Exported
+		for i := range man.Graphs {
+			if man.Graphs[i].Name == g.Name {
+				listed = &man.Graphs[i]
+			}
+		}
+		sum := sha256.Sum256(data)
+		switch {
+		case listed == nil:
+			return nil, fmt.Errorf("%w: the manifest lists no graph %s", ErrMismatch, g.Name)
+		case hex.EncodeToString(sum[:]) != listed.SHA256:
+			return nil, fmt.Errorf("%w: %s.onnx hashes to %x, the manifest says %s (the file is damaged)", ErrMismatch, g.Name, sum, listed.SHA256)
 		}
 		if err := readGraph(data, man, g.Name, shapes, m.Weights); err != nil {
 			return nil, fmt.Errorf("%w: %s.onnx: %w", ErrMismatch, g.Name, err)
