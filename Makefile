@@ -80,6 +80,61 @@ test-ggml: ggml
 	$(GGML_ENV) GROUNDMESH_PLUGIN_DIR=$(BIN) $(GO) test -tags ggml -count=1 ./plugins/ggml/...
 	$(GGML_ENV) GROUNDMESH_PLUGIN_DIR=$(BIN) $(GO) test -tags ggml -count=1 -run 'GGML' ./plugins/gomlx/
 
+# The onnx backend's runtime (plugins/onnx/ort): ONNX Runtime's prebuilt
+# shared library, taken from the npm tarball of onnxruntime-node (npm is the
+# one registry this build reaches; the tarball has no headers, and
+# github.com/yalue/onnxruntime_go carries its own). The tarball is cached
+# under ONNXRUNTIME_CACHE and only libonnxruntime.so.1 is taken out of it:
+# it needs nothing but libc and libstdc++ (ldd). The CUDA provider is not in
+# the tarball (onnxruntime-node's install script downloads it), so this
+# library runs on the CPU only. Each architecture's library sha256 is pinned.
+.PHONY: onnxruntime onnx-tools test-onnx
+ONNXRUNTIME_VERSION := 1.30.0
+ONNXRUNTIME_ARCH := $(if $(filter aarch64 arm64,$(shell uname -m)),arm64,x64)
+ONNXRUNTIME_SHA256_x64 := ffb75a925ba05e47b235bb66e3e3911714a80b328a9c9425539feb204aa32a23
+ONNXRUNTIME_SHA256_arm64 := 1f549d46250b005580b597f4164984aaf75b3bcb9f3aeb07c7f8a8fe60b23c76
+ONNXRUNTIME_CACHE ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/groundmesh/npm
+ONNXRUNTIME_LIB := $(CURDIR)/build/onnxruntime/lib/libonnxruntime.so.1
+onnxruntime:
+	@set -eo pipefail; lib='$(ONNXRUNTIME_LIB)'; sum='$(ONNXRUNTIME_SHA256_$(ONNXRUNTIME_ARCH))'; \
+	if [ -f "$$lib" ] && echo "$$sum  $$lib" | sha256sum --status -c -; then \
+		echo "onnxruntime $(ONNXRUNTIME_VERSION) in place: $$lib ($$(stat -c %s "$$lib") bytes, sha256 $$sum)"; exit 0; fi; \
+	tgz='$(ONNXRUNTIME_CACHE)/onnxruntime-node-$(ONNXRUNTIME_VERSION).tgz'; \
+	if [ ! -f "$$tgz" ]; then \
+		command -v npm >/dev/null || { echo "onnxruntime: npm fetches onnxruntime-node $(ONNXRUNTIME_VERSION): install it (apt-get install npm)"; exit 1; }; \
+		mkdir -p '$(ONNXRUNTIME_CACHE)'; tmp=$$(mktemp -d '$(ONNXRUNTIME_CACHE)/pack.XXXXXX'); trap 'rm -rf "$$tmp"' EXIT; \
+		echo "onnxruntime: npm pack onnxruntime-node@$(ONNXRUNTIME_VERSION) into $(ONNXRUNTIME_CACHE)"; \
+		(cd "$$tmp" && npm pack --silent onnxruntime-node@$(ONNXRUNTIME_VERSION) >/dev/null); \
+		mv "$$tmp/onnxruntime-node-$(ONNXRUNTIME_VERSION).tgz" "$$tgz"; fi; \
+	mkdir -p "$$(dirname "$$lib")"; \
+	tar -xzOf "$$tgz" package/bin/napi-v6/linux/$(ONNXRUNTIME_ARCH)/libonnxruntime.so.1 > "$$lib.tmp" || { rm -f "$$lib.tmp" "$$tgz"; \
+		echo "onnxruntime: cannot read libonnxruntime.so.1 from $$tgz; removed the cached tarball, run make onnxruntime again"; exit 1; }; \
+	got=$$(sha256sum < "$$lib.tmp" | cut -d' ' -f1); \
+	if [ "$$got" != "$$sum" ]; then rm -f "$$lib.tmp" "$$tgz"; \
+		echo "onnxruntime: libonnxruntime.so.1 in $$tgz has sha256 $$got, want $$sum; removed the cached tarball, run make onnxruntime again"; exit 1; fi; \
+	mv "$$lib.tmp" "$$lib"; \
+	echo "onnxruntime $(ONNXRUNTIME_VERSION) placed: $$lib ($$(stat -c %s "$$lib") bytes, sha256 $$sum)"
+
+# Debian's python3-onnx (onnx 1.12, opset 17) for plugins/onnx/onnxcheck,
+# which tests check exported models with (onnx.checker, full check).
+# ONNX_PYTHON is the interpreter apt's python3-* packages are for: a
+# python3 found first on PATH (pyenv, a venv) does not see them.
+ONNX_PYTHON ?= /usr/bin/python3
+onnx-tools:
+	@if $(ONNX_PYTHON) -c 'import onnx' 2>/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "onnx-tools: apt-get install python3-onnx"; \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3-onnx >/dev/null || \
+		{ apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3-onnx >/dev/null; }; \
+	else echo "onnx-tools: $(ONNX_PYTHON) cannot import onnx: install python3-onnx (apt-get install python3-onnx, as root) or set ONNX_PYTHON"; exit 1; fi
+	@$(ONNX_PYTHON) -c 'import onnx; print("onnx", onnx.__version__, "for $(ONNX_PYTHON)")'
+
+# The ONNX Runtime layer's tests: a torch-exported model's outputs at two
+# shapes, bad models and inputs, the missing library's message; and
+# onnxcheck against the real checker.
+test-onnx: onnxruntime onnx-tools
+	CGO_ENABLED=1 GROUNDMESH_ONNXRUNTIME_LIB=$(ONNXRUNTIME_LIB) GROUNDMESH_ONNX_PYTHON=$(ONNX_PYTHON) $(GO) test -tags onnx -count=1 ./plugins/onnx/...
+
 # Times both engines' training steps on the demo model in one run.
 bench-engines: libtorch
 	$(LIBTORCH_ENV) GOEXPERIMENT=$(PLUGIN_GOEXPERIMENT) $(GO) test -tags libtorch -run '^$$' -bench Engines -benchtime 20x ./plugins/gomlx/
