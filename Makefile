@@ -13,7 +13,7 @@ export GOMLX_BACKEND ?= go:parallelism=-1
 
 all: build
 
-build: plugins libtorch-optional ggml-optional
+build: plugins libtorch-optional ggml-optional onnx-optional
 	$(GO) build -o $(BIN)/groundmesh ./cmd/groundmesh
 
 # GoMLX's SIMD kernels (GOEXPERIMENT=simd) are built in where the CPU has
@@ -88,7 +88,7 @@ test-ggml: ggml
 # it needs nothing but libc and libstdc++ (ldd). The CUDA provider is not in
 # the tarball (onnxruntime-node's install script downloads it), so this
 # library runs on the CPU only. Each architecture's library sha256 is pinned.
-.PHONY: onnxruntime onnx-tools test-onnx
+.PHONY: onnxruntime onnx-tools onnx onnx-optional test-onnx
 ONNXRUNTIME_VERSION := 1.30.0
 ONNXRUNTIME_ARCH := $(if $(filter aarch64 arm64,$(shell uname -m)),arm64,x64)
 ONNXRUNTIME_SHA256_x64 := ffb75a925ba05e47b235bb66e3e3911714a80b328a9c9425539feb204aa32a23
@@ -129,11 +129,31 @@ onnx-tools:
 	else echo "onnx-tools: $(ONNX_PYTHON) cannot import onnx: install python3-onnx (apt-get install python3-onnx, as root) or set ONNX_PYTHON"; exit 1; fi
 	@$(ONNX_PYTHON) -c 'import onnx; print("onnx", onnx.__version__, "for $(ONNX_PYTHON)")'
 
-# The ONNX Runtime layer's tests: a torch-exported model's outputs at two
-# shapes, bad models and inputs, the missing library's message; and
-# onnxcheck against the real checker.
-test-onnx: onnxruntime onnx-tools
-	CGO_ENABLED=1 GROUNDMESH_ONNXRUNTIME_LIB=$(ONNXRUNTIME_LIB) GROUNDMESH_ONNX_PYTHON=$(ONNX_PYTHON) $(GO) test -tags onnx -count=1 ./plugins/onnx/...
+# The onnx backend (plugins/onnx): the same runtime with the onnx engine,
+# which runs the model's ONNX graphs (model/onnx) in ONNX Runtime, for
+# inference in float32 or float16 (ONNX exports). The plugin loads the
+# library when it starts; `make onnxruntime` places it where the plugin
+# looks (ort.LibraryCandidates: ../build/onnxruntime/lib from bin/).
+onnx:
+	CGO_ENABLED=1 $(GO) build -tags onnx -o $(BIN)/groundmesh-onnx ./plugins/onnx/cmd/groundmesh-onnx
+	cd $(BIN) && sha256sum groundmesh-onnx > groundmesh-onnx.sha256
+
+# make build and make demo build the onnx backend where a C compiler is and
+# ONNX Runtime's library is placed or npm can fetch it; the demo then scores
+# the final checkpoint's ONNX export on it too. Without them the default
+# stack runs as before.
+onnx-optional:
+	@if command -v $${CC:-cc} >/dev/null 2>&1 && { test -f $(ONNXRUNTIME_LIB) || command -v npm >/dev/null 2>&1; }; then \
+		$(MAKE) -s onnxruntime onnx || echo "onnx backend not built (see above)"; \
+	else echo "onnx backend not built: it needs a C compiler and ONNX Runtime's library (npm fetches it: apt-get install npm, then make onnxruntime)"; fi
+
+# The onnx backend's tests: the ONNX Runtime layer (a torch-exported model
+# at two shapes, bad models and inputs, the missing library's message),
+# every matrix cell's graphs through onnx.checker, and the onnx engine on
+# the conformance matrix (float32 and float16) and on ONNX exports.
+test-onnx: onnxruntime onnx-tools onnx
+	CGO_ENABLED=1 GROUNDMESH_ONNXRUNTIME_LIB=$(ONNXRUNTIME_LIB) GROUNDMESH_ONNX_PYTHON=$(ONNX_PYTHON) $(GO) test -tags onnx -count=1 ./plugins/onnx/... ./model/onnx/
+	CGO_ENABLED=1 GROUNDMESH_ONNXRUNTIME_LIB=$(ONNXRUNTIME_LIB) $(GO) test -tags onnx -count=1 -run 'ONNX' ./plugins/gomlx/
 
 # Times both engines' training steps on the demo model in one run.
 bench-engines: libtorch
@@ -193,7 +213,7 @@ vulncheck: $(VULNDB_DIR)/index/db.json
 # whole module peaked at 14.4 GB resident here: `make test VULNCHECK=` leaves
 # it out on a smaller machine.
 VULNCHECK ?= vulncheck
-test: services vet workflowcheck $(VULNCHECK) plugins test-libtorch test-ggml
+test: services vet workflowcheck $(VULNCHECK) plugins test-libtorch test-ggml test-onnx
 	GROUNDMESH_PLUGIN_DIR=$(BIN) $(GO) test -p 2 -timeout 30m ./...
 
 # Runs every fuzz target in the tree (func FuzzX in a *_test.go, found

@@ -20,7 +20,6 @@ import (
 	"github.com/groundmesh/groundmesh/model/onnx"
 )
 
-
 // exportLayout is a format's file layout version and the blob key's
 // suffix.
 func exportLayout(format string) (version int, suffix string) {
@@ -57,7 +56,7 @@ func (s *Service) Export(ctx context.Context, req events.ExportRequested) (out e
 	case events.ExportDtypes[req.Format] == nil:
 		return out, fmt.Errorf("export: format %q: the formats are gguf and onnx: %w", req.Format, ErrInvalidRequest)
 	case !slices.Contains(events.ExportDtypes[req.Format], req.Dtype):
-		return out, fmt.Errorf("export: dtype %q: a %s export is one of %v: %w", req.Dtype, req.Format, events.ExportDtypes[req.Format], ErrInvalidRequest)
+		return out, fmt.Errorf("export: dtype %q: an export as %s is one of %v: %w", req.Dtype, req.Format, events.ExportDtypes[req.Format], ErrInvalidRequest)
 	}
 	if _, err := uuid.Parse(req.CheckpointID); err != nil {
 		return out, fmt.Errorf("export: checkpoint id %q is not a uuid: %w", req.CheckpointID, ErrInvalidRequest)

@@ -3,12 +3,14 @@ package train_test
 import (
 	"errors"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/groundmesh/groundmesh/internal/events"
 	"github.com/groundmesh/groundmesh/model"
+	"github.com/groundmesh/groundmesh/model/onnx"
 	"github.com/groundmesh/groundmesh/plugins/compute/computetest"
 	"github.com/groundmesh/groundmesh/services/train"
 )
@@ -58,12 +60,49 @@ func TestExport(t *testing.T) {
 		t.Fatalf("export again = %+v, %v: want the recorded export", again, err)
 	}
 
+	// The same checkpoint as an ONNX bundle: its graphs hold the
+	// checkpoint's weights.
+	ox, err := svc.Export(ctx, events.ExportRequested{CheckpointID: ck, Format: "onnx", Dtype: model.DtypeF32})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasSuffix(ox.BlobKey, ".onnx.tar") || ox.Format != "onnx" {
+		t.Fatalf("onnx export = %+v", ox)
+	}
+	op, _ := e.blob.Path(ox.BlobKey)
+	ob, err := os.ReadFile(op)
+	if err != nil {
+		t.Fatal(err)
+	}
+	om, err := onnx.ReadBundle(ob, &cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f32, err := svc.Export(ctx, events.ExportRequested{CheckpointID: ck, Format: "gguf", Dtype: model.DtypeF32})
+	if err != nil {
+		t.Fatal(err)
+	}
+	gp, _ := e.blob.Path(f32.BlobKey)
+	gm, err := model.ReadGGUFFile(gp, &cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(om.Weights) == 0 || len(om.Graphs) == 0 {
+		t.Fatalf("onnx bundle: %d weights, %d graphs", len(om.Weights), len(om.Graphs))
+	}
+	for name, w := range om.Weights {
+		if !slices.Equal(w, gm.Weights[name]) {
+			t.Errorf("onnx weight %s differs from the checkpoint's", name)
+		}
+	}
+
 	for _, c := range []struct {
 		name string
 		req  events.ExportRequested
 		msg  string
 	}{
-		{"onnx", events.ExportRequested{CheckpointID: ck, Format: "onnx"}, `format "onnx"`},
+		{"format", events.ExportRequested{CheckpointID: ck, Format: "tflite"}, `format "tflite"`},
+		{"onnx dtype", events.ExportRequested{CheckpointID: ck, Format: "onnx", Dtype: model.DtypeQ8_0}, `dtype "q8_0": an export as onnx is one of`},
 		{"dtype", events.ExportRequested{CheckpointID: ck, Format: "gguf", Dtype: "q2_k"}, `dtype "q2_k"`},
 		{"not a uuid", events.ExportRequested{CheckpointID: "latest", Format: "gguf"}, "not a uuid"},
 		{"unknown", events.ExportRequested{CheckpointID: "00000000-0000-0000-0000-000000000001", Format: "gguf"}, "not found"},
