@@ -16,6 +16,9 @@ const (
 	DtypeQ4_0 = "q4_0"
 )
 
+// Dtypes are the weight dtypes, float32 first.
+var Dtypes = []string{DtypeF32, DtypeF16, DtypeQ8_0, DtypeQ4_0}
+
 // QuantBlock is the number of weights in one q8_0 or q4_0 block.
 const QuantBlock = 32
 

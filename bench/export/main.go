@@ -1,7 +1,8 @@
 // Command export measures a trained model in every deployment form the
 // project builds: the final checkpoint of a completed run on the GoMLX and
-// libtorch backends (float32, safetensors) and its GGUF exports on the
-// ggml backend in float32, float16, q8_0 and q4_0. For each it prints the
+// libtorch backends (float32, safetensors), its GGUF exports on the ggml
+// backend in float32, float16, q8_0 and q4_0, and its ONNX exports on ONNX
+// Runtime (the onnx backend) in float32 and float16. For each it prints the
 // file size, the load time, the latency of one REC request and of a batch
 // of 32, and REC Acc@0.5 on the test split, as one table.
 //
@@ -11,7 +12,7 @@
 // CLI verbs, exports the checkpoint through services/train (recorded in
 // model_exports, reused when present) and runs each backend as its plugin
 // process from GROUNDMESH_PLUGIN_DIR (default ./bin): build them first
-// with make build ggml. A backend whose plugin is missing is skipped.
+// with make build. A backend whose plugin is missing is skipped.
 package main
 
 import (
@@ -114,6 +115,17 @@ func run(ctx context.Context, dataDir, runID string, limit, reps int) error {
 		}
 		forms = append(forms, form{backend: "ggml", dtype: dtype, path: p, bytes: x.Bytes})
 	}
+	for _, dtype := range []string{model.DtypeF32, model.DtypeF16} {
+		x, err := s.Services.Train.Export(ctx, events.ExportRequested{CheckpointID: final.ID, Format: "onnx", Dtype: dtype})
+		if err != nil {
+			return err
+		}
+		p, err := s.Blob.Path(x.BlobKey)
+		if err != nil {
+			return err
+		}
+		forms = append(forms, form{backend: "onnx", dtype: dtype, path: p, bytes: x.Bytes})
+	}
 
 	// The REC test records, in a fixed order.
 	m, err := synth.OpenManifest(s.Blob, f.ManifestKey)
@@ -176,7 +188,7 @@ func measure(ctx context.Context, s *stack.Stack, fm form, f *events.RunFacts, t
 		return out
 	}
 	dtype := fm.dtype
-	if fm.backend != "ggml" {
+	if fm.backend != "ggml" && fm.backend != "onnx" {
 		dtype = "" // float32, the only one they hold
 	}
 	t0 := time.Now()

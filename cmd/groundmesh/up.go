@@ -458,9 +458,10 @@ func cmdPipeline(ctx context.Context, e env, args []string) error {
 // withPromotion sets the input's promote.alias to alias unless the input
 // has a "promote" of its own.
 // withExport asks the pipeline's evaluation to export the final checkpoint
-// as a q8_0 GGUF and score it on the ggml backend, where its plugin is
-// built in pluginDir, unless the input says what to export. It returns
-// the input and a line saying what was chosen and why.
+// in each deployment format whose backend's plugin is built in pluginDir
+// (a q8_0 GGUF scored on ggml, a float32 ONNX bundle scored on ONNX
+// Runtime) unless the input says what to export. It returns the input and
+// a line saying what was chosen and why.
 func withExport(input []byte, pluginDir string) ([]byte, string, error) {
 	in, err := inputObject(input)
 	if err != nil {
@@ -470,18 +471,36 @@ func withExport(input []byte, pluginDir string) ([]byte, string, error) {
 	if _, ok := ev["export_as"]; ok {
 		return input, "as the input's eval.export_as says", nil
 	}
-	if !stack.BackendAvailable(pluginDir, "ggml") {
-		return input, "none (the ggml plugin is not built here; `make ggml` builds it)", nil
+	var as []map[string]string
+	var chosen, missing []string
+	if stack.BackendAvailable(pluginDir, "ggml") {
+		as = append(as, map[string]string{"format": "gguf", "dtype": "q8_0"})
+		chosen = append(chosen, "a q8_0 GGUF on ggml (stage3@gguf-q8_0)")
+	} else {
+		missing = append(missing, "ggml (`make ggml`)")
 	}
-	ev["export_as"] = []map[string]string{{"format": "gguf", "dtype": "q8_0"}}
-	// The benchmarks the grounding head answers: what quantization could
+	if stack.BackendAvailable(pluginDir, "onnx") {
+		as = append(as, map[string]string{"format": "onnx", "dtype": "float32"})
+		chosen = append(chosen, "a float32 ONNX bundle on ONNX Runtime (stage3@onnx-float32)")
+	} else {
+		missing = append(missing, "onnx (`make onnx`)")
+	}
+	if len(as) == 0 {
+		return input, "none (no export backend's plugin is built here: " + strings.Join(missing, ", ") + ")", nil
+	}
+	ev["export_as"] = as
+	// The benchmarks the grounding head answers: what an export could
 	// cost, in seconds; the language model's free text on ggml took 2.6
 	// minutes more of the demo.
 	if _, ok := ev["export_benchmarks"]; !ok {
 		ev["export_benchmarks"] = []string{"rec", "pope_random", "pope_popular", "pope_adversarial"}
 	}
 	out, err := json.Marshal(in)
-	return out, "the final checkpoint as a q8_0 GGUF, scored on ggml as stage3@gguf-q8_0 (REC and POPE)", err
+	line := "the final checkpoint as " + strings.Join(chosen, " and ") + ", REC and POPE"
+	if len(missing) > 0 {
+		line += "; not built: " + strings.Join(missing, ", ")
+	}
+	return out, line, err
 }
 
 // printExports sets each export's REC Acc@0.5 beside its checkpoint's.

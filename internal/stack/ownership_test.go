@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"maps"
+	"math"
 	"slices"
 	"strings"
 	"testing"
@@ -59,9 +60,10 @@ func TestEvalStageAloneGetsTheRunFromTrain(t *testing.T) {
 
 // TestEvaluateExports: an evaluation asked to export the run's final
 // checkpoint scores each export beside it, as stage
-// "stage3@gguf-<dtype>": a float32 GGUF on the GoMLX backend gives the
-// checkpoint's own figures, every one; with the ggml plugin built, a q8_0
-// GGUF on ggml is scored too. The exports are recorded by services/train.
+// "stage3@<format>-<dtype>": a float32 GGUF on the GoMLX backend gives the
+// checkpoint's own figures, every one; with the onnx plugin built, a
+// float32 ONNX export on it gives the checkpoint's REC figure; with the
+// ggml plugin built, a q8_0 GGUF on ggml is scored too. The exports are recorded by services/train.
 func TestEvaluateExports(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs the whole pipeline; skipped with -short")
@@ -100,6 +102,29 @@ func TestEvaluateExports(t *testing.T) {
 	if n := count(t, s.Pool, `SELECT count(*) FROM model_exports WHERE checkpoint_id::text = $1 AND format = 'gguf' AND dtype = 'float32'`,
 		trained.Checkpoints["stage3"]); n != 1 {
 		t.Errorf("%d model_exports rows for the final checkpoint", n)
+	}
+	if BackendAvailable(dir, "onnx") {
+		// The same checkpoint as an ONNX bundle, run by ONNX Runtime in
+		// the onnx plugin: its REC figure within one sample of the
+		// checkpoint's (float32 sums in another order may move a box
+		// across the IoU threshold, never more).
+		input = fmt.Sprintf(`{"stages": ["eval"], "run_id": %q, "eval": {"splits": ["val"], "max_samples": 3, "max_samples_by": {"rec": 8}, "report": false,
+			"export_as": [{"format": "onnx", "dtype": "float32"}], "export_benchmarks": ["rec"]}}`, trained.RunID)
+		ctx, ox := startPipeline(t, s, "eval-export-onnx", json.RawMessage(input))
+		var ores workflows.PipelineResult
+		if err := ox.Get(ctx, &ores); err != nil {
+			t.Fatalf("eval with an onnx export on the onnx plugin: %v", err)
+		}
+		n := ores.Metrics["stage3@onnx-float32/rec/val/n"]
+		got, want := ores.Metrics["stage3@onnx-float32/rec/val/acc@0.5"], ores.Metrics["stage3/rec/val/acc@0.5"]
+		if n == 0 || math.Abs(got-want) > 1/n+1e-9 {
+			t.Errorf("REC Acc@0.5 val: checkpoint %v, its ONNX export on onnx %v over %v samples", want, got, n)
+		}
+		if c := count(t, s.Pool, `SELECT count(*) FROM model_exports WHERE checkpoint_id::text = $1 AND format = 'onnx'`, trained.Checkpoints["stage3"]); c != 1 {
+			t.Errorf("%d onnx model_exports rows", c)
+		}
+	} else {
+		t.Logf("the onnx plugin is not built in %s: the onnx export not tried (make onnx)", dir)
 	}
 	if !BackendAvailable(dir, "ggml") {
 		t.Logf("the ggml plugin is not built in %s: q8_0 on ggml not tried (make ggml)", dir)

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"strconv"
 	"strings"
 
 	"github.com/hashicorp/go-plugin"
@@ -85,6 +86,22 @@ func PluginLogger(plugin string) *slog.Logger {
 		}
 	}
 	return slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+}
+
+// PluginCount reads a count >= 0 from the environment variable key (0
+// when unset), as a plugin process's main does; a bad value ends the
+// process with a message naming the plugin, as PluginLogger does.
+func PluginCount(plugin, key string) int {
+	v := os.Getenv(key)
+	if v == "" {
+		return 0
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 0 {
+		fmt.Fprintf(os.Stderr, "%s: %s %q: want a count >= 0\n", plugin, key, v)
+		os.Exit(2)
+	}
+	return n
 }
 
 // Serve runs impl as a plugin process; a backend's main calls it and nothing

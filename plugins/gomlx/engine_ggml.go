@@ -37,13 +37,11 @@ func init() {
 	})
 }
 
-var ggmlDtypes = []string{model.DtypeF32, model.DtypeF16, model.DtypeQ8_0, model.DtypeQ4_0}
-
 type ggmlEngine struct{}
 
 func (e *ggmlEngine) name() string      { return EngineGGML }
 func (e *ggmlEngine) devices() []string { return []string{"cpu"} }
-func (e *ggmlEngine) dtypes() []string  { return ggmlDtypes }
+func (e *ggmlEngine) dtypes() []string  { return model.Dtypes }
 func (e *ggmlEngine) canTrain() bool    { return false }
 func (e *ggmlEngine) version() string {
 	v := "unknown"

@@ -322,15 +322,7 @@ func (s *Service) evaluate(ctx context.Context, req events.EvalRequested, progre
 		return none, fmt.Errorf("evaluate run %s: %w", req.RunID, err)
 	}
 	baseline := s.cfg.Baseline == nil || *s.cfg.Baseline
-	var perCk, recTotal int64
-	for _, sp := range splits {
-		for b, recs := range set.bySplit[sp] {
-			perCk += int64(len(recs))
-			if b == BenchREC {
-				recTotal += int64(len(recs))
-			}
-		}
-	}
+	perCk, recTotal := set.count(splits, nil), set.count(splits, []string{BenchREC})
 	if perCk == 0 {
 		return none, fmt.Errorf("evaluate run %s: synth set %s has no evaluation records in splits %v", req.RunID, run.SynthSetID, splits)
 	}

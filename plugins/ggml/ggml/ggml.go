@@ -116,8 +116,8 @@ type Weights struct {
 	ctx    *C.struct_ggml_context
 	buf    C.ggml_backend_buffer_t
 	params map[string]*Tensor
-	Dtype  string
-	Bytes  int64
+	// Bytes is the size of the weights as held.
+	Bytes int64
 }
 
 // Param is one parameter to upload: its name, shape and float32 values.
@@ -138,7 +138,7 @@ func NewWeights(params []Param, dtype string) (_ *Weights, err error) {
 	if ctx == nil {
 		return nil, fmt.Errorf("ggml: cannot make a context of %d bytes", mem)
 	}
-	w := &Weights{ctx: ctx, params: map[string]*Tensor{}, Dtype: dtype}
+	w := &Weights{ctx: ctx, params: map[string]*Tensor{}}
 	type upload struct {
 		t    *C.struct_ggml_tensor
 		data []byte

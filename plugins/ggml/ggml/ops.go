@@ -58,40 +58,32 @@ func (o *Ops) as(x *Tensor, dims ...int) *C.struct_ggml_tensor {
 // in is x as a float32 tensor in its logical layout: a dense weight
 // transposed back (and dequantized), an integer tensor converted.
 func (o *Ops) in(x *Tensor) *Tensor {
-	switch {
-	case x.dense:
-		if p, ok := o.plain[x]; ok {
-			return p
-		}
-		t := x.t
-		if C.gm_type(t) != C.GGML_TYPE_F32 {
-			t = C.ggml_cast(o.ctx(), t, C.GGML_TYPE_F32)
-		}
+	if x.isInt {
+		return o.ToFloat(x)
+	}
+	if !x.dense && C.gm_type(x.t) == C.GGML_TYPE_F32 {
+		return x
+	}
+	// A dense weight, or a float16 or quantized one read by an operation
+	// other than Dense or Gather: converted once per graph.
+	if p, ok := o.plain[x]; ok {
+		return p
+	}
+	t := x.t
+	if C.gm_type(t) != C.GGML_TYPE_F32 {
+		t = C.ggml_cast(o.ctx(), t, C.GGML_TYPE_F32)
+	}
+	if x.dense {
 		// t's ne is [in, out]: its transpose, made contiguous, is the
 		// row-major [in, out].
 		t = C.ggml_cont(o.ctx(), C.ggml_transpose(o.ctx(), t))
-		p := o.wrap("weight", t, x.dims, false)
-		if o.plain == nil {
-			o.plain = map[*Tensor]*Tensor{}
-		}
-		o.plain[x] = p
-		return p
-	case x.isInt:
-		return o.ToFloat(x)
-	case C.gm_type(x.t) != C.GGML_TYPE_F32:
-		// A float16 or quantized weight read by an operation other than
-		// Dense or Gather.
-		if p, ok := o.plain[x]; ok {
-			return p
-		}
-		p := o.wrap("weight", C.ggml_cast(o.ctx(), x.t, C.GGML_TYPE_F32), x.dims, false)
-		if o.plain == nil {
-			o.plain = map[*Tensor]*Tensor{}
-		}
-		o.plain[x] = p
-		return p
 	}
-	return x
+	p := o.wrap("weight", t, x.dims, false)
+	if o.plain == nil {
+		o.plain = map[*Tensor]*Tensor{}
+	}
+	o.plain[x] = p
+	return p
 }
 
 func (o *Ops) Param(name string, shape ...int) *Tensor {

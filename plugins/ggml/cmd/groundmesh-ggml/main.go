@@ -19,7 +19,6 @@ package main
 import (
 	"fmt"
 	"os"
-	"strconv"
 
 	"github.com/groundmesh/groundmesh/plugins/compute"
 	"github.com/groundmesh/groundmesh/plugins/gomlx"
@@ -27,15 +26,7 @@ import (
 
 func main() {
 	logger := compute.PluginLogger("groundmesh-ggml")
-	threads := 0
-	if v := os.Getenv("GROUNDMESH_GGML_THREADS"); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil || n < 0 {
-			fmt.Fprintf(os.Stderr, "groundmesh-ggml: GROUNDMESH_GGML_THREADS %q: want a count >= 0\n", v)
-			os.Exit(2)
-		}
-		threads = n
-	}
+	threads := compute.PluginCount("groundmesh-ggml", "GROUNDMESH_GGML_THREADS")
 	backend, err := gomlx.New(gomlx.Config{Engine: gomlx.EngineGGML, Threads: threads, Logger: logger})
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "groundmesh-ggml: %v\n", err)

@@ -21,7 +21,6 @@ package main
 import (
 	"fmt"
 	"os"
-	"strconv"
 
 	"github.com/groundmesh/groundmesh/plugins/compute"
 	"github.com/groundmesh/groundmesh/plugins/gomlx"
@@ -29,15 +28,7 @@ import (
 
 func main() {
 	logger := compute.PluginLogger("groundmesh-libtorch")
-	threads := 0
-	if v := os.Getenv("GROUNDMESH_LIBTORCH_THREADS"); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil || n < 0 {
-			fmt.Fprintf(os.Stderr, "groundmesh-libtorch: GROUNDMESH_LIBTORCH_THREADS %q: want a count >= 0\n", v)
-			os.Exit(2)
-		}
-		threads = n
-	}
+	threads := compute.PluginCount("groundmesh-libtorch", "GROUNDMESH_LIBTORCH_THREADS")
 	backend, err := gomlx.New(gomlx.Config{
 		Engine: gomlx.EngineLibtorch, Device: os.Getenv("GROUNDMESH_LIBTORCH_DEVICE"), Threads: threads, Logger: logger,
 	})

@@ -23,7 +23,6 @@ package main
 import (
 	"fmt"
 	"os"
-	"strconv"
 
 	"github.com/groundmesh/groundmesh/plugins/compute"
 	"github.com/groundmesh/groundmesh/plugins/gomlx"
@@ -31,15 +30,7 @@ import (
 
 func main() {
 	logger := compute.PluginLogger("groundmesh-onnx")
-	threads := 0
-	if v := os.Getenv("GROUNDMESH_ONNX_THREADS"); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil || n < 0 {
-			fmt.Fprintf(os.Stderr, "groundmesh-onnx: GROUNDMESH_ONNX_THREADS %q: want a count >= 0\n", v)
-			os.Exit(2)
-		}
-		threads = n
-	}
+	threads := compute.PluginCount("groundmesh-onnx", "GROUNDMESH_ONNX_THREADS")
 	backend, err := gomlx.New(gomlx.Config{Engine: gomlx.EngineONNX, Threads: threads, Logger: logger,
 		GraphOptimization: os.Getenv("GROUNDMESH_ONNX_OPTIMIZATION"), Device: os.Getenv("GROUNDMESH_ONNX_DEVICE")})
 	if err != nil {
