@@ -186,12 +186,43 @@ func (sv *Services) build(ctx context.Context, s *Stack, backends func(name stri
 		sv.Ground, err = ground.New(ground.Config{
 			Catalog: ground.NewPGCatalog(s.Pool), Backends: backends, Blob: s.Blob,
 			Limits: s.cfg.Ground.Limits, Batch: s.cfg.Ground.Batch, Logger: s.Logger.With("service", "ground"),
+			ExportForms: exportForms(), ExportBackends: sv.exportBackends(),
 		})
 		if err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// exportForms are the export formats and dtypes services/train writes,
+// which services/ground checks a request's export against.
+func exportForms() ground.ExportForms {
+	f := ground.ExportForms{}
+	for _, format := range train.ExportFormats {
+		f[format] = train.ExportDtypes
+	}
+	return f
+}
+
+// defaultExportBackends is the backend that serves each export format by
+// default where its plugin is built (eval's export_backend default).
+var defaultExportBackends = map[string]string{"gguf": "ggml"}
+
+// exportBackends is services/ground's ExportBackends: the configured
+// ones, else each default whose plugin is built here and allowed to this
+// process (without it, an export is served on its run's backend).
+func (sv *Services) exportBackends() map[string]string {
+	if c := sv.cfg.Ground.ExportBackends; len(c) > 0 {
+		return c
+	}
+	out := map[string]string{}
+	for format, b := range defaultExportBackends {
+		if BackendAvailable(sv.pluginDir, b) && sv.cfg.backendAllowed(b) {
+			out[format] = b
+		}
+	}
+	return out
 }
 
 // buildEval makes services/eval, which loads the run's backend for its
