@@ -1,7 +1,8 @@
 // Package ground is the grounding service: it answers "where is X in this
-// image?" from a checkpoint the pipeline trained. A request
+// image?" from a checkpoint the pipeline trained, or from one of its
+// deployment exports (services/train's model_exports). A request
 // (events.GroundRequested: the image inline or by blob key, a referring
-// expression, an optional checkpoint and deadline) is checked against
+// expression, an optional checkpoint, export, backend and deadline) is checked against
 // Limits, asked in the phrasing the model was trained on (internal/infer),
 // batched with concurrent requests for the same model into one call of the
 // compute plugin, and answered with the box in pixels and in the model's
