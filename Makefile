@@ -76,9 +76,9 @@ ggml-optional:
 # The ggml engine's tests: its operations against model/eager, the
 # conformance matrix's inference cells in every dtype, GGUF files read by
 # ggml's own reader, the plugin process.
-test-ggml: ggml
+test-ggml: ggml plugins
 	$(GGML_ENV) GROUNDMESH_PLUGIN_DIR=$(BIN) $(GO) test -tags ggml -count=1 ./plugins/ggml/...
-	$(GGML_ENV) GROUNDMESH_PLUGIN_DIR=$(BIN) $(GO) test -tags ggml -count=1 -run 'GGML' ./plugins/gomlx/
+	$(GGML_ENV) GROUNDMESH_PLUGIN_DIR=$(BIN) $(GO) test -tags ggml -count=1 -run 'GGML' ./plugins/gomlx/ ./services/ground/
 
 # The onnx backend's runtime (plugins/onnx/ort): ONNX Runtime's prebuilt
 # shared library, taken from the npm tarball of onnxruntime-node (npm is the

@@ -21,6 +21,7 @@ import (
 	"github.com/groundmesh/groundmesh/internal/events"
 	"github.com/groundmesh/groundmesh/internal/stack"
 	"github.com/groundmesh/groundmesh/model"
+	"github.com/groundmesh/groundmesh/services/ground"
 	"github.com/groundmesh/groundmesh/services/synth"
 )
 
@@ -34,6 +35,7 @@ type groundEnv struct {
 	MaxDelay           string // GROUNDMESH_GROUND_MAX_DELAY (a Go duration)
 	MaxQueue           string // GROUNDMESH_GROUND_MAX_QUEUE
 	Timeout            string // GROUNDMESH_GROUND_TIMEOUT (a Go duration)
+	ExportBackends     string // GROUNDMESH_GROUND_EXPORT_BACKENDS: format=backend,...
 }
 
 func readGroundEnv() groundEnv {
@@ -46,6 +48,7 @@ func readGroundEnv() groundEnv {
 		MaxDelay:           os.Getenv("GROUNDMESH_GROUND_MAX_DELAY"),
 		MaxQueue:           os.Getenv("GROUNDMESH_GROUND_MAX_QUEUE"),
 		Timeout:            os.Getenv("GROUNDMESH_GROUND_TIMEOUT"),
+		ExportBackends:     os.Getenv("GROUNDMESH_GROUND_EXPORT_BACKENDS"),
 	}
 }
 
@@ -93,6 +96,19 @@ func (g groundEnv) config() (stack.GroundConfig, error) {
 			return c, fmt.Errorf("%s=%q: want a positive duration such as 5ms", f.name, f.v)
 		}
 		*f.dst = d
+	}
+	for _, kv := range strings.Split(g.ExportBackends, ",") {
+		if kv = strings.TrimSpace(kv); kv == "" {
+			continue
+		}
+		format, backend, ok := strings.Cut(kv, "=")
+		if !ok || format == "" || backend == "" {
+			return c, fmt.Errorf("GROUNDMESH_GROUND_EXPORT_BACKENDS=%q: want format=backend pairs, comma-separated, such as gguf=ggml", g.ExportBackends)
+		}
+		if c.ExportBackends == nil {
+			c.ExportBackends = map[string]string{}
+		}
+		c.ExportBackends[format] = backend
 	}
 	return c, nil
 }
@@ -183,6 +199,7 @@ func demoGround(ctx context.Context, s *stack.Stack, token, synthSetID string) e
 func cmdPromote(ctx context.Context, e env, args []string) error {
 	fs := flag.NewFlagSet("promote", flag.ContinueOnError)
 	alias := fs.String("alias", "production", "the alias to point at the checkpoint")
+	backend := fs.String("backend", "", "the compute backend that serves it (default: the run's, or for an export the format's export backend)")
 	dataDir := fs.String("data-dir", e.DataDir, "data directory")
 	verbose := fs.Bool("v", false, "log to stderr")
 	id, rest := splitPositional(args)
@@ -190,18 +207,30 @@ func cmdPromote(ctx context.Context, e env, args []string) error {
 		return errUsage
 	}
 	if id == "" {
-		fmt.Fprintln(os.Stderr, "usage: groundmesh promote CHECKPOINT_ID [--alias production]")
+		fmt.Fprintln(os.Stderr, "usage: groundmesh promote CHECKPOINT_ID[@FORMAT-DTYPE] [--alias production] [--backend NAME]")
 		return errUsage
 	}
+	m, err := ground.ParseModel(id)
+	if err != nil {
+		return err
+	}
+	m.Backend = *backend
 	s, done, err := offline(ctx, e, *dataDir, *verbose)
 	if err != nil {
 		return err
 	}
 	defer done()
-	p, err := s.Services.Ground.Promote(ctx, *alias, id)
+	p, err := s.Services.Ground.PromoteModel(ctx, *alias, m)
 	if err != nil {
 		return err
 	}
-	fmt.Printf("%s -> checkpoint %s (run %s, %s step %d), promoted %s\n", p.Alias, p.CheckpointID, p.RunID, p.Stage, p.Step, p.PromotedAt.Format(time.RFC3339))
+	what := "checkpoint " + p.CheckpointID
+	if p.Format != "" {
+		what = fmt.Sprintf("%s (the %s export in %s of checkpoint %s, %s)", p.ModelVersion, p.Format, p.Dtype, p.CheckpointID, p.ExportBlobKey)
+	}
+	if p.Backend != "" {
+		what += " on " + p.Backend
+	}
+	fmt.Printf("%s -> %s (run %s, %s step %d), promoted %s\n", p.Alias, what, p.RunID, p.Stage, p.Step, p.PromotedAt.Format(time.RFC3339))
 	return nil
 }

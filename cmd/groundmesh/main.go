@@ -40,7 +40,7 @@ data and models:
   synth DATASET_ID        synthesize multi-scale alignment data
   report RUN_ID           write the HTML report of a training run
   compare RUN_A RUN_B     print two runs' metrics side by side
-  promote CHECKPOINT_ID   serve grounding requests from this checkpoint (--alias production)
+  promote CHECKPOINT_ID   serve grounding requests from this checkpoint, or CHECKPOINT_ID@gguf-q8_0 from its export (--alias production, --backend)
   export CHECKPOINT_ID    write a checkpoint as a GGUF file (--format gguf --dtype q8_0 [--out FILE])
   pipeline start [JSON]   start a Pipeline workflow on a running stack
 

@@ -374,6 +374,16 @@ type ExportSpec struct {
 // scored under: "<stage>@<format>-<dtype>".
 func ExportStage(stage, format, dtype string) string { return stage + "@" + format + "-" + dtype }
 
+// ModelVersion names what serves grounding requests: a checkpoint id, or
+// its export "<checkpoint>@<format>-<dtype>" (the form ExportStage gives a
+// stage) when format is set.
+func ModelVersion(checkpointID, format, dtype string) string {
+	if format == "" {
+		return checkpointID
+	}
+	return ExportStage(checkpointID, format, dtype)
+}
+
 // EvaluationCompleted is the fact (and completion) of an evaluation.
 type EvaluationCompleted struct {
 	CorrelationID string             `json:"correlation_id"`
@@ -410,6 +420,15 @@ type GroundRequested struct {
 	Deadline time.Time `json:"deadline,omitzero"`
 	// Attention asks for the model's attention over the image patches.
 	Attention bool `json:"attention,omitempty"`
+	// Export serves the checkpoint's export in this format and dtype (what
+	// services/train recorded for it) instead of the checkpoint file. The
+	// same can be said in CheckpointID as "<checkpoint>@<format>-<dtype>"
+	// (the stage naming of an export's scores, ExportStage).
+	Export *ExportSpec `json:"export,omitempty"`
+	// Backend is the compute backend that serves the request; default:
+	// the run's for a checkpoint, the format's configured export backend
+	// (else the run's) for an export.
+	Backend string `json:"backend,omitempty"`
 }
 
 // GroundCompleted answers GroundRequested.
@@ -421,9 +440,16 @@ type GroundCompleted struct {
 	Box []float64 `json:"box,omitempty"`
 	// Boxes are every box of the answer in both frames.
 	Boxes []GroundBox `json:"boxes"`
-	// ModelVersion is the checkpoint that answered, and RunID, Stage and
-	// Step where it came from.
+	// ModelVersion is what answered: the checkpoint id, or for an export
+	// "<checkpoint>@<format>-<dtype>" (ModelVersion). CheckpointID, RunID,
+	// Stage and Step are where it came from; Format and Dtype the export's
+	// (empty for the checkpoint itself); Backend the compute backend that
+	// ran it.
 	ModelVersion string `json:"model_version"`
+	CheckpointID string `json:"checkpoint_id,omitempty"`
+	Format       string `json:"format,omitempty"`
+	Dtype        string `json:"dtype,omitempty"`
+	Backend      string `json:"backend,omitempty"`
 	RunID        string `json:"run_id"`
 	Stage        string `json:"stage"`
 	Step         int    `json:"step"`
@@ -455,10 +481,22 @@ type GroundBox struct {
 // ("production"): requests that name no checkpoint are served by it from
 // then on.
 type ModelPromoted struct {
-	Alias        string    `json:"alias"`
-	CheckpointID string    `json:"checkpoint_id"`
-	RunID        string    `json:"run_id"`
-	Stage        string    `json:"stage"`
-	Step         int       `json:"step"`
-	PromotedAt   time.Time `json:"promoted_at"`
+	Alias        string `json:"alias"`
+	CheckpointID string `json:"checkpoint_id"`
+	// ModelVersion is what the alias serves: the checkpoint id, or
+	// "<checkpoint>@<format>-<dtype>" for an export (ModelVersion).
+	ModelVersion string `json:"model_version,omitempty"`
+	// Format and Dtype name the export served (empty: the checkpoint
+	// itself), ExportBlobKey and ExportSHA256 its file as services/train
+	// recorded it, and Backend the backend promoted with it (empty: the
+	// default).
+	Format        string    `json:"format,omitempty"`
+	Dtype         string    `json:"dtype,omitempty"`
+	ExportBlobKey string    `json:"export_blob_key,omitempty"`
+	ExportSHA256  string    `json:"export_sha256,omitempty"`
+	Backend       string    `json:"backend,omitempty"`
+	RunID         string    `json:"run_id"`
+	Stage         string    `json:"stage"`
+	Step          int       `json:"step"`
+	PromotedAt    time.Time `json:"promoted_at"`
 }

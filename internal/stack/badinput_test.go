@@ -331,6 +331,8 @@ func TestBadInputSuite(t *testing.T) {
 			{"decompression bomb", "application/json", `{"image": "` + uri(pngBomb(100_000, 100_000)) + `", "expression": "x"}`, 413, "too_many_pixels", "100000x100000"},
 			{"non-UTF-8 expression", "application/json", "{\"image\": \"" + uri(png1) + "\", \"expression\": \"red\xff square\"}", 400, "bad_request", "not valid UTF-8"},
 			{"text/plain", "text/plain", `{}`, 400, "bad_request", "send application/json"},
+			{"malformed export name", "application/json", `{"image": "` + uri(png1) + `", "expression": "x", "checkpoint_id": "ck@gguf"}`, 400, "bad_request", "<checkpoint>@<format>-<dtype>"},
+			{"export without dtype", "application/json", `{"image": "` + uri(png1) + `", "expression": "x", "checkpoint_id": "ck", "export": {"format": "gguf"}}`, 400, "bad_request", "format and dtype are both required"},
 		}
 		for _, c := range cases {
 			t.Run(c.name, func(t *testing.T) {

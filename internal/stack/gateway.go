@@ -60,7 +60,7 @@ func newGateway(s *Stack) (http.Handler, error) {
 		// No trained model yet is not a failure of the gateway: the
 		// grounding API answers no_model until a pipeline has trained one.
 		if m, err := s.Services.Ground.Model(ctx); err == nil {
-			out["model"] = m.CheckpointID
+			out["model"] = m.Version()
 		} else {
 			out["model"] = "none (" + err.Error() + ")"
 		}

@@ -26,6 +26,7 @@ import (
 	"github.com/groundmesh/groundmesh/internal/events"
 	"github.com/groundmesh/groundmesh/internal/telemetry"
 	"github.com/groundmesh/groundmesh/internal/testutil"
+	"github.com/groundmesh/groundmesh/plugins/compute"
 	"github.com/groundmesh/groundmesh/services/ground"
 	"github.com/groundmesh/groundmesh/services/ground/groundtest"
 	"github.com/groundmesh/groundmesh/workflows"
@@ -257,6 +258,45 @@ func TestGroundOverHTTP(t *testing.T) {
 		t.Fatalf("promoting an unknown checkpoint: %v, want a non-retryable %s", err, workflows.ErrTypeBadInput)
 	}
 
+	// An export through the gateway and the bus: services/train writes the
+	// float32 GGUF of the production checkpoint (ck2), and a request that
+	// names it is served from it (on ggml where that plugin is in the
+	// plugin directory, else on the run's GoMLX) with the checkpoint's box
+	// and an answer that names it; one never made is export_not_found.
+	p2, _ := s.Blob.Path(m2.CheckpointKey)
+	sum, n, err := compute.FileSHA256(p2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Pool.Exec(ctx, `UPDATE checkpoints SET sha256 = $2, bytes = $3 WHERE id = $1`, ck2, sum, n); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Services.Train.Export(ctx, events.ExportRequested{CheckpointID: ck2, Format: "gguf", Dtype: "float32"}); err != nil {
+		t.Fatal(err)
+	}
+	_, fromCk := groundRequest(t, url, groundToken, req)
+	xreq := map[string]any{"image": img, "expression": "the red square", "checkpoint_id": ck2 + "@gguf-float32"}
+	code, fromX := groundRequest(t, url, groundToken, xreq)
+	wantBackend := "gomlx"
+	if BackendAvailable(dir, "ggml") {
+		wantBackend = "ggml"
+	}
+	if code != 200 || fromX["model_version"] != ck2+"@gguf-float32" || fromX["checkpoint_id"] != ck2 || fromX["format"] != "gguf" ||
+		fromX["dtype"] != "float32" || fromX["backend"] != wantBackend {
+		t.Fatalf("the export through the gateway: %d %v (want it served on %s)", code, fromX, wantBackend)
+	}
+	normOf := func(out map[string]any) []any { return out["boxes"].([]any)[0].(map[string]any)["norm"].([]any) }
+	for i, v := range normOf(fromX) {
+		if d := v.(float64) - normOf(fromCk)[i].(float64); d > 1e-3 || d < -1e-3 {
+			t.Fatalf("the export's box %v, the checkpoint's %v", normOf(fromX), normOf(fromCk))
+		}
+	}
+	xreq["checkpoint_id"] = ck2 + "@gguf-q4_0"
+	if code, out := groundRequest(t, url, groundToken, xreq); code != 404 || out["code"] != ground.CodeExportNotFound ||
+		!strings.Contains(out["error"].(string), "groundmesh export "+ck2+" --format gguf --dtype q4_0") {
+		t.Fatalf("an export never made, through the gateway: %d %v", code, out)
+	}
+
 	// The service's metrics and the API's document are served.
 	resp, err := http.Get(url + "/metrics")
 	if err != nil {
@@ -264,7 +304,7 @@ func TestGroundOverHTTP(t *testing.T) {
 	}
 	metrics, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	if resp.StatusCode != 200 || !strings.Contains(string(metrics), `groundmesh_ground_requests_total{code="ok"} 9`) {
+	if resp.StatusCode != 200 || !strings.Contains(string(metrics), `groundmesh_ground_requests_total{code="ok"} 11`) {
 		t.Errorf("metrics: %d\n%s", resp.StatusCode, metrics)
 	}
 	if code, doc := getJSON(t, url+"/v1/openapi.json"); code != 200 || doc["openapi"] == nil {

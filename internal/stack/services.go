@@ -188,12 +188,42 @@ func (sv *Services) build(ctx context.Context, s *Stack, backends func(name stri
 		sv.Ground, err = ground.New(ground.Config{
 			Catalog: ground.NewPGCatalog(s.Pool), Backends: backends, Blob: s.Blob,
 			Limits: s.cfg.Ground.Limits, Batch: s.cfg.Ground.Batch, Logger: s.Logger.With("service", "ground"),
+			ExportForms: exportForms(), ExportBackends: sv.exportBackends(),
 		})
 		if err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// exportForms are the export formats and dtypes services/train writes
+// (events.ExportDtypes), which services/ground checks a request's export
+// against.
+func exportForms() ground.ExportForms {
+	f := ground.ExportForms{}
+	for format, dtypes := range events.ExportDtypes {
+		f[format] = slices.Clone(dtypes)
+	}
+	return f
+}
+
+// exportBackends is services/ground's ExportBackends: the configured
+// ones, else each default whose plugin is built here and allowed to this
+// process (without it, an export is served on its run's backend).
+func (sv *Services) exportBackends() map[string]string {
+	if c := sv.cfg.Ground.ExportBackends; len(c) > 0 {
+		return c
+	}
+	out := map[string]string{}
+	for format := range events.ExportDtypes {
+		// Each format's default (eval's export_backend default).
+		b := events.ExportBackend(format)
+		if BackendAvailable(sv.pluginDir, b) && sv.cfg.backendAllowed(b) {
+			out[format] = b
+		}
+	}
+	return out
 }
 
 // buildEval makes services/eval, which loads the run's backend for its

@@ -123,6 +123,11 @@ type GroundConfig struct {
 	Batch  ground.BatchConfig
 	// Timeout bounds an HTTP grounding request; default 30s.
 	Timeout time.Duration
+	// ExportBackends is the backend that serves an export of each format
+	// (services/ground's ExportBackends) when the request or alias names
+	// none. Default: ggml for gguf where its plugin is built and this
+	// process may run it; the run's backend otherwise.
+	ExportBackends map[string]string
 }
 
 func (c *Config) defaults() error {

@@ -139,13 +139,13 @@ func (b *batcher) submit(ctx context.Context, ref ModelRef, p model.Prompt, atte
 		b.mu.Unlock()
 		return model.Generation{}, &Error{Code: CodeBackendUnavailable, Msg: errShutdown.Error(), Err: errShutdown}
 	}
-	w, ok := b.workers[ref.CheckpointID]
+	w, ok := b.workers[ref.key()]
 	if !ok {
 		if len(b.workers) >= b.cfg.MaxModels {
 			b.retireLRU()
 		}
 		w = &worker{ref: ref, queue: make(chan *job, b.cfg.MaxQueue), retire: make(chan struct{}), lastSize: b.cfg.MaxBatch}
-		b.workers[ref.CheckpointID] = w
+		b.workers[ref.key()] = w
 		b.wg.Add(1)
 		go b.run(w)
 	}
@@ -156,7 +156,7 @@ func (b *batcher) submit(ctx context.Context, ref ModelRef, p model.Prompt, atte
 	case w.queue <- j:
 	default:
 		b.mu.Unlock()
-		return model.Generation{}, newError(CodeOverloaded, "%d requests already wait for model %s (the queue's limit); retry later", b.cfg.MaxQueue, ref.CheckpointID)
+		return model.Generation{}, newError(CodeOverloaded, "%d requests already wait for model %s (the queue's limit); retry later", b.cfg.MaxQueue, ref.Version())
 	}
 	b.mu.Unlock()
 	select {
@@ -179,7 +179,7 @@ func (b *batcher) retireLRU() {
 		}
 	}
 	if lru != nil {
-		delete(b.workers, lru.ref.CheckpointID)
+		delete(b.workers, lru.ref.key())
 		close(lru.retire)
 	}
 }
@@ -190,7 +190,7 @@ func (b *batcher) run(w *worker) {
 	defer func() {
 		if sess != nil {
 			if err := sess.Close(context.Background()); err != nil {
-				b.logger.Warn("unload model", "checkpoint_id", w.ref.CheckpointID, "err", err)
+				b.logger.Warn("unload model", "model_version", w.ref.Version(), "err", err)
 			}
 		}
 	}()
@@ -211,8 +211,8 @@ func (b *batcher) run(w *worker) {
 		case <-idle.C:
 			b.mu.Lock()
 			if len(w.queue) == 0 {
-				if b.workers[w.ref.CheckpointID] == w { // not retired and replaced
-					delete(b.workers, w.ref.CheckpointID)
+				if b.workers[w.ref.key()] == w { // not retired and replaced
+					delete(b.workers, w.ref.key())
 				}
 				b.mu.Unlock()
 				return
@@ -306,7 +306,7 @@ func (b *batcher) exec(w *worker, sess *infer.Session, batch []*job) *infer.Sess
 		defer stop()
 	}
 	ctx, span := tracer.Start(ctx, "ground.batch", trace.WithLinks(links...), trace.WithAttributes(
-		attribute.Int("batch.size", len(live)), attribute.String("checkpoint_id", w.ref.CheckpointID)))
+		attribute.Int("batch.size", len(live)), attribute.String("model_version", w.ref.Version())))
 	defer span.End()
 	fail := func(err error) {
 		span.RecordError(err)
@@ -338,9 +338,9 @@ func (b *batcher) exec(w *worker, sess *infer.Session, batch []*job) *infer.Sess
 		if err := b.generate(ctx, &sess, w.ref, jobs, d.Options(infer.Ground, 0)); err != nil {
 			span.RecordError(err)
 			span.SetStatus(codes.Error, err.Error())
-			b.logger.WarnContext(ctx, "generate failed; the model reloads on the next request", "checkpoint_id", w.ref.CheckpointID, "err", err)
+			b.logger.WarnContext(ctx, "generate failed; the model reloads on the next request", "model_version", w.ref.Version(), "err", err)
 			if cerr := sess.Close(context.WithoutCancel(ctx)); cerr != nil {
-				b.logger.WarnContext(ctx, "unload model", "checkpoint_id", w.ref.CheckpointID, "err", cerr)
+				b.logger.WarnContext(ctx, "unload model", "model_version", w.ref.Version(), "err", cerr)
 			}
 			return nil
 		}
@@ -373,7 +373,7 @@ func (b *batcher) generate(ctx context.Context, sess **infer.Session, ref ModelR
 	}
 	gens, err := call()
 	if errors.Is(err, compute.ErrPluginCrashed) && ctx.Err() == nil {
-		b.logger.WarnContext(ctx, "the plugin crashed during a batch; loading the model again and asking once more", "checkpoint_id", ref.CheckpointID, "batch", len(jobs), "err", err)
+		b.logger.WarnContext(ctx, "the plugin crashed during a batch; loading the model again and asking once more", "model_version", ref.Version(), "batch", len(jobs), "err", err)
 		b.crashRetries.Add(1)
 		_ = (*sess).Close(context.WithoutCancel(ctx)) // its process is gone
 		fresh, oerr := b.open(ctx, ref)

@@ -25,6 +25,7 @@ const (
 	CodeBadExpression      = "bad_expression"      // empty, control characters, placeholders
 	CodeImageNotFound      = "image_not_found"     // no blob under the image key
 	CodeModelNotFound      = "model_not_found"     // no checkpoint with that id
+	CodeExportNotFound     = "export_not_found"    // the checkpoint has no export in that format and dtype
 	CodeNoModel            = "no_model"            // nothing trained yet
 	CodeOverloaded         = "overloaded"          // the queue is full; retry later
 	CodeDeadlineExceeded   = "deadline_exceeded"   // not answered before the request's deadline
@@ -76,7 +77,7 @@ func CodeOf(err error) string {
 func BadInput(err error) bool {
 	switch CodeOf(err) {
 	case CodeBadRequest, CodeImageTooLarge, CodeTooManyPixels, CodeUnsupportedFormat, CodeBadImage,
-		CodeExpressionTooLong, CodeBadExpression, CodeImageNotFound, CodeModelNotFound:
+		CodeExpressionTooLong, CodeBadExpression, CodeImageNotFound, CodeModelNotFound, CodeExportNotFound:
 		return true
 	}
 	return false
@@ -93,7 +94,7 @@ func HTTPStatus(code string) int {
 		return http.StatusRequestEntityTooLarge
 	case CodeUnsupportedFormat:
 		return http.StatusUnsupportedMediaType
-	case CodeImageNotFound, CodeModelNotFound:
+	case CodeImageNotFound, CodeModelNotFound, CodeExportNotFound:
 		return http.StatusNotFound
 	case CodeNoModel, CodeBackendUnavailable:
 		return http.StatusServiceUnavailable

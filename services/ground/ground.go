@@ -1,7 +1,8 @@
 // Package ground is the grounding service: it answers "where is X in this
-// image?" from a checkpoint the pipeline trained. A request
+// image?" from a checkpoint the pipeline trained, or from one of its
+// deployment exports (services/train's model_exports). A request
 // (events.GroundRequested: the image inline or by blob key, a referring
-// expression, an optional checkpoint and deadline) is checked against
+// expression, an optional checkpoint, export, backend and deadline) is checked against
 // Limits, asked in the phrasing the model was trained on (internal/infer),
 // batched with concurrent requests for the same model into one call of the
 // compute plugin, and answered with the box in pixels and in the model's
@@ -14,6 +15,7 @@
 package ground
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -22,12 +24,14 @@ import (
 	"log/slog"
 	"math"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/groundmesh/groundmesh/internal/blob"
 	"github.com/groundmesh/groundmesh/internal/events"
@@ -53,6 +57,16 @@ type Config struct {
 	Batch BatchConfig
 	// Device is passed to the backend's Load; "" is its default.
 	Device string
+	// ExportForms are the export formats and dtypes a request may name
+	// (the composition root passes services/train's); nil checks none
+	// beforehand.
+	ExportForms ExportForms
+	// ExportBackends is the backend that serves an export of each format
+	// when neither the request nor the alias names one (eval's
+	// export_backend); a format missing here is served on the backend its
+	// run trained with, which reads the export's file itself.
+	ExportBackends map[string]string
+
 	Logger *slog.Logger
 }
 
@@ -117,11 +131,23 @@ func (s *Service) Model(ctx context.Context) (ModelRef, error) {
 
 var _ Promoter = (*Service)(nil)
 
-// Promote points alias at a checkpoint (the Catalog must be a Promoter,
-// as PGCatalog is). Requests that name no checkpoint go to the new model
-// from the next one on; those already queued finish on the old one, which
-// unloads once idle: nothing fails during the swap.
-func (s *Service) Promote(ctx context.Context, alias, checkpointID string) (_ events.ModelPromoted, err error) {
+// Promote points alias at a model version: a checkpoint id, or
+// "<checkpoint>@<format>-<dtype>" for its export (ParseModel), served on
+// its default backend. See PromoteModel.
+func (s *Service) Promote(ctx context.Context, alias, model string) (events.ModelPromoted, error) {
+	m, err := ParseModel(model)
+	if err != nil {
+		return events.ModelPromoted{}, err
+	}
+	return s.PromoteModel(ctx, alias, m)
+}
+
+// PromoteModel points alias at a checkpoint, or at its export (which must
+// exist), on m.Backend ("" for the default); the Catalog must be a
+// Promoter, as PGCatalog is. Requests that name no checkpoint go to the
+// new model from the next one on; those already queued finish on the old
+// one, which unloads once idle: nothing fails during the swap.
+func (s *Service) PromoteModel(ctx context.Context, alias string, m ModelSpec) (_ events.ModelPromoted, err error) {
 	ctx, span := tracer.Start(ctx, "ground.Promote")
 	defer func() {
 		if err != nil {
@@ -137,11 +163,15 @@ func (s *Service) Promote(ctx context.Context, alias, checkpointID string) (_ ev
 	if alias == "" {
 		alias = DefaultAlias
 	}
-	res, err := p.Promote(ctx, alias, checkpointID)
+	if err := s.cfg.ExportForms.check(m); err != nil {
+		return events.ModelPromoted{}, err
+	}
+	res, err := p.PromoteModel(ctx, alias, m)
 	if err != nil {
 		return events.ModelPromoted{}, err
 	}
-	s.cfg.Logger.InfoContext(ctx, "model promoted", "alias", alias, "checkpoint_id", res.CheckpointID, "run_id", res.RunID)
+	s.cfg.Logger.InfoContext(ctx, "model promoted", "alias", alias, "model_version", res.ModelVersion, "checkpoint_id", res.CheckpointID,
+		"format", res.Format, "dtype", res.Dtype, "backend", res.Backend, "run_id", res.RunID)
 	return res, nil
 }
 
@@ -173,16 +203,12 @@ func (s *Service) Ground(ctx context.Context, req events.GroundRequested) (_ eve
 		ctx, cancel = context.WithDeadline(ctx, req.Deadline)
 		defer cancel()
 	}
-	var ref ModelRef
-	if req.CheckpointID != "" {
-		ref, err = s.cfg.Catalog.Checkpoint(ctx, req.CheckpointID)
-	} else {
-		ref, err = s.cfg.Catalog.Latest(ctx)
-	}
+	ref, err := s.resolve(ctx, req)
 	if err != nil {
 		return events.GroundCompleted{}, err
 	}
-	span.SetAttributes(attribute.String("checkpoint_id", ref.CheckpointID))
+	span.SetAttributes(attribute.String("checkpoint_id", ref.CheckpointID), attribute.String("model_version", ref.Version()),
+		attribute.String("compute_backend", ref.ServeBackend))
 	data := req.Image
 	if req.ImageKey != "" {
 		if data, err = s.readBlob(req.ImageKey); err != nil {
@@ -224,12 +250,67 @@ func (s *Service) Ground(ctx context.Context, req events.GroundRequested) (_ eve
 		Text:          ans.Text,
 		Box:           px[:],
 		Boxes:         []events.GroundBox{{Pixel: px, Norm: ans.Norm, Phrase: phrase, Score: headScore(gen)}},
-		ModelVersion:  ref.CheckpointID, RunID: ref.RunID, Stage: ref.Stage, Step: ref.Step,
+		ModelVersion:  ref.Version(), CheckpointID: ref.CheckpointID, Backend: ref.ServeBackend,
+		RunID: ref.RunID, Stage: ref.Stage, Step: ref.Step,
 		Width: b.Dx(), Height: b.Dy(),
 		Attention: infer.MeanAttention(gen.Attention),
 	}
+	if x := ref.Export; x != nil {
+		out.Format, out.Dtype = x.Format, x.Dtype
+	}
 	out.LatencyMS = math.Round(float64(time.Since(start).Microseconds())) / 1000
 	return out, nil
+}
+
+// resolve finds what serves req: the checkpoint it names (or the
+// default model), the export it names of that checkpoint, and the backend
+// (ServeBackend set: the request's, else the alias's, else the default).
+func (s *Service) resolve(ctx context.Context, req events.GroundRequested) (ModelRef, error) {
+	m, err := requestModel(req)
+	if err != nil {
+		return ModelRef{}, err
+	}
+	if err := s.cfg.ExportForms.check(m); err != nil {
+		return ModelRef{}, err
+	}
+	var ref ModelRef
+	switch {
+	case m.CheckpointID != "":
+		ref, err = s.cfg.Catalog.Checkpoint(ctx, m.CheckpointID)
+	case m.Format != "":
+		return ModelRef{}, newError(CodeBadRequest, "export %s-%s names no checkpoint: give checkpoint_id (or promote the export and name neither)", m.Format, m.Dtype)
+	default:
+		ref, err = s.cfg.Catalog.Latest(ctx)
+	}
+	if err != nil {
+		return ModelRef{}, err
+	}
+	if m.Format != "" {
+		x, err := s.cfg.Catalog.Export(ctx, ref.CheckpointID, m.Format, m.Dtype)
+		if err != nil {
+			return ModelRef{}, err
+		}
+		ref.Export = &x
+	}
+	if m.Backend != "" {
+		ref.ServeBackend = m.Backend
+	}
+	if ref.ServeBackend == "" {
+		ref.ServeBackend = s.defaultBackend(ref)
+	}
+	return ref, nil
+}
+
+// defaultBackend is the backend that serves ref when nobody named one:
+// the run's for a checkpoint; for an export, the format's ExportBackends
+// entry, else the run's.
+func (s *Service) defaultBackend(ref ModelRef) string {
+	if ref.Export != nil {
+		if b := s.cfg.ExportBackends[ref.Export.Format]; b != "" {
+			return b
+		}
+	}
+	return ref.Backend
 }
 
 // readBlob reads an image by blob key, refusing one over the byte limit
@@ -250,28 +331,74 @@ func (s *Service) readBlob(key string) ([]byte, error) {
 	return data, nil
 }
 
-// open loads a checkpoint on its run's backend.
-func (s *Service) open(ctx context.Context, ref ModelRef) (*infer.Session, error) {
-	b, err := s.cfg.Backends(ref.Backend)
+// open loads a checkpoint, or its export, on the backend resolve chose.
+func (s *Service) open(ctx context.Context, ref ModelRef) (_ *infer.Session, err error) {
+	ctx, span := tracer.Start(ctx, "ground.open", trace.WithAttributes(attribute.String("model_version", ref.Version()),
+		attribute.String("compute_backend", ref.ServeBackend)))
+	defer func() {
+		if err != nil {
+			span.RecordError(err)
+			span.SetStatus(codes.Error, err.Error())
+		}
+		span.End()
+	}()
+	name := cmp.Or(ref.ServeBackend, ref.Backend)
+	b, err := s.cfg.Backends(name)
 	if err != nil {
-		return nil, &Error{Code: CodeBackendUnavailable, Msg: fmt.Sprintf("backend %q of checkpoint %s: %v", ref.Backend, ref.CheckpointID, err), Err: err}
+		return nil, &Error{Code: CodeBackendUnavailable, Msg: fmt.Sprintf("backend %q for %s: %v", name, ref.Version(), err), Err: err}
 	}
 	tp, err := s.cfg.Blob.Path(ref.TokenizerKey)
 	if err != nil {
 		return nil, fmt.Errorf("checkpoint %s: tokenizer: %w", ref.CheckpointID, err)
 	}
-	cp, err := s.cfg.Blob.Path(ref.BlobKey)
-	if err != nil {
+	req := infer.OpenRequest{ModelConfig: ref.ModelConfig, TokenizerPath: tp, Device: s.cfg.Device}
+	if x := ref.Export; x != nil {
+		if req.CheckpointPath, err = s.exportPath(ref); err != nil {
+			return nil, err
+		}
+		// A backend that declares the export's dtype holds the weights
+		// in it; another reads the file's weights as float32 (LoadRequest's
+		// default).
+		desc, err := b.Describe(ctx)
+		if err != nil {
+			return nil, &Error{Code: CodeBackendUnavailable, Msg: fmt.Sprintf("backend %q for %s: describe: %v", name, ref.Version(), err), Err: err}
+		}
+		if slices.Contains(desc.Dtypes, x.Dtype) {
+			req.Dtype = x.Dtype
+		}
+	} else if req.CheckpointPath, err = s.cfg.Blob.Path(ref.BlobKey); err != nil {
 		return nil, fmt.Errorf("checkpoint %s: %w", ref.CheckpointID, err)
 	}
 	// Every plugin call of the session gets its span ("compute.Generate").
-	b = compute.WithTracing(b, ref.Backend)
-	sess, err := infer.Open(ctx, b, infer.OpenRequest{ModelConfig: ref.ModelConfig, TokenizerPath: tp, CheckpointPath: cp, Device: s.cfg.Device})
+	b = compute.WithTracing(b, name)
+	sess, err := infer.Open(ctx, b, req)
 	if err != nil {
-		return nil, &Error{Code: CodeBackendUnavailable, Msg: fmt.Sprintf("load checkpoint %s: %v", ref.CheckpointID, err), Err: err}
+		return nil, &Error{Code: CodeBackendUnavailable, Msg: fmt.Sprintf("load %s on %s: %v", ref.Version(), name, err), Err: err}
 	}
-	s.cfg.Logger.InfoContext(ctx, "model loaded", "checkpoint_id", ref.CheckpointID, "run_id", ref.RunID, "stage", ref.Stage, "step", ref.Step)
+	s.cfg.Logger.InfoContext(ctx, "model loaded", "model_version", ref.Version(), "checkpoint_id", ref.CheckpointID, "backend", name,
+		"dtype", cmp.Or(req.Dtype, compute.DtypeFloat32), "run_id", ref.RunID, "stage", ref.Stage, "step", ref.Step)
 	return sess, nil
+}
+
+// exportPath is the local path of ref's export file, checked against the
+// sha256 services/train recorded: a file that is gone or changed is
+// export_not_found, with how to write it again.
+func (s *Service) exportPath(ref ModelRef) (string, error) {
+	x, m := ref.Export, ref.Spec()
+	p, err := s.cfg.Blob.Path(x.BlobKey)
+	if err != nil {
+		return "", fmt.Errorf("export %s: %w", ref.Version(), err)
+	}
+	sum, _, err := compute.FileSHA256(p)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		return "", errExportNotFound(m, fmt.Sprintf(" (its file %s is gone)", x.BlobKey))
+	case err != nil:
+		return "", fmt.Errorf("export %s: %w", ref.Version(), err)
+	case sum != x.SHA256:
+		return "", errExportNotFound(m, fmt.Sprintf(" (its file %s hashes to %s, recorded %s)", x.BlobKey, sum, x.SHA256))
+	}
+	return p, nil
 }
 
 // headScore is the grounding head's probability for the cell whose box

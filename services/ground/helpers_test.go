@@ -74,6 +74,17 @@ func scene(t testing.TB, w, h, x, y int, c color.RGBA) []byte {
 type mapCatalog struct {
 	refs   map[string]ModelRef
 	latest string
+	// exports by model version ("<checkpoint>@<format>-<dtype>").
+	exports map[string]ExportRef
+}
+
+func (c *mapCatalog) Export(_ context.Context, id, format, dtype string) (ExportRef, error) {
+	m := ModelSpec{CheckpointID: id, Format: format, Dtype: dtype}
+	x, ok := c.exports[m.String()]
+	if !ok {
+		return ExportRef{}, errExportNotFound(m, "")
+	}
+	return x, nil
 }
 
 func (c *mapCatalog) Checkpoint(_ context.Context, id string) (ModelRef, error) {

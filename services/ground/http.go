@@ -55,8 +55,15 @@ type GroundRequest struct {
 	ImageKey string `json:"image_key,omitempty"`
 	// Expression says what to find.
 	Expression string `json:"expression"`
-	// CheckpointID picks a model; default the newest trained one.
+	// CheckpointID picks a model; default the promoted (else the newest
+	// trained) one. "<checkpoint>@<format>-<dtype>" names its export.
 	CheckpointID string `json:"checkpoint_id,omitempty"`
+	// Export serves the checkpoint's export in this format and dtype
+	// ({"format": "gguf", "dtype": "q8_0"}) instead of the checkpoint.
+	Export *events.ExportSpec `json:"export,omitempty"`
+	// Backend is the compute backend that serves; default: the run's, or
+	// for an export the format's export backend.
+	Backend string `json:"backend,omitempty"`
 	// Attention asks for the model's attention over the image patches.
 	Attention bool `json:"attention,omitempty"`
 	// TimeoutMS bounds this request (at most HTTPConfig.Timeout).
@@ -118,7 +125,15 @@ var routes = []string{routeGround, routeChat, routePromote}
 
 // PromoteRequest is the body of POST /v1/models/promote.
 type PromoteRequest struct {
+	// CheckpointID is the checkpoint, or "<checkpoint>@<format>-<dtype>"
+	// for its export.
 	CheckpointID string `json:"checkpoint_id"`
+	// Export promotes the checkpoint's export in this format and dtype
+	// (which must exist) instead of the checkpoint.
+	Export *events.ExportSpec `json:"export,omitempty"`
+	// Backend serves the alias; default: the run's, or for an export the
+	// format's export backend.
+	Backend string `json:"backend,omitempty"`
 	// Alias defaults to DefaultAlias ("production").
 	Alias string `json:"alias,omitempty"`
 }
@@ -143,7 +158,12 @@ func (h *httpAPI) promote(w http.ResponseWriter, r *http.Request) {
 	if req.Alias == "" {
 		req.Alias = DefaultAlias
 	}
-	res, err := h.cfg.Promoter.Promote(r.Context(), req.Alias, req.CheckpointID)
+	m, err := requestModel(events.GroundRequested{CheckpointID: req.CheckpointID, Export: req.Export, Backend: req.Backend})
+	if err != nil {
+		writeError(w, CodeOf(err), err.Error())
+		return
+	}
+	res, err := h.cfg.Promoter.PromoteModel(r.Context(), req.Alias, m)
 	if err != nil {
 		writeError(w, CodeOf(err), err.Error())
 		return
@@ -250,6 +270,12 @@ func (h *httpAPI) ground(w http.ResponseWriter, r *http.Request) {
 	}
 	ev := events.GroundRequested{
 		ImageKey: req.ImageKey, Expression: req.Expression, CheckpointID: req.CheckpointID, Attention: req.Attention,
+		Export: req.Export, Backend: req.Backend,
+	}
+	// A malformed model is refused here, before anything is published.
+	if _, err := requestModel(ev); err != nil {
+		writeError(w, CodeOf(err), err.Error())
+		return
 	}
 	if req.Image != "" {
 		if ev.Image, err = h.dataURI(req.Image); err != nil {
@@ -364,6 +390,8 @@ func (h *httpAPI) parseMultipart(r *http.Request) (GroundRequest, []byte, error)
 			req.ImageKey = string(b)
 		case "checkpoint_id":
 			req.CheckpointID = string(b)
+		case "backend":
+			req.Backend = string(b)
 		case "attention":
 			v, err := strconv.ParseBool(string(b))
 			if err != nil {

@@ -30,10 +30,10 @@ type fuzzPromoter struct {
 	alias, checkpoint string
 }
 
-func (p *fuzzPromoter) Promote(_ context.Context, alias, checkpointID string) (events.ModelPromoted, error) {
+func (p *fuzzPromoter) PromoteModel(_ context.Context, alias string, m ModelSpec) (events.ModelPromoted, error) {
 	p.calls++
-	p.alias, p.checkpoint = alias, checkpointID
-	return events.ModelPromoted{Alias: alias, CheckpointID: checkpointID}, nil
+	p.alias, p.checkpoint = alias, m.CheckpointID
+	return events.ModelPromoted{Alias: alias, CheckpointID: m.CheckpointID, ModelVersion: m.String()}, nil
 }
 
 var fuzzRoutes = []string{"/v1/ground", "/v1/chat/completions", "/v1/models/promote"}
@@ -86,6 +86,8 @@ func FuzzHTTPRequest(f *testing.F) {
 	f.Add(uint8(1), "application/json", []byte(`{"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}`))
 	f.Add(uint8(2), "application/json", []byte(`{"checkpoint_id": "k", "alias": "staging"}`))
 	f.Add(uint8(2), "application/json", []byte(`{"alias": "staging"}`))
+	f.Add(uint8(2), "application/json", []byte(`{"checkpoint_id": "k@gguf-q8_0", "backend": "ggml"}`))
+	f.Add(uint8(0), "application/json", []byte(`{"checkpoint_id": "k@", "expression": "x", "image_key": "a"}`))
 	f.Add(uint8(2), "", []byte(`null`))
 
 	f.Fuzz(func(t *testing.T, route uint8, contentType string, body []byte) {

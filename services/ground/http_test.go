@@ -266,11 +266,11 @@ func TestOpenAPIDocument(t *testing.T) {
 
 type fakePromoter struct{}
 
-func (fakePromoter) Promote(_ context.Context, alias, id string) (events.ModelPromoted, error) {
-	if id != "ck-1" {
-		return events.ModelPromoted{}, newError(CodeModelNotFound, "no checkpoint %q", id)
+func (fakePromoter) PromoteModel(_ context.Context, alias string, m ModelSpec) (events.ModelPromoted, error) {
+	if m.CheckpointID != "ck-1" {
+		return events.ModelPromoted{}, newError(CodeModelNotFound, "no checkpoint %q", m.CheckpointID)
 	}
-	return events.ModelPromoted{Alias: alias, CheckpointID: id}, nil
+	return events.ModelPromoted{Alias: alias, CheckpointID: m.CheckpointID, ModelVersion: m.String(), Format: m.Format, Dtype: m.Dtype, Backend: m.Backend}, nil
 }
 
 func TestHTTPPromote(t *testing.T) {
@@ -289,6 +289,12 @@ func TestHTTPPromote(t *testing.T) {
 		{"Bearer k", `{"checkpoint_id":"nope"}`, 404, `no checkpoint \"nope\"`},
 		{"Bearer k", `{}`, 400, "checkpoint_id is required"},
 		{"Bearer k", `{"checkpoint":"ck-1"}`, 400, `unknown field \"checkpoint\"`},
+		// An export, by model version or by field, and its backend.
+		{"Bearer k", `{"checkpoint_id":"ck-1@gguf-q8_0"}`, 200, `"model_version": "ck-1@gguf-q8_0"`},
+		{"Bearer k", `{"checkpoint_id":"ck-1","export":{"format":"gguf","dtype":"q4_0"},"backend":"ggml"}`, 200, `"model_version": "ck-1@gguf-q4_0"`},
+		{"Bearer k", `{"checkpoint_id":"ck-1","export":{"format":"gguf"}}`, 400, `format and dtype are both required`},
+		{"Bearer k", `{"checkpoint_id":"ck-1@gguf-q8_0","export":{"format":"gguf","dtype":"q4_0"}}`, 400, `give one`},
+		{"Bearer k", `{"checkpoint_id":"ck-1@q8_0"}`, 400, `want a checkpoint id, or`},
 	} {
 		req := httptest.NewRequest("POST", "/v1/models/promote", strings.NewReader(c.body))
 		if c.auth != "" {

@@ -8,6 +8,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"go.opentelemetry.io/otel/attribute"
 
 	"github.com/groundmesh/groundmesh/internal/events"
 	"github.com/groundmesh/groundmesh/internal/outbox"
@@ -28,10 +29,38 @@ type ModelRef struct {
 	// blob key of its tokenizer.
 	ModelConfig  []byte
 	TokenizerKey string
+	// Export, when set, is the export of the checkpoint that is served
+	// instead of the checkpoint file (BlobKey).
+	Export *ExportRef
+	// ServeBackend is the backend asked for (by the request or the
+	// alias); "" for the default. Service.Ground sets it to the backend
+	// that serves.
+	ServeBackend string
 }
 
-// Catalog finds servable checkpoints. The default reads services/train's
-// tables (NewPGCatalog); tests may supply their own.
+// Version is what serves: the checkpoint id, or
+// "<checkpoint>@<format>-<dtype>" for an export.
+func (r ModelRef) Version() string {
+	if r.Export == nil {
+		return r.CheckpointID
+	}
+	return events.ModelVersion(r.CheckpointID, r.Export.Format, r.Export.Dtype)
+}
+
+// Spec is the ModelSpec r serves.
+func (r ModelRef) Spec() ModelSpec {
+	m := ModelSpec{CheckpointID: r.CheckpointID, Backend: r.ServeBackend}
+	if r.Export != nil {
+		m.Format, m.Dtype = r.Export.Format, r.Export.Dtype
+	}
+	return m
+}
+
+// key is the batcher's key: one loaded model per version and backend.
+func (r ModelRef) key() string { return r.Version() + " on " + r.ServeBackend }
+
+// Catalog finds servable checkpoints and their exports. The default reads
+// services/train's tables (NewPGCatalog); tests may supply their own.
 type Catalog interface {
 	// Checkpoint returns the named checkpoint; an *Error with
 	// CodeModelNotFound when there is none.
@@ -40,13 +69,21 @@ type Catalog interface {
 	// checkpoint promoted to DefaultAlias, else the newest checkpoint of
 	// the most recently completed run (its last stage); an *Error with
 	// CodeNoModel when there is none.
+	// The alias may name an export of its checkpoint (ModelRef.Export,
+	// and ServeBackend the backend promoted with it).
 	Latest(ctx context.Context) (ModelRef, error)
+	// Export returns the export of a checkpoint in a format and dtype as
+	// services/train recorded it; an *Error with CodeExportNotFound, saying
+	// how to make it, when there is none.
+	Export(ctx context.Context, checkpointID, format, dtype string) (ExportRef, error)
 }
 
-// Promoter records promotions (PGCatalog is one).
+// Promoter records promotions (PGCatalog and Service are ones).
 type Promoter interface {
-	// Promote points alias at a checkpoint and publishes model.promoted.
-	Promote(ctx context.Context, alias, checkpointID string) (events.ModelPromoted, error)
+	// PromoteModel points alias at a checkpoint, or at its export in
+	// m.Format and m.Dtype (which must exist), served on m.Backend ("" for
+	// the default), and publishes model.promoted.
+	PromoteModel(ctx context.Context, alias string, m ModelSpec) (events.ModelPromoted, error)
 }
 
 // DefaultAlias is the alias that serves requests naming no checkpoint.
@@ -68,14 +105,28 @@ func NewPGCatalog(pool *pgxpool.Pool) *PGCatalog { return &PGCatalog{pool: pool}
 const refColumns = `c.id::text, c.run_id::text, c.stage, c.step, c.blob_key, r.backend,
 	coalesce(r.model_config::text, ''), coalesce(r.tokenizer_key, '')`
 
-func scanRef(row pgx.Row) (ModelRef, error) {
+func scanRef(row pgx.Row, extra ...any) (ModelRef, error) {
 	var m ModelRef
 	var mc string
-	if err := row.Scan(&m.CheckpointID, &m.RunID, &m.Stage, &m.Step, &m.BlobKey, &m.Backend, &mc, &m.TokenizerKey); err != nil {
+	if err := row.Scan(append([]any{&m.CheckpointID, &m.RunID, &m.Stage, &m.Step, &m.BlobKey, &m.Backend, &mc, &m.TokenizerKey}, extra...)...); err != nil {
 		return ModelRef{}, err
 	}
 	m.ModelConfig = []byte(mc)
 	return m, nil
+}
+
+// withExport sets ref's export to the one in format and dtype ("" for
+// none), looked up in model_exports.
+func (c *PGCatalog) withExport(ctx context.Context, ref ModelRef, format, dtype string) (ModelRef, error) {
+	if format == "" {
+		return ref, nil
+	}
+	x, err := c.Export(ctx, ref.CheckpointID, format, dtype)
+	if err != nil {
+		return ModelRef{}, err
+	}
+	ref.Export = &x
+	return ref, nil
 }
 
 // Checkpoint implements Catalog.
@@ -97,11 +148,13 @@ func (c *PGCatalog) Checkpoint(ctx context.Context, id string) (ModelRef, error)
 func (c *PGCatalog) Latest(ctx context.Context) (ModelRef, error) {
 	ctx, span := tracer.Start(ctx, "ground.catalog.Latest")
 	defer span.End()
-	m, err := scanRef(c.pool.QueryRow(ctx, `SELECT `+refColumns+`
+	var format, dtype, backend string
+	m, err := scanRef(c.pool.QueryRow(ctx, `SELECT `+refColumns+`, a.format, a.dtype, a.backend
 		FROM model_aliases a JOIN checkpoints c ON c.id = a.checkpoint_id JOIN runs r ON r.id = c.run_id
-		WHERE a.alias = $1`, DefaultAlias))
+		WHERE a.alias = $1`, DefaultAlias), &format, &dtype, &backend)
 	if err == nil {
-		return m, nil
+		m.ServeBackend = backend
+		return c.withExport(ctx, m, format, dtype)
 	}
 	if !errors.Is(err, pgx.ErrNoRows) {
 		return ModelRef{}, fmt.Errorf("look up the %s model: %w", DefaultAlias, err)
@@ -121,28 +174,52 @@ func (c *PGCatalog) Latest(ctx context.Context) (ModelRef, error) {
 
 var _ Promoter = (*PGCatalog)(nil)
 
-// Promote implements Promoter: the alias row and the model.promoted fact
-// commit together.
-func (c *PGCatalog) Promote(ctx context.Context, alias, checkpointID string) (events.ModelPromoted, error) {
+// Promote points alias at a model version: a checkpoint id or
+// "<checkpoint>@<format>-<dtype>" (ParseModel), on its default backend
+// (the Pipeline's promotion and workflows.Promoter call this).
+func (c *PGCatalog) Promote(ctx context.Context, alias, model string) (events.ModelPromoted, error) {
+	m, err := ParseModel(model)
+	if err != nil {
+		return events.ModelPromoted{}, err
+	}
+	return c.PromoteModel(ctx, alias, m)
+}
+
+// PromoteModel implements Promoter: the alias row and the model.promoted
+// fact commit together. An export must exist (services/train recorded it)
+// when it is promoted, so that the alias never points at nothing.
+func (c *PGCatalog) PromoteModel(ctx context.Context, alias string, m ModelSpec) (events.ModelPromoted, error) {
 	ctx, span := tracer.Start(ctx, "ground.catalog.Promote")
 	defer span.End()
+	span.SetAttributes(attribute.String("alias", alias), attribute.String("model_version", m.String()), attribute.String("backend", m.Backend))
 	if !aliasPattern.MatchString(alias) {
 		return events.ModelPromoted{}, newError(CodeBadRequest, "alias %q: want lower-case letters, digits, '.', '_' or '-', at most 63", alias)
 	}
-	ref, err := c.Checkpoint(ctx, checkpointID)
+	if (m.Format == "") != (m.Dtype == "") {
+		return events.ModelPromoted{}, newError(CodeBadRequest, "model %s: an export needs both its format and its dtype (got format %q, dtype %q)", m, m.Format, m.Dtype)
+	}
+	ref, err := c.Checkpoint(ctx, m.CheckpointID)
 	if err != nil {
 		return events.ModelPromoted{}, err
 	}
 	if len(ref.ModelConfig) == 0 || ref.TokenizerKey == "" {
-		return events.ModelPromoted{}, newError(CodeBadRequest, "checkpoint %s: its run records no model config or tokenizer", checkpointID)
+		return events.ModelPromoted{}, newError(CodeBadRequest, "checkpoint %s: its run records no model config or tokenizer", m.CheckpointID)
 	}
-	p := events.ModelPromoted{Alias: alias, CheckpointID: ref.CheckpointID, RunID: ref.RunID, Stage: ref.Stage, Step: ref.Step}
+	if ref, err = c.withExport(ctx, ref, m.Format, m.Dtype); err != nil {
+		return events.ModelPromoted{}, err
+	}
+	p := events.ModelPromoted{Alias: alias, CheckpointID: ref.CheckpointID, ModelVersion: ref.Version(), RunID: ref.RunID,
+		Stage: ref.Stage, Step: ref.Step, Backend: m.Backend}
+	if x := ref.Export; x != nil {
+		p.Format, p.Dtype, p.ExportBlobKey, p.ExportSHA256 = x.Format, x.Dtype, x.BlobKey, x.SHA256
+	}
 	err = store.WithTx(ctx, c.pool, func(tx pgx.Tx) error {
 		if err := tx.QueryRow(ctx, `
-			INSERT INTO model_aliases (alias, checkpoint_id) VALUES ($1, $2)
-			ON CONFLICT (alias) DO UPDATE SET checkpoint_id = excluded.checkpoint_id, promoted_at = now()
-			RETURNING promoted_at`, alias, ref.CheckpointID).Scan(&p.PromotedAt); err != nil {
-			return fmt.Errorf("promote %s to %s: %w", ref.CheckpointID, alias, err)
+			INSERT INTO model_aliases (alias, checkpoint_id, format, dtype, backend) VALUES ($1, $2, $3, $4, $5)
+			ON CONFLICT (alias) DO UPDATE SET checkpoint_id = excluded.checkpoint_id, format = excluded.format,
+				dtype = excluded.dtype, backend = excluded.backend, promoted_at = now()
+			RETURNING promoted_at`, alias, ref.CheckpointID, p.Format, p.Dtype, p.Backend).Scan(&p.PromotedAt); err != nil {
+			return fmt.Errorf("promote %s to %s: %w", p.ModelVersion, alias, err)
 		}
 		return outbox.Add(ctx, tx, events.TopicModelPromoted, p, nil)
 	})

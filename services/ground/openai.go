@@ -67,7 +67,7 @@ type chatUsage struct {
 }
 
 // chatModelAlias names the default model in "model"; any other value is a
-// checkpoint id.
+// checkpoint id, or "<checkpoint>@<format>-<dtype>" for its export.
 const chatModelAlias = "groundmesh"
 
 func writeOpenAIError(w http.ResponseWriter, code, msg string) {
@@ -139,6 +139,9 @@ func (h *httpAPI) chatRequest(req chatRequest) (events.GroundRequested, error) {
 	}
 	if req.Model != "" && req.Model != chatModelAlias {
 		ev.CheckpointID = req.Model
+		if _, err := ParseModel(req.Model); err != nil {
+			return ev, err
+		}
 	}
 	var last *chatMessage
 	for i := range req.Messages {

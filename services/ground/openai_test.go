@@ -59,6 +59,7 @@ func TestChatCompletionsRefusals(t *testing.T) {
 		{"expression length", "Bearer k", chatBody(map[string]any{"type": "text", "text": strings.Repeat("red ", 11)}, image), 400, CodeExpressionTooLong, "expression is 44 bytes long, the limit is 40"},
 		{"control character", "Bearer k", chatBody(map[string]any{"type": "text", "text": "red\x00square"}, image), 400, CodeBadExpression, "control character U+0000"},
 		{"stream", "Bearer k", `{"model":"groundmesh","stream":true,"messages":[]}`, 400, CodeBadRequest, "stream: true is not supported"},
+		{"malformed export model", "Bearer k", strings.Replace(chatBody(text, image), `"model":"groundmesh"`, `"model":"ck@gguf"`, 1), 400, CodeBadRequest, "<checkpoint>@<format>-<dtype>"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
