@@ -23,6 +23,7 @@ import (
 	"github.com/google/uuid"
 	"go.temporal.io/sdk/temporal"
 
+	"github.com/groundmesh/groundmesh/internal/blob"
 	"github.com/groundmesh/groundmesh/internal/events"
 	"github.com/groundmesh/groundmesh/internal/telemetry"
 	"github.com/groundmesh/groundmesh/internal/testutil"
@@ -151,7 +152,7 @@ func TestGroundOverHTTP(t *testing.T) {
 	}
 
 	// A trained model, recorded as services/train records one.
-	m := groundtest.WriteModel(t, s.Blob, "m")
+	m := groundtest.WriteModel(t, s.Blob.(*blob.Local), "m")
 	runID, ckID := uuid.NewString(), uuid.NewString()
 	if _, err := s.Pool.Exec(ctx, `INSERT INTO runs (id, synth_set_id, backend, spec, model_config, tokenizer_key, status)
 		VALUES ($1, $2, 'gomlx', '{}', $3, $4, 'completed')`, runID, uuid.NewString(), string(m.ModelConfig), m.TokenizerKey); err != nil {
@@ -216,7 +217,7 @@ func TestGroundOverHTTP(t *testing.T) {
 
 	// Promotion through the API: a second model becomes production, and
 	// the next answer names it.
-	m2 := groundtest.WriteModel(t, s.Blob, "m2")
+	m2 := groundtest.WriteModel(t, s.Blob.(*blob.Local), "m2")
 	run2, ck2 := uuid.NewString(), uuid.NewString()
 	if _, err := s.Pool.Exec(ctx, `INSERT INTO runs (id, synth_set_id, backend, spec, model_config, tokenizer_key, status)
 		VALUES ($1, $2, 'gomlx', '{}', $3, $4, 'completed')`, run2, uuid.NewString(), string(m2.ModelConfig), m2.TokenizerKey); err != nil {

@@ -46,7 +46,7 @@ type Config struct {
 	// host). Required.
 	Backends func(name string) (compute.Backend, error)
 	// Blob holds checkpoints, tokenizers and images named by key. Required.
-	Blob *blob.Local
+	Blob blob.Store
 	// Limits bound requests (defaults: Limits.WithDefaults).
 	Limits Limits
 	// Batch configures batching (defaults: BatchConfig.WithDefaults).
@@ -256,11 +256,11 @@ func (s *Service) open(ctx context.Context, ref ModelRef) (*infer.Session, error
 	if err != nil {
 		return nil, &Error{Code: CodeBackendUnavailable, Msg: fmt.Sprintf("backend %q of checkpoint %s: %v", ref.Backend, ref.CheckpointID, err), Err: err}
 	}
-	tp, err := s.cfg.Blob.Path(ref.TokenizerKey)
+	tp, err := s.cfg.Blob.LocalPath(ref.TokenizerKey)
 	if err != nil {
 		return nil, fmt.Errorf("checkpoint %s: tokenizer: %w", ref.CheckpointID, err)
 	}
-	cp, err := s.cfg.Blob.Path(ref.BlobKey)
+	cp, err := s.cfg.Blob.LocalPath(ref.BlobKey)
 	if err != nil {
 		return nil, fmt.Errorf("checkpoint %s: %w", ref.CheckpointID, err)
 	}
