@@ -124,6 +124,9 @@ func (s *S3) Client() *s3.Client { return s.client }
 // Bucket is the store's bucket.
 func (s *S3) Bucket() string { return s.bucket }
 
+// Prefix is the key prefix in the bucket, without slashes around it.
+func (s *S3) Prefix() string { return s.prefix }
+
 // CacheDir is the local cache's root.
 func (s *S3) CacheDir() string { return s.cache }
 

@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -27,6 +28,9 @@ type SeaweedFS struct {
 	Endpoint string
 	// AccessKeyID and SecretAccessKey are its admin identity's.
 	AccessKeyID, SecretAccessKey string
+
+	once   sync.Once
+	bucket string // Store's
 }
 
 // WeedBinary finds the weed binary: $GROUNDMESH_WEED, then
@@ -120,7 +124,7 @@ func startWeed(t testing.TB, bin string) (*SeaweedFS, error) {
 		"-s3.port=" + strconv.Itoa(p+6), "-s3.port.grpc=" + strconv.Itoa(p+7),
 		"-s3.port.iceberg=0", "-s3.port.lance=0",
 		"-filer.localSocket=" + filepath.Join(dir, "filer.sock"), "-s3.localSocket=" + filepath.Join(dir, "s3.sock"),
-		"-master.telemetry=false", "-master.volumeSizeLimitMB=256", "-volume.max=16",
+		"-master.telemetry=false", "-master.volumeSizeLimitMB=256", "-volume.max=0",
 	}
 	cmd := exec.Command(bin, args...)
 	cmd.Env = append(os.Environ(), "AWS_ACCESS_KEY_ID="+sw.AccessKeyID, "AWS_SECRET_ACCESS_KEY="+sw.SecretAccessKey)
@@ -250,12 +254,17 @@ func (sw *SeaweedFS) SetEnv(t testing.TB) {
 	t.Setenv("AWS_SECRET_ACCESS_KEY", sw.SecretAccessKey)
 }
 
-// Store returns an S3 store on a new bucket of this server with its cache
-// in a temporary directory.
+// Store returns an S3 store under a new prefix of one bucket of this
+// server (a bucket each would make SeaweedFS grow volumes for each), with
+// its cache in a temporary directory.
 func (sw *SeaweedFS) Store(t testing.TB) *blob.S3 {
 	t.Helper()
+	sw.once.Do(func() { sw.bucket = sw.NewBucket(t) })
+	if sw.bucket == "" {
+		t.Fatal("no bucket")
+	}
 	s, err := blob.NewS3(blob.S3Config{
-		Bucket: sw.NewBucket(t), Prefix: "groundmesh", Endpoint: sw.Endpoint, Region: "us-east-1",
+		Bucket: sw.bucket, Prefix: fmt.Sprintf("store-%d/groundmesh", bucketSeq.Add(1)), Endpoint: sw.Endpoint, Region: "us-east-1",
 		AccessKeyID: sw.AccessKeyID, SecretAccessKey: sw.SecretAccessKey, CacheDir: t.TempDir(),
 	})
 	if err != nil {
