@@ -4,10 +4,12 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -99,6 +101,17 @@ func s3Verifies(t *testing.T, sw *blobtest.SeaweedFS) {
 		}
 	})
 
+	t.Run("concurrent cold fetches into one shared cache", func(t *testing.T) {
+		coldFetches(t, s, func(cache string) *blob.S3 {
+			c, err := blob.NewS3(blob.S3Config{Bucket: s.Bucket(), Prefix: s.Prefix(), Endpoint: sw.Endpoint,
+				AccessKeyID: sw.AccessKeyID, SecretAccessKey: sw.SecretAccessKey, CacheDir: cache})
+			if err != nil {
+				t.Fatal(err)
+			}
+			return c
+		})
+	})
+
 	t.Run("wrong credentials are refused", func(t *testing.T) {
 		bad, err := blob.NewS3(blob.S3Config{Bucket: s.Bucket(), Prefix: s.Prefix(), Endpoint: sw.Endpoint,
 			AccessKeyID: sw.AccessKeyID, SecretAccessKey: "not-the-secret", CacheDir: t.TempDir()})
@@ -150,3 +163,48 @@ func sameCache(t *testing.T, sw *blobtest.SeaweedFS, s *blob.S3) *blob.S3 {
 }
 
 func bucketOf(t *testing.T, s *blob.S3) string { return s.Bucket() }
+
+// coldFetches has four stores over one empty cache directory (four
+// worker processes on a machine) fetch the same object from eight
+// goroutines each: every caller must get a file with the object's bytes,
+// and no temporary file may be left.
+func coldFetches(t *testing.T, writer *blob.S3, open func(cache string) *blob.S3) {
+	data := bytes.Repeat([]byte("0123456789abcdef"), 1<<16) // 1 MiB
+	sum, _, err := writer.Put("cold/object.bin", bytes.NewReader(data))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cache := t.TempDir()
+	var wg sync.WaitGroup
+	errs := make(chan error, 32)
+	for range 4 {
+		st := open(cache)
+		for range 8 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				p, err := st.LocalPath("cold/object.bin")
+				if err == nil {
+					var got string
+					if got, _, err = blob.FileSHA256(p); err == nil && got != sum {
+						err = fmt.Errorf("%s hashes to %s, want %s", p, got, sum)
+					}
+				}
+				if err != nil {
+					errs <- err
+				}
+			}()
+		}
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	_ = filepath.WalkDir(cache, func(p string, d os.DirEntry, err error) error {
+		if err == nil && strings.HasPrefix(d.Name(), ".tmp-") {
+			t.Errorf("temporary file left in the cache: %s", p)
+		}
+		return nil
+	})
+}

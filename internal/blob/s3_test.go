@@ -133,6 +133,19 @@ func TestS3CacheHit(t *testing.T) {
 	}
 }
 
+// TestS3ConcurrentColdFetches: coldFetches on the fake server.
+func TestS3ConcurrentColdFetches(t *testing.T) {
+	_, srv := newFake(t)
+	open := func(cache string) *blob.S3 {
+		s, err := blob.NewS3(blob.S3Config{Bucket: "b", Endpoint: srv.URL, CacheDir: cache})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	coldFetches(t, open(t.TempDir()), open)
+}
+
 // TestOpenURL: the URL forms GROUNDMESH_BLOB_URL takes.
 func TestOpenURL(t *testing.T) {
 	dir := t.TempDir()

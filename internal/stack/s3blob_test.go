@@ -1,6 +1,7 @@
 package stack
 
 import (
+	"context"
 	"errors"
 	"io/fs"
 	"os"
@@ -13,7 +14,9 @@ import (
 
 	"github.com/groundmesh/groundmesh/internal/blob"
 	"github.com/groundmesh/groundmesh/internal/blob/blobtest"
+	"github.com/groundmesh/groundmesh/internal/events"
 	"github.com/groundmesh/groundmesh/internal/testutil"
+	"github.com/groundmesh/groundmesh/model"
 )
 
 // TestPipelineOnS3Blobs runs the small pipeline with its blob store on a
@@ -157,4 +160,31 @@ func TestPipelineOnS3Blobs(t *testing.T) {
 		t.Error("nothing in the blob cache")
 	}
 	noTempFiles(t, filepath.Join(dataDir, "blobcache"))
+
+	// A second worker on another machine (its own data dir, an empty
+	// cache) exports the final checkpoint: it fetches the checkpoint and
+	// tokenizer from the bucket, checks them against their recorded
+	// sha256, and uploads the export.
+	dataDir2 := t.TempDir()
+	s2, err := Start(ctx, Config{DataDir: dataDir2, DatabaseURL: s.cfg.DatabaseURL, BlobURL: sw.URL(bucket, "gm"),
+		Offline: true, HTTPAddr: "off", PluginDir: plugins, Logger: s.Logger})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = s2.Close(context.Background()) })
+	x, err := s2.Services.Train.Export(ctx, events.ExportRequested{CheckpointID: res.Checkpoints["stage3"], Format: "gguf", Dtype: model.DtypeF32})
+	if err != nil {
+		t.Fatalf("export on a second worker: %v", err)
+	}
+	if info, err := other.Stat(x.BlobKey); err != nil || info.SHA256 != x.SHA256 {
+		t.Errorf("export %s in the bucket: %+v, %v; want sha256 %s", x.BlobKey, info, err, x.SHA256)
+	}
+	var final string
+	if err := s.Pool.QueryRow(ctx, `SELECT blob_key FROM checkpoints WHERE id = $1`, res.Checkpoints["stage3"]).Scan(&final); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(dataDir2, "blobcache", filepath.FromSlash(final))); err != nil {
+		t.Errorf("the second worker's cache has no copy of the checkpoint it exported: %v", err)
+	}
+	t.Logf("second worker exported %s (%d bytes) from the bucket", x.BlobKey, x.Bytes)
 }

@@ -133,7 +133,7 @@ func startWeed(t testing.TB, bin string) (*SeaweedFS, error) {
 		return nil, err
 	}
 	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL} // no server outlives a killed test
 	if err := cmd.Start(); err != nil {
 		logf.Close()
 		return nil, err
