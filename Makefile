@@ -213,8 +213,21 @@ vulncheck: $(VULNDB_DIR)/index/db.json
 # whole module peaked at 14.4 GB resident here: `make test VULNCHECK=` leaves
 # it out on a smaller machine.
 VULNCHECK ?= vulncheck
-test: services vet workflowcheck $(VULNCHECK) plugins test-libtorch test-ggml test-onnx
+test: services vet workflowcheck $(VULNCHECK) plugins seaweedfs test-libtorch test-ggml test-onnx
 	GROUNDMESH_PLUGIN_DIR=$(BIN) $(GO) test -p 2 -timeout 30m ./...
+
+# SeaweedFS, an S3-compatible server (a Go module), for the S3 blob store's
+# tests (internal/blob, internal/stack): its weed binary is built once into
+# ~/.cache/groundmesh/bin (skipped when there); it is not a dependency of
+# go.mod. `go install weed@version` refuses the module (its go.mod has a
+# replace directive), so it is built inside its downloaded module directory.
+SEAWEEDFS_VERSION := v0.0.0-20261109003541-7506e5f91cd6
+WEED := $(HOME)/.cache/groundmesh/bin/weed
+.PHONY: seaweedfs
+seaweedfs:
+	@test -x $(WEED) || { mkdir -p $(dir $(WEED)) && dir=$$(cd $$(mktemp -d) && $(GO) mod download -json github.com/seaweedfs/seaweedfs@$(SEAWEEDFS_VERSION) | sed -n 's/^\t"Dir": "\(.*\)",$$/\1/p') && \
+	  test -n "$$dir" && echo "building SeaweedFS weed into $(WEED) (several minutes, once)" && \
+	  cd "$$dir" && GOFLAGS=-mod=readonly $(GO) build -o $(WEED).tmp ./weed && mv $(WEED).tmp $(WEED); }
 
 # Runs every fuzz target in the tree (func FuzzX in a *_test.go, found
 # afresh each time so that a new target is picked up) for FUZZTIME each, one

@@ -49,9 +49,9 @@ func (f ImageResolverFunc) ResolveImage(ctx context.Context, ref ImageRef) (imag
 	return f(ctx, ref)
 }
 
-// BlobOpener opens blob keys; *blob.Local is one.
+// BlobOpener opens blob keys; blob.Store is one.
 type BlobOpener interface {
-	Open(key string) (*os.File, error)
+	Open(key string) (io.ReadCloser, error)
 }
 
 // FileImageResolver reads "image" references from files under DatasetRoot
@@ -65,7 +65,7 @@ type FileImageResolver struct {
 
 // ResolveImage opens and decodes ref.
 func (r FileImageResolver) ResolveImage(_ context.Context, ref ImageRef) (image.Image, error) {
-	var f *os.File
+	var f io.ReadCloser
 	var err error
 	switch ref.Kind {
 	case "image":

@@ -72,7 +72,7 @@ func run(ctx context.Context, dataDir, runID string, limit, reps int) error {
 		pluginDir, _ = filepath.Abs("bin")
 	}
 	logger := slog.New(slog.DiscardHandler)
-	s, err := stack.Start(ctx, stack.Config{DataDir: dataDir, DatabaseURL: os.Getenv("DATABASE_URL"), Offline: true, HTTPAddr: "off", PluginDir: pluginDir, Logger: logger})
+	s, err := stack.Start(ctx, stack.Config{DataDir: dataDir, BlobURL: os.Getenv("GROUNDMESH_BLOB_URL"), DatabaseURL: os.Getenv("DATABASE_URL"), Offline: true, HTTPAddr: "off", PluginDir: pluginDir, Logger: logger})
 	if err != nil {
 		return err
 	}
@@ -88,11 +88,11 @@ func run(ctx context.Context, dataDir, runID string, limit, reps int) error {
 	}
 	f := facts.Run
 	final := f.Checkpoints[len(f.Checkpoints)-1]
-	ckPath, err := s.Blob.Path(final.BlobKey)
+	ckPath, err := s.Blob.LocalPath(final.BlobKey)
 	if err != nil {
 		return err
 	}
-	tokPath, err := s.Blob.Path(f.TokenizerKey)
+	tokPath, err := s.Blob.LocalPath(f.TokenizerKey)
 	if err != nil {
 		return err
 	}
@@ -109,7 +109,7 @@ func run(ctx context.Context, dataDir, runID string, limit, reps int) error {
 		if err != nil {
 			return err
 		}
-		p, err := s.Blob.Path(x.BlobKey)
+		p, err := s.Blob.LocalPath(x.BlobKey)
 		if err != nil {
 			return err
 		}
@@ -120,7 +120,7 @@ func run(ctx context.Context, dataDir, runID string, limit, reps int) error {
 		if err != nil {
 			return err
 		}
-		p, err := s.Blob.Path(x.BlobKey)
+		p, err := s.Blob.LocalPath(x.BlobKey)
 		if err != nil {
 			return err
 		}

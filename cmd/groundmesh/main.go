@@ -107,6 +107,7 @@ type env struct {
 	DatabaseURL     string
 	TemporalAddress string
 	DataDir         string
+	BlobURL         string // GROUNDMESH_BLOB_URL (stack.Config.BlobURL)
 	Bus             string
 	NATSURL         string
 	PluginDir       string
@@ -134,6 +135,7 @@ func readEnv() env {
 		DatabaseURL:     os.Getenv("DATABASE_URL"),
 		TemporalAddress: os.Getenv("TEMPORAL_ADDRESS"),
 		DataDir:         os.Getenv("GROUNDMESH_DATA_DIR"),
+		BlobURL:         os.Getenv("GROUNDMESH_BLOB_URL"),
 		Bus:             os.Getenv("GROUNDMESH_BUS"),
 		NATSURL:         os.Getenv("NATS_URL"),
 		PluginDir:       os.Getenv("GROUNDMESH_PLUGIN_DIR"),

@@ -99,7 +99,7 @@ func startStack(ctx context.Context, e env, c commonFlags, worker, makeToken boo
 		generatedToken = tok
 	}
 	return stack.Start(ctx, stack.Config{
-		DataDir: c.dataDir, DatabaseURL: e.DatabaseURL, TemporalAddress: e.TemporalAddress,
+		DataDir: c.dataDir, BlobURL: e.BlobURL, DatabaseURL: e.DatabaseURL, TemporalAddress: e.TemporalAddress,
 		TemporalPort: c.tport, UIPort: c.uiport, Bus: c.bus, NATSURL: e.NATSURL,
 		HTTPAddr: c.httpAddr, PluginDir: e.PluginDir, Worker: worker, Ground: gc, Logger: logger,
 		Metrics: processMetrics, MetricsAddr: c.metricsAddr,
@@ -298,7 +298,7 @@ func cmdDemo(ctx context.Context, e env, args []string) error {
 		fmt.Printf("\nnot promoted: %s\n", res.PromotionSkipped)
 	}
 	if res.ReportKey != "" {
-		p, _ := s.Blob.Path(res.ReportKey)
+		p, _ := s.Blob.LocalPath(res.ReportKey)
 		fmt.Printf("\nreport:  %s\n", p)
 		// Render it once in headless Chromium, so the demo leaves a picture
 		// of what a user would see (skipped with a note when Chromium is

@@ -31,7 +31,7 @@ func offline(ctx context.Context, e env, dataDir string, verbose bool) (*stack.S
 	if err != nil {
 		return nil, nil, err
 	}
-	s, err := stack.Start(ctx, stack.Config{DataDir: dataDir, DatabaseURL: e.DatabaseURL, Offline: true, HTTPAddr: "off", PluginDir: e.PluginDir, Logger: logger})
+	s, err := stack.Start(ctx, stack.Config{DataDir: dataDir, BlobURL: e.BlobURL, DatabaseURL: e.DatabaseURL, Offline: true, HTTPAddr: "off", PluginDir: e.PluginDir, Logger: logger})
 	if err != nil {
 		done()
 		return nil, nil, err

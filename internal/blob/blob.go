@@ -1,6 +1,8 @@
 // Package blob is groundmesh's blob store: images, shards, checkpoints and
-// reports addressed by slash-separated keys. The embedded default is a local
-// directory; an S3-compatible store can implement the same interface.
+// reports addressed by slash-separated keys, each verified by its sha256.
+// Store is the interface the services use; Local (a directory, the embedded
+// default) and S3 (an S3-compatible bucket with a local cache) implement it,
+// and OpenURL picks one from GROUNDMESH_BLOB_URL.
 package blob
 
 import (
@@ -8,10 +10,47 @@ import (
 	"encoding/hex"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
 )
+
+// Store is a blob store. Keys are slash-separated and relative; a key with
+// ".." or an empty key is refused. A missing key's error matches
+// fs.ErrNotExist (errors.Is). Implementations are safe for concurrent use.
+type Store interface {
+	// Put stores r's bytes under key, replacing what was there, and
+	// returns their sha256 (hex) and size. A reader of key sees the old
+	// bytes or the new ones, never a part; a failed Put leaves the old.
+	Put(key string, r io.Reader) (sum string, n int64, err error)
+	// PutFile stores the file at path (one a plugin wrote) under key, like
+	// Put, and takes the file: on success path is gone (renamed into the
+	// store or its cache, or removed once uploaded); on failure it is left.
+	PutFile(key, path string) (sum string, n int64, err error)
+	// Open opens key for reading. On a store that records sha256s, a read
+	// that reaches the end of bytes that do not match fails.
+	Open(key string) (io.ReadCloser, error)
+	// Stat returns key's size and, where the store records it, its sha256.
+	Stat(key string) (Info, error)
+	// LocalPath returns a local file holding key's bytes, for a plugin
+	// or a decoder that needs a path: the stored file itself on Local; on
+	// S3 a copy in the local cache, downloaded when absent or stale and
+	// checked against the object's recorded sha256. Callers must not
+	// write to or remove it; a caller that knows the sha256 it expects
+	// checks the file (FileSHA256), as it would on Local.
+	LocalPath(key string) (string, error)
+}
+
+// Info is what Stat reports about a key.
+type Info struct {
+	Size int64
+	// SHA256 is the hex sha256 the store recorded with the bytes; empty
+	// where it records none (Local, or an object written by another tool).
+	SHA256 string
+}
+
+var _ Store = (*Local)(nil)
 
 // Local is a blob store rooted at a local directory.
 type Local struct {
@@ -143,8 +182,8 @@ func syncDir(dir string) error {
 	return err
 }
 
-// Open opens key for reading.
-func (l *Local) Open(key string) (*os.File, error) {
+// Open opens key for reading (an *os.File).
+func (l *Local) Open(key string) (io.ReadCloser, error) {
 	p, err := l.Path(key)
 	if err != nil {
 		return nil, err
@@ -154,6 +193,77 @@ func (l *Local) Open(key string) (*os.File, error) {
 		return nil, fmt.Errorf("open blob %s: %w", key, err)
 	}
 	return f, nil
+}
+
+// Stat returns key's size; Local records no sha256.
+func (l *Local) Stat(key string) (Info, error) {
+	p, err := l.Path(key)
+	if err != nil {
+		return Info{}, err
+	}
+	fi, err := os.Stat(p)
+	if err != nil {
+		return Info{}, fmt.Errorf("stat blob %s: %w", key, err)
+	}
+	if !fi.Mode().IsRegular() {
+		return Info{}, fmt.Errorf("stat blob %s: not a regular file: %w", key, fs.ErrNotExist)
+	}
+	return Info{Size: fi.Size()}, nil
+}
+
+// LocalPath returns the file of key (Path), once it exists.
+func (l *Local) LocalPath(key string) (string, error) {
+	p, err := l.Path(key)
+	if err != nil {
+		return "", err
+	}
+	if _, err := os.Stat(p); err != nil {
+		return "", fmt.Errorf("blob %s: %w", key, err)
+	}
+	return p, nil
+}
+
+// PutFile moves the file at path under key: synced, then renamed into
+// place (same file system) and the directory synced, or else copied
+// through Put (synced, verified, renamed) and removed. Errors name the key
+// and wrap the cause; on error path is left where it was.
+func (l *Local) PutFile(key, path string) (sum string, n int64, err error) {
+	dst, err := l.Path(key)
+	if err != nil {
+		return "", 0, err
+	}
+	sum, n, err = FileSHA256(path)
+	if err != nil {
+		return "", 0, fmt.Errorf("put %s: %w", key, err)
+	}
+	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+		return "", 0, fmt.Errorf("put %s: create its directory: %w", key, err)
+	}
+	// The writer need not have synced the file: a record about to point at
+	// it must not point at bytes a crash can still lose.
+	if err := syncDir(path); err != nil {
+		return "", 0, fmt.Errorf("put %s: sync %s: %w", key, path, err)
+	}
+	if err := os.Rename(path, dst); err == nil {
+		if err := syncDir(filepath.Dir(dst)); err != nil {
+			return "", 0, fmt.Errorf("put %s: sync its directory: %w", key, err)
+		}
+		return sum, n, nil
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return "", 0, fmt.Errorf("put %s: %w", key, err)
+	}
+	defer f.Close()
+	got, gotN, err := l.Put(key, f)
+	if err != nil {
+		return "", 0, err
+	}
+	if got != sum || gotN != n {
+		return "", 0, fmt.Errorf("put %s: stored %d bytes with sha256 %s, the file had %d with %s", key, gotN, got, n, sum)
+	}
+	os.Remove(path)
+	return sum, n, nil
 }
 
 // FileSHA256 returns the hex sha256 of a file.

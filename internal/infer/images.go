@@ -19,14 +19,14 @@ import (
 
 // LoadImage opens a record's image: "image" paths are relative to the
 // dataset root, "crop" paths are blob keys.
-func LoadImage(root string, bs *blob.Local, ref model.ImageRef) (image.Image, error) {
+func LoadImage(root string, bs blob.Store, ref model.ImageRef) (image.Image, error) {
 	var path string
 	switch ref.Kind {
 	case "crop":
 		if bs == nil {
 			return nil, fmt.Errorf("load crop %s: no blob store", ref.Path)
 		}
-		p, err := bs.Path(ref.Path)
+		p, err := bs.LocalPath(ref.Path)
 		if err != nil {
 			return nil, fmt.Errorf("load crop %s: %w", ref.Path, err)
 		}
@@ -54,7 +54,7 @@ func LoadImage(root string, bs *blob.Local, ref model.ImageRef) (image.Image, er
 // image, so recency matters little).
 type ImageCache struct {
 	root string
-	bs   *blob.Local
+	bs   blob.Store
 	max  int
 	mu   sync.Mutex
 	m    map[string]image.Image
@@ -62,7 +62,7 @@ type ImageCache struct {
 
 // NewImageCache returns a cache of at most n images (default 256) read
 // with LoadImage from root and bs.
-func NewImageCache(root string, bs *blob.Local, n int) *ImageCache {
+func NewImageCache(root string, bs blob.Store, n int) *ImageCache {
 	if n <= 0 {
 		n = 256
 	}

@@ -3,8 +3,10 @@ package stack
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net/http"
 	"path/filepath"
 	"strings"
@@ -121,7 +123,11 @@ func newGateway(s *Stack) (http.Handler, error) {
 				return
 			}
 		}
-		p, err := s.Blob.Path("reports/" + run + "/" + name)
+		p, err := s.Blob.LocalPath("reports/" + run + "/" + name)
+		if errors.Is(err, fs.ErrNotExist) {
+			http.NotFound(w, r)
+			return
+		}
 		if err != nil {
 			http.Error(w, err.Error(), http.StatusBadRequest)
 			return

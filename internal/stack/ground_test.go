@@ -23,6 +23,7 @@ import (
 	"github.com/google/uuid"
 	"go.temporal.io/sdk/temporal"
 
+	"github.com/groundmesh/groundmesh/internal/blob"
 	"github.com/groundmesh/groundmesh/internal/events"
 	"github.com/groundmesh/groundmesh/internal/telemetry"
 	"github.com/groundmesh/groundmesh/internal/testutil"
@@ -152,7 +153,7 @@ func TestGroundOverHTTP(t *testing.T) {
 	}
 
 	// A trained model, recorded as services/train records one.
-	m := groundtest.WriteModel(t, s.Blob, "m")
+	m := groundtest.WriteModel(t, s.Blob.(*blob.Local), "m")
 	runID, ckID := uuid.NewString(), uuid.NewString()
 	if _, err := s.Pool.Exec(ctx, `INSERT INTO runs (id, synth_set_id, backend, spec, model_config, tokenizer_key, status)
 		VALUES ($1, $2, 'gomlx', '{}', $3, $4, 'completed')`, runID, uuid.NewString(), string(m.ModelConfig), m.TokenizerKey); err != nil {
@@ -217,7 +218,7 @@ func TestGroundOverHTTP(t *testing.T) {
 
 	// Promotion through the API: a second model becomes production, and
 	// the next answer names it.
-	m2 := groundtest.WriteModel(t, s.Blob, "m2")
+	m2 := groundtest.WriteModel(t, s.Blob.(*blob.Local), "m2")
 	run2, ck2 := uuid.NewString(), uuid.NewString()
 	if _, err := s.Pool.Exec(ctx, `INSERT INTO runs (id, synth_set_id, backend, spec, model_config, tokenizer_key, status)
 		VALUES ($1, $2, 'gomlx', '{}', $3, $4, 'completed')`, run2, uuid.NewString(), string(m2.ModelConfig), m2.TokenizerKey); err != nil {
@@ -263,7 +264,7 @@ func TestGroundOverHTTP(t *testing.T) {
 	// names it is served from it (on ggml where that plugin is in the
 	// plugin directory, else on the run's GoMLX) with the checkpoint's box
 	// and an answer that names it; one never made is export_not_found.
-	p2, _ := s.Blob.Path(m2.CheckpointKey)
+	p2, _ := s.Blob.LocalPath(m2.CheckpointKey)
 	sum, n, err := compute.FileSHA256(p2)
 	if err != nil {
 		t.Fatal(err)

@@ -44,6 +44,11 @@ type Config struct {
 	// DataDir holds everything the embedded stack writes: pg/ (private
 	// cluster), temporal.db, blobs/, traces.jsonl, scenes/. Required.
 	DataDir string
+	// BlobURL names the blob store (GROUNDMESH_BLOB_URL, blob.OpenURL):
+	// file:///abs/dir or s3://bucket/prefix?endpoint=...&region=...; empty
+	// is DataDir/blobs. An S3 store keeps its local cache in
+	// DataDir/blobcache.
+	BlobURL string
 	// DatabaseURL is an existing Postgres; empty starts a private cluster
 	// under DataDir/pg from the machine's PostgreSQL binaries.
 	DatabaseURL string
@@ -165,7 +170,7 @@ type Stack struct {
 	cfg      Config
 	Logger   *slog.Logger
 	Pool     *pgxpool.Pool
-	Blob     *blob.Local
+	Blob     blob.Store
 	Bus      *bus.Bus
 	Temporal client.Client
 	Services *Services
@@ -221,7 +226,11 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 	if err := migrations.ApplyPool(ctx, s.Pool, cfg.Logger); err != nil {
 		return nil, fmt.Errorf("apply migrations: %w", err)
 	}
-	s.Blob, err = blob.NewLocal(filepath.Join(cfg.DataDir, "blobs"))
+	if cfg.BlobURL == "" {
+		s.Blob, err = blob.NewLocal(filepath.Join(cfg.DataDir, "blobs"))
+	} else {
+		s.Blob, err = blob.OpenURL(cfg.BlobURL, filepath.Join(cfg.DataDir, "blobcache"))
+	}
 	if err != nil {
 		return nil, err
 	}

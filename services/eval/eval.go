@@ -67,7 +67,7 @@ type Config struct {
 	DataDir string
 	// Blob stores per-sample predictions (evals/<id>/predictions.jsonl),
 	// reports (reports/<run>/report.html) and holds crops. Required.
-	Blob *blob.Local
+	Blob blob.Store
 	// Logger receives progress and warnings; default discards.
 	Logger *slog.Logger
 	// Predictors opens a Predictor for a checkpoint. Required.

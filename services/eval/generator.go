@@ -23,7 +23,7 @@ type GeneratorConfig struct {
 	// backend). Required.
 	Backend compute.Backend
 	// Blob holds checkpoints, the run's tokenizer and crops. Required.
-	Blob *blob.Local
+	Blob blob.Store
 	// Device is passed to Load; "" is the backend's default.
 	Device string
 	// Attention asks for attention maps of box answers when the backend
@@ -68,11 +68,7 @@ func NewGeneratorFactory(cfg GeneratorConfig) (PredictorFactory, error) {
 		if run.TokenizerKey == "" {
 			return nil, fmt.Errorf("run %s: no tokenizer recorded", run.RunID)
 		}
-		tp, err := cfg.Blob.Path(run.TokenizerKey)
-		if err != nil {
-			return nil, fmt.Errorf("run %s tokenizer: %w", run.RunID, err)
-		}
-		cp, err := cfg.Blob.Path(ck.BlobKey)
+		cp, err := cfg.Blob.LocalPath(ck.BlobKey)
 		if err != nil {
 			return nil, fmt.Errorf("checkpoint %s: %w", ck.ID, err)
 		}
@@ -85,6 +81,10 @@ func NewGeneratorFactory(cfg GeneratorConfig) (PredictorFactory, error) {
 			if sum != ck.SHA256 {
 				return nil, fmt.Errorf("checkpoint %s: blob %s has sha256 %s, the request says %s: %w", ck.ID, ck.BlobKey, sum, ck.SHA256, ErrBadInput)
 			}
+		}
+		tp, err := cfg.Blob.LocalPath(run.TokenizerKey)
+		if err != nil {
+			return nil, fmt.Errorf("run %s tokenizer: %w", run.RunID, err)
 		}
 		sess, err := infer.Open(ctx, cfg.Backend, infer.OpenRequest{ModelConfig: run.ModelConfig, TokenizerPath: tp, CheckpointPath: cp, Device: cfg.Device, Dtype: ck.Dtype})
 		if err != nil {
@@ -108,7 +108,7 @@ var _ Generator = (*model.Generator)(nil)
 // NewGeneratorPredictor wraps a ready Generator (for instance one a test or
 // a benchmark built over an in-process backend) as a Predictor. root and bs
 // locate the records' images.
-func NewGeneratorPredictor(gen Generator, root string, bs *blob.Local, cfg GeneratorConfig) Predictor {
+func NewGeneratorPredictor(gen Generator, root string, bs blob.Store, cfg GeneratorConfig) Predictor {
 	cfg = cfg.withDefaults()
 	return &generatorPredictor{gen: gen, cfg: cfg, attention: cfg.Attention, images: infer.NewImageCache(root, bs, cfg.ImageCache)}
 }

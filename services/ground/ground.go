@@ -50,7 +50,7 @@ type Config struct {
 	// host). Required.
 	Backends func(name string) (compute.Backend, error)
 	// Blob holds checkpoints, tokenizers and images named by key. Required.
-	Blob *blob.Local
+	Blob blob.Store
 	// Limits bound requests (defaults: Limits.WithDefaults).
 	Limits Limits
 	// Batch configures batching (defaults: BatchConfig.WithDefaults).
@@ -347,7 +347,7 @@ func (s *Service) open(ctx context.Context, ref ModelRef) (_ *infer.Session, err
 	if err != nil {
 		return nil, &Error{Code: CodeBackendUnavailable, Msg: fmt.Sprintf("backend %q for %s: %v", name, ref.Version(), err), Err: err}
 	}
-	tp, err := s.cfg.Blob.Path(ref.TokenizerKey)
+	tp, err := s.cfg.Blob.LocalPath(ref.TokenizerKey)
 	if err != nil {
 		return nil, fmt.Errorf("checkpoint %s: tokenizer: %w", ref.CheckpointID, err)
 	}
@@ -366,7 +366,7 @@ func (s *Service) open(ctx context.Context, ref ModelRef) (_ *infer.Session, err
 		if slices.Contains(desc.Dtypes, x.Dtype) {
 			req.Dtype = x.Dtype
 		}
-	} else if req.CheckpointPath, err = s.cfg.Blob.Path(ref.BlobKey); err != nil {
+	} else if req.CheckpointPath, err = s.cfg.Blob.LocalPath(ref.BlobKey); err != nil {
 		return nil, fmt.Errorf("checkpoint %s: %w", ref.CheckpointID, err)
 	}
 	// Every plugin call of the session gets its span ("compute.Generate").
@@ -385,7 +385,7 @@ func (s *Service) open(ctx context.Context, ref ModelRef) (_ *infer.Session, err
 // export_not_found, with how to write it again.
 func (s *Service) exportPath(ref ModelRef) (string, error) {
 	x, m := ref.Export, ref.Spec()
-	p, err := s.cfg.Blob.Path(x.BlobKey)
+	p, err := s.cfg.Blob.LocalPath(x.BlobKey)
 	if err != nil {
 		return "", fmt.Errorf("export %s: %w", ref.Version(), err)
 	}

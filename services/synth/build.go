@@ -57,7 +57,7 @@ type cropPoolEntry struct {
 // pure: no database, no clock; the same dataset, options and seed give
 // byte-identical shards and the same content hash. progress, when not nil,
 // is called from one goroutine with records written so far and the target.
-func Build(ctx context.Context, ds *dataset.Dataset, opts BuildOptions, out *blob.Local, prefix string, progress func(done, total int64)) (Manifest, error) {
+func Build(ctx context.Context, ds *dataset.Dataset, opts BuildOptions, out blob.Store, prefix string, progress func(done, total int64)) (Manifest, error) {
 	ctx, span := tracer.Start(ctx, "synth.Build")
 	defer span.End()
 	m, err := build(ctx, ds, opts, out, prefix, progress)
@@ -70,7 +70,7 @@ func Build(ctx context.Context, ds *dataset.Dataset, opts BuildOptions, out *blo
 	return m, nil
 }
 
-func build(ctx context.Context, ds *dataset.Dataset, opts BuildOptions, out *blob.Local, prefix string, progress func(done, total int64)) (Manifest, error) {
+func build(ctx context.Context, ds *dataset.Dataset, opts BuildOptions, out blob.Store, prefix string, progress func(done, total int64)) (Manifest, error) {
 	if ds == nil {
 		return Manifest{}, errors.New("build synth set: nil dataset")
 	}

@@ -51,7 +51,7 @@ func cropRect(b dataset.Box, factor float64, w, h int) image.Rectangle {
 // (tens of thousands of small files, each re-creatable from its source),
 // unlike shards and manifests.
 type cropStore struct {
-	blob   *blob.Local
+	blob   blob.Store
 	prefix string
 	jobs   chan cropJob
 	wg     sync.WaitGroup
@@ -78,7 +78,7 @@ type cropJob struct {
 // cropWriters is the number of goroutines creating crop files.
 const cropWriters = 4
 
-func newCropStore(b *blob.Local, prefix string) *cropStore {
+func newCropStore(b blob.Store, prefix string) *cropStore {
 	s := &cropStore{blob: b, prefix: prefix, seen: map[cropID]struct{}{}, dirs: map[string]struct{}{}, jobs: make(chan cropJob, 256)}
 	for range cropWriters {
 		s.wg.Add(1)
@@ -131,8 +131,15 @@ func (s *cropStore) put(split string, data []byte) (string, error) {
 // temp file and rename: an existing file of the right size is the same
 // content (the name is its hash); one of another size is the remains of an
 // interrupted write and is replaced.
+//
+// On a store other than a local directory, a key already holding
+// len(data) bytes is kept, and a missing one is stored through Put.
 func (s *cropStore) write(j cropJob) error {
-	p, err := s.blob.Path(j.key)
+	local, ok := s.blob.(*blob.Local)
+	if !ok {
+		return s.putStore(j)
+	}
+	p, err := local.Path(j.key)
 	if err != nil {
 		return fmt.Errorf("store crop: %w", err)
 	}
@@ -164,6 +171,22 @@ func (s *cropStore) write(j cropJob) error {
 	}
 	if err != nil {
 		os.Remove(p)
+		return fmt.Errorf("store crop %s: %w", j.key, err)
+	}
+	s.mu.Lock()
+	s.written++
+	s.mu.Unlock()
+	return nil
+}
+
+// putStore stores a crop on a non-local store, skipping one already there.
+func (s *cropStore) putStore(j cropJob) error {
+	if info, err := s.blob.Stat(j.key); err == nil && info.Size == int64(len(j.data)) {
+		return nil
+	} else if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("store crop %s: %w", j.key, err)
+	}
+	if _, _, err := s.blob.Put(j.key, bytes.NewReader(j.data)); err != nil {
 		return fmt.Errorf("store crop %s: %w", j.key, err)
 	}
 	s.mu.Lock()

@@ -18,7 +18,7 @@ import (
 )
 
 // OpenManifest reads the manifest stored at key.
-func OpenManifest(b *blob.Local, key string) (Manifest, error) {
+func OpenManifest(b blob.Store, key string) (Manifest, error) {
 	f, err := b.Open(key)
 	if err != nil {
 		return Manifest{}, fmt.Errorf("open synth manifest: %w", err)
@@ -52,7 +52,7 @@ func (m Manifest) Select(stages, splits []string) Manifest {
 // fn for those that filter accepts (nil: all). Each record is freshly
 // allocated, so fn may keep it. Every shard's sha256 is verified as it is
 // read; a mismatch is an error. fn's error stops the read and is returned.
-func ReadRecords(ctx context.Context, b *blob.Local, m Manifest, filter func(*model.Record) bool, fn func(*model.Record) error) error {
+func ReadRecords(ctx context.Context, b blob.Store, m Manifest, filter func(*model.Record) bool, fn func(*model.Record) error) error {
 	for _, sh := range m.Shards {
 		if err := readShard(ctx, b, sh, filter, fn); err != nil {
 			return err
@@ -65,7 +65,7 @@ func ReadRecords(ctx context.Context, b *blob.Local, m Manifest, filter func(*mo
 // iterator over all its records (see ReadRecords; use m.Select and
 // ReadRecords to read a subset). The iterator yields a non-nil error once,
 // last, when reading fails.
-func OpenShards(ctx context.Context, b *blob.Local, manifestKey string) (Manifest, iter.Seq2[*model.Record, error], error) {
+func OpenShards(ctx context.Context, b blob.Store, manifestKey string) (Manifest, iter.Seq2[*model.Record, error], error) {
 	m, err := OpenManifest(b, manifestKey)
 	if err != nil {
 		return Manifest{}, nil, err
@@ -99,7 +99,7 @@ func (h *hashingReader) Read(p []byte) (int, error) {
 	return n, err
 }
 
-func readShard(ctx context.Context, b *blob.Local, sh Shard, filter func(*model.Record) bool, fn func(*model.Record) error) error {
+func readShard(ctx context.Context, b blob.Store, sh Shard, filter func(*model.Record) bool, fn func(*model.Record) error) error {
 	f, err := b.Open(sh.Key)
 	if err != nil {
 		return fmt.Errorf("read shard: %w", err)

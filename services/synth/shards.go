@@ -22,7 +22,7 @@ const chunkSize = 256 << 10
 // gzip shards. Each open shard compresses on its own goroutine and streams
 // through a pipe into blob.Put, so no shard is ever held in memory.
 type shardSet struct {
-	blob    *blob.Local
+	blob    blob.Store
 	prefix  string
 	maxRecs int64
 	level   int
@@ -47,7 +47,7 @@ type openShard struct {
 
 var errAborted = errors.New("shard aborted")
 
-func newShardSet(b *blob.Local, prefix string, maxRecs, level int) *shardSet {
+func newShardSet(b blob.Store, prefix string, maxRecs, level int) *shardSet {
 	return &shardSet{blob: b, prefix: prefix, maxRecs: int64(maxRecs), level: level, streams: map[[2]string]*stream{}}
 }
 

@@ -59,7 +59,7 @@ type Config struct {
 	// lives under <DataDir>/synth/rewrite-cache. Required.
 	DataDir string
 	// Blob stores shards, crops and manifests. Required.
-	Blob *blob.Local
+	Blob blob.Store
 	// Logger (default: discard).
 	Logger *slog.Logger
 	// Workers is the number of generator goroutines (default GOMAXPROCS).

@@ -92,7 +92,7 @@ func (s *Service) Export(ctx context.Context, req events.ExportRequested) (out e
 	if err != nil {
 		return out, fmt.Errorf("export: run %s's tokenizer: %w", runID, err)
 	}
-	path, err := s.cfg.Blob.Path(ck.BlobKey)
+	path, err := s.cfg.Blob.LocalPath(ck.BlobKey)
 	if err != nil {
 		return out, err
 	}
@@ -155,7 +155,7 @@ func (s *Service) Export(ctx context.Context, req events.ExportRequested) (out e
 
 // blobIntact reports whether key holds bytes hashing to sum.
 func (s *Service) blobIntact(key, sum string) bool {
-	path, err := s.cfg.Blob.Path(key)
+	path, err := s.cfg.Blob.LocalPath(key)
 	if err != nil {
 		return false
 	}

@@ -334,7 +334,7 @@ func (st *RunStatus) setStage(stage, status string, step int, loss float64) {
 
 // blobPath is the local path of a blob key.
 func (r *runner) blobPath(key string) (string, error) {
-	p, err := r.s.cfg.Blob.Path(key)
+	p, err := r.s.cfg.Blob.LocalPath(key)
 	if err != nil {
 		return "", fmt.Errorf("checkpoint %s: %w", key, err)
 	}
@@ -525,56 +525,21 @@ func (c *recorder) checkpoint(ctx context.Context, ck compute.Checkpoint) error 
 	return nil
 }
 
-// moveToBlob renames the file into the blob store (same filesystem) or
-// copies it (blob.Put: synced, verified, renamed), and checks the stored
-// bytes. It runs inside the transaction that records the checkpoint, so
-// that a store that cannot take the file (full, read-only) records no row.
+// moveToBlob hands the file to the blob store (blob.Store.PutFile: on the
+// local store synced and renamed (same filesystem) or copied through Put
+// (synced, verified, renamed); on S3 uploaded and kept as the cached copy),
+// and checks the stored bytes. It runs inside the transaction that records
+// the checkpoint, so that a store that cannot take the file (full,
+// read-only) records no row.
 func (c *recorder) moveToBlob(path, key, sum string) error {
-	dst, err := c.r.s.cfg.Blob.Path(key)
-	if err != nil {
-		return err
-	}
-	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
-		return fmt.Errorf("store checkpoint %s: %w", key, err)
-	}
-	// The plugin need not have synced the file: the row about to commit
-	// must not point at bytes a crash can still lose.
-	if err := syncPath(path); err != nil {
-		return fmt.Errorf("store checkpoint %s: sync %s: %w", key, path, err)
-	}
-	if err := os.Rename(path, dst); err == nil {
-		if err := syncPath(filepath.Dir(dst)); err != nil {
-			return fmt.Errorf("store checkpoint %s: sync its directory: %w", key, err)
-		}
-		return nil
-	}
-	f, err := os.Open(path)
+	got, _, err := c.r.s.cfg.Blob.PutFile(key, path)
 	if err != nil {
 		return fmt.Errorf("store checkpoint %s: %w", key, err)
-	}
-	defer f.Close()
-	got, _, err := c.r.s.cfg.Blob.Put(key, f)
-	if err != nil {
-		return fmt.Errorf("store checkpoint: %w", err)
 	}
 	if got != sum {
 		return fmt.Errorf("store checkpoint %s: stored sha256 %s, want %s", key, got, sum)
 	}
-	os.Remove(path)
 	return nil
-}
-
-// syncPath flushes a file or directory to disk.
-func syncPath(path string) error {
-	f, err := os.Open(path)
-	if err != nil {
-		return err
-	}
-	err = f.Sync()
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	return err
 }
 
 // finish records what the stage's result adds to its progress reports:

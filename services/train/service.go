@@ -59,7 +59,7 @@ type Config struct {
 	// processes must see the same paths.
 	DataDir string
 	// Blob is the blob store checkpoints and tokenizers go to. Required.
-	Blob *blob.Local
+	Blob blob.Store
 	// Backends returns the compute backend of a name ("gomlx", ...); the
 	// service does not close what it returns. Required.
 	Backends func(name string) (compute.Backend, error)
