@@ -21,7 +21,7 @@ func TestWorkerFlagsRejectBadInput(t *testing.T) {
 		{env{Services: "synth,synth"}, nil, `"synth" listed twice`},
 		{env{}, []string{"--queue", "train.cuda"}, `queue "train.cuda": want lower-case letters`},
 		{env{Queue: "GPU"}, nil, `queue "GPU"`},
-		{env{}, []string{"--backends", "onnx"}, `unknown backend "onnx"`},
+		{env{}, []string{"--backends", "tensorrt"}, `unknown backend "tensorrt"`},
 		{env{CommandLease: "soon"}, nil, `GROUNDMESH_COMMAND_LEASE="soon"`},
 	} {
 		c.env.DataDir = t.TempDir()

@@ -386,6 +386,9 @@ func (s *Service) open(ctx context.Context, ref ModelRef) (_ *infer.Session, err
 func (s *Service) exportPath(ref ModelRef) (string, error) {
 	x, m := ref.Export, ref.Spec()
 	p, err := s.cfg.Blob.LocalPath(x.BlobKey)
+	if errors.Is(err, os.ErrNotExist) {
+		return "", errExportNotFound(m, fmt.Sprintf(" (its file %s is gone)", x.BlobKey))
+	}
 	if err != nil {
 		return "", fmt.Errorf("export %s: %w", ref.Version(), err)
 	}
