@@ -384,7 +384,7 @@ func TestWorkersConfigRejectsBadInput(t *testing.T) {
 		{func(c *Config) { c.Services = []string{"eval", "eval"} }, `"eval" listed twice`},
 		{func(c *Config) { c.Queues = []string{"train.cuda"} }, `queue "train.cuda": want lower-case`},
 		{func(c *Config) { c.Queues = []string{"default", ""} }, `"default" listed twice`},
-		{func(c *Config) { c.Backends = []string{"onnx"} }, `unknown backend "onnx" (want some of ggml, gomlx, libtorch)`},
+		{func(c *Config) { c.Backends = []string{"tensorrt"} }, `unknown backend "tensorrt" (want some of ggml, gomlx, libtorch, onnx)`},
 		{func(c *Config) { c.WorkerID = "a b" }, `worker id "a b"`},
 		{func(c *Config) { c.CommandLease = time.Millisecond }, `command lease 1ms`},
 	} {
