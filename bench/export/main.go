@@ -104,27 +104,19 @@ func run(ctx context.Context, dataDir, runID string, limit, reps int) error {
 	for _, b := range []string{"gomlx", "libtorch"} {
 		forms = append(forms, form{backend: b, dtype: model.DtypeF32, path: ckPath, bytes: st.Size()})
 	}
-	for _, dtype := range []string{model.DtypeF32, model.DtypeF16, model.DtypeQ8_0, model.DtypeQ4_0} {
-		x, err := s.Services.Train.Export(ctx, events.ExportRequested{CheckpointID: final.ID, Format: "gguf", Dtype: dtype})
-		if err != nil {
-			return err
+	// Every export: each format in each of its dtypes, on its backend.
+	for _, format := range []string{"gguf", "onnx"} {
+		for _, dtype := range events.ExportDtypes[format] {
+			x, err := s.Services.Train.Export(ctx, events.ExportRequested{CheckpointID: final.ID, Format: format, Dtype: dtype})
+			if err != nil {
+				return err
+			}
+			p, err := s.Blob.LocalPath(x.BlobKey)
+			if err != nil {
+				return err
+			}
+			forms = append(forms, form{backend: events.ExportBackend(format), dtype: dtype, path: p, bytes: x.Bytes})
 		}
-		p, err := s.Blob.LocalPath(x.BlobKey)
-		if err != nil {
-			return err
-		}
-		forms = append(forms, form{backend: "ggml", dtype: dtype, path: p, bytes: x.Bytes})
-	}
-	for _, dtype := range []string{model.DtypeF32, model.DtypeF16} {
-		x, err := s.Services.Train.Export(ctx, events.ExportRequested{CheckpointID: final.ID, Format: "onnx", Dtype: dtype})
-		if err != nil {
-			return err
-		}
-		p, err := s.Blob.LocalPath(x.BlobKey)
-		if err != nil {
-			return err
-		}
-		forms = append(forms, form{backend: "onnx", dtype: dtype, path: p, bytes: x.Bytes})
 	}
 
 	// The REC test records, in a fixed order.

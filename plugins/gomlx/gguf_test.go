@@ -14,26 +14,53 @@ import (
 	"github.com/groundmesh/groundmesh/plugins/compute/computetest"
 )
 
+// exportFixture is the matrix's demo cell written as a safetensors
+// checkpoint (ckpt, in dir), with its weights, tokenizer and prompts, for
+// a test to export.
+type exportFixture struct {
+	dir, ckpt string
+	cfg       model.Config
+	weights   map[string][]float32
+	tok       *model.Tokenizer
+	seqs      []compute.Sequence
+}
+
+func newExportFixture(t *testing.T) *exportFixture {
+	t.Helper()
+	f := &exportFixture{dir: t.TempDir(), tok: computetest.MatrixTokenizer()}
+	for _, c := range computetest.MatrixCells() {
+		if c.Name == "demo" {
+			f.cfg = c.Config
+		}
+	}
+	f.weights = computetest.MatrixWeights(f.cfg)
+	var err error
+	if f.ckpt, err = computetest.WriteMatrixWeights(f.dir, f.cfg, f.weights); err != nil {
+		t.Fatal(err)
+	}
+	if f.seqs, err = computetest.MatrixPrompts(f.cfg, f.tok); err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
+// write writes an export's bytes beside the checkpoint.
+func (f *exportFixture) write(t *testing.T, name string, b []byte) string {
+	t.Helper()
+	p := filepath.Join(f.dir, name)
+	if err := os.WriteFile(p, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
 // ggufFixture writes the matrix's demo cell as a safetensors checkpoint
 // and as a GGUF export in dtype, and returns both paths, its config and
 // its prompts.
 func ggufFixture(t *testing.T, dtype string) (ckpt, gguf string, cfg model.Config, cfgJSON []byte, seqs []compute.Sequence) {
 	t.Helper()
-	var cell computetest.MatrixCell
-	for _, c := range computetest.MatrixCells() {
-		if c.Name == "demo" {
-			cell = c
-		}
-	}
-	cfg = cell.Config
-	dir := t.TempDir()
-	w := computetest.MatrixWeights(cfg)
-	ckpt, err := computetest.WriteMatrixWeights(dir, cfg, w)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tok := computetest.MatrixTokenizer()
-	g, err := model.ExportGGUF(cfg, w, dtype, tok, nil)
+	f := newExportFixture(t)
+	g, err := model.ExportGGUF(f.cfg, f.weights, dtype, f.tok, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -41,14 +68,8 @@ func ggufFixture(t *testing.T, dtype string) (ckpt, gguf string, cfg model.Confi
 	if _, err := model.WriteGGUF(&buf, g); err != nil {
 		t.Fatal(err)
 	}
-	gguf = filepath.Join(dir, "model."+dtype+".gguf")
-	if err := os.WriteFile(gguf, buf.Bytes(), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if seqs, err = computetest.MatrixPrompts(cfg, tok); err != nil {
-		t.Fatal(err)
-	}
-	return ckpt, gguf, cfg, configJSON(t, cfg), seqs
+	gguf = f.write(t, "model."+dtype+".gguf", buf.Bytes())
+	return f.ckpt, gguf, f.cfg, configJSON(t, f.cfg), f.seqs
 }
 
 func prefillLogits(t *testing.T, b compute.Backend, req compute.LoadRequest, seqs []compute.Sequence) [][]float32 {

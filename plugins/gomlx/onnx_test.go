@@ -4,7 +4,6 @@ package gomlx
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"os"
 	"path/filepath"
@@ -43,34 +42,17 @@ func TestONNXMatrixF16(t *testing.T) {
 	})
 }
 
+// onnxFixture writes the matrix's demo cell as a safetensors checkpoint
+// and as an ONNX bundle in dtype.
 func onnxFixture(t *testing.T, dtype string) (ckpt, bundle string, cfg model.Config, cfgJSON []byte, seqs []compute.Sequence, data []byte) {
 	t.Helper()
-	var cell computetest.MatrixCell
-	for _, c := range computetest.MatrixCells() {
-		if c.Name == "demo" {
-			cell = c
-		}
-	}
-	cfg = cell.Config
-	dir := t.TempDir()
-	w := computetest.MatrixWeights(cfg)
-	ckpt, err := computetest.WriteMatrixWeights(dir, cfg, w)
+	f := newExportFixture(t)
+	data, _, err := onnx.ExportModel(f.cfg, f.weights, dtype, f.tok, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	tok := computetest.MatrixTokenizer()
-	if data, _, err = onnx.ExportModel(cfg, w, dtype, tok, nil); err != nil {
-		t.Fatal(err)
-	}
-	bundle = filepath.Join(dir, "model."+dtype+".onnx.tar")
-	if err := os.WriteFile(bundle, data, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if seqs, err = computetest.MatrixPrompts(cfg, tok); err != nil {
-		t.Fatal(err)
-	}
-	cfgJSON, _ = json.Marshal(cfg)
-	return ckpt, bundle, cfg, cfgJSON, seqs, data
+	bundle = f.write(t, "model."+dtype+".onnx.tar", data)
+	return f.ckpt, bundle, f.cfg, configJSON(t, f.cfg), f.seqs, data
 }
 
 // TestONNXLoadsBundle: an ONNX export loads on the ONNX engine, which
@@ -98,7 +80,7 @@ func TestONNXLoadsBundle(t *testing.T) {
 	_, bundle, cfg, cfgJSON, _, data := onnxFixture(t, model.DtypeF32)
 	other := cfg
 	other.Width *= 2
-	otherJSON, _ := json.Marshal(other)
+	otherJSON := configJSON(t, other)
 	dir := t.TempDir()
 	write := func(name string, b []byte) string {
 		p := filepath.Join(dir, name)

@@ -4,31 +4,15 @@ package ground
 
 import (
 	"context"
-	"fmt"
 	"image/color"
 	"os"
 	"path/filepath"
-	"sync"
 	"testing"
 
 	"github.com/groundmesh/groundmesh/internal/dataset"
 	"github.com/groundmesh/groundmesh/internal/events"
 	"github.com/groundmesh/groundmesh/plugins/compute"
 )
-
-// dtypeRecorder records the dtype of every Load.
-type dtypeRecorder struct {
-	compute.Backend
-	mu     sync.Mutex
-	dtypes []string
-}
-
-func (d *dtypeRecorder) Load(ctx context.Context, req compute.LoadRequest) (compute.LoadResult, error) {
-	d.mu.Lock()
-	d.dtypes = append(d.dtypes, req.Dtype)
-	d.mu.Unlock()
-	return d.Backend.Load(ctx, req)
-}
 
 // TestGGMLServesQ8Export: the checkpoint's q8_0 GGUF export, written by
 // services/train, is served by default on the ggml plugin (the export
@@ -52,21 +36,7 @@ func TestGGMLServesQ8Export(t *testing.T) {
 	ggml := &dtypeRecorder{Backend: ggmlHost}
 	f := newExportFixture(t, pluginHost(t))
 	f.export(t, "q8_0")
-	forms := ExportForms{"gguf": {"float32", "float16", "q8_0", "q4_0"}}
-	svc, err := New(Config{Catalog: NewPGCatalog(f.pool), Blob: f.bs, ExportForms: forms, ExportBackends: map[string]string{"gguf": "ggml"},
-		Backends: func(name string) (compute.Backend, error) {
-			switch name {
-			case "gomlx":
-				return f.loads, nil
-			case "ggml":
-				return ggml, nil
-			}
-			return nil, fmt.Errorf("backend %q: not in this test", name)
-		}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(svc.Close)
+	svc := f.serviceOn(t, "gguf", "ggml", ggml)
 	ctx := context.Background()
 	id := f.ref.CheckpointID
 	colors := []color.RGBA{{200, 20, 20, 255}, {20, 180, 40, 255}, {30, 30, 220, 255}}

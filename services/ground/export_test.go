@@ -11,7 +11,6 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
-	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -369,6 +368,45 @@ func TestPromoteExport(t *testing.T) {
 	}
 }
 
+// dtypeRecorder records the dtype of every Load.
+type dtypeRecorder struct {
+	compute.Backend
+	mu     sync.Mutex
+	dtypes []string
+}
+
+func (d *dtypeRecorder) Load(ctx context.Context, req compute.LoadRequest) (compute.LoadResult, error) {
+	d.mu.Lock()
+	d.dtypes = append(d.dtypes, req.Dtype)
+	d.mu.Unlock()
+	return d.Backend.Load(ctx, req)
+}
+
+// serviceOn is ground over the fixture serving format's exports on the
+// backend name (b), and everything else on GoMLX.
+func (f *exportFixture) serviceOn(t *testing.T, format, name string, b compute.Backend) *Service {
+	t.Helper()
+	forms := ExportForms{}
+	for f, dtypes := range events.ExportDtypes {
+		forms[f] = dtypes
+	}
+	svc, err := New(Config{Catalog: NewPGCatalog(f.pool), Blob: f.bs, ExportForms: forms, ExportBackends: map[string]string{format: name},
+		Backends: func(n string) (compute.Backend, error) {
+			switch n {
+			case "gomlx":
+				return f.loads, nil
+			case name:
+				return b, nil
+			}
+			return nil, fmt.Errorf("backend %q: not in this test", n)
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(svc.Close)
+	return svc
+}
+
 // TestServeONNXExport: the checkpoint's float32 ONNX export, written by
 // services/train, is served on the onnx plugin (ONNX Runtime running the
 // bundle's own graphs) when the request names it, with the checkpoint's
@@ -387,29 +425,8 @@ func TestServeONNXExport(t *testing.T) {
 	t.Cleanup(func() { _ = onnxHost.Close() })
 	f := newExportFixture(t, pluginHost(t))
 	f.exportAs(t, "onnx", "float32")
-	forms := ExportForms{}
-	for format, dtypes := range events.ExportDtypes {
-		forms[format] = dtypes
-	}
-	var mu sync.Mutex
-	var served []string
-	svc, err := New(Config{Catalog: NewPGCatalog(f.pool), Blob: f.bs, ExportForms: forms, ExportBackends: map[string]string{"onnx": "onnx"},
-		Backends: func(name string) (compute.Backend, error) {
-			mu.Lock()
-			served = append(served, name)
-			mu.Unlock()
-			switch name {
-			case "gomlx":
-				return f.loads, nil
-			case "onnx":
-				return onnxHost, nil
-			}
-			return nil, fmt.Errorf("backend %q: not in this test", name)
-		}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(svc.Close)
+	onnxLoads := &dtypeRecorder{Backend: onnxHost}
+	svc := f.serviceOn(t, "onnx", "onnx", onnxLoads)
 	ctx := context.Background()
 	id := f.ref.CheckpointID
 	for i, q := range exportQueries(t) {
@@ -428,9 +445,9 @@ func TestServeONNXExport(t *testing.T) {
 		}
 		sameBoxes(t, "query "+q.Expression, a, b, 1e-4)
 	}
-	mu.Lock()
-	defer mu.Unlock()
-	if !slices.Contains(served, "onnx") {
-		t.Fatalf("backends asked for: %v, never onnx", served)
+	onnxLoads.mu.Lock()
+	defer onnxLoads.mu.Unlock()
+	if len(onnxLoads.dtypes) != 1 || onnxLoads.dtypes[0] != "float32" {
+		t.Fatalf("loads on the onnx plugin, by dtype: %q, want the export once in float32", onnxLoads.dtypes)
 	}
 }
