@@ -188,24 +188,13 @@ func (sv *Services) build(ctx context.Context, s *Stack, backends func(name stri
 		sv.Ground, err = ground.New(ground.Config{
 			Catalog: ground.NewPGCatalog(s.Pool), Backends: backends, Blob: s.Blob,
 			Limits: s.cfg.Ground.Limits, Batch: s.cfg.Ground.Batch, Logger: s.Logger.With("service", "ground"),
-			ExportForms: exportForms(), ExportBackends: sv.exportBackends(),
+			ExportBackends: sv.exportBackends(),
 		})
 		if err != nil {
 			return err
 		}
 	}
 	return nil
-}
-
-// exportForms are the export formats and dtypes services/train writes
-// (events.ExportDtypes), which services/ground checks a request's export
-// against.
-func exportForms() ground.ExportForms {
-	f := ground.ExportForms{}
-	for format, dtypes := range events.ExportDtypes {
-		f[format] = slices.Clone(dtypes)
-	}
-	return f
 }
 
 // exportBackends is services/ground's ExportBackends: the configured

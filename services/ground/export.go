@@ -84,20 +84,16 @@ type ExportRef struct {
 	ModelConfigSHA256 string
 }
 
-// ExportForms lists the export formats and the dtypes of each that may be
-// served, for checking a request before anything is looked up (the
-// composition root fills it from services/train's lists). Nil checks
-// nothing: an export that does not exist is export_not_found.
-type ExportForms map[string][]string
-
-// check refuses a format or dtype not in f.
-func (f ExportForms) check(m ModelSpec) error {
-	if f == nil || m.Format == "" {
+// checkExportForm refuses, before anything is looked up, an export whose
+// format or dtype no export has (events.ExportDtypes, what services/train
+// writes).
+func checkExportForm(m ModelSpec) error {
+	if m.Format == "" {
 		return nil
 	}
-	dtypes, ok := f[m.Format]
+	dtypes, ok := events.ExportDtypes[m.Format]
 	if !ok {
-		formats := slices.Sorted(maps.Keys(f))
+		formats := slices.Sorted(maps.Keys(events.ExportDtypes))
 		return newError(CodeBadRequest, "model %s: format %q is not an export format (have: %s)", m, m.Format, strings.Join(formats, ", "))
 	}
 	if !slices.Contains(dtypes, m.Dtype) {

@@ -123,15 +123,11 @@ func (f *exportFixture) exportAs(t *testing.T, format, dtype string) events.Expo
 	return x
 }
 
-// service is ground over the fixture, with services/train's export forms.
+// service is ground over the fixture.
 func (f *exportFixture) service(t *testing.T, exportBackends map[string]string) *Service {
 	t.Helper()
-	forms := ExportForms{}
-	for format, dtypes := range events.ExportDtypes {
-		forms[format] = dtypes
-	}
 	svc, err := New(Config{Catalog: NewPGCatalog(f.pool), Blob: f.bs, Backends: f.loads.backends,
-		ExportForms: forms, ExportBackends: exportBackends})
+		ExportBackends: exportBackends})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -386,11 +382,7 @@ func (d *dtypeRecorder) Load(ctx context.Context, req compute.LoadRequest) (comp
 // backend name (b), and everything else on GoMLX.
 func (f *exportFixture) serviceOn(t *testing.T, format, name string, b compute.Backend) *Service {
 	t.Helper()
-	forms := ExportForms{}
-	for f, dtypes := range events.ExportDtypes {
-		forms[f] = dtypes
-	}
-	svc, err := New(Config{Catalog: NewPGCatalog(f.pool), Blob: f.bs, ExportForms: forms, ExportBackends: map[string]string{format: name},
+	svc, err := New(Config{Catalog: NewPGCatalog(f.pool), Blob: f.bs, ExportBackends: map[string]string{format: name},
 		Backends: func(n string) (compute.Backend, error) {
 			switch n {
 			case "gomlx":

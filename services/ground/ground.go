@@ -57,10 +57,6 @@ type Config struct {
 	Batch BatchConfig
 	// Device is passed to the backend's Load; "" is its default.
 	Device string
-	// ExportForms are the export formats and dtypes a request may name
-	// (the composition root passes services/train's); nil checks none
-	// beforehand.
-	ExportForms ExportForms
 	// ExportBackends is the backend that serves an export of each format
 	// when neither the request nor the alias names one (eval's
 	// export_backend); a format missing here is served on the backend its
@@ -163,7 +159,7 @@ func (s *Service) PromoteModel(ctx context.Context, alias string, m ModelSpec) (
 	if alias == "" {
 		alias = DefaultAlias
 	}
-	if err := s.cfg.ExportForms.check(m); err != nil {
+	if err := checkExportForm(m); err != nil {
 		return events.ModelPromoted{}, err
 	}
 	res, err := p.PromoteModel(ctx, alias, m)
@@ -270,7 +266,7 @@ func (s *Service) resolve(ctx context.Context, req events.GroundRequested) (Mode
 	if err != nil {
 		return ModelRef{}, err
 	}
-	if err := s.cfg.ExportForms.check(m); err != nil {
+	if err := checkExportForm(m); err != nil {
 		return ModelRef{}, err
 	}
 	var ref ModelRef
