@@ -2,6 +2,7 @@ package onnx_test
 
 import (
 	"errors"
+	"slices"
 	"strings"
 	"testing"
 
@@ -26,6 +27,13 @@ func TestExportMatrix(t *testing.T) {
 				t.Fatal(err)
 			}
 			for _, g := range man.Graphs {
+				ins, outs, err := onnx.IONames(m.Graphs[g.Name])
+				if err != nil {
+					t.Fatal(err)
+				}
+				if !slices.Equal(ins, ioNames(g.Inputs)) || !slices.Equal(outs, ioNames(g.Outputs)) {
+					t.Errorf("%s: IONames %v -> %v, the manifest %v -> %v", g.Name, ins, outs, ioNames(g.Inputs), ioNames(g.Outputs))
+				}
 				t.Logf("%s: %d nodes, %d bytes, inputs %v", g.Name, g.Nodes, len(m.Graphs[g.Name]), g.Inputs)
 			}
 		})
@@ -89,4 +97,12 @@ func TestExportRefusesBranchOnSize(t *testing.T) {
 	if _, err := onnx.Export(g, nil, model.DtypeF32, nil); err == nil || !strings.Contains(err.Error(), "branches on a size") {
 		t.Errorf("err = %v, want a refusal naming the branch", err)
 	}
+}
+
+func ioNames(ios []onnx.IO) []string {
+	var out []string
+	for _, io := range ios {
+		out = append(out, io.Name)
+	}
+	return out
 }

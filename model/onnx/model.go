@@ -313,6 +313,65 @@ func ReadBundle(b []byte, want *model.Config) (*Model, error) {
 	return m, nil
 }
 
+// IONames returns an ONNX model's graph input and output names, in the
+// graph's order, read from its protobuf (an initializer listed as an
+// input, as IR versions before 4 did, is not an input to feed).
+func IONames(b []byte) (inputs, outputs []string, err error) {
+	var graph []byte
+	if err := fields(b, func(num protowire.Number, typ protowire.Type, v []byte, _ uint64) error {
+		if num == 7 && typ == protowire.BytesType {
+			graph = v
+		}
+		return nil
+	}); err != nil {
+		return nil, nil, err
+	}
+	if graph == nil {
+		return nil, nil, errors.New("onnx model: no graph")
+	}
+	name := func(v []byte) (string, error) {
+		var n string
+		err := fields(v, func(f protowire.Number, _ protowire.Type, s []byte, _ uint64) error {
+			if f == 1 {
+				n = string(s)
+			}
+			return nil
+		})
+		return n, err
+	}
+	inits := map[string]bool{}
+	err = fields(graph, func(num protowire.Number, typ protowire.Type, v []byte, _ uint64) error {
+		if typ != protowire.BytesType {
+			return nil
+		}
+		switch num {
+		case 5: // initializer: TensorProto, name is field 8
+			return fields(v, func(f protowire.Number, _ protowire.Type, s []byte, _ uint64) error {
+				if f == 8 {
+					inits[string(s)] = true
+				}
+				return nil
+			})
+		case 11, 12:
+			n, err := name(v)
+			if err != nil {
+				return err
+			}
+			if num == 12 {
+				outputs = append(outputs, n)
+			} else {
+				inputs = append(inputs, n)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, nil, fmt.Errorf("onnx model: %w", err)
+	}
+	inputs = slices.DeleteFunc(inputs, func(n string) bool { return inits[n] })
+	return inputs, outputs, nil
+}
+
 // readGraph checks one ONNX model of a bundle and collects its
 // parameters' weights.
 func readGraph(b []byte, man *Manifest, name string, shapes map[string][]int, weights map[string][]float32) error {

@@ -119,16 +119,12 @@ func (e *onnxEngine) newONNXGraphs(cfg model.Config, weights map[string][]float3
 			}
 			data = ex.Model
 		}
-		ins, outs, err := ort.Describe(data)
-		if err != nil {
-			return nil, fmt.Errorf("onnx engine: graph %s: %w", name, err)
-		}
+		// The names from the protobuf: ort.Describe would build a session
+		// only to throw it away.
 		g := &onnxGraph{}
-		for _, io := range ins {
-			g.inputs = append(g.inputs, io.Name)
-		}
-		for _, io := range outs {
-			g.outputs = append(g.outputs, io.Name)
+		var err error
+		if g.inputs, g.outputs, err = onnx.IONames(data); err != nil {
+			return nil, fmt.Errorf("onnx engine: graph %s: %w", name, err)
 		}
 		if g.s, err = ort.NewSession(data, g.inputs, g.outputs, e.opts); err != nil {
 			return nil, fmt.Errorf("onnx engine: graph %s: %w", name, err)
