@@ -160,7 +160,9 @@ type emitter struct {
 	polys  map[string]string
 	symSrc []string
 	params map[string]bool
-	n      int
+	// n and nconst number the nodes' outputs ("nN") and the constants
+	// ("cN").
+	n, nconst int
 }
 
 // values lists one argument of call ci across the traces.
@@ -204,30 +206,28 @@ func (e *emitter) initializer(t *tensor) string {
 	return t.name
 }
 
-func (e *emitter) constI64(dims []int, vals ...int64) string {
-	key := fmt.Sprint("i", dims, vals)
-	if n, ok := e.consts[key]; ok {
+// constant adds the initializer mk makes under a fresh name, once per key:
+// constants of up to 64 values are shared, larger ones (a static iota
+// table) are not looked up.
+func (e *emitter) constant(key string, size int, mk func(name string) *tensor) string {
+	shared := size <= 64
+	if n, ok := e.consts[key]; ok && shared {
 		return n
 	}
-	n := e.initializer(int64Tensor("c"+strconv.Itoa(len(e.consts)), dims, vals))
-	e.consts[key] = n
-	return n
-}
-
-func (e *emitter) constF32(dims []int, vals ...float32) string {
-	key := fmt.Sprint("f", dims, vals)
-	if len(vals) > 64 {
-		key = "" // large constants are not shared
-	}
-	if n, ok := e.consts[key]; ok && key != "" {
-		return n
-	}
-	n := e.initializer(floatTensor("c"+strconv.Itoa(len(e.consts))+"_"+strconv.Itoa(e.n), dims, vals))
-	e.n++
-	if key != "" {
+	e.nconst++
+	n := e.initializer(mk("c" + strconv.Itoa(e.nconst)))
+	if shared {
 		e.consts[key] = n
 	}
 	return n
+}
+
+func (e *emitter) constI64(dims []int, vals ...int64) string {
+	return e.constant(fmt.Sprint("i", dims, vals), len(vals), func(name string) *tensor { return int64Tensor(name, dims, vals) })
+}
+
+func (e *emitter) constF32(dims []int, vals ...float32) string {
+	return e.constant(fmt.Sprint("f", dims, vals), len(vals), func(name string) *tensor { return floatTensor(name, dims, vals) })
 }
 
 // vec1 is a one-element int64 tensor [1] holding p.

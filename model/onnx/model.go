@@ -60,8 +60,8 @@ func featWidth(cfg model.Config) int {
 	if cfg.Grounder {
 		return cfg.Width
 	}
-	net := model.NewNet[*model.Dims](model.ShapeOps(), cfg)
-	return model.ShapeOps().Shape(net.ImageFeatures(model.NewDims(1, cfg.ImageSize, cfg.ImageSize, 3)))[1]
+	o := model.ShapeOps()
+	return o.Shape(model.NewNet(o, cfg).ImageFeatures(model.NewDims(1, cfg.ImageSize, cfg.ImageSize, 3)))[1]
 }
 
 // Graphs are the computations of cfg's inference, as exportable graphs.
