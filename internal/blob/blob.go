@@ -27,7 +27,10 @@ type Store interface {
 	// PutFile stores the file at path (one a plugin wrote) under key, like
 	// Put, and takes the file: on success path is gone (renamed into the
 	// store or its cache, or removed once uploaded); on failure it is left.
-	PutFile(key, path string) (sum string, n int64, err error)
+	// sum, when not empty, is the file's sha256 as the caller already
+	// computed it, which the store then uses instead of reading the file
+	// again to hash it (a copy still checks what it wrote against it).
+	PutFile(key, path, sum string) (string, int64, error)
 	// Open opens key for reading. On a store that records sha256s, a read
 	// that reaches the end of bytes that do not match fails.
 	Open(key string) (io.ReadCloser, error)
@@ -227,12 +230,12 @@ func (l *Local) LocalPath(key string) (string, error) {
 // place (same file system) and the directory synced, or else copied
 // through Put (synced, verified, renamed) and removed. Errors name the key
 // and wrap the cause; on error path is left where it was.
-func (l *Local) PutFile(key, path string) (sum string, n int64, err error) {
+func (l *Local) PutFile(key, path, sum string) (string, int64, error) {
 	dst, err := l.Path(key)
 	if err != nil {
 		return "", 0, err
 	}
-	sum, n, err = FileSHA256(path)
+	sum, n, err := fileSum(path, sum)
 	if err != nil {
 		return "", 0, fmt.Errorf("put %s: %w", key, err)
 	}
@@ -264,6 +267,19 @@ func (l *Local) PutFile(key, path string) (sum string, n int64, err error) {
 	}
 	os.Remove(path)
 	return sum, n, nil
+}
+
+// fileSum is the sha256 and size of the file at path: sum, when the
+// caller gives it, with the file's size; else read and hashed.
+func fileSum(path, sum string) (string, int64, error) {
+	if sum == "" {
+		return FileSHA256(path)
+	}
+	fi, err := os.Stat(path)
+	if err != nil {
+		return "", 0, err
+	}
+	return sum, fi.Size(), nil
 }
 
 // FileSHA256 returns the hex sha256 of a file.

@@ -229,12 +229,12 @@ func (s *S3) Put(key string, r io.Reader) (string, int64, error) {
 
 // PutFile uploads the file at path and moves it into the cache as the
 // key's copy (or removes it where it cannot be renamed there).
-func (s *S3) PutFile(key, path string) (string, int64, error) {
+func (s *S3) PutFile(key, path, sum string) (string, int64, error) {
 	_, cp, err := s.object(key)
 	if err != nil {
 		return "", 0, err
 	}
-	sum, n, err := FileSHA256(path)
+	sum, n, err := fileSum(path, sum)
 	if err != nil {
 		return "", 0, fmt.Errorf("put %s: %w", key, err)
 	}

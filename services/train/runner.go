@@ -532,7 +532,7 @@ func (c *recorder) checkpoint(ctx context.Context, ck compute.Checkpoint) error 
 // the checkpoint, so that a store that cannot take the file (full,
 // read-only) records no row.
 func (c *recorder) moveToBlob(path, key, sum string) error {
-	got, _, err := c.r.s.cfg.Blob.PutFile(key, path)
+	got, _, err := c.r.s.cfg.Blob.PutFile(key, path, sum)
 	if err != nil {
 		return fmt.Errorf("store checkpoint %s: %w", key, err)
 	}

@@ -106,7 +106,7 @@ func Run(t *testing.T, newStore func(t *testing.T) blob.Store, opts Options) {
 		if err := os.WriteFile(path, data, 0o644); err != nil {
 			t.Fatal(err)
 		}
-		sum, n, err := s.PutFile("runs/r/stage1/step-3.safetensors", path)
+		sum, n, err := s.PutFile("runs/r/stage1/step-3.safetensors", path, "")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -121,12 +121,35 @@ func Run(t *testing.T, newStore func(t *testing.T) blob.Store, opts Options) {
 		}
 		checkLocal(t, s, "runs/r/stage1/step-3.safetensors", sum, n)
 		// A missing file fails and stores nothing.
-		if _, _, err := s.PutFile("other", filepath.Join(t.TempDir(), "none")); err == nil {
+		if _, _, err := s.PutFile("other", filepath.Join(t.TempDir(), "none"), ""); err == nil {
 			t.Fatal("PutFile of a missing file succeeded")
 		}
 		if _, err := s.Stat("other"); !errors.Is(err, fs.ErrNotExist) {
 			t.Fatalf("Stat after a failed PutFile: %v, want fs.ErrNotExist", err)
 		}
+	})
+	t.Run("PutFileKnownSum", func(t *testing.T) {
+		// A caller that hashed the file already passes its sum.
+		s := newStore(t)
+		data := bytes.Repeat([]byte("step "), 5000)
+		path := filepath.Join(t.TempDir(), "step-4.safetensors")
+		if err := os.WriteFile(path, data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		sum, n, err := s.PutFile("runs/r/stage1/step-4.safetensors", path, hexSum(data))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if sum != hexSum(data) || n != int64(len(data)) {
+			t.Fatalf("PutFile = %s, %d; want %s, %d", sum, n, hexSum(data), len(data))
+		}
+		if _, err := os.Stat(path); !errors.Is(err, fs.ErrNotExist) {
+			t.Fatalf("PutFile left its file: %v", err)
+		}
+		if got := readAll(t, s, "runs/r/stage1/step-4.safetensors"); !bytes.Equal(got, data) {
+			t.Fatal("Open after PutFile read other bytes")
+		}
+		checkLocal(t, s, "runs/r/stage1/step-4.safetensors", sum, n)
 	})
 	t.Run("Missing", func(t *testing.T) {
 		s := newStore(t)
