@@ -231,6 +231,15 @@ type Config struct {
 	// thing by another ("the cube left of the red ball") need more than
 	// one block of attention between their words.
 	GrounderTextDepth int `json:"grounder_text_depth,omitempty"`
+	// GrounderTextGRU makes the sentence vector a bidirectional GRU's
+	// ("grounder.text.gru.fwd", ".bwd", width Width) two final states
+	// over the marked text, projected to Width, in place of the
+	// transformer block and its attention pools (grounder_text_depth and
+	// grounder_queries are then unused). A recurrence reads the words in
+	// order, which tells the thing asked for from the thing it is placed
+	// by ("the circle left of the blue star"); issue 19's reference
+	// grounder encodes its expressions this way.
+	GrounderTextGRU bool `json:"grounder_text_gru,omitempty"`
 	// GrounderStem is the number of 3x3 stride-1 convolutions (each with
 	// its FiLM, like the rest of the tower) the tower runs at the folded
 	// image's resolution (ImageSize/2) before its first stride-2 one,
@@ -350,8 +359,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("model config: grounder_stem %d must be in 0..4", c.GrounderStem)
 	case c.GrounderTextDepth < 0 || c.GrounderTextDepth > 8:
 		return fmt.Errorf("model config: grounder_text_depth %d must be in 0..8", c.GrounderTextDepth)
-	case !c.Grounder && (c.GrounderQueries != 0 || c.GrounderLossWeight != 0 || c.GrounderCellWords || c.GrounderNorm || c.GrounderGridDepth != 0 || c.GrounderTextDepth != 0 || c.GrounderStem != 0 || c.GrounderSigma != 0):
-		return fmt.Errorf("model config: grounder_queries, grounder_loss_weight, grounder_cell_words, grounder_norm, grounder_grid_depth, grounder_text_depth, grounder_stem and grounder_sigma need grounder")
+	case !c.Grounder && (c.GrounderQueries != 0 || c.GrounderLossWeight != 0 || c.GrounderCellWords || c.GrounderNorm || c.GrounderGridDepth != 0 || c.GrounderTextDepth != 0 || c.GrounderStem != 0 || c.GrounderSigma != 0 || c.GrounderTextGRU):
+		return fmt.Errorf("model config: grounder_queries, grounder_loss_weight, grounder_cell_words, grounder_norm, grounder_grid_depth, grounder_text_depth, grounder_text_gru, grounder_stem and grounder_sigma need grounder")
 	case c.GrounderGridDepth < 0 || c.GrounderGridDepth > 8 || c.GrounderGridDepth > 0 && c.VisionWidth%c.Heads != 0:
 		return fmt.Errorf("model config: grounder_grid_depth %d must be in 0..8, with a vision_width (%d) divisible by heads (%d)", c.GrounderGridDepth, c.VisionWidth, c.Heads)
 	case c.MaxSeq < c.Patches()*c.MaxImages+8:
@@ -420,6 +429,7 @@ func (c Config) Features() []string {
 		{"grounder_norm", c.GrounderNorm},
 		{"grounder_grid_depth", c.GrounderGridDepth > 0},
 		{"grounder_text_depth", c.GrounderTextDepth > 0},
+		{"grounder_text_gru", c.GrounderTextGRU},
 		{"grounder_stem", c.GrounderStem > 0},
 		{"grounder_sigma", c.GrounderSigma > 0},
 	} {
@@ -435,7 +445,7 @@ func (c Config) Features() []string {
 // declares.
 func AllFeatures() []string {
 	all := Config{BoxLabelSigma: 1, ImagesAfterText: true, TextFusion: true, PatchPositions: true, FusionAttention: true,
-		GroundLossWeight: 1, ConvStem: true, BoxLossWeight: 1, GroundReadout: true, Grounder: true, GrounderCellWords: true, GrounderNorm: true, GrounderGridDepth: 1, GrounderTextDepth: 1, GrounderStem: 1, GrounderSigma: 0.5}
+		GroundLossWeight: 1, ConvStem: true, BoxLossWeight: 1, GroundReadout: true, Grounder: true, GrounderCellWords: true, GrounderNorm: true, GrounderGridDepth: 1, GrounderTextDepth: 1, GrounderTextGRU: true, GrounderStem: 1, GrounderSigma: 0.5}
 	return all.Features()
 }
 

@@ -20,6 +20,11 @@ func (n *Net[T]) sentence(tokens, textMask T) T {
 	tokens = o.Slice(tokens, Range{Axis: 1, From: 0, To: l})
 	b, w := o.Shape(tokens)[0], c.Width
 	x := o.Gather(n.embedTokens(), tokens) // [B, L, W]
+	if c.GrounderTextGRU {
+		hf := n.gru(x, textMask, "grounder.text.gru.fwd", w, false)
+		hb := n.gru(x, textMask, "grounder.text.gru.bwd", w, true)
+		return n.layerNorm(n.dense(o.Concat(-1, hf, hb), "grounder.text.gru.proj", w), "grounder.text.ln")
+	}
 	x = o.Add(x, o.Reshape(o.Slice(o.Param("grounder.text.pos", c.MaxSeq, w), Range{Axis: 0, From: 0, To: l}), 1, l, w))
 	off := o.Scale(n.oneMinus(textMask), MaskedScore) // [B, L]: 0 on text
 	bias := o.Reshape(off, b, 1, 1, l)
@@ -32,6 +37,52 @@ func (n *Net[T]) sentence(tokens, textMask T) T {
 	pooled := o.Einsum("bql,blw->bqw", o.Softmax(scores), x)
 	pooled = o.Reshape(pooled, b, c.GrounderQueries*w)
 	return n.layerNorm(n.dense(pooled, "grounder.text.proj", w), "grounder.text.ln")
+}
+
+// sigmoid is 1/(1+exp(-x)), its argument clipped to ±30 so that exp
+// stays finite (and its gradient a number) in every dtype that trains.
+func (n *Net[T]) sigmoid(x T) T {
+	o := n.o
+	return o.Div(o.Scalar(1), o.Shift(o.Exp(o.Neg(o.Clip(x, -30, 30))), 1))
+}
+
+// tanh is 2 sigmoid(2x) - 1.
+func (n *Net[T]) tanh(x T) T { return n.o.Shift(n.o.Scale(n.sigmoid(n.o.Scale(x, 2)), 2), -1) }
+
+// gru runs a GRU of width h (prefix's parameters: the input's gates
+// ".x.w", ".x.b" [W, 3h], the state's ".h.w", ".h.b" [h, 3h], gates in
+// the order update, reset, candidate) over x [B, L, W], forward or
+// backward, and returns its last state [B, h]. A position that mask [B, L]
+// leaves 0 does not change the state, so that the backward pass starts at
+// each row's last marked position and the forward one ends there (the
+// marked positions come first). A backend that implements RecurrentOps
+// runs it as one operation.
+func (n *Net[T]) gru(x, mask T, prefix string, h int, backward bool) T {
+	o := n.o
+	d := o.Shape(x)
+	b, l := d[0], d[1]
+	wx, bx := o.Param(prefix+".x.w", n.last(x), 3*h), o.Param(prefix+".x.b", 3*h)
+	uw, ub := o.Param(prefix+".h.w", h, 3*h), o.Param(prefix+".h.b", 3*h)
+	if r, ok := o.(RecurrentOps[T]); ok {
+		return r.GRU(x, mask, wx, bx, uw, ub, backward)
+	}
+	in := o.Dense(x, wx, bx) // every position's input gates at once
+	state := o.ZerosLike(n.index(n.part(in, 0, h), 1, 0)) // [B, h]
+	for i := range l {
+		t := i
+		if backward {
+			t = l - 1 - i
+		}
+		xt := n.index(in, 1, t)      // [B, 3h]
+		ht := o.Dense(state, uw, ub) // [B, 3h]
+		z := n.sigmoid(o.Add(n.part(xt, 0, h), n.part(ht, 0, h)))
+		r := n.sigmoid(o.Add(n.part(xt, h, 2*h), n.part(ht, h, 2*h)))
+		cand := n.tanh(o.Add(n.part(xt, 2*h, 3*h), o.Mul(r, n.part(ht, 2*h, 3*h))))
+		next := o.Add(cand, o.Mul(z, o.Sub(state, cand)))
+		m := o.Reshape(n.index(mask, 1, t), b, 1)
+		state = o.Add(state, o.Mul(m, o.Sub(next, state)))
+	}
+	return state
 }
 
 // instanceNorm normalizes x [K, S, S, C] per image and channel over the

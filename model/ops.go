@@ -108,6 +108,22 @@ type Ops[T any] interface {
 	OneHot(idx T, n int) T
 }
 
+// RecurrentOps is an optional part of Ops for a backend that runs a GRU
+// as one operation (an ONNX graph's GRU node) instead of the steps the
+// definition otherwise writes with the other operations, one per
+// position, which a graph exported for every text length cannot hold.
+type RecurrentOps[T any] interface {
+	// GRU runs a GRU over x [B, L, W] and returns its last state [B, H]:
+	// input weights wx [W, 3H] and bias bx [3H], state weights wh [H, 3H]
+	// and bias bh [3H], gates in the order update z, reset r, candidate n:
+	// z = σ(x wz + bz + h uz + cz), r = σ(x wr + br + h ur + cr),
+	// n = tanh(x wn + bn + r (h un + cn)), h' = (1 - z) n + z h, from
+	// h = 0. mask [B, L] is 1 on each row's first positions and 0 after
+	// them; the GRU reads the marked positions only, forward or (backward)
+	// from the last marked one to the first.
+	GRU(x, mask, wx, bx, wh, bh T, backward bool) T
+}
+
 // Range selects part of one axis (Ops.Slice).
 type Range struct {
 	Axis, From, To, Stride int

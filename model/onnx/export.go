@@ -577,6 +577,8 @@ func (e *emitter) emit(ci int) error {
 		w := e.node("Transpose", in[1:2], intsAttr("perm", 3, 2, 0, 1))
 		y := e.node("Conv", []string{x, w, in[2]}, intsAttr("kernel_shape", 3, 3), intsAttr("pads", 1, 1, 1, 1), intsAttr("strides", s, s))
 		out = e.node("Transpose", []string{y}, intsAttr("perm", 0, 2, 3, 1))
+	case "GRU":
+		out = e.gru(ci, in)
 	case "Einsum":
 		out = e.node("Einsum", in, attr{name: "equation", typ: attrString, s: c.str})
 	case "Gather":
@@ -593,6 +595,29 @@ func (e *emitter) emit(ci int) error {
 	}
 	e.names[ci] = out
 	return nil
+}
+
+// gru emits Tracer.GRU as ONNX's GRU (linear_before_reset 1: the reset
+// gate scales the state's product with its bias, as model.RecurrentOps
+// says), its weights transposed to ONNX's [directions, 3H, in] and each
+// row's length the sum of its mask; it returns the last state [B, H].
+func (e *emitter) gru(ci int, in []string) string {
+	c := &e.calls[ci]
+	h := c.dims[1]
+	dir := "forward"
+	if c.ints[0] == 1 {
+		dir = "reverse"
+	}
+	zero := e.constI64([]int{1}, 0)
+	x := e.node("Transpose", in[:1], intsAttr("perm", 1, 0, 2)) // [L, B, W]
+	w := e.node("Unsqueeze", []string{e.node("Transpose", in[2:3], intsAttr("perm", 1, 0)), zero})
+	r := e.node("Unsqueeze", []string{e.node("Transpose", in[4:5], intsAttr("perm", 1, 0)), zero})
+	b := e.node("Unsqueeze", []string{e.node("Concat", []string{in[3], in[5]}, intAttr("axis", 0)), zero})
+	lens := e.node("Cast", []string{e.node("ReduceSum", []string{in[1], e.constI64([]int{1}, 1)}, intAttr("keepdims", 0))}, intAttr("to", typeInt32))
+	y, yh := e.tmp(), e.tmp()
+	e.g.nodes = append(e.g.nodes, &node{op: "GRU", name: yh, inputs: []string{x, w, r, b, lens}, outputs: []string{y, yh},
+		attrs: []attr{intAttr("hidden_size", h), intAttr("linear_before_reset", 1), {name: "direction", typ: attrString, s: dir}}})
+	return e.node("Squeeze", []string{yh, zero}) // [1, B, H] -> [B, H]
 }
 
 func seq(n int) []int {

@@ -15,6 +15,7 @@ import (
 // ONNX tensor element types (TensorProto.DataType).
 const (
 	typeFloat   = 1
+	typeInt32   = 6
 	typeInt64   = 7
 	typeBool    = 9
 	typeFloat16 = 10

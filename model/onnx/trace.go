@@ -218,3 +218,15 @@ func (tr *Tracer) GatherElems(x, idx *T) *T {
 func (tr *Tracer) OneHot(idx *T, n int) *T {
 	return tr.op("OneHot", tr.shape.OneHot(model.NewDims(idx.dims...), n), false, []int{n}, nil, idx)
 }
+
+var _ model.RecurrentOps[*T] = (*Tracer)(nil)
+
+// GRU records the GRU as one operation (an ONNX GRU node), so that the
+// graph does not unroll it over the text's length.
+func (tr *Tracer) GRU(x, mask, wx, bx, wh, bh *T, backward bool) *T {
+	back := 0
+	if backward {
+		back = 1
+	}
+	return tr.add(call{op: "GRU", args: ids(x, mask, wx, bx, wh, bh), ints: []int{back}, dims: []int{x.dims[0], wh.dims[0]}})
+}

@@ -82,6 +82,10 @@ func paramSpecs(c model.Config) []paramSpec {
 		case strings.HasSuffix(p.Name, ".b") || p.Name == "fusion.query" || p.Name == "grounder.text.query":
 			// Zero queries pool plain means.
 			s.Init = initZeros
+		case strings.HasPrefix(p.Name, "grounder.text.gru.") && !strings.HasPrefix(p.Name, "grounder.text.gru.proj"):
+			// PyTorch's GRU scale, 1/sqrt(fan-in): at N(0, 0.02) the
+			// recurrence starts with a state a hundredth of its input's.
+			s.Std = 1 / math.Sqrt(float64(p.Shape[0]))
 		case strings.HasPrefix(p.Name, "grounder.match."):
 			// Unit-variance queries and keys from layer-normed inputs.
 			s.Std = 1 / math.Sqrt(float64(p.Shape[0]))

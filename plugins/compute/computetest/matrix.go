@@ -121,6 +121,7 @@ func MatrixCells() []MatrixCell {
 		cell("grounder_norm", func(c *model.Config) { *c = withGrounder(*c); c.GrounderNorm = true }),
 		cell("grounder_grid_depth", func(c *model.Config) { *c = withGrounder(*c); c.GrounderGridDepth = 1 }),
 		cell("grounder_text_depth", func(c *model.Config) { *c = withGrounder(*c); c.GrounderTextDepth = 1 }),
+		cell("grounder_text_gru", func(c *model.Config) { *c = withGrounder(*c); c.GrounderTextGRU = true }),
 		cell("grounder_stem", func(c *model.Config) { *c = withGrounder(*c); c.GrounderStem = 2 }),
 		cell("grounder_sigma", func(c *model.Config) { *c = withGrounder(*c); c.GrounderSigma = 0.3 }),
 		cell("demo", func(c *model.Config) { *c = DemoCellConfig(*c) }),
