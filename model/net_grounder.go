@@ -75,8 +75,8 @@ func (n *Net[T]) gru(x, mask T, prefix string, h int, backward bool) T {
 		}
 		xt := n.index(in, 1, t)      // [B, 3h]
 		ht := o.Dense(state, uw, ub) // [B, 3h]
-		z := n.sigmoid(o.Add(n.part(xt, 0, h), n.part(ht, 0, h)))
-		r := n.sigmoid(o.Add(n.part(xt, h, 2*h), n.part(ht, h, 2*h)))
+		zr := n.sigmoid(o.Add(n.part(xt, 0, 2*h), n.part(ht, 0, 2*h))) // both gates in one
+		z, r := n.part(zr, 0, h), n.part(zr, h, 2*h)
 		cand := n.tanh(o.Add(n.part(xt, 2*h, 3*h), o.Mul(r, n.part(ht, 2*h, 3*h))))
 		next := o.Add(cand, o.Mul(z, o.Sub(state, cand)))
 		m := o.Reshape(n.index(mask, 1, t), b, 1)
