@@ -71,6 +71,9 @@ type Activities struct {
 	// worker may start later) and said so in the log, the activity's
 	// heartbeat details (the Temporal UI's pending activity) and its span.
 	Workers WorkerDirectory
+	// PromoteWait is how long one Promote attempt waits for the grounding
+	// service to learn of its checkpoint; 0: DefaultPromoteWait.
+	PromoteWait time.Duration
 }
 
 // WorkerDirectory knows which live workers consume which command topics
@@ -86,7 +89,16 @@ type Promoter interface {
 	Promote(ctx context.Context, alias, checkpointID string) (events.ModelPromoted, error)
 }
 
-// Promote is the Pipeline's promotion activity.
+// DefaultPromoteWait is how long one attempt of the Promote activity waits
+// for the grounding service to learn of the checkpoint it promotes.
+const DefaultPromoteWait = 30 * time.Second
+
+// Promote is the Pipeline's promotion activity. The grounding service
+// learns of a checkpoint from services/train's facts on the bus, which may
+// reach it after the pipeline's train stage has completed: a checkpoint it
+// does not know yet (PendingError) is asked for again for PromoteWait,
+// then failed retryably, so that the workflow's retry policy bounds the
+// whole wait; any other refusal is bad input, not retried.
 func (a *Activities) Promote(ctx context.Context, req PromoteRequest) (_ events.ModelPromoted, err error) {
 	ctx, span := otel.Tracer("groundmesh/workflows").Start(ctx, "workflows.Promote")
 	defer span.End()
@@ -94,9 +106,26 @@ func (a *Activities) Promote(ctx context.Context, req PromoteRequest) (_ events.
 	if a.Promoter == nil {
 		return events.ModelPromoted{}, temporal.NewNonRetryableApplicationError("promote: this worker has no model catalog (run it with the ground service's database)", ErrTypeBadInput, nil)
 	}
-	p, err := a.Promoter.Promote(ctx, req.Alias, req.CheckpointID)
+	wait := cmp.Or(a.PromoteWait, DefaultPromoteWait)
+	deadline := time.Now().Add(wait)
+	var p events.ModelPromoted
+	for {
+		p, err = a.Promoter.Promote(ctx, req.Alias, req.CheckpointID)
+		if err == nil || !PendingError(err) || !time.Now().Before(deadline) {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return events.ModelPromoted{}, fmt.Errorf("promote: waiting for the grounding service to learn of checkpoint %s: %w (last: %w)", req.CheckpointID, ctx.Err(), err)
+		case <-time.After(min(500*time.Millisecond, wait)):
+		}
+	}
 	if err != nil {
 		span.RecordError(err)
+		if PendingError(err) {
+			slog.WarnContext(ctx, "promotion waits for the grounding service to learn of the checkpoint", "alias", req.Alias, "checkpoint_id", req.CheckpointID, "waited", wait, "err", err)
+			return events.ModelPromoted{}, fmt.Errorf("promote: not known to the grounding service after %v (retried): %w", wait, err)
+		}
 		if BadInputError(err) {
 			return events.ModelPromoted{}, temporal.NewNonRetryableApplicationError("promote: "+err.Error(), ErrTypeBadInput, err)
 		}
@@ -104,6 +133,14 @@ func (a *Activities) Promote(ctx context.Context, req PromoteRequest) (_ events.
 	}
 	slog.InfoContext(ctx, "model promoted by the pipeline", "alias", p.Alias, "checkpoint_id", p.CheckpointID, "run_id", p.RunID)
 	return p, nil
+}
+
+// PendingError reports whether err says that what it needs has not
+// arrived yet (an error with a Pending() bool method returning true, as
+// services/ground's do for a checkpoint whose facts it has not consumed).
+func PendingError(err error) bool {
+	var p interface{ Pending() bool }
+	return errors.As(err, &p) && p.Pending()
 }
 
 // BadInputError reports whether err says so itself (an error with a
@@ -116,7 +153,7 @@ func BadInputError(err error) bool {
 // CommandServices are the services the Command activity drives: each
 // consumes "<service>.requested" and answers "<service>.completed" or
 // "<service>.failed", with "<service>.progress" on the way.
-var CommandServices = []string{"ingest", "synth", "train", "train.describe", "train.export", "eval"}
+var CommandServices = []string{"ingest", "synth", "synth.describe", "train", "train.describe", "train.export", "eval"}
 
 // Command publishes a service command and completes asynchronously.
 func (a *Activities) Command(ctx context.Context, in CommandInput) (json.RawMessage, error) {

@@ -77,6 +77,7 @@ func Pipeline(ctx workflow.Context, in PipelineInput) (PipelineResult, error) {
 		res.StagesRan = append(res.StagesRan, StageIngest)
 		logger.Info("ingest done", "dataset_id", out.DatasetID, "reused", out.Reused)
 	}
+	var synthFacts *events.SynthFacts // what synth answered about the set, when it ran here
 	if want[StageSynth] {
 		search(SearchStage.ValueSet(StageSynth))
 		var out events.SynthCompleted
@@ -85,6 +86,7 @@ func Pipeline(ctx workflow.Context, in PipelineInput) (PipelineResult, error) {
 			return res, fmt.Errorf("synth: %w", err)
 		}
 		res.SynthSetID = out.SynthSetID
+		synthFacts = out.Facts()
 		res.StagesRan = append(res.StagesRan, StageSynth)
 	}
 	var trained *events.RunFacts // what train answered about the run, when it ran here
@@ -92,6 +94,12 @@ func Pipeline(ctx workflow.Context, in PipelineInput) (PipelineResult, error) {
 		search(SearchStage.ValueSet(StageTrain))
 		var out events.TrainCompleted
 		req := events.TrainRequested{Queue: in.Queues[StageTrain], RunID: res.RunID, SynthSetID: res.SynthSetID, Backend: in.Train.Backend, Device: in.Train.Device, Spec: in.Train.Spec}
+		if workflow.GetVersion(ctx, trainSynthFactsVersion, workflow.DefaultVersion, 1) == 1 {
+			// The train request carries what synth answered; without it
+			// (synth did not run here) the Train workflow asks
+			// services/synth.
+			req.Synth = synthFacts
+		}
 		if err := workflow.ExecuteChildWorkflow(child(TrainWorkflowName, "train"), Train, req).Get(ctx, &out); err != nil {
 			return res, fmt.Errorf("train: %w", err)
 		}
@@ -198,7 +206,7 @@ func commandOptions(service string) workflow.ActivityOptions {
 	switch service {
 	case "train":
 		o.StartToCloseTimeout = 4 * time.Hour
-	case "train.describe":
+	case "train.describe", "synth.describe":
 		// A few reads: no progress to wait for.
 		o.StartToCloseTimeout = 5 * time.Minute
 	case "train.export":
@@ -258,7 +266,9 @@ func Synthesize(ctx workflow.Context, req events.SynthRequested) (events.SynthCo
 
 // Train runs the three training stages through services/train. Its status
 // query answers the current stage, step and loss, fed by the bridge's
-// throttled progress signals.
+// throttled progress signals. A request without the synth set's facts
+// (a pipeline that starts at train) first gets them from services/synth
+// ("synth.describe"): services/train reads no table of synth's.
 func Train(ctx workflow.Context, req events.TrainRequested) (events.TrainCompleted, error) {
 	var out events.TrainCompleted
 	if req.SynthSetID == "" {
@@ -290,6 +300,16 @@ func Train(ctx workflow.Context, req events.TrainRequested) (events.TrainComplet
 			}
 		}
 	})
+	if req.Synth == nil && workflow.GetVersion(ctx, trainSynthFactsVersion, workflow.DefaultVersion, 1) == 1 {
+		var set events.SynthCompleted
+		// A query of synth's tables, answered by any synth worker: it
+		// always goes to the default queue.
+		if err := runCommand(ctx, "synth.describe", "", events.SynthDescribeRequested{SynthSetID: req.SynthSetID}, &set); err != nil {
+			status.State = "failed"
+			return out, fmt.Errorf("describe synth set %s: %w", req.SynthSetID, err)
+		}
+		req.Synth = set.Facts()
+	}
 	err := runCommand(ctx, "train", req.Queue, req, &out)
 	if err != nil {
 		status.State = "failed"
@@ -306,6 +326,12 @@ const (
 	// request, and Evaluate asks services/train for them when the request
 	// has none.
 	evalRunFactsVersion = "eval-run-facts"
+	// trainSynthFactsVersion: the Pipeline passes synth's facts in the
+	// train request, and Train asks services/synth for them
+	// ("synth.describe") when the request has none. A history from before
+	// sends none; services/train then uses the facts its run recorded, or
+	// answers bad input naming the missing field.
+	trainSynthFactsVersion = "train-synth-facts"
 )
 
 // Evaluate scores a run's checkpoints through services/eval. services/eval

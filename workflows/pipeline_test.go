@@ -41,8 +41,8 @@ func fakeServices(asked *[]CommandInput) func(context.Context, CommandInput) (js
 		switch in.Service {
 		case "ingest":
 			v = events.DatasetIngested{DatasetID: "ds-1", Version: "abc"}
-		case "synth":
-			v = events.SynthCompleted{SynthSetID: "ss-1"}
+		case "synth", "synth.describe":
+			v = events.SynthCompleted{SynthSetID: "ss-1", DatasetID: "ds-1", ManifestKey: "synth/ss-1/manifest.json", DatasetRoot: "/data/ds-1"}
 		case "train", "train.describe":
 			v = events.TrainCompleted{Checkpoints: map[string]string{"stage3": "ck-3"}, Run: &events.RunFacts{
 				SynthSetID: "ss-1", ManifestKey: "synth/ss-1/manifest.json", Backend: "gomlx", TokenizerKey: "runs/r/tokenizer.json",
@@ -89,6 +89,11 @@ func TestPipelineDefaultsRunAllStages(t *testing.T) {
 	if train.SynthSetID != "ss-1" || train.RunID == "" || train.Backend != "gomlx" {
 		t.Fatalf("train command %+v", train)
 	}
+	// The train command carries synth's facts about the set: no
+	// synth.describe round trip.
+	if f := train.Synth; f == nil || *f != (events.SynthFacts{SynthSetID: "ss-1", DatasetID: "ds-1", ManifestKey: "synth/ss-1/manifest.json", DatasetRoot: "/data/ds-1"}) {
+		t.Fatalf("train command's synth facts %+v", train.Synth)
+	}
 	// The eval command carries train's facts about the run: no
 	// train.describe round trip.
 	if len(asked) != 4 || asked[3].Service != "eval" {
@@ -123,6 +128,30 @@ func TestEvaluateWithOnlyARunIDAsksTrain(t *testing.T) {
 	if describe.RunID != "11111111-2222-3333-4444-555555555555" || eval.RunID != describe.RunID ||
 		eval.Run == nil || eval.Run.Checkpoints[0].ID != "ck-3" || eval.Run.TokenizerKey == "" {
 		t.Fatalf("describe %+v, eval %+v", describe, eval)
+	}
+}
+
+// TestTrainWithOnlyASynthSetIDAsksSynth: a pipeline that starts at train
+// (a synth set built earlier) gets the set's facts from services/synth
+// before it asks services/train.
+func TestTrainWithOnlyASynthSetIDAsksSynth(t *testing.T) {
+	env := newEnv(t)
+	var asked []CommandInput
+	env.OnActivity((&Activities{}).Command, mock.Anything, mock.Anything).Return(fakeServices(&asked))
+	env.ExecuteWorkflow(Pipeline, PipelineInput{Stages: []string{StageTrain}, SynthSetID: "ss-1"})
+	if err := env.GetWorkflowError(); err != nil {
+		t.Fatalf("pipeline: %v", err)
+	}
+	if len(asked) != 2 || asked[0].Service != "synth.describe" || asked[0].Queue != "" || asked[1].Service != "train" {
+		t.Fatalf("commands %+v, want synth.describe (default queue) then train", asked)
+	}
+	var describe events.SynthDescribeRequested
+	_ = json.Unmarshal(asked[0].Payload, &describe)
+	var train events.TrainRequested
+	_ = json.Unmarshal(asked[1].Payload, &train)
+	if describe.SynthSetID != "ss-1" || train.SynthSetID != "ss-1" || train.Synth == nil ||
+		train.Synth.ManifestKey != "synth/ss-1/manifest.json" || train.Synth.DatasetRoot != "/data/ds-1" {
+		t.Fatalf("describe %+v, train %+v", describe, train)
 	}
 }
 

@@ -23,6 +23,7 @@ import (
 	"github.com/groundmesh/groundmesh/model"
 	"github.com/groundmesh/groundmesh/services/ground"
 	"github.com/groundmesh/groundmesh/services/synth"
+	"github.com/groundmesh/groundmesh/workflows"
 )
 
 // groundEnv is the grounding API's part of the environment.
@@ -123,12 +124,22 @@ func newToken() (string, error) {
 }
 
 // demoGround asks the gateway where the referent of one test REC record of
-// the pipeline's synth set is, and prints the answer beside the truth.
-func demoGround(ctx context.Context, s *stack.Stack, token, synthSetID string) error {
-	var manifestKey, root string
-	if err := s.Pool.QueryRow(ctx, `SELECT s.manifest_key, coalesce(d.root, '') FROM synth_sets s
-		LEFT JOIN dataset_versions d ON d.id = s.dataset_id WHERE s.id::text = $1`, synthSetID).Scan(&manifestKey, &root); err != nil {
-		return fmt.Errorf("synth set %s: %w", synthSetID, err)
+// the pipeline's synth set is, and prints the answer beside the truth. The
+// set's manifest and dataset root come from services/synth (Describe), not
+// its tables; the grounding service learns of the run from train's facts
+// on the bus, so it first waits, a bounded time, until the service knows
+// the run's final checkpoint.
+func demoGround(ctx context.Context, s *stack.Stack, token string, pr workflows.PipelineResult) error {
+	if s.Services.Synth == nil {
+		return errors.New("this process runs no synth service to describe the synth set")
+	}
+	set, err := s.Services.Synth.Describe(ctx, events.SynthDescribeRequested{SynthSetID: pr.SynthSetID})
+	if err != nil {
+		return fmt.Errorf("synth set %s: %w", pr.SynthSetID, err)
+	}
+	manifestKey, root := set.ManifestKey, set.DatasetRoot
+	if err := waitForModel(ctx, s, pr, demoModelWait); err != nil {
+		return err
 	}
 	m, err := synth.OpenManifest(s.Blob, manifestKey)
 	if err != nil {
@@ -192,6 +203,49 @@ func demoGround(ctx context.Context, s *stack.Stack, token, synthSetID string) e
 	fmt.Printf("  model:       %s (run %s, %s step %d)\n", res.ModelVersion, res.RunID, res.Stage, res.Step)
 	fmt.Printf("  latency:     %.1f ms in services/ground, %s over HTTP and the %s bus\n", res.LatencyMS, time.Since(start).Round(time.Millisecond), s.Bus.Kind())
 	return nil
+}
+
+// demoModelWait bounds how long the demo waits for the grounding service
+// to learn of the model it trained.
+const demoModelWait = time.Minute
+
+// waitForModel waits until the grounding service knows the pipeline's
+// final checkpoint (its run's train.completed fact consumed), at most
+// limit.
+func waitForModel(ctx context.Context, s *stack.Stack, res workflows.PipelineResult, limit time.Duration) error {
+	final := res.Checkpoints[finalStage(res.Checkpoints)]
+	if s.Services.Ground == nil || final == "" {
+		return nil
+	}
+	deadline := time.Now().Add(limit)
+	for {
+		_, err := s.Services.Ground.Checkpoint(ctx, final)
+		if err == nil {
+			return nil
+		}
+		var ge *ground.Error
+		if !errors.As(err, &ge) || !ge.Pending() {
+			return fmt.Errorf("the grounding service on checkpoint %s: %w", final, err)
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("the grounding service has not learned of checkpoint %s within %v (train's facts travel over the bus; is its consumer running?): %w", final, limit, err)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+// finalStage is the last stage of a run's checkpoints ("stage3": the
+// names sort in order).
+func finalStage(byStage map[string]string) string {
+	last := ""
+	for st := range byStage {
+		last = max(last, st)
+	}
+	return last
 }
 
 // cmdPromote points an alias (production by default) at a checkpoint:

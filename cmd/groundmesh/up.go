@@ -315,7 +315,7 @@ func cmdDemo(ctx context.Context, e env, args []string) error {
 		if gc, err := e.Ground.config(); err == nil && len(gc.APITokens) > 0 {
 			token = gc.APITokens[0]
 		}
-		if err := demoGround(ctx, s, token, res.SynthSetID); err != nil {
+		if err := demoGround(ctx, s, token, res); err != nil {
 			fmt.Printf("\ngrounding through the gateway: %v\n", err)
 		}
 	}

@@ -5,8 +5,8 @@
 //
 // Naming: "<svc>.requested" is a command; "<svc>.progress", "<svc>.completed"
 // and "<svc>.failed" answer it and carry the command's correlation id;
-// "dataset.ingested", "checkpoint.saved", "evaluation.completed" and
-// "model.promoted" are facts, published through the transactional outbox in
+// "dataset.ingested", "checkpoint.saved", "evaluation.completed",
+// "model.promoted" and "model.exported" are facts, published through the transactional outbox in
 // the same Postgres transaction as the state change.
 package events
 
@@ -47,6 +47,14 @@ const (
 	TopicSynthCompleted = "synth.completed"
 	TopicSynthFailed    = "synth.failed"
 
+	// "synth.describe.*" asks services/synth for a ready synth set's facts
+	// (a SynthCompleted) without building: how the Train workflow of a
+	// pipeline that starts at train, with only a synth set id, fills
+	// TrainRequested.Synth.
+	TopicSynthDescribeRequested = "synth.describe.requested"
+	TopicSynthDescribeCompleted = "synth.describe.completed"
+	TopicSynthDescribeFailed    = "synth.describe.failed"
+
 	TopicTrainRequested  = "train.requested"
 	TopicTrainProgress   = "train.progress"
 	TopicTrainCompleted  = "train.completed"
@@ -77,6 +85,11 @@ const (
 	TopicGroundFailed    = "ground.failed"
 
 	TopicModelPromoted = "model.promoted" // fact
+
+	// TopicModelExported is the fact of an export recorded by
+	// services/train (ExportCompleted), however it was asked for: the
+	// train.export command's answer or `groundmesh export`.
+	TopicModelExported = "model.exported" // fact
 
 	// TopicPoison receives messages a consumer could not process, with the
 	// reason in metadata ("poison_reason") and the original topic.
@@ -180,6 +193,38 @@ type SynthCompleted struct {
 	ContentHash   string           `json:"content_hash"`
 	Counts        map[string]int64 `json:"counts"` // per task/direction/scale
 	Reused        bool             `json:"reused"`
+	// DatasetRoot is the directory the set's image paths are relative to
+	// (the dataset version's root, as services/ingest recorded it);
+	// absent from answers of services older than the field.
+	DatasetRoot string `json:"dataset_root,omitempty"`
+}
+
+// Facts are the synth set's facts a training run needs.
+func (c SynthCompleted) Facts() *SynthFacts {
+	return &SynthFacts{SynthSetID: c.SynthSetID, ManifestKey: c.ManifestKey, DatasetID: c.DatasetID, DatasetRoot: c.DatasetRoot}
+}
+
+// SynthDescribeRequested asks services/synth for the facts of a ready
+// synth set (answered with a SynthCompleted on
+// "synth.describe.completed"); it builds nothing. A set that does not
+// exist or is not ready is bad input.
+type SynthDescribeRequested struct {
+	CorrelationID string `json:"correlation_id"`
+	SynthSetID    string `json:"synth_set_id"`
+}
+
+// SynthFacts is what services/train needs to know about the synth set it
+// trains on, so that it need not read services/synth's and ingest's
+// tables: where the set's manifest is and the directory its records'
+// image paths are relative to.
+type SynthFacts struct {
+	SynthSetID string `json:"synth_set_id"`
+	// ManifestKey is the blob key of the set's manifest.
+	ManifestKey string `json:"manifest_key"`
+	// DatasetID is the dataset version the set was built from and
+	// DatasetRoot its root directory.
+	DatasetID   string `json:"dataset_id,omitempty"`
+	DatasetRoot string `json:"dataset_root,omitempty"`
 }
 
 // TrainRequested asks services/train to run the three stages.
@@ -194,6 +239,12 @@ type TrainRequested struct {
 	// Device is the backend's device: cpu (the default) or cuda (libtorch).
 	Device string          `json:"device,omitempty"`
 	Spec   json.RawMessage `json:"spec,omitempty"` // services/train run spec; defaults when empty
+	// Synth is the synth set's facts (its SynthSetID, when set, must be
+	// SynthSetID): what synth answered when it ran in the same pipeline,
+	// else synth.describe's answer. services/train records them with the
+	// run; a request without them is bad input unless it resumes a run
+	// that recorded them.
+	Synth *SynthFacts `json:"synth,omitempty"`
 }
 
 // TrainCompleted answers TrainRequested (and TrainDescribeRequested).

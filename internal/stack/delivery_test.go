@@ -148,6 +148,7 @@ func testEveryEventTwice(t *testing.T, kind string) {
 	// first is re-sent under a new message id. A pair is built when its
 	// row runs, from what the rows before it made.
 	var datasets, synthSets, runs [2]string
+	var synthFacts [2]*events.SynthFacts
 	var trained [2]*events.RunFacts
 	var evaluations int
 	cases := []struct {
@@ -190,7 +191,8 @@ func testEveryEventTwice(t *testing.T, kind string) {
 			},
 			keep: func(t *testing.T, a [2]json.RawMessage) {
 				for i := range 2 {
-					synthSets[i] = decode[events.SynthCompleted](t, a[i]).SynthSetID
+					done := decode[events.SynthCompleted](t, a[i])
+					synthSets[i], synthFacts[i] = done.SynthSetID, done.Facts()
 				}
 			},
 			effect: `SELECT count(*) FROM synth_sets WHERE status = 'ready'`, want: func() int { return 2 },
@@ -200,8 +202,8 @@ func testEveryEventTwice(t *testing.T, kind string) {
 			pair: func() [2]any {
 				runs = [2]string{uuid.NewString(), uuid.NewString()}
 				return [2]any{
-					events.TrainRequested{CorrelationID: "train-1", RunID: runs[0], SynthSetID: synthSets[0], Backend: "toy", Spec: toySpec},
-					events.TrainRequested{CorrelationID: "train-2", RunID: runs[1], SynthSetID: synthSets[1], Backend: "toy", Spec: toySpec},
+					events.TrainRequested{CorrelationID: "train-1", RunID: runs[0], SynthSetID: synthSets[0], Backend: "toy", Spec: toySpec, Synth: synthFacts[0]},
+					events.TrainRequested{CorrelationID: "train-2", RunID: runs[1], SynthSetID: synthSets[1], Backend: "toy", Spec: toySpec, Synth: synthFacts[1]},
 				}
 			},
 			fence: func(corr string) any { return events.TrainRequested{CorrelationID: corr, RunID: "not-a-uuid"} },

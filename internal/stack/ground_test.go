@@ -152,17 +152,11 @@ func TestGroundOverHTTP(t *testing.T) {
 		t.Fatalf("before training: %d %v", code, out)
 	}
 
-	// A trained model, recorded as services/train records one.
+	// A trained model: the grounding service learns of it from the
+	// train.completed fact alone, as it does from services/train.
 	m := groundtest.WriteModel(t, s.Blob.(*blob.Local), "m")
 	runID, ckID := uuid.NewString(), uuid.NewString()
-	if _, err := s.Pool.Exec(ctx, `INSERT INTO runs (id, synth_set_id, backend, spec, model_config, tokenizer_key, status)
-		VALUES ($1, $2, 'gomlx', '{}', $3, $4, 'completed')`, runID, uuid.NewString(), string(m.ModelConfig), m.TokenizerKey); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := s.Pool.Exec(ctx, `INSERT INTO checkpoints (id, run_id, stage, step, loss, blob_key, sha256, bytes)
-		VALUES ($1, $2, 'stage3', 9, 0.5, $3, '', 0)`, ckID, runID, m.CheckpointKey); err != nil {
-		t.Fatal(err)
-	}
+	publishRun(t, s, runID, ckID, "stage3", 9, m)
 	code, out := groundRequest(t, url, groundToken, req)
 	if code != 200 {
 		t.Fatalf("ground: %d %v", code, out)
@@ -220,6 +214,8 @@ func TestGroundOverHTTP(t *testing.T) {
 	// the next answer names it.
 	m2 := groundtest.WriteModel(t, s.Blob.(*blob.Local), "m2")
 	run2, ck2 := uuid.NewString(), uuid.NewString()
+	// services/train exports this one below: its own tables hold it too
+	// (the test plays train's recorder there; ground reads none of them).
 	if _, err := s.Pool.Exec(ctx, `INSERT INTO runs (id, synth_set_id, backend, spec, model_config, tokenizer_key, status)
 		VALUES ($1, $2, 'gomlx', '{}', $3, $4, 'completed')`, run2, uuid.NewString(), string(m2.ModelConfig), m2.TokenizerKey); err != nil {
 		t.Fatal(err)
@@ -228,6 +224,7 @@ func TestGroundOverHTTP(t *testing.T) {
 		VALUES ($1, $2, 'stage2', 4, 0.5, $3, '', 0)`, ck2, run2, m2.CheckpointKey); err != nil {
 		t.Fatal(err)
 	}
+	publishRun(t, s, run2, ck2, "stage2", 4, m2)
 	preq, _ := http.NewRequest("POST", url+"/v1/models/promote", strings.NewReader(`{"checkpoint_id":"`+ckID+`"}`))
 	preq.Header.Set("Authorization", "Bearer "+groundToken)
 	presp, err := http.DefaultClient.Do(preq)
@@ -244,7 +241,11 @@ func TestGroundOverHTTP(t *testing.T) {
 	}
 
 	// The Pipeline's promotion activity, on the real catalog: the second
-	// model becomes production; an unknown checkpoint is bad input, not
+	// model becomes production. A checkpoint the grounding service has not
+	// heard of may be one whose facts are still on the bus: the activity
+	// waits for them (here a third run's, published as it starts), and
+	// after its wait fails retryably (the workflow's retry policy bounds
+	// the rest); a refusal on the request's own merits is bad input, not
 	// retried.
 	acts := &workflows.Activities{Promoter: ground.NewPGCatalog(s.Pool)}
 	if p, err := acts.Promote(ctx, workflows.PromoteRequest{Alias: ground.DefaultAlias, CheckpointID: ck2}); err != nil || p.CheckpointID != ck2 || p.RunID != run2 {
@@ -253,10 +254,22 @@ func TestGroundOverHTTP(t *testing.T) {
 	if code, out := groundRequest(t, url, groundToken, req); code != 200 || out["model_version"] != ck2 {
 		t.Fatalf("after the pipeline promoted %s: %d %v", ck2, code, out)
 	}
-	_, err = acts.Promote(ctx, workflows.PromoteRequest{Alias: ground.DefaultAlias, CheckpointID: uuid.NewString()})
+	run3, ck3 := uuid.NewString(), uuid.NewString()
+	if err := s.Bus.Publish(ctx, events.TopicTrainCompleted, runFacts(run3, ck3, "stage3", 2, m2), nil); err != nil {
+		t.Fatal(err)
+	}
+	if p, err := acts.Promote(ctx, workflows.PromoteRequest{Alias: "staging", CheckpointID: ck3}); err != nil || p.CheckpointID != ck3 || p.RunID != run3 {
+		t.Fatalf("promoting a checkpoint whose facts were just published: %+v %v", p, err)
+	}
+	quick := &workflows.Activities{Promoter: ground.NewPGCatalog(s.Pool), PromoteWait: 300 * time.Millisecond}
+	_, err = quick.Promote(ctx, workflows.PromoteRequest{Alias: ground.DefaultAlias, CheckpointID: uuid.NewString()})
 	var appErr *temporal.ApplicationError
+	if err == nil || (errors.As(err, &appErr) && appErr.NonRetryable()) || !workflows.PendingError(err) || !strings.Contains(err.Error(), "not known to the grounding service") {
+		t.Fatalf("promoting a checkpoint never heard of: %v, want a retryable error saying the grounding service does not know it", err)
+	}
+	_, err = quick.Promote(ctx, workflows.PromoteRequest{Alias: "Not An Alias", CheckpointID: ck2})
 	if !errors.As(err, &appErr) || !appErr.NonRetryable() || appErr.Type() != workflows.ErrTypeBadInput {
-		t.Fatalf("promoting an unknown checkpoint: %v, want a non-retryable %s", err, workflows.ErrTypeBadInput)
+		t.Fatalf("promoting under a malformed alias: %v, want a non-retryable %s", err, workflows.ErrTypeBadInput)
 	}
 
 	// An export through the gateway and the bus: services/train writes the
@@ -275,6 +288,13 @@ func TestGroundOverHTTP(t *testing.T) {
 	if _, err := s.Services.Train.Export(ctx, events.ExportRequested{CheckpointID: ck2, Format: "gguf", Dtype: "float32"}); err != nil {
 		t.Fatal(err)
 	}
+	// The grounding service learns of the export from train's
+	// model.exported fact (its outbox, relayed to the bus).
+	catalog := ground.NewPGCatalog(s.Pool)
+	waitUntil(t, 30*time.Second, "the grounding service to learn of the export (model.exported)", func() bool {
+		_, err := catalog.Export(ctx, ck2, "gguf", "float32")
+		return err == nil
+	})
 	_, fromCk := groundRequest(t, url, groundToken, req)
 	xreq := map[string]any{"image": img, "expression": "the red square", "checkpoint_id": ck2 + "@gguf-float32"}
 	code, fromX := groundRequest(t, url, groundToken, xreq)
@@ -380,6 +400,28 @@ func TestGroundOverHTTP(t *testing.T) {
 			t.Errorf("an API token (%q) is in the traces", tok)
 		}
 	}
+}
+
+// runFacts is the train.completed fact services/train publishes for a
+// run whose final checkpoint ckID holds m.
+func runFacts(runID, ckID, stage string, step int, m groundtest.Model) events.TrainCompleted {
+	return events.TrainCompleted{RunID: runID, Checkpoints: map[string]string{stage: ckID},
+		Run: &events.RunFacts{Backend: "gomlx", ModelConfig: m.ModelConfig, TokenizerKey: m.TokenizerKey,
+			Checkpoints: []events.CheckpointRef{{ID: ckID, Stage: stage, Step: step, BlobKey: m.CheckpointKey}}}}
+}
+
+// publishRun publishes a run's train.completed fact on the stack's bus and
+// waits until the grounding service has consumed it: facts travel
+// asynchronously.
+func publishRun(t *testing.T, s *Stack, runID, ckID, stage string, step int, m groundtest.Model) {
+	t.Helper()
+	if err := s.Bus.Publish(context.Background(), events.TopicTrainCompleted, runFacts(runID, ckID, stage, step, m), nil); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, 30*time.Second, "the grounding service to learn of run "+runID, func() bool {
+		_, err := s.Services.Ground.Checkpoint(context.Background(), ckID)
+		return err == nil
+	})
 }
 
 // testLogSink is where a test's own log lines go besides its capture: the

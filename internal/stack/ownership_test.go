@@ -1,6 +1,7 @@
 package stack
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"maps"
@@ -145,4 +146,62 @@ func TestEvaluateExports(t *testing.T) {
 		}
 	}
 	t.Logf("REC Acc@0.5 val: checkpoint %.3f, q8_0 GGUF on ggml %.3f", res.Metrics["stage3/rec/val/acc@0.5"], res.Metrics["stage3@gguf-q8_0/rec/val/acc@0.5"])
+}
+
+// TestTrainStageAloneGetsTheSetFromSynth: services/train reads no table of
+// services/synth or ingest. A pipeline that synthesizes and trains passes
+// synth's answer (manifest, dataset root) in the train request, and its
+// promotion of the checkpoint it just trained waits for the grounding
+// service to learn of it from train's facts on the bus; a pipeline that
+// starts at train with only the synth set's id gets the set's facts from
+// services/synth (synth.describe) first. Each run records the facts it was
+// trained from, and the grounding service learns of the second run from
+// the bus alone.
+func TestTrainStageAloneGetsTheSetFromSynth(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs two pipelines; skipped with -short")
+	}
+	s, _, _ := testStack(t, func(c *Config) { c.PluginDir = pluginDir(t) })
+	var in map[string]json.RawMessage
+	if err := json.Unmarshal(testutil.SmallPipeline(31), &in); err != nil {
+		t.Fatal(err)
+	}
+	in["stages"] = json.RawMessage(`["ingest", "synth", "train"]`)
+	in["promote"] = json.RawMessage(`{"alias": "production"}`)
+	first, _ := json.Marshal(in)
+	ctx, run := startPipeline(t, s, "synth-train", first)
+	trained := pipelineDone(t, ctx, run, "to synthesize and train")
+	final := trained.Checkpoints["stage3"]
+	if p := trained.Promoted; p == nil || p.CheckpointID != final || p.RunID != trained.RunID {
+		t.Fatalf("promotion %+v, want the run's final checkpoint %s", trained.Promoted, final)
+	}
+
+	delete(in, "promote")
+	in["stages"] = json.RawMessage(`["train"]`)
+	in["synth_set_id"], _ = json.Marshal(trained.SynthSetID)
+	second, _ := json.Marshal(in)
+	ctx, again := startPipeline(t, s, "train-alone", second)
+	alone := pipelineDone(t, ctx, again, "to train from the synth set alone")
+	if alone.RunID == trained.RunID || alone.SynthSetID != trained.SynthSetID {
+		t.Fatalf("train-only pipeline: run %s on set %s (first: run %s on %s)", alone.RunID, alone.SynthSetID, trained.RunID, trained.SynthSetID)
+	}
+	// The bridge completes the activity, then marks its row done: the
+	// pipeline may finish in between.
+	waitUntil(t, 10*time.Second, "one synth.describe command marked answered for the Train child", func() bool {
+		return count(t, s.Pool, `SELECT count(*) FROM activity_bridge WHERE workflow_id = $1 AND topic = 'synth.describe.requested' AND completed_at IS NOT NULL`,
+			again.GetID()+"/train") == 1
+	})
+	if n := count(t, s.Pool, `SELECT count(*) FROM activity_bridge WHERE workflow_id = $1 AND topic = 'synth.describe.requested'`,
+		run.GetID()+"/train"); n != 0 {
+		t.Errorf("the first pipeline's Train asked synth.describe %d times, want 0", n)
+	}
+	// Both runs recorded the set's facts as synth answered them.
+	if n := count(t, s.Pool, `SELECT count(*) FROM runs r, synth_sets s WHERE r.id::text = ANY($1) AND s.id = r.synth_set_id
+		AND r.synth->>'manifest_key' = s.manifest_key AND r.synth->>'dataset_root' <> ''`, []string{trained.RunID, alone.RunID}); n != 2 {
+		t.Errorf("%d of the 2 runs recorded their synth set's facts", n)
+	}
+	waitUntil(t, 30*time.Second, "the grounding service to learn of the second run", func() bool {
+		_, err := s.Services.Ground.Checkpoint(context.Background(), alone.Checkpoints["stage3"])
+		return err == nil
+	})
 }

@@ -13,7 +13,6 @@ import (
 	"strings"
 	"sync"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/groundmesh/groundmesh/internal/bus"
@@ -255,27 +254,17 @@ func (sv *Services) buildEval(s *Stack, backends func(name string) (compute.Back
 
 // synthSetReader gives services/train the records of a synth set through
 // services/synth's own shard reader (manifest format and per-shard sha256
-// checks live there, once), and their images from the dataset root that
-// services/ingest recorded.
+// checks live there, once), and their images from the dataset root: both
+// from the set's facts that the train request carried (what synth
+// answered), not from synth's or ingest's tables.
 func synthSetReader(s *Stack) train.SynthReader {
-	return func(ctx context.Context, synthSetID string) (train.SynthSet, error) {
-		var manifestKey, datasetID, root string
-		err := s.Pool.QueryRow(ctx, `
-			SELECT s.manifest_key, s.dataset_id::text, coalesce(d.root, '')
-			FROM synth_sets s LEFT JOIN dataset_versions d ON d.id = s.dataset_id
-			WHERE s.id::text = $1`, synthSetID).Scan(&manifestKey, &datasetID, &root)
-		if errors.Is(err, pgx.ErrNoRows) {
-			return train.SynthSet{}, fmt.Errorf("synth set %s: not found: %w", synthSetID, train.ErrInvalidRequest)
-		}
-		if err != nil {
-			return train.SynthSet{}, fmt.Errorf("look up synth set %s: %w", synthSetID, err)
-		}
-		if _, err := synth.OpenManifest(s.Blob, manifestKey); err != nil {
-			return train.SynthSet{}, err
+	return func(ctx context.Context, set events.SynthFacts) (train.SynthSet, error) {
+		if _, err := synth.OpenManifest(s.Blob, set.ManifestKey); err != nil {
+			return train.SynthSet{}, fmt.Errorf("synth set %s: %w", set.SynthSetID, err)
 		}
 		records := func(ctx context.Context) iter.Seq2[model.Record, error] {
 			return func(yield func(model.Record, error) bool) {
-				_, seq, err := synth.OpenShards(ctx, s.Blob, manifestKey)
+				_, seq, err := synth.OpenShards(ctx, s.Blob, set.ManifestKey)
 				if err != nil {
 					yield(model.Record{}, err)
 					return
@@ -291,8 +280,7 @@ func synthSetReader(s *Stack) train.SynthReader {
 				}
 			}
 		}
-		return train.SynthSet{Records: records, Images: model.FileImageResolver{DatasetRoot: root, Blobs: s.Blob},
-			ManifestKey: manifestKey, DatasetID: datasetID, DatasetRoot: root}, nil
+		return train.SynthSet{Records: records, Images: model.FileImageResolver{DatasetRoot: set.DatasetRoot, Blobs: s.Blob}}, nil
 	}
 }
 
@@ -301,7 +289,8 @@ func synthSetReader(s *Stack) train.SynthReader {
 // "<svc>.requested", consumer group "<svc>-service"; another queue q:
 // "<svc>.requested.<q>", group "<svc>-service.<q>"). "train.describe", a
 // query of train's tables, and "train.export" are consumed by every train
-// worker on the default queue. Answers name the worker
+// worker on the default queue; "synth.describe", a query of synth's, by
+// every synth worker. Answers name the worker
 // (Config.WorkerID).
 func (sv *Services) serveCommands(b *bus.Bus, pool *pgxpool.Pool, logger *slog.Logger) error {
 	cfg := sv.cfg
@@ -311,6 +300,11 @@ func (sv *Services) serveCommands(b *bus.Bus, pool *pgxpool.Pool, logger *slog.L
 			return err
 		}
 		sv.groundConsumer = gc
+		// What ground serves it learns from services/train's facts, in its
+		// own tables: it reads none of train's.
+		if _, err := ground.Project(b, ground.ProjectionConfig{Pool: pool, Logger: logger.With("service", "ground")}); err != nil {
+			return err
+		}
 	}
 	var errs []error
 	for _, queue := range cfg.Queues {
@@ -333,6 +327,14 @@ func (sv *Services) serveCommands(b *bus.Bus, pool *pgxpool.Pool, logger *slog.L
 				func(ctx context.Context, req events.SynthRequested, p func(events.Progress)) (events.SynthCompleted, error) {
 					return sv.Synth.Synthesize(ctx, req, command.SimpleProgress("synth", p))
 				}))
+			if queue == cfg.Queues[0] {
+				c := conf("synth.describe", func(err error) bool { return errors.Is(err, synth.ErrBadInput) })
+				c.Queue, c.Handler = events.DefaultQueue, "synth-describe-service"
+				errs = append(errs, command.Serve(b, c,
+					func(ctx context.Context, req events.SynthDescribeRequested, _ func(events.Progress)) (events.SynthCompleted, error) {
+						return sv.Synth.Describe(ctx, req)
+					}))
+			}
 		}
 		if sv.Train != nil {
 			errs = append(errs, command.Serve(b, conf("train", func(err error) bool { return errors.Is(err, train.ErrInvalidRequest) }),

@@ -164,11 +164,15 @@ func (r *Registry) Live(ctx context.Context) ([]Worker, error) {
 
 // Serving returns the ids of the live workers that consume service's
 // commands on queue. "train.describe" and "train.export" are served by
-// every train worker on the default queue.
+// every train worker on the default queue, "synth.describe" by every synth
+// worker.
 func (r *Registry) Serving(ctx context.Context, service, queue string) ([]string, error) {
 	svc := service
-	if service == "train.describe" || service == "train.export" {
+	switch service {
+	case "train.describe", "train.export":
 		svc, queue = ServiceTrain, ""
+	case "synth.describe":
+		svc, queue = ServiceSynth, ""
 	}
 	var ids []string
 	err := r.Pool.QueryRow(ctx, `

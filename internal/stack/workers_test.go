@@ -447,7 +447,8 @@ func TestWorkersBuildOnlyTheirServices(t *testing.T) {
 		{"train", "train-cuda", []string{"gpu-1"}},
 		{"train", "default", []string{"cpu-1"}},
 		{"train.describe", "", []string{"cpu-1", "gpu-1"}},
-		{"synth", "synth", nil}, // old-1 stopped refreshing its row
+		{"synth.describe", "", []string{"cpu-1"}}, // every live synth worker
+		{"synth", "synth", nil},                   // old-1 stopped refreshing its row
 		{"eval", "default", nil},
 	} {
 		got, err := reg.Serving(ctx, c.service, c.queue)

@@ -65,12 +65,35 @@ func gomlxPlugin(t testing.TB) string {
 	return pluginPath
 }
 
-// insertModel records ref as the final checkpoint of a completed run, in
-// services/train's tables.
+// insertModel records ref as the final checkpoint of a completed run, as
+// the service learns of one: services/train's train.completed fact,
+// through the Projection into ground's own tables.
 func insertModel(t testing.TB, pool *pgxpool.Pool, ref *ModelRef) {
 	t.Helper()
-	ctx := context.Background()
 	ref.RunID, ref.CheckpointID = uuid.NewString(), uuid.NewString()
+	p, err := NewProjection(ProjectionConfig{Pool: pool})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.RecordRun(context.Background(), trainCompleted(*ref), time.Now()); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// trainCompleted is the train.completed fact of a run whose final
+// checkpoint ref is.
+func trainCompleted(ref ModelRef) events.TrainCompleted {
+	return events.TrainCompleted{RunID: ref.RunID, Checkpoints: map[string]string{ref.Stage: ref.CheckpointID},
+		Run: &events.RunFacts{Backend: ref.Backend, ModelConfig: ref.ModelConfig, TokenizerKey: ref.TokenizerKey,
+			Checkpoints: []events.CheckpointRef{{ID: ref.CheckpointID, Stage: ref.Stage, Step: ref.Step, BlobKey: ref.BlobKey}}}}
+}
+
+// insertTrainRows records ref's run and checkpoint in services/train's
+// own tables, for tests where services/train itself works on the
+// checkpoint (exports it): ground reads none of them.
+func insertTrainRows(t testing.TB, pool *pgxpool.Pool, ref ModelRef) {
+	t.Helper()
+	ctx := context.Background()
 	if _, err := pool.Exec(ctx, `INSERT INTO runs (id, synth_set_id, backend, spec, model_config, tokenizer_key, status)
 		VALUES ($1, $2, 'gomlx', '{}', $3, $4, 'completed')`, ref.RunID, uuid.NewString(), string(ref.ModelConfig), ref.TokenizerKey); err != nil {
 		t.Fatal(err)
@@ -111,7 +134,7 @@ func TestOverTheBus(t *testing.T) {
 }
 
 // busFixture is services/ground on a real bus and a fresh database, with
-// a model recorded in services/train's tables and a Client.
+// a model it has learned of (insertModel) and a Client.
 type busFixture struct {
 	pool   *pgxpool.Pool
 	bs     *blob.Local

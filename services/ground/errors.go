@@ -38,7 +38,17 @@ type Error struct {
 	Code string
 	Msg  string
 	Err  error // cause, when there is one
+	// pending: the model may be one whose facts have not reached the
+	// service yet (see Pending).
+	pending bool
 }
+
+// Pending reports whether the failure may pass by itself: the model is
+// not known to the service, or its run's facts are not, and both arrive
+// over the bus after training. A caller that knows the model exists (the
+// Pipeline's promotion of the checkpoint it just trained) retries it; any
+// other caller gets the failure's code (model_not_found) as it is.
+func (e *Error) Pending() bool { return e.pending }
 
 func (e *Error) Error() string { return e.Msg }
 

@@ -71,7 +71,7 @@ func requestModel(req events.GroundRequested) (ModelSpec, error) {
 }
 
 // ExportRef is an export of a checkpoint as services/train recorded it
-// (model_exports): the file served instead of the checkpoint's.
+// (its model.exported fact): the file served instead of the checkpoint's.
 type ExportRef struct {
 	ID     string
 	Format string
@@ -114,13 +114,14 @@ func errExportNotFound(m ModelSpec, why string) *Error {
 	return newError(CodeExportNotFound, "checkpoint %s has no %s export in dtype %s%s: %s", m.CheckpointID, m.Format, m.Dtype, why, exportHint(m))
 }
 
-// Export implements Catalog from services/train's model_exports.
+// Export implements Catalog from ground_exports (services/train's
+// model.exported facts).
 func (c *PGCatalog) Export(ctx context.Context, checkpointID, format, dtype string) (ExportRef, error) {
 	ctx, span := tracer.Start(ctx, "ground.catalog.Export")
 	defer span.End()
 	var x ExportRef
-	err := c.pool.QueryRow(ctx, `SELECT id::text, format, dtype, blob_key, sha256, model_config_sha256
-		FROM model_exports WHERE checkpoint_id::text = $1 AND format = $2 AND dtype = $3`, checkpointID, format, dtype).Scan(
+	err := c.pool.QueryRow(ctx, `SELECT export_id, format, dtype, blob_key, sha256, model_config_sha256
+		FROM ground_exports WHERE checkpoint_id = $1 AND format = $2 AND dtype = $3`, checkpointID, format, dtype).Scan(
 		&x.ID, &x.Format, &x.Dtype, &x.BlobKey, &x.SHA256, &x.ModelConfigSHA256)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return ExportRef{}, errExportNotFound(ModelSpec{CheckpointID: checkpointID, Format: format, Dtype: dtype}, "")

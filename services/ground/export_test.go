@@ -85,6 +85,7 @@ func newExportFixture(t *testing.T, host compute.Backend) *exportFixture {
 	}
 	ref := testModel(t, bs, "x")
 	insertModel(t, pool, &ref)
+	insertTrainRows(t, pool, ref)
 	// services/train exports only a checkpoint whose bytes hash to what
 	// it recorded.
 	p, _ := bs.Path(ref.BlobKey)
@@ -98,7 +99,7 @@ func newExportFixture(t *testing.T, host compute.Backend) *exportFixture {
 	tr, err := train.New(train.Config{
 		DataDir: t.TempDir(), Blob: bs,
 		Backends: func(string) (compute.Backend, error) { return host, nil },
-		Synth:    func(context.Context, string) (train.SynthSet, error) { return train.SynthSet{}, nil },
+		Synth:    func(context.Context, events.SynthFacts) (train.SynthSet, error) { return train.SynthSet{}, nil },
 	}, pool)
 	if err != nil {
 		t.Fatal(err)
@@ -120,7 +121,22 @@ func (f *exportFixture) exportAs(t *testing.T, format, dtype string) events.Expo
 	if err != nil {
 		t.Fatal(err)
 	}
+	// What ground's consumer of model.exported does with the fact
+	// services/train wrote to its outbox (no bus runs here).
+	f.recordExport(t, x)
 	return x
+}
+
+// recordExport records an export's model.exported fact in ground's tables.
+func (f *exportFixture) recordExport(t *testing.T, x events.ExportCompleted) {
+	t.Helper()
+	p, err := NewProjection(ProjectionConfig{Pool: f.pool})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.RecordExport(context.Background(), x); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // service is ground over the fixture.
@@ -162,7 +178,7 @@ func sameBoxes(t *testing.T, what string, a, b events.GroundCompleted, tol float
 
 // TestServeExportSameBoxes: the same images and expressions served from a
 // checkpoint and from its float32 GGUF export (written by services/train,
-// found through model_exports) on the default backend, GoMLX, give the
+// found through its model.exported fact) on the default backend, GoMLX, give the
 // same boxes within 1e-4; the plugin loaded the export's file, not the
 // checkpoint's; each answer names what served it. Both spellings of an
 // export in a request (the model version and the export field) work.

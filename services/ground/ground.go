@@ -1,6 +1,6 @@
 // Package ground is the grounding service: it answers "where is X in this
 // image?" from a checkpoint the pipeline trained, or from one of its
-// deployment exports (services/train's model_exports). A request
+// deployment exports (services/train's exports). A request
 // (events.GroundRequested: the image inline or by blob key, a referring
 // expression, an optional checkpoint, export, backend and deadline) is checked against
 // Limits, asked in the phrasing the model was trained on (internal/infer),
@@ -8,6 +8,10 @@
 // compute plugin, and answered with the box in pixels and in the model's
 // normalized form, the model version and the latency (events.GroundCompleted),
 // or refused with a reason code (Error, CodeOf).
+//
+// The models it can serve it knows from services/train's facts on the bus
+// (Project: train.completed, checkpoint.saved, model.exported), kept in
+// its own tables; it reads no table of another service.
 //
 // Serve makes the service the consumer of ground.requested; Client is the
 // caller's side of that exchange over the bus; NewHTTPHandler is the HTTP
@@ -123,6 +127,12 @@ func (s *Service) CrashRetries() int64 { return s.batcher.crashRetries.Load() }
 // by; an *Error with CodeNoModel when none is trained.
 func (s *Service) Model(ctx context.Context) (ModelRef, error) {
 	return s.cfg.Catalog.Latest(ctx)
+}
+
+// Checkpoint returns the checkpoint id names as the service knows it; an
+// *Error with CodeModelNotFound when it does not (yet: Error.Pending).
+func (s *Service) Checkpoint(ctx context.Context, id string) (ModelRef, error) {
+	return s.cfg.Catalog.Checkpoint(ctx, id)
 }
 
 var _ Promoter = (*Service)(nil)

@@ -60,7 +60,8 @@ func (r ModelRef) Spec() ModelSpec {
 func (r ModelRef) key() string { return r.Version() + " on " + r.ServeBackend }
 
 // Catalog finds servable checkpoints and their exports. The default reads
-// services/train's tables (NewPGCatalog); tests may supply their own.
+// the service's own record of train's facts (NewPGCatalog); tests may
+// supply their own.
 type Catalog interface {
 	// Checkpoint returns the named checkpoint; an *Error with
 	// CodeModelNotFound when there is none.
@@ -91,8 +92,10 @@ const DefaultAlias = "production"
 
 var aliasPattern = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,62}$`)
 
-// PGCatalog answers Catalog from the runs and checkpoints tables that
-// services/train owns.
+// PGCatalog answers Catalog from the grounding service's own record of
+// servable models (ground_runs, ground_checkpoints, ground_exports), which
+// its Projection fills from services/train's facts on the bus: it reads no
+// table of another service.
 type PGCatalog struct {
 	pool *pgxpool.Pool
 }
@@ -102,21 +105,42 @@ var _ Catalog = (*PGCatalog)(nil)
 // NewPGCatalog returns a catalog over pool.
 func NewPGCatalog(pool *pgxpool.Pool) *PGCatalog { return &PGCatalog{pool: pool} }
 
-const refColumns = `c.id::text, c.run_id::text, c.stage, c.step, c.blob_key, r.backend,
-	coalesce(r.model_config::text, ''), coalesce(r.tokenizer_key, '')`
+// refColumns leave the run's columns NULL-safe: a checkpoint whose run's
+// facts have not arrived has no run row (runKnown false).
+const refColumns = `c.checkpoint_id, c.run_id, c.stage, c.step, c.blob_key, coalesce(r.backend, ''),
+	coalesce(r.model_config::text, ''), coalesce(r.tokenizer_key, ''), r.run_id IS NOT NULL`
 
-func scanRef(row pgx.Row, extra ...any) (ModelRef, error) {
+func scanRef(row pgx.Row, extra ...any) (ModelRef, bool, error) {
 	var m ModelRef
 	var mc string
-	if err := row.Scan(append([]any{&m.CheckpointID, &m.RunID, &m.Stage, &m.Step, &m.BlobKey, &m.Backend, &mc, &m.TokenizerKey}, extra...)...); err != nil {
-		return ModelRef{}, err
+	var runKnown bool
+	if err := row.Scan(append([]any{&m.CheckpointID, &m.RunID, &m.Stage, &m.Step, &m.BlobKey, &m.Backend, &mc, &m.TokenizerKey, &runKnown}, extra...)...); err != nil {
+		return ModelRef{}, false, err
 	}
 	m.ModelConfig = []byte(mc)
-	return m, nil
+	return m, runKnown, nil
+}
+
+// errRunPending is the answer for a checkpoint whose run's facts
+// (train.completed) the service has not consumed yet.
+func errRunPending(ref ModelRef) *Error {
+	e := newError(CodeModelNotFound, "checkpoint %s: the facts of its run %s (train.completed) have not reached the grounding service yet; retry shortly", ref.CheckpointID, ref.RunID)
+	e.pending = true
+	return e
+}
+
+// errUnknownCheckpoint is the answer for a checkpoint the service has
+// heard nothing of: a wrong id, or one whose facts are still on their way
+// (pending, for callers that know it must exist, like the Pipeline's
+// promotion).
+func errUnknownCheckpoint(id string) *Error {
+	e := newError(CodeModelNotFound, "no checkpoint %q known to the grounding service (it learns of checkpoints from services/train's checkpoint.saved and train.completed)", id)
+	e.pending = true
+	return e
 }
 
 // withExport sets ref's export to the one in format and dtype ("" for
-// none), looked up in model_exports.
+// none), looked up in ground_exports.
 func (c *PGCatalog) withExport(ctx context.Context, ref ModelRef, format, dtype string) (ModelRef, error) {
 	if format == "" {
 		return ref, nil
@@ -133,13 +157,16 @@ func (c *PGCatalog) withExport(ctx context.Context, ref ModelRef, format, dtype 
 func (c *PGCatalog) Checkpoint(ctx context.Context, id string) (ModelRef, error) {
 	ctx, span := tracer.Start(ctx, "ground.catalog.Checkpoint")
 	defer span.End()
-	m, err := scanRef(c.pool.QueryRow(ctx, `SELECT `+refColumns+`
-		FROM checkpoints c JOIN runs r ON r.id = c.run_id WHERE c.id::text = $1`, id))
+	m, runKnown, err := scanRef(c.pool.QueryRow(ctx, `SELECT `+refColumns+`
+		FROM ground_checkpoints c LEFT JOIN ground_runs r ON r.run_id = c.run_id WHERE c.checkpoint_id = $1`, id))
 	if errors.Is(err, pgx.ErrNoRows) {
-		return ModelRef{}, newError(CodeModelNotFound, "no checkpoint %q", id)
+		return ModelRef{}, errUnknownCheckpoint(id)
 	}
 	if err != nil {
 		return ModelRef{}, fmt.Errorf("look up checkpoint %s: %w", id, err)
+	}
+	if !runKnown {
+		return ModelRef{}, errRunPending(m)
 	}
 	return m, nil
 }
@@ -149,20 +176,24 @@ func (c *PGCatalog) Latest(ctx context.Context) (ModelRef, error) {
 	ctx, span := tracer.Start(ctx, "ground.catalog.Latest")
 	defer span.End()
 	var format, dtype, backend string
-	m, err := scanRef(c.pool.QueryRow(ctx, `SELECT `+refColumns+`, a.format, a.dtype, a.backend
-		FROM model_aliases a JOIN checkpoints c ON c.id = a.checkpoint_id JOIN runs r ON r.id = c.run_id
+	m, runKnown, err := scanRef(c.pool.QueryRow(ctx, `SELECT `+refColumns+`, a.format, a.dtype, a.backend
+		FROM model_aliases a JOIN ground_checkpoints c ON c.checkpoint_id = a.checkpoint_id::text
+		LEFT JOIN ground_runs r ON r.run_id = c.run_id
 		WHERE a.alias = $1`, DefaultAlias), &format, &dtype, &backend)
 	if err == nil {
+		if !runKnown { // a promotion checks the run: only a lost run row gets here
+			return ModelRef{}, errRunPending(m)
+		}
 		m.ServeBackend = backend
 		return c.withExport(ctx, m, format, dtype)
 	}
 	if !errors.Is(err, pgx.ErrNoRows) {
 		return ModelRef{}, fmt.Errorf("look up the %s model: %w", DefaultAlias, err)
 	}
-	m, err = scanRef(c.pool.QueryRow(ctx, `SELECT `+refColumns+`
-		FROM checkpoints c JOIN runs r ON r.id = c.run_id
-		WHERE r.status = 'completed' AND r.model_config IS NOT NULL
-		ORDER BY r.updated_at DESC, c.stage DESC, c.step DESC, c.created_at DESC LIMIT 1`))
+	m, _, err = scanRef(c.pool.QueryRow(ctx, `SELECT `+refColumns+`
+		FROM ground_checkpoints c JOIN ground_runs r ON r.run_id = c.run_id
+		WHERE r.completed_at IS NOT NULL
+		ORDER BY r.completed_at DESC, c.stage DESC, c.step DESC, c.recorded_at DESC LIMIT 1`))
 	if errors.Is(err, pgx.ErrNoRows) {
 		return ModelRef{}, newError(CodeNoModel, "no trained model yet: run a pipeline (POST /api/pipelines) or name a checkpoint_id")
 	}
@@ -186,8 +217,9 @@ func (c *PGCatalog) Promote(ctx context.Context, alias, model string) (events.Mo
 }
 
 // PromoteModel implements Promoter: the alias row and the model.promoted
-// fact commit together. An export must exist (services/train recorded it)
-// when it is promoted, so that the alias never points at nothing.
+// fact commit together. An export must exist (services/train's
+// model.exported reached this service) when it is promoted, so that the
+// alias never points at nothing.
 func (c *PGCatalog) PromoteModel(ctx context.Context, alias string, m ModelSpec) (events.ModelPromoted, error) {
 	ctx, span := tracer.Start(ctx, "ground.catalog.Promote")
 	defer span.End()

@@ -174,6 +174,13 @@ func (s *Service) Load(ctx context.Context, datasetID string) (*dataset.Dataset,
 	return s.app.Load(ctx, datasetID)
 }
 
+// Root returns the root directory of a recorded version: the directory
+// its records' image paths are relative to (ErrNotFound for an unknown
+// id). It reads the record only; Load verifies the files.
+func (s *Service) Root(ctx context.Context, datasetID string) (string, error) {
+	return s.app.Root(ctx, datasetID)
+}
+
 // LoadAll is Load with the questions, instruction records and extra
 // annotations of the version's files.
 func (s *Service) LoadAll(ctx context.Context, datasetID string) (*Loaded, error) {

@@ -45,6 +45,23 @@ func (r repo) find(ctx context.Context, datasetID, paramsHash string) (setRow, b
 	return row, true, nil
 }
 
+// get reads a set by id, with its dataset id.
+func (r repo) get(ctx context.Context, id string) (setRow, string, bool, error) {
+	var row setRow
+	var datasetID string
+	err := r.pool.QueryRow(ctx, `
+		SELECT id::text, status, content_hash, manifest_key, counts, dataset_id::text
+		FROM synth_sets WHERE id = $1`, id).
+		Scan(&row.ID, &row.Status, &row.ContentHash, &row.ManifestKey, &row.Counts, &datasetID)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return setRow{}, "", false, nil
+	}
+	if err != nil {
+		return setRow{}, "", false, fmt.Errorf("read synth set %s: %w", id, err)
+	}
+	return row, datasetID, true, nil
+}
+
 // begin creates the row in status 'building', or takes over an existing
 // row that is not ready (a failed or interrupted build), and returns its id.
 func (r repo) begin(ctx context.Context, datasetID string, seed int64, params []byte, paramsHash, correlationID string) (string, error) {

@@ -33,6 +33,14 @@ func (f *fakeLoader) Load(_ context.Context, id string) (*dataset.Dataset, error
 	return ds, nil
 }
 
+func (f *fakeLoader) Root(_ context.Context, id string) (string, error) {
+	ds, ok := f.sets[id]
+	if !ok {
+		return "", fmt.Errorf("dataset %s: not found", id)
+	}
+	return ds.Root, nil
+}
+
 func newService(t *testing.T) (*synth.Service, *pgxpool.Pool, *fakeLoader, *blob.Local, string, string) {
 	t.Helper()
 	ctx := context.Background()
@@ -131,6 +139,25 @@ func TestSynthesizeRecordsAndReuses(t *testing.T) {
 	}
 	if other.Reused || other.SynthSetID == res.SynthSetID || other.ContentHash == res.ContentHash {
 		t.Fatalf("another seed gave %+v", other)
+	}
+
+	// Every answer carries the dataset's root; synth.describe answers the
+	// same facts for the set's id alone, without loading the dataset.
+	root := loader.sets[dsID].Root
+	if root == "" || res.DatasetRoot != root || again.DatasetRoot != root {
+		t.Fatalf("dataset roots %q (built), %q (reused), want %q", res.DatasetRoot, again.DatasetRoot, root)
+	}
+	d, err := svc.Describe(ctx, events.SynthDescribeRequested{CorrelationID: "d1", SynthSetID: res.SynthSetID})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if *d.Facts() != *res.Facts() || d.CorrelationID != "d1" || d.ContentHash != res.ContentHash || loader.calls.Load() != 2 {
+		t.Fatalf("describe %+v (loads %d), want the facts of %+v", d, loader.calls.Load(), res)
+	}
+	for _, id := range []string{"not-a-uuid", uuid.NewString()} {
+		if _, err := svc.Describe(ctx, events.SynthDescribeRequested{SynthSetID: id}); !errors.Is(err, synth.ErrBadInput) {
+			t.Fatalf("describe %q: %v, want ErrBadInput", id, err)
+		}
 	}
 }
 

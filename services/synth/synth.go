@@ -47,10 +47,11 @@ import (
 // request, unknown stage, bad rewriter URL): the workflow must not retry.
 var ErrBadInput = errors.New("synth: bad input")
 
-// DatasetLoader returns a validated dataset by id (services/ingest's
-// Service implements it).
+// DatasetLoader returns a validated dataset by id, and the root directory
+// of its files (services/ingest's Service implements it).
 type DatasetLoader interface {
 	Load(ctx context.Context, datasetID string) (*dataset.Dataset, error)
+	Root(ctx context.Context, datasetID string) (string, error)
 }
 
 // Config configures the service.
@@ -158,12 +159,17 @@ func (s *Service) Synthesize(ctx context.Context, req events.SynthRequested, pro
 	}
 	if found && row.Status == "ready" {
 		if m, err := OpenManifest(s.cfg.Blob, row.ManifestKey); err == nil && m.ContentHash == row.ContentHash {
+			root, err := s.loader.Root(ctx, req.DatasetID)
+			if err != nil {
+				return events.SynthCompleted{}, fmt.Errorf("synth set %s: the root of dataset %s: %w", row.ID, req.DatasetID, err)
+			}
 			log.Info("synth set reused", "synth_set_id", row.ID, "content_hash", row.ContentHash)
 			span.SetAttributes(attribute.Bool("synth.reused", true))
 			progress(m.Total, m.Total, "reused")
 			return events.SynthCompleted{
 				CorrelationID: req.CorrelationID, SynthSetID: row.ID, DatasetID: req.DatasetID,
 				ManifestKey: row.ManifestKey, ContentHash: row.ContentHash, Counts: row.Counts, Reused: true,
+				DatasetRoot: root,
 			}, nil
 		}
 		log.Warn("synth set recorded but its manifest is missing or changed: rebuilding", "synth_set_id", row.ID)
@@ -198,6 +204,46 @@ func (s *Service) Synthesize(ctx context.Context, req events.SynthRequested, pro
 	return events.SynthCompleted{
 		CorrelationID: req.CorrelationID, SynthSetID: id, DatasetID: req.DatasetID,
 		ManifestKey: m.Key, ContentHash: m.ContentHash, Counts: m.Counts.Flat(m.Total),
+		DatasetRoot: ds.Root,
+	}, nil
+}
+
+// Describe answers a ready synth set's facts (the answer Synthesize gave
+// when it built the set, with the dataset's root) without building: the
+// Train workflow asks it (synth.describe) when a pipeline starts at train
+// with only the set's id. A set that does not exist or is not ready wraps
+// ErrBadInput.
+func (s *Service) Describe(ctx context.Context, req events.SynthDescribeRequested) (res events.SynthCompleted, err error) {
+	ctx, span := tracer.Start(ctx, "synth.Describe", trace.WithAttributes(
+		attribute.String("synth.set_id", req.SynthSetID), attribute.String("correlation_id", req.CorrelationID)))
+	defer func() {
+		if err != nil {
+			span.RecordError(err)
+			span.SetStatus(codes.Error, err.Error())
+		}
+		span.End()
+	}()
+	if _, err := uuid.Parse(req.SynthSetID); err != nil {
+		return res, fmt.Errorf("%w: describe synth set: id %q is not a uuid", ErrBadInput, req.SynthSetID)
+	}
+	row, datasetID, found, err := s.repo.get(ctx, req.SynthSetID)
+	if err != nil {
+		return res, err
+	}
+	if !found {
+		return res, fmt.Errorf("%w: describe synth set %s: not found", ErrBadInput, req.SynthSetID)
+	}
+	if row.Status != "ready" {
+		return res, fmt.Errorf("%w: describe synth set %s: it is %s, not ready", ErrBadInput, req.SynthSetID, row.Status)
+	}
+	root, err := s.loader.Root(ctx, datasetID)
+	if err != nil {
+		return res, fmt.Errorf("describe synth set %s: the root of dataset %s: %w", req.SynthSetID, datasetID, err)
+	}
+	return events.SynthCompleted{
+		CorrelationID: req.CorrelationID, SynthSetID: row.ID, DatasetID: datasetID,
+		ManifestKey: row.ManifestKey, ContentHash: row.ContentHash, Counts: row.Counts, Reused: true,
+		DatasetRoot: root,
 	}, nil
 }
 

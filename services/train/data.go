@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"slices"
 
+	"github.com/groundmesh/groundmesh/internal/events"
 	"github.com/groundmesh/groundmesh/model"
 )
 
@@ -20,18 +21,13 @@ type SynthSet struct {
 	Records func(ctx context.Context) iter.Seq2[model.Record, error]
 	// Images resolves the records' image references.
 	Images model.ImageResolver
-	// ManifestKey (the blob key of the set's manifest), DatasetID and
-	// DatasetRoot (the dataset version it was built from, and the
-	// directory its image paths are relative to) are the set's facts that
-	// a run's answer passes on (events.RunFacts), so that the run's
-	// consumers need not look the set up themselves; empty when unknown.
-	ManifestKey string
-	DatasetID   string
-	DatasetRoot string
 }
 
-// SynthReader opens a synth set by id.
-type SynthReader func(ctx context.Context, synthSetID string) (SynthSet, error)
+// SynthReader opens a synth set from its facts, as the run's request
+// carried them (events.TrainRequested.Synth): where its manifest is and the
+// directory its image paths are relative to. The service reads no table
+// of services/synth or ingest to find them.
+type SynthReader func(ctx context.Context, set events.SynthFacts) (SynthSet, error)
 
 // runData is a run's prepared training data.
 type runData struct {

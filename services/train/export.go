@@ -16,6 +16,8 @@ import (
 
 	"github.com/groundmesh/groundmesh/internal/blob"
 	"github.com/groundmesh/groundmesh/internal/events"
+	"github.com/groundmesh/groundmesh/internal/outbox"
+	"github.com/groundmesh/groundmesh/internal/store"
 	"github.com/groundmesh/groundmesh/model"
 	"github.com/groundmesh/groundmesh/model/onnx"
 )
@@ -199,20 +201,28 @@ func (s *pgStore) export(ctx context.Context, checkpointID, format, dtype string
 }
 
 // recordExport records (or, for the same checkpoint, format and dtype,
-// replaces) an export and returns its id and time.
+// replaces) an export and returns its id and time. The model.exported fact
+// commits with the row: the services that serve exports (services/ground)
+// learn of every export from it, also of one made outside a train.export
+// command (`groundmesh export`), whose answer nobody publishes.
 func (s *pgStore) recordExport(ctx context.Context, e events.ExportCompleted) (string, time.Time, error) {
 	var id string
 	var at time.Time
-	err := s.pool.QueryRow(ctx, `
-		INSERT INTO model_exports (checkpoint_id, run_id, format, dtype, blob_key, sha256, bytes, model_config_sha256)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-		ON CONFLICT (checkpoint_id, format, dtype) DO UPDATE
-		SET blob_key = excluded.blob_key, sha256 = excluded.sha256, bytes = excluded.bytes,
-		    model_config_sha256 = excluded.model_config_sha256, created_at = now()
-		RETURNING id::text, created_at`,
-		e.CheckpointID, e.RunID, e.Format, e.Dtype, e.BlobKey, e.SHA256, e.Bytes, e.ModelConfigSHA256).Scan(&id, &at)
-	if err != nil {
-		return "", at, fmt.Errorf("record export of %s: %w", e.CheckpointID, err)
-	}
-	return id, at, nil
+	err := store.WithTx(ctx, s.pool, func(tx pgx.Tx) error {
+		err := tx.QueryRow(ctx, `
+			INSERT INTO model_exports (checkpoint_id, run_id, format, dtype, blob_key, sha256, bytes, model_config_sha256)
+			VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+			ON CONFLICT (checkpoint_id, format, dtype) DO UPDATE
+			SET blob_key = excluded.blob_key, sha256 = excluded.sha256, bytes = excluded.bytes,
+			    model_config_sha256 = excluded.model_config_sha256, created_at = now()
+			RETURNING id::text, created_at`,
+			e.CheckpointID, e.RunID, e.Format, e.Dtype, e.BlobKey, e.SHA256, e.Bytes, e.ModelConfigSHA256).Scan(&id, &at)
+		if err != nil {
+			return fmt.Errorf("record export of %s: %w", e.CheckpointID, err)
+		}
+		fact := e
+		fact.ExportID, fact.CreatedAt = id, at
+		return outbox.Add(ctx, tx, events.TopicModelExported, fact, nil)
+	})
+	return id, at, err
 }

@@ -17,6 +17,7 @@ import (
 
 	"github.com/groundmesh/groundmesh/internal/blob"
 	"github.com/groundmesh/groundmesh/internal/dataset"
+	"github.com/groundmesh/groundmesh/internal/events"
 	"github.com/groundmesh/groundmesh/internal/store"
 	"github.com/groundmesh/groundmesh/model"
 	"github.com/groundmesh/groundmesh/plugins/compute"
@@ -55,7 +56,7 @@ var colourValues = []color.RGBA{{220, 40, 40, 255}, {40, 200, 60, 255}, {50, 70,
 // fakeSynth is a synth set made in memory: per stage, records asking where
 // a coloured square is, answered with its box, over images drawn on demand.
 func fakeSynth(perStage int) train.SynthReader {
-	return func(ctx context.Context, synthSetID string) (train.SynthSet, error) {
+	return func(ctx context.Context, set events.SynthFacts) (train.SynthSet, error) {
 		records := func(ctx context.Context) iter.Seq2[model.Record, error] {
 			return func(yield func(model.Record, error) bool) {
 				for si, stage := range train.Stages {
@@ -98,8 +99,7 @@ func fakeSynth(perStage int) train.SynthReader {
 			}
 			return img, nil
 		})
-		return train.SynthSet{Records: records, Images: images,
-			ManifestKey: "synth/" + synthSetID + "/manifest.json", DatasetID: "dataset-of-" + synthSetID, DatasetRoot: "/datasets/scenes"}, nil
+		return train.SynthSet{Records: records, Images: images}, nil
 	}
 }
 

@@ -87,9 +87,16 @@ func (s *Service) Train(ctx context.Context, req events.TrainRequested, progress
 	if err != nil {
 		return out, err
 	}
-	run, created, err := s.store.ensureRun(ctx, req.RunID, req.SynthSetID, req.Backend, specBytes)
+	synthFacts, err := s.synthFacts(ctx, req)
 	if err != nil {
 		return out, err
+	}
+	run, created, err := s.store.ensureRun(ctx, req.RunID, req.SynthSetID, req.Backend, specBytes, synthFacts)
+	if err != nil {
+		return out, err
+	}
+	if run.Synth == nil {
+		run.Synth = &synthFacts
 	}
 	if !created {
 		// A resumed run keeps the spec it started with.
@@ -135,6 +142,35 @@ func (s *Service) Train(ctx context.Context, req events.TrainRequested, progress
 		return out, err
 	}
 	return s.completed(ctx, req.CorrelationID, run.ID)
+}
+
+// synthFacts are the facts of the synth set req trains on: the request's
+// (Synth), else those its run recorded when it was first requested (a
+// request from a workflow older than the field, resuming the run). Without
+// either the request is bad input: the service reads no table of
+// services/synth to find them.
+func (s *Service) synthFacts(ctx context.Context, req events.TrainRequested) (events.SynthFacts, error) {
+	if f := req.Synth; f != nil {
+		facts := *f
+		if facts.SynthSetID == "" {
+			facts.SynthSetID = req.SynthSetID
+		}
+		if facts.SynthSetID != req.SynthSetID {
+			return facts, fmt.Errorf("train: synth.synth_set_id %q is not synth_set_id %q: %w", facts.SynthSetID, req.SynthSetID, ErrInvalidRequest)
+		}
+		if facts.ManifestKey == "" {
+			return facts, fmt.Errorf("train: synth.manifest_key is empty: the synth set's facts name its manifest: %w", ErrInvalidRequest)
+		}
+		return facts, nil
+	}
+	run, err := s.store.run(ctx, req.RunID)
+	if err != nil && !errors.Is(err, errNoRun) {
+		return events.SynthFacts{}, err
+	}
+	if err == nil && run.Synth != nil && run.SynthSetID == req.SynthSetID {
+		return *run.Synth, nil
+	}
+	return events.SynthFacts{}, fmt.Errorf("train: run %s: the request has no synth (the synth set's facts: manifest_key, dataset_root), and the run recorded none: %w", req.RunID, ErrInvalidRequest)
 }
 
 // Describe answers a completed run's facts (the answer Train gives once
@@ -191,11 +227,10 @@ func (s *Service) completedRun(ctx context.Context, correlationID string, run ru
 	if facts.ModelConfigSHA256, err = model.ConfigSHA256(run.ModelConfig); err != nil {
 		return out, fmt.Errorf("train: completed run %s: %w", runID, err)
 	}
-	set, err := s.cfg.Synth(ctx, run.SynthSetID)
-	if err != nil {
-		return out, fmt.Errorf("train: completed run %s: open synth set %s: %w", runID, run.SynthSetID, err)
+	if run.Synth == nil {
+		return out, fmt.Errorf("train: completed run %s records no facts of its synth set %s", runID, run.SynthSetID)
 	}
-	facts.ManifestKey, facts.DatasetID, facts.DatasetRoot = set.ManifestKey, set.DatasetID, set.DatasetRoot
+	facts.ManifestKey, facts.DatasetID, facts.DatasetRoot = run.Synth.ManifestKey, run.Synth.DatasetID, run.Synth.DatasetRoot
 	if facts.Losses, err = s.store.losses(ctx, runID); err != nil {
 		return out, err
 	}
@@ -276,7 +311,10 @@ func (r *runner) run(ctx context.Context, run runRow) error {
 func (r *runner) prepare(ctx context.Context, run runRow) error {
 	ctx, span := tracer.Start(ctx, "train.prepareData")
 	defer span.End()
-	set, err := r.s.cfg.Synth(ctx, run.SynthSetID)
+	if run.Synth == nil {
+		return fmt.Errorf("train: run %s records no facts of its synth set %s: %w", run.ID, run.SynthSetID, ErrInvalidRequest)
+	}
+	set, err := r.s.cfg.Synth(ctx, *run.Synth)
 	if err != nil {
 		return fmt.Errorf("train: open synth set %s: %w", run.SynthSetID, err)
 	}

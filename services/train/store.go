@@ -67,21 +67,32 @@ type runRow struct {
 	Status       string
 	CurrentStage string
 	UpdatedAt    time.Time
+	// Synth is the synth set's facts the run was requested with; nil for
+	// a run recorded before they were (the migration fills them).
+	Synth *events.SynthFacts
 }
 
 // ensureRun creates the run (with its lineage edge from the synth set)
-// unless it exists, and returns the stored row.
-func (s *pgStore) ensureRun(ctx context.Context, runID, synthSetID, backend string, spec []byte) (runRow, bool, error) {
+// unless it exists, and returns the stored row. An existing run that
+// recorded no synth set facts gets synth's.
+func (s *pgStore) ensureRun(ctx context.Context, runID, synthSetID, backend string, spec []byte, synth events.SynthFacts) (runRow, bool, error) {
 	created := false
-	err := store.WithTx(ctx, s.pool, func(tx pgx.Tx) error {
+	facts, err := json.Marshal(synth)
+	if err != nil {
+		return runRow{}, false, fmt.Errorf("create run %s: encode synth set facts: %w", runID, err)
+	}
+	err = store.WithTx(ctx, s.pool, func(tx pgx.Tx) error {
 		tag, err := tx.Exec(ctx, `
-			INSERT INTO runs (id, synth_set_id, backend, spec) VALUES ($1, $2, $3, $4)
-			ON CONFLICT (id) DO NOTHING`, runID, synthSetID, backend, spec)
+			INSERT INTO runs (id, synth_set_id, backend, spec, synth) VALUES ($1, $2, $3, $4, $5)
+			ON CONFLICT (id) DO NOTHING`, runID, synthSetID, backend, spec, facts)
 		if err != nil {
 			return fmt.Errorf("insert run: %w", err)
 		}
 		if created = tag.RowsAffected() == 1; created {
 			return store.AddLineage(ctx, tx, "synth_set", synthSetID, "run", runID, "trained_on")
+		}
+		if _, err := tx.Exec(ctx, `UPDATE runs SET synth = $2 WHERE id = $1 AND synth IS NULL`, runID, facts); err != nil {
+			return fmt.Errorf("record the synth set facts of run %s: %w", runID, err)
 		}
 		return nil
 	})
@@ -98,9 +109,9 @@ func (s *pgStore) run(ctx context.Context, runID string) (runRow, error) {
 	var r runRow
 	err := s.pool.QueryRow(ctx, `
 		SELECT id::text, synth_set_id::text, backend, spec, coalesce(model_config::text, ''), coalesce(tokenizer_key, ''),
-		       status, coalesce(current_stage, ''), updated_at
+		       status, coalesce(current_stage, ''), updated_at, synth
 		FROM runs WHERE id = $1`, runID).Scan(&r.ID, &r.SynthSetID, &r.Backend, &r.Spec, &r.ModelConfig,
-		&r.TokenizerKey, &r.Status, &r.CurrentStage, &r.UpdatedAt)
+		&r.TokenizerKey, &r.Status, &r.CurrentStage, &r.UpdatedAt, &r.Synth)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return runRow{}, fmt.Errorf("run %s: %w", runID, errNoRun)
 	}

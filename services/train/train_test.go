@@ -114,7 +114,13 @@ func (r *recording) requests() []compute.TrainRequest {
 }
 
 func newRequest(spec json.RawMessage) events.TrainRequested {
-	return events.TrainRequested{CorrelationID: "corr-1", RunID: uuid.NewString(), SynthSetID: uuid.NewString(), Backend: "toy", Spec: spec}
+	set := uuid.NewString()
+	return events.TrainRequested{CorrelationID: "corr-1", RunID: uuid.NewString(), SynthSetID: set, Backend: "toy", Spec: spec, Synth: synthFacts(set)}
+}
+
+// synthFacts are the facts synth answers for a set (fakeSynth serves any).
+func synthFacts(set string) *events.SynthFacts {
+	return &events.SynthFacts{SynthSetID: set, ManifestKey: "synth/" + set + "/manifest.json", DatasetID: "dataset-of-" + set, DatasetRoot: "/datasets/scenes"}
 }
 
 func TestTrainThreeStages(t *testing.T) {
@@ -470,11 +476,27 @@ func TestTrainInvalid(t *testing.T) {
 		"bad run id":    {RunID: "x", SynthSetID: uuid.NewString(), Backend: "toy"},
 		"no synth set":  {RunID: uuid.NewString(), Backend: "toy"},
 		"wrong backend": {RunID: uuid.NewString(), SynthSetID: uuid.NewString(), Backend: "cuda9000"},
+		// A request from a workflow older than the synth set's facts, for
+		// a run that recorded none: train reads no table of synth's.
+		"no synth facts": {RunID: uuid.NewString(), SynthSetID: uuid.NewString(), Backend: "toy", Spec: tinySpec([3]int{1, 1, 1}, 1)},
+		"another set's facts": func() events.TrainRequested {
+			r := newRequest(tinySpec([3]int{1, 1, 1}, 1))
+			r.Synth = synthFacts(uuid.NewString())
+			return r
+		}(),
+		"no manifest": func() events.TrainRequested {
+			r := newRequest(tinySpec([3]int{1, 1, 1}, 1))
+			r.Synth.ManifestKey = ""
+			return r
+		}(),
 	}
 	for name, req := range cases {
 		_, err := svc.Train(context.Background(), req, nil)
 		if !errors.Is(err, train.ErrInvalidRequest) {
 			t.Errorf("%s: %v; want ErrInvalidRequest", name, err)
+		}
+		if name == "no synth facts" && (err == nil || !strings.Contains(err.Error(), "no synth (the synth set's facts")) {
+			t.Errorf("%s: %v; want the missing field named", name, err)
 		}
 	}
 	// A backend that does not declare a feature the model needs is refused

@@ -595,6 +595,16 @@ func (s *Service) LoadAll(ctx context.Context, id string) (_ *Loaded, err error)
 	return &Loaded{Dataset: p.ds, Questions: p.res.Questions, Instructions: p.res.Instructions, Extra: p.res.Extra}, nil
 }
 
+// Root returns the root directory of a recorded version (the directory
+// its image paths are relative to) without re-reading its files.
+func (s *Service) Root(ctx context.Context, id string) (string, error) {
+	v, _, err := s.repo.Get(ctx, id)
+	if err != nil {
+		return "", err
+	}
+	return v.Root, nil
+}
+
 // Rejects returns the validation summary of a recorded version and its
 // rejected records with their files and lines, in the order found.
 func (s *Service) Rejects(ctx context.Context, id string) (ReportSummary, []readers.Reject, error) {
