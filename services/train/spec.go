@@ -146,6 +146,10 @@ func DefaultSpec() RunSpec {
 	// A patch's position is its index in the image, not in the sequence.
 	m.PatchPositions = true
 	m.Grounder, m.GrounderQueries, m.GrounderLossWeight = true, 4, 1
+	// The sentence vector from a bidirectional GRU: REC Acc@0.5 pooled
+	// 0.710 against 0.635 for the transformer block in one demo run each,
+	// POPE F1 0.84-0.91 against 0.59-0.70 (docs/experiments.md).
+	m.GrounderTextGRU = true
 	// Instance norm before every FiLM of the tower.
 	m.GrounderNorm = true
 	// The pointer's target: a Gaussian of 0.3 cells around the centre

@@ -136,6 +136,7 @@ func DemoCellConfig(c model.Config) model.Config {
 	c.PatchPositions = true
 	c.GrounderNorm = true
 	c.GrounderSigma = 0.3
+	c.GrounderTextGRU = true
 	return c
 }
 
