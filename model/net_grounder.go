@@ -66,15 +66,15 @@ func (n *Net[T]) gru(x, mask T, prefix string, h int, backward bool) T {
 	if r, ok := o.(RecurrentOps[T]); ok {
 		return r.GRU(x, mask, wx, bx, uw, ub, backward)
 	}
-	in := o.Dense(x, wx, bx) // every position's input gates at once
+	in := o.Dense(x, wx, bx)                              // every position's input gates at once
 	state := o.ZerosLike(n.index(n.part(in, 0, h), 1, 0)) // [B, h]
 	for i := range l {
 		t := i
 		if backward {
 			t = l - 1 - i
 		}
-		xt := n.index(in, 1, t)      // [B, 3h]
-		ht := o.Dense(state, uw, ub) // [B, 3h]
+		xt := n.index(in, 1, t)                                        // [B, 3h]
+		ht := o.Dense(state, uw, ub)                                   // [B, 3h]
 		zr := n.sigmoid(o.Add(n.part(xt, 0, 2*h), n.part(ht, 0, 2*h))) // both gates in one
 		z, r := n.part(zr, 0, h), n.part(zr, h, 2*h)
 		cand := n.tanh(o.Add(n.part(xt, 2*h, 3*h), o.Mul(r, n.part(ht, 2*h, 3*h))))
