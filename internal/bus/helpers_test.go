@@ -17,15 +17,7 @@ import (
 	"github.com/groundmesh/groundmesh/internal/store"
 )
 
-func testPool(t *testing.T) *pgxpool.Pool {
-	t.Helper()
-	pool, err := store.Open(context.Background(), store.NewTestDB(t), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
-	return pool
-}
+func testPool(t *testing.T) *pgxpool.Pool { return store.NewTestPool(t) }
 
 func testLogger(t *testing.T) *slog.Logger {
 	if os.Getenv("BUS_TEST_LOG") != "" {

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/groundmesh/groundmesh/migrations"
 )
@@ -116,4 +117,16 @@ func redact(dsn string) string {
 		u.User = url.UserPassword(u.User.Username(), "xxxxx")
 	}
 	return u.String()
+}
+
+// NewTestPool is a pool (Open) over a fresh database from NewTestDB,
+// closed when the test ends.
+func NewTestPool(t testing.TB) *pgxpool.Pool {
+	t.Helper()
+	pool, err := Open(context.Background(), NewTestDB(t), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	return pool
 }

@@ -18,15 +18,7 @@ import (
 )
 
 // projectionDB is a fresh database with every migration applied.
-func projectionDB(t *testing.T) *pgxpool.Pool {
-	t.Helper()
-	pool, err := store.Open(context.Background(), store.NewTestDB(t), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
-	return pool
-}
+func projectionDB(t *testing.T) *pgxpool.Pool { return store.NewTestPool(t) }
 
 // factsRun is a run's train.completed fact with two final checkpoints.
 func factsRun() events.TrainCompleted {
