@@ -102,24 +102,7 @@ func Run(t *testing.T, newStore func(t *testing.T) blob.Store, opts Options) {
 	t.Run("PutFile", func(t *testing.T) {
 		s := newStore(t)
 		data := bytes.Repeat([]byte("checkpoint "), 10000)
-		path := filepath.Join(t.TempDir(), "step-3.safetensors")
-		if err := os.WriteFile(path, data, 0o644); err != nil {
-			t.Fatal(err)
-		}
-		sum, n, err := s.PutFile("runs/r/stage1/step-3.safetensors", path, "")
-		if err != nil {
-			t.Fatal(err)
-		}
-		if sum != hexSum(data) || n != int64(len(data)) {
-			t.Fatalf("PutFile = %s, %d; want %s, %d", sum, n, hexSum(data), len(data))
-		}
-		if _, err := os.Stat(path); !errors.Is(err, fs.ErrNotExist) {
-			t.Fatalf("PutFile left its file: %v", err)
-		}
-		if got := readAll(t, s, "runs/r/stage1/step-3.safetensors"); !bytes.Equal(got, data) {
-			t.Fatal("Open after PutFile read other bytes")
-		}
-		checkLocal(t, s, "runs/r/stage1/step-3.safetensors", sum, n)
+		putFileAndCheck(t, s, "runs/r/stage1/step-3.safetensors", data, "")
 		// A missing file fails and stores nothing.
 		if _, _, err := s.PutFile("other", filepath.Join(t.TempDir(), "none"), ""); err == nil {
 			t.Fatal("PutFile of a missing file succeeded")
@@ -132,24 +115,7 @@ func Run(t *testing.T, newStore func(t *testing.T) blob.Store, opts Options) {
 		// A caller that hashed the file already passes its sum.
 		s := newStore(t)
 		data := bytes.Repeat([]byte("step "), 5000)
-		path := filepath.Join(t.TempDir(), "step-4.safetensors")
-		if err := os.WriteFile(path, data, 0o644); err != nil {
-			t.Fatal(err)
-		}
-		sum, n, err := s.PutFile("runs/r/stage1/step-4.safetensors", path, hexSum(data))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if sum != hexSum(data) || n != int64(len(data)) {
-			t.Fatalf("PutFile = %s, %d; want %s, %d", sum, n, hexSum(data), len(data))
-		}
-		if _, err := os.Stat(path); !errors.Is(err, fs.ErrNotExist) {
-			t.Fatalf("PutFile left its file: %v", err)
-		}
-		if got := readAll(t, s, "runs/r/stage1/step-4.safetensors"); !bytes.Equal(got, data) {
-			t.Fatal("Open after PutFile read other bytes")
-		}
-		checkLocal(t, s, "runs/r/stage1/step-4.safetensors", sum, n)
+		putFileAndCheck(t, s, "runs/r/stage1/step-4.safetensors", data, hexSum(data))
 	})
 	t.Run("Missing", func(t *testing.T) {
 		s := newStore(t)
@@ -335,3 +301,28 @@ func (p *prng) Read(b []byte) (int, error) {
 type errReader struct{ err error }
 
 func (e *errReader) Read([]byte) (int, error) { return 0, e.err }
+
+// putFileAndCheck writes data to a file, moves it into s under key with
+// PutFile (knownSum "" or the caller's sha256 of data), and checks the
+// answer, that the file is gone, and that Open and LocalPath give data.
+func putFileAndCheck(t *testing.T, s blob.Store, key string, data []byte, knownSum string) {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), filepath.Base(key))
+	if err := os.WriteFile(path, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	sum, n, err := s.PutFile(key, path, knownSum)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sum != hexSum(data) || n != int64(len(data)) {
+		t.Fatalf("PutFile = %s, %d; want %s, %d", sum, n, hexSum(data), len(data))
+	}
+	if _, err := os.Stat(path); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("PutFile left its file: %v", err)
+	}
+	if got := readAll(t, s, key); !bytes.Equal(got, data) {
+		t.Fatal("Open after PutFile read other bytes")
+	}
+	checkLocal(t, s, key, sum, n)
+}
