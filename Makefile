@@ -59,10 +59,13 @@ test-libtorch: libtorch
 # cgo flags set no -march: -O3 -march=native measured ~5x faster on a small
 # model (../shared/DEPENDENCIES.md); -w keeps the vendored sources' warnings quiet.
 # GGML_CFLAGS="-O3 -w" builds a binary that runs on other x86-64 CPUs.
+# -mno-amx-*: on a CPU with AMX, -march=native would make ggml-cpu.cpp
+# call the AMX buffer type, whose source (ggml-cpu/amx) the Go module
+# does not compile, and the link fails; the flags change nothing elsewhere.
 # `go list -m` names no directory for a module not yet in the module
 # cache (a fresh machine): download it first.
 GGML_INCLUDE = $(shell $(GO) mod download github.com/ollama/ollama && $(GO) list -m -f '{{.Dir}}' github.com/ollama/ollama)/ml/backend/ggml/ggml/include
-GGML_CFLAGS ?= -O3 -march=native -w
+GGML_CFLAGS ?= -O3 -march=native -mno-amx-tile -mno-amx-int8 -mno-amx-bf16 -w
 GGML_ENV = CGO_ENABLED=1 CGO_CPPFLAGS="-I$(GGML_INCLUDE)" CGO_CFLAGS="$(GGML_CFLAGS)" CGO_CXXFLAGS="$(GGML_CFLAGS)"
 ggml:
 	$(GGML_ENV) $(GO) build -tags ggml -o $(BIN)/groundmesh-ggml ./plugins/ggml/cmd/groundmesh-ggml
