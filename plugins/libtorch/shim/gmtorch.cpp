@@ -259,6 +259,32 @@ void gmt_matmul(gmt_out *o, gmt_t a, gmt_t b, int transpose_b) {
   });
 }
 
+void gmt_gru(gmt_out *o, gmt_t x, gmt_t mask, gmt_t wx, gmt_t bx, gmt_t wh, gmt_t bh, int backward) {
+  run(o, [&] {
+    const auto &xt = T(x);
+    const auto &m = T(mask);
+    const auto &u = T(wh);
+    const auto &c = T(bh);
+    const int64_t b = xt.size(0), l = xt.size(1), h = u.size(0);
+    // Every position's input gates at once: [B, L, 3H].
+    auto in = (at::matmul(xt, T(wx)) + T(bx));
+    auto state = at::zeros({b, h}, in.options());
+    for (int64_t i = 0; i < l; i++) {
+      const int64_t t = backward ? l - 1 - i : i;
+      auto gx = in.select(1, t);           // [B, 3H]
+      auto gh = at::addmm(c, state, u);    // [B, 3H]
+      auto zr = at::sigmoid(gx.slice(1, 0, 2 * h) + gh.slice(1, 0, 2 * h));
+      auto z = zr.slice(1, 0, h);
+      auto r = zr.slice(1, h, 2 * h);
+      auto n = at::tanh(gx.slice(1, 2 * h, 3 * h) + r * gh.slice(1, 2 * h, 3 * h));
+      auto next = n + z * (state - n);
+      auto mt = m.select(1, t).unsqueeze(1);  // [B, 1]: 0 keeps the state
+      state = state + mt * (next - state);
+    }
+    return state;
+  });
+}
+
 void gmt_dense(gmt_out *o, gmt_t x, gmt_t w, gmt_t b) {
   run(o, [&] {
     const auto &t = T(x);

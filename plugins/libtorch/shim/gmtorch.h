@@ -91,6 +91,12 @@ void gmt_dense(gmt_out *o, gmt_t x, gmt_t w, gmt_t b /* may be NULL */);
  * b [out], zero padding 1, stride 1 or 2: [K, S/stride, S/stride, out]. */
 void gmt_conv3x3(gmt_out *o, gmt_t x, gmt_t w, gmt_t b, int stride);
 void gmt_einsum(gmt_out *o, const char *spec, gmt_t a, gmt_t b);
+/* gmt_gru: model.RecurrentOps.GRU, the whole recurrence in C++ (ATen
+ * operations with their gradients, one per gate step, no crossing of the
+ * C boundary per step): x [B, L, W], mask [B, L] (1 on each row's first
+ * positions), wx [W, 3H], bx [3H], wh [H, 3H], bh [3H], gates in the order
+ * update, reset, candidate; returns the last state [B, H]. */
+void gmt_gru(gmt_out *o, gmt_t x, gmt_t mask, gmt_t wx, gmt_t bx, gmt_t wh, gmt_t bh, int backward);
 void gmt_index_rows(gmt_out *o, gmt_t table, gmt_t idx);
 void gmt_gather_elems(gmt_out *o, gmt_t x, gmt_t idx);
 void gmt_one_hot(gmt_out *o, gmt_t idx, int64_t n);

@@ -26,7 +26,10 @@ type Ops struct {
 	Device Device
 }
 
-var _ model.Ops[*Tensor] = (*Ops)(nil)
+var (
+	_ model.Ops[*Tensor]          = (*Ops)(nil)
+	_ model.RecurrentOps[*Tensor] = (*Ops)(nil)
+)
 
 func (o *Ops) take(op string) *Tensor { return o.Arena.take(op) }
 func (o *Ops) out() *C.gmt_out        { return o.Arena.out }
@@ -188,6 +191,17 @@ func (o *Ops) Dense(x, w *Tensor, b ...*Tensor) *Tensor {
 func (o *Ops) Conv3x3(x, w, b *Tensor, stride int) *Tensor {
 	C.gmt_conv3x3(o.out(), x.h, w.h, b.h, C.int(stride))
 	return o.take("conv3x3")
+}
+
+// GRU is model.RecurrentOps.GRU: the recurrence runs inside the shim,
+// so a step costs ATen's dispatch of its operations and no cgo calls.
+func (o *Ops) GRU(x, mask, wx, bx, wh, bh *Tensor, backward bool) *Tensor {
+	bw := C.int(0)
+	if backward {
+		bw = 1
+	}
+	C.gmt_gru(o.out(), x.h, mask.h, wx.h, bx.h, wh.h, bh.h, bw)
+	return o.take("gru")
 }
 
 func (o *Ops) MatMul(a, b *Tensor) *Tensor {
