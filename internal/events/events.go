@@ -182,6 +182,9 @@ type SynthRequested struct {
 	// TaskWeights splits a stage's samples between its tasks (synth
 	// BuildOptions.TaskWeights; missing tasks keep their default).
 	TaskWeights map[string]float64 `json:"task_weights,omitempty"`
+	// Mirror is the fraction of training-split REC and POPE records asked
+	// about their image mirrored left to right (synth BuildOptions.Mirror).
+	Mirror float64 `json:"mirror,omitempty"`
 }
 
 // SynthCompleted answers SynthRequested.
@@ -338,6 +341,11 @@ type CheckpointRef struct {
 	BlobKey string `json:"blob_key"`
 	// SHA256 is the hex sha256 of the checkpoint file.
 	SHA256 string `json:"sha256"`
+	// Objective is what the stage that wrote it minimized: "" (every
+	// loss) or "grounder" (the grounding head's loss alone, the language
+	// model left untrained; compute.ObjectiveGrounder). Empty for a run
+	// recorded before the field, which consumers read as "".
+	Objective string `json:"objective,omitempty"`
 }
 
 // LossPoint is one logged training step.

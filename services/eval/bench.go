@@ -32,6 +32,14 @@ var benchOrder = []string{
 	BenchPOPEPrefix + metrics.POPERandom, BenchPOPEPrefix + metrics.POPEPopular, BenchPOPEPrefix + metrics.POPEAdversarial,
 }
 
+// HeadBenchmarks are the benchmarks whose answers come from the grounding
+// head (REC's box, POPE's yes or no), not from the language model: the
+// ones a checkpoint of a stage trained under the grounder objective is
+// scored on.
+func HeadBenchmarks() []string {
+	return []string{BenchREC, BenchPOPEPrefix + metrics.POPERandom, BenchPOPEPrefix + metrics.POPEPopular, BenchPOPEPrefix + metrics.POPEAdversarial}
+}
+
 func benchRank(b string) int {
 	for i, x := range benchOrder {
 		if x == b {

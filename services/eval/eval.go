@@ -48,6 +48,7 @@ import (
 	"github.com/groundmesh/groundmesh/internal/events"
 	"github.com/groundmesh/groundmesh/internal/store"
 	"github.com/groundmesh/groundmesh/model"
+	"github.com/groundmesh/groundmesh/plugins/compute"
 )
 
 var tracer = otel.Tracer("groundmesh/services/eval")
@@ -561,6 +562,15 @@ func requestRun(req events.EvalRequested) (RunInfo, []Checkpoint, error) {
 			return RunInfo{}, nil, fmt.Errorf("run.checkpoints[%d]: checkpoint %s listed twice: %w", i, c.ID, ErrBadInput)
 		}
 		ck := Checkpoint{ID: c.ID, RunID: req.RunID, Stage: c.Stage, Step: c.Step, BlobKey: c.BlobKey, SHA256: c.SHA256}
+		switch c.Objective {
+		case compute.ObjectiveAll:
+		case compute.ObjectiveGrounder:
+			// Its language model never trained: only the benchmarks the
+			// grounding head answers say anything about it.
+			ck.Benchmarks = HeadBenchmarks()
+		default:
+			return RunInfo{}, nil, fmt.Errorf("run.checkpoints[%d]: objective %q is not one of \"\" and %q: %w", i, c.Objective, compute.ObjectiveGrounder, ErrBadInput)
+		}
 		byID[c.ID] = ck
 		all = append(all, ck)
 	}

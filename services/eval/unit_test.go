@@ -16,6 +16,7 @@ import (
 	"github.com/groundmesh/groundmesh/internal/events"
 	"github.com/groundmesh/groundmesh/internal/infer"
 	"github.com/groundmesh/groundmesh/model"
+	"github.com/groundmesh/groundmesh/plugins/compute"
 	"github.com/groundmesh/groundmesh/plugins/compute/computetest"
 )
 
@@ -358,5 +359,31 @@ func TestExportCheckpoints(t *testing.T) {
 	r.ExportBenchmarks = []string{"rec"}
 	if got, err := exportCheckpoints(r, run, cks); err != nil || !slices.Equal(got[0].Benchmarks, []string{"rec"}) {
 		t.Errorf("export benchmarks: %+v, %v", got, err)
+	}
+}
+
+// A checkpoint of a stage trained under the grounder objective has an
+// untrained language model: it is scored on the head's benchmarks only,
+// the others on every benchmark; an unknown objective is bad input.
+func TestRequestRunScoresAGrounderStageOnItsHead(t *testing.T) {
+	req := events.EvalRequested{RunID: "r", Run: &events.RunFacts{ManifestKey: "m", Checkpoints: []events.CheckpointRef{
+		{ID: "c1", Stage: "stage1", Step: 10, BlobKey: "k1", Objective: compute.ObjectiveGrounder},
+		{ID: "c2", Stage: "stage2", Step: 20, BlobKey: "k2"},
+	}}}
+	_, cks, err := requestRun(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(cks) != 2 || !slices.Equal(cks[0].Benchmarks, HeadBenchmarks()) || cks[1].Benchmarks != nil {
+		t.Fatalf("checkpoints %+v: want stage1 on %v, stage2 on every benchmark", cks, HeadBenchmarks())
+	}
+	for _, b := range HeadBenchmarks() {
+		if !slices.Contains(benchOrder, b) || b == BenchRECBaseline {
+			t.Errorf("head benchmark %q is not a scored benchmark", b)
+		}
+	}
+	req.Run.Checkpoints[1].Objective = "everything"
+	if _, _, err := requestRun(req); !errors.Is(err, ErrBadInput) || !strings.Contains(err.Error(), `objective "everything"`) {
+		t.Errorf("unknown objective: err = %v", err)
 	}
 }

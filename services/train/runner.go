@@ -238,6 +238,15 @@ func (s *Service) completedRun(ctx context.Context, correlationID string, run ru
 	if err != nil {
 		return out, err
 	}
+	// The stored spec is the resolved one (every stage's objective
+	// written out); a spec that no longer decodes leaves the objectives
+	// empty, which consumers read as every loss.
+	var spec RunSpec
+	if err := json.Unmarshal(run.Spec, &spec); err != nil {
+		s.log.WarnContext(ctx, "run spec does not decode: checkpoints answered without their stage objectives",
+			"run", runID, "error", err)
+		spec = RunSpec{}
+	}
 	for _, st := range Stages {
 		c, err := s.store.lastCheckpoint(ctx, runID, st)
 		if err != nil {
@@ -247,7 +256,8 @@ func (s *Service) completedRun(ctx context.Context, correlationID string, run ru
 			return out, fmt.Errorf("train: completed run %s has no %s checkpoint", runID, st)
 		}
 		out.Checkpoints[st] = c.ID
-		facts.Checkpoints = append(facts.Checkpoints, events.CheckpointRef{ID: c.ID, Stage: st, Step: c.Step, BlobKey: c.BlobKey, SHA256: c.SHA256})
+		facts.Checkpoints = append(facts.Checkpoints, events.CheckpointRef{ID: c.ID, Stage: st, Step: c.Step, BlobKey: c.BlobKey, SHA256: c.SHA256,
+			Objective: spec.Stage(st).Objective})
 		if r, ok := rows[st]; ok && r.LastLoss != nil {
 			out.FinalLoss[st] = *r.LastLoss
 		} else {

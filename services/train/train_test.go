@@ -231,9 +231,14 @@ func TestTrainThreeStages(t *testing.T) {
 	if len(f.Checkpoints) != 3 {
 		t.Fatalf("run facts name %d checkpoints, want the 3 finals", len(f.Checkpoints))
 	}
+	spec, err := train.ParseSpec(req.Spec)
+	if err != nil {
+		t.Fatal(err)
+	}
 	for i, ref := range f.Checkpoints {
 		c := byID[ref.ID]
-		if ref.ID != out.Checkpoints[train.Stages[i]] || ref.Stage != c.Stage || ref.Step != c.Step || ref.BlobKey != c.Key || ref.SHA256 != c.SHA {
+		if ref.ID != out.Checkpoints[train.Stages[i]] || ref.Stage != c.Stage || ref.Step != c.Step || ref.BlobKey != c.Key || ref.SHA256 != c.SHA ||
+			ref.Objective != spec.Stage(ref.Stage).Objective {
 			t.Errorf("checkpoint ref %+v, row %+v", ref, c)
 		}
 	}
