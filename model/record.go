@@ -1,5 +1,10 @@
 package model
 
+import (
+	"fmt"
+	"image"
+)
+
 // Record is one synthesized training or evaluation sample in LLaVA
 // conversation form, one JSON object per line in the synth set's shards
 // (gzip-compressed JSONL). services/synth writes it; the shard builder and
@@ -33,6 +38,38 @@ type ImageRef struct {
 	// in that image (crops only).
 	Source  string      `json:"source,omitempty"`
 	CropBox *[4]float64 `json:"crop_box,omitempty"`
+	// Transform is applied to the decoded pixels before anything else
+	// reads them: "" (none) or TransformMirror. Width, Height and every
+	// box of the record are in the transformed frame.
+	Transform string `json:"transform,omitempty"`
+}
+
+// TransformMirror mirrors an image left to right (a training
+// augmentation: synth's mirror option).
+const TransformMirror = "mirror"
+
+// ApplyTransform returns img with transform t applied ("" returns img).
+func ApplyTransform(img image.Image, t string) (image.Image, error) {
+	switch t {
+	case "":
+		return img, nil
+	case TransformMirror:
+		b := img.Bounds()
+		out := image.NewNRGBA(image.Rect(0, 0, b.Dx(), b.Dy()))
+		for y := 0; y < b.Dy(); y++ {
+			for x := 0; x < b.Dx(); x++ {
+				out.Set(b.Dx()-1-x, y, img.At(b.Min.X+x, b.Min.Y+y))
+			}
+		}
+		return out, nil
+	}
+	return nil, fmt.Errorf("image transform %q: unknown (want \"\" or %q)", t, TransformMirror)
+}
+
+// MirrorBox is box b (pixel xyxy) in an image of width w mirrored left to
+// right.
+func MirrorBox(b [4]float64, w int) [4]float64 {
+	return [4]float64{float64(w) - b[2], b[1], float64(w) - b[0], b[3]}
 }
 
 // Turn is one LLaVA conversation turn: From is "human" or "gpt".

@@ -92,6 +92,9 @@ func (r FileImageResolver) ResolveImage(_ context.Context, ref ImageRef) (image.
 	if b := img.Bounds(); ref.Width > 0 && ref.Height > 0 && (b.Dx() != ref.Width || b.Dy() != ref.Height) {
 		return nil, fmt.Errorf("decode %s %q: %dx%d, record says %dx%d", ref.Kind, ref.Path, b.Dx(), b.Dy(), ref.Width, ref.Height)
 	}
+	if img, err = ApplyTransform(img, ref.Transform); err != nil {
+		return nil, fmt.Errorf("%s %q: %w", ref.Kind, ref.Path, err)
+	}
 	return img, nil
 }
 
@@ -543,7 +546,7 @@ func (b *ShardBuilder) Build(ctx context.Context, records iter.Seq2[Record, erro
 	return infos, nil
 }
 
-func imageKey(ref ImageRef) string { return ref.Kind + "\x00" + ref.Path }
+func imageKey(ref ImageRef) string { return ref.Kind + "\x00" + ref.Path + "\x00" + ref.Transform }
 
 func (b *ShardBuilder) writeShard(ctx context.Context, index, total int, chunk []entry) (ShardInfo, error) {
 	cfg := b.cfg

@@ -81,7 +81,7 @@ func Pipeline(ctx workflow.Context, in PipelineInput) (PipelineResult, error) {
 	if want[StageSynth] {
 		search(SearchStage.ValueSet(StageSynth))
 		var out events.SynthCompleted
-		req := events.SynthRequested{Queue: in.Queues[StageSynth], DatasetID: res.DatasetID, Seed: in.Synth.Seed, Samples: in.Synth.Samples, RewriteURL: in.Synth.RewriteURL, TaskWeights: in.Synth.TaskWeights}
+		req := events.SynthRequested{Queue: in.Queues[StageSynth], DatasetID: res.DatasetID, Seed: in.Synth.Seed, Samples: in.Synth.Samples, RewriteURL: in.Synth.RewriteURL, TaskWeights: in.Synth.TaskWeights, Mirror: in.Synth.Mirror}
 		if err := workflow.ExecuteChildWorkflow(child(SynthesizeWorkflowName, "synth"), Synthesize, req).Get(ctx, &out); err != nil {
 			return res, fmt.Errorf("synth: %w", err)
 		}

@@ -119,6 +119,10 @@ type SynthInput struct {
 	// 1 each), except "rec", which defaults to 3 here; services/synth
 	// rejects an unknown task.
 	TaskWeights map[string]float64 `json:"task_weights,omitempty"`
+	// Mirror is the fraction of training-split REC and POPE records asked
+	// about their image mirrored left to right, boxes mirrored and "left"
+	// and "right" swapped in the text (default 0).
+	Mirror float64 `json:"mirror,omitempty"`
 }
 
 // TrainInput configures training.
@@ -299,6 +303,9 @@ func (in PipelineInput) Validate() error {
 	}
 	if in.Dataset.MaxBadFraction < 0 || in.Dataset.MaxBadFraction > 1 {
 		return fmt.Errorf("pipeline input: dataset.max_bad_fraction = %v: want 0..1", in.Dataset.MaxBadFraction)
+	}
+	if !(in.Synth.Mirror >= 0 && in.Synth.Mirror <= 1) {
+		return fmt.Errorf("pipeline input: synth.mirror = %v: want a fraction from 0 to 1", in.Synth.Mirror)
 	}
 	if in.Synth.Samples < 0 || in.Synth.Samples > 10_000_000 {
 		return fmt.Errorf("pipeline input: synth.samples = %d: want 1..10000000", in.Synth.Samples)

@@ -161,6 +161,7 @@ func cmdSynth(ctx context.Context, e env, args []string) error {
 	seed := fs.Int64("seed", 1, "seed")
 	rewrite := fs.String("rewrite-url", "", "OpenAI-compatible endpoint to paraphrase prompts (optional)")
 	weights := fs.String("task-weights", "", "task=weight,... splitting each stage between its tasks, e.g. rec=3,box_pick=0.5 (others keep their default)")
+	mirror := fs.Float64("mirror", 0, "fraction of training REC and POPE records asked about their image mirrored left to right")
 	dataDir := fs.String("data-dir", e.DataDir, "data directory")
 	verbose := fs.Bool("v", false, "log to stderr")
 	id, rest := splitPositional(args)
@@ -168,7 +169,7 @@ func cmdSynth(ctx context.Context, e env, args []string) error {
 		return errUsage
 	}
 	if id == "" {
-		fmt.Fprintln(os.Stderr, "usage: groundmesh synth DATASET_ID [--samples N] [--seed N] [--rewrite-url URL] [--task-weights task=w,...]")
+		fmt.Fprintln(os.Stderr, "usage: groundmesh synth DATASET_ID [--samples N] [--seed N] [--rewrite-url URL] [--task-weights task=w,...] [--mirror F]")
 		return errUsage
 	}
 	tw, err := parseTaskWeights(*weights)
@@ -180,7 +181,7 @@ func cmdSynth(ctx context.Context, e env, args []string) error {
 		return err
 	}
 	defer done()
-	res, err := s.Services.Synth.Synthesize(ctx, events.SynthRequested{DatasetID: id, Seed: *seed, Samples: *samples, RewriteURL: *rewrite, TaskWeights: tw}, bar("synth"))
+	res, err := s.Services.Synth.Synthesize(ctx, events.SynthRequested{DatasetID: id, Seed: *seed, Samples: *samples, RewriteURL: *rewrite, TaskWeights: tw, Mirror: *mirror}, bar("synth"))
 	fmt.Fprintln(os.Stderr)
 	if err != nil {
 		return err

@@ -46,6 +46,9 @@ func LoadImage(root string, bs blob.Store, ref model.ImageRef) (image.Image, err
 	if err != nil {
 		return nil, fmt.Errorf("decode image %s: %w", path, err)
 	}
+	if img, err = model.ApplyTransform(img, ref.Transform); err != nil {
+		return nil, fmt.Errorf("image %s: %w", path, err)
+	}
 	return img, nil
 }
 
@@ -71,7 +74,7 @@ func NewImageCache(root string, bs blob.Store, n int) *ImageCache {
 
 // Get returns the decoded image of ref.
 func (c *ImageCache) Get(ref model.ImageRef) (image.Image, error) {
-	key := ref.Kind + "\x00" + ref.Path
+	key := ref.Kind + "\x00" + ref.Path + "\x00" + ref.Transform
 	c.mu.Lock()
 	img, ok := c.m[key]
 	c.mu.Unlock()

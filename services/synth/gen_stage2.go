@@ -103,6 +103,11 @@ func (w *worker) genREC(j int, r *rng) {
 	default:
 		return
 	}
+	mirror := w.mirrors(r)
+	if mirror {
+		rec.Images[0] = w.mirrorImage()
+		expr, box = swapLeftRight(expr), w.mirrorBox(box)
+	}
 	bt := w.boxText(box)
 	rec.SizeBin = sizeBins[bin]
 	rec.Conversations = []model.Turn{human(imageTag, w.prompt(tRec, r).render(vals{{"expr", expr}})), gpt(bt)}
@@ -111,7 +116,11 @@ func (w *worker) genREC(j int, r *rng) {
 		rec.Answer.Names = []string{ii.objs[k].desc}
 		for i := range ii.objs {
 			if i != k {
-				rec.Answer.Others = append(rec.Answer.Others, boxArr(ii.objs[i].box))
+				ob := ii.objs[i].box
+				if mirror {
+					ob = w.mirrorBox(ob)
+				}
+				rec.Answer.Others = append(rec.Answer.Others, boxArr(ob))
 				rec.Answer.Names = append(rec.Answer.Names, ii.objs[i].desc)
 			}
 		}

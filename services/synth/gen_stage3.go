@@ -279,13 +279,19 @@ func (w *worker) genPOPE(j int, r *rng) {
 		slices.SortStableFunc(absent, func(a, b int) int { return cmp.Compare(score(b), score(a)) })
 		no = absent[r.intn(min(3, len(absent)))]
 	}
+	// Both probes of a pair ask about the same (perhaps mirrored) image;
+	// an object's name has no direction in it, so only the image changes.
+	img := w.fullImage()
+	if w.mirrors(r) {
+		img = w.mirrorImage()
+	}
 	for _, probe := range []struct {
 		p      int
 		answer string
 	}{{yes, "yes"}, {no, "no"}} {
 		name := ix.vocab[lvl][probe.p]
 		rec := w.newRec(TaskPOPE, j, "/"+probe.answer)
-		rec.Images = []model.ImageRef{w.fullImage()}
+		rec.Images = []model.ImageRef{img}
 		reply := "Yes"
 		if probe.answer == "no" {
 			reply = "No"

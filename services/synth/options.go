@@ -121,6 +121,11 @@ type BuildOptions struct {
 	// directions equally; stage3 dense 0.3, conversation 0.3, pope 0.4).
 	// Missing tasks take their default; a weight of 0 disables a task.
 	TaskWeights map[string]float64 `json:"task_weights"`
+	// Mirror is the fraction of training-split REC and POPE records asked
+	// about their image mirrored left to right (model.TransformMirror):
+	// boxes mirrored, "left" and "right" swapped in the text. Validation
+	// and test records never are. Default 0; at most 1.
+	Mirror float64 `json:"mirror,omitempty"`
 	// Scales are the crop context scales (default tight, 1.5x, 2.5x).
 	Scales []string `json:"scales"`
 	// Candidates is the number of crops offered by pick tasks, T->I and
@@ -207,6 +212,9 @@ func (o *BuildOptions) normalize() error {
 		}
 	}
 	o.TaskWeights = tw
+	if !(o.Mirror >= 0 && o.Mirror <= 1) {
+		return fmt.Errorf("mirror %v: want a fraction from 0 to 1", o.Mirror)
+	}
 	if len(o.Scales) == 0 {
 		o.Scales = []string{ScaleTight, Scale15, Scale25}
 	}

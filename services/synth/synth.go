@@ -257,8 +257,8 @@ func (s *Service) options(req events.SynthRequested, log *slog.Logger) (BuildOpt
 	}
 	opts := BuildOptions{
 		DatasetID: req.DatasetID, Seed: req.Seed, Samples: req.Samples, Stages: req.Stages,
-		TaskWeights: req.TaskWeights,
-		Workers:     s.cfg.Workers, Logger: log, CropPrefix: s.cfg.CropPrefix,
+		TaskWeights: req.TaskWeights, Mirror: req.Mirror,
+		Workers: s.cfg.Workers, Logger: log, CropPrefix: s.cfg.CropPrefix,
 	}
 	if req.RewriteURL != "" {
 		rw, err := NewRewriter(RewriterConfig{

@@ -298,6 +298,11 @@ func (w *worker) dedupKey(rec *model.Record) [16]byte {
 	for _, im := range rec.Images {
 		w.h.Write([]byte(im.Path))
 		w.h.Write([]byte{0})
+		if im.Transform != "" {
+			// Only when set: keys of records without one stay as they were.
+			w.h.Write([]byte(im.Transform))
+			w.h.Write([]byte{0})
+		}
 	}
 	w.h.Write([]byte{1})
 	for _, t := range rec.Conversations {

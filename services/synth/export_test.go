@@ -1,0 +1,4 @@
+package synth
+
+// SwapLeftRight is swapLeftRight, for the external tests.
+var SwapLeftRight = swapLeftRight
