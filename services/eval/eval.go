@@ -345,7 +345,10 @@ func (s *Service) evaluate(ctx context.Context, req events.EvalRequested, progre
 		if err != nil {
 			return none, fmt.Errorf("open predictor for checkpoint %s: %w", ck.ID, err)
 		}
-		es, err := s.evalPredictor(ctx, p, ck.ID, ck.Stage, splits, set, false, ck.Benchmarks, &done, total, progress)
+		// The language model's reliance on the image (a second scoring
+		// pass) says nothing where the language model never trained.
+		reliance := ck.Objective != compute.ObjectiveGrounder
+		es, err := s.evalPredictor(ctx, p, ck.ID, ck.Stage, splits, set, false, reliance, ck.Benchmarks, &done, total, progress)
 		if c, ok := p.(io.Closer); ok {
 			if cerr := c.Close(); cerr != nil && err == nil {
 				err = fmt.Errorf("close predictor for checkpoint %s: %w", ck.ID, cerr)
@@ -359,7 +362,7 @@ func (s *Service) evaluate(ctx context.Context, req events.EvalRequested, progre
 	if baseline && recTotal > 0 {
 		box := set.mean.Box()
 		s.log.InfoContext(ctx, "baseline box", slog.String("box", model.FormatBox(box)), slog.Int("train_boxes", set.mean.N()))
-		es, err := s.evalPredictor(ctx, FixedBoxPredictor{Box: box}, "", StageBaseline, splits, set, true, nil, &done, total, progress)
+		es, err := s.evalPredictor(ctx, FixedBoxPredictor{Box: box}, "", StageBaseline, splits, set, true, false, nil, &done, total, progress)
 		if err != nil {
 			return none, err
 		}
@@ -426,9 +429,11 @@ func (s *Service) evaluate(ctx context.Context, req events.EvalRequested, progre
 
 // evalPredictor runs one predictor over every (split, benchmark) of set and
 // stores each one's predictions. With baseline it runs only the REC records
-// and records them as BenchRECBaseline.
+// and records them as BenchRECBaseline. With reliance it also measures,
+// where the predictor can, how much the image-reliant benchmarks' answers
+// depend on the image (image_gain).
 func (s *Service) evalPredictor(ctx context.Context, p Predictor, ckID, stage string, splits []string, set *evalSet,
-	baseline bool, only []string, done *int64, total int64, progress func(done, total int64, msg string)) ([]evaluation, error) {
+	baseline, reliance bool, only []string, done *int64, total int64, progress func(done, total int64, msg string)) ([]evaluation, error) {
 	ctx, span := tracer.Start(ctx, "eval.predictor")
 	defer span.End()
 	span.SetAttributes(attribute.String("checkpoint_id", ckID), attribute.String("stage", stage))
@@ -456,7 +461,7 @@ func (s *Service) evalPredictor(ctx context.Context, p Predictor, ckID, stage st
 			}
 			if ir, ok := p.(interface {
 				imageReliance(context.Context, []model.Record) (map[string]float64, error)
-			}); ok && !baseline && imageReliant[bench] {
+			}); ok && reliance && !baseline && imageReliant[bench] {
 				m, err := ir.imageReliance(ctx, recs)
 				if err != nil {
 					return nil, fmt.Errorf("evaluate %s %s/%s image reliance: %w", stage, name, split, err)
@@ -561,7 +566,7 @@ func requestRun(req events.EvalRequested) (RunInfo, []Checkpoint, error) {
 		if _, dup := byID[c.ID]; dup {
 			return RunInfo{}, nil, fmt.Errorf("run.checkpoints[%d]: checkpoint %s listed twice: %w", i, c.ID, ErrBadInput)
 		}
-		ck := Checkpoint{ID: c.ID, RunID: req.RunID, Stage: c.Stage, Step: c.Step, BlobKey: c.BlobKey, SHA256: c.SHA256}
+		ck := Checkpoint{ID: c.ID, RunID: req.RunID, Stage: c.Stage, Step: c.Step, BlobKey: c.BlobKey, SHA256: c.SHA256, Objective: c.Objective}
 		switch c.Objective {
 		case compute.ObjectiveAll:
 		case compute.ObjectiveGrounder:

@@ -57,6 +57,9 @@ type Checkpoint struct {
 	Backend, Dtype string
 	// Benchmarks, when set, are the only benchmarks it is scored on.
 	Benchmarks []string
+	// Objective is what the stage that wrote it minimized
+	// (events.CheckpointRef.Objective).
+	Objective string
 }
 
 // RunInfo is what the evaluator needs to know about a run and the data it

@@ -374,7 +374,8 @@ func TestRequestRunScoresAGrounderStageOnItsHead(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(cks) != 2 || !slices.Equal(cks[0].Benchmarks, HeadBenchmarks()) || cks[1].Benchmarks != nil {
+	if len(cks) != 2 || !slices.Equal(cks[0].Benchmarks, HeadBenchmarks()) || cks[1].Benchmarks != nil ||
+		cks[0].Objective != compute.ObjectiveGrounder || cks[1].Objective != compute.ObjectiveAll {
 		t.Fatalf("checkpoints %+v: want stage1 on %v, stage2 on every benchmark", cks, HeadBenchmarks())
 	}
 	for _, b := range HeadBenchmarks() {
