@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"sync"
 
 	"github.com/groundmesh/groundmesh/internal/events"
 	"github.com/groundmesh/groundmesh/model"
@@ -29,11 +30,55 @@ type SynthSet struct {
 // of services/synth or ingest to find them.
 type SynthReader func(ctx context.Context, set events.SynthFacts) (SynthSet, error)
 
-// runData is a run's prepared training data.
+// runData is a run's prepared training data. The first stage's shards are
+// built before prepareData returns; the later stages' are built behind it,
+// while the first stage trains (the plugin trains on one core, the build
+// takes the other), and stageShards waits for them.
 type runData struct {
 	Tokenizer   *model.Tokenizer
-	ModelConfig []byte              // JSON of model.Config, vocab from the tokenizer
-	Shards      map[string][]string // stage -> tokenized shard paths
+	ModelConfig []byte // JSON of model.Config, vocab from the tokenizer
+
+	mu     sync.Mutex
+	shards map[string][]string      // stage -> tokenized shard paths, once built
+	ready  map[string]chan struct{} // closed when the stage's shards are built or the build failed
+	err    error                    // the background build's error
+	cancel context.CancelFunc       // stops the background build
+	done   chan struct{}            // closed when the background build has ended
+}
+
+// stageShards returns stage's shard paths, waiting for their build.
+func (d *runData) stageShards(ctx context.Context, stage string) ([]string, error) {
+	ch, ok := d.ready[stage]
+	if !ok {
+		return nil, fmt.Errorf("train: no shards for stage %q", stage)
+	}
+	select {
+	case <-ch:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if p, ok := d.shards[stage]; ok {
+		return p, nil
+	}
+	return nil, d.err
+}
+
+// stop stops the background build and waits for it to end, so that
+// nothing writes into the data directory after the run returns.
+func (d *runData) stop() {
+	d.cancel()
+	<-d.done
+}
+
+func newRunData(tok *model.Tokenizer, cfg []byte) *runData {
+	d := &runData{Tokenizer: tok, ModelConfig: cfg, shards: map[string][]string{}, ready: map[string]chan struct{}{},
+		cancel: func() {}, done: make(chan struct{})}
+	for _, st := range Stages {
+		d.ready[st] = make(chan struct{})
+	}
+	return d
 }
 
 // dataManifest marks a finished preparation in the run's data directory,
@@ -53,7 +98,13 @@ func prepareData(ctx context.Context, dir, synthSetID string, spec RunSpec, set 
 	if b, err := os.ReadFile(filepath.Join(dir, "data.json")); err == nil && tok != nil {
 		var dm dataManifest
 		if json.Unmarshal(b, &dm) == nil && dm.TokenizerID == tok.ID() && allExist(dm.Shards) {
-			return &runData{Tokenizer: tok, ModelConfig: dm.ModelConfig, Shards: dm.Shards}, nil
+			d := newRunData(tok, dm.ModelConfig)
+			for _, st := range Stages {
+				d.shards[st] = dm.Shards[st]
+				close(d.ready[st])
+			}
+			close(d.done)
+			return d, nil
 		}
 	}
 	if tok == nil {
@@ -91,26 +142,61 @@ func prepareData(ctx context.Context, dir, synthSetID string, spec RunSpec, set 
 	if err := os.RemoveAll(dir); err != nil {
 		return nil, fmt.Errorf("clear data dir: %w", err)
 	}
-	data := &runData{Tokenizer: tok, ModelConfig: cfgJSON, Shards: map[string][]string{}}
-	for _, stage := range Stages {
+	data := newRunData(tok, cfgJSON)
+	build := func(ctx context.Context, stage string) error {
 		paths, err := buildStageShards(ctx, shardInput{
 			Dir: filepath.Join(dir, stage), Stage: stage, SynthSetID: synthSetID,
 			Model: cfg, Tokenizer: tok, Filter: spec.Stage(stage).Data,
 			SamplesPerShard: spec.SamplesPerShard, Seed: spec.Seed, Set: set,
 			Pack: spec.Packs(stage),
 		}, logf)
+		data.mu.Lock()
+		defer data.mu.Unlock()
 		if err != nil {
-			return nil, err
+			data.err = err
+			return err
 		}
-		data.Shards[stage] = paths
+		data.shards[stage] = paths
+		close(data.ready[stage])
+		return nil
 	}
-	b, err := json.Marshal(dataManifest{TokenizerID: tok.ID(), ModelConfig: cfgJSON, Shards: data.Shards})
-	if err == nil {
-		err = os.WriteFile(filepath.Join(dir, "data.json"), b, 0o644)
+	if err := build(ctx, Stages[0]); err != nil {
+		return nil, err
 	}
-	if err != nil {
-		return nil, fmt.Errorf("write data manifest: %w", err)
-	}
+	bctx, cancel := context.WithCancel(ctx)
+	data.cancel = cancel
+	go func() {
+		defer close(data.done)
+		defer cancel()
+		var err error
+		for _, stage := range Stages[1:] {
+			if err = build(bctx, stage); err != nil {
+				break
+			}
+		}
+		if err == nil {
+			data.mu.Lock()
+			b, merr := json.Marshal(dataManifest{TokenizerID: tok.ID(), ModelConfig: cfgJSON, Shards: data.shards})
+			data.mu.Unlock()
+			if merr == nil {
+				merr = os.WriteFile(filepath.Join(dir, "data.json"), b, 0o644)
+			}
+			if merr != nil {
+				data.mu.Lock()
+				data.err = fmt.Errorf("write data manifest: %w", merr)
+				data.mu.Unlock()
+			}
+		}
+		// A failed build releases every stage still waiting: each reads
+		// the error.
+		data.mu.Lock()
+		for _, st := range Stages {
+			if _, ok := data.shards[st]; !ok {
+				close(data.ready[st])
+			}
+		}
+		data.mu.Unlock()
+	}()
 	return data, nil
 }
 

@@ -289,6 +289,7 @@ func (r *runner) run(ctx context.Context, run runRow) error {
 	if err := r.prepare(ctx, run); err != nil {
 		return err
 	}
+	defer r.data.stop()
 	rows, err := r.s.store.stages(ctx, run.ID)
 	if err != nil {
 		return err
@@ -394,8 +395,12 @@ func (r *runner) stage(ctx context.Context, runID, stage string, prev *checkpoin
 	ctx, span := tracer.Start(ctx, "train.stage", trace.WithAttributes(attribute.String("run_id", runID), attribute.String("stage", stage)))
 	defer span.End()
 	ss := r.spec.Stage(stage)
+	shards, err := r.data.stageShards(ctx, stage)
+	if err != nil {
+		return nil, fmt.Errorf("train: %s shards: %w", stage, err)
+	}
 	base := compute.TrainRequest{
-		RunID: runID, Stage: stage, ModelConfig: r.data.ModelConfig, Shards: r.data.Shards[stage],
+		RunID: runID, Stage: stage, ModelConfig: r.data.ModelConfig, Shards: shards,
 		Trainable: ss.Trainable, Frozen: ss.Frozen, Steps: ss.Steps, BatchSize: ss.BatchSize,
 		LearningRate: ss.LearningRate, WarmupSteps: ss.WarmupSteps, WeightDecay: ss.WeightDecay,
 		Seed: r.spec.Seed, LogEvery: r.spec.LogEvery, CheckpointEvery: ss.CheckpointEvery,

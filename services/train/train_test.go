@@ -5,11 +5,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"iter"
 	"log/slog"
 	"os"
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -609,5 +611,59 @@ func TestResumeWarnsOnlyWhenTheSpecDiffers(t *testing.T) {
 	}
 	if !strings.Contains(line, "stage2.steps") || strings.Contains(line, "stage1") {
 		t.Fatalf("warning %q, want one naming stage2.steps only", line)
+	}
+}
+
+// The later stages' shards are built behind stage 1, which starts on its
+// own: a build that fails after stage 1's shards fails the run naming the
+// stage whose shards it could not build, with stage 1 trained and
+// checkpointed; the next attempt builds them and finishes the run.
+func TestLaterShardsBuildBehindStage1(t *testing.T) {
+	e := newEnv(t)
+	var passes atomic.Int32
+	var failing atomic.Bool
+	failing.Store(true)
+	base := fakeSynth(40)
+	reader := func(ctx context.Context, set events.SynthFacts) (train.SynthSet, error) {
+		s, err := base(ctx, set)
+		if err != nil {
+			return s, err
+		}
+		records := s.Records
+		s.Records = func(ctx context.Context) iter.Seq2[gmmodel.Record, error] {
+			// Pass 1 builds the tokenizer, pass 2 stage 1's shards.
+			if passes.Add(1) == 3 && failing.Load() {
+				return func(yield func(gmmodel.Record, error) bool) {
+					yield(gmmodel.Record{}, errors.New("synth shard unreadable"))
+				}
+			}
+			return records(ctx)
+		}
+		return s, nil
+	}
+	svc, err := train.New(train.Config{
+		DataDir: e.dataDir, Blob: e.blob, Synth: reader,
+		Backends: train.BackendMap(map[string]compute.Backend{"toy": computetest.NewToy(computetest.ToyOptions{})}),
+		Logger:   testLogger(t),
+	}, e.pool)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req := newRequest(tinySpec([3]int{4, 4, 4}, 2))
+	_, err = svc.Train(ctxT(t, 2*time.Minute), req, func(events.Progress) {})
+	if err == nil || !strings.Contains(err.Error(), "stage2 shards") || !strings.Contains(err.Error(), "synth shard unreadable") {
+		t.Fatalf("err = %v, want stage2's shards failing with the reader's error", err)
+	}
+	if got := stepsByStage(checkpoints(t, e, req.RunID)); !slices.Equal(got["stage1"], []int{2, 4}) || len(got["stage2"]) != 0 {
+		t.Fatalf("checkpoints %v: want stage 1 trained and nothing after it", got)
+	}
+	failing.Store(false)
+	again := req
+	again.CorrelationID = "corr-again"
+	if _, err := svc.Train(ctxT(t, 2*time.Minute), again, func(events.Progress) {}); err != nil {
+		t.Fatalf("second attempt: %v", err)
+	}
+	if got := stepsByStage(checkpoints(t, e, req.RunID)); !slices.Equal(got["stage3"], []int{2, 4}) {
+		t.Fatalf("checkpoints after the second attempt %v", got)
 	}
 }
