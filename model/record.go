@@ -44,6 +44,10 @@ type ImageRef struct {
 	Transform string `json:"transform,omitempty"`
 }
 
+// Key identifies the pixels ref resolves to (kind, path and transform),
+// for the caches and groupings that share one decoded image.
+func (ref ImageRef) Key() string { return ref.Kind + "\x00" + ref.Path + "\x00" + ref.Transform }
+
 // TransformMirror mirrors an image left to right (a training
 // augmentation: synth's mirror option).
 const TransformMirror = "mirror"

@@ -409,7 +409,7 @@ func (b *ShardBuilder) pack(entries []entry) []entry {
 			out = append(out, e)
 			continue
 		}
-		k := imageKey(e.images[0])
+		k := e.images[0].Key()
 		// A record whose answer grounds the image (it labels the patches:
 		// entry.ground) only leads a sequence: as a later turn its question
 		// would come after the patches, which could neither be modulated by
@@ -546,8 +546,6 @@ func (b *ShardBuilder) Build(ctx context.Context, records iter.Seq2[Record, erro
 	return infos, nil
 }
 
-func imageKey(ref ImageRef) string { return ref.Kind + "\x00" + ref.Path + "\x00" + ref.Transform }
-
 func (b *ShardBuilder) writeShard(ctx context.Context, index, total int, chunk []entry) (ShardInfo, error) {
 	cfg := b.cfg
 	L, K, S := cfg.Model.MaxSeq, cfg.Model.MaxImages, cfg.Model.ImageSize
@@ -648,10 +646,10 @@ func (b *ShardBuilder) writeShard(ctx context.Context, index, total int, chunk [
 			imageIndex[i*K+k] = -1
 		}
 		for k, ref := range e.images {
-			r, ok := rows[imageKey(ref)]
+			r, ok := rows[ref.Key()]
 			if !ok {
 				r = int32(len(refs))
-				rows[imageKey(ref)] = r
+				rows[ref.Key()] = r
 				refs = append(refs, ref)
 			}
 			imageIndex[i*K+k] = r
@@ -730,7 +728,7 @@ func (b *ShardBuilder) loadImages(ctx context.Context, refs []ImageRef) ([][]uin
 	out := make([][]uint8, len(refs))
 	var todo []int
 	for i, ref := range refs {
-		if p, ok := b.cache[imageKey(ref)]; ok {
+		if p, ok := b.cache[ref.Key()]; ok {
 			out[i] = p
 		} else {
 			todo = append(todo, i)
@@ -770,7 +768,7 @@ func (b *ShardBuilder) loadImages(ctx context.Context, refs []ImageRef) ([][]uin
 	}
 	for _, i := range todo {
 		if b.cfg.CacheBytes > 0 && b.cached+int64(len(out[i])) <= b.cfg.CacheBytes {
-			b.cache[imageKey(refs[i])] = out[i]
+			b.cache[refs[i].Key()] = out[i]
 			b.cached += int64(len(out[i]))
 		}
 	}

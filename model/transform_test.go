@@ -35,7 +35,7 @@ func TestApplyTransform(t *testing.T) {
 	if got := MirrorBox([4]float64{1, 2, 4, 6}, 10); got != [4]float64{6, 2, 9, 6} {
 		t.Errorf("MirrorBox = %v", got)
 	}
-	if imageKey(ImageRef{Kind: "image", Path: "a.png"}) == imageKey(ImageRef{Kind: "image", Path: "a.png", Transform: TransformMirror}) {
+	if (ImageRef{Kind: "image", Path: "a.png"}).Key() == (ImageRef{Kind: "image", Path: "a.png", Transform: TransformMirror}).Key() {
 		t.Error("a mirrored image shares the plain one's cache key")
 	}
 }

@@ -74,7 +74,7 @@ func NewImageCache(root string, bs blob.Store, n int) *ImageCache {
 
 // Get returns the decoded image of ref.
 func (c *ImageCache) Get(ref model.ImageRef) (image.Image, error) {
-	key := ref.Kind + "\x00" + ref.Path + "\x00" + ref.Transform
+	key := ref.Key()
 	c.mu.Lock()
 	img, ok := c.m[key]
 	c.mu.Unlock()

@@ -289,7 +289,8 @@ func (p *generatorPredictor) imageReliance(ctx context.Context, recs []model.Rec
 	for i, r := range recs {
 		var sb strings.Builder
 		for _, ref := range r.Images {
-			sb.WriteString(ref.Kind + "\x00" + ref.Path + "\x00")
+			sb.WriteString(ref.Key())
+			sb.WriteByte(0)
 		}
 		keys[i] = sb.String()
 	}
