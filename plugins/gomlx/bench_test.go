@@ -311,6 +311,22 @@ var matmulPeak = func(b *testing.B) (float64, string) {
 	return 2 * n * n * n * reps / time.Since(t0).Seconds() / 1e9, "gomlx go backend"
 }
 
+// benchStepper is a training step over every parameter of c (those the
+// grounder reads under ObjectiveGrounder) from seed-1 weights.
+func benchStepper(b *testing.B, be *Backend, c model.Config, objective string) stepper {
+	b.Helper()
+	specs := paramSpecs(c)
+	sel := selectTrainable(specs, nil, nil)
+	if objective == compute.ObjectiveGrounder {
+		onlyGrounder(specs, sel)
+	}
+	tr, err := be.eng.newStepper(be, c, objective, specs, sel, &modelState{weights: initParams(specs, 1)})
+	if err != nil {
+		b.Fatal(err)
+	}
+	return tr
+}
+
 // BenchmarkEngines times the demo model's training steps on every engine
 // this binary has, in one run: stage 1's step (the grounder objective,
 // batch 64) and stage 2's (every loss, batch 16). It reports steps/s,
@@ -339,15 +355,7 @@ func BenchmarkEngines(b *testing.B) {
 					b.Fatal(err)
 				}
 				c := ref
-				specs := paramSpecs(c)
-				sel := selectTrainable(specs, nil, nil)
-				if cs.objective == compute.ObjectiveGrounder {
-					onlyGrounder(specs, sel)
-				}
-				tr, err := be.eng.newStepper(be, c, cs.objective, specs, sel, &modelState{weights: initParams(specs, 1)})
-				if err != nil {
-					b.Fatal(err)
-				}
+				tr := benchStepper(b, be, c, cs.objective)
 				defer tr.close()
 				bt := makeBatch(c, benchRows(c, cs.batch, rand.New(rand.NewPCG(1, 1))))
 				for i := range 2 { // warm-up: compile, allocate

@@ -61,13 +61,7 @@ func BenchmarkRunStage1(b *testing.B) {
 			if err != nil {
 				b.Fatal(err)
 			}
-			specs := paramSpecs(c)
-			sel := selectTrainable(specs, nil, nil)
-			onlyGrounder(specs, sel)
-			tr, err := be.eng.newStepper(be, c, compute.ObjectiveGrounder, specs, sel, &modelState{weights: initParams(specs, 1)})
-			if err != nil {
-				b.Fatal(err)
-			}
+			tr := benchStepper(b, be, c, compute.ObjectiveGrounder)
 			defer tr.close()
 			var pos int64
 			step := func(i int) {

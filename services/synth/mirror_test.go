@@ -16,9 +16,9 @@ import (
 // BuildOptions.Mirror asks about half the training REC and POPE records of
 // the mirrored image: the box is the referent's box mirrored, "left" and
 // "right" trade places in the text, the resolved pixels are the file's
-// mirrored; no other split and no other task is mirrored; and a set built
-// without the option is the set built before it existed (the same content
-// hash as a build that never mentions it).
+// mirrored; no other split and no other task is mirrored; a set built
+// without the option has no transform anywhere, and the two sets' content
+// hashes differ.
 func TestMirror(t *testing.T) {
 	dir := t.TempDir()
 	ds, err := synthtest.World(filepath.Join(dir, "world"), synthtest.Options{Seed: 5, Images: 80, Size: 96})
