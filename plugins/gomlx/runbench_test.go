@@ -21,7 +21,8 @@ import (
 // data.json); without it the benchmark skips. GROUNDMESH_BENCH_THREADS
 // sets libtorch's threads (default the plugin's, 1);
 // GROUNDMESH_BENCH_TEXT_GRU=0 trains the config with the transformer
-// block sentence vector instead of the GRU.
+// block sentence vector instead of the GRU; GROUNDMESH_BENCH_PREFETCH=0
+// builds each batch in the loop instead of one ahead (batchPrefetch).
 func BenchmarkRunStage1(b *testing.B) {
 	dir := os.Getenv("GROUNDMESH_BENCH_RUN_DATA")
 	if dir == "" {
@@ -63,12 +64,21 @@ func BenchmarkRunStage1(b *testing.B) {
 			}
 			tr := benchStepper(b, be, c, compute.ObjectiveGrounder)
 			defer tr.close()
-			var pos int64
+			// The batches as the training loop gets them: built one ahead
+			// in a goroutine (GROUNDMESH_BENCH_PREFETCH=0: in the loop).
+			var next func() trainBatch
+			if os.Getenv("GROUNDMESH_BENCH_PREFETCH") == "0" {
+				var pos int64
+				next = func() trainBatch { pos += 64; return ds.batchAt(pos-64, 64) }
+			} else {
+				p := ds.prefetch(0, 64)
+				defer p.close()
+				next = p.next
+			}
 			step := func(i int) {
-				if _, err := tr.step(1e-3, float32(i), float32(i), 0, ds.batchAt(pos, 64)); err != nil {
+				if _, err := tr.step(1e-3, float32(i), float32(i), 0, next()); err != nil {
 					b.Fatal(err)
 				}
-				pos += 64
 			}
 			for i := range 3 { // warm-up: compile, allocate
 				step(i + 1)

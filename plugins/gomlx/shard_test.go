@@ -2,7 +2,10 @@ package gomlx
 
 import (
 	"math/rand/v2"
+	"path/filepath"
+	"reflect"
 	"testing"
+	"time"
 )
 
 // TestBatchRefsGroupByLength: over an epoch, length-grouped batches visit
@@ -64,5 +67,39 @@ func TestBatchRefsGroupByLength(t *testing.T) {
 		if r != d.at(5+int64(i)) {
 			t.Fatalf("unaligned position: sample %d is not position %d's", i, 5+i)
 		}
+	}
+}
+
+// TestPrefetchMatchesBatchAt: the prefetched batches are batchAt's at
+// consecutive positions from the start position, across an epoch's end,
+// and close returns while the goroutine is blocked on a batch no one
+// reads.
+func TestPrefetchMatchesBatchAt(t *testing.T) {
+	c := grounderConfig(32)
+	path := filepath.Join(t.TempDir(), "s.safetensors")
+	grounderShard(t, c, 100, 1, path)
+	open := func() *dataset {
+		d, err := newDataset([]string{path}, c, 3)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return d
+	}
+	const bs = 8
+	start := int64(bs * 5)
+	p := open().prefetch(start, bs)
+	want := open()
+	for i := range 20 { // 160 samples: past the first epoch's 100
+		got, exp := p.next(), want.batchAt(start+int64(i*bs), bs)
+		if !reflect.DeepEqual(got, exp) {
+			t.Fatalf("batch %d (position %d) differs from batchAt's", i, start+int64(i*bs))
+		}
+	}
+	done := make(chan struct{})
+	go func() { p.close(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("close did not return")
 	}
 }

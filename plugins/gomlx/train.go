@@ -330,11 +330,13 @@ func (b *Backend) Train(ctx context.Context, req compute.TrainRequest, progress 
 	windowStart := time.Now()
 	first := true
 	res.Steps = start
+	batches := ds.prefetch(dataPos, req.BatchSize)
+	defer batches.close()
 	for step := start + 1; step <= req.Steps; step++ {
 		if err := ctx.Err(); err != nil {
 			return res, fmt.Errorf("train: stopped before step %d: %w", step, err)
 		}
-		bt := ds.batchAt(dataPos, req.BatchSize)
+		bt := batches.next()
 		dataPos += int64(req.BatchSize)
 		lr := learningRate(step, req.Steps, req.WarmupSteps, req.LearningRate)
 		bc1 := 1 / (1 - math.Pow(adamBeta1, float64(step)))
