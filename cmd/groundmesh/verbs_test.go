@@ -99,3 +99,39 @@ func TestWithLibtorchBudget(t *testing.T) {
 		t.Errorf("samples kept: %s", out)
 	}
 }
+
+func TestWithRecipeData(t *testing.T) {
+	type input struct {
+		Dataset struct {
+			Format string
+			Images int
+		}
+		Synth struct{ Samples int }
+	}
+	read := func(b []byte) input {
+		t.Helper()
+		var in input
+		if err := json.Unmarshal(b, &in); err != nil {
+			t.Fatal(err)
+		}
+		return in
+	}
+	out, sized, err := withRecipeData([]byte(`{"train":{"spec":{"recipe":"long"}}}`), "long")
+	if in := read(out); err != nil || in.Dataset.Images != 18000 || in.Synth.Samples != 900000 || !strings.Contains(sized, "18000 scene images") {
+		t.Fatalf("long: %s, %q, %v", out, sized, err)
+	}
+	// What the input sets, it keeps; a dataset that is not the scene world
+	// gets no image count.
+	out, sized, err = withRecipeData([]byte(`{"synth":{"samples":1000},"dataset":{"format":"coco","path":"x"}}`), "long")
+	if in := read(out); err != nil || in.Dataset.Images != 0 || in.Synth.Samples != 1000 || sized != "" {
+		t.Fatalf("kept: %s, %q, %v", out, sized, err)
+	}
+	out, sized, err = withRecipeData([]byte(`{"dataset":{"images":100}}`), "long")
+	if in := read(out); err != nil || in.Dataset.Images != 100 || in.Synth.Samples != 900000 || sized != "900000 synthesized samples" {
+		t.Fatalf("images kept: %s, %q, %v", out, sized, err)
+	}
+	// A recipe without data of its own changes nothing.
+	if out, sized, err := withRecipeData([]byte(`{}`), "demo-libtorch"); err != nil || sized != "" || string(out) != `{}` {
+		t.Fatalf("demo-libtorch: %s, %q, %v", out, sized, err)
+	}
+}

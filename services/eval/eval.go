@@ -347,7 +347,10 @@ func (s *Service) evaluate(ctx context.Context, req events.EvalRequested, progre
 		}
 		// The language model's reliance on the image (a second scoring
 		// pass) says nothing where the language model never trained.
-		reliance := ck.Objective != compute.ObjectiveGrounder
+		reliance := noReliance
+		if ck.Objective != compute.ObjectiveGrounder {
+			reliance = req.MaxSamples
+		}
 		es, err := s.evalPredictor(ctx, p, ck.ID, ck.Stage, splits, set, false, reliance, ck.Benchmarks, &done, total, progress)
 		if c, ok := p.(io.Closer); ok {
 			if cerr := c.Close(); cerr != nil && err == nil {
@@ -362,7 +365,7 @@ func (s *Service) evaluate(ctx context.Context, req events.EvalRequested, progre
 	if baseline && recTotal > 0 {
 		box := set.mean.Box()
 		s.log.InfoContext(ctx, "baseline box", slog.String("box", model.FormatBox(box)), slog.Int("train_boxes", set.mean.N()))
-		es, err := s.evalPredictor(ctx, FixedBoxPredictor{Box: box}, "", StageBaseline, splits, set, true, false, nil, &done, total, progress)
+		es, err := s.evalPredictor(ctx, FixedBoxPredictor{Box: box}, "", StageBaseline, splits, set, true, noReliance, nil, &done, total, progress)
 		if err != nil {
 			return none, err
 		}
@@ -429,11 +432,12 @@ func (s *Service) evaluate(ctx context.Context, req events.EvalRequested, progre
 
 // evalPredictor runs one predictor over every (split, benchmark) of set and
 // stores each one's predictions. With baseline it runs only the REC records
-// and records them as BenchRECBaseline. With reliance it also measures,
-// where the predictor can, how much the image-reliant benchmarks' answers
-// depend on the image (image_gain).
+// and records them as BenchRECBaseline. Unless reliance is noReliance it
+// also measures, where the predictor can, how much the image-reliant
+// benchmarks' answers depend on the image (image_gain), on the first
+// reliance records of each benchmark and split (0: all of them).
 func (s *Service) evalPredictor(ctx context.Context, p Predictor, ckID, stage string, splits []string, set *evalSet,
-	baseline, reliance bool, only []string, done *int64, total int64, progress func(done, total int64, msg string)) ([]evaluation, error) {
+	baseline bool, reliance int, only []string, done *int64, total int64, progress func(done, total int64, msg string)) ([]evaluation, error) {
 	ctx, span := tracer.Start(ctx, "eval.predictor")
 	defer span.End()
 	span.SetAttributes(attribute.String("checkpoint_id", ckID), attribute.String("stage", stage))
@@ -461,8 +465,12 @@ func (s *Service) evalPredictor(ctx context.Context, p Predictor, ckID, stage st
 			}
 			if ir, ok := p.(interface {
 				imageReliance(context.Context, []model.Record) (map[string]float64, error)
-			}); ok && reliance && !baseline && imageReliant[bench] {
-				m, err := ir.imageReliance(ctx, recs)
+			}); ok && reliance != noReliance && !baseline && imageReliant[bench] {
+				rr := recs
+				if reliance > 0 && len(rr) > reliance {
+					rr = rr[:reliance]
+				}
+				m, err := ir.imageReliance(ctx, rr)
 				if err != nil {
 					return nil, fmt.Errorf("evaluate %s %s/%s image reliance: %w", stage, name, split, err)
 				}
@@ -493,9 +501,17 @@ func (s *Service) evalPredictor(ctx context.Context, p Predictor, ckID, stage st
 	return out, nil
 }
 
-// requestRun is what req says about its run: the run's facts and the
-// checkpoints to score, checked for what scoring needs. Eval looks
-// nothing up: a request without them is bad input.
+// noReliance is evalPredictor's reliance that measures none.
+//
+// Otherwise the reliance pass reads a split's first max_samples records
+// (a sample drawn across the split's images, as loadRecords orders them),
+// also where max_samples_by lets the head answer more: the head answers
+// REC's 400 records a split in under a second, and the reliance pass,
+// two teacher-forced passes of the language model over each, took about
+// 11 s of them on a 2-core AMD EPYC (docs/experiments.md), for a
+// diagnostic that the head's answers do not depend on.
+const noReliance = -1
+
 // exportCheckpoints are the request's exports as checkpoints to score:
 // each in place of the checkpoint it came from (which the request must
 // list), under stage events.ExportStage, on the export backend.
@@ -538,6 +554,9 @@ func exportCheckpoints(req events.EvalRequested, run RunInfo, cks []Checkpoint) 
 	return out, nil
 }
 
+// requestRun is what req says about its run: the run's facts and the
+// checkpoints to score, checked for what scoring needs. Eval looks
+// nothing up: a request without them is bad input.
 func requestRun(req events.EvalRequested) (RunInfo, []Checkpoint, error) {
 	f := req.Run
 	if f == nil {

@@ -10,7 +10,9 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -22,6 +24,7 @@ import (
 	"github.com/groundmesh/groundmesh/internal/events"
 	"github.com/groundmesh/groundmesh/internal/store"
 	"github.com/groundmesh/groundmesh/model"
+	"github.com/groundmesh/groundmesh/plugins/compute"
 	"github.com/groundmesh/groundmesh/services/eval/metrics"
 )
 
@@ -589,6 +592,81 @@ func TestEvaluateFromEventAlone(t *testing.T) {
 		for _, bad := range []string{"Loss curves unavailable", "Dataset root unknown"} {
 			if strings.Contains(string(page), bad) {
 				t.Errorf("%s: says %q", filepath.Base(path), bad)
+			}
+		}
+	}
+}
+
+// relianceCounter is a predictor that also scores image reliance,
+// counting the records each pass reads by benchmark.
+type relianceCounter struct {
+	Predictor
+	mu   sync.Mutex
+	read map[string][]int
+}
+
+func (p *relianceCounter) imageReliance(_ context.Context, recs []model.Record) (map[string]float64, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if len(recs) > 0 {
+		b := BenchmarkOf(recs[0])
+		p.read[b] = append(p.read[b], len(recs))
+	}
+	return map[string]float64{MetricAnswerNLL: 1, MetricImageGain: 0.5}, nil
+}
+
+// TestRelianceReadsMaxSamples: the image reliance pass (the language
+// model's, two teacher-forced passes a record) reads at most max_samples
+// records of a benchmark and split, also where max_samples_by lets the
+// head answer more, and none for a grounder-objective checkpoint.
+func TestRelianceReadsMaxSamples(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	rc := &relianceCounter{read: map[string][]int{}}
+	inner := f.svc.cfg.Predictors
+	f.svc.cfg.Predictors = func(ctx context.Context, ck Checkpoint, run RunInfo) (Predictor, error) {
+		p, err := inner(ctx, ck, run)
+		rc.Predictor = p
+		return rc, err
+	}
+	facts := *f.facts[f.runA.RunID]
+	facts.Checkpoints = slices.Clone(facts.Checkpoints)
+	facts.Checkpoints[0].Objective = compute.ObjectiveGrounder
+	req := events.EvalRequested{RunID: f.runA.RunID, Run: &facts, CheckpointIDs: []string{facts.Checkpoints[0].ID}, Splits: []string{"test"},
+		MaxSamples: 2, MaxSamplesBy: map[string]int{BenchREC: 6}}
+	if _, err := f.svc.Evaluate(ctx, req, nil); err != nil {
+		t.Fatal(err)
+	}
+	if len(rc.read) != 0 {
+		t.Fatalf("a grounder-objective checkpoint's reliance read %v", rc.read)
+	}
+	req.CheckpointIDs = []string{facts.Checkpoints[1].ID}
+	if _, err := f.svc.Evaluate(ctx, req, nil); err != nil {
+		t.Fatal(err)
+	}
+	evals, err := latestEvaluations(ctx, f.pool, f.runA.RunID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	recScored := 0
+	for _, e := range evals {
+		if e.Benchmark == BenchREC && e.Stage == "stage2" {
+			recScored = e.Samples
+			if e.Metrics[MetricImageGain] != 0.5 {
+				t.Errorf("rec metrics %v: no image_gain", e.Metrics)
+			}
+		}
+	}
+	if recScored <= 2 {
+		t.Fatalf("rec scored on %d records: the fixture needs more than max_samples", recScored)
+	}
+	if got := rc.read[BenchREC]; !slices.Equal(got, []int{2}) {
+		t.Fatalf("rec's reliance read %v records, want [2] (max_samples, not max_samples_by's %d)", got, recScored)
+	}
+	for b, ns := range rc.read {
+		for _, n := range ns {
+			if n > 2 {
+				t.Errorf("%s's reliance read %d records", b, n)
 			}
 		}
 	}
