@@ -256,7 +256,21 @@ type Config struct {
 	// the centre instead of spreading a third of the probability over
 	// its neighbours, which may hold other objects.
 	GrounderSigma float64 `json:"grounder_sigma,omitempty"`
+	// GrounderNameSlots, when above 0, gives the model a name head
+	// (Net.NameLogits): convolutions of its own over each image's pixels,
+	// not modulated by the text, that name the object at the image's
+	// centre in at most this many words, one distribution over the
+	// vocabulary per word and <eos> after the last. It trains where a
+	// shard labels an image's name (name_ids: crop-naming records, whose
+	// crop is centred on the object they name), and at inference it
+	// answers crop-naming questions (GenerateOptions.NameFromHead) the
+	// way the grounding head answers REC's box: the language model's
+	// own free text never read the crop (docs/experiments.md).
+	GrounderNameSlots int `json:"grounder_name_slots,omitempty"`
 }
+
+// MaxNameSlots bounds Config.GrounderNameSlots.
+const MaxNameSlots = 8
 
 // DefaultGrounderSigma is GrounderSigma when a config leaves it 0.
 const DefaultGrounderSigma = 0.75
@@ -359,8 +373,10 @@ func (c Config) Validate() error {
 		return fmt.Errorf("model config: grounder_stem %d must be in 0..4", c.GrounderStem)
 	case c.GrounderTextDepth < 0 || c.GrounderTextDepth > 8:
 		return fmt.Errorf("model config: grounder_text_depth %d must be in 0..8", c.GrounderTextDepth)
-	case !c.Grounder && (c.GrounderQueries != 0 || c.GrounderLossWeight != 0 || c.GrounderCellWords || c.GrounderNorm || c.GrounderGridDepth != 0 || c.GrounderTextDepth != 0 || c.GrounderStem != 0 || c.GrounderSigma != 0 || c.GrounderTextGRU):
-		return fmt.Errorf("model config: grounder_queries, grounder_loss_weight, grounder_cell_words, grounder_norm, grounder_grid_depth, grounder_text_depth, grounder_text_gru, grounder_stem and grounder_sigma need grounder")
+	case c.GrounderNameSlots < 0 || c.GrounderNameSlots > MaxNameSlots:
+		return fmt.Errorf("model config: grounder_name_slots %d must be in 0..%d", c.GrounderNameSlots, MaxNameSlots)
+	case !c.Grounder && (c.GrounderQueries != 0 || c.GrounderLossWeight != 0 || c.GrounderCellWords || c.GrounderNorm || c.GrounderGridDepth != 0 || c.GrounderTextDepth != 0 || c.GrounderStem != 0 || c.GrounderSigma != 0 || c.GrounderTextGRU || c.GrounderNameSlots != 0):
+		return fmt.Errorf("model config: grounder_queries, grounder_loss_weight, grounder_cell_words, grounder_norm, grounder_grid_depth, grounder_text_depth, grounder_text_gru, grounder_stem, grounder_sigma and grounder_name_slots need grounder")
 	case c.GrounderGridDepth < 0 || c.GrounderGridDepth > 8 || c.GrounderGridDepth > 0 && c.VisionWidth%c.Heads != 0:
 		return fmt.Errorf("model config: grounder_grid_depth %d must be in 0..8, with a vision_width (%d) divisible by heads (%d)", c.GrounderGridDepth, c.VisionWidth, c.Heads)
 	case c.MaxSeq < c.Patches()*c.MaxImages+8:
@@ -432,6 +448,7 @@ func (c Config) Features() []string {
 		{"grounder_text_gru", c.GrounderTextGRU},
 		{"grounder_stem", c.GrounderStem > 0},
 		{"grounder_sigma", c.GrounderSigma > 0},
+		{"grounder_name_slots", c.GrounderNameSlots > 0},
 	} {
 		if f.on {
 			out = append(out, f.name)
@@ -445,7 +462,7 @@ func (c Config) Features() []string {
 // declares.
 func AllFeatures() []string {
 	all := Config{BoxLabelSigma: 1, ImagesAfterText: true, TextFusion: true, PatchPositions: true, FusionAttention: true,
-		GroundLossWeight: 1, ConvStem: true, BoxLossWeight: 1, GroundReadout: true, Grounder: true, GrounderCellWords: true, GrounderNorm: true, GrounderGridDepth: 1, GrounderTextDepth: 1, GrounderTextGRU: true, GrounderStem: 1, GrounderSigma: 0.5}
+		GroundLossWeight: 1, ConvStem: true, BoxLossWeight: 1, GroundReadout: true, Grounder: true, GrounderCellWords: true, GrounderNorm: true, GrounderGridDepth: 1, GrounderTextDepth: 1, GrounderTextGRU: true, GrounderStem: 1, GrounderSigma: 0.5, GrounderNameSlots: 1}
 	return all.Features()
 }
 

@@ -19,7 +19,7 @@ func TestFeatures(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "patch_positions, grounder") || !strings.Contains(err.Error(), `"partial"`) {
 		t.Errorf("missing features: %v", err)
 	}
-	if n := len(AllFeatures()); n != 17 {
+	if n := len(AllFeatures()); n != 18 {
 		t.Errorf("%d features; a new architecture option must be listed in Config.Features", n)
 	}
 }

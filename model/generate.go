@@ -56,6 +56,13 @@ type GenerateOptions struct {
 	// names is in it (POPE), which is what the existence term is trained
 	// on.
 	YesNoFromHead bool
+	// NameFromHead, under ConstraintNone, answers with the name head's
+	// words (HeadBox.Name, Config.GrounderNameSlots) instead of the
+	// language model's free text; prompts without a name decode as usual.
+	// Use it where the question asks for the name of the object at the
+	// centre of the image (crop naming), which is what the name head is
+	// trained on.
+	NameFromHead bool
 	// HostLoop decodes on the host over Prefill and Decode (DecodeLoop)
 	// even where the backend declares compute.FeatureGenerate and would
 	// run the same loop in one call: the reference the backend's
@@ -175,6 +182,9 @@ type grammar struct {
 	// yes, when set, is the forced yes/no answer
 	// (GenerateOptions.YesNoFromHead).
 	yes *bool
+	// name, when set, is the forced free-text answer
+	// (GenerateOptions.NameFromHead); <eos> follows its last token.
+	name []int32
 }
 
 // forcedBox turns a head box into the thousandths the box grammar can
@@ -199,6 +209,15 @@ var banned = [...]int32{tokPad, tokBOS, tokUnk, tokImage, tokPatch, tokUser, tok
 func (g *grammar) pick(logits []float32) int32 {
 	switch g.c.kind {
 	case kindNone:
+		if g.name != nil {
+			if g.k >= len(g.name) {
+				return tokEOS
+			}
+			id := g.name[g.k]
+			g.k++
+			g.ended = g.k == len(g.name)
+			return id
+		}
 		return argmaxRange(logits, 0, int32(len(logits)), banned[:]...)
 	case kindYesNo:
 		var id int32
@@ -405,7 +424,7 @@ func (g *Generator) sequence(p Prompt) (compute.Sequence, error) {
 func (g *Generator) generateBatch(ctx context.Context, prompts []Prompt, offset int, opts GenerateOptions) ([]Generation, error) {
 	req := compute.GenerateRequest{
 		Session: g.session, Batch: make([]compute.Sequence, len(prompts)), Grammar: opts.Constraint.Grammar(), MaxNew: opts.MaxNew,
-		BoxFromHead: opts.BoxFromHead, YesNoFromHead: opts.YesNoFromHead, WantAttention: opts.WantAttention,
+		BoxFromHead: opts.BoxFromHead, YesNoFromHead: opts.YesNoFromHead, NameFromHead: opts.NameFromHead, WantAttention: opts.WantAttention,
 	}
 	for i, p := range prompts {
 		seq, err := g.sequence(p)
@@ -527,7 +546,8 @@ func DecodeLoop(ctx context.Context, b compute.Backend, cfg Config, req compute.
 	// When the head decides every answer (its box or its yes/no, for
 	// sequences that all have an image) and no attention is wanted, the
 	// language model's logits would never be read: ask for the head alone.
-	headOnly := !req.WantAttention && ((req.BoxFromHead && constraint.kind == kindBox) || (req.YesNoFromHead && constraint.kind == kindYesNo))
+	nameFromHead := req.NameFromHead && constraint.kind == kindNone
+	headOnly := !req.WantAttention && ((req.BoxFromHead && constraint.kind == kindBox) || (req.YesNoFromHead && constraint.kind == kindYesNo) || nameFromHead)
 	for _, seq := range req.Batch {
 		headOnly = headOnly && len(seq.Images) > 0
 	}
@@ -536,7 +556,7 @@ func DecodeLoop(ctx context.Context, b compute.Backend, cfg Config, req compute.
 	if err != nil {
 		return compute.GenerateResult{}, fmt.Errorf("generate: prefill: %w", err)
 	}
-	if headOnly && len(res.Logits) == 0 && !allHeads(res.HeadBoxes, n) {
+	if headOnly && len(res.Logits) == 0 && !allHeads(res.HeadBoxes, n, nameFromHead) {
 		// A head without an answer for some sequence: run the model.
 		if res.CacheID != "" {
 			_ = b.ReleaseCache(context.WithoutCancel(ctx), req.Session, res.CacheID)
@@ -570,6 +590,9 @@ func DecodeLoop(ctx context.Context, b compute.Backend, cfg Config, req compute.
 		if req.YesNoFromHead && constraint.kind == kindYesNo && i < len(res.HeadBoxes) && res.HeadBoxes[i].OK {
 			yes := res.HeadBoxes[i].Exists >= 0.5
 			gram[i].yes = &yes
+		}
+		if nameFromHead && i < len(res.HeadBoxes) && res.HeadBoxes[i].OK && res.HeadBoxes[i].Name != nil {
+			gram[i].name = slices.Clip(res.HeadBoxes[i].Name[:min(len(res.HeadBoxes[i].Name), budget)])
 		}
 	}
 	feed := make([]int32, n)
@@ -625,13 +648,14 @@ func DecodeLoop(ctx context.Context, b compute.Backend, cfg Config, req compute.
 	return compute.GenerateResult{Answers: out}, nil
 }
 
-// allHeads reports whether heads holds an answer for each of n sequences.
-func allHeads(heads []compute.HeadBox, n int) bool {
+// allHeads reports whether heads holds an answer for each of n sequences
+// (with names, a name for each).
+func allHeads(heads []compute.HeadBox, n int, names bool) bool {
 	if len(heads) != n {
 		return false
 	}
 	for _, h := range heads {
-		if !h.OK {
+		if !h.OK || names && h.Name == nil {
 			return false
 		}
 	}

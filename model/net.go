@@ -32,6 +32,8 @@ type Net[T any] struct {
 	textMask, imgRow T
 	sImg, grid       T
 	haveGrid         bool
+	// images are the images GrounderFeatures read (the name head's input).
+	images T
 }
 
 // NewNet returns the model of c over o.
@@ -54,7 +56,8 @@ type Inputs[T any] struct {
 // [B, L] (Config.BoxLossWeight); imgFirst [B] (integer: each row's first
 // image), refBox [B, 4], refW [B], exists, existsW [B], cellIDs [B, P,
 // CellWords] (integer), cellIDW [B, P, CellWords], cellW [B, P]
-// (Config.Grounder).
+// (Config.Grounder); nameIDs [B, GrounderNameSlots] (integer), nameW [B,
+// GrounderNameSlots] (Config.GrounderNameSlots).
 type Labels[T any] struct {
 	LossIdx, LossTgt, LossW T
 	PatchTgt, PatchW        T
@@ -62,6 +65,7 @@ type Labels[T any] struct {
 	ImgFirst, RefBox, RefW  T
 	Exists, ExistsW         T
 	CellIDs, CellIDW, CellW T
+	NameIDs, NameW          T
 }
 
 // Losses are a training step's scalars: the objective to minimize, and

@@ -150,7 +150,7 @@ func (n *Net[T]) tower(images, sImg T) T {
 // (after vision.ln_f, before the projector).
 func (n *Net[T]) GrounderFeatures(in Inputs[T]) T {
 	o, c := n.o, n.c
-	n.textMask, n.imgRow = in.TextMask, in.ImgRow
+	n.textMask, n.imgRow, n.images = in.TextMask, in.ImgRow, in.Images
 	n.sImg = o.Gather(n.sentence(in.Tokens, in.TextMask), in.ImgRow)
 	n.grid = n.tower(in.Images, n.sImg)
 	n.haveGrid = true
@@ -189,12 +189,116 @@ func (n *Net[T]) Head() (logits, boxes T) {
 }
 
 // Grounder is the inference half of Config.Grounder for in: the projected
-// patch features [K*P, Width] the language model reads, and the head's
-// pointer logits [K, P] and boxes [K, P, 4].
-func (n *Net[T]) Grounder(in Inputs[T]) (feats, logits, boxes T) {
+// patch features [K*P, Width] the language model reads, the head's
+// pointer logits [K, P] and boxes [K, P, 4], and with
+// Config.GrounderNameSlots the name head's logits [K, GrounderNameSlots,
+// VocabSize] (the zero T without it).
+func (n *Net[T]) Grounder(in Inputs[T]) (feats, logits, boxes, names T) {
 	feats = n.Project(n.GrounderFeatures(in))
 	logits, boxes = n.Head()
-	return feats, logits, boxes
+	if n.c.GrounderNameSlots > 0 {
+		names = n.NameLogits(in.Images)
+	}
+	return feats, logits, boxes, names
+}
+
+// NameLogits is Config.GrounderNameSlots' name head over images [K, S, S,
+// 3]: for each image, a distribution over the vocabulary for each of the
+// words (slots) that name the object at its centre, <eos> after the last
+// word; logits [K, GrounderNameSlots, VocabSize].
+//
+// It reads the pixels through convolutions of its own ("grounder.name.conv.<i>":
+// the pixels folded 2x2 as the tower folds them, then two stride-2
+// convolutions and a stride-1 one, coordinate channels beside each input,
+// GELU after each, no normalization and no FiLM), not the tower's cells:
+// those are modulated by the sentence and normalized per image and
+// channel, so a crop that its object fills (nearly one colour) reaches
+// them as almost nothing (docs/experiments.md, the name head of
+// 2026-12-07). The cells are pooled two ways, by a learned softmax over
+// positions ("grounder.name.pool": where the central object sits) and by
+// their maximum (the strongest local evidence of a shape or texture
+// anywhere), then "grounder.name.ln", "grounder.name.fc1" with GELU and
+// "grounder.name.out" give a vector per slot, scored against a table of
+// word vectors of the head's own ("grounder.name.vocab": not the token
+// embeddings, which stage 1 leaves small and the language model owns) plus
+// a bias per word.
+func (n *Net[T]) NameLogits(images T) T {
+	o, c := n.o, n.c
+	d := o.Shape(images)
+	k, half := d[0], d[1]/2
+	x := o.Reshape(images, k, half, 2, half, 2, 3)
+	x = o.Reshape(o.Transpose(x, 0, 1, 3, 2, 4, 5), k, half, half, 12)
+	for i, cv := range nameConvs(c) {
+		s := o.Shape(x)[1]
+		x = o.Gelu(n.conv3x3Bias(o.Concat(-1, x, n.coordChannels(k, s)), fmt.Sprintf("grounder.name.conv.%d", i), cv.ch, cv.stride, false))
+	}
+	d = o.Shape(x)
+	p, ch := d[1]*d[2], d[3]
+	x = o.Reshape(x, k, p, ch)
+	w := o.Reshape(o.Softmax(o.Reshape(o.Param("grounder.name.pool", p), 1, p)), 1, p, 1)
+	pooled := o.Concat(-1, o.ReduceSum(o.Mul(x, w), false, 1), o.ReduceMax(x, false, 1)) // [K, 2C]
+	h := o.Gelu(n.dense(n.layerNorm(pooled, "grounder.name.ln"), "grounder.name.fc1", c.Width))
+	slots := c.GrounderNameSlots
+	z := o.Reshape(n.dense(h, "grounder.name.out", slots*c.Width), k, slots, c.Width)
+	logits := o.Einsum("ksw,vw->ksv", z, o.Param("grounder.name.vocab.w", c.VocabSize, c.Width))
+	return o.Add(logits, o.Reshape(o.Param("grounder.name.vocab.b", c.VocabSize), 1, 1, c.VocabSize))
+}
+
+// NameToken reports whether a name's words may hold token id: vocabulary
+// words, lone digits and <cap>; not byte pieces (a name spelled byte by
+// byte does not fit the slots, and a byte alone need not be text), box
+// numbers, markers or <eos>.
+func NameToken(id int32) bool {
+	return id >= tokWord0 || id >= tokFine0 && id < tokFine0+10 || id == tokCap
+}
+
+type nameConv struct{ ch, stride int }
+
+// nameConvs are NameLogits' convolutions: half the tower's width at a
+// quarter and an eighth of the image's side, then the full width.
+func nameConvs(c Config) []nameConv {
+	return []nameConv{{c.VisionWidth / 2, 2}, {c.VisionWidth / 2, 2}, {c.VisionWidth, 1}}
+}
+
+// nameLoss is Config.GrounderNameSlots' loss: the cross-entropy of each
+// labelled slot (nameW [B, Slots] 1 there; nameIDs [B, Slots] the word,
+// <eos> after the last) of each row's first image (imgFirst [B]), averaged
+// over the labelled slots. Zero when none is labelled.
+func (n *Net[T]) nameLoss(imgFirst, nameIDs, nameW T) T {
+	o, c := n.o, n.c
+	lsm := o.LogSoftmax(o.Gather(n.NameLogits(n.images), imgFirst)) // [B, Slots, V]
+	b, slots := o.Shape(nameIDs)[0], c.GrounderNameSlots
+	picked := o.GatherElems(o.Reshape(lsm, b*slots, c.VocabSize), o.Reshape(nameIDs, b*slots, 1))
+	nll := o.Neg(o.Reshape(picked, b, slots))
+	den := o.Max(o.ReduceSum(nameW, false), o.Scalar(1))
+	return o.Div(o.ReduceSum(o.Mul(nll, nameW), false), den)
+}
+
+// NameTokens decodes one image's name logits (NameLogits' [Slots, V] for
+// it, row major): each slot's most likely token among the words a name
+// can have (NameToken) and <eos>, up to the first <eos> (not included);
+// the first slot's among the words alone (a name has one). The answer has
+// 1 to slots tokens, and decodes to valid text.
+func NameTokens(logits []float32, slots, vocab int) []int32 {
+	var out []int32
+	for s := range slots {
+		row := logits[s*vocab : (s+1)*vocab]
+		best := int32(-1)
+		for v, x := range row {
+			id := int32(v)
+			if !NameToken(id) && (id != tokEOS || s == 0) {
+				continue
+			}
+			if best < 0 || x > row[best] {
+				best = id
+			}
+		}
+		if best < 0 || best == tokEOS {
+			break
+		}
+		out = append(out, best)
+	}
+	return out
 }
 
 // grounderLoss is Config.Grounder's loss over the rows with a referent
@@ -206,7 +310,8 @@ func (n *Net[T]) Grounder(in Inputs[T]) (feats, logits, boxes T) {
 // referents and POPE probes), the binary cross-entropy of the pointer
 // logits' log-sum-exp, averaged over each class apart and the two means
 // halved, so that the cells light up only for what is there;
-// plus, with GrounderCellWords, cellWordLoss. Zero when no row has a label.
+// plus, with GrounderCellWords, cellWordLoss; plus, with GrounderNameSlots,
+// nameLoss. Zero when no row has a label.
 func (n *Net[T]) grounderLoss(lb Labels[T]) T {
 	o := n.o
 	logits, boxes := n.Head()
@@ -250,6 +355,9 @@ func (n *Net[T]) grounderLoss(lb Labels[T]) T {
 	loss = o.Add(loss, o.Scale(o.Add(mean(pos), mean(neg)), 0.5))
 	if n.c.GrounderCellWords {
 		loss = o.Add(loss, n.cellWordLoss(lb.ImgFirst, lb.CellIDs, lb.CellIDW, lb.CellW))
+	}
+	if n.c.GrounderNameSlots > 0 {
+		loss = o.Add(loss, n.nameLoss(lb.ImgFirst, lb.NameIDs, lb.NameW))
 	}
 	return loss
 }

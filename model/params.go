@@ -215,7 +215,8 @@ func (c Config) FLOPsPerImage() float64 {
 // GrounderFLOPsPerImage is the forward FLOPs of Config.Grounder's tower
 // (every 3x3 convolution, with its two coordinate channels, after the 2x2
 // fold), its transformer blocks over the cells, and the head (fc1, out and
-// the match keys) for one image; 0 without Grounder. The sentence encoder,
+// the match keys), and the name head (GrounderNameSlots) for one image; 0
+// without Grounder. The sentence encoder,
 // over a few dozen text positions per sequence, is left out.
 func (c Config) GrounderFLOPsPerImage() float64 {
 	strides, chans := c.GrounderConvs()
@@ -232,6 +233,18 @@ func (c Config) GrounderFLOPsPerImage() float64 {
 	hv := float64(c.MLPHidden(c.VisionWidth))
 	f += float64(c.GrounderGridDepth) * n * (2*(4*vw*vw+2*vw*hv) + 4*n*vw)
 	f += n * 2 * ((vw+2)*vw + vw*5 + vw*vw)
+	if c.GrounderNameSlots > 0 {
+		// The name head: its convolutions, then fc1, out and the scores
+		// against the vocabulary.
+		side, in := float64(c.ImageSize/2), 12.0
+		for _, cv := range nameConvs(c) {
+			side /= float64(cv.stride)
+			f += 2 * side * side * 9 * (in + 2) * float64(cv.ch)
+			in = float64(cv.ch)
+		}
+		w, slots := float64(c.Width), float64(c.GrounderNameSlots)
+		f += 2 * (2*in*w + w*slots*w + slots*w*float64(c.VocabSize))
+	}
 	return f
 }
 

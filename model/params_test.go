@@ -185,10 +185,10 @@ func TestGrounderStemAndSigma(t *testing.T) {
 		t.Fatalf("PointerSigma %v, features %v", c.PointerSigma(), c.Features())
 	}
 	for want, mod := range map[string]func(*Config){
-		"grounder_stem 5 must be in 0..4":                func(c *Config) { c.GrounderStem = 5 },
-		"grounder_sigma -1 must be in [0, 4]":            func(c *Config) { c.GrounderSigma = -1 },
-		"grounder_sigma NaN must be in [0, 4]":           func(c *Config) { c.GrounderSigma = math.NaN() },
-		"grounder_stem and grounder_sigma need grounder": func(c *Config) { c.Grounder, c.GrounderQueries, c.GrounderLossWeight = false, 0, 0 },
+		"grounder_stem 5 must be in 0..4":                                     func(c *Config) { c.GrounderStem = 5 },
+		"grounder_sigma -1 must be in [0, 4]":                                 func(c *Config) { c.GrounderSigma = -1 },
+		"grounder_sigma NaN must be in [0, 4]":                                func(c *Config) { c.GrounderSigma = math.NaN() },
+		"grounder_stem, grounder_sigma and grounder_name_slots need grounder": func(c *Config) { c.Grounder, c.GrounderQueries, c.GrounderLossWeight = false, 0, 0 },
 	} {
 		bad := c
 		mod(&bad)

@@ -290,6 +290,46 @@ type entry struct {
 	exists int32
 	// cells are the first image's cell labels (CellLabels), nil for none.
 	cells []int32
+	// name is the first image's name label (NameLabel), nil for none.
+	name []int32
+}
+
+// nameOf returns Config.GrounderNameSlots' label for a crop-naming
+// record: the words of its answer's name (Answer.Text, the object at the
+// crop's centre), nil for other records and names longer than the slots.
+func nameOf(c Config, tok *Tokenizer, rec *Record) []int32 {
+	if c.GrounderNameSlots <= 0 || rec.Task != "crop_name" || len(rec.Images) == 0 || strings.TrimSpace(rec.Answer.Text) == "" {
+		return nil
+	}
+	return NameLabel(tok, rec.Answer.Text, c.GrounderNameSlots)
+}
+
+// NoNameWord fills the slots of Shard.NameIDs after a name's <eos>, and
+// every slot of a sample without a name.
+const NoNameWord = -1
+
+// NameLabel is the name head's target for name: its token ids, <eos>,
+// then NoNameWord up to slots; nil when the name takes more than slots-1
+// tokens, has a token no name may hold (NameToken: a word outside the
+// vocabulary, spelled in bytes), or none. The name is encoded as it reads inside a sentence
+// (" small red circle": a vocabulary's words carry the space before
+// them) unless it takes fewer tokens as it stands.
+func NameLabel(tok *Tokenizer, name string, slots int) []int32 {
+	name = strings.TrimSpace(name)
+	ids := tok.Encode(" " + name)
+	if bare := tok.Encode(name); len(bare) < len(ids) {
+		ids = bare
+	}
+	if name == "" || len(ids) >= slots || slices.ContainsFunc(ids, func(id int32) bool { return !NameToken(id) }) {
+		return nil
+	}
+	out := make([]int32, slots)
+	n := copy(out, ids)
+	out[n] = tokEOS
+	for i := n + 1; i < slots; i++ {
+		out[i] = NoNameWord
+	}
+	return out
 }
 
 // cellsOf returns Config.Grounder's cell labels for a REC record whose
@@ -418,7 +458,9 @@ func (b *ShardBuilder) pack(entries []entry) []entry {
 		// Nor a record the grounder learns from (a referent or an existence
 		// label: it has a ref box only where it has the label), for the
 		// same reason: its sentence vector reads the text before the image.
-		if i, ok := open[k]; ok && e.ground == nil && e.exists == NoRefBox {
+		// Nor a record with a name label, which the merged sequence would
+		// drop.
+		if i, ok := open[k]; ok && e.ground == nil && e.exists == NoRefBox && e.name == nil {
 			cur := &out[i]
 			merged := *cur.rec
 			merged.Conversations = append(slices.Clip(cur.rec.Conversations), laterTurns(e.rec.Conversations)...)
@@ -511,7 +553,7 @@ func (b *ShardBuilder) Build(ctx context.Context, records iter.Seq2[Record, erro
 			}
 			continue
 		}
-		e := entry{key: sortKey(cfg.Seed, rec.ID), id: rec.ID, seq: len(entries), sample: s, images: rec.Images, ground: groundOf(cfg.Model, &rec), ref: refOf(cfg.Model, &rec), exists: existsOf(cfg.Model, &rec), cells: cellsOf(cfg.Model, cfg.Tokenizer, &rec)}
+		e := entry{key: sortKey(cfg.Seed, rec.ID), id: rec.ID, seq: len(entries), sample: s, images: rec.Images, ground: groundOf(cfg.Model, &rec), ref: refOf(cfg.Model, &rec), exists: existsOf(cfg.Model, &rec), cells: cellsOf(cfg.Model, cfg.Tokenizer, &rec), name: nameOf(cfg.Model, cfg.Tokenizer, &rec)}
 		if cfg.Pack && len(rec.Images) == 1 {
 			e.rec = &rec
 		}
@@ -581,6 +623,19 @@ func (b *ShardBuilder) writeShard(ctx context.Context, index, total int, chunk [
 			}
 			for j := range per {
 				cellWords[i*per+j] = NoCellLabels
+			}
+		}
+	}
+	var nameIDs []int32
+	if slots := cfg.Model.GrounderNameSlots; slots > 0 && slices.ContainsFunc(chunk, func(e entry) bool { return e.name != nil }) {
+		nameIDs = make([]int32, len(chunk)*slots)
+		for i, e := range chunk {
+			if e.name != nil {
+				copy(nameIDs[i*slots:], e.name)
+				continue
+			}
+			for j := range slots {
+				nameIDs[i*slots+j] = NoNameWord
 			}
 		}
 	}
@@ -682,6 +737,9 @@ func (b *ShardBuilder) writeShard(ctx context.Context, index, total int, chunk [
 	}
 	if cellWords != nil {
 		tensors = append(tensors, Tensor{Name: "cell_words", DType: "I32", Shape: []int{len(chunk), cfg.Model.Patches(), CellWords}, Data: Int32Bytes(cellWords)})
+	}
+	if nameIDs != nil {
+		tensors = append(tensors, Tensor{Name: "name_ids", DType: "I32", Shape: []int{len(chunk), cfg.Model.GrounderNameSlots}, Data: Int32Bytes(nameIDs)})
 	}
 	meta := map[string]string{
 		"format":        ShardFormat,
@@ -815,7 +873,26 @@ type Shard struct {
 	// NoCellWord after them; NoCellLabels in every slot of samples
 	// without labels.
 	CellWords []int32
+	// NameIDs is the optional "name_ids" tensor, int32 [N, NameSlots]
+	// (Config.GrounderNameSlots): for a crop-naming sample, the words
+	// that name its first image's central object, <eos>, then NoNameWord
+	// (NameLabel); NoNameWord in every slot of samples without a name.
+	NameIDs   []int32
+	NameSlots int
 	Metadata  map[string]string
+}
+
+// NameRow returns sample i's name label [NameSlots], or nil when the
+// shard has none or the sample is unlabelled.
+func (s *Shard) NameRow(i int) []int32 {
+	if s.NameIDs == nil {
+		return nil
+	}
+	row := s.NameIDs[i*s.NameSlots : (i+1)*s.NameSlots]
+	if row[0] == NoNameWord {
+		return nil
+	}
+	return row
 }
 
 // Cell label encoding (Shard.CellWords).
@@ -1050,6 +1127,25 @@ func shardFromTensors(tensors []Tensor, meta map[string]string) (*Shard, error) 
 		for i, v := range s.CellWords {
 			if v < NoCellLabels {
 				return nil, fmt.Errorf("cell_words[%d] = %d", i, v)
+			}
+		}
+	}
+	if ni, ok := byName["name_ids"]; ok {
+		if ni.DType != "I32" || len(ni.Shape) != 2 || ni.Shape[0] != n || ni.Shape[1] < 2 || ni.Shape[1] > MaxNameSlots {
+			return nil, fmt.Errorf("tensor \"name_ids\" is %s%v, want I32[%d, 2..%d]", ni.DType, ni.Shape, n, MaxNameSlots)
+		}
+		s.NameIDs, s.NameSlots = BytesInt32(ni.Data), ni.Shape[1]
+		for i := 0; i < n; i++ {
+			row := s.NameIDs[i*s.NameSlots : (i+1)*s.NameSlots]
+			if row[0] == NoNameWord {
+				if slices.ContainsFunc(row, func(v int32) bool { return v != NoNameWord }) {
+					return nil, fmt.Errorf("name_ids[%d] = %v: an unlabelled row must be all %d", i, row, NoNameWord)
+				}
+				continue
+			}
+			end := slices.Index(row, tokEOS)
+			if end < 1 || slices.ContainsFunc(row[:end], func(v int32) bool { return !NameToken(v) }) || slices.ContainsFunc(row[end+1:], func(v int32) bool { return v != NoNameWord }) {
+				return nil, fmt.Errorf("name_ids[%d] = %v: want word ids, <eos> (%d), then %d", i, row, tokEOS, NoNameWord)
 			}
 		}
 	}

@@ -745,3 +745,87 @@ func TestCellLabels(t *testing.T) {
 		t.Errorf("cell 10 is empty but reads %v", cell(10))
 	}
 }
+
+// TestBuildShardsNames: with Config.GrounderNameSlots, a crop-naming
+// record's sample carries its name (the answer's words, <eos>, then
+// NoNameWord) in name_ids, other samples none, a named record is never
+// packed behind another of its image (its label would be lost), and the
+// reader refuses a malformed row.
+func TestBuildShardsNames(t *testing.T) {
+	tok := testTokenizer(t)
+	sc := shardConfig(t, tok, t.TempDir())
+	sc.Pack, sc.SamplesPerShard = true, 100
+	sc.Model.Grounder, sc.Model.GrounderQueries, sc.Model.GrounderLossWeight = true, 2, 1
+	sc.Model.ImagesAfterText, sc.Model.VisionDepth, sc.Model.GrounderNameSlots = true, 0, 4
+	if err := sc.Model.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	crop := ImageRef{Kind: "crop", Path: "img/c.png", Width: 8, Height: 8}
+	records := []Record{
+		{ID: "name", Stage: "stage2", Split: "train", Task: "crop_name", Images: []ImageRef{crop},
+			Conversations: []Turn{{From: "human", Value: "<image>\nWhat is this?"}, {From: "gpt", Value: "A small blue square."}},
+			Answer:        Answer{Text: "small blue square"}},
+		{ID: "name2", Stage: "stage2", Split: "train", Task: "crop_name", Images: []ImageRef{crop},
+			Conversations: []Turn{{From: "human", Value: "<image>\nName it."}, {From: "gpt", Value: "A small blue square."}},
+			Answer:        Answer{Text: "small blue square"}},
+		{ID: "long", Stage: "stage2", Split: "train", Task: "crop_name", Images: []ImageRef{{Kind: "crop", Path: "img/d.png", Width: 8, Height: 8}},
+			Conversations: []Turn{{From: "human", Value: "<image>\nWhat is this?"}, {From: "gpt", Value: "A large yellow striped star."}},
+			Answer:        Answer{Text: "large yellow striped star"}},
+		{ID: "rec", Stage: "stage2", Split: "train", Task: "rec", Images: []ImageRef{{Kind: "image", Path: "img/a.png", Width: 8, Height: 8}},
+			Conversations: []Turn{{From: "human", Value: "<image>\nWhere is the red circle?"}, {From: "gpt", Value: "[0.000, 0.250, 0.500, 0.500]"}},
+			Answer:        Answer{Boxes: [][4]float64{{0, 0, 4, 4}}}},
+	}
+	infos, st := buildTestShards(t, sc, &memImages{}, records)
+	sh, err := ReadShard(infos[0].Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sh.NameSlots != 4 || st.Kept != 4 || sh.N != 4 {
+		t.Fatalf("name slots %d, %d samples (stats %+v): want 4 slots and 4 samples (none packed)", sh.NameSlots, sh.N, st)
+	}
+	want := append(tok.Encode(" small blue square"), tok.EOSID())
+	named := 0
+	for r := range sh.N {
+		if row := sh.NameRow(r); row != nil {
+			named++
+			if !slices.Equal(row, want) {
+				t.Errorf("sample %d: name %v, want %v", r, row, want)
+			}
+		}
+	}
+	if named != 2 {
+		t.Errorf("%d named samples, want the two crop names that fit four slots", named)
+	}
+
+	base := []Tensor{
+		{Name: "tokens", DType: "I32", Shape: []int{1, 2}, Data: Int32Bytes([]int32{1, 2})},
+		{Name: "targets", DType: "I32", Shape: []int{1, 2}, Data: Int32Bytes([]int32{-1, -1})},
+		{Name: "image_index", DType: "I32", Shape: []int{1, 1}, Data: Int32Bytes([]int32{-1})},
+		{Name: "images", DType: "U8", Shape: []int{0, 4, 4, 3}, Data: nil},
+	}
+	w := tok.Encode(" blue")[0]
+	for name, tc := range map[string]struct {
+		row   []int32
+		shape []int
+		want  string
+	}{
+		"no eos":        {[]int32{w, w, w}, []int{1, 3}, "want word ids, <eos>"},
+		"eos first":     {[]int32{tokEOS, NoNameWord, NoNameWord}, []int{1, 3}, "want word ids, <eos>"},
+		"box number":    {[]int32{tokCoarse0, tokEOS, NoNameWord}, []int{1, 3}, "want word ids, <eos>"},
+		"after eos":     {[]int32{w, tokEOS, w}, []int{1, 3}, "want word ids, <eos>"},
+		"half labelled": {[]int32{NoNameWord, w, NoNameWord}, []int{1, 3}, "must be all -1"},
+		"shape":         {[]int32{w, tokEOS}, []int{2, 1}, `"name_ids" is I32[2 1]`},
+	} {
+		path := filepath.Join(t.TempDir(), "s.safetensors")
+		var buf bytes.Buffer
+		if _, err := WriteSafetensors(&buf, append(slices.Clone(base), Tensor{Name: "name_ids", DType: "I32", Shape: tc.shape, Data: Int32Bytes(tc.row)}), nil); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(path, buf.Bytes(), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := ReadShard(path); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: err %v, want it to say %q", name, err, tc.want)
+		}
+	}
+}

@@ -28,6 +28,10 @@ const (
 	Pick
 	// Dense asks for a grounded description of the whole image.
 	Dense
+	// Name asks for the name and attributes of the object at the centre
+	// of the image (a crop): free text, the name head's words where the
+	// model has one (model.Config.GrounderNameSlots).
+	Name
 )
 
 // Decoding holds the budgets and switches of a service's decoding.
@@ -83,11 +87,13 @@ func (d Decoding) Options(q Question, candidates int) model.GenerateOptions {
 		}
 	case Dense:
 		o.MaxNew = d.MaxNewDense
+	case Name:
+		o.NameFromHead = true
 	}
 	return o
 }
 
 // OptionsKey identifies options that can share one Generate call.
 func OptionsKey(o model.GenerateOptions) string {
-	return fmt.Sprintf("%s|%d|%v|%v|%v|%d", o.Constraint, o.MaxNew, o.WantAttention, o.BoxFromHead, o.YesNoFromHead, o.BatchSize)
+	return fmt.Sprintf("%s|%d|%v|%v|%v|%v|%d", o.Constraint, o.MaxNew, o.WantAttention, o.BoxFromHead, o.YesNoFromHead, o.NameFromHead, o.BatchSize)
 }

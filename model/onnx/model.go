@@ -76,12 +76,15 @@ func Graphs(cfg model.Config) []Graph {
 		gs = append(gs, Graph{Name: GraphGrounder, Syms: []Sym{batch, seq, imgs}, Build: func(tr *Tracer) ([]string, []*T) {
 			b, l, n := tr.Sym("B"), tr.Sym("L"), tr.Sym("N")
 			net := model.NewNet[*T](tr, cfg)
-			f, lg, bx := net.Grounder(model.Inputs[*T]{
+			f, lg, bx, nm := net.Grounder(model.Inputs[*T]{
 				Tokens:   tr.Input("tokens", true, b, l),
 				TextMask: tr.Input("text_mask", false, b, l),
 				ImgRow:   tr.Input("img_row", true, n),
 				Images:   tr.Input("images", false, n, s, s, 3),
 			})
+			if nm != nil {
+				return []string{"feats", "logits", "boxes", "names"}, []*T{f, lg, bx, nm}
+			}
 			return []string{"feats", "logits", "boxes"}, []*T{f, lg, bx}
 		}})
 	} else {

@@ -250,6 +250,10 @@ type GenerateRequest struct {
 	// the grounding head (HeadBox.Box, HeadBox.Exists >= 0.5) where the
 	// sequence has a head box (model.GenerateOptions).
 	BoxFromHead, YesNoFromHead bool
+	// NameFromHead answers free text (no grammar) with the name head's
+	// words (HeadBox.Name) where the sequence has them
+	// (model.GenerateOptions.NameFromHead).
+	NameFromHead bool
 	// WantAttention returns each generated token's attention over the
 	// first image's patches.
 	WantAttention bool
@@ -286,6 +290,10 @@ type HeadBox struct {
 	// image at all (model.Config.Grounder's existence term: the sigmoid of
 	// the pointer logits' log-sum-exp less log(cells)).
 	Exists float32
+	// Name is the name head's answer (model.Config.GrounderNameSlots):
+	// the token ids of the words that name the first image's central
+	// object, without <eos>; nil where the model has no name head.
+	Name []int32
 	// OK is false where the sequence has no image.
 	OK bool
 }

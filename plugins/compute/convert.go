@@ -189,7 +189,7 @@ func forwardToPB(r ForwardResult) (*computev1.ForwardResponse, error) {
 	}
 	var heads []*computev1.HeadBox
 	for _, h := range r.HeadBoxes {
-		heads = append(heads, &computev1.HeadBox{Box: h.Box[:], Score: h.Score, Ok: h.OK, Exists: h.Exists})
+		heads = append(heads, &computev1.HeadBox{Box: h.Box[:], Score: h.Score, Ok: h.OK, Exists: h.Exists, Name: h.Name})
 	}
 	return &computev1.ForwardResponse{CacheId: r.CacheID, Logits: logits, Attention: att, HeadBoxes: heads}, nil
 }
@@ -208,7 +208,7 @@ func forwardFromPB(r *computev1.ForwardResponse) (ForwardResult, error) {
 		if h.GetOk() && len(h.GetBox()) != 4 {
 			return ForwardResult{}, fmt.Errorf("head box %d: %d numbers, want 4", i, len(h.GetBox()))
 		}
-		hb := HeadBox{Score: h.GetScore(), OK: h.GetOk(), Exists: h.GetExists()}
+		hb := HeadBox{Score: h.GetScore(), OK: h.GetOk(), Exists: h.GetExists(), Name: h.GetName()}
 		copy(hb.Box[:], h.GetBox())
 		heads = append(heads, hb)
 	}
@@ -219,7 +219,7 @@ func generateRequestToPB(r GenerateRequest) *computev1.GenerateRequest {
 	return &computev1.GenerateRequest{
 		Session: r.Session, Batch: sequencesToPB(r.Batch),
 		Grammar: &computev1.Grammar{Kind: r.Grammar.Kind, Lo: int32(r.Grammar.Lo), Hi: int32(r.Grammar.Hi)},
-		MaxNew:  int32(r.MaxNew), BoxFromHead: r.BoxFromHead, YesNoFromHead: r.YesNoFromHead, WantAttention: r.WantAttention,
+		MaxNew:  int32(r.MaxNew), BoxFromHead: r.BoxFromHead, YesNoFromHead: r.YesNoFromHead, NameFromHead: r.NameFromHead, WantAttention: r.WantAttention,
 	}
 }
 
@@ -232,7 +232,7 @@ func generateRequestFromPB(r *computev1.GenerateRequest) (GenerateRequest, error
 	return GenerateRequest{
 		Session: r.GetSession(), Batch: batch,
 		Grammar: Grammar{Kind: g.GetKind(), Lo: int(g.GetLo()), Hi: int(g.GetHi())},
-		MaxNew:  int(r.GetMaxNew()), BoxFromHead: r.GetBoxFromHead(), YesNoFromHead: r.GetYesNoFromHead(), WantAttention: r.GetWantAttention(),
+		MaxNew:  int(r.GetMaxNew()), BoxFromHead: r.GetBoxFromHead(), YesNoFromHead: r.GetYesNoFromHead(), NameFromHead: r.GetNameFromHead(), WantAttention: r.GetWantAttention(),
 	}, nil
 }
 
@@ -245,7 +245,7 @@ func generateResultToPB(r GenerateResult) (*computev1.GenerateResponse, error) {
 		}
 		ga := &computev1.GeneratedAnswer{Tokens: a.Tokens, Finish: a.Finish, Attention: att}
 		if a.Head.OK {
-			ga.Head = &computev1.HeadBox{Box: a.Head.Box[:], Score: a.Head.Score, Ok: true, Exists: a.Head.Exists}
+			ga.Head = &computev1.HeadBox{Box: a.Head.Box[:], Score: a.Head.Score, Ok: true, Exists: a.Head.Exists, Name: a.Head.Name}
 		}
 		out.Answers = append(out.Answers, ga)
 	}
@@ -264,7 +264,7 @@ func generateResultFromPB(r *computev1.GenerateResponse) (GenerateResult, error)
 			if len(h.GetBox()) != 4 {
 				return GenerateResult{}, fmt.Errorf("answer %d head box has %d numbers, want 4", i, len(h.GetBox()))
 			}
-			ga.Head = HeadBox{Box: [4]float32(h.GetBox()), Score: h.GetScore(), Exists: h.GetExists(), OK: true}
+			ga.Head = HeadBox{Box: [4]float32(h.GetBox()), Score: h.GetScore(), Exists: h.GetExists(), Name: h.GetName(), OK: true}
 		}
 		out.Answers = append(out.Answers, ga)
 	}

@@ -56,6 +56,11 @@ type trainBatch struct {
 	// (Shard.CellWords).
 	cellIDs        []int32
 	cellIDW, cellW []float32
+	// nameIDs [B*NameSlots] are the words that name a row's first image's
+	// central object (0 in unlabelled slots) and nameW 1 in the labelled
+	// slots (Shard.NameIDs; Config.GrounderNameSlots, empty without it).
+	nameIDs []int32
+	nameW   []float32
 	// labelled counts the positions with a patchW of 1.
 	labelled int
 	// realTokens counts non-padding positions, for tokens/s.
@@ -71,7 +76,13 @@ type batchRow struct {
 	refBox          []int32 // model.Shard.RefBoxRow, or nil
 	exists          int32   // model.Shard.RefExists' value plus 1: 0 no label, 1 absent, 2 present
 	cells           []int32 // model.Shard.CellWordsRow, or nil
+	name            []int32 // model.Shard.NameRow, or nil
 }
+
+// nameSlots is the second dimension of a batch's nameIDs and nameW:
+// Config.GrounderNameSlots, and 1 (all zero, never read) without a name
+// head, so that no step input has a zero dimension.
+func nameSlots(c model.Config) int { return max(c.GrounderNameSlots, 1) }
 
 func roundUp(x, m int) int { return (x + m - 1) / m * m }
 
@@ -122,6 +133,8 @@ func makeBatch(c model.Config, rows []batchRow) trainBatch {
 		cellIDs:    make([]int32, b*P*model.CellWords),
 		cellIDW:    make([]float32, b*P*model.CellWords),
 		cellW:      make([]float32, b*P),
+		nameIDs:    make([]int32, b*nameSlots(c)),
+		nameW:      make([]float32, b*nameSlots(c)),
 		realTokens: real,
 	}
 	img0 := 0 // index of the row's first image among the batch's images
@@ -144,6 +157,13 @@ func makeBatch(c model.Config, rows []batchRow) trainBatch {
 			}
 			if r.exists > 0 {
 				bt.exists[i], bt.existsW[i] = float32(r.exists-1), 1
+			}
+			if ns := c.GrounderNameSlots; r.name != nil && len(r.name) == ns {
+				for j, id := range r.name {
+					if id >= 0 {
+						bt.nameIDs[i*ns+j], bt.nameW[i*ns+j] = id, 1
+					}
+				}
 			}
 			if r.refBox != nil {
 				bt.refW[i] = 1

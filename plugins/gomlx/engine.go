@@ -84,10 +84,17 @@ func hostState[T any](step int, specs []paramSpec, trainIdx, frozenIdx []int, tp
 }
 
 // grounderCompute runs the grounder's encoder and head on one batch of
-// host arrays (grounderInputs): the projected patch features [K*P,
-// Width], the pointer logits [K, P] and the boxes [K, P, 4], flat.
+// host arrays (grounderInputs).
 type grounderCompute interface {
-	compute(in *grounderInputs) (feats, logits, boxes []float32, err error)
+	compute(in *grounderInputs) (grounderOut, error)
+}
+
+// grounderOut is one grounderCompute call's outputs, flat: the projected
+// patch features [K*P, Width], the pointer logits [K, P], the boxes [K,
+// P, 4] and, with Config.GrounderNameSlots, the name logits [K, Slots,
+// VocabSize] (nil without).
+type grounderOut struct {
+	feats, logits, boxes, names []float32
 }
 
 var (

@@ -157,22 +157,29 @@ func (e *ggmlEngine) newGrounder(b *Backend, cfg model.Config, specs []paramSpec
 	return &ggmlGrounder{m: m}, nil
 }
 
-func (gr *ggmlGrounder) compute(in *grounderInputs) (feats, logits, boxes []float32, err error) {
+func (gr *ggmlGrounder) compute(in *grounderInputs) (grounderOut, error) {
 	c := gr.m.cfg
 	out, err := gr.m.run(func(o *ggml.Ops, g *ggml.Graph) []*ggml.Tensor {
 		net := model.NewNet[*ggml.Tensor](o, c)
-		f, lg, bx := net.Grounder(model.Inputs[*ggml.Tensor]{
+		f, lg, bx, nm := net.Grounder(model.Inputs[*ggml.Tensor]{
 			Tokens:   g.InputInts(in.tokens, in.b, in.l),
 			TextMask: g.Input(in.mask, in.b, in.l),
 			ImgRow:   g.InputInts(in.imgRow, in.k),
 			Images:   g.Input(in.images, in.k, c.ImageSize, c.ImageSize, 3),
 		})
+		if nm != nil {
+			return []*ggml.Tensor{f, lg, bx, nm}
+		}
 		return []*ggml.Tensor{f, lg, bx}
 	})
 	if err != nil {
-		return nil, nil, nil, err
+		return grounderOut{}, err
 	}
-	return out[0], out[1], out[2], nil
+	res := grounderOut{feats: out[0], logits: out[1], boxes: out[2]}
+	if len(out) > 3 {
+		res.names = out[3]
+	}
+	return res, nil
 }
 
 func (e *ggmlEngine) newLM(b *Backend, cfg model.Config, specs []paramSpec, weights map[string][]float32, dtype string, _ map[string][]byte) (func() lmSeq, error) {

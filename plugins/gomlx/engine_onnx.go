@@ -157,7 +157,7 @@ func (e *onnxEngine) newGrounder(b *Backend, cfg model.Config, specs []paramSpec
 	return &onnxGrounder{cfg: cfg, g: gs[onnx.GraphGrounder]}, nil
 }
 
-func (gr *onnxGrounder) compute(in *grounderInputs) (feats, logits, boxes []float32, err error) {
+func (gr *onnxGrounder) compute(in *grounderInputs) (grounderOut, error) {
 	s := int64(gr.cfg.ImageSize)
 	out, err := gr.g.run(map[string]ort.Value{
 		"tokens":    ort.Int64Tensor(int64s(in.tokens), int64(in.b), int64(in.l)),
@@ -166,9 +166,13 @@ func (gr *onnxGrounder) compute(in *grounderInputs) (feats, logits, boxes []floa
 		"images":    ort.Float32Tensor(in.images, int64(in.k), s, s, 3),
 	})
 	if err != nil {
-		return nil, nil, nil, err
+		return grounderOut{}, err
 	}
-	return out["feats"].F32, out["logits"].F32, out["boxes"].F32, nil
+	res := grounderOut{feats: out["feats"].F32, logits: out["logits"].F32, boxes: out["boxes"].F32}
+	if nm, ok := out["names"]; ok {
+		res.names = nm.F32
+	}
+	return res, nil
 }
 
 // onnxLM is a session's language-model graphs.

@@ -146,7 +146,8 @@ func (s *torchStepper) step(lr, bc1, bc2, wd float32, bt trainBatch) (out stepOu
 		ImgFirst: n(bt.imgFirst, bt.B), RefBox: f(bt.refBox, bt.B, 4), RefW: f(bt.refW, bt.B),
 		Exists: f(bt.exists, bt.B), ExistsW: f(bt.existsW, bt.B),
 		CellIDs: n(bt.cellIDs, bt.B, c.Patches(), model.CellWords), CellIDW: f(bt.cellIDW, bt.B, c.Patches(), model.CellWords),
-		CellW: f(bt.cellW, bt.B, c.Patches()),
+		CellW:   f(bt.cellW, bt.B, c.Patches()),
+		NameIDs: n(bt.nameIDs, bt.B, nameSlots(c)), NameW: f(bt.nameW, bt.B, nameSlots(c)),
 	}
 	net := model.NewNet[*torch.Tensor](&torch.Ops{Arena: a, Params: s.params, Device: dev}, c)
 	ls := net.TrainLosses(in, lb, s.grounderOnly)
@@ -203,29 +204,34 @@ func (e *torchEngine) newGrounder(b *Backend, cfg model.Config, specs []paramSpe
 	return g, nil
 }
 
-func (g *torchGrounder) compute(in *grounderInputs) (feats, logits, boxes []float32, err error) {
+func (g *torchGrounder) compute(in *grounderInputs) (out grounderOut, err error) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	defer g.arena.Release()
 	defer torch.Recover(&err)
 	a, c := g.arena, g.cfg
 	net := model.NewNet[*torch.Tensor](&torch.Ops{Arena: a, Params: g.params, Device: g.dev}, c)
-	f, lg, bx := net.Grounder(model.Inputs[*torch.Tensor]{
+	f, lg, bx, nm := net.Grounder(model.Inputs[*torch.Tensor]{
 		Tokens:   a.FromInts(in.tokens, []int{in.b, in.l}, g.dev),
 		TextMask: a.FromFloats(in.mask, []int{in.b, in.l}, g.dev, false),
 		ImgRow:   a.FromInts(in.imgRow, []int{in.k}, g.dev),
 		Images:   a.FromFloats(in.images, []int{in.k, c.ImageSize, c.ImageSize, 3}, g.dev, false),
 	})
-	if feats, err = f.Floats(); err != nil {
-		return nil, nil, nil, err
+	if out.feats, err = f.Floats(); err != nil {
+		return grounderOut{}, err
 	}
-	if logits, err = lg.Floats(); err != nil {
-		return nil, nil, nil, err
+	if out.logits, err = lg.Floats(); err != nil {
+		return grounderOut{}, err
 	}
-	if boxes, err = bx.Floats(); err != nil {
-		return nil, nil, nil, err
+	if out.boxes, err = bx.Floats(); err != nil {
+		return grounderOut{}, err
 	}
-	return feats, logits, boxes, nil
+	if nm != nil {
+		if out.names, err = nm.Floats(); err != nil {
+			return grounderOut{}, err
+		}
+	}
+	return out, nil
 }
 
 // torchLM holds a session's parameters on the device for its sequences.

@@ -70,7 +70,10 @@ func (r *grounderExec) graphFn(inputs []*graph.Node) []*graph.Node {
 	}
 	in := inputs[len(r.specs):]
 	net := model.NewNet[*graph.Node](newOps(inputs[0].Graph(), params), r.cfg)
-	feats, logits, boxes := net.Grounder(model.Inputs[*graph.Node]{Tokens: in[0], TextMask: in[1], ImgRow: in[2], Images: in[3]})
+	feats, logits, boxes, names := net.Grounder(model.Inputs[*graph.Node]{Tokens: in[0], TextMask: in[1], ImgRow: in[2], Images: in[3]})
+	if names != nil {
+		return []*graph.Node{feats, logits, boxes, names}
+	}
 	return []*graph.Node{feats, logits, boxes}
 }
 
@@ -82,6 +85,9 @@ type grounded struct {
 	// exists is the existence probability: sigmoid(logsumexp(logits) -
 	// log P), what the existence term of grounderLoss trains.
 	exists float32
+	// name is the name head's answer for the first image
+	// (model.NameTokens), nil without a name head.
+	name []int32
 }
 
 // grounderInputs are one grounder call's host arrays: tokens and mask [B,
@@ -126,7 +132,7 @@ func newGrounderInputs(c model.Config, seqs []compute.Sequence) *grounderInputs 
 	return in
 }
 
-func (r *grounderExec) compute(in *grounderInputs) (feats, logits, boxes []float32, err error) {
+func (r *grounderExec) compute(in *grounderInputs) (res grounderOut, err error) {
 	c := r.cfg
 	args := make([]any, 0, len(r.params)+4)
 	for _, p := range r.params {
@@ -141,32 +147,42 @@ func (r *grounderExec) compute(in *grounderInputs) (feats, logits, boxes []float
 	outs, err := r.exec.Call(args...)
 	r.mu.Unlock()
 	if err != nil {
-		return nil, nil, nil, fmt.Errorf("run grounder: %w", err)
+		return grounderOut{}, fmt.Errorf("run grounder: %w", err)
 	}
 	defer func() {
 		for _, o := range outs {
 			_ = o.FinalizeAll()
 		}
 	}()
-	if feats, err = tensors.CopyFlatData[float32](outs[0]); err != nil {
-		return nil, nil, nil, fmt.Errorf("grounder features: %w", err)
+	if res.feats, err = tensors.CopyFlatData[float32](outs[0]); err != nil {
+		return grounderOut{}, fmt.Errorf("grounder features: %w", err)
 	}
-	if logits, err = tensors.CopyFlatData[float32](outs[1]); err != nil {
-		return nil, nil, nil, fmt.Errorf("grounder logits: %w", err)
+	if res.logits, err = tensors.CopyFlatData[float32](outs[1]); err != nil {
+		return grounderOut{}, fmt.Errorf("grounder logits: %w", err)
 	}
-	if boxes, err = tensors.CopyFlatData[float32](outs[2]); err != nil {
-		return nil, nil, nil, fmt.Errorf("grounder boxes: %w", err)
+	if res.boxes, err = tensors.CopyFlatData[float32](outs[2]); err != nil {
+		return grounderOut{}, fmt.Errorf("grounder boxes: %w", err)
 	}
-	return feats, logits, boxes, nil
+	if len(outs) > 3 {
+		if res.names, err = tensors.CopyFlatData[float32](outs[3]); err != nil {
+			return grounderOut{}, fmt.Errorf("grounder names: %w", err)
+		}
+	}
+	return res, nil
 }
 
 // run encodes a batch of validated sequences.
 func (r *grounderRunner) run(seqs []compute.Sequence) ([]grounded, error) {
 	c := r.cfg
 	in := newGrounderInputs(c, seqs)
-	feats, logits, boxes, err := r.comp.compute(in)
+	res, err := r.comp.compute(in)
 	if err != nil {
 		return nil, err
+	}
+	feats, logits, boxes := res.feats, res.logits, res.boxes
+	slots, v := c.GrounderNameSlots, c.VocabSize
+	if slots > 0 && len(res.names) < in.k*slots*v {
+		return nil, fmt.Errorf("grounder: %d name logits for %d images of %d slots over %d words", len(res.names), in.k, slots, v)
 	}
 	p, w := c.Patches(), c.Width
 	out := make([]grounded, len(seqs))
@@ -182,6 +198,9 @@ func (r *grounderRunner) run(seqs []compute.Sequence) ([]grounded, error) {
 		out[i].exists = existence(lg)
 		bx := boxes[(f*p+best)*4 : (f*p+best+1)*4]
 		out[i].box = clampBox(bx)
+		if slots > 0 {
+			out[i].name = model.NameTokens(res.names[f*slots*v:(f+1)*slots*v], slots, v)
+		}
 	}
 	return out, nil
 }

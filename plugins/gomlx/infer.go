@@ -345,7 +345,7 @@ func (b *Backend) Prefill(ctx context.Context, req compute.PrefillRequest) (res 
 		res.HeadBoxes = make([]compute.HeadBox, len(req.Batch))
 		for i, g := range ground {
 			if g.box != nil {
-				res.HeadBoxes[i] = compute.HeadBox{Box: [4]float32(g.box), Score: g.score, Exists: g.exists, OK: true}
+				res.HeadBoxes[i] = compute.HeadBox{Box: [4]float32(g.box), Score: g.score, Exists: g.exists, Name: g.name, OK: true}
 			}
 		}
 		if req.HeadOnly {

@@ -167,7 +167,7 @@ func (d *dataset) batchAt(pos int64, batchSize int) trainBatch {
 	for i, ref := range d.batchRefs(pos, batchSize) {
 		s := d.shards[ref.shard]
 		tokens, targets, _ := s.Sample(ref.row)
-		rows[i] = batchRow{tokens: tokens, targets: targets, images: rowImages(s, ref.row), patchTargets: s.PatchTargetRow(ref.row), patchBoxes: s.PatchBoxRow(ref.row), refBox: s.RefBoxRow(ref.row), exists: s.RefExistsAt(ref.row) + 1, cells: s.CellWordsRow(ref.row, d.cfg.Patches())}
+		rows[i] = batchRow{tokens: tokens, targets: targets, images: rowImages(s, ref.row), patchTargets: s.PatchTargetRow(ref.row), patchBoxes: s.PatchBoxRow(ref.row), refBox: s.RefBoxRow(ref.row), exists: s.RefExistsAt(ref.row) + 1, cells: s.CellWordsRow(ref.row, d.cfg.Patches()), name: s.NameRow(ref.row)}
 	}
 	return makeBatch(d.cfg, rows)
 }

@@ -175,6 +175,9 @@ func (p *generatorPredictor) options(r model.Record) model.GenerateOptions {
 		return d.Options(infer.Pick, k)
 	case bench == BenchDense:
 		return d.Options(infer.Dense, 0)
+	case bench == BenchCropName:
+		// A model with a name head names the crop with it.
+		return d.Options(infer.Name, 0)
 	}
 	return d.Options(infer.Text, 0)
 }

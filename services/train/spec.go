@@ -124,9 +124,9 @@ func (f *DataFilter) UnmarshalJSON(b []byte) error {
 // The model reads 64-pixel images (the scene world's size) through the
 // grounding encoder (model.Config.Grounder): a CoordConv tower conditioned
 // on the question, whose head gives a box answer its numbers and a yes/no
-// question its answer. Stage 1 trains that encoder and head alone
-// (objective "grounder") on REC expressions and POPE probes, one record
-// per sequence. The language model then starts from random weights over
+// question its answer, and a name head that names a crop's object. Stage
+// 1 trains that encoder and its heads alone (objective "grounder") on REC
+// expressions, POPE probes and crop names, one record per sequence. The language model then starts from random weights over
 // it: stage 2 trains it on the six directions, stage 3 on every task of
 // stages 2 and 3 (the dense descriptions, conversations and POPE probes
 // too). Stages 2 and 3 hold the encoder, its head and the token embeddings
@@ -155,6 +155,10 @@ func DefaultSpec() RunSpec {
 	// The pointer's target: a Gaussian of 0.3 cells around the centre
 	// cell, not 0.75 (scene probe, docs/experiments.md).
 	m.GrounderSigma = 0.3
+	// A name head for crop naming (up to five words and <eos>: "small
+	// red striped occluded circle"), trained in stage 1 on the
+	// crop-naming records.
+	m.GrounderNameSlots = 6
 	unpacked := false
 	// A fresh slice per stage: decoding a spec's "frozen" reuses the
 	// slice it decodes into.
@@ -169,7 +173,7 @@ func DefaultSpec() RunSpec {
 		Stage1: StageSpec{
 			Steps: 2400, BatchSize: 64, LearningRate: 2e-3, WarmupSteps: 50, WeightDecay: 0, CheckpointEvery: 300,
 			Objective: compute.ObjectiveGrounder, Pack: &unpacked,
-			Data: DataFilter{Stages: []string{"stage2", "stage3"}, Tasks: []string{"rec", "pope"}, Splits: []string{"train"}},
+			Data: DataFilter{Stages: []string{"stage2", "stage3"}, Tasks: []string{"rec", "pope", "crop_name"}, Splits: []string{"train"}},
 		},
 		Stage2: StageSpec{
 			Steps: 200, BatchSize: 16, LearningRate: 1e-3, WarmupSteps: 20, WeightDecay: 0.01, CheckpointEvery: 100,

@@ -32,7 +32,7 @@ func TestParseSpec(t *testing.T) {
 		t.Fatalf("defaults: %v", err)
 	}
 	if def.Stage1.Steps == 0 || len(def.Stage1.Trainable) != 0 || def.Stage2.Data.Stages[0] != "stage2" ||
-		!slices.Equal(def.Stage1.Data.Tasks, []string{"rec", "pope"}) || def.Stage1.Objective != compute.ObjectiveGrounder ||
+		!slices.Equal(def.Stage1.Data.Tasks, []string{"rec", "pope", "crop_name"}) || def.Stage1.Objective != compute.ObjectiveGrounder ||
 		def.Packs("stage1") || len(def.Stage1.Frozen) != 0 || !slices.Equal(def.Stage2.Frozen, []string{"grounder.", "embed.tokens"}) ||
 		!slices.Equal(def.Stage3.Frozen, def.Stage2.Frozen) || !def.Model.Grounder || !def.Model.PatchPositions {
 		t.Errorf("defaults %+v", def)

@@ -49,7 +49,7 @@ import (
 // weights, prompts, shard) the references were recorded from. Changing
 // any of them changes the function the cells compute: record the
 // references again under a new version.
-const MatrixVersion = "v2"
+const MatrixVersion = "v3"
 
 const matrixFormat = "groundmesh/conformance-matrix/" + MatrixVersion
 
@@ -124,6 +124,7 @@ func MatrixCells() []MatrixCell {
 		cell("grounder_text_gru", func(c *model.Config) { *c = withGrounder(*c); c.GrounderTextGRU = true }),
 		cell("grounder_stem", func(c *model.Config) { *c = withGrounder(*c); c.GrounderStem = 2 }),
 		cell("grounder_sigma", func(c *model.Config) { *c = withGrounder(*c); c.GrounderSigma = 0.3 }),
+		cell("grounder_name_slots", func(c *model.Config) { *c = withGrounder(*c); c.GrounderNameSlots = 3 }),
 		cell("demo", func(c *model.Config) { *c = DemoCellConfig(*c) }),
 	}
 }
@@ -137,6 +138,7 @@ func DemoCellConfig(c model.Config) model.Config {
 	c.GrounderNorm = true
 	c.GrounderSigma = 0.3
 	c.GrounderTextGRU = true
+	c.GrounderNameSlots = 3
 	return c
 }
 
@@ -241,10 +243,11 @@ const matrixBatch = 4
 // writeMatrixShard writes the training shard: matrixBatch one-image rows
 // of equal length ("<colour> square <image>" answered by the square's box)
 // with every optional tensor (patch targets and boxes, the referent's box
-// and existence, cell words), a row of each kind of label the losses read.
+// and existence, cell words; with Config.GrounderNameSlots the names), a
+// row of each kind of label the losses read.
 func writeMatrixShard(dir string, cfg model.Config, tok *model.Tokenizer) (string, error) {
 	n, l, p := matrixBatch, cfg.MaxSeq, cfg.Patches()
-	var tokens, targets, refBoxes, refExists, cellWords []int32
+	var tokens, targets, refBoxes, refExists, cellWords, nameIDs []int32
 	var images, patchTargets, patchBoxes []uint8
 	index := make([]int32, 0, n*cfg.MaxImages)
 	for i := range n {
@@ -311,13 +314,21 @@ func writeMatrixShard(dir string, cfg model.Config, tok *model.Tokenizer) (strin
 			copy(cw[cell*model.CellWords:], tok.Encode(matrixWords[colour]+" square"))
 		}
 		cellWords = append(cellWords, cw...)
+		// Row 1 has no name; the others are named by their colour.
+		if slots := cfg.GrounderNameSlots; slots > 0 {
+			name := model.NameLabel(tok, matrixWords[colour], slots)
+			if i == 1 || name == nil {
+				name = slices.Repeat([]int32{model.NoNameWord}, slots)
+			}
+			nameIDs = append(nameIDs, name...)
+		}
 	}
 	path := filepath.Join(dir, "matrix-shard.safetensors")
 	f, err := os.Create(path)
 	if err != nil {
 		return "", err
 	}
-	_, err = model.WriteSafetensors(f, []model.Tensor{
+	ts := []model.Tensor{
 		{Name: "tokens", DType: "I32", Shape: []int{n, l}, Data: model.Int32Bytes(tokens)},
 		{Name: "targets", DType: "I32", Shape: []int{n, l}, Data: model.Int32Bytes(targets)},
 		{Name: "images", DType: "U8", Shape: []int{n, cfg.ImageSize, cfg.ImageSize, 3}, Data: images},
@@ -327,7 +338,11 @@ func writeMatrixShard(dir string, cfg model.Config, tok *model.Tokenizer) (strin
 		{Name: "ref_boxes", DType: "I32", Shape: []int{n, 4}, Data: model.Int32Bytes(refBoxes)},
 		{Name: "ref_exists", DType: "I32", Shape: []int{n}, Data: model.Int32Bytes(refExists)},
 		{Name: "cell_words", DType: "I32", Shape: []int{n, p, model.CellWords}, Data: model.Int32Bytes(cellWords)},
-	}, map[string]string{"config_sha256": cfg.SHA256(), "synth_set": "computetest-matrix"})
+	}
+	if nameIDs != nil {
+		ts = append(ts, model.Tensor{Name: "name_ids", DType: "I32", Shape: []int{n, cfg.GrounderNameSlots}, Data: model.Int32Bytes(nameIDs)})
+	}
+	_, err = model.WriteSafetensors(f, ts, map[string]string{"config_sha256": cfg.SHA256(), "synth_set": "computetest-matrix"})
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
@@ -475,6 +490,10 @@ func runCell(ctx context.Context, b compute.Backend, desc compute.Description, c
 		grammars = append(grammars,
 			grammarCase{"box_from_head", prompts("red square <image>", "green square <image>"), model.GenerateOptions{Constraint: model.ConstraintBox, BoxFromHead: true}},
 			grammarCase{"yesno_from_head", prompts("is there a red square <image>", "is there a blue square <image>"), model.GenerateOptions{Constraint: model.ConstraintYesNo, YesNoFromHead: true}})
+	}
+	if cfg.GrounderNameSlots > 0 {
+		grammars = append(grammars,
+			grammarCase{"name_from_head", prompts("which colour <image>", "which one <image>"), model.GenerateOptions{NameFromHead: true}})
 	}
 	inBackend := slices.Contains(desc.Features, compute.FeatureGenerate)
 	for _, g := range grammars {
@@ -670,7 +689,8 @@ func CompareCell(got, want *CellReference, tol MatrixTolerance) error {
 		var boxBad []string
 		for i := range w.HeadBoxes {
 			gb, wb := g.HeadBoxes[i], w.HeadBoxes[i]
-			ok := gb.OK == wb.OK && close(float64(gb.Score), float64(wb.Score), tol.Forward) && close(float64(gb.Exists), float64(wb.Exists), tol.Forward)
+			ok := gb.OK == wb.OK && close(float64(gb.Score), float64(wb.Score), tol.Forward) && close(float64(gb.Exists), float64(wb.Exists), tol.Forward) &&
+				slices.Equal(gb.Name, wb.Name)
 			for j := range 4 {
 				ok = ok && close(float64(gb.Box[j]), float64(wb.Box[j]), tol.Forward)
 			}
@@ -900,8 +920,8 @@ func checkHeadOnly(ctx context.Context, b compute.Backend, session string, seqs 
 		h, f := r.HeadBoxes[i], full[i]
 		near := func(a, b float32) bool { return math.Abs(float64(a-b)) <= 1e-5 }
 		if !near(h.Box[0], f.Box[0]) || !near(h.Box[1], f.Box[1]) || !near(h.Box[2], f.Box[2]) || !near(h.Box[3], f.Box[3]) ||
-			!near(h.Score, f.Score) || !near(h.Exists, f.Exists) {
-			return fmt.Errorf("head-only prefill, sequence %d: box %v score %v exists %v; the full prefill's %v %v %v", i, h.Box, h.Score, h.Exists, f.Box, f.Score, f.Exists)
+			!near(h.Score, f.Score) || !near(h.Exists, f.Exists) || !slices.Equal(h.Name, f.Name) {
+			return fmt.Errorf("head-only prefill, sequence %d: box %v score %v exists %v name %v; the full prefill's %v %v %v %v", i, h.Box, h.Score, h.Exists, h.Name, f.Box, f.Score, f.Exists, f.Name)
 		}
 	}
 	for i, l := range r.Logits {
@@ -930,6 +950,9 @@ func sameHead(own, host *compute.HeadBox, grounder bool) error {
 	}
 	if !close(own.Score, host.Score) || !close(own.Exists, host.Exists) {
 		return fmt.Errorf("head score/exists %v/%v in the backend's Generate, %v/%v in the host loop", own.Score, own.Exists, host.Score, host.Exists)
+	}
+	if !slices.Equal(own.Name, host.Name) {
+		return fmt.Errorf("head name %v in the backend's Generate, %v in the host loop", own.Name, host.Name)
 	}
 	return nil
 }

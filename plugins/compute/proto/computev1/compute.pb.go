@@ -1153,7 +1153,11 @@ type HeadBox struct {
 	// false where the sequence has no image.
 	Ok bool `protobuf:"varint,3,opt,name=ok,proto3" json:"ok,omitempty"`
 	// The head's probability that what the text names is in the image.
-	Exists        float32 `protobuf:"fixed32,4,opt,name=exists,proto3" json:"exists,omitempty"`
+	Exists float32 `protobuf:"fixed32,4,opt,name=exists,proto3" json:"exists,omitempty"`
+	// The name head's answer (model.Config.GrounderNameSlots): the token ids
+	// of the words naming the image's central object, without <eos>; empty
+	// where the model has no name head.
+	Name          []int32 `protobuf:"varint,5,rep,packed,name=name,proto3" json:"name,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1214,6 +1218,13 @@ func (x *HeadBox) GetExists() float32 {
 		return x.Exists
 	}
 	return 0
+}
+
+func (x *HeadBox) GetName() []int32 {
+	if x != nil {
+		return x.Name
+	}
+	return nil
 }
 
 type ReleaseCacheRequest struct {
@@ -1455,6 +1466,9 @@ type GenerateRequest struct {
 	BoxFromHead   bool                   `protobuf:"varint,5,opt,name=box_from_head,json=boxFromHead,proto3" json:"box_from_head,omitempty"`
 	YesNoFromHead bool                   `protobuf:"varint,6,opt,name=yes_no_from_head,json=yesNoFromHead,proto3" json:"yes_no_from_head,omitempty"`
 	WantAttention bool                   `protobuf:"varint,7,opt,name=want_attention,json=wantAttention,proto3" json:"want_attention,omitempty"`
+	// Free-text answers are the name head's words (HeadBox.name) where the
+	// sequence has them.
+	NameFromHead  bool `protobuf:"varint,8,opt,name=name_from_head,json=nameFromHead,proto3" json:"name_from_head,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1534,6 +1548,13 @@ func (x *GenerateRequest) GetYesNoFromHead() bool {
 func (x *GenerateRequest) GetWantAttention() bool {
 	if x != nil {
 		return x.WantAttention
+	}
+	return false
+}
+
+func (x *GenerateRequest) GetNameFromHead() bool {
+	if x != nil {
+		return x.NameFromHead
 	}
 	return false
 }
@@ -1749,12 +1770,13 @@ const file_compute_proto_rawDesc = "" +
 	"\x06logits\x18\x02 \x01(\v2\x1d.groundmesh.compute.v1.MatrixR\x06logits\x12;\n" +
 	"\tattention\x18\x03 \x01(\v2\x1d.groundmesh.compute.v1.MatrixR\tattention\x12=\n" +
 	"\n" +
-	"head_boxes\x18\x04 \x03(\v2\x1e.groundmesh.compute.v1.HeadBoxR\theadBoxes\"Y\n" +
+	"head_boxes\x18\x04 \x03(\v2\x1e.groundmesh.compute.v1.HeadBoxR\theadBoxes\"m\n" +
 	"\aHeadBox\x12\x10\n" +
 	"\x03box\x18\x01 \x03(\x02R\x03box\x12\x14\n" +
 	"\x05score\x18\x02 \x01(\x02R\x05score\x12\x0e\n" +
 	"\x02ok\x18\x03 \x01(\bR\x02ok\x12\x16\n" +
-	"\x06exists\x18\x04 \x01(\x02R\x06exists\"J\n" +
+	"\x06exists\x18\x04 \x01(\x02R\x06exists\x12\x12\n" +
+	"\x04name\x18\x05 \x03(\x05R\x04name\"J\n" +
 	"\x13ReleaseCacheRequest\x12\x18\n" +
 	"\asession\x18\x01 \x01(\tR\asession\x12\x19\n" +
 	"\bcache_id\x18\x02 \x01(\tR\acacheId\"\x16\n" +
@@ -1765,7 +1787,7 @@ const file_compute_proto_rawDesc = "" +
 	"\aGrammar\x12\x12\n" +
 	"\x04kind\x18\x01 \x01(\tR\x04kind\x12\x0e\n" +
 	"\x02lo\x18\x02 \x01(\x05R\x02lo\x12\x0e\n" +
-	"\x02hi\x18\x03 \x01(\x05R\x02hi\"\xa9\x02\n" +
+	"\x02hi\x18\x03 \x01(\x05R\x02hi\"\xcf\x02\n" +
 	"\x0fGenerateRequest\x12\x18\n" +
 	"\asession\x18\x01 \x01(\tR\asession\x125\n" +
 	"\x05batch\x18\x02 \x03(\v2\x1f.groundmesh.compute.v1.SequenceR\x05batch\x128\n" +
@@ -1773,7 +1795,8 @@ const file_compute_proto_rawDesc = "" +
 	"\amax_new\x18\x04 \x01(\x05R\x06maxNew\x12\"\n" +
 	"\rbox_from_head\x18\x05 \x01(\bR\vboxFromHead\x12'\n" +
 	"\x10yes_no_from_head\x18\x06 \x01(\bR\ryesNoFromHead\x12%\n" +
-	"\x0ewant_attention\x18\a \x01(\bR\rwantAttention\"\xb2\x01\n" +
+	"\x0ewant_attention\x18\a \x01(\bR\rwantAttention\x12$\n" +
+	"\x0ename_from_head\x18\b \x01(\bR\fnameFromHead\"\xb2\x01\n" +
 	"\x0fGeneratedAnswer\x12\x16\n" +
 	"\x06tokens\x18\x01 \x03(\x05R\x06tokens\x12\x16\n" +
 	"\x06finish\x18\x02 \x01(\tR\x06finish\x12;\n" +
