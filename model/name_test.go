@@ -33,13 +33,13 @@ func TestNameHead(t *testing.T) {
 			t.Errorf("grounder.name.pool %v, want the 8 x 8 cells", p.Shape)
 		}
 	}
-	if len(c.Params())-n0 != len(names) || len(names) != 15 {
+	if len(c.Params())-n0 != len(names) || len(names) != 22 {
 		t.Errorf("name head parameters %v", names)
 	}
-	// Convolutions: 32 x 32 x 12 -> 16 x 16 x 32 -> 8 x 8 x 32 -> 8 x 8 x 64,
+	// Convolutions: 32 x 32 x 12 -> 16 x 16 x 32 (two) -> 8 x 8 x 64 (two),
 	// two coordinate channels beside each input.
-	convs := 2 * (16*16*9*14*32 + 8*8*9*34*32 + 8*8*9*34*64.0)
-	rest := 2 * (2*64*96 + 96*6*96 + 6*96*500.0)
+	convs := 2 * (16*16*9*14*32 + 16*16*9*34*32 + 8*8*9*34*64 + 8*8*9*66*64.0)
+	rest := 2 * (2*64*96 + 96*6*96 + 6*(2*96*96+96*500.0))
 	if got := c.GrounderFLOPsPerImage() - without; math.Abs(got-(convs+rest)) > 1 {
 		t.Errorf("name head FLOPs %v, want %v", got, convs+rest)
 	}

@@ -56,8 +56,9 @@ type Inputs[T any] struct {
 // [B, L] (Config.BoxLossWeight); imgFirst [B] (integer: each row's first
 // image), refBox [B, 4], refW [B], exists, existsW [B], cellIDs [B, P,
 // CellWords] (integer), cellIDW [B, P, CellWords], cellW [B, P]
-// (Config.Grounder); nameIDs [B, GrounderNameSlots] (integer), nameW [B,
-// GrounderNameSlots] (Config.GrounderNameSlots).
+// (Config.Grounder); nameImg [N] (integer: the images that have a name),
+// nameIDs [N, GrounderNameSlots] (integer), nameW [N, GrounderNameSlots]
+// (Config.GrounderNameSlots).
 type Labels[T any] struct {
 	LossIdx, LossTgt, LossW T
 	PatchTgt, PatchW        T
@@ -65,7 +66,7 @@ type Labels[T any] struct {
 	ImgFirst, RefBox, RefW  T
 	Exists, ExistsW         T
 	CellIDs, CellIDW, CellW T
-	NameIDs, NameW          T
+	NameImg, NameIDs, NameW T
 }
 
 // Losses are a training step's scalars: the objective to minimize, and

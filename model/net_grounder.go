@@ -205,24 +205,47 @@ func (n *Net[T]) Grounder(in Inputs[T]) (feats, logits, boxes, names T) {
 // NameLogits is Config.GrounderNameSlots' name head over images [K, S, S,
 // 3]: for each image, a distribution over the vocabulary for each of the
 // words (slots) that name the object at its centre, <eos> after the last
-// word; logits [K, GrounderNameSlots, VocabSize].
+// word; logits [K, GrounderNameSlots, VocabSize]. Each slot reads the word
+// the slot before it picked (the most likely one that NameTokens may
+// pick), so that the logits of every slot are those of the name
+// NameTokens decodes from them.
 //
-// It reads the pixels through convolutions of its own ("grounder.name.conv.<i>":
-// the pixels folded 2x2 as the tower folds them, then two stride-2
-// convolutions and a stride-1 one, coordinate channels beside each input,
-// GELU after each, no normalization and no FiLM), not the tower's cells:
-// those are modulated by the sentence and normalized per image and
-// channel, so a crop that its object fills (nearly one colour) reaches
-// them as almost nothing (docs/experiments.md, the name head of
-// 2026-12-07). The cells are pooled two ways, by a learned softmax over
-// positions ("grounder.name.pool": where the central object sits) and by
-// their maximum (the strongest local evidence of a shape or texture
-// anywhere), then "grounder.name.ln", "grounder.name.fc1" with GELU and
-// "grounder.name.out" give a vector per slot, scored against a table of
-// word vectors of the head's own ("grounder.name.vocab": not the token
-// embeddings, which stage 1 leaves small and the language model owns) plus
-// a bias per word.
+// It reads the pixels through convolutions of its own
+// ("grounder.name.conv.<i>": the pixels folded 2x2 as the tower folds
+// them, then a stride-2, a stride-1, a stride-2 and a stride-1
+// convolution, coordinate channels beside each input, GELU after each, no
+// normalization and no FiLM), not the tower's cells: those are modulated
+// by the sentence and normalized per image and channel, so a crop that its
+// object fills (nearly one colour) reaches them as almost nothing
+// (docs/experiments.md, the name head of 2026-12-07). The cells are pooled
+// two ways, by a learned softmax over positions ("grounder.name.pool":
+// where the central object sits) and by their maximum (the strongest
+// local evidence of a shape or texture anywhere), then "grounder.name.ln"
+// and "grounder.name.fc1" with GELU give the image's vector (nameFeatures)
+// and nameSlot each slot's word.
 func (n *Net[T]) NameLogits(images T) T {
+	o, c := n.o, n.c
+	h := n.nameFeatures(images)
+	k, slots, w := o.Shape(h)[0], c.GrounderNameSlots, c.Width
+	z := n.dense(h, "grounder.name.out", slots*w)
+	prev := o.Add(o.ZerosLike(h), o.Reshape(o.Param("grounder.name.start", w), 1, w))
+	out := make([]T, slots)
+	for s := range slots {
+		lg := n.nameSlot(n.part(z, s*w, (s+1)*w), prev)
+		out[s] = o.Reshape(lg, k, 1, c.VocabSize)
+		if s+1 < slots {
+			// The word NameTokens picks here: the largest logit among the
+			// tokens a name may hold at slot s.
+			masked := o.Add(lg, n.nameMask(s))
+			pick := o.Equal(masked, o.ReduceMax(masked, true, -1)) // [K, V], one 1
+			prev = o.Dense(pick, n.nameVocab())
+		}
+	}
+	return o.Concat(1, out...)
+}
+
+// nameFeatures is the name head's vector of each image [K, Width].
+func (n *Net[T]) nameFeatures(images T) T {
 	o, c := n.o, n.c
 	d := o.Shape(images)
 	k, half := d[0], d[1]/2
@@ -237,11 +260,39 @@ func (n *Net[T]) NameLogits(images T) T {
 	x = o.Reshape(x, k, p, ch)
 	w := o.Reshape(o.Softmax(o.Reshape(o.Param("grounder.name.pool", p), 1, p)), 1, p, 1)
 	pooled := o.Concat(-1, o.ReduceSum(o.Mul(x, w), false, 1), o.ReduceMax(x, false, 1)) // [K, 2C]
-	h := o.Gelu(n.dense(n.layerNorm(pooled, "grounder.name.ln"), "grounder.name.fc1", c.Width))
-	slots := c.GrounderNameSlots
-	z := o.Reshape(n.dense(h, "grounder.name.out", slots*c.Width), k, slots, c.Width)
-	logits := o.Einsum("ksw,vw->ksv", z, o.Param("grounder.name.vocab.w", c.VocabSize, c.Width))
-	return o.Add(logits, o.Reshape(o.Param("grounder.name.vocab.b", c.VocabSize), 1, 1, c.VocabSize))
+	return o.Gelu(n.dense(n.layerNorm(pooled, "grounder.name.ln"), "grounder.name.fc1", c.Width))
+}
+
+// nameSlot is one slot's logits [N, VocabSize] from the slot's part of
+// "grounder.name.out" (z [N, Width]) and the vector of the word before it
+// (prev [N, Width]: "grounder.name.start" for the first slot, the word's
+// row of "grounder.name.vocab" after it): their sum through
+// "grounder.name.prev", a residual GELU layer "grounder.name.mix", then
+// the scores against "grounder.name.vocab" (the head's own word vectors:
+// not the token embeddings, which stage 1 leaves small and the language
+// model owns) plus a bias per word.
+func (n *Net[T]) nameSlot(z, prev T) T {
+	o, c := n.o, n.c
+	u := o.Add(z, n.dense(prev, "grounder.name.prev", c.Width))
+	u = o.Add(u, n.dense(o.Gelu(u), "grounder.name.mix", c.Width))
+	lg := o.Einsum("nw,vw->nv", u, n.nameVocab())
+	return o.Add(lg, o.Reshape(o.Param("grounder.name.vocab.b", c.VocabSize), 1, c.VocabSize))
+}
+
+func (n *Net[T]) nameVocab() T { return n.o.Param("grounder.name.vocab.w", n.c.VocabSize, n.c.Width) }
+
+// nameMask is 0 at the tokens a name's slot s may pick (NameToken, and
+// <eos> after the first slot) and -1e9 elsewhere, [1, VocabSize].
+func (n *Net[T]) nameMask(s int) T {
+	o := n.o
+	j := o.Iota(1, 1, n.c.VocabSize)
+	at := func(v int32) T { return o.Scalar(float64(v)) }
+	ok := o.Max(o.GreaterEq(j, at(tokWord0)), o.Mul(o.GreaterEq(j, at(tokFine0)), o.LessEq(j, at(tokFine0+9))))
+	ok = o.Max(ok, o.Equal(j, at(tokCap)))
+	if s > 0 {
+		ok = o.Max(ok, o.Equal(j, at(tokEOS)))
+	}
+	return o.Scale(n.oneMinus(ok), -1e9)
 }
 
 // NameToken reports whether a name's words may hold token id: vocabulary
@@ -254,21 +305,39 @@ func NameToken(id int32) bool {
 
 type nameConv struct{ ch, stride int }
 
-// nameConvs are NameLogits' convolutions: half the tower's width at a
-// quarter and an eighth of the image's side, then the full width.
+// nameConvs are the name head's convolutions: half the tower's width at a
+// quarter of the image's side (two), then the full width at an eighth
+// (two).
 func nameConvs(c Config) []nameConv {
-	return []nameConv{{c.VisionWidth / 2, 2}, {c.VisionWidth / 2, 2}, {c.VisionWidth, 1}}
+	return []nameConv{{c.VisionWidth / 2, 2}, {c.VisionWidth / 2, 1}, {c.VisionWidth, 2}, {c.VisionWidth, 1}}
 }
 
+// NameLossWeight scales nameLoss in grounderLoss. The name head shares no
+// parameter with the rest, so under Adam the weight changes its steps
+// little; what it changes is the head's share of the gradient's global
+// norm, which the optimizer clips (at 1): at weight 1, two demo runs'
+// REC Acc@0.5 pooled 0.672 and 0.675 against 0.710 to 0.737 without the
+// head (docs/experiments.md).
+const NameLossWeight = 0.1
+
 // nameLoss is Config.GrounderNameSlots' loss: the cross-entropy of each
-// labelled slot (nameW [B, Slots] 1 there; nameIDs [B, Slots] the word,
-// <eos> after the last) of each row's first image (imgFirst [B]), averaged
-// over the labelled slots. Zero when none is labelled.
-func (n *Net[T]) nameLoss(imgFirst, nameIDs, nameW T) T {
+// labelled slot (nameW [N, Slots] 1 there; nameIDs [N, Slots] the word,
+// <eos> after the last; 0 in unlabelled slots) of the named images
+// (nameImg [N], indices into the batch's images: the head runs on these
+// alone), each slot reading the label's word before it (teacher
+// forcing), averaged over the labelled slots. Zero when none is labelled.
+func (n *Net[T]) nameLoss(nameImg, nameIDs, nameW T) T {
 	o, c := n.o, n.c
-	lsm := o.LogSoftmax(o.Gather(n.NameLogits(n.images), imgFirst)) // [B, Slots, V]
-	b, slots := o.Shape(nameIDs)[0], c.GrounderNameSlots
-	picked := o.GatherElems(o.Reshape(lsm, b*slots, c.VocabSize), o.Reshape(nameIDs, b*slots, 1))
+	h := n.nameFeatures(o.Gather(n.images, nameImg)) // [N, W]
+	b, slots, w := o.Shape(h)[0], c.GrounderNameSlots, c.Width
+	z := o.Reshape(n.dense(h, "grounder.name.out", slots*w), b, slots, w)
+	start := o.Add(o.ZerosLike(o.Reshape(n.part(h, 0, 1), b, 1, 1)), o.Reshape(o.Param("grounder.name.start", w), 1, 1, w))
+	prev := start // [B, 1, W]
+	if slots > 1 {
+		prev = o.Concat(1, start, o.Gather(n.nameVocab(), o.Slice(nameIDs, Range{Axis: 1, From: 0, To: slots - 1})))
+	}
+	lg := n.nameSlot(o.Reshape(z, b*slots, w), o.Reshape(prev, b*slots, w)) // [B*Slots, V]
+	picked := o.GatherElems(o.LogSoftmax(lg), o.Reshape(nameIDs, b*slots, 1))
 	nll := o.Neg(o.Reshape(picked, b, slots))
 	den := o.Max(o.ReduceSum(nameW, false), o.Scalar(1))
 	return o.Div(o.ReduceSum(o.Mul(nll, nameW), false), den)
@@ -311,7 +380,7 @@ func NameTokens(logits []float32, slots, vocab int) []int32 {
 // logits' log-sum-exp, averaged over each class apart and the two means
 // halved, so that the cells light up only for what is there;
 // plus, with GrounderCellWords, cellWordLoss; plus, with GrounderNameSlots,
-// nameLoss. Zero when no row has a label.
+// nameLoss times NameLossWeight. Zero when no row has a label.
 func (n *Net[T]) grounderLoss(lb Labels[T]) T {
 	o := n.o
 	logits, boxes := n.Head()
@@ -357,7 +426,7 @@ func (n *Net[T]) grounderLoss(lb Labels[T]) T {
 		loss = o.Add(loss, n.cellWordLoss(lb.ImgFirst, lb.CellIDs, lb.CellIDW, lb.CellW))
 	}
 	if n.c.GrounderNameSlots > 0 {
-		loss = o.Add(loss, n.nameLoss(lb.ImgFirst, lb.NameIDs, lb.NameW))
+		loss = o.Add(loss, o.Scale(n.nameLoss(lb.NameImg, lb.NameIDs, lb.NameW), NameLossWeight))
 	}
 	return loss
 }

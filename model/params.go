@@ -234,8 +234,8 @@ func (c Config) GrounderFLOPsPerImage() float64 {
 	f += float64(c.GrounderGridDepth) * n * (2*(4*vw*vw+2*vw*hv) + 4*n*vw)
 	f += n * 2 * ((vw+2)*vw + vw*5 + vw*vw)
 	if c.GrounderNameSlots > 0 {
-		// The name head: its convolutions, then fc1, out and the scores
-		// against the vocabulary.
+		// The name head: its convolutions, then fc1, out and per slot
+		// prev, mix and the scores against the vocabulary.
 		side, in := float64(c.ImageSize/2), 12.0
 		for _, cv := range nameConvs(c) {
 			side /= float64(cv.stride)
@@ -243,7 +243,7 @@ func (c Config) GrounderFLOPsPerImage() float64 {
 			in = float64(cv.ch)
 		}
 		w, slots := float64(c.Width), float64(c.GrounderNameSlots)
-		f += 2 * (2*in*w + w*slots*w + slots*w*float64(c.VocabSize))
+		f += 2 * (2*in*w + w*slots*w + slots*(2*w*w+w*float64(c.VocabSize)))
 	}
 	return f
 }

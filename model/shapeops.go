@@ -308,7 +308,7 @@ func deriveParams(c Config) (params []ParamSpec, err error) {
 		LossIdx: s.mk(4), LossTgt: s.mk(4), LossW: s.mk(4), PatchTgt: s.mk(b, l), PatchW: s.mk(b, l),
 		PatchBox: s.mk(b, l, 4), PatchBoxW: s.mk(b, l), ImgFirst: s.mk(b), RefBox: s.mk(b, 4), RefW: s.mk(b),
 		Exists: s.mk(b), ExistsW: s.mk(b), CellIDs: s.mk(b, p, CellWords), CellIDW: s.mk(b, p, CellWords), CellW: s.mk(b, p),
-		NameIDs: s.mk(b, c.GrounderNameSlots), NameW: s.mk(b, c.GrounderNameSlots),
+		NameImg: s.mk(b), NameIDs: s.mk(b, c.GrounderNameSlots), NameW: s.mk(b, c.GrounderNameSlots),
 	}
 	NewNet[*shape](s, c).TrainLosses(in, lb, false)
 	return s.params, nil

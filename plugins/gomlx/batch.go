@@ -56,9 +56,14 @@ type trainBatch struct {
 	// (Shard.CellWords).
 	cellIDs        []int32
 	cellIDW, cellW []float32
-	// nameIDs [B*NameSlots] are the words that name a row's first image's
-	// central object (0 in unlabelled slots) and nameW 1 in the labelled
-	// slots (Shard.NameIDs; Config.GrounderNameSlots, empty without it).
+	// nameImg [nameN] are the first images of the rows with a name
+	// (Shard.NameIDs; Config.GrounderNameSlots), nameN their count rounded
+	// up to a power of two (image 0 and no label in the padding), so that
+	// the name head runs on those images alone; nameIDs [nameN*NameSlots]
+	// are their names' words (0 in unlabelled slots) and nameW 1 in the
+	// labelled slots.
+	nameImg []int32
+	nameN   int
 	nameIDs []int32
 	nameW   []float32
 	// labelled counts the positions with a patchW of 1.
@@ -133,10 +138,19 @@ func makeBatch(c model.Config, rows []batchRow) trainBatch {
 		cellIDs:    make([]int32, b*P*model.CellWords),
 		cellIDW:    make([]float32, b*P*model.CellWords),
 		cellW:      make([]float32, b*P),
-		nameIDs:    make([]int32, b*nameSlots(c)),
-		nameW:      make([]float32, b*nameSlots(c)),
 		realTokens: real,
 	}
+	named := 0
+	for _, r := range rows {
+		if len(r.images) > 0 && r.name != nil && len(r.name) == c.GrounderNameSlots {
+			named++
+		}
+	}
+	bt.nameN = nextPow2(max(named, 1))
+	bt.nameImg = make([]int32, bt.nameN)
+	bt.nameIDs = make([]int32, bt.nameN*nameSlots(c))
+	bt.nameW = make([]float32, bt.nameN*nameSlots(c))
+	named = 0
 	img0 := 0 // index of the row's first image among the batch's images
 	for i, r := range rows {
 		for j, img := range r.images {
@@ -159,11 +173,13 @@ func makeBatch(c model.Config, rows []batchRow) trainBatch {
 				bt.exists[i], bt.existsW[i] = float32(r.exists-1), 1
 			}
 			if ns := c.GrounderNameSlots; r.name != nil && len(r.name) == ns {
+				bt.nameImg[named] = int32(img0)
 				for j, id := range r.name {
 					if id >= 0 {
-						bt.nameIDs[i*ns+j], bt.nameW[i*ns+j] = id, 1
+						bt.nameIDs[named*ns+j], bt.nameW[named*ns+j] = id, 1
 					}
 				}
+				named++
 			}
 			if r.refBox != nil {
 				bt.refW[i] = 1

@@ -147,7 +147,7 @@ func (s *torchStepper) step(lr, bc1, bc2, wd float32, bt trainBatch) (out stepOu
 		Exists: f(bt.exists, bt.B), ExistsW: f(bt.existsW, bt.B),
 		CellIDs: n(bt.cellIDs, bt.B, c.Patches(), model.CellWords), CellIDW: f(bt.cellIDW, bt.B, c.Patches(), model.CellWords),
 		CellW:   f(bt.cellW, bt.B, c.Patches()),
-		NameIDs: n(bt.nameIDs, bt.B, nameSlots(c)), NameW: f(bt.nameW, bt.B, nameSlots(c)),
+		NameImg: n(bt.nameImg, bt.nameN), NameIDs: n(bt.nameIDs, bt.nameN, nameSlots(c)), NameW: f(bt.nameW, bt.nameN, nameSlots(c)),
 	}
 	net := model.NewNet[*torch.Tensor](&torch.Ops{Arena: a, Params: s.params, Device: dev}, c)
 	ls := net.TrainLosses(in, lb, s.grounderOnly)

@@ -40,7 +40,7 @@ type trainStepLayout struct {
 	grounderOnly bool
 }
 
-const numBatchInputs = 23
+const numBatchInputs = 24
 
 func (s *trainStepLayout) graphFn(inputs []*graph.Node) []*graph.Node {
 	nt, nf := len(s.trainable), len(s.frozen)
@@ -57,7 +57,7 @@ func (s *trainStepLayout) graphFn(inputs []*graph.Node) []*graph.Node {
 	in := model.Inputs[*graph.Node]{Tokens: b[0], PatchIdx: b[1], IsPatch: b[2], Images: b[3], TextMask: b[11], ImgRow: b[12]}
 	lb := model.Labels[*graph.Node]{
 		LossIdx: b[4], LossTgt: b[5], LossW: b[6], PatchTgt: b[7], PatchW: b[8], PatchBox: b[9], PatchBoxW: b[10],
-		ImgFirst: b[13], RefBox: b[14], RefW: b[15], Exists: b[16], ExistsW: b[17], CellIDs: b[18], CellIDW: b[19], CellW: b[20], NameIDs: b[21], NameW: b[22],
+		ImgFirst: b[13], RefBox: b[14], RefW: b[15], Exists: b[16], ExistsW: b[17], CellIDs: b[18], CellIDW: b[19], CellW: b[20], NameImg: b[21], NameIDs: b[22], NameW: b[23],
 	}
 	net := model.NewNet[*graph.Node](s.faults.wrap(newOps(inputs[0].Graph(), params)), s.cfg)
 	ls := net.TrainLosses(in, lb, s.grounderOnly)

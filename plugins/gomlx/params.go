@@ -105,7 +105,7 @@ func paramSpecs(c model.Config) []paramSpec {
 		case strings.HasPrefix(p.Name, "grounder.name.conv."):
 			// He initialization, as vision.stem's: no norm follows.
 			s.Std = math.Sqrt(2 / float64(p.Shape[0]*p.Shape[1]*p.Shape[2]))
-		case p.Name == "grounder.name.fc1.w" || p.Name == "grounder.name.out.w":
+		case p.Name == "grounder.name.fc1.w" || p.Name == "grounder.name.out.w" || p.Name == "grounder.name.prev.w":
 			// 1/sqrt(fan-in): three layers of N(0, 0.02) in a row left the
 			// name head's logits and gradients a ten-thousandth of their
 			// input's: TestNameHeadNamesTheObject's task was 0.21 right

@@ -121,8 +121,9 @@ func (t *trainer) step(lr, bc1, bc2, wd float32, bt trainBatch) (stepOut, error)
 		tensors.FromFlatDataAndDimensions(bt.cellIDs, bt.B, c.Patches(), model.CellWords),
 		tensors.FromFlatDataAndDimensions(bt.cellIDW, bt.B, c.Patches(), model.CellWords),
 		tensors.FromFlatDataAndDimensions(bt.cellW, bt.B, c.Patches()),
-		tensors.FromFlatDataAndDimensions(bt.nameIDs, bt.B, nameSlots(c)),
-		tensors.FromFlatDataAndDimensions(bt.nameW, bt.B, nameSlots(c)),
+		tensors.FromFlatDataAndDimensions(bt.nameImg, bt.nameN),
+		tensors.FromFlatDataAndDimensions(bt.nameIDs, bt.nameN, nameSlots(c)),
+		tensors.FromFlatDataAndDimensions(bt.nameW, bt.nameN, nameSlots(c)),
 	)
 	outs, err := t.exec.Call(args...)
 	if err != nil {
