@@ -294,6 +294,26 @@ type entry struct {
 	name []int32
 }
 
+// rowLabels lays out a shard's label rows of width per: each sample's own
+// (get) where it has one, fill throughout where not; nil when no sample
+// of the chunk has one.
+func rowLabels(chunk []entry, per int, fill int32, get func(entry) []int32) []int32 {
+	if per <= 0 || !slices.ContainsFunc(chunk, func(e entry) bool { return get(e) != nil }) {
+		return nil
+	}
+	out := make([]int32, len(chunk)*per)
+	for i, e := range chunk {
+		if row := get(e); row != nil {
+			copy(out[i*per:(i+1)*per], row)
+			continue
+		}
+		for j := range per {
+			out[i*per+j] = fill
+		}
+	}
+	return out
+}
+
 // nameOf returns Config.GrounderNameSlots' label for a crop-naming
 // record: the words of its answer's name (Answer.Text, the object at the
 // crop's centre), nil for other records and names longer than the slots.
@@ -612,33 +632,8 @@ func (b *ShardBuilder) writeShard(ctx context.Context, index, total int, chunk [
 		}
 		refExists = make([]int32, len(chunk))
 	}
-	var cellWords []int32
-	if cfg.Model.Grounder && slices.ContainsFunc(chunk, func(e entry) bool { return e.cells != nil }) {
-		per := cfg.Model.Patches() * CellWords
-		cellWords = make([]int32, len(chunk)*per)
-		for i, e := range chunk {
-			if e.cells != nil {
-				copy(cellWords[i*per:], e.cells)
-				continue
-			}
-			for j := range per {
-				cellWords[i*per+j] = NoCellLabels
-			}
-		}
-	}
-	var nameIDs []int32
-	if slots := cfg.Model.GrounderNameSlots; slots > 0 && slices.ContainsFunc(chunk, func(e entry) bool { return e.name != nil }) {
-		nameIDs = make([]int32, len(chunk)*slots)
-		for i, e := range chunk {
-			if e.name != nil {
-				copy(nameIDs[i*slots:], e.name)
-				continue
-			}
-			for j := range slots {
-				nameIDs[i*slots+j] = NoNameWord
-			}
-		}
-	}
+	cellWords := rowLabels(chunk, cfg.Model.Patches()*CellWords, NoCellLabels, func(e entry) []int32 { return e.cells })
+	nameIDs := rowLabels(chunk, cfg.Model.GrounderNameSlots, NoNameWord, func(e entry) []int32 { return e.name })
 	rows := map[string]int32{}
 	var refs []ImageRef
 	info := ShardInfo{Samples: len(chunk)}
