@@ -227,8 +227,7 @@ func (n *Net[T]) NameLogits(images T) T {
 	o, c := n.o, n.c
 	h := n.nameFeatures(images)
 	k, slots, w := o.Shape(h)[0], c.GrounderNameSlots, c.Width
-	z := n.dense(h, "grounder.name.out", slots*w)
-	prev := o.Add(o.ZerosLike(h), o.Reshape(o.Param("grounder.name.start", w), 1, w))
+	z, prev := n.nameStart(h)
 	out := make([]T, slots)
 	for s := range slots {
 		lg := n.nameSlot(n.part(z, s*w, (s+1)*w), prev)
@@ -261,6 +260,17 @@ func (n *Net[T]) nameFeatures(images T) T {
 	w := o.Reshape(o.Softmax(o.Reshape(o.Param("grounder.name.pool", p), 1, p)), 1, p, 1)
 	pooled := o.Concat(-1, o.ReduceSum(o.Mul(x, w), false, 1), o.ReduceMax(x, false, 1)) // [K, 2C]
 	return o.Gelu(n.dense(n.layerNorm(pooled, "grounder.name.ln"), "grounder.name.fc1", c.Width))
+}
+
+// nameStart is what every slot of the images whose vectors h [N, Width]
+// holds starts from: z [N, Slots*Width], each slot's part of
+// "grounder.name.out", and the first slot's word before it [N, Width],
+// "grounder.name.start".
+func (n *Net[T]) nameStart(h T) (z, start T) {
+	o, c := n.o, n.c
+	z = n.dense(h, "grounder.name.out", c.GrounderNameSlots*c.Width)
+	start = o.Add(o.ZerosLike(h), o.Reshape(o.Param("grounder.name.start", c.Width), 1, c.Width))
+	return z, start
 }
 
 // nameSlot is one slot's logits [N, VocabSize] from the slot's part of
@@ -330,13 +340,12 @@ func (n *Net[T]) nameLoss(nameImg, nameIDs, nameW T) T {
 	o, c := n.o, n.c
 	h := n.nameFeatures(o.Gather(n.images, nameImg)) // [N, W]
 	b, slots, w := o.Shape(h)[0], c.GrounderNameSlots, c.Width
-	z := o.Reshape(n.dense(h, "grounder.name.out", slots*w), b, slots, w)
-	start := o.Add(o.ZerosLike(o.Reshape(n.part(h, 0, 1), b, 1, 1)), o.Reshape(o.Param("grounder.name.start", w), 1, 1, w))
-	prev := start // [B, 1, W]
+	z, start := n.nameStart(h)
+	prev := o.Reshape(start, b, 1, w)
 	if slots > 1 {
-		prev = o.Concat(1, start, o.Gather(n.nameVocab(), o.Slice(nameIDs, Range{Axis: 1, From: 0, To: slots - 1})))
+		prev = o.Concat(1, prev, o.Gather(n.nameVocab(), o.Slice(nameIDs, Range{Axis: 1, From: 0, To: slots - 1})))
 	}
-	lg := n.nameSlot(o.Reshape(z, b*slots, w), o.Reshape(prev, b*slots, w)) // [B*Slots, V]
+	lg := n.nameSlot(o.Reshape(z, b*slots, w), o.Reshape(prev, b*slots, w)) // [N*Slots, V]
 	picked := o.GatherElems(o.LogSoftmax(lg), o.Reshape(nameIDs, b*slots, 1))
 	nll := o.Neg(o.Reshape(picked, b, slots))
 	den := o.Max(o.ReduceSum(nameW, false), o.Scalar(1))

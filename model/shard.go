@@ -318,7 +318,7 @@ func rowLabels(chunk []entry, per int, fill int32, get func(entry) []int32) []in
 // record: the words of its answer's name (Answer.Text, the object at the
 // crop's centre), nil for other records and names longer than the slots.
 func nameOf(c Config, tok *Tokenizer, rec *Record) []int32 {
-	if c.GrounderNameSlots <= 0 || rec.Task != "crop_name" || len(rec.Images) == 0 || strings.TrimSpace(rec.Answer.Text) == "" {
+	if c.GrounderNameSlots <= 0 || rec.Task != "crop_name" || len(rec.Images) == 0 {
 		return nil
 	}
 	return NameLabel(tok, rec.Answer.Text, c.GrounderNameSlots)

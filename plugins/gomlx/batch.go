@@ -140,17 +140,6 @@ func makeBatch(c model.Config, rows []batchRow) trainBatch {
 		cellW:      make([]float32, b*P),
 		realTokens: real,
 	}
-	named := 0
-	for _, r := range rows {
-		if len(r.images) > 0 && r.name != nil && len(r.name) == c.GrounderNameSlots {
-			named++
-		}
-	}
-	bt.nameN = nextPow2(max(named, 1))
-	bt.nameImg = make([]int32, bt.nameN)
-	bt.nameIDs = make([]int32, bt.nameN*nameSlots(c))
-	bt.nameW = make([]float32, bt.nameN*nameSlots(c))
-	named = 0
 	img0 := 0 // index of the row's first image among the batch's images
 	for i, r := range rows {
 		for j, img := range r.images {
@@ -172,14 +161,15 @@ func makeBatch(c model.Config, rows []batchRow) trainBatch {
 			if r.exists > 0 {
 				bt.exists[i], bt.existsW[i] = float32(r.exists-1), 1
 			}
-			if ns := c.GrounderNameSlots; r.name != nil && len(r.name) == ns {
-				bt.nameImg[named] = int32(img0)
-				for j, id := range r.name {
+			if r.name != nil && len(r.name) == c.GrounderNameSlots {
+				bt.nameImg = append(bt.nameImg, int32(img0))
+				for _, id := range r.name {
 					if id >= 0 {
-						bt.nameIDs[named*ns+j], bt.nameW[named*ns+j] = id, 1
+						bt.nameIDs, bt.nameW = append(bt.nameIDs, id), append(bt.nameW, 1)
+					} else {
+						bt.nameIDs, bt.nameW = append(bt.nameIDs, 0), append(bt.nameW, 0)
 					}
 				}
-				named++
 			}
 			if r.refBox != nil {
 				bt.refW[i] = 1
@@ -223,6 +213,12 @@ func makeBatch(c model.Config, rows []batchRow) trainBatch {
 		bt.lossTgt = append(bt.lossTgt, 0)
 		bt.lossW = append(bt.lossW, 0)
 	}
+	// The named rows' count rounded up to a power of two; the padding is
+	// image 0 with no label.
+	bt.nameN = nextPow2(max(len(bt.nameImg), 1))
+	bt.nameImg = append(bt.nameImg, make([]int32, bt.nameN-len(bt.nameImg))...)
+	bt.nameIDs = append(bt.nameIDs, make([]int32, bt.nameN*nameSlots(c)-len(bt.nameIDs))...)
+	bt.nameW = append(bt.nameW, make([]float32, bt.nameN*nameSlots(c)-len(bt.nameW))...)
 	return bt
 }
 

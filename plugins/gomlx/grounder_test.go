@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"maps"
 	"math"
 	"math/rand/v2"
 	"os"
@@ -33,40 +34,52 @@ func grounderConfig(size int) model.Config {
 func grounderShard(t testing.TB, c model.Config, n int, seed uint64, path string) []probeItem {
 	t.Helper()
 	rng := rand.New(rand.NewPCG(seed, 9))
-	L := c.MaxSeq
-	tokens := make([]int32, n*L)
-	targets := make([]int32, n*L)
-	index := make([]int32, n)
 	refs := make([]int32, n*4)
-	images := make([]byte, 0, n*c.ImageSize*c.ImageSize*3)
 	items := make([]probeItem, n)
 	for i := range n {
 		img, q, box := computetest.Squares(c.ImageSize, 2, rng)
 		seq, at := probeSeq(c, 2, q, box, rng)
 		items[i] = probeItem{img: img, toks: seq, at: at, box: box}
-		images = append(images, img...)
-		index[i] = int32(i)
-		for p := range L {
-			tokens[i*L+p], targets[i*L+p] = c.PadToken, -1
-			if p < len(seq) {
-				tokens[i*L+p] = seq[p]
-			}
-		}
-		for p := at; p < len(seq)-1; p++ {
-			targets[i*L+p] = seq[p+1]
-		}
 		for k := range 4 {
 			refs[i*4+k] = int32(box[k] * 10)
 		}
 	}
-	f := &stFile{Metadata: map[string]string{"config_sha256": "probe", "synth_set": "probe"}, Tensors: map[string]stTensor{
+	writeProbeShard(t, c, path, items, map[string]stTensor{"ref_boxes": i32Tensor(refs, n, 4)})
+	return items
+}
+
+// writeProbeShard writes one-image probe samples: each item's tokens
+// padded to MaxSeq, its targets the tokens after position at (the
+// answer; none where the sequence ends at at), its image in slot 0, and
+// the label tensors of labels.
+func writeProbeShard(t testing.TB, c model.Config, path string, items []probeItem, labels map[string]stTensor) {
+	t.Helper()
+	n, L := len(items), c.MaxSeq
+	tokens := make([]int32, n*L)
+	targets := make([]int32, n*L)
+	index := make([]int32, n)
+	images := make([]byte, 0, n*c.ImageSize*c.ImageSize*3)
+	for i, it := range items {
+		images = append(images, it.img...)
+		index[i] = int32(i)
+		for p := range L {
+			tokens[i*L+p], targets[i*L+p] = c.PadToken, -1
+			if p < len(it.toks) {
+				tokens[i*L+p] = it.toks[p]
+			}
+		}
+		for p := it.at; p < len(it.toks)-1; p++ {
+			targets[i*L+p] = it.toks[p+1]
+		}
+	}
+	tensors := map[string]stTensor{
 		"tokens": i32Tensor(tokens, n, L), "targets": i32Tensor(targets, n, L), "image_index": i32Tensor(index, n, 1),
-		"images":    {DType: "U8", Shape: []int{n, c.ImageSize, c.ImageSize, 3}, Data: images},
-		"ref_boxes": i32Tensor(refs, n, 4)}}
+		"images": {DType: "U8", Shape: []int{n, c.ImageSize, c.ImageSize, 3}, Data: images}}
+	maps.Copy(tensors, labels)
+	f := &stFile{Metadata: map[string]string{"config_sha256": "probe", "synth_set": "probe"}, Tensors: tensors}
 	if _, _, err := writeSafetensorsAtomic(path, f); err != nil {
 		t.Fatal(err)
 	}
-	return items
 }
 
 // TestGrounderFindsTheSquareAskedFor trains Config.Grounder's head on the

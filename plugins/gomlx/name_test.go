@@ -57,27 +57,17 @@ func nameImage(size, colour, shape, half int, rng *rand.Rand) []byte {
 func nameShard(t testing.TB, c model.Config, n int, seed uint64, path string) []nameItem {
 	t.Helper()
 	rng := rand.New(rand.NewPCG(seed, 11))
-	L, slots := c.MaxSeq, c.GrounderNameSlots
-	tokens := make([]int32, n*L)
-	targets := make([]int32, n*L)
-	index := make([]int32, n)
+	slots := c.GrounderNameSlots
 	names := make([]int32, n*slots)
-	images := make([]byte, 0, n*c.ImageSize*c.ImageSize*3)
 	items := make([]nameItem, n)
+	probes := make([]probeItem, n)
 	for i := range n {
 		colour, shape := rng.IntN(4), rng.IntN(2)
 		img := nameImage(c.ImageSize, colour, shape, 4+rng.IntN(c.ImageSize/2-6), rng)
 		seq, at := probeSeq(c, 2, 0, [4]int{}, rng)
 		seq = seq[:at+1]
 		items[i] = nameItem{img: img, toks: seq, name: []int32{int32(nameColour0 + colour), int32(nameShape0 + shape)}}
-		images = append(images, img...)
-		index[i] = int32(i)
-		for p := range L {
-			tokens[i*L+p], targets[i*L+p] = c.PadToken, -1
-			if p < len(seq) {
-				tokens[i*L+p] = seq[p]
-			}
-		}
+		probes[i] = probeItem{img: img, toks: seq, at: at}
 		row := names[i*slots : (i+1)*slots]
 		copy(row, items[i].name)
 		row[2] = nameEOS
@@ -85,13 +75,7 @@ func nameShard(t testing.TB, c model.Config, n int, seed uint64, path string) []
 			row[k] = model.NoNameWord
 		}
 	}
-	f := &stFile{Metadata: map[string]string{"config_sha256": "probe", "synth_set": "probe"}, Tensors: map[string]stTensor{
-		"tokens": i32Tensor(tokens, n, L), "targets": i32Tensor(targets, n, L), "image_index": i32Tensor(index, n, 1),
-		"images":   {DType: "U8", Shape: []int{n, c.ImageSize, c.ImageSize, 3}, Data: images},
-		"name_ids": i32Tensor(names, n, slots)}}
-	if _, _, err := writeSafetensorsAtomic(path, f); err != nil {
-		t.Fatal(err)
-	}
+	writeProbeShard(t, c, path, probes, map[string]stTensor{"name_ids": i32Tensor(names, n, slots)})
 	return items
 }
 

@@ -1,4 +1,4 @@
-package eager
+package model_test
 
 import (
 	"math"
@@ -6,7 +6,16 @@ import (
 	"testing"
 
 	"github.com/groundmesh/groundmesh/model"
+	"github.com/groundmesh/groundmesh/model/eager"
 )
+
+func zeros(dims ...int) *eager.Tensor {
+	n := 1
+	for _, d := range dims {
+		n *= d
+	}
+	return eager.New(make([]float32, n), dims...)
+}
 
 // TestNameChainMatchesTeacherForcing: the name head's inference logits
 // (each slot reading the word the slot before it picked) are the logits
@@ -32,14 +41,14 @@ func TestNameChainMatchesTeacherForcing(t *testing.T) {
 		}
 		params[p.Name] = v
 	}
-	o := &Ops{Params: params}
+	o := &eager.Ops{Params: params}
 	const k, slots = 3, 4
 	v := c.VocabSize
 	images := zeros(k, c.ImageSize, c.ImageSize, 3)
 	for i := range images.Data {
 		images.Data[i] = float32(rng.NormFloat64())
 	}
-	lg := model.NewNet[*Tensor](o, c).NameLogits(images)
+	lg := model.NewNet[*eager.Tensor](o, c).NameLogits(images)
 	if got := lg.Dims; len(got) != 3 || got[0] != k || got[1] != slots || got[2] != v {
 		t.Fatalf("name logits %v", got)
 	}
@@ -57,24 +66,15 @@ func TestNameChainMatchesTeacherForcing(t *testing.T) {
 		label := append(append([]int32(nil), name...), 2) // <eos>
 		for s := range min(len(label), slots) {
 			nameIDs.Data[i*slots+s], nameW.Data[i*slots+s] = float32(label[s]), 1
-			x := row[s*v : (s+1)*v]
-			m := math.Inf(-1)
-			for _, y := range x {
-				m = math.Max(m, float64(y))
-			}
-			var z float64
-			for _, y := range x {
-				z += math.Exp(float64(y) - m)
-			}
-			want -= float64(x[label[s]]) - m - math.Log(z)
+			want -= model.LogSoftmaxAt(row[s*v:(s+1)*v], label[s])
 			n++
 		}
 	}
 	want = want / float64(n) * model.NameLossWeight
-	zero := func(d ...int) *Tensor { return zeros(d...) }
-	ls := model.NewNet[*Tensor](o, c).TrainLosses(
-		model.Inputs[*Tensor]{Tokens: tokens, TextMask: mask, ImgRow: imgRow, Images: images},
-		model.Labels[*Tensor]{ImgFirst: zero(k), RefBox: zero(k, 4), RefW: zero(k), Exists: zero(k), ExistsW: zero(k),
+	zero := zeros
+	ls := model.NewNet[*eager.Tensor](o, c).TrainLosses(
+		model.Inputs[*eager.Tensor]{Tokens: tokens, TextMask: mask, ImgRow: imgRow, Images: images},
+		model.Labels[*eager.Tensor]{ImgFirst: zero(k), RefBox: zero(k, 4), RefW: zero(k), Exists: zero(k), ExistsW: zero(k),
 			CellIDs: zero(k, c.Patches(), model.CellWords), CellIDW: zero(k, c.Patches(), model.CellWords), CellW: zero(k, c.Patches()),
 			NameImg: nameImg, NameIDs: nameIDs, NameW: nameW}, true)
 	if got := float64(ls.Grounder.Data[0]); math.Abs(got-want) > 1e-4*(1+math.Abs(want)) {

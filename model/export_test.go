@@ -1,0 +1,4 @@
+package model
+
+// LogSoftmaxAt is logSoftmaxAt, for the tests of package model_test.
+var LogSoftmaxAt = logSoftmaxAt
